@@ -1,0 +1,47 @@
+"""Example plugin for enmeshed-event-router: an output that prints deliveries to stdout.
+
+Copy `plugins/_template` to start your own. A plugin is a module with functions marked `@hookimpl`
+that return the classes it provides; the router constructs them from router.toml.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from event_router.hookspecs import hookimpl
+from event_router.plugin import Delivery, Output, PluginContext
+
+
+class StdoutOutput(Output):
+    """Prints each delivery as one JSON line on the router's stdout (`type = "stdout"`).
+
+    Handy while writing routes: run the router in a terminal and watch what a route sends.
+    """
+
+    type_name = "stdout"
+    # Your plugin's keys only; the core owns `type`, `concurrency`, `retry` and `timeout`.
+    config_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"prefix": {"type": "string", "description": "text printed before each line"}},
+    }
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        # Constructors must be cheap and must not do I/O: `event-router check` constructs plugins too.
+        super().__init__(config, context)
+        self.prefix: str = config.get("prefix", "")
+
+    async def deliver(self, delivery: Delivery) -> None:
+        # Raise event_router.plugin.RetryableError / PermanentError on failure; return when delivered.
+        line = orjson.dumps({"route": delivery.route, "id": delivery.event.id, "body": delivery.payload})
+        sys.stdout.write(self.prefix + line.decode() + "\n")
+        sys.stdout.flush()
+
+
+@hookimpl
+def event_router_output_types() -> list[type[Output]]:
+    return [StdoutOutput]

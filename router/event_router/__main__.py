@@ -1,0 +1,3 @@
+from event_router.cli import main
+
+raise SystemExit(main())

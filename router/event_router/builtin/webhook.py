@@ -1,0 +1,165 @@
+"""Built-in input `webhook`: receives what the Connector's webhooks module POSTs.
+
+The Connector sends `POST <url>` with `{"trigger": "<namespace>", "data": {...}}` (no `data` key when the
+event has none), `Content-Type: application/json`, the target's static headers, `x-correlation-id`, and
+the API key in `x-api-key` (header name configurable). It never retries: this input answers 2xx only
+once the event is durably stored, and says exactly what is wrong otherwise.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import orjson
+from aiohttp import web
+from anyio.abc import TaskStatus
+
+from event_router.errors import ConfigError, SpoolFull
+from event_router.event import Event
+from event_router.hookspecs import hookimpl
+from event_router.plugin import EventSink, Input, PluginContext
+from event_router.secrets import SECRET_SCHEMA
+
+_LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})$")
+#: request headers kept in the event's meta; credentials never are
+_KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type")
+
+
+def _json(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+class WebhookInput(Input):
+    """HTTP receiver for the Connector's webhooks (`type = "webhook"`)."""
+
+    type_name = "webhook"
+    config_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["listen"],
+        "properties": {
+            "listen": {"type": "string", "description": "host:port to listen on, e.g. 127.0.0.1:8787"},
+            "path": {"type": "string", "pattern": "^/", "description": "URL path; may contain {{trigger}}"},
+            "api_key": SECRET_SCHEMA,
+            "api_key_header": {"type": "string", "minLength": 1},
+            "max_body_bytes": {"type": "integer", "minimum": 1024, "maximum": 64 * 1024 * 1024},
+        },
+    }
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        super().__init__(config, context)
+        match = _LISTEN.match(config["listen"])
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ConfigError("listen", f"{config['listen']!r} is not host:port (e.g. 127.0.0.1:8787)")
+        self.host = match["host"].strip("[]")
+        self.port = int(match["port"])
+        path = config.get("path", "/events")
+        if "{{" in path:
+            if re.fullmatch(r"[^{}]*\{\{\s*trigger\s*\}\}[^{}]*", path) is None:
+                raise ConfigError("path", f"{path!r}: only one {{{{trigger}}}} placeholder is allowed in the path")
+            path = re.sub(r"\{\{\s*trigger\s*\}\}", "{trigger}", path)
+        self.route_path = path
+        key = config.get("api_key")
+        self.api_key: bytes | None = str(key).encode() if key is not None else None
+        self.key_header = config.get("api_key_header", "x-api-key")
+        self.max_body = config.get("max_body_bytes", 4 * 1024 * 1024)
+        self.bound_port: int | None = None
+        self._ready = False
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_post(self.route_path, self._handler(sink))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"input {self.name}: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+                ) from exc
+            server = site._server
+            sockets: Sequence[Any] = getattr(server, "sockets", ()) or ()
+            self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+            self._ready = True
+            self.log.info(
+                "webhook listening",
+                extra={"listen": f"{self.host}:{self.bound_port}", "path": self.route_path},
+            )
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self._ready = False
+            with anyio.CancelScope(shield=True):
+                # stops accepting, then lets requests in progress finish (their events get stored)
+                await runner.cleanup()
+
+    def _handler(self, sink: EventSink) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            if self.api_key is not None:
+                given = request.headers.get(self.key_header, "").encode()
+                if not hmac.compare_digest(given, self.api_key):
+                    return _json(401, {"error": f"missing or wrong API key in header {self.key_header}"})
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return _json(413, {"error": f"body larger than {self.max_body} bytes"})
+            meta: dict[str, Any] = {
+                "headers": {h: request.headers[h] for h in _KEPT_HEADERS if h in request.headers},
+                "remote": request.remote,
+                "path": request.path,
+            }
+            path_trigger = request.match_info.get("trigger")
+            try:
+                event = self._decode(raw, path_trigger, meta)
+            except ValueError as exc:
+                try:
+                    dlid = await sink.reject(raw, str(exc), trigger=path_trigger, meta=meta)
+                except SpoolFull as full:
+                    return _json(503, {"error": str(full)}, {"Retry-After": str(int(full.retry_after))})
+                return _json(400, {"error": str(exc), "dead_letter": dlid})
+            try:
+                (result,) = await sink.submit([event])
+            except SpoolFull as exc:
+                return _json(503, {"error": str(exc)}, {"Retry-After": str(max(1, int(exc.retry_after)))})
+            body: dict[str, Any] = {"id": result.event_id, "status": result.status}
+            if result.errors:
+                body["errors"] = list(result.errors)
+            if result.status == "dead_lettered":
+                body["dead_letter"] = result.dead_letter_id
+                return _json(422, body)
+            return _json(202, body)
+
+        return handle
+
+    def _decode(self, raw: bytes, path_trigger: str | None, meta: dict[str, Any]) -> Event:
+        if not raw:
+            raise ValueError('empty body: expected JSON {"trigger": "...", "data": {...}}')
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ValueError(
+                f'body is a JSON {type(body).__name__}, expected an object {{"trigger": ..., "data": ...}}'
+            )
+        trigger = body.get("trigger", path_trigger)
+        if not isinstance(trigger, str) or not trigger:
+            raise ValueError('body has no "trigger" (a non-empty string naming the Connector event)')
+        extra = {k: v for k, v in body.items() if k not in ("trigger", "data")}
+        if extra:
+            meta["extra"] = extra
+        return Event(trigger=trigger, data=body.get("data"), source=self.name, meta=meta)
+
+
+@hookimpl
+def event_router_input_types() -> list[type[Input]]:
+    return [WebhookInput]

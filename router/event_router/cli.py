@@ -1,0 +1,308 @@
+"""`event-router`: run the daemon, check and dry-run configs, list plugins and schemas, manage dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from event_router import __version__
+from event_router.config import ConfigErrors, RouterConfig, load_config
+from event_router.errors import RouterError
+from event_router.plugins import PluginRegistry, load_plugins
+
+DEFAULT_CONFIG = "router.toml"
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("EVENT_ROUTER_CONFIG", DEFAULT_CONFIG)),
+        help="router.toml to use (default: $EVENT_ROUTER_CONFIG or ./router.toml)",
+    )
+
+
+def _version_text(registry: PluginRegistry | None) -> str:
+    lines = [f"event-router {__version__}"]
+    if registry is not None:
+        external = sorted({(p.distribution, p.version) for p in registry.plugins if not p.builtin})
+        lines += [f"  {dist} {version}" for dist, version in external]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="event-router", description=__doc__)
+    parser.add_argument("--version", action="store_true", help="print the version and plugin versions")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the router")
+    _config_arg(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
+
+    p = sub.add_parser("check", help="validate router.toml, plugins and schemas")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("test", help="dry run: show what the router would do with events; sends nothing")
+    _config_arg(p)
+    p.add_argument("events", type=Path, help='JSON file: {"trigger", "data"} as the Connector posts it, or a list')
+    p.add_argument("--input", help="apply this input's validation policy (default: the first input's)")
+
+    p = sub.add_parser("plugins", help="list installed plugins")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("init", help="write a starter router.toml")
+    p.add_argument("-o", "--output", type=Path, default=Path(DEFAULT_CONFIG))
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    p = sub.add_parser("schemas", help="list the event types the router knows")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("status", help="spool depth, oldest pending event, dead letters per output")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    from event_router.dlq_cli import add_dlq_parser
+
+    add_dlq_parser(sub, _config_arg)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        try:
+            registry: PluginRegistry | None = load_plugins()
+        except RouterError:
+            registry = None
+        print(_version_text(registry))
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        result: int = COMMANDS[args.command](args)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RouterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _load(args: argparse.Namespace) -> tuple[RouterConfig, PluginRegistry]:
+    registry = load_plugins()
+    return load_config(args.config, registry), registry
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from event_router.app import App
+    from event_router.logs import setup_logging
+
+    setup_logging(args.log_level or "info", args.log_format)
+    config, registry = _load(args)
+    if args.log_level is None:
+        setup_logging(config.log_level, args.log_format)
+    app = App(config, registry)
+    anyio.run(app.run, backend="asyncio")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from event_router.app import load_schemas
+
+    config, registry = _load(args)
+    schemas = load_schemas(config, registry)
+    summary = {
+        "config": str(args.config),
+        "inputs": {name: i.type for name, i in config.inputs.items()},
+        "outputs": {name: o.type for name, o in config.outputs.items()},
+        "routes": [r.name for r in config.routes],
+        "schemas": len(schemas.triggers()),
+        "warnings": list(config.warnings),
+    }
+    if args.json:
+        _print_json({"ok": True, **summary})
+        return 0
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(
+        f"{args.config}: ok: {len(config.inputs)} input(s), {len(config.outputs)} output(s), "
+        f"{len(config.routes)} route(s), {summary['schemas']} event schemas"
+    )
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from event_router.app import load_schemas
+    from event_router.event import Event
+    from event_router.pipeline import plan_event
+    from event_router.plugin import Delivery
+
+    config, registry = _load(args)
+    schemas = load_schemas(config, registry)
+    try:
+        document = orjson.loads(args.events.read_bytes())
+    except OSError as exc:
+        print(f"error: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except orjson.JSONDecodeError as exc:
+        print(f"error: {args.events} is not valid JSON: {exc}", file=sys.stderr)
+        return 1
+    items = document if isinstance(document, list) else [document]
+    input_name = args.input or next(iter(config.inputs), None)
+    if input_name is not None and input_name not in config.inputs:
+        print(f"error: no input named {input_name!r} (inputs: {', '.join(config.inputs)})", file=sys.stderr)
+        return 1
+    policy = config.inputs[input_name] if input_name else None
+    report = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("trigger"), str):
+            print(
+                f'error: {args.events}: item {index} is not {{"trigger": "...", "data": ...}}',
+                file=sys.stderr,
+            )
+            return 1
+        event = Event(
+            trigger=item["trigger"],
+            data=item.get("data"),
+            source=input_name or "test",
+            meta={"dry_run": True},
+        )
+        plan = plan_event(
+            event,
+            config=config,
+            schemas=schemas,
+            validation=policy.validation if policy else "strict",
+            unknown_triggers=policy.unknown_triggers if policy else "accept",
+        )
+        deliveries = []
+        for d in plan.deliveries:
+            output = config.outputs[d.output]
+            delivery = Delivery(
+                id=0,
+                event=event,
+                payload=d.payload if d.reshaped else event.to_dict(),
+                route=d.route,
+                attempt=1,
+                route_options=next(r.options for r in config.routes if r.name == d.route),
+                reshaped=d.reshaped,
+            )
+            try:
+                described = output.plugin.describe(delivery)
+            except RouterError as exc:
+                described = {"error": str(exc)}
+            deliveries.append({"output": d.output, "type": output.type, "route": d.route, **described})
+        report.append(
+            {
+                "trigger": event.trigger,
+                "validation": {
+                    "valid": plan.validation.valid,
+                    "schema": plan.validation.schema,
+                    "errors": list(plan.validation.errors),
+                },
+                "routes": [r.name for r in plan.routes],
+                "deliveries": deliveries,
+                "dead_letter": (
+                    {"reason": plan.dead_letter[0], "error": plan.dead_letter[1]} if plan.dead_letter else None
+                ),
+            }
+        )
+    _print_json(report if isinstance(document, list) else report[0])
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = load_plugins()
+    if args.json:
+        _print_json([p.to_dict() for p in registry.plugins])
+        return 0
+    for p in registry.plugins:
+        kind = "built-in" if p.builtin else p.distribution
+        provides = ", ".join([f"input {t}" for t in p.inputs] + [f"output {t}" for t in p.outputs]) or "schemas only"
+        print(f"{p.name:<24} {p.version:<10} {kind:<28} {provides}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from event_router.starter import write_starter
+
+    if args.output.exists() and not args.force:
+        print(f"error: {args.output} exists; use --force to overwrite it", file=sys.stderr)
+        return 1
+    write_starter(args.output)
+    print(f"wrote {args.output}; next: event-router check -c {args.output}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from event_router.app import load_schemas
+
+    config, registry = _load(args)
+    schemas = load_schemas(config, registry)
+    rows = schemas.describe()
+    if args.json:
+        _print_json([{"trigger": t, "title": title, "file": f} for t, title, f in rows])
+        return 0
+    for trigger, title, _file in rows:
+        print(f"{trigger:<72} {title}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from event_router.dlq_cli import spool_status
+
+    config, _ = _load(args)
+    status = spool_status(config)
+    if args.json:
+        _print_json(status)
+        return 0
+    print(f"spool: {status['spool']}")
+    print(f"pending events: {status['pending_events']}")
+    if status["oldest_pending_age_seconds"] is not None:
+        print(f"oldest pending: {status['oldest_pending_age_seconds']:.1f}s ago")
+    for output, count in status["pending_deliveries"].items():
+        print(f"  {output}: {count} deliveries pending")
+    print(f"dead letters: {status['dead_letters_total']}")
+    for key, count in status["dead_letters"].items():
+        print(f"  {key}: {count}")
+    return 0
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from event_router.dlq_cli import run_dlq
+
+    config, registry = _load(args)
+    return run_dlq(args, config, registry)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "test": cmd_test,
+    "plugins": cmd_plugins,
+    "init": cmd_init,
+    "schemas": cmd_schemas,
+    "status": cmd_status,
+    "dlq": _dlq,
+}

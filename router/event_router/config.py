@@ -1,0 +1,448 @@
+"""router.toml: the one loader. It owns the schema of `[router]` and `[[routes]]` and the keys the core
+reads in every plugin table; each plugin's own keys are checked against the schema the plugin ships.
+
+Every error is a breadcrumb to the exact key: `router.toml: outputs.crm.retry.max_attempts: 0 is less
+than the minimum of 1 (plugin http)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from event_router.durations import DURATION_SCHEMA, parse_duration
+from event_router.errors import ConfigError, RouterError
+from event_router.plugin import Input, Output, PluginContext
+from event_router.plugins import PluginRegistry
+from event_router.retry import RETRY_SCHEMA, RetryPolicy
+from event_router.routing import Matcher, PatternError, compile_match, compile_reshape
+from event_router.secrets import SecretError, resolve_secret
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
+OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout")
+#: route keys the core reads; any other key a route has is refused until a plugin claims it
+ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
+
+_PLUGIN_TABLE = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "minLength": 1}},
+}
+ROUTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "router": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "data_dir": {"type": "string", "minLength": 1},
+                "schemas_dir": {"type": "string", "minLength": 1},
+                "unmatched": {"enum": ["drop", "dead-letter"]},
+                "max_pending_events": {"type": "integer", "minimum": 1},
+                "shutdown_timeout": DURATION_SCHEMA,
+                "log_level": {"enum": ["debug", "info", "warning", "error"]},
+                "retry": RETRY_SCHEMA,
+            },
+        },
+        "inputs": {
+            "type": "object",
+            "propertyNames": {"pattern": NAME_PATTERN},
+            "additionalProperties": {
+                **_PLUGIN_TABLE,
+                "properties": {
+                    "type": {"type": "string", "minLength": 1},
+                    "validation": {"enum": ["strict", "warn", "off"]},
+                    "unknown_triggers": {"enum": ["accept", "dead-letter"]},
+                },
+            },
+        },
+        "outputs": {
+            "type": "object",
+            "propertyNames": {"pattern": NAME_PATTERN},
+            "additionalProperties": {
+                **_PLUGIN_TABLE,
+                "properties": {
+                    "type": {"type": "string", "minLength": 1},
+                    "concurrency": {"type": "integer", "minimum": 1, "maximum": 1024},
+                    "retry": RETRY_SCHEMA,
+                    "timeout": DURATION_SCHEMA,
+                },
+            },
+        },
+        "routes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "to"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "match": {"type": "object"},
+                    "to": {
+                        "oneOf": [
+                            {"type": "string", "pattern": NAME_PATTERN},
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"type": "string", "pattern": NAME_PATTERN},
+                            },
+                        ]
+                    },
+                    "stop": {"type": "boolean"},
+                    "reshape": {"type": "object"},
+                    "retry": RETRY_SCHEMA,
+                },
+            },
+        },
+    },
+}
+
+
+class ConfigErrors(RouterError):
+    """Everything wrong with one router.toml, each a `ConfigError` with its key path."""
+
+    def __init__(self, errors: Sequence[ConfigError]):
+        self.errors = list(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class InputConfig:
+    name: str
+    type: str
+    validation: Literal["strict", "warn", "off"]
+    unknown_triggers: Literal["accept", "dead-letter"]
+    #: the table as written, to tell on reload whether this input changed
+    table: Mapping[str, Any]
+    plugin: Input
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    name: str
+    type: str
+    concurrency: int
+    retry: RetryPolicy
+    timeout: float
+    table: Mapping[str, Any]
+    plugin: Output
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    index: int
+    name: str
+    to: tuple[str, ...]
+    stop: bool
+    matcher: Matcher
+    reshape: Callable[[Mapping[str, Any]], Any] | None
+    #: `retry` keys that override each target output's policy for this route's deliveries
+    retry: Mapping[str, Any]
+    #: route keys the core passes to outputs untouched (none yet; the Connector output's `action` later)
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """A validated router.toml with its plugins constructed (not yet opened)."""
+
+    path: Path
+    data_dir: Path
+    schemas_dir: Path | None
+    unmatched: Literal["drop", "dead-letter"]
+    max_pending_events: int
+    shutdown_timeout: float
+    log_level: str
+    retry: RetryPolicy
+    inputs: Mapping[str, InputConfig]
+    outputs: Mapping[str, OutputConfig]
+    routes: tuple[RouteConfig, ...]
+    #: things `check` reports without failing (plain-text secrets, no routes...)
+    warnings: tuple[str, ...] = field(default=())
+
+    def retry_for(self, output: str, route: str) -> RetryPolicy:
+        """The policy of `output`, with the named route's `retry` overrides applied."""
+        policy = self.outputs[output].retry
+        for r in self.routes:
+            if r.name == route and r.retry:
+                return policy.merged(r.retry)
+        return policy
+
+
+def load_config(path: Path | str, registry: PluginRegistry, *, logger: logging.Logger | None = None) -> RouterConfig:
+    """Read, validate and build `path`. Raises `ConfigErrors` listing every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigErrors([ConfigError("", f"cannot read {str(path)!r}: {exc.strerror}", file=path.name)]) from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([ConfigError("", f"not valid TOML: {exc}", file=path.name)]) from exc
+    return build_config(document, path=path, registry=registry, logger=logger)
+
+
+def build_config(
+    document: Mapping[str, Any],
+    *,
+    path: Path,
+    registry: PluginRegistry,
+    logger: logging.Logger | None = None,
+) -> RouterConfig:
+    """Validate a parsed router.toml document and construct its plugins."""
+    loader = _Loader(path, registry, logger or logging.getLogger("event_router"))
+    return loader.build(document)
+
+
+class _Loader:
+    def __init__(self, path: Path, registry: PluginRegistry, logger: logging.Logger):
+        self.path = path
+        self.file = path.name
+        self.base_dir = path.resolve().parent
+        self.registry = registry
+        self.logger = logger
+        self.errors: list[ConfigError] = []
+        self.warnings: list[str] = []
+
+    def error(self, key: str, message: str, plugin: str | None = None) -> None:
+        self.errors.append(ConfigError(key, message, plugin=plugin, file=self.file))
+
+    def build(self, document: Mapping[str, Any]) -> RouterConfig:
+        for err in _schema_errors(ROUTER_SCHEMA, document):
+            self.error(*err)
+        if self.errors:
+            raise ConfigErrors(self.errors)
+        router = document.get("router", {})
+        data_dir = self.base_dir / router.get("data_dir", "var")
+        schemas_dir = self.base_dir / router["schemas_dir"] if "schemas_dir" in router else None
+        if schemas_dir is not None and not schemas_dir.is_dir():
+            self.error("router.schemas_dir", f"{str(schemas_dir)!r} is not a directory")
+        default_retry = RetryPolicy().merged(router.get("retry", {}))
+        inputs = {
+            name: cfg
+            for name, table in document.get("inputs", {}).items()
+            if (cfg := self._input(name, table, data_dir)) is not None
+        }
+        outputs = {
+            name: out
+            for name, table in document.get("outputs", {}).items()
+            if (out := self._output(name, table, data_dir, default_retry)) is not None
+        }
+        routes = self._routes(document.get("routes", []), set(document.get("outputs", {})))
+        if not document.get("inputs"):
+            self.warnings.append(f"{self.file}: inputs: no input configured: the router receives nothing")
+        if not routes:
+            self.warnings.append(f"{self.file}: routes: no route configured: every event is unmatched")
+        if self.errors:
+            raise ConfigErrors(self.errors)
+        return RouterConfig(
+            path=self.path,
+            data_dir=data_dir,
+            schemas_dir=schemas_dir,
+            unmatched=router.get("unmatched", "drop"),
+            max_pending_events=router.get("max_pending_events", 1_000_000),
+            shutdown_timeout=parse_duration(router.get("shutdown_timeout", 10)),
+            log_level=router.get("log_level", "info"),
+            retry=default_retry,
+            inputs=inputs,
+            outputs=outputs,
+            routes=tuple(routes),
+            warnings=tuple(self.warnings),
+        )
+
+    def _input(self, name: str, table: Mapping[str, Any], data_dir: Path) -> InputConfig | None:
+        key = f"inputs.{name}"
+        cls = self._plugin_class(key, table["type"], self.registry.inputs, "input")
+        if cls is None:
+            return None
+        plugin = self._construct(key, cls, table, INPUT_CORE_KEYS, name, data_dir)
+        if plugin is None:
+            return None
+        return InputConfig(
+            name=name,
+            type=table["type"],
+            validation=table.get("validation", "strict"),
+            unknown_triggers=table.get("unknown_triggers", "accept"),
+            table=table,
+            plugin=plugin,
+        )
+
+    def _output(
+        self, name: str, table: Mapping[str, Any], data_dir: Path, default_retry: RetryPolicy
+    ) -> OutputConfig | None:
+        key = f"outputs.{name}"
+        cls = self._plugin_class(key, table["type"], self.registry.outputs, "output")
+        if cls is None:
+            return None
+        plugin = self._construct(key, cls, table, OUTPUT_CORE_KEYS, name, data_dir)
+        if plugin is None:
+            return None
+        return OutputConfig(
+            name=name,
+            type=table["type"],
+            concurrency=table.get("concurrency", 8),
+            retry=default_retry.merged(table.get("retry", {})),
+            timeout=parse_duration(table.get("timeout", 30)),
+            table=table,
+            plugin=plugin,
+        )
+
+    def _plugin_class(self, key: str, type_name: str, available: Mapping[str, Any], kind: str) -> Any:
+        cls = available.get(type_name)
+        if cls is None:
+            known = ", ".join(sorted(available)) or "none"
+            self.error(
+                f"{key}.type",
+                f"unknown {kind} type {type_name!r} (installed: {known}; `event-router plugins` lists them)",
+            )
+        return cls
+
+    def _construct(
+        self,
+        key: str,
+        cls: type[Input] | type[Output],
+        table: Mapping[str, Any],
+        core_keys: Iterable[str],
+        name: str,
+        data_dir: Path,
+    ) -> Any:
+        plugin_label = cls.type_name
+        own = {k: v for k, v in table.items() if k not in core_keys}
+        errors = _schema_errors(cls.config_schema, own)
+        for sub, message in errors:
+            self.error(f"{key}.{sub}" if sub else key, message, plugin_label)
+        if errors:
+            return None
+        resolved = self._resolve_secrets(key, cls.config_schema, own, plugin_label)
+        if resolved is None:
+            return None
+        context = PluginContext(
+            name=name,
+            data_dir=data_dir,
+            logger=self.logger.getChild(f"{key}"),
+            config_dir=self.base_dir,
+        )
+        try:
+            return cls(resolved, context)
+        except ConfigError as exc:
+            self.error(f"{key}.{exc.path}" if exc.path else key, exc.message, plugin_label)
+        except (ValueError, TypeError) as exc:
+            self.error(key, str(exc), plugin_label)
+        return None
+
+    def _resolve_secrets(self, key: str, schema: Mapping[str, Any], value: Any, plugin: str) -> dict[str, Any] | None:
+        """Replace every value the plugin's schema marks `x-secret` by the secret it refers to."""
+        ok = True
+
+        def walk(sub_schema: Mapping[str, Any], node: Any, where: str) -> Any:
+            nonlocal ok
+            if sub_schema.get("x-secret"):
+                try:
+                    secret, plain = resolve_secret(node, base_dir=self.base_dir)
+                except SecretError as exc:
+                    self.error(where, str(exc), plugin)
+                    ok = False
+                    return node
+                if plain:
+                    self.warnings.append(
+                        f"{self.file}: {where}: secret written in plain text; "
+                        'prefer { env = "NAME" } or { file = "path" }'
+                    )
+                return secret
+            if isinstance(node, dict):
+                props = sub_schema.get("properties", {})
+                extra = sub_schema.get("additionalProperties")
+                out = {}
+                for k, v in node.items():
+                    child = props.get(k, extra if isinstance(extra, dict) else {})
+                    out[k] = walk(child, v, f"{where}.{k}")
+                return out
+            return node
+
+        result = walk(schema, dict(value), key)
+        return result if ok else None
+
+    def _routes(self, tables: Sequence[Mapping[str, Any]], outputs: set[str]) -> list[RouteConfig]:
+        routes: list[RouteConfig] = []
+        seen: dict[str, int] = {}
+        for index, table in enumerate(tables):
+            key = f"routes[{index}]"
+            name = table["name"]
+            if name in seen:
+                self.error(f"{key}.name", f"route name {name!r} is already used by routes[{seen[name]}]")
+            seen[name] = index
+            to = (table["to"],) if isinstance(table["to"], str) else tuple(table["to"])
+            for i, target in enumerate(to):
+                if target not in outputs:
+                    known = ", ".join(sorted(outputs)) or "none"
+                    self.error(f"{key}.to[{i}]", f"no output named {target!r} (outputs: {known})")
+            matcher = self._compile(f"{key}.match", compile_match, table.get("match", {}))
+            reshape = self._compile(f"{key}.reshape", compile_reshape, table["reshape"]) if "reshape" in table else None
+            if matcher is None:
+                continue
+            routes.append(
+                RouteConfig(
+                    index=index,
+                    name=name,
+                    to=to,
+                    stop=table.get("stop", False),
+                    matcher=matcher,
+                    reshape=reshape,
+                    retry=table.get("retry", {}),
+                    options={k: v for k, v in table.items() if k not in ROUTE_KEYS},
+                )
+            )
+        return routes
+
+    def _compile(self, key: str, compiler: Callable[[Mapping[str, Any]], Any], spec: Mapping[str, Any]) -> Any:
+        try:
+            return compiler(spec)
+        except PatternError as exc:
+            self.error(f"{key}.{exc.path}" if exc.path else key, exc.message)
+            return None
+
+
+def _schema_errors(schema: Mapping[str, Any], instance: Any) -> list[tuple[str, str]]:
+    """(dotted key path, message) for every violation, in document order, messages made for people."""
+    validator = Draft202012Validator(dict(schema))
+    found = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+    return [(_key_path(e.absolute_path), _message(e)) for e in found]
+
+
+def _key_path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(error: ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        allowed = sorted(schema.get("properties", {}))
+        unknown = sorted(k for k in error.instance if k not in allowed)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}"
+    if error.validator == "required":
+        return str(error.message).replace("is a required property", "is required but missing")
+    if error.validator == "propertyNames" or "propertyNames" in error.schema_path:
+        return f"{error.instance!r} is not a valid name (letters, digits, '_' and '-', starting with a letter)"
+    if schema.get("x-secret"):
+        return 'must be a string or a table with one key: env, file or credential (e.g. { env = "NAME" })'
+    if schema is DURATION_SCHEMA or schema == DURATION_SCHEMA:
+        return f"{error.instance!r} is not a duration (seconds, or a string like '500ms', '30s', '5m', '2h')"
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        return str(min(error.context, key=lambda e: len(e.message)).message)
+    if error.validator == "enum":
+        return f"{error.instance!r} is not one of {', '.join(map(repr, schema.get('enum', [])))}"
+    return str(error.message)

@@ -1,0 +1,184 @@
+"""Dead letters: list, show, replay, purge. Works on the spool file, whether the router runs or not.
+
+Replay puts a dead letter back in the pipeline: one that failed at an output is delivered to that output
+again (same event id, same payload); one that never reached a route (invalid, unrouted) is validated and
+routed again with the current router.toml. A running router picks replayed deliveries up within a second.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import orjson
+
+from event_router.config import RouterConfig
+from event_router.event import Event
+from event_router.pipeline import plan_event
+from event_router.spool import DeadLetter, DeadLetterFilter, Spool, connect
+from event_router.validation import SchemaRegistry
+
+_COLUMNS = "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
+
+
+def list_dead_letters(conn: sqlite3.Connection, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
+    clause, args = where.where()
+    sql = f"SELECT {_COLUMNS} FROM dead_letters{clause} ORDER BY dlid"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [DeadLetter(*row) for row in conn.execute(sql, args)]
+
+
+def dead_letter_summary(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT COALESCE(output, '(no output)'), reason, COUNT(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return {f"{output} / {reason}": count for output, reason, count in rows}
+
+
+def to_json(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": dl.dlid,
+        "event_id": dl.event_id,
+        "trigger": dl.trigger,
+        "source": dl.source,
+        "output": dl.output,
+        "route": dl.route,
+        "reason": dl.reason,
+        "error": dl.error,
+        "attempts": dl.attempts,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(dl.created_at)),
+    }
+    if full:
+        out["event"] = orjson.loads(dl.body)
+        if dl.payload is not None:
+            out["payload"] = orjson.loads(dl.payload)
+    return out
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    replayed: int = 0
+    dead_again: int = 0
+    skipped: int = 0
+    #: (dead letter id, why it was not replayed)
+    problems: list[tuple[int, str]] | None = None
+
+
+def replay(
+    spool: Spool,
+    config: RouterConfig,
+    schemas: SchemaRegistry,
+    where: DeadLetterFilter,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    batch: int = 500,
+) -> ReplayReport:
+    """Put matching dead letters back into the pipeline, in batches of one transaction each."""
+    report = ReplayReport(problems=[])
+    assert spool._reader is not None
+    selected = list_dead_letters(spool._reader, where)
+    total = len(selected)
+    for start in range(0, total, batch):
+        chunk = selected[start : start + batch]
+        spool.write_sync(
+            partial(_replay_chunk, spool=spool, chunk=chunk, config=config, schemas=schemas, report=report)
+        )
+        if progress is not None:
+            progress(min(start + batch, total), total)
+    return report
+
+
+def _replay_chunk(
+    conn: sqlite3.Connection,
+    *,
+    spool: Spool,
+    chunk: list[DeadLetter],
+    config: RouterConfig,
+    schemas: SchemaRegistry,
+    report: ReplayReport,
+) -> None:
+    assert report.problems is not None
+    now = time.time()
+    for dl in chunk:
+        body = orjson.loads(dl.body)
+        if dl.reason == "undecodable":
+            report.skipped += 1
+            report.problems.append((dl.dlid, "undecodable input: fix and re-send it at the source; purge it here"))
+            continue
+        event = Event.from_dict(body)
+        if dl.output is not None:
+            if dl.output not in config.outputs:
+                report.skipped += 1
+                report.problems.append((dl.dlid, f"output {dl.output!r} is not configured any more"))
+                continue
+            deliveries = [(dl.output, dl.route or "(replay)", dl.payload)]
+        else:
+            inp = config.inputs.get(event.source)
+            plan = plan_event(
+                event,
+                config=config,
+                schemas=schemas,
+                validation=inp.validation if inp else "strict",
+                unknown_triggers=inp.unknown_triggers if inp else "accept",
+            )
+            if plan.dead_letter is not None:
+                report.dead_again += 1
+                conn.execute(
+                    "UPDATE dead_letters SET error = ?, attempts = attempts + 1 WHERE dlid = ?",
+                    (plan.dead_letter[1][:4000], dl.dlid),
+                )
+                continue
+            deliveries = [(d.output, d.route, orjson.dumps(d.payload) if d.reshaped else None) for d in plan.deliveries]
+        if deliveries:
+            seq = conn.execute(
+                "INSERT INTO events (id, trigger, stored_at, body) VALUES (?, ?, ?, ?)",
+                (event.id, event.trigger, now, dl.body),
+            ).lastrowid
+            spool.depth += 1
+            conn.executemany(
+                "INSERT INTO deliveries (seq, output, route, payload, due, first_at) VALUES (?,?,?,?,?,?)",
+                [(seq, output, route, payload, now, now) for output, route, payload in deliveries],
+            )
+        conn.execute("DELETE FROM dead_letters WHERE dlid = ?", (dl.dlid,))
+        report.replayed += 1
+
+
+def purge(spool: Spool, where: DeadLetterFilter) -> int:
+    clause, args = where.where()
+    count: int = spool.write_sync(lambda conn: conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount)
+    return count
+
+
+def spool_status(config: RouterConfig) -> dict[str, Any]:
+    """What `event-router status` prints; reads the spool without writing to it."""
+    path = config.data_dir / "spool.db"
+    status: dict[str, Any] = {
+        "spool": str(path),
+        "pending_events": 0,
+        "oldest_pending_age_seconds": None,
+        "pending_deliveries": {},
+        "dead_letters_total": 0,
+        "dead_letters": {},
+    }
+    if not path.exists():
+        return status
+    conn = connect(path, readonly=True)
+    try:
+        status["pending_events"] = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        oldest = conn.execute("SELECT stored_at FROM events ORDER BY seq LIMIT 1").fetchone()
+        if oldest is not None:
+            status["oldest_pending_age_seconds"] = round(time.time() - oldest[0], 3)
+        status["pending_deliveries"] = dict(
+            conn.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output ORDER BY output").fetchall()
+        )
+        status["dead_letters"] = dead_letter_summary(conn)
+        status["dead_letters_total"] = sum(status["dead_letters"].values())
+    finally:
+        conn.close()
+    return status

@@ -1,0 +1,276 @@
+"""One worker per output: takes due deliveries, runs them with the output's concurrency, records outcomes.
+
+New deliveries arrive in memory straight from the pipeline (no read back from disk on the hot path).
+When more are pending than the in-memory buffer holds, or after a restart, the worker reads them from
+the spool in due order until it has caught up; the spool stays the only truth about what is pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from anyio.abc import TaskStatus
+
+from event_router.config import OutputConfig
+from event_router.errors import DeliveryError, RetryableError
+from event_router.event import Event
+from event_router.plugin import Delivery, is_retryable
+from event_router.retry import RetryPolicy
+from event_router.spool import DeliveryRow, Spool
+from event_router.stats import Stats
+
+if TYPE_CHECKING:
+    from event_router.pipeline import PlannedDelivery
+
+log = logging.getLogger("event_router.delivery")
+
+
+@dataclass(slots=True)
+class _Pending:
+    did: int
+    route: str
+    attempts: int
+    first_at: float
+    event: Event | None = None
+    body: bytes | None = None
+    payload: Any = None
+    payload_raw: bytes | None = None
+    reshaped: bool = False
+
+    @classmethod
+    def from_row(cls, row: DeliveryRow) -> _Pending:
+        return cls(
+            did=row.did,
+            route=row.route,
+            attempts=row.attempts,
+            first_at=row.first_at,
+            body=row.body,
+            payload_raw=row.payload,
+            reshaped=row.payload is not None,
+        )
+
+    def to_delivery(self, route_options: Mapping[str, Any]) -> Delivery:
+        if self.event is None:
+            assert self.body is not None
+            self.event = Event.from_json(self.body)
+        if self.reshaped and self.payload_raw is not None and self.payload is None:
+            self.payload = orjson.loads(self.payload_raw)
+        payload = self.payload if self.reshaped else self.event.to_dict()
+        return Delivery(
+            id=self.did,
+            event=self.event,
+            payload=payload,
+            route=self.route,
+            attempt=self.attempts + 1,
+            route_options=route_options,
+            reshaped=self.reshaped,
+        )
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for logs and dead letters: the output's own message, or the exception type and text."""
+    if isinstance(exc, DeliveryError):
+        return f"{exc} [{exc.code}]" if exc.code else str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class OutputWorker:
+    """Delivers everything routed to one output, at most `concurrency` batches at a time."""
+
+    def __init__(
+        self,
+        config: OutputConfig,
+        spool: Spool,
+        stats: Stats,
+        *,
+        policy_for: Callable[[str], RetryPolicy],
+        options_for: Callable[[str], Mapping[str, Any]],
+        buffer_size: int = 4096,
+        poll_interval: float = 1.0,
+    ):
+        self.config = config
+        self.name = config.name
+        self.plugin = config.plugin
+        self.spool = spool
+        self.stats = stats
+        self.policy_for = policy_for
+        self.options_for = options_for
+        self.buffer_size = buffer_size
+        self.poll_interval = poll_interval
+        self._buffer: deque[_Pending] = deque()
+        #: delivery ids in the buffer or in flight: a spool read must not hand them out twice
+        self._claimed: set[int] = set()
+        #: True while the spool may hold due deliveries that are not in memory (start-up, overflow)
+        self._spilled = True
+        self._next_poll = 0.0
+        self._next_due: float | None = None
+        self._wake = anyio.Event()
+        self._stopping = False
+        # a semaphore, not a CapacityLimiter: the batch task releases what the loop acquired
+        self._limiter = anyio.Semaphore(config.concurrency)
+        self.in_flight = 0
+
+    def offer_new(self, did: int, event: Event, planned: PlannedDelivery) -> None:
+        """A delivery the pipeline just stored. Kept in memory unless the buffer is full."""
+        if self._spilled or len(self._buffer) >= self.buffer_size:
+            self._spilled = True
+        else:
+            pending = _Pending(
+                did=did,
+                route=planned.route,
+                attempts=0,
+                first_at=time.time(),
+                event=event,
+                payload=planned.payload,
+                reshaped=planned.reshaped,
+            )
+            self._buffer.append(pending)
+            self._claimed.add(did)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look at the spool now (a `dlq replay` from another process added deliveries)."""
+        self._spilled = True
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Take no new delivery; the ones in flight finish (the app bounds how long it waits)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.plugin.open()
+        task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                while not self._stopping:
+                    self._refill()
+                    if not self._buffer:
+                        await self._sleep()
+                        continue
+                    await self._limiter.acquire()
+                    if self.stopping:
+                        self._limiter.release()
+                        break
+                    count = min(self.plugin.max_batch, len(self._buffer))
+                    batch = [self._buffer.popleft() for _ in range(count)]
+                    self.in_flight += len(batch)
+                    tg.start_soon(self._run_batch, batch)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.plugin.close()
+
+    def _refill(self) -> None:
+        now = time.time()
+        due = self._next_due is not None and now >= self._next_due
+        if not (self._spilled and not self._buffer) and not due and now < self._next_poll:
+            return
+        rows = self.spool.fetch_due(self.name, now, self.buffer_size, self._claimed)
+        self._next_poll = now + self.poll_interval
+        if due:
+            self._next_due = None
+        for row in rows:
+            self._buffer.append(_Pending.from_row(row))
+            self._claimed.add(row.did)
+        self._spilled = len(rows) >= self.buffer_size
+
+    async def _sleep(self) -> None:
+        now = time.time()
+        until = self._next_poll if self._next_due is None else min(self._next_poll, self._next_due)
+        with anyio.move_on_after(max(0.0, until - now)):
+            await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        try:
+            outcomes = await self._attempt(batch)
+            await self._record(batch, outcomes)
+        finally:
+            for pending in batch:
+                self._claimed.discard(pending.did)
+            self.in_flight -= len(batch)
+            self._limiter.release()
+            self._wake.set()
+
+    async def _attempt(self, batch: list[_Pending]) -> list[BaseException | None]:
+        started = time.monotonic()
+        try:
+            deliveries = [p.to_delivery(self.options_for(p.route)) for p in batch]
+            with anyio.fail_after(self.config.timeout):
+                if len(deliveries) == 1 and self.plugin.max_batch == 1:
+                    await self.plugin.deliver(deliveries[0])
+                    outcomes: list[BaseException | None] = [None]
+                else:
+                    outcomes = list(await self.plugin.deliver_batch(deliveries))
+        except TimeoutError:
+            error = RetryableError(f"output {self.name} did not answer within {self.config.timeout:g}s")
+            return [error] * len(batch)
+        except Exception as exc:  # an output's failure is the delivery's outcome, never the worker's end
+            return [exc] * len(batch)
+        if len(outcomes) != len(batch):
+            error = RetryableError(f"output {self.name} returned {len(outcomes)} outcomes for {len(batch)} deliveries")
+            return [error] * len(batch)
+        self.stats.incr("delivery_seconds_total_ms", int((time.monotonic() - started) * 1000), output=self.name)
+        return outcomes
+
+    async def _record(self, batch: list[_Pending], outcomes: list[BaseException | None]) -> None:
+        now = time.time()
+        done: list[int] = []
+        retry: list[tuple[int, int, float, str]] = []
+        dead: list[tuple[int, str, str, int]] = []
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                done.append(pending.did)
+                continue
+            attempts = pending.attempts + 1
+            message = describe_failure(outcome)
+            policy = self.policy_for(pending.route)
+            if not is_retryable(outcome):
+                dead.append((pending.did, "permanent", message, attempts))
+            elif policy.exhausted(attempts, now - pending.first_at):
+                dead.append((pending.did, "retries_exhausted", message, attempts))
+            else:
+                retry_after = outcome.retry_after if isinstance(outcome, DeliveryError) else None
+                due = now + policy.delay(attempts, retry_after)
+                retry.append((pending.did, attempts, due, message))
+                self._next_due = due if self._next_due is None else min(self._next_due, due)
+        await self.spool.settle(done=done, retry=retry, dead=dead)
+        if done:
+            self.stats.incr("deliveries", len(done), output=self.name, outcome="delivered")
+        for did, attempts, due, message in retry:
+            self.stats.incr("deliveries", output=self.name, outcome="retry")
+            log.info(
+                "delivery failed, will retry",
+                extra={
+                    "output": self.name,
+                    "delivery": did,
+                    "attempt": attempts,
+                    "retry_in": round(due - now, 3),
+                    "error": message,
+                },
+            )
+        for did, reason, message, attempts in dead:
+            self.stats.incr("deliveries", output=self.name, outcome=reason)
+            self.stats.incr("dead_letters", reason=reason, output=self.name)
+            log.warning(
+                "delivery dead-lettered",
+                extra={
+                    "output": self.name,
+                    "delivery": did,
+                    "reason": reason,
+                    "attempts": attempts,
+                    "error": message,
+                },
+            )

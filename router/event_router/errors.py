@@ -1,0 +1,51 @@
+"""Exceptions shared by the core and plugins."""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base class of every error the router raises on purpose."""
+
+
+class ConfigError(RouterError):
+    """router.toml (or a plugin's table in it) is wrong; `path` is the dotted key that is wrong."""
+
+    def __init__(self, path: str, message: str, *, plugin: str | None = None, file: str = "router.toml"):
+        self.path = path
+        self.message = message
+        self.plugin = plugin
+        self.file = file
+        where = f"{file}: {path}: " if path else f"{file}: "
+        suffix = f" (plugin {plugin})" if plugin else ""
+        super().__init__(f"{where}{message}{suffix}")
+
+
+class DeliveryError(RouterError):
+    """An output could not deliver. Raise one of the two subclasses."""
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.code = code
+
+
+class RetryableError(DeliveryError):
+    """Try again later (connection refused, timeout, 408, 429, 5xx...). `retry_after` overrides backoff."""
+
+    retryable = True
+
+
+class PermanentError(DeliveryError):
+    """Trying again cannot help (4xx, a template that refers to a missing field...): dead-letter it."""
+
+    retryable = False
+
+
+class SpoolFull(RouterError):
+    """The spool reached its configured limit: inputs must push back (503, stop consuming), never drop."""
+
+    def __init__(self, depth: int, limit: int, retry_after: float = 1.0):
+        super().__init__(f"spool is full ({depth} of {limit} events pending); try again later")
+        self.retry_after = retry_after

@@ -1,0 +1,71 @@
+"""The one normalised event model every input produces and every output receives."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+def new_event_id() -> str:
+    """A UUIDv7 string: unique, and sortable by creation time (spool order, log correlation)."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62
+    value |= rand & ((1 << 62) - 1)
+    return str(uuid.UUID(int=value))
+
+
+def utc_now() -> str:
+    """Now as RFC 3339 UTC with milliseconds and `Z`, the form the Connector uses for its dates."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Event:
+    """A Connector event as the router sees it, whatever input it came from.
+
+    `data` is the Connector's payload untouched; `None` means the Connector sent none (the webhook body had
+    no `data` key). `meta` holds transport details (headers, routing key, topic, redelivery count...).
+    """
+
+    trigger: str
+    data: Any
+    source: str
+    id: str = field(default_factory=new_event_id)
+    received_at: str = field(default_factory=utc_now)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written by the file output and matched by routes."""
+        return {
+            "id": self.id,
+            "trigger": self.trigger,
+            "source": self.source,
+            "received_at": self.received_at,
+            "data": self.data,
+            "meta": self.meta,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Event:
+        return cls(
+            id=value["id"],
+            trigger=value["trigger"],
+            source=value["source"],
+            received_at=value["received_at"],
+            data=value.get("data"),
+            meta=value.get("meta") or {},
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Event:
+        return cls.from_dict(orjson.loads(raw))

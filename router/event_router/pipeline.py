@@ -1,0 +1,200 @@
+"""From an input's events to stored deliveries: validate, route, reshape, store, hand to the workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from event_router.config import InputConfig, RouteConfig, RouterConfig
+from event_router.errors import SpoolFull
+from event_router.event import Event
+from event_router.plugin import SubmitResult
+from event_router.spool import NewDelivery, Spool, StoreDeadLetter, StoreEvent
+from event_router.stats import Stats
+from event_router.validation import SchemaRegistry, ValidationResult
+
+if TYPE_CHECKING:
+    from event_router.delivery import OutputWorker
+
+log = logging.getLogger("event_router.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    output: str
+    route: str
+    #: the route's reshaped body, or None to send the event itself
+    payload: Any
+    reshaped: bool
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the router would do with one event: the dry run of `event-router test` shows exactly this."""
+
+    event: Event
+    validation: ValidationResult
+    routes: list[RouteConfig] = field(default_factory=list)
+    deliveries: list[PlannedDelivery] = field(default_factory=list)
+    #: set when the event goes to the dead letters instead of any output
+    dead_letter: tuple[str, str] | None = None
+
+
+def plan_event(
+    event: Event,
+    *,
+    config: RouterConfig,
+    schemas: SchemaRegistry,
+    validation: str = "strict",
+    unknown_triggers: str = "accept",
+) -> Plan:
+    """Validate and route one event. Pure: no I/O, so `test` and the daemon share it."""
+    result = (
+        ValidationResult(valid=True, errors=(), schema=schemas.schema_for(event.trigger))
+        if validation == "off"
+        else schemas.validate(event.trigger, event.data)
+    )
+    plan = Plan(event=event, validation=result)
+    if not result.valid and validation == "strict":
+        plan.dead_letter = ("validation", "; ".join(result.errors))
+        return plan
+    if result.schema is None and unknown_triggers == "dead-letter":
+        plan.dead_letter = ("unknown_trigger", f"no schema for trigger {event.trigger!r}")
+        return plan
+    as_dict = event.to_dict()
+    for route in config.routes:
+        if not route.matcher(as_dict):
+            continue
+        plan.routes.append(route)
+        payload = route.reshape(as_dict) if route.reshape is not None else None
+        for output in route.to:
+            plan.deliveries.append(PlannedDelivery(output, route.name, payload, route.reshape is not None))
+        if route.stop:
+            break
+    if not plan.deliveries and config.unmatched == "dead-letter":
+        plan.dead_letter = ("no_route", "no route matched")
+    return plan
+
+
+class Pipeline:
+    """The core behind every input's `EventSink`."""
+
+    def __init__(self, *, config: RouterConfig, schemas: SchemaRegistry, spool: Spool, stats: Stats):
+        self.config = config
+        self.schemas = schemas
+        self.spool = spool
+        self.stats = stats
+        self.workers: dict[str, OutputWorker] = {}
+
+    def sink_for(self, input_config: InputConfig) -> InputSink:
+        return InputSink(self, input_config)
+
+    async def submit(self, input_config: InputConfig, events: Sequence[Event]) -> list[SubmitResult]:
+        config = self.config  # one config for the whole batch, even if a reload swaps it meanwhile
+        plans = [
+            plan_event(
+                e,
+                config=config,
+                schemas=self.schemas,
+                validation=input_config.validation,
+                unknown_triggers=input_config.unknown_triggers,
+            )
+            for e in events
+        ]
+        items: list[StoreEvent | StoreDeadLetter] = []
+        stored_plans: list[Plan] = []
+        for plan in plans:
+            item = _store_item(plan, config.unmatched)
+            if item is not None:
+                items.append(item)
+                stored_plans.append(plan)
+        new_events = sum(isinstance(i, StoreEvent) for i in items)
+        if new_events and self.spool.depth + new_events > config.max_pending_events:
+            self.stats.incr("spool_full_rejections", input=input_config.name)
+            raise SpoolFull(self.spool.depth, config.max_pending_events)
+        stored = await self.spool.store(items) if items else []
+        by_plan = dict(zip(map(id, stored_plans), stored, strict=True))
+        results: list[SubmitResult] = []
+        for plan in plans:
+            results.append(self._settle(input_config.name, plan, by_plan.get(id(plan))))
+        return results
+
+    def _settle(self, input_name: str, plan: Plan, stored: list[int] | int | None) -> SubmitResult:
+        event = plan.event
+        self.stats.incr("events_received", input=input_name, trigger=event.trigger)
+        if not plan.validation.valid:
+            self.stats.incr("validation_failures", input=input_name, trigger=event.trigger)
+        if plan.dead_letter is not None:
+            assert isinstance(stored, int)
+            reason, error = plan.dead_letter
+            self.stats.incr("dead_letters", reason=reason)
+            log.warning(
+                "event dead-lettered",
+                extra={"event_id": event.id, "trigger": event.trigger, "reason": reason, "error": error},
+            )
+            return SubmitResult(event.id, "dead_lettered", plan.validation.errors, stored)
+        if not plan.deliveries:
+            self.stats.incr("events_unmatched", trigger=event.trigger)
+            log.debug("no route matched", extra={"event_id": event.id, "trigger": event.trigger})
+            return SubmitResult(event.id, "unrouted", plan.validation.errors)
+        assert isinstance(stored, list)
+        for route in plan.routes:
+            self.stats.incr("events_routed", route=route.name)
+        for delivery, did in zip(plan.deliveries, stored, strict=True):
+            worker = self.workers.get(delivery.output)
+            if worker is not None:
+                worker.offer_new(did, event, delivery)
+        return SubmitResult(event.id, "accepted", plan.validation.errors)
+
+    async def reject(
+        self, input_name: str, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]
+    ) -> int:
+        body = orjson.dumps({"raw": raw.decode("utf-8", "backslashreplace"), "meta": dict(meta), "source": input_name})
+        item = StoreDeadLetter(reason="undecodable", error=reason, body=body, trigger=trigger, source=input_name)
+        (dlid,) = await self.spool.store([item])
+        assert isinstance(dlid, int)
+        self.stats.incr("dead_letters", reason="undecodable")
+        log.warning("input dead-lettered", extra={"input": input_name, "trigger": trigger, "error": reason})
+        return dlid
+
+
+def _store_item(plan: Plan, unmatched: str) -> StoreEvent | StoreDeadLetter | None:
+    event = plan.event
+    if plan.dead_letter is not None:
+        reason, error = plan.dead_letter
+        return StoreDeadLetter(
+            reason=reason,  # type: ignore[arg-type]
+            error=error,
+            body=event.to_json(),
+            event_id=event.id,
+            trigger=event.trigger,
+            source=event.source,
+        )
+    if not plan.deliveries:
+        return None
+    return StoreEvent(
+        event_id=event.id,
+        trigger=event.trigger,
+        body=event.to_json(),
+        deliveries=[
+            NewDelivery(d.output, d.route, orjson.dumps(d.payload) if d.reshaped else None) for d in plan.deliveries
+        ],
+    )
+
+
+class InputSink:
+    """The `EventSink` one input holds: it knows the input's name and validation policy."""
+
+    def __init__(self, pipeline: Pipeline, input_config: InputConfig):
+        self._pipeline = pipeline
+        self._input = input_config
+
+    async def submit(self, events: Sequence[Event]) -> list[SubmitResult]:
+        return await self._pipeline.submit(self._input, events)
+
+    async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
+        return await self._pipeline.reject(self._input.name, raw, reason, trigger=trigger, meta=meta)

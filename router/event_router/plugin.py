@@ -1,0 +1,174 @@
+"""The API plugin authors write against: input and output base classes, and what the core hands them.
+
+Built-in plugins use exactly this API and register through the same pluggy hooks as third-party ones
+(see `hookspecs`). Events flow through plain async methods; pluggy stays out of the per-event path.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+from anyio.abc import TaskStatus
+
+from event_router.errors import DeliveryError, PermanentError, RetryableError, SpoolFull
+from event_router.event import Event
+
+__all__ = [
+    "Delivery",
+    "DeliveryError",
+    "Event",
+    "EventSink",
+    "Input",
+    "Output",
+    "PermanentError",
+    "PluginContext",
+    "RetryableError",
+    "SpoolFull",
+    "SubmitResult",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What became of one submitted event. Once `submit` returns, every outcome is durable."""
+
+    event_id: str
+    status: Literal["accepted", "dead_lettered", "unrouted"]
+    #: validation errors (status dead_lettered, or accepted with validation = "warn")
+    errors: tuple[str, ...] = ()
+    dead_letter_id: int | None = None
+
+
+class EventSink(Protocol):
+    """How an input hands events to the core. One sink per input; it knows the input's name and policy."""
+
+    async def submit(self, events: Sequence[Event]) -> list[SubmitResult]:
+        """Validate, route and durably store `events`; return once they are on disk (or dead-lettered).
+
+        Only then may the input acknowledge its source. Raises `SpoolFull` when the spool is at its
+        limit: the input must push back (HTTP 503, stop consuming) and try again later.
+        """
+        ...
+
+    async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
+        """Durably keep an input that cannot become an event (not JSON, no trigger...) as a dead letter.
+
+        Returns the dead letter's id. The input may then acknowledge the source: the bytes are kept.
+        """
+        ...
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One (event, output) pair on its way out."""
+
+    id: int
+    event: Event
+    #: the body to send: the normalised event as a dict, or what the route's `reshape` made of it
+    payload: Any
+    route: str
+    #: 1 on the first try
+    attempt: int
+    #: keys of the route table the core does not interpret itself (e.g. `action` for the Connector output)
+    route_options: Mapping[str, Any] = field(default_factory=dict)
+    #: True when `payload` is the route's reshaped body rather than the whole event
+    reshaped: bool = False
+
+
+@dataclass(slots=True)
+class PluginContext:
+    """What the core gives every plugin instance."""
+
+    name: str
+    data_dir: Path
+    logger: logging.Logger
+    #: the directory router.toml is in: relative paths in plugin tables are relative to it
+    config_dir: Path
+
+
+class _Plugin(ABC):
+    #: the `type = "..."` that selects this class in router.toml
+    type_name: ClassVar[str]
+    #: JSON Schema (Draft 2020-12) of the plugin's own keys in its table. Keys the core owns (`type`,
+    #: and `validation`/`unknown_triggers` for inputs, `concurrency`/`retry`/`timeout` for outputs) are
+    #: removed before validation. Mark secret strings with `"x-secret": true`: the core resolves
+    #: `{env=...}`/`{file=...}` references for them and never logs them.
+    config_schema: ClassVar[Mapping[str, Any]] = {"type": "object", "additionalProperties": False}
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        self.config = config
+        self.context = context
+        self.name = context.name
+        self.log = context.logger
+
+
+class Input(_Plugin):
+    """Receives events from somewhere and hands them to the core through an `EventSink`.
+
+    Subclasses implement `run`. Acknowledge a source only after `sink.submit` (or `sink.reject`) returned.
+    """
+
+    @abstractmethod
+    async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        """Consume until cancelled. Call `task_status.started()` once listening/connected.
+
+        Cancellation is how the core stops an input (SIGTERM, reload): stop taking new events, and
+        leave unacknowledged ones to the source (the broker redelivers them).
+        """
+
+    def is_ready(self) -> bool:
+        """True while the input can take events (connected to its broker...). Feeds /readyz."""
+        return True
+
+
+class Output(_Plugin):
+    """Sends deliveries somewhere. The core calls `deliver` concurrently up to the output's `concurrency`.
+
+    Raise `RetryableError` or `PermanentError` (both from `event_router.plugin`) on failure; any other
+    exception counts as retryable. Return normally only once the receiver has the event.
+    """
+
+    #: Outputs that gain from batching (one fsync for many lines) set this above 1 and override
+    #: `deliver_batch`.
+    max_batch: ClassVar[int] = 1
+
+    async def open(self) -> None:
+        """Set up connections or files. Called once before the first delivery."""
+        return
+
+    async def close(self) -> None:
+        """Release what `open` set up. Called once at shutdown or when a reload replaces the output."""
+        return
+
+    @abstractmethod
+    async def deliver(self, delivery: Delivery) -> None:
+        """Deliver one event; raise a `DeliveryError` subclass on failure."""
+
+    def describe(self, delivery: Delivery) -> dict[str, Any]:
+        """What this output would send for `delivery`, for the `event-router test` dry run. Sends nothing."""
+        return {"body": delivery.payload}
+
+    async def deliver_batch(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
+        """Deliver several; return one outcome per delivery (None = delivered), in the same order."""
+        outcomes: list[BaseException | None] = []
+        for delivery in deliveries:
+            try:
+                await self.deliver(delivery)
+            except Exception as exc:  # each delivery's failure is its own outcome
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Failures are retryable unless the output said otherwise."""
+    return not isinstance(exc, DeliveryError) or exc.retryable
+
+
+PluginClass = type[Input] | type[Output]

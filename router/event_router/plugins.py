@@ -1,0 +1,191 @@
+"""Finding plugins: one pluggy manager, built-ins and third parties through the same door."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError as JsonSchemaError
+
+from event_router import hookspecs
+from event_router.errors import RouterError
+from event_router.plugin import Input, Output
+
+#: built-in plugin modules, registered after the entry-point plugins exactly like them
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "event_router.builtin.webhook",
+    "event_router.builtin.file_output",
+    "event_router.builtin.http_output",
+)
+#: comma-separated plugin names to skip (entry-point names or built-in names like `builtin.webhook`)
+DISABLE_ENV = "EVENT_ROUTER_DISABLE_PLUGINS"
+
+
+class PluginLoadError(RouterError):
+    """A plugin could not be loaded, or two plugins claim the same type."""
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """What `event-router plugins` shows for one registered plugin."""
+
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    hooks: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "builtin": self.builtin,
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "hooks": list(self.hooks),
+        }
+
+
+@dataclass(slots=True)
+class PluginRegistry:
+    """Every input/output class and schema directory the installed plugins provide."""
+
+    inputs: dict[str, type[Input]] = field(default_factory=dict)
+    outputs: dict[str, type[Output]] = field(default_factory=dict)
+    schema_dirs: list[Path] = field(default_factory=list)
+    plugins: list[PluginInfo] = field(default_factory=list)
+    #: type name -> plugin name, for messages
+    provided_by: dict[str, str] = field(default_factory=dict)
+
+
+def make_plugin_manager(
+    *, entry_points: bool = True, extra_plugins: Iterable[tuple[str, object]] = ()
+) -> pluggy.PluginManager:
+    """A fresh manager (never a global, so each test gets its own) with every enabled plugin registered.
+
+    `pm.event_router_dists` maps each entry-point plugin's name to its distribution.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    dists: dict[str, Any] = {}
+    pm.event_router_dists = dists  # type: ignore[attr-defined]
+    pm.add_hookspecs(hookspecs)
+    disabled = {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+    if entry_points:
+        for ep in _entry_points():
+            if ep.name in disabled:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party package must say which one it is
+                dist = ep.dist.name if ep.dist else "?"
+                raise PluginLoadError(f"plugin {ep.name!r} from {dist} failed to import: {exc}") from exc
+            if pm.get_plugin(ep.name) is None:
+                pm.register(plugin, name=ep.name)
+                dists[ep.name] = ep.dist
+    for module_name in DEFAULT_PLUGINS:
+        name = _builtin_name(module_name)
+        if name not in disabled:
+            pm.register(importlib.import_module(module_name), name=name)
+    for name, plugin in extra_plugins:
+        pm.register(plugin, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginLoadError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from exc
+    return pm
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=hookspecs.ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+
+def _builtin_name(module_name: str) -> str:
+    return "builtin." + module_name.rsplit(".", 1)[1].removesuffix("_output")
+
+
+def collect(pm: pluggy.PluginManager) -> PluginRegistry:
+    """Ask every plugin for its classes and schema dirs; refuse duplicates and bad config schemas."""
+    registry = PluginRegistry()
+    dists: dict[str, Any] = getattr(pm, "event_router_dists", {})
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        dist: Any = dists.get(name)
+        builtin = name.startswith("builtin.")
+        dist_name, version = _dist_of(dist, builtin)
+        hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
+        ins = _call(pm, plugin, "event_router_input_types")
+        outs = _call(pm, plugin, "event_router_output_types")
+        for kind, classes, table in (("input", ins, registry.inputs), ("output", outs, registry.outputs)):
+            for cls in classes:
+                _check_class(cls, kind, name)
+                key = f"{kind}:{cls.type_name}"
+                if cls.type_name in table:
+                    raise PluginLoadError(
+                        f"{kind} type {cls.type_name!r} is provided twice: by {registry.provided_by[key]}"
+                        f" and by {name} ({dist_name})"
+                    )
+                table[cls.type_name] = cls
+                registry.provided_by[key] = f"{name} ({dist_name})"
+        registry.schema_dirs.extend(Path(p) for p in _call(pm, plugin, "event_router_schema_dirs"))
+        registry.plugins.append(
+            PluginInfo(
+                name=name,
+                distribution=dist_name,
+                version=version,
+                builtin=builtin,
+                inputs=tuple(c.type_name for c in ins),
+                outputs=tuple(c.type_name for c in outs),
+                hooks=hooks,
+            )
+        )
+    return registry
+
+
+def load_plugins(*, entry_points: bool = True, extra_plugins: Iterable[tuple[str, object]] = ()) -> PluginRegistry:
+    """Build a manager and collect what its plugins provide: what the CLI and the daemon use."""
+    return collect(make_plugin_manager(entry_points=entry_points, extra_plugins=extra_plugins))
+
+
+def _call(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> Sequence[Any]:
+    impl = getattr(plugin, hook_name, None)
+    if impl is None:
+        return ()
+    result = impl()
+    return tuple(result or ())
+
+
+def _check_class(cls: Any, kind: str, plugin_name: str) -> None:
+    base = Input if kind == "input" else Output
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginLoadError(f"plugin {plugin_name}: {cls!r} is not a subclass of event_router.plugin.{base.__name__}")
+    if not getattr(cls, "type_name", None):
+        raise PluginLoadError(f"plugin {plugin_name}: {cls.__name__} has no type_name")
+    schema: Mapping[str, Any] = cls.config_schema
+    try:
+        Draft202012Validator.check_schema(dict(schema))
+    except JsonSchemaError as exc:
+        raise PluginLoadError(
+            f"plugin {plugin_name}: config_schema of {kind} {cls.type_name!r} is not a valid JSON Schema: {exc.message}"
+        ) from exc
+
+
+def _dist_of(dist: Any, builtin: bool) -> tuple[str, str]:
+    if dist is not None:
+        return str(dist.metadata["Name"]), str(dist.version)
+    if builtin:
+        from event_router import __version__
+
+        return "enmeshed-event-router", __version__
+    return "(not installed)", "?"

@@ -1,0 +1,439 @@
+"""The durable spool: SQLite in WAL mode, one writer thread, group commit.
+
+Every write (new events, finished deliveries, retries, dead letters) is queued to one thread that takes
+everything waiting, applies it in one transaction and commits once: under load one fsync covers many
+events, at low load an event waits for nothing but its own commit. `synchronous=FULL` makes a commit
+durable against power loss, so an input may acknowledge its source as soon as `store` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from event_router.errors import RouterError
+
+SCHEMA_VERSION = 1
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    did INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL REFERENCES events(seq),
+    output TEXT NOT NULL,
+    route TEXT NOT NULL,
+    payload BLOB,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    first_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(output, due, did);
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries(seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    dlid INTEGER PRIMARY KEY,
+    event_id TEXT,
+    trigger TEXT,
+    source TEXT,
+    output TEXT,
+    route TEXT,
+    reason TEXT NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL,
+    payload BLOB
+);
+CREATE INDEX IF NOT EXISTS dead_letters_output ON dead_letters(output, dlid);
+CREATE INDEX IF NOT EXISTS dead_letters_trigger ON dead_letters(trigger, dlid);
+CREATE INDEX IF NOT EXISTS dead_letters_created ON dead_letters(created_at);
+"""
+
+DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecodable", "permanent", "retries_exhausted"]
+
+
+class SpoolError(RouterError):
+    """The spool cannot be opened or written (disk full, read-only, corrupt...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    output: str
+    route: str
+    #: JSON of the route's reshaped body, None to send the event itself
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """An accepted event and the deliveries its routes made of it."""
+
+    event_id: str
+    trigger: str
+    body: bytes
+    deliveries: Sequence[NewDelivery]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDeadLetter:
+    """Something kept for people to look at: an invalid event, an undecodable message..."""
+
+    reason: DeadLetterReason
+    error: str
+    body: bytes
+    event_id: str | None = None
+    trigger: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    did: int
+    seq: int
+    output: str
+    route: str
+    payload: bytes | None
+    attempts: int
+    first_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    dlid: int
+    event_id: str | None
+    trigger: str | None
+    source: str | None
+    output: str | None
+    route: str | None
+    reason: str
+    error: str | None
+    attempts: int
+    created_at: float
+    body: bytes
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters a `dlq` command acts on; unset fields do not filter."""
+
+    ids: Sequence[int] = ()
+    output: str | None = None
+    trigger: str | None = None
+    reason: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if self.ids:
+            clauses.append(f"dlid IN ({','.join('?' * len(self.ids))})")
+            args.extend(self.ids)
+        for column, value in (("output", self.output), ("trigger", self.trigger), ("reason", self.reason)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if self.since is not None:
+            clauses.append("created_at >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("created_at < ?")
+            args.append(self.until)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+@dataclass(slots=True)
+class _Op:
+    apply: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop | None
+    #: asyncio future (settled on `loop`) for the daemon, concurrent future for the CLI
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the pragmas every user of the spool needs (the CLI too)."""
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+class Spool:
+    """Durable store of pending events, their deliveries and the dead letters.
+
+    Writes go through `_write` (group commit in the writer thread). Reads the delivery loop needs are
+    small indexed queries on a second connection, which WAL lets run beside the writer.
+    """
+
+    #: ops one transaction takes at most, so one commit never grows without bound
+    MAX_GROUP = 2000
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        #: events stored and not yet finished; kept by the writer thread, read anywhere
+        self.depth = 0
+        self.commits = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = connect(self.path)
+            conn.executescript(_DDL)
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if version is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(version[0]) > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {self.path} was written by a newer router (schema {version[0]}); upgrade first"
+                )
+            self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        self._reader = connect(self.path)
+        self._thread = threading.Thread(target=self._writer, args=(conn,), name="spool-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Let the writer finish what is queued, then close. Safe to call twice."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # --- the writer --------------------------------------------------------------------------------
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        running = True
+        while running:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.MAX_GROUP:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    running = False
+                    break
+                batch.append(op)
+            self._run_group(conn, batch)
+        conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        depth = self.depth
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [op.apply(conn) for op in batch]
+            conn.execute("COMMIT")
+        except Exception as exc:  # one failed commit fails every op in it: none of them is durable
+            self.depth = depth
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = exc if isinstance(exc, SpoolError) else SpoolError(f"spool write failed: {exc}")
+            for op in batch:
+                _resolve(op, None, error)
+            return
+        self.commits += 1
+        for op, result in zip(batch, results, strict=True):
+            _resolve(op, result, None)
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+        if self._thread is None:
+            raise SpoolError("spool is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(apply, loop, future))
+        return await future
+
+    def write_sync(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run one write from outside an event loop (the CLI), through the same writer and commit."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(_Op(apply, None, future))
+        return future.result()
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int]:
+        """Persist events (returns their delivery ids, in order) and dead letters (returns the dead letter id)."""
+        now = time.time()
+
+        def apply(conn: sqlite3.Connection) -> list[list[int] | int]:
+            out: list[list[int] | int] = []
+            for item in items:
+                if isinstance(item, StoreDeadLetter):
+                    out.append(_insert_dead_letter(conn, item, now))
+                    continue
+                seq = conn.execute(
+                    "INSERT INTO events (id, trigger, stored_at, body) VALUES (?, ?, ?, ?)",
+                    (item.event_id, item.trigger, now, item.body),
+                ).lastrowid
+                assert seq is not None
+                self.depth += 1
+                dids = []
+                for d in item.deliveries:
+                    cur = conn.execute(
+                        "INSERT INTO deliveries (seq, output, route, payload, due, first_at) VALUES (?,?,?,?,?,?)",
+                        (seq, d.output, d.route, d.payload, now, now),
+                    )
+                    assert cur.lastrowid is not None
+                    dids.append(cur.lastrowid)
+                out.append(dids)
+            return out
+
+        result: list[list[int] | int] = await self._write(apply)
+        return result
+
+    async def settle(
+        self,
+        *,
+        done: Sequence[int] = (),
+        retry: Sequence[tuple[int, int, float, str]] = (),
+        dead: Sequence[tuple[int, str, str, int]] = (),
+    ) -> list[int]:
+        """Record a batch of outcomes in one write.
+
+        done: delivered ids (forgotten, and their event once nothing else is pending);
+        retry: (id, attempts, due, error) to try again at `due`;
+        dead: (id, reason, error, attempts) moved to the dead letters with event and payload.
+        Returns the new dead letter ids.
+        """
+        if not (done or retry or dead):
+            return []
+
+        def apply(conn: sqlite3.Connection) -> list[int]:
+            for did in done:
+                self._finish(conn, did)
+            conn.executemany(
+                "UPDATE deliveries SET attempts = ?, due = ?, last_error = ? WHERE did = ?",
+                [(attempts, due, error[:2000], did) for did, attempts, due, error in retry],
+            )
+            return [self._dead_letter(conn, *item) for item in dead]
+
+        result: list[int] = await self._write(apply)
+        return result
+
+    def _dead_letter(self, conn: sqlite3.Connection, did: int, reason: str, error: str, attempts: int) -> int:
+        row = conn.execute(
+            "SELECT e.id, e.trigger, e.body, d.output, d.route, d.payload FROM deliveries d "
+            "JOIN events e ON e.seq = d.seq WHERE d.did = ?",
+            (did,),
+        ).fetchone()
+        if row is None:
+            raise SpoolError(f"delivery {did} is not in the spool")
+        event_id, trigger, body, output, route, payload = row
+        cur = conn.execute(
+            "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, attempts,"
+            " created_at, body, payload) VALUES (?,?,json_extract(?, '$.source'),?,?,?,?,?,?,?,?)",
+            (
+                event_id,
+                trigger,
+                body,
+                output,
+                route,
+                reason,
+                error[:4000],
+                attempts,
+                time.time(),
+                body,
+                payload,
+            ),
+        )
+        self._finish(conn, did)
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _finish(self, conn: sqlite3.Connection, did: int) -> None:
+        """Forget a delivery, and its event once no delivery of it is left."""
+        row = conn.execute("DELETE FROM deliveries WHERE did = ? RETURNING seq", (did,)).fetchone()
+        if row is None:
+            return
+        seq = row[0]
+        if conn.execute("SELECT 1 FROM deliveries WHERE seq = ? LIMIT 1", (seq,)).fetchone() is None:
+            self.depth -= conn.execute("DELETE FROM events WHERE seq = ?", (seq,)).rowcount
+
+    # --- reads for the delivery loop ------------------------------------------------------------------
+
+    def fetch_due(self, output: str, now: float, limit: int, exclude: set[int]) -> list[DeliveryRow]:
+        """Deliveries of `output` due by `now`, oldest due first, skipping those already in memory."""
+        assert self._reader is not None
+        rows = self._reader.execute(
+            "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body "
+            "FROM deliveries d JOIN events e ON e.seq = d.seq "
+            "WHERE d.output = ? AND d.due <= ? ORDER BY d.due, d.did LIMIT ?",
+            (output, now, limit + len(exclude)),
+        ).fetchall()
+        out = [DeliveryRow(*row) for row in rows if row[0] not in exclude]
+        return out[:limit]
+
+    def next_due(self, output: str) -> float | None:
+        assert self._reader is not None
+        row = self._reader.execute("SELECT MIN(due) FROM deliveries WHERE output = ?", (output,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending_outputs(self) -> dict[str, int]:
+        """Pending deliveries per output, including outputs no longer configured."""
+        assert self._reader is not None
+        rows = self._reader.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output").fetchall()
+        return dict(rows)
+
+
+def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: float) -> int:
+    cur = conn.execute(
+        "INSERT INTO dead_letters (event_id, trigger, source, reason, error, created_at, body) VALUES (?,?,?,?,?,?,?)",
+        (item.event_id, item.trigger, item.source, item.reason, item.error[:4000], now, item.body),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def _resolve(op: _Op, result: Any, error: BaseException | None) -> None:
+    future = op.future
+    if isinstance(future, concurrent.futures.Future):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+        return
+    assert op.loop is not None
+
+    def settle() -> None:
+        if future.done():  # the awaiting task was cancelled; the write happened (or not) all the same
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    # a closed loop means nobody is waiting any more
+    with contextlib.suppress(RuntimeError):
+        op.loop.call_soon_threadsafe(settle)

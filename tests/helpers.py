@@ -1,0 +1,263 @@
+"""Test helpers: real sockets, real subprocesses, a real HTTP receiver. No mocks of our own I/O."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "tests" / "data" / "example-events.json"
+
+
+def example_events() -> list[dict[str, Any]]:
+    return json.loads(EXAMPLES.read_text())
+
+
+def example(trigger: str) -> dict[str, Any]:
+    return next(e for e in example_events() if e["trigger"] == trigger)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on loopback that records requests and answers with a programmable status."""
+
+    port: int = 0
+    requests: list[Recorded] = field(default_factory=list)
+    #: statuses to answer with, in order; the last one repeats. (status, headers)
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=lambda: [(200, {})])
+    delay: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def respond(self, *script: tuple[int, dict[str, str]] | int) -> None:
+        with self.lock:
+            self.script = [s if isinstance(s, tuple) else (s, {}) for s in script]
+
+    def bodies(self) -> list[Any]:
+        with self.lock:
+            return [r.json() for r in self.requests]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def http_receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)
+            if receiver.delay:
+                time.sleep(receiver.delay)
+            with receiver.lock:
+                status, headers = receiver.script[0] if len(receiver.script) == 1 else receiver.script.pop(0)
+                receiver.requests.append(Recorded("POST", self.path, dict(self.headers.items()), body))
+            payload = b'{"ok": true}' if status < 300 else b'{"error": "scripted failure"}'
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_PUT = do_POST
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    receiver.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def post(
+    url: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None, timeout: float = 10
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """POST with the stdlib client (a different HTTP stack than the router's)."""
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            return response.status, (orjson.loads(raw) if raw else {}), dict(response.headers.items())
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            parsed = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            parsed = {"raw": raw.decode(errors="replace")}
+        return exc.code, parsed, dict(exc.headers.items())
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m event_router ...` as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "event_router", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class RouterProcess:
+    """`event-router run` in a subprocess, readiness taken from a real sd_notify socket."""
+
+    def __init__(self, config: Path, *, env: dict[str, str] | None = None, log: Path | None = None):
+        self.config = config
+        self.env = env or {}
+        self.log_path = log or config.with_suffix(".log")
+        self.notify_path = config.parent / f"notify-{os.getpid()}-{id(self)}.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.messages: list[str] = []
+        self._sock: socket.socket | None = None
+
+    def start(self, timeout: float = 20) -> RouterProcess:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if self.notify_path.exists():
+            self.notify_path.unlink()
+        self._sock.bind(str(self.notify_path))
+        self._sock.settimeout(0.2)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "event_router", "run", "-c", str(self.config), "--log-format", "json"],
+            env={**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.config.parent,
+        )
+        log.close()
+        self.wait_message("READY=1", timeout)
+        return self
+
+    def poll_messages(self) -> list[str]:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+            self.messages.extend(data.decode().split("\n"))
+
+    def wait_message(self, message: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.messages)
+        while time.monotonic() < deadline:
+            self.poll_messages()
+            if message in self.messages[start:]:
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"router exited with {self.proc.returncode} before {message}:\n{self.logs()}")
+        raise AssertionError(f"router did not send {message} within {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.poll_messages()  # what it sent while stopping
+        self.close()
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self.notify_path.exists():
+            self.notify_path.unlink()
+
+    def __enter__(self) -> RouterProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+        self.close()

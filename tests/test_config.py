@@ -1,0 +1,244 @@
+"""router.toml loading: valid configs build, broken ones fail with the exact key path and a clear message."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from event_router.config import ConfigErrors, build_config, load_config
+from event_router.durations import parse_duration
+from event_router.plugins import load_plugins
+from event_router.secrets import Secret
+
+BASE = """
+[router]
+data_dir = "./var"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:8787"
+[outputs.archive]
+type = "file"
+path = "./var/events.jsonl"
+[outputs.crm]
+type = "http"
+url = "http://127.0.0.1:9000/hooks/{{trigger}}"
+[[routes]]
+name = "messages to CRM"
+match = { trigger = ["transport.messageReceived"], "data.content.@type" = ["Mail"] }
+to = ["crm", "archive"]
+"""
+
+
+@pytest.fixture(scope="module")
+def registry():  # type: ignore[no-untyped-def]
+    return load_plugins(entry_points=False)
+
+
+def build(text: str, tmp_path: Path, registry):  # type: ignore[no-untyped-def]
+    return build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+
+
+def errors_of(text: str, tmp_path: Path, registry) -> list[str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigErrors) as info:
+        build(text, tmp_path, registry)
+    return [str(e) for e in info.value.errors]
+
+
+def test_valid_config_builds(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    config = build(BASE, tmp_path, registry)
+    assert set(config.inputs) == {"connector"}
+    assert config.inputs["connector"].validation == "strict"
+    assert config.outputs["crm"].type == "http"
+    assert config.outputs["crm"].concurrency == 8
+    assert config.routes[0].to == ("crm", "archive")
+    assert config.data_dir == tmp_path / "var"
+    assert config.unmatched == "drop"
+
+
+def test_shipped_router_toml_is_valid(monkeypatch: pytest.MonkeyPatch, registry) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ROUTER_WEBHOOK_API_KEY", "test-key")
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "router.toml", registry)
+    assert config.inputs and config.outputs and config.routes
+
+
+BROKEN = [
+    pytest.param(
+        BASE.replace('type = "webhook"', 'type = "smtp"'),
+        "router.toml: inputs.connector.type: unknown input type 'smtp' (installed: webhook;",
+        id="unknown-input-type",
+    ),
+    pytest.param(
+        BASE.replace('type = "file"', 'type = "ftp"'),
+        "router.toml: outputs.archive.type: unknown output type 'ftp'",
+        id="unknown-output-type",
+    ),
+    pytest.param(
+        BASE.replace('to = ["crm", "archive"]', 'to = ["crm", "archiv"]'),
+        "router.toml: routes[0].to[1]: no output named 'archiv' (outputs: archive, crm)",
+        id="route-to-unknown-output",
+    ),
+    pytest.param(
+        BASE.replace('url = "http://127.0.0.1:9000/hooks/{{trigger}}"', 'url = "ftp://x"'),
+        "router.toml: outputs.crm.url: 'ftp://x' does not match '^https?://' (plugin http)",
+        id="http-url-scheme",
+    ),
+    pytest.param(
+        BASE + "[outputs.crm.retry]\nmax_attempts = 0\n",
+        "router.toml: outputs.crm.retry.max_attempts: 0 is less than the minimum of 1",
+        id="retry-max-attempts",
+    ),
+    pytest.param(
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "localhost"'),
+        "router.toml: inputs.connector.listen: 'localhost' is not host:port (e.g. 127.0.0.1:8787) (plugin webhook)",
+        id="webhook-listen",
+    ),
+    pytest.param(
+        BASE.replace("[router]", "[router]\ncolour = 'blue'"),
+        "router.toml: router: unknown key 'colour' (allowed: data_dir, log_level, max_pending_events",
+        id="unknown-router-key",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrotate = true'),
+        "router.toml: outputs.archive: unknown key 'rotate' (allowed: fsync, path) (plugin file)",
+        id="unknown-plugin-key",
+    ),
+    pytest.param(
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nvalidation = "lenient"'),
+        "router.toml: inputs.connector.validation: 'lenient' is not one of 'strict', 'warn', 'off'",
+        id="validation-enum",
+    ),
+    pytest.param(
+        BASE + '[[routes]]\nname = "messages to CRM"\nto = "archive"\n',
+        "router.toml: routes[1].name: route name 'messages to CRM' is already used by routes[0]",
+        id="duplicate-route-name",
+    ),
+    pytest.param(
+        BASE + '[[routes]]\nname = "x"\n',
+        "router.toml: routes[1]: 'to' is required but missing",
+        id="route-without-to",
+    ),
+    pytest.param(
+        BASE.replace('["Mail"]', '[{ prefx = "Ma" }]'),
+        "router.toml: routes[0].match.data.content.@type[0]: unknown operator 'prefx'",
+        id="unknown-match-operator",
+    ),
+    pytest.param(
+        BASE.replace('url = "http://127.0.0.1:9000/hooks/{{trigger}}"', 'url = "http://{{data.host}}/x"'),
+        "router.toml: outputs.crm.url: the host part of the URL cannot contain a template",
+        id="template-in-host",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/{{trigger}}.jsonl"'),
+        "router.toml: outputs.archive.path: templates are not allowed in a file path",
+        id="template-in-file-path",
+    ),
+    pytest.param(
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\napi_key = { env = "NO_SUCH_VAR_X1" }'),
+        "router.toml: inputs.connector.api_key: environment variable NO_SUCH_VAR_X1 is not set (plugin webhook)",
+        id="secret-env-missing",
+    ),
+    pytest.param(
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\napi_key = { vault = "x" }'),
+        "router.toml: inputs.connector.api_key: must be a string or a table with one key: env, file or credential",
+        id="secret-bad-reference",
+    ),
+    pytest.param(
+        BASE.replace("[router]", '[router]\nshutdown_timeout = "ten seconds"'),
+        "router.toml: router.shutdown_timeout: 'ten seconds' is not a duration",
+        id="bad-duration",
+    ),
+    pytest.param(
+        BASE.replace("[inputs.connector]", '[inputs."my input"]'),
+        "'my input' is not a valid name",
+        id="bad-input-name",
+    ),
+    pytest.param(
+        BASE.replace('type = "webhook"\n', ""),
+        "router.toml: inputs.connector: 'type' is required but missing",
+        id="input-without-type",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BROKEN)
+def test_broken_config_names_the_key(text: str, expected: str, tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    messages = errors_of(text, tmp_path, registry)
+    assert any(expected in m for m in messages), messages
+
+
+def test_all_errors_are_reported_at_once(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    text = BASE.replace('type = "webhook"', 'type = "smtp"').replace('to = ["crm", "archive"]', 'to = ["nope"]')
+    messages = errors_of(text, tmp_path, registry)
+    assert len(messages) == 2, messages
+
+
+def test_not_toml(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "router.toml"
+    path.write_text("[router\n")
+    with pytest.raises(ConfigErrors, match=r"router.toml: not valid TOML: .*line 1"):
+        load_config(path, registry)
+
+
+def test_missing_file(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigErrors, match="cannot read"):
+        load_config(tmp_path / "absent.toml", registry)
+
+
+def test_secrets_resolve_and_stay_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ROUTER_KEY_T", "s3cret-env")
+    (tmp_path / "key.txt").write_text("s3cret-file\n")
+    text = BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\napi_key = { env = "ROUTER_KEY_T" }')
+    text = text.replace(
+        'url = "http://127.0.0.1:9000/hooks/{{trigger}}"',
+        'url = "http://127.0.0.1:9000/x"\nheaders = { Authorization = { file = "key.txt" } }',
+    )
+    config = build(text, tmp_path, registry)
+    plugin = config.inputs["connector"].plugin
+    assert plugin.api_key == b"s3cret-env"  # type: ignore[attr-defined]
+    header = config.outputs["crm"].plugin.headers["Authorization"]  # type: ignore[attr-defined]
+    assert header == "s3cret-file"
+    assert config.warnings == ()
+    assert "s3cret" not in repr(Secret("s3cret-env"))
+
+
+def test_plain_secret_warns(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    text = BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\napi_key = "plain"')
+    config = build(text, tmp_path, registry)
+    assert any("inputs.connector.api_key: secret written in plain text" in w for w in config.warnings)
+    assert all('plain"' not in w for w in config.warnings)
+
+
+def test_credential_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "webhook-key").write_text("from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    text = BASE.replace(
+        'listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\napi_key = { credential = "webhook-key" }'
+    )
+    assert build(text, tmp_path, registry).inputs["connector"].plugin.api_key == b"from-systemd"  # type: ignore[attr-defined]
+
+
+def test_retry_policy_layers(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    text = BASE.replace("[router]", '[router]\nretry = { max_attempts = 5, max_backoff = "1m" }')
+    text += '[outputs.crm.retry]\ninitial_backoff = "250ms"\n'
+    text = text.replace('to = ["crm", "archive"]', 'to = ["crm", "archive"]\nretry = { max_attempts = 2 }')
+    config = build(text, tmp_path, registry)
+    crm = config.outputs["crm"].retry
+    assert (crm.max_attempts, crm.max_backoff, crm.initial_backoff) == (5, 60.0, 0.25)
+    assert config.outputs["archive"].retry.initial_backoff == 1.0
+    assert config.retry_for("crm", "messages to CRM").max_attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(5, 5.0), (0.5, 0.5), ("500ms", 0.5), ("2m", 120.0), ("1.5h", 5400.0), ("7d", 604800.0)]
+)
+def test_durations(value: float | str, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["5", "five s", "-1s", True, -3])
+def test_bad_durations(value: object) -> None:
+    with pytest.raises(ValueError, match=r"duration|negative"):
+        parse_duration(value)  # type: ignore[arg-type]

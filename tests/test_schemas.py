@@ -1,0 +1,618 @@
+"""The built-in event schemas: one per Connector namespace, each accepting real-shaped data and rejecting
+broken variants with an error that names the path."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from event_router.validation import SchemaRegistry, builtin_schema_dir
+
+# The 41 namespaces of the reference table (enmeshed-events.md, section 1).
+NAMESPACES = [
+    "transport.messageReceived",
+    "transport.messageSent",
+    "transport.messageDelivered",
+    "transport.messageWasReadAtChanged",
+    "transport.relationshipChanged",
+    "transport.relationshipReactivationRequested",
+    "transport.relationshipReactivationCompleted",
+    "transport.relationshipDecomposedBySelf",
+    "transport.peerToBeDeleted",
+    "transport.peerDeletionCancelled",
+    "transport.peerDeleted",
+    "transport.peerRelationshipTemplateLoaded",
+    "transport.relationshipTemplateAllocationsExhausted",
+    "transport.fileOwnershipClaimed",
+    "transport.fileOwnershipLocked",
+    "transport.identityDeletionProcessStatusChanged",
+    "transport.datawalletSynchronized",
+    "consumption.attributeCreated",
+    "consumption.attributeDeleted",
+    "consumption.attributeSucceeded",
+    "consumption.attributeForwardingDetailsChanged",
+    "consumption.attributeWasViewedAtChanged",
+    "consumption.ownAttributeDeletedByOwner",
+    "consumption.peerRelationshipAttributeDeletedByPeer",
+    "consumption.forwardedAttributeDeletedByPeer",
+    "consumption.incomingRequestReceived",
+    "consumption.incomingRequestStatusChanged",
+    "consumption.outgoingRequestCreated",
+    "consumption.outgoingRequestCreatedAndCompleted",
+    "consumption.outgoingRequestFromRelationshipCreationCreatedAndCompleted",
+    "consumption.outgoingRequestStatusChanged",
+    "consumption.messageProcessed",
+    "consumption.relationshipTemplateProcessed",
+    "consumption.shareCredentialOfferRequestItemProcessedByRecipient",
+    "consumption.mailReceived",
+    "consumption.relationshipEvent",
+    "runtime.initializing",
+    "runtime.initialized",
+    "runtime.modulesLoaded",
+    "runtime.modulesInitialized",
+    "runtime.modulesStarted",
+]
+RUNTIME = [ns for ns in NAMESPACES if ns.startswith("runtime.")]
+
+
+def _examples_path() -> Path:
+    # the reference copy when the checkout sits beside ../shared, else the copy in tests/data
+    shared = Path(__file__).resolve().parents[2] / "shared/reference/example-events.json"
+    return shared if shared.is_file() else Path(__file__).parent / "data/example-events.json"
+
+
+EXAMPLE_EVENTS: list[dict[str, Any]] = json.loads(_examples_path().read_text())
+EXAMPLES = {item["trigger"]: item["data"] for item in EXAMPLE_EVENTS}
+
+PEER = "did:e:backbone.example.org:dids:c8886dfc472605bea411a6"
+SELF = "did:e:backbone.example.org:dids:71d2c295ff91728b4b031d"
+OTHER = "did:e:localhost:dids:48fe8f9a46ef5b775e7657"
+DEVICE = "DVC7X6SVP2KGKX5KYLE0"
+WHEN = "2026-08-21T08:14:58.907Z"
+
+
+def changed(base: Any, path: tuple[str | int, ...], value: Any) -> Any:
+    """A deep copy of `base` with the value at `path` replaced (or added)."""
+    out = copy.deepcopy(base)
+    target = out
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return out
+
+
+def dropped(base: Any, path: tuple[str | int, ...]) -> Any:
+    """A deep copy of `base` without the key at `path`."""
+    out = copy.deepcopy(base)
+    target = out
+    for part in path[:-1]:
+        target = target[part]
+    del target[path[-1]]
+    return out
+
+
+def merged(base: dict[str, Any], **keys: Any) -> dict[str, Any]:
+    return {**copy.deepcopy(base), **keys}
+
+
+# ---- messages ---------------------------------------------------------------------------------------
+MESSAGE = EXAMPLES["transport.messageReceived"]
+REQUEST = EXAMPLES["consumption.incomingRequestReceived"]
+STATUS_CHANGED = EXAMPLES["consumption.outgoingRequestStatusChanged"]
+OUTGOING = STATUS_CHANGED["request"]
+RESPONSE = OUTGOING["response"]["content"]
+MESSAGE_WITH_REQUEST = merged(MESSAGE, content=REQUEST["content"])
+MESSAGE_SENT = merged(
+    MESSAGE,
+    isOwn=True,
+    createdBy=SELF,
+    recipients=[{"address": PEER}],
+    content={
+        "@type": "ResponseWrapper",
+        "requestId": "REQ31OM7PNMJD4BWBJ86",
+        "requestSourceReference": "MSG7MFSEOW59Q376OB6A",
+        "requestSourceType": "Message",
+        "response": merged(RESPONSE, requestId="REQ31OM7PNMJD4BWBJ86"),
+    },
+    attachments=["FILAB12CD34EF56GH78I"],
+)
+MESSAGE_NOTIFICATION = merged(
+    MESSAGE,
+    content={
+        "@type": "Notification",
+        "id": "NOTK3M9Q0ZP2X7B4D1WE",
+        "items": [{"@type": "PeerAttributeSucceededNotificationItem", "predecessorId": "ATTX64EPTZXQEOB0FDPT"}],
+    },
+)
+MESSAGE_ARBITRARY = merged(MESSAGE, content={"@type": "ArbitraryMessageContent", "value": {"any": ["thing"]}})
+
+# ---- relationships, templates, files ----------------------------------------------------------------
+RELATIONSHIP = EXAMPLES["transport.relationshipChanged"]
+RELATIONSHIP_ACTIVE = merged(
+    RELATIONSHIP,
+    status="Active",
+    auditLog=[
+        *RELATIONSHIP["auditLog"],
+        {
+            "createdAt": "2026-08-20T14:05:00.000Z",
+            "createdBy": SELF,
+            "createdByDevice": "DVCVG33NTUSSM0BQ1TW7",
+            "reason": "AcceptanceOfCreation",
+            "oldStatus": "Pending",
+            "newStatus": "Active",
+        },
+    ],
+)
+RELATIONSHIP_REACTIVATION = merged(
+    RELATIONSHIP_ACTIVE,
+    status="Terminated",
+    creationContent={"@type": "ArbitraryRelationshipCreationContent", "value": "hello"},
+    auditLog=[
+        *RELATIONSHIP_ACTIVE["auditLog"],
+        {
+            "createdAt": WHEN,
+            "createdBy": SELF,
+            "reason": "Termination",
+            "oldStatus": "Active",
+            "newStatus": "Terminated",
+        },
+        {
+            "createdAt": WHEN,
+            "createdBy": PEER,
+            "reason": "ReactivationRequested",
+            "oldStatus": "Terminated",
+            "newStatus": "Terminated",
+        },
+    ],
+)
+RELATIONSHIP_PEER_DELETING = merged(
+    RELATIONSHIP_ACTIVE, peerDeletionInfo={"deletionStatus": "ToBeDeleted", "deletionDate": "2026-09-20T00:00:00.000Z"}
+)
+TEMPLATE = {
+    "id": "RLT1VGB7FV5QDBXWZDFZ",
+    "isOwn": False,
+    "createdBy": PEER,
+    "createdByDevice": DEVICE,
+    "createdAt": "2026-08-20T13:59:00.123Z",
+    "expiresAt": "2026-09-20T13:59:00.000Z",
+    "content": {
+        "@type": "RelationshipTemplateContent",
+        "title": "Connect with Example Corp",
+        "onNewRelationship": {
+            "@type": "Request",
+            "items": [
+                {
+                    "@type": "ReadAttributeRequestItem",
+                    "mustBeAccepted": True,
+                    "query": {"@type": "IdentityAttributeQuery", "valueType": "GivenName"},
+                },
+                {
+                    "@type": "RequestItemGroup",
+                    "title": "Optional",
+                    "items": [{"@type": "ConsentRequestItem", "mustBeAccepted": False, "consent": "Newsletter"}],
+                },
+            ],
+        },
+    },
+    "reference": {
+        "truncated": "VE9LSzVCOTNBWTBKN0JIMjAyNnx8",
+        "url": "https://backbone.example.org/r/RLT1VGB7FV5QDBXWZDFZ#VE9LSzVCOTNBWTBKN0JIMjAyNnx8",
+    },
+}
+TEMPLATE_OWN = merged(
+    TEMPLATE,
+    isOwn=True,
+    createdBy=SELF,
+    content={"@type": "ArbitraryRelationshipTemplateContent", "value": {"greeting": "hi"}},
+    maxNumberOfAllocations=1,
+    forIdentity=PEER,
+    passwordProtection={"password": "1234", "passwordIsPin": True, "passwordLocationIndicator": 50},
+)
+FILE = {
+    "id": "FILAB12CD34EF56GH78I",
+    "isOwn": True,
+    "filename": "invoice.pdf",
+    "filesize": 48213,
+    "createdAt": WHEN,
+    "createdBy": SELF,
+    "createdByDevice": DEVICE,
+    "expiresAt": "2027-08-21T08:14:58.907Z",
+    "mimetype": "application/pdf",
+    "reference": {
+        "truncated": "RklMQUIxMkNEMzRFRjU2R0g3OEl8fA",
+        "url": "https://backbone.example.org/r/FILAB12CD34EF56GH78I",
+    },
+    "owner": SELF,
+    "title": "Invoice 2026-08",
+    "tags": ["invoice"],
+    "ownershipToken": "b3duZXJzaGlwVG9rZW4",
+}
+IDENTITY_DELETION = {
+    "id": "IDPQ2W3E4R5T6Y7U8I9O",
+    "status": "Active",
+    "createdAt": WHEN,
+    "createdByDevice": DEVICE,
+    "gracePeriodEndsAt": "2026-09-04T08:14:58.907Z",
+}
+
+# ---- requests ---------------------------------------------------------------------------------------
+REQUEST_DECIDABLE = merged(REQUEST, status="ManualDecisionRequired")
+REQUEST_DRAFT = {k: v for k, v in OUTGOING.items() if k not in ("source", "response")} | {"status": "Draft"}
+REQUEST_FROM_RELATIONSHIP = merged(
+    OUTGOING,
+    source={"type": "RelationshipTemplate", "reference": "RLT1VGB7FV5QDBXWZDFZ"},
+    response={
+        "createdAt": WHEN,
+        "content": RELATIONSHIP["creationContent"]["response"],
+        "source": {"type": "Relationship", "reference": "REL1YBBHLUEC51CGTOYD"},
+    },
+    wasAutomaticallyDecided=True,
+)
+
+# ---- attributes -------------------------------------------------------------------------------------
+OWN_IDENTITY_ATTRIBUTE = {
+    "@type": "OwnIdentityAttribute",
+    "id": "ATTQV91NK2V6R1B0ZD7M",
+    "createdAt": WHEN,
+    "content": {
+        "@type": "IdentityAttribute",
+        "owner": SELF,
+        "value": {"@type": "EMailAddress", "value": "jana@example.org"},
+        "tags": ["x:private"],
+    },
+    "isDefault": True,
+    "numberOfForwards": 2,
+}
+PEER_IDENTITY_ATTRIBUTE = {
+    "@type": "PeerIdentityAttribute",
+    "id": "ATTX64EPTZXQEOB0FDPT",
+    "createdAt": WHEN,
+    "content": {"@type": "IdentityAttribute", "owner": PEER, "value": {"@type": "GivenName", "value": "Jana"}},
+    "peer": PEER,
+    "sourceReference": "REQ8O2DME4V5VV4I1U3O",
+    "wasViewedAt": "2026-08-22T07:00:00.000Z",
+}
+PEER_RELATIONSHIP_ATTRIBUTE = {
+    "@type": "PeerRelationshipAttribute",
+    "id": "ATTDI1ILCHTO1RN75DXQ",
+    "createdAt": WHEN,
+    "content": {
+        "@type": "RelationshipAttribute",
+        "owner": PEER,
+        "key": "customerNumber",
+        "confidentiality": "protected",
+        "isTechnical": False,
+        "value": {"@type": "ProprietaryString", "title": "Customer number", "value": "K-4711"},
+    },
+    "peer": PEER,
+    "sourceReference": "NOTK3M9Q0ZP2X7B4D1WE",
+    "deletionInfo": {"deletionStatus": "DeletedByEmitter", "deletionDate": WHEN},
+}
+PRE7_ATTRIBUTE = {
+    "id": "ATT6PRE7ABCDEFGHIJKL",
+    "createdAt": WHEN,
+    "parentId": "ATTQV91NK2V6R1B0ZD7M",
+    "content": {"@type": "IdentityAttribute", "owner": SELF, "value": {"@type": "City", "value": "Leipzig"}},
+    "shareInfo": {"peer": PEER, "requestReference": "REQ8O2DME4V5VV4I1U3O", "sourceAttribute": "ATTQV91NK2V6R1B0ZD7M"},
+    "deletionInfo": {"deletionStatus": "DeletedByPeer", "deletionDate": WHEN},
+}
+SUCCEEDED = {
+    "predecessor": merged(OWN_IDENTITY_ATTRIBUTE, succeededBy="ATTNEWSUCCESSOR12345"),
+    "successor": merged(OWN_IDENTITY_ATTRIBUTE, id="ATTNEWSUCCESSOR12345", succeeds="ATTQV91NK2V6R1B0ZD7M"),
+}
+
+RELATIONSHIP_EVENT = f"consumption.relationshipEvent.{RELATIONSHIP['id']}"
+
+# namespace -> data the schema must accept
+VALID: dict[str, list[Any]] = {
+    "transport.messageReceived": [MESSAGE, MESSAGE_WITH_REQUEST],
+    "transport.messageSent": [MESSAGE_SENT],
+    "transport.messageDelivered": [MESSAGE_NOTIFICATION],
+    "transport.messageWasReadAtChanged": [merged(MESSAGE, wasReadAt=WHEN), MESSAGE_ARBITRARY],
+    "transport.relationshipChanged": [RELATIONSHIP, RELATIONSHIP_ACTIVE],
+    "transport.relationshipReactivationRequested": [RELATIONSHIP_REACTIVATION],
+    "transport.relationshipReactivationCompleted": [merged(RELATIONSHIP_REACTIVATION, status="Active")],
+    "transport.relationshipDecomposedBySelf": [{"relationshipId": "REL1YBBHLUEC51CGTOYD"}],
+    "transport.peerToBeDeleted": [RELATIONSHIP_PEER_DELETING],
+    "transport.peerDeletionCancelled": [RELATIONSHIP_ACTIVE],
+    "transport.peerDeleted": [
+        changed(RELATIONSHIP_PEER_DELETING, ("peerDeletionInfo", "deletionStatus"), "Deleted"),
+    ],
+    "transport.peerRelationshipTemplateLoaded": [TEMPLATE],
+    "transport.relationshipTemplateAllocationsExhausted": [
+        TEMPLATE_OWN,
+        changed(TEMPLATE_OWN, ("passwordProtection",), {"password": "s3cret", "passwordLocationIndicator": "Email"}),
+    ],
+    "transport.fileOwnershipClaimed": [FILE],
+    "transport.fileOwnershipLocked": [merged(FILE, ownershipIsLocked=True, isOwn=False)],
+    "transport.identityDeletionProcessStatusChanged": [
+        IDENTITY_DELETION,
+        None,
+        {"id": "IDPQ2W3E4R5T6Y7U8I9O", "status": "Cancelled"},
+    ],
+    "transport.datawalletSynchronized": [None, {}],
+    "consumption.attributeCreated": [OWN_IDENTITY_ATTRIBUTE, PRE7_ATTRIBUTE],
+    "consumption.attributeDeleted": [PEER_RELATIONSHIP_ATTRIBUTE, PRE7_ATTRIBUTE],
+    "consumption.attributeSucceeded": [SUCCEEDED],
+    "consumption.attributeForwardingDetailsChanged": [OWN_IDENTITY_ATTRIBUTE],
+    "consumption.attributeWasViewedAtChanged": [PEER_IDENTITY_ATTRIBUTE],
+    "consumption.ownAttributeDeletedByOwner": [
+        merged(PEER_IDENTITY_ATTRIBUTE, deletionInfo={"deletionStatus": "ToBeDeleted", "deletionDate": WHEN})
+    ],
+    "consumption.peerRelationshipAttributeDeletedByPeer": [PEER_RELATIONSHIP_ATTRIBUTE],
+    "consumption.forwardedAttributeDeletedByPeer": [
+        merged(OWN_IDENTITY_ATTRIBUTE, deletionInfo={"deletionStatus": "DeletedByRecipient", "deletionDate": WHEN}),
+        PRE7_ATTRIBUTE,
+    ],
+    "consumption.incomingRequestReceived": [REQUEST],
+    "consumption.incomingRequestStatusChanged": [
+        {"request": REQUEST_DECIDABLE, "oldStatus": "DecisionRequired", "newStatus": "ManualDecisionRequired"}
+    ],
+    "consumption.outgoingRequestCreated": [REQUEST_DRAFT],
+    "consumption.outgoingRequestCreatedAndCompleted": [OUTGOING],
+    "consumption.outgoingRequestFromRelationshipCreationCreatedAndCompleted": [REQUEST_FROM_RELATIONSHIP],
+    "consumption.outgoingRequestStatusChanged": [STATUS_CHANGED],
+    "consumption.messageProcessed": [
+        {"message": MESSAGE, "result": "NoRequest"},
+        {"message": MESSAGE_WITH_REQUEST, "result": "RequestAutomaticallyDecided"},
+    ],
+    "consumption.relationshipTemplateProcessed": [
+        {"template": TEMPLATE, "result": "ManualRequestDecisionRequired", "requestId": "REQ8O2DME4V5VV4I1U3O"},
+        {"template": TEMPLATE, "result": "RelationshipExists", "relationshipId": "REL1YBBHLUEC51CGTOYD"},
+        {"template": TEMPLATE, "result": "RequestExpired"},
+    ],
+    "consumption.shareCredentialOfferRequestItemProcessedByRecipient": [
+        {"credentialOfferUrl": "openid-credential-offer://?credential_offer_uri=x", "accepted": True, "peer": OTHER}
+    ],
+    "consumption.mailReceived": [MESSAGE],
+    "consumption.relationshipEvent": [RELATIONSHIP],
+    **{ns: [{}, None] for ns in RUNTIME},
+}
+
+# namespace -> (broken data, the error's path, a word the error names)
+INVALID: dict[str, list[tuple[Any, str, str]]] = {
+    "transport.messageReceived": [
+        (changed(MESSAGE, ("content", "to", 0), "x"), "data.content.to[0]", "does not match"),
+        (dropped(MESSAGE, ("createdBy",)), "data", "createdBy"),
+    ],
+    "transport.messageSent": [
+        (changed(MESSAGE, ("content", "bodyFormat"), "HTML"), "data.content.bodyFormat", "HTML"),
+        (changed(MESSAGE_SENT, ("content", "requestSourceType"), "Token"), "data.content.requestSourceType", "Token"),
+    ],
+    "transport.messageDelivered": [
+        (
+            changed(MESSAGE, ("recipients", 0, "receivedByDevice"), "DVC1"),
+            "data.recipients[0].receivedByDevice",
+            "DVC1",
+        ),
+        (dropped(MESSAGE_NOTIFICATION, ("content", "id")), "data.content", "id"),
+    ],
+    "transport.messageWasReadAtChanged": [
+        (merged(MESSAGE, wasReadAt="yesterday"), "data.wasReadAt", "yesterday"),
+        (dropped(MESSAGE_ARBITRARY, ("content", "value")), "data.content", "value"),
+    ],
+    "transport.relationshipChanged": [
+        (merged(RELATIONSHIP, status="Open"), "data.status", "Open"),
+        (
+            changed(RELATIONSHIP, ("creationContent", "response", "result"), "Maybe"),
+            "data.creationContent.response.result",
+            "Maybe",
+        ),
+    ],
+    "transport.relationshipReactivationRequested": [
+        (
+            changed(RELATIONSHIP_REACTIVATION, ("auditLog", 1, "reason"), "Reactivation"),
+            "data.auditLog[1].reason",
+            "Reactivation",
+        ),
+    ],
+    "transport.relationshipReactivationCompleted": [
+        (merged(RELATIONSHIP, templateId="REL1VGB7FV5QDBXWZDFZ"), "data.templateId", "REL1VGB7FV5QDBXWZDFZ"),
+    ],
+    "transport.relationshipDecomposedBySelf": [
+        (RELATIONSHIP, "data", "relationshipId"),  # what the docs promise: a Relationship
+        ({"relationshipId": "MSGNNKP7VFRCT9S2DYVE"}, "data.relationshipId", "does not match"),
+    ],
+    "transport.peerToBeDeleted": [
+        (
+            changed(RELATIONSHIP_PEER_DELETING, ("peerDeletionInfo", "deletionStatus"), "Deleting"),
+            "data.peerDeletionInfo.deletionStatus",
+            "Deleting",
+        ),
+    ],
+    "transport.peerDeletionCancelled": [(dropped(RELATIONSHIP_ACTIVE, ("peerIdentity",)), "data", "peerIdentity")],
+    "transport.peerDeleted": [
+        (merged(RELATIONSHIP, peer="did:e:backbone.example.org:dids:XYZ"), "data.peer", "does not match"),
+    ],
+    "transport.peerRelationshipTemplateLoaded": [
+        (
+            changed(TEMPLATE, ("content", "onNewRelationship", "items", 0, "@type"), "FooRequestItem"),
+            "data.content.onNewRelationship.items[0].@type",
+            "FooRequestItem",
+        ),
+        (dropped(TEMPLATE, ("reference",)), "data", "reference"),
+    ],
+    "transport.relationshipTemplateAllocationsExhausted": [
+        (
+            changed(TEMPLATE_OWN, ("passwordProtection", "passwordLocationIndicator"), 12),
+            "data.passwordProtection.passwordLocationIndicator",
+            "12",
+        ),
+        (merged(TEMPLATE_OWN, maxNumberOfAllocations="1"), "data.maxNumberOfAllocations", "integer"),
+    ],
+    "transport.fileOwnershipClaimed": [(dropped(FILE, ("owner",)), "data", "owner")],
+    "transport.fileOwnershipLocked": [
+        (merged(FILE, ownershipIsLocked=False), "data.ownershipIsLocked", "true was expected")
+    ],
+    "transport.identityDeletionProcessStatusChanged": [
+        (merged(IDENTITY_DELETION, status="Approved"), "data.status", "Approved"),
+        ("Active", "data", "Active"),
+    ],
+    "transport.datawalletSynchronized": [({"synced": True}, "data", "properties"), ([], "data", "[]")],
+    "consumption.attributeCreated": [
+        (merged(OWN_IDENTITY_ATTRIBUTE, **{"@type": "IdentityAttribute"}), "data.@type", "IdentityAttribute"),
+        (dropped(OWN_IDENTITY_ATTRIBUTE, ("content",)), "data", "content"),
+    ],
+    "consumption.attributeDeleted": [
+        # a pre-7 deletion status on a 7.x attribute
+        (
+            changed(PEER_RELATIONSHIP_ATTRIBUTE, ("deletionInfo", "deletionStatus"), "DeletedByOwner"),
+            "data.deletionInfo.deletionStatus",
+            "DeletedByOwner",
+        ),
+        (
+            changed(PRE7_ATTRIBUTE, ("deletionInfo", "deletionStatus"), "DeletedByEmitter"),
+            "data.deletionInfo.deletionStatus",
+            "DeletedByEmitter",
+        ),
+    ],
+    "consumption.attributeSucceeded": [
+        (dropped(SUCCEEDED, ("successor",)), "data", "successor"),
+        (OWN_IDENTITY_ATTRIBUTE, "data", "predecessor"),  # what the docs promise: a LocalAttribute
+    ],
+    "consumption.attributeForwardingDetailsChanged": [
+        (merged(OWN_IDENTITY_ATTRIBUTE, id="ATT123"), "data.id", "ATT123")
+    ],
+    "consumption.attributeWasViewedAtChanged": [
+        (changed(PEER_IDENTITY_ATTRIBUTE, ("content", "owner"), "jana"), "data.content.owner", "jana"),
+    ],
+    "consumption.ownAttributeDeletedByOwner": [
+        (dropped(OWN_IDENTITY_ATTRIBUTE, ("content", "value", "@type")), "data.content.value", "@type"),
+    ],
+    "consumption.peerRelationshipAttributeDeletedByPeer": [
+        (
+            changed(PEER_RELATIONSHIP_ATTRIBUTE, ("content", "confidentiality"), "secret"),
+            "data.content.confidentiality",
+            "secret",
+        ),
+        (dropped(PEER_RELATIONSHIP_ATTRIBUTE, ("content", "key")), "data.content", "key"),
+    ],
+    "consumption.forwardedAttributeDeletedByPeer": [
+        (dropped(PRE7_ATTRIBUTE, ("shareInfo", "peer")), "data.shareInfo", "peer"),
+        (
+            merged(OWN_IDENTITY_ATTRIBUTE, sourceReference="MSGNNKP7VFRCT9S2DYVE"),
+            "data.sourceReference",
+            "MSGNNKP7VFRCT9S2DYVE",
+        ),
+    ],
+    "consumption.incomingRequestReceived": [
+        (merged(REQUEST, status="Pending"), "data.status", "Pending"),
+        (
+            changed(REQUEST, ("content", "items", 0, "mustBeAccepted"), "yes"),
+            "data.content.items[0].mustBeAccepted",
+            "boolean",
+        ),
+    ],
+    "consumption.incomingRequestStatusChanged": [
+        ({"request": REQUEST_DECIDABLE, "oldStatus": "Open", "newStatus": "Rejected"}, "data.newStatus", "Rejected"),
+    ],
+    "consumption.outgoingRequestCreated": [(dropped(REQUEST_DRAFT, ("content", "@type")), "data.content", "@type")],
+    "consumption.outgoingRequestCreatedAndCompleted": [
+        (changed(OUTGOING, ("response", "content", "result"), "Maybe"), "data.response.content.result", "Maybe"),
+    ],
+    "consumption.outgoingRequestFromRelationshipCreationCreatedAndCompleted": [
+        (
+            changed(REQUEST_FROM_RELATIONSHIP, ("response", "source", "type"), "RelationshipTemplate"),
+            "data.response.source.type",
+            "RelationshipTemplate",
+        ),
+    ],
+    "consumption.outgoingRequestStatusChanged": [
+        (dropped(STATUS_CHANGED, ("oldStatus",)), "data", "oldStatus"),
+        (changed(STATUS_CHANGED, ("request", "peer"), "nobody"), "data.request.peer", "nobody"),
+    ],
+    "consumption.messageProcessed": [({"message": MESSAGE, "result": "Done"}, "data.result", "Done")],
+    "consumption.relationshipTemplateProcessed": [
+        ({"template": TEMPLATE, "result": "ManualRequestDecisionRequired"}, "data", "requestId"),
+        ({"template": TEMPLATE, "result": "RelationshipExists"}, "data", "relationshipId"),
+    ],
+    "consumption.shareCredentialOfferRequestItemProcessedByRecipient": [
+        ({"credentialOfferUrl": "x", "accepted": "yes", "peer": OTHER}, "data.accepted", "boolean"),
+    ],
+    "consumption.mailReceived": [(MESSAGE_WITH_REQUEST, "data.content.@type", "Mail")],
+    "consumption.relationshipEvent": [(dropped(RELATIONSHIP, ("auditLog",)), "data", "auditLog")],
+    **{ns: [({"unexpected": 1}, "data", "properties"), ("started", "data", "started")] for ns in RUNTIME},
+}
+
+
+def trigger_of(namespace: str) -> str:
+    """The trigger an event of this namespace arrives with (relationshipEvent carries the relationship id)."""
+    return RELATIONSHIP_EVENT if namespace == "consumption.relationshipEvent" else namespace
+
+
+@pytest.fixture(scope="module")
+def registry() -> SchemaRegistry:
+    return SchemaRegistry.load([builtin_schema_dir()])
+
+
+def test_one_schema_file_per_namespace() -> None:
+    assert len(NAMESPACES) == len(set(NAMESPACES)) == 41
+    files = {p.stem for p in builtin_schema_dir().glob("*.json")} - {"defs", "event"}
+    assert files == set(NAMESPACES)
+    assert set(VALID) == set(INVALID) == set(NAMESPACES)
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_schema_file_metadata(namespace: str) -> None:
+    schema = json.loads((builtin_schema_dir() / f"{namespace}.json").read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"https://enmeshed-event-router.github.io/schemas/{namespace}.json"
+    assert schema["title"]
+    assert schema["description"]
+    expected = f"{namespace}.*" if namespace == "consumption.relationshipEvent" else namespace
+    assert schema["x-trigger"] == expected
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_accepts_valid_data(registry: SchemaRegistry, namespace: str) -> None:
+    for data in VALID[namespace]:
+        result = registry.validate(trigger_of(namespace), data)
+        assert result.valid, (data, result.errors)
+        assert result.schema is not None
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_rejects_broken_data_naming_the_path(registry: SchemaRegistry, namespace: str) -> None:
+    for data, path, word in INVALID[namespace]:
+        result = registry.validate(trigger_of(namespace), data)
+        assert not result.valid, data
+        assert any(e.startswith(f"{path}: ") and word in e for e in result.errors), (path, word, result.errors)
+
+
+@pytest.mark.parametrize("item", EXAMPLE_EVENTS, ids=[item["trigger"] for item in EXAMPLE_EVENTS])
+def test_reference_examples_are_valid(registry: SchemaRegistry, item: dict[str, Any]) -> None:
+    assert registry.validate(item["trigger"], item["data"]).valid
+
+
+def test_relationship_event_resolves_to_the_three_segment_schema(registry: SchemaRegistry) -> None:
+    assert registry.schema_for(RELATIONSHIP_EVENT) == "consumption.relationshipEvent.*"
+    assert registry.schema_for("consumption.relationshipEvent") is None
+    assert registry.schema_for("consumption.relationshipEvent.REL1.extra") is None
+    assert registry.validate(RELATIONSHIP_EVENT, RELATIONSHIP).schema == "consumption.relationshipEvent.*"
+
+
+def test_modules_started_accepts_broker_and_webhook_forms(registry: SchemaRegistry) -> None:
+    assert registry.validate("runtime.modulesStarted", {}).valid  # brokers: `{}`
+    assert registry.validate("runtime.modulesStarted", None).valid  # webhook: no `data` key
+
+
+def test_relationship_decomposed_by_self_requires_relationship_id(registry: SchemaRegistry) -> None:
+    result = registry.validate("transport.relationshipDecomposedBySelf", {})
+    assert result.errors == ('data: "relationshipId" is a required property',)
+
+
+def test_attribute_succeeded_requires_predecessor_and_successor(registry: SchemaRegistry) -> None:
+    result = registry.validate("consumption.attributeSucceeded", {})
+    assert result.errors == (
+        'data: "predecessor" is a required property',
+        'data: "successor" is a required property',
+    )
+
+
+def test_extra_properties_are_allowed_on_dtos(registry: SchemaRegistry) -> None:
+    newer = merged(MESSAGE, someFutureField=1, content=merged(MESSAGE["content"], **{"@context": "x", "@version": "2"}))
+    assert registry.validate("transport.messageReceived", newer).valid

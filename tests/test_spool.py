@@ -1,0 +1,133 @@
+"""The spool on a real SQLite file: what is stored survives a reopen, group commit batches writes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from event_router.spool import DeadLetterFilter, NewDelivery, Spool, SpoolError, StoreDeadLetter, StoreEvent
+
+pytestmark = pytest.mark.anyio
+
+
+def event(i: int, outputs: tuple[str, ...] = ("a",)) -> StoreEvent:
+    body = b'{"id":"e%d","trigger":"t","source":"s","received_at":"x","data":{},"meta":{}}' % i
+    return StoreEvent(f"e{i}", "t", body, [NewDelivery(o, "r", None) for o in outputs])
+
+
+@pytest.fixture
+def spool(tmp_path: Path):  # type: ignore[no-untyped-def]
+    s = Spool(tmp_path / "spool.db")
+    s.open()
+    yield s
+    s.close()
+
+
+async def test_store_fetch_complete(spool: Spool) -> None:
+    (dids,) = await spool.store([event(1, ("a", "b"))])
+    assert isinstance(dids, list) and len(dids) == 2
+    assert spool.depth == 1
+    rows = spool.fetch_due("a", time.time() + 1, 10, set())
+    assert [r.did for r in rows] == [dids[0]]
+    await spool.settle(done=[dids[0]])
+    assert spool.depth == 1, "event stays while output b has not delivered"
+    await spool.settle(done=[dids[1]])
+    assert spool.depth == 0
+    assert spool.fetch_due("b", time.time() + 1, 10, set()) == []
+
+
+async def test_fetch_excludes_claimed_and_not_yet_due(spool: Spool) -> None:
+    stored = await spool.store([event(i) for i in range(5)])
+    dids = [d[0] for d in stored]  # type: ignore[index]
+    now = time.time() + 1
+    await spool.settle(retry=[(dids[0], 1, now + 60, "boom")])
+    rows = spool.fetch_due("a", now, 10, {dids[1]})
+    assert [r.did for r in rows] == dids[2:]
+    later = spool.fetch_due("a", now + 120, 10, set())
+    assert later[-1].did == dids[0] and later[-1].attempts == 1
+
+
+async def test_dead_letter_keeps_event_and_reason(spool: Spool) -> None:
+    ((did,),) = await spool.store([event(7)])
+    (dlid,) = await spool.settle(dead=[(did, "permanent", "400 bad request", 1)])
+    assert spool.depth == 0
+    from event_router.deadletters import list_dead_letters
+
+    assert spool._reader is not None
+    (dl,) = list_dead_letters(spool._reader, DeadLetterFilter(ids=[dlid]))
+    assert (dl.event_id, dl.output, dl.reason, dl.error, dl.attempts, dl.source) == (
+        "e7",
+        "a",
+        "permanent",
+        "400 bad request",
+        1,
+        "s",
+    )
+
+
+async def test_dead_letter_items_and_reopen(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "spool.db")
+    s.open()
+    result = await s.store([StoreDeadLetter(reason="validation", error="data.id: missing", body=b"{}"), event(1)])
+    assert isinstance(result[0], int)
+    s.close()
+    again = Spool(tmp_path / "spool.db")
+    again.open()
+    try:
+        assert again.depth == 1
+        assert len(again.fetch_due("a", time.time() + 1, 10, set())) == 1
+    finally:
+        again.close()
+
+
+async def test_concurrent_stores_share_commits(spool: Spool) -> None:
+    async def one(i: int) -> None:
+        await spool.store([event(i)])
+
+    before = spool.commits
+    async with anyio.create_task_group() as tg:
+        for i in range(500):
+            tg.start_soon(one, i)
+    assert spool.depth == 500
+    assert spool.commits - before < 500, "group commit should merge concurrent writes"
+
+
+async def test_failed_commit_reports_every_op(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "spool.db")
+    s.open()
+    try:
+
+        def broken(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+        with pytest.raises(SpoolError, match="spool write failed"):
+            await s._write(broken)
+        assert s.depth == 0
+        await s.store([event(1)])  # the writer survives a failed group
+        assert s.depth == 1
+    finally:
+        s.close()
+
+
+async def test_closed_spool_refuses_writes(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "spool.db")
+    s.open()
+    s.close()
+    with pytest.raises(SpoolError, match="closed"):
+        await s.store([event(1)])
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    s = Spool(tmp_path / "spool.db")
+    s.open()
+    s.close()
+    conn = sqlite3.connect(tmp_path / "spool.db")
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SpoolError, match="newer router"):
+        Spool(tmp_path / "spool.db").open()

@@ -1,0 +1,180 @@
+"""The webhook input over a real socket: every answer the Connector (or a person with curl) can get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from helpers import example, free_port, post, read_jsonl, wait_for
+
+pytestmark = pytest.mark.anyio
+
+KEY = "test-key-123"
+
+
+def config(port: int, tmp: Path, extra: str = "", path: str = "/events") -> str:
+    return f"""
+[router]
+data_dir = "{tmp}/var"
+unmatched = "dead-letter"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+path = "{path}"
+api_key = "{KEY}"
+max_body_bytes = 65536
+{extra}
+[outputs.archive]
+type = "file"
+path = "{tmp}/out/events.jsonl"
+[[routes]]
+name = "all"
+match = {{ trigger = ["transport.**", "consumption.**", "runtime.**"] }}
+to = ["archive"]
+"""
+
+
+async def call(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict, dict]:
+    return await anyio.to_thread.run_sync(lambda: post(url, body, headers))
+
+
+async def test_accepts_connector_webhook_and_writes_file(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path)):
+        mail = example("transport.messageReceived")
+        status, body, _ = await call(
+            f"http://127.0.0.1:{port}/events", mail, {"x-api-key": KEY, "x-correlation-id": "c-1"}
+        )
+        assert status == 202, body
+        assert body["status"] == "accepted"
+        lines = await anyio.to_thread.run_sync(lambda: wait_for(lambda: read_jsonl(tmp_path / "out/events.jsonl")))
+    (line,) = lines
+    assert line["id"] == body["id"]
+    assert line["trigger"] == "transport.messageReceived"
+    assert line["source"] == "connector"
+    assert line["data"] == mail["data"]
+    assert line["meta"]["headers"]["x-correlation-id"] == "c-1"
+    assert "x-api-key" not in line["meta"]["headers"], "credentials must never be stored"
+    assert line["received_at"].endswith("Z")
+
+
+async def test_event_without_data_key(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path)):
+        status, body, _ = await call(
+            f"http://127.0.0.1:{port}/events", {"trigger": "runtime.modulesStarted"}, {"x-api-key": KEY}
+        )
+        assert status == 202, body
+        lines = await anyio.to_thread.run_sync(lambda: wait_for(lambda: read_jsonl(tmp_path / "out/events.jsonl")))
+    assert lines[0]["data"] is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "payload", "status", "message"),
+    [
+        ({}, {"trigger": "transport.messageReceived"}, 401, "missing or wrong API key in header x-api-key"),
+        ({"x-api-key": "wrong"}, {"trigger": "transport.messageReceived"}, 401, "missing or wrong API key"),
+        ({"x-api-key": KEY}, b"{not json", 400, "body is not valid JSON"),
+        ({"x-api-key": KEY}, b"", 400, "empty body"),
+        ({"x-api-key": KEY}, b"[1, 2]", 400, "body is a JSON list, expected an object"),
+        ({"x-api-key": KEY}, {"data": {}}, 400, 'body has no "trigger"'),
+        ({"x-api-key": KEY}, {"trigger": 5}, 400, 'body has no "trigger"'),
+        ({"x-api-key": KEY}, b"x" * 70000, 413, "body larger than 65536 bytes"),
+    ],
+)
+async def test_rejections(make_app, tmp_path: Path, headers, payload, status, message) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path)) as app:
+        got, body, _ = await call(f"http://127.0.0.1:{port}/events", payload, headers)
+        assert got == status, body
+        assert message in body["error"]
+        assert "Traceback" not in str(body)
+        if status == 400:
+            # the bytes were kept: nothing the sender believed it delivered is lost
+            from event_router.deadletters import list_dead_letters
+            from event_router.spool import DeadLetterFilter
+
+            (dl,) = list_dead_letters(app.spool._reader, DeadLetterFilter(ids=[body["dead_letter"]]))
+            assert dl.reason == "undecodable" and message in (dl.error or "")
+
+
+async def test_invalid_event_is_dead_lettered_with_errors(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    broken = example("transport.messageReceived")
+    del broken["data"]["createdBy"]
+    async with make_app(config(port, tmp_path)) as app:
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", broken, {"x-api-key": KEY})
+        assert status == 422
+        assert body["status"] == "dead_lettered"
+        assert any("createdBy" in e for e in body["errors"])
+        assert app.stats.get("validation_failures") == 1
+    assert read_jsonl(tmp_path / "out/events.jsonl") == []
+
+
+async def test_warn_mode_routes_invalid_events(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    broken = example("transport.messageReceived")
+    del broken["data"]["createdBy"]
+    async with make_app(config(port, tmp_path, 'validation = "warn"')):
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", broken, {"x-api-key": KEY})
+        assert status == 202 and body["errors"]
+        await anyio.to_thread.run_sync(lambda: wait_for(lambda: read_jsonl(tmp_path / "out/events.jsonl")))
+
+
+async def test_unknown_trigger_policy(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    event = {"trigger": "transport.somethingNew", "data": {"x": 1}}
+    async with make_app(config(port, tmp_path)):
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", event, {"x-api-key": KEY})
+        assert (status, body["status"]) == (202, "accepted")
+    port = free_port()
+    async with make_app(config(port, tmp_path, 'unknown_triggers = "dead-letter"')):
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", event, {"x-api-key": KEY})
+        assert status == 422 and body["status"] == "dead_lettered"
+
+
+async def test_unmatched_event_is_dead_lettered_when_configured(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path)):
+        status, body, _ = await call(
+            f"http://127.0.0.1:{port}/events", {"trigger": "custom.thing", "data": {}}, {"x-api-key": KEY}
+        )
+        assert status == 422 and body["status"] == "dead_lettered"
+
+
+async def test_trigger_in_path(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path, path="/hooks/{{trigger}}")):
+        url = f"http://127.0.0.1:{port}/hooks/transport.messageReceived"
+        status, body, _ = await call(url, example("transport.messageReceived"), {"x-api-key": KEY})
+        assert status == 202, body
+
+
+async def test_full_spool_answers_503_and_keeps_what_it_has(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port, dead_port = free_port(), free_port()
+    text = f"""
+[router]
+data_dir = "{tmp_path}/var"
+max_pending_events = 3
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+[outputs.down]
+type = "http"
+url = "http://127.0.0.1:{dead_port}/never"
+retry = {{ initial_backoff = "60s" }}
+[[routes]]
+name = "all"
+to = "down"
+"""
+    async with make_app(text) as app:
+        url = f"http://127.0.0.1:{port}/events"
+        answers = [await call(url, example("transport.messageReceived")) for _ in range(5)]
+        statuses = [a[0] for a in answers]
+        assert statuses == [202, 202, 202, 503, 503]
+        assert answers[3][2]["Retry-After"] == "1"
+        assert "spool is full (3 of 3 events pending)" in answers[3][1]["error"]
+        assert app.spool.depth == 3
+        assert app.stats.get("spool_full_rejections") == 2
