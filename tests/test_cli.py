@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, example, run_cli
+from event_router.testing import ROOT, example, run_cli
 
 ENV = {"ROUTER_WEBHOOK_API_KEY": "cli-test-key"}
 

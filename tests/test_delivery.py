@@ -10,8 +10,7 @@ import pytest
 
 from event_router.deadletters import list_dead_letters, replay
 from event_router.spool import DeadLetterFilter
-
-from helpers import example, free_port, http_receiver, post, read_jsonl, wait_for
+from event_router.testing import example, free_port, http_receiver, post, read_jsonl, wait_for
 
 pytestmark = pytest.mark.anyio
 

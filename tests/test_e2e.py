@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, RouterProcess, example, free_port, http_receiver, post, read_jsonl, run_cli, wait_for
+from event_router.testing import (
+    ROOT,
+    RouterProcess,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    read_jsonl,
+    run_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 

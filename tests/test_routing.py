@@ -1,6 +1,6 @@
 """The route language: trigger globs, every match operator and rule, reshape, and every PatternError path.
 
-Pure logic, no I/O; the events are the real Connector examples in tests/data/example-events.json.
+Pure logic, no I/O; the events are the real Connector examples (event_router.testing.example_events).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from event_router.routing import (
     compile_reshape,
     trigger_matches,
 )
+from event_router.testing import example_events
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES: list[dict[str, Any]] = json.loads((ROOT / "tests" / "data" / "example-events.json").read_text())
+EXAMPLES: list[dict[str, Any]] = example_events()
 
 SELF = "did:e:backbone.example.org:dids:71d2c295ff91728b4b031d"
 JANA = "did:e:backbone.example.org:dids:c8886dfc472605bea411a6"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from event_router.testing import example_events
 from event_router.validation import SchemaRegistry, builtin_schema_dir
 
 # The 41 namespaces of the reference table (enmeshed-events.md, section 1).
@@ -59,13 +59,7 @@ NAMESPACES = [
 RUNTIME = [ns for ns in NAMESPACES if ns.startswith("runtime.")]
 
 
-def _examples_path() -> Path:
-    # the reference copy when the checkout sits beside ../shared, else the copy in tests/data
-    shared = Path(__file__).resolve().parents[2] / "shared/reference/example-events.json"
-    return shared if shared.is_file() else Path(__file__).parent / "data/example-events.json"
-
-
-EXAMPLE_EVENTS: list[dict[str, Any]] = json.loads(_examples_path().read_text())
+EXAMPLE_EVENTS: list[dict[str, Any]] = example_events()
 EXAMPLES = {item["trigger"]: item["data"] for item in EXAMPLE_EVENTS}
 
 PEER = "did:e:backbone.example.org:dids:c8886dfc472605bea411a6"
@@ -616,3 +610,12 @@ def test_attribute_succeeded_requires_predecessor_and_successor(registry: Schema
 def test_extra_properties_are_allowed_on_dtos(registry: SchemaRegistry) -> None:
     newer = merged(MESSAGE, someFutureField=1, content=merged(MESSAGE["content"], **{"@context": "x", "@version": "2"}))
     assert registry.validate("transport.messageReceived", newer).valid
+
+
+def test_shipped_examples_match_the_reference() -> None:
+    """The test kit ships a copy of the reference examples; a changed reference must not go unnoticed."""
+    from event_router.testing import EXAMPLES, REFERENCE_EXAMPLES
+
+    if not REFERENCE_EXAMPLES.is_file():
+        pytest.skip("../shared/reference is not beside this checkout")
+    assert json.loads(EXAMPLES.read_text()) == json.loads(REFERENCE_EXAMPLES.read_text())

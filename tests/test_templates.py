@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,13 +19,9 @@ from event_router.templates import (
     get_path,
     split_path,
 )
+from event_router.testing import example
 
-ROOT = Path(__file__).resolve().parents[1]
-_RAW = next(
-    e
-    for e in json.loads((ROOT / "tests" / "data" / "example-events.json").read_text())
-    if e["trigger"] == "transport.messageReceived"
-)
+_RAW = example("transport.messageReceived")
 MAIL = Event(
     trigger=_RAW["trigger"], data=_RAW["data"], source="webhook", id="0190a1b2-0000-7000-8000-000000000001"
 ).to_dict()

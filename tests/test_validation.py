@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from event_router.event import Event
+from event_router.testing import example_events
 from event_router.validation import (
     SchemaError,
     SchemaRegistry,
@@ -22,7 +23,7 @@ from event_router.validation import (
 DATA = Path(__file__).parent / "data"
 OVERRIDE = DATA / "schemas-override"
 BASE = "https://enmeshed-event-router.github.io/schemas/"
-EXAMPLES = {item["trigger"]: item["data"] for item in json.loads((DATA / "example-events.json").read_text())}
+EXAMPLES = {item["trigger"]: item["data"] for item in example_events()}
 MESSAGE = EXAMPLES["transport.messageReceived"]
 PEER = "did:e:backbone.example.org:dids:c8886dfc472605bea411a6"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from helpers import example, free_port, post, read_jsonl, wait_for
+from event_router.testing import example, free_port, post, read_jsonl, wait_for
 
 pytestmark = pytest.mark.anyio
 

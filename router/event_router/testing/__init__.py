@@ -1,4 +1,9 @@
-"""Test helpers: real sockets, real subprocesses, a real HTTP receiver. No mocks of our own I/O."""
+"""Test kit for the router and for plugin authors: real sockets, real subprocesses, a real HTTP receiver.
+
+Installed with the router as a pytest plugin (entry point `pytest11`), so every plugin's test suite gets
+the fixtures in `event_router.testing.fixtures` (`anyio_backend`, `make_app`) and can import these
+helpers. Nothing here mocks the router's own I/O.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +24,38 @@ from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "tests" / "data" / "example-events.json"
+#: the source checkout (tests and plugins/_template live there); meaningless in an installed wheel
+ROOT = Path(__file__).resolve().parents[3]
+#: a copy of the Connector reference's example-events.json, shipped so tests run without ../shared
+EXAMPLES = Path(__file__).resolve().parent / "example-events.json"
+#: the reference itself, beside a checkout (as in CI); tests prefer it so a changed reference shows
+REFERENCE_EXAMPLES = ROOT.parent / "shared" / "reference" / "example-events.json"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def example_events() -> list[dict[str, Any]]:
-    return json.loads(EXAMPLES.read_text())
+    """The Connector's example events (`{trigger, data}`, webhook shape)."""
+    source = REFERENCE_EXAMPLES if REFERENCE_EXAMPLES.is_file() else EXAMPLES
+    events: list[dict[str, Any]] = json.loads(source.read_text())
+    return events
 
 
 def example(trigger: str) -> dict[str, Any]:
     return next(e for e in example_events() if e["trigger"] == trigger)
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip when a broker is missing on a developer's machine; fail in CI, where .ci/run starts it."""
+    import pytest
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        message = f"{name} is not reachable on {host}:{port} ({exc}); see README 'Running the tests'"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def free_port() -> int:

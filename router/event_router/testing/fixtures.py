@@ -1,0 +1,44 @@
+"""pytest fixtures of the test kit (loaded through the `pytest11` entry point)."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from event_router.app import App
+from event_router.config import build_config
+from event_router.plugins import load_plugins
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The router runs on asyncio (aiohttp, aio-pika): tests do too."""
+    return "asyncio"
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Callable[[str], AbstractAsyncContextManager[App]]:
+    """Run an App in-process from router.toml text: `async with make_app(text) as app: ...`.
+
+    The file is written to `tmp_path/router.toml`, so relative paths in it land in `tmp_path`.
+    """
+
+    @asynccontextmanager
+    async def run(text: str) -> AsyncIterator[App]:
+        path = tmp_path / "router.toml"
+        path.write_text(text)
+        registry = load_plugins()
+        app = App(build_config(tomllib.loads(text), path=path, registry=registry), registry)
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: app.run(handle_signals=False, task_status=task_status))
+            try:
+                yield app
+            finally:
+                app.request_stop()
+
+    return run
