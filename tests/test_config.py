@@ -97,7 +97,7 @@ BROKEN = [
     ),
     pytest.param(
         BASE.replace("[router]", "[router]\ncolour = 'blue'"),
-        "router.toml: router: unknown key 'colour' (allowed: data_dir, log_level, max_pending_events",
+        "router.toml: router: unknown key 'colour' (allowed: admin, data_dir, log_level, max_pending_events",
         id="unknown-router-key",
     ),
     pytest.param(

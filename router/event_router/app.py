@@ -1,35 +1,40 @@
 """The daemon: builds everything from router.toml, starts outputs then inputs, stops in reverse.
 
-SIGTERM/SIGINT: stop inputs first (the webhook stops accepting, in-flight requests finish and their
-events are stored), then let deliveries in flight finish up to `shutdown_timeout`; what is left stays in
-the spool for the next start. SIGHUP: reload router.toml (an invalid file keeps the running config).
+Every input and output runs in its own cancel scope under a supervisor: one that fails after it started
+is logged and restarted with backoff while the rest keeps running; a reload stops and restarts only the
+inputs and outputs whose tables changed. SIGTERM/SIGINT: stop inputs first (the webhook stops accepting;
+requests in progress finish and their events are stored), then let deliveries in flight finish up to
+`shutdown_timeout`; what is left stays in the spool. SIGHUP: reload (an invalid file keeps the running
+configuration).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
-from functools import partial
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
-from event_router.config import ConfigErrors, RouterConfig, load_config
+from event_router.config import ConfigErrors, InputConfig, OutputConfig, RouterConfig, load_config
 from event_router.delivery import OutputWorker
+from event_router.errors import RouterError
 from event_router.pipeline import Pipeline
 from event_router.plugins import PluginRegistry
+from event_router.retry import RetryPolicy
 from event_router.spool import Spool
 from event_router.stats import Stats
 from event_router.systemd import notify
-from event_router.validation import SchemaRegistry, builtin_schema_dir
+from event_router.validation import SchemaError, SchemaRegistry, builtin_schema_dir
 
 log = logging.getLogger("event_router.app")
-
-
-def spool_path(config: RouterConfig) -> Path:
-    return config.data_dir / "spool.db"
+STATUS_INTERVAL = 10.0
+MAX_RESTART_DELAY = 30.0
 
 
 def load_schemas(config: RouterConfig, registry: PluginRegistry) -> SchemaRegistry:
@@ -40,6 +45,26 @@ def load_schemas(config: RouterConfig, registry: PluginRegistry) -> SchemaRegist
     return SchemaRegistry.load(dirs)
 
 
+@dataclass(slots=True)
+class _Unit:
+    """A running input or output: cancelled alone on reload or shutdown."""
+
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+
+class _Tracked(TaskStatus[Any]):
+    """Remembers whether `started()` was called, to tell a start-up failure from a later crash."""
+
+    def __init__(self, inner: TaskStatus[Any]):
+        self.inner = inner
+        self.called = False
+
+    def started(self, value: Any = None) -> None:
+        self.called = True
+        self.inner.started(value)
+
+
 class App:
     """One running router."""
 
@@ -47,14 +72,22 @@ class App:
         self.config = config
         self.registry = registry
         self.stats = Stats()
-        self.spool = Spool(spool_path(config))
+        self.spool = Spool(config.data_dir / "spool.db")
         self.schemas = load_schemas(config, registry)
         self.pipeline = Pipeline(config=config, schemas=self.schemas, spool=self.spool, stats=self.stats)
-        self._stop = anyio.Event()
         self.started_at = time.monotonic()
+        self.admin_port: int | None = None
+        self._stop = anyio.Event()
+        self._reload_lock = anyio.Lock()
+        self._tg: TaskGroup | None = None
+        self._inputs: dict[str, _Unit] = {}
+        self._outputs: dict[str, _Unit] = {}
+        self.stats.add_gauges(self._gauges)
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
 
     async def run(
         self, *, handle_signals: bool = True, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -62,58 +95,150 @@ class App:
         config = self.config
         self.spool.open()
         try:
-            workers = {
-                name: OutputWorker(
-                    out,
-                    self.spool,
-                    self.stats,
-                    policy_for=partial(self._policy, name),
-                    options_for=self._route_options,
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for out in config.outputs.values():
+                    await self._start_output(out)
+                self._warn_orphans()
+                for inp in config.inputs.values():
+                    await self._start_input(inp, fatal=True)
+                if config.admin_listen is not None:
+                    from event_router.admin import serve_admin
+
+                    host, port = config.admin_listen
+                    self.admin_port = await tg.start(serve_admin, self, host, port)
+                if handle_signals:
+                    tg.start_soon(self._signals)
+                tg.start_soon(self._heartbeat)
+                log.info(
+                    "router ready",
+                    extra={
+                        "inputs": len(config.inputs),
+                        "outputs": len(config.outputs),
+                        "routes": len(config.routes),
+                        "pending": self.spool.depth,
+                        "startup_seconds": round(time.monotonic() - self.started_at, 3),
+                    },
                 )
-                for name, out in config.outputs.items()
-            }
-            self.pipeline.workers = workers
-            self._warn_orphans()
-            async with anyio.create_task_group() as outputs:
-                for worker in workers.values():
-                    await outputs.start(worker.run)
-                async with anyio.create_task_group() as inputs:
-                    for inp in config.inputs.values():
-                        await inputs.start(partial(inp.plugin.run, self.pipeline.sink_for(inp)))
-                    ready_in = time.monotonic() - self.started_at
-                    log.info(
-                        "router ready",
-                        extra={
-                            "inputs": len(config.inputs),
-                            "outputs": len(workers),
-                            "routes": len(config.routes),
-                            "pending": self.spool.depth,
-                            "startup_seconds": round(ready_in, 3),
-                        },
-                    )
-                    notify("READY=1", f"STATUS=ready; {self.spool.depth} events pending")
-                    task_status.started()
-                    await self._wait_for_stop(handle_signals)
-                    log.info(
-                        "stopping: inputs first, then draining deliveries",
-                        extra={"timeout": config.shutdown_timeout},
-                    )
-                    notify("STOPPING=1", "STATUS=draining deliveries")
-                    inputs.cancel_scope.cancel()
-                for worker in workers.values():
-                    worker.stop()
-                outputs.cancel_scope.deadline = anyio.current_time() + config.shutdown_timeout
+                notify("READY=1", f"STATUS={self._status_line()}")
+                task_status.started()
+                await self._stop.wait()
+                log.info(
+                    "stopping: inputs first, then draining deliveries", extra={"timeout": self.config.shutdown_timeout}
+                )
+                notify("STOPPING=1", "STATUS=draining deliveries")
+                for name in list(self._inputs):
+                    await self._stop_input(name)
+                # concurrently, each given shutdown_timeout; what does not finish stays in the spool
+                async with anyio.create_task_group() as drain:
+                    for name in list(self._outputs):
+                        drain.start_soon(self._stop_output, name)
+                tg.cancel_scope.cancel()
         finally:
+            self._tg = None
             self.spool.close()
             log.info("router stopped", extra={"pending": self.spool.depth})
 
-    def _policy(self, output: str, route: str):  # type: ignore[no-untyped-def]
-        return self.pipeline.config.retry_for(output, route)
+    async def _supervise(
+        self,
+        kind: str,
+        name: str,
+        unit: _Unit,
+        run: Callable[[TaskStatus[Any]], Awaitable[None]],
+        *,
+        fatal: bool,
+        task_status: TaskStatus[None],
+    ) -> None:
+        """Run `run`; restart it with backoff when it fails after it started (or always, when not fatal)."""
+        status = _Tracked(task_status)
+        if not fatal:
+            task_status.started()
+            status = _Tracked(anyio.TASK_STATUS_IGNORED)
+        delay = 1.0
+        with unit.scope:
+            try:
+                while True:
+                    try:
+                        await run(status)
+                        return
+                    except Exception:
+                        if fatal and not status.called:
+                            raise  # cannot even start (port taken...): the router must not come up half-way
+                        log.exception(f"{kind} failed; restarting it", extra={kind: name, "retry_in": delay})
+                        await anyio.sleep(delay)
+                        delay = min(delay * 2, MAX_RESTART_DELAY)
+                        status = _Tracked(anyio.TASK_STATUS_IGNORED)
+                        status.called = True
+            finally:
+                unit.finished.set()
 
-    def _route_options(self, route: str):  # type: ignore[no-untyped-def]
+    async def _start_input(self, inp: InputConfig, *, fatal: bool) -> None:
+        assert self._tg is not None
+        unit = self._inputs[inp.name] = _Unit()
+        sink = self.pipeline.sink_for(inp)
+
+        async def run(status: TaskStatus[Any]) -> None:
+            await inp.plugin.run(sink, task_status=status)
+
+        try:
+            await self._tg.start(
+                lambda task_status: self._supervise("input", inp.name, unit, run, fatal=fatal, task_status=task_status)
+            )
+        except Exception as exc:
+            del self._inputs[inp.name]
+            raise RouterError(f"input {inp.name} ({inp.type}) could not start: {exc}") from exc
+
+    async def _start_output(self, out: OutputConfig) -> None:
+        assert self._tg is not None
+        worker = OutputWorker(
+            out,
+            self.spool,
+            self.stats,
+            policy_for=lambda route: self._policy(out.name, route),
+            options_for=self._route_options,
+        )
+        self.pipeline.workers[out.name] = worker
+        unit = self._outputs[out.name] = _Unit()
+
+        async def run(status: TaskStatus[Any]) -> None:
+            await worker.run(task_status=status)
+
+        # an output that cannot open yet (target down) must not keep the router from taking events
+        await self._tg.start(
+            lambda task_status: self._supervise("output", out.name, unit, run, fatal=False, task_status=task_status)
+        )
+
+    async def _stop_input(self, name: str) -> None:
+        unit = self._inputs.pop(name)
+        unit.scope.cancel()
+        await unit.finished.wait()
+
+    async def _stop_output(self, name: str) -> None:
+        """Let the output finish what is in flight (up to `shutdown_timeout`), then cancel it."""
+        unit = self._outputs.get(name)
+        if unit is None:
+            return
+        worker = self.pipeline.workers.get(name)
+        if worker is not None:
+            worker.stop()
+        with anyio.move_on_after(self.config.shutdown_timeout):
+            await unit.finished.wait()
+        unit.scope.cancel()
+        await unit.finished.wait()
+        self._outputs.pop(name, None)
+        if self.pipeline.workers.get(name) is worker:
+            del self.pipeline.workers[name]
+
+    def _policy(self, output: str, route: str) -> RetryPolicy:
+        config = self.pipeline.config
+        if output not in config.outputs:  # a reload removed it while a delivery was finishing
+            return self.config.retry
+        return config.retry_for(output, route)
+
+    def _route_options(self, route: str) -> dict[str, Any]:
         for r in self.pipeline.config.routes:
             if r.name == route:
-                return r.options
+                return dict(r.options)
         return {}
 
     def _warn_orphans(self) -> None:
@@ -124,61 +249,121 @@ class App:
                     extra={"output": output, "pending": count},
                 )
 
-    async def _wait_for_stop(self, handle_signals: bool) -> None:
-        if not handle_signals:
-            await self._stop.wait()
-            return
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._signals, tg.cancel_scope)
-            await self._stop.wait()
-            tg.cancel_scope.cancel()
+    # --- signals, reload -----------------------------------------------------------------------------
 
-    async def _signals(self, scope: anyio.CancelScope) -> None:
+    async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self.reload()
+                    assert self._tg is not None
+                    self._tg.start_soon(self.reload)
                     continue
                 log.info("signal received", extra={"signal": signal.Signals(signum).name})
                 self._stop.set()
                 return
 
-    def reload(self) -> bool:
-        """Re-read router.toml. Routes are swapped atomically; a file with errors keeps the running config.
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Re-read router.toml and apply it: routes swap atomically, changed inputs/outputs restart.
 
-        Inputs and outputs are constructed at start; a change to them is reported and needs a restart.
+        An invalid file (or schema directory) keeps the running configuration. Returns (applied, errors).
+        Events in flight are not lost: deliveries live in the spool, a replaced output finishes its
+        in-flight ones before its successor starts, and a replaced input finishes its requests first.
         """
-        notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        try:
-            new = load_config(self.config.path, self.registry)
-        except ConfigErrors as exc:
-            log.error(
-                "reload refused, keeping the running configuration",
-                extra={"errors": [str(e) for e in exc.errors]},
+        async with self._reload_lock:
+            notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                new = load_config(self.config.path, self.registry)
+                schemas = load_schemas(new, self.registry)
+            except ConfigErrors as exc:
+                errors = [str(e) for e in exc.errors]
+            except (SchemaError, RouterError) as exc:
+                errors = [str(exc)]
+            else:
+                errors = []
+            if errors:
+                log.error("reload refused, keeping the running configuration", extra={"errors": errors})
+                self.stats.incr("reloads", result="invalid")
+                notify("READY=1", "STATUS=reload refused: invalid configuration; " + self._status_line())
+                return False, errors
+            old = self.config
+            new_inputs = _changed(old.inputs, new.inputs)
+            new_outputs = _changed(old.outputs, new.outputs)
+            # unchanged inputs and outputs keep their running plugin instances
+            merged = replace(
+                new,
+                inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
+                outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )
-            self.stats.incr("reloads", result="invalid")
-            notify("READY=1", "STATUS=reload refused: invalid configuration")
-            return False
-        changed = [
-            f"{kind}.{name}"
-            for kind, old, cur in (
-                ("inputs", self.config.inputs, new.inputs),
-                ("outputs", self.config.outputs, new.outputs),
+            for name in new_outputs:  # outputs first: routes may target them as soon as they swap in
+                if name in self._outputs:
+                    await self._stop_output(name)
+                await self._start_output(merged.outputs[name])
+            # one step, no await: every event is routed entirely by the old or entirely by the new rules
+            self.config = self.pipeline.config = merged
+            self.schemas = self.pipeline.schemas = schemas
+            for name in [n for n in old.outputs if n not in merged.outputs]:
+                await self._stop_output(name)
+            for name in [n for n in old.inputs if n not in merged.inputs or n in new_inputs]:
+                await self._stop_input(name)
+            for name in new_inputs:
+                await self._start_input(merged.inputs[name], fatal=False)
+            changed = sorted(f"inputs.{n}" for n in new_inputs) + sorted(f"outputs.{n}" for n in new_outputs)
+            log.info("configuration reloaded", extra={"routes": len(merged.routes), "restarted": changed})
+            self.stats.incr("reloads", result="ok")
+            notify("READY=1", f"STATUS={self._status_line()}")
+            return True, []
+
+    # --- health, status ---------------------------------------------------------------------------
+
+    def readiness(self) -> dict[str, Any]:
+        inputs = {name: cfg.plugin.is_ready() for name, cfg in self.config.inputs.items() if name in self._inputs}
+        spool = {"writable": self.spool.writable, "error": self.spool.last_error}
+        return {"ready": all(inputs.values()) and self.spool.writable, "inputs": inputs, "spool": spool}
+
+    def _status_line(self) -> str:
+        ready = sum(cfg.plugin.is_ready() for cfg in self.config.inputs.values())
+        return (
+            f"{self.spool.depth} events pending; inputs ready {ready}/{len(self.config.inputs)}; "
+            f"{self.stats.get('dead_letters')} dead-lettered since start"
+        )
+
+    async def _heartbeat(self) -> None:
+        """WATCHDOG=1 from the event loop itself (a stuck loop stops them) and a periodic STATUS=."""
+        watchdog: float | None = None
+        usec = os.environ.get("WATCHDOG_USEC")
+        if usec and os.environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid()):
+            watchdog = int(usec) / 1e6 / 2
+        interval = min(watchdog or STATUS_INTERVAL, STATUS_INTERVAL)
+        next_status = time.monotonic() + STATUS_INTERVAL
+        while True:
+            messages = ["WATCHDOG=1"] if watchdog else []
+            if time.monotonic() >= next_status:
+                messages.append(f"STATUS={self._status_line()}")
+                next_status = time.monotonic() + STATUS_INTERVAL
+            if messages:
+                notify(*messages)
+            await anyio.sleep(interval)
+
+    def _gauges(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
+        yield "spool_pending_events", "Events stored and not yet delivered everywhere", {}, self.spool.depth
+        if self.spool.writable:
+            age = self.spool.oldest_pending_age()
+            yield "spool_oldest_pending_age_seconds", "Age of the oldest pending event", {}, age or 0.0
+            yield "dead_letters_stored", "Dead letters in the store", {}, self.spool.dead_letter_count()
+            for output, count in self.spool.pending_outputs().items():
+                yield "deliveries_pending", "Deliveries waiting per output", {"output": output}, count
+        yield "spool_writable", "1 when the last spool commit succeeded", {}, float(self.spool.writable)
+        for name, worker in self.pipeline.workers.items():
+            yield "deliveries_in_flight", "Deliveries being attempted now", {"output": name}, worker.in_flight
+        for name, cfg in self.config.inputs.items():
+            yield (
+                "input_ready",
+                "1 when the input can take events (connected...)",
+                {"input": name},
+                float(cfg.plugin.is_ready()),
             )
-            for name in sorted(set(old) | set(cur))
-            if name not in old or name not in cur or old[name].table != cur[name].table
-        ]
-        if changed:
-            log.warning("reload: inputs/outputs changed; restart the router to apply them", extra={"changed": changed})
-        self.pipeline.config = _with_routes(self.pipeline.config, new)
-        self.stats.incr("reloads", result="ok")
-        log.info("configuration reloaded", extra={"routes": len(new.routes)})
-        notify("READY=1", "STATUS=ready (reloaded)")
-        return True
 
 
-def _with_routes(current: RouterConfig, new: RouterConfig) -> RouterConfig:
-    from dataclasses import replace
-
-    valid = tuple(r for r in new.routes if all(t in current.outputs for t in r.to))
-    return replace(current, routes=valid, unmatched=new.unmatched)
+def _changed(old: dict[str, Any] | Any, new: dict[str, Any] | Any) -> list[str]:
+    """Names in `new` that are new or whose table differs from `old`'s."""
+    return [name for name in new if name not in old or old[name].table != new[name].table]

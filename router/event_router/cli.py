@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("reload", help="make a running router re-read its router.toml")
+    _config_arg(p)
+    p.add_argument("--pid", type=int, help="send SIGHUP to this process instead of using the admin endpoint")
+
     from event_router.dlq_cli import add_dlq_parser
 
     add_dlq_parser(sub, _config_arg)
@@ -289,6 +293,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    if args.pid is not None:
+        import signal
+
+        try:
+            os.kill(args.pid, signal.SIGHUP)
+        except OSError as exc:
+            print(f"error: cannot signal process {args.pid}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"sent SIGHUP to {args.pid}; its log says whether the new configuration was applied")
+        return 0
+    config, _ = _load(args)
+    if config.admin_listen is None:
+        print("error: [router.admin] is not configured; use --pid PID (or systemctl reload)", file=sys.stderr)
+        return 1
+    import urllib.error
+    import urllib.request
+
+    host, port = config.admin_listen
+    host = f"[{host}]" if ":" in host else host
+    request = urllib.request.Request(f"http://{host}:{port}/reload", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            result = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        result = orjson.loads(exc.read() or b"{}")
+    except OSError as exc:
+        print(f"error: no router answers on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    if result.get("reloaded"):
+        print("reloaded")
+        return 0
+    for error in result.get("errors", []):
+        print(f"error: {error}", file=sys.stderr)
+    print("reload refused; the router keeps its running configuration", file=sys.stderr)
+    return 1
+
+
 def _dlq(args: argparse.Namespace) -> int:
     from event_router.dlq_cli import run_dlq
 
@@ -304,5 +346,6 @@ COMMANDS = {
     "init": cmd_init,
     "schemas": cmd_schemas,
     "status": cmd_status,
+    "reload": cmd_reload,
     "dlq": _dlq,
 }

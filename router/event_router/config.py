@@ -19,6 +19,7 @@ from jsonschema.exceptions import ValidationError
 
 from event_router.durations import DURATION_SCHEMA, parse_duration
 from event_router.errors import ConfigError, RouterError
+from event_router.listen import parse_listen
 from event_router.plugin import Input, Output, PluginContext
 from event_router.plugins import PluginRegistry
 from event_router.retry import RETRY_SCHEMA, RetryPolicy
@@ -51,6 +52,11 @@ ROUTER_SCHEMA: dict[str, Any] = {
                 "shutdown_timeout": DURATION_SCHEMA,
                 "log_level": {"enum": ["debug", "info", "warning", "error"]},
                 "retry": RETRY_SCHEMA,
+                "admin": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"listen": {"type": "string", "minLength": 1}},
+                },
             },
         },
         "inputs": {
@@ -163,6 +169,8 @@ class RouterConfig:
     shutdown_timeout: float
     log_level: str
     retry: RetryPolicy
+    #: (host, port) of the admin endpoint; None when `[router.admin]` is absent
+    admin_listen: tuple[str, int] | None
     inputs: Mapping[str, InputConfig]
     outputs: Mapping[str, OutputConfig]
     routes: tuple[RouteConfig, ...]
@@ -228,6 +236,12 @@ class _Loader:
         if schemas_dir is not None and not schemas_dir.is_dir():
             self.error("router.schemas_dir", f"{str(schemas_dir)!r} is not a directory")
         default_retry = RetryPolicy().merged(router.get("retry", {}))
+        admin_listen = None
+        if "admin" in router:
+            try:
+                admin_listen = parse_listen(router["admin"].get("listen", "127.0.0.1:9187"))
+            except ValueError as exc:
+                self.error("router.admin.listen", str(exc))
         inputs = {
             name: cfg
             for name, table in document.get("inputs", {}).items()
@@ -254,6 +268,7 @@ class _Loader:
             shutdown_timeout=parse_duration(router.get("shutdown_timeout", 10)),
             log_level=router.get("log_level", "info"),
             retry=default_retry,
+            admin_listen=admin_listen,
             inputs=inputs,
             outputs=outputs,
             routes=tuple(routes),

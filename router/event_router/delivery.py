@@ -205,7 +205,6 @@ class OutputWorker:
             self._wake.set()
 
     async def _attempt(self, batch: list[_Pending]) -> list[BaseException | None]:
-        started = time.monotonic()
         try:
             deliveries = [p.to_delivery(self.options_for(p.route)) for p in batch]
             with anyio.fail_after(self.config.timeout):
@@ -222,7 +221,6 @@ class OutputWorker:
         if len(outcomes) != len(batch):
             error = RetryableError(f"output {self.name} returned {len(outcomes)} outcomes for {len(batch)} deliveries")
             return [error] * len(batch)
-        self.stats.incr("delivery_seconds_total_ms", int((time.monotonic() - started) * 1000), output=self.name)
         return outcomes
 
     async def _record(self, batch: list[_Pending], outcomes: list[BaseException | None]) -> None:
@@ -249,6 +247,9 @@ class OutputWorker:
         await self.spool.settle(done=done, retry=retry, dead=dead)
         if done:
             self.stats.incr("deliveries", len(done), output=self.name, outcome="delivered")
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                if outcome is None:
+                    self.stats.observe("delivery_latency_seconds", now - pending.first_at, output=self.name)
         for did, attempts, due, message in retry:
             self.stats.incr("deliveries", output=self.name, outcome="retry")
             log.info(

@@ -125,9 +125,11 @@ class Pipeline:
 
     def _settle(self, input_name: str, plan: Plan, stored: list[int] | int | None) -> SubmitResult:
         event = plan.event
-        self.stats.incr("events_received", input=input_name, trigger=event.trigger)
+        # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
+        trigger_label = plan.validation.schema or "unknown"
+        self.stats.incr("events_received", input=input_name, trigger=trigger_label)
         if not plan.validation.valid:
-            self.stats.incr("validation_failures", input=input_name, trigger=event.trigger)
+            self.stats.incr("validation_failures", input=input_name, trigger=trigger_label)
         if plan.dead_letter is not None:
             assert isinstance(stored, int)
             reason, error = plan.dead_letter
@@ -138,7 +140,7 @@ class Pipeline:
             )
             return SubmitResult(event.id, "dead_lettered", plan.validation.errors, stored)
         if not plan.deliveries:
-            self.stats.incr("events_unmatched", trigger=event.trigger)
+            self.stats.incr("events_unmatched", trigger=trigger_label)
             log.debug("no route matched", extra={"event_id": event.id, "trigger": event.trigger})
             return SubmitResult(event.id, "unrouted", plan.validation.errors)
         assert isinstance(stored, list)

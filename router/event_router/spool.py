@@ -196,6 +196,8 @@ class Spool:
         #: events stored and not yet finished; kept by the writer thread, read anywhere
         self.depth = 0
         self.commits = 0
+        #: why the last group failed, until one succeeds again (readiness reports it)
+        self.last_error: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -260,10 +262,12 @@ class Spool:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = exc if isinstance(exc, SpoolError) else SpoolError(f"spool write failed: {exc}")
+            self.last_error = str(error)
             for op in batch:
                 _resolve(op, None, error)
             return
         self.commits += 1
+        self.last_error = None
         for op, result in zip(batch, results, strict=True):
             _resolve(op, result, None)
 
@@ -382,6 +386,20 @@ class Spool:
             self.depth -= conn.execute("DELETE FROM events WHERE seq = ?", (seq,)).rowcount
 
     # --- reads for the delivery loop ------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        """The writer runs and its last commit (if any) succeeded."""
+        return self._thread is not None and self._thread.is_alive() and self.last_error is None
+
+    def oldest_pending_age(self) -> float | None:
+        assert self._reader is not None
+        row = self._reader.execute("SELECT stored_at FROM events ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else max(0.0, time.time() - float(row[0]))
+
+    def dead_letter_count(self) -> int:
+        assert self._reader is not None
+        return int(self._reader.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
 
     def fetch_due(self, output: str, now: float, limit: int, exclude: set[int]) -> list[DeliveryRow]:
         """Deliveries of `output` due by `now`, oldest due first, skipping those already in memory."""

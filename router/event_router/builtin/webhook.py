@@ -21,10 +21,10 @@ from anyio.abc import TaskStatus
 from event_router.errors import ConfigError, SpoolFull
 from event_router.event import Event
 from event_router.hookspecs import hookimpl
+from event_router.listen import parse_listen
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.secrets import SECRET_SCHEMA
 
-_LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})$")
 #: request headers kept in the event's meta; credentials never are
 _KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type")
 
@@ -52,11 +52,10 @@ class WebhookInput(Input):
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(config, context)
-        match = _LISTEN.match(config["listen"])
-        if not match or not 0 < int(match["port"]) < 65536:
-            raise ConfigError("listen", f"{config['listen']!r} is not host:port (e.g. 127.0.0.1:8787)")
-        self.host = match["host"].strip("[]")
-        self.port = int(match["port"])
+        try:
+            self.host, self.port = parse_listen(config["listen"])
+        except ValueError as exc:
+            raise ConfigError("listen", str(exc)) from None
         path = config.get("path", "/events")
         if "{{" in path:
             if re.fullmatch(r"[^{}]*\{\{\s*trigger\s*\}\}[^{}]*", path) is None:

@@ -213,7 +213,6 @@ class RouterProcess:
         if self.notify_path.exists():
             self.notify_path.unlink()
         self._sock.bind(str(self.notify_path))
-        self._sock.settimeout(0.2)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "event_router", "run", "-c", str(self.config), "--log-format", "json"],
@@ -227,11 +226,12 @@ class RouterProcess:
         return self
 
     def poll_messages(self) -> list[str]:
+        """Take every datagram already queued on the socket (never waits: pings may never stop)."""
         assert self._sock is not None
         while True:
             try:
-                data = self._sock.recv(4096)
-            except (TimeoutError, BlockingIOError):
+                data = self._sock.recv(4096, socket.MSG_DONTWAIT)
+            except (BlockingIOError, TimeoutError):
                 return self.messages
             self.messages.extend(data.decode().split("\n"))
 
@@ -245,6 +245,7 @@ class RouterProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"router exited with {self.proc.returncode} before {message}:\n{self.logs()}")
+            time.sleep(0.02)
         raise AssertionError(f"router did not send {message} within {timeout}s:\n{self.logs()}")
 
     def logs(self) -> str:

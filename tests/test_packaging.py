@@ -1,0 +1,88 @@
+"""Distributions build, carry what an installed router needs, and keep their versions in lockstep."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from event_router.testing import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def build_wheel(source: Path, out: Path) -> Path:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def test_core_wheel_validates_without_the_repository(tmp_path: Path) -> None:
+    wheel = build_wheel(ROOT, tmp_path / "dist")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "event_router/schemas/transport.messageReceived.json" in names
+    assert "event_router/schemas/defs.json" in names
+    assert "event_router/testing/example-events.json" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    # the extracted package comes first on the path, far from this checkout's schemas/
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import event_router.validation as v; print(v.builtin_schema_dir())"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(site)
+    config = tmp_path / "router.toml"
+    config.write_text('[inputs.a]\ntype = "webhook"\nlisten = "127.0.0.1:1"\n')
+    listed = subprocess.run(
+        [sys.executable, "-m", "event_router", "schemas", "--json", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 41
+
+
+def test_versions_in_lockstep() -> None:
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    version = core["version"]
+    for extra, requirements in core["optional-dependencies"].items():
+        for requirement in requirements:
+            if requirement.startswith("event-router-"):
+                assert requirement.endswith(f"=={version}"), f"extra {extra}: {requirement}"
+    for pyproject in sorted((ROOT / "plugins").glob("*/pyproject.toml")):
+        project = tomllib.loads(pyproject.read_text())["project"]
+        assert project["version"] == version, pyproject
+        pins = [r for r in project["dependencies"] if r.startswith("enmeshed-event-router")]
+        assert pins, f"{pyproject} does not depend on the router"
