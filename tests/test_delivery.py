@@ -168,3 +168,24 @@ async def test_reshape_and_encoded_url(make_app, tmp_path: Path) -> None:  # typ
         "from": mail["data"]["createdBy"],
         "note": "mail ../Account/Sync?x=1",
     }
+
+
+async def test_retry_spacing_follows_backoff_and_retry_after(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """503 with Retry-After: 1 waits at least that; then full-jitter waits stay under their ceilings."""
+    port = free_port()
+    with http_receiver() as rx:
+        rx.respond((503, {"Retry-After": "1"}), 503, 503, 200)
+        text = config(port, tmp_path, rx.url + "/in").replace(
+            'retry = { initial_backoff = "50ms", max_backoff = "200ms", max_attempts = 5 }',
+            'retry = { initial_backoff = "300ms", max_backoff = "400ms", max_attempts = 5 }',
+        )
+        async with make_app(text):
+            await send(port, example("transport.messageReceived"))
+            await until(lambda: len(rx.requests) == 4, "4 attempts", timeout=20)
+        times = [r.at for r in rx.requests]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] >= 1.0, gaps  # the receiver's Retry-After wins over the backoff
+    # attempt 2 failed: wait in [0, 300ms * 2 = 600ms] capped at 400ms; attempt 3: capped at 400ms.
+    # The worker wakes on the due time itself; 250 ms covers scheduling on a loaded 2-core machine.
+    assert gaps[1] <= 0.4 + 0.25, gaps
+    assert gaps[2] <= 0.4 + 0.25, gaps
