@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -183,7 +184,7 @@ async def test_retry_spacing_follows_backoff_and_retry_after(make_app, tmp_path:
             await send(port, example("transport.messageReceived"))
             await until(lambda: len(rx.requests) == 4, "4 attempts", timeout=20)
         times = [r.at for r in rx.requests]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 1.0, gaps  # the receiver's Retry-After wins over the backoff
     # attempt 2 failed: wait in [0, 300ms * 2 = 600ms] capped at 400ms; attempt 3: capped at 400ms.
     # The worker wakes on the due time itself; 250 ms covers scheduling on a loaded 2-core machine.
