@@ -11,6 +11,9 @@ from typing import Any
 
 import orjson
 
+#: the keys of an event's JSON form: what routes match on and templates may name
+EVENT_FIELDS: tuple[str, ...] = ("data", "id", "meta", "received_at", "source", "trigger")
+
 
 def new_event_id() -> str:
     """A UUIDv7 string: unique, and sortable by creation time (spool order, log correlation)."""
@@ -40,6 +43,9 @@ class Event:
     id: str = field(default_factory=new_event_id)
     received_at: str = field(default_factory=utc_now)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the bytes the input decoded `data` from, when it has them: kept until the event is stored, so
+    #: an event that cannot be stored as JSON (nested too deeply) is dead-lettered without loss
+    raw: bytes | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written by the file output and matched by routes."""

@@ -108,7 +108,8 @@ class Pipeline:
         items: list[StoreEvent | StoreDeadLetter] = []
         stored_plans: list[Plan] = []
         for plan in plans:
-            item = _store_item(plan, config.unmatched)
+            item = _store_item(plan)
+            plan.event.raw = None  # stored (or dead-lettered with it): no need to hold the bytes
             if item is not None:
                 items.append(item)
                 stored_plans.append(plan)
@@ -164,14 +165,24 @@ class Pipeline:
         return dlid
 
 
-def _store_item(plan: Plan, unmatched: str) -> StoreEvent | StoreDeadLetter | None:
+def _store_item(plan: Plan) -> StoreEvent | StoreDeadLetter | None:
     event = plan.event
+    try:
+        body = event.to_json()
+        payloads = [orjson.dumps(d.payload) if d.reshaped else None for d in plan.deliveries]
+    except TypeError as exc:
+        # orjson parses 1,024 levels of nesting but writes only 254: keep the input's bytes instead
+        reason = f"event cannot be stored as JSON ({exc}): data nests too deeply"
+        plan.dead_letter = ("undecodable", reason)
+        raw = (event.raw or b"").decode("utf-8", "backslashreplace")
+        body = orjson.dumps({"raw": raw, "trigger": event.trigger, "source": event.source, "id": event.id})
+        return StoreDeadLetter("undecodable", reason, body, event.id, event.trigger, event.source)
     if plan.dead_letter is not None:
         reason, error = plan.dead_letter
         return StoreDeadLetter(
             reason=reason,  # type: ignore[arg-type]
             error=error,
-            body=event.to_json(),
+            body=body,
             event_id=event.id,
             trigger=event.trigger,
             source=event.source,
@@ -181,10 +192,8 @@ def _store_item(plan: Plan, unmatched: str) -> StoreEvent | StoreDeadLetter | No
     return StoreEvent(
         event_id=event.id,
         trigger=event.trigger,
-        body=event.to_json(),
-        deliveries=[
-            NewDelivery(d.output, d.route, orjson.dumps(d.payload) if d.reshaped else None) for d in plan.deliveries
-        ],
+        body=body,
+        deliveries=[NewDelivery(d.output, d.route, p) for d, p in zip(plan.deliveries, payloads, strict=True)],
     )
 
 

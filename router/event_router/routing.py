@@ -9,13 +9,12 @@ and patterns are data. The pattern language is what TOML can express (no null); 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from event_router.event import Event
+from event_router import event as event_module
 from event_router.templates import MISSING, OPEN, TemplateError, compile_template, get_path, split_path
 
 __all__ = ["EVENT_FIELDS", "Matcher", "PatternError", "compile_match", "compile_reshape", "trigger_matches"]
@@ -27,7 +26,7 @@ _Predicate = Callable[[Any], bool]
 _Reshaper = Callable[[Mapping[str, Any]], Any]
 
 #: the top-level keys of `Event.to_dict()`: every path must start with one, so typos fail at load time
-EVENT_FIELDS: Final = tuple(sorted(f.name for f in dataclasses.fields(Event)))
+EVENT_FIELDS: Final = event_module.EVENT_FIELDS
 _STRING_OPERATORS: Final = ("equals-ignore-case", "prefix", "suffix", "wildcard")
 OPERATORS: Final = tuple(sorted((*_STRING_OPERATORS, "anything-but", "exists", "numeric")))
 _COMPARISONS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from event_router.errors import RouterError
+
+log = logging.getLogger("event_router.spool")
 
 SCHEMA_VERSION = 1
 _DDL = """
@@ -198,6 +201,8 @@ class Spool:
         self.commits = 0
         #: why the last group failed, until one succeeds again (readiness reports it)
         self.last_error: str | None = None
+        #: what `PRAGMA quick_check` reported at open (empty when the file is sound)
+        self.integrity_problems: list[str] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -214,6 +219,14 @@ class Spool:
                     f"spool {self.path} was written by a newer router (schema {version[0]}); upgrade first"
                 )
             self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            # after a crash or a disk fault: say so, and carry on with what is intact
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+            self.integrity_problems = [] if problems == ["ok"] else problems
+            if self.integrity_problems:
+                log.error(
+                    "spool integrity check found damage; intact events are kept and delivered",
+                    extra={"spool": str(self.path), "problems": self.integrity_problems},
+                )
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
         self._reader = connect(self.path)

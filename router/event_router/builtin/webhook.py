@@ -9,7 +9,10 @@ once the event is durably stored, and says exactly what is wrong otherwise.
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,15 +21,24 @@ import orjson
 from aiohttp import web
 from anyio.abc import TaskStatus
 
-from event_router.errors import ConfigError, SpoolFull
+from event_router.errors import ConfigError, RouterError, SpoolFull
 from event_router.event import Event
 from event_router.hookspecs import hookimpl
 from event_router.listen import parse_listen
 from event_router.plugin import EventSink, Input, PluginContext
+from event_router.ratelimit import RateLimiter
 from event_router.secrets import SECRET_SCHEMA
 
 #: request headers kept in the event's meta; credentials never are
 _KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type")
+
+
+def _allowed(remote: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:  # a Unix socket or a proxy that hides the peer: not a listed network
+        return False
+    return any(address in network for network in networks)
 
 
 def _json(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
@@ -47,6 +59,30 @@ class WebhookInput(Input):
             "api_key": SECRET_SCHEMA,
             "api_key_header": {"type": "string", "minLength": 1},
             "max_body_bytes": {"type": "integer", "minimum": 1024, "maximum": 64 * 1024 * 1024},
+            "allow_networks": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "client networks allowed to post (CIDR); others get 403",
+            },
+            "rate_limit": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["per_second"],
+                "properties": {
+                    "per_second": {"type": "number", "exclusiveMinimum": 0},
+                    "burst": {"type": "number", "minimum": 1},
+                },
+            },
+            "tls": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["cert_file", "key_file"],
+                "properties": {
+                    "cert_file": {"type": "string"},
+                    "key_file": {"type": "string"},
+                    "client_ca_file": {"type": "string", "description": "require client certificates signed by it"},
+                },
+            },
         },
     }
 
@@ -66,8 +102,31 @@ class WebhookInput(Input):
         self.api_key: bytes | None = str(key).encode() if key is not None else None
         self.key_header = config.get("api_key_header", "x-api-key")
         self.max_body = config.get("max_body_bytes", 4 * 1024 * 1024)
+        try:
+            self.allow = [ipaddress.ip_network(n, strict=False) for n in config.get("allow_networks", [])]
+        except ValueError as exc:
+            raise ConfigError("allow_networks", str(exc)) from None
+        limit = config.get("rate_limit")
+        self.limiter = RateLimiter(limit["per_second"], limit.get("burst", limit["per_second"])) if limit else None
+        self.tls = config.get("tls")
+        if self.tls:
+            for key in ("cert_file", "key_file", "client_ca_file"):
+                if key in self.tls and not (context.config_dir / self.tls[key]).is_file():
+                    raise ConfigError(f"tls.{key}", f"{self.tls[key]!r} is not a readable file")
         self.bound_port: int | None = None
         self._ready = False
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        base = self.context.config_dir
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(base / self.tls["cert_file"], base / self.tls["key_file"])
+        if "client_ca_file" in self.tls:
+            ctx.load_verify_locations(base / self.tls["client_ca_file"])
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
     def is_ready(self) -> bool:
         return self._ready
@@ -78,7 +137,7 @@ class WebhookInput(Input):
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self._ssl_context())
             try:
                 await site.start()
             except OSError as exc:
@@ -103,6 +162,11 @@ class WebhookInput(Input):
 
     def _handler(self, sink: EventSink) -> Any:
         async def handle(request: web.Request) -> web.Response:
+            remote = request.remote or ""
+            if self.allow and not _allowed(remote, self.allow):
+                return _json(403, {"error": f"client {remote} is not in allow_networks"})
+            if self.limiter is not None and (wait := self.limiter.allow(remote)) > 0:
+                return _json(429, {"error": "rate limit exceeded"}, {"Retry-After": str(max(1, math.ceil(wait)))})
             if self.api_key is not None:
                 given = request.headers.get(self.key_header, "").encode()
                 if not hmac.compare_digest(given, self.api_key):
@@ -122,13 +186,16 @@ class WebhookInput(Input):
             except ValueError as exc:
                 try:
                     dlid = await sink.reject(raw, str(exc), trigger=path_trigger, meta=meta)
-                except SpoolFull as full:
-                    return _json(503, {"error": str(full)}, {"Retry-After": str(int(full.retry_after))})
+                except RouterError:
+                    return _json(503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
                 return _json(400, {"error": str(exc), "dead_letter": dlid})
             try:
                 (result,) = await sink.submit([event])
             except SpoolFull as exc:
                 return _json(503, {"error": str(exc)}, {"Retry-After": str(max(1, int(exc.retry_after)))})
+            except RouterError as exc:  # the spool cannot write (disk full...): not stored, so not acknowledged
+                self.log.error("event not stored", extra={"trigger": event.trigger, "error": str(exc)})
+                return _json(503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
             body: dict[str, Any] = {"id": result.event_id, "status": result.status}
             if result.errors:
                 body["errors"] = list(result.errors)
@@ -156,7 +223,7 @@ class WebhookInput(Input):
         extra = {k: v for k, v in body.items() if k not in ("trigger", "data")}
         if extra:
             meta["extra"] = extra
-        return Event(trigger=trigger, data=body.get("data"), source=self.name, meta=meta)
+        return Event(trigger=trigger, data=body.get("data"), source=self.name, meta=meta, raw=raw)
 
 
 @hookimpl

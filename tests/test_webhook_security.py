@@ -1,0 +1,205 @@
+"""Webhook hardening over real sockets: allow-list, rate limit, TLS, hostile bodies."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import anyio
+import orjson
+import pytest
+
+from event_router.testing import example, free_port, post, read_jsonl, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+def config(port: int, tmp: Path, extra: str = "") -> str:
+    return f"""
+[router]
+data_dir = "{tmp}/var"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+validation = "warn"
+{extra}
+[outputs.archive]
+type = "file"
+path = "{tmp}/out.jsonl"
+[[routes]]
+name = "all"
+to = ["archive"]
+"""
+
+
+async def call(url: str, body: bytes | dict) -> tuple[int, dict, dict]:
+    return await anyio.to_thread.run_sync(lambda: post(url, body))
+
+
+async def test_allow_list(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path, 'allow_networks = ["10.0.0.0/8", "::1/128"]')):
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"))
+    assert status == 403 and body["error"] == "client 127.0.0.1 is not in allow_networks"
+    port = free_port()
+    async with make_app(config(port, tmp_path, 'allow_networks = ["127.0.0.0/8"]')):
+        status, _, _ = await call(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"))
+    assert status == 202
+
+
+async def test_rate_limit_per_client(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path, "rate_limit = { per_second = 1, burst = 2 }")):
+        answers = [
+            await call(f"http://127.0.0.1:{port}/events", example("transport.messageReceived")) for _ in range(3)
+        ]
+    assert [a[0] for a in answers] == [202, 202, 429]
+    assert answers[2][2]["Retry-After"] == "1"
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_tls_listener(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    async with make_app(config(port, tmp_path, f'tls = {{ cert_file = "{cert}", key_file = "{key}" }}')):
+        context = ssl.create_default_context(cafile=str(cert))
+
+        def https_post() -> int:
+            request = urllib.request.Request(
+                f"https://127.0.0.1:{port}/events",
+                data=orjson.dumps(example("transport.messageReceived")),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return response.status
+
+        assert await anyio.to_thread.run_sync(https_post) == 202
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}/events", b"{}"))
+
+
+def test_tls_files_must_exist(tmp_path: Path) -> None:
+    import tomllib
+
+    from event_router.config import ConfigErrors, build_config
+    from event_router.plugins import load_plugins
+
+    text = config(1, tmp_path, 'tls = { cert_file = "nope.pem", key_file = "nope.key" }')
+    with pytest.raises(ConfigErrors, match=r"inputs.connector.tls.cert_file: 'nope.pem' is not a readable file"):
+        build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=load_plugins())
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"[" * 2000 + b"]" * 2000, 400, "body is not valid JSON"),
+        (b'{"trigger": "transport.messageReceived", "data": {"x": 1e999999}}', 400, "body is not valid JSON"),
+        (b'{"trigger": "transport.messageReceived", "data": "\xff\xfe"}', 400, "body is not valid JSON"),
+        (b'{"trigger": "transport.messageReceived\x00", "data": {}}', 400, "body is not valid JSON"),
+        (b"\x00\x00\x00", 400, "body is not valid JSON"),
+    ],
+    ids=["nested-2000", "huge-number", "invalid-utf8", "nul-in-json-string", "nul-bytes"],
+)
+async def test_hostile_bodies_get_clear_errors(
+    make_app, tmp_path: Path, body: bytes, status: int, message: str
+) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path)) as app:
+        got, answer, _ = await call(f"http://127.0.0.1:{port}/events", body)
+        assert got == status, answer
+        assert message in answer["error"]
+        assert "Traceback" not in str(answer)
+        assert app.stats.get("dead_letters", reason="undecodable") == 1  # kept, not lost
+
+
+def nested(levels: int) -> object:
+    value: object = {}
+    for _ in range(levels // 2):
+        value = {"x": [value]}
+    return value
+
+
+async def test_deep_nesting_odd_keys_big_numbers_duplicates(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    odd = {"trigger": "custom.event", "data": {"a": 1, "\u0000key": "nul in key", "big": 0, "nested": nested(200)}}
+    # orjson writes no integer beyond 64 bits, so the big number travels as raw JSON text
+    raw = orjson.dumps(odd).replace(b'"big":0', b'"big":' + str(10**30).encode())
+    dup = b'{"trigger": "custom.dup", "data": {"k": 1, "k": 2}}'
+    async with make_app(config(port, tmp_path)):
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", raw)
+        assert status == 202, body
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", dup)
+        assert status == 202, body
+        lines = await anyio.to_thread.run_sync(
+            lambda: wait_for(
+                lambda: len(read_jsonl(tmp_path / "out.jsonl")) == 2 and read_jsonl(tmp_path / "out.jsonl")
+            )
+        )
+    by_trigger = {line["trigger"]: line for line in lines}
+    assert by_trigger["custom.event"]["data"]["\u0000key"] == "nul in key"
+    # numbers are IEEE doubles beyond 64-bit integers, as JSON.parse reads them in the Connector itself
+    assert by_trigger["custom.event"]["data"]["big"] == 1e30
+    assert by_trigger["custom.dup"]["data"] == {"k": 2}  # duplicate keys: the last one wins, as in JSON.parse
+
+
+async def test_nesting_too_deep_to_store_is_dead_lettered_with_its_bytes(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from event_router.deadletters import list_dead_letters
+    from event_router.spool import DeadLetterFilter
+
+    port = free_port()
+    # 600 levels: orjson reads it (limit 1,024) but cannot write it back (limit 254)
+    raw = b'{"trigger": "custom.deep", "data": ' + b'{"x": [' * 300 + b"{}" + b"]}" * 300 + b"}"
+    async with make_app(config(port, tmp_path)) as app:
+        status, body, _ = await call(f"http://127.0.0.1:{port}/events", raw)
+        assert status == 422 and body["status"] == "dead_lettered", body
+        (dl,) = list_dead_letters(app.spool._reader, DeadLetterFilter(ids=[body["dead_letter"]]))
+    assert dl.reason == "undecodable" and "nests too deeply" in (dl.error or "")
+    assert orjson.loads(dl.body)["raw"] == raw.decode()  # the bytes are all there
+
+
+async def test_wrong_content_type_is_still_json(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    async with make_app(config(port, tmp_path)):
+
+        def send() -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/events",
+                data=orjson.dumps(example("transport.messageReceived")),
+                headers={"Content-Type": "text/plain"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+
+        # the Connector always sends application/json; a relay that rewrites it must not lose events
+        assert await anyio.to_thread.run_sync(send) == 202
