@@ -131,3 +131,19 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(SpoolError, match="newer router"):
         Spool(tmp_path / "spool.db").open()
+
+
+async def test_spool_files_are_private(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)  # a permissive umask, as outside systemd
+    try:
+        s = Spool(tmp_path / "data" / "spool.db")
+        s.open()
+        await s.store([event(1)])
+        s.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "data" / "spool.db").stat().st_mode) == 0o600

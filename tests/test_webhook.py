@@ -51,6 +51,7 @@ async def test_accepts_connector_webhook_and_writes_file(make_app, tmp_path: Pat
         assert body["status"] == "accepted"
         lines = await anyio.to_thread.run_sync(lambda: wait_for(lambda: read_jsonl(tmp_path / "out/events.jsonl")))
     (line,) = lines
+    assert (tmp_path / "out/events.jsonl").stat().st_mode & 0o777 == 0o600, "event data is private by default"
     assert line["id"] == body["id"]
     assert line["trigger"] == "transport.messageReceived"
     assert line["source"] == "connector"

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -207,7 +208,12 @@ class Spool:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # events hold personal data (mail bodies, attributes): the spool is the service user's alone
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
+        old_umask = os.umask(0o077)
         try:
             conn = connect(self.path)
             conn.executescript(_DDL)
@@ -229,6 +235,8 @@ class Spool:
                 )
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        finally:
+            os.umask(old_umask)
         self._reader = connect(self.path)
         self._thread = threading.Thread(target=self._writer, args=(conn,), name="spool-writer", daemon=True)
         self._thread.start()

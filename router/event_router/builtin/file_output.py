@@ -39,6 +39,7 @@ class FileOutput(Output):
         "properties": {
             "path": {"type": "string", "minLength": 1},
             "fsync": {"type": "boolean", "description": "fsync after every batch (default true)"},
+            "mode": {"type": "string", "pattern": "^0?[0-7]{3}$", "description": "permissions of new files (0600)"},
         },
     }
 
@@ -54,6 +55,8 @@ class FileOutput(Output):
         self.template = str(context.config_dir / raw)
         self.dated = "%" in raw
         self.fsync = config.get("fsync", True)
+        # events carry personal data: files are private unless the operator says otherwise
+        self.mode = int(config.get("mode", "0600"), 8)
         self._handles: dict[str, IO[bytes]] = {}
 
     def path_for(self, delivery: Delivery) -> str:
@@ -103,7 +106,8 @@ class FileOutput(Output):
             target = Path(path)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(target, "ab")  # noqa: SIM115 - kept open across batches on purpose
+                fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self.mode)
+                handle = os.fdopen(fd, "ab")
             except OSError as exc:
                 raise PermanentError(f"cannot open {path}: {exc.strerror}") from exc
             self._handles[path] = handle
