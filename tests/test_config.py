@@ -102,7 +102,7 @@ BROKEN = [
     ),
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrotate = true'),
-        "router.toml: outputs.archive: unknown key 'rotate' (allowed: fsync, path) (plugin file)",
+        "router.toml: outputs.archive: unknown key 'rotate' (allowed: fsync, mode, path) (plugin file)",
         id="unknown-plugin-key",
     ),
     pytest.param(

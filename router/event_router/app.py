@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import anyio
@@ -24,7 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from event_router.config import ConfigErrors, InputConfig, OutputConfig, RouterConfig, load_config
 from event_router.delivery import OutputWorker
 from event_router.errors import RouterError
-from event_router.pipeline import Pipeline
+from event_router.pipeline import InternalSource, Pipeline
 from event_router.plugins import PluginRegistry
 from event_router.retry import RetryPolicy
 from event_router.spool import Spool
@@ -75,6 +76,7 @@ class App:
         self.spool = Spool(config.data_dir / "spool.db")
         self.schemas = load_schemas(config, registry)
         self.pipeline = Pipeline(config=config, schemas=self.schemas, spool=self.spool, stats=self.stats)
+        self._internal_submit = partial(self.pipeline.submit, InternalSource("router"))
         self.started_at = time.monotonic()
         self.admin_port: int | None = None
         self._stop = anyio.Event()
@@ -190,6 +192,7 @@ class App:
 
     async def _start_output(self, out: OutputConfig) -> None:
         assert self._tg is not None
+        out.plugin.context.submit = self._internal_submit
         worker = OutputWorker(
             out,
             self.spool,

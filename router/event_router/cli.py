@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     from event_router.dlq_cli import add_dlq_parser
 
     add_dlq_parser(sub, _config_arg)
+
+    from event_router.importer import add_import_parser
+
+    add_import_parser(sub)
     return parser
 
 
@@ -338,6 +342,12 @@ def _dlq(args: argparse.Namespace) -> int:
     return run_dlq(args, config, registry)
 
 
+def _import_connector_config(args: argparse.Namespace) -> int:
+    from event_router.importer import cmd_import_connector_config
+
+    return cmd_import_connector_config(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
@@ -348,4 +358,5 @@ COMMANDS = {
     "status": cmd_status,
     "reload": cmd_reload,
     "dlq": _dlq,
+    "import-connector-config": _import_connector_config,
 }

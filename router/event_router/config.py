@@ -29,7 +29,8 @@ from event_router.secrets import SecretError, resolve_secret
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
 OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout")
-#: route keys the core reads; any other key a route has is refused until a plugin claims it
+#: route keys the core reads; the others (`action`) are passed to outputs, which check them
+#: through `Output.check_route_options`
 ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
 
 _PLUGIN_TABLE = {
@@ -106,6 +107,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                     "stop": {"type": "boolean"},
                     "reshape": {"type": "object"},
                     "retry": RETRY_SCHEMA,
+                    "action": {"type": "object"},
                 },
             },
         },
@@ -153,7 +155,7 @@ class RouteConfig:
     reshape: Callable[[Mapping[str, Any]], Any] | None
     #: `retry` keys that override each target output's policy for this route's deliveries
     retry: Mapping[str, Any]
-    #: route keys the core passes to outputs untouched (none yet; the Connector output's `action` later)
+    #: route keys the core passes to outputs untouched (the Connector output's `action`)
     options: Mapping[str, Any]
 
 
@@ -252,7 +254,7 @@ class _Loader:
             for name, table in document.get("outputs", {}).items()
             if (out := self._output(name, table, data_dir, default_retry)) is not None
         }
-        routes = self._routes(document.get("routes", []), set(document.get("outputs", {})))
+        routes = self._routes(document.get("routes", []), document.get("outputs", {}))
         if not document.get("inputs"):
             self.warnings.append(f"{self.file}: inputs: no input configured: the router receives nothing")
         if not routes:
@@ -387,7 +389,7 @@ class _Loader:
         result = walk(schema, dict(value), key)
         return result if ok else None
 
-    def _routes(self, tables: Sequence[Mapping[str, Any]], outputs: set[str]) -> list[RouteConfig]:
+    def _routes(self, tables: Sequence[Mapping[str, Any]], outputs: Mapping[str, Any]) -> list[RouteConfig]:
         routes: list[RouteConfig] = []
         seen: dict[str, int] = {}
         for index, table in enumerate(tables):
@@ -401,6 +403,12 @@ class _Loader:
                 if target not in outputs:
                     known = ", ".join(sorted(outputs)) or "none"
                     self.error(f"{key}.to[{i}]", f"no output named {target!r} (outputs: {known})")
+            options = {k: v for k, v in table.items() if k not in ROUTE_KEYS}
+            for target in dict.fromkeys(t for t in to if t in outputs):
+                cls = self.registry.outputs.get(outputs[target].get("type", ""))
+                if cls is not None:
+                    for sub, message in cls.check_route_options(options):
+                        self.error(f"{key}.{sub}", message, cls.type_name)
             matcher = self._compile(f"{key}.match", compile_match, table.get("match", {}))
             reshape = self._compile(f"{key}.reshape", compile_reshape, table["reshape"]) if "reshape" in table else None
             if matcher is None:
@@ -414,7 +422,7 @@ class _Loader:
                     matcher=matcher,
                     reshape=reshape,
                     retry=table.get("retry", {}),
-                    options={k: v for k, v in table.items() if k not in ROUTE_KEYS},
+                    options=options,
                 )
             )
         return routes

@@ -80,6 +80,15 @@ def plan_event(
     return plan
 
 
+@dataclass(frozen=True, slots=True)
+class InternalSource:
+    """Events the router makes itself (an action's result): routed like input events, not validated."""
+
+    name: str = "router"
+    validation: str = "off"
+    unknown_triggers: str = "accept"
+
+
 class Pipeline:
     """The core behind every input's `EventSink`."""
 
@@ -93,7 +102,7 @@ class Pipeline:
     def sink_for(self, input_config: InputConfig) -> InputSink:
         return InputSink(self, input_config)
 
-    async def submit(self, input_config: InputConfig, events: Sequence[Event]) -> list[SubmitResult]:
+    async def submit(self, input_config: InputConfig | InternalSource, events: Sequence[Event]) -> list[SubmitResult]:
         config = self.config  # one config for the whole batch, even if a reload swaps it meanwhile
         plans = [
             plan_event(

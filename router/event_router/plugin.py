@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -89,6 +89,9 @@ class PluginContext:
     logger: logging.Logger
     #: the directory router.toml is in: relative paths in plugin tables are relative to it
     config_dir: Path
+    #: hands new events to the core (an output's results, for routes to chain on); set by the running
+    #: app, None in `check` and `test`. Events go through validation (off) and routing like any other.
+    submit: Callable[[Sequence[Event]], Awaitable[list[SubmitResult]]] | None = None
 
 
 class _Plugin(ABC):
@@ -148,6 +151,15 @@ class Output(_Plugin):
     @abstractmethod
     async def deliver(self, delivery: Delivery) -> None:
         """Deliver one event; raise a `DeliveryError` subclass on failure."""
+
+    @classmethod
+    def check_route_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Problems with the route keys this output reads (e.g. `action`), as (key path, message).
+
+        Called by the config loader for every route that targets this output type, so `event-router check`
+        reports them; the paths are relative to the route table.
+        """
+        return []
 
     def describe(self, delivery: Delivery) -> dict[str, Any]:
         """What this output would send for `delivery`, for the `event-router test` dry run. Sends nothing."""

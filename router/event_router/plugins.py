@@ -22,6 +22,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "event_router.builtin.webhook",
     "event_router.builtin.file_output",
     "event_router.builtin.http_output",
+    "event_router.builtin.connector_output",
 )
 #: comma-separated plugin names to skip (entry-point names or built-in names like `builtin.webhook`)
 DISABLE_ENV = "EVENT_ROUTER_DISABLE_PLUGINS"

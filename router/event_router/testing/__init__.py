@@ -132,7 +132,9 @@ def http_receiver() -> Iterator[Receiver]:
                 time.sleep(receiver.delay)
             with receiver.lock:
                 status, headers = receiver.script[0] if len(receiver.script) == 1 else receiver.script.pop(0)
-                receiver.requests.append(Recorded("POST", self.path, dict(self.headers.items()), body, time.monotonic()))
+                receiver.requests.append(
+                    Recorded("POST", self.path, dict(self.headers.items()), body, time.monotonic())
+                )
             payload = b'{"ok": true}' if status < 300 else b'{"error": "scripted failure"}'
             self.send_response(status)
             for k, v in headers.items():

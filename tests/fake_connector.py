@@ -1,0 +1,389 @@
+"""A fake standing in for the enmeshed Connector, and a fake OAuth2 token endpoint, for the tests.
+
+The real Connector cannot run here: it needs its Backbone (and an identity on it). This fake is an aiohttp
+server on a real loopback socket that enforces the real contract as the project knows it: every request is
+checked against the project's endpoint table (`event_router.connector_api.ENDPOINTS`, which a test
+cross-checks against the Connector's OpenAPI spec): the path under the API base (matched on the raw,
+still-encoded path, as the Connector's router does, so `%2F` never splits a segment), the method, the
+request-body fields the spec requires, that endpoints without a body get none, the id formats, and the API
+key (or a bearer token issued by `FakeTokenEndpoint`). It answers with the spec's envelopes:
+`{"result": ...}` on success and `{"error": {id, code, message, docs, time}}` otherwise.
+
+What it does not do: keep state (every well-formed id exists unless `missing()` says otherwise), delay
+401s by 1-4 s like the Connector, or raise events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import itertools
+import re
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from event_router.connector_api import API_BASES, ENDPOINTS, Endpoint, missing_fields
+from event_router.event import utc_now
+
+SELF = "did:e:connector.example.org:dids:0b1f2e3d4c5b6a79881726"
+#: id formats of the path parameters (prefix + 17 alphanumerics)
+ID_PATTERNS = {
+    "/Requests/": re.compile(r"REQ[A-Za-z0-9]{17}"),
+    "/Relationships/": re.compile(r"REL[A-Za-z0-9]{17}"),
+    "/Attributes/": re.compile(r"ATT[A-Za-z0-9]{17}"),
+}
+_counter = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{next(_counter):017d}"
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "id": new_id("ERR"),
+            "code": code,
+            "message": message,
+            "docs": "https://enmeshed.eu/integrate/error-codes#" + code,
+            "time": utc_now(),
+        }
+    }
+
+
+def _answer(status: int, body: Any = None) -> web.Response:
+    if body is None:
+        return web.Response(status=status)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+@dataclass
+class Seen:
+    """One request the fake received, whatever it answered."""
+
+    method: str
+    #: as sent, still percent-encoded, without the query
+    raw_path: str
+    query: str
+    #: case-insensitive, as HTTP headers are
+    headers: CIMultiDict[str]
+    body: Any
+    status: int = 0
+    operation: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Scripted:
+    status: int
+    code: str | None
+    raw: bytes | None
+    headers: dict[str, str]
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port, reuse_address=True)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Any:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class FakeTokenEndpoint(_Server):
+    """An OAuth2 token endpoint (client-credentials grant, client authenticated with HTTP Basic)."""
+
+    def __init__(self, client_id: str = "router", client_secret: str = "s3cret", expires_in: int = 3600) -> None:
+        super().__init__()
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.expires_in: int | None = expires_in
+        #: answer every request with this status (and an RFC 6749 error body) instead of a token
+        self.status: int | None = None
+        self.requests: list[dict[str, Any]] = []
+        #: token -> monotonic expiry
+        self.tokens: dict[str, float] = {}
+        self.app.router.add_post("/token", self._token)
+
+    def valid(self, token: str) -> bool:
+        return self.tokens.get(token, 0) > time.monotonic()
+
+    def revoke_all(self) -> None:
+        self.tokens.clear()
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        user, password = _basic(request.headers.get("Authorization", ""))
+        self.requests.append({"form": form, "client_id": user, "content_type": request.content_type})
+        if self.status is not None:
+            return _answer(self.status, {"error": "server_error" if self.status >= 500 else "invalid_client"})
+        if form.get("grant_type") != "client_credentials":
+            return _answer(400, {"error": "unsupported_grant_type"})
+        if user != self.client_id or not hmac.compare_digest(password, self.client_secret):
+            return _answer(401, {"error": "invalid_client", "error_description": "unknown client or bad secret"})
+        token = f"tok-{len(self.requests)}"
+        lifetime = self.expires_in if self.expires_in is not None else 60
+        self.tokens[token] = time.monotonic() + lifetime
+        body: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
+        if self.expires_in is not None:
+            body["expires_in"] = self.expires_in
+        return _answer(200, body)
+
+
+def _basic(header: str) -> tuple[str, str]:
+    if not header.startswith("Basic "):
+        return "", ""
+    try:
+        user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    except ValueError:
+        return "", ""
+    return user, password
+
+
+class FakeConnector(_Server):
+    """The Connector's REST API as far as the endpoint table goes (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = "connector-key",
+        api_key_header: str = "X-API-KEY",
+        api_version: str = "v1",
+        tokens: FakeTokenEndpoint | None = None,
+    ) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.api_key_header = api_key_header
+        self.base = API_BASES[api_version]
+        self.tokens = tokens
+        self.requests: list[Seen] = []
+        #: seconds to wait before answering (to make the router time out)
+        self.delay = 0.0
+        self._script: dict[str, list[_Scripted]] = {}
+        self._missing: set[str] = set()
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    # --- scripting ----------------------------------------------------------------------------------
+
+    def fail(
+        self,
+        operation: str,
+        status: int,
+        code: str | None = None,
+        *,
+        times: int = 1,
+        raw: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next `times` well-formed requests to `operation` with `status` (an error envelope)."""
+        assert operation in ENDPOINTS, operation
+        self._script.setdefault(operation, []).extend([_Scripted(status, code, raw, dict(headers or {}))] * times)
+
+    def missing(self, record_id: str) -> None:
+        """Requests naming this id get 404 error.connector.recordNotFound."""
+        self._missing.add(record_id)
+
+    def calls(self, operation: str | None = None) -> list[Seen]:
+        """The requests that fitted the contract (and `operation`), in order."""
+        return [s for s in self.requests if s.operation is not None and operation in (None, s.operation)]
+
+    # --- handling -----------------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw_path, _, query = request.raw_path.partition("?")
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = {"__not_json__": raw.decode(errors="replace")}
+        seen = Seen(request.method, raw_path, query, CIMultiDict(request.headers), body)
+        self.requests.append(seen)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status, answer = self._respond(request, seen, raw)
+        seen.status = status
+        return answer
+
+    def _respond(self, request: web.Request, seen: Seen, raw: bytes) -> tuple[int, web.Response]:
+        if not self._authorised(request):
+            where = self.api_key_header if self.tokens is None else "Authorization: Bearer"
+            return self._error(401, "error.connector.unauthorized", f"missing or wrong credentials in {where}")
+        if not seen.raw_path.startswith(self.base + "/"):
+            return self._error(404, "error.fake.unknownRoute", f"{seen.raw_path} is not under {self.base}")
+        found = list(_match(seen.raw_path[len(self.base) :]))
+        if not found:
+            return self._error(404, "error.fake.unknownRoute", f"no endpoint {seen.raw_path}")
+        chosen = [(e, p) for e, p in found if e.method == seen.method]
+        if not chosen:
+            return self._error(405, "error.fake.methodNotAllowed", f"{seen.method} {seen.raw_path}")
+        endpoint, params = chosen[0]
+        seen.params = params
+        if endpoint.body:
+            if raw and request.content_type != "application/json":
+                return self._error(400, "error.fake.contentType", "the body must be application/json")
+            if "__not_json__" in (seen.body or {}) or (raw and not isinstance(seen.body, dict)):
+                return self._error(400, "error.connector.validation.invalidPropertyValue", "body is not an object")
+            absent = missing_fields(endpoint, seen.body or {})
+            if absent:
+                return self._error(
+                    400, "error.connector.validation.missingProperty", f"must have required property {absent[0]!r}"
+                )
+        elif raw:
+            return self._error(400, "error.fake.unexpectedBody", f"{endpoint.operation} takes no body")
+        for name, value in params.items():
+            pattern = next((p for prefix, p in ID_PATTERNS.items() if endpoint.path.startswith(prefix)), None)
+            if pattern is not None and not pattern.fullmatch(value):
+                return self._error(
+                    400, "error.connector.validation.invalidPropertyValue", f"{name} {value!r} is not a valid id"
+                )
+            if value in self._missing:
+                return self._error(404, "error.connector.recordNotFound", f"{value} not found")
+        seen.operation = endpoint.operation
+        scripted = self._script.get(endpoint.operation)
+        if scripted:
+            step = scripted.pop(0)
+            if step.raw is not None:
+                return step.status, web.Response(status=step.status, body=step.raw, headers=step.headers)
+            code = step.code or ("error.platform.unexpected" if step.status >= 500 else "error.fake.scripted")
+            status, response = self._error(step.status, code, "scripted failure")
+            response.headers.update(step.headers)
+            return status, response
+        return endpoint.success, _answer(endpoint.success, _success(endpoint, params, seen.body))
+
+    def _authorised(self, request: web.Request) -> bool:
+        if self.tokens is not None:
+            header = request.headers.get("Authorization", "")
+            return header.startswith("Bearer ") and self.tokens.valid(header[7:])
+        if self.api_key is None:
+            return True
+        return hmac.compare_digest(request.headers.get(self.api_key_header, ""), self.api_key)
+
+    @staticmethod
+    def _error(status: int, code: str, message: str) -> tuple[int, web.Response]:
+        return status, _answer(status, error_body(code, message))
+
+
+def _match(path: str) -> Iterator[tuple[Endpoint, dict[str, str]]]:
+    """Endpoints whose template fits the raw path; parameters decoded only after the split, like Express."""
+    segments = path.split("/")
+    for endpoint in ENDPOINTS.values():
+        template = endpoint.path.split("/")
+        if len(template) != len(segments):
+            continue
+        params = {}
+        for want, got in zip(template, segments, strict=True):
+            if want.startswith("{"):
+                if not got:
+                    break
+                params[want[1:-1]] = unquote(got)
+            elif want != got:
+                break
+        else:
+            yield endpoint, params
+
+
+def _success(endpoint: Endpoint, params: Mapping[str, str], body: Any) -> Any:
+    """A result shaped like the Connector's for `endpoint` (enough for the router; not every DTO key)."""
+    now = utc_now()
+    op = endpoint.operation
+    if op == "sync":
+        return None
+    if op == "getIdentityInfo":
+        return {"result": {"address": SELF, "publicKey": "cHVibGljLWtleQ"}}
+    if op == "sendMessage":
+        return {
+            "result": {
+                "id": new_id("MSG"),
+                "isOwn": True,
+                "content": body["content"],
+                "createdBy": SELF,
+                "createdByDevice": new_id("DVC"),
+                "recipients": [{"address": r} for r in body["recipients"]],
+                "createdAt": now,
+                "attachments": body.get("attachments", []),
+            }
+        }
+    if op in ("acceptIncomingRequest", "rejectIncomingRequest"):
+        return {
+            "result": {
+                "id": params["id"],
+                "isOwn": False,
+                "peer": "did:e:partner.example.org:dids:4a5b6c7d8e9f0a1b2c3d4e",
+                "createdAt": now,
+                "status": "Decided",
+                "content": {"@type": "Request", "id": params["id"], "items": []},
+                "response": {
+                    "createdAt": now,
+                    "content": {
+                        "@type": "Response",
+                        "result": "Accepted" if op.startswith("accept") else "Rejected",
+                        "requestId": params["id"],
+                        "items": body.get("items", []) if isinstance(body, dict) else [],
+                    },
+                },
+            }
+        }
+    if op in ("canAcceptIncomingRequest", "canRejectIncomingRequest"):
+        return {"result": {"isSuccess": True, "items": []}}
+    if op == "createOutgoingRequest":
+        request_id = new_id("REQ")
+        return {
+            "result": {
+                "id": request_id,
+                "isOwn": True,
+                "peer": body["peer"],
+                "createdAt": now,
+                "status": "Draft",
+                "content": {"@type": "Request", "id": request_id, **body["content"]},
+            }
+        }
+    if op.endswith("Relationship"):
+        status = {"accept": "Active", "reject": "Rejected", "revoke": "Revoked", "terminate": "Terminated"}
+        return {
+            "result": {
+                "id": params["id"],
+                "templateId": new_id("RLT"),
+                "status": status[op.removesuffix("Relationship")],
+                "peer": "did:e:partner.example.org:dids:4a5b6c7d8e9f0a1b2c3d4e",
+                "auditLog": [],
+            }
+        }
+    if op == "createOwnIdentityAttribute":
+        return {
+            "result": {
+                "@type": "OwnIdentityAttribute",
+                "id": new_id("ATT"),
+                "createdAt": now,
+                "content": {"@type": "IdentityAttribute", "owner": SELF, **body["content"]},
+            }
+        }
+    return {"result": {}}

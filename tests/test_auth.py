@@ -1,0 +1,476 @@
+"""HTTP auth shared by the outputs (OAuth2 against a local token endpoint), and the `http` output's additions:
+auth, body modes (Connector webhook body, CloudEvents), Standard Webhooks signatures, TLS and redirects.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import orjson
+import pytest
+from aiohttp import web
+
+from event_router.auth import OAuth2ClientCredentials
+from event_router.config import ConfigErrors, build_config
+from event_router.deadletters import list_dead_letters
+from event_router.errors import PermanentError, RetryableError
+from event_router.plugins import load_plugins
+from event_router.signing import sign, verify
+from event_router.spool import DeadLetterFilter
+from event_router.testing import example, free_port, http_receiver, post
+
+pytestmark = pytest.mark.anyio
+
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+
+def _load_fake() -> Any:
+    # tests are imported with --import-mode=importlib: a sibling module is loaded by path
+    if "fake_connector" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fake_connector"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["fake_connector"]
+
+
+FakeTokenEndpoint = _load_fake().FakeTokenEndpoint
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    deadline = anyio.current_time() + timeout
+    while not (value := check()):
+        if anyio.current_time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.02)
+    return value
+
+
+# --- OAuth2 client credentials --------------------------------------------------------------------------
+
+
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def idp() -> AsyncIterator[Any]:
+    async with FakeTokenEndpoint(expires_in=60) as server:
+        yield server
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def oauth(idp: Any, clock: Clock | None = None, **kw: Any) -> OAuth2ClientCredentials:
+    return OAuth2ClientCredentials(
+        f"{idp.url}/token", kw.pop("client_id", "router"), kw.pop("secret", "s3cret"), clock=clock or Clock(), **kw
+    )
+
+
+async def test_token_is_cached_and_refreshed_before_expiry(idp, session) -> None:  # type: ignore[no-untyped-def]
+    clock = Clock()
+    auth = oauth(idp, clock, scope="events", audience="crm")
+    assert await auth.headers(session) == {"Authorization": "Bearer tok-1"}
+    clock.now += 49  # 11 s left: still good
+    assert await auth.token(session) == "tok-1"
+    clock.now += 1.5  # 9.5 s left: less than the Connector's 10 s margin
+    assert await auth.token(session) == "tok-2"
+    assert await auth.token(session) == "tok-2"
+    assert len(idp.requests) == 2
+    first = idp.requests[0]
+    assert first["form"] == {"grant_type": "client_credentials", "scope": "events", "audience": "crm"}
+    assert first["client_id"] == "router" and first["content_type"] == "application/x-www-form-urlencoded"
+
+
+async def test_concurrent_deliveries_share_one_token_request(idp, session) -> None:  # type: ignore[no-untyped-def]
+    auth = oauth(idp)
+    tokens: list[str] = []
+
+    async def one() -> None:
+        tokens.append(await auth.token(session))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(20):
+            tg.start_soon(one)
+    assert set(tokens) == {"tok-1"} and len(tokens) == 20
+    assert len(idp.requests) == 1
+
+
+async def test_token_without_expiry_is_used_once(idp, session) -> None:  # type: ignore[no-untyped-def]
+    idp.expires_in = None
+    auth = oauth(idp)
+    assert [await auth.token(session) for _ in range(3)] == ["tok-1", "tok-2", "tok-3"]
+
+
+async def test_unauthorized_drops_the_cached_token(idp, session) -> None:  # type: ignore[no-untyped-def]
+    auth = oauth(idp)
+    assert not auth.unauthorized(), "no token yet: nothing to refresh"
+    await auth.token(session)
+    assert auth.unauthorized()
+    assert await auth.token(session) == "tok-2"
+
+
+async def test_token_endpoint_down_is_retryable(session) -> None:  # type: ignore[no-untyped-def]
+    auth = OAuth2ClientCredentials(f"http://127.0.0.1:{free_port()}/token", "router", "s3cret")
+    with pytest.raises(RetryableError, match=r"OAuth2 token endpoint http://127\.0\.0\.1:\d+/token unreachable"):
+        await auth.token(session)
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+async def test_token_endpoint_server_errors_are_retryable(idp, session, status: int) -> None:  # type: ignore[no-untyped-def]
+    idp.status = status
+    with pytest.raises(RetryableError, match=f"answered {status}"):
+        await oauth(idp).token(session)
+
+
+async def test_rejected_client_is_permanent_with_a_clear_message(idp, session) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PermanentError) as caught:
+        await oauth(idp, secret="wrong").token(session)
+    assert caught.value.code == "oauth2_client_rejected"
+    assert str(caught.value) == (
+        f"OAuth2 token endpoint {idp.url}/token rejected client 'router' "
+        "(401: invalid_client (unknown client or bad secret)): check client_id, client_secret and scope"
+    )
+    assert "wrong" not in str(caught.value)
+
+
+async def test_answer_without_access_token_is_permanent(idp, session) -> None:  # type: ignore[no-untyped-def]
+    idp.status = 200  # the fake then answers {"error": ...} with 200
+    with pytest.raises(PermanentError, match="answered 200 without an access_token"):
+        await oauth(idp).token(session)
+
+
+# --- the http output: auth ------------------------------------------------------------------------------
+
+
+def http_toml(tmp: Path, port: int, url: str, output_extra: str = "", route_extra: str = "") -> str:
+    return f"""
+[router]
+data_dir = "{tmp}/var"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+validation = "warn"
+[outputs.crm]
+type = "http"
+url = "{url}"
+timeout = "3s"
+retry = {{ initial_backoff = "20ms", max_backoff = "100ms", max_attempts = 3 }}
+{output_extra}
+[[routes]]
+name = "all"
+to = "crm"
+{route_extra}
+"""
+
+
+async def send(port: int, event: dict[str, Any], headers: dict[str, str] | None = None) -> str:
+    status, body, _ = await anyio.to_thread.run_sync(
+        lambda: post(f"http://127.0.0.1:{port}/events", event, headers=headers)
+    )
+    assert status == 202, body
+    return str(body["id"])
+
+
+def dead_letters(app: Any) -> list[Any]:
+    return list_dead_letters(app.spool._reader, DeadLetterFilter(output="crm"))
+
+
+@pytest.mark.parametrize(
+    ("auth", "header", "value"),
+    [
+        ('{ type = "api_key", key = { env = "T_AUTH_SECRET" } }', "x-api-key", "sesame"),
+        ('{ type = "api_key", key = { env = "T_AUTH_SECRET" }, header = "X-Token" }', "X-Token", "sesame"),
+        ('{ type = "bearer", token = { env = "T_AUTH_SECRET" } }', "Authorization", "Bearer sesame"),
+        (
+            '{ type = "basic", username = "router", password = { env = "T_AUTH_SECRET" } }',
+            "Authorization",
+            "Basic " + base64.b64encode(b"router:sesame").decode(),
+        ),
+    ],
+)
+async def test_http_output_static_auth(  # type: ignore[no-untyped-def]
+    make_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: str, header: str, value: str
+) -> None:
+    monkeypatch.setenv("T_AUTH_SECRET", "sesame")
+    port = free_port()
+    with http_receiver() as rx:
+        # a static header of the same name loses: the auth header is set last, as the Connector does
+        extra = f'auth = {auth}\nheaders = {{ "{header}" = "static", X-Other = "kept" }}'
+        async with make_app(http_toml(tmp_path, port, rx.url + "/in", extra)) as app:
+            await send(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", outcome="delivered"), "the delivery")
+        (request,) = rx.requests
+    assert request.headers[header] == value
+    assert request.headers["X-Other"] == "kept"
+
+
+async def test_http_output_oauth2_caches_and_refreshes_on_401(make_app, idp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    with http_receiver() as rx:
+        extra = (
+            f'auth = {{ type = "oauth2", token_url = "{idp.url}/token", client_id = "router",'
+            ' client_secret = "s3cret", scope = "events" }'
+        )
+        async with make_app(http_toml(tmp_path, port, rx.url + "/in", extra)) as app:
+            for _ in range(3):
+                await send(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", outcome="delivered") == 3, "three deliveries")
+            assert len(idp.requests) == 1
+            rx.respond(401, 200)  # the receiver no longer takes the token: fetch a new one and send again
+            await send(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", outcome="delivered") == 4, "the fourth")
+            assert app.stats.get("deliveries", outcome="retry") == 0, "the refresh happens within the attempt"
+    assert len(idp.requests) == 2
+    assert [r.headers["Authorization"] for r in rx.requests] == ["Bearer tok-1"] * 4 + ["Bearer tok-2"]
+
+
+async def test_http_output_token_failures(make_app, idp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    with http_receiver() as rx:
+        extra = (
+            f'auth = {{ type = "oauth2", token_url = "{idp.url}/token", client_id = "router",'
+            ' client_secret = "wrong" }'
+        )
+        idp.status = 503
+        # enough attempts that the retries cannot run out before the token endpoint is back
+        route_retry = "retry = { max_attempts = 1000 }"
+        async with make_app(http_toml(tmp_path, port, rx.url + "/in", extra, route_retry)) as app:
+            await send(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", outcome="retry") >= 1, "a retry")
+            idp.status = None  # back, but the secret is wrong: permanent
+            await until(lambda: dead_letters(app), "the dead letter")
+            (letter,) = dead_letters(app)
+    assert rx.requests == []
+    assert letter.reason == "permanent"
+    assert "rejected client 'router' (401: invalid_client" in (letter.error or "")
+    assert (letter.error or "").endswith("[oauth2_client_rejected]")
+
+
+def test_auth_config_errors(tmp_path: Path) -> None:
+    base = http_toml(tmp_path, 8787, "http://127.0.0.1:9/in")
+    cases = {
+        'auth = { type = "api_key" }': "outputs.crm.auth: 'key' is required but missing",
+        'auth = { type = "bearer", token = "t", header = "X" }': (
+            "outputs.crm.auth.header: does not apply to auth type 'bearer' (its keys: token)"
+        ),
+        'auth = { type = "oauth2", token_url = "ftp://x", client_id = "a", client_secret = "b" }': (
+            "outputs.crm.auth.token_url: 'ftp://x' does not match"
+        ),
+        'auth = { type = "kerberos" }': "outputs.crm.auth.type: 'kerberos' is not one of",
+        'signing_secret = "not-whsec"': "outputs.crm.signing_secret: a signing secret starts with 'whsec_'",
+        'signing_secret = "whsec_c2hvcnQ="': "the key is 5 bytes; Standard Webhooks asks for at least 24",
+        'ca_file = "nope.pem"': "outputs.crm.ca_file: ",
+        'ca_file = "x.pem"\ntls_verify = false': "a CA file makes no sense with tls_verify = false",
+        'body = "xml"': "outputs.crm.body: 'xml' is not one of 'event', 'webhook', 'cloudevents'",
+    }
+    (tmp_path / "x.pem").write_text("")
+    registry = load_plugins()
+    import tomllib
+
+    for extra, expected in cases.items():
+        text = base.replace('timeout = "3s"', f'timeout = "3s"\n{extra}')
+        with pytest.raises(ConfigErrors) as caught:
+            build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+        assert any(expected in str(e) for e in caught.value.errors), (extra, [str(e) for e in caught.value.errors])
+
+
+# --- the http output: bodies ----------------------------------------------------------------------------
+
+
+async def deliver_all(  # type: ignore[no-untyped-def]
+    make_app, tmp_path: Path, extra: str, events: list[dict[str, Any]], route_extra: str = "", headers=None
+) -> tuple[list[Any], list[str]]:
+    port = free_port()
+    with http_receiver() as rx:
+        async with make_app(http_toml(tmp_path, port, rx.url + "/in/{{trigger}}", extra, route_extra)) as app:
+            ids = [await send(port, e, headers) for e in events]
+            await until(lambda: app.stats.get("deliveries", outcome="delivered") == len(events), "the deliveries")
+        return sorted(rx.requests, key=lambda r: ids.index(r.headers["Idempotency-Key"])), ids
+
+
+async def test_webhook_body_is_what_the_connector_sends(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mail = example("transport.messageReceived")
+    started = {"trigger": "runtime.modulesStarted"}  # the webhook form: no data key
+    requests, _ = await deliver_all(
+        make_app, tmp_path, 'body = "webhook"', [mail, started], headers={"x-correlation-id": "c0ffee"}
+    )
+    assert requests[0].json() == {"data": mail["data"], "trigger": "transport.messageReceived"}
+    assert requests[0].body.startswith(b'{"data":')  # the Connector's key order
+    assert requests[1].json() == {"trigger": "runtime.modulesStarted"}
+    assert requests[0].path == "/in/transport.messageReceived"
+    assert all(r.headers["x-correlation-id"] == "c0ffee" for r in requests)
+    assert requests[0].headers["Content-Type"] == "application/json"
+
+
+async def test_cloudevents_structured(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mail = example("transport.messageReceived")
+    (request,), (event_id,) = await deliver_all(make_app, tmp_path, 'body = "cloudevents"', [mail])
+    assert request.headers["Content-Type"] == "application/cloudevents+json"
+    body = request.json()
+    received_at = body.pop("time")
+    assert body == {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "event-router/connector",
+        "type": "transport.messageReceived",
+        "datacontenttype": "application/json",
+        "data": mail["data"],
+    }
+    assert received_at.endswith("Z")
+
+
+async def test_cloudevents_binary_and_reshape(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mail = example("transport.messageReceived")
+    reshape = 'reshape = { subject = "data.content.subject", note = "from {{ data.createdBy }}" }'
+    requests, ids = await deliver_all(
+        make_app, tmp_path, 'body = "cloudevents-binary"', [mail, {"trigger": "runtime.modulesStarted"}], reshape
+    )
+    first, second = requests
+    assert first.headers["ce-specversion"] == "1.0" and first.headers["ce-id"] == ids[0]
+    assert first.headers["ce-type"] == "transport.messageReceived"
+    assert first.headers["ce-source"] == "event-router/connector"
+    assert first.headers["ce-time"].endswith("Z")
+    assert first.headers["Content-Type"] == "application/json"
+    assert first.json() == {"subject": "New postal address", "note": f"from {mail['data']['createdBy']}"}
+    assert second.headers["ce-type"] == "runtime.modulesStarted"
+    assert second.json() == {"subject": None, "note": "from "}  # the route's reshape of an event without data
+
+
+async def test_cloudevents_binary_without_data_has_an_empty_body(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (request,), _ = await deliver_all(
+        make_app, tmp_path, 'body = "cloudevents-binary"', [{"trigger": "runtime.modulesStarted"}]
+    )
+    assert request.body == b""
+    assert "Content-Type" not in request.headers or request.headers["Content-Type"] != "application/json"
+    assert request.headers["ce-type"] == "runtime.modulesStarted"
+
+
+async def test_standard_webhooks_signature(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    mail = example("transport.messageReceived")
+    (request,), (event_id,) = await deliver_all(make_app, tmp_path, f'signing_secret = "{SIGNING_SECRET}"', [mail])
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert headers["webhook-id"] == event_id
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert headers["webhook-signature"].startswith("v1,")
+    assert verify(SIGNING_SECRET, headers, request.body)
+    assert not verify(SIGNING_SECRET, headers, request.body + b" ")
+    other = "whsec_" + base64.b64encode(b"another key, 24 bytes or more").decode()
+    assert not verify(other, headers, request.body)
+    assert not verify(SIGNING_SECRET, headers, request.body, now=time.time() + 3600), "too old"
+
+
+def test_signature_matches_the_standard_webhooks_example() -> None:
+    # the example from the Standard Webhooks specification (secret, id, timestamp, payload -> signature)
+    key = base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    body = b'{"test": 2432232314}'
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == expected
+
+
+async def test_dot_segments_from_event_data_are_refused(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    mail = example("transport.messageReceived")
+    mail["data"]["id"] = ".."
+    with http_receiver() as rx:
+        async with make_app(http_toml(tmp_path, port, rx.url + "/m/{{data.id}}/x")) as app:
+            await send(port, mail)
+            await until(lambda: dead_letters(app), "the dead letter")
+            (letter,) = dead_letters(app)
+        assert rx.requests == []
+    assert "'.' or '..' path segment" in (letter.error or "")
+
+
+# --- the http output: TLS and redirects -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def tls_server(certificate: tuple[Path, Path], seen: list[bytes]) -> tuple[web.AppRunner, int]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/in", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    return runner, port
+
+
+async def test_tls_verified_by_default_with_ca_file_or_off(make_app, tmp_path: Path, certificate) -> None:  # type: ignore[no-untyped-def]
+    seen: list[bytes] = []
+    runner, tls_port = await tls_server(certificate, seen)
+    url = f"https://127.0.0.1:{tls_port}/in"
+    try:
+        port = free_port()
+        async with make_app(http_toml(tmp_path / "default", port, url)) as app:
+            await send(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", outcome="retry") >= 1, "a refused certificate")
+            assert seen == [] and app.spool.depth == 1
+        for extra in (f'ca_file = "{certificate[0]}"', "tls_verify = false"):
+            port = free_port()
+            async with make_app(http_toml(tmp_path / str(len(seen)), port, url, extra)) as app:
+                await send(port, example("transport.messageReceived"))
+                await until(lambda: app.stats.get("deliveries", outcome="delivered"), f"delivery with {extra}")
+        assert len(seen) == 2
+    finally:
+        await runner.cleanup()
+
+
+async def test_redirects_only_when_asked(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with http_receiver() as target, http_receiver() as moved:
+        moved.respond((307, {"Location": target.url + "/new"}))
+        port = free_port()
+        async with make_app(http_toml(tmp_path / "a", port, moved.url + "/old")) as app:
+            await send(port, example("transport.messageReceived"))
+            await until(lambda: dead_letters(app), "the dead letter")
+            (letter,) = dead_letters(app)
+        assert "answered 307" in (letter.error or "") and target.requests == []
+        port = free_port()
+        async with make_app(http_toml(tmp_path / "b", port, moved.url + "/old", "follow_redirects = true")) as app:
+            await send(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", outcome="delivered"), "the delivery")
+        (request,) = target.requests
+    assert request.path == "/new"
+    assert orjson.loads(request.body)["trigger"] == "transport.messageReceived"
