@@ -1,0 +1,65 @@
+"""From a pulled Pub/Sub message to an `Event`, or to the reason it cannot be one.
+
+The Connector's PubSub broker publishes, per event, the compact JSON of the event's data (`{}` for
+events without data) with exactly one attribute, `namespace`, and no ordering key. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from gcloud.aio.pubsub import SubscriberMessage
+
+from event_router.event import Event
+
+NAMESPACE_ATTRIBUTE = "namespace"
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A message that cannot become an event: kept as a dead letter with `reason`, then acknowledged."""
+
+    raw: bytes
+    reason: str
+    trigger: str | None
+    meta: dict[str, Any]
+
+
+def message_meta(message: SubscriberMessage, subscription: str) -> dict[str, Any]:
+    """Transport details kept in `Event.meta` (and in a dead letter's meta)."""
+    meta: dict[str, Any] = {
+        "message_id": message.message_id,
+        "publish_time": _rfc3339(message.publish_time),
+        "attributes": dict(message.attributes or {}),
+        "subscription": subscription,
+    }
+    if message.delivery_attempt is not None:
+        # only set when the subscription has a dead-letter policy
+        meta["delivery_attempt"] = message.delivery_attempt
+    return meta
+
+
+def decode(message: SubscriberMessage, *, source: str, subscription: str) -> Event | Undecodable:
+    """The event the Connector published, or why this message is not one."""
+    meta = message_meta(message, subscription)
+    raw = message.data or b""
+    trigger = (message.attributes or {}).get(NAMESPACE_ATTRIBUTE)
+    if not isinstance(trigger, str) or not trigger:
+        return Undecodable(raw, "no namespace attribute", None, meta)
+    if not raw:
+        # Pub/Sub allows attribute-only messages; the Connector itself sends `{}` for events without data
+        return Event(trigger=trigger, data=None, source=source, meta=meta)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Undecodable(raw, f"message data is not valid JSON: {exc}", trigger, meta)
+    return Event(trigger=trigger, data=data, source=source, meta=meta)
+
+
+def _rfc3339(moment: datetime) -> str:
+    """RFC 3339 in UTC with `Z`, the form the Connector and the router use for dates."""
+    spec = "milliseconds" if moment.microsecond % 1000 == 0 else "microseconds"
+    return moment.astimezone(UTC).isoformat(timespec=spec).replace("+00:00", "Z")

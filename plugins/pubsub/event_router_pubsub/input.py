@@ -1,0 +1,295 @@
+"""Input `type = "pubsub"`: pulls what the Connector's PubSub broker publishes, acks once stored.
+
+One pull loop per input. A pulled batch is decoded, handed to the sink, and acknowledged (one
+`acknowledge` call per `submit`) only once `submit`/`reject` returned. While a batch is being stored, or
+held because the spool is full, its ack deadline is extended with `modifyAckDeadline`, so Pub/Sub does not
+hand the same messages out again meanwhile. Anything not acknowledged is redelivered by Pub/Sub: a crash
+or a stop loses nothing, it can only duplicate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import aiohttp
+import anyio
+from anyio.abc import TaskStatus
+from gcloud.aio.pubsub import SubscriberClient, SubscriberMessage
+
+from event_router.errors import SpoolFull
+from event_router.event import Event
+from event_router.plugin import EventSink, Input, PluginContext
+from event_router.retry import RetryPolicy
+from event_router_pubsub.decode import Undecodable, decode
+from event_router_pubsub.settings import CONFIG_SCHEMA, MIN_ACK_DEADLINE, parse_settings
+
+# Pub/Sub (and its emulator) answer a pull on an empty subscription after about 90 s. A client that
+# gives up earlier leaves the pull registered on the server, which then hands it the next messages: they
+# stay invisible for a whole ack deadline. So the client waits longer than the server.
+PULL_TIMEOUT = aiohttp.ClientTimeout(total=120, connect=10)
+#: acknowledge / modifyAckDeadline / subscription calls
+CALL_TIMEOUT = 10
+#: how long a stop may wait to give held messages back (nack) or to acknowledge stored ones
+STOP_TIMEOUT = 5.0
+
+
+class Unavailable(Exception):
+    """Pulling cannot start (subscription or topic missing, unreadable key file): retried with backoff."""
+
+
+class PubSubInput(Input):
+    """Pulls the Connector's events from a Google Cloud Pub/Sub subscription (`type = "pubsub"`)."""
+
+    type_name = "pubsub"
+    config_schema = CONFIG_SCHEMA
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.settings = parse_settings(config, context.config_dir)
+        self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
+        # when the first extension of a fresh batch is due; the subscription's own deadline may be 10 s
+        self._first_extension = MIN_ACK_DEADLINE / 2
+        self._ready = False
+        #: failed attempts in a row; reset once a pull answers, so a pull that always fails still backs off
+        self._failures = 0
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        # The router starts even while Pub/Sub is unreachable: this input connects in the background and
+        # reports itself not ready (/readyz) until it can pull.
+        task_status.started()
+        try:
+            while True:
+                try:
+                    async with self._client() as client:
+                        await self._prepare(client)
+                        self._ready = True
+                        self.log.info(
+                            "pubsub input pulling",
+                            extra={"subscription": self.settings.subscription, "endpoint": self.settings.endpoint},
+                        )
+                        await self._consume(client, sink)
+                except Exception as exc:  # every failure ends in a logged, backed-off retry, never a dead router
+                    self._ready = False
+                    self._failures += 1
+                    delay = self._reconnect.delay(self._failures)
+                    self._log_failure(_unwrap(exc), delay)
+                    await anyio.sleep(delay)
+        finally:
+            self._ready = False
+
+    def _log_failure(self, exc: Exception, delay: float) -> None:
+        extra = {
+            "subscription": self.settings.subscription,
+            "endpoint": self.settings.endpoint,
+            "error": _describe(exc),
+            "retry_in": round(delay, 2),
+        }
+        known = (Unavailable, aiohttp.ClientError, TimeoutError, OSError)
+        self.log.warning(
+            "pubsub input cannot pull; retrying",
+            extra=extra,
+            exc_info=None if isinstance(exc, known) else exc,
+        )
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[SubscriberClient]:
+        settings = self.settings
+        if settings.api_root is not None:
+            # the emulator takes no credentials
+            client = SubscriberClient(api_root=settings.api_root, api_is_dev=True)
+        elif settings.key_file is not None:
+            client = SubscriberClient(service_file=await self._read_key_file())
+        else:
+            # application default credentials: $GOOGLE_APPLICATION_CREDENTIALS, gcloud's, or the metadata server
+            client = SubscriberClient()
+        try:
+            yield client
+        finally:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+
+    async def _read_key_file(self) -> io.StringIO:
+        """The key file's content, checked: the client would silently fall back to other credentials."""
+        path = self.settings.key_file
+        assert path is not None
+        try:
+            text = await anyio.Path(path).read_text()
+            key = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise Unavailable(f"key_file {path}: {exc}") from None
+        if not isinstance(key, dict) or "type" not in key:
+            raise Unavailable(f"key_file {path}: not a Google service-account key (no 'type')")
+        return io.StringIO(text)
+
+    async def _prepare(self, client: SubscriberClient) -> None:
+        """Check the subscription exists (creating it if configured) and learn its ack deadline."""
+        settings = self.settings
+        try:
+            info = await client.get_subscription(settings.subscription, timeout=CALL_TIMEOUT)
+        except aiohttp.ClientResponseError as exc:
+            if exc.status == 403:
+                # roles/pubsub.subscriber may pull without being allowed to read the subscription
+                self.log.info(
+                    "not allowed to read the subscription; pulling anyway",
+                    extra={"subscription": settings.subscription},
+                )
+                return
+            if exc.status != 404:
+                raise
+            if not settings.create_subscription or settings.topic is None:
+                raise Unavailable(
+                    f"subscription {settings.subscription} does not exist: create it on the Connector's topic "
+                    "before starting the Connector (Pub/Sub delivers only to subscriptions that exist at publish "
+                    "time), or set create_subscription = true and topic"
+                ) from None
+            info = await self._create_subscription(client)
+        self._first_extension = min(float(info.get("ackDeadlineSeconds", MIN_ACK_DEADLINE)), settings.ack_deadline) / 2
+
+    async def _create_subscription(self, client: SubscriberClient) -> dict[str, Any]:
+        settings = self.settings
+        assert settings.topic is not None
+        body = {"ackDeadlineSeconds": int(settings.ack_deadline)}
+        try:
+            info = await client.create_subscription(settings.subscription, settings.topic, body, timeout=CALL_TIMEOUT)
+        except aiohttp.ClientResponseError as exc:
+            if exc.status == 404:
+                raise Unavailable(
+                    f"topic {settings.topic} does not exist: create it (the Connector never creates its topic)"
+                ) from None
+            if exc.status != 409:
+                raise
+            # another consumer created it meanwhile
+            return await client.get_subscription(settings.subscription, timeout=CALL_TIMEOUT)
+        self.log.info("subscription created", extra={"subscription": settings.subscription, "topic": settings.topic})
+        return info
+
+    async def _consume(self, client: SubscriberClient, sink: EventSink) -> None:
+        settings = self.settings
+        while True:
+            try:
+                messages = await client.pull(
+                    settings.subscription,
+                    settings.max_messages,
+                    timeout=PULL_TIMEOUT,  # type: ignore[arg-type]  # the client takes a ClientTimeout too
+                )
+            except aiohttp.ServerTimeoutError:
+                raise  # could not connect: that is an outage, not an idle subscription
+            except TimeoutError:
+                continue
+            self._failures = 0
+            if messages:
+                await self._handle(client, sink, messages)
+
+    async def _handle(self, client: SubscriberClient, sink: EventSink, messages: Sequence[SubscriberMessage]) -> None:
+        """Store one pulled batch, keeping its messages leased until they are acknowledged."""
+        decoded = [(m.ack_id, decode(m, source=self.name, subscription=self.settings.subscription)) for m in messages]
+        unacked = {ack_id for ack_id, _ in decoded}
+        try:
+            async with anyio.create_task_group() as lease:
+                lease.start_soon(self._keep_leased, client, unacked)
+                await self._store(client, sink, decoded, unacked)
+                lease.cancel_scope.cancel()
+        finally:
+            if unacked:
+                # stopping (or failing) with messages in hand: give them back now rather than after the deadline
+                # (best effort: they come back after their deadline anyway)
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(STOP_TIMEOUT),
+                    suppress(aiohttp.ClientError, TimeoutError),
+                ):
+                    await client.modify_ack_deadline(self.settings.subscription, sorted(unacked), 0)
+
+    async def _store(
+        self,
+        client: SubscriberClient,
+        sink: EventSink,
+        decoded: Sequence[tuple[str, Event | Undecodable]],
+        unacked: set[str],
+    ) -> None:
+        done: list[str] = []
+        events: list[tuple[str, Event]] = []
+        waited = False
+        for ack_id, item in decoded:
+            if isinstance(item, Event):
+                events.append((ack_id, item))
+                continue
+            while True:
+                try:
+                    await sink.reject(item.raw, item.reason, trigger=item.trigger, meta=item.meta)
+                    break
+                except SpoolFull as full:
+                    waited = await self._wait_for_room(full, len(unacked), waited)
+            done.append(ack_id)
+        # SpoolFull is all or nothing: a batch larger than the room left is split until parts fit, so a big
+        # pull cannot wait forever behind a spool limit smaller than itself.
+        size = len(events)
+        while events or done:
+            part = events[:size]
+            try:
+                if part:
+                    # once submitted, let the spool write finish even if the router is stopping: its acks follow
+                    with anyio.CancelScope(shield=True):
+                        await sink.submit([event for _, event in part])
+            except SpoolFull as full:
+                if size > 1:
+                    size //= 2
+                else:
+                    waited = await self._wait_for_room(full, len(unacked), waited)
+                continue
+            done.extend(ack_id for ack_id, _ in part)
+            del events[: len(part)]
+            size = len(events)
+            with anyio.CancelScope(shield=True):
+                await client.acknowledge(self.settings.subscription, done, timeout=CALL_TIMEOUT)
+            unacked.difference_update(done)
+            done = []
+
+    async def _wait_for_room(self, full: SpoolFull, held: int, logged: bool) -> bool:
+        """Sleep `retry_after` with the messages still leased; log once per batch."""
+        log = self.log.debug if logged else self.log.warning
+        log(
+            "spool full: holding messages unacknowledged until there is room",
+            extra={"held": held, "retry_in": full.retry_after, "subscription": self.settings.subscription},
+        )
+        await anyio.sleep(full.retry_after)
+        return True
+
+    async def _keep_leased(self, client: SubscriberClient, unacked: set[str]) -> None:
+        """Extend the ack deadline of the batch in hand until it is acknowledged (then this is cancelled)."""
+        settings = self.settings
+        delay = self._first_extension
+        while True:
+            await anyio.sleep(delay)
+            delay = settings.ack_deadline / 2
+            if not unacked:
+                continue
+            try:
+                await client.modify_ack_deadline(
+                    settings.subscription, sorted(unacked), int(settings.ack_deadline), timeout=CALL_TIMEOUT
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.log.warning(
+                    "could not extend the ack deadline: Pub/Sub may deliver these messages again (duplicates)",
+                    extra={"messages": len(unacked), "error": _describe(exc)},
+                )
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """The one error inside the exception groups task groups wrap it in."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}: {str(exc.message)[:300]}"
+    return str(exc) or type(exc).__name__
