@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from event_router.errors import PermanentError, RetryableError
 from event_router.plugins import load_plugins
 from event_router.signing import sign, verify
 from event_router.spool import DeadLetterFilter
-from event_router.testing import example, free_port, http_receiver, post
+from event_router.testing import example, free_port, http_receiver, send_webhook, until
 
 pytestmark = pytest.mark.anyio
 
@@ -47,15 +47,6 @@ def _load_fake() -> Any:
 
 
 FakeTokenEndpoint = _load_fake().FakeTokenEndpoint
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = anyio.current_time() + timeout
-    while not (value := check()):
-        if anyio.current_time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await anyio.sleep(0.02)
-    return value
 
 
 # --- OAuth2 client credentials --------------------------------------------------------------------------
@@ -186,14 +177,6 @@ to = "crm"
 """
 
 
-async def send(port: int, event: dict[str, Any], headers: dict[str, str] | None = None) -> str:
-    status, body, _ = await anyio.to_thread.run_sync(
-        lambda: post(f"http://127.0.0.1:{port}/events", event, headers=headers)
-    )
-    assert status == 202, body
-    return str(body["id"])
-
-
 def dead_letters(app: Any) -> list[Any]:
     return list_dead_letters(app.spool._reader, DeadLetterFilter(output="crm"))
 
@@ -220,7 +203,7 @@ async def test_http_output_static_auth(  # type: ignore[no-untyped-def]
         # a static header of the same name loses: the auth header is set last, as the Connector does
         extra = f'auth = {auth}\nheaders = {{ "{header}" = "static", X-Other = "kept" }}'
         async with make_app(http_toml(tmp_path, port, rx.url + "/in", extra)) as app:
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("deliveries", outcome="delivered"), "the delivery")
         (request,) = rx.requests
     assert request.headers[header] == value
@@ -236,11 +219,11 @@ async def test_http_output_oauth2_caches_and_refreshes_on_401(make_app, idp, tmp
         )
         async with make_app(http_toml(tmp_path, port, rx.url + "/in", extra)) as app:
             for _ in range(3):
-                await send(port, example("transport.messageReceived"))
+                await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("deliveries", outcome="delivered") == 3, "three deliveries")
             assert len(idp.requests) == 1
             rx.respond(401, 200)  # the receiver no longer takes the token: fetch a new one and send again
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("deliveries", outcome="delivered") == 4, "the fourth")
             assert app.stats.get("deliveries", outcome="retry") == 0, "the refresh happens within the attempt"
     assert len(idp.requests) == 2
@@ -258,7 +241,7 @@ async def test_http_output_token_failures(make_app, idp, tmp_path: Path) -> None
         # enough attempts that the retries cannot run out before the token endpoint is back
         route_retry = "retry = { max_attempts = 1000 }"
         async with make_app(http_toml(tmp_path, port, rx.url + "/in", extra, route_retry)) as app:
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("deliveries", outcome="retry") >= 1, "a retry")
             idp.status = None  # back, but the secret is wrong: permanent
             await until(lambda: dead_letters(app), "the dead letter")
@@ -306,7 +289,7 @@ async def deliver_all(  # type: ignore[no-untyped-def]
     port = free_port()
     with http_receiver() as rx:
         async with make_app(http_toml(tmp_path, port, rx.url + "/in/{{trigger}}", extra, route_extra)) as app:
-            ids = [await send(port, e, headers) for e in events]
+            ids = [await send_webhook(port, e, headers) for e in events]
             await until(lambda: app.stats.get("deliveries", outcome="delivered") == len(events), "the deliveries")
         return sorted(rx.requests, key=lambda r: ids.index(r.headers["Idempotency-Key"])), ids
 
@@ -396,7 +379,7 @@ async def test_dot_segments_from_event_data_are_refused(make_app, tmp_path: Path
     mail["data"]["id"] = ".."
     with http_receiver() as rx:
         async with make_app(http_toml(tmp_path, port, rx.url + "/m/{{data.id}}/x")) as app:
-            await send(port, mail)
+            await send_webhook(port, mail)
             await until(lambda: dead_letters(app), "the dead letter")
             (letter,) = dead_letters(app)
         assert rx.requests == []
@@ -445,13 +428,13 @@ async def test_tls_verified_by_default_with_ca_file_or_off(make_app, tmp_path: P
     try:
         port = free_port()
         async with make_app(http_toml(tmp_path / "default", port, url)) as app:
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("deliveries", outcome="retry") >= 1, "a refused certificate")
             assert seen == [] and app.spool.depth == 1
         for extra in (f'ca_file = "{certificate[0]}"', "tls_verify = false"):
             port = free_port()
             async with make_app(http_toml(tmp_path / str(len(seen)), port, url, extra)) as app:
-                await send(port, example("transport.messageReceived"))
+                await send_webhook(port, example("transport.messageReceived"))
                 await until(lambda: app.stats.get("deliveries", outcome="delivered"), f"delivery with {extra}")
         assert len(seen) == 2
     finally:
@@ -463,13 +446,13 @@ async def test_redirects_only_when_asked(make_app, tmp_path: Path) -> None:  # t
         moved.respond((307, {"Location": target.url + "/new"}))
         port = free_port()
         async with make_app(http_toml(tmp_path / "a", port, moved.url + "/old")) as app:
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: dead_letters(app), "the dead letter")
             (letter,) = dead_letters(app)
         assert "answered 307" in (letter.error or "") and target.requests == []
         port = free_port()
         async with make_app(http_toml(tmp_path / "b", port, moved.url + "/old", "follow_redirects = true")) as app:
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("deliveries", outcome="delivered"), "the delivery")
         (request,) = target.requests
     assert request.path == "/new"

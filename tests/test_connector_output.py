@@ -12,11 +12,10 @@ import functools
 import importlib.util
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -29,7 +28,7 @@ from event_router.event import Event
 from event_router.plugin import Delivery, PluginContext
 from event_router.plugins import load_plugins
 from event_router.spool import DeadLetterFilter
-from event_router.testing import example, free_port, post, read_jsonl
+from event_router.testing import example, free_port, read_jsonl, send_webhook, until
 
 pytestmark = pytest.mark.anyio
 
@@ -181,21 +180,6 @@ def api_key_extra(key: str = API_KEY) -> str:
     return f'api_key = "{key}"'
 
 
-async def send(port: int, event: dict[str, Any]) -> str:
-    status, body, _ = await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}/events", event))
-    assert status == 202, body
-    return str(body["id"])
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = anyio.current_time() + timeout
-    while not (value := check()):
-        if anyio.current_time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await anyio.sleep(0.02)
-    return value
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[Any]:
     async with FakeConnector(api_key=API_KEY) as server:
@@ -340,7 +324,7 @@ async def test_action_end_to_end(  # type: ignore[no-untyped-def]
     routes = f'[[routes]]\nname = "act"\nmatch = {{ trigger = ["{event["trigger"]}"] }}\nto = "connector"\n'
     routes += f"action = {action}\n"
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra())) as app:
-        event_id = await send(port, event)
+        event_id = await send_webhook(port, event)
         await until(lambda: app.stats.get("deliveries", output="connector", outcome="delivered"), "the action")
     (seen,) = fake.requests
     assert (seen.operation, seen.method, seen.raw_path) == (
@@ -379,7 +363,7 @@ query = { "@type" = "IdentityAttributeQuery", valueType = "StreetAddress" }
     # the send fails once: the retry must send the request created by the first attempt, not create another
     fake.fail("sendMessage", 503)
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra())) as app:
-        await send(port, event)
+        await send_webhook(port, event)
         await until(lambda: app.stats.get("deliveries", output="connector", outcome="delivered"), "the action")
     assert [s.operation for s in fake.calls()] == ["createOutgoingRequest", "sendMessage", "sendMessage"]
     created, _, sent = fake.calls()
@@ -410,7 +394,7 @@ action = { name = "call", method = "PUT", path = "/Relationships/{{ data.id }}/A
         for evil in ("../Account/Sync", "..", "../../Account/Sync?x=1#y"):
             event = copy.deepcopy(REQUEST)
             event["data"]["id"] = evil
-            await send(port, event)
+            await send_webhook(port, event)
         await until(lambda: len(dead_letters(app)) == 6, "every delivery dead-lettered")
         letters = dead_letters(app)
     paths = sorted(s.raw_path for s in fake.requests)
@@ -439,7 +423,7 @@ action = { name = "accept_request", id = "{{ data.id }}", items = [{ accept = tr
 """
     fake.fail("acceptIncomingRequest", 400, "error.fake.requestNotDecidable")
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra())) as app:
-        event_id = await send(port, REQUEST)
+        event_id = await send_webhook(port, REQUEST)
         await until(lambda: dead_letters(app), "the dead letter")
         (letter,) = dead_letters(app)
     assert len(fake.requests) == 1
@@ -455,7 +439,7 @@ async def test_server_errors_are_retried(make_app, fake, tmp_path: Path) -> None
     fake.fail("sync", 502, raw=b"<html>bad gateway</html>", times=1)
     fake.fail("sync", 429, headers={"Retry-After": "0"}, times=1)
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra())) as app:
-        await send(port, MAIL)
+        await send_webhook(port, MAIL)
         await until(lambda: app.stats.get("deliveries", output="connector", outcome="delivered"), "the sync")
         assert app.stats.get("deliveries", output="connector", outcome="retry") == 3
         assert not dead_letters(app)
@@ -467,14 +451,14 @@ async def test_unreachable_and_hanging_connector_are_retried(make_app, fake, tmp
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
     closed = f"http://127.0.0.1:{free_port()}"
     async with make_app(router_toml(tmp_path, port, closed, routes, api_key_extra())) as app:
-        await send(port, MAIL)
+        await send_webhook(port, MAIL)
         await until(lambda: app.stats.get("deliveries", output="connector", outcome="retry") >= 2, "retries")
         assert not dead_letters(app)
     fake.delay = 5.0
     port = free_port()
     text = router_toml(tmp_path / "slow", port, fake.url, routes, api_key_extra()).replace('"3s"', '"500ms"')
     async with make_app(text) as app:
-        await send(port, MAIL)
+        await send_webhook(port, MAIL)
         await until(lambda: app.stats.get("deliveries", output="connector", outcome="retry") >= 1, "a timeout")
         assert not dead_letters(app)
 
@@ -483,7 +467,7 @@ async def test_rejected_api_key_is_permanent(make_app, fake, tmp_path: Path) -> 
     port = free_port()
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra("wrong-key"))) as app:
-        await send(port, MAIL)
+        await send_webhook(port, MAIL)
         await until(lambda: dead_letters(app), "the dead letter")
         (letter,) = dead_letters(app)
     assert len(fake.requests) == 1 and fake.requests[0].status == 401
@@ -503,7 +487,7 @@ async def test_header_name_and_api_v2(make_app, tmp_path: Path) -> None:  # type
     await old.start()
     try:
         async with make_app(router_toml(tmp_path, port, old.url + "/", routes, extra)) as app:
-            await send(port, REQUEST)
+            await send_webhook(port, REQUEST)
             await until(lambda: app.stats.get("deliveries", output="connector", outcome="delivered"), "the action")
     finally:
         await old.stop()
@@ -522,12 +506,12 @@ async def test_oauth2_connector(make_app, tmp_path: Path) -> None:  # type: igno
         )
         async with make_app(router_toml(tmp_path, port, connector.url, routes, extra)) as app:
             for _ in range(3):
-                await send(port, MAIL)
+                await send_webhook(port, MAIL)
             await until(lambda: app.stats.get("deliveries", outcome="delivered") >= 3, "three syncs")
             assert len(idp.requests) == 1, "the token is cached"
             # the Connector stops accepting the token (keys rotated): one 401, a new token, and it works
             idp.revoke_all()
-            await send(port, MAIL)
+            await send_webhook(port, MAIL)
             await until(lambda: app.stats.get("deliveries", outcome="delivered") >= 4, "the fourth sync")
     assert len(idp.requests) == 2
     assert idp.requests[0]["form"] == {"grant_type": "client_credentials", "scope": "core:**", "audience": "connector"}
@@ -555,7 +539,7 @@ to = "connector"
 action = { name = "accept_relationship", id = "{{ data.relationshipId }}" }
 """
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra())) as app:
-        await send(port, MAIL)
+        await send_webhook(port, MAIL)
         await until(lambda: len(dead_letters(app)) == 1, "a dead letter")
         (letter,) = dead_letters(app)
     assert fake.requests == []
@@ -680,7 +664,7 @@ to = "results"
 """
     fake.fail("sendMessage", 400, "error.fake.peerUnknown")
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra() + "\nemit_results = true")):
-        event_id = await send(port, REQUEST)
+        event_id = await send_webhook(port, REQUEST)
         await until(lambda: len(read_jsonl(tmp_path / "results.jsonl")) == 2, "both results")
     succeeded, failed = read_jsonl(tmp_path / "results.jsonl")
     assert [s.operation for s in fake.calls()] == ["acceptIncomingRequest", "sendMessage"]
@@ -719,7 +703,7 @@ action = { name = "accept_relationship", id = "{{ data.id }}" }
     async with make_app(
         router_toml(tmp_path, port, fake.url, routes, api_key_extra() + "\nemit_results = true")
     ) as app:
-        await send(port, event)
+        await send_webhook(port, event)
         await until(lambda: len(dead_letters(app)) == MAX_CHAIN_DEPTH + 1, "the chain to stop")
         await until(lambda: app.spool.depth == 0, "nothing pending")
         letters = dead_letters(app)

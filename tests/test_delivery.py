@@ -11,7 +11,7 @@ import pytest
 
 from event_router.deadletters import list_dead_letters, replay
 from event_router.spool import DeadLetterFilter
-from event_router.testing import example, free_port, http_receiver, post, read_jsonl, wait_for
+from event_router.testing import example, free_port, http_receiver, post, read_jsonl, send_webhook, until
 
 pytestmark = pytest.mark.anyio
 
@@ -43,27 +43,17 @@ to = ["archive"]
 """
 
 
-async def send(port: int, event: dict) -> dict:
-    status, body, _ = await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}/events", event))
-    assert status == 202, body
-    return body
-
-
-async def until(check, what: str, timeout: float = 15) -> object:  # type: ignore[no-untyped-def]
-    return await anyio.to_thread.run_sync(lambda: wait_for(check, timeout=timeout, what=what))
-
-
 async def test_webhook_to_http_and_file(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     with http_receiver() as rx:
         async with make_app(config(port, tmp_path, rx.url + "/hooks/{{trigger}}")):
-            accepted = await send(port, example("transport.messageReceived"))
-            await send(port, example("transport.relationshipChanged"))
+            accepted = await send_webhook(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.relationshipChanged"))
             await until(lambda: rx.requests, "the CRM to receive the mail")
             await until(lambda: len(read_jsonl(tmp_path / "out/events.jsonl")) == 2, "both events archived")
         (request,) = rx.requests
     assert request.path == "/hooks/transport.messageReceived"
-    assert request.headers["Idempotency-Key"] == accepted["id"]
+    assert request.headers["Idempotency-Key"] == accepted
     assert request.headers["Content-Type"] == "application/json"
     assert request.json()["data"]["content"]["subject"] == "New postal address"
 
@@ -73,12 +63,12 @@ async def test_retries_until_target_recovers(make_app, tmp_path: Path) -> None: 
     with http_receiver() as rx:
         rx.respond(503, 503, (429, {"Retry-After": "0"}), 200)
         async with make_app(config(port, tmp_path, rx.url + "/in")) as app:
-            accepted = await send(port, example("transport.messageReceived"))
+            accepted = await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: len(rx.requests) == 4, "4 attempts")
             await until(lambda: app.stats.get("deliveries", outcome="delivered") >= 2, "delivered")
             assert app.stats.get("deliveries", output="crm", outcome="retry") == 3
             await until(lambda: app.spool.depth == 0, "the spool to empty")
-    assert {r.headers["Idempotency-Key"] for r in rx.requests} == {accepted["id"]}
+    assert {r.headers["Idempotency-Key"] for r in rx.requests} == {accepted}
 
 
 async def test_permanent_failure_dead_letters_after_one_attempt_and_replays(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -86,11 +76,11 @@ async def test_permanent_failure_dead_letters_after_one_attempt_and_replays(make
     with http_receiver() as rx:
         rx.respond(400)
         async with make_app(config(port, tmp_path, rx.url + "/in")) as app:
-            accepted = await send(port, example("transport.messageReceived"))
+            accepted = await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("dead_letters", reason="permanent") == 1, "dead letter")
             assert len(rx.requests) == 1
             (dl,) = list_dead_letters(app.spool._reader, DeadLetterFilter(output="crm"))
-            assert dl.event_id == accepted["id"] and dl.attempts == 1
+            assert dl.event_id == accepted and dl.attempts == 1
             assert "answered 400" in (dl.error or "")
             rx.respond(200)
             report = await anyio.to_thread.run_sync(
@@ -99,7 +89,7 @@ async def test_permanent_failure_dead_letters_after_one_attempt_and_replays(make
             assert report.replayed == 1
             await until(lambda: len(rx.requests) == 2, "the replayed delivery")
             assert list_dead_letters(app.spool._reader, DeadLetterFilter()) == []
-        assert rx.requests[1].headers["Idempotency-Key"] == accepted["id"]
+        assert rx.requests[1].headers["Idempotency-Key"] == accepted
 
 
 async def test_retries_exhausted_go_to_dead_letters(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -107,7 +97,7 @@ async def test_retries_exhausted_go_to_dead_letters(make_app, tmp_path: Path) ->
     with http_receiver() as rx:
         rx.respond(500)
         async with make_app(config(port, tmp_path, rx.url + "/in")) as app:
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("dead_letters", reason="retries_exhausted") == 1, "give up")
             assert len(rx.requests) == 5
 
@@ -115,7 +105,7 @@ async def test_retries_exhausted_go_to_dead_letters(make_app, tmp_path: Path) ->
 async def test_unreachable_target_is_retried(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port, closed = free_port(), free_port()
     async with make_app(config(port, tmp_path, f"http://127.0.0.1:{closed}/in")) as app:
-        await send(port, example("transport.messageReceived"))
+        await send_webhook(port, example("transport.messageReceived"))
         await until(lambda: app.stats.get("deliveries", outcome="retry") >= 2, "retries")
         assert app.spool.depth == 1
 
@@ -126,8 +116,8 @@ async def test_hanging_target_times_out_and_retries(make_app, tmp_path: Path) ->
         rx.delay = 3.0
         async with make_app(config(port, tmp_path, rx.url + "/in")) as app:
             started = time.monotonic()
-            await send(port, example("transport.messageReceived"))
-            await until(lambda: app.stats.get("deliveries", outcome="retry") >= 1, "a timeout", timeout=10)
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", outcome="retry") >= 1, "a timeout", within=10)
             assert time.monotonic() - started < 3.0
 
 
@@ -136,7 +126,7 @@ async def test_route_retry_override(make_app, tmp_path: Path) -> None:  # type: 
     with http_receiver() as rx:
         rx.respond(500)
         async with make_app(config(port, tmp_path, rx.url + "/in", route_extra="retry = { max_attempts = 2 }")) as app:
-            await send(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("dead_letters", reason="retries_exhausted") == 1, "give up")
             assert len(rx.requests) == 2
 
@@ -160,7 +150,7 @@ async def test_reshape_and_encoded_url(make_app, tmp_path: Path) -> None:  # typ
         async with make_app(text):
             mail = example("transport.messageReceived")
             mail["data"]["id"] = "../Account/Sync?x=1"
-            await send(port, mail)
+            await send_webhook(port, mail)
             await until(lambda: rx.requests, "the reshaped delivery")
         (request,) = rx.requests
     assert request.path == "/m/..%2FAccount%2FSync%3Fx%3D1"
@@ -181,8 +171,8 @@ async def test_retry_spacing_follows_backoff_and_retry_after(make_app, tmp_path:
             'retry = { initial_backoff = "300ms", max_backoff = "400ms", max_attempts = 5 }',
         )
         async with make_app(text):
-            await send(port, example("transport.messageReceived"))
-            await until(lambda: len(rx.requests) == 4, "4 attempts", timeout=20)
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: len(rx.requests) == 4, "4 attempts", within=20)
         times = [r.at for r in rx.requests]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 1.0, gaps  # the receiver's Retry-After wins over the backoff

@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 import pytest
 from gcloud.aio.pubsub import PublisherClient, PubsubMessage, SubscriberClient
 
 from event_router.testing import IN_CI, free_port
+from event_router.testing import until as kit_until
 
 PROJECT = "test-project"
 INSTALL_HINT = (
@@ -155,21 +155,16 @@ class PubSubAdmin:
             await client.modify_ack_deadline(subscription, ack_ids, 0)
 
 
-async def _until(check: Callable[[], Any], within: float = 30, what: str = "condition") -> Any:
-    deadline = anyio.current_time() + within
-    while not (value := check()):
-        if anyio.current_time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await anyio.sleep(0.1)
-    return value
-
-
 @pytest.fixture
 def until() -> Callable[..., Awaitable[Any]]:
     """`await until(check, within, what)`: poll `check` on the event loop (it may read the spool, whose
     sqlite connection belongs to the loop's thread) until it returns something truthy, which is returned.
     """
-    return _until
+
+    async def wait(check: Callable[[], Any], within: float = 30, what: str = "condition") -> Any:
+        return await kit_until(check, what, within=within, interval=0.1)
+
+    return wait
 
 
 @pytest.fixture

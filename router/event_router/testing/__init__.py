@@ -75,6 +75,32 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 
         time.sleep(interval)
 
 
+async def until(
+    check: Callable[[], Any], what: str = "condition", within: float = 20.0, interval: float = 0.02
+) -> Any:
+    """`wait_for` on the event loop: for checks that read the spool (its sqlite reader belongs to the loop's
+    thread) or app state. Returns the first truthy value of `check()`."""
+    import anyio
+
+    deadline = anyio.current_time() + within
+    while not (value := check()):
+        if anyio.current_time() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await anyio.sleep(interval)
+    return value
+
+
+async def send_webhook(
+    port: int, event: dict[str, Any], headers: dict[str, str] | None = None, path: str = "/events"
+) -> str:
+    """POST `event` to a webhook input on loopback from a worker thread; assert 202; return the event id."""
+    import anyio
+
+    status, body, _ = await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}{path}", event, headers))
+    assert status == 202, body
+    return str(body["id"])
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
