@@ -119,6 +119,8 @@ class OutputWorker:
 
     def offer_new(self, did: int, event: Event, planned: PlannedDelivery) -> None:
         """A delivery the pipeline just stored. Kept in memory unless the buffer is full."""
+        if did in self._claimed:  # a spool read between its commit and this call already took it
+            return
         if self._spilled or len(self._buffer) >= self.buffer_size:
             self._spilled = True
         else:
@@ -176,14 +178,18 @@ class OutputWorker:
         due = self._next_due is not None and now >= self._next_due
         if not (self._spilled and not self._buffer) and not due and now < self._next_poll:
             return
-        rows = self.spool.fetch_due(self.name, now, self.buffer_size, self._claimed)
+        room = self.buffer_size - len(self._buffer)
+        if room <= 0:  # the buffer bounds memory, whatever the spool holds
+            self._next_poll = now + self.poll_interval
+            return
+        rows = self.spool.fetch_due(self.name, now, room, self._claimed)
         self._next_poll = now + self.poll_interval
         if due:
             self._next_due = None
         for row in rows:
             self._buffer.append(_Pending.from_row(row))
             self._claimed.add(row.did)
-        self._spilled = len(rows) >= self.buffer_size
+        self._spilled = len(rows) >= room
 
     async def _sleep(self) -> None:
         now = time.time()
@@ -194,14 +200,22 @@ class OutputWorker:
             self._wake = anyio.Event()
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
+        released = False
         try:
             outcomes = await self._attempt(batch)
+            # the slot limits calls to the receiver, not our own commit: free it for the next delivery
+            # now; the ids stay claimed until the outcome is durable, so nothing is handed out twice
+            self.in_flight -= len(batch)
+            self._limiter.release()
+            released = True
+            self._wake.set()
             await self._record(batch, outcomes)
         finally:
             for pending in batch:
                 self._claimed.discard(pending.did)
-            self.in_flight -= len(batch)
-            self._limiter.release()
+            if not released:
+                self.in_flight -= len(batch)
+                self._limiter.release()
             self._wake.set()
 
     async def _attempt(self, batch: list[_Pending]) -> list[BaseException | None]:

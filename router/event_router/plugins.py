@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pluggy
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaError
@@ -174,6 +175,8 @@ def _check_class(cls: Any, kind: str, plugin_name: str) -> None:
     if not getattr(cls, "type_name", None):
         raise PluginLoadError(f"plugin {plugin_name}: {cls.__name__} has no type_name")
     schema: Mapping[str, Any] = cls.config_schema
+    if jsonschema_rs.meta.is_valid(dict(schema)):  # fast path: start-up checks every plugin's schema
+        return
     try:
         Draft202012Validator.check_schema(dict(schema))
     except JsonSchemaError as exc:

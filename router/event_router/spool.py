@@ -202,8 +202,9 @@ class Spool:
         self.commits = 0
         #: why the last group failed, until one succeeds again (readiness reports it)
         self.last_error: str | None = None
-        #: what `PRAGMA quick_check` reported at open (empty when the file is sound)
+        #: what `PRAGMA quick_check` reported after open (empty when the file is sound)
         self.integrity_problems: list[str] = []
+        self.integrity_checked = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -225,14 +226,6 @@ class Spool:
                     f"spool {self.path} was written by a newer router (schema {version[0]}); upgrade first"
                 )
             self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-            # after a crash or a disk fault: say so, and carry on with what is intact
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
-            self.integrity_problems = [] if problems == ["ok"] else problems
-            if self.integrity_problems:
-                log.error(
-                    "spool integrity check found damage; intact events are kept and delivered",
-                    extra={"spool": str(self.path), "problems": self.integrity_problems},
-                )
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
         finally:
@@ -240,6 +233,27 @@ class Spool:
         self._reader = connect(self.path)
         self._thread = threading.Thread(target=self._writer, args=(conn,), name="spool-writer", daemon=True)
         self._thread.start()
+        # quick_check reads every page (seconds for a big backlog): run it beside the router, not before
+        self.integrity_checked = threading.Event()
+        threading.Thread(target=self._check_integrity, name="spool-check", daemon=True).start()
+
+    def _check_integrity(self) -> None:
+        """After a crash or a disk fault: say what is damaged; intact events are delivered all the same."""
+        try:
+            conn = connect(self.path, readonly=True)
+            try:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            problems = [f"quick_check failed: {exc}"]
+        self.integrity_problems = [] if problems == ["ok"] else problems
+        if self.integrity_problems:
+            log.error(
+                "spool integrity check found damage; intact events are kept and delivered",
+                extra={"spool": str(self.path), "problems": self.integrity_problems},
+            )
+        self.integrity_checked.set()
 
     def close(self) -> None:
         """Let the writer finish what is queued, then close. Safe to call twice."""
