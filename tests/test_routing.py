@@ -914,3 +914,66 @@ def test_reshapers_never_raise(spec: dict[str, Any], ev: dict[str, Any]) -> None
     except PatternError:  # a `const` key inside a generated table
         return
     assert isinstance(reshape(ev), dict)
+
+
+@pytest.mark.parametrize(
+    ("spec", "trigger", "admitted"),
+    [
+        ({"trigger": ["transport.*"]}, "transport.messageReceived", True),
+        ({"trigger": ["transport.*"]}, "consumption.attributeCreated", False),
+        (
+            {"trigger": "consumption.relationshipEvent.*", "data.status": ["Active"]},
+            "consumption.relationshipEvent.REL1",
+            True,
+        ),
+        ({"trigger": [{"anything-but": "runtime.*"}]}, "runtime.modulesStarted", False),
+    ],
+)
+def test_trigger_filter_is_the_trigger_condition_alone(spec: dict[str, Any], trigger: str, admitted: bool) -> None:
+    from event_router.routing import compile_trigger_filter
+
+    check = compile_trigger_filter(spec)
+    assert check is not None and check(trigger) is admitted
+
+
+@pytest.mark.parametrize("spec", [{}, {"data.status": ["Active"]}, {"$or": [{"trigger": ["a"]}, {"data.x": [1]}]}])
+def test_no_trigger_filter_without_a_top_level_trigger(spec: dict[str, Any]) -> None:
+    from event_router.routing import compile_trigger_filter
+
+    assert compile_trigger_filter(spec) is None  # such routes stay candidates for every trigger
+
+
+def test_routes_for_keeps_order_and_the_result_of_full_matching(tmp_path: Path) -> None:
+    import tomllib
+
+    from event_router.config import build_config
+    from event_router.plugins import load_plugins
+
+    text = """
+[outputs.o]
+type = "file"
+path = "x.jsonl"
+[[routes]]
+name = "any"
+to = "o"
+[[routes]]
+name = "mail"
+match = { trigger = ["transport.messageReceived"], "data.content.@type" = ["Mail"] }
+to = "o"
+[[routes]]
+name = "or"
+match = { "$or" = [{ trigger = ["consumption.*"] }, { "data.isOwn" = [true] }] }
+to = "o"
+[[routes]]
+name = "consumption"
+match = { trigger = ["consumption.**"] }
+to = "o"
+"""
+    config = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=load_plugins())
+    assert [r.name for r in config.routes_for("transport.messageReceived")] == ["any", "mail", "or"]
+    assert [r.name for r in config.routes_for("consumption.relationshipEvent.REL1")] == ["any", "or", "consumption"]
+    for event in EXAMPLES:
+        as_dict = Event(trigger=event["trigger"], data=event["data"], source="s").to_dict()
+        everything = [r.name for r in config.routes if r.matcher(as_dict)]
+        prefiltered = [r.name for r in config.routes_for(event["trigger"]) if r.rest_matcher(as_dict)]
+        assert prefiltered == everything

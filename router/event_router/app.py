@@ -294,6 +294,7 @@ class App:
             # unchanged inputs and outputs keep their running plugin instances
             merged = replace(
                 new,
+                _candidates={},
                 inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
                 outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )

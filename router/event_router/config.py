@@ -23,7 +23,7 @@ from event_router.listen import parse_listen
 from event_router.plugin import Input, Output, PluginContext
 from event_router.plugins import PluginRegistry
 from event_router.retry import RETRY_SCHEMA, RetryPolicy
-from event_router.routing import Matcher, PatternError, compile_match, compile_reshape
+from event_router.routing import Matcher, PatternError, compile_match, compile_reshape, compile_trigger_filter
 from event_router.secrets import SecretError, resolve_secret
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
@@ -152,6 +152,10 @@ class RouteConfig:
     to: tuple[str, ...]
     stop: bool
     matcher: Matcher
+    #: the match's trigger condition alone (None: the route may match any trigger)
+    trigger_filter: Callable[[str], bool] | None
+    #: the match without its trigger condition: enough for a route `routes_for` returned
+    rest_matcher: Matcher
     reshape: Callable[[Mapping[str, Any]], Any] | None
     #: `retry` keys that override each target output's policy for this route's deliveries
     retry: Mapping[str, Any]
@@ -178,6 +182,17 @@ class RouterConfig:
     routes: tuple[RouteConfig, ...]
     #: things `check` reports without failing (plain-text secrets, no routes...)
     warnings: tuple[str, ...] = field(default=())
+    _candidates: dict[str, tuple[RouteConfig, ...]] = field(default_factory=dict, repr=False, compare=False)
+
+    def routes_for(self, trigger: str) -> tuple[RouteConfig, ...]:
+        """The routes, in order, whose trigger condition admits `trigger` (cached per trigger)."""
+        found = self._candidates.get(trigger)
+        if found is None:
+            if len(self._candidates) >= 4096:  # per-relationship triggers are unbounded: keep the cache small
+                self._candidates.clear()
+            found = tuple(r for r in self.routes if r.trigger_filter is None or r.trigger_filter(trigger))
+            self._candidates[trigger] = found
+        return found
 
     def retry_for(self, output: str, route: str) -> RetryPolicy:
         """The policy of `output`, with the named route's `retry` overrides applied."""
@@ -413,6 +428,9 @@ class _Loader:
             reshape = self._compile(f"{key}.reshape", compile_reshape, table["reshape"]) if "reshape" in table else None
             if matcher is None:
                 continue
+            spec = table.get("match", {})
+            trigger_filter = compile_trigger_filter(spec)
+            rest = compile_match({k: v for k, v in spec.items() if k != "trigger"}) if trigger_filter else matcher
             routes.append(
                 RouteConfig(
                     index=index,
@@ -420,6 +438,8 @@ class _Loader:
                     to=to,
                     stop=table.get("stop", False),
                     matcher=matcher,
+                    trigger_filter=trigger_filter,
+                    rest_matcher=rest,
                     reshape=reshape,
                     retry=table.get("retry", {}),
                     options=options,

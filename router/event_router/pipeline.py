@@ -66,8 +66,8 @@ def plan_event(
         plan.dead_letter = ("unknown_trigger", f"no schema for trigger {event.trigger!r}")
         return plan
     as_dict = event.to_dict()
-    for route in config.routes:
-        if not route.matcher(as_dict):
+    for route in config.routes_for(event.trigger):
+        if not route.rest_matcher(as_dict):  # the trigger condition already passed in routes_for
             continue
         plan.routes.append(route)
         payload = route.reshape(as_dict) if route.reshape is not None else None

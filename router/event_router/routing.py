@@ -17,7 +17,15 @@ from typing import Any, Final
 from event_router import event as event_module
 from event_router.templates import MISSING, OPEN, TemplateError, compile_template, get_path, split_path
 
-__all__ = ["EVENT_FIELDS", "Matcher", "PatternError", "compile_match", "compile_reshape", "trigger_matches"]
+__all__ = [
+    "EVENT_FIELDS",
+    "Matcher",
+    "PatternError",
+    "compile_match",
+    "compile_reshape",
+    "compile_trigger_filter",
+    "trigger_matches",
+]
 
 #: takes `Event.to_dict()`
 Matcher = Callable[[Mapping[str, Any]], bool]
@@ -109,6 +117,18 @@ def compile_match(spec: Mapping[str, Any]) -> Matcher:
     if not spec:
         return _always
     return _compile_pattern(spec, "", ())
+
+
+def compile_trigger_filter(spec: Mapping[str, Any]) -> Callable[[str], bool] | None:
+    """The pattern's top-level `trigger` condition alone, as a test of a trigger; None when it has none.
+
+    Lets the router decide once per distinct trigger which routes can match at all, instead of evaluating
+    every route for every event. `compile_match` must have accepted `spec` already.
+    """
+    if not isinstance(spec, Mapping) or "trigger" not in spec or isinstance(spec["trigger"], Mapping):
+        return None
+    matcher = _compile_field(("trigger",), spec["trigger"], "trigger")
+    return lambda trigger: matcher({"trigger": trigger})
 
 
 def _always(event: Mapping[str, Any]) -> bool:
