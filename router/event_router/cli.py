@@ -132,8 +132,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.log_level is None:
         setup_logging(config.log_level, args.log_format)
     app = App(config, registry)
-    anyio.run(app.run, backend="asyncio")
+    anyio.run(app.run, backend="asyncio", backend_options={"use_uvloop": _has_uvloop()})
     return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:  # optional on platforms without it: the stdlib loop works, only slower
+        return False
+    return True
 
 
 def cmd_check(args: argparse.Namespace) -> int:

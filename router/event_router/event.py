@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,13 +15,17 @@ import orjson
 EVENT_FIELDS: tuple[str, ...] = ("data", "id", "meta", "received_at", "source", "trigger")
 
 
+#: ids need uniqueness, not secrecy: a PRNG seeded from the OS once beats a getrandom() call per event
+_random = random.Random(os.urandom(32))
+
+
 def new_event_id() -> str:
     """A UUIDv7 string: unique, and sortable by creation time (spool order, log correlation)."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    rand = _random.getrandbits(74)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def utc_now() -> str:

@@ -298,13 +298,11 @@ class Spool:
                 conn.execute("ROLLBACK")
             error = exc if isinstance(exc, SpoolError) else SpoolError(f"spool write failed: {exc}")
             self.last_error = str(error)
-            for op in batch:
-                _resolve(op, None, error)
+            _resolve_all([(op, None, error) for op in batch])
             return
         self.commits += 1
         self.last_error = None
-        for op, result in zip(batch, results, strict=True):
-            _resolve(op, result, None)
+        _resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
 
     async def _write(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
         if self._thread is None:
@@ -370,8 +368,7 @@ class Spool:
             return []
 
         def apply(conn: sqlite3.Connection) -> list[int]:
-            for did in done:
-                self._finish(conn, did)
+            self._finish(conn, done)
             conn.executemany(
                 "UPDATE deliveries SET attempts = ?, due = ?, last_error = ? WHERE did = ?",
                 [(attempts, due, error[:2000], did) for did, attempts, due, error in retry],
@@ -407,18 +404,26 @@ class Spool:
                 payload,
             ),
         )
-        self._finish(conn, did)
+        self._finish(conn, (did,))
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def _finish(self, conn: sqlite3.Connection, did: int) -> None:
-        """Forget a delivery, and its event once no delivery of it is left."""
-        row = conn.execute("DELETE FROM deliveries WHERE did = ? RETURNING seq", (did,)).fetchone()
-        if row is None:
-            return
-        seq = row[0]
-        if conn.execute("SELECT 1 FROM deliveries WHERE seq = ? LIMIT 1", (seq,)).fetchone() is None:
-            self.depth -= conn.execute("DELETE FROM events WHERE seq = ?", (seq,)).rowcount
+    def _finish(self, conn: sqlite3.Connection, dids: Sequence[int]) -> None:
+        """Forget deliveries, and each event once no delivery of it is left: two statements per batch."""
+        for start in range(0, len(dids), 500):  # SQLite's bound-parameter limit is far above, but be modest
+            chunk = dids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            seqs = {
+                row[0] for row in conn.execute(f"DELETE FROM deliveries WHERE did IN ({marks}) RETURNING seq", chunk)
+            }
+            if not seqs:
+                continue
+            seq_marks = ",".join("?" * len(seqs))
+            self.depth -= conn.execute(
+                f"DELETE FROM events WHERE seq IN ({seq_marks}) "
+                "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq)",
+                tuple(seqs),
+            ).rowcount
 
     # --- reads for the delivery loop ------------------------------------------------------------------
 
@@ -469,24 +474,30 @@ def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: fl
     return cur.lastrowid
 
 
-def _resolve(op: _Op, result: Any, error: BaseException | None) -> None:
-    future = op.future
-    if isinstance(future, concurrent.futures.Future):
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-        return
-    assert op.loop is not None
+def _resolve_all(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
+    """Settle every op of a group: one call into each waiting event loop, not one per op."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for op, result, error in outcomes:
+        future = op.future
+        if isinstance(future, concurrent.futures.Future):  # the CLI's synchronous writes
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+            continue
+        assert op.loop is not None
+        by_loop.setdefault(op.loop, []).append((future, result, error))
+    for loop, items in by_loop.items():
+        # a closed loop means nobody is waiting any more
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_futures, items)
 
-    def settle() -> None:
+
+def _settle_futures(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in items:
         if future.done():  # the awaiting task was cancelled; the write happened (or not) all the same
-            return
+            continue
         if error is not None:
             future.set_exception(error)
         else:
             future.set_result(result)
-
-    # a closed loop means nobody is waiting any more
-    with contextlib.suppress(RuntimeError):
-        op.loop.call_soon_threadsafe(settle)
