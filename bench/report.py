@@ -1,0 +1,136 @@
+"""Render the latest result of each scenario in a results file as the Markdown table of bench/RESULTS.md.
+
+.venv/bin/python bench/report.py [bench/out/results.jsonl] [--quick | --full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ORDER = [
+    "webhook_to_file",
+    "amqp_to_file",
+    "webhook_to_http_latency",
+    "routing_validation",
+    "memory",
+    "startup",
+    "spool_group_commit",
+]
+
+
+def _get(result: dict[str, Any], *path: str) -> Any:
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value >= 100:
+        value = round(value)
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:,}{unit}"
+    return f"{value}{unit}"
+
+
+def _met(result: dict[str, Any]) -> str:
+    met = result.get("met")
+    return "-" if met is None else ("yes" if met else "**no**")
+
+
+def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
+    """(scenario, router, baseline, ratio, target, met) cells."""
+    name = r["scenario"]
+    if "skipped" in r or "error" in r:
+        return name, r.get("skipped") or f"error: {r['error']}", "", "", "", ""
+    ratio = _fmt(r.get("ratio"))
+    if name == "webhook_to_file":
+        rt, bl = r["router"], r["baseline"]
+        router = (
+            f"c64: {_fmt(rt['c64']['events_per_s'])} ev/s, p50 {rt['c64']['p50_ms']} / p99 {rt['c64']['p99_ms']} ms;"
+            f" c1: {_fmt(rt['c1']['events_per_s'])} ev/s, p50 {rt['c1']['p50_ms']} / p99 {rt['c1']['p99_ms']} ms"
+        )
+        base = (
+            f"c64: {_fmt(bl['c64']['events_per_s'])} ev/s, p50 {bl['c64']['p50_ms']} / p99 {bl['c64']['p99_ms']} ms;"
+            f" c1: {_fmt(bl['c1']['events_per_s'])} ev/s, p50 {bl['c1']['p50_ms']} / p99 {bl['c1']['p99_ms']} ms"
+        )
+        ratio = f"{ratio} (c1: {_fmt(r.get('ratio_c1'))})"
+    elif name == "amqp_to_file":
+        router = f"{_fmt(r.get('router_msgs_per_s'))} msg/s"
+        base = f"{_fmt(r.get('baseline_msgs_per_s'))} msg/s"
+    elif name == "webhook_to_http_latency":
+        rt, bl = r["router"], r["baseline"]
+        router = (
+            f"p50 {_fmt(rt['p50_ms'])} / p99 {_fmt(rt['p99_ms'])} ms at 1,000 ev/s"
+            f" ({rt['received']}/{rt['accepted']} received)"
+        )
+        base = f"p50 {bl['p50_ms']} / p99 {bl['p99_ms']} ms"
+    elif name == "routing_validation":
+        router = (
+            f"{_fmt(r['router']['events_per_s'])} ev/s best, {_fmt(r['router']['events_per_s_median'])} median"
+            f" ({r['router']['us_per_event']} µs/event, {r['routes']} routes)"
+        )
+        base = f"{_fmt(r['baseline']['events_per_s'])} ev/s JSON round-trip"
+    elif name == "memory":
+        idle, full = r["idle"], r["backlog"]
+        router = (
+            f"idle {idle['rss_mb']} MB; {full['events']:,} pending: {full['rss_mb']} MB after"
+            f" {full['window_s']:g} s (slope {full.get('rss_slope_mb_per_s', '-')} MB/s), peak {full['peak_mb']} MB;"
+            f" ready in {full['ready_seconds']} s"
+        )
+        base = ""
+        ratio = ""
+    elif name == "startup":
+        s = r["router"]
+        router = (
+            f"{s['ready_seconds_median']} s median ({s['ready_seconds_min']}-{s['ready_seconds_max']});"
+            f" {s['in_process_seconds_median']} s in-process"
+        )
+        base = ""
+        ratio = ""
+    elif name == "spool_group_commit":
+        g, s = r["router"], r["baseline"]
+        router = f"{_fmt(g['events_per_s'])} ev/s, 64 writers ({g['events_per_commit']} events/commit)"
+        base = f"{_fmt(s['events_per_s'])} ev/s, one commit per event"
+    else:
+        router, base = json.dumps(r.get("router")), json.dumps(r.get("baseline"))
+    return name, router, base, ratio, r.get("target", ""), _met(r)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results", nargs="?", type=Path, default=Path(__file__).parent / "out" / "results.jsonl")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="only --quick results")
+    mode.add_argument("--full", action="store_true", help="only full results")
+    args = parser.parse_args()
+    latest: dict[str, dict[str, Any]] = {}
+    for line in args.results.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if (args.quick and not r.get("quick")) or (args.full and r.get("quick")):
+            continue
+        latest[r["scenario"]] = r
+    results = [latest[n] for n in ORDER if n in latest]
+    if not results:
+        raise SystemExit("no results")
+    first = results[0]
+    m = first["machine"]
+    print(f"Run of {first['date']} ({'quick' if first['quick'] else 'full'}), {m['cores']} cores,")
+    print(f"Python {m['python']}, {m['platform']}.\n")
+    print("| scenario | router | baseline (same run) | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print("| " + " | ".join(c.replace("|", "\\|") for c in row(r)) + " |")
+
+
+if __name__ == "__main__":
+    main()
