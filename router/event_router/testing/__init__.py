@@ -75,9 +75,7 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 
         time.sleep(interval)
 
 
-async def until(
-    check: Callable[[], Any], what: str = "condition", within: float = 20.0, interval: float = 0.02
-) -> Any:
+async def until(check: Callable[[], Any], what: str = "condition", within: float = 20.0, interval: float = 0.02) -> Any:
     """`wait_for` on the event loop: for checks that read the spool (its sqlite reader belongs to the loop's
     thread) or app state. Returns the first truthy value of `check()`."""
     import anyio
