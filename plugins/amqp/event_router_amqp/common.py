@@ -1,0 +1,104 @@
+"""What the AMQP input and output share: URL redaction, error wording, reconnect backoff, header cleaning."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import random
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiormq.exceptions
+
+from event_router.errors import ConfigError
+
+#: what a broken connection or channel raises, from the socket up to aio-pika
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+#: the same, plus the RuntimeError aio-pika raises when a channel is opened on a closed connection
+CLOSED_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, *CONNECTION_ERRORS)
+
+#: JSON Schema fragment of the exchange types RabbitMQ ships
+EXCHANGE_TYPES = ["topic", "direct", "fanout", "headers"]
+
+
+def check_url(url: str) -> str:
+    """The URL as given, or `ConfigError("url")` when it is not amqp(s)://...; never echoes the password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ConfigError("url", f"{redact_url(url)!r} is not an AMQP URL (amqp://user:password@host:5672/vhost)")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # an unparsable URL may hide a password anywhere: show none of it
+        return "<unparsable URL>"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One readable line for an AMQP failure (aiormq's str() of some errors is a bare tuple)."""
+    if isinstance(exc, aiormq.exceptions.AMQPError):
+        args = exc.args
+        if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
+            return f"{args[1]} (AMQP {args[0]})"  # (reply code, reply text) of a Close frame
+        if len(args) == 1 and isinstance(args[0], str):
+            return args[0]  # the broker's reply text, which names the code ("NOT_FOUND - no exchange ...")
+        return repr(exc).strip("<>")
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Backoff:
+    """Waits between connection attempts: doubling from `initial` up to `maximum`, with jitter.
+
+    The jitter keeps a fleet of routers from reconnecting in lockstep after a broker restart.
+    """
+
+    def __init__(self, maximum: float, initial: float = 0.2):
+        self.initial = min(initial, maximum)
+        self.maximum = maximum
+        self.failures = 0
+
+    def next(self) -> float:
+        ceiling = min(self.maximum, self.initial * 2.0**self.failures)
+        self.failures += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def json_safe(value: Any) -> Any:
+    """AMQP field-table values as JSON: bytes as text, decimals as numbers, timestamps as RFC 3339."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.isoformat().replace("+00:00", "Z")
+    return str(value)

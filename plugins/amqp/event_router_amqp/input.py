@@ -1,0 +1,380 @@
+"""Input `amqp`: consumes what the Connector's messageBrokerPublisher sends to RabbitMQ.
+
+The Connector publishes each event with routing key = namespace and body = compact JSON of `data` only
+(`{}` for events without data), no properties, to an exchange that must already exist. This input binds a
+durable queue to that exchange, takes messages in batches, stores each batch through the sink and only
+then acknowledges it with one `basic.ack(multiple)`: nothing is acknowledged that is not on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aio_pika
+import anyio
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractQueue
+from aiormq.abc import AbstractChannel as Underlay
+from aiormq.abc import DeliveredMessage
+from anyio.abc import TaskStatus
+
+from event_router.durations import DURATION_SCHEMA, parse_duration
+from event_router.errors import ConfigError, SpoolFull
+from event_router.event import Event
+from event_router.plugin import EventSink, Input, PluginContext
+from event_router.secrets import SECRET_SCHEMA
+from event_router_amqp.common import (
+    CONNECTION_ERRORS,
+    EXCHANGE_TYPES,
+    Backoff,
+    check_url,
+    describe_error,
+    json_safe,
+    redact_url,
+)
+
+#: redeliveries remembered per message id on classic queues (they carry no delivery count)
+_SEEN_LIMIT = 10_000
+#: how long one connection attempt may take before it counts as failed
+_CONNECT_TIMEOUT = 15.0
+
+
+class ConnectionLost(Exception):
+    """The broker closed the connection or channel; unacknowledged messages go back to the queue."""
+
+
+#: failures of the broker side: the batch is left unacknowledged and the connection is made again
+_PASS_THROUGH: tuple[type[BaseException], ...] = (ConnectionLost, *CONNECTION_ERRORS)
+
+
+class _Inbox:
+    """Messages the broker pushed, in delivery order, until the batch loop takes them.
+
+    The broker never pushes more than `prefetch` unacknowledged messages, so this is bounded by it.
+    """
+
+    def __init__(self) -> None:
+        self.items: deque[DeliveredMessage] = deque()
+        self.lost: BaseException | None = None
+        self._wake = asyncio.Event()
+
+    async def put(self, message: DeliveredMessage) -> None:
+        self.items.append(message)
+        self._wake.set()
+
+    def on_close(self, _sender: Any, exc: BaseException | None = None) -> None:
+        if self.lost is None:
+            self.lost = exc or ConnectionLost("closed")
+        self._wake.set()
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise ConnectionLost(describe_error(self.lost)) from self.lost
+
+    async def take(self, limit: int, wait: float) -> list[DeliveredMessage]:
+        """At least one message, and as many as arrive within `wait` up to `limit`."""
+        while not self.items:
+            self.check()
+            self._wake.clear()
+            await self._wake.wait()
+        if len(self.items) < limit and wait > 0:
+            await anyio.sleep(wait)
+        self.check()
+        count = min(limit, len(self.items))
+        return [self.items.popleft() for _ in range(count)]
+
+
+class AmqpInput(Input):
+    """Consumes a RabbitMQ queue bound to the Connector's exchange (`type = "amqp"`)."""
+
+    type_name = "amqp"
+    config_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["url"],
+        "properties": {
+            "url": SECRET_SCHEMA,
+            "exchange": {"type": "string", "description": 'the Connector\'s exchange; "" is the default exchange'},
+            "exchange_type": {"enum": EXCHANGE_TYPES},
+            "declare_exchange": {"type": "boolean"},
+            "queue": {"type": "string", "minLength": 1, "maxLength": 255},
+            "queue_type": {"enum": ["quorum", "classic"]},
+            "declare": {"type": "boolean"},
+            "bindings": {"type": "array", "items": {"type": "string", "maxLength": 255}, "minItems": 1},
+            "prefetch": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "batch_size": {"type": "integer", "minimum": 1, "maximum": 10000},
+            "batch_wait": DURATION_SCHEMA,
+            "max_redeliveries": {"type": "integer", "minimum": 0},
+            "reconnect_max": DURATION_SCHEMA,
+        },
+    }
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.url = check_url(str(config["url"]))
+        self.safe_url = redact_url(self.url)
+        self.exchange: str = config.get("exchange", "")
+        self.exchange_type: str = config.get("exchange_type", "topic")
+        self.declare_exchange: bool = config.get("declare_exchange", False)
+        self.queue: str = config.get("queue", "event-router")
+        self.queue_type: str = config.get("queue_type", "quorum")
+        self.declare: bool = config.get("declare", True)
+        self.bindings: list[str] = list(config.get("bindings", ["#"]))
+        self.prefetch: int = config.get("prefetch", 1000)
+        self.batch_size: int = config.get("batch_size", 500)
+        self.max_redeliveries: int = config.get("max_redeliveries", 5)
+        self.batch_wait = _duration(config, "batch_wait", "5ms")
+        self.reconnect_max = _duration(config, "reconnect_max", "30s")
+        if self.exchange == "" and self.declare_exchange:
+            raise ConfigError("declare_exchange", 'the default exchange "" always exists and cannot be declared')
+        if self.reconnect_max <= 0:
+            raise ConfigError("reconnect_max", "must be more than 0")
+        # a batch can never fill beyond what the broker lets through unacknowledged
+        self.batch_size = min(self.batch_size, self.prefetch)
+        self._ready = False
+        #: True from the first consumed batch of a connection: a failure then is a lost connection
+        self._consuming = False
+        #: message id -> redeliveries seen (classic queues, which send no x-delivery-count)
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        #: the submit chunk size; shrinks while the spool is full so a big batch still fits a nearly full spool
+        self._chunk = self.batch_size
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        # Started at once: the router must serve its other inputs while this broker is down.
+        task_status.started()
+        backoff = Backoff(self.reconnect_max)
+        while True:
+            try:
+                await self._consume(sink, backoff)
+            except _PASS_THROUGH as exc:
+                delay = backoff.next()
+                error = str(exc) if isinstance(exc, ConnectionLost) else describe_error(exc)
+                if self._consuming:
+                    self.log.warning(
+                        "lost the broker connection; reconnecting",
+                        extra={"url": self.safe_url, "error": error, "retry_in": round(delay, 2)},
+                    )
+                else:
+                    self.log.error(
+                        "cannot consume from the broker",
+                        extra={
+                            "url": self.safe_url,
+                            "queue": self.queue,
+                            "exchange": self.exchange,
+                            "error": _explain(exc, self),
+                            "retry_in": round(delay, 2),
+                        },
+                    )
+            except Exception as exc:  # a bug must not end the input: the broker keeps what is unacknowledged
+                delay = backoff.next()
+                self.log.exception(
+                    "unexpected error while consuming; reconnecting",
+                    extra={"url": self.safe_url, "error": describe_error(exc), "retry_in": round(delay, 2)},
+                )
+            finally:
+                self._ready = self._consuming = False
+            await anyio.sleep(delay)
+
+    async def _consume(self, sink: EventSink, backoff: Backoff) -> None:
+        inbox = _Inbox()
+        connection = await aio_pika.connect(
+            self.url,
+            timeout=_CONNECT_TIMEOUT,
+            client_properties={"connection_name": f"event-router input {self.name}"},
+        )
+        try:
+            connection.close_callbacks.add(inbox.on_close)
+            channel = await connection.channel(publisher_confirms=False)
+            channel.close_callbacks.add(inbox.on_close)
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue = await self._queue(channel)
+            underlay = await channel.get_underlay_channel()
+            cancelled = ConnectionLost(f"the broker cancelled the consumer of {self.queue} (queue deleted?)")
+            underlay.on_consumer_cancel_callbacks.add(lambda _frame: inbox.on_close(None, cancelled))
+            # aiormq's own consumer: aio-pika's wrapper adds a message object and a task per message on the
+            # hot path, and this input needs nothing from it
+            await underlay.basic_consume(queue.name, inbox.put, no_ack=False)
+            self._ready = self._consuming = True
+            backoff.reset()
+            self.log.info(
+                "consuming from the broker",
+                extra={"url": self.safe_url, "queue": self.queue, "exchange": self.exchange, "prefetch": self.prefetch},
+            )
+            while True:
+                batch = await inbox.take(self.batch_size, self.batch_wait)
+                await self._handle(sink, batch, inbox, underlay)
+        finally:
+            self._ready = False
+            # a close on a connection the broker already dropped may fail too: that is not the news
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5), contextlib.suppress(Exception):
+                await connection.close()
+
+    async def _queue(self, channel: AbstractChannel) -> AbstractQueue:
+        if not self.declare:
+            return await channel.get_queue(self.queue, ensure=True)
+        if self.declare_exchange:
+            await channel.declare_exchange(self.exchange, self.exchange_type, durable=True)
+        # classic is the broker's default type; naming it would clash with queues declared without the argument
+        arguments: dict[str, Any] | None = {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None
+        queue = await channel.declare_queue(self.queue, durable=True, arguments=arguments)
+        if self.exchange:
+            for binding in self.bindings:
+                await queue.bind(self.exchange, routing_key=binding)
+        return queue
+
+    # --- one batch --------------------------------------------------------------------------------
+
+    async def _handle(
+        self, sink: EventSink, batch: Sequence[DeliveredMessage], inbox: _Inbox, channel: Underlay
+    ) -> None:
+        events: list[Event] = []
+        #: the message each event came from, to acknowledge up to it
+        sources: list[DeliveredMessage] = []
+        try:
+            for message in batch:
+                event = await self._decode(sink, message)
+                if event is not None:
+                    events.append(event)
+                    sources.append(message)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:  # the spool cannot keep the dead letters either
+            await self._give_back(channel, batch[-1], 0, exc)
+            return
+        acked = 0
+        start = 0
+        while start < len(events):
+            end = min(len(events), start + self._chunk)
+            try:
+                with anyio.CancelScope(shield=True):
+                    # the chunk is stored, then acknowledged, even if the router is told to stop meanwhile
+                    await sink.submit(events[start:end])
+                    inbox.check()
+                    acked = await self._ack(channel, sources[end - 1], acked)
+            except SpoolFull as full:
+                self._chunk = max(1, self._chunk // 2)
+                self.log.warning(
+                    "spool full: not consuming until it has room",
+                    extra={"queue": self.queue, "pending": len(events) - start, "retry_in": full.retry_after},
+                )
+                await anyio.sleep(full.retry_after)
+                inbox.check()  # the broker took the messages back: they come again, do not store them twice
+                continue
+            except _PASS_THROUGH:
+                raise
+            except Exception as exc:
+                await self._give_back(channel, batch[-1], acked, exc)
+                return
+            start = end
+            self._chunk = min(self.batch_size, self._chunk * 2)
+        await self._ack(channel, batch[-1], acked)
+        if self._seen:
+            for message in batch:
+                if message.header.properties.message_id:
+                    self._seen.pop(message.header.properties.message_id, None)
+
+    async def _decode(self, sink: EventSink, message: DeliveredMessage) -> Event | None:
+        """The event in `message`, or None once it is kept as a dead letter (then it is acknowledged)."""
+        delivery: Any = message.delivery
+        props = message.header.properties
+        trigger: str = delivery.routing_key or ""
+        headers = props.headers
+        count = self._delivery_count(headers, delivery.redelivered, props.message_id)
+        meta: dict[str, Any] = {
+            "exchange": delivery.exchange,
+            "routing_key": trigger,
+            "redelivered": bool(delivery.redelivered),
+            "delivery_count": count,
+        }
+        if props.message_id:
+            meta["message_id"] = props.message_id
+        if props.content_type:
+            meta["content_type"] = props.content_type
+        if headers and (len(headers) > 1 or "x-delivery-count" not in headers):
+            # the count is `delivery_count` already
+            meta["headers"] = {k: json_safe(v) for k, v in headers.items() if k != "x-delivery-count"}
+        body = message.body
+        reason: str | None = None
+        data: Any = None
+        if count > self.max_redeliveries:
+            # a message that keeps coming back would otherwise loop forever
+            reason = f"redelivered {count} times"
+        elif not trigger:
+            reason = "no routing key: cannot tell the event type"
+        elif body:
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                reason = f"body is not valid JSON: {exc}"
+        if reason is None:
+            return Event(trigger=trigger, data=data, source=self.name, meta=meta)
+        with anyio.CancelScope(shield=True):
+            await sink.reject(body, reason, trigger=trigger or None, meta=meta)
+        return None
+
+    def _delivery_count(self, headers: Mapping[str, Any] | None, redelivered: bool, message_id: str | None) -> int:
+        """How often the broker delivered this message before: quorum queues say so, classic ones do not."""
+        header = headers.get("x-delivery-count") if headers else None
+        if isinstance(header, int) and not isinstance(header, bool):
+            return header
+        if not redelivered:
+            return 0
+        if not message_id:
+            return 1  # the Connector sets no message id: on a classic queue there is nothing to count by
+        count = self._seen.pop(message_id, 0) + 1
+        self._seen[message_id] = count
+        if len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
+        return count
+
+    async def _ack(self, channel: Underlay, message: DeliveredMessage, acked: int) -> int:
+        """Acknowledge every message up to and including `message` (once); returns the last tag acknowledged."""
+        tag = message.delivery_tag or 0
+        if tag > acked:
+            await channel.basic_ack(delivery_tag=tag, multiple=True)
+            return tag
+        return acked
+
+    async def _give_back(self, channel: Underlay, last: DeliveredMessage, acked: int, exc: Exception) -> None:
+        """The spool could not take the batch: return it to the queue and pause before taking more."""
+        delay = min(self.reconnect_max, 5.0)
+        self.log.error(
+            "could not store a batch; returning it to the broker",
+            extra={"queue": self.queue, "error": describe_error(exc), "retry_in": delay},
+        )
+        tag = last.delivery_tag or 0
+        if tag > acked:
+            await channel.basic_nack(delivery_tag=tag, multiple=True, requeue=True)
+        await anyio.sleep(delay)
+
+
+def _duration(config: Mapping[str, Any], key: str, default: str) -> float:
+    try:
+        return parse_duration(config.get(key, default))
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _explain(exc: BaseException, inp: AmqpInput) -> str:
+    """The error, with what to do about the usual set-up mistakes."""
+    text = describe_error(exc)
+    if "NOT_FOUND" in text and "exchange" in text:
+        return (
+            f"{text}: create the exchange (the Connector does not either) or set declare_exchange = true"
+            if not inp.declare_exchange
+            else text
+        )
+    if "NOT_FOUND" in text and "queue" in text and not inp.declare:
+        return f"{text}: create the queue, or set declare = true"
+    if "PRECONDITION_FAILED" in text and "x-queue-type" in text:
+        return f"{text}: the queue exists with another type; set queue_type to match it"
+    if "ACCESS_REFUSED" in text or "authentication" in text.lower():
+        return f"{text}: check the user and password in url"
+    return text

@@ -1,0 +1,277 @@
+"""Publish exactly as the enmeshed Connector does, and the other helpers of this plugin's tests.
+
+The Connector (amqplib) sends `basic.publish(exchange, routing_key = namespace)` with a content header that
+carries no properties at all: no content type, headers, message id or delivery mode (transient). aio-pika
+cannot publish like that (it always adds a message id), so `ConnectorPublisher` speaks AMQP 0-9-1 over a plain
+socket with pamqp's frame codec, which aio-pika depends on anyway. The rest: broker administration with unique
+names, queue depths as the broker counts them, polling. Used by this plugin's tests and benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import anyio
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from pamqp import body, commands, frame, header, heartbeat
+
+from event_router.deadletters import list_dead_letters
+from event_router.spool import DeadLetter, DeadLetterFilter, connect
+from event_router.testing import example
+from event_router_amqp.common import CLOSED_ERRORS
+
+
+class ConnectorPublisher:
+    """A blocking AMQP client that only publishes, the way the Connector's AMQP broker does.
+
+    `publish()` buffers frames; `flush()` sends them and waits until the broker has processed every
+    publish before it (a `basic.qos` round trip on the same channel), so a test knows the messages are
+    routed. A missing exchange or an access error surfaces as `RuntimeError` with the broker's text.
+    """
+
+    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/", timeout: float = 30.0):
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 5672
+        self.user = unquote(parts.username or "guest")
+        self.password = unquote(parts.password or "guest")
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        self.vhost = unquote(path) or "/"
+        self.timeout = timeout
+        self.frame_max = 131072
+        self._sock: socket.socket | None = None
+        self._buffer = bytearray()
+        self._pending = b""
+
+    def __enter__(self) -> ConnectorPublisher:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def open(self) -> None:
+        self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock.sendall(frame.marshal(header.ProtocolHeader(), 0))
+        self._expect(commands.Connection.Start)
+        response = f"\0{self.user}\0{self.password}"
+        self._send(
+            commands.Connection.StartOk(
+                client_properties={"product": "connector-like test publisher"},
+                mechanism="PLAIN",
+                response=response,
+                locale="en_US",
+            ),
+            0,
+        )
+        tune = self._expect(commands.Connection.Tune)
+        self.frame_max = tune.frame_max or self.frame_max
+        self._send(commands.Connection.TuneOk(channel_max=1, frame_max=self.frame_max, heartbeat=0), 0)
+        self._send(commands.Connection.Open(virtual_host=self.vhost), 0)
+        self._expect(commands.Connection.OpenOk)
+        self._send(commands.Channel.Open(), 1)
+        self._expect(commands.Channel.OpenOk)
+
+    def publish(self, exchange: str, routing_key: str, payload: bytes) -> None:
+        """Queue one message: routing key = namespace, body = the JSON of the event's data, no properties."""
+        self._buffer += frame.marshal(commands.Basic.Publish(exchange=exchange, routing_key=routing_key), 1)
+        self._buffer += frame.marshal(header.ContentHeader(0, len(payload), commands.Basic.Properties()), 1)
+        step = self.frame_max - 8
+        for start in range(0, len(payload), step):
+            self._buffer += frame.marshal(body.ContentBody(payload[start : start + step]), 1)
+        if len(self._buffer) > 1 << 20:
+            self._write()
+
+    def publish_many(self, exchange: str, messages: Iterable[tuple[str, bytes]]) -> int:
+        count = 0
+        for routing_key, payload in messages:
+            self.publish(exchange, routing_key, payload)
+            count += 1
+        self.flush()
+        return count
+
+    def flush(self) -> None:
+        """Send what is buffered and return once the broker has handled all of it."""
+        self._write()
+        # any synchronous method answers after every frame sent before it on the channel
+        self._send(commands.Basic.Qos(prefetch_count=0), 1)
+        self._expect(commands.Basic.QosOk)
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._write()
+            self._send(commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), 0)
+            self._expect(commands.Connection.CloseOk)
+        except (OSError, RuntimeError):
+            pass
+        finally:
+            self._sock.close()
+            self._sock = None
+
+    def _write(self) -> None:
+        if self._buffer:
+            assert self._sock is not None
+            self._sock.sendall(self._buffer)
+            self._buffer.clear()
+
+    def _send(self, method: Any, channel: int) -> None:
+        assert self._sock is not None
+        self._sock.sendall(frame.marshal(method, channel))
+
+    def _expect(self, kind: type[Any]) -> Any:
+        while True:
+            value = self._read_frame()
+            if isinstance(value, heartbeat.Heartbeat):
+                continue
+            if isinstance(value, commands.Channel.Close | commands.Connection.Close):
+                raise RuntimeError(
+                    f"the broker closed the {value.name.split('.')[0].lower()}: {value.reply_code} {value.reply_text}"
+                )
+            if not isinstance(value, kind):
+                raise RuntimeError(f"expected {kind.__name__}, the broker sent {value.name}")
+            return value
+
+    def _read_frame(self) -> Any:
+        assert self._sock is not None
+        while True:
+            if len(self._pending) >= 7:
+                size = int.from_bytes(self._pending[3:7], "big") + 8
+                if len(self._pending) >= size:
+                    consumed, _channel, value = frame.unmarshal(self._pending[:size])
+                    self._pending = self._pending[consumed:]
+                    return value
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("the broker closed the connection")
+            self._pending += chunk
+
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+async def until(check: Callable[[], Any], within: float = 30.0, what: str = "condition") -> Any:
+    """Poll `check` (sync or async) until it returns something true; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await anyio.sleep(0.05)
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=True)
+    return done.stdout
+
+
+def queue_totals(name: str) -> dict[str, int]:
+    """`messages` (ready + unacknowledged), `messages_ready`, `messages_unacknowledged` of a queue, as the broker
+    counts them: unlike a passive declare, this sees the messages a consumer holds unacknowledged."""
+    out = rabbitmqctl("list_queues", "-q", "--formatter", "json", "name", "messages", "messages_ready",
+                      "messages_unacknowledged")  # fmt: skip
+    for row in json.loads(out):
+        if row["name"] == name:
+            return {k: int(v) for k, v in row.items() if k != "name"}
+    raise AssertionError(f"queue {name} does not exist")
+
+
+def dead_letters(spool_path: Path) -> list[DeadLetter]:
+    conn = connect(spool_path, readonly=True)
+    try:
+        return list_dead_letters(conn, DeadLetterFilter())
+    finally:
+        conn.close()
+
+
+def mail(seq: int) -> dict[str, Any]:
+    """The example transport.messageReceived data with a unique message id (MSG + 17 characters)."""
+    data: dict[str, Any] = json.loads(json.dumps(example("transport.messageReceived")["data"]))
+    data["id"] = f"MSG{seq:017d}"
+    return data
+
+
+class Broker:
+    """Admin access to the test broker: names that no other test uses, removed again after the test."""
+
+    def __init__(self, connection: AbstractConnection):
+        self.connection = connection
+        self.url = AMQP_URL
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+        self.token = uuid.uuid4().hex[:10]
+
+    def queue_name(self, label: str) -> str:
+        name = f"er-test-{label}-{self.token}"
+        self.queues.append(name)
+        return name
+
+    async def fresh_channel(self) -> AbstractChannel:
+        """A new channel, on a new connection if a test had the broker close every connection."""
+        try:
+            return await self.connection.channel()
+        except CLOSED_ERRORS:
+            self.connection = await aio_pika.connect(AMQP_URL)
+            return await self.connection.channel()
+
+    async def topic_exchange(self, label: str = "ex") -> str:
+        name = f"er-test-{label}-{self.token}"
+        self.exchanges.append(name)
+        channel = await self.fresh_channel()
+        await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+        await channel.close()
+        return name
+
+    async def ready_count(self, queue: str) -> tuple[int, int]:
+        """(ready messages, consumers) from a passive declare; unacknowledged messages are not counted."""
+        channel = await self.fresh_channel()
+        try:
+            q = await channel.declare_queue(queue, passive=True)
+            result = q.declaration_result
+            return result.message_count or 0, result.consumer_count or 0
+        finally:
+            await channel.close()
+
+    async def cleanup(self) -> None:
+        channel = await self.fresh_channel()
+        for queue in self.queues:
+            await channel.queue_delete(queue)
+        for exchange in self.exchanges:
+            await channel.exchange_delete(exchange)
+        await channel.close()
+
+
+def input_toml(url: str, exchange: str, queue: str, *, extra: str = "", output: str = "./out/events.jsonl") -> str:
+    """A router with one amqp input and a file output every event goes to."""
+    return f"""
+[router]
+data_dir = "./var"
+[inputs.broker]
+type = "amqp"
+url = "{url}"
+exchange = "{exchange}"
+queue = "{queue}"
+{extra}
+[outputs.archive]
+type = "file"
+path = "{output}"
+[[routes]]
+name = "everything"
+to = ["archive"]
+"""

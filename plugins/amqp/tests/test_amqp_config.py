@@ -1,0 +1,126 @@
+"""router.toml tables of the amqp input and output: defaults, and errors that name the key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from event_router.config import ConfigErrors, build_config
+from event_router.plugins import PluginRegistry, load_plugins
+from event_router_amqp import AmqpInput, AmqpOutput
+
+BASE = """
+[inputs.broker]
+type = "amqp"
+url = "amqp://router:pw-in-url@127.0.0.1:5672/enmeshed"
+exchange = "connector"
+[outputs.bus]
+type = "amqp"
+url = "amqp://router:pw-in-url@127.0.0.1:5672/"
+exchange = "routed"
+[[routes]]
+name = "all"
+to = ["bus"]
+"""
+
+
+@pytest.fixture(scope="module")
+def registry() -> PluginRegistry:
+    return load_plugins()
+
+
+def errors_of(text: str, tmp_path: Path, registry: PluginRegistry) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    return [str(e) for e in info.value.errors]
+
+
+def test_defaults(tmp_path: Path, registry: PluginRegistry) -> None:
+    config = build_config(tomllib.loads(BASE), path=tmp_path / "router.toml", registry=registry)
+    inp = config.inputs["broker"].plugin
+    assert isinstance(inp, AmqpInput)
+    assert (inp.exchange, inp.exchange_type, inp.declare_exchange) == ("connector", "topic", False)
+    assert (inp.queue, inp.queue_type, inp.declare, inp.bindings) == ("event-router", "quorum", True, ["#"])
+    assert (inp.prefetch, inp.batch_size, inp.batch_wait, inp.max_redeliveries) == (1000, 500, 0.005, 5)
+    assert inp.reconnect_max == 30.0
+    assert inp.safe_url == "amqp://router:***@127.0.0.1:5672/enmeshed"
+    out = config.outputs["bus"].plugin
+    assert isinstance(out, AmqpOutput)
+    assert out.routing_key.source == "{{trigger}}"
+    assert (out.persistent, out.mandatory, out.content_type) == (True, True, "application/json")
+    assert any("inputs.broker.url: secret written in plain text" in w for w in config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(
+            'url = "amqp://router:pw-in-url@127.0.0.1:5672/enmeshed"\n',
+            "",
+            "router.toml: inputs.broker: 'url' is required but missing (plugin amqp)",
+            id="input-missing-url",
+        ),
+        pytest.param(
+            'exchange = "connector"\n',
+            'exchange = "connector"\nqueue_type = "lazy"\n',
+            "router.toml: inputs.broker.queue_type: 'lazy' is not one of 'quorum', 'classic' (plugin amqp)",
+            id="bad-queue-type",
+        ),
+        pytest.param(
+            'exchange = "connector"\n',
+            'exchange = "connector"\nbatch_wait = "soon"\n',
+            "router.toml: inputs.broker.batch_wait: 'soon' is not a duration",
+            id="bad-batch-wait",
+        ),
+        pytest.param(
+            'exchange = "connector"\n',
+            'exchange = ""\ndeclare_exchange = true\n',
+            'router.toml: inputs.broker.declare_exchange: the default exchange "" always exists and cannot be declared',
+            id="declare-default-exchange",
+        ),
+        pytest.param(
+            'exchange = "connector"\n',
+            'exchange = "connector"\nprefetch = 0\n',
+            "router.toml: inputs.broker.prefetch: 0 is less than the minimum of 1 (plugin amqp)",
+            id="prefetch-zero",
+        ),
+        pytest.param(
+            'url = "amqp://router:pw-in-url@127.0.0.1:5672/enmeshed"',
+            'url = "http://router:pw-in-url@127.0.0.1:5672/"',
+            "router.toml: inputs.broker.url: 'http://router:***@127.0.0.1:5672/' is not an AMQP URL",
+            id="not-an-amqp-url",
+        ),
+        pytest.param(
+            'exchange = "routed"\n',
+            "",
+            "router.toml: outputs.bus: 'exchange' is required but missing (plugin amqp)",
+            id="output-missing-exchange",
+        ),
+        pytest.param(
+            'exchange = "routed"\n',
+            'exchange = "routed"\nrouting_key = "events.{{ payload.kind }}"\n',
+            "router.toml: outputs.bus.routing_key: unknown field 'payload.kind'",
+            id="output-bad-routing-key",
+        ),
+    ],
+)
+def test_errors_name_the_key(old: str, new: str, expected: str, tmp_path: Path, registry: PluginRegistry) -> None:
+    # the input's and the output's url are different strings, so each replacement hits the intended table
+    text = BASE.replace(old, new, 1) if "routed" not in old else BASE.replace(old, new)
+    errors = errors_of(text, tmp_path, registry)
+    assert any(e.startswith(expected) for e in errors), errors
+    assert not any("pw-in-url" in e for e in errors)
+
+
+def test_secret_reference_for_the_url(
+    tmp_path: Path, registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ER_TEST_AMQP_URL", "amqp://router:from-env@127.0.0.1:5672/")
+    text = BASE.replace('url = "amqp://router:pw-in-url@127.0.0.1:5672/enmeshed"', 'url = { env = "ER_TEST_AMQP_URL" }')
+    config = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    inp = config.inputs["broker"].plugin
+    assert isinstance(inp, AmqpInput)
+    assert inp.url == "amqp://router:from-env@127.0.0.1:5672/"
+    assert "from-env" not in repr(inp.config)

@@ -1,0 +1,77 @@
+"""Pure logic of the AMQP plugin: URL redaction, header values as JSON, delivery counts, reconnect backoff."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import logging
+from pathlib import Path
+
+import pytest
+
+from event_router.plugin import PluginContext
+from event_router_amqp.common import Backoff, json_safe, redact_url
+from event_router_amqp.input import _SEEN_LIMIT, AmqpInput
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+        (
+            "amqps://user:p%40ss@broker.internal/vhost?heartbeat=30",
+            "amqps://user:***@broker.internal/vhost?heartbeat=30",
+        ),
+        ("amqp://127.0.0.1/", "amqp://127.0.0.1/"),
+        ("amqp://user:pw@[::1]:5672/", "amqp://user:***@[::1]:5672/"),
+        ("amqp://user:pw@host:notaport/", "<unparsable URL>"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_header_values_become_json() -> None:
+    stamp = dt.datetime(2026, 8, 20, 12, 0, 0)
+    headers = {"b": b"bytes \xff", "d": decimal.Decimal("1.5"), "t": stamp, "l": [b"x", 1], "n": {"k": None}}
+    assert json_safe(headers) == {
+        "b": "bytes \\xff",
+        "d": 1.5,
+        "t": "2026-08-20T12:00:00Z",
+        "l": ["x", 1],
+        "n": {"k": None},
+    }
+
+
+def test_backoff_doubles_up_to_the_maximum_and_resets() -> None:
+    backoff = Backoff(maximum=2.0, initial=0.2)
+    waits = [backoff.next() for _ in range(8)]
+    assert 0.1 <= waits[0] <= 0.2
+    assert 0.2 <= waits[1] <= 0.4
+    assert all(1.0 <= w <= 2.0 for w in waits[4:])
+    backoff.reset()
+    assert backoff.next() <= 0.2
+
+
+def make_input(tmp_path: Path) -> AmqpInput:
+    context = PluginContext("broker", tmp_path, logging.getLogger("test"), tmp_path)
+    return AmqpInput({"url": "amqp://guest:guest@127.0.0.1/"}, context)
+
+
+def test_delivery_count_prefers_the_quorum_header(tmp_path: Path) -> None:
+    inp = make_input(tmp_path)
+    assert inp._delivery_count({"x-delivery-count": 7}, True, "m-1") == 7
+    assert inp._delivery_count({"x-delivery-count": 0}, False, None) == 0
+    assert inp._seen == {}
+
+
+def test_delivery_count_on_a_classic_queue_counts_redeliveries_per_message_id(tmp_path: Path) -> None:
+    inp = make_input(tmp_path)
+    assert inp._delivery_count(None, False, "m-1") == 0
+    assert [inp._delivery_count({}, True, "m-1") for _ in range(3)] == [1, 2, 3]
+    # without a message id (the Connector sets none) nothing can be counted: each redelivery looks like the first
+    assert [inp._delivery_count(None, True, None) for _ in range(3)] == [1, 1, 1]
+    for n in range(_SEEN_LIMIT + 5):
+        inp._delivery_count(None, True, f"other-{n}")
+    assert len(inp._seen) == _SEEN_LIMIT  # bounded: the oldest are forgotten
+    assert "m-1" not in inp._seen

@@ -1,0 +1,197 @@
+"""The amqp input when things go wrong: the broker drops connections, routers compete, the spool fills up."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+import aio_pika
+import anyio
+import orjson
+import pytest
+
+from event_router.testing import RouterProcess, http_receiver, read_jsonl
+from event_router_amqp.common import CLOSED_ERRORS, CONNECTION_ERRORS
+from event_router_amqp.testing import (
+    AMQP_URL,
+    Broker,
+    ConnectorPublisher,
+    input_toml,
+    mail,
+    queue_totals,
+    rabbitmqctl,
+    until,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
+
+
+def ids(path: Path) -> list[str]:
+    return [line["data"]["id"] for line in read_jsonl(path)]
+
+
+async def publish_paced(exchange: str, count: int, per_tick: int = 50, tick: float = 0.1) -> None:
+    """Publish with confirms at a steady pace; after a lost connection, reconnect and publish the message again.
+
+    One publish is in flight at a time, so the publisher itself adds at most one duplicate per lost connection.
+    """
+    connection: aio_pika.abc.AbstractConnection | None = None
+    seq = 0
+    try:
+        while seq < count:
+            try:
+                if connection is None:
+                    connection = await aio_pika.connect(AMQP_URL)
+                    channel = await connection.channel(publisher_confirms=True)
+                    target = await channel.get_exchange(exchange)
+                for _ in range(min(per_tick, count - seq)):
+                    await target.publish(aio_pika.Message(orjson.dumps(mail(seq))), "transport.messageReceived")
+                    seq += 1
+            except CLOSED_ERRORS:
+                # aio-pika's is_closed can stay False after a server-side close: start over
+                with anyio.move_on_after(2):
+                    await _close_quietly(connection)
+                connection = None
+                await anyio.sleep(0.1)
+                continue
+            await anyio.sleep(tick)
+    finally:
+        await _close_quietly(connection)
+
+
+async def _close_quietly(connection: aio_pika.abc.AbstractConnection | None) -> None:
+    if connection is not None:
+        with contextlib.suppress(*CLOSED_ERRORS):
+            await connection.close()
+
+
+@pytest.mark.slow
+async def test_nothing_is_lost_when_the_broker_closes_the_connection(  # type: ignore[no-untyped-def]
+    broker: Broker, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="event_router")
+    exchange = await broker.topic_exchange()
+    queue = broker.queue_name("restart")
+    out = tmp_path / "out/events.jsonl"
+    total, prefetch = 2000, 200
+    toml = input_toml(AMQP_URL, exchange, queue, extra=f"prefetch = {prefetch}\nbatch_size = 100")
+    async with make_app(toml) as app:
+        plugin = app.config.inputs["broker"].plugin
+        await until(plugin.is_ready, what="the input to connect")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish_paced, exchange, total)
+            await until(lambda: len(ids(out)) >= 300, what="300 events", within=60)
+            # a real server-side close of every client connection (router and publisher alike)
+            await anyio.to_thread.run_sync(rabbitmqctl, "close_all_connections", "event-router test")
+            assert len(set(ids(out))) < total, "the close came too late to test anything"
+        await until(lambda: len(set(ids(out))) >= total, what="every event after the reconnect", within=90)
+        await anyio.sleep(0.5)
+    got = ids(out)
+    assert set(got) == {f"MSG{seq:017d}" for seq in range(total)}
+    duplicates = len(got) - total
+    # redelivered: at most what the router held unacknowledged (prefetch), plus one publish in doubt
+    assert duplicates <= prefetch + 1, duplicates
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("event_router.inputs.broker")]
+    assert "lost the broker connection; reconnecting" in messages
+    assert messages.count("consuming from the broker") >= 2
+    assert await broker.ready_count(queue) == (0, 0)
+
+
+def router_config(base: Path, exchange: str, queue: str) -> Path:
+    base.mkdir()
+    (base / "router.toml").write_text(input_toml(AMQP_URL, exchange, queue, output="./events.jsonl"))
+    return base / "router.toml"
+
+
+@pytest.mark.slow
+async def test_two_routers_share_one_quorum_queue(broker: Broker, tmp_path: Path) -> None:
+    exchange = await broker.topic_exchange()
+    queue = broker.queue_name("shared")
+    total = 2000
+    with (
+        RouterProcess(router_config(tmp_path / "a", exchange, queue)) as first,
+        RouterProcess(router_config(tmp_path / "b", exchange, queue)) as second,
+    ):
+        await until(lambda: _consumers(broker, queue), what="both routers consuming")
+
+        def run() -> None:
+            with ConnectorPublisher(AMQP_URL) as publisher:
+                publisher.publish_many(
+                    exchange, (("transport.messageReceived", orjson.dumps(mail(seq))) for seq in range(total))
+                )
+
+        await anyio.to_thread.run_sync(run)
+        a, b = tmp_path / "a/events.jsonl", tmp_path / "b/events.jsonl"
+        await until(lambda: len(set(ids(a)) | set(ids(b))) >= total, what="every event in one of the files", within=60)
+        assert first.terminate() == 0
+        assert second.terminate() == 0
+    got_a, got_b = ids(a), ids(b)
+    assert set(got_a) | set(got_b) == {f"MSG{seq:017d}" for seq in range(total)}
+    assert len(got_a) + len(got_b) == total  # nothing redelivered: each event went to exactly one router
+    assert min(len(got_a), len(got_b)) >= total // 10, (len(got_a), len(got_b))
+    assert await broker.ready_count(queue) == (0, 0)
+
+
+async def _consumers(broker: Broker, queue: str) -> bool:
+    try:
+        return (await broker.ready_count(queue))[1] == 2
+    except CONNECTION_ERRORS:  # not declared yet
+        return False
+
+
+async def test_a_full_spool_stops_consumption_until_it_has_room(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    exchange = await broker.topic_exchange()
+    queue = broker.queue_name("full")
+    total, limit = 60, 10
+    with http_receiver() as receiver:
+        receiver.respond(503)
+        toml = f"""
+[router]
+data_dir = "./var"
+max_pending_events = {limit}
+[inputs.broker]
+type = "amqp"
+url = "{AMQP_URL}"
+exchange = "{exchange}"
+queue = "{queue}"
+prefetch = 20
+batch_size = 5
+[outputs.crm]
+type = "http"
+url = "{receiver.url}/events"
+retry = {{ max_attempts = 100000, max_age = 0, initial_backoff = "20ms", max_backoff = "100ms" }}
+[[routes]]
+name = "everything"
+to = ["crm"]
+"""
+        async with make_app(toml) as app:
+            await until(app.config.inputs["broker"].plugin.is_ready, what="the input to connect")
+
+            def run() -> None:
+                with ConnectorPublisher(AMQP_URL) as publisher:
+                    publisher.publish_many(
+                        exchange, (("transport.messageReceived", orjson.dumps(mail(seq))) for seq in range(total))
+                    )
+
+            await anyio.to_thread.run_sync(run)
+            await until(lambda: app.spool.depth == limit, what="a full spool")
+            # everything the spool did not take is still the broker's: ready, or held unacknowledged
+            await until(
+                lambda: queue_totals(queue)["messages"] == total - limit, what="the broker to hold the rest", within=30
+            )
+            await anyio.sleep(2.5)  # the input retried (retry_after is 1 s) and still took nothing
+            assert app.spool.depth == limit
+            assert queue_totals(queue)["messages"] == total - limit
+            assert len(receiver.requests) > limit  # the output kept failing meanwhile
+            with receiver.lock:  # from this request on the receiver answers 200
+                receiver.script = [(200, {})]
+                switch = len(receiver.requests)
+
+            def delivered() -> set[str]:
+                return {b["data"]["id"] for b in receiver.bodies()[switch:]}
+
+            await until(lambda: len(delivered()) >= total, what="every event delivered", within=60)
+            await until(lambda: app.spool.depth == 0, what="an empty spool")
+    assert delivered() == {f"MSG{seq:017d}" for seq in range(total)}
+    assert await broker.ready_count(queue) == (0, 0)
