@@ -314,7 +314,8 @@ class AmqpInput(Input):
             except orjson.JSONDecodeError as exc:
                 reason = f"body is not valid JSON: {exc}"
         if reason is None:
-            return Event(trigger=trigger, data=data, source=self.name, meta=meta)
+            # raw: kept until stored, so an event too deep to store as JSON is dead-lettered with its bytes
+            return Event(trigger=trigger, data=data, source=self.name, meta=meta, raw=bytes(body))
         with anyio.CancelScope(shield=True):
             await sink.reject(body, reason, trigger=trigger or None, meta=meta)
         return None

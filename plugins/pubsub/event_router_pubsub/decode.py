@@ -56,7 +56,8 @@ def decode(message: SubscriberMessage, *, source: str, subscription: str) -> Eve
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Undecodable(raw, f"message data is not valid JSON: {exc}", trigger, meta)
-    return Event(trigger=trigger, data=data, source=source, meta=meta)
+    # raw: kept until stored, so an event too deep to store as JSON is dead-lettered with its bytes
+    return Event(trigger=trigger, data=data, source=source, meta=meta, raw=raw)
 
 
 def _rfc3339(moment: datetime) -> str:
