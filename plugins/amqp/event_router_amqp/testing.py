@@ -12,22 +12,23 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
-import anyio
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from pamqp import body, commands, frame, header, heartbeat
 
 from event_router.deadletters import list_dead_letters
 from event_router.spool import DeadLetter, DeadLetterFilter, connect
-from event_router.testing import example
+from event_router.testing import (
+    example,
+    until,  # noqa: F401 - re-exported for the plugin tests
+)
 from event_router_amqp.common import CLOSED_ERRORS
 
 
@@ -160,20 +161,6 @@ class ConnectorPublisher:
 
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-
-
-async def until(check: Callable[[], Any], within: float = 30.0, what: str = "condition") -> Any:
-    """Poll `check` (sync or async) until it returns something true; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await anyio.sleep(0.05)
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:

@@ -78,15 +78,21 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 
 
 async def until(check: Callable[[], Any], what: str = "condition", within: float = 20.0, interval: float = 0.02) -> Any:
     """`wait_for` on the event loop: for checks that read the spool (its sqlite reader belongs to the loop's
-    thread) or app state. Returns the first truthy value of `check()`."""
+    thread) or app state. `check` may be a coroutine function. Returns its first truthy value."""
+    import inspect
+
     import anyio
 
     deadline = anyio.current_time() + within
-    while not (value := check()):
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
         if anyio.current_time() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await anyio.sleep(interval)
-    return value
 
 
 async def send_webhook(
