@@ -74,6 +74,29 @@ def test_core_wheel_validates_without_the_repository(tmp_path: Path) -> None:
     assert len(json.loads(listed.stdout)) == 41
 
 
+@pytest.mark.parametrize("plugin", sorted(p.parent.name for p in (ROOT / "plugins").glob("*/pyproject.toml")))
+def test_plugin_wheels_build(plugin: str, tmp_path: Path) -> None:
+    wheel = build_wheel(ROOT / "plugins" / plugin, tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    package = tomllib.loads((ROOT / "plugins" / plugin / "pyproject.toml").read_text())["project"]["name"]
+    assert any(n.endswith("entry_points.txt") for n in names), f"{package}: no entry points in the wheel"
+
+
+def test_version_lists_installed_plugins() -> None:
+    from event_router.testing import run_cli
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert lines[0] == f"event-router {version}"
+    from event_router.plugins import load_plugins
+
+    for info in load_plugins().plugins:
+        if not info.builtin:
+            assert f"  {info.distribution} {info.version}" in lines
+
+
 def test_versions_in_lockstep() -> None:
     core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     version = core["version"]

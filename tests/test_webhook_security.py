@@ -203,3 +203,53 @@ async def test_wrong_content_type_is_still_json(make_app, tmp_path: Path) -> Non
 
         # the Connector always sends application/json; a relay that rewrites it must not lose events
         assert await anyio.to_thread.run_sync(send) == 202
+
+
+OLD_SECRET = "whsec_" + __import__("base64").b64encode(b"o" * 32).decode()
+NEW_SECRET = "whsec_" + __import__("base64").b64encode(b"n" * 32).decode()
+
+
+async def test_standard_webhooks_signatures(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from event_router.signing import WebhookSigner
+
+    port = free_port()
+    extra = f'signing_secrets = ["{NEW_SECRET}", "{OLD_SECRET}"]\nsignature_tolerance = 60'
+    body = orjson.dumps(example("transport.messageReceived"))
+    url = f"http://127.0.0.1:{port}/events"
+    async with make_app(config(port, tmp_path, extra)) as app:
+
+        async def signed(secret: str, msg_id: str, payload: bytes = body, stamp: int | None = None) -> tuple:
+            headers = WebhookSigner(secret).headers(msg_id, body, timestamp=stamp)
+            return await anyio.to_thread.run_sync(lambda: post(url, payload, headers))
+
+        assert (await signed(NEW_SECRET, "msg-1"))[0] == 202
+        assert (await signed(OLD_SECRET, "msg-2"))[0] == 202, "the previous key still works during a rotation"
+        status, answer, _ = await signed(NEW_SECRET, "msg-1")
+        assert (status, answer) == (200, {"status": "duplicate", "webhook_id": "msg-1"})
+        tampered = body.replace(b"New postal address", b"Send me money")
+        status, answer, _ = await signed(NEW_SECRET, "msg-3", tampered)
+        assert status == 401 and "signature" in answer["error"]
+        status, _, _ = await signed(NEW_SECRET, "msg-4", stamp=int(time.time()) - 3600)
+        assert status == 401, "a replay outside the tolerance is refused"
+        other = "whsec_" + __import__("base64").b64encode(b"x" * 32).decode()
+        assert (await signed(other, "msg-5"))[0] == 401
+        assert (await call(url, body))[0] == 401, "unsigned"
+        await anyio.to_thread.run_sync(lambda: wait_for(lambda: len(read_jsonl(tmp_path / "out.jsonl")) == 2))
+        assert app.stats.get("events_received") == 2
+    lines = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(line["meta"]["headers"]["webhook-id"] for line in lines) == ["msg-1", "msg-2"]
+
+
+def test_signing_secret_must_be_a_standard_webhooks_secret(tmp_path: Path) -> None:
+    import tomllib
+
+    from event_router.config import ConfigErrors, build_config
+    from event_router.plugins import load_plugins
+
+    text = config(1, tmp_path, 'signing_secrets = ["not-a-secret"]')
+    with pytest.raises(
+        ConfigErrors, match=r"inputs.connector.signing_secrets\[0\]: a signing secret starts with 'whsec_'"
+    ):
+        build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=load_plugins())

@@ -399,6 +399,8 @@ class _Loader:
                     child = props.get(k, extra if isinstance(extra, dict) else {})
                     out[k] = walk(child, v, f"{where}.{k}")
                 return out
+            if isinstance(node, list) and isinstance(sub_schema.get("items"), dict):
+                return [walk(sub_schema["items"], v, f"{where}[{i}]") for i, v in enumerate(node)]
             return node
 
         result = walk(schema, dict(value), key)

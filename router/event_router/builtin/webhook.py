@@ -13,6 +13,8 @@ import ipaddress
 import math
 import re
 import ssl
+import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,9 +30,10 @@ from event_router.listen import parse_listen
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.ratelimit import RateLimiter
 from event_router.secrets import SECRET_SCHEMA
+from event_router.signing import decode_secret, verify
 
 #: request headers kept in the event's meta; credentials never are
-_KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type")
+_KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type", "webhook-id")
 
 
 def _allowed(remote: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
@@ -59,6 +62,13 @@ class WebhookInput(Input):
             "api_key": SECRET_SCHEMA,
             "api_key_header": {"type": "string", "minLength": 1},
             "max_body_bytes": {"type": "integer", "minimum": 1024, "maximum": 64 * 1024 * 1024},
+            "signing_secrets": {
+                "type": "array",
+                "minItems": 1,
+                "items": SECRET_SCHEMA,
+                "description": "Standard Webhooks secrets (whsec_...); several during a key rotation",
+            },
+            "signature_tolerance": {"type": "integer", "minimum": 1, "description": "seconds (300)"},
             "allow_networks": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -113,8 +123,26 @@ class WebhookInput(Input):
             for key in ("cert_file", "key_file", "client_ca_file"):
                 if key in self.tls and not (context.config_dir / self.tls[key]).is_file():
                     raise ConfigError(f"tls.{key}", f"{self.tls[key]!r} is not a readable file")
+        self.signing_secrets = [str(s) for s in config.get("signing_secrets", [])]
+        for index, secret in enumerate(self.signing_secrets):
+            try:
+                decode_secret(secret)
+            except ValueError as exc:
+                raise ConfigError(f"signing_secrets[{index}]", str(exc)) from None
+        self.tolerance = config.get("signature_tolerance", 300)
+        #: webhook-ids stored recently: a repeat within the tolerance is answered, not stored again
+        self._seen: OrderedDict[str, float] = OrderedDict()
         self.bound_port: int | None = None
         self._ready = False
+
+    def _signature_ok(self, request: web.Request, raw: bytes) -> bool:
+        return any(verify(s, request.headers, raw, tolerance=self.tolerance) for s in self.signing_secrets)
+
+    def _remember(self, message_id: str) -> None:
+        now = time.monotonic()
+        self._seen[message_id] = now
+        while self._seen and (len(self._seen) > 100_000 or next(iter(self._seen.values())) < now - self.tolerance):
+            self._seen.popitem(last=False)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -175,6 +203,13 @@ class WebhookInput(Input):
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return _json(413, {"error": f"body larger than {self.max_body} bytes"})
+            message_id = None
+            if self.signing_secrets:
+                if not self._signature_ok(request, raw):
+                    return _json(401, {"error": "missing, invalid or expired webhook signature (Standard Webhooks)"})
+                message_id = request.headers["webhook-id"]
+                if message_id in self._seen:  # the sender retried what we already stored: say so, store nothing
+                    return _json(200, {"status": "duplicate", "webhook_id": message_id})
             meta: dict[str, Any] = {
                 "headers": {h: request.headers[h] for h in _KEPT_HEADERS if h in request.headers},
                 "remote": request.remote,
@@ -196,6 +231,8 @@ class WebhookInput(Input):
             except RouterError as exc:  # the spool cannot write (disk full...): not stored, so not acknowledged
                 self.log.error("event not stored", extra={"trigger": event.trigger, "error": str(exc)})
                 return _json(503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
+            if message_id is not None:
+                self._remember(message_id)
             body: dict[str, Any] = {"id": result.event_id, "status": result.status}
             if result.errors:
                 body["errors"] = list(result.errors)
