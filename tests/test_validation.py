@@ -249,3 +249,17 @@ def test_envelope_needs_event_json(tmp_path: Path) -> None:
     write_schema(tmp_path, "x.json", schema("acme.x", {}))
     with pytest.raises(SchemaError, match=r"event\.json"):
         SchemaRegistry.load([tmp_path]).validate_event_envelope({})
+
+
+def test_invalid_data_nested_too_deeply_is_an_error_not_a_crash() -> None:
+    registry = SchemaRegistry.load([builtin_schema_dir()])
+    data = dict(EXAMPLES["transport.messageReceived"])
+    content: dict[str, Any] = {"@type": "Mail", "to": [], "subject": "s", "body": "b", "bodyFormat": "PlainText"}
+    node = content
+    for _ in range(400):  # jsonschema-rs cannot list the errors of data this deep ("Recursion limit reached")
+        node["cc"] = [{"a": {}}]
+        node = node["cc"][0]["a"]
+    data["content"] = content
+    result = registry.validate("transport.messageReceived", data)
+    assert not result.valid
+    assert result.errors == ("data: nests too deeply to validate (Recursion limit reached)",)

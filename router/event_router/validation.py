@@ -76,10 +76,15 @@ def format_path(path: Iterable[str | int], root: str = "data") -> str:
 
 
 def _check(validator: jsonschema_rs.Validator, instance: Any, schema: str, root: str) -> ValidationResult:
-    if validator.is_valid(instance):  # the common case: no error objects are built at all
-        return ValidationResult(valid=True, errors=(), schema=schema)
-    # Sorted by location, then message, so the same input always yields the same (first ten) lines.
-    found = sorted((format_path(e.instance_path, root), e.message) for e in validator.iter_errors(instance))
+    try:
+        if validator.is_valid(instance):  # the common case: no error objects are built at all
+            return ValidationResult(valid=True, errors=(), schema=schema)
+        # Sorted by location, then message, so the same input always yields the same (first ten) lines.
+        found = sorted((format_path(e.instance_path, root), e.message) for e in validator.iter_errors(instance))
+    except (ValueError, RecursionError) as exc:
+        # jsonschema-rs gives up on errors in data nested a few hundred levels deep ("Recursion limit
+        # reached"): that is an invalid event with a reason, not a crash of the input that submitted it
+        return ValidationResult(valid=False, errors=(f"{root}: nests too deeply to validate ({exc})",), schema=schema)
     return ValidationResult(valid=False, errors=tuple(f"{at}: {msg}" for at, msg in found[:MAX_ERRORS]), schema=schema)
 
 

@@ -350,6 +350,9 @@ class TcpProxy:
         self._stop.set()
         self.cut()
         self._thread.join(5)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     def _listen(self) -> None:
         listener = socket.socket()
@@ -361,12 +364,14 @@ class TcpProxy:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            if not self._open.is_set() or self._listener is None:
-                time.sleep(0.05)
-                continue
+            if self._listener is None:
+                return
             try:
                 client, _ = self._listener.accept()
             except (TimeoutError, OSError):
+                continue
+            if not self._open.is_set():  # cut: the peer sees its connection dropped at once
+                client.close()
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
@@ -391,11 +396,11 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        """The server 'goes away': established connections reset, new ones refused."""
+        """The server 'goes away': established connections are dropped and new ones closed at once.
+
+        The listener stays open, so no other socket can take its port before `restore()`.
+        """
         self._open.clear()
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
@@ -405,5 +410,4 @@ class TcpProxy:
                 s.close()
 
     def restore(self) -> None:
-        self._listen()
         self._open.set()
