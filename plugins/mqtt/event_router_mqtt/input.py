@@ -1,0 +1,333 @@
+"""Input `mqtt`: subscribes to what the Connector's messageBrokerPublisher publishes to an MQTT broker.
+
+The Connector publishes each event to the topic `<namespace with . replaced by />` (no prefix) with the
+compact JSON of `data` as payload (`{}` for events without data), at QoS 0, not retained. This input
+subscribes with a persistent session (clean_session false) and sends the PUBACK of a QoS 1 message only
+once its event is stored: paho-mqtt's manual acknowledgements, reached through aiomqtt's client.
+
+What the broker delivers at QoS 0 (everything the Connector publishes) is acknowledged by nothing: it is
+the router's once it arrives, and the broker keeps QoS 0 messages for an offline session only when it is
+configured to (Mosquitto: `queue_qos0_messages true`). docs/plugins/mqtt.md says what that means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import aiomqtt
+import anyio
+import orjson
+import paho.mqtt.client as paho
+from anyio.abc import TaskStatus
+
+from event_router.errors import ConfigError, SpoolFull
+from event_router.event import Event
+from event_router.plugin import EventSink, Input, PluginContext
+from event_router.retry import RetryPolicy
+from event_router.spool import SpoolError
+from event_router_mqtt.settings import CONFIG_SCHEMA, parse_settings, trigger_for
+
+#: how long stopping may take to store (and acknowledge) what already arrived
+_DRAIN_TIMEOUT = 5.0
+#: one connection attempt, until CONNACK
+_CONNECT_TIMEOUT = 10.0
+
+Ack = Callable[[int, int], object]
+#: failures of the spool or the machine, not of one event: they fail every event alike
+_NOT_THE_EVENT = (SpoolFull, SpoolError, sqlite3.Error, OSError)
+
+
+class _Inbox(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming queue, owned by the input so that nothing in it is lost when the connection ends.
+
+    aiomqtt takes a message off the queue in a task of its own; if that task finished just as the reader
+    was cancelled, the message would be gone. `taken` keeps it until the reader has it.
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self.taken: list[aiomqtt.Message] = []
+
+    async def get(self) -> aiomqtt.Message:
+        message = await super().get()
+        self.taken.append(message)
+        return message
+
+    def leftovers(self) -> list[aiomqtt.Message]:
+        """Everything received and not yet handed to the reader, in arrival order."""
+        out, self.taken = self.taken, []
+        while not self.empty():
+            out.append(self.get_nowait())
+        return out
+
+
+class _Rejected:
+    """A message that cannot become an event: kept as a dead letter, then acknowledged."""
+
+    __slots__ = ("kept", "meta", "payload", "reason", "trigger")
+
+    def __init__(self, payload: bytes, reason: str, trigger: str | None, meta: dict[str, Any]):
+        self.kept = False
+        self.payload = payload
+        self.reason = reason
+        self.trigger = trigger
+        self.meta = meta
+
+
+class MqttInput(Input):
+    """Subscribes to the Connector's topics on an MQTT broker (`type = "mqtt"`)."""
+
+    type_name = "mqtt"
+    config_schema = CONFIG_SCHEMA
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.settings = parse_settings(config, self.name)
+        if not hasattr(paho.Client, "manual_ack_set"):
+            # without manual acknowledgements paho sends PUBACK before the event is stored
+            raise ConfigError("", "needs paho-mqtt 2.0 or later (manual acknowledgements); upgrade aiomqtt")
+        self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
+        self._ready = False
+        self._connected = False
+        #: how many messages of a batch go to the spool at once; shrinks while the spool is full
+        self._chunk = self.settings.batch_size
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        # Started at once: the router serves its other inputs, and its spool, while the broker is down.
+        task_status.started()
+        failures = 0
+        broker = self.settings.broker.display
+        while True:
+            self._connected = False
+            try:
+                await self._session(sink)
+                error = "the broker closed the connection"
+            except aiomqtt.MqttError as exc:
+                error = _describe(exc)
+            except Exception as exc:  # a bug must not end the input: the broker redelivers what is not acked
+                error = _describe(exc)
+                self.log.exception("unexpected error in the MQTT input", extra={"broker": broker, "error": error})
+            finally:
+                self._ready = False
+            failures = 1 if self._connected else failures + 1
+            delay = self._reconnect.delay(failures)
+            self.log.warning(
+                "lost the MQTT broker; reconnecting" if self._connected else "cannot connect to the MQTT broker",
+                extra={
+                    "broker": broker,
+                    "client_id": self.settings.client_id,
+                    "error": error,
+                    "attempt": failures,
+                    "retry_in": round(delay, 2),
+                },
+            )
+            await anyio.sleep(delay)
+
+    async def _session(self, sink: EventSink) -> None:
+        """One connection: subscribe, then take messages until it ends (MqttError) or the router stops."""
+        s = self.settings
+        inbox = _Inbox()
+        client = aiomqtt.Client(
+            s.broker.host,
+            s.broker.port,
+            username=s.broker.username,
+            password=s.broker.password,
+            identifier=s.client_id,
+            clean_session=s.clean_session,
+            # loading the CA bundle reads files: done here, never in the constructor
+            tls_context=ssl.create_default_context() if s.broker.tls else None,
+            queue_type=lambda maxsize=0: inbox,  # type: ignore[arg-type]
+            timeout=_CONNECT_TIMEOUT,
+        )
+        # aiomqtt 2.x has no option for it; paho's own switch must be set before CONNECT, because a
+        # persistent session's unacknowledged messages arrive right after CONNACK.
+        mqtt: paho.Client = client._client
+        mqtt.manual_ack_set(True)
+        await client.__aenter__()
+        try:
+            granted = await client.subscribe([(topic, s.qos) for topic in s.topics])
+            refused = [t for t, code in zip(s.topics, granted, strict=False) if _code(code) >= 0x80]
+            if refused:
+                raise aiomqtt.MqttError(
+                    f"the broker refused the subscription to {', '.join(refused)} (not authorized?)"
+                )
+            # only now: a broker that takes the connection but refuses the subscription still backs off
+            self._connected = True
+            self._ready = True
+            self.log.info(
+                "subscribed to the MQTT broker",
+                extra={
+                    "broker": s.broker.display,
+                    "client_id": s.client_id,
+                    "topics": list(s.topics),
+                    "qos": s.qos,
+                    "clean_session": s.clean_session,
+                },
+            )
+            await self._consume(client, inbox, sink, mqtt.ack)
+        except anyio.get_cancelled_exc_class():
+            self._ready = False
+            with anyio.move_on_after(_DRAIN_TIMEOUT, shield=True):
+                await self._fence(client)
+                # Still connected: store what arrived and acknowledge it, so the PUBACKs go out before DISCONNECT.
+                await self._drain(sink, inbox.leftovers(), mqtt.ack)
+            raise
+        finally:
+            self._ready = False
+            with anyio.move_on_after(_DRAIN_TIMEOUT, shield=True):
+                # DISCONNECT, then read until the broker closes the connection: what it wrote meanwhile
+                # lands in the inbox instead of being dropped with the socket.
+                await client.__aexit__(None, None, None)
+            # Gone with the connection, nothing to acknowledge on: QoS 0 messages (the broker forgot them
+            # once sent) and, without a persistent session, QoS 1 ones. A persistent session sends the
+            # QoS 1 ones again, so storing them now would store them twice.
+            kept = [m for m in inbox.leftovers() if m.qos == 0 or s.clean_session]
+            with anyio.move_on_after(_DRAIN_TIMEOUT, shield=True):
+                await self._drain(sink, kept, None)
+
+    async def _fence(self, client: aiomqtt.Client) -> None:
+        """A round trip to the broker before stopping: its answer comes after every message it had sent us.
+
+        paho closes the socket as soon as DISCONNECT is written, dropping what is still unread in it, and
+        QoS 0 messages are not sent again. UNSUBSCRIBE of a filter this client never subscribed changes
+        nothing in the session; by the time UNSUBACK arrives, what the broker sent before is in the inbox.
+        """
+        # a connection that is gone already left what it held in the inbox, or lost it with the socket
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.unsubscribe(f"event-router/{self.settings.client_id}/stopping", timeout=2.0)
+
+    async def _consume(self, client: aiomqtt.Client, inbox: _Inbox, sink: EventSink, ack: Ack) -> None:
+        messages = aiter(client.messages)
+        while True:
+            first = await anext(messages)
+            inbox.taken.clear()
+            batch = [first]
+            # what is already queued joins the batch: one spool write for a burst, no waiting when idle
+            while len(batch) < self.settings.batch_size and not inbox.empty():
+                batch.append(inbox.get_nowait())
+            await self._handle(sink, batch, ack)
+
+    async def _handle(self, sink: EventSink, batch: Sequence[aiomqtt.Message], ack: Ack) -> None:
+        """Store `batch` (dead letters included), acknowledging each part once stored; hold it while the
+        spool is full."""
+        items = [self._decode(m) for m in batch]
+        done: set[int] = set()
+        start = 0
+        paused = False
+        while start < len(batch):
+            end = min(len(batch), start + self._chunk)
+            try:
+                # shielded: once stored, the PUBACKs go out even if the router is told to stop meanwhile
+                with anyio.CancelScope(shield=True):
+                    await self._store(sink, items[start:end], done)
+                    _ack_all(batch[start:end], ack)
+            except SpoolFull as full:
+                # Nothing acknowledged: the broker stops sending QoS 1 messages once its in-flight window
+                # (Mosquitto: max_inflight_messages, 20) is unacknowledged, and keeps the rest queued.
+                # Halving the part lets a batch larger than the room left in the spool still go in.
+                self._chunk = max(1, (end - start) // 2)
+                if not paused:
+                    self.log.warning(
+                        "spool full: holding messages unacknowledged until it has room",
+                        extra={"held": len(batch) - start, "retry_in": full.retry_after},
+                    )
+                paused = True
+                await anyio.sleep(full.retry_after)
+                continue
+            start = end
+            self._chunk = min(self.settings.batch_size, self._chunk * 2)
+        if paused:
+            self.log.info("spool has room again: consuming", extra={"stored": len(batch)})
+
+    async def _store(self, sink: EventSink, items: Sequence[Event | _Rejected], done: set[int]) -> None:
+        """Keep the dead letters (once, even if the events then meet a full spool), then submit the events
+        not stored yet (`done`: ids of those stored already, when a part went in one event at a time)."""
+        for item in items:
+            if isinstance(item, _Rejected) and not item.kept:
+                await sink.reject(item.payload, item.reason, trigger=item.trigger, meta=item.meta)
+                item.kept = True
+        events = [item for item in items if isinstance(item, Event) and id(item) not in done]
+        if events:
+            await self._submit(sink, events, done)
+
+    async def _submit(self, sink: EventSink, events: Sequence[Event], done: set[int]) -> None:
+        """Submit `events`. When the core fails on one of them (not the spool: that fails every event),
+        that one is kept as a dead letter, so it cannot fail its batch, and come back, forever."""
+        try:
+            await sink.submit(events)
+        except _NOT_THE_EVENT:
+            raise
+        except Exception as exc:
+            if len(events) > 1:
+                for event in events:  # one at a time, to find the event it fails on
+                    await self._submit(sink, [event], done)
+                return
+            event = events[0]
+            error = f"{type(exc).__name__}: {exc}"
+            self.log.error(
+                "the router failed on an event; keeping it as a dead letter",
+                exc_info=exc,
+                extra={"trigger": event.trigger, "error": error},
+            )
+            raw = event.raw if event.raw is not None else orjson.dumps(event.data)
+            await sink.reject(raw, f"the router failed on this event: {error}", trigger=event.trigger, meta=event.meta)
+        done.update(id(e) for e in events)
+
+    async def _drain(self, sink: EventSink, messages: Sequence[aiomqtt.Message], ack: Ack | None) -> None:
+        """Best effort, on the way out: store what arrived but was not handled yet."""
+        if not messages:
+            return
+        try:
+            await self._store(sink, [self._decode(m) for m in messages], set())
+        except SpoolFull:
+            lost = sum(1 for m in messages if m.qos == 0)
+            self.log.error(
+                "spool full while stopping: QoS 0 messages already received are lost",
+                extra={"lost": lost, "left_to_broker": len(messages) - lost},
+            )
+            return
+        if ack is not None:
+            _ack_all(messages, ack)
+        self.log.info("stored messages received before the connection ended", extra={"count": len(messages)})
+
+    def _decode(self, message: aiomqtt.Message) -> Event | _Rejected:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
+        meta: dict[str, Any] = {"topic": topic, "qos": message.qos, "retain": bool(message.retain)}
+        try:
+            trigger = trigger_for(topic, self.settings.topic_prefix)
+        except ValueError as exc:
+            return _Rejected(payload, str(exc), None, meta)
+        data: Any = None
+        if payload:
+            try:
+                data = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                return _Rejected(payload, f"payload is not valid JSON: {exc}", trigger, meta)
+        return Event(trigger=trigger, data=data, source=self.name, meta=meta, raw=payload)
+
+
+def _ack_all(messages: Sequence[aiomqtt.Message], ack: Ack) -> None:
+    # in arrival order, as MQTT 3.1.1 (4.6) wants PUBACKs; QoS 0 messages have nothing to acknowledge
+    for message in messages:
+        if message.qos > 0:
+            ack(message.mid, message.qos)
+
+
+def _code(granted: Any) -> int:
+    """A SUBACK entry as a number: an int (MQTT 3.1.1) or a ReasonCode (MQTT 5)."""
+    value = getattr(granted, "value", granted)
+    return int(value) if isinstance(value, int) else 0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,138 @@
+"""Input `redis`: the Connector's RedisConnector PUBLISHes each event on the channel `<namespace>` with the
+compact JSON of its data as message (`{}` for events without data).
+
+Mode `pubsub` (default) subscribes to those channels; mode `stream` reads a stream through a consumer
+group instead, the durable option (see `stream`). Either way the router starts while Redis is down and
+connects as soon as it can, with backoff; `is_ready()` says whether it is connected.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError
+
+from event_router.plugin import EventSink, Input, PluginContext
+from event_router.retry import RetryPolicy
+from event_router_redis.batches import BatchStore
+from event_router_redis.pubsub import PubSubReader
+from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
+from event_router_redis.stream import GroupMissing, StreamReader
+
+_CONNECT_TIMEOUT = 10.0
+#: a peer that vanished without closing the connection is noticed within about a minute
+_KEEPALIVE = {
+    opt: value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if (opt := getattr(socket, name, None)) is not None
+}
+
+
+class RedisInput(Input):
+    """Subscribes to the Connector's Redis channels, or reads a stream of its events (`type = "redis"`)."""
+
+    type_name = "redis"
+    config_schema = CONFIG_SCHEMA
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.settings = parse_settings(config, self.name)
+        self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
+        self._ready = False
+        self._connected = False
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        # Started at once: the router serves its other inputs, and its spool, while Redis is down.
+        task_status.started()
+        store = BatchStore(sink, self.log, self.settings.batch_size)
+        failures = 0
+        while True:
+            self._connected = False
+            try:
+                await self._session(store)
+                error = "the connection ended"
+            except GroupMissing as exc:
+                error = str(exc)
+            except AuthenticationError as exc:
+                error = f"{_describe(exc)}: check the user and password in url"
+            except (RedisError, OSError) as exc:
+                error = _describe(exc)
+            except Exception as exc:  # a bug must not end the input; a stream keeps what is not acknowledged
+                error = _describe(exc)
+                self.log.exception("unexpected error in the Redis input", extra={"redis": self.settings.display})
+            finally:
+                self._ready = False
+            failures = 1 if self._connected else failures + 1
+            delay = self._reconnect.delay(failures)
+            self.log.warning(
+                "lost the connection to Redis; reconnecting" if self._connected else "cannot read from Redis",
+                extra={
+                    "redis": self.settings.display,
+                    "mode": self.settings.mode,
+                    "error": _scrub(error, self.settings.url),
+                    "attempt": failures,
+                    "retry_in": round(delay, 2),
+                },
+            )
+            await anyio.sleep(delay)
+
+    async def _session(self, store: BatchStore) -> None:
+        s = self.settings
+        client = Redis.from_url(
+            s.url,
+            # reconnecting is this input's job: it logs, reports readiness and backs off
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=_CONNECT_TIMEOUT,
+            # a blocking XREADGROUP answers within `block`; anything much slower is a stalled server
+            socket_timeout=s.block + 30.0 if s.mode == "stream" else 30.0,
+            socket_keepalive=True,
+            socket_keepalive_options=_KEEPALIVE,
+            client_name=f"event-router-{self.name}",
+        )
+        try:
+            if s.mode == "stream":
+                await StreamReader(s, self.name, store, self.log).run(client, self._on_ready)
+            else:
+                await PubSubReader(s, self.name, store).run(client, self._on_ready)
+        finally:
+            self._ready = False
+            with anyio.move_on_after(5, shield=True):
+                await client.aclose()
+
+    def _on_ready(self) -> None:
+        s = self.settings
+        self._connected = True
+        self._ready = True
+        if s.mode == "stream":
+            self.log.info(
+                "reading the Redis stream",
+                extra={"redis": s.display, "stream": s.stream, "group": s.group, "consumer": s.consumer},
+            )
+        else:
+            self.log.info("subscribed to Redis channels", extra={"redis": s.display, "patterns": list(s.patterns)})
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _scrub(text: str, url: str) -> str:
+    """Error texts should not hold the password; if a library put it there anyway, it is cut out."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
