@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,11 +24,11 @@ import orjson
 import paho.mqtt.client as paho
 from anyio.abc import TaskStatus
 
+from event_router.batching import BatchStore, Rejected
 from event_router.errors import ConfigError, SpoolFull
 from event_router.event import Event
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.retry import RetryPolicy
-from event_router.spool import SpoolError
 from event_router_mqtt.settings import CONFIG_SCHEMA, parse_settings, trigger_for
 
 #: how long stopping may take to store (and acknowledge) what already arrived
@@ -38,8 +37,6 @@ _DRAIN_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 10.0
 
 Ack = Callable[[int, int], object]
-#: failures of the spool or the machine, not of one event: they fail every event alike
-_NOT_THE_EVENT = (SpoolFull, SpoolError, sqlite3.Error, OSError)
 
 
 class _Inbox(asyncio.Queue[aiomqtt.Message]):
@@ -66,19 +63,6 @@ class _Inbox(asyncio.Queue[aiomqtt.Message]):
         return out
 
 
-class _Rejected:
-    """A message that cannot become an event: kept as a dead letter, then acknowledged."""
-
-    __slots__ = ("kept", "meta", "payload", "reason", "trigger")
-
-    def __init__(self, payload: bytes, reason: str, trigger: str | None, meta: dict[str, Any]):
-        self.kept = False
-        self.payload = payload
-        self.reason = reason
-        self.trigger = trigger
-        self.meta = meta
-
-
 class MqttInput(Input):
     """Subscribes to the Connector's topics on an MQTT broker (`type = "mqtt"`)."""
 
@@ -95,7 +79,7 @@ class MqttInput(Input):
         self._ready = False
         self._connected = False
         #: how many messages of a batch go to the spool at once; shrinks while the spool is full
-        self._chunk = self.settings.batch_size
+        self._store: BatchStore | None = None
 
     def is_ready(self) -> bool:
         return self._ready
@@ -217,76 +201,25 @@ class MqttInput(Input):
 
     async def _handle(self, sink: EventSink, batch: Sequence[aiomqtt.Message], ack: Ack) -> None:
         """Store `batch` (dead letters included), acknowledging each part once stored; hold it while the
-        spool is full."""
-        items = [self._decode(m) for m in batch]
-        done: set[int] = set()
-        start = 0
-        paused = False
-        while start < len(batch):
-            end = min(len(batch), start + self._chunk)
-            try:
-                # shielded: once stored, the PUBACKs go out even if the router is told to stop meanwhile
-                with anyio.CancelScope(shield=True):
-                    await self._store(sink, items[start:end], done)
-                    _ack_all(batch[start:end], ack)
-            except SpoolFull as full:
-                # Nothing acknowledged: the broker stops sending QoS 1 messages once its in-flight window
-                # (Mosquitto: max_inflight_messages, 20) is unacknowledged, and keeps the rest queued.
-                # Halving the part lets a batch larger than the room left in the spool still go in.
-                self._chunk = max(1, (end - start) // 2)
-                if not paused:
-                    self.log.warning(
-                        "spool full: holding messages unacknowledged until it has room",
-                        extra={"held": len(batch) - start, "retry_in": full.retry_after},
-                    )
-                paused = True
-                await anyio.sleep(full.retry_after)
-                continue
-            start = end
-            self._chunk = min(self.settings.batch_size, self._chunk * 2)
-        if paused:
-            self.log.info("spool has room again: consuming", extra={"stored": len(batch)})
+        spool is full. Nothing is acknowledged meanwhile: the broker stops sending QoS 1 messages once its
+        in-flight window (Mosquitto: max_inflight_messages, 20) is unacknowledged and keeps the rest."""
 
-    async def _store(self, sink: EventSink, items: Sequence[Event | _Rejected], done: set[int]) -> None:
-        """Keep the dead letters (once, even if the events then meet a full spool), then submit the events
-        not stored yet (`done`: ids of those stored already, when a part went in one event at a time)."""
-        for item in items:
-            if isinstance(item, _Rejected) and not item.kept:
-                await sink.reject(item.payload, item.reason, trigger=item.trigger, meta=item.meta)
-                item.kept = True
-        events = [item for item in items if isinstance(item, Event) and id(item) not in done]
-        if events:
-            await self._submit(sink, events, done)
+        async def stored(start: int, end: int) -> None:
+            _ack_all(batch[start:end], ack)
 
-    async def _submit(self, sink: EventSink, events: Sequence[Event], done: set[int]) -> None:
-        """Submit `events`. When the core fails on one of them (not the spool: that fails every event),
-        that one is kept as a dead letter, so it cannot fail its batch, and come back, forever."""
-        try:
-            await sink.submit(events)
-        except _NOT_THE_EVENT:
-            raise
-        except Exception as exc:
-            if len(events) > 1:
-                for event in events:  # one at a time, to find the event it fails on
-                    await self._submit(sink, [event], done)
-                return
-            event = events[0]
-            error = f"{type(exc).__name__}: {exc}"
-            self.log.error(
-                "the router failed on an event; keeping it as a dead letter",
-                exc_info=exc,
-                extra={"trigger": event.trigger, "error": error},
-            )
-            raw = event.raw if event.raw is not None else orjson.dumps(event.data)
-            await sink.reject(raw, f"the router failed on this event: {error}", trigger=event.trigger, meta=event.meta)
-        done.update(id(e) for e in events)
+        await self._batches(sink).store([self._decode(m) for m in batch], stored=stored)
+
+    def _batches(self, sink: EventSink) -> BatchStore:
+        if self._store is None or self._store.sink is not sink:
+            self._store = BatchStore(sink, self.log, self.settings.batch_size)
+        return self._store
 
     async def _drain(self, sink: EventSink, messages: Sequence[aiomqtt.Message], ack: Ack | None) -> None:
         """Best effort, on the way out: store what arrived but was not handled yet."""
         if not messages:
             return
         try:
-            await self._store(sink, [self._decode(m) for m in messages], set())
+            await self._batches(sink).store_now([self._decode(m) for m in messages])
         except SpoolFull:
             lost = sum(1 for m in messages if m.qos == 0)
             self.log.error(
@@ -298,20 +231,20 @@ class MqttInput(Input):
             _ack_all(messages, ack)
         self.log.info("stored messages received before the connection ended", extra={"count": len(messages)})
 
-    def _decode(self, message: aiomqtt.Message) -> Event | _Rejected:
+    def _decode(self, message: aiomqtt.Message) -> Event | Rejected:
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload or "").encode()
         meta: dict[str, Any] = {"topic": topic, "qos": message.qos, "retain": bool(message.retain)}
         try:
             trigger = trigger_for(topic, self.settings.topic_prefix)
         except ValueError as exc:
-            return _Rejected(payload, str(exc), None, meta)
+            return Rejected(payload, str(exc), None, meta)
         data: Any = None
         if payload:
             try:
                 data = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:
-                return _Rejected(payload, f"payload is not valid JSON: {exc}", trigger, meta)
+                return Rejected(payload, f"payload is not valid JSON: {exc}", trigger, meta)
         return Event(trigger=trigger, data=data, source=self.name, meta=meta, raw=payload)
 
 

@@ -19,9 +19,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
 
+from event_router.batching import BatchStore
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.retry import RetryPolicy
-from event_router_redis.batches import BatchStore
 from event_router_redis.pubsub import PubSubReader
 from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
 from event_router_redis.stream import GroupMissing, StreamReader

@@ -1,4 +1,9 @@
-"""Storing what one read returned: dead letters once, events in parts small enough for a nearly full spool."""
+"""For input plugins: store what one read returned (dead letters once, events in parts small enough for a
+nearly full spool), holding it unacknowledged while the spool is full and never dropping it.
+
+An input decodes what it read into `Event`s and `Rejected` items, then calls `BatchStore.store` with a
+callback that acknowledges each stored part at the source.
+"""
 
 from __future__ import annotations
 
@@ -77,6 +82,10 @@ class BatchStore:
             self._part = min(self.batch_size, self._part * 2)
         if paused:
             self.log.info("spool has room again: reading", extra={"stored": len(items)})
+
+    async def store_now(self, items: Sequence[Item]) -> None:
+        """One attempt, no waiting (e.g. on the way out): `SpoolFull` reaches the caller."""
+        await self._store_part(items, set())
 
     async def _store_part(self, items: Sequence[Item], done: set[int]) -> None:
         for item in items:
