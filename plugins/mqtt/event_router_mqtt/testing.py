@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import anyio
 import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from event_router.testing import example, read_jsonl, wait_for
+from event_router.testing import example, read_jsonl, until, wait_for
 
 HOST = "127.0.0.1"
 SHARED_PORT = 1883
@@ -97,15 +96,8 @@ to = ["{"sink" if outputs else "archive"}"]
 
 
 async def eventually(check: Callable[[], Any], within: float = 30.0, what: str = "condition") -> Any:
-    """Poll `check` without blocking the loop the in-process router runs on."""
-    deadline = anyio.current_time() + within
-    while True:
-        value = check()
-        if value:
-            return value
-        if anyio.current_time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await anyio.sleep(0.05)
+    """The test kit's `until`, with this plugin's longer default wait."""
+    return await until(check, what, within=within, interval=0.05)
 
 
 @dataclass
