@@ -55,6 +55,24 @@ def one_input(data: bytes) -> None:
         plan_event(event, config=CONFIG, schemas=SCHEMAS, validation=validation)
 
 
+def seed(corpus: Path) -> None:
+    """Start from real Connector bodies: orjson is C the fuzzer cannot see into, so from random bytes it
+    would almost never reach validation and routing."""
+    import orjson
+
+    from event_router.testing import example_events
+
+    corpus.mkdir(parents=True, exist_ok=True)
+    if any(corpus.iterdir()):
+        return
+    for index, event in enumerate(example_events()):
+        (corpus / f"example-{index}").write_bytes(orjson.dumps(event))
+    (corpus / "config").write_bytes(b"T" + ROUTER_TOML.read_bytes())
+
+
 if __name__ == "__main__":
+    dirs = [Path(a) for a in sys.argv[1:] if not a.startswith("-")]
+    if dirs:
+        seed(dirs[0])
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
