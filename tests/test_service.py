@@ -64,10 +64,10 @@ def test_notify_sequence_watchdog_and_status(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     config = tmp_path / "router.toml"
     config.write_text(config_text(port, admin, "http://127.0.0.1:9"))
-    router = RouterProcess(config, env={**ENV, "WATCHDOG_USEC": "200000"}).start()
-    time.sleep(1.0)
-    router.poll_messages()
-    router.terminate()
+    with RouterProcess(config, env={**ENV, "WATCHDOG_USEC": "200000"}) as router:
+        time.sleep(1.0)
+        router.poll_messages()
+        router.terminate()
     messages = router.messages
     assert messages[0] == "READY=1"
     assert messages.count("WATCHDOG=1") >= 4, messages  # every 0.1 s from the event loop

@@ -231,6 +231,10 @@ def run_cli(
     )
 
 
+#: routers started and not yet stopped: the `reap_routers` fixture kills what a failed test left running
+LIVE_ROUTERS: set[RouterProcess] = set()
+
+
 class RouterProcess:
     """`event-router run` in a subprocess, readiness taken from a real sd_notify socket."""
 
@@ -257,6 +261,7 @@ class RouterProcess:
             cwd=self.config.parent,
         )
         log.close()
+        LIVE_ROUTERS.add(self)
         self.wait_message("READY=1", timeout)
         return self
 
@@ -311,6 +316,7 @@ class RouterProcess:
         self.close()
 
     def close(self) -> None:
+        LIVE_ROUTERS.discard(self)
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
@@ -13,6 +13,18 @@ import pytest
 from event_router.app import App
 from event_router.config import build_config
 from event_router.plugins import load_plugins
+
+
+@pytest.fixture(autouse=True)
+def reap_routers() -> Iterator[None]:
+    """Kill any router subprocess a test started and did not stop (an assertion failed before it could)."""
+    from event_router.testing import LIVE_ROUTERS
+
+    yield
+    for router in list(LIVE_ROUTERS):
+        if router.proc is not None and router.proc.poll() is None:
+            router.kill()
+        router.close()
 
 
 @pytest.fixture
