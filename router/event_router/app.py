@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -238,11 +238,9 @@ class App:
             return self.config.retry
         return config.retry_for(output, route)
 
-    def _route_options(self, route: str) -> dict[str, Any]:
-        for r in self.pipeline.config.routes:
-            if r.name == route:
-                return dict(r.options)
-        return {}
+    def _route_options(self, route: str) -> Mapping[str, Any]:
+        found = self.pipeline.config.route(route)
+        return found.options if found is not None else {}
 
     def _warn_orphans(self) -> None:
         for output, count in self.spool.pending_outputs().items():
@@ -295,6 +293,7 @@ class App:
             merged = replace(
                 new,
                 _candidates={},
+                _by_name={},
                 inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
                 outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )

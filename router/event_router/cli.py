@@ -215,13 +215,15 @@ def cmd_test(args: argparse.Namespace) -> int:
         deliveries = []
         for d in plan.deliveries:
             output = config.outputs[d.output]
+            route = config.route(d.route)
+            assert route is not None  # the plan was made from these very routes
             delivery = Delivery(
                 id=0,
                 event=event,
                 payload=d.payload if d.reshaped else event.to_dict(),
                 route=d.route,
                 attempt=1,
-                route_options=next(r.options for r in config.routes if r.name == d.route),
+                route_options=route.options,
                 reshaped=d.reshaped,
             )
             try:

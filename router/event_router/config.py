@@ -183,6 +183,13 @@ class RouterConfig:
     #: things `check` reports without failing (plain-text secrets, no routes...)
     warnings: tuple[str, ...] = field(default=())
     _candidates: dict[str, tuple[RouteConfig, ...]] = field(default_factory=dict, repr=False, compare=False)
+    _by_name: dict[str, RouteConfig] = field(default_factory=dict, repr=False, compare=False)
+
+    def route(self, name: str) -> RouteConfig | None:
+        """The route called `name` (deliveries carry route names; looked up once per delivery)."""
+        if not self._by_name and self.routes:
+            self._by_name.update((r.name, r) for r in self.routes)
+        return self._by_name.get(name)
 
     def routes_for(self, trigger: str) -> tuple[RouteConfig, ...]:
         """The routes, in order, whose trigger condition admits `trigger` (cached per trigger)."""
@@ -197,10 +204,8 @@ class RouterConfig:
     def retry_for(self, output: str, route: str) -> RetryPolicy:
         """The policy of `output`, with the named route's `retry` overrides applied."""
         policy = self.outputs[output].retry
-        for r in self.routes:
-            if r.name == route and r.retry:
-                return policy.merged(r.retry)
-        return policy
+        found = self.route(route)
+        return policy.merged(found.retry) if found is not None and found.retry else policy
 
 
 def load_config(path: Path | str, registry: PluginRegistry, *, logger: logging.Logger | None = None) -> RouterConfig:
