@@ -96,6 +96,30 @@ async def test_concurrent_stores_share_commits(spool: Spool) -> None:
     assert spool.commits - before < 500, "group commit should merge concurrent writes"
 
 
+async def test_lazy_outcomes_ride_along_with_the_next_store(spool: Spool) -> None:
+    stored = await spool.store([event(i) for i in range(3)])
+    dids = [d[0] for d in stored]  # type: ignore[index]
+    spool.LAZY_DELAY = 5.0  # long enough that only the store below can end the wait
+    before = spool.commits
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: spool.settle(done=dids, lazy=True))
+        await anyio.sleep(0.05)
+        assert spool.depth == 3, "a lazy outcome waits for company"
+        with anyio.fail_after(2):
+            await spool.store([event(9)])
+    assert spool.commits == before + 1, "the outcome and the store shared one commit"
+    assert spool.depth == 1
+
+
+async def test_lazy_outcome_alone_commits_after_the_delay(spool: Spool) -> None:
+    ((did,),) = await spool.store([event(1)])
+    spool.LAZY_DELAY = 0.2
+    started = time.monotonic()
+    await spool.settle(done=[did], lazy=True)
+    assert 0.15 <= time.monotonic() - started < 2
+    assert spool.depth == 0
+
+
 async def test_failed_commit_reports_every_op(tmp_path: Path) -> None:
     s = Spool(tmp_path / "spool.db")
     s.open()

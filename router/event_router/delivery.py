@@ -258,7 +258,7 @@ class OutputWorker:
                 due = now + policy.delay(attempts, retry_after)
                 retry.append((pending.did, attempts, due, message))
                 self._next_due = due if self._next_due is None else min(self._next_due, due)
-        await self.spool.settle(done=done, retry=retry, dead=dead)
+        await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
         if done:
             self.stats.incr("deliveries", len(done), output=self.name, outcome="delivered")
             for pending, outcome in zip(batch, outcomes, strict=True):

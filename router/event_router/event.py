@@ -6,7 +6,6 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,9 +27,18 @@ def new_event_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+#: (second, its "YYYY-MM-DDTHH:MM:SS"): every event gets a timestamp, most of them in the same second
+_stamp: tuple[int, str] = (-1, "")
+
+
 def utc_now() -> str:
     """Now as RFC 3339 UTC with milliseconds and `Z`, the form the Connector uses for its dates."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    global _stamp
+    second, milli = divmod(time.time_ns() // 1_000_000, 1000)
+    cached = _stamp  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{milli:03d}Z"
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ relationship id) and unknown ones as `unknown`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -48,14 +49,23 @@ class Stats:
             name: Histogram(PREFIX + name, text, labels, registry=self.registry, buckets=LATENCY_BUCKETS)
             for name, (text, labels) in HISTOGRAMS.items()
         }
+        #: (name, labels as given) -> the labelled series: several lookups per event, so skip
+        #: prometheus-client's checks and locks after the first (label values are bounded, see above)
+        self._series: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+
+    def _child(self, name: str, metric: Any, names: tuple[str, ...], labels: dict[str, str]) -> Any:
+        key = (name, tuple(labels.items()))
+        child = self._series.get(key)
+        if child is None:
+            # a label not given is empty, so every call site of a metric has the same label names
+            child = self._series[key] = metric.labels(*(labels.get(label, "") for label in names))
+        return child
 
     def incr(self, name: str, amount: int = 1, **labels: str) -> None:
-        counter = self._counters[name]
-        # a label not given is empty, so every call site of a metric has the same label names
-        counter.labels(*(labels.get(label, "") for label in COUNTERS[name][1])).inc(amount)
+        self._child(name, self._counters[name], COUNTERS[name][1], labels).inc(amount)
 
     def observe(self, name: str, value: float, **labels: str) -> None:
-        self._histograms[name].labels(*(labels.get(label, "") for label in HISTOGRAMS[name][1])).observe(value)
+        self._child(name, self._histograms[name], HISTOGRAMS[name][1], labels).observe(value)
 
     def get(self, name: str, **labels: str) -> int:
         """Sum of counter `name` over every label set that contains `labels`."""
