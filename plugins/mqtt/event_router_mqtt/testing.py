@@ -26,6 +26,19 @@ HOST = "127.0.0.1"
 SHARED_PORT = 1883
 
 
+def received(topic: bytes, payload: bytes, *, qos: int = 0, retain: bool = False, mid: int = 1) -> aiomqtt.Message:
+    """A message as aiomqtt hands it to a subscriber: made from paho's `MQTTMessage`, as aiomqtt's callback does.
+
+    Raises where aiomqtt would, before any input sees the message: `UnicodeDecodeError` for a topic that is
+    not UTF-8, `ValueError` for an empty topic or one with a wildcard (a broker delivers neither).
+    """
+    message = paho.MQTTMessage(mid, topic)
+    message.payload = payload
+    message.qos = qos
+    message.retain = retain
+    return aiomqtt.Message._from_paho_message(message)
+
+
 @dataclass
 class MqttKit:
     """One test's corner of a broker: a unique topic prefix and client id, a router.toml, the output file."""

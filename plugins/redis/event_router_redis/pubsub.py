@@ -80,6 +80,8 @@ class PubSubReader:
             trigger = channel.decode("utf-8")
         except UnicodeDecodeError:
             return Rejected(payload, "channel name is not UTF-8: it names no Connector event", None, meta)
+        if not trigger:  # PUBLISH "" reaches a pattern such as `*`
+            return Rejected(payload, "channel name is empty: it names no Connector event", None, meta)
         data: Any = None
         if payload:
             try:
