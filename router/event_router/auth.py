@@ -28,7 +28,7 @@ import anyio
 import orjson
 
 from event_router.errors import ConfigError, PermanentError, RetryableError
-from event_router.secrets import SECRET_SCHEMA
+from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
 
 __all__ = [
     "AUTH_SCHEMA",
@@ -106,6 +106,12 @@ class HttpAuth(ABC):
         """The receiver answered 401. True when sending again with fresh credentials may succeed."""
         return False
 
+    @abstractmethod
+    def secrets(self) -> tuple[str, ...]:
+        """Every string that gives the credentials away: the configured secret and what is sent for it (an
+        encoded header value, a token). Error texts from the other side go through `scrub` with these, since
+        a server may echo the headers it was sent."""
+
 
 class ApiKeyAuth(HttpAuth):
     """A static key in a header (the Connector's `ApiKey` authentication; its REST API's `X-API-KEY`)."""
@@ -118,6 +124,9 @@ class ApiKeyAuth(HttpAuth):
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return {self.header: self._key}
 
+    def secrets(self) -> tuple[str, ...]:
+        return (self._key,)
+
 
 class BearerAuth(HttpAuth):
     """A static token: `Authorization: Bearer <token>`."""
@@ -125,10 +134,14 @@ class BearerAuth(HttpAuth):
     description = "bearer token"
 
     def __init__(self, token: str) -> None:
+        self._token = token
         self._value = f"Bearer {token}"
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return {"Authorization": self._value}
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._token,)
 
 
 def basic_credentials(username: str, password: str) -> str:
@@ -140,11 +153,16 @@ class BasicAuth(HttpAuth):
     """HTTP Basic: `Authorization: Basic base64(user:password)`."""
 
     def __init__(self, username: str, password: str) -> None:
+        self._password = password
         self._value = basic_credentials(username, password)
         self.description = f"basic auth as {username!r}"
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return {"Authorization": self._value}
+
+    def secrets(self) -> tuple[str, ...]:
+        # the base64 part alone: a server may echo it without the "Basic " in front
+        return (self._password, self._value.removeprefix("Basic "))
 
 
 class OAuth2ClientCredentials(HttpAuth):
@@ -172,7 +190,9 @@ class OAuth2ClientCredentials(HttpAuth):
         self.audience = audience
         self.clock = clock
         self.refresh_margin = refresh_margin
-        self.description = f"OAuth2 client {client_id!r} at {token_url}"
+        #: the token URL as logs and errors show it (a password in it masked)
+        self.shown_url = redact_url(token_url)
+        self.description = f"OAuth2 client {client_id!r} at {self.shown_url}"
         self._token: str | None = None
         #: clock() value when the cached token stops being usable; None: use it once (no expires_in given)
         self._expires_at: float | None = None
@@ -204,6 +224,10 @@ class OAuth2ClientCredentials(HttpAuth):
             self._expires_at = None if lifetime is None else self.clock() + lifetime
             return token
 
+    def secrets(self) -> tuple[str, ...]:
+        client = basic_credentials(self.client_id, self._secret).removeprefix("Basic ")
+        return (self._secret, client, *url_secrets(self.token_url)) + ((self._token,) if self._token else ())
+
     def unauthorized(self) -> bool:
         # the receiver refused the token (revoked, keys rotated...): a fresh one may be accepted
         had_token = self._token is not None
@@ -231,21 +255,23 @@ class OAuth2ClientCredentials(HttpAuth):
                 raw = await response.read()
                 status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            detail = scrub(str(exc), self.secrets())
             raise RetryableError(
-                f"OAuth2 token endpoint {self.token_url} unreachable: {type(exc).__name__}: {exc}"
+                f"OAuth2 token endpoint {self.shown_url} unreachable: {type(exc).__name__}: {detail}"
             ) from exc
-        detail = _oauth_error(raw)
+        # an identity provider may quote what it was sent (the client's Basic credentials) in its answer
+        detail = scrub(_oauth_error(raw), self.secrets())
         if status in _RETRYABLE_TOKEN_STATUS or status >= 500:
-            raise RetryableError(f"OAuth2 token endpoint {self.token_url} answered {status}{detail}")
+            raise RetryableError(f"OAuth2 token endpoint {self.shown_url} answered {status}{detail}")
         if status in (400, 401, 403):
             raise PermanentError(
-                f"OAuth2 token endpoint {self.token_url} rejected client {self.client_id!r} ({status}{detail}): "
+                f"OAuth2 token endpoint {self.shown_url} rejected client {self.client_id!r} ({status}{detail}): "
                 "check client_id, client_secret and scope",
                 code="oauth2_client_rejected",
             )
         if status != 200:
             raise PermanentError(
-                f"OAuth2 token endpoint {self.token_url} answered {status}{detail}; expected 200",
+                f"OAuth2 token endpoint {self.shown_url} answered {status}{detail}; expected 200",
                 code="oauth2_token_failed",
             )
         try:
@@ -255,7 +281,7 @@ class OAuth2ClientCredentials(HttpAuth):
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
             raise PermanentError(
-                f"OAuth2 token endpoint {self.token_url} answered 200 without an access_token",
+                f"OAuth2 token endpoint {self.shown_url} answered 200 without an access_token",
                 code="oauth2_token_failed",
             )
         lifetime = answer.get("expires_in") if isinstance(answer, dict) else None

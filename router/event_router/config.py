@@ -2,7 +2,10 @@
 reads in every plugin table; each plugin's own keys are checked against the schema the plugin ships.
 
 Every error is a breadcrumb to the exact key: `router.toml: outputs.crm.retry.max_attempts: 0 is less
-than the minimum of 1 (plugin http)`.
+than the minimum of 1 (plugin http)`. Errors never repeat a secret: a value of the wrong type is described,
+not quoted; nothing in a table that holds secrets (`auth`, `headers`, `signing_secrets`...) is quoted; a
+URL is shown with its password masked; and what a plugin says about its table is scrubbed of the secrets
+resolved for it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from event_router.plugin import Input, Output, PluginContext
 from event_router.plugins import PluginRegistry
 from event_router.retry import RETRY_SCHEMA, RetryPolicy
 from event_router.routing import Matcher, PatternError, compile_match, compile_reshape, compile_trigger_filter
-from event_router.secrets import SecretError, resolve_secret
+from event_router.secrets import Secret, SecretError, redact_url, resolve_secret, scrub, url_secrets
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
@@ -369,12 +372,14 @@ class _Loader:
             logger=self.logger.getChild(f"{key}"),
             config_dir=self.base_dir,
         )
+        # a plugin's message may quote a value it was given: the secrets it was given are cut out
+        hidden = [text for secret in _secrets_in(resolved) for text in (secret, *url_secrets(secret))]
         try:
             return cls(resolved, context)
         except ConfigError as exc:
-            self.error(f"{key}.{exc.path}" if exc.path else key, exc.message, plugin_label)
+            self.error(f"{key}.{exc.path}" if exc.path else key, scrub(exc.message, hidden), plugin_label)
         except (ValueError, TypeError) as exc:
-            self.error(key, str(exc), plugin_label)
+            self.error(key, scrub(str(exc), hidden), plugin_label)
         return None
 
     def _resolve_secrets(self, key: str, schema: Mapping[str, Any], value: Any, plugin: str) -> dict[str, Any] | None:
@@ -462,6 +467,67 @@ class _Loader:
             return None
 
 
+def _secrets_in(node: Any) -> list[Secret]:
+    """Every resolved secret in a plugin's table."""
+    if isinstance(node, Secret):
+        return [node]
+    if isinstance(node, Mapping):
+        return [s for v in node.values() for s in _secrets_in(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _secrets_in(v)]
+    return []
+
+
+def _holds_secrets(schema: Any) -> bool:
+    """Whether a schema is, or contains, a secret: a value found there is never quoted in an error.
+
+    `signing_secrets = "whsec_..."` (a string where a list of secrets belongs) or `auth = "Bearer ..."` is
+    a secret in the wrong shape, and must not be printed back.
+    """
+    if isinstance(schema, Mapping):
+        return bool(schema.get("x-secret")) or any(_holds_secrets(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_holds_secrets(v) for v in schema)
+    return False
+
+
+#: JSON Schema types as router.toml calls them
+_TYPES = {
+    "object": "a table",
+    "array": "an array",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+#: size limits, described without quoting the value that broke them
+_LIMITS = {
+    "minItems": ("at least", "item"),
+    "maxItems": ("at most", "item"),
+    "minLength": ("at least", "character"),
+    "maxLength": ("at most", "character"),
+    "minProperties": ("at least", "key"),
+    "maxProperties": ("at most", "key"),
+}
+
+
+def _type_of(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
 def _schema_errors(schema: Mapping[str, Any], instance: Any) -> list[tuple[str, str]]:
     """(dotted key path, message) for every violation, in document order, messages made for people."""
     validator = Draft202012Validator(dict(schema))
@@ -489,10 +555,23 @@ def _message(error: ValidationError) -> str:
         return f"{error.instance!r} is not a valid name (letters, digits, '_' and '-', starting with a letter)"
     if schema.get("x-secret"):
         return 'must be a string or a table with one key: env, file or credential (e.g. { env = "NAME" })'
+    if error.validator == "type":
+        # described, not quoted: a wrong-typed value may be a secret written under the wrong key
+        expected = schema.get("type")
+        names = [_TYPES.get(str(t), str(t)) for t in (expected if isinstance(expected, list) else [expected])]
+        return f"must be {' or '.join(names)}, not {_type_of(error.instance)}"
+    if error.validator in _LIMITS:
+        bound, unit = _LIMITS[str(error.validator)]
+        limit = error.validator_value
+        return f"must have {bound} {limit} {unit}{'' if limit == 1 else 's'}"
+    if _holds_secrets(schema):
+        return f"is not valid here (fails {error.validator!r} of the schema)"
     if schema is DURATION_SCHEMA or schema == DURATION_SCHEMA:
         return f"{error.instance!r} is not a duration (seconds, or a string like '500ms', '30s', '5m', '2h')"
     if error.validator in ("oneOf", "anyOf") and error.context:
-        return str(min(error.context, key=lambda e: len(e.message)).message)
+        return _message(min(error.context, key=lambda e: len(e.message)))
     if error.validator == "enum":
         return f"{error.instance!r} is not one of {', '.join(map(repr, schema.get('enum', [])))}"
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        return f"{redact_url(error.instance)!r} does not match {error.validator_value!r}"
     return str(error.message)

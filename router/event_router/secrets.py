@@ -1,15 +1,24 @@
 """Secrets in router.toml are references: `{ env = "NAME" }`, `{ file = "path" }`, `{ credential = "name" }`.
 
 Plain strings work too, but `event-router check` warns about them. Resolved values are `Secret` strings
-whose repr hides them, so a config dump or a traceback does not print them.
+whose repr hides them, so a config dump or a traceback does not print them. Text that may hold a secret
+anyway (a URL with a password, an error body a server echoed our headers in) goes through `redact_url` or
+`scrub` before it reaches a log, an error or a dead letter.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+#: what a secret is replaced by in text meant for people
+MASK = "***"
+#: `scrub` leaves shorter secrets alone: masking every "t" would garble the text, and a secret that short
+#: protects nothing anyway
+MIN_SCRUBBED = 4
 
 #: JSON Schema fragment for a secret value
 SECRET_SCHEMA: dict[str, Any] = {
@@ -73,3 +82,39 @@ def _read(path: Path, kind: str) -> str:
         return path.read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise SecretError(f"cannot read secret {kind} {str(path)!r}: {exc.strerror}") from exc
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***`, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:{MASK}@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:  # an unparsable URL may hide a password anywhere: show none of it
+        return "<unparsable URL>"
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The password in `url`, as written and percent-decoded (clients send the decoded one); for `scrub`."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ()
+    return (password, unquote(password)) if password else ()
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of each of `secrets` replaced by `***`.
+
+    For text the router did not write itself: a receiver's error body, a library's exception message.
+    Longer secrets go first, so one that contains another is masked whole; ones shorter than
+    `MIN_SCRUBBED` are left alone.
+    """
+    for secret in sorted({s for s in secrets if len(s) >= MIN_SCRUBBED}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text

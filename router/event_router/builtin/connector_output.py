@@ -44,7 +44,7 @@ from event_router.errors import ConfigError, DeliveryError, PermanentError, Retr
 from event_router.event import Event
 from event_router.hookspecs import hookimpl
 from event_router.plugin import Delivery, Output, PluginContext, SubmitResult
-from event_router.secrets import SECRET_SCHEMA
+from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
 from event_router.templates import MissingValueError, Template, TemplateError, compile_template
 
 __all__ = ["ACTIONS", "ConnectorOutput", "SubmitEvents", "check_action"]
@@ -346,7 +346,7 @@ class ConnectorOutput(Output):
         base_url = config["base_url"].rstrip("/")
         split = urlsplit(base_url)
         if not split.hostname:
-            raise ConfigError("base_url", f"{base_url!r} has no host")
+            raise ConfigError("base_url", f"{redact_url(base_url)!r} has no host")
         if split.query or split.fragment or "{{" in base_url:
             raise ConfigError("base_url", "no query, fragment or template in the base URL")
         if any(split.path.endswith(base) for base in API_BASES.values()):
@@ -488,7 +488,7 @@ class ConnectorOutput(Output):
                     status = response.status
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise RetryableError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+                raise RetryableError(f"{where} failed: {type(exc).__name__}: {self._scrub(str(exc))}") from exc
             answer = _Answer(call, status, _json(raw))
             if status == 401 and may_refresh and self.auth.unauthorized():
                 continue
@@ -501,7 +501,8 @@ class ConnectorOutput(Output):
     def _failure(self, where: str, answer: _Answer, retry_after: float | None) -> DeliveryError:
         error = answer.error()
         code = error.get("code") if isinstance(error.get("code"), str) else None
-        detail = f": {code}: {error.get('message', '')}" if code else ""
+        # a proxy or a misbehaving server may echo the credentials it was sent in its error message
+        detail = f": {code}: {self._scrub(str(error.get('message', '')))}" if code else ""
         message = f"{where} answered {answer.status}{detail}"
         if answer.status in RETRYABLE_STATUS or answer.status >= 500:
             return RetryableError(message, retry_after=retry_after, code=code)
@@ -512,6 +513,18 @@ class ConnectorOutput(Output):
                 code=code or "error.connector.unauthorized",
             )
         return PermanentError(message, code=code or str(answer.status))
+
+    def _scrub(self, text: str) -> str:
+        return scrub(text, (*self.auth.secrets(), *url_secrets(self.base_url)))
+
+    def _scrub_json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, Mapping):
+            return {self._scrub(str(k)): self._scrub_json(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._scrub_json(v) for v in value]
+        return value
 
     # --- results as events ----------------------------------------------------------------------------
 
@@ -554,7 +567,8 @@ class ConnectorOutput(Output):
             {
                 "request": {"method": a.call.method, "path": self.prefix + a.call.path},
                 "status": a.status,
-                "response": a.body,
+                # result events are stored and routed on: an answer quoting our credentials must not be
+                "response": self._scrub_json(a.body),
             }
             for a in run.answers
         ]

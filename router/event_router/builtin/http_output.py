@@ -7,18 +7,18 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from event_router import __version__, cloudevents
-from event_router.auth import AUTH_SCHEMA, HttpAuth, build_auth
+from event_router.auth import AUTH_SCHEMA, HttpAuth, basic_credentials, build_auth
 from event_router.errors import ConfigError, PermanentError, RetryableError
 from event_router.hookspecs import hookimpl
 from event_router.plugin import Delivery, Output, PluginContext
-from event_router.secrets import SECRET_SCHEMA
+from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
 from event_router.signing import WebhookSigner
 from event_router.templates import Template, TemplateError, compile_template
 
@@ -94,13 +94,19 @@ class HttpOutput(Output):
                 "url", "the host part of the URL cannot contain a template: event data must not pick the host"
             )
         if not split.hostname:
-            raise ConfigError("url", f"{url!r} has no host")
+            raise ConfigError("url", f"{redact_url(url)!r} has no host")
         try:
             self.url: Template = compile_template(url, allowed_roots=URL_TEMPLATE_ROOTS)
         except TemplateError as exc:
             raise ConfigError("url", str(exc)) from exc
         self.method = config.get("method", "POST")
         self.headers = {str(k): str(v) for k, v in config.get("headers", {}).items()}
+        #: what error texts must not show besides the auth's secrets: static header values (secrets by
+        #: definition) and a password in the URL (aiohttp sends it as Basic credentials)
+        self._hidden: tuple[str, ...] = (*self.headers.values(), *url_secrets(url))
+        if split.password:
+            sent = basic_credentials(unquote(split.username or ""), unquote(split.password))
+            self._hidden += (sent.removeprefix("Basic "),)
         self.auth: HttpAuth | None = build_auth(config.get("auth"))
         self.body_mode: str = config.get("body", "event")
         self.follow_redirects: bool = config.get("follow_redirects", False)
@@ -118,6 +124,10 @@ class HttpOutput(Output):
             except ValueError as exc:
                 raise ConfigError("signing_secret", str(exc)) from None
         self._session: aiohttp.ClientSession | None = None
+
+    def _scrub(self, text: str) -> str:
+        """`text` without any of this output's credentials (a receiver may echo the headers it was sent)."""
+        return scrub(text, (*self._hidden, *(self.auth.secrets() if self.auth is not None else ())))
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.tls_verify:
@@ -144,7 +154,9 @@ class HttpOutput(Output):
             raise PermanentError(f"cannot build URL: {exc}") from exc
         # quote() leaves dots alone: a value of exactly "." or ".." would climb out of the configured path
         if any(segment in (".", "..") for segment in urlsplit(url).path.split("/")):
-            raise PermanentError(f"cannot build URL: {url!r} has a '.' or '..' path segment from event data")
+            raise PermanentError(
+                f"cannot build URL: {redact_url(url)!r} has a '.' or '..' path segment from event data"
+            )
         return url
 
     def body_for(self, delivery: Delivery) -> tuple[dict[str, str], bytes]:
@@ -204,8 +216,10 @@ class HttpOutput(Output):
                 if 200 <= response.status < 300:
                     await response.read()
                     return True
-                text = (await response.text(errors="replace"))[:300]
-                message = f"{self.method} {url} answered {response.status}" + (f": {text}" if text else "")
+                # scrubbed before it is cut, so a secret at the cut cannot survive in part
+                text = self._scrub(await response.text(errors="replace"))[:300]
+                shown = redact_url(url)
+                message = f"{self.method} {shown} answered {response.status}" + (f": {text}" if text else "")
                 if response.status in RETRYABLE_STATUS or response.status >= 500:
                     raise RetryableError(message, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
                 if response.status == 401 and may_refresh and self.auth is not None and self.auth.unauthorized():
@@ -214,11 +228,12 @@ class HttpOutput(Output):
                     message += f" (credentials: {self.auth.description})"
                 raise PermanentError(message, code=str(response.status))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise RetryableError(f"{self.method} {url} failed: {type(exc).__name__}: {exc}") from exc
+            detail = self._scrub(str(exc))
+            raise RetryableError(f"{self.method} {redact_url(url)} failed: {type(exc).__name__}: {detail}") from exc
 
     def describe(self, delivery: Delivery) -> dict[str, Any]:
         content, body = self.body_for(delivery)
-        described: dict[str, Any] = {"method": self.method, "url": self.url_for(delivery)}
+        described: dict[str, Any] = {"method": self.method, "url": redact_url(self.url_for(delivery))}
         if self.body_mode == "cloudevents-binary":
             described["headers"] = content
         described["body"] = orjson.loads(body) if body else None

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -134,6 +134,9 @@ class Receiver:
     #: statuses to answer with, in order; the last one repeats. (status, headers)
     script: list[tuple[int, dict[str, str]]] = field(default_factory=lambda: [(200, {})])
     delay: float = 0.0
+    #: builds the answer's body from the request (default: a fixed JSON); e.g. one that echoes the request's
+    #: credentials back, as some error pages do
+    reply: Callable[[Recorded], bytes] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def respond(self, *script: tuple[int, dict[str, str]] | int) -> None:
@@ -161,12 +164,14 @@ def http_receiver() -> Iterator[Receiver]:
             body = self.rfile.read(length)
             if receiver.delay:
                 time.sleep(receiver.delay)
+            recorded = Recorded(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
             with receiver.lock:
                 status, headers = receiver.script[0] if len(receiver.script) == 1 else receiver.script.pop(0)
-                receiver.requests.append(
-                    Recorded("POST", self.path, dict(self.headers.items()), body, time.monotonic())
-                )
-            payload = b'{"ok": true}' if status < 300 else b'{"error": "scripted failure"}'
+                receiver.requests.append(recorded)
+            if receiver.reply is not None:
+                payload = receiver.reply(recorded)
+            else:
+                payload = b'{"ok": true}' if status < 300 else b'{"error": "scripted failure"}'
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
@@ -190,6 +195,18 @@ def http_receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def assert_no_secrets(text: str, secrets: Iterable[str], *, expect: Iterable[str], where: str) -> None:
+    """Fail when any of `secrets` occurs in `text`, or when any of `expect` does not.
+
+    `expect` names what `text` must say (the error, the log message...), so the check cannot pass on an
+    empty or unrelated text.
+    """
+    leaked = [s for s in secrets if s in text]
+    assert not leaked, f"{where} shows {leaked}:\n{text}"
+    missing = [e for e in expect if e not in text]
+    assert not missing, f"{where} does not say {missing}:\n{text}"
 
 
 def post(
