@@ -317,6 +317,21 @@ class RouterProcess:
                 continue
         return out
 
+    def wait_log(self, message: str, *, count: int = 1, timeout: float = 20) -> dict[str, Any]:
+        """The `count`-th log record whose message starts with `message`, once it is there."""
+
+        def found() -> list[dict[str, Any]] | None:
+            records = [r for r in self.log_records() if str(r.get("msg", "")).startswith(message)]
+            return records if len(records) >= count else None
+
+        records: list[dict[str, Any]] = wait_for(found, timeout=timeout, what=f"log message {message!r} x{count}")
+        return records[count - 1]
+
+    def reload(self) -> None:
+        """SIGHUP, as `systemctl reload` sends it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
     def terminate(self, timeout: float = 30) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
