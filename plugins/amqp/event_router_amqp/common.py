@@ -9,21 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiormq.exceptions
-
 from event_router.errors import ConfigError
-
-#: what a broken connection or channel raises, from the socket up to aio-pika
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-
-#: the same, plus the RuntimeError aio-pika raises when a channel is opened on a closed connection
-CLOSED_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, *CONNECTION_ERRORS)
 
 #: JSON Schema fragment of the exchange types RabbitMQ ships
 EXCHANGE_TYPES = ["topic", "direct", "fanout", "headers"]
@@ -54,7 +40,10 @@ def redact_url(url: str) -> str:
 
 def describe_error(exc: BaseException) -> str:
     """One readable line for an AMQP failure (aiormq's str() of some errors is a bare tuple)."""
-    if isinstance(exc, aiormq.exceptions.AMQPError):
+    # loaded already: only a connection that ran has failures to describe (this module stays light, see input.py)
+    from aiormq.exceptions import AMQPError
+
+    if isinstance(exc, AMQPError):
         args = exc.args
         if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
             return f"{args[1]} (AMQP {args[0]})"  # (reply code, reply text) of a Close frame

@@ -12,14 +12,10 @@ import asyncio
 import contextlib
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
 import anyio
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractQueue
-from aiormq.abc import AbstractChannel as Underlay
-from aiormq.abc import DeliveredMessage
 from anyio.abc import TaskStatus
 
 from event_router.durations import DURATION_SCHEMA, parse_duration
@@ -27,15 +23,13 @@ from event_router.errors import ConfigError, SpoolFull
 from event_router.event import Event
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.secrets import SECRET_SCHEMA
-from event_router_amqp.common import (
-    CONNECTION_ERRORS,
-    EXCHANGE_TYPES,
-    Backoff,
-    check_url,
-    describe_error,
-    json_safe,
-    redact_url,
-)
+from event_router_amqp.common import EXCHANGE_TYPES, Backoff, check_url, describe_error, json_safe, redact_url
+
+# aio-pika is imported in the methods that connect: routers without AMQP skip its memory and start-up cost
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel, AbstractQueue
+    from aiormq.abc import AbstractChannel as Underlay
+    from aiormq.abc import DeliveredMessage
 
 #: redeliveries remembered per message id on classic queues (they carry no delivery count)
 _SEEN_LIMIT = 10_000
@@ -47,8 +41,11 @@ class ConnectionLost(Exception):
     """The broker closed the connection or channel; unacknowledged messages go back to the queue."""
 
 
-#: failures of the broker side: the batch is left unacknowledged and the connection is made again
-_PASS_THROUGH: tuple[type[BaseException], ...] = (ConnectionLost, *CONNECTION_ERRORS)
+def _pass_through() -> tuple[type[BaseException], ...]:
+    """Failures of the broker side: the batch is left unacknowledged and the connection is made again."""
+    from event_router_amqp.errors import CONNECTION_ERRORS
+
+    return (ConnectionLost, *CONNECTION_ERRORS)
 
 
 class _Inbox:
@@ -149,11 +146,12 @@ class AmqpInput(Input):
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started at once: the router must serve its other inputs while this broker is down.
         task_status.started()
+        pass_through = _pass_through()
         backoff = Backoff(self.reconnect_max)
         while True:
             try:
                 await self._consume(sink, backoff)
-            except _PASS_THROUGH as exc:
+            except pass_through as exc:
                 delay = backoff.next()
                 error = str(exc) if isinstance(exc, ConnectionLost) else describe_error(exc)
                 if self._consuming:
@@ -183,6 +181,8 @@ class AmqpInput(Input):
             await anyio.sleep(delay)
 
     async def _consume(self, sink: EventSink, backoff: Backoff) -> None:
+        import aio_pika
+
         inbox = _Inbox()
         connection = await aio_pika.connect(
             self.url,
@@ -234,6 +234,7 @@ class AmqpInput(Input):
     async def _handle(
         self, sink: EventSink, batch: Sequence[DeliveredMessage], inbox: _Inbox, channel: Underlay
     ) -> None:
+        pass_through = _pass_through()
         events: list[Event] = []
         #: the message each event came from, to acknowledge up to it
         sources: list[DeliveredMessage] = []
@@ -243,7 +244,7 @@ class AmqpInput(Input):
                 if event is not None:
                     events.append(event)
                     sources.append(message)
-        except _PASS_THROUGH:
+        except pass_through:
             raise
         except Exception as exc:  # the spool cannot keep the dead letters either
             await self._give_back(channel, batch[-1], 0, exc)
@@ -267,7 +268,7 @@ class AmqpInput(Input):
                 await anyio.sleep(full.retry_after)
                 inbox.check()  # the broker took the messages back: they come again, do not store them twice
                 continue
-            except _PASS_THROUGH:
+            except pass_through:
                 raise
             except Exception as exc:
                 await self._give_back(channel, batch[-1], acked, exc)

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
-import aiormq.exceptions
 import anyio
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
-from pamqp.commands import Basic
 
 from event_router.errors import ConfigError, PermanentError, RetryableError
 from event_router.plugin import Delivery, Output, PluginContext
 from event_router.secrets import SECRET_SCHEMA
 from event_router.templates import MissingValueError, Template, TemplateError, compile_template
-from event_router_amqp.common import CONNECTION_ERRORS, EXCHANGE_TYPES, check_url, describe_error, redact_url
+from event_router_amqp.common import EXCHANGE_TYPES, check_url, describe_error, redact_url
+
+# aio-pika is imported in the methods that publish: routers without AMQP skip its memory and start-up cost
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 #: the fields of `Event.to_dict()` a routing key template may use
 _EVENT_FIELDS = ("id", "trigger", "source", "received_at", "data", "meta")
@@ -64,9 +64,6 @@ class AmqpOutput(Output):
         self.declare_exchange: bool = config.get("declare_exchange", False)
         self.exchange_type: str = config.get("exchange_type", "topic")
         self.persistent: bool = config.get("persistent", True)
-        self.delivery_mode = (
-            aio_pika.DeliveryMode.PERSISTENT if self.persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
-        )
         self.mandatory: bool = config.get("mandatory", True)
         self.content_type: str = config.get("content_type", "application/json")
         if self.exchange_name == "" and self.declare_exchange:
@@ -84,6 +81,8 @@ class AmqpOutput(Output):
             raise outcome
 
     async def deliver_batch(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
+        from event_router_amqp.errors import CONNECTION_ERRORS
+
         try:
             exchange = await self._ensure_exchange()
         except CONNECTION_ERRORS as exc:
@@ -98,6 +97,12 @@ class AmqpOutput(Output):
         return outcomes
 
     async def _publish(self, exchange: AbstractExchange, delivery: Delivery) -> None:
+        import aio_pika
+        import aiormq.exceptions
+        from pamqp.commands import Basic
+
+        from event_router_amqp.errors import CONNECTION_ERRORS
+
         event = delivery.event
         try:
             routing_key = self.routing_key.render(event.to_dict())
@@ -108,7 +113,7 @@ class AmqpOutput(Output):
         message = aio_pika.Message(
             orjson.dumps(delivery.payload),
             content_type=self.content_type,
-            delivery_mode=self.delivery_mode,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT if self.persistent else aio_pika.DeliveryMode.NOT_PERSISTENT,
             message_id=event.id,
             headers={"x-event-trigger": event.trigger, "x-event-id": event.id},
         )
@@ -135,6 +140,8 @@ class AmqpOutput(Output):
             done.set_result(None)
 
     async def _ensure_exchange(self) -> AbstractExchange:
+        import aio_pika
+
         async with self._lock:
             if self._exchange is not None and self._channel is not None and not self._channel.is_closed:
                 return self._exchange

@@ -29,7 +29,7 @@ from event_router.testing import (
     example,
     until,  # noqa: F401 - re-exported for the plugin tests
 )
-from event_router_amqp.common import CLOSED_ERRORS
+from event_router_amqp.errors import CLOSED_ERRORS
 
 
 class ConnectorPublisher:

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from event_router.testing import RouterProcess, http_receiver, read_jsonl
-from event_router_amqp.common import CLOSED_ERRORS, CONNECTION_ERRORS
+from event_router_amqp.errors import CLOSED_ERRORS, CONNECTION_ERRORS
 from event_router_amqp.testing import (
     AMQP_URL,
     Broker,

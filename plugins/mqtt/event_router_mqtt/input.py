@@ -16,12 +16,11 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
-import aiomqtt
 import anyio
 import orjson
-import paho.mqtt.client as paho
 from anyio.abc import TaskStatus
 
 from event_router.batching import BatchStore, Rejected
@@ -31,6 +30,11 @@ from event_router.plugin import EventSink, Input, PluginContext
 from event_router.retry import RetryPolicy
 from event_router_mqtt.settings import CONFIG_SCHEMA, parse_settings, trigger_for
 
+# aiomqtt and paho are imported in the methods that connect: routers without MQTT skip their memory and start-up cost
+if TYPE_CHECKING:
+    import aiomqtt
+    import paho.mqtt.client as paho
+
 #: how long stopping may take to store (and acknowledge) what already arrived
 _DRAIN_TIMEOUT = 5.0
 #: one connection attempt, until CONNACK
@@ -39,7 +43,7 @@ _CONNECT_TIMEOUT = 10.0
 Ack = Callable[[int, int], object]
 
 
-class _Inbox(asyncio.Queue[aiomqtt.Message]):
+class _Inbox(asyncio.Queue["aiomqtt.Message"]):
     """aiomqtt's incoming queue, owned by the input so that nothing in it is lost when the connection ends.
 
     aiomqtt takes a message off the queue in a task of its own; if that task finished just as the reader
@@ -72,8 +76,8 @@ class MqttInput(Input):
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(config, context)
         self.settings = parse_settings(config, self.name)
-        if not hasattr(paho.Client, "manual_ack_set"):
-            # without manual acknowledgements paho sends PUBACK before the event is stored
+        if int(version("paho-mqtt").split(".")[0]) < 2:
+            # without manual acknowledgements (paho-mqtt 2.0) paho sends PUBACK before the event is stored
             raise ConfigError("", "needs paho-mqtt 2.0 or later (manual acknowledgements); upgrade aiomqtt")
         self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
         self._ready = False
@@ -87,6 +91,8 @@ class MqttInput(Input):
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started at once: the router serves its other inputs, and its spool, while the broker is down.
         task_status.started()
+        import aiomqtt
+
         failures = 0
         broker = self.settings.broker.display
         while True:
@@ -117,6 +123,8 @@ class MqttInput(Input):
 
     async def _session(self, sink: EventSink) -> None:
         """One connection: subscribe, then take messages until it ends (MqttError) or the router stops."""
+        import aiomqtt
+
         s = self.settings
         inbox = _Inbox()
         client = aiomqtt.Client(
@@ -184,6 +192,8 @@ class MqttInput(Input):
         QoS 0 messages are not sent again. UNSUBSCRIBE of a filter this client never subscribed changes
         nothing in the session; by the time UNSUBACK arrives, what the broker sent before is in the inbox.
         """
+        import aiomqtt
+
         # a connection that is gone already left what it held in the inbox, or lost it with the socket
         with contextlib.suppress(aiomqtt.MqttError):
             await client.unsubscribe(f"event-router/{self.settings.client_id}/stopping", timeout=2.0)

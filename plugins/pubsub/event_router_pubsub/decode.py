@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from gcloud.aio.pubsub import SubscriberMessage
 
 from event_router.event import Event
+
+# only for annotations: gcloud-aio-pubsub is imported by a running input (see input.py)
+if TYPE_CHECKING:
+    from gcloud.aio.pubsub import SubscriberMessage
 
 NAMESPACE_ATTRIBUTE = "namespace"
 

@@ -13,12 +13,11 @@ import io
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
 from anyio.abc import TaskStatus
-from gcloud.aio.pubsub import SubscriberClient, SubscriberMessage
 
 from event_router.errors import SpoolFull
 from event_router.event import Event
@@ -26,6 +25,10 @@ from event_router.plugin import EventSink, Input, PluginContext
 from event_router.retry import RetryPolicy
 from event_router_pubsub.decode import Undecodable, decode
 from event_router_pubsub.settings import CONFIG_SCHEMA, MIN_ACK_DEADLINE, parse_settings
+
+# gcloud-aio-pubsub is imported in the method that connects: routers without Pub/Sub skip its memory and start-up cost
+if TYPE_CHECKING:
+    from gcloud.aio.pubsub import SubscriberClient, SubscriberMessage
 
 # Pub/Sub (and its emulator) answer a pull on an empty subscription after about 90 s. A client that
 # gives up earlier leaves the pull registered on the server, which then hands it the next messages: they
@@ -100,6 +103,8 @@ class PubSubInput(Input):
 
     @asynccontextmanager
     async def _client(self) -> AsyncIterator[SubscriberClient]:
+        from gcloud.aio.pubsub import SubscriberClient
+
         settings = self.settings
         if settings.api_root is not None:
             # the emulator takes no credentials

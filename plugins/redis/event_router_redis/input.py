@@ -14,17 +14,13 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError
 
 from event_router.batching import BatchStore
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.retry import RetryPolicy
-from event_router_redis.pubsub import PubSubReader
 from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
-from event_router_redis.stream import GroupMissing, StreamReader
+
+# redis-py is imported in the methods that connect: routers without Redis skip its memory and start-up cost
 
 _CONNECT_TIMEOUT = 10.0
 #: a peer that vanished without closing the connection is noticed within about a minute
@@ -54,6 +50,10 @@ class RedisInput(Input):
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started at once: the router serves its other inputs, and its spool, while Redis is down.
         task_status.started()
+        from redis.exceptions import AuthenticationError, RedisError
+
+        from event_router_redis.stream import GroupMissing
+
         store = BatchStore(sink, self.log, self.settings.batch_size)
         failures = 0
         while True:
@@ -87,6 +87,13 @@ class RedisInput(Input):
             await anyio.sleep(delay)
 
     async def _session(self, store: BatchStore) -> None:
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        from event_router_redis.pubsub import PubSubReader
+        from event_router_redis.stream import StreamReader
+
         s = self.settings
         client = Redis.from_url(
             s.url,
