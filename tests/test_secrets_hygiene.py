@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from event_router.importer import import_connector_config
 from event_router.secrets import scrub, url_secrets
 from event_router.signing import WebhookSigner
 from event_router.testing import (
@@ -257,6 +258,18 @@ def test_scrub_masks_whole_secrets_and_leaves_tiny_ones() -> None:
     assert url_secrets("http://host/") == ()
 
 
+def test_import_connector_config_reports_a_bad_url_without_its_password() -> None:
+    target = {"url": f"ftp://router:{URL_PASSWORD}@127.0.0.1/in", "headers": {"authorization": BEARER}}
+    webhooks = {"enabled": True, "targets": {"crm": target}, "webhooks": [{"triggers": ["*"], "target": "crm"}]}
+    result = import_connector_config({"modules": {"webhooks": webhooks}})
+    assert_no_secrets(
+        "\n".join(result.unsupported),
+        SECRETS,
+        expect=["'ftp://router:***@127.0.0.1/in' is not an http(s) URL"],
+        where="the import report",
+    )
+
+
 def test_check_test_plugins_and_status_print_no_secrets(tmp_path: Path) -> None:
     env = write_secrets(tmp_path)
     config = tmp_path / "router.toml"
@@ -374,6 +387,8 @@ def test_a_running_router_shows_no_secrets(tmp_path: Path) -> None:
             assert_no_secrets(metrics, SECRETS, expect=["event_router_dead_letters_total{"], where="/metrics")
             status, health = get(f"http://127.0.0.1:{admin}/healthz")
             assert_no_secrets(health, SECRETS, expect=['"alive"'], where="/healthz")
+            status, ready = get(f"http://127.0.0.1:{admin}/readyz")
+            assert_no_secrets(ready, SECRETS, expect=['"ready":true'], where="/readyz")
 
             config.write_text(broken(config.read_text()))
             status, reload_answer = get(f"http://127.0.0.1:{admin}/reload", data=b"")

@@ -31,6 +31,7 @@ import orjson
 import tomli_w
 
 from event_router.routing import trigger_matches
+from event_router.secrets import redact_url
 
 __all__ = ["ImportResult", "add_import_parser", "cmd_import_connector_config", "import_connector_config"]
 
@@ -275,8 +276,9 @@ class _Importer:
     def _target(self, target: Mapping[str, Any], where: str, name: str, skip_tls: bool) -> str | None:
         url = target.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            shown = redact_url(url) if isinstance(url, str) else url
             self.unsupported(
-                f"{where}.url: {url!r} is not an http(s) URL (the Connector would not start): target not imported"
+                f"{where}.url: {shown!r} is not an http(s) URL (the Connector would not start): target not imported"
             )
             return None
         output = _unique(_table_name(name), self.outputs)

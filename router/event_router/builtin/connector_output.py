@@ -424,7 +424,11 @@ class ConnectorOutput(Output):
             call = self._first(action, delivery.event.to_dict())
         except _ParameterError as exc:
             raise PermanentError(str(exc), code="action_parameters") from None
-        described: dict[str, Any] = {"action": action["name"], "method": call.method, "url": str(self.url(call))}
+        described: dict[str, Any] = {
+            "action": action["name"],
+            "method": call.method,
+            "url": redact_url(str(self.url(call))),
+        }
         if call.has_body:
             described["body"] = call.body
         if action["name"] == "create_outgoing_request" and action.get("send"):
