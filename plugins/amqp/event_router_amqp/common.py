@@ -1,4 +1,7 @@
-"""What the AMQP input and output share: URL redaction, error wording, reconnect backoff, header cleaning."""
+"""What the AMQP input and output share: URL checks, error wording, reconnect backoff, header cleaning.
+
+`redact_url` is the core's (`event_router.secrets`), imported here for both.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ import decimal
 import random
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from event_router.errors import ConfigError
+from event_router.secrets import redact_url
 
 #: JSON Schema fragment of the exchange types RabbitMQ ships
 EXCHANGE_TYPES = ["topic", "direct", "fanout", "headers"]
@@ -21,21 +25,6 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
         raise ConfigError("url", f"{redact_url(url)!r} is not an AMQP URL (amqp://user:password@host:5672/vhost)")
     return url
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by `***`, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:  # an unparsable URL may hide a password anywhere: show none of it
-        return "<unparsable URL>"
 
 
 def describe_error(exc: BaseException) -> str:

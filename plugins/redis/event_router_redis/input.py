@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 from event_router.batching import BatchStore
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.retry import RetryPolicy
+from event_router.secrets import scrub, url_secrets
 from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
 
 # redis-py is imported in the methods that connect: routers without Redis skip its memory and start-up cost
@@ -79,7 +80,8 @@ class RedisInput(Input):
                 extra={
                     "redis": self.settings.display,
                     "mode": self.settings.mode,
-                    "error": _scrub(error, self.settings.url),
+                    # error texts should not hold the password; if a library put it there anyway, it is cut out
+                    "error": scrub(error, url_secrets(self.settings.url)),
                     "attempt": failures,
                     "retry_in": round(delay, 2),
                 },
@@ -132,14 +134,3 @@ class RedisInput(Input):
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _scrub(text: str, url: str) -> str:
-    """Error texts should not hold the password; if a library put it there anyway, it is cut out."""
-    from urllib.parse import urlsplit
-
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return text
-    return text.replace(password, "***") if password else text
