@@ -63,16 +63,23 @@ class Backoff:
         self.failures = 0
 
 
-def json_safe(value: Any) -> Any:
+#: field tables and arrays nested deeper than this are kept as their text: orjson writes no more than 254
+#: levels, and the event or dead letter around a header takes a few (pamqp reads about 500)
+MAX_HEADER_DEPTH = 64
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
     """AMQP field-table values as JSON: bytes as text, decimals as numbers, timestamps as RFC 3339."""
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, Mapping | list | tuple | set | frozenset) and depth >= MAX_HEADER_DEPTH:
+        return repr(value)
     if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(v) for v in value]
+        return [json_safe(v, depth + 1) for v in value]
     if isinstance(value, decimal.Decimal):
         return float(value)
     if isinstance(value, dt.datetime):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,7 +22,9 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiormq.abc import DeliveredMessage
 from pamqp import body, commands, frame, header, heartbeat
+from pamqp.encode import encode_table_value
 
 from event_router.deadletters import list_dead_letters
 from event_router.spool import DeadLetter, DeadLetterFilter, connect
@@ -158,6 +161,63 @@ class ConnectorPublisher:
             if not chunk:
                 raise RuntimeError("the broker closed the connection")
             self._pending += chunk
+
+
+def delivered(
+    routing_key: bytes,
+    body: bytes,
+    *,
+    exchange: bytes = b"",
+    redelivered: bool = False,
+    headers: Mapping[bytes, Any] | None = None,
+    message_id: bytes | None = None,
+    content_type: bytes | None = None,
+    delivery_tag: int = 1,
+) -> DeliveredMessage:
+    """A message as aiormq hands it to a consumer: decoded by pamqp from the frames a broker sends.
+
+    Names are the bytes on the wire (at most 255). A header value of type bytes goes as a long string of
+    exactly those bytes (pamqp hands it over as text when it is UTF-8, else as bytes); other values as pamqp
+    encodes them. Raises pamqp's `UnmarshalingException` for frames it cannot decode (a name that is not
+    UTF-8): aiormq's reader fails the same way and drops the connection, before any input sees the message.
+    """
+    method = (
+        struct.pack(">HH", 60, 60)  # basic.deliver
+        + _short(b"event-router-test")
+        + struct.pack(">QB", delivery_tag, redelivered)
+        + _short(exchange)
+        + _short(routing_key)
+    )
+    flags = 0
+    props = b""
+    if content_type is not None:
+        flags |= 0x8000
+        props += _short(content_type)
+    if headers is not None:
+        flags |= 0x2000
+        table = b"".join(
+            _short(k) + (b"S" + struct.pack(">I", len(v)) + v if isinstance(v, bytes) else encode_table_value(v))
+            for k, v in headers.items()
+        )
+        props += struct.pack(">I", len(table)) + table
+    if message_id is not None:
+        flags |= 0x0080
+        props += _short(message_id)
+    content = struct.pack(">HHQH", 60, 0, len(body), flags) + props
+    _, _, deliver = frame.unmarshal(_frame(1, method))
+    _, _, content_header = frame.unmarshal(_frame(2, content))
+    no_channel: Any = None  # decoding never touches it
+    return DeliveredMessage(delivery=deliver, header=content_header, body=body, channel=no_channel)
+
+
+def _short(value: bytes) -> bytes:
+    if len(value) > 255:
+        raise ValueError(f"an AMQP short string holds at most 255 bytes, not {len(value)}")
+    return bytes([len(value)]) + value
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return struct.pack(">BHI", kind, 1, len(payload)) + payload + b"\xce"
 
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"

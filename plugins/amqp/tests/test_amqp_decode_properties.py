@@ -1,0 +1,167 @@
+"""Property tests of the AMQP input's decoding: any delivery becomes an event or a dead letter that says why.
+
+Messages are decoded by pamqp from the frames a broker sends (`delivered`), as aiormq hands them to the
+input; no broker is needed. `bench/fuzz.py` (selector `A`) fuzzes the same path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from event_router.event import Event
+from event_router.plugin import PluginContext
+from event_router.testing.decoding import RecordingSink, check_event, check_rejection, shipped_router
+from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_texts, payloads
+from event_router_amqp.input import AmqpInput
+from event_router_amqp.testing import delivered
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CONFIG, SCHEMAS = shipped_router()
+MAX_REDELIVERIES = 5
+
+#: names as pamqp decodes them: UTF-8 (anything else fails in aiormq's reader, before the input), <= 255 bytes
+names = odd_texts.map(lambda t: t.encode("utf-8", "surrogatepass")).filter(lambda b: len(b) <= 255 and _is_utf8(b))
+#: what a field table can carry, as pamqp encodes it
+header_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(width=32),  # pamqp writes floats in single precision
+        st.text(max_size=20),
+        st.builds(bytearray, st.binary(max_size=8)),
+        st.decimals(places=2, min_value=-(10**6), max_value=10**6),
+        st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(2100, 1, 1)),
+    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+#: headers; a bytes value is a long string of any bytes, UTF-8 or not
+header_tables = st.dictionaries(
+    names | st.just(b"x-delivery-count"), header_values | st.binary(max_size=20) | st.integers(-3, 8), max_size=4
+)
+
+
+#: nested 300 levels: pamqp reads that (it gives up near 500), orjson does not write it
+DEEP_TABLE: dict[str, Any] = {}
+for _ in range(299):
+    DEEP_TABLE = {"k": DEEP_TABLE}
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def make_input(tmp_path: Path) -> AmqpInput:
+    context = PluginContext("broker", tmp_path, logging.getLogger("test"), tmp_path)
+    return AmqpInput({"url": "amqp://guest:guest@127.0.0.1/", "max_redeliveries": MAX_REDELIVERIES}, context)
+
+
+def decode(inp: AmqpInput, message: Any) -> tuple[Event | None, RecordingSink]:
+    sink = RecordingSink()
+    event = anyio.run(inp._decode, sink, message)
+    return event, sink
+
+
+@SETTINGS
+@given(
+    routing_key=names,
+    body=payloads,
+    headers=st.none() | header_tables,
+    redelivered=st.booleans(),
+    message_id=st.none() | names,
+    content_type=st.none() | names,
+)
+@example(b"transport.messageReceived", b"[" * 5000 + b"]" * 5000, None, False, None, None)
+@example(b"transport.messageReceived", b'{"a":' * 600 + b"1" + b"}" * 600, None, False, None, None)
+@example(b"x", b"{}", {b"x-delivery-count": 2**63 - 1, b"y": {"z": [None]}}, True, b"m", None)
+@example(b"", b"\xff", None, False, None, None)
+# header tables nested deeper than orjson writes (254 levels) but not than pamqp reads: an event whose meta
+# could not be stored, or a dead letter that could not be (a crash, then redelivery, again and again)
+@example(b"transport.messageReceived", b"{}", {b"deep": DEEP_TABLE}, False, None, None)
+@example(b"transport.messageReceived", b"\xff", {b"deep": DEEP_TABLE}, False, None, None)
+def test_any_delivery_becomes_an_event_or_a_dead_letter(
+    tmp_path_factory: pytest.TempPathFactory,
+    routing_key: bytes,
+    body: bytes,
+    headers: Mapping[bytes, Any] | None,
+    redelivered: bool,
+    message_id: bytes | None,
+    content_type: bytes | None,
+) -> None:
+    message = delivered(
+        routing_key,
+        body,
+        exchange=b"connector",
+        redelivered=redelivered,
+        headers=headers,
+        message_id=message_id,
+        content_type=content_type,
+    )
+    event, sink = decode(make_input(tmp_path_factory.getbasetemp()), message)
+    trigger = routing_key.decode()
+    count = message.header.properties.headers.get("x-delivery-count") if headers else None
+    if event is not None:
+        assert sink.rejections == []
+        check_event(event, body, config=CONFIG, schemas=SCHEMAS)
+        assert event.trigger == trigger
+        assert event.meta["routing_key"] == trigger
+        assert event.data == (orjson.loads(body) if body else None)
+        return
+    (rejection,) = sink.rejections
+    check_rejection(rejection.raw, rejection.reason, rejection.trigger, rejection.meta, raw=body)
+    assert rejection.trigger == (trigger or None)
+    if isinstance(count, int) and not isinstance(count, bool) and count > MAX_REDELIVERIES:
+        assert rejection.reason == f"redelivered {count} times"
+    elif not trigger:
+        assert rejection.reason == "no routing key: cannot tell the event type"
+    else:
+        assert rejection.reason.startswith("body is not valid JSON: ")
+        assert len(rejection.reason) > len("body is not valid JSON: ")  # orjson's error, with its position
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(body)
+
+
+@pytest.mark.parametrize(("trigger", "body"), CONNECTOR_MESSAGES)
+def test_connector_messages_decode_to_their_trigger_and_data(tmp_path: Path, trigger: str, body: bytes) -> None:
+    # as the Connector publishes: routing key = namespace, no properties at all
+    event, sink = decode(make_input(tmp_path), delivered(trigger.encode(), body, exchange=b"connector"))
+    assert sink.rejections == []
+    assert event is not None
+    plan = check_event(event, body, config=CONFIG, schemas=SCHEMAS)
+    assert plan.dead_letter is None  # valid against the shipped schemas
+    assert (event.trigger, event.data) == (trigger, orjson.loads(body))
+    assert event.meta == {"exchange": "connector", "routing_key": trigger, "redelivered": False, "delivery_count": 0}
+
+
+def test_hostile_payloads_become_dead_letters_with_their_bytes_or_events(tmp_path: Path) -> None:
+    inp = make_input(tmp_path)
+    outcome: dict[bytes, str] = {}
+    for body in HOSTILE_PAYLOADS:
+        event, sink = decode(inp, delivered(b"transport.messageReceived", body))
+        if event is None:
+            (rejection,) = sink.rejections
+            check_rejection(rejection.raw, rejection.reason, rejection.trigger, rejection.meta, raw=body)
+            outcome[body] = rejection.reason.split(":")[0]
+        else:
+            check_event(event, body, config=CONFIG, schemas=SCHEMAS)
+            outcome[body] = "event"
+    assert outcome[b"[" * 5000 + b"]" * 5000] == "body is not valid JSON"  # deeper than orjson parses
+    assert outcome[b"[" * 1024 + b"]" * 1024] == "event"  # parsed; stored as a dead letter of its bytes
+    assert outcome[b"1e400"] == "body is not valid JSON"  # beyond a double: refused, not made infinite
+    assert outcome[b"\xef\xbb\xbf{}"] == "body is not valid JSON"
+    assert outcome[b""] == "event"  # no body: an event without data
