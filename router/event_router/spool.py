@@ -17,11 +17,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from event_router.clock import Anchor, SpoolClock, read_anchor, write_anchor
 from event_router.errors import RouterError
 
 log = logging.getLogger("event_router.spool")
@@ -67,6 +69,10 @@ CREATE INDEX IF NOT EXISTS dead_letters_output ON dead_letters(output, dlid);
 CREATE INDEX IF NOT EXISTS dead_letters_trigger ON dead_letters(trigger, dlid);
 CREATE INDEX IF NOT EXISTS dead_letters_created ON dead_letters(created_at);
 """
+
+#: when the oldest pending event was stored, in the spool clock's base: its deliveries' `first_at` (the
+#: oldest pending delivery is the oldest event's), as `events.stored_at` is a label a clock jump does not move
+OLDEST_PENDING = "SELECT first_at FROM deliveries ORDER BY did LIMIT 1"
 
 DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecodable", "permanent", "retries_exhausted"]
 
@@ -188,16 +194,20 @@ class Spool:
     """Durable store of pending events, their deliveries and the dead letters.
 
     Writes go through `_write` (group commit in the writer thread). Reads the delivery loop needs are
-    small indexed queries on a second connection, which WAL lets run beside the writer.
+    small indexed queries on a second connection, which WAL lets run beside the writer. Deliveries' times
+    (due, first attempt) are in `clock`'s base, which wall-clock jumps do not move (event_router.clock).
     """
 
     #: ops one transaction takes at most, so one commit never grows without bound
     MAX_GROUP = 2000
     #: how long a lazy write (a delivery outcome) waits for other writes to share its commit
-    LAZY_DELAY = 0.01
+    LAZY_DELAY = 0.002
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, clock: SpoolClock | None = None):
         self.path = path
+        self.clock = clock or SpoolClock()
+        #: rebases queued and not yet committed: until they are, spool times and `clock` disagree
+        self._rebasing = 0
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
@@ -230,6 +240,7 @@ class Spool:
                     f"spool {self.path} was written by a newer router (schema {version[0]}); upgrade first"
                 )
             self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            self.clock.adopt(read_anchor(conn))
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
         finally:
@@ -337,11 +348,44 @@ class Spool:
         self._queue.put(_Op(apply, None, future))
         return future.result()
 
+    # --- the clock -----------------------------------------------------------------------------------
+
+    def claim_clock(self) -> float:
+        """Make this process's clock the spool's (the router does, at start); returns the jump it found.
+
+        Records the clock's anchor, so that other processes (`dlq replay`) write in the router's base. When
+        the wall clock jumped since the anchor was recorded (a step while the router was stopped, same
+        boot), every pending time first moves by the jump, in the same commit, and the clock with them.
+        """
+        jump = self.clock.jump()
+        try:
+            self.write_sync(partial(_rebase, shift=jump, anchor=Anchor(self.clock.boot, self.clock.offset + jump)))
+        except SpoolError as exc:
+            # the spool and the clock stay in the old base, which is consistent: the router's clock watch
+            # tries again once it runs
+            log.error("could not record the clock in the spool", extra={"error": str(exc)})
+            return 0.0
+        self.clock.shift(jump)
+        return jump
+
+    async def rebase(self, shift: float) -> None:
+        """Move every pending time by `shift` seconds: the clock just moved by as much (a wall-clock jump).
+
+        Call it right after `clock.shift(shift)`, with no await in between: the writes queued before it
+        are in the old base and move, those queued after it are in the new one. Until it is committed,
+        `fetch_due` hands out nothing, as it cannot tell which base a row is in.
+        """
+        self._rebasing += 1
+        try:
+            await self._write(partial(_rebase, shift=shift, anchor=self.clock.anchor))
+        finally:
+            self._rebasing -= 1
+
     # --- writes ------------------------------------------------------------------------------------
 
     async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int]:
         """Persist events (returns their delivery ids, in order) and dead letters (returns the dead letter id)."""
-        now = time.time()
+        now = self.clock.now()
 
         def apply(conn: sqlite3.Connection) -> list[list[int] | int]:
             out: list[list[int] | int] = []
@@ -455,16 +499,18 @@ class Spool:
 
     def oldest_pending_age(self) -> float | None:
         assert self._reader is not None
-        row = self._reader.execute("SELECT stored_at FROM events ORDER BY seq LIMIT 1").fetchone()
-        return None if row is None else max(0.0, time.time() - float(row[0]))
+        row = self._reader.execute(OLDEST_PENDING).fetchone()
+        return None if row is None else max(0.0, self.clock.now() - float(row[0]))
 
     def dead_letter_count(self) -> int:
         assert self._reader is not None
         return int(self._reader.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
 
-    def fetch_due(self, output: str, now: float, limit: int, exclude: set[int]) -> list[DeliveryRow]:
-        """Deliveries of `output` due by `now`, oldest due first, skipping those already in memory."""
+    def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
+        """Deliveries of `output` due by `now` (in `clock`'s base), oldest due first, skipping those in memory."""
         assert self._reader is not None
+        if self._rebasing:
+            return []
         rows = self._reader.execute(
             "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body "
             "FROM deliveries d JOIN events e ON e.seq = d.seq "
@@ -484,6 +530,12 @@ class Spool:
         assert self._reader is not None
         rows = self._reader.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output").fetchall()
         return dict(rows)
+
+
+def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
+    if shift:
+        conn.execute("UPDATE deliveries SET due = due + ?, first_at = first_at + ?", (shift, shift))
+    write_anchor(conn, anchor)
 
 
 def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: float) -> int:
