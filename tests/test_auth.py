@@ -280,6 +280,25 @@ def test_auth_config_errors(tmp_path: Path) -> None:
         assert any(expected in str(e) for e in caught.value.errors), (extra, [str(e) for e in caught.value.errors])
 
 
+def test_url_credentials_exclude_other_credentials(tmp_path: Path) -> None:
+    import tomllib
+
+    registry = load_plugins()
+    base = http_toml(tmp_path, 8787, "http://user:pw-CANARY@127.0.0.1:9/in")
+    assert build_config(tomllib.loads(base), path=tmp_path / "router.toml", registry=registry).outputs["crm"]
+    cases = {
+        'auth = { type = "bearer", token = "t0ken" }': "outputs.crm.auth: the url carries credentials",
+        'headers = { Authorization = "Basic eDp5" }': "outputs.crm.headers: the url carries credentials",
+    }
+    for extra, expected in cases.items():
+        text = base.replace('timeout = "3s"', f'timeout = "3s"\n{extra}')
+        with pytest.raises(ConfigErrors) as caught:
+            build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+        messages = [str(e) for e in caught.value.errors]
+        assert any(expected in m for m in messages), (extra, messages)
+        assert not any("CANARY" in m for m in messages)
+
+
 # --- the http output: bodies ----------------------------------------------------------------------------
 
 

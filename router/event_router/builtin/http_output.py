@@ -108,6 +108,14 @@ class HttpOutput(Output):
             sent = basic_credentials(unquote(split.username or ""), unquote(split.password))
             self._hidden += (sent.removeprefix("Basic "),)
         self.auth: HttpAuth | None = build_auth(config.get("auth"))
+        if split.username or split.password:
+            # aiohttp refuses such a request on every delivery: say so once, at check time
+            if self.auth is not None:
+                raise ConfigError("auth", "the url carries credentials (user:password@) already: use one or the other")
+            if any(k.lower() == "authorization" for k in self.headers):
+                raise ConfigError(
+                    "headers", "the url carries credentials (user:password@) already: drop the Authorization header"
+                )
         self.body_mode: str = config.get("body", "event")
         self.follow_redirects: bool = config.get("follow_redirects", False)
         self.tls_verify: bool = config.get("tls_verify", True)
