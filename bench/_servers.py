@@ -4,12 +4,21 @@ python bench/_servers.py file PORT PATH   the baseline of webhook_to_file: parse
                                           to PATH (written to the kernel, no fsync), answer 200
 python bench/_servers.py target PORT      the receiver of webhook_to_http_latency: note time.time_ns() and
                                           the Idempotency-Key of every POST; GET /records returns them
+python bench/_servers.py flaky PORT SEED  the flapping receiver of bench/soak.py: up (200, Idempotency-Key
+                                          noted) for 15-25 s, then down for 5-15 s, each outage one of
+                                          503 / connection dropped / hanging 5 s then 503, chosen at random
+                                          (seeded); GET /steady ends the flapping (up from then on);
+                                          GET /records returns the keys answered 200 and what it did
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -61,9 +70,71 @@ def target_app() -> web.Application:
     return app
 
 
+#: (min, max) seconds of an up phase and of an outage, and how long a hanging request is held
+FLAP_UP = (15.0, 25.0)
+FLAP_DOWN = (5.0, 15.0)
+HANG_SECONDS = 5.0
+OUTAGES = ("503", "drop", "hang")
+
+
+def flaky_app(seed: int) -> web.Application:
+    rng = random.Random(seed)
+    started = time.monotonic()
+    state: dict[str, Any] = {"mode": "up", "until": started + rng.uniform(*FLAP_UP), "steady": False}
+    #: (seconds since start, mode, planned seconds): the schedule as it happened
+    phases: list[tuple[float, str, float]] = [(0.0, "up", state["until"] - started)]
+    keys: list[str] = []
+    answers: Counter[str] = Counter()
+
+    def mode() -> str:
+        now = time.monotonic()
+        if not state["steady"] and now >= state["until"]:
+            if state["mode"] == "up":
+                state["mode"], length = rng.choice(OUTAGES), rng.uniform(*FLAP_DOWN)
+            else:
+                state["mode"], length = "up", rng.uniform(*FLAP_UP)
+            state["until"] = now + length
+            phases.append((round(now - started, 1), state["mode"], round(length, 1)))
+        return str(state["mode"])
+
+    async def receive(request: web.Request) -> web.Response:
+        await request.read()
+        current = mode()
+        answers[current] += 1
+        if current == "up":
+            keys.append(request.headers.get("Idempotency-Key", ""))
+            return web.Response(status=200, body=OK, content_type="application/json")
+        if current == "drop":
+            assert request.transport is not None
+            request.transport.close()  # the client sees the connection go away without an answer
+        elif current == "hang":
+            await asyncio.sleep(HANG_SECONDS)
+        return web.Response(status=503, body=b'{"error":"flapping"}', content_type="application/json")
+
+    async def steady(_: web.Request) -> web.Response:
+        state.update(mode="up", steady=True)
+        phases.append((round(time.monotonic() - started, 1), "steady", 0.0))
+        return web.Response(body=OK, content_type="application/json")
+
+    async def records(_: web.Request) -> web.Response:
+        data = {"keys": keys, "answers": dict(answers), "phases": phases}
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app.router.add_get("/steady", steady)
+    app.router.add_get("/records", records)
+    app.router.add_post("/{tail:.*}", receive)
+    return app
+
+
 def main(argv: list[str]) -> None:
     kind, port = argv[0], int(argv[1])
-    app = file_app(argv[2]) if kind == "file" else target_app()
+    apps: dict[str, Callable[[], web.Application]] = {
+        "file": lambda: file_app(argv[2]),
+        "target": target_app,
+        "flaky": lambda: flaky_app(int(argv[2])),
+    }
+    app = apps[kind]()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
