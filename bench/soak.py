@@ -729,7 +729,7 @@ def services(work: Path) -> Iterator[dict[str, Any]]:
     asyncio.run(declare(AMQP_URL, env["amqp_exchange"], [env["amqp_queue"]]))
     redis_server = PrivateRedis(free_port())
     mqtt_conf = work / "mosquitto.conf"
-    mqtt = PrivateBroker(free_port(), mqtt_conf)
+    mqtt = PrivateBroker(free_port(), conf=mqtt_conf)
     mqtt_conf.write_text(f"listener {mqtt.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     try:
         env["redis_port"] = redis_server.start().port
