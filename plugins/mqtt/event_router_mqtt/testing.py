@@ -7,8 +7,6 @@ one), writes the router.toml of a test and reads the file output back. Used by p
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from event_router.testing import example, read_jsonl, until, wait_for
+from event_router.testing import ServerProcess, example, read_jsonl, until, wait_for
 
 HOST = "127.0.0.1"
 SHARED_PORT = 1883
@@ -114,30 +112,10 @@ async def eventually(check: Callable[[], Any], within: float = 30.0, what: str =
 
 
 @dataclass
-class PrivateBroker:
+class PrivateBroker(ServerProcess):
     """A Mosquitto this test started on its own port, stopped by process id."""
 
-    port: int
-    conf: Path
-    proc: subprocess.Popen[bytes] | None = None
+    conf: Path = field(kw_only=True)
 
-    def start(self) -> PrivateBroker:
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for(lambda: _accepts(self.port), timeout=15, what=f"mosquitto on port {self.port}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    def command(self) -> list[str]:
+        return ["mosquitto", "-c", str(self.conf)]

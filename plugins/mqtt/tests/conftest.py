@@ -32,7 +32,7 @@ def private_broker(tmp_path: Path) -> Iterator[Callable[..., PrivateBroker]]:
         port = port or free_port()
         conf = tmp_path / f"mosquitto-{port}.conf"
         conf.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n{extra}\n")
-        broker = PrivateBroker(port, conf)
+        broker = PrivateBroker(port, conf=conf)
         brokers.append(broker)
         return broker
 

@@ -7,8 +7,6 @@ the file output back. Used by plugins/redis/tests.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ from typing import Any
 import orjson
 import redis
 
-from event_router.testing import example, read_jsonl, until, wait_for
+from event_router.testing import ServerProcess, example, read_jsonl, until
 
 HOST = "127.0.0.1"
 SHARED_PORT = 6379
@@ -107,31 +105,11 @@ async def eventually(check: Callable[[], Any], within: float = 30.0, what: str =
 
 
 @dataclass
-class PrivateRedis:
+class PrivateRedis(ServerProcess):
     """A redis-server this test started on its own port (no persistence), stopped by process id."""
 
-    port: int
     password: str | None = None
-    proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> PrivateRedis:
+    def command(self) -> list[str]:
         args = ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _accepts(self.port), timeout=15, what=f"redis-server on port {self.port}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+        return args + (["--requirepass", self.password] if self.password else [])

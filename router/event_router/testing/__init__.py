@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -57,6 +57,42 @@ def require_service(name: str, host: str, port: int) -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
+
+
+def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class ServerProcess:
+    """A server a test started on its own port (a private broker...), ready once the port accepts.
+
+    Subclasses say how to start it in `command()`; `stop()` terminates it by process id, so the machine's
+    shared server on the standard port is never touched.
+    """
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        args = self.command()
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_accepts(self.port), timeout=15, what=f"{args[0]} on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
 
 
 def free_port() -> int:
