@@ -5,7 +5,8 @@ is logged and restarted with backoff while the rest keeps running; a reload stop
 inputs and outputs whose tables changed. SIGTERM/SIGINT: stop inputs first (the webhook stops accepting;
 requests in progress finish and their events are stored), then let deliveries in flight finish up to
 `shutdown_timeout`; what is left stays in the spool. SIGHUP: reload (an invalid file keeps the running
-configuration).
+configuration). A wall-clock jump is logged and rebased away, so retries keep their schedule
+(event_router.clock).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from event_router.errors import RouterError
 from event_router.pipeline import InternalSource, Pipeline
 from event_router.plugins import PluginRegistry
 from event_router.retry import RetryPolicy
-from event_router.spool import Spool
+from event_router.spool import Spool, SpoolError
 from event_router.stats import Stats
 from event_router.systemd import notify
 from event_router.validation import SchemaError, SchemaRegistry, builtin_schema_dir
@@ -36,6 +37,8 @@ from event_router.validation import SchemaError, SchemaRegistry, builtin_schema_
 log = logging.getLogger("event_router.app")
 STATUS_INTERVAL = 10.0
 MAX_RESTART_DELAY = 30.0
+#: how often to compare the wall clock with the spool's: a jump is noticed within this many seconds
+CLOCK_CHECK_INTERVAL = 1.0
 
 
 def load_schemas(config: RouterConfig, registry: PluginRegistry) -> SchemaRegistry:
@@ -97,6 +100,9 @@ class App:
         config = self.config
         self.spool.open()
         try:
+            jump = self.spool.claim_clock()
+            if jump:
+                self._log_jump(jump, " while the router was stopped")
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 for out in config.outputs.values():
@@ -112,6 +118,7 @@ class App:
                 if handle_signals:
                     tg.start_soon(self._signals)
                 tg.start_soon(self._heartbeat)
+                tg.start_soon(self._watch_clock)
                 log.info(
                     "router ready",
                     extra={
@@ -346,6 +353,40 @@ class App:
             if messages:
                 notify(*messages)
             await anyio.sleep(interval)
+
+    async def _watch_clock(self) -> None:
+        """Rebase the spool's clock, the spool and the workers' timers when the wall clock jumps."""
+        clock = self.spool.clock
+        while True:
+            await anyio.sleep(CLOCK_CHECK_INTERVAL)
+            jump = clock.jump()
+            if not jump:
+                continue
+            self._log_jump(jump, "")
+            workers = list(self.pipeline.workers.values())
+            # no await until the spool's rebase is queued: every time computed before is in the old base
+            # and is moved with the spool's rows or the workers' memory, every time after is in the new
+            clock.shift(jump)
+            for worker in workers:
+                worker.rebase(jump)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.spool.rebase(jump)
+            except SpoolError as exc:
+                log.error(
+                    "could not move the spool's times with the clock; pending retries fall due that much off",
+                    extra={"jump_seconds": round(jump, 3), "error": str(exc)},
+                )
+            for worker in workers:
+                worker.wake()  # what the spool held back while the rebase was being committed
+
+    def _log_jump(self, jump: float, when: str) -> None:
+        direction = "forward" if jump > 0 else "back"
+        log.warning(
+            f"the wall clock jumped {direction} by {abs(jump):.0f}s{when}; pending retries keep their schedule "
+            "in elapsed time, and retry budgets (max_age) count elapsed time only",
+            extra={"jump_seconds": round(jump, 3), "pending": self.spool.depth},
+        )
 
     def _gauges(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
         yield "spool_pending_events", "Events stored and not yet delivered everywhere", {}, self.spool.depth

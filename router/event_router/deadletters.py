@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 
+from event_router.clock import spool_now
 from event_router.config import RouterConfig
 from event_router.event import Event
 from event_router.pipeline import plan_event
-from event_router.spool import DeadLetter, DeadLetterFilter, Spool, connect
+from event_router.spool import OLDEST_PENDING, DeadLetter, DeadLetterFilter, Spool, connect
 from event_router.validation import SchemaRegistry
 
 _COLUMNS = "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
@@ -104,7 +105,8 @@ def _replay_chunk(
     report: ReplayReport,
 ) -> None:
     assert report.problems is not None
-    now = time.time()
+    # in the running router's time base (a wall-clock jump may have moved it): due now, not a jump away
+    now = spool_now(conn)
     for dl in chunk:
         body = orjson.loads(dl.body)
         if dl.reason == "undecodable":
@@ -171,9 +173,9 @@ def spool_status(config: RouterConfig) -> dict[str, Any]:
     conn = connect(path, readonly=True)
     try:
         status["pending_events"] = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        oldest = conn.execute("SELECT stored_at FROM events ORDER BY seq LIMIT 1").fetchone()
+        oldest = conn.execute(OLDEST_PENDING).fetchone()
         if oldest is not None:
-            status["oldest_pending_age_seconds"] = round(time.time() - oldest[0], 3)
+            status["oldest_pending_age_seconds"] = round(spool_now(conn) - oldest[0], 3)
         status["pending_deliveries"] = dict(
             conn.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output ORDER BY output").fetchall()
         )

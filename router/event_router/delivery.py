@@ -3,12 +3,12 @@
 New deliveries arrive in memory straight from the pipeline (no read back from disk on the hot path).
 When more are pending than the in-memory buffer holds, or after a restart, the worker reads them from
 the spool in due order until it has caught up; the spool stays the only truth about what is pending.
+Times are read from the spool's clock, which wall-clock jumps do not move (event_router.clock).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -105,8 +105,8 @@ class OutputWorker:
         self.buffer_size = buffer_size
         self.poll_interval = poll_interval
         self._buffer: deque[_Pending] = deque()
-        #: delivery ids in the buffer or in flight: a spool read must not hand them out twice
-        self._claimed: set[int] = set()
+        #: deliveries in the buffer or in flight, by id: a spool read must not hand them out twice
+        self._claimed: dict[int, _Pending] = {}
         #: True while the spool may hold due deliveries that are not in memory (start-up, overflow)
         self._spilled = True
         self._next_poll = 0.0
@@ -128,14 +128,22 @@ class OutputWorker:
                 did=did,
                 route=planned.route,
                 attempts=0,
-                first_at=time.time(),
+                first_at=self.spool.clock.now(),
                 event=event,
                 payload=planned.payload,
                 reshaped=planned.reshaped,
             )
             self._buffer.append(pending)
-            self._claimed.add(did)
+            self._claimed[did] = pending
         self._wake.set()
+
+    def rebase(self, shift: float) -> None:
+        """The spool's clock moved by `shift` seconds (a wall-clock jump): move the times held in memory too."""
+        for pending in self._claimed.values():
+            pending.first_at += shift
+        self._next_poll += shift
+        if self._next_due is not None:
+            self._next_due += shift
 
     def wake(self) -> None:
         """Look at the spool now (a `dlq replay` from another process added deliveries)."""
@@ -174,7 +182,7 @@ class OutputWorker:
                 await self.plugin.close()
 
     def _refill(self) -> None:
-        now = time.time()
+        now = self.spool.clock.now()
         due = self._next_due is not None and now >= self._next_due
         if not (self._spilled and not self._buffer) and not due and now < self._next_poll:
             return
@@ -187,12 +195,13 @@ class OutputWorker:
         if due:
             self._next_due = None
         for row in rows:
-            self._buffer.append(_Pending.from_row(row))
-            self._claimed.add(row.did)
+            pending = _Pending.from_row(row)
+            self._buffer.append(pending)
+            self._claimed[row.did] = pending
         self._spilled = len(rows) >= room
 
     async def _sleep(self) -> None:
-        now = time.time()
+        now = self.spool.clock.now()
         until = self._next_poll if self._next_due is None else min(self._next_poll, self._next_due)
         with anyio.move_on_after(max(0.0, until - now)):
             await self._wake.wait()
@@ -212,7 +221,7 @@ class OutputWorker:
             await self._record(batch, outcomes)
         finally:
             for pending in batch:
-                self._claimed.discard(pending.did)
+                self._claimed.pop(pending.did, None)
             if not released:
                 self.in_flight -= len(batch)
                 self._limiter.release()
@@ -238,7 +247,7 @@ class OutputWorker:
         return outcomes
 
     async def _record(self, batch: list[_Pending], outcomes: list[BaseException | None]) -> None:
-        now = time.time()
+        now = self.spool.clock.now()
         done: list[int] = []
         retry: list[tuple[int, int, float, str]] = []
         dead: list[tuple[int, str, str, int]] = []
