@@ -231,6 +231,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         "StateDirectory=event-router",
         "ProtectSystem=strict",
         "LoadCredential=",
+        "After=network-online.target time-sync.target",
     ):
         assert key in unit
     # verify checks that ExecStart exists: point it at this checkout's installed command
