@@ -121,6 +121,7 @@ async def start_each():
 
 anyio.run(start_each)
 report["running"] = loaded()
+report["amqp short strings"] = sys.modules["pamqp.decode"].METHODS["shortstr"].__module__
 print(json.dumps(report))
 """
 
@@ -172,3 +173,9 @@ def test_checking_a_broker_config_imports_no_client(report: dict[str, Any]) -> N
 def test_running_a_broker_input_imports_its_client(report: dict[str, Any]) -> None:
     """The control: the names above are the modules the plugins really import, once they run."""
     assert report["running"] == sorted(module for modules in CLIENTS.values() for module in modules)
+
+
+def test_running_the_amqp_input_installs_its_tolerant_decoders(report: dict[str, Any]) -> None:
+    """pamqp's strict UTF-8 decoding of names would drop the connection over one message in a loop
+    (`event_router_amqp.tolerant_decode`): the input puts its decoders in when it imports the client."""
+    assert report["amqp short strings"] == "event_router_amqp.tolerant_decode"

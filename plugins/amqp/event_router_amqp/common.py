@@ -68,16 +68,39 @@ class Backoff:
 MAX_HEADER_DEPTH = 64
 
 
+def wire_text(name: str) -> str:
+    """A name pamqp decoded, as JSON can hold it: bytes that were not UTF-8 as `\\xNN` text.
+
+    `tolerant_decode` turns such bytes into lone surrogates, which orjson refuses; written as `\\xNN`,
+    like the core keeps a body that is not UTF-8, they stay readable. Valid text is returned as it is.
+    """
+    if name.isascii():
+        return name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no decoder makes: only its code point can be shown
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name
+
+
 def json_safe(value: Any, depth: int = 0) -> Any:
-    """AMQP field-table values as JSON: bytes as text, decimals as numbers, timestamps as RFC 3339."""
-    if isinstance(value, str | int | float | bool) or value is None:
+    """AMQP field-table values as JSON: bytes as text, decimals as numbers, timestamps as RFC 3339.
+
+    Keys (and text) that were not UTF-8 on the wire are written as `wire_text` writes them.
+    """
+    if isinstance(value, str):
+        return wire_text(value)
+    if isinstance(value, int | float | bool) or value is None:
         return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "backslashreplace")
     if isinstance(value, Mapping | list | tuple | set | frozenset) and depth >= MAX_HEADER_DEPTH:
         return repr(value)
     if isinstance(value, Mapping):
-        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
+        return {wire_text(str(k)): json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [json_safe(v, depth + 1) for v in value]
     if isinstance(value, decimal.Decimal):

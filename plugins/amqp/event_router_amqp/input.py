@@ -23,7 +23,15 @@ from event_router.errors import ConfigError, SpoolFull
 from event_router.event import Event
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.secrets import SECRET_SCHEMA
-from event_router_amqp.common import EXCHANGE_TYPES, Backoff, check_url, describe_error, json_safe, redact_url
+from event_router_amqp.common import (
+    EXCHANGE_TYPES,
+    Backoff,
+    check_url,
+    describe_error,
+    json_safe,
+    redact_url,
+    wire_text,
+)
 
 # aio-pika is imported in the methods that connect: routers without AMQP skip its memory and start-up cost
 if TYPE_CHECKING:
@@ -183,6 +191,10 @@ class AmqpInput(Input):
     async def _consume(self, sink: EventSink, backoff: Backoff) -> None:
         import aio_pika
 
+        from event_router_amqp import tolerant_decode
+
+        # a name that is not UTF-8 must reach _decode as a dead letter, not drop the connection in a loop
+        tolerant_decode.install()
         inbox = _Inbox()
         connection = await aio_pika.connect(
             self.url,
@@ -288,19 +300,21 @@ class AmqpInput(Input):
         trigger: str = delivery.routing_key or ""
         headers = props.headers
         count = self._delivery_count(headers, delivery.redelivered, props.message_id)
+        # names that were not UTF-8 on the wire hold surrogates (tolerant_decode), which orjson cannot store
+        routing_key = wire_text(trigger)
         meta: dict[str, Any] = {
-            "exchange": delivery.exchange,
-            "routing_key": trigger,
+            "exchange": wire_text(delivery.exchange or ""),
+            "routing_key": routing_key,
             "redelivered": bool(delivery.redelivered),
             "delivery_count": count,
         }
         if props.message_id:
-            meta["message_id"] = props.message_id
+            meta["message_id"] = wire_text(props.message_id)
         if props.content_type:
-            meta["content_type"] = props.content_type
+            meta["content_type"] = wire_text(props.content_type)
         if headers and (len(headers) > 1 or "x-delivery-count" not in headers):
             # the count is `delivery_count` already
-            meta["headers"] = {k: json_safe(v) for k, v in headers.items() if k != "x-delivery-count"}
+            meta["headers"] = {wire_text(k): json_safe(v) for k, v in headers.items() if k != "x-delivery-count"}
         body = message.body
         reason: str | None = None
         data: Any = None
@@ -309,6 +323,9 @@ class AmqpInput(Input):
             reason = f"redelivered {count} times"
         elif not trigger:
             reason = "no routing key: cannot tell the event type"
+        elif routing_key != trigger:
+            # no event type can be named so; meta keeps the key's bytes, each one not UTF-8 as \xNN
+            reason = "routing key is not UTF-8"
         elif body:
             try:
                 data = orjson.loads(body)
@@ -318,7 +335,7 @@ class AmqpInput(Input):
             # raw: kept until stored, so an event too deep to store as JSON is dead-lettered with its bytes
             return Event(trigger=trigger, data=data, source=self.name, meta=meta, raw=bytes(body))
         with anyio.CancelScope(shield=True):
-            await sink.reject(body, reason, trigger=trigger or None, meta=meta)
+            await sink.reject(body, reason, trigger=routing_key or None, meta=meta)
         return None
 
     def _delivery_count(self, headers: Mapping[str, Any] | None, redelivered: bool, message_id: str | None) -> int:

@@ -142,6 +142,10 @@ class AmqpOutput(Output):
     async def _ensure_exchange(self) -> AbstractExchange:
         import aio_pika
 
+        from event_router_amqp import tolerant_decode
+
+        # pamqp's tables are process-wide: decode as the input does, whichever of them connects first
+        tolerant_decode.install()
         async with self._lock:
             if self._exchange is not None and self._channel is not None and not self._channel.is_closed:
                 return self._exchange

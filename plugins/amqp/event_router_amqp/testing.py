@@ -3,8 +3,10 @@
 The Connector (amqplib) sends `basic.publish(exchange, routing_key = namespace)` with a content header that
 carries no properties at all: no content type, headers, message id or delivery mode (transient). aio-pika
 cannot publish like that (it always adds a message id), so `ConnectorPublisher` speaks AMQP 0-9-1 over a plain
-socket with pamqp's frame codec, which aio-pika depends on anyway. The rest: broker administration with unique
-names, queue depths as the broker counts them, polling. Used by this plugin's tests and benchmark.
+socket with pamqp's frame codec, which aio-pika depends on anyway; it writes the publish frames itself, so
+that a test can also send what pamqp would not encode (names that are not UTF-8). The rest: broker
+administration with unique names, queue depths as the broker counts them, polling. Used by this plugin's
+tests and benchmark.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
-from pamqp import body, commands, frame, header, heartbeat
+from pamqp import commands, frame, header, heartbeat
 from pamqp.encode import encode_table_value
 
 from event_router.deadletters import list_dead_letters
@@ -32,6 +34,7 @@ from event_router.testing import (
     example,
     until,  # noqa: F401 - re-exported for the plugin tests
 )
+from event_router_amqp import tolerant_decode
 from event_router_amqp.errors import CLOSED_ERRORS
 
 
@@ -87,13 +90,26 @@ class ConnectorPublisher:
         self._send(commands.Channel.Open(), 1)
         self._expect(commands.Channel.OpenOk)
 
-    def publish(self, exchange: str, routing_key: str, payload: bytes) -> None:
-        """Queue one message: routing key = namespace, body = the JSON of the event's data, no properties."""
-        self._buffer += frame.marshal(commands.Basic.Publish(exchange=exchange, routing_key=routing_key), 1)
-        self._buffer += frame.marshal(header.ContentHeader(0, len(payload), commands.Basic.Properties()), 1)
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str | bytes,
+        payload: bytes,
+        *,
+        headers: Mapping[str | bytes, Any] | None = None,
+    ) -> None:
+        """Queue one message: routing key = namespace, body = the JSON of the event's data, no properties.
+
+        A routing key given as bytes goes as exactly those bytes; `headers` (which the Connector never
+        sends) are encoded as `delivered` encodes them, keys given as bytes as exactly those bytes.
+        """
+        key = routing_key.encode() if isinstance(routing_key, str) else routing_key
+        # basic.publish: reserved short, exchange, routing key, mandatory and immediate bits (both off)
+        self._buffer += _frame(1, struct.pack(">HHH", 60, 40, 0) + _short(exchange.encode()) + _short(key) + b"\0")
+        self._buffer += _frame(2, _content_header(len(payload), headers=headers))
         step = self.frame_max - 8
         for start in range(0, len(payload), step):
-            self._buffer += frame.marshal(body.ContentBody(payload[start : start + step]), 1)
+            self._buffer += _frame(3, payload[start : start + step])
         if len(self._buffer) > 1 << 20:
             self._write()
 
@@ -169,18 +185,20 @@ def delivered(
     *,
     exchange: bytes = b"",
     redelivered: bool = False,
-    headers: Mapping[bytes, Any] | None = None,
+    headers: Mapping[str | bytes, Any] | None = None,
     message_id: bytes | None = None,
     content_type: bytes | None = None,
     delivery_tag: int = 1,
 ) -> DeliveredMessage:
-    """A message as aiormq hands it to a consumer: decoded by pamqp from the frames a broker sends.
+    """A message as aiormq hands it to the input: decoded by pamqp from the frames a broker sends, with the
+    tolerant decoders the input installs (names that are not UTF-8 come as text with surrogates).
 
-    Names are the bytes on the wire (at most 255). A header value of type bytes goes as a long string of
-    exactly those bytes (pamqp hands it over as text when it is UTF-8, else as bytes); other values as pamqp
-    encodes them. Raises pamqp's `UnmarshalingException` for frames it cannot decode (a name that is not
-    UTF-8): aiormq's reader fails the same way and drops the connection, before any input sees the message.
+    Names are the bytes on the wire (at most 255). Header keys given as bytes are exactly those bytes, at any
+    depth (str keys go as UTF-8); a header value of type bytes goes as a long string of exactly those bytes
+    (pamqp hands it over as text when it is UTF-8, else as bytes), a mapping as a table, a list as an array,
+    other values as pamqp encodes them. Raises pamqp's `UnmarshalingException` for frames it cannot decode.
     """
+    tolerant_decode.install()
     method = (
         struct.pack(">HH", 60, 60)  # basic.deliver
         + _short(b"event-router-test")
@@ -188,6 +206,22 @@ def delivered(
         + _short(exchange)
         + _short(routing_key)
     )
+    content = _content_header(len(body), headers=headers, message_id=message_id, content_type=content_type)
+    _, _, deliver = frame.unmarshal(_frame(1, method))
+    _, _, content_header = frame.unmarshal(_frame(2, content))
+    assert isinstance(deliver, commands.Basic.Deliver) and isinstance(content_header, header.ContentHeader)
+    no_channel: Any = None  # decoding never touches it
+    return DeliveredMessage(delivery=deliver, header=content_header, body=body, channel=no_channel)
+
+
+def _content_header(
+    size: int,
+    *,
+    headers: Mapping[str | bytes, Any] | None = None,
+    message_id: bytes | None = None,
+    content_type: bytes | None = None,
+) -> bytes:
+    """The payload of a basic content header frame with these properties (and no others)."""
     flags = 0
     props = b""
     if content_type is not None:
@@ -195,19 +229,27 @@ def delivered(
         props += _short(content_type)
     if headers is not None:
         flags |= 0x2000
-        table = b"".join(
-            _short(k) + (b"S" + struct.pack(">I", len(v)) + v if isinstance(v, bytes) else encode_table_value(v))
-            for k, v in headers.items()
-        )
-        props += struct.pack(">I", len(table)) + table
+        props += _table(headers)
     if message_id is not None:
         flags |= 0x0080
         props += _short(message_id)
-    content = struct.pack(">HHQH", 60, 0, len(body), flags) + props
-    _, _, deliver = frame.unmarshal(_frame(1, method))
-    _, _, content_header = frame.unmarshal(_frame(2, content))
-    no_channel: Any = None  # decoding never touches it
-    return DeliveredMessage(delivery=deliver, header=content_header, body=body, channel=no_channel)
+    return struct.pack(">HHQH", 60, 0, size, flags) + props
+
+
+def _table(table: Mapping[str | bytes, Any]) -> bytes:
+    data = b"".join(_short(k.encode() if isinstance(k, str) else k) + _value(v) for k, v in table.items())
+    return struct.pack(">I", len(data)) + data
+
+
+def _value(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return b"S" + struct.pack(">I", len(value)) + value
+    if isinstance(value, Mapping):
+        return b"F" + _table(value)
+    if isinstance(value, list):
+        data = b"".join(_value(v) for v in value)
+        return b"A" + struct.pack(">I", len(data)) + data
+    return encode_table_value(value)
 
 
 def _short(value: bytes) -> bytes:

@@ -1,7 +1,9 @@
 """Property tests of the AMQP input's decoding: any delivery becomes an event or a dead letter that says why.
 
-Messages are decoded by pamqp from the frames a broker sends (`delivered`), as aiormq hands them to the
-input; no broker is needed. `bench/fuzz.py` (selector `A`) fuzzes the same path.
+Messages are decoded by pamqp from the frames a broker sends (`delivered`), with the tolerant decoders the
+input installs, as aiormq hands them to the input; no broker is needed. Names (routing key, exchange, message
+id, content type, header keys) are any bytes, UTF-8 or not: RabbitMQ delivers them as they were published.
+`bench/fuzz.py` (selector `A`) fuzzes the same path.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from event_router.event import Event
 from event_router.plugin import PluginContext
 from event_router.testing.decoding import RecordingSink, check_event, check_rejection, shipped_router
-from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_texts, payloads
+from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_names, payloads
 from event_router_amqp.input import AmqpInput
 from event_router_amqp.testing import delivered
 
@@ -29,8 +31,8 @@ SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 CONFIG, SCHEMAS = shipped_router()
 MAX_REDELIVERIES = 5
 
-#: names as pamqp decodes them: UTF-8 (anything else fails in aiormq's reader, before the input), <= 255 bytes
-names = odd_texts.map(lambda t: t.encode("utf-8", "surrogatepass")).filter(lambda b: len(b) <= 255 and _is_utf8(b))
+#: names as the broker sends them: any bytes, mostly UTF-8, at most 255
+names = odd_names.filter(lambda b: len(b) <= 255)
 #: what a field table can carry, as pamqp encodes it
 header_values = st.recursive(
     st.one_of(
@@ -43,7 +45,7 @@ header_values = st.recursive(
         st.decimals(places=2, min_value=-(10**6), max_value=10**6),
         st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(2100, 1, 1)),
     ),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3),
     max_leaves=10,
 )
 #: headers; a bytes value is a long string of any bytes, UTF-8 or not
@@ -66,6 +68,11 @@ def _is_utf8(value: bytes) -> bool:
     return True
 
 
+def shown(name: bytes) -> str:
+    """A name as meta holds it: its text, each byte that is not UTF-8 as `\\xNN`."""
+    return name.decode("utf-8", "backslashreplace")
+
+
 def make_input(tmp_path: Path) -> AmqpInput:
     context = PluginContext("broker", tmp_path, logging.getLogger("test"), tmp_path)
     return AmqpInput({"url": "amqp://guest:guest@127.0.0.1/", "max_redeliveries": MAX_REDELIVERIES}, context)
@@ -85,15 +92,27 @@ def decode(inp: AmqpInput, message: Any) -> tuple[Event | None, RecordingSink]:
     redelivered=st.booleans(),
     message_id=st.none() | names,
     content_type=st.none() | names,
+    exchange=names,
 )
-@example(b"transport.messageReceived", b"[" * 5000 + b"]" * 5000, None, False, None, None)
-@example(b"transport.messageReceived", b'{"a":' * 600 + b"1" + b"}" * 600, None, False, None, None)
-@example(b"x", b"{}", {b"x-delivery-count": 2**63 - 1, b"y": {"z": [None]}}, True, b"m", None)
-@example(b"", b"\xff", None, False, None, None)
+@example(b"transport.messageReceived", b"[" * 5000 + b"]" * 5000, None, False, None, None, b"connector")
+@example(b"transport.messageReceived", b'{"a":' * 600 + b"1" + b"}" * 600, None, False, None, None, b"connector")
+@example(b"x", b"{}", {b"x-delivery-count": 2**63 - 1, b"y": {"z": [None]}}, True, b"m", None, b"connector")
+@example(b"", b"\xff", None, False, None, None, b"connector")
 # header tables nested deeper than orjson writes (254 levels) but not than pamqp reads: an event whose meta
 # could not be stored, or a dead letter that could not be (a crash, then redelivery, again and again)
-@example(b"transport.messageReceived", b"{}", {b"deep": DEEP_TABLE}, False, None, None)
-@example(b"transport.messageReceived", b"\xff", {b"deep": DEEP_TABLE}, False, None, None)
+@example(b"transport.messageReceived", b"{}", {b"deep": DEEP_TABLE}, False, None, None, b"connector")
+@example(b"transport.messageReceived", b"\xff", {b"deep": DEEP_TABLE}, False, None, None, b"connector")
+# names that are not UTF-8: pamqp alone would fail on the frame, and the broker would deliver it again forever
+@example(b"transport.\xffbad", b"{}", None, False, None, None, b"connector")
+@example(
+    b"transport.messageReceived",
+    b"{}",
+    {b"x-\xfe": b"v", b"t": [{b"\xed\xa0\x80": 1}]},
+    False,
+    b"\x80",
+    b"\xc3",
+    b"\xff",
+)
 def test_any_delivery_becomes_an_event_or_a_dead_letter(
     tmp_path_factory: pytest.TempPathFactory,
     routing_key: bytes,
@@ -102,33 +121,41 @@ def test_any_delivery_becomes_an_event_or_a_dead_letter(
     redelivered: bool,
     message_id: bytes | None,
     content_type: bytes | None,
+    exchange: bytes,
 ) -> None:
     message = delivered(
         routing_key,
         body,
-        exchange=b"connector",
+        exchange=exchange,
         redelivered=redelivered,
         headers=headers,
         message_id=message_id,
         content_type=content_type,
     )
     event, sink = decode(make_input(tmp_path_factory.getbasetemp()), message)
-    trigger = routing_key.decode()
     count = message.header.properties.headers.get("x-delivery-count") if headers else None
+    meta = event.meta if event is not None else sink.rejections[0].meta
+    # every name is in meta as its text, bytes that are not UTF-8 as \xNN (storable: checked below)
+    assert meta["exchange"] == shown(exchange)
+    assert meta["routing_key"] == shown(routing_key)
+    assert meta.get("message_id") == (shown(message_id) if message_id else None)
+    assert meta.get("content_type") == (shown(content_type) if content_type else None)
+    assert set(meta.get("headers", {})) == {shown(k) for k in headers or {} if k != b"x-delivery-count"}
     if event is not None:
         assert sink.rejections == []
         check_event(event, body, config=CONFIG, schemas=SCHEMAS)
-        assert event.trigger == trigger
-        assert event.meta["routing_key"] == trigger
+        assert event.trigger == routing_key.decode()  # only a UTF-8 routing key makes an event
         assert event.data == (orjson.loads(body) if body else None)
         return
     (rejection,) = sink.rejections
     check_rejection(rejection.raw, rejection.reason, rejection.trigger, rejection.meta, raw=body)
-    assert rejection.trigger == (trigger or None)
+    assert rejection.trigger == (shown(routing_key) or None)
     if isinstance(count, int) and not isinstance(count, bool) and count > MAX_REDELIVERIES:
         assert rejection.reason == f"redelivered {count} times"
-    elif not trigger:
+    elif not routing_key:
         assert rejection.reason == "no routing key: cannot tell the event type"
+    elif not _is_utf8(routing_key):
+        assert rejection.reason == "routing key is not UTF-8"
     else:
         assert rejection.reason.startswith("body is not valid JSON: ")
         assert len(rejection.reason) > len("body is not valid JSON: ")  # orjson's error, with its position

@@ -11,7 +11,16 @@ import orjson
 import pytest
 
 from event_router.testing import example, example_events, free_port, read_jsonl
-from event_router_amqp.testing import AMQP_URL, Broker, ConnectorPublisher, dead_letters, input_toml, mail, until
+from event_router_amqp.testing import (
+    AMQP_URL,
+    Broker,
+    ConnectorPublisher,
+    dead_letters,
+    input_toml,
+    mail,
+    queue_totals,
+    until,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
 
@@ -111,6 +120,59 @@ async def test_malformed_messages_are_dead_lettered_and_acknowledged(broker: Bro
     (good,) = read_jsonl(out)
     assert good["data"]["id"] == "MSG00000000000000001"
     assert await broker.ready_count(queue) == (0, 0)
+
+
+async def test_names_that_are_not_utf8_do_not_stall_the_queue(  # type: ignore[no-untyped-def]
+    broker: Broker, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RabbitMQ delivers a routing key or header key that is not UTF-8 as it was published. pamqp alone fails
+    on such a frame (gmr/pamqp#32): the connection drops, the broker delivers the message again, forever, and
+    nothing behind it is consumed. The input dead-letters it instead (or makes an event of it when only a
+    header key is odd), acknowledges it and goes on."""
+    caplog.set_level(logging.INFO, logger="event_router")
+    exchange = await broker.topic_exchange()
+    queue = broker.queue_name("utf8")
+    poison_key = b"transport.\xffbad"
+    odd_headers = {b"x-\xfe": b"v", "nested": {b"\xff\xfe": 1}}
+
+    def send() -> None:
+        with ConnectorPublisher(AMQP_URL) as publisher:
+            publisher.publish(exchange, "transport.messageReceived", orjson.dumps(mail(1)))
+            publisher.publish(exchange, poison_key, orjson.dumps(mail(2)))
+            publisher.publish(exchange, "transport.messageReceived", orjson.dumps(mail(3)), headers=odd_headers)
+            for seq in range(4, 8):
+                publisher.publish(exchange, "transport.messageReceived", orjson.dumps(mail(seq)))
+            publisher.flush()
+
+    out = tmp_path / "out/events.jsonl"
+    async with make_app(input_toml(AMQP_URL, exchange, queue)) as app:
+        await until(app.config.inputs["broker"].plugin.is_ready, what="the input to connect")
+        await anyio.to_thread.run_sync(send)
+        await until(lambda: dead_letters(app.spool.path) and len(read_jsonl(out)) >= 6, what="6 events, 1 dead letter")
+        await anyio.sleep(0.5)  # time for a redelivery, if the message had been left unacknowledged
+        found = dead_letters(app.spool.path)
+        in_queue = queue_totals(queue)
+    (poison,) = found
+    assert (poison.reason, poison.error) == ("undecodable", "routing key is not UTF-8")
+    assert poison.trigger == "transport.\\xffbad"
+    kept = orjson.loads(poison.body)
+    assert kept["meta"]["routing_key"] == poison_key.decode("utf-8", "backslashreplace")
+    assert kept["meta"]["exchange"] == exchange
+    assert orjson.loads(kept["raw"]) == mail(2)
+    assert (kept["meta"]["redelivered"], kept["meta"]["delivery_count"]) == (False, 0)  # dead-lettered at once
+    lines = read_jsonl(out)
+    assert sorted(line["data"]["id"] for line in lines) == [f"MSG{seq:017d}" for seq in (1, 3, 4, 5, 6, 7)]
+    assert all(not line["meta"]["redelivered"] for line in lines)
+    (odd,) = [line for line in lines if "headers" in line["meta"]]
+    assert odd["meta"]["headers"] == {"x-\\xfe": "v", "nested": {"\\xff\\xfe": 1}}
+    # nothing left unacknowledged or requeued, and one connection all along
+    assert in_queue == {"messages": 0, "messages_ready": 0, "messages_unacknowledged": 0}
+    assert await broker.ready_count(queue) == (0, 0)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("event_router")]
+    assert messages.count("consuming from the broker") == 1
+    assert not {"lost the broker connection; reconnecting", "unexpected error while consuming; reconnecting"} & set(
+        messages
+    )
 
 
 async def test_a_message_redelivered_too_often_is_dead_lettered(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
