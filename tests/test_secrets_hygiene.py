@@ -26,6 +26,7 @@ from event_router.signing import WebhookSigner
 from event_router.testing import (
     Recorded,
     RouterProcess,
+    assert_check_hides_secrets,
     assert_no_secrets,
     example,
     free_port,
@@ -279,13 +280,11 @@ def test_check_test_plugins_and_status_print_no_secrets(tmp_path: Path) -> None:
     good = config_text(free_port(), free_port(), rx, closed=free_port())
     config.write_text(good)
 
-    checked = run_cli("check", "-c", str(config), env=env)
-    assert checked.returncode == 0, checked.stderr
-    assert_no_secrets(
-        checked.stdout + checked.stderr,
+    assert_check_hides_secrets(
+        config,
         SECRETS,
         expect=["ok: 1 input(s), 9 output(s), 3 route(s)", "outputs.connector.api_key: secret written in plain text"],
-        where="check",
+        env=env,
     )
     as_json = run_cli("check", "-c", str(config), "--json", env=env)
     assert_no_secrets(

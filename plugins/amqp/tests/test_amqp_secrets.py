@@ -10,6 +10,7 @@ import pytest
 
 from event_router.testing import (
     RouterProcess,
+    assert_check_hides_secrets,
     assert_no_secrets,
     example,
     free_port,
@@ -54,13 +55,8 @@ to = "unreachable"
     # RabbitMQ's guest with a wrong password: the broker refuses the login
     env = {"AMQP_SECRET_TEST_URL": f"amqp://guest:{PASSWORD}@127.0.0.1:5672/"}
 
-    checked = run_cli("check", "-c", str(config), env=env)
-    assert checked.returncode == 0, checked.stderr
-    assert_no_secrets(
-        checked.stdout + checked.stderr,
-        SECRETS,
-        expect=["ok: 2 input(s)", "outputs.unreachable.url: secret written in plain text"],
-        where="check",
+    assert_check_hides_secrets(
+        config, SECRETS, expect=["ok: 2 input(s)", "outputs.unreachable.url: secret written in plain text"], env=env
     )
 
     broken = text.replace(f'url = "amqp://guest:{PASSWORD}@', f'url = "http://guest:{PASSWORD}@')

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from event_router.testing import RouterProcess, assert_no_secrets, free_port, run_cli
+from event_router.testing import RouterProcess, assert_check_hides_secrets, assert_no_secrets, free_port
 from event_router_mqtt.testing import PrivateBroker
 
 pytestmark = pytest.mark.slow
@@ -59,13 +59,8 @@ reconnect_max = "1s"
     config.write_text(text)
     env = {"MQTT_SECRET_TEST_URL": f"mqtt://router:{PASSWORD}@127.0.0.1:{broker.port}"}
 
-    checked = run_cli("check", "-c", str(config), env=env)
-    assert checked.returncode == 0, checked.stderr
-    assert_no_secrets(
-        checked.stdout + checked.stderr,
-        SECRETS,
-        expect=["ok: 3 input(s)", "inputs.refused.url: secret written in plain text"],
-        where="check",
+    assert_check_hides_secrets(
+        config, SECRETS, expect=["ok: 3 input(s)", "inputs.refused.url: secret written in plain text"], env=env
     )
 
     broken = text.replace(f"@127.0.0.1:{closed}", f"@127.0.0.1:{closed}/path")

@@ -284,6 +284,15 @@ def run_cli(
     )
 
 
+def assert_check_hides_secrets(
+    config: Path, secrets: Iterable[str], *, expect: Iterable[str], env: dict[str, str] | None = None
+) -> None:
+    """`event-router check` accepts `config`, says everything in `expect` and shows none of `secrets`."""
+    checked = run_cli("check", "-c", str(config), env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert_no_secrets(checked.stdout + checked.stderr, secrets, expect=expect, where="check")
+
+
 #: routers started and not yet stopped: the `reap_routers` fixture kills what a failed test left running
 LIVE_ROUTERS: set[RouterProcess] = set()
 
