@@ -82,7 +82,7 @@ def flaky_app(seed: int) -> web.Application:
     started = time.monotonic()
     state: dict[str, Any] = {"mode": "up", "until": started + rng.uniform(*FLAP_UP), "steady": False}
     #: (seconds since start, mode, planned seconds): the schedule as it happened
-    phases: list[tuple[float, str, float]] = [(0.0, "up", state["until"] - started)]
+    phases: list[tuple[float, str, float]] = [(0.0, "up", round(state["until"] - started, 1))]
     keys: list[str] = []
     answers: Counter[str] = Counter()
 
