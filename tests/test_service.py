@@ -77,6 +77,22 @@ def test_notify_sequence_watchdog_and_status(tmp_path: Path) -> None:
     assert messages[-1] == "STATUS=draining deliveries" or "STOPPING=1" in messages[-3:]
 
 
+def test_a_notify_socket_nobody_reads_does_not_freeze_the_router(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    config = tmp_path / "router.toml"
+    config.write_text(config_text(port, admin, "http://127.0.0.1:9"))
+    # a watchdog ping every 10 ms fills the socket's queue in well under a second once nobody reads it
+    with RouterProcess(config, env={**ENV, "WATCHDOG_USEC": "20000"}) as router:
+        time.sleep(1.5)
+        status, body, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), HEADERS)
+        assert status == 202, body
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5) as response:
+            assert response.status == 200
+        router.poll_messages()
+        assert "WATCHDOG=1" in router.messages
+        assert router.terminate() == 0
+
+
 @pytest.mark.slow
 def test_reload_while_events_flow(tmp_path: Path) -> None:
     """A valid reload (admin API) and an invalid one (SIGHUP) while events flow: none lost, none doubled."""

@@ -14,6 +14,9 @@ def notify(*messages: str) -> bool:
     if address.startswith("@"):  # abstract namespace socket
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # never block: this runs on the event loop, and a peer that stops reading (its queue holds a
+        # few datagrams) must not freeze the router; a dropped STATUS or WATCHDOG is resent soon
+        sock.setblocking(False)
         try:
             sock.connect(address)
             sock.sendall("\n".join(messages).encode())
