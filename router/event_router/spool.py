@@ -511,14 +511,29 @@ class Spool:
         assert self._reader is not None
         if self._rebasing:
             return []
-        rows = self._reader.execute(
-            "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body "
-            "FROM deliveries d JOIN events e ON e.seq = d.seq "
-            "WHERE d.output = ? AND d.due <= ? ORDER BY d.due, d.did LIMIT ?",
-            (output, now, limit + len(exclude)),
-        ).fetchall()
-        out = [DeliveryRow(*row) for row in rows if row[0] not in exclude]
-        return out[:limit]
+        # pick the ids from the (output, due, did) index alone, then read bodies for those only: with a
+        # backlog, most due rows are the ones already in memory, and reading their bodies each refill
+        # cost a fifth of the router's time
+        dids = [
+            did
+            for (did,) in self._reader.execute(
+                "SELECT did FROM deliveries WHERE output = ? AND due <= ? ORDER BY due, did LIMIT ?",
+                (output, now, limit + len(exclude)),
+            )
+            if did not in exclude
+        ][:limit]
+        out: list[DeliveryRow] = []
+        for start in range(0, len(dids), 500):
+            chunk = dids[start : start + 500]
+            rows = self._reader.execute(
+                "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body "
+                f"FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.did IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            out.extend(DeliveryRow(*row) for row in rows)
+        order = {did: i for i, did in enumerate(dids)}
+        out.sort(key=lambda row: order[row.did])
+        return out
 
     def next_due(self, output: str) -> float | None:
         assert self._reader is not None
