@@ -1,6 +1,6 @@
 """AMQP → file: the router's amqp input against a bare aio-pika consumer, in the same run.
 
-    .venv/bin/python bench/amqp_to_file.py [--count 100000] [--size 1200] [--url amqp://...] [--out FILE]
+    .venv/bin/python bench/amqp_to_file.py [--count 100000] [--rounds 3] [--size 1200] [--url amqp://...] [--out FILE]
 
 Publishes N Connector-format transport.messageReceived events (routing key = namespace, body = the data's
 JSON with the Mail body padded to about --size bytes, no properties, exactly as the Connector's amqplib
@@ -11,7 +11,9 @@ publisher sends them) through a topic exchange into two fresh quorum queues, the
 (b) router: `event-router run` with the amqp input (defaults: prefetch 1000, batch 500) and the file output
     (fsync per batch). Timed from READY=1 until the output file has N lines.
 
-Prints one JSON object: {"scenario": "amqp_to_file", "count", "baseline_msgs_per_s", "router_msgs_per_s", "ratio"}.
+Each round drains a fresh pair of queues, the two consumers back to back in alternating order; prints one
+JSON object: {"scenario": "amqp_to_file", "count", "rounds": [...], "baseline_msgs_per_s",
+"router_msgs_per_s", "ratio"}, the figures being medians over the rounds.
 Needs RabbitMQ on 127.0.0.1:5672 and the event-router-amqp plugin installed.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -158,6 +161,38 @@ to = ["archive"]
         return time.perf_counter() - started, cpu_seconds(pid) - cpu
 
 
+def one_round(args: argparse.Namespace, body: bytes, tuning: str, *, router_first: bool) -> dict[str, Any]:
+    """Publish --count events into two fresh queues, drain one with each consumer; rates and CPU per message."""
+    token = uuid.uuid4().hex[:8]
+    exchange = f"bench-connector-{token}"
+    queues = [f"bench-baseline-{token}", f"bench-router-{token}"]
+    asyncio.run(declare(args.url, exchange, queues))
+    try:
+        started = time.perf_counter()
+        with ConnectorPublisher(args.url) as publisher:
+            publisher.publish_many(exchange, ((TRIGGER, body) for _ in range(args.count)))
+        for queue in queues:
+            asyncio.run(wait_depth(args.url, queue, args.count))
+        out: dict[str, Any] = {"publish_seconds": round(time.perf_counter() - started, 2)}
+        with tempfile.TemporaryDirectory(prefix="bench-amqp-") as tmp:
+            work = Path(tmp)
+            if router_first:
+                routed, routed_cpu = through_router(args.url, queues[1], args.count, work, tuning)
+            base, base_cpu = asyncio.run(baseline(args.url, queues[0], args.count, work / "baseline.jsonl"))
+            if not router_first:
+                routed, routed_cpu = through_router(args.url, queues[1], args.count, work, tuning)
+    finally:
+        asyncio.run(remove(args.url, exchange, queues))
+    out["baseline_msgs_per_s"] = round(args.count / base, 1)
+    out["router_msgs_per_s"] = round(args.count / routed, 1)
+    out["ratio"] = round(base / routed, 3)
+    # CPU per message moves less than wall time when other work shares the machine; the router's
+    # figure adds up all its threads (spool writer, file writes), the baseline's is one thread
+    out["baseline_cpu_us_per_msg"] = round(base_cpu / args.count * 1e6, 1)
+    out["router_cpu_us_per_msg"] = round(routed_cpu / args.count * 1e6, 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=100_000)
@@ -166,40 +201,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also append the JSON result to this file")
     parser.add_argument("--prefetch", type=int, help="the router input's prefetch (default: the input's default)")
     parser.add_argument("--batch-size", type=int, help="the router input's batch_size (default: the input's)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each draining a fresh pair of queues")
     args = parser.parse_args()
-    token = uuid.uuid4().hex[:8]
-    exchange = f"bench-connector-{token}"
-    queues = [f"bench-baseline-{token}", f"bench-router-{token}"]
     body = padded_data(args.size)
     result: dict[str, Any] = {"scenario": "amqp_to_file", "count": args.count, "body_bytes": len(body)}
     if args.prefetch or args.batch_size:
         result["router_input"] = {"prefetch": args.prefetch, "batch_size": args.batch_size}
-    asyncio.run(declare(args.url, exchange, queues))
-    try:
-        started = time.perf_counter()
-        with ConnectorPublisher(args.url) as publisher:
-            publisher.publish_many(exchange, ((TRIGGER, body) for _ in range(args.count)))
-        for queue in queues:
-            asyncio.run(wait_depth(args.url, queue, args.count))
-        result["publish_seconds"] = round(time.perf_counter() - started, 2)
-        with tempfile.TemporaryDirectory(prefix="bench-amqp-") as tmp:
-            work = Path(tmp)
-            base, base_cpu = asyncio.run(baseline(args.url, queues[0], args.count, work / "baseline.jsonl"))
-            tuning = "".join(
-                f"{key} = {value}\n"
-                for key, value in (("prefetch", args.prefetch), ("batch_size", args.batch_size))
-                if value is not None
-            )
-            routed, routed_cpu = through_router(args.url, queues[1], args.count, work, tuning)
-        result["baseline_msgs_per_s"] = round(args.count / base, 1)
-        result["router_msgs_per_s"] = round(args.count / routed, 1)
-        result["ratio"] = round(base / routed, 3)
-        # CPU per message moves less than wall time when other work shares the machine; the router's
-        # figure adds up all its threads (spool writer, file writes), the baseline's is one thread
-        result["baseline_cpu_us_per_msg"] = round(base_cpu / args.count * 1e6, 1)
-        result["router_cpu_us_per_msg"] = round(routed_cpu / args.count * 1e6, 1)
-    finally:
-        asyncio.run(remove(args.url, exchange, queues))
+    tuning = "".join(
+        f"{key} = {value}\n"
+        for key, value in (("prefetch", args.prefetch), ("batch_size", args.batch_size))
+        if value is not None
+    )
+    # this machine's speed drifts by tens of percent within minutes: several rounds, each with the two
+    # consumers back to back (in alternating order), and the median of the per-round ratios
+    rounds = [one_round(args, body, tuning, router_first=i % 2 == 1) for i in range(args.rounds)]
+    result["rounds"] = rounds
+    result["publish_seconds"] = statistics.median(r["publish_seconds"] for r in rounds)
+    for key in ("baseline_msgs_per_s", "router_msgs_per_s", "baseline_cpu_us_per_msg", "router_cpu_us_per_msg"):
+        result[key] = round(statistics.median(r[key] for r in rounds), 1)
+    result["ratio"] = round(statistics.median(r["ratio"] for r in rounds), 3)
     emit(result, args.out)
 
 
