@@ -92,7 +92,9 @@ class OutputWorker:
         *,
         policy_for: Callable[[str], RetryPolicy],
         options_for: Callable[[str], Mapping[str, Any]],
-        buffer_size: int = 4096,
+        # fresh deliveries hold the parsed event (~10 KB for a Connector message): 1,024 bound that to
+        # ~10 MB per output whatever the backlog; beyond it they wait in the spool, read in due order
+        buffer_size: int = 1024,
         poll_interval: float = 1.0,
     ):
         self.config = config
