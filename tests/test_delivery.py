@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from event_router.deadletters import list_dead_letters, replay
+from event_router.delivery import OutputWorker
 from event_router.spool import DeadLetterFilter
 from event_router.testing import example, free_port, http_receiver, post, read_jsonl, send_webhook, until
 
@@ -159,6 +160,39 @@ async def test_reshape_and_encoded_url(make_app, tmp_path: Path) -> None:  # typ
         "from": mail["data"]["createdBy"],
         "note": "mail ../Account/Sync?x=1",
     }
+
+
+async def test_a_backlog_in_memory_delivers_the_same_bodies(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Past the head of the buffer, fresh deliveries are kept as their stored JSON: same requests, same files."""
+    port = free_port()
+    reshape = 'reshape = { subject = "data.content.subject", note = "mail {{data.id}}" }'
+    count = OutputWorker.PARSED_AHEAD * 3
+    with http_receiver() as rx:
+        rx.delay = 0.05  # one at a time, slowly: the buffer fills up behind
+        text = config(port, tmp_path, rx.url + "/m/{{data.id}}", route_extra=reshape).replace(
+            'timeout = "2s"', 'timeout = "2s"\nconcurrency = 1'
+        )
+        async with make_app(text) as app:
+            mails = []
+            for i in range(count):
+                mail = example("transport.messageReceived")
+                mail["data"]["id"] = f"MSG{i:017d}"
+                mails.append(mail)
+            await anyio.to_thread.run_sync(
+                lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails]  # type: ignore[func-returns-value]
+            )
+            assert len(app.pipeline.workers["crm"]._buffer) > OutputWorker.PARSED_AHEAD, "no backlog formed"
+            await until(lambda: len(rx.requests) >= count, "every reshaped delivery", within=60)
+            await until(lambda: len(read_jsonl(tmp_path / "out/events.jsonl")) >= count, "every event archived")
+        got = {r.path: r.json() for r in rx.requests}
+    assert len(got) == count
+    for mail in mails:
+        assert got[f"/m/{mail['data']['id']}"] == {
+            "subject": "New postal address",
+            "note": f"mail {mail['data']['id']}",
+        }
+    archived = read_jsonl(tmp_path / "out/events.jsonl")
+    assert [line["data"] for line in archived] == [m["data"] for m in mails]
 
 
 async def test_retry_spacing_follows_backoff_and_retry_after(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -119,13 +119,21 @@ class OutputWorker:
         self._limiter = anyio.Semaphore(config.concurrency)
         self.in_flight = 0
 
-    def offer_new(self, did: int, event: Event, planned: PlannedDelivery) -> None:
-        """A delivery the pipeline just stored. Kept in memory unless the buffer is full."""
+    #: deliveries near the head of the buffer keep the parsed event; those behind keep its stored JSON
+    PARSED_AHEAD = 64
+
+    def offer_new(
+        self, did: int, event: Event, planned: PlannedDelivery, *, body: bytes, payload_raw: bytes | None
+    ) -> None:
+        """A delivery the pipeline just stored (`body`, `payload_raw`: its stored JSON). Kept in memory
+        unless the buffer is full."""
         if did in self._claimed:  # a spool read between its commit and this call already took it
             return
         if self._spilled or len(self._buffer) >= self.buffer_size:
             self._spilled = True
-        else:
+            self._wake.set()
+            return
+        if len(self._buffer) < self.PARSED_AHEAD:  # goes out soon: no need to parse it again
             pending = _Pending(
                 did=did,
                 route=planned.route,
@@ -135,8 +143,20 @@ class OutputWorker:
                 payload=planned.payload,
                 reshaped=planned.reshaped,
             )
-            self._buffer.append(pending)
-            self._claimed[did] = pending
+        else:
+            # a backlog is forming (the output is slow or down): a parsed event is ~8x its JSON and,
+            # held for minutes then freed, fragments the heap; the bytes are parsed when delivered
+            pending = _Pending(
+                did=did,
+                route=planned.route,
+                attempts=0,
+                first_at=self.spool.clock.now(),
+                body=body,
+                payload_raw=payload_raw,
+                reshaped=planned.reshaped,
+            )
+        self._buffer.append(pending)
+        self._claimed[did] = pending
         self._wake.set()
 
     def rebase(self, shift: float) -> None:

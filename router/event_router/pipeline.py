@@ -127,13 +127,20 @@ class Pipeline:
             self.stats.incr("spool_full_rejections", input=input_config.name)
             raise SpoolFull(self.spool.depth, config.max_pending_events)
         stored = await self.spool.store(items) if items else []
-        by_plan = dict(zip(map(id, stored_plans), stored, strict=True))
+        by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
         results: list[SubmitResult] = []
         for plan in plans:
-            results.append(self._settle(input_config.name, plan, by_plan.get(id(plan))))
+            ids, item = by_plan.get(id(plan), (None, None))
+            results.append(self._settle(input_config.name, plan, ids, item))
         return results
 
-    def _settle(self, input_name: str, plan: Plan, stored: list[int] | int | None) -> SubmitResult:
+    def _settle(
+        self,
+        input_name: str,
+        plan: Plan,
+        stored: list[int] | int | None,
+        item: StoreEvent | StoreDeadLetter | None,
+    ) -> SubmitResult:
         event = plan.event
         # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
         trigger_label = plan.validation.schema or "unknown"
@@ -156,10 +163,11 @@ class Pipeline:
         assert isinstance(stored, list)
         for route in plan.routes:
             self.stats.incr("events_routed", route=route.name)
-        for delivery, did in zip(plan.deliveries, stored, strict=True):
+        assert isinstance(item, StoreEvent)
+        for delivery, did, kept in zip(plan.deliveries, stored, item.deliveries, strict=True):
             worker = self.workers.get(delivery.output)
             if worker is not None:
-                worker.offer_new(did, event, delivery)
+                worker.offer_new(did, event, delivery, body=item.body, payload_raw=kept.payload)
         return SubmitResult(event.id, "accepted", plan.validation.errors)
 
     async def reject(
