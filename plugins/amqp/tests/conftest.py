@@ -1,14 +1,16 @@
-"""Fixtures of the AMQP plugin's tests: a real RabbitMQ on 127.0.0.1:5672, unique names, cleanup."""
+"""Fixtures of the AMQP plugin's tests: a real RabbitMQ on 127.0.0.1:5672, unique names, cleanup; a private
+RabbitMQ node for the tests that kill the broker."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aio_pika
 import pytest
 
-from event_router.testing import require_service
-from event_router_amqp.testing import AMQP_URL, Broker
+from event_router.testing import free_port, require_program, require_service
+from event_router_amqp.testing import AMQP_URL, RABBITMQ_SERVER_SCRIPT, Broker, PrivateRabbitMQ
 
 
 @pytest.fixture
@@ -20,3 +22,12 @@ async def broker() -> AsyncIterator[Broker]:
     finally:
         await admin.cleanup()
         await admin.connection.close()
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path) -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of this test's own (not started yet: `start()` takes seconds), stopped after the test."""
+    script = require_program("rabbitmq-server", RABBITMQ_SERVER_SCRIPT)
+    node = PrivateRabbitMQ(free_port(), base=tmp_path / "rabbitmq", script=script)
+    yield node
+    node.stop()

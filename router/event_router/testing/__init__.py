@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import orjson
 
@@ -59,6 +60,20 @@ def require_service(name: str, host: str, port: int) -> None:
         pytest.skip(message)
 
 
+def require_program(name: str, *candidates: str) -> str:
+    """The path of a program a test starts itself: the first of `candidates` that is executable, else `name`
+    on PATH. Skips when it is missing on a developer's machine; fails in CI, whose machine must have it."""
+    import pytest
+
+    found = next((path for path in candidates if os.access(path, os.X_OK)), None) or shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed; see README 'Running the tests'"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
 def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
@@ -72,25 +87,52 @@ def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bo
 class ServerProcess:
     """A server a test started on its own port (a private broker...), ready once the port accepts.
 
-    Subclasses say how to start it in `command()`; `stop()` terminates it by process id, so the machine's
-    shared server on the standard port is never touched.
+    Subclasses say how to start it in `command()` (and `environment()`); `stop()` terminates it by process
+    id, so the machine's shared server on the standard port is never touched. `kill()` then `start()` is a
+    crash and a restart: whatever the server keeps on disk is the subclass's to keep in the same place.
     """
 
     port: int
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    #: how long `start()` waits for the port to accept connections
+    boot_timeout: ClassVar[float] = 15.0
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The server's environment; None: the test's own."""
+        return None
+
     def start(self) -> Self:
         args = self.command()
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: port_accepts(self.port), timeout=15, what=f"{args[0]} on port {self.port}")
+        proc = self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.environment()
+        )
+
+        def up() -> bool:
+            if proc.poll() is not None:  # a server that cannot start should not cost the whole boot timeout
+                raise AssertionError(f"{args[0]} exited with code {proc.returncode} before port {self.port} accepted")
+            return port_accepts(self.port)
+
+        wait_for(up, timeout=self.boot_timeout, what=f"{args[0]} on port {self.port}")
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Terminate the server (SIGTERM) and wait for it; one that does not exit within `timeout` is killed."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: the server gets no chance to flush or close anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(10)
         self.proc = None
 
@@ -143,9 +185,12 @@ async def send_webhook(
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The lines of a JSON Lines file, which the router may be appending to while a test polls it: a last line
+    without its newline yet is left for the next read (a large write can be seen half done)."""
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    data = path.read_bytes()
+    return [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines() if line.strip()]
 
 
 @dataclass
