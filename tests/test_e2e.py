@@ -174,7 +174,10 @@ def test_sigkill_while_delivering_duplicates_stay_within_the_in_flight_window(tm
             again.terminate()
         received = Counter(r.headers["Idempotency-Key"] for r in rx.requests)
     assert set(received) == set(ids)
-    assert sum(c - 1 for c in received.values()) <= 16, "at most one concurrency window is delivered twice"
+    # repeated: what was in flight (concurrency 8), what had finished but whose outcome was not yet
+    # committed (a slot is freed before its commit, so up to 8 more), and outcomes that waited up to
+    # 2 ms to share a commit or sat behind a slow fsync (a few more): nowhere near all 300
+    assert sum(c - 1 for c in received.values()) <= 24, "at most about two concurrency windows are delivered twice"
 
 
 def test_sigterm_drains_and_keeps_the_rest(tmp_path: Path) -> None:
