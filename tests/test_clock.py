@@ -326,7 +326,11 @@ def test_wall_clock_forward_a_day_while_running_spends_no_retry_budget(tmp_path:
     for event_id, times in attempts(gone).items():
         # stored after `sent`, and dead-lettered after the attempt that found it max_age old
         assert max(times) - sent >= max_age - 0.5, f"{event_id} was dead-lettered {max(times) - sent:.1f}s in"
-    assert [round(w["jump_seconds"] / DAY) for w in jump_warnings(router)] == [1]
+    jumps = [round(w["jump_seconds"] / DAY) for w in jump_warnings(router)]
+    # libfaketime re-reads its file on every call from several threads and, rarely, hands one call the
+    # real time (CI saw [1, -1, 1]): the router then sees the day go and come back, and says so. What
+    # counts is that the jump was seen first and the net move is one day.
+    assert jumps[0] == 1 and sum(jumps) == 1, jumps
 
 
 @pytest.mark.slow
