@@ -92,8 +92,8 @@ class OutputWorker:
         *,
         policy_for: Callable[[str], RetryPolicy],
         options_for: Callable[[str], Mapping[str, Any]],
-        # fresh deliveries hold the parsed event (~10 KB for a Connector message): 1,024 bound that to
-        # ~10 MB per output whatever the backlog; beyond it they wait in the spool, read in due order
+        # bounds the deliveries held in memory per output, whatever the backlog; beyond it they wait in
+        # the spool and are read in due order
         buffer_size: int = 1024,
         poll_interval: float = 1.0,
     ):
@@ -133,28 +133,15 @@ class OutputWorker:
             self._spilled = True
             self._wake.set()
             return
+        pending = _Pending(
+            did=did, route=planned.route, attempts=0, first_at=self.spool.clock.now(), reshaped=planned.reshaped
+        )
         if len(self._buffer) < self.PARSED_AHEAD:  # goes out soon: no need to parse it again
-            pending = _Pending(
-                did=did,
-                route=planned.route,
-                attempts=0,
-                first_at=self.spool.clock.now(),
-                event=event,
-                payload=planned.payload,
-                reshaped=planned.reshaped,
-            )
+            pending.event, pending.payload = event, planned.payload
         else:
             # a backlog is forming (the output is slow or down): a parsed event is ~8x its JSON and,
             # held for minutes then freed, fragments the heap; the bytes are parsed when delivered
-            pending = _Pending(
-                did=did,
-                route=planned.route,
-                attempts=0,
-                first_at=self.spool.clock.now(),
-                body=body,
-                payload_raw=payload_raw,
-                reshaped=planned.reshaped,
-            )
+            pending.body, pending.payload_raw = body, payload_raw
         self._buffer.append(pending)
         self._claimed[did] = pending
         self._wake.set()
