@@ -450,7 +450,10 @@ async def test_unreachable_and_hanging_connector_are_retried(make_app, fake, tmp
     port = free_port()
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
     closed = f"http://127.0.0.1:{free_port()}"
-    async with make_app(router_toml(tmp_path, port, closed, routes, api_key_extra())) as app:
+    # enough attempts that the budget cannot run out between counting two retries and looking for dead
+    # letters (with 4 attempts and 20 ms backoffs the last one could, and did once in CI)
+    text = router_toml(tmp_path, port, closed, routes, api_key_extra()).replace("max_attempts = 4", "max_attempts = 50")
+    async with make_app(text) as app:
         await send_webhook(port, MAIL)
         await until(lambda: app.stats.get("deliveries", output="connector", outcome="retry") >= 2, "retries")
         assert not dead_letters(app)
