@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import orjson
@@ -41,12 +41,20 @@ if TYPE_CHECKING:
 
 #: redeliveries remembered per message id on classic queues (they carry no delivery count)
 _SEEN_LIMIT = 10_000
-#: how long one connection attempt may take before it counts as failed
-_CONNECT_TIMEOUT = 15.0
+
+_T = TypeVar("_T")
 
 
 class ConnectionLost(Exception):
     """The broker closed the connection or channel; unacknowledged messages go back to the queue."""
+
+
+class StepTimeout(ConnectionLost):
+    """The broker did not answer one step of setting up the consumer in time; the connection is made again."""
+
+    def __init__(self, step: str, message: str):
+        super().__init__(message)
+        self.step = step
 
 
 def _pass_through() -> tuple[type[BaseException], ...]:
@@ -115,6 +123,7 @@ class AmqpInput(Input):
             "batch_wait": DURATION_SCHEMA,
             "max_redeliveries": {"type": "integer", "minimum": 0},
             "reconnect_max": DURATION_SCHEMA,
+            "connect_timeout": DURATION_SCHEMA,
         },
     }
 
@@ -134,10 +143,14 @@ class AmqpInput(Input):
         self.max_redeliveries: int = config.get("max_redeliveries", 5)
         self.batch_wait = _duration(config, "batch_wait", "5ms")
         self.reconnect_max = _duration(config, "reconnect_max", "30s")
+        #: how long connecting, and each broker call before consuming, may take before the attempt counts as failed
+        self.connect_timeout = _duration(config, "connect_timeout", "15s")
         if self.exchange == "" and self.declare_exchange:
             raise ConfigError("declare_exchange", 'the default exchange "" always exists and cannot be declared')
         if self.reconnect_max <= 0:
             raise ConfigError("reconnect_max", "must be more than 0")
+        if self.connect_timeout <= 0:
+            raise ConfigError("connect_timeout", "must be more than 0")
         # a batch can never fill beyond what the broker lets through unacknowledged
         self.batch_size = min(self.batch_size, self.prefetch)
         self._ready = False
@@ -174,6 +187,7 @@ class AmqpInput(Input):
                             "url": self.safe_url,
                             "queue": self.queue,
                             "exchange": self.exchange,
+                            "step": exc.step if isinstance(exc, StepTimeout) else None,
                             "error": _explain(exc, self),
                             "retry_in": round(delay, 2),
                         },
@@ -198,21 +212,21 @@ class AmqpInput(Input):
         inbox = _Inbox()
         connection = await aio_pika.connect(
             self.url,
-            timeout=_CONNECT_TIMEOUT,
+            timeout=self.connect_timeout,
             client_properties={"connection_name": f"event-router input {self.name}"},
         )
         try:
             connection.close_callbacks.add(inbox.on_close)
-            channel = await connection.channel(publisher_confirms=False)
+            channel = await self._step("channel.open", connection.channel(publisher_confirms=False))
             channel.close_callbacks.add(inbox.on_close)
-            await channel.set_qos(prefetch_count=self.prefetch)
+            await self._step("basic.qos", channel.set_qos(prefetch_count=self.prefetch))
             queue = await self._queue(channel)
             underlay = await channel.get_underlay_channel()
             cancelled = ConnectionLost(f"the broker cancelled the consumer of {self.queue} (queue deleted?)")
             underlay.on_consumer_cancel_callbacks.add(lambda _frame: inbox.on_close(None, cancelled))
             # aiormq's own consumer: aio-pika's wrapper adds a message object and a task per message on the
             # hot path, and this input needs nothing from it
-            await underlay.basic_consume(queue.name, inbox.put, no_ack=False)
+            await self._step("basic.consume", underlay.basic_consume(queue.name, inbox.put, no_ack=False))
             self._ready = self._consuming = True
             backoff.reset()
             self.log.info(
@@ -228,17 +242,34 @@ class AmqpInput(Input):
             with anyio.CancelScope(shield=True), anyio.move_on_after(5), contextlib.suppress(Exception):
                 await connection.close()
 
+    async def _step(self, step: str, call: Awaitable[_T]) -> _T:
+        """`call`, or `StepTimeout` when the broker does not answer it within `connect_timeout`.
+
+        A broker can accept a connection and then never answer: RabbitMQ 3.10.8 leaves a quorum queue that
+        was killed just after its creation without a leader (rabbitmq/ra#443), and `basic.consume` on it waits
+        forever. Without a bound the input would stay not ready with nothing in its log.
+        """
+        with anyio.move_on_after(self.connect_timeout) as scope:
+            return await call
+        assert scope.cancelled_caught
+        raise StepTimeout(
+            step,
+            f"{step} on queue {self.queue!r} got no answer from the broker within {self.connect_timeout:g}s",
+        )
+
     async def _queue(self, channel: AbstractChannel) -> AbstractQueue:
         if not self.declare:
-            return await channel.get_queue(self.queue, ensure=True)
+            return await self._step("queue.declare (passive)", channel.get_queue(self.queue, ensure=True))
         if self.declare_exchange:
-            await channel.declare_exchange(self.exchange, self.exchange_type, durable=True)
+            await self._step(
+                "exchange.declare", channel.declare_exchange(self.exchange, self.exchange_type, durable=True)
+            )
         # classic is the broker's default type; naming it would clash with queues declared without the argument
         arguments: dict[str, Any] | None = {"x-queue-type": "quorum"} if self.queue_type == "quorum" else None
-        queue = await channel.declare_queue(self.queue, durable=True, arguments=arguments)
+        queue = await self._step("queue.declare", channel.declare_queue(self.queue, durable=True, arguments=arguments))
         if self.exchange:
             for binding in self.bindings:
-                await queue.bind(self.exchange, routing_key=binding)
+                await self._step(f"queue.bind {binding!r}", queue.bind(self.exchange, routing_key=binding))
         return queue
 
     # --- one batch --------------------------------------------------------------------------------
@@ -396,4 +427,11 @@ def _explain(exc: BaseException, inp: AmqpInput) -> str:
         return f"{text}: the queue exists with another type; set queue_type to match it"
     if "ACCESS_REFUSED" in text or "authentication" in text.lower():
         return f"{text}: check the user and password in url"
+    if isinstance(exc, StepTimeout):
+        text = str(exc)
+        if exc.step == "basic.consume" and inp.queue_type == "quorum":
+            return (
+                f"{text}: a quorum queue without a leader never answers it (RabbitMQ 3.10, rabbitmq/ra#443); "
+                f"see `rabbitmq-queues quorum_status {inp.queue}`"
+            )
     return text

@@ -44,7 +44,7 @@ def test_defaults(tmp_path: Path, registry: PluginRegistry) -> None:
     assert (inp.exchange, inp.exchange_type, inp.declare_exchange) == ("connector", "topic", False)
     assert (inp.queue, inp.queue_type, inp.declare, inp.bindings) == ("event-router", "quorum", True, ["#"])
     assert (inp.prefetch, inp.batch_size, inp.batch_wait, inp.max_redeliveries) == (1000, 500, 0.005, 5)
-    assert inp.reconnect_max == 30.0
+    assert (inp.reconnect_max, inp.connect_timeout) == (30.0, 15.0)
     assert inp.safe_url == "amqp://router:***@127.0.0.1:5672/enmeshed"
     out = config.outputs["bus"].plugin
     assert isinstance(out, AmqpOutput)
@@ -85,6 +85,12 @@ def test_defaults(tmp_path: Path, registry: PluginRegistry) -> None:
             'exchange = "connector"\nprefetch = 0\n',
             "router.toml: inputs.broker.prefetch: 0 is less than the minimum of 1 (plugin amqp)",
             id="prefetch-zero",
+        ),
+        pytest.param(
+            'exchange = "connector"\n',
+            'exchange = "connector"\nconnect_timeout = "0s"\n',
+            "router.toml: inputs.broker.connect_timeout: must be more than 0",
+            id="connect-timeout-zero",
         ),
         pytest.param(
             'url = "amqp://router:pw-in-url@127.0.0.1:5672/enmeshed"',
