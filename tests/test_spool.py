@@ -171,3 +171,31 @@ async def test_spool_files_are_private(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "data" / "spool.db").stat().st_mode) == 0o600
+
+
+async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: Spool) -> None:
+    """Events and deliveries go in with one multi-row INSERT each: the ids handed back must be the rows'
+    own, with gaps left by earlier deletions, dead letters mixed in, and more rows than one INSERT takes."""
+    first = await spool.store([event(i, ("a", "b")) for i in range(5)])
+    await spool.settle(done=[d for dids in first[1:4] for d in dids])  # type: ignore[union-attr]
+    outputs = [("a",), ("a", "b", "c"), (), ("b",)]
+    items: list[StoreEvent | StoreDeadLetter] = [event(100 + i, outputs[i % 4]) for i in range(450)]
+    items.insert(7, StoreDeadLetter("validation", "bad", b"{}", "dl", "t", "s"))
+    stored = await spool.store(items)
+    assert spool._reader is not None
+    for item, ids in zip(items, stored, strict=True):
+        if isinstance(item, StoreDeadLetter):
+            assert isinstance(ids, int)
+            assert spool._reader.execute("SELECT event_id FROM dead_letters WHERE dlid = ?", (ids,)).fetchone() == (
+                "dl",
+            )
+            continue
+        assert isinstance(ids, list)
+        rows = [
+            spool._reader.execute(
+                "SELECT e.id, d.output FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.did = ?", (did,)
+            ).fetchone()
+            for did in ids
+        ]
+        assert rows == [(item.event_id, d.output) for d in item.deliveries]
+    assert spool.depth == 2 + 450
