@@ -17,6 +17,12 @@ from event_router.testing import example, free_port, post, read_jsonl, wait_for
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture
+def make_app(webhook_modes):  # type: ignore[no-untyped-def]
+    """Every test here runs with HTTP in the router process and in a front process (`processes = 1`)."""
+    return webhook_modes
+
+
 def config(port: int, tmp: Path, extra: str = "") -> str:
     return f"""
 [router]

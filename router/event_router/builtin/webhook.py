@@ -12,10 +12,12 @@ import hmac
 import ipaddress
 import math
 import re
-import ssl
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,6 +25,8 @@ import orjson
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from event_router.builtin.webhook_front import tls_context
+from event_router.builtin.webhook_fronts import Fronts
 from event_router.errors import ConfigError, RouterError, SpoolFull
 from event_router.event import Event
 from event_router.hookspecs import hookimpl
@@ -44,8 +48,40 @@ def _allowed(remote: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.I
     return any(address in network for network in networks)
 
 
-def _json(status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> web.Response:
+#: (HTTP status, JSON body, extra headers): what a request gets, whichever process answers it
+Answer = tuple[int, dict[str, Any], dict[str, str] | None]
+_CANNOT_STORE: Answer = (503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
+
+
+def _response(answer: Answer) -> web.Response:
+    status, body, headers = answer
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What the checks need of one POST, whether this process's HTTP server took it or a front process did."""
+
+    remote: str | None
+    #: looked up case-insensitively
+    headers: Mapping[str, str]
+    path: str
+    path_trigger: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    event: Event
+    #: the Standard Webhooks message id, remembered once the event is stored
+    message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    raw: bytes
+    reason: str
+    trigger: str | None
+    meta: dict[str, Any]
 
 
 class WebhookInput(Input):
@@ -82,6 +118,12 @@ class WebhookInput(Input):
                     "per_second": {"type": "number", "exclusiveMinimum": 0},
                     "burst": {"type": "number", "minimum": 1},
                 },
+            },
+            "processes": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 64,
+                "description": "front processes that speak HTTP for this input, on other cores (0: none)",
             },
             "tls": {
                 "type": "object",
@@ -132,11 +174,11 @@ class WebhookInput(Input):
         self.tolerance = config.get("signature_tolerance", 300)
         #: webhook-ids stored recently: a repeat within the tolerance is answered, not stored again
         self._seen: OrderedDict[str, float] = OrderedDict()
+        #: front processes that speak HTTP for this input; 0: this process does
+        self.processes: int = config.get("processes", 0)
+        self._fronts: Fronts | None = None
         self.bound_port: int | None = None
         self._ready = False
-
-    def _signature_ok(self, request: web.Request, raw: bytes) -> bool:
-        return any(verify(s, request.headers, raw, tolerance=self.tolerance) for s in self.signing_secrets)
 
     def _remember(self, message_id: str) -> None:
         now = time.monotonic()
@@ -144,28 +186,32 @@ class WebhookInput(Input):
         while self._seen and (len(self._seen) > 100_000 or next(iter(self._seen.values())) < now - self.tolerance):
             self._seen.popitem(last=False)
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
+    def tls_paths(self) -> dict[str, str] | None:
+        """The `tls` table with absolute paths (a front process reads the files itself)."""
         if not self.tls:
             return None
-        base = self.context.config_dir
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(base / self.tls["cert_file"], base / self.tls["key_file"])
-        if "client_ca_file" in self.tls:
-            ctx.load_verify_locations(base / self.tls["client_ca_file"])
-            ctx.verify_mode = ssl.CERT_REQUIRED
-        return ctx
+        return {key: str((self.context.config_dir / value).resolve()) for key, value in self.tls.items()}
 
     def is_ready(self) -> bool:
-        return self._ready
+        return self._ready and (self._fronts is None or self._fronts.is_ready())
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        if self.processes:
+            await self._run_fronts(sink, task_status=task_status)
+            return
         app = web.Application(client_max_size=self.max_body)
         app.router.add_post(self.route_path, self._handler(sink))
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self._ssl_context())
+            tls = self.tls_paths()
+            site = web.TCPSite(
+                runner,
+                self.host,
+                self.port,
+                reuse_address=True,
+                ssl_context=tls_context(tls, Path("/")) if tls else None,
+            )
             try:
                 await site.start()
             except OSError as exc:
@@ -188,60 +234,125 @@ class WebhookInput(Input):
                 # stops accepting, then lets requests in progress finish (their events get stored)
                 await runner.cleanup()
 
+    async def _run_fronts(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        try:
+            listener = _listen_socket(self.host, self.port)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"input {self.name}: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from exc
+        with listener:
+            self.bound_port = listener.getsockname()[1]
+            self._fronts = Fronts(self, sink)
+            try:
+                await self._fronts.run(listener, task_status=_Announce(self, task_status))
+            finally:
+                self._ready = False
+                self._fronts = None
+
     def _handler(self, sink: EventSink) -> Any:
         async def handle(request: web.Request) -> web.Response:
-            remote = request.remote or ""
-            if self.allow and not _allowed(remote, self.allow):
-                return _json(403, {"error": f"client {remote} is not in allow_networks"})
-            if self.limiter is not None and (wait := self.limiter.allow(remote)) > 0:
-                return _json(429, {"error": "rate limit exceeded"}, {"Retry-After": str(max(1, math.ceil(wait)))})
-            if self.api_key is not None:
-                given = request.headers.get(self.key_header, "").encode()
-                if not hmac.compare_digest(given, self.api_key):
-                    return _json(401, {"error": f"missing or wrong API key in header {self.key_header}"})
+            received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
+            refused = self.screen(received)
+            if refused is not None:
+                return _response(refused)
             try:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                return _json(413, {"error": f"body larger than {self.max_body} bytes"})
-            message_id = None
-            if self.signing_secrets:
-                if not self._signature_ok(request, raw):
-                    return _json(401, {"error": "missing, invalid or expired webhook signature (Standard Webhooks)"})
-                message_id = request.headers["webhook-id"]
-                if message_id in self._seen:  # the sender retried what we already stored: say so, store nothing
-                    return _json(200, {"status": "duplicate", "webhook_id": message_id})
-            meta: dict[str, Any] = {
-                "headers": {h: request.headers[h] for h in _KEPT_HEADERS if h in request.headers},
-                "remote": request.remote,
-                "path": request.path,
-            }
-            path_trigger = request.match_info.get("trigger")
+                return _response(self.too_large())
+            item = self.prepare(received, raw)
+            if isinstance(item, tuple):
+                return _response(item)
+            (answer,) = await self.store(sink, [item])
+            return _response(answer)
+
+        return handle
+
+    # --- what every request goes through, whichever process speaks HTTP ----------------------------------
+
+    def too_large(self) -> Answer:
+        return 413, {"error": f"body larger than {self.max_body} bytes"}, None
+
+    def screen(self, received: Received) -> Answer | None:
+        """The checks that need no body (allow-list, rate limit, API key): an answer refuses the request."""
+        remote = received.remote or ""
+        if self.allow and not _allowed(remote, self.allow):
+            return 403, {"error": f"client {remote} is not in allow_networks"}, None
+        if self.limiter is not None and (wait := self.limiter.allow(remote)) > 0:
+            return 429, {"error": "rate limit exceeded"}, {"Retry-After": str(max(1, math.ceil(wait)))}
+        if self.api_key is not None:
+            given = received.headers.get(self.key_header, "").encode()
+            if not hmac.compare_digest(given, self.api_key):
+                return 401, {"error": f"missing or wrong API key in header {self.key_header}"}, None
+        return None
+
+    def prepare(self, received: Received, raw: bytes) -> Answer | Parsed | Undecodable:
+        """Signature, replay and decoding: an answer (refused or a repeat), an event, or bytes to dead-letter."""
+        message_id = None
+        if self.signing_secrets:
+            if not any(verify(s, received.headers, raw, tolerance=self.tolerance) for s in self.signing_secrets):
+                return 401, {"error": "missing, invalid or expired webhook signature (Standard Webhooks)"}, None
+            message_id = received.headers["webhook-id"]
+            if message_id in self._seen:  # the sender retried what we already stored: say so, store nothing
+                return 200, {"status": "duplicate", "webhook_id": message_id}, None
+        headers = received.headers
+        meta: dict[str, Any] = {
+            "headers": {h: headers[h] for h in _KEPT_HEADERS if h in headers},
+            "remote": received.remote,
+            "path": received.path,
+        }
+        try:
+            return Parsed(self._decode(raw, received.path_trigger, meta), message_id)
+        except ValueError as exc:
+            return Undecodable(raw, str(exc), received.path_trigger, meta)
+
+    async def store(self, sink: EventSink, items: Sequence[Parsed | Undecodable]) -> list[Answer]:
+        """Store what `prepare` made of several requests, events in one submit; one answer per item."""
+        answers: list[Answer | None] = [None] * len(items)
+        parsed: list[tuple[int, Parsed]] = []
+        for index, item in enumerate(items):
+            if isinstance(item, Parsed):
+                parsed.append((index, item))
+                continue
             try:
-                event = self._decode(raw, path_trigger, meta)
-            except ValueError as exc:
-                try:
-                    dlid = await sink.reject(raw, str(exc), trigger=path_trigger, meta=meta)
-                except RouterError:
-                    return _json(503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
-                return _json(400, {"error": str(exc), "dead_letter": dlid})
-            try:
-                (result,) = await sink.submit([event])
-            except SpoolFull as exc:
-                return _json(503, {"error": str(exc)}, {"Retry-After": str(max(1, int(exc.retry_after)))})
-            except RouterError as exc:  # the spool cannot write (disk full...): not stored, so not acknowledged
-                self.log.error("event not stored", extra={"trigger": event.trigger, "error": str(exc)})
-                return _json(503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
-            if message_id is not None:
-                self._remember(message_id)
+                dlid = await sink.reject(item.raw, item.reason, trigger=item.trigger, meta=item.meta)
+            except RouterError:
+                answers[index] = _CANNOT_STORE
+            else:
+                answers[index] = 400, {"error": item.reason, "dead_letter": dlid}, None
+        if parsed:
+            for (index, _), answer in zip(parsed, await self._submit(sink, [p for _, p in parsed]), strict=True):
+                answers[index] = answer
+        return [a if a is not None else _CANNOT_STORE for a in answers]
+
+    async def _submit(self, sink: EventSink, items: Sequence[Parsed]) -> list[Answer]:
+        try:
+            results = await sink.submit([item.event for item in items])
+        except SpoolFull as exc:
+            return [(503, {"error": str(exc)}, {"Retry-After": str(max(1, int(exc.retry_after)))})] * len(items)
+        except RouterError as exc:  # the spool cannot write (disk full...): not stored, so not acknowledged
+            self.log.error("events not stored", extra={"events": len(items), "error": str(exc)})
+            return [_CANNOT_STORE] * len(items)
+        except Exception:
+            if len(items) > 1:  # one event the core fails on must not fail the others sent with it
+                return [answer for item in items for answer in await self._submit(sink, [item])]
+            self.log.exception(
+                "the router failed on an event; it was not stored", extra={"trigger": items[0].event.trigger}
+            )
+            return [(500, {"error": "the router failed on this event; it was not stored"}, None)]
+        answers: list[Answer] = []
+        for item, result in zip(items, results, strict=True):
+            if item.message_id is not None:
+                self._remember(item.message_id)
             body: dict[str, Any] = {"id": result.event_id, "status": result.status}
             if result.errors:
                 body["errors"] = list(result.errors)
             if result.status == "dead_lettered":
                 body["dead_letter"] = result.dead_letter_id
-                return _json(422, body)
-            return _json(202, body)
-
-        return handle
+                answers.append((422, body, None))
+            else:
+                answers.append((202, body, None))
+        return answers
 
     def _decode(self, raw: bytes, path_trigger: str | None, meta: dict[str, Any]) -> Event:
         if not raw:
@@ -261,6 +372,33 @@ class WebhookInput(Input):
         if extra:
             meta["extra"] = extra
         return Event(trigger=trigger, data=body.get("data"), source=self.name, meta=meta, raw=raw)
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, for the front processes to accept on."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    return socket.create_server(address, family=family, backlog=1024)
+
+
+class _Announce(TaskStatus[None]):
+    """Says the input listens once its front processes accept, as the in-process server does."""
+
+    def __init__(self, webhook: WebhookInput, inner: TaskStatus[None]):
+        self.webhook = webhook
+        self.inner = inner
+
+    def started(self, value: None = None) -> None:
+        webhook = self.webhook
+        webhook._ready = True
+        webhook.log.info(
+            "webhook listening",
+            extra={
+                "listen": f"{webhook.host}:{webhook.bound_port}",
+                "path": webhook.route_path,
+                "processes": webhook.processes,
+            },
+        )
+        self.inner.started()
 
 
 @hookimpl

@@ -1,0 +1,280 @@
+"""The router process's side of a webhook input's front processes (`processes = N`).
+
+The router opens the listening socket (so a port that is taken fails the start, as without fronts), starts
+N `webhook_front` processes that accept on it, and answers what they forward: `WebhookInput.screen`,
+`prepare` and `store`, exactly what its own HTTP handler runs. Requests that arrive while a store is being
+committed are stored together in the next one, so under load one submit and one commit cover many events.
+
+A front that exits unexpectedly is logged and started again with backoff while the others (and the
+listening socket) stay; its clients' requests in progress get a connection error and, with no 2xx, send
+again. Stopping (shutdown, reload) tells every front to stop accepting and finish its requests, answers
+them, then closes the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import orjson
+from anyio.abc import TaskStatus
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from event_router.builtin.webhook_front import ANSWER, ANSWER_HEAD, DONE, READY, REQUEST, REQUEST_HEAD, STOP
+from event_router.errors import RouterError
+from event_router.frames import FrameError, FrameReader, encode
+from event_router.logs import JsonFormatter, TextFormatter
+from event_router.plugin import EventSink
+
+if TYPE_CHECKING:
+    from event_router.builtin.webhook import Answer, Parsed, Undecodable, WebhookInput
+
+#: how long a front may take from spawn to accepting (it imports aiohttp: ~0.3 s here)
+START_TIMEOUT = 20.0
+#: requests in progress a stopping front finishes (its aiohttp shutdown timeout), plus time to say DONE
+DRAIN_SECONDS = 5.0
+MAX_RESTART_DELAY = 30.0
+#: events one submit takes at most; more wait for the next
+MAX_BATCH = 512
+#: stores in flight at once
+STORES = 2
+#: environment a front must not inherit: systemd's notify and socket activation are the router's own
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def _log_format() -> str:
+    """The router's log format, so a front's lines look like the router's own."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            return "json"
+        if isinstance(handler.formatter, TextFormatter):
+            return "text"
+    return "auto"
+
+
+class _Link(asyncio.Protocol):
+    """The router's end of one front's channel."""
+
+    def __init__(self, fronts: Fronts, index: int):
+        self.fronts = fronts
+        self.index = index
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader()
+        self.ready = asyncio.Event()
+        self.done = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except FrameError as exc:
+            self.fronts.log.error("webhook front sent a broken frame; dropping it", extra={"error": str(exc)})
+            assert self.transport is not None
+            self.transport.close()
+            return
+        for kind, rid, payload in frames:
+            if kind == REQUEST[0]:
+                self.fronts.take(self, rid, payload)
+            elif kind == READY[0]:
+                self.ready.set()
+            elif kind == DONE[0]:
+                self.done.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+
+    def answer(self, rid: int, answer: Answer) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # the front is gone; its client saw the connection drop and gets no 2xx
+        status, body, headers = answer
+        head = orjson.dumps(headers) if headers else b""
+        self.transport.write(encode(ANSWER, rid, ANSWER_HEAD.pack(status, len(head)), head, orjson.dumps(body)))
+
+    def stop(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(STOP, 0))
+
+
+class Fronts:
+    """Starts, supervises and serves one webhook input's front processes."""
+
+    def __init__(self, webhook: WebhookInput, sink: EventSink):
+        self.webhook = webhook
+        self.sink = sink
+        self.log = webhook.log
+        self.links: list[_Link | None] = [None] * webhook.processes
+        self._queue: list[tuple[_Link, int, Parsed | Undecodable]] = []
+        #: store tasks running: up to STORES, so a batch is ready to commit while the one before commits
+        self._storing: set[asyncio.Task[None]] = set()
+
+    def is_ready(self) -> bool:
+        return all(link is not None and link.ready.is_set() and not link.closed.is_set() for link in self.links)
+
+    # --- requests ----------------------------------------------------------------------------------------
+
+    def take(self, link: _Link, rid: int, payload: bytes) -> None:
+        """One forwarded request: checked and decoded now, queued for the next store if it holds an event."""
+        from event_router.builtin.webhook import Received
+
+        try:
+            (size,) = REQUEST_HEAD.unpack_from(payload)
+            start = REQUEST_HEAD.size
+            meta = orjson.loads(payload[start : start + size])
+            raw = payload[start + size :]
+            headers = CIMultiDictProxy(CIMultiDict(meta["h"]))
+            received = Received(meta["r"], headers, meta["p"], meta["t"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self.log.error("webhook front sent a malformed request frame", extra={"error": str(exc)})
+            link.answer(rid, (500, {"error": "internal error: the request was not stored"}, None))
+            return
+        webhook = self.webhook
+        answer = webhook.screen(received)
+        if answer is None:
+            prepared = webhook.prepare(received, raw)
+            if not isinstance(prepared, tuple):
+                self._queue.append((link, rid, prepared))
+                if len(self._storing) < STORES:
+                    self._start_store()
+                return
+            answer = prepared
+        link.answer(rid, answer)
+
+    def _start_store(self) -> None:
+        # a plain asyncio task: stopping the input must not cancel a store whose clients wait for it
+        task = asyncio.get_running_loop().create_task(self._store())
+        self._storing.add(task)
+        task.add_done_callback(self._stored)
+
+    def _stored(self, task: asyncio.Task[None]) -> None:
+        self._storing.discard(task)
+        if self._queue and len(self._storing) < STORES:  # a failure ended it early: the rest still get stored
+            self._start_store()
+
+    async def _store(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            answers = await self.webhook.store(self.sink, [item for _, _, item in batch])
+            for (link, rid, _), answer in zip(batch, answers, strict=True):
+                link.answer(rid, answer)
+
+    # --- processes ---------------------------------------------------------------------------------------
+
+    async def run(self, listener: socket.socket, *, task_status: TaskStatus[None]) -> None:
+        procs: list[asyncio.subprocess.Process | None] = [None] * len(self.links)
+        try:
+            for index in range(len(self.links)):
+                procs[index] = await self._spawn(index, listener)
+            task_status.started()
+            async with anyio.create_task_group() as tg:
+                for index, proc in enumerate(procs):
+                    assert proc is not None
+                    tg.start_soon(self._supervise, index, proc, listener, procs.__setitem__)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop_all(procs)
+
+    async def _spawn(self, index: int, listener: socket.socket) -> asyncio.subprocess.Process:
+        """Start front `index` and wait until it accepts; RouterError if it cannot."""
+        webhook = self.webhook
+        ours, theirs = socket.socketpair()
+        settings = {
+            "listen_fd": listener.fileno(),
+            "channel_fd": theirs.fileno(),
+            "path": webhook.route_path,
+            "max_body": webhook.max_body,
+            "drain_seconds": DRAIN_SECONDS,
+            "tls": webhook.tls_paths(),
+            "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
+            "log_format": _log_format(),
+        }
+        env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "event_router.builtin.webhook_front",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                pass_fds=(listener.fileno(), theirs.fileno()),
+                env=env,
+            )
+        finally:
+            theirs.close()
+        assert proc.stdin is not None
+        proc.stdin.write(orjson.dumps(settings))
+        proc.stdin.close()
+        link = _Link(self, index)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: link, ours)
+        self.links[index] = link
+        exited = asyncio.ensure_future(proc.wait())
+        ready = asyncio.ensure_future(link.ready.wait())
+        try:
+            await asyncio.wait((exited, ready), timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            ready.cancel()
+        if not link.ready.is_set():
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise RouterError(
+                f"input {webhook.name}: webhook front process {index} did not start "
+                f"(exit code {proc.returncode}; its error is in the log above)"
+            )
+        self.log.debug("webhook front started", extra={"front": index, "pid": proc.pid})
+        return proc
+
+    async def _supervise(
+        self,
+        index: int,
+        proc: asyncio.subprocess.Process,
+        listener: socket.socket,
+        record: Callable[[int, Any], None],
+    ) -> None:
+        delay = 1.0
+        while True:
+            code = await proc.wait()
+            self.log.error(
+                "webhook front process exited; starting it again",
+                extra={"front": index, "pid": proc.pid, "exit_code": code, "retry_in": delay},
+            )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY)
+            try:
+                proc = await self._spawn(index, listener)
+            except (RouterError, OSError) as exc:
+                self.log.error("webhook front could not start", extra={"front": index, "error": str(exc)})
+                continue
+            record(index, proc)
+            delay = 1.0
+
+    async def _stop_all(self, procs: list[asyncio.subprocess.Process | None]) -> None:
+        """Stop accepting everywhere, let every front finish its requests (answered here), then end them."""
+        for link in self.links:
+            if link is not None:
+                link.stop()
+        with anyio.move_on_after(DRAIN_SECONDS + 5):
+            for proc in procs:
+                if proc is not None:
+                    await proc.wait()
+        for proc in procs:
+            if proc is not None and proc.returncode is None:
+                self.log.warning("webhook front did not stop in time; killing it", extra={"pid": proc.pid})
+                proc.kill()
+                await proc.wait()
+        for link in self.links:
+            if link is not None and link.transport is not None:
+                link.transport.close()
+        # answers to requests stored after the fronts were gone have nobody to go to; the events are stored
+        while self._storing:
+            await asyncio.wait(set(self._storing))

@@ -1,0 +1,24 @@
+"""Fixtures shared by the core's tests (the test kit's own are in event_router.testing)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(params=[0, 1], ids=["in-process", "front-process"])
+def webhook_modes(
+    request: pytest.FixtureRequest, make_app: Callable[[str], AbstractAsyncContextManager[Any]]
+) -> Callable[[str], AbstractAsyncContextManager[Any]]:
+    """`make_app` that runs each webhook input both ways: HTTP in the router process (processes = 0) and in
+    a front process (processes = 1). A test module opts in with `make_app = webhook_modes`... by requesting
+    this fixture under the name `make_app` (see test_webhook.py)."""
+    processes = request.param
+
+    def run(text: str) -> AbstractAsyncContextManager[Any]:
+        return make_app(text.replace('type = "webhook"', f'type = "webhook"\nprocesses = {processes}'))
+
+    return run
