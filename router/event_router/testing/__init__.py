@@ -74,6 +74,27 @@ def require_program(name: str, *candidates: str) -> str:
     return found
 
 
+def pytest_in_subprocess(
+    tmp: Path, test_source: str, *, conftest_dir: Path, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the test module `test_source` in a fresh pytest process in `tmp`, with `conftest_dir`'s conftest.py
+    loaded as a plugin (its fixtures) and `env` over this process's environment.
+
+    For tests of fixtures themselves, e.g. that one fails rather than skips in CI when its program is missing.
+    """
+    (tmp / "test_in_subprocess.py").write_text(test_source)
+    path = os.pathsep.join(filter(None, [str(conftest_dir), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider", "test_in_subprocess.py"],
+        cwd=tmp,
+        env={**os.environ, "PYTHONPATH": path, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
@@ -106,9 +127,15 @@ class ServerProcess:
 
     def start(self) -> Self:
         args = self.command()
-        proc = self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.environment()
-        )
+        try:
+            proc = self.proc = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.environment()
+            )
+        except FileNotFoundError:
+            # outside pytest (a benchmark) nothing called require_program first: say what is missing
+            raise FileNotFoundError(
+                f"{args[0]} is not installed (or not on PATH); see README 'Running the tests'"
+            ) from None
 
         def up() -> bool:
             if proc.poll() is not None:  # a server that cannot start should not cost the whole boot timeout
