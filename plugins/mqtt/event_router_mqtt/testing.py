@@ -113,9 +113,14 @@ async def eventually(check: Callable[[], Any], within: float = 30.0, what: str =
 
 @dataclass
 class PrivateBroker(ServerProcess):
-    """A Mosquitto this test started on its own port, stopped by process id."""
+    """A Mosquitto this test started on its own port, stopped by process id.
+
+    `program` is the mosquitto binary: in tests the path `require_program("mosquitto")` found, so a missing
+    one fails in CI instead of skipping; elsewhere (the soak bench) the one on PATH.
+    """
 
     conf: Path = field(kw_only=True)
+    program: str = field(kw_only=True, default="mosquitto")
 
     def command(self) -> list[str]:
-        return ["mosquitto", "-c", str(self.conf)]
+        return [self.program, "-c", str(self.conf)]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from event_router.testing import free_port, require_service
+from event_router.testing import free_port, require_program, require_service
 from event_router_mqtt.testing import HOST, SHARED_PORT, MqttKit, PrivateBroker
 
 
@@ -24,15 +23,14 @@ def mqtt_kit(tmp_path: Path) -> Iterator[MqttKit]:
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[Callable[..., PrivateBroker]]:
     """`private_broker(port=None, extra="")` writes a mosquitto.conf (loopback only) and returns the broker."""
-    if shutil.which("mosquitto") is None:
-        pytest.skip("the mosquitto binary is not installed")
+    program = require_program("mosquitto")
     brokers: list[PrivateBroker] = []
 
     def make(port: int | None = None, extra: str = "") -> PrivateBroker:
         port = port or free_port()
         conf = tmp_path / f"mosquitto-{port}.conf"
         conf.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n{extra}\n")
-        broker = PrivateBroker(port, conf=conf)
+        broker = PrivateBroker(port, conf=conf, program=program)
         brokers.append(broker)
         return broker
 

@@ -106,10 +106,15 @@ async def eventually(check: Callable[[], Any], within: float = 30.0, what: str =
 
 @dataclass
 class PrivateRedis(ServerProcess):
-    """A redis-server this test started on its own port (no persistence), stopped by process id."""
+    """A redis-server this test started on its own port (no persistence), stopped by process id.
+
+    `program` is the redis-server binary: in tests the path `require_program("redis-server")` found, so a
+    missing one fails in CI instead of skipping; elsewhere (the soak bench) the one on PATH.
+    """
 
     password: str | None = None
+    program: str = field(kw_only=True, default="redis-server")
 
     def command(self) -> list[str]:
-        args = ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        args = [self.program, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         return args + (["--requirepass", self.password] if self.password else [])

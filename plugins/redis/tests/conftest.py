@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from event_router.testing import free_port, require_service
+from event_router.testing import free_port, require_program, require_service
 from event_router_redis.testing import HOST, SHARED_PORT, PrivateRedis, RedisKit
 
 
@@ -25,12 +24,11 @@ def redis_kit(tmp_path: Path) -> Iterator[RedisKit]:
 @pytest.fixture
 def private_redis() -> Iterator[Callable[..., PrivateRedis]]:
     """`private_redis(port=None, password=None)`: a redis-server of this test's own (not started yet)."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("the redis-server binary is not installed")
+    program = require_program("redis-server")
     servers: list[PrivateRedis] = []
 
     def make(port: int | None = None, password: str | None = None) -> PrivateRedis:
-        server = PrivateRedis(port or free_port(), password)
+        server = PrivateRedis(port or free_port(), password, program=program)
         servers.append(server)
         return server
 
