@@ -17,6 +17,7 @@ def make_app(webhook_modes):  # type: ignore[no-untyped-def]
     """Every test here runs with HTTP in the router process and in a front process (`processes = 1`)."""
     return webhook_modes
 
+
 KEY = "test-key-123"
 
 
