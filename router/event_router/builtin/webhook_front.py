@@ -64,6 +64,8 @@ class _Channel(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
+        #: frames written together once the loop is done with the current callback
+        self._out: list[bytes] = []
         self.waiting: dict[int, asyncio.Future[tuple[int, dict[str, str], bytes]]] = {}
         self.ids = itertools.count(1)
         self.stop = asyncio.Event()
@@ -100,8 +102,15 @@ class _Channel(asyncio.Protocol):
         self.stop.set()
 
     def send(self, frame: bytes) -> None:
+        if not self._out:
+            # requests read in the same loop iteration leave in one write: one syscall, one wake-up
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._out.append(frame)
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame)
+            self.transport.write(b"".join(out))
 
     async def ask(self, meta: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.stop.is_set() and (self.transport is None or self.transport.is_closing()):
@@ -152,6 +161,7 @@ async def serve(settings: Mapping[str, Any]) -> None:
     # stops accepting, then lets requests in progress finish: their answers still come over the channel
     await runner.cleanup()
     channel.send(encode(DONE, 0))
+    channel.flush()
     if channel.transport is not None:
         channel.transport.close()
 

@@ -66,6 +66,8 @@ class _Link(asyncio.Protocol):
         self.index = index
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
+        #: answers written together once the loop is done with the current callback
+        self._out: list[bytes] = []
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         self.closed = asyncio.Event()
@@ -98,7 +100,15 @@ class _Link(asyncio.Protocol):
             return  # the front is gone; its client saw the connection drop and gets no 2xx
         status, body, headers = answer
         head = orjson.dumps(headers) if headers else b""
-        self.transport.write(encode(ANSWER, rid, ANSWER_HEAD.pack(status, len(head)), head, orjson.dumps(body)))
+        if not self._out:
+            # one write (one syscall, one wake-up of the front) for every answer of this batch
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(encode(ANSWER, rid, ANSWER_HEAD.pack(status, len(head)), head, orjson.dumps(body)))
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
 
     def stop(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
