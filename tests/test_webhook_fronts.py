@@ -144,6 +144,32 @@ async def test_a_killed_front_is_logged_and_started_again(make_app, tmp_path: Pa
 
 
 @pytest.mark.anyio
+async def test_a_request_the_router_fails_on_costs_only_itself(make_app, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A bug on one request must not break the channel that the front's other requests share."""
+    from event_router.builtin.webhook import WebhookInput
+
+    original = WebhookInput.prepare
+
+    def prepare(self: WebhookInput, received, raw: bytes):  # type: ignore[no-untyped-def]
+        if b"boom" in raw:
+            raise RuntimeError("boom")
+        return original(self, received, raw)
+
+    monkeypatch.setattr(WebhookInput, "prepare", prepare)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/events"
+    async with make_app(config(port, tmp_path)):
+        (pid,) = fronts_of(os.getpid())
+        status, body, _ = await anyio.to_thread.run_sync(lambda: post(url, {"trigger": "boom"}, {"x-api-key": KEY}))
+        assert status == 500 and "not stored" in body["error"]
+        status, _, _ = await anyio.to_thread.run_sync(
+            lambda: post(url, example("transport.messageReceived"), {"x-api-key": KEY})
+        )
+        assert status == 202
+        assert fronts_of(os.getpid()) == [pid]
+
+
+@pytest.mark.anyio
 async def test_a_front_ignores_sigterm_its_router_stops_it(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Under systemd the whole control group gets SIGTERM: the front must keep answering until the router,
     which stops inputs first, tells it to stop."""

@@ -45,6 +45,7 @@ MAX_BATCH = 512
 #: stores in flight at once
 STORES = 2
 #: environment a front must not inherit: systemd's notify and socket activation are the router's own
+_FAILED: Answer = (500, {"error": "the router failed on this request; it was not stored"}, None)
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
@@ -145,18 +146,21 @@ class Fronts:
             received = Received(meta["r"], headers, meta["p"], meta["t"])
         except (ValueError, KeyError, TypeError) as exc:
             self.log.error("webhook front sent a malformed request frame", extra={"error": str(exc)})
-            link.answer(rid, (500, {"error": "internal error: the request was not stored"}, None))
+            link.answer(rid, _FAILED)
             return
-        webhook = self.webhook
-        answer = webhook.screen(received)
-        if answer is None:
-            prepared = webhook.prepare(received, raw)
-            if not isinstance(prepared, tuple):
-                self._queue.append((link, rid, prepared))
-                if len(self._storing) < STORES:
-                    self._start_store()
-                return
-            answer = prepared
+        try:
+            answer = self.webhook.screen(received)
+            if answer is None:
+                prepared = self.webhook.prepare(received, raw)
+                if not isinstance(prepared, tuple):
+                    self._queue.append((link, rid, prepared))
+                    if len(self._storing) < STORES:
+                        self._start_store()
+                    return
+                answer = prepared
+        except Exception:  # a bug must cost this request, not the channel every other request rides on
+            self.log.exception("the router failed on a webhook request; it was not stored")
+            answer = _FAILED
         link.answer(rid, answer)
 
     def _start_store(self) -> None:
@@ -173,7 +177,11 @@ class Fronts:
     async def _store(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            answers = await self.webhook.store(self.sink, [item for _, _, item in batch])
+            try:
+                answers = await self.webhook.store(self.sink, [item for _, _, item in batch])
+            except Exception:  # store answers every failure it knows; this is one it does not: a bug
+                self.log.exception("the router failed on webhook requests; they were not stored")
+                answers = [_FAILED] * len(batch)
             for (link, rid, _), answer in zip(batch, answers, strict=True):
                 link.answer(rid, answer)
 
