@@ -214,3 +214,22 @@ async def test_retry_spacing_follows_backoff_and_retry_after(make_app, tmp_path:
     # The worker wakes on the due time itself; 250 ms covers scheduling on a loaded 2-core machine.
     assert gaps[1] <= 0.4 + 0.25, gaps
     assert gaps[2] <= 0.4 + 0.25, gaps
+
+
+def test_delivery_body_is_the_payload_as_json() -> None:
+    """Outputs send `Delivery.body` instead of encoding `payload`: they must be the same bytes, whether the
+    delivery came straight from the pipeline or was read back from the spool; reshaped ones have none."""
+    import orjson
+
+    from event_router.delivery import _Pending
+    from event_router.event import Event
+    from event_router.spool import DeliveryRow
+
+    event = Event(trigger="t.x", data={"a": [1, 2.5, "ü", None], "b": {"c": True}}, source="s", meta={"h": "v"})
+    body = event.to_json()
+    fresh = _Pending(did=1, route="r", attempts=0, first_at=0.0, event=event, body=body).to_delivery({})
+    stored = _Pending.from_row(DeliveryRow(1, 1, "o", "r", None, 0, 0.0, body)).to_delivery({})
+    for delivery in (fresh, stored):
+        assert delivery.body is not None and delivery.body == orjson.dumps(delivery.payload)
+    reshaped = _Pending.from_row(DeliveryRow(2, 1, "o", "r", b'{"x":1}', 0, 0.0, body)).to_delivery({})
+    assert reshaped.reshaped and reshaped.body is None and reshaped.payload == {"x": 1}

@@ -71,6 +71,7 @@ class _Pending:
             attempt=self.attempts + 1,
             route_options=route_options,
             reshaped=self.reshaped,
+            body=None if self.reshaped else self.body,
         )
 
 
@@ -136,12 +137,13 @@ class OutputWorker:
         pending = _Pending(
             did=did, route=planned.route, attempts=0, first_at=self.spool.clock.now(), reshaped=planned.reshaped
         )
+        pending.body = body  # held by the spool write anyway; outputs may send these bytes as they are
         if len(self._buffer) < self.PARSED_AHEAD:  # goes out soon: no need to parse it again
             pending.event, pending.payload = event, planned.payload
         else:
             # a backlog is forming (the output is slow or down): a parsed event is ~8x its JSON and,
             # held for minutes then freed, fragments the heap; the bytes are parsed when delivered
-            pending.body, pending.payload_raw = body, payload_raw
+            pending.payload_raw = payload_raw
         self._buffer.append(pending)
         self._claimed[did] = pending
         self._wake.set()

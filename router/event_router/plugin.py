@@ -78,6 +78,9 @@ class Delivery:
     route_options: Mapping[str, Any] = field(default_factory=dict)
     #: True when `payload` is the route's reshaped body rather than the whole event
     reshaped: bool = False
+    #: when `payload` is the whole event: its JSON as the spool holds it, byte for byte what
+    #: `orjson.dumps(payload)` gives, so an output that sends the event as JSON need not encode it again
+    body: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -89,6 +89,8 @@ class FileOutput(Output):
         return [None] * len(deliveries)
 
     def _line(self, delivery: Delivery) -> bytes:
+        if delivery.body is not None and not delivery.reshaped:
+            return delivery.body + b"\n"
         body = (
             {
                 "id": delivery.event.id,

@@ -180,6 +180,8 @@ class HttpOutput(Output):
             data = delivery.payload if delivery.reshaped else event.data
             encode = cloudevents.structured if self.body_mode == "cloudevents" else cloudevents.binary
             return encode(event, data)
+        if delivery.body is not None and not delivery.reshaped:
+            return {"Content-Type": "application/json"}, delivery.body
         return {"Content-Type": "application/json"}, orjson.dumps(delivery.payload)
 
     def _headers(self, delivery: Delivery, content: Mapping[str, str], body: bytes) -> dict[str, str]:
