@@ -68,6 +68,18 @@ async def test_accepts_connector_webhook_and_writes_file(make_app, tmp_path: Pat
     assert line["received_at"].endswith("Z")
 
 
+async def test_api_key_header_name_is_case_insensitive(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    text = config(port, tmp_path).replace('api_key = "', 'api_key_header = "X-Router-Key"\napi_key = "')
+    async with make_app(text):
+        url = f"http://127.0.0.1:{port}/events"
+        mail = example("transport.messageReceived")
+        status, body, _ = await call(url, mail, {"x-ROUTER-key": KEY})
+        assert status == 202, body
+        status, body, _ = await call(url, mail, {"x-api-key": KEY})
+        assert (status, body["error"]) == (401, "missing or wrong API key in header X-Router-Key")
+
+
 async def test_event_without_data_key(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     async with make_app(config(port, tmp_path)):

@@ -245,16 +245,17 @@ def test_fronts_do_not_outlive_a_killed_router(tmp_path: Path) -> None:
     assert router.proc is not None
     pids = fronts_of(router.proc.pid)
     assert len(pids) == 2
-    status, _, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), {"x-api-key": KEY})
+    url = f"http://127.0.0.1:{port}/events"
+    status, first, _ = post(url, example("transport.messageReceived"), {"x-api-key": KEY})
     assert status == 202
     router.kill()
     wait_for(lambda: not any(alive(p) for p in pids), timeout=10, what="fronts exit after their router is killed")
     wait_for(lambda: not port_accepts(port), timeout=5, what="the port is free")
     router = RouterProcess(path).start()
     try:
-        status, _, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), {"x-api-key": KEY})
+        status, second, _ = post(url, example("transport.messageReceived"), {"x-api-key": KEY})
         assert status == 202
-        lines = wait_for(lambda: (rows := read_jsonl(tmp_path / "out.jsonl")) and len(rows) >= 2 and rows)
-        assert len({line["id"] for line in lines}) == 2
+        # at least once: the first may be written twice if the kill came before its outcome was committed
+        wait_for(lambda: {first["id"], second["id"]} <= {line["id"] for line in read_jsonl(tmp_path / "out.jsonl")})
     finally:
         router.terminate()

@@ -63,7 +63,7 @@ class Received:
     """What the checks need of one POST, whether this process's HTTP server took it or a front process did."""
 
     remote: str | None
-    #: looked up case-insensitively
+    #: looked up by lower-case name (aiohttp's headers, or a front's with lower-cased names)
     headers: Mapping[str, str]
     path: str
     path_trigger: str | None
@@ -153,6 +153,8 @@ class WebhookInput(Input):
         key = config.get("api_key")
         self.api_key: bytes | None = str(key).encode() if key is not None else None
         self.key_header = config.get("api_key_header", "x-api-key")
+        #: headers from a front process come with lower-case names
+        self.key_lookup = self.key_header.lower()
         self.max_body = config.get("max_body_bytes", 4 * 1024 * 1024)
         try:
             self.allow = [ipaddress.ip_network(n, strict=False) for n in config.get("allow_networks", [])]
@@ -281,7 +283,7 @@ class WebhookInput(Input):
         if self.limiter is not None and (wait := self.limiter.allow(remote)) > 0:
             return 429, {"error": "rate limit exceeded"}, {"Retry-After": str(max(1, math.ceil(wait)))}
         if self.api_key is not None:
-            given = received.headers.get(self.key_header, "").encode()
+            given = received.headers.get(self.key_lookup, "").encode()
             if not hmac.compare_digest(given, self.api_key):
                 return 401, {"error": f"missing or wrong API key in header {self.key_header}"}, None
         return None

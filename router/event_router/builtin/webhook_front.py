@@ -130,13 +130,11 @@ def _handler(channel: _Channel, max_body: int) -> Any:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return web.Response(status=413, body=too_large, content_type="application/json")
+        headers: dict[str, str] = {}
+        for name, value in request.headers.items():  # the first of repeated headers, as headers.get gives
+            headers.setdefault(name.lower(), value)
         meta = orjson.dumps(
-            {
-                "r": request.remote,
-                "h": list(request.headers.items()),
-                "p": request.path,
-                "t": request.match_info.get("trigger"),
-            }
+            {"r": request.remote, "h": headers, "p": request.path, "t": request.match_info.get("trigger")}
         )
         status, headers, body = await channel.ask(meta, raw)
         return web.Response(status=status, body=body, content_type="application/json", headers=headers or None)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import orjson
 from anyio.abc import TaskStatus
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from event_router.builtin.webhook_front import ANSWER, ANSWER_HEAD, DONE, READY, REQUEST, REQUEST_HEAD, STOP
 from event_router.errors import RouterError
@@ -142,8 +141,8 @@ class Fronts:
             start = REQUEST_HEAD.size
             meta = orjson.loads(payload[start : start + size])
             raw = payload[start + size :]
-            headers = CIMultiDictProxy(CIMultiDict(meta["h"]))
-            received = Received(meta["r"], headers, meta["p"], meta["t"])
+            # names are lower-cased by the front: a plain dict looks them up as the checks expect
+            received = Received(meta["r"], meta["h"], meta["p"], meta["t"])
         except (ValueError, KeyError, TypeError) as exc:
             self.log.error("webhook front sent a malformed request frame", extra={"error": str(exc)})
             link.answer(rid, _FAILED)
