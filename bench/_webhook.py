@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ from _common import (
     BENCH,
     PYTHON,
     child,
-    cpu_seconds,
     example_body,
     free_port,
     percentile,
     rounded,
     router,
+    rss_mb,
+    tree_cpu_seconds,
 )
 
 API_KEY = "bench-key"
@@ -49,7 +51,12 @@ end
 """
 
 
-def webhook_toml(port: int, outputs: str, routes: str, router_extra: str = "") -> str:
+#: webhook front processes of the router measured (`processes` in the input); the figures of the
+#: router doing HTTP itself are reported next to them as `router_in_process`
+PROCESSES = 1
+
+
+def webhook_toml(port: int, outputs: str, routes: str, router_extra: str = "", processes: int = PROCESSES) -> str:
     return f"""
 [router]
 data_dir = "var"
@@ -61,6 +68,7 @@ listen = "127.0.0.1:{port}"
 path = "/events"
 api_key = {{ env = "BENCH_API_KEY" }}
 validation = "strict"
+processes = {processes}
 
 {outputs}
 
@@ -82,13 +90,13 @@ class Load:
     def run(self, url: str, connections: int, seconds: float, server_pid: int) -> dict[str, Any]:
         """One measured run; adds the server's and the load generator's CPU use over it."""
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        server_cpu = cpu_seconds(server_pid)
+        server_cpu = tree_cpu_seconds(server_pid)
         started = time.monotonic()
         result = self._wrk(url, connections, seconds) if self.wrk else self._python(url, connections, seconds)
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         loadgen_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        result["server_cpu_pct"] = round(100 * (cpu_seconds(server_pid) - server_cpu) / wall)
+        result["server_cpu_pct"] = round(100 * (tree_cpu_seconds(server_pid) - server_cpu) / wall)
         result["loadgen_cpu_pct"] = round(100 * loadgen_cpu / wall)
         return result
 
@@ -139,6 +147,14 @@ def _count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _has_lines(path: Path, count: int) -> bool:
+    return _count_lines(path) >= count
+
+
 def _wait(check: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -156,52 +172,75 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-w2f-") as tmp:
         work = Path(tmp)
         load = Load(body, work)
-        base_port, router_port = free_port(), free_port()
-        config = work / "router.toml"
-        config.write_text(
-            webhook_toml(
-                router_port,
-                '[outputs.archive]\ntype = "file"\npath = "events.jsonl"',
-                '[[routes]]\nname = "archive everything"\nmatch = { trigger = ["**"] }\nto = ["archive"]',
+        base_port = free_port()
+        # the router measured (PROCESSES front processes) and the same router doing HTTP itself
+        ports = {"router": free_port(), "router_in_process": free_port()}
+        configs = {}
+        for name, port in ports.items():
+            (work / name).mkdir()
+            configs[name] = work / name / "router.toml"
+            configs[name].write_text(
+                webhook_toml(
+                    port,
+                    '[outputs.archive]\ntype = "file"\npath = "events.jsonl"',
+                    '[[routes]]\nname = "archive everything"\nmatch = { trigger = ["**"] }\nto = ["archive"]',
+                    processes=PROCESSES if name == "router" else 0,
+                )
             )
-        )
         base_cmd = [PYTHON, str(BENCH / "_servers.py"), "file", str(base_port), str(work / "baseline.jsonl")]
-        results: dict[str, dict[int, list[dict[str, Any]]]] = {"baseline": {1: [], 64: []}, "router": {1: [], 64: []}}
-        with child(base_cmd, port=base_port) as base, router(config, env=ROUTER_ENV) as rp:
-            assert rp.proc is not None
+        names = ("baseline", *ports)
+        results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {1: [], 64: []} for name in names}
+        with (
+            child(base_cmd, port=base_port) as base,
+            router(configs["router"], env=ROUTER_ENV) as rp,
+            router(configs["router_in_process"], env=ROUTER_ENV) as rp0,
+        ):
+            assert rp.proc is not None and rp0.proc is not None
             targets = {
                 "baseline": (f"http://127.0.0.1:{base_port}/events", base.pid),
-                "router": (f"http://127.0.0.1:{router_port}/events", rp.proc.pid),
+                "router": (f"http://127.0.0.1:{ports['router']}/events", rp.proc.pid),
+                "router_in_process": (f"http://127.0.0.1:{ports['router_in_process']}/events", rp0.proc.pid),
             }
             warm = {name: load.run(url, 8, warmup, pid) for name, (url, pid) in targets.items()}
             for _ in range(rounds):
                 for conns in (1, 64):
                     for name, (url, pid) in targets.items():
                         results[name][conns].append(load.run(url, conns, seconds, pid))
-            router_runs = (warm["router"], *results["router"][1], *results["router"][64])
-            accepted = sum(r["requests"] - r["errors"] for r in router_runs)
-            lines = work / "events.jsonl"
-            # every 202 must reach the file; wrk's cut-off requests may add a few more
-            _wait(lambda: _count_lines(lines) >= accepted, 120)
-            delivered = _count_lines(lines)
+            checked = {}
+            for name in ports:
+                runs = (warm[name], *results[name][1], *results[name][64])
+                accepted = sum(r["requests"] - r["errors"] for r in runs)
+                lines = configs[name].parent / "events.jsonl"
+                # every 202 must reach the file; wrk's cut-off requests may add a few more
+                _wait(partial(_has_lines, lines, accepted), 120)
+                checked[name] = (accepted, _count_lines(lines))
+            rss = {"router_mb": rss_mb(rp.proc.pid), "fronts_mb": [rss_mb(pid) for pid in _children(rp.proc.pid)]}
             profile_top = _profile(load, targets["router"][0], rp.proc.pid, seconds, profile) if profile else None
     summary = {name: {f"c{c}": _median_runs(runs) for c, runs in by_c.items()} for name, by_c in results.items()}
     r64, b64 = summary["router"]["c64"]["events_per_s"], summary["baseline"]["c64"]["events_per_s"]
     r1, b1 = summary["router"]["c1"]["events_per_s"], summary["baseline"]["c1"]["events_per_s"]
+    i64, i1 = summary["router_in_process"]["c64"]["events_per_s"], summary["router_in_process"]["c1"]["events_per_s"]
     result: dict[str, Any] = {
         "loadgen": load.name,
         "body_bytes": len(body),
         "seconds_per_run": seconds,
         "rounds": rounds,
+        "processes": PROCESSES,
         "router": summary["router"],
         "baseline": summary["baseline"],
+        "router_in_process": summary["router_in_process"],
         "ratio": rounded(r64 / b64 if b64 else None, 3),
-        "ratio_of": "router/baseline events/s at 64 concurrent senders",
+        "ratio_of": f"router (processes = {PROCESSES}) / baseline events/s at 64 concurrent senders",
         "ratio_c1": rounded(r1 / b1 if b1 else None, 3),
+        "ratio_in_process": rounded(i64 / b64 if b64 else None, 3),
+        "ratio_in_process_c1": rounded(i1 / b1 if b1 else None, 3),
         "target": "ratio >= 0.5",
         "met": bool(b64) and r64 / b64 >= 0.5,
-        "router_accepted": accepted,
-        "router_file_lines": delivered,
+        "rss_after": rss,
+        "router_accepted": checked["router"][0],
+        "router_file_lines": checked["router"][1],
+        "router_in_process_accepted": checked["router_in_process"][0],
+        "router_in_process_file_lines": checked["router_in_process"][1],
     }
     if profile_top is not None:
         result["profile_top"] = profile_top
@@ -275,31 +314,46 @@ def webhook_to_http_latency(quick: bool) -> dict[str, Any]:
         work = Path(tmp)
         body_file = work / "body.json"
         body_file.write_bytes(body)
-        target_port, router_port = free_port(), free_port()
-        config = work / "router.toml"
-        config.write_text(
-            webhook_toml(
-                router_port,
-                f'[outputs.target]\ntype = "http"\nurl = "http://127.0.0.1:{target_port}/hook"',
-                '[[routes]]\nname = "everything to the target"\nmatch = { trigger = ["**"] }\nto = ["target"]',
+        target_port = free_port()
+        # the router measured (PROCESSES front processes) and the same router doing HTTP itself
+        ports = {"router": free_port(), "router_in_process": free_port()}
+        configs = {}
+        for name, port in ports.items():
+            (work / name).mkdir()
+            configs[name] = work / name / "router.toml"
+            configs[name].write_text(
+                webhook_toml(
+                    port,
+                    f'[outputs.target]\ntype = "http"\nurl = "http://127.0.0.1:{target_port}/hook"',
+                    '[[routes]]\nname = "everything to the target"\nmatch = { trigger = ["**"] }\nto = ["target"]',
+                    processes=PROCESSES if name == "router" else 0,
+                )
             )
-        )
         target_cmd = [PYTHON, str(BENCH / "_servers.py"), "target", str(target_port)]
-        with child(target_cmd, port=target_port), router(config, env=ROUTER_ENV):
+        with (
+            child(target_cmd, port=target_port),
+            router(configs["router"], env=ROUTER_ENV),
+            router(configs["router_in_process"], env=ROUTER_ENV),
+        ):
             baseline = _join(
                 _send_at_rate(f"http://127.0.0.1:{target_port}/hook", body_file, seconds, "header"), target_port, 30
             )
-            routed = _join(
-                _send_at_rate(f"http://127.0.0.1:{router_port}/events", body_file, seconds, "response"), target_port, 60
-            )
-    p99, base_p99 = routed["p99_ms"], baseline["p99_ms"]
+            routed = {
+                name: _join(
+                    _send_at_rate(f"http://127.0.0.1:{port}/events", body_file, seconds, "response"), target_port, 60
+                )
+                for name, port in ports.items()
+            }
+    p99, base_p99 = routed["router"]["p99_ms"], baseline["p99_ms"]
     return {
         "rate_per_s": 1000,
         "seconds": seconds,
-        "router": routed,
+        "processes": PROCESSES,
+        "router": routed["router"],
         "baseline": baseline,
+        "router_in_process": routed["router_in_process"],
         "ratio": rounded(p99 / base_p99 if p99 and base_p99 else None, 2),
         "ratio_of": "router p99 / direct-POST p99 (lower is better)",
         "target": "router p99 < 10 ms",
-        "met": p99 is not None and p99 < 10 and routed["received"] == routed["accepted"],
+        "met": p99 is not None and p99 < 10 and routed["router"]["received"] == routed["router"]["accepted"],
     }

@@ -62,6 +62,13 @@ def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
             f" c1: {_fmt(bl['c1']['events_per_s'])} ev/s, p50 {bl['c1']['p50_ms']} / p99 {bl['c1']['p99_ms']} ms"
         )
         ratio = f"{ratio} (c1: {_fmt(r.get('ratio_c1'))})"
+        if "router_in_process" in r:  # the router measured runs `processes` webhook front processes
+            ip = r["router_in_process"]
+            router = (
+                f"processes = {r['processes']}: {router}; in-process: c64 {_fmt(ip['c64']['events_per_s'])} ev/s,"
+                f" c1 {_fmt(ip['c1']['events_per_s'])} ev/s"
+            )
+            ratio = f"{ratio}; in-process {_fmt(r.get('ratio_in_process'))}"
     elif name == "amqp_to_file":
         router = f"{_fmt(r.get('router_msgs_per_s'))} msg/s"
         base = f"{_fmt(r.get('baseline_msgs_per_s'))} msg/s"
@@ -72,6 +79,12 @@ def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
             f" ({rt['received']}/{rt['accepted']} received)"
         )
         base = f"p50 {bl['p50_ms']} / p99 {bl['p99_ms']} ms"
+        if "router_in_process" in r:
+            ip = r["router_in_process"]
+            router = (
+                f"processes = {r['processes']}: {router}; in-process: p50 {_fmt(ip['p50_ms'])} /"
+                f" p99 {_fmt(ip['p99_ms'])} ms"
+            )
     elif name == "routing_validation":
         router = (
             f"{_fmt(r['router']['events_per_s'])} ev/s best, {_fmt(r['router']['events_per_s_median'])} median"
