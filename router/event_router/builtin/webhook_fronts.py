@@ -225,6 +225,9 @@ class Fronts:
                 pass_fds=(listener.fileno(), theirs.fileno()),
                 env=env,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         assert proc.stdin is not None
