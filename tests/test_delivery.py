@@ -233,3 +233,37 @@ def test_delivery_body_is_the_payload_as_json() -> None:
         assert delivery.body is not None and delivery.body == orjson.dumps(delivery.payload)
     reshaped = _Pending.from_row(DeliveryRow(2, 1, "o", "r", b'{"x":1}', 0, 0.0, body)).to_delivery({})
     assert reshaped.reshaped and reshaped.body is None and reshaped.payload == {"x": 1}
+
+
+async def test_slow_commits_bound_the_attempted_deliveries_held(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """While outcomes wait for their commit, the worker attempts no more than its bound, and what waits
+    holds no event: a slow disk cannot fill memory with attempted deliveries."""
+    port = free_port()
+    count = 20
+    with http_receiver() as rx:
+        text = config(port, tmp_path, rx.url + "/m").replace('timeout = "2s"', 'timeout = "2s"\nconcurrency = 2')
+        async with make_app(text) as app:
+            gate = anyio.Event()
+            settle = app.spool.settle
+
+            async def slow_settle(**kwargs):  # type: ignore[no-untyped-def]
+                await gate.wait()
+                return await settle(**kwargs)
+
+            app.spool.settle = slow_settle
+            worker = app.pipeline.workers["crm"]
+            bound = 2 * OutputWorker.UNRECORDED_PER_SLOT
+            mails = [example("transport.messageReceived") for _ in range(count)]
+            await anyio.to_thread.run_sync(
+                lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails]  # type: ignore[func-returns-value]
+            )
+            await until(lambda: len(rx.requests) >= bound, "the first deliveries")
+            await anyio.sleep(0.5)
+            assert len(rx.requests) == bound
+            buffered = {p.did for p in worker._buffer}
+            waiting = [p for did, p in worker._claimed.items() if did not in buffered]
+            assert len(waiting) == bound
+            assert all(p.event is None and p.body is None and p.payload is None for p in waiting)
+            gate.set()
+            await until(lambda: len(rx.requests) >= count, "every delivery once commits resume")
+    assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == count
