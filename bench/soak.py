@@ -411,6 +411,7 @@ listen = "127.0.0.1:{env["webhook_port"]}"
 path = "/events"
 api_key = {{ env = "SOAK_API_KEY" }}
 unknown_triggers = "dead-letter"
+processes = {env["webhook_processes"]}
 
 [inputs.amqp]
 type = "amqp"
@@ -492,7 +493,10 @@ class Watch:
     rp: RouterProcess
     admin_port: int
     started: float = field(default_factory=time.monotonic)
+    #: (seconds, MB): the router plus its webhook front processes
     rss: list[tuple[float, float]] = field(default_factory=list)
+    #: (seconds, MB): the front processes alone
+    front_rss: list[tuple[float, float]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -511,7 +515,11 @@ class Watch:
         value = rss_mb(self.pid)
         if value is None:
             raise RuntimeError("the router exited during the soak")
-        self.rss.append((round(self.elapsed(), 1), value))
+        # the router's memory includes its webhook front processes' (processes = N)
+        fronts = [rss_mb(int(c)) for c in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        front_mb = sum(mb for mb in fronts if mb is not None)
+        self.rss.append((round(self.elapsed(), 1), round(value + front_mb, 1)))
+        self.front_rss.append((round(self.elapsed(), 1), round(front_mb, 1)))
 
     async def sample_rss(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -777,10 +785,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "duration_s": args.duration,
         "rate_per_s": args.rate,
         "seed": args.seed,
+        "webhook_processes": args.webhook_processes,
         "code": code_version(),
     }
     with services(work) as env:
         env["webhook_port"], env["admin_port"], env["receiver_port"] = free_port(), free_port(), free_port()
+        env["webhook_processes"] = args.webhook_processes
         config = work / "router.toml"
         config.write_text(router_toml(env))
         receiver_cmd = [PYTHON, str(BENCH / "_servers.py"), "flaky", str(env["receiver_port"]), str(args.seed)]
@@ -815,6 +825,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "slope_judged": judged,
         "max_slope_mb_per_min": args.max_rss_slope,
         "second_half_first_last_mb": [second_half[0][1], second_half[-1][1]] if second_half else None,
+        "of_which_fronts_first_last_mb": [watch.front_rss[0][1], watch.front_rss[-1][1]],
         "samples": len(watch.rss),
         "every_s": RSS_EVERY,
     }
@@ -881,6 +892,12 @@ def main() -> int:
     parser.add_argument("--report", type=Path, default=BENCH / "out" / "soak.json", help="where the JSON goes")
     parser.add_argument("--seed", type=int, default=1, help="the receiver's flapping and the events' mix")
     parser.add_argument("--drain-timeout", type=float, help="seconds to wait for the drain (default: the duration)")
+    parser.add_argument(
+        "--webhook-processes",
+        type=int,
+        default=1,
+        help="webhook front processes (default 1), counted in RSS",
+    )
     parser.add_argument("--max-rss-slope", type=float, default=1.0, help="MB/min allowed over the second half")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (router log, spool, file)")
     args = parser.parse_args()
