@@ -76,6 +76,19 @@ processes = {processes}
 """
 
 
+def _two_routers(work: Path, outputs: str, routes: str) -> tuple[dict[str, int], dict[str, Path]]:
+    """Configs (and ports) of the router measured, with PROCESSES webhook front processes, and of the same
+    router doing HTTP itself (`router_in_process`), each in its own directory under `work`."""
+    ports = {"router": free_port(), "router_in_process": free_port()}
+    configs = {}
+    for name, port in ports.items():
+        (work / name).mkdir()
+        configs[name] = work / name / "router.toml"
+        processes = PROCESSES if name == "router" else 0
+        configs[name].write_text(webhook_toml(port, outputs, routes, processes=processes))
+    return ports, configs
+
+
 class Load:
     """Closed-loop load against one URL: wrk if installed, else the aiohttp client in _loadgen.py."""
 
@@ -173,20 +186,11 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
         work = Path(tmp)
         load = Load(body, work)
         base_port = free_port()
-        # the router measured (PROCESSES front processes) and the same router doing HTTP itself
-        ports = {"router": free_port(), "router_in_process": free_port()}
-        configs = {}
-        for name, port in ports.items():
-            (work / name).mkdir()
-            configs[name] = work / name / "router.toml"
-            configs[name].write_text(
-                webhook_toml(
-                    port,
-                    '[outputs.archive]\ntype = "file"\npath = "events.jsonl"',
-                    '[[routes]]\nname = "archive everything"\nmatch = { trigger = ["**"] }\nto = ["archive"]',
-                    processes=PROCESSES if name == "router" else 0,
-                )
-            )
+        ports, configs = _two_routers(
+            work,
+            '[outputs.archive]\ntype = "file"\npath = "events.jsonl"',
+            '[[routes]]\nname = "archive everything"\nmatch = { trigger = ["**"] }\nto = ["archive"]',
+        )
         base_cmd = [PYTHON, str(BENCH / "_servers.py"), "file", str(base_port), str(work / "baseline.jsonl")]
         names = ("baseline", *ports)
         results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {1: [], 64: []} for name in names}
@@ -315,20 +319,11 @@ def webhook_to_http_latency(quick: bool) -> dict[str, Any]:
         body_file = work / "body.json"
         body_file.write_bytes(body)
         target_port = free_port()
-        # the router measured (PROCESSES front processes) and the same router doing HTTP itself
-        ports = {"router": free_port(), "router_in_process": free_port()}
-        configs = {}
-        for name, port in ports.items():
-            (work / name).mkdir()
-            configs[name] = work / name / "router.toml"
-            configs[name].write_text(
-                webhook_toml(
-                    port,
-                    f'[outputs.target]\ntype = "http"\nurl = "http://127.0.0.1:{target_port}/hook"',
-                    '[[routes]]\nname = "everything to the target"\nmatch = { trigger = ["**"] }\nto = ["target"]',
-                    processes=PROCESSES if name == "router" else 0,
-                )
-            )
+        ports, configs = _two_routers(
+            work,
+            f'[outputs.target]\ntype = "http"\nurl = "http://127.0.0.1:{target_port}/hook"',
+            '[[routes]]\nname = "everything to the target"\nmatch = { trigger = ["**"] }\nto = ["target"]',
+        )
         target_cmd = [PYTHON, str(BENCH / "_servers.py"), "target", str(target_port)]
         with (
             child(target_cmd, port=target_port),

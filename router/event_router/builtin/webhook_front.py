@@ -27,12 +27,12 @@ import struct
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from event_router.frames import FrameError, FrameReader, encode
+from event_router.frames import FrameChannel, encode
 from event_router.logs import setup_logging
 
 #: child -> router: the server accepts (READY), a request (REQUEST), drained and exiting (DONE)
@@ -58,40 +58,25 @@ def tls_context(tls: Mapping[str, str], base: Path) -> ssl.SSLContext:
     return ctx
 
 
-class _Channel(asyncio.Protocol):
+class _Channel(FrameChannel):
     """This process's end of the channel: requests out, answers in."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.reader = FrameReader()
-        #: frames written together once the loop is done with the current callback
-        self._out: list[bytes] = []
+        super().__init__(log)
         self.waiting: dict[int, asyncio.Future[tuple[int, dict[str, str], bytes]]] = {}
         self.ids = itertools.count(1)
         self.stop = asyncio.Event()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.reader.feed(data)
-        except FrameError as exc:
-            log.error("the router process sent a broken frame; stopping", extra={"error": str(exc)})
-            assert self.transport is not None
-            self.transport.close()
-            return
-        for kind, rid, payload in frames:
-            if kind == ANSWER[0]:
-                future = self.waiting.pop(rid, None)
-                if future is not None and not future.done():
-                    status, size = ANSWER_HEAD.unpack_from(payload)
-                    start = ANSWER_HEAD.size
-                    headers = orjson.loads(payload[start : start + size]) if size else {}
-                    future.set_result((status, headers, payload[start + size :]))
-            elif kind == STOP[0]:
-                self.stop.set()
+    def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        if kind == ANSWER[0]:
+            future = self.waiting.pop(rid, None)
+            if future is not None and not future.done():
+                status, size = ANSWER_HEAD.unpack_from(payload)
+                start = ANSWER_HEAD.size
+                headers = orjson.loads(payload[start : start + size]) if size else {}
+                future.set_result((status, headers, payload[start + size :]))
+        elif kind == STOP[0]:
+            self.stop.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         # the router process is gone: nothing can store these events, so none of them may get a 2xx
@@ -101,19 +86,8 @@ class _Channel(asyncio.Protocol):
         self.waiting.clear()
         self.stop.set()
 
-    def send(self, frame: bytes) -> None:
-        if not self._out:
-            # requests read in the same loop iteration leave in one write: one syscall, one wake-up
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._out.append(frame)
-
-    def flush(self) -> None:
-        out, self._out = self._out, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
-
     async def ask(self, meta: bytes, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        if self.stop.is_set() and (self.transport is None or self.transport.is_closing()):
+        if self.stop.is_set() and not self.open:
             return 503, {"Retry-After": "5"}, _GONE
         rid = next(self.ids) & 0xFFFFFFFF
         future: asyncio.Future[tuple[int, dict[str, str], bytes]] = asyncio.get_running_loop().create_future()
@@ -159,9 +133,7 @@ async def serve(settings: Mapping[str, Any]) -> None:
     # stops accepting, then lets requests in progress finish: their answers still come over the channel
     await runner.cleanup()
     channel.send(encode(DONE, 0))
-    channel.flush()
-    if channel.transport is not None:
-        channel.transport.close()
+    channel.close()
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus
 
 from event_router.builtin.webhook_front import ANSWER, ANSWER_HEAD, DONE, READY, REQUEST, REQUEST_HEAD, STOP
 from event_router.errors import RouterError
-from event_router.frames import FrameError, FrameReader, encode
+from event_router.frames import FrameChannel, encode
 from event_router.logs import JsonFormatter, TextFormatter
 from event_router.plugin import EventSink
 
@@ -58,61 +58,37 @@ def _log_format() -> str:
     return "auto"
 
 
-class _Link(asyncio.Protocol):
+class _Link(FrameChannel):
     """The router's end of one front's channel."""
 
     def __init__(self, fronts: Fronts, index: int):
+        super().__init__(fronts.log)
         self.fronts = fronts
         self.index = index
-        self.transport: asyncio.Transport | None = None
-        self.reader = FrameReader()
-        #: answers written together once the loop is done with the current callback
-        self._out: list[bytes] = []
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         self.closed = asyncio.Event()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.reader.feed(data)
-        except FrameError as exc:
-            self.fronts.log.error("webhook front sent a broken frame; dropping it", extra={"error": str(exc)})
-            assert self.transport is not None
-            self.transport.close()
-            return
-        for kind, rid, payload in frames:
-            if kind == REQUEST[0]:
-                self.fronts.take(self, rid, payload)
-            elif kind == READY[0]:
-                self.ready.set()
-            elif kind == DONE[0]:
-                self.done.set()
+    def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        if kind == REQUEST[0]:
+            self.fronts.take(self, rid, payload)
+        elif kind == READY[0]:
+            self.ready.set()
+        elif kind == DONE[0]:
+            self.done.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
 
     def answer(self, rid: int, answer: Answer) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if not self.open:
             return  # the front is gone; its client saw the connection drop and gets no 2xx
         status, body, headers = answer
         head = orjson.dumps(headers) if headers else b""
-        if not self._out:
-            # one write (one syscall, one wake-up of the front) for every answer of this batch
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out.append(encode(ANSWER, rid, ANSWER_HEAD.pack(status, len(head)), head, orjson.dumps(body)))
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
+        self.send(encode(ANSWER, rid, ANSWER_HEAD.pack(status, len(head)), head, orjson.dumps(body)))
 
     def stop(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(STOP, 0))
+        self.send(encode(STOP, 0))
 
 
 class Fronts:
@@ -293,8 +269,8 @@ class Fronts:
                 proc.kill()
                 await proc.wait()
         for link in self.links:
-            if link is not None and link.transport is not None:
-                link.transport.close()
+            if link is not None:
+                link.close()
         # answers to requests stored after the fronts were gone have nobody to go to; the events are stored
         while self._storing:
             await asyncio.wait(set(self._storing))
