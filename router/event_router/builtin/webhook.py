@@ -25,6 +25,7 @@ import orjson
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from event_router.batching import Rejected
 from event_router.builtin.webhook_front import tls_context
 from event_router.builtin.webhook_fronts import Fronts
 from event_router.errors import ConfigError, RouterError, SpoolFull
@@ -74,14 +75,6 @@ class Parsed:
     event: Event
     #: the Standard Webhooks message id, remembered once the event is stored
     message_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Undecodable:
-    raw: bytes
-    reason: str
-    trigger: str | None
-    meta: dict[str, Any]
 
 
 class WebhookInput(Input):
@@ -288,7 +281,7 @@ class WebhookInput(Input):
                 return 401, {"error": f"missing or wrong API key in header {self.key_header}"}, None
         return None
 
-    def prepare(self, received: Received, raw: bytes) -> Answer | Parsed | Undecodable:
+    def prepare(self, received: Received, raw: bytes) -> Answer | Parsed | Rejected:
         """Signature, replay and decoding: an answer (refused or a repeat), an event, or bytes to dead-letter."""
         message_id = None
         if self.signing_secrets:
@@ -306,9 +299,9 @@ class WebhookInput(Input):
         try:
             return Parsed(self._decode(raw, received.path_trigger, meta), message_id)
         except ValueError as exc:
-            return Undecodable(raw, str(exc), received.path_trigger, meta)
+            return Rejected(raw, str(exc), received.path_trigger, meta)
 
-    async def store(self, sink: EventSink, items: Sequence[Parsed | Undecodable]) -> list[Answer]:
+    async def store(self, sink: EventSink, items: Sequence[Parsed | Rejected]) -> list[Answer]:
         """Store what `prepare` made of several requests, events in one submit; one answer per item."""
         answers: list[Answer | None] = [None] * len(items)
         parsed: list[tuple[int, Parsed]] = []
@@ -317,7 +310,7 @@ class WebhookInput(Input):
                 parsed.append((index, item))
                 continue
             try:
-                dlid = await sink.reject(item.raw, item.reason, trigger=item.trigger, meta=item.meta)
+                dlid = await sink.reject(item.payload, item.reason, trigger=item.trigger, meta=item.meta)
             except RouterError:
                 answers[index] = _CANNOT_STORE
             else:

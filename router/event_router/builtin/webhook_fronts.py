@@ -32,7 +32,8 @@ from event_router.logs import JsonFormatter, TextFormatter
 from event_router.plugin import EventSink
 
 if TYPE_CHECKING:
-    from event_router.builtin.webhook import Answer, Parsed, Undecodable, WebhookInput
+    from event_router.batching import Rejected
+    from event_router.builtin.webhook import Answer, Parsed, WebhookInput
 
 #: how long a front may take from spawn to accepting (it imports aiohttp: ~0.3 s here)
 START_TIMEOUT = 20.0
@@ -99,7 +100,7 @@ class Fronts:
         self.sink = sink
         self.log = webhook.log
         self.links: list[_Link | None] = [None] * webhook.processes
-        self._queue: list[tuple[_Link, int, Parsed | Undecodable]] = []
+        self._queue: list[tuple[_Link, int, Parsed | Rejected]] = []
         #: store tasks running: up to STORES, so a batch is ready to commit while the one before commits
         self._storing: set[asyncio.Task[None]] = set()
 
