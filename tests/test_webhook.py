@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
 from event_router.testing import example, free_port, post, read_jsonl, wait_for
@@ -78,6 +79,44 @@ async def test_api_key_header_name_is_case_insensitive(make_app, tmp_path: Path)
         assert status == 202, body
         status, body, _ = await call(url, mail, {"x-api-key": KEY})
         assert (status, body["error"]) == (401, "missing or wrong API key in header X-Router-Key")
+
+
+async def test_wrong_path_wrong_method_and_expect_continue(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """What aiohttp's router answers in process, a front answers too: 404, 405 with Allow, 100 Continue."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    async with make_app(config(port, tmp_path)):
+        status, _, _ = await call(f"http://127.0.0.1:{port}/other", {"trigger": "x"}, {"x-api-key": KEY})
+        assert status == 404
+
+        def get() -> tuple[int, str]:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/events", timeout=10)
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.headers.get("Allow", "")
+            return 200, ""
+
+        code, allow = await anyio.to_thread.run_sync(get)
+        assert code == 405 and "POST" in allow
+
+        def expect_continue() -> bytes:
+            body = orjson.dumps(example("transport.messageReceived"))
+            head = (
+                f"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-api-key: {KEY}\r\n"
+                f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+            )
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(head.encode())
+                interim = sock.recv(100)  # a client that asked waits for this before sending the body
+                sock.sendall(body)
+                return interim + sock.recv(4096)
+
+        answer = await anyio.to_thread.run_sync(expect_continue)
+        assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), answer
+        assert b"HTTP/1.1 202" in answer, answer
 
 
 async def test_event_without_data_key(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
