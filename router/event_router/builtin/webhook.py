@@ -17,7 +17,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -205,7 +204,7 @@ class WebhookInput(Input):
                 self.host,
                 self.port,
                 reuse_address=True,
-                ssl_context=tls_context(tls, Path("/")) if tls else None,
+                ssl_context=tls_context(tls) if tls else None,
             )
             try:
                 await site.start()

@@ -27,7 +27,6 @@ import ssl
 import struct
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -48,13 +47,13 @@ log = logging.getLogger("event_router.webhook_front")
 _GONE = orjson.dumps({"error": "the router cannot store events right now"})
 
 
-def tls_context(tls: Mapping[str, str], base: Path) -> ssl.SSLContext:
-    """The listener's TLS context from the input's `tls` table (paths relative to `base`)."""
+def tls_context(tls: Mapping[str, str]) -> ssl.SSLContext:
+    """The listener's TLS context from the input's `tls` table, its paths absolute (`WebhookInput.tls_paths`)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(base / tls["cert_file"], base / tls["key_file"])
+    ctx.load_cert_chain(tls["cert_file"], tls["key_file"])
     if "client_ca_file" in tls:
-        ctx.load_verify_locations(base / tls["client_ca_file"])
+        ctx.load_verify_locations(tls["client_ca_file"])
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -146,7 +145,7 @@ async def serve(settings: Mapping[str, Any]) -> None:
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=settings["drain_seconds"])
     await runner.setup()
     tls = settings.get("tls")
-    site = web.SockSite(runner, listener, ssl_context=tls_context(tls, Path("/")) if tls else None)
+    site = web.SockSite(runner, listener, ssl_context=tls_context(tls) if tls else None)
     await site.start()
     channel.send(encode(READY, 0))
     await channel.stop.wait()

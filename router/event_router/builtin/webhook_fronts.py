@@ -18,8 +18,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import orjson
@@ -44,8 +43,8 @@ MAX_RESTART_DELAY = 30.0
 MAX_BATCH = 512
 #: stores in flight at once
 STORES = 2
-#: environment a front must not inherit: systemd's notify and socket activation are the router's own
 _FAILED: Answer = (500, {"error": "the router failed on this request; it was not stored"}, None)
+#: environment a front must not inherit: systemd's notify and socket activation are the router's own
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
 
@@ -100,6 +99,8 @@ class Fronts:
         self.sink = sink
         self.log = webhook.log
         self.links: list[_Link | None] = [None] * webhook.processes
+        #: each front's current process, set as soon as it is spawned, so stopping reaches one still starting
+        self.procs: list[asyncio.subprocess.Process | None] = [None] * webhook.processes
         self._queue: list[tuple[_Link, int, Parsed | Rejected]] = []
         #: store tasks running: up to STORES, so a batch is ready to commit while the one before commits
         self._storing: set[asyncio.Task[None]] = set()
@@ -164,20 +165,18 @@ class Fronts:
     # --- processes ---------------------------------------------------------------------------------------
 
     async def run(self, listener: socket.socket, *, task_status: TaskStatus[None]) -> None:
-        procs: list[asyncio.subprocess.Process | None] = [None] * len(self.links)
         try:
-            for index in range(len(self.links)):
-                procs[index] = await self._spawn(index, listener)
+            for index in range(len(self.procs)):
+                await self._spawn(index, listener)
             task_status.started()
             async with anyio.create_task_group() as tg:
-                for index, proc in enumerate(procs):
-                    assert proc is not None
-                    tg.start_soon(self._supervise, index, proc, listener, procs.__setitem__)
+                for index in range(len(self.procs)):
+                    tg.start_soon(self._supervise, index, listener)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._stop_all(procs)
+                await self._stop_all()
 
-    async def _spawn(self, index: int, listener: socket.socket) -> asyncio.subprocess.Process:
+    async def _spawn(self, index: int, listener: socket.socket) -> None:
         """Start front `index` and wait until it accepts; RouterError if it cannot."""
         webhook = self.webhook
         ours, theirs = socket.socketpair()
@@ -207,6 +206,7 @@ class Fronts:
             raise
         finally:
             theirs.close()
+        self.procs[index] = proc
         assert proc.stdin is not None
         proc.stdin.write(orjson.dumps(settings))
         proc.stdin.close()
@@ -229,42 +229,37 @@ class Fronts:
                 f"(exit code {proc.returncode}; its error is in the log above)"
             )
         self.log.debug("webhook front started", extra={"front": index, "pid": proc.pid})
-        return proc
 
-    async def _supervise(
-        self,
-        index: int,
-        proc: asyncio.subprocess.Process,
-        listener: socket.socket,
-        record: Callable[[int, Any], None],
-    ) -> None:
+    async def _supervise(self, index: int, listener: socket.socket) -> None:
         delay = 1.0
         while True:
+            proc = self.procs[index]
+            assert proc is not None
             code = await proc.wait()
             self.log.error(
                 "webhook front process exited; starting it again",
                 extra={"front": index, "pid": proc.pid, "exit_code": code, "retry_in": delay},
             )
-            await anyio.sleep(delay)
-            delay = min(delay * 2, MAX_RESTART_DELAY)
-            try:
-                proc = await self._spawn(index, listener)
-            except (RouterError, OSError) as exc:
-                self.log.error("webhook front could not start", extra={"front": index, "error": str(exc)})
-                continue
-            record(index, proc)
+            while True:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, MAX_RESTART_DELAY)
+                try:
+                    await self._spawn(index, listener)
+                    break
+                except (RouterError, OSError) as exc:
+                    self.log.error("webhook front could not start", extra={"front": index, "error": str(exc)})
             delay = 1.0
 
-    async def _stop_all(self, procs: list[asyncio.subprocess.Process | None]) -> None:
+    async def _stop_all(self) -> None:
         """Stop accepting everywhere, let every front finish its requests (answered here), then end them."""
         for link in self.links:
             if link is not None:
                 link.stop()
         with anyio.move_on_after(DRAIN_SECONDS + 5):
-            for proc in procs:
+            for proc in self.procs:
                 if proc is not None:
                     await proc.wait()
-        for proc in procs:
+        for proc in self.procs:
             if proc is not None and proc.returncode is None:
                 self.log.warning("webhook front did not stop in time; killing it", extra={"pid": proc.pid})
                 proc.kill()
