@@ -95,6 +95,21 @@ def pytest_in_subprocess(
     )
 
 
+def assert_program_fixture_outcome(tmp: Path, test_source: str, *, conftest_dir: Path, program: str, ci: bool) -> None:
+    """Run `test_source` (a test using a fixture that starts `program`) with an empty PATH: with CI set it
+    must fail, naming the missing program; without, it must skip."""
+    empty = tmp / "bin"
+    empty.mkdir()
+    done = pytest_in_subprocess(
+        tmp, test_source, conftest_dir=conftest_dir, env={"CI": "true" if ci else "", "PATH": str(empty)}
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == (1 if ci else 0), output
+    assert ("1 error" if ci else "1 skipped") in output, output
+    if ci:
+        assert f"{program} is not installed" in output, output
+
+
 def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
