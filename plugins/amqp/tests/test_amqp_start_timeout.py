@@ -18,7 +18,7 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import free_port, read_jsonl
+from event_router.testing import TcpProxy, read_jsonl
 from event_router_amqp.testing import Broker, ConnectorPublisher, input_toml, mail, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
@@ -27,65 +27,21 @@ pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
 CONSUME_OK = struct.pack(">HH", 60, 21)
 
 
-class SwallowingProxy:
+class SwallowingProxy(TcpProxy):
     """A TCP relay on loopback to RabbitMQ that parses the broker's frames and drops `basic.consume-ok` while
     `swallow` is set. Everything else goes through unchanged, so the AMQP handshake, declares and binds are
     the real broker's."""
 
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)):
-        self.target = target
+    def __init__(self) -> None:
+        super().__init__("127.0.0.1", 5672)
         self.swallow = threading.Event()
         self.swallowed = 0
-        self._stop = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", free_port()))
-        self._listener.settimeout(0.1)
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> SwallowingProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._listener.close()
-        with self._lock:
-            for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            upstream = socket.create_connection(self.target, timeout=5)
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._filter, args=(upstream, client), daemon=True).start()
-
-    @staticmethod
-    def _relay(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _shut(source, sink)
-
-    def _filter(self, broker: socket.socket, client: socket.socket) -> None:
+    def relay_back(self, server: socket.socket, client: socket.socket) -> None:
         """Broker to client: whole frames (type, channel, size, payload, 0xCE), minus the swallowed ones."""
         buffer = bytearray()
         try:
-            while data := broker.recv(65536):
+            while data := server.recv(65536):
                 buffer += data
                 out = bytearray()
                 while len(buffer) >= 7:
@@ -103,13 +59,9 @@ class SwallowingProxy:
         except OSError:
             pass
         finally:
-            _shut(broker, client)
-
-
-def _shut(*sockets: socket.socket) -> None:
-    for s in sockets:
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
+            for s in (server, client):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
 async def test_an_unanswered_basic_consume_times_out_and_the_input_reconnects(  # type: ignore[no-untyped-def]

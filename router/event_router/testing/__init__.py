@@ -548,10 +548,16 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            upstream.settimeout(None)
             with self._lock:
                 self._pairs.append((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self.relay_back, args=(upstream, client), daemon=True).start()
+
+    def relay_back(self, server: socket.socket, client: socket.socket) -> None:
+        """Server to client. A subclass may override it to alter what the server says (see the amqp
+        plugin's test of an unanswered basic.consume)."""
+        self._pump(server, client)
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
