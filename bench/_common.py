@@ -70,12 +70,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(pid: int) -> list[int]:
+    """Pids of a process's live children (a router's webhook front processes)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def tree_cpu_seconds(pid: int) -> float:
-    """`cpu_seconds` of a process plus its live children (a router's webhook front processes)."""
+    """`cpu_seconds` of a process plus its live children."""
     total = cpu_seconds(pid)
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    for child in children(pid):
         try:
-            total += cpu_seconds(int(child))
+            total += cpu_seconds(child)
         except (FileNotFoundError, ProcessLookupError):  # exited meanwhile
             continue
     return total

@@ -24,6 +24,7 @@ from _common import (
     BENCH,
     PYTHON,
     child,
+    children,
     example_body,
     free_port,
     percentile,
@@ -160,10 +161,6 @@ def _count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def _children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def _has_lines(path: Path, count: int) -> bool:
     return _count_lines(path) >= count
 
@@ -218,7 +215,7 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
                 # every 202 must reach the file; wrk's cut-off requests may add a few more
                 _wait(partial(_has_lines, lines, accepted), 120)
                 checked[name] = (accepted, _count_lines(lines))
-            rss = {"router_mb": rss_mb(rp.proc.pid), "fronts_mb": [rss_mb(pid) for pid in _children(rp.proc.pid)]}
+            rss = {"router_mb": rss_mb(rp.proc.pid), "fronts_mb": [rss_mb(pid) for pid in children(rp.proc.pid)]}
             profile_top = _profile(load, targets["router"][0], rp.proc.pid, seconds, profile) if profile else None
     summary = {name: {f"c{c}": _median_runs(runs) for c, runs in by_c.items()} for name, by_c in results.items()}
     r64, b64 = summary["router"]["c64"]["events_per_s"], summary["baseline"]["c64"]["events_per_s"]

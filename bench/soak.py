@@ -52,7 +52,20 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH, PYTHON, child, cpu_seconds, emit, free_port, machine, router, rss_mb, status_kb, utc_now
+from _common import (
+    BENCH,
+    PYTHON,
+    child,
+    children,
+    cpu_seconds,
+    emit,
+    free_port,
+    machine,
+    router,
+    rss_mb,
+    status_kb,
+    utc_now,
+)
 from amqp_to_file import declare, remove
 
 from event_router.deadletters import list_dead_letters
@@ -516,7 +529,7 @@ class Watch:
         if value is None:
             raise RuntimeError("the router exited during the soak")
         # the router's memory includes its webhook front processes' (processes = N)
-        fronts = [rss_mb(int(c)) for c in Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        fronts = [rss_mb(c) for c in children(self.pid)]
         front_mb = sum(mb for mb in fronts if mb is not None)
         self.rss.append((round(self.elapsed(), 1), round(value + front_mb, 1)))
         self.front_rss.append((round(self.elapsed(), 1), round(front_mb, 1)))
