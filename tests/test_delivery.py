@@ -267,3 +267,28 @@ async def test_slow_commits_bound_the_attempted_deliveries_held(make_app, tmp_pa
             gate.set()
             await until(lambda: len(rx.requests) >= count, "every delivery once commits resume")
     assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == count
+
+
+async def test_a_retry_due_before_its_outcome_is_committed_is_not_left_to_the_poll(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A retry whose backoff ends while its outcome is still being committed (a short full-jitter wait, a
+    slow disk) is attempted once the commit is done, not at the worker's next poll a second later."""
+    port = free_port()
+    with http_receiver() as rx:
+        rx.respond(503, 200)
+        text = config(port, tmp_path, rx.url + "/m").replace(
+            'retry = { initial_backoff = "50ms", max_backoff = "200ms", max_attempts = 5 }',
+            'retry = { initial_backoff = "1ms", max_backoff = "1ms", max_attempts = 5 }',
+        )
+        async with make_app(text) as app:
+            settle = app.spool.settle
+
+            async def slow_settle(**kwargs):  # type: ignore[no-untyped-def]
+                await anyio.sleep(0.1)  # a commit slower than the 1 ms backoff
+                return await settle(**kwargs)
+
+            app.spool.settle = slow_settle
+            assert app.pipeline.workers["crm"].poll_interval == 1.0
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: len(rx.requests) == 2, "the retry", within=10)
+    gap = rx.requests[1].at - rx.requests[0].at
+    assert gap < 0.6, f"the retry waited {gap:.3f}s: for the poll, not for its commit (0.1 s)"

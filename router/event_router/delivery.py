@@ -304,8 +304,11 @@ class OutputWorker:
                 retry_after = outcome.retry_after if isinstance(outcome, DeliveryError) else None
                 due = now + policy.delay(attempts, retry_after)
                 retry.append((pending.did, attempts, due, message))
-                self._next_due = due if self._next_due is None else min(self._next_due, due)
         await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
+        # armed only now: a due time passing while the outcome was still being committed (a short jittered
+        # backoff, a slow disk) found no row to fetch and was used up, leaving the retry to the next poll
+        for _, _, due, _ in retry:
+            self._next_due = due if self._next_due is None else min(self._next_due, due)
         if done:
             self.stats.incr("deliveries", len(done), output=self.name, outcome="delivered")
             for pending, outcome in zip(batch, outcomes, strict=True):
