@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -15,6 +15,9 @@ from event_router import __version__
 from event_router.config import ConfigErrors, RouterConfig, load_config
 from event_router.errors import RouterError
 from event_router.plugins import PluginRegistry, load_plugins
+
+if TYPE_CHECKING:
+    from event_router.app import App
 
 DEFAULT_CONFIG = "router.toml"
 
@@ -126,45 +129,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from event_router.app import App
     from event_router.logs import setup_logging
+    from event_router.runtime import has_uvloop, tune_for_router_process
 
     setup_logging(args.log_level or "info", args.log_format)
     config, registry = _load(args)
     if args.log_level is None:
         setup_logging(config.log_level, args.log_format)
     app = App(config, registry)
-    # The spool writer thread gives up the GIL around every SQLite call and then has to win it back
-    # from a busy event loop: at the default 5 ms switch interval each hand-over can add 5 ms to a
-    # commit, and with it to every acknowledgement and delivery (benchmarked at 1,000 ev/s: p99 18-81 ms -> 6-14 ms).
-    sys.setswitchinterval(0.0005)
-    _limit_malloc_arenas()
-    anyio.run(app.run, backend="asyncio", backend_options={"use_uvloop": _has_uvloop()})
+    tune_for_router_process()
+    anyio.run(_serve, app, backend="asyncio", backend_options={"use_uvloop": has_uvloop()})
     return 0
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Before any thread starts: glibc gives each thread that allocates (spool writer, file writes) its
-    own malloc arena, whose freed event bodies are rarely returned; under a flapping output RSS then rose
-    in steps. In a 3-minute probe (400 ev/s, flapping http output) two arenas levelled it at 104 MB
-    instead of 126 MB. A no-op where glibc is not the libc."""
-    import ctypes
-    import ctypes.util
+async def _serve(app: App) -> None:
+    import anyio
 
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
+    from event_router.runtime import freeze_startup_heap
 
-
-def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:  # optional on platforms without it: the stdlib loop works, only slower
-        return False
-    return True
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)  # returns once the router is ready
+        freeze_startup_heap()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

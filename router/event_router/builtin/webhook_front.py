@@ -34,6 +34,7 @@ from aiohttp import web
 
 from event_router.frames import FrameChannel, encode
 from event_router.logs import setup_logging
+from event_router.runtime import freeze_startup_heap
 
 #: child -> router: the server accepts (READY), a request (REQUEST), drained and exiting (DONE)
 READY, REQUEST, DONE = b"R", b"Q", b"D"
@@ -147,6 +148,7 @@ async def serve(settings: Mapping[str, Any]) -> None:
     tls = settings.get("tls")
     site = web.SockSite(runner, listener, ssl_context=tls_context(tls) if tls else None)
     await site.start()
+    freeze_startup_heap()
     channel.send(encode(READY, 0))
     await channel.stop.wait()
     # stops accepting, then lets requests in progress finish: their answers still come over the channel
