@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,6 +36,7 @@ type = "webhook"
 listen = "127.0.0.1:{port}"
 api_key = "{KEY}"
 processes = {processes}
+max_body_bytes = 65536
 [outputs.archive]
 type = "file"
 path = "{tmp}/out.jsonl"
@@ -94,6 +96,193 @@ def test_a_frame_larger_than_any_request_is_an_error() -> None:
     header = (MAX_PAYLOAD + 1).to_bytes(4, "big") + b"Q" + (1).to_bytes(4, "big")
     with pytest.raises(FrameError, match="larger than"):
         FrameReader().feed(header)
+
+
+# --- the front's own HTTP/1.1 server (llhttp through httptools, not aiohttp) -----------------------------
+
+
+def exchange(port: int, data: bytes, *, answers: int, timeout: float = 10) -> list[tuple[int, bytes, bytes]]:
+    """Send raw bytes on one connection; read `answers` HTTP responses (status, head, body) or until EOF."""
+    import socket
+
+    got: list[tuple[int, bytes, bytes]] = []
+    buffer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        while len(got) < answers:
+            while b"\r\n\r\n" not in buffer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return got
+                buffer += chunk
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            length = int(
+                next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length"))
+            )
+            while len(buffer) < length:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise AssertionError(f"connection closed inside a body: {head!r}")
+                buffer += chunk
+            body, buffer = buffer[:length], buffer[length:]
+            got.append((int(head.split(b" ")[1]), head, body))
+        sock.settimeout(2)
+        try:
+            rest = sock.recv(100)  # b"" once the server closed its side
+        except TimeoutError:
+            rest = None
+    got.append((0, b"EOF" if rest == b"" else b"OPEN", rest or b""))
+    return got
+
+
+def request(body: bytes, *, key: str = KEY, extra: str = "", version: str = "1.1") -> bytes:
+    head = f"POST /events HTTP/{version}\r\nHost: x\r\nx-api-key: {key}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+@pytest.mark.anyio
+async def test_pipelined_requests_are_answered_in_order(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The middle request is refused at once (wrong key), the others wait for their commit: still in order;
+    the last one asks to close, which happens once all three are answered, not when its own answer is ready."""
+    port = free_port()
+    mail = orjson.dumps(example("transport.messageReceived"))
+    data = request(mail) + request(mail, key="wrong") + request(mail, extra="Connection: close\r\n")
+    async with make_app(config(port, tmp_path)):
+        got = await anyio.to_thread.run_sync(lambda: exchange(port, data, answers=3))
+    statuses = [status for status, _, _ in got[:3]]
+    assert statuses == [202, 401, 202], got
+    assert got[3][1] == b"EOF"
+    assert b"Connection: close" in got[2][1] and b"Connection: close" not in got[0][1]
+    assert orjson.loads(got[0][2])["id"] != orjson.loads(got[2][2])["id"]
+
+
+@pytest.mark.anyio
+async def test_a_client_that_half_closes_after_its_request_gets_the_answer(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    port = free_port()
+    mail = orjson.dumps(example("transport.messageReceived"))
+    async with make_app(config(port, tmp_path)):
+
+        def half_close() -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request(mail))
+                sock.shutdown(socket.SHUT_WR)
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                return answer
+
+        answer = await anyio.to_thread.run_sync(half_close)
+    assert answer.startswith(b"HTTP/1.1 202 Accepted\r\n"), answer
+
+
+@pytest.mark.anyio
+async def test_chunked_bodies_and_http_1_0(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    mail = orjson.dumps(example("transport.messageReceived"))
+    half = len(mail) // 2
+    chunked = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: "
+        + KEY.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{half:x}\r\n".encode()
+        + mail[:half]
+        + b"\r\n"
+        + f"{len(mail) - half:x}\r\n".encode()
+        + mail[half:]
+        + b"\r\n0\r\n\r\n"
+    )
+    async with make_app(config(port, tmp_path)):
+        (status, _, body), (_, open_, _) = await anyio.to_thread.run_sync(lambda: exchange(port, chunked, answers=1))
+        assert (status, open_) == (202, b"OPEN"), body
+        # HTTP/1.0 without keep-alive: answered, then closed, as the client expects
+        (status10, head10, _), (_, end, _) = await anyio.to_thread.run_sync(
+            lambda: exchange(port, request(mail, version="1.0"), answers=1)
+        )
+        assert (status10, end) == (202, b"EOF")
+        assert b"Connection: close" in head10
+        lines = await anyio.to_thread.run_sync(
+            lambda: wait_for(lambda: (rows := read_jsonl(tmp_path / "out.jsonl")) and len(rows) >= 2 and rows)
+        )
+    assert [line["trigger"] for line in lines] == ["transport.messageReceived"] * 2
+    assert lines[0]["data"] == example("transport.messageReceived")["data"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (request(b"x" * 70_000), 413, b"body larger than 65536 bytes"),
+        (
+            b"POST /events HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"8000\r\n" + b"x" * 0x8000 + b"\r\n" for _ in range(3)),
+            413,
+            b"body larger than 65536 bytes",
+        ),
+        (
+            b"POST /events HTTP/1.1\r\n" + b"".join(b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(40)) + b"\r\n",
+            431,
+            b"headers larger than",
+        ),
+        (b"POST /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, b"longer than 8190 bytes"),
+        (b"HELLO THERE\r\n\r\n", 400, b"malformed HTTP request"),
+        (b"GET /events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 400, b"upgrades"),
+    ],
+    ids=["content-length-too-large", "chunked-too-large", "headers-too-large", "target-too-long", "garbage", "upgrade"],
+)
+async def test_requests_a_front_cannot_read_on_get_an_answer_and_a_close(  # type: ignore[no-untyped-def]
+    make_app, tmp_path: Path, data: bytes, status: int, message: bytes
+) -> None:
+    port = free_port()
+    async with make_app(config(port, tmp_path)):
+        got = await anyio.to_thread.run_sync(lambda: exchange(port, data, answers=1))
+        assert got[0][0] == status, got
+        assert message in got[0][2] and b"Connection: close" in got[0][1]
+        assert got[1][1] == b"EOF"
+        # and the front serves the next client as before
+        mail = orjson.dumps(example("transport.messageReceived"))
+        (after, _, _), _ = await anyio.to_thread.run_sync(lambda: exchange(port, request(mail), answers=1))
+        assert after == 202
+
+
+@pytest.mark.anyio
+async def test_idle_connections_are_closed() -> None:
+    """The sweep closes a connection that sent nothing for IDLE_SECONDS, unless it waits for an answer."""
+    import asyncio
+    import socket
+
+    from event_router.builtin import webhook_front as front
+
+    channel = front._Channel()
+    http = front._Server(channel, "/events", 1000)
+    server = await asyncio.get_running_loop().create_server(lambda: front._Connection(http), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        idle = socket.create_connection(("127.0.0.1", port))
+        waiting = socket.create_connection(("127.0.0.1", port))
+        await wait_for_async(lambda: len(http.connections) == 2)
+        by_port = {conn.transport.get_extra_info("peername")[1]: conn for conn in http.connections}
+        by_port[waiting.getsockname()[1]].answers.append([None])  # a request whose answer is owed
+        now = time.monotonic()
+        http.sweep(now + front.IDLE_SECONDS - 1)
+        assert len(http.connections) == 2
+        http.sweep(now + front.IDLE_SECONDS + 1)
+        await wait_for_async(lambda: len(http.connections) == 1)
+        idle.settimeout(5)
+        assert idle.recv(10) == b""  # closed by the server
+        (left,) = http.connections
+        assert left is by_port[waiting.getsockname()[1]]
+        idle.close()
+        waiting.close()
+    finally:
+        server.close()
+
+
+async def wait_for_async(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    with anyio.fail_after(timeout):
+        while not check():
+            await anyio.sleep(0.01)
 
 
 # --- in process (the router under test is this process) -------------------------------------------------
