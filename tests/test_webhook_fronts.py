@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from event_router.frames import MAX_PAYLOAD, FrameError, FrameReader, encode
@@ -448,3 +448,115 @@ def test_fronts_do_not_outlive_a_killed_router(tmp_path: Path) -> None:
         wait_for(lambda: {first["id"], second["id"]} <= {line["id"] for line in read_jsonl(tmp_path / "out.jsonl")})
     finally:
         router.terminate()
+
+
+# --- arbitrary bytes against a front ---------------------------------------------------------------------
+
+_LINES = [
+    b"POST /events HTTP/1.1",
+    b"POST /events/transport.messageReceived HTTP/1.1",
+    b"POST /events HTTP/1.0",
+    b"GET /events HTTP/1.1",
+    b"POST /other HTTP/1.1",
+    b"POST http://x/events?a=1 HTTP/1.1",
+    b"POST /ev%65nts HTTP/1.1",
+]
+_HEADERS = [
+    b"Host: x",
+    b"x-api-key: " + KEY.encode(),
+    b"X-API-KEY: wrong",
+    b"Expect: 100-continue",
+    b"Connection: close",
+    b"Connection: keep-alive",
+    b"Connection: upgrade\r\nUpgrade: h2c",
+    b"Content-Type: application/json",
+    b"Content-Length: 99999999",
+    b"Content-Length: -1",
+    b"x-long: " + b"v" * 5000,
+    b"x-huge: " + b"v" * 40000,
+]
+_BODIES = [
+    orjson.dumps(example("transport.messageReceived")),
+    orjson.dumps(example("transport.messageReceived")),
+    b'{"trigger":"transport.messageReceived","data":{}}',
+    b'{"trigger":"custom.thing","data":[1,2]}',
+    b"{}",
+    b"[1]",
+    b"",
+    b"{not json",
+]
+
+
+@st.composite
+def http_streams(draw: st.DrawFn) -> bytes:
+    """One to three requests, mostly well-formed, their framing sometimes wrong, sometimes junk between."""
+    stream = b""
+    for _ in range(draw(st.integers(1, 3))):
+        headers = draw(st.lists(st.sampled_from(_HEADERS), max_size=4, unique=True))
+        if draw(st.integers(0, 4)):  # mostly with the right key, so that most requests reach the router
+            headers.insert(0, b"x-api-key: " + KEY.encode())
+        body = draw(st.sampled_from(_BODIES) | st.binary(max_size=40))
+        framing = draw(st.sampled_from(["length", "length", "chunked", "short-length", "none"]))
+        if framing == "length":
+            headers.append(b"Content-Length: %d" % len(body))
+        elif framing == "short-length":
+            headers.append(b"Content-Length: %d" % max(0, len(body) - 3))
+        elif framing == "chunked":
+            headers.append(b"Transfer-Encoding: chunked")
+            body = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+        stream += draw(st.sampled_from(_LINES)) + b"\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+        if draw(st.integers(0, 5)) == 0:
+            stream += draw(st.binary(max_size=20))
+    return stream
+
+
+_STATUSES = {b"202", b"400", b"401", b"404", b"405", b"413", b"414", b"422", b"431"}
+
+
+@pytest.fixture
+def front_router(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """One router with one front for all of the property's examples (hypothesis runs them in one test call)."""
+    port = free_port()
+    path = tmp_path / "router.toml"
+    path.write_text(config(port, tmp_path))
+    with RouterProcess(path) as router:
+        assert router.proc is not None
+        yield port, router.proc.pid
+
+
+@given(stream=http_streams(), cuts=st.lists(st.integers(0, 600), max_size=4))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_arbitrary_bytes_get_whole_answers_or_a_close_and_never_break_the_front(  # type: ignore[no-untyped-def]
+    front_router, stream: bytes, cuts: list[int]
+) -> None:
+    """Whatever a client sends (cut anywhere, then half-closed): only whole HTTP/1.1 answers with statuses
+    the webhook uses come back, the connection ends, and the front process is the same one afterwards."""
+    import socket
+
+    port, router_pid = front_router
+    (front,) = fronts_of(router_pid)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            for start, end in itertools.pairwise(points):
+                sock.sendall(stream[start:end])
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ConnectionResetError:
+            pass  # the front closed while bytes were unread: allowed, the answers before it still count
+    rest = received
+    while rest:
+        assert rest.startswith(b"HTTP/1.1 "), received
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        assert sep, f"a cut-off answer head: {received!r}"
+        status = head[9:12]
+        if status == b"100":
+            continue
+        assert status in _STATUSES, received
+        length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.startswith(b"Content-Length")))
+        assert len(rest) >= length, f"a cut-off answer body: {received!r}"
+        orjson.loads(rest[:length])  # every answer body is JSON
+        rest = rest[length:]
+    assert fronts_of(router_pid) == [front], "the front process died or was restarted"
