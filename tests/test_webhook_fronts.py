@@ -279,6 +279,22 @@ async def test_idle_connections_are_closed() -> None:
         server.close()
 
 
+def test_an_answer_that_fails_to_go_out_costs_only_its_request(caplog: pytest.LogCaptureFixture) -> None:
+    from event_router.builtin import webhook_front as front
+
+    channel = front._Channel()
+    got: list[int] = []
+
+    def broken(status: int, headers: dict[str, str], body: bytes) -> None:
+        raise RuntimeError("boom")
+
+    channel.waiting.update({1: broken, 2: lambda status, headers, body: got.append(status)})
+    answer = front.ANSWER_HEAD.pack(202, 0) + b"{}"
+    channel.data_received(encode(front.ANSWER, 1, answer) + encode(front.ANSWER, 2, answer))
+    assert got == [202]  # the frame after the failing one was still read and answered
+    assert "webhook front failed to answer a request" in caplog.text
+
+
 async def wait_for_async(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     with anyio.fail_after(timeout):
         while not check():

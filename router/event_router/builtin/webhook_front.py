@@ -94,7 +94,10 @@ class _Channel(FrameChannel):
                 status, size = ANSWER_HEAD.unpack_from(payload)
                 start = ANSWER_HEAD.size
                 headers = orjson.loads(payload[start : start + size]) if size else {}
-                reply(status, headers, payload[start + size :])
+                try:
+                    reply(status, headers, payload[start + size :])
+                except Exception:  # one connection's failure must not take the channel every other one uses
+                    log.exception("webhook front failed to answer a request")
         elif kind == STOP[0]:
             self.stop.set()
 
