@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import re
@@ -51,7 +52,12 @@ REQUEST_HEAD = struct.Struct("!I")
 ANSWER_HEAD = struct.Struct("!HI")
 
 log = logging.getLogger("event_router.webhook_front")
-_GONE = orjson.dumps({"error": "the router cannot store events right now"})
+#: the answer to a request the router process can no longer store (it is gone, or going)
+_GONE: tuple[int, dict[str, str], bytes] = (
+    503,
+    {"Retry-After": "5"},
+    orjson.dumps({"error": "the router cannot store events right now"}),
+)
 _NOT_POST = orjson.dumps({"error": "only POST is accepted here"})
 #: limits aiohttp applies in the router process, applied here too: one line (the request target), the
 #: request line and headers together
@@ -105,13 +111,13 @@ class _Channel(FrameChannel):
         # the router process is gone: nothing can store these events, so none of them may get a 2xx
         waiting, self.waiting = self.waiting, {}
         for reply in waiting.values():
-            reply(503, {"Retry-After": "5"}, _GONE)
+            reply(*_GONE)
         self.stop.set()
 
     def ask(self, meta: bytes, body: bytes, reply: Callable[[int, dict[str, str], bytes], None]) -> None:
         """Forward one request; `reply` gets the router's answer (or a 503 if the router is gone)."""
         if not self.open:
-            reply(503, {"Retry-After": "5"}, _GONE)
+            reply(*_GONE)
             return
         rid = next(self.ids) & 0xFFFFFFFF
         self.waiting[rid] = reply
@@ -146,6 +152,7 @@ def _head(status: int, length: int, headers: Mapping[str, str] | None, close: bo
     return "".join(lines).encode("latin-1")
 
 
+@functools.cache  # once per status, not once per answer
 def _reason(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -169,7 +176,6 @@ class _Server:
     def __init__(self, channel: _Channel, path: str, max_body: int):
         self.channel = channel
         self.pattern = path_pattern(path)
-        self.path = path
         self.max_body = max_body
         self.connections: set[_Connection] = set()
         self.draining = False
