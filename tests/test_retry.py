@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 
+from event_router.http_answers import retry_after_seconds
 from event_router.retry import RetryPolicy
 
 
@@ -19,9 +21,50 @@ def test_full_jitter_stays_under_the_ceiling(attempts: int, ceiling: float) -> N
     assert min(delays) < ceiling * 0.1 and max(delays) > ceiling * 0.9
 
 
-def test_retry_after_wins() -> None:
-    assert RetryPolicy(max_backoff=1.0).delay(1, retry_after=120.0) == 120.0
+def test_retry_after_wins_within_max_backoff() -> None:
+    assert RetryPolicy(max_backoff=300.0).delay(9, retry_after=120.0) == 120.0
+    assert RetryPolicy(max_backoff=1.0).delay(1, retry_after=120.0) == 1.0
     assert RetryPolicy().delay(3, retry_after=-5) == 0.0
+
+
+@pytest.mark.parametrize("retry_after", [math.inf, float("1e400"), 1e300, 10.0**12])
+def test_no_retry_after_parks_a_delivery_past_max_backoff_or_max_age(retry_after: float) -> None:
+    policy = RetryPolicy(max_backoff=60.0, max_age=3600.0)
+    assert 0.0 <= policy.delay(1, retry_after=retry_after, age=0.0) <= 60.0
+    # near max_age, the last attempt is due when max_age runs out, not after
+    assert policy.delay(1, retry_after=retry_after, age=3590.0) <= 10.0
+    assert policy.delay(1, retry_after=retry_after, age=4000.0) == 0.0
+    assert RetryPolicy(max_backoff=60.0, max_age=0.0).delay(1, retry_after=retry_after, age=10**9) <= 60.0
+
+
+def test_a_nan_retry_after_falls_back_to_the_backoff() -> None:
+    assert 0.0 <= RetryPolicy(initial_backoff=1.0).delay(1, retry_after=math.nan) <= 1.0
+
+
+def test_the_computed_backoff_stops_at_max_age() -> None:
+    policy = RetryPolicy(initial_backoff=100.0, max_backoff=100.0, max_age=60.0)
+    assert all(policy.delay(5, age=55.0) <= 5.0 for _ in range(100))
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("inf", None),
+        ("Infinity", None),
+        ("1e400", None),
+        ("nan", None),
+        ("-5", 0.0),
+        ("120", 120.0),
+        ("soon", None),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", "huge"),
+    ],
+)
+def test_retry_after_header_is_finite_or_ignored(header: str, seconds: float | str | None) -> None:
+    parsed = retry_after_seconds(header)
+    if seconds == "huge":
+        assert parsed is not None and math.isfinite(parsed) and parsed > 10**9
+    else:
+        assert parsed == seconds
 
 
 @pytest.mark.parametrize(

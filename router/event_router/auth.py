@@ -28,6 +28,7 @@ import anyio
 import orjson
 
 from event_router.errors import ConfigError, PermanentError, RetryableError
+from event_router.http_answers import read_answer
 from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
 
 #: fetch a new token when less than this many seconds of the cached one remain (the Connector's margin)
 REFRESH_MARGIN: Final = 10.0
+#: bytes of a token endpoint's answer read at most (a token answer is well under 1 KiB, a JWT a few KiB)
+TOKEN_ANSWER_LIMIT: Final = 64 * 1024
 #: token endpoint answers worth trying again later
 _RETRYABLE_TOKEN_STATUS: Final = frozenset({408, 425, 429})
 
@@ -252,7 +255,7 @@ class OAuth2ClientCredentials(HttpAuth):
                 },
                 allow_redirects=False,
             ) as response:
-                raw = await response.read()
+                raw, _ = await read_answer(response, TOKEN_ANSWER_LIMIT)
                 status = response.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = scrub(str(exc), self.secrets())

@@ -302,7 +302,7 @@ class OutputWorker:
                 dead.append((pending.did, "retries_exhausted", message, attempts))
             else:
                 retry_after = outcome.retry_after if isinstance(outcome, DeliveryError) else None
-                due = now + policy.delay(attempts, retry_after)
+                due = now + policy.delay(attempts, retry_after, age=now - pending.first_at)
                 retry.append((pending.did, attempts, due, message))
         await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
         # armed only now: a due time passing while the outcome was still being committed (a short jittered

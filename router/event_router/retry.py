@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -40,15 +41,31 @@ class RetryPolicy:
             changes[key] = value if key in ("max_attempts", "multiplier") else parse_duration(value)
         return replace(self, **changes)
 
-    def delay(self, attempts: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait after the `attempts`-th failure. Full jitter spreads retries of an outage.
+    def delay(
+        self,
+        attempts: int,
+        retry_after: float | None = None,
+        rng: random.Random | None = None,
+        *,
+        age: float | None = None,
+    ) -> float:
+        """Seconds to wait after the `attempts`-th failure, `age` seconds after the first attempt. Full jitter
+        spreads retries of an outage.
 
-        A receiver's Retry-After wins over the computed backoff: it knows when it will be back.
+        A receiver's Retry-After wins over the computed backoff (it knows when it will be back), within the
+        same bounds: never more than `max_backoff`, and never past `max_age` (the attempt at that moment is
+        the last). A non-finite Retry-After is ignored. So every delivery is tried again, or dead-lettered,
+        within `max_backoff`, whatever a receiver answers.
         """
-        if retry_after is not None:
-            return max(0.0, retry_after)
-        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempts - 1))
-        return (rng or random).uniform(0, ceiling)
+        if retry_after is not None and math.isfinite(retry_after):
+            wait = max(0.0, retry_after)
+        else:
+            ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempts - 1))
+            wait = (rng or random).uniform(0, ceiling)
+        wait = min(wait, self.max_backoff)
+        if self.max_age > 0 and age is not None:
+            wait = min(wait, max(0.0, self.max_age - age))
+        return wait
 
     def exhausted(self, attempts: int, age: float) -> bool:
         """True when no further attempt is allowed after `attempts` failures, `age` seconds in."""

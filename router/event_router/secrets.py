@@ -8,11 +8,14 @@ anyway (a URL with a password, an error body a server echoed our headers in) goe
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 #: what a secret is replaced by in text meant for people
 MASK = "***"
@@ -108,13 +111,29 @@ def url_secrets(url: str) -> tuple[str, ...]:
     return (password, unquote(password)) if password else ()
 
 
+_PERCENT_ESCAPE = re.compile("%[0-9A-F]{2}")
+
+
+def encoded_forms(secret: str) -> set[str]:
+    r"""`secret` as a server may send it back when it echoes what it was sent: as is, JSON-escaped (`\"`, `\\`,
+    `\uXXXX`, and `\/` for `/` as PHP's json_encode writes it), percent-encoded (either hex case, a space as
+    `%20` or `+`) and HTML-escaped. Base64 is not derived here: an auth that sends a secret base64-encoded
+    (Basic credentials) lists the encoded value among its secrets, whose forms are then covered in turn."""
+    json_forms = {json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    json_forms |= {form.replace("/", "\\/") for form in json_forms}
+    percent = {quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")}
+    percent |= {_PERCENT_ESCAPE.sub(lambda m: m.group(0).lower(), form) for form in percent}
+    return {secret, *json_forms, *percent, html.escape(secret), html.escape(secret, quote=False)}
+
+
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every occurrence of each of `secrets` replaced by `***`.
+    """`text` with every occurrence of each of `secrets`, in any of its `encoded_forms`, replaced by `***`.
 
     For text the router did not write itself: a receiver's error body, a library's exception message.
-    Longer secrets go first, so one that contains another is masked whole; ones shorter than
+    Longer forms go first, so a secret that contains another is masked whole; secrets shorter than
     `MIN_SCRUBBED` are left alone.
     """
-    for secret in sorted({s for s in secrets if len(s) >= MIN_SCRUBBED}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
+    forms = {form for s in secrets if len(s) >= MIN_SCRUBBED for form in encoded_forms(s)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, MASK)
     return text

@@ -38,11 +38,12 @@ from yarl import URL
 
 from event_router import __version__
 from event_router.auth import OAUTH2_SCHEMA, ApiKeyAuth, HttpAuth, oauth2_from_table
-from event_router.builtin.http_output import RETRYABLE_STATUS, retry_after_seconds
+from event_router.builtin.http_output import RETRYABLE_STATUS
 from event_router.connector_api import API_BASES, ENDPOINTS, Endpoint, PathValueError, quote_segment
 from event_router.errors import ConfigError, DeliveryError, PermanentError, RetryableError, SpoolFull
 from event_router.event import Event
 from event_router.hookspecs import hookimpl
+from event_router.http_answers import CLIENT_SESSION_OPTIONS, read_answer, retry_after_seconds
 from event_router.plugin import Delivery, Output, PluginContext, SubmitResult
 from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
 from event_router.templates import MissingValueError, Template, TemplateError, compile_template
@@ -62,6 +63,12 @@ FAILED: Final = "router.actionFailed"
 #: result events caused by result events stop here: a route that feeds results back into a failing action
 #: must not loop forever
 MAX_CHAIN_DEPTH: Final = 8
+#: bytes of a Connector answer read at most: the webhook input's default `max_body_bytes`, the largest event
+#: the router takes by default (an answer becomes part of a result event). Real answers (a created request,
+#: a message, a page of a list) are a few KiB; a longer one is cut, and parsed as text, not JSON
+MAX_ANSWER: Final = 4 * 1024 * 1024
+#: characters of an answer that is not JSON (or was cut) that are kept
+_TEXT_KEPT: Final = 1000
 #: keys of an action table that are not templates
 _LITERAL_KEYS: Final = frozenset({"name", "method", "path"})
 
@@ -385,6 +392,7 @@ class ConnectorOutput(Output):
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             headers={"User-Agent": f"enmeshed-event-router/{__version__}", "Accept": "application/json"},
+            **CLIENT_SESSION_OPTIONS,
         )
 
     async def close(self) -> None:
@@ -467,7 +475,11 @@ class ConnectorOutput(Output):
             result = answer.result()
             content = result.get("content") if isinstance(result, Mapping) else None
             if not isinstance(content, Mapping):
-                raise PermanentError("the Connector created the request but its answer has no content to send")
+                cut = isinstance(answer.body, Mapping) and "cut_at_bytes" in answer.body
+                raise PermanentError(
+                    "the Connector created the request but its answer has no content to send"
+                    + (f" (the answer was longer than {MAX_ANSWER} bytes and was cut)" if cut else "")
+                )
             self._created[delivery.id] = content
         peer = str(call.body["peer"])
         await self._call(_endpoint_call("sendMessage", {"recipients": [peer], "content": content}), delivery, run)
@@ -488,12 +500,12 @@ class ConnectorOutput(Output):
                 async with self._session.request(
                     call.method, url, data=data, headers=headers, allow_redirects=False
                 ) as response:
-                    raw = await response.read()
+                    raw, cut = await read_answer(response, MAX_ANSWER)
                     status = response.status
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise RetryableError(f"{where} failed: {type(exc).__name__}: {self._scrub(str(exc))}") from exc
-            answer = _Answer(call, status, _json(raw))
+            answer = _Answer(call, status, _json(raw, cut=cut))
             if status == 401 and may_refresh and self.auth.unauthorized():
                 continue
             run.answers.append(answer)
@@ -591,13 +603,19 @@ class ConnectorOutput(Output):
         return data
 
 
-def _json(raw: bytes) -> Any:
+def _json(raw: bytes, *, cut: bool = False) -> Any:
+    """An answer's body parsed; `{"text": ...}` (its start) when it is not JSON, or was cut at MAX_ANSWER."""
     if not raw:
         return None
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {"text": raw[:1000].decode("utf-8", "replace")}
+    if not cut:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    text: dict[str, Any] = {"text": raw[:_TEXT_KEPT].decode("utf-8", "replace")}
+    if cut:
+        text["cut_at_bytes"] = MAX_ANSWER
+    return text
 
 
 @hookimpl

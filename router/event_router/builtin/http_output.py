@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
-from time import time
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
@@ -17,6 +16,7 @@ from event_router import __version__, cloudevents
 from event_router.auth import AUTH_SCHEMA, HttpAuth, basic_credentials, build_auth
 from event_router.errors import ConfigError, PermanentError, RetryableError
 from event_router.hookspecs import hookimpl
+from event_router.http_answers import CLIENT_SESSION_OPTIONS, discard_answer, read_answer, retry_after_seconds
 from event_router.plugin import Delivery, Output, PluginContext
 from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
 from event_router.signing import WebhookSigner
@@ -28,6 +28,15 @@ URL_TEMPLATE_ROOTS = ("trigger", "id", "source", "data", "meta")
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: `body` modes
 BODY_MODES = ("event", "webhook", "cloudevents", "cloudevents-binary")
+#: redirects `follow_redirects` follows: each one is sent the same request again (see `_redirect`)
+REDIRECT_STATUS: Final = frozenset({301, 302, 303, 307, 308})
+#: redirects followed for one attempt; one more is a permanent failure (a loop, most likely)
+MAX_REDIRECTS: Final = 5
+#: characters of a receiver's answer an error message (log line, dead letter) quotes
+SHOWN_ANSWER: Final = 300
+#: bytes of an answer read at most; the rest is never read (the connection is closed). Far more than is
+#: shown, so a secret that straddles the cut at SHOWN_ANSWER is still whole when scrubbed
+ANSWER_LIMIT: Final = 16 * 1024
 
 
 def _quote(value: str) -> str:
@@ -35,18 +44,34 @@ def _quote(value: str) -> str:
     return quote(value, safe="")
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds, from either of its forms (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
-    except (TypeError, ValueError):
-        return None
+def _credential_parts(value: str) -> tuple[str, ...]:
+    """What a receiver may echo of a static credential header besides the whole value: the credentials
+    after an auth scheme (`Bearer xyz`, `Basic dXNlcjpwdw==`), and Basic's decoded `user:password` and
+    password."""
+    scheme, _, credentials = value.partition(" ")
+    if not credentials or not scheme.isalpha():
+        return ()
+    parts: tuple[str, ...] = (credentials.strip(),)
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return parts
+        parts += (decoded, decoded.partition(":")[2])
+    return parts
+
+
+def origin(url: URL) -> tuple[str, str, int | None]:
+    """The origin of `url` (scheme, host, port with the scheme's default filled in), lower-cased."""
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
+
+
+def shown_origin(url: URL) -> str:
+    """`url`'s origin as messages show it, without any user or password: `http://host:port/`."""
+    host = url.host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{url.scheme}://{host}:{url.port}/"
 
 
 class HttpOutput(Output):
@@ -59,8 +84,11 @@ class HttpOutput(Output):
     it), `X-Event-Trigger`, the configured static headers, then the `auth` header(s) and the Standard
     Webhooks signature (`signing_secret`). 2xx is success; 408, 425, 429 (honouring Retry-After), 5xx,
     timeouts and connection errors are retried; any other status is permanent and goes to the dead letters
-    (a 401 with OAuth2 is first retried once with a new token). Redirects are followed only with
-    `follow_redirects = true`. TLS certificates are verified (`tls_verify`), against `ca_file` if given.
+    (a 401 with OAuth2 is first retried once with a new token). A redirect is a permanent failure, unless
+    `follow_redirects = true`: then the same request (method, body, headers, signature) is sent again to the
+    new URL if it is on the configured origin (scheme, host, port), at most MAX_REDIRECTS times; one to
+    another origin is refused (permanent). Of an answer at most ANSWER_LIMIT bytes are read. TLS
+    certificates are verified (`tls_verify`), against `ca_file` if given.
     """
 
     type_name = "http"
@@ -103,7 +131,11 @@ class HttpOutput(Output):
         self.headers = {str(k): str(v) for k, v in config.get("headers", {}).items()}
         #: what error texts must not show besides the auth's secrets: static header values (secrets by
         #: definition) and a password in the URL (aiohttp sends it as Basic credentials)
-        self._hidden: tuple[str, ...] = (*self.headers.values(), *url_secrets(url))
+        self._hidden: tuple[str, ...] = (
+            *self.headers.values(),
+            *(part for value in self.headers.values() for part in _credential_parts(value)),
+            *url_secrets(url),
+        )
         if split.password:
             sent = basic_credentials(unquote(split.username or ""), unquote(split.password))
             self._hidden += (sent.removeprefix("Basic "),)
@@ -148,6 +180,7 @@ class HttpOutput(Output):
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl()),
             headers={"User-Agent": f"enmeshed-event-router/{__version__}", **self.headers},
+            **CLIENT_SESSION_OPTIONS,
         )
 
     async def close(self) -> None:
@@ -212,34 +245,93 @@ class HttpOutput(Output):
                 return
 
     async def _send(self, url: str, body: bytes, headers: dict[str, str], *, may_refresh: bool) -> bool:
-        """True once delivered; False after a 401 that fresh credentials may cure; raises otherwise."""
+        """True once delivered; False after a 401 that fresh credentials may cure; raises otherwise.
+
+        Redirects are never left to aiohttp: it turns a POST into a bodiless GET on 301/302/303 (whose 2xx
+        would count as delivered) and sends the static headers and the signature to any host. Here a
+        redirect is either refused or answered by sending the same request (method, body, headers) again,
+        to the configured origin only.
+        """
         assert self._session is not None
+        # encoded=True: send the URL exactly as built, values percent-encoded by us
+        target = URL(url, encoded=True)
+        redirects = 0
         try:
-            # encoded=True: send the URL exactly as built, values percent-encoded by us
-            async with self._session.request(
-                self.method,
-                URL(url, encoded=True),
-                data=body,
-                headers=headers,
-                allow_redirects=self.follow_redirects,
-            ) as response:
-                if 200 <= response.status < 300:
-                    await response.read()
-                    return True
-                # scrubbed before it is cut, so a secret at the cut cannot survive in part
-                text = self._scrub(await response.text(errors="replace"))[:300]
-                shown = redact_url(url)
-                message = f"{self.method} {shown} answered {response.status}" + (f": {text}" if text else "")
-                if response.status in RETRYABLE_STATUS or response.status >= 500:
-                    raise RetryableError(message, retry_after=retry_after_seconds(response.headers.get("Retry-After")))
-                if response.status == 401 and may_refresh and self.auth is not None and self.auth.unauthorized():
-                    return False
-                if response.status == 401 and self.auth is not None:
-                    message += f" (credentials: {self.auth.description})"
-                raise PermanentError(message, code=str(response.status))
+            while True:
+                async with self._session.request(
+                    self.method, target, data=body, headers=headers, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    if 200 <= status < 300:
+                        # delivered: the answer's body is not waited for, only a small one is read
+                        await discard_answer(response, ANSWER_LIMIT)
+                        return True
+                    if self.follow_redirects and status in REDIRECT_STATUS:
+                        location = response.headers.get("Location")
+                        await discard_answer(response, ANSWER_LIMIT)
+                        target = self._redirect(url, target, status, location, redirects)
+                        redirects += 1
+                        continue
+                    raw, _ = await read_answer(response, ANSWER_LIMIT)
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                self._fail(url, target, status, self._text(raw, response), retry_after, may_refresh=may_refresh)
+                return False
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            detail = self._scrub(str(exc))
-            raise RetryableError(f"{self.method} {redact_url(url)} failed: {type(exc).__name__}: {detail}") from exc
+            detail = f"{type(exc).__name__}: {self._scrub(str(exc))}"
+            raise RetryableError(f"{self.method} {self._where(url, target)} failed: {detail}") from exc
+
+    def _where(self, url: str, target: URL) -> str:
+        """The URL a message names: the one last requested, and where the redirects started, if any."""
+        shown = redact_url(str(target))
+        return shown if str(target) == url else f"{shown} (redirected from {redact_url(url)})"
+
+    def _text(self, raw: bytes, response: aiohttp.ClientResponse) -> str:
+        """The start of an answer's body for a message; scrubbed before it is cut, so a secret at the cut
+        cannot survive in part."""
+        try:
+            text = raw.decode(response.charset or "utf-8", errors="replace")
+        except LookupError:
+            text = raw.decode("utf-8", errors="replace")
+        return self._scrub(text)[:SHOWN_ANSWER]
+
+    def _redirect(self, url: str, target: URL, status: int, location: str | None, redirects: int) -> URL:
+        """Where a followed redirect sends the request; `PermanentError` for one not to follow."""
+        where = f"{self.method} {self._where(url, target)} answered {status}"
+        if redirects >= MAX_REDIRECTS:
+            raise PermanentError(f"{where}: more than {MAX_REDIRECTS} redirects", code="too_many_redirects")
+        try:
+            if not location:
+                raise ValueError("no Location")
+            moved = target.join(URL(location))
+            if moved.scheme not in ("http", "https") or not moved.host:
+                raise ValueError("not an http(s) URL")
+        except ValueError:
+            raise PermanentError(f"{where}: redirect without a usable Location", code="bad_redirect") from None
+        if origin(moved) != origin(target):
+            # every hop stays on the configured origin, so `target`'s is the configured one
+            raise PermanentError(
+                f"{where}: redirect to another origin {shown_origin(moved)} refused: "
+                f"secrets are only sent to the configured origin {shown_origin(target)}",
+                code="redirect_refused",
+            )
+        # the credentials of the configured URL (sent as Basic auth) go along, never ones the receiver chose
+        moved = moved.with_user(None)
+        if target.user is not None:
+            moved = moved.with_user(target.user).with_password(target.password)
+        return moved
+
+    def _fail(
+        self, url: str, target: URL, status: int, text: str, retry_after: float | None, *, may_refresh: bool
+    ) -> None:
+        """Raise the error for a non-2xx answer; return only for a 401 that fresh credentials may cure."""
+        message = f"{self.method} {self._where(url, target)} answered {status}" + (f": {text}" if text else "")
+        if status in RETRYABLE_STATUS or status >= 500:
+            raise RetryableError(message, retry_after=retry_after)
+        if status == 401 and may_refresh and self.auth is not None and self.auth.unauthorized():
+            return
+        if status == 401 and self.auth is not None:
+            message += f" (credentials: {self.auth.description})"
+        raise PermanentError(message, code=str(status))
 
     def describe(self, delivery: Delivery) -> dict[str, Any]:
         content, body = self.body_for(delivery)
