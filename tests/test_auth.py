@@ -461,18 +461,34 @@ async def test_tls_verified_by_default_with_ca_file_or_off(make_app, tmp_path: P
 
 
 async def test_redirects_only_when_asked(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with http_receiver() as target, http_receiver() as moved:
-        moved.respond((307, {"Location": target.url + "/new"}))
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.read()))
+        if request.path == "/old":
+            return web.Response(status=307, headers={"Location": "/new"})
+        return web.json_response({"ok": True})
+
+    app_ = web.Application()
+    app_.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app_)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
         port = free_port()
-        async with make_app(http_toml(tmp_path / "a", port, moved.url + "/old")) as app:
+        async with make_app(http_toml(tmp_path / "a", port, url + "/old")) as app:
             await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: dead_letters(app), "the dead letter")
             (letter,) = dead_letters(app)
-        assert "answered 307" in (letter.error or "") and target.requests == []
+        assert "answered 307" in (letter.error or "") and [path for _, path, _ in seen] == ["/old"]
         port = free_port()
-        async with make_app(http_toml(tmp_path / "b", port, moved.url + "/old", "follow_redirects = true")) as app:
+        async with make_app(http_toml(tmp_path / "b", port, url + "/old", "follow_redirects = true")) as app:
             await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("deliveries", outcome="delivered"), "the delivery")
-        (request,) = target.requests
-    assert request.path == "/new"
-    assert orjson.loads(request.body)["trigger"] == "transport.messageReceived"
+    finally:
+        await runner.cleanup()
+    method, path, body = seen[-1]
+    assert (method, path) == ("POST", "/new") and seen[-2][2] == body
+    assert orjson.loads(body)["trigger"] == "transport.messageReceived"

@@ -7,6 +7,7 @@ against the spec, and the table itself is cross-checked against it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from event_router.builtin.connector_output import MAX_CHAIN_DEPTH, ConnectorOutput, check_action
+from event_router.builtin.connector_output import MAX_ANSWER, MAX_CHAIN_DEPTH, ConnectorOutput, check_action
 from event_router.config import ConfigErrors, build_config
 from event_router.connector_api import API_BASES, ENDPOINTS
 from event_router.deadletters import list_dead_letters
@@ -714,3 +716,53 @@ action = { name = "accept_relationship", id = "{{ data.id }}" }
     assert len(fake.requests) == 1 and fake.requests[0].status == 404
     assert letters[0].error is not None and letters[0].error.endswith("[error.connector.recordNotFound]")
     assert all("data.id is missing" in (d.error or "") for d in letters[1:])
+
+
+# --- answers of any size ---------------------------------------------------------------------------------------
+
+
+async def test_an_endless_answer_is_read_up_to_a_bound(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A Connector (or something in its place) answering with a body that never ends: the action counts as
+    done once MAX_ANSWER bytes are read, the rest is never read, and the result event keeps the start."""
+    streamed = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal streamed
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b"x" * (256 * 1024)
+        with contextlib.suppress(ConnectionError, OSError):
+            while streamed < 256 * 1024 * 1024:
+                await response.write(chunk)
+                streamed += len(chunk)
+        return response
+
+    app_ = web.Application()
+    app_.router.add_post("/api/core/v1/Account/Sync", endless)
+    runner = web.AppRunner(app_)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    routes = """
+[[routes]]
+name = "sync"
+match = { trigger = ["transport.messageReceived"] }
+to = "connector"
+action = { name = "sync" }
+[[routes]]
+name = "results"
+match = { trigger = ["router.**"] }
+to = "results"
+"""
+    port = free_port()
+    try:
+        async with make_app(router_toml(tmp_path, port, url, routes, api_key_extra() + "\nemit_results = true")) as app:
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: read_jsonl(tmp_path / "results.jsonl"), "the result event")
+            assert app.stats.get("deliveries", output="connector", outcome="delivered") == 1
+    finally:
+        await runner.cleanup()
+    (result,) = read_jsonl(tmp_path / "results.jsonl")
+    assert result["trigger"] == "router.actionSucceeded"
+    assert result["data"]["response"] == {"text": "x" * 1000, "cut_at_bytes": MAX_ANSWER}
+    assert MAX_ANSWER <= streamed < 64 * 1024 * 1024
