@@ -251,7 +251,9 @@ def test_redirects_are_a_failure_unless_followed_and_loops_end(tmp_path: Path) -
             wait_for(lambda: len(dead_letters(db)) == 3, what="three dead letters")
         errors = dead_letters(db)
     assert errors["plain"] == f"POST {web.url}/old answered 308 [308]"
-    assert errors["loop"] == f"POST {web.url}/loop answered 307: more than 5 redirects [too_many_redirects]"
+    assert errors["loop"] == (
+        f"POST {web.url}/loop (redirected from {web.url}/loop) answered 307: more than 5 redirects [too_many_redirects]"
+    )
     assert (
         errors["nowhere"] == f"POST {web.url}/nowhere answered 302: redirect without a usable Location [bad_redirect]"
     )

@@ -11,8 +11,11 @@ pass on an empty or unrelated text. Broker URLs are covered by each broker plugi
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 import sqlite3
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -257,6 +260,27 @@ def test_scrub_masks_whole_secrets_and_leaves_tiny_ones() -> None:
     assert scrub(text, ["abcd", "abcd-efgh", "t"]) == "token ***, its prefix ***, and t"
     assert url_secrets("amqp://user:p%40ss@host/") == ("p%40ss", "p@ss")
     assert url_secrets("http://host/") == ()
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda s: json.dumps(s)[1:-1],
+        lambda s: json.dumps(s)[1:-1].replace("/", "\\/"),  # PHP's json_encode
+        lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
+        lambda s: urllib.parse.quote(s, safe=""),
+        lambda s: re.sub("%[0-9A-F]{2}", lambda m: m.group(0).lower(), urllib.parse.quote(s, safe="")),
+        urllib.parse.quote_plus,
+        lambda s: urllib.parse.urlencode({"h": s})[2:],
+        html.escape,
+    ],
+    ids=["json", "json_encode", "json_utf8", "percent", "percent_lower", "plus", "urlencode", "html"],
+)
+def test_scrub_masks_the_encoded_forms_a_server_echoes(encode: Callable[[str], str]) -> None:
+    secret = 'se/cr"et\\ CANARY+é=&<'
+    echoed = f"you sent {encode(secret)}, which is wrong"
+    assert encode(secret) != "CANARY" and "CANARY" in echoed
+    assert scrub(echoed, [secret]) == "you sent ***, which is wrong"
 
 
 def test_import_connector_config_reports_a_bad_url_without_its_password() -> None:

@@ -274,16 +274,17 @@ class HttpOutput(Output):
                         continue
                     raw, _ = await read_answer(response, ANSWER_LIMIT)
                     retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-                self._fail(url, target, status, self._text(raw, response), retry_after, may_refresh=may_refresh)
+                where = self._where(url, target, redirects)
+                self._fail(where, status, self._text(raw, response), retry_after, may_refresh=may_refresh)
                 return False
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             detail = f"{type(exc).__name__}: {self._scrub(str(exc))}"
-            raise RetryableError(f"{self.method} {self._where(url, target)} failed: {detail}") from exc
+            raise RetryableError(f"{self.method} {self._where(url, target, redirects)} failed: {detail}") from exc
 
-    def _where(self, url: str, target: URL) -> str:
+    def _where(self, url: str, target: URL, redirects: int) -> str:
         """The URL a message names: the one last requested, and where the redirects started, if any."""
         shown = redact_url(str(target))
-        return shown if str(target) == url else f"{shown} (redirected from {redact_url(url)})"
+        return f"{shown} (redirected from {redact_url(url)})" if redirects else shown
 
     def _text(self, raw: bytes, response: aiohttp.ClientResponse) -> str:
         """The start of an answer's body for a message; scrubbed before it is cut, so a secret at the cut
@@ -296,7 +297,7 @@ class HttpOutput(Output):
 
     def _redirect(self, url: str, target: URL, status: int, location: str | None, redirects: int) -> URL:
         """Where a followed redirect sends the request; `PermanentError` for one not to follow."""
-        where = f"{self.method} {self._where(url, target)} answered {status}"
+        where = f"{self.method} {self._where(url, target, redirects)} answered {status}"
         if redirects >= MAX_REDIRECTS:
             raise PermanentError(f"{where}: more than {MAX_REDIRECTS} redirects", code="too_many_redirects")
         try:
@@ -320,11 +321,10 @@ class HttpOutput(Output):
             moved = moved.with_user(target.user).with_password(target.password)
         return moved
 
-    def _fail(
-        self, url: str, target: URL, status: int, text: str, retry_after: float | None, *, may_refresh: bool
-    ) -> None:
-        """Raise the error for a non-2xx answer; return only for a 401 that fresh credentials may cure."""
-        message = f"{self.method} {self._where(url, target)} answered {status}" + (f": {text}" if text else "")
+    def _fail(self, where: str, status: int, text: str, retry_after: float | None, *, may_refresh: bool) -> None:
+        """Raise the error for a non-2xx answer from `where`; return only for a 401 that fresh credentials may
+        cure."""
+        message = f"{self.method} {where} answered {status}" + (f": {text}" if text else "")
         if status in RETRYABLE_STATUS or status >= 500:
             raise RetryableError(message, retry_after=retry_after)
         if status == 401 and may_refresh and self.auth is not None and self.auth.unauthorized():
