@@ -5,6 +5,7 @@ auth, body modes (Connector webhook body, CloudEvents), Standard Webhooks signat
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import shutil
 import ssl
@@ -153,6 +154,33 @@ async def test_answer_without_access_token_is_permanent(idp, session) -> None:  
         await oauth(idp).token(session)
 
 
+async def test_an_endless_token_answer_is_read_up_to_a_bound(session) -> None:  # type: ignore[no-untyped-def]
+    streamed = 0
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal streamed
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, OSError):
+            while streamed < 256 * 1024 * 1024:
+                await response.write(b" " * 65536)
+                streamed += 65536
+        return response
+
+    app = web.Application()
+    app.router.add_post("/token", endless)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        auth = OAuth2ClientCredentials(f"http://127.0.0.1:{runner.addresses[0][1]}/token", "router", "s3cret")
+        with anyio.fail_after(10), pytest.raises(PermanentError, match="answered 200 without an access_token"):
+            await auth.token(session)
+    finally:
+        await runner.cleanup()
+    assert streamed < 32 * 1024 * 1024
+
+
 # --- the http output: auth ------------------------------------------------------------------------------
 
 
@@ -208,6 +236,20 @@ async def test_http_output_static_auth(  # type: ignore[no-untyped-def]
         (request,) = rx.requests
     assert request.headers[header] == value
     assert request.headers["X-Other"] == "kept"
+
+
+async def test_a_static_basic_header_is_masked_whole_encoded_and_decoded(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    credentials = base64.b64encode(b"router:pass-word-1").decode()
+    port = free_port()
+    with http_receiver() as rx:
+        rx.respond(400)
+        rx.reply = lambda r: f"got {r.headers['Authorization']}, {credentials} = router:pass-word-1".encode()
+        extra = f'headers = {{ Authorization = "Basic {credentials}" }}'
+        async with make_app(http_toml(tmp_path, port, rx.url + "/in", extra)) as app:
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: dead_letters(app), "the dead letter")
+            (letter,) = dead_letters(app)
+    assert (letter.error or "").endswith("answered 400: got ***, *** = *** [400]"), letter.error
 
 
 async def test_http_output_oauth2_caches_and_refreshes_on_401(make_app, idp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
