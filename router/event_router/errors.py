@@ -32,7 +32,8 @@ class DeliveryError(RouterError):
 
 
 class RetryableError(DeliveryError):
-    """Try again later (connection refused, timeout, 408, 429, 5xx...). `retry_after` overrides backoff."""
+    """Try again later (connection refused, timeout, 408, 429, 5xx...). `retry_after` overrides the computed
+    backoff, within the same bounds (`max_backoff`, `max_age`)."""
 
     retryable = True
 
