@@ -82,25 +82,35 @@ async def test_api_key_header_name_is_case_insensitive(make_app, tmp_path: Path)
 
 
 async def test_wrong_path_wrong_method_and_expect_continue(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """What aiohttp's router answers in process, a front answers too: 404, 405 with Allow, 100 Continue."""
+    """In process and in a front alike: 404 and 405 (with Allow) answered in JSON like every other refusal,
+    100 Continue."""
     import socket
     import urllib.error
     import urllib.request
 
     port = free_port()
     async with make_app(config(port, tmp_path)):
-        status, _, _ = await call(f"http://127.0.0.1:{port}/other", {"trigger": "x"}, {"x-api-key": KEY})
-        assert status == 404
+        status, body, headers = await call(f"http://127.0.0.1:{port}/other", {"trigger": "x"}, {"x-api-key": KEY})
+        assert (status, body) == (404, {"error": "no webhook at /other"})
+        assert headers["Content-Type"].startswith("application/json")
 
-        def get() -> tuple[int, str]:
+        def request(method: str, path: str) -> tuple[int, str, str, bytes]:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/events", timeout=10)
+                urllib.request.urlopen(
+                    urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method), timeout=10
+                )
             except urllib.error.HTTPError as exc:
-                return exc.code, exc.headers.get("Allow", "")
-            return 200, ""
+                return exc.code, exc.headers.get("Allow", ""), exc.headers.get("Content-Type", ""), exc.read()
+            return 200, "", "", b""
 
-        code, allow = await anyio.to_thread.run_sync(get)
-        assert code == 405 and "POST" in allow
+        for method in ("GET", "PUT", "DELETE"):
+            code, allow, content_type, raw = await anyio.to_thread.run_sync(request, method, "/events")
+            assert (code, allow) == (405, "POST"), method
+            assert content_type.startswith("application/json")
+            assert orjson.loads(raw) == {"error": "only POST is accepted here"}
+        code, _, content_type, raw = await anyio.to_thread.run_sync(request, "GET", "/")
+        assert code == 404 and content_type.startswith("application/json")
+        assert orjson.loads(raw) == {"error": "no webhook at /"}
 
         def expect_continue() -> bytes:
             body = orjson.dumps(example("transport.messageReceived"))

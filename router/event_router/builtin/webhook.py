@@ -58,6 +58,14 @@ def _response(answer: Answer) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
+async def _not_post(request: web.Request) -> web.Response:
+    return _response((405, {"error": "only POST is accepted here"}, {"Allow": "POST"}))
+
+
+async def _no_webhook(request: web.Request) -> web.Response:
+    return _response((404, {"error": f"no webhook at {request.path}"}, None))
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """What the checks need of one POST, whether this process's HTTP server took it or a front process did."""
@@ -195,6 +203,10 @@ class WebhookInput(Input):
             return
         app = web.Application(client_max_size=self.max_body)
         app.router.add_post(self.route_path, self._handler(sink))
+        # aiohttp's own 404 and 405 are plain text: these answer in JSON, as a front process does; as routes,
+        # not a middleware, they cost the POSTs nothing
+        app.router.add_route("*", self.route_path, _not_post)
+        app.router.add_route("*", "/{path:.*}", _no_webhook)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
