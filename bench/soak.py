@@ -871,7 +871,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "lines_without_one_token": counted.odd_lines,
     }
     report["spool_after_drain"] = {
-        k: spool.get(k) for k in ("pending_events", "pending_deliveries", "dead_letters_total")
+        "pending_events": spool.get("pending_events"),
+        "pending_deliveries": {name: o["pending"] for name, o in spool.get("outputs", {}).items() if o["pending"]},
+        "dead_letters_total": spool.get("dead_letters", {}).get("total"),
     }
     report["receiver"] = counted.receiver
     report["file_lines"] = counted.file_lines

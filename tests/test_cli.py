@@ -107,7 +107,7 @@ def test_dry_run_invalid_event_and_list(shipped: Path, tmp_path: Path) -> None:
     event_file = tmp_path / "events.json"
     event_file.write_text(json.dumps([broken, example("runtime.modulesStarted")]))
     result = run_cli("test", "-c", str(shipped), str(event_file), env=ENV)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, "an event that would be dead-lettered fails the dry run"
     bad, ok = json.loads(result.stdout)
     assert bad["validation"]["valid"] is False
     assert any("data.status" in e for e in bad["validation"]["errors"])

@@ -279,7 +279,7 @@ def test_wall_clock_back_an_hour_while_running_delays_no_retry(tmp_path: Path) -
             wait_for(lambda: set(attempts(rx)) >= set(ids), what="a failed first attempt of every event")
             clock.set(-HOUR)
             recover_and_check(rx, ids, config, clock, backoff=2)
-            assert status(config, clock)["dead_letters_total"] == 0
+            assert status(config, clock)["dead_letters"]["total"] == 0
             warnings = wait_for(lambda: jump_warnings(router), what="a warning about the jump")
             assert router.terminate() == 0
     assert abs(warnings[0]["jump_seconds"] + HOUR) < 60, warnings
@@ -309,13 +309,13 @@ def test_wall_clock_forward_a_day_while_running_spends_no_retry_budget(tmp_path:
                 what="two more attempts of every event after the jump",
             )
             before = status(config, clock)
-            assert before["dead_letters_total"] == 0, before
+            assert before["dead_letters"]["total"] == 0, before
             # the spool's times moved with the clock: the oldest event is seconds old, not a day
             assert before["oldest_pending_age_seconds"] < max_age, before
             recover_and_check(rx, ids, config, clock, backoff=1)
             # the output that never recovers: its events are dead-lettered once max_age has really elapsed
             wait_for(
-                lambda: status(config, clock)["dead_letters_total"] == 5,
+                lambda: status(config, clock)["dead_letters"]["total"] == 5,
                 timeout=max_age + 20,
                 interval=0.2,
                 what="the never-recovering output's events dead-lettered",
@@ -350,7 +350,7 @@ def test_wall_clock_jump_while_stopped_keeps_the_schedule(tmp_path: Path, jump: 
         clock.set(jump)
         with RouterProcess(config, env=clock.env) as again:
             recover_and_check(rx, ids, config, clock, backoff=2)
-            assert status(config, clock)["dead_letters_total"] == 0
+            assert status(config, clock)["dead_letters"]["total"] == 0
             assert again.terminate() == 0
     warnings = jump_warnings(again)
     assert len(warnings) == 1 and abs(warnings[0]["jump_seconds"] - jump) < 60, warnings

@@ -192,7 +192,7 @@ def test_sigterm_drains_and_keeps_the_rest(tmp_path: Path) -> None:
     assert "STOPPING=1" in router.messages
     status = run_status(config)
     assert status["pending_events"] == 10
-    assert status["pending_deliveries"] == {"crm": 10}
+    assert status["outputs"]["crm"]["pending"] == 10 and status["outputs"]["archive"]["pending"] == 0
 
 
 def test_dlq_replay_from_the_cli_reaches_a_running_router(tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_dlq_replay_from_the_cli_reaches_a_running_router(tmp_path: Path) -> Non
         with RouterProcess(config, env=ENV) as router:
             status, body, _ = post(f"http://127.0.0.1:{port}/events", mail(1), HEADERS)
             assert status == 202
-            wait_for(lambda: run_status(config)["dead_letters_total"] == 1, what="a dead letter")
+            wait_for(lambda: run_status(config)["dead_letters"]["total"] == 1, what="a dead letter")
             listing = json.loads(run_cli("dlq", "list", "-c", str(config), "--json", env=ENV).stdout)
             assert listing[0]["output"] == "crm" and listing[0]["reason"] == "permanent"
             assert "answered 422" in listing[0]["error"]

@@ -437,7 +437,7 @@ def test_a_running_router_shows_no_secrets(tmp_path: Path) -> None:
     for args in (["dlq", "list"], ["dlq", "list", "--json"], ["dlq", "show"], ["status"], ["status", "--json"]):
         result = run_cli(*args, "-c", str(config), env=env)
         assert result.returncode == 0, result.stderr
-        expect = ["answered 401"] if args[0] == "dlq" else ["bearer / permanent"]
+        expect = ["answered 401"] if args[0] == "dlq" else ["bearer", "permanent", "dead"]
         assert_no_secrets(result.stdout + result.stderr, SECRETS, expect=expect, where=" ".join(args))
     assert_no_secrets(
         spool_dump(db), SECRETS, expect=["transport.messageReceived", "answered 403"], where="the spool's rows"

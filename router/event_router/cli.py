@@ -58,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("test", help="dry run: show what the router would do with events; sends nothing")
+    p = sub.add_parser(
+        "test",
+        help="dry run: show what the router would do with events; sends nothing",
+        description="Dry run: validate and route events as the router would, print a JSON report on stdout "
+        "(validation, routes, what each output would receive, dead letter) and send nothing.",
+        epilog="exit status: 0 when no event would be dead-lettered; 1 when one would (invalid under the "
+        "input's validation policy, unknown trigger or no route with dead-letter settings, or an output "
+        "that cannot build its request), or when the config or the events file cannot be used. Each "
+        "dead-lettered event is named on stderr, so `event-router test` can gate a CI job.",
+    )
     _config_arg(p)
     p.add_argument("events", type=Path, help='JSON file: {"trigger", "data"} as the Connector posts it, or a list')
     p.add_argument("--input", help="apply this input's validation policy (default: the first input's)")
@@ -74,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("status", help="spool depth, oldest pending event, dead letters per output")
+    p = sub.add_parser(
+        "status", help="pending events; per output: pending deliveries, next retry, last error; dead letters"
+    )
     _config_arg(p)
     p.add_argument("--json", action="store_true")
 
@@ -199,6 +210,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         return 1
     policy = config.inputs[input_name] if input_name else None
     report = []
+    failed = 0
     for index, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("trigger"), str):
             print(
@@ -220,6 +232,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             unknown_triggers=policy.unknown_triggers if policy else "accept",
         )
         deliveries = []
+        problems: list[str] = []
+        if plan.dead_letter is not None:
+            problems.append(f"{plan.dead_letter[0]}: {plan.dead_letter[1]}")
         for d in plan.deliveries:
             output = config.outputs[d.output]
             route = config.route(d.route)
@@ -235,8 +250,9 @@ def cmd_test(args: argparse.Namespace) -> int:
             )
             try:
                 described = output.plugin.describe(delivery)
-            except RouterError as exc:
+            except RouterError as exc:  # the output would fail the delivery the same way: a dead letter
                 described = {"error": str(exc)}
+                problems.append(f"output {d.output} (route {d.route!r}): {exc}")
             deliveries.append({"output": d.output, "type": output.type, "route": d.route, **described})
         report.append(
             {
@@ -253,7 +269,14 @@ def cmd_test(args: argparse.Namespace) -> int:
                 ),
             }
         )
+        for problem in problems:
+            print(f"error: event {index} ({event.trigger}) would be dead-lettered: {problem}", file=sys.stderr)
+        failed += bool(problems)
     _print_json(report if isinstance(document, list) else report[0])
+    if failed:
+        print(f"test: {failed} of {len(items)} event(s) would be dead-lettered", file=sys.stderr)
+        return 1
+    print(f"test: {len(items)} event(s), none would be dead-lettered", file=sys.stderr)
     return 0
 
 
@@ -295,7 +318,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from event_router.dlq_cli import spool_status
+    from event_router.dlq_cli import one_line, spool_status, table
 
     config, _ = _load(args)
     status = spool_status(config)
@@ -303,14 +326,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print_json(status)
         return 0
     print(f"spool: {status['spool']}")
-    print(f"pending events: {status['pending_events']}")
-    if status["oldest_pending_age_seconds"] is not None:
-        print(f"oldest pending: {status['oldest_pending_age_seconds']:.1f}s ago")
-    for output, count in status["pending_deliveries"].items():
-        print(f"  {output}: {count} deliveries pending")
-    print(f"dead letters: {status['dead_letters_total']}")
-    for key, count in status["dead_letters"].items():
-        print(f"  {key}: {count}")
+    age = status["oldest_pending_age_seconds"]
+    print(f"pending events: {status['pending_events']}" + (f" (oldest {age:.1f}s ago)" if age is not None else ""))
+    rows = []
+    for name, output in status["outputs"].items():
+        next_retry = None
+        if output["next_retry_at"] is not None:
+            wait = output["next_retry_in_seconds"]
+            when = f"in {wait:.0f}s" if wait >= 0.5 else "due now"
+            next_retry = f"{output['next_retry_at']} ({when}, attempt {output['next_retry_attempt']})"
+        name_shown = name if output["configured"] else f"{name} (not configured)"
+        counts = (output["pending"], output["retrying"], output["dead_letters"])
+        rows.append((name_shown, *counts, next_retry, one_line(output["last_error"])))
+    if rows:
+        print()
+        headers = ("OUTPUT", "PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR")
+        print("\n".join(table(headers, rows, right=(1, 2, 3))))
+    dead = status["dead_letters"]
+    print()
+    print(f"dead letters: {dead['total']}")
+    if dead["counts"]:
+        by_reason = [(c["output"], c["reason"], c["count"]) for c in dead["counts"]]
+        print("\n".join("  " + line for line in table(("OUTPUT", "REASON", "COUNT"), by_reason, right=(2,))))
     return 0
 
 

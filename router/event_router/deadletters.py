@@ -20,7 +20,15 @@ from event_router.clock import spool_now
 from event_router.config import RouterConfig
 from event_router.event import Event
 from event_router.pipeline import plan_event
-from event_router.spool import OLDEST_PENDING, DeadLetter, DeadLetterFilter, Spool, connect
+from event_router.spool import (
+    OLDEST_PENDING,
+    DeadLetter,
+    DeadLetterFilter,
+    OutputBacklog,
+    Spool,
+    connect,
+    output_backlogs,
+)
 from event_router.validation import SchemaRegistry
 
 _COLUMNS = "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
@@ -35,11 +43,8 @@ def list_dead_letters(conn: sqlite3.Connection, where: DeadLetterFilter, limit: 
     return [DeadLetter(*row) for row in conn.execute(sql, args)]
 
 
-def dead_letter_summary(conn: sqlite3.Connection) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT COALESCE(output, '(no output)'), reason, COUNT(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1, 2"
-    )
-    return {f"{output} / {reason}": count for output, reason, count in rows}
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def to_json(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
@@ -53,7 +58,7 @@ def to_json(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
         "reason": dl.reason,
         "error": dl.error,
         "attempts": dl.attempts,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(dl.created_at)),
+        "created_at": _iso(dl.created_at),
     }
     if full:
         out["event"] = orjson.loads(dl.body)
@@ -151,36 +156,76 @@ def _replay_chunk(
         report.replayed += 1
 
 
-def purge(spool: Spool, where: DeadLetterFilter) -> int:
+def count_dead_letters(conn: sqlite3.Connection, where: DeadLetterFilter) -> tuple[int, int | None]:
+    """How many dead letters match, and the highest matching id (None when none does)."""
     clause, args = where.where()
+    count, highest = conn.execute(f"SELECT COUNT(*), MAX(dlid) FROM dead_letters{clause}", args).fetchone()
+    return int(count), highest
+
+
+def purge(spool: Spool, where: DeadLetterFilter, *, upto: int | None = None) -> int:
+    """Delete the matching dead letters; with `upto`, only those with ids up to it (the ones a person
+    was shown and confirmed, not those stored since)."""
+    clause, args = where.where()
+    if upto is not None:
+        clause += (" AND" if clause else " WHERE") + " dlid <= ?"
+        args.append(upto)
     count: int = spool.write_sync(lambda conn: conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount)
     return count
 
 
 def spool_status(config: RouterConfig) -> dict[str, Any]:
-    """What `event-router status` prints; reads the spool without writing to it."""
+    """What `event-router status` prints; reads the spool without writing to it.
+
+    Keys are stable snake_case names; outputs are keyed by their name in router.toml. Every configured
+    output is listed, and any output the spool still holds deliveries or dead letters for.
+    """
     path = config.data_dir / "spool.db"
     status: dict[str, Any] = {
         "spool": str(path),
         "pending_events": 0,
         "oldest_pending_age_seconds": None,
-        "pending_deliveries": {},
-        "dead_letters_total": 0,
-        "dead_letters": {},
+        "outputs": {},
+        "dead_letters": {"total": 0, "counts": []},
     }
-    if not path.exists():
-        return status
-    conn = connect(path, readonly=True)
-    try:
-        status["pending_events"] = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        oldest = conn.execute(OLDEST_PENDING).fetchone()
-        if oldest is not None:
-            status["oldest_pending_age_seconds"] = round(spool_now(conn) - oldest[0], 3)
-        status["pending_deliveries"] = dict(
-            conn.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output ORDER BY output").fetchall()
-        )
-        status["dead_letters"] = dead_letter_summary(conn)
-        status["dead_letters_total"] = sum(status["dead_letters"].values())
-    finally:
-        conn.close()
+    backlogs: dict[str, OutputBacklog] = {}
+    counts: list[tuple[str | None, str, int]] = []
+    now = wall = 0.0
+    if path.exists():
+        conn = connect(path, readonly=True)
+        try:
+            status["pending_events"] = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            now, wall = spool_now(conn), time.time()
+            oldest = conn.execute(OLDEST_PENDING).fetchone()
+            if oldest is not None:
+                status["oldest_pending_age_seconds"] = round(now - oldest[0], 3)
+            backlogs = output_backlogs(conn)
+            counts = conn.execute(
+                "SELECT output, reason, COUNT(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1, 2"
+            ).fetchall()
+        finally:
+            conn.close()
+    dead_per_output: dict[str, int] = {}
+    for output, _reason, count in counts:
+        if output is not None:
+            dead_per_output[output] = dead_per_output.get(output, 0) + count
+    names = sorted(set(config.outputs) | set(backlogs) | set(dead_per_output))
+    for name in names:
+        backlog = backlogs.get(name, OutputBacklog(0, 0))
+        due = backlog.next_retry_due
+        status["outputs"][name] = {
+            "configured": name in config.outputs,
+            "pending": backlog.pending,
+            "retrying": backlog.retrying,
+            # spool times are in the router's clock base (event_router.clock): shown as wall-clock time
+            "next_retry_at": None if due is None else _iso(wall + due - now),
+            "next_retry_in_seconds": None if due is None else round(max(0.0, due - now), 3),
+            "next_retry_attempt": None if due is None else backlog.next_retry_failures + 1,
+            "last_error": backlog.last_error,
+            "dead_letters": dead_per_output.get(name, 0),
+        }
+    status["dead_letters"] = {
+        "total": sum(count for _, _, count in counts),
+        "counts": [{"output": output, "reason": reason, "count": count} for output, reason, count in counts],
+    }
     return status

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from event_router.config import RouterConfig
-from event_router.deadletters import list_dead_letters, purge, replay, spool_status, to_json
+from event_router.deadletters import count_dead_letters, list_dead_letters, purge, replay, spool_status, to_json
 from event_router.plugins import PluginRegistry
-from event_router.spool import DeadLetterFilter, Spool
+from event_router.spool import DeadLetter, DeadLetterFilter, Spool
 
-__all__ = ["add_dlq_parser", "run_dlq", "spool_status"]
+__all__ = ["add_dlq_parser", "one_line", "run_dlq", "spool_status", "table"]
 
 
 def _timestamp(value: str) -> float:
@@ -45,8 +46,61 @@ def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
         if name in ("replay", "purge"):
             p.add_argument("--all", action="store_true", help="act on every dead letter (needed without filters)")
         if name == "list":
-            p.add_argument("--limit", type=int, default=100)
+            p.add_argument("--limit", type=int, default=100, help="list at most this many, oldest first (100)")
             p.add_argument("--json", action="store_true")
+        if name == "purge":
+            p.add_argument("--dry-run", action="store_true", help="list what would be purged; delete nothing")
+            p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+            p.description = (
+                "Delete dead letters for good. On a terminal it shows how many match and asks first (unless "
+                "--yes). Off a terminal, ids or a filter are taken as meant; --all there also needs --yes."
+            )
+            p.epilog = "exit status: 0 purged (or nothing matched, or --dry-run); 1 not confirmed; 2 refused"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Collection[int] = ()) -> list[str]:
+    """Lines of an aligned text table: each column as wide as its widest cell, the last one not padded.
+    Columns whose index is in `right` (numbers) are right-aligned."""
+    cells = [[str(h) for h in headers], *[["-" if v is None or v == "" else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    last = len(headers) - 1
+    lines = []
+    for row in cells:
+        parts = [
+            value if i == last and i not in right else value.rjust(widths[i]) if i in right else value.ljust(widths[i])
+            for i, value in enumerate(row)
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def one_line(text: str | None, width: int = 100) -> str:
+    """An error message as one table cell: whitespace runs (newlines too) as one space, cut at `width`."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _dead_letter_table(rows: Sequence[DeadLetter]) -> list[str]:
+    return table(
+        ("ID", "DEAD-LETTERED", "REASON", "OUTPUT", "ROUTE", "TRIGGER", "ATTEMPTS", "ERROR"),
+        [
+            (r.dlid, to_json(r)["created_at"], r.reason, r.output, r.route, r.trigger, r.attempts, one_line(r.error))
+            for r in rows
+        ],
+        right=(0, 6),
+    )
+
+
+def _selection(args: argparse.Namespace) -> str:
+    """The dead letters a command acts on, in the words of its arguments."""
+    parts = [f"ids {', '.join(map(str, args.ids))}"] if args.ids else []
+    for flag in ("output", "trigger", "reason"):
+        if getattr(args, flag) is not None:
+            parts.append(f"--{flag} {getattr(args, flag)}")
+    for flag in ("since", "until"):
+        if getattr(args, flag) is not None:
+            parts.append(f"--{flag} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(getattr(args, flag)))}")
+    return " ".join(parts) if parts else "all of them"
 
 
 def _filter(args: argparse.Namespace) -> DeadLetterFilter:
@@ -74,13 +128,14 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
             rows = list_dead_letters(spool._reader, where, args.limit)
             if args.json:
                 sys.stdout.write(orjson.dumps([to_json(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n")
-            else:
-                for r in rows:
-                    item = to_json(r)
-                    print(
-                        f"{item['id']:>6}  {item['created_at']}  {item['reason']:<17} {r.output or '-':<12} "
-                        f"{r.trigger or '-'}  {(r.error or '')[:80]}"
-                    )
+                return 0
+            if not rows:
+                print("no dead letter matches", file=sys.stderr)
+                return 0
+            print("\n".join(_dead_letter_table(rows)))
+            total, _ = count_dead_letters(spool._reader, where)
+            if total > len(rows):
+                print(f"({len(rows)} of {total} shown, oldest first; --limit N for more)", file=sys.stderr)
             return 0
         if args.dlq_command == "show":
             rows = list_dead_letters(spool._reader, where)
@@ -91,8 +146,7 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
             sys.stdout.write("\n")
             return 0
         if args.dlq_command == "purge":
-            print(f"purged {purge(spool, where)} dead letter(s)")
-            return 0
+            return _purge(args, spool, where, everything=empty)
         from event_router.app import load_schemas
 
         def progress(done: int, total: int) -> None:
@@ -108,3 +162,37 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
         return 0 if not report.problems and not report.dead_again else 1
     finally:
         spool.close()
+
+
+def _purge(args: argparse.Namespace, spool: Spool, where: DeadLetterFilter, *, everything: bool) -> int:
+    assert spool._reader is not None
+    count, highest = count_dead_letters(spool._reader, where)
+    selection = _selection(args)
+    if count == 0:
+        print(f"no dead letter matches ({selection}); nothing purged")
+        return 0
+    if args.dry_run:
+        print("\n".join(_dead_letter_table(list_dead_letters(spool._reader, where))))
+        print(f"dry run: would purge {count} dead letter(s) ({selection}); nothing was deleted")
+        return 0
+    if not args.yes:
+        if sys.stdin.isatty():
+            print(
+                f"purge {count} dead letter(s) ({selection})? They cannot be replayed afterwards. [y/N] ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                print("not confirmed; nothing purged", file=sys.stderr)
+                return 1
+        elif everything:
+            print(
+                f"error: dlq purge --all would delete all {count} dead letter(s) and there is no terminal to "
+                "confirm on: add --yes (or see them first with --dry-run)",
+                file=sys.stderr,
+            )
+            return 2
+    # only those counted (and confirmed): dead letters stored meanwhile by a running router stay
+    print(f"purged {purge(spool, where, upto=highest)} dead letter(s)")
+    return 0

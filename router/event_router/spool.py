@@ -74,6 +74,42 @@ CREATE INDEX IF NOT EXISTS dead_letters_created ON dead_letters(created_at);
 #: oldest pending delivery is the oldest event's), as `events.stored_at` is a label a clock jump does not move
 OLDEST_PENDING = "SELECT first_at FROM deliveries ORDER BY did LIMIT 1"
 
+
+@dataclass(frozen=True, slots=True)
+class OutputBacklog:
+    """What the spool holds for one output: its pending deliveries and the retry that comes next."""
+
+    pending: int
+    #: pending deliveries that failed at least once and wait for a retry
+    retrying: int
+    #: of the retrying delivery that is due first: when (spool clock base), failures so far, its last error
+    next_retry_due: float | None = None
+    next_retry_failures: int = 0
+    last_error: str | None = None
+
+
+def output_backlogs(conn: sqlite3.Connection) -> dict[str, OutputBacklog]:
+    """Per output (configured or not) that has pending deliveries; reads only, on any connection."""
+    out: dict[str, OutputBacklog] = {}
+    counts = conn.execute(
+        "SELECT output, COUNT(*), SUM(attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
+    ).fetchall()
+    for output, pending, retrying in counts:
+        row = None
+        if retrying:
+            # the (output, due, did) index gives due order; fresh deliveries (never tried) are skipped
+            row = conn.execute(
+                "SELECT due, attempts, last_error FROM deliveries WHERE output = ? AND attempts > 0 "
+                "ORDER BY due, did LIMIT 1",
+                (output,),
+            ).fetchone()
+        if row is None:
+            out[output] = OutputBacklog(pending, int(retrying or 0))
+        else:
+            out[output] = OutputBacklog(pending, int(retrying), float(row[0]), int(row[1]), row[2])
+    return out
+
+
 DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecodable", "permanent", "retries_exhausted"]
 
 

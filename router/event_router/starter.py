@@ -10,11 +10,17 @@ import tomli_w
 HEADER = """\
 # router.toml written by `event-router init`. Reference: docs/configuration.md
 # Check it with `event-router check`, try an event with `event-router test EVENT.json`.
+# [router.admin] serves /healthz, /readyz, /metrics and POST /reload (`event-router reload`) on loopback.
 
 """
 
 STARTER: dict[str, Any] = {
-    "router": {"data_dir": "./var", "unmatched": "drop"},
+    "router": {
+        "data_dir": "./var",
+        "unmatched": "drop",
+        # /healthz, /readyz, /metrics and POST /reload (`event-router reload`); loopback only
+        "admin": {"listen": "127.0.0.1:9187"},
+    },
     "inputs": {
         "connector": {
             "type": "webhook",

@@ -359,9 +359,10 @@ def post(
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m event_router ...` as a real subprocess."""
+    """Run `python -m event_router ...` as a real subprocess, with no terminal on stdin (as in a script)."""
     return subprocess.run(
         [sys.executable, "-m", "event_router", *args],
+        stdin=subprocess.DEVNULL,
         cwd=cwd,
         env={**os.environ, **(env or {})},
         capture_output=True,

@@ -1,0 +1,307 @@
+"""What an operator sees in the first hour: `test` as a CI gate, `status`, `dlq list|purge`, `init`.
+Real subprocesses, a real router, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from event_router.testing import RouterProcess, example, free_port, post, run_cli
+
+ENV = {"ROUTER_WEBHOOK_API_KEY": "ops-key"}
+HEADERS = {"x-api-key": "ops-key"}
+
+
+def write_config(tmp: Path, port: int, crm_url: str, *, admin: int | None = None) -> Path:
+    path = tmp / "router.toml"
+    admin_table = f'[router.admin]\nlisten = "127.0.0.1:{admin}"\n' if admin else ""
+    path.write_text(f"""
+[router]
+data_dir = "./var"
+shutdown_timeout = "2s"
+{admin_table}
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
+validation = "strict"
+[outputs.crm]
+type = "http"
+url = "{crm_url}"
+timeout = "2s"
+retry = {{ initial_backoff = "200ms", max_backoff = "1s", max_attempts = 1000 }}
+[outputs.archive]
+type = "file"
+path = "./var/events.jsonl"
+[[routes]]
+name = "mail to crm"
+match = {{ trigger = ["transport.messageReceived"] }}
+to = ["crm"]
+[[routes]]
+name = "archive everything"
+match = {{ trigger = ["**"] }}
+to = ["archive"]
+""")
+    return path
+
+
+def invalid() -> dict:
+    """An event its schema refuses (strict validation: a dead letter)."""
+    event = example("transport.relationshipChanged")
+    event["data"]["status"] = "Sleeping"
+    return event
+
+
+def cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, "-c", str(config), env=ENV)
+
+
+def dead_letter_ids(config: Path) -> list[int]:
+    listing = cli("dlq", "list", "--json", config=config)
+    assert listing.returncode == 0, listing.stderr
+    return [row["id"] for row in json.loads(listing.stdout)]
+
+
+@pytest.fixture
+def dead_letters(tmp_path: Path) -> Iterator[Path]:
+    """A config whose spool holds three validation dead letters (two triggers), the router stopped again."""
+    port = free_port()
+    config = write_config(tmp_path, port, f"http://127.0.0.1:{free_port()}/hooks")
+    with RouterProcess(config, env=ENV):
+        for event in (invalid(), invalid(), {"trigger": "transport.messageReceived", "data": {}}):
+            status, body, _ = post(f"http://127.0.0.1:{port}/events", event, HEADERS)
+            assert status == 422, body
+    assert len(dead_letter_ids(config)) == 3
+    yield config
+
+
+# --- event-router test ------------------------------------------------------------------------------------
+
+
+def test_test_exits_1_and_names_each_event_that_would_be_dead_lettered(tmp_path: Path) -> None:
+    config = write_config(tmp_path, free_port(), "http://127.0.0.1:9/hooks")
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([example("transport.messageReceived"), invalid()]))
+    result = cli("test", str(events), config=config)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)  # the report is on stdout all the same
+    assert report[1]["dead_letter"]["reason"] == "validation"
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(
+        "error: event 1 (transport.relationshipChanged) would be dead-lettered: validation: data.status"
+    ), result.stderr
+    assert lines[-1] == "test: 1 of 2 event(s) would be dead-lettered"
+
+    events.write_text(json.dumps(example("transport.messageReceived")))
+    passed = cli("test", str(events), config=config)
+    assert passed.returncode == 0, passed.stderr
+    assert passed.stderr.strip() == "test: 1 event(s), none would be dead-lettered"
+    assert json.loads(passed.stdout)["dead_letter"] is None
+
+
+def test_test_exits_1_when_an_output_cannot_build_its_request(tmp_path: Path) -> None:
+    """Valid and routed, but the URL needs a field this event lacks: the delivery would be a dead letter."""
+    config = write_config(tmp_path, free_port(), "http://127.0.0.1:9/hooks/{{data.nothing}}")
+    events = tmp_path / "mail.json"
+    events.write_text(json.dumps(example("transport.messageReceived")))
+    result = cli("test", str(events), config=config)
+    assert result.returncode == 1
+    assert "cannot build URL" in json.loads(result.stdout)["deliveries"][0]["error"]
+    assert (
+        "error: event 0 (transport.messageReceived) would be dead-lettered: output crm (route 'mail to crm'): "
+        "cannot build URL"
+    ) in result.stderr
+
+
+def test_test_help_documents_the_exit_status() -> None:
+    result = run_cli("test", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "exit status: 0 when no event would be dead-lettered; 1 when one would" in text
+
+
+# --- event-router status ----------------------------------------------------------------------------------
+
+SNAKE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def machine_keys(value: object, path: str = "") -> list[str]:
+    """Every key of a JSON value that is not snake_case, except output names (router.toml's own)."""
+    bad: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if path != ".outputs" and not SNAKE.fullmatch(key):
+                bad.append(f"{path}.{key}")
+            bad += machine_keys(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            bad += machine_keys(item, f"{path}[]")
+    return bad
+
+
+def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: Path) -> None:
+    port, closed = free_port(), free_port()
+    config = write_config(tmp_path, port, f"http://127.0.0.1:{closed}/hooks")
+    with RouterProcess(config, env=ENV) as router:
+        assert post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), HEADERS)[0] == 202
+        assert post(f"http://127.0.0.1:{port}/events", invalid(), HEADERS)[0] == 422
+        router.wait_log("delivery failed, will retry")
+        result = cli("status", "--json", config=config)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert machine_keys(status) == [], status
+    crm = status["outputs"]["crm"]
+    assert (crm["configured"], crm["pending"], crm["retrying"], crm["dead_letters"]) == (True, 1, 1, 0)
+    assert f"127.0.0.1:{closed}" in crm["last_error"], crm
+    assert crm["next_retry_attempt"] >= 2 and crm["next_retry_in_seconds"] >= 0
+    assert datetime.fromisoformat(crm["next_retry_at"].replace("Z", "+00:00")).year >= 2026
+    assert status["outputs"]["archive"] == {
+        "configured": True,
+        "pending": 0,
+        "retrying": 0,
+        "next_retry_at": None,
+        "next_retry_in_seconds": None,
+        "next_retry_attempt": None,
+        "last_error": None,
+        "dead_letters": 0,
+    }
+    assert status["dead_letters"] == {"total": 1, "counts": [{"output": None, "reason": "validation", "count": 1}]}
+    assert status["pending_events"] == 1
+
+    text = cli("status", config=config)  # the router is stopped: the spool says the same
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("OUTPUT "))
+    assert header.split("  ")[0] == "OUTPUT"
+    for column in ("PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR"):
+        assert column in header
+    crm_line = next(line for line in lines if line.startswith("crm "))
+    # columns line up under their headers: the next retry's time and the error start where theirs do
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", crm_line[header.index("NEXT RETRY") :][:20])
+    assert crm_line[header.index("LAST ERROR") :].startswith("POST http://127.0.0.1:")
+    assert f"127.0.0.1:{closed}" in crm_line
+    assert "dead letters: 1" in lines
+    assert any(line.split() == ["-", "validation", "1"] for line in lines), text.stdout
+
+
+# --- event-router dlq list / purge ---------------------------------------------------------------------------
+
+
+def test_dlq_list_has_a_header_and_aligned_columns(dead_letters: Path) -> None:
+    result = cli("dlq", "list", config=dead_letters)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["ID", "DEAD-LETTERED", "REASON", "OUTPUT", "ROUTE", "TRIGGER", "ATTEMPTS", "ERROR"]
+    assert len(rows) == 3
+    for row in rows:
+        assert row[: header.index("ID") + 2].strip().isdigit()  # ids right-aligned under ID
+        assert row[header.index("REASON") :].startswith("validation ")
+        assert row[header.index("TRIGGER") :].split()[0] in (
+            "transport.relationshipChanged",
+            "transport.messageReceived",
+        )
+        assert row[header.index("ERROR") :].startswith("data")
+        # every column is separated from the next by at least two spaces, so none runs into another
+        assert len(re.split(r"\s{2,}", row.strip())) == 8, row
+    limited = cli("dlq", "list", "--limit", "1", config=dead_letters)
+    assert len(limited.stdout.splitlines()) == 2
+    assert "(1 of 3 shown, oldest first; --limit N for more)" in limited.stderr
+    none = cli("dlq", "list", "--reason", "permanent", config=dead_letters)
+    assert (none.returncode, none.stdout, none.stderr.strip()) == (0, "", "no dead letter matches")
+
+
+def test_dlq_purge_dry_run_deletes_nothing(dead_letters: Path) -> None:
+    result = cli("dlq", "purge", "--all", "--dry-run", config=dead_letters)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[0] == "ID" and len(lines) == 5
+    assert lines[-1] == "dry run: would purge 3 dead letter(s) (all of them); nothing was deleted"
+    assert len(dead_letter_ids(dead_letters)) == 3
+
+
+def test_dlq_purge_all_off_a_terminal_needs_yes(dead_letters: Path) -> None:
+    refused = cli("dlq", "purge", "--all", config=dead_letters)  # run_cli: stdin is not a terminal
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "error: dlq purge --all would delete all 3 dead letter(s) and there is no terminal to confirm on: "
+        "add --yes (or see them first with --dry-run)"
+    )
+    assert len(dead_letter_ids(dead_letters)) == 3
+    # a filter is a statement of what to delete: scripts keep working without --yes
+    first = dead_letter_ids(dead_letters)[0]
+    by_id = cli("dlq", "purge", str(first), config=dead_letters)
+    assert (by_id.returncode, by_id.stdout.strip()) == (0, "purged 1 dead letter(s)")
+    done = cli("dlq", "purge", "--all", "--yes", config=dead_letters)
+    assert (done.returncode, done.stdout.strip()) == (0, "purged 2 dead letter(s)")
+    assert dead_letter_ids(dead_letters) == []
+
+
+def purge_on_a_terminal(config: Path, *args: str, answer: bytes) -> tuple[int, str]:
+    """`dlq purge` with a pseudo-terminal as stdin, answering `answer` once it asks; (exit code, stderr)."""
+    main, child = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "event_router", "dlq", "purge", *args, "-c", str(config)],
+        stdin=child,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **ENV},
+    )
+    os.close(child)
+    try:
+        assert proc.stderr is not None
+        asked = b""
+        deadline = time.monotonic() + 30
+        while not asked.endswith(b"[y/N] "):  # the question, before anything is read or deleted
+            assert time.monotonic() < deadline, asked
+            ready, _, _ = select.select([proc.stderr], [], [], 1)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 1024)
+                assert chunk, f"exited without asking: {asked!r}"
+                asked += chunk
+        os.write(main, answer)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, (asked + rest).decode()
+
+
+def test_dlq_purge_on_a_terminal_asks_first(dead_letters: Path) -> None:
+    code, said = purge_on_a_terminal(dead_letters, "--reason", "validation", answer=b"n\n")
+    assert code == 1
+    assert said.startswith(
+        "purge 3 dead letter(s) (--reason validation)? They cannot be replayed afterwards. [y/N] "
+    ), said
+    assert "not confirmed; nothing purged" in said
+    assert len(dead_letter_ids(dead_letters)) == 3
+
+    code, said = purge_on_a_terminal(dead_letters, "--all", answer=b"y\n")
+    assert code == 0, said
+    assert "purge 3 dead letter(s) (all of them)?" in said
+    assert dead_letter_ids(dead_letters) == []
+
+
+# --- event-router init ----------------------------------------------------------------------------------------
+
+
+def test_init_writes_the_admin_endpoint_and_checks(tmp_path: Path) -> None:
+    target = tmp_path / "router.toml"
+    written = run_cli("init", "-o", str(target))
+    assert written.returncode == 0, written.stderr
+    starter = tomllib.loads(target.read_text())
+    assert starter["router"]["admin"] == {"listen": "127.0.0.1:9187"}
+    checked = run_cli("check", "-c", str(target), "--json", env=ENV)
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["ok"] is True
