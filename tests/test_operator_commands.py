@@ -1,5 +1,5 @@
-"""What an operator sees in the first hour: `test` as a CI gate, `status`, `dlq list|purge`, `init`.
-Real subprocesses, a real router, real HTTP."""
+"""What an operator sees in the first hour: `test` as a CI gate, `status`, `dlq list|purge`, `init`, the
+README's quick start. Real subprocesses, a real router, real HTTP."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import re
 import select
+import shlex
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from event_router.testing import RouterProcess, example, free_port, post, run_cli
+from event_router.testing import ROOT, RouterProcess, example, free_port, post, read_jsonl, run_cli, wait_for
 
 ENV = {"ROUTER_WEBHOOK_API_KEY": "ops-key"}
 HEADERS = {"x-api-key": "ops-key"}
@@ -305,3 +306,63 @@ def test_init_writes_the_admin_endpoint_and_checks(tmp_path: Path) -> None:
     checked = run_cli("check", "-c", str(target), "--json", env=ENV)
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)["ok"] is True
+
+
+# --- the README's quick start, as pasted ------------------------------------------------------------------------
+
+
+def readme_block(containing: str) -> str:
+    """The first ```sh block of README.md that contains `containing`, without the fence."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return next(block for block in blocks if containing in block)
+
+
+def test_readme_curl_works_as_pasted(tmp_path: Path) -> None:
+    """The README's curl, run by a shell from the checkout against the shipped router.toml (ports moved to
+    free ones): 202, stored, archived, no dead letter; and its `event-router test` of the same file passes."""
+    port, admin, crm = free_port(), free_port(), free_port()
+    config = tmp_path / "router.toml"
+    config.write_text(
+        (ROOT / "router.toml")
+        .read_text()
+        .replace("127.0.0.1:8787", f"127.0.0.1:{port}")
+        .replace("127.0.0.1:9187", f"127.0.0.1:{admin}")
+        .replace("127.0.0.1:9000", f"127.0.0.1:{crm}")
+    )
+    curl = readme_block("curl ").replace("127.0.0.1:8787", f"127.0.0.1:{port}")
+    key = re.search(r"x-api-key: ([^']+)'", curl)
+    assert key is not None, curl
+    env = {"ROUTER_WEBHOOK_API_KEY": key.group(1)}
+    # the block after it, in the same directory: this Python's router for .venv/bin/event-router
+    after = (
+        readme_block("event-router test ")
+        .replace(".venv/bin/event-router", f"{shlex.quote(sys.executable)} -m event_router")
+        .replace("-c router.toml", f"-c {shlex.quote(str(config))}")
+    )
+    events_file = shlex.split(after.splitlines()[-1])[-1]
+    with RouterProcess(config, env=env):
+        sent = subprocess.run(["sh", "-c", curl], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.startswith("HTTP/1.1 202"), sent.stdout
+        assert json.loads(sent.stdout.strip().splitlines()[-1])["status"] == "accepted"
+        lines = wait_for(
+            lambda: [line for path in (tmp_path / "var").glob("events-*.jsonl") for line in read_jsonl(path)],
+            what="the event archived",
+        )
+        # a shell without the router's environment, as a second terminal is
+        shell_env = {k: v for k, v in os.environ.items() if k != "ROUTER_WEBHOOK_API_KEY"}
+        then = subprocess.run(
+            ["sh", "-ec", after], cwd=ROOT, env=shell_env, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert then.returncode == 0, then.stderr
+    assert "pending events: 1" in then.stdout  # the CRM delivery, retried until something listens
+    assert "test: 1 event(s), none would be dead-lettered" in then.stderr
+    assert lines[0]["trigger"] == "transport.messageReceived"
+    assert lines[0]["data"] == json.loads((ROOT / events_file).read_text())["data"]
+    listing = run_cli("dlq", "list", "--json", "-c", str(config), env=env)
+    assert listing.returncode == 0 and json.loads(listing.stdout) == [], listing.stdout + listing.stderr
+
+
+def test_readme_says_run_stays_in_the_foreground() -> None:
+    text = " ".join((ROOT / "README.md").read_text().split())
+    assert "stays in the foreground" in text
