@@ -64,14 +64,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Colle
     cells = [[str(h) for h in headers], *[["-" if v is None or v == "" else str(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     last = len(headers) - 1
-    lines = []
-    for row in cells:
-        parts = [
-            value if i == last and i not in right else value.rjust(widths[i]) if i in right else value.ljust(widths[i])
-            for i, value in enumerate(row)
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return lines
+
+    def aligned(i: int, value: str) -> str:
+        if i in right:
+            return value.rjust(widths[i])
+        return value if i == last else value.ljust(widths[i])
+
+    return ["  ".join(aligned(i, value) for i, value in enumerate(row)).rstrip() for row in cells]
 
 
 def one_line(text: str | None, width: int = 100) -> str:
