@@ -86,6 +86,21 @@ def test_check_warns_about_plain_secrets(tmp_path: Path) -> None:
     assert 'plain"' not in result.stderr and "'plain'" not in result.stderr
 
 
+def test_check_warns_about_credential_headers_only(tmp_path: Path) -> None:
+    cfg = tmp_path / "router.toml"
+    cfg.write_text(
+        '[inputs.a]\ntype = "webhook"\nlisten = "127.0.0.1:1"\napi_key = { env = "K" }\n'
+        '[outputs.crm]\ntype = "http"\nurl = "http://127.0.0.1:9/x"\n'
+        'headers = { X-Tenant = "acme", Authorization = "Bearer abc123" }\n'
+        '[[routes]]\nname = "all"\nto = "crm"\n'
+    )
+    result = run_cli("check", "-c", str(cfg), env={"K": "key"})
+    assert result.returncode == 0, result.stderr
+    assert "warning: router.toml: outputs.crm.headers.Authorization: secret written in plain text" in result.stderr
+    assert "X-Tenant" not in result.stderr
+    assert "abc123" not in result.stderr
+
+
 def test_dry_run_shows_validation_routes_and_bodies(shipped: Path, tmp_path: Path) -> None:
     event_file = tmp_path / "mail.json"
     event_file.write_text(json.dumps(example("transport.messageReceived")))

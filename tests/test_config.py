@@ -211,6 +211,36 @@ def test_plain_secret_warns(tmp_path: Path, registry) -> None:  # type: ignore[n
     assert all('plain"' not in w for w in config.warnings)
 
 
+HEADERS = """[outputs.crm.headers]
+X-Tenant = "acme"
+Accept = "application/json"
+Authorization = "Bearer abc123"
+X-Partner-Token = "t0k3n-value"
+Cookie = "session=s3ss"
+X-Region = { env = "ROUTER_TEST_REGION" }"""
+
+
+def test_only_credential_headers_are_secrets(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry
+) -> None:
+    monkeypatch.setenv("ROUTER_TEST_REGION", "eu-west-7")
+    text = BASE.replace(
+        'url = "http://127.0.0.1:9000/hooks/{{trigger}}"', f'url = "http://127.0.0.1:9000/x"\n{HEADERS}'
+    )
+    config = build(text, tmp_path, registry)
+    plain = sorted(w.split(": ")[1] for w in config.warnings if "secret written in plain text" in w)
+    assert plain == [
+        "outputs.crm.headers.Authorization",
+        "outputs.crm.headers.Cookie",
+        "outputs.crm.headers.X-Partner-Token",
+    ]
+    output = config.outputs["crm"].plugin
+    assert output.headers["X-Region"] == "eu-west-7"  # type: ignore[attr-defined]
+    # a receiver echoing what it was sent: the credentials are masked, ordinary values stay readable
+    echoed = "got Bearer abc123, t0k3n-value, session=s3ss, tenant acme, region eu-west-7, application/json"
+    assert output._scrub(echoed) == "got ***, ***, ***, tenant acme, region ***, application/json"  # type: ignore[attr-defined]
+
+
 def test_credential_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "webhook-key").write_text("from-systemd")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))

@@ -11,6 +11,7 @@ resolved for it.
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -395,6 +396,8 @@ class _Loader:
                     self.error(where, str(exc), plugin)
                     ok = False
                     return node
+                if plain and sub_schema["x-secret"] == "optional":
+                    return str(node)  # may be a reference, is no secret: plain text is meant
                 if plain:
                     self.warnings.append(
                         f"{self.file}: {where}: secret written in plain text; "
@@ -403,10 +406,12 @@ class _Loader:
                 return secret
             if isinstance(node, dict):
                 props = sub_schema.get("properties", {})
+                patterns = sub_schema.get("patternProperties", {})
                 extra = sub_schema.get("additionalProperties")
                 out = {}
                 for k, v in node.items():
-                    child = props.get(k, extra if isinstance(extra, dict) else {})
+                    matching = [schema for pattern, schema in patterns.items() if re.search(pattern, k)]
+                    child = props.get(k, matching[0] if matching else extra if isinstance(extra, dict) else {})
                     out[k] = walk(child, v, f"{where}.{k}")
                 return out
             if isinstance(node, list) and isinstance(sub_schema.get("items"), dict):

@@ -103,7 +103,8 @@ class _Plugin(ABC):
     #: JSON Schema (Draft 2020-12) of the plugin's own keys in its table. Keys the core owns (`type`,
     #: and `validation`/`unknown_triggers` for inputs, `concurrency`/`retry`/`timeout` for outputs) are
     #: removed before validation. Mark secret strings with `"x-secret": true`: the core resolves
-    #: `{env=...}`/`{file=...}` references for them and never logs them.
+    #: `{env=...}`/`{file=...}` references for them and never logs them (`"x-secret": "optional"`: a
+    #: reference is resolved, plain text is not warned about; `secrets.TEXT_OR_SECRET_SCHEMA`).
     config_schema: ClassVar[Mapping[str, Any]] = {"type": "object", "additionalProperties": False}
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:

@@ -43,6 +43,22 @@ SECRET_SCHEMA: dict[str, Any] = {
 }
 
 
+#: JSON Schema fragment for a value that may come from a secret reference but is not a secret itself (an
+#: ordinary header such as `X-Tenant`): a reference is resolved, plain text is fine and not warned about
+TEXT_OR_SECRET_SCHEMA: dict[str, Any] = {**SECRET_SCHEMA, "x-secret": "optional"}
+
+#: HTTP header names whose values are credentials: `Authorization`, `Proxy-Authorization`, `Cookie`,
+#: `X-API-Key` and every name containing auth, key, token, secret, password, signature or credential (any
+#: case). Usable as a JSON Schema `patternProperties` key.
+CREDENTIAL_HEADER_PATTERN = r"(?i)auth|key|token|secret|passw|signature|credential|cookie"
+_CREDENTIAL_HEADER = re.compile(CREDENTIAL_HEADER_PATTERN)
+
+
+def is_credential_header(name: str) -> bool:
+    """Whether a header of this name carries a credential (its value is a secret: never logged, scrubbed)."""
+    return _CREDENTIAL_HEADER.search(name) is not None
+
+
 class Secret(str):
     """A str whose repr is masked: `f"{s}"` gives the value (to send it), `repr(s)` does not."""
 

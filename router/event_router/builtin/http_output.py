@@ -18,7 +18,16 @@ from event_router.errors import ConfigError, PermanentError, RetryableError
 from event_router.hookspecs import hookimpl
 from event_router.http_answers import CLIENT_SESSION_OPTIONS, discard_answer, read_answer, retry_after_seconds
 from event_router.plugin import Delivery, Output, PluginContext
-from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
+from event_router.secrets import (
+    CREDENTIAL_HEADER_PATTERN,
+    SECRET_SCHEMA,
+    TEXT_OR_SECRET_SCHEMA,
+    Secret,
+    is_credential_header,
+    redact_url,
+    scrub,
+    url_secrets,
+)
 from event_router.signing import WebhookSigner
 from event_router.templates import Template, TemplateError, compile_template
 
@@ -103,7 +112,13 @@ class HttpOutput(Output):
                 "description": "may contain {{trigger}} etc. in the path",
             },
             "method": {"enum": ["POST", "PUT"]},
-            "headers": {"type": "object", "additionalProperties": SECRET_SCHEMA},
+            # credential headers (Authorization, Cookie, X-API-Key, *token*...) are secrets; others are plain
+            # text, or a reference when that is handier
+            "headers": {
+                "type": "object",
+                "patternProperties": {CREDENTIAL_HEADER_PATTERN: SECRET_SCHEMA},
+                "additionalProperties": TEXT_OR_SECRET_SCHEMA,
+            },
             "auth": AUTH_SCHEMA,
             "body": {"enum": list(BODY_MODES)},
             "tls_verify": {"type": "boolean"},
@@ -128,12 +143,15 @@ class HttpOutput(Output):
         except TemplateError as exc:
             raise ConfigError("url", str(exc)) from exc
         self.method = config.get("method", "POST")
-        self.headers = {str(k): str(v) for k, v in config.get("headers", {}).items()}
-        #: what error texts must not show besides the auth's secrets: static header values (secrets by
-        #: definition) and a password in the URL (aiohttp sends it as Basic credentials)
+        headers: Mapping[str, Any] = config.get("headers", {})
+        self.headers = {str(k): str(v) for k, v in headers.items()}
+        secret_values = [str(v) for k, v in headers.items() if is_credential_header(str(k)) or isinstance(v, Secret)]
+        #: what error texts must not show besides the auth's secrets: the values of credential headers and of
+        #: headers given as secret references (and their credential parts), and a password in the URL (aiohttp
+        #: sends it as Basic credentials)
         self._hidden: tuple[str, ...] = (
-            *self.headers.values(),
-            *(part for value in self.headers.values() for part in _credential_parts(value)),
+            *secret_values,
+            *(part for value in secret_values for part in _credential_parts(value)),
             *url_secrets(url),
         )
         if split.password:
