@@ -30,7 +30,7 @@ from event_router.event import Event
 from event_router.plugin import Delivery, PluginContext
 from event_router.plugins import load_plugins
 from event_router.spool import DeadLetterFilter
-from event_router.testing import example, free_port, read_jsonl, send_webhook, until
+from event_router.testing import example, free_port, read_jsonl, run_cli, send_webhook, until
 
 pytestmark = pytest.mark.anyio
 
@@ -481,13 +481,14 @@ async def test_rejected_api_key_is_permanent(make_app, fake, tmp_path: Path) -> 
     assert (letter.error or "").endswith("[error.connector.unauthorized]")
 
 
-async def test_header_name_and_api_v2(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("version", ['api_version = "v2"', 'connector_version = "6.2"', 'connector_version = "4.6.4"'])
+async def test_header_name_and_api_v2(make_app, tmp_path: Path, version: str) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     routes = (
         '[[routes]]\nname = "decide"\nto = "connector"\n'
         'action = { name = "reject_request", id = "{{ data.id }}", items = [{ accept = false }, { accept = false }] }\n'
     )
-    extra = api_key_extra() + '\napi_key_header = "X-Old-Key"\napi_version = "v2"'
+    extra = api_key_extra() + f'\napi_key_header = "X-Old-Key"\n{version}'
     old = FakeConnector(api_key=API_KEY, api_key_header="X-Old-Key", api_version="v2")
     await old.start()
     try:
@@ -532,6 +533,88 @@ def test_invalid_action_is_a_config_error(tmp_path: Path) -> None:
     assert [str(e) for e in info.value.errors] == [
         "router.toml: routes[0].action: 'id' is required but missing (plugin connector)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("action", "output", "expected"),
+    [
+        (
+            {"name": "revoke_relationship", "id": "{{ data.id }}"},
+            {"api_version": "v2", "connector_version": "4.6"},
+            "'revoke_relationship' needs Connector 5.0 or later (PUT /Relationships/{id}/Revoke); the output's "
+            'connector_version is "4.6": that Connector cannot revoke a relationship',
+        ),
+        (
+            {"name": "terminate_relationship", "id": "{{ data.id }}"},
+            {"connector_version": "4.6.4"},
+            "'terminate_relationship' needs Connector 5.0 or later",
+        ),
+        (
+            {"name": "accept_relationship", "id": "{{ data.id }}"},
+            {"connector_version": "3.2"},
+            'path = "/Relationships/{{ data.id }}/Changes/{{ data.changes.0.id }}/Accept"',
+        ),
+        (
+            {"name": "create_attribute", "value": {"@type": "DisplayName", "value": "x"}},
+            {"connector_version": "3.7.1"},
+            "'create_attribute' needs Connector 3.7.2 or later (POST /Attributes)",
+        ),
+        ({"name": "accept_relationship", "id": "{{ data.id }}"}, {"api_version": "v2"}, None),
+        ({"name": "revoke_relationship", "id": "{{ data.id }}"}, {"connector_version": "5.0"}, None),
+        (
+            {"name": "create_attribute", "value": {"@type": "DisplayName", "value": "x"}},
+            {"connector_version": "3.7.2"},
+            None,
+        ),
+        ({"name": "accept_request", "id": "{{ data.id }}", "items": []}, {"connector_version": "3.0"}, None),
+        (
+            {
+                "name": "call",
+                "method": "PUT",
+                "path": "/Relationships/{{ data.id }}/Changes/{{ data.changes.0.id }}/Accept",
+            },
+            {"connector_version": "4.6"},
+            None,
+        ),
+        # a broken connector_version is the output's own error, not the route's
+        ({"name": "revoke_relationship", "id": "{{ data.id }}"}, {"connector_version": "four"}, None),
+    ],
+)
+def test_actions_the_declared_connector_lacks_are_refused(
+    action: dict[str, Any], output: dict[str, Any], expected: str | None
+) -> None:
+    problems = ConnectorOutput.check_route_options({"action": action}, {"type": "connector", **output})
+    if expected is None:
+        assert problems == []
+    else:
+        assert [where for where, _ in problems] == ["action"] and expected in problems[0][1], problems
+
+
+def test_connector_version_is_checked_by_check(tmp_path: Path) -> None:
+    routes = (
+        '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
+        '[[routes]]\nname = "withdraw"\nto = "connector"\n'
+        'action = { name = "revoke_relationship", id = "{{ data.id }}" }\n'
+    )
+    path = tmp_path / "router.toml"
+    path.write_text(
+        router_toml(
+            tmp_path, free_port(), "http://127.0.0.1:1", routes, api_key_extra() + '\nconnector_version = "4.6"'
+        )
+    )
+    done = run_cli("check", "-c", str(path))
+    assert done.returncode != 0
+    assert (
+        "routes[1].action: 'revoke_relationship' needs Connector 5.0 or later (PUT /Relationships/{id}/Revoke); "
+        'the output\'s connector_version is "4.6": that Connector cannot revoke a relationship (plugin connector)'
+    ) in done.stderr
+    assert "routes[0]" not in done.stderr
+    path.write_text(
+        router_toml(
+            tmp_path, free_port(), "http://127.0.0.1:1", routes, api_key_extra() + '\nconnector_version = "5.0.2"'
+        )
+    )
+    assert run_cli("check", "-c", str(path)).returncode == 0
 
 
 async def test_missing_event_field_is_permanent(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -630,6 +713,34 @@ def test_output_config_errors(config: dict[str, Any], key: str, message: str, tm
     with pytest.raises(ConfigError) as caught:
         _output(config, tmp_path)
     assert caught.value.path == key and message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "message"),
+    [
+        ({"connector_version": "2.3.5"}, "connector_version", "Connector 2.3.5 is not supported (before 3.0 the API"),
+        (
+            {"connector_version": "6.2", "api_version": "v1"},
+            "api_version",
+            '"v1" (/api/core/v1) is not the API of Connector 6.2: that is "v2" (/api/v2)',
+        ),
+        ({"connector_version": "7.1", "api_version": "v2"}, "api_version", 'that is "v1" (/api/core/v1)'),
+    ],
+)
+def test_connector_version_must_fit_the_api_version(
+    extra: dict[str, Any], key: str, message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _output({"base_url": "http://c", "api_key": "k", **extra}, tmp_path)
+    assert caught.value.path == key and message in caught.value.message, caught.value.message
+
+
+def test_connector_version_picks_the_api(tmp_path: Path) -> None:
+    assert _output({"base_url": "http://c", "api_key": "k", "connector_version": "6.36"}, tmp_path).prefix == "/api/v2"
+    assert (
+        _output({"base_url": "http://c", "api_key": "k", "connector_version": "7"}, tmp_path).prefix == "/api/core/v1"
+    )
+    assert _output({"base_url": "http://c", "api_key": "k", "connector_version": "3.0", "api_version": "v2"}, tmp_path)
 
 
 def test_describe_shows_the_calls_without_sending(tmp_path: Path) -> None:

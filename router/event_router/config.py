@@ -439,7 +439,7 @@ class _Loader:
             for target in dict.fromkeys(t for t in to if t in outputs):
                 cls = self.registry.outputs.get(outputs[target].get("type", ""))
                 if cls is not None:
-                    for sub, message in cls.check_route_options(options):
+                    for sub, message in cls.check_route_options(options, outputs[target]):
                         self.error(f"{key}.{sub}", message, cls.type_name)
             matcher = self._compile(f"{key}.match", compile_match, table.get("match", {}))
             reshape = self._compile(f"{key}.reshape", compile_reshape, table["reshape"]) if "reshape" in table else None

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
-__all__ = ["API_BASES", "ENDPOINTS", "Endpoint", "PathValueError", "missing_fields", "quote_segment"]
+__all__ = ["API_BASES", "API_SINCE", "ENDPOINTS", "Endpoint", "PathValueError", "missing_fields", "quote_segment"]
 
 #: `api_version` -> base path. `/api/core/v1` since Connector 7.0.0; `/api/v2` from 3.0.0 to 6.x (same sub-paths
-#: for every endpoint below).
+#: for every endpoint below that the Connector version has: see `Endpoint.since`).
 API_BASES: Final[Mapping[str, str]] = {"v1": "/api/core/v1", "v2": "/api/v2"}
+#: the first Connector version of each API base (`/api/v1` before 3.0.0 had other paths: not supported)
+API_SINCE: Final[Mapping[str, tuple[int, ...]]] = {"v1": (7, 0, 0), "v2": (3, 0, 0)}
+#: the oldest Connector this table describes
+OLDEST: Final = (3, 0, 0)
 
 _PARAM = re.compile(r"\{([A-Za-z]+)\}")
 
@@ -52,6 +56,8 @@ class Endpoint:
     #: whether the spec defines a request body
     body: bool = False
     success: int = 200
+    #: the first Connector version with this endpoint as described here (method, path, body)
+    since: tuple[int, ...] = OLDEST
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -93,11 +99,16 @@ ENDPOINTS: Final[Mapping[str, Endpoint]] = _endpoints(
     Endpoint("canAcceptIncomingRequest", "PUT", "/Requests/Incoming/{id}/CanAccept", body=True),
     Endpoint("canRejectIncomingRequest", "PUT", "/Requests/Incoming/{id}/CanReject", body=True),
     Endpoint("createOutgoingRequest", "POST", "/Requests/Outgoing", ("content", "peer"), body=True, success=201),
-    Endpoint("acceptRelationship", "PUT", "/Relationships/{id}/Accept"),
-    Endpoint("rejectRelationship", "PUT", "/Relationships/{id}/Reject"),
-    Endpoint("revokeRelationship", "PUT", "/Relationships/{id}/Revoke"),
-    Endpoint("terminateRelationship", "PUT", "/Relationships/{id}/Terminate"),
-    Endpoint("createOwnIdentityAttribute", "POST", "/Attributes", ("content.value",), body=True, success=201),
+    # Before 5.0.0 a relationship was decided through its creation change,
+    # `PUT /Relationships/{id}/Changes/{changeId}/Accept|Reject`, and could not be revoked or terminated.
+    Endpoint("acceptRelationship", "PUT", "/Relationships/{id}/Accept", since=(5, 0, 0)),
+    Endpoint("rejectRelationship", "PUT", "/Relationships/{id}/Reject", since=(5, 0, 0)),
+    Endpoint("revokeRelationship", "PUT", "/Relationships/{id}/Revoke", since=(5, 0, 0)),
+    Endpoint("terminateRelationship", "PUT", "/Relationships/{id}/Terminate", since=(5, 0, 0)),
+    # Before 3.7.2 the body had to be a whole IdentityAttribute (`content.@type`, `content.owner` = own address).
+    Endpoint(
+        "createOwnIdentityAttribute", "POST", "/Attributes", ("content.value",), body=True, success=201, since=(3, 7, 2)
+    ),
     # `{peer}` is what it takes, but the spec marks nothing required
     Endpoint(
         "notifyPeerAboutOwnIdentityAttributeSuccession",
@@ -105,5 +116,6 @@ ENDPOINTS: Final[Mapping[str, Endpoint]] = _endpoints(
         "/Attributes/{attributeId}/NotifyPeer",
         body=True,
         success=201,
+        since=(3, 7, 0),
     ),
 )

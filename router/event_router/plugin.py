@@ -157,11 +157,14 @@ class Output(_Plugin):
         """Deliver one event; raise a `DeliveryError` subclass on failure."""
 
     @classmethod
-    def check_route_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    def check_route_options(
+        cls, options: Mapping[str, Any], output: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
         """Problems with the route keys this output reads (e.g. `action`), as (key path, message).
 
         Called by the config loader for every route that targets this output type, so `event-router check`
-        reports them; the paths are relative to the route table.
+        reports them; the paths are relative to the route table. `output` is the targeted output's table as
+        written (unvalidated: its own errors are reported separately), for options whose validity depends on it.
         """
         return []
 

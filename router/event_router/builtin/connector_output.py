@@ -25,6 +25,7 @@ With `emit_results = true` each action's outcome becomes an event (`router.actio
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -39,7 +40,15 @@ from yarl import URL
 from event_router import __version__
 from event_router.auth import OAUTH2_SCHEMA, ApiKeyAuth, HttpAuth, oauth2_from_table
 from event_router.builtin.http_output import RETRYABLE_STATUS
-from event_router.connector_api import API_BASES, ENDPOINTS, Endpoint, PathValueError, quote_segment
+from event_router.connector_api import (
+    API_BASES,
+    API_SINCE,
+    ENDPOINTS,
+    OLDEST,
+    Endpoint,
+    PathValueError,
+    quote_segment,
+)
 from event_router.errors import ConfigError, DeliveryError, PermanentError, RetryableError, SpoolFull
 from event_router.event import Event
 from event_router.hookspecs import hookimpl
@@ -48,7 +57,7 @@ from event_router.plugin import Delivery, Output, PluginContext, SubmitResult
 from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
 from event_router.templates import MissingValueError, Template, TemplateError, compile_template
 
-__all__ = ["ACTIONS", "ConnectorOutput", "SubmitEvents", "check_action"]
+__all__ = ["ACTIONS", "ConnectorOutput", "SubmitEvents", "check_action", "connector_version"]
 
 #: what an output may use to hand new events to the core (see `ConnectorOutput.submit`)
 SubmitEvents = Callable[[Sequence[Event]], Awaitable[list[SubmitResult]]]
@@ -157,6 +166,67 @@ _ID_ENDPOINTS: Final = {
 }
 
 
+#: the endpoints each action calls (`call` reaches any path: its version is the user's business)
+_ACTION_ENDPOINTS: Final[Mapping[str, tuple[str, ...]]] = {
+    "sync": ("sync",),
+    "send_message": ("sendMessage",),
+    "accept_request": ("acceptIncomingRequest",),
+    "reject_request": ("rejectIncomingRequest",),
+    "create_outgoing_request": ("createOutgoingRequest", "sendMessage"),
+    **{name: (operation,) for name, operation in _ID_ENDPOINTS.items()},
+    "create_attribute": ("createOwnIdentityAttribute",),
+}
+#: what to do instead on a Connector that is too old for an action
+_OLDER_CONNECTOR: Final[Mapping[str, str]] = {
+    "accept_relationship": 'decide the relationship\'s creation change instead: action = { name = "call", '
+    'method = "PUT", path = "/Relationships/{{ data.id }}/Changes/{{ data.changes.0.id }}/Accept", '
+    "body = { content = {} } }",
+    "reject_relationship": 'decide the relationship\'s creation change instead: action = { name = "call", '
+    'method = "PUT", path = "/Relationships/{{ data.id }}/Changes/{{ data.changes.0.id }}/Reject", '
+    "body = { content = {} } }",
+    "revoke_relationship": "that Connector cannot revoke a relationship",
+    "terminate_relationship": "that Connector cannot terminate a relationship",
+    "create_attribute": 'that Connector wants the whole IdentityAttribute: action = { name = "call", method = "POST", '
+    'path = "/Attributes", body = { content = { "@type" = "IdentityAttribute", owner = "<own address>", '
+    "value = { ... } } } }",
+}
+#: the Connector an `api_version` stands for when `connector_version` is not given
+_ASSUMED: Final[Mapping[str, tuple[int, ...]]] = {"v1": (7, 0, 0), "v2": (5, 0, 0)}
+_VERSION_PATTERN: Final = r"^[0-9]+(\.[0-9]+){0,2}$"
+
+
+def _version_text(version: tuple[int, ...]) -> str:
+    """`5.0`, `3.7.2`: a zero patch level is left out."""
+    return ".".join(map(str, version[:2] if version[2:] == (0,) else version))
+
+
+def connector_version(table: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The Connector version an output table is for: its `connector_version`, else what its `api_version` stands
+    for ("v1": 7.0, "v2": 5.0; a 3.x/4.x Connector must say so). None when the table is broken (the output's own
+    check reports that)."""
+    declared = table.get("connector_version")
+    if isinstance(declared, str) and re.fullmatch(_VERSION_PATTERN, declared):
+        return tuple(int(part) for part in declared.split(".")) + (0,) * (2 - declared.count("."))
+    if declared is not None:
+        return None
+    return _ASSUMED.get(table.get("api_version", "v1"))
+
+
+def _too_old(name: str, version: tuple[int, ...]) -> list[tuple[str, str]]:
+    for operation in _ACTION_ENDPOINTS.get(name, ()):
+        endpoint = ENDPOINTS[operation]
+        if version < endpoint.since:
+            return [
+                (
+                    "action",
+                    f"{name!r} needs Connector {_version_text(endpoint.since)} or later ({endpoint.method} "
+                    f'{endpoint.path}); the output\'s connector_version is "{_version_text(version)}": '
+                    f"{_OLDER_CONNECTOR.get(name, 'use a call action with the path that Connector has')}",
+                )
+            ]
+    return []
+
+
 @functools.lru_cache(maxsize=4096)
 def _template(text: str) -> Template:
     return compile_template(text, allowed_roots=TEMPLATE_ROOTS)
@@ -169,8 +239,12 @@ def _where(parts: Sequence[Any]) -> str:
     return out
 
 
-def check_action(options: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(key path, message) for everything wrong with a route's `action`; empty when it is usable."""
+def check_action(options: Mapping[str, Any], version: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+    """(key path, message) for everything wrong with a route's `action`; empty when it is usable.
+
+    `version`: the Connector the output talks to (`connector_version`); an action whose endpoint that version
+    does not have is refused.
+    """
     action = options.get("action")
     if action is None:
         return [("action", 'a route to a connector output needs an action, e.g. action = { name = "sync" }')]
@@ -202,6 +276,8 @@ def check_action(options: Mapping[str, Any]) -> list[tuple[str, str]]:
             _template(text)
         except TemplateError as exc:
             problems.append((_where(where), str(exc)))
+    if version is not None:
+        problems += _too_old(name, version)
     return problems
 
 
@@ -344,6 +420,11 @@ class ConnectorOutput(Output):
             "api_key_header": {"type": "string", "minLength": 1},
             "oauth2": OAUTH2_SCHEMA,
             "api_version": {"enum": list(API_BASES)},
+            "connector_version": {
+                "type": "string",
+                "pattern": _VERSION_PATTERN,
+                "description": "the Connector's version, e.g. 4.6 (default: what api_version stands for)",
+            },
             "emit_results": {"type": "boolean"},
         },
     }
@@ -359,6 +440,10 @@ class ConnectorOutput(Output):
         if any(split.path.endswith(base) for base in API_BASES.values()):
             raise ConfigError("base_url", "give the Connector's root URL: the output adds /api/core/v1 (or /api/v2)")
         self.api_version: str = config.get("api_version", "v1")
+        if "connector_version" in config:
+            self.api_version = self._api_version_for(config)
+        #: the Connector this output talks to: actions it lacks are refused (see `connector_version`)
+        self.connector_version = connector_version(config)
         self.prefix = split.path + API_BASES[self.api_version]
         self.base_url = base_url
         self.auth: HttpAuth
@@ -383,10 +468,33 @@ class ConnectorOutput(Output):
         self._checked: dict[bytes, list[tuple[str, str]]] = {}
         self._session: aiohttp.ClientSession | None = None
 
+    @staticmethod
+    def _api_version_for(config: Mapping[str, Any]) -> str:
+        """The `api_version` of a declared `connector_version` (the one given must agree)."""
+        version = connector_version(config)
+        assert version is not None  # the schema checked the pattern
+        if version < OLDEST:
+            raise ConfigError(
+                "connector_version",
+                f"Connector {config['connector_version']} is not supported (before 3.0 the API was /api/v1 with "
+                "other paths); the oldest supported is 3.0",
+            )
+        fits = "v1" if version >= API_SINCE["v1"] else "v2"
+        given = config.get("api_version", fits)
+        if given != fits:
+            raise ConfigError(
+                "api_version",
+                f'"{given}" ({API_BASES[given]}) is not the API of Connector {config["connector_version"]}: that is '
+                f'"{fits}" ({API_BASES[fits]}); drop api_version or set it to "{fits}"',
+            )
+        return fits
+
     @classmethod
-    def check_route_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+    def check_route_options(
+        cls, options: Mapping[str, Any], output: Mapping[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
         """What is wrong with a route's `action` for this output, as (key path, message); for `check`."""
-        return check_action(options)
+        return check_action(options, connector_version(output or {}))
 
     async def open(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -409,7 +517,7 @@ class ConnectorOutput(Output):
         if problems is None:
             if len(self._checked) >= 1024:
                 self._checked.clear()
-            problems = self._checked[key] = check_action(delivery.route_options)
+            problems = self._checked[key] = check_action(delivery.route_options, self.connector_version)
         if problems:
             text = "; ".join(f"{where}: {message}" for where, message in problems)
             raise PermanentError(f"route {delivery.route!r}: {text}", code="invalid_action")
