@@ -149,6 +149,8 @@ def test_generated_file_passes_check(config: Path, tmp_path: Path) -> None:
     summary = json.loads(done.stdout)
     assert summary["ok"] and set(summary["inputs"]) == set(document.get("inputs", {}))
     assert summary["routes"] == [r["name"] for r in document.get("routes", [])]
+    # ordinary headers (X-Tenant) are copied as plain text, which is right: no "secret in plain text" for them
+    assert not [w for w in summary["warnings"] if ".headers." in w], summary["warnings"]
 
 
 def _no_credentials(url: str) -> str:
@@ -166,11 +168,33 @@ def _ee2_matches(pattern: list[str], segments: list[str]) -> bool:
     return bool(segments) and head in ("*", segments[0]) and _ee2_matches(rest, segments[1:])
 
 
+def _lodash_defaults_deep(dst: Any, src: Any) -> Any:
+    """lodash's `_.defaultsDeep(dst, src)`: what `dst` lacks comes from `src`; objects and arrays (by index) merge."""
+    if isinstance(dst, list) and isinstance(src, list):
+        both = min(len(dst), len(src))
+        return [_lodash_defaults_deep(dst[i], src[i]) for i in range(both)] + dst[both:] + src[both:]
+    if isinstance(dst, dict) and isinstance(src, dict):
+        keys = list(dst) + [k for k in src if k not in dst]
+        return {
+            k: _lodash_defaults_deep(dst[k], src[k]) if k in dst and k in src else dst.get(k, src.get(k)) for k in keys
+        }
+    return dst
+
+
+def connector_modules(config: dict[str, Any]) -> dict[str, Any]:
+    """The modules as a Connector that reads both webhooksV2 and webhooks (3.7.3 to 4.x) runs them."""
+    modules = dict(config["modules"])
+    if "webhooksV2" in modules and "webhooks" in modules and "url" not in modules["webhooks"]:
+        modules["webhooks"] = _lodash_defaults_deep(modules.pop("webhooksV2"), modules["webhooks"])
+    return modules
+
+
 def connector_posts(config: dict[str, Any], namespace: str) -> Counter[str]:
     """The URLs the Connector POSTs `namespace` to: one POST per (webhook, matching trigger)."""
     posts: Counter[str] = Counter()
+    modules = connector_modules(config)
     for key in ("webhooks", "webhooksV2"):
-        module = config["modules"].get(key)
+        module = modules.get(key)
         if not module or module.get("enabled") is False or "url" in module:  # v1 batches are not per event
             continue
         for hook in module["webhooks"]:
@@ -272,3 +296,129 @@ def test_cli(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{ not json")
     bad = run_cli("import-connector-config", str(tmp_path / "bad.json"))
     assert bad.returncode == 1 and "is not valid JSON" in bad.stderr
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_input_is_read_by_the_routes(config: Path) -> None:
+    """An input no route reads would consume events and throw them away (a Pub/Sub subscription acking all)."""
+    document = tomllib.loads(golden(config).read_text())
+    inputs = set(document.get("inputs", {}))
+    routes = document.get("routes", [])
+    assert len(inputs) <= 1, "every broker carries every event: one input"
+    for name in inputs:
+        read = any(name in route["match"].get("source", [name]) for route in routes)
+        assert read or document["router"].get("unmatched") == "dead-letter", name
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_router_table_has_admin_endpoint(config: Path) -> None:
+    document = tomllib.loads(golden(config).read_text())
+    if document.get("inputs") or document.get("outputs"):
+        assert document["router"]["data_dir"] == "var"
+        assert document["router"]["admin"] == {"listen": "127.0.0.1:9187"}
+        assert "/healthz and /readyz for health checks, /metrics" in golden(config).read_text()
+
+
+def _hook(*triggers: str, url: str = "https://crm.example.com/{{trigger}}") -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "targets": {"crm": {"url": url}},
+        "webhooks": [{"triggers": list(triggers), "target": "crm"}],
+    }
+
+
+def test_amqp_on_the_default_exchange_is_not_a_source() -> None:
+    result = imported(DATA / "connector-6-amqp-default-exchange.json")
+    assert set(result.document["inputs"]) == {"redis"}
+    assert all("source" not in route["match"] for route in result.document["routes"])
+    assert any(
+        u.startswith(
+            "modules.messageBrokerPublisher.brokers[0].configuration.exchange: absent or empty: the Connector "
+            "publishes to the default exchange"
+        )
+        for u in result.unsupported
+    ), result.unsupported
+    assert not [name for name, _ in result.env if "AMQP" in name], "no variable for a broker not imported"
+    # the default exchange as the only broker: the routes get their events from the webhook input instead
+    legacy = import_connector_config(
+        {
+            "modules": {
+                "amqpPublisher": {"enabled": True, "url": "amqp://rabbitmq", "exchange": ""},
+                "webhooksV2": _hook("**"),
+            }
+        }
+    )
+    assert {n: t["type"] for n, t in legacy.document["inputs"].items()} == {"connector": "webhook"}
+    assert any("modules.amqpPublisher.exchange: absent or empty" in u for u in legacy.unsupported)
+    named = import_connector_config(
+        {"modules": {"amqpPublisher": {"enabled": True, "url": "amqp://rabbitmq", "exchange": "enmeshed"}}}
+    )
+    assert named.document["inputs"] == {"amqp": {"type": "amqp", "url": "amqp://rabbitmq", "exchange": "enmeshed"}}
+
+
+def test_a_broker_the_routes_do_not_read_is_not_consumed() -> None:
+    result = imported(DATA / "connector-7-amqp-and-pubsub.json")
+    assert set(result.document["inputs"]) == {"amqp"}, "the AMQP queue keeps events best; Pub/Sub is listed first"
+    assert any(
+        n.startswith("modules.messageBrokerPublisher.brokers[0].configuration (PubSub) is not consumed")
+        for n in result.notes
+    ), result.notes
+    # brokers but no webhooks: one input, and its events wait as dead letters until routes exist
+    only = imported(DATA / "connector-3.9-legacy-brokers.json")
+    assert set(only.document["inputs"]) == {"pubsub"}
+    assert only.document["router"]["unmatched"] == "dead-letter"
+    assert only.env == [], "the MQTT broker's password is not asked for: that broker is not consumed"
+
+
+def test_mqtt_over_websocket_is_reported_not_copied() -> None:
+    result = imported(DATA / "connector-7-mqtt-websocket.json")
+    assert "mqtt" not in result.document["inputs"]
+    assert {n: t["type"] for n, t in result.document["inputs"].items()} == {"connector": "webhook"}
+    websocket = [
+        u for u in result.unsupported if "MQTT over WebSocket is not supported by the router's mqtt input" in u
+    ]
+    assert [u.split(":", 1)[0] for u in websocket] == [
+        "modules.messageBrokerPublisher.brokers[0].configuration.url",
+        "modules.messageBrokerPublisher.brokers[1].configuration.url",
+    ]
+    assert "wss://connector:***@broker.example.com:8084/mqtt" in websocket[0]
+    assert not [name for name, _ in result.env if "MQTT" in name]
+    for scheme in ("mqtt", "mqtts", "tcp", "tls", "ssl"):
+        config = {
+            "modules": {
+                "messageBrokerPublisher": {
+                    "enabled": True,
+                    "brokers": [{"type": "MQTT", "configuration": {"url": f"{scheme}://broker:1883"}}],
+                }
+            }
+        }
+        assert import_connector_config(config).document["inputs"]["mqtt"]["url"] == f"{scheme}://broker:1883"
+    wx = {
+        "modules": {
+            "messageBrokerPublisher": {
+                "enabled": True,
+                "brokers": [{"type": "MQTT", "configuration": {"url": "wxs://broker/mqtt"}}],
+            }
+        }
+    }
+    assert any("this transport is not supported" in u for u in import_connector_config(wx).unsupported)
+
+
+def test_webhooks_and_webhooksV2_are_merged_as_the_connector_does() -> None:
+    result = imported(DATA / "connector-4-webhooks-and-webhooksV2.json")
+    document = result.document
+    # lodash defaultsDeep(webhooksV2, webhooks): webhooksV2's values win, lists merge item by item
+    assert [r["name"] for r in document["routes"]] == [
+        "webhooks.webhooks[0] to backend",
+        "webhooks.webhooks[1] to audit",
+    ]
+    assert document["routes"][0]["match"]["trigger"] == ["transport.messageReceived", "transport.peerDeleted"]
+    assert document["outputs"]["backend"]["url"] == "http://backend:3000/v2/{{trigger}}"
+    assert document["outputs"]["backend"]["headers"] == {"X-Source": "connector", "X-Tenant": "acme"}
+    assert any(n.startswith("modules.webhooksV2 and modules.webhooks are both set") for n in result.notes)
+    # webhooksV2 disabled wins over webhooks enabled, as in the Connector: nothing is posted
+    off = import_connector_config({"modules": {"webhooksV2": {"enabled": False}, "webhooks": _hook("**")}})
+    assert off.document["routes"] == [] and "connector" not in off.document["inputs"]
+    # Connector 2.x: v1 webhooks and webhooksV2 are two modules, not merged
+    v1 = imported(DATA / "connector-2-v1-webhooks.json")
+    assert not any("both set" in n for n in v1.notes)

@@ -1,15 +1,22 @@
 """`event-router import-connector-config`: a Connector's config.json -> the equivalent router.toml.
 
 What is imported (the Connector's own semantics are kept):
-- `webhooks` (and the legacy `webhooksV2`): each target a webhook uses becomes an `http` output with
+- `webhooks` (and the legacy `webhooksV2`; both at once are merged as Connector 3.7.3-4.x merge them): each
+  target a webhook uses becomes an `http` output with
   `body = "webhook"` (receivers get the body they got from the Connector), its URL (`{{trigger}}` included),
   headers, authentication (ApiKey, OAuth2) and `skipTlsCheck`; each webhook becomes a route matching its
   triggers (EventEmitter2 globs, `*` one segment, `**` any depth, which the router's trigger match shares).
 - `messageBrokerPublisher` brokers (AMQP, MQTT incl. the old `brokerUrl`, PubSub, Redis) and the legacy
-  `amqpPublisher` and `PubSubPublisher` (`topic` or `topicName`) become broker inputs: the router consumes
-  what the Connector publishes.
-- With webhooks but no broker, a `webhook` input is added: the Connector then posts everything (`**`) to
-  the router, which delivers to the old targets with retries.
+  `amqpPublisher` and `PubSubPublisher` (`topic` or `topicName`): every broker carries every event, so one of
+  them becomes the router's only input, the one that keeps events best while the router is down (AMQP queue,
+  then Pub/Sub subscription, then MQTT and Redis, which lose them); the others are reported, not consumed, as
+  an input that no route reads would consume events and throw them away. Not importable: AMQP on the default
+  exchange (it delivers only to queues named like each namespace, which the router does not consume) and
+  MQTT over WebSocket (the mqtt input speaks MQTT over TCP/TLS).
+- With webhooks but no importable broker, a `webhook` input is added: the Connector then posts everything
+  (`**`) to the router, which delivers to the old targets with retries.
+- `[router]` with a `data_dir` and `[router.admin]` (health checks and metrics) on loopback; without webhooks,
+  `unmatched = "dead-letter"` keeps every consumed event until routes are added.
 
 Secrets (API keys, client secrets, passwords in URLs, credential-looking headers) are never copied: they
 become `{ env = "..." }` references, listed at the top of the file and on stderr. Everything that cannot
@@ -31,12 +38,17 @@ import orjson
 import tomli_w
 
 from event_router.routing import trigger_matches
-from event_router.secrets import redact_url
+from event_router.secrets import is_credential_header, redact_url
 
 __all__ = ["ImportResult", "add_import_parser", "cmd_import_connector_config", "import_connector_config"]
 
-#: header names whose values are credentials: written as env references
-_SECRET_HEADER: Final = re.compile(r"auth|key|token|secret|password|cookie|signature|credential", re.IGNORECASE)
+#: MQTT URL schemes the router's mqtt input speaks (MQTT over TCP or TLS); mqtt.js, the Connector's client,
+#: also takes WebSocket (`ws`, `wss`) and mini-program (`wx`, `wxs`, `ali`, `alis`) transports
+_MQTT_SCHEMES: Final = ("mqtt", "mqtts", "tcp", "ssl", "tls")
+#: broker kind -> rank: the input the routes read is the broker that keeps events best while the router is
+#: down (an AMQP queue and a Pub/Sub subscription keep them; MQTT QoS 0 and Redis PUBLISH do not)
+_BROKER_RANK: Final = {"AMQP": 0, "PubSub": 1, "MQTT": 2, "Redis": 3}
+ADMIN_LISTEN: Final = "127.0.0.1:9187"
 #: module keys that publish events; every other module is about something else
 _EVENT_MODULES: Final = ("webhooks", "webhooksV2", "messageBrokerPublisher", "amqpPublisher", "PubSubPublisher")
 _TRIGGER: Final = "{{trigger}}"
@@ -63,7 +75,7 @@ _SAMPLE_TRIGGERS: Final = (
 class ImportResult:
     """The router.toml document and everything the user must know about it."""
 
-    document: dict[str, Any] = field(default_factory=lambda: {"inputs": {}, "outputs": {}, "routes": []})
+    document: dict[str, Any] = field(default_factory=lambda: {"router": {}, "inputs": {}, "outputs": {}, "routes": []})
     #: (variable, where the secret was in the Connector config)
     env: list[tuple[str, str]] = field(default_factory=list)
     #: parts of the Connector config the router does not reproduce
@@ -122,6 +134,32 @@ def _without_credentials(url: str) -> str:
     return urlunsplit((split.scheme, netloc, split.path, split.query, split.fragment))
 
 
+def _defaults_deep(value: Any, defaults: Any) -> Any:
+    """lodash `defaultsDeep(value, defaults)`, as the Connector merges `webhooksV2` into `webhooks`: `value`
+    with every key it lacks taken from `defaults`, objects and lists merged recursively (lists item by item)."""
+    if isinstance(value, Mapping) and isinstance(defaults, Mapping):
+        merged = dict(value)
+        for key, default in defaults.items():
+            merged[key] = _defaults_deep(merged[key], default) if key in merged else default
+        return merged
+    if isinstance(value, list) and isinstance(defaults, list):
+        return [_defaults_deep(v, d) for v, d in zip(value, defaults, strict=False)] + (
+            value[len(defaults) :] or defaults[len(value) :]
+        )
+    return value
+
+
+@dataclass
+class _Broker:
+    """A Connector broker the router can consume: becomes an input if the routes read it."""
+
+    kind: str
+    where: str
+    table: dict[str, Any]
+    #: where the URL's password was (it becomes an env reference once the broker is chosen)
+    url_secret: str | None = None
+
+
 def _enabled(module: Mapping[str, Any]) -> bool | None:
     value = module.get("enabled")
     return value if isinstance(value, bool) else None
@@ -136,6 +174,8 @@ class _Importer:
         self.webhook_routes: list[tuple[str, list[str], str]] = []
         #: Connector target key -> output name (None: the target could not be imported)
         self.target_outputs: dict[str, str | None] = {}
+        #: the brokers the router could consume, in config order
+        self.found: list[_Broker] = []
 
     def unsupported(self, text: str) -> None:
         self.result.unsupported.append(text)
@@ -157,6 +197,16 @@ class _Importer:
             self.unsupported("no `modules` object: nothing imported")
             return self.result
         other = [k for k in modules if k not in _EVENT_MODULES]
+        webhooks, legacy = modules.get("webhooks"), modules.get("webhooksV2")
+        if isinstance(webhooks, Mapping) and isinstance(legacy, Mapping) and "url" not in webhooks:
+            # Connector 3.7.3-4.x (the versions that read both) merge them; 5.0 and later ignore webhooksV2
+            modules = {k: v for k, v in modules.items() if k != "webhooksV2"}
+            modules["webhooks"] = _defaults_deep(legacy, webhooks)
+            self.note(
+                "modules.webhooksV2 and modules.webhooks are both set: imported as Connector 3.7.3 to 4.x run them, "
+                "merged into one webhooks module (webhooksV2's values first, what it lacks from webhooks, lists "
+                "merged item by item); Connector 5.0 and later ignore webhooksV2: there, delete it and import again"
+            )
         for key in _EVENT_MODULES:
             module = modules.get(key)
             if module is None:
@@ -316,7 +366,7 @@ class _Importer:
             table["headers"] = {
                 str(h): (
                     self.secret(output, f"header {h}", f"{where}.headers.{h}")
-                    if _SECRET_HEADER.search(str(h))
+                    if is_credential_header(str(h))
                     else str(v)
                 )
                 for h, v in headers.items()
@@ -332,11 +382,6 @@ class _Importer:
             self.note(f"{where}: skipTlsCheck is on: tls_verify = false (better: ca_file = the receiver's CA)")
         self.outputs[output] = table
         return output
-
-    def header(self, output: str, name: str, value: Any, where: str) -> Any:
-        if _SECRET_HEADER.search(name):
-            return self.secret(output, f"header {name}", f"{where}.headers.{name}")
-        return str(value)
 
     def authentication(self, value: Any, where: str, output: str) -> dict[str, Any] | None:
         kind = value.get("type") if isinstance(value, Mapping) else None
@@ -384,12 +429,11 @@ class _Importer:
             self.broker(broker.get("type"), broker["configuration"], f"{broker_where}.configuration")
 
     def broker(self, kind: Any, conf: Mapping[str, Any], where: str) -> None:
-        if kind not in ("AMQP", "MQTT", "PubSub", "Redis"):
+        if kind not in _BROKER_RANK:
             self.unsupported(f"{where}: broker type {kind!r} (the Connector ignores unknown types too)")
             return
-        name = _unique(str(kind).lower(), self.inputs)
         if kind == "PubSub":
-            self.pubsub(name, conf, where)
+            self.pubsub(conf, where)
             return
         url_key = "url"
         if kind == "MQTT" and "url" not in conf and "brokerUrl" in conf:
@@ -399,25 +443,37 @@ class _Importer:
         if not isinstance(url, str) or not url:
             self.unsupported(f"{where}.{url_key}: missing: broker not imported")
             return
-        table: dict[str, Any] = {"type": str(kind).lower(), "url": self.url(url, name, f"{where}.{url_key}")}
+        try:
+            split = urlsplit(url)
+            has_password = split.password is not None
+        except ValueError:
+            self.unsupported(f"{where}.{url_key}: not a URL: broker not imported")
+            return
+        if kind == "MQTT" and split.scheme.lower() not in _MQTT_SCHEMES:
+            transport = "MQTT over WebSocket" if split.scheme.lower() in ("ws", "wss") else "this transport"
+            self.unsupported(
+                f"{where}.{url_key}: {redact_url(url)!r}: {transport} is not supported by the router's mqtt input "
+                "(mqtt://, mqtts://): broker not imported; the broker's MQTT port (1883, TLS 8883) carries the "
+                "same topics"
+            )
+            return
+        table: dict[str, Any] = {"type": str(kind).lower(), "url": url}
         if kind == "AMQP":
-            table["exchange"] = str(conf.get("exchange", ""))
-            if not table["exchange"]:
-                self.note(
-                    f"{where}.exchange: the Connector publishes to the default exchange, which only delivers to "
-                    "queues named exactly like each namespace: better give it a topic exchange and set it here"
+            exchange = conf.get("exchange", "")
+            if not isinstance(exchange, str) or not exchange:
+                self.unsupported(
+                    f"{where}.exchange: absent or empty: the Connector publishes to the default exchange, which "
+                    "delivers an event only to a queue named exactly like its namespace (consumed by whoever "
+                    "declared it; consumption.relationshipEvent.<id> cannot be listed): broker not imported. Give "
+                    'the Connector a durable topic exchange ("exchange": "enmeshed") and import again'
                 )
+                return
+            table["exchange"] = exchange
             if "timeout" in conf:
                 self.note(f"{where}.timeout: the Connector's connect timeout; the amqp input has its own")
-        self.inputs[name] = table
+        self.found.append(_Broker(str(kind), where, table, f"{where}.{url_key}" if has_password else None))
 
-    def url(self, url: str, owner: str, where: str) -> Any:
-        """A broker URL: as is, or an env reference when it carries a password."""
-        if urlsplit(url).password is not None:
-            return self.secret(owner, "url", f"{where} (contains a password)")
-        return url
-
-    def pubsub(self, name: str, conf: Mapping[str, Any], where: str) -> None:
+    def pubsub(self, conf: Mapping[str, Any], where: str) -> None:
         topic = conf.get("topicName", conf.get("topic"))
         if "topic" in conf and "topicName" not in conf:
             self.note(
@@ -437,13 +493,37 @@ class _Importer:
         }
         if isinstance(conf.get("keyFile"), str):
             table["key_file"] = conf["keyFile"]
+        self.found.append(_Broker("PubSub", where, table))
+
+    def consume(self, broker: _Broker) -> str:
+        """Make `broker` the router's input; its name."""
+        name = _unique(broker.table["type"], self.inputs)
+        table = dict(broker.table)
+        if broker.url_secret is not None:
+            table["url"] = self.secret(name, "url", f"{broker.url_secret} (contains a password)")
         self.inputs[name] = table
+        if broker.kind in ("MQTT", "Redis"):
+            how = "with QoS 0" if broker.kind == "MQTT" else "with PUBLISH"
+            self.note(
+                f"input {name!r}: the Connector publishes to {broker.kind} {how}: events published while the "
+                "router is not connected are lost (an AMQP topic exchange would keep them in the router's queue)"
+            )
+        return name
 
     # --- routes -------------------------------------------------------------------------------------
 
     def finish(self) -> None:
-        brokers = list(self.inputs)
-        if self.webhook_routes and not brokers:
+        router = self.result.document["router"]
+        router["data_dir"] = "var"
+        router["admin"] = {"listen": ADMIN_LISTEN}
+        self.note(
+            f"[router.admin] on {ADMIN_LISTEN}: /healthz and /readyz for health checks, /metrics for Prometheus "
+            "(docs/operating.md); it has no authentication: keep it on loopback or a private network"
+        )
+        # every broker carries every event: one input, the one that keeps events best (config order on a tie)
+        chosen = min(self.found, key=lambda b: _BROKER_RANK[b.kind], default=None)
+        name = self.consume(chosen) if chosen is not None else None
+        if self.webhook_routes and name is None:
             self.inputs[WEBHOOK_INPUT] = {
                 "type": "webhook",
                 "listen": WEBHOOK_LISTEN,
@@ -461,22 +541,31 @@ class _Importer:
         elif self.webhook_routes:
             modules = sorted({where.split(".")[1] for where, _, _ in self.webhook_routes})
             self.note(
-                f"events reach the routes through input {brokers[0]!r}: remove {' and '.join(modules)} from the "
+                f"events reach the routes through input {name!r}: remove {' and '.join(modules)} from the "
                 "Connector's modules, the router now delivers to the targets"
             )
-        elif brokers:
-            self.note("no webhooks: the router consumes the brokers but has no route yet; add routes and outputs")
-        # with several inputs every event arrives once per input: the routes take one input's copy
-        source = [brokers[0]] if len(self.inputs) > 1 and brokers else None
-        if source and len(brokers) > 1 and self.webhook_routes:
-            self.note(f"the routes take events from {brokers[0]!r} only: each broker carries every event")
+        elif name is not None:
+            # an input no route reads must not consume and throw events away: they wait as dead letters
+            router["unmatched"] = "dead-letter"
+            self.note(
+                f"no webhooks: input {name!r} has no route yet; until routes and outputs are added, unmatched = "
+                '"dead-letter" keeps every event it consumes (event-router dlq list, then replay)'
+            )
+        for broker in self.found:
+            if broker is not chosen:
+                self.note(
+                    f"{broker.where} ({broker.kind}) is not consumed: it carries the same events as input {name!r}, "
+                    "which the routes read (a second input would deliver each event twice, or consume events no "
+                    "route reads and throw them away)"
+                )
         routes = self.result.document["routes"]
         for hook_where, triggers, output in self.webhook_routes:
-            match: dict[str, Any] = {"trigger": triggers}
-            if source:
-                match["source"] = source
             routes.append(
-                {"name": f"{hook_where.removeprefix('modules.')} to {output}", "match": match, "to": [output]}
+                {
+                    "name": f"{hook_where.removeprefix('modules.')} to {output}",
+                    "match": {"trigger": triggers},
+                    "to": [output],
+                }
             )
 
 
