@@ -2,8 +2,8 @@
 
 What is imported (the Connector's own semantics are kept):
 - `webhooks` (and the legacy `webhooksV2`; both at once are merged as Connector 3.7.3-4.x merge them): each
-  target a webhook uses becomes an `http` output with
-  `body = "webhook"` (receivers get the body they got from the Connector), its URL (`{{trigger}}` included),
+  target a webhook uses becomes an `http` output with `body = "webhook"` (receivers get the body they got
+  from the Connector), its URL (`{{trigger}}` included),
   headers, authentication (ApiKey, OAuth2) and `skipTlsCheck`; each webhook becomes a route matching its
   triggers (EventEmitter2 globs, `*` one segment, `**` any depth, which the router's trigger match shares).
 - `messageBrokerPublisher` brokers (AMQP, MQTT incl. the old `brokerUrl`, PubSub, Redis) and the legacy
@@ -199,13 +199,14 @@ class _Importer:
         other = [k for k in modules if k not in _EVENT_MODULES]
         webhooks, legacy = modules.get("webhooks"), modules.get("webhooksV2")
         if isinstance(webhooks, Mapping) and isinstance(legacy, Mapping) and "url" not in webhooks:
-            # Connector 3.7.3-4.x (the versions that read both) merge them; 5.0 and later ignore webhooksV2
+            # Connector 3.7.3-4.x (the versions that read both) merge them; 5.0 and later no longer know webhooksV2
             modules = {k: v for k, v in modules.items() if k != "webhooksV2"}
             modules["webhooks"] = _defaults_deep(legacy, webhooks)
             self.note(
                 "modules.webhooksV2 and modules.webhooks are both set: imported as Connector 3.7.3 to 4.x run them, "
                 "merged into one webhooks module (webhooksV2's values first, what it lacks from webhooks, lists "
-                "merged item by item); Connector 5.0 and later ignore webhooksV2: there, delete it and import again"
+                "merged item by item); Connector 5.0 and later no longer know webhooksV2: there, delete it and "
+                "import again"
             )
         for key in _EVENT_MODULES:
             module = modules.get(key)
