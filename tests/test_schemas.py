@@ -399,10 +399,11 @@ INVALID: dict[str, list[tuple[Any, str, str]]] = {
     ],
     "transport.relationshipReactivationRequested": [
         (
-            changed(RELATIONSHIP_REACTIVATION, ("auditLog", 1, "reason"), "Reactivation"),
-            "data.auditLog[1].reason",
-            "Reactivation",
+            changed(RELATIONSHIP_REACTIVATION, ("auditLog", 1, "newStatus"), "Reactivating"),
+            "data.auditLog[1].newStatus",
+            "Reactivating",
         ),
+        (changed(RELATIONSHIP_REACTIVATION, ("auditLog", 1, "reason"), ""), "data.auditLog[1].reason", "shorter"),
     ],
     "transport.relationshipReactivationCompleted": [
         (merged(RELATIONSHIP, templateId="REL1VGB7FV5QDBXWZDFZ"), "data.templateId", "REL1VGB7FV5QDBXWZDFZ"),
@@ -424,26 +425,34 @@ INVALID: dict[str, list[tuple[Any, str, str]]] = {
     ],
     "transport.peerRelationshipTemplateLoaded": [
         (
-            changed(TEMPLATE, ("content", "onNewRelationship", "items", 0, "@type"), "FooRequestItem"),
+            changed(TEMPLATE, ("content", "onNewRelationship", "items", 0, "@type"), "IdentityAttributeQuery"),
             "data.content.onNewRelationship.items[0].@type",
-            "FooRequestItem",
+            "IdentityAttributeQuery",
         ),
         (dropped(TEMPLATE, ("reference",)), "data", "reference"),
+        (
+            dropped(TEMPLATE, ("content", "onNewRelationship", "items", 0, "query")),
+            "data.content.onNewRelationship.items[0]",
+            "query",
+        ),
     ],
     "transport.relationshipTemplateAllocationsExhausted": [
         (
-            changed(TEMPLATE_OWN, ("passwordProtection", "passwordLocationIndicator"), 12),
+            changed(TEMPLATE_OWN, ("passwordProtection", "passwordLocationIndicator"), 100),
             "data.passwordProtection.passwordLocationIndicator",
-            "12",
+            "100",
         ),
         (merged(TEMPLATE_OWN, maxNumberOfAllocations="1"), "data.maxNumberOfAllocations", "integer"),
     ],
-    "transport.fileOwnershipClaimed": [(dropped(FILE, ("owner",)), "data", "owner")],
+    "transport.fileOwnershipClaimed": [
+        (dropped(FILE, ("reference",)), "data", "reference"),
+        (merged(FILE, owner="FILAB12CD34EF56GH78I"), "data.owner", "does not match"),
+    ],
     "transport.fileOwnershipLocked": [
         (merged(FILE, ownershipIsLocked=False), "data.ownershipIsLocked", "true was expected")
     ],
     "transport.identityDeletionProcessStatusChanged": [
-        (merged(IDENTITY_DELETION, status="Approved"), "data.status", "Approved"),
+        (merged(IDENTITY_DELETION, status="Deleting"), "data.status", "Deleting"),
         ("Active", "data", "Active"),
     ],
     "transport.datawalletSynchronized": [({"synced": True}, "data", "properties"), ([], "data", "[]")],
@@ -519,7 +528,10 @@ INVALID: dict[str, list[tuple[Any, str, str]]] = {
         (dropped(STATUS_CHANGED, ("oldStatus",)), "data", "oldStatus"),
         (changed(STATUS_CHANGED, ("request", "peer"), "nobody"), "data.request.peer", "nobody"),
     ],
-    "consumption.messageProcessed": [({"message": MESSAGE, "result": "Done"}, "data.result", "Done")],
+    "consumption.messageProcessed": [
+        ({"message": MESSAGE, "result": 3}, "data.result", "string"),
+        ({"message": MESSAGE}, "data", "result"),
+    ],
     "consumption.relationshipTemplateProcessed": [
         ({"template": TEMPLATE, "result": "ManualRequestDecisionRequired"}, "data", "requestId"),
         ({"template": TEMPLATE, "result": "RelationshipExists"}, "data", "relationshipId"),
@@ -619,3 +631,352 @@ def test_shipped_examples_match_the_reference() -> None:
     if not REFERENCE_EXAMPLES.is_file():
         pytest.skip("../shared/reference is not beside this checkout")
     assert json.loads(EXAMPLES.read_text()) == json.loads(REFERENCE_EXAMPLES.read_text())
+
+
+# ---- Connector versions and forward compatibility -------------------------------------------------------
+# Payloads below follow the runtime's DTO definitions (nmshd/runtime `packages/runtime-types/src/dtos/**`, and
+# for older Connectors the same files at the runtime version they ship); the version that introduced or
+# removed each difference is in the name or comment.
+
+PASSWORD_LOCATIONS_VALID = [
+    "RecoveryKit",
+    "Self",
+    "Letter",
+    "RegistrationLetter",
+    "Email",
+    "SMS",
+    "Website",
+    0,
+    7,
+    49,
+    50,
+    99,
+]
+PASSWORD_LOCATIONS_INVALID = [(100, "100"), (-1, "-1"), (7.5, "7.5"), ("Home", '"Home"'), ("7", '"7"'), (True, "true")]
+TEMPLATE_EVENTS = [
+    "transport.peerRelationshipTemplateLoaded",
+    "transport.relationshipTemplateAllocationsExhausted",
+    "consumption.relationshipTemplateProcessed",
+]
+
+
+def template_event(trigger: str, indicator: Any) -> tuple[Any, str]:
+    """The event data carrying a password-protected template, and the path of its template in the data."""
+    template = merged(TEMPLATE_OWN, passwordProtection={"password": "1234", "passwordLocationIndicator": indicator})
+    if trigger == "consumption.relationshipTemplateProcessed":
+        peer_template = merged(template, isOwn=False, createdBy=PEER, content=TEMPLATE["content"])
+        return {"template": peer_template, "result": "NoRequest"}, "data.template"
+    if trigger == "transport.peerRelationshipTemplateLoaded":
+        return merged(template, isOwn=False, createdBy=PEER), "data"
+    return template, "data"
+
+
+@pytest.mark.parametrize("trigger", TEMPLATE_EVENTS)
+@pytest.mark.parametrize("indicator", PASSWORD_LOCATIONS_VALID, ids=str)
+def test_password_location_indicator_as_the_runtime_shows_it(
+    registry: SchemaRegistry, trigger: str, indicator: Any
+) -> None:
+    """PasswordProtectionMapper: a stored 0-6 is shown by name (0 = RecoveryKit), any other 0-99 as the number."""
+    data, _ = template_event(trigger, indicator)
+    result = registry.validate(trigger, data)
+    assert result.valid, result.errors
+
+
+@pytest.mark.parametrize("trigger", TEMPLATE_EVENTS)
+@pytest.mark.parametrize(("indicator", "word"), PASSWORD_LOCATIONS_INVALID, ids=str)
+def test_password_location_indicator_outside_the_runtime_range_is_refused(
+    registry: SchemaRegistry, trigger: str, indicator: Any, word: str
+) -> None:
+    data, at = template_event(trigger, indicator)
+    result = registry.validate(trigger, data)
+    path = f"{at}.passwordProtection.passwordLocationIndicator"
+    assert any(e.startswith(f"{path}: ") and word in e for e in result.errors), result.errors
+
+
+# Mail before @nmshd/content 7.1.0 (runtime 7.1.0, Connector 7.2.0): no bodyFormat; cc may be absent.
+MAIL_BEFORE_7_2 = {k: v for k, v in MESSAGE["content"].items() if k not in ("bodyFormat", "cc")}
+MESSAGE_BEFORE_7_2 = merged(MESSAGE, content=MAIL_BEFORE_7_2)
+
+
+@pytest.mark.parametrize(
+    ("trigger", "data"),
+    [
+        ("transport.messageReceived", MESSAGE_BEFORE_7_2),
+        ("transport.messageSent", merged(MESSAGE_BEFORE_7_2, isOwn=True, createdBy=SELF)),
+        ("transport.messageWasReadAtChanged", merged(MESSAGE_BEFORE_7_2, wasReadAt=WHEN)),
+        ("consumption.mailReceived", MESSAGE_BEFORE_7_2),
+        ("consumption.messageProcessed", {"message": MESSAGE_BEFORE_7_2, "result": "NoRequest"}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_mail_without_body_format_from_connectors_before_7_2(registry: SchemaRegistry, trigger: str, data: Any) -> None:
+    assert "bodyFormat" in MESSAGE["content"] and "bodyFormat" not in MAIL_BEFORE_7_2
+    result = registry.validate(trigger, data)
+    assert result.valid, result.errors
+
+
+def test_a_malformed_mail_is_still_refused(registry: SchemaRegistry) -> None:
+    assert registry.validate(
+        "transport.messageReceived", dropped(MESSAGE_BEFORE_7_2, ("content", "subject"))
+    ).errors == ('data.content: "subject" is a required property',)
+    bad_format = changed(MESSAGE, ("content", "bodyFormat"), "Html")
+    assert (
+        registry.validate("transport.messageReceived", bad_format)
+        .errors[0]
+        .startswith('data.content.bodyFormat: "Html" is not one of')
+    )
+
+
+# A request item type a newer Connector may add (enmeshed adds item types in minor releases), and item types
+# older Connectors send that runtime 7 removed (FreeText and RegisterAttributeListener, runtime 2.x-6.x).
+FUTURE_ITEM = {
+    "@type": "ShareSignatureRequestItem",
+    "mustBeAccepted": True,
+    "title": "Sign the contract",
+    "document": {"@type": "FileReference", "id": "FILAB12CD34EF56GH78I"},
+}
+LEGACY_ITEMS = [
+    {"@type": "FreeTextRequestItem", "mustBeAccepted": False, "freeText": "Your customer number?"},
+    {
+        "@type": "RegisterAttributeListenerRequestItem",
+        "mustBeAccepted": True,
+        "query": {"@type": "ThirdPartyRelationshipAttributeQuery", "key": "contract", "owner": "", "thirdParty": []},
+    },
+]
+REQUEST_WITH_FUTURE_ITEMS = changed(
+    REQUEST,
+    ("content", "items"),
+    [
+        *REQUEST["content"]["items"],
+        FUTURE_ITEM,
+        {"@type": "RequestItemGroup", "title": "Later", "items": [FUTURE_ITEM, *LEGACY_ITEMS]},
+    ],
+)
+FUTURE_ACCEPT = {"@type": "ShareSignatureAcceptResponseItem", "result": "Accepted", "signature": "c2ln"}
+
+
+@pytest.mark.parametrize(
+    ("trigger", "data"),
+    [
+        ("consumption.incomingRequestReceived", REQUEST_WITH_FUTURE_ITEMS),
+        (
+            "consumption.incomingRequestStatusChanged",
+            {
+                "request": merged(REQUEST_WITH_FUTURE_ITEMS, status="ManualDecisionRequired"),
+                "oldStatus": "DecisionRequired",
+                "newStatus": "ManualDecisionRequired",
+            },
+        ),
+        ("transport.messageReceived", merged(MESSAGE, content=REQUEST_WITH_FUTURE_ITEMS["content"])),
+        (
+            "transport.peerRelationshipTemplateLoaded",
+            changed(TEMPLATE, ("content", "onNewRelationship", "items"), [FUTURE_ITEM, *LEGACY_ITEMS]),
+        ),
+        (
+            "consumption.outgoingRequestCreatedAndCompleted",
+            changed(OUTGOING, ("response", "content", "items"), [*RESPONSE["items"], FUTURE_ACCEPT]),
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_unknown_and_legacy_item_types_pass_with_the_common_shape(
+    registry: SchemaRegistry, trigger: str, data: Any
+) -> None:
+    result = registry.validate(trigger, data)
+    assert result.valid, result.errors
+
+
+@pytest.mark.parametrize(
+    ("item", "path", "word"),
+    [
+        ({k: v for k, v in FUTURE_ITEM.items() if k != "mustBeAccepted"}, "data.content.items[2]", "mustBeAccepted"),
+        (merged(FUTURE_ITEM, mustBeAccepted="yes"), "data.content.items[2].mustBeAccepted", "boolean"),
+        (merged(FUTURE_ITEM, **{"@type": "ShareSignature"}), "data.content.items[2].@type", "RequestItem$"),
+        (merged(FUTURE_ITEM, **{"@type": 7}), "data.content.items[2].@type", "string"),
+        # a known type keeps its own keys
+        ({"@type": "ReadAttributeRequestItem", "mustBeAccepted": True}, "data.content.items[2]", "query"),
+        ({"@type": "FreeTextRequestItem", "mustBeAccepted": True}, "data.content.items[2]", "freeText"),
+        (
+            {"@type": "DeleteAttributeRequestItem", "mustBeAccepted": True, "attributeId": "REQ31OM7PNMJD4BWBJ86"},
+            "data.content.items[2].attributeId",
+            "does not match",
+        ),
+    ],
+    ids=str,
+)
+def test_malformed_request_items_are_still_refused(registry: SchemaRegistry, item: Any, path: str, word: str) -> None:
+    data = changed(REQUEST, ("content", "items"), [*REQUEST["content"]["items"], item])
+    result = registry.validate("consumption.incomingRequestReceived", data)
+    assert any(e.startswith(f"{path}: ") and word in e for e in result.errors), result.errors
+
+
+def test_open_type_fields_accept_a_newer_connectors_values(registry: SchemaRegistry) -> None:
+    future_content = merged(MESSAGE, content={"@type": "Announcement", "title": "Maintenance"})
+    assert registry.validate("transport.messageReceived", future_content).valid
+    assert registry.validate("transport.messageReceived", changed(MESSAGE, ("content", "@type"), "")).errors[0] == (
+        'data.content.@type: "" is shorter than 1 character'
+    )
+    future_notification = changed(MESSAGE_NOTIFICATION, ("content", "items", 0, "@type"), "FutureNotificationItem")
+    assert registry.validate("transport.messageReceived", future_notification).valid
+    future_creation = changed(RELATIONSHIP, ("creationContent",), {"@type": "SignedRelationshipCreationContent"})
+    assert registry.validate("transport.relationshipChanged", future_creation).valid
+    future_template = changed(TEMPLATE, ("content",), {"@type": "GroupRelationshipTemplateContent", "group": "x"})
+    assert registry.validate("transport.peerRelationshipTemplateLoaded", future_template).valid
+    future_reason = changed(RELATIONSHIP_REACTIVATION, ("auditLog", 3, "reason"), "ReactivationDueToRecovery")
+    assert registry.validate("transport.relationshipReactivationRequested", future_reason).valid
+    future_results = [
+        ("consumption.messageProcessed", {"message": MESSAGE, "result": "RequestForwarded"}),
+        ("consumption.relationshipTemplateProcessed", {"template": TEMPLATE, "result": "TemplateRevoked"}),
+    ]
+    for trigger, data in future_results:
+        assert registry.validate(trigger, data).valid, trigger
+
+
+def test_closed_value_sets_still_refuse_unknown_values(registry: SchemaRegistry) -> None:
+    """State enums changed only with a major release: an unknown value is a broken event, not a newer one."""
+    cases = [
+        ("transport.relationshipChanged", merged(RELATIONSHIP, status="Paused"), "data.status"),
+        ("consumption.incomingRequestReceived", merged(REQUEST, status="Archived"), "data.status"),
+        ("transport.identityDeletionProcessStatusChanged", merged(IDENTITY_DELETION, status="Paused"), "data.status"),
+        (
+            "consumption.attributeCreated",
+            merged(OWN_IDENTITY_ATTRIBUTE, **{"@type": "SharedIdentityAttribute"}),
+            "data.@type",
+        ),
+        (
+            "consumption.outgoingRequestCreatedAndCompleted",
+            changed(OUTGOING, ("response", "content", "result"), "Partial"),
+            "data.response.content.result",
+        ),
+    ]
+    for trigger, data, path in cases:
+        errors = registry.validate(trigger, data).errors
+        assert any(e.startswith(f"{path}: ") and "is not one of" in e for e in errors), (trigger, errors)
+
+
+# ---- older Connectors: what the DTOs looked like in each supported generation ---------------------------
+# Runtime 5.x-6.x (Connector 5 and 6): the relationship carries the whole template (runtime 7.0 replaced it by
+# templateId); peerDeletionInfo before runtime 6.2 had no deletionDate; templates carry truncatedReference
+# (removed in 7.0) and, before runtime 6.44, no reference; files (events since 6.52) before 6.63.5 have no owner;
+# identity deletion processes before 7.0 have the statuses WaitingForApproval/Rejected/Approved/Cancelled.
+TEMPLATE_6 = merged(TEMPLATE, truncatedReference="UkxUMVZHQjdGVjVRREJYV1pERlp8fFZFOUxTelZDT1RO")
+TEMPLATE_BEFORE_6_44 = {k: v for k, v in TEMPLATE_6.items() if k != "reference"}
+RELATIONSHIP_6 = {k: v for k, v in RELATIONSHIP_PEER_DELETING.items() if k != "templateId"} | {
+    "template": merged(TEMPLATE_6, isOwn=True, createdBy=SELF),
+    "peerDeletionInfo": {"deletionStatus": "ToBeDeleted"},
+}
+FILE_6 = merged({k: v for k, v in FILE.items() if k != "owner"}, truncatedReference="RklMQUIxMkNEMzRFRjU2R0g3OEl8fA")
+IDENTITY_DELETION_6 = {
+    "id": "IDPQ2W3E4R5T6Y7U8I9O",
+    "status": "Approved",
+    "createdAt": WHEN,
+    "approvedAt": WHEN,
+    "approvedByDevice": DEVICE,
+    "gracePeriodEndsAt": "2026-09-04T08:14:58.907Z",
+}
+
+# Runtime 2.x-4.x (Connector 3.x and 4.x): relationships have `template` and `changes` (no creation content or
+# audit log) and the status Terminating; message and template content is any JSON; a request's response can
+# come from a RelationshipChange; runtime 2.0 (Connector 3.0) has no `isOwn` on messages.
+CHANGE_PART = {"createdBy": PEER, "createdByDevice": DEVICE, "createdAt": WHEN}
+RELATIONSHIP_4 = {
+    "id": "REL1YBBHLUEC51CGTOYD",
+    "template": merged(TEMPLATE_BEFORE_6_44, isOwn=True, createdBy=SELF, content={"greeting": "untyped"}),
+    "status": "Terminating",
+    "peer": PEER,
+    "peerIdentity": RELATIONSHIP["peerIdentity"],
+    "changes": [
+        {
+            "id": "RCHNNKP7VFRCT9S2DYVE",
+            "request": {**CHANGE_PART, "content": {"@type": "RelationshipCreationChangeRequestContent"}},
+            "response": {**CHANGE_PART, "createdBy": SELF},
+            "status": "Accepted",
+            "type": "Creation",
+        },
+        {"id": "RCHA8HFPDTVHGX0C4RSA", "request": CHANGE_PART, "status": "Pending", "type": "Termination"},
+    ],
+}
+MESSAGE_3_0 = {k: v for k, v in MESSAGE.items() if k != "isOwn"} | {"content": {"orderId": 4711, "state": "shipped"}}
+REQUEST_FROM_CHANGE = changed(
+    REQUEST_FROM_RELATIONSHIP,
+    ("response", "source"),
+    {"type": "RelationshipChange", "reference": "RCHNNKP7VFRCT9S2DYVE"},
+)
+
+OLDER_CONNECTORS: list[tuple[str, str, Any]] = [
+    ("6.x", "transport.relationshipChanged", RELATIONSHIP_6),
+    ("6.x", "transport.peerToBeDeleted", RELATIONSHIP_6),
+    ("6.x", "transport.peerRelationshipTemplateLoaded", TEMPLATE_6),
+    ("6.x", "consumption.relationshipTemplateProcessed", {"template": TEMPLATE_6, "result": "NoRequest"}),
+    ("6.x", "transport.fileOwnershipClaimed", FILE_6),
+    ("6.x", "transport.identityDeletionProcessStatusChanged", IDENTITY_DELETION_6),
+    ("6.x", "transport.identityDeletionProcessStatusChanged", merged(IDENTITY_DELETION_6, status="WaitingForApproval")),
+    ("6.x", "consumption.attributeCreated", PRE7_ATTRIBUTE),
+    ("before 6.26", "transport.peerRelationshipTemplateLoaded", TEMPLATE_BEFORE_6_44),
+    ("3.x-4.x", "transport.relationshipChanged", RELATIONSHIP_4),
+    ("3.x-4.x", "consumption.relationshipEvent", RELATIONSHIP_4),
+    ("3.x-4.x", "transport.messageReceived", merged(MESSAGE_3_0, isOwn=False)),
+    (
+        "3.x-4.x",
+        "transport.peerRelationshipTemplateLoaded",
+        merged(TEMPLATE_BEFORE_6_44, content={"title": "hello", "anything": [1]}),
+    ),
+    ("3.x-4.x", "consumption.outgoingRequestCreatedAndCompleted", REQUEST_FROM_CHANGE),
+    ("3.0", "transport.messageReceived", MESSAGE_3_0),
+    ("3.0", "consumption.messageProcessed", {"message": MESSAGE_3_0, "result": "NoRequest"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("connector", "namespace", "data"), OLDER_CONNECTORS, ids=[f"{c}-{n}" for c, n, _ in OLDER_CONNECTORS]
+)
+def test_older_connectors_events_are_valid(registry: SchemaRegistry, connector: str, namespace: str, data: Any) -> None:
+    result = registry.validate(trigger_of(namespace), data)
+    assert result.valid, (connector, result.errors)
+
+
+@pytest.mark.parametrize(
+    ("namespace", "data", "error"),
+    [
+        # neither templateId (7.x) nor template (before 7)
+        (
+            "transport.relationshipChanged",
+            {k: v for k, v in RELATIONSHIP.items() if k != "templateId"},
+            'data: "templateId" is a required property',
+        ),
+        # the 3.x-4.x model needs its template
+        (
+            "transport.relationshipChanged",
+            {k: v for k, v in RELATIONSHIP_4.items() if k != "template"},
+            'data: "template" is a required property',
+        ),
+        (
+            "transport.relationshipChanged",
+            changed(RELATIONSHIP_4, ("changes", 1, "type"), "Reactivation"),
+            'data.changes[1].type: "Reactivation" is not one of',
+        ),
+        (
+            "transport.relationshipChanged",
+            changed(RELATIONSHIP_6, ("template", "id"), "REL1YBBHLUEC51CGTOYD"),
+            'data.template.id: "REL1YBBHLUEC51CGTOYD" does not match',
+        ),
+        # a template with neither reference (6.44+) nor truncatedReference (before 7.0)
+        (
+            "transport.peerRelationshipTemplateLoaded",
+            {k: v for k, v in TEMPLATE_BEFORE_6_44.items() if k != "truncatedReference"},
+            'data: "reference" is a required property',
+        ),
+        (
+            "consumption.outgoingRequestCreatedAndCompleted",
+            changed(REQUEST_FROM_CHANGE, ("response", "source", "reference"), "RLT1VGB7FV5QDBXWZDFZ"),
+            'data.response.source.reference: "RLT1VGB7FV5QDBXWZDFZ" does not match',
+        ),
+        ("transport.messageReceived", merged(MESSAGE_3_0, content="shipped"), 'data.content: "shipped" is not of type'),
+    ],
+    ids=str,
+)
+def test_older_connectors_malformed_events_are_still_refused(
+    registry: SchemaRegistry, namespace: str, data: Any, error: str
+) -> None:
+    errors = registry.validate(trigger_of(namespace), data).errors
+    assert any(e.startswith(error) for e in errors), errors
