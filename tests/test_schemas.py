@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from typing import Any
 
 import pytest
@@ -903,6 +904,22 @@ REQUEST_FROM_CHANGE = changed(
     {"type": "RelationshipChange", "reference": "RCHNNKP7VFRCT9S2DYVE"},
 )
 
+# Runtime 1.x (Connector 2.3 to 2.x, webhooksV2): as 2.x-4.x, but templates have no reference at all, messages
+# list `relationshipIds` and recipients have no `relationshipId`.
+RELATIONSHIP_1 = merged(
+    RELATIONSHIP_4,
+    template={k: v for k, v in RELATIONSHIP_4["template"].items() if k != "truncatedReference"},
+    status="Active",
+    peerIdentity={**RELATIONSHIP["peerIdentity"], "realm": "id1"},
+    lastMessageReceivedAt=WHEN,
+)
+MESSAGE_1 = merged(
+    MESSAGE_3_0,
+    recipients=[{"address": SELF, "receivedAt": WHEN}],
+    relationshipIds=["REL1YBBHLUEC51CGTOYD"],
+    content={k: v for k, v in MESSAGE["content"].items() if k not in ("bodyFormat", "cc")},
+)
+
 OLDER_CONNECTORS: list[tuple[str, str, Any]] = [
     ("6.x", "transport.relationshipChanged", RELATIONSHIP_6),
     ("6.x", "transport.peerToBeDeleted", RELATIONSHIP_6),
@@ -924,6 +941,9 @@ OLDER_CONNECTORS: list[tuple[str, str, Any]] = [
     ("3.x-4.x", "consumption.outgoingRequestCreatedAndCompleted", REQUEST_FROM_CHANGE),
     ("3.0", "transport.messageReceived", MESSAGE_3_0),
     ("3.0", "consumption.messageProcessed", {"message": MESSAGE_3_0, "result": "NoRequest"}),
+    ("2.3", "transport.relationshipChanged", RELATIONSHIP_1),
+    ("2.3", "transport.messageReceived", MESSAGE_1),
+    ("2.3", "consumption.mailReceived", MESSAGE_1),
 ]
 
 
@@ -980,3 +1000,48 @@ def test_older_connectors_malformed_events_are_still_refused(
 ) -> None:
     errors = registry.validate(trigger_of(namespace), data).errors
     assert any(e.startswith(error) for e in errors), errors
+
+
+def policy_table() -> dict[str, str]:
+    """README's forward-compatibility table: `defs.json` pointer -> open/closed."""
+    readme = (builtin_schema_dir() / "README.md").read_text()
+    rows = re.findall(r"^\| `([A-Za-z0-9@/]+)` \| (open|closed) \|", readme, flags=re.MULTILINE)
+    return dict(rows)
+
+
+def resolve(defs: dict[str, Any], pointer: str) -> Any:
+    node: Any = defs
+    for part in pointer.split("/"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def enum_pointers(node: Any, path: tuple[str, ...] = ()) -> list[str]:
+    """Every `enum` in defs.json outside an `if` (a discriminator test, not a value set)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if "enum" in node:
+            found.append("/".join(path))
+        for key, value in node.items():
+            if key != "if":
+                found += enum_pointers(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += enum_pointers(value, (*path, str(i)))
+    return found
+
+
+def test_readme_policy_table_is_what_the_schemas_do() -> None:
+    defs = json.loads((builtin_schema_dir() / "defs.json").read_text())["$defs"]
+    table = policy_table()
+    assert len(table) >= 20
+    for pointer, policy in table.items():
+        node = resolve(defs, pointer)
+        if policy == "open":
+            assert "enum" not in node and "const" not in node, pointer
+            assert node.get("type") == "string" or node.get("$ref") == "#/$defs/TypedObject", pointer
+        else:
+            assert "enum" in node or any("enum" in branch for branch in node.get("anyOf", [])), pointer
+    closed = {p for p, policy in table.items() if policy == "closed"}
+    for pointer in enum_pointers(defs):
+        assert pointer in closed or pointer.rsplit("/anyOf/", 1)[0] in closed, f"{pointer}: not in the README table"
