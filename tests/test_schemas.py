@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from event_router.testing import example_events
+from event_router.testing import RouterProcess, example_events, free_port, post, read_jsonl, wait_for
 from event_router.validation import SchemaRegistry, builtin_schema_dir
 
 # The 41 namespaces of the reference table (enmeshed-events.md, section 1).
@@ -1045,3 +1046,49 @@ def test_readme_policy_table_is_what_the_schemas_do() -> None:
     closed = {p for p, policy in table.items() if policy == "closed"}
     for pointer in enum_pointers(defs):
         assert pointer in closed or pointer.rsplit("/anyOf/", 1)[0] in closed, f"{pointer}: not in the README table"
+
+
+@pytest.mark.slow
+def test_a_strict_router_routes_every_connector_generation(tmp_path: Path) -> None:
+    """The events above, POSTed as the Connector's webhooks module does, to a router with strict validation."""
+    port = free_port()
+    config = tmp_path / "router.toml"
+    config.write_text(f"""
+[router]
+data_dir = "./var"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+validation = "strict"
+[outputs.archive]
+type = "file"
+path = "./out.jsonl"
+[[routes]]
+name = "all"
+to = ["archive"]
+""")
+    accepted: list[tuple[str, Any]] = [
+        ("transport.peerRelationshipTemplateLoaded", template_event("transport.peerRelationshipTemplateLoaded", 0)[0]),
+        ("transport.relationshipTemplateAllocationsExhausted", template_event("x", "RecoveryKit")[0]),
+        (
+            "consumption.relationshipTemplateProcessed",
+            template_event("consumption.relationshipTemplateProcessed", 7)[0],
+        ),
+        ("transport.messageReceived", MESSAGE_BEFORE_7_2),
+        ("consumption.incomingRequestReceived", REQUEST_WITH_FUTURE_ITEMS),
+        *((trigger_of(namespace), data) for _, namespace, data in OLDER_CONNECTORS),
+    ]
+    url = f"http://127.0.0.1:{port}/events"
+    with RouterProcess(config) as router:
+        for trigger, data in accepted:
+            status, body, _ = post(url, {"trigger": trigger, "data": data})
+            assert (status, body.get("status")) == (202, "accepted"), (trigger, body)
+        broken = template_event("transport.peerRelationshipTemplateLoaded", 100)[0]
+        status, body, _ = post(url, {"trigger": "transport.peerRelationshipTemplateLoaded", "data": broken})
+        assert (status, body["status"]) == (422, "dead_lettered")
+        assert body["errors"][0].startswith("data.passwordProtection.passwordLocationIndicator: 100 is not valid")
+        lines = wait_for(
+            lambda: len(read_jsonl(tmp_path / "out.jsonl")) == len(accepted) and read_jsonl(tmp_path / "out.jsonl")
+        )
+        assert [line["trigger"] for line in lines] == [trigger for trigger, _ in accepted]
+        router.terminate()
