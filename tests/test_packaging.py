@@ -71,7 +71,7 @@ def test_core_wheel_validates_without_the_repository(tmp_path: Path) -> None:
         check=False,
     )
     assert listed.returncode == 0, listed.stderr
-    assert len(json.loads(listed.stdout)) == 41
+    assert len(json.loads(listed.stdout)) == 60
 
 
 @pytest.mark.parametrize("plugin", sorted(p.parent.name for p in (ROOT / "plugins").glob("*/pyproject.toml")))

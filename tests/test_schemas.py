@@ -14,8 +14,8 @@ import pytest
 from event_router.testing import RouterProcess, example_events, free_port, post, read_jsonl, wait_for
 from event_router.validation import SchemaRegistry, builtin_schema_dir
 
-# The 41 namespaces of the reference table (enmeshed-events.md, section 1).
-NAMESPACES = [
+# The 41 namespaces of the reference table (enmeshed-events.md, section 1): what Connector 7.4 raises.
+CONNECTOR_7_NAMESPACES = [
     "transport.messageReceived",
     "transport.messageSent",
     "transport.messageDelivered",
@@ -58,7 +58,30 @@ NAMESPACES = [
     "runtime.modulesInitialized",
     "runtime.modulesStarted",
 ]
-RUNTIME = [ns for ns in NAMESPACES if ns.startswith("runtime.")]
+# Namespaces only older Connectors raise (runtime 1.x-6.x event classes; see schemas/README.md).
+LEGACY_NAMESPACES = [
+    "consumption.attributeSucceded",
+    "consumption.attributeUpdated",
+    "consumption.sharedAttributeCopyCreated",
+    "consumption.attributeListenerCreated",
+    "consumption.attributeListenerTriggered",
+    "consumption.outgoingRequestFromRelationshipCreationChangeCreatedAndCompleted",
+    "consumption.ownSharedAttributeSucceeded",
+    "consumption.peerSharedAttributeSucceeded",
+    "consumption.repositoryAttributeSucceeded",
+    "consumption.thirdPartyOwnedRelationshipAttributeSucceeded",
+    "consumption.thirdPartyRelationshipAttributeSucceeded",
+    "consumption.ownSharedAttributeDeletedByOwner",
+    "consumption.peerSharedAttributeDeletedByPeer",
+    "consumption.thirdPartyOwnedRelationshipAttributeDeletedByPeer",
+    "consumption.thirdPartyRelationshipAttributeDeletedByPeer",
+    "consumption.requestMailReceived",
+    "consumption.requestReceived",
+    "transport.initializing",
+    "transport.initialized",
+]
+NAMESPACES = [*CONNECTOR_7_NAMESPACES, *LEGACY_NAMESPACES]
+NO_DATA = [ns for ns in NAMESPACES if ns.startswith(("runtime.", "transport.initiali"))]
 
 
 EXAMPLE_EVENTS: list[dict[str, Any]] = example_events()
@@ -303,6 +326,68 @@ SUCCEEDED = {
 
 RELATIONSHIP_EVENT = f"consumption.relationshipEvent.{RELATIONSHIP['id']}"
 
+# ---- events only older Connectors raise -------------------------------------------------------------
+PRE7_SUCCESSION = {
+    "predecessor": merged(PRE7_ATTRIBUTE, succeededBy="ATTNEWSUCCESSOR12345"),
+    "successor": merged(PRE7_ATTRIBUTE, id="ATTNEWSUCCESSOR12345", succeeds="ATT6PRE7ABCDEFGHIJKL"),
+}
+LISTENER = {
+    "id": "ATLQ2W3E4R5T6Y7U8I9O",
+    "query": {"@type": "IdentityAttributeQuery", "valueType": "StreetAddress"},
+    "peer": PEER,
+}
+REQUEST_FROM_RELATIONSHIP_CHANGE = merged(
+    REQUEST_FROM_RELATIONSHIP,
+    response={
+        **REQUEST_FROM_RELATIONSHIP["response"],
+        "source": {"type": "RelationshipChange", "reference": "RCHNNKP7VFRCT9S2DYVE"},
+    },
+)
+MESSAGE_RUNTIME_1 = {k: v for k, v in MESSAGE.items() if k != "isOwn"} | {
+    "recipients": [{"address": SELF}],
+    "relationshipIds": ["REL1YBBHLUEC51CGTOYD"],
+}
+LEGACY_VALID: dict[str, list[Any]] = {
+    **{
+        ns: [PRE7_ATTRIBUTE]
+        for ns in LEGACY_NAMESPACES
+        if ns.endswith(("Updated", "Succeded", "CopyCreated", "DeletedByOwner", "DeletedByPeer"))
+    },
+    **{ns: [PRE7_SUCCESSION] for ns in LEGACY_NAMESPACES if ns.endswith("AttributeSucceeded")},
+    "consumption.attributeListenerCreated": [LISTENER],
+    "consumption.attributeListenerTriggered": [
+        {"attributeListener": LISTENER, "attribute": PRE7_ATTRIBUTE, "request": REQUEST_DRAFT}
+    ],
+    "consumption.outgoingRequestFromRelationshipCreationChangeCreatedAndCompleted": [REQUEST_FROM_RELATIONSHIP_CHANGE],
+    "consumption.requestMailReceived": [MESSAGE_RUNTIME_1],
+    "consumption.requestReceived": [merged(MESSAGE_RUNTIME_1, content=REQUEST["content"])],
+}
+LEGACY_INVALID: dict[str, list[tuple[Any, str, str]]] = {
+    **{
+        ns: [(dropped(PRE7_ATTRIBUTE, ("content",)), "data", "content")]
+        for ns in LEGACY_NAMESPACES
+        if ns.endswith(("Updated", "Succeded", "CopyCreated", "DeletedByOwner", "DeletedByPeer"))
+    },
+    **{
+        ns: [(PRE7_ATTRIBUTE, "data", "predecessor")]  # one attribute instead of the pair
+        for ns in LEGACY_NAMESPACES
+        if ns.endswith("AttributeSucceeded")
+    },
+    "consumption.attributeListenerCreated": [
+        (merged(LISTENER, id="ATT6PRE7ABCDEFGHIJKL"), "data.id", "does not match")
+    ],
+    "consumption.attributeListenerTriggered": [
+        ({"attributeListener": LISTENER, "attribute": PRE7_ATTRIBUTE}, "data", "request")
+    ],
+    "consumption.outgoingRequestFromRelationshipCreationChangeCreatedAndCompleted": [
+        (merged(REQUEST_FROM_RELATIONSHIP_CHANGE, status="Done"), "data.status", "Done")
+    ],
+    "consumption.requestMailReceived": [(dropped(MESSAGE_RUNTIME_1, ("createdBy",)), "data", "createdBy")],
+    "consumption.requestReceived": [
+        (merged(MESSAGE_RUNTIME_1, relationshipIds="x", createdAt="now"), "data.createdAt", "now")
+    ],
+}
+
 # namespace -> data the schema must accept
 VALID: dict[str, list[Any]] = {
     "transport.messageReceived": [MESSAGE, MESSAGE_WITH_REQUEST],
@@ -366,7 +451,8 @@ VALID: dict[str, list[Any]] = {
     ],
     "consumption.mailReceived": [MESSAGE],
     "consumption.relationshipEvent": [RELATIONSHIP],
-    **{ns: [{}, None] for ns in RUNTIME},
+    **{ns: [{}, None] for ns in NO_DATA},
+    **LEGACY_VALID,
 }
 
 # namespace -> (broken data, the error's path, a word the error names)
@@ -543,7 +629,8 @@ INVALID: dict[str, list[tuple[Any, str, str]]] = {
     ],
     "consumption.mailReceived": [(MESSAGE_WITH_REQUEST, "data.content.@type", "Mail")],
     "consumption.relationshipEvent": [(dropped(RELATIONSHIP, ("auditLog",)), "data", "auditLog")],
-    **{ns: [({"unexpected": 1}, "data", "properties"), ("started", "data", "started")] for ns in RUNTIME},
+    **{ns: [({"unexpected": 1}, "data", "properties"), ("started", "data", "started")] for ns in NO_DATA},
+    **LEGACY_INVALID,
 }
 
 
@@ -558,7 +645,8 @@ def registry() -> SchemaRegistry:
 
 
 def test_one_schema_file_per_namespace() -> None:
-    assert len(NAMESPACES) == len(set(NAMESPACES)) == 41
+    assert len(CONNECTOR_7_NAMESPACES) == 41 and len(LEGACY_NAMESPACES) == 19
+    assert len(NAMESPACES) == len(set(NAMESPACES)) == 60
     files = {p.stem for p in builtin_schema_dir().glob("*.json")} - {"defs", "event"}
     assert files == set(NAMESPACES)
     assert set(VALID) == set(INVALID) == set(NAMESPACES)
@@ -1050,7 +1138,8 @@ def test_readme_policy_table_is_what_the_schemas_do() -> None:
 
 @pytest.mark.slow
 def test_a_strict_router_routes_every_connector_generation(tmp_path: Path) -> None:
-    """The events above, POSTed as the Connector's webhooks module does, to a router with strict validation."""
+    """The events above, POSTed as the Connector's webhooks module does, to a router that dead-letters invalid
+    events and triggers without a schema."""
     port = free_port()
     config = tmp_path / "router.toml"
     config.write_text(f"""
@@ -1060,6 +1149,7 @@ data_dir = "./var"
 type = "webhook"
 listen = "127.0.0.1:{port}"
 validation = "strict"
+unknown_triggers = "dead-letter"
 [outputs.archive]
 type = "file"
 path = "./out.jsonl"
@@ -1077,6 +1167,7 @@ to = ["archive"]
         ("transport.messageReceived", MESSAGE_BEFORE_7_2),
         ("consumption.incomingRequestReceived", REQUEST_WITH_FUTURE_ITEMS),
         *((trigger_of(namespace), data) for _, namespace, data in OLDER_CONNECTORS),
+        *((namespace, data[0]) for namespace, data in LEGACY_VALID.items()),
     ]
     url = f"http://127.0.0.1:{port}/events"
     with RouterProcess(config) as router:
