@@ -4,6 +4,7 @@ broken variants with an error that names the path."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -92,6 +93,25 @@ SELF = "did:e:backbone.example.org:dids:71d2c295ff91728b4b031d"
 OTHER = "did:e:localhost:dids:48fe8f9a46ef5b775e7657"
 DEVICE = "DVC7X6SVP2KGKX5KYLE0"
 WHEN = "2026-08-21T08:14:58.907Z"
+
+
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def legacy_address(did: str) -> str:
+    """The pre-DID form of an address (runtime 1.x-4.x): realm `id1` and the base58 of 24 bytes."""
+    number = int.from_bytes(hashlib.sha256(did.encode()).digest()[:24], "big")
+    digits = ""
+    while number:
+        number, rest = divmod(number, 58)
+        digits = BASE58[rest] + digits
+    return "id1" + digits.rjust(33, "1")
+
+
+def before_dids(data: Any) -> Any:
+    """`data` with every DID address in the pre-DID form, as Connectors before 5.0 send them."""
+    text = re.sub(r"did:e:[a-z0-9.-]+:dids:[0-9a-f]{22}", lambda m: legacy_address(m.group()), json.dumps(data))
+    return json.loads(text)
 
 
 def changed(base: Any, path: tuple[str | int, ...], value: Any) -> Any:
@@ -348,19 +368,22 @@ MESSAGE_RUNTIME_1 = {k: v for k, v in MESSAGE.items() if k != "isOwn"} | {
     "relationshipIds": ["REL1YBBHLUEC51CGTOYD"],
 }
 LEGACY_VALID: dict[str, list[Any]] = {
+    **{ns: [PRE7_ATTRIBUTE] for ns in LEGACY_NAMESPACES if ns.endswith(("DeletedByOwner", "DeletedByPeer"))},
     **{
-        ns: [PRE7_ATTRIBUTE]
+        ns: [before_dids(PRE7_ATTRIBUTE)]
         for ns in LEGACY_NAMESPACES
-        if ns.endswith(("Updated", "Succeded", "CopyCreated", "DeletedByOwner", "DeletedByPeer"))
+        if ns.endswith(("Updated", "Succeded", "CopyCreated"))
     },
     **{ns: [PRE7_SUCCESSION] for ns in LEGACY_NAMESPACES if ns.endswith("AttributeSucceeded")},
     "consumption.attributeListenerCreated": [LISTENER],
     "consumption.attributeListenerTriggered": [
         {"attributeListener": LISTENER, "attribute": PRE7_ATTRIBUTE, "request": REQUEST_DRAFT}
     ],
-    "consumption.outgoingRequestFromRelationshipCreationChangeCreatedAndCompleted": [REQUEST_FROM_RELATIONSHIP_CHANGE],
-    "consumption.requestMailReceived": [MESSAGE_RUNTIME_1],
-    "consumption.requestReceived": [merged(MESSAGE_RUNTIME_1, content=REQUEST["content"])],
+    "consumption.outgoingRequestFromRelationshipCreationChangeCreatedAndCompleted": [
+        before_dids(REQUEST_FROM_RELATIONSHIP_CHANGE)
+    ],
+    "consumption.requestMailReceived": [before_dids(MESSAGE_RUNTIME_1)],
+    "consumption.requestReceived": [before_dids(merged(MESSAGE_RUNTIME_1, content=REQUEST["content"]))],
 }
 LEGACY_INVALID: dict[str, list[tuple[Any, str, str]]] = {
     **{
@@ -965,48 +988,59 @@ IDENTITY_DELETION_6 = {
     "gracePeriodEndsAt": "2026-09-04T08:14:58.907Z",
 }
 
-# Runtime 2.x-4.x (Connector 3.x and 4.x): relationships have `template` and `changes` (no creation content or
-# audit log) and the status Terminating; message and template content is any JSON; a request's response can
-# come from a RelationshipChange; runtime 2.0 (Connector 3.0) has no `isOwn` on messages.
+# Runtime 2.x-4.x (Connector 3.x and 4.x): addresses are `<realm><base58>`, not DIDs; relationships have
+# `template` and `changes` (no creation content or audit log) and the status Terminating; message and template
+# content is any JSON; a request's response can come from a RelationshipChange; runtime 2.0 (Connector 3.0) has
+# no `isOwn` on messages.
 CHANGE_PART = {"createdBy": PEER, "createdByDevice": DEVICE, "createdAt": WHEN}
-RELATIONSHIP_4 = {
-    "id": "REL1YBBHLUEC51CGTOYD",
-    "template": merged(TEMPLATE_BEFORE_6_44, isOwn=True, createdBy=SELF, content={"greeting": "untyped"}),
-    "status": "Terminating",
-    "peer": PEER,
-    "peerIdentity": RELATIONSHIP["peerIdentity"],
-    "changes": [
-        {
-            "id": "RCHNNKP7VFRCT9S2DYVE",
-            "request": {**CHANGE_PART, "content": {"@type": "RelationshipCreationChangeRequestContent"}},
-            "response": {**CHANGE_PART, "createdBy": SELF},
-            "status": "Accepted",
-            "type": "Creation",
-        },
-        {"id": "RCHA8HFPDTVHGX0C4RSA", "request": CHANGE_PART, "status": "Pending", "type": "Termination"},
-    ],
-}
-MESSAGE_3_0 = {k: v for k, v in MESSAGE.items() if k != "isOwn"} | {"content": {"orderId": 4711, "state": "shipped"}}
-REQUEST_FROM_CHANGE = changed(
-    REQUEST_FROM_RELATIONSHIP,
-    ("response", "source"),
-    {"type": "RelationshipChange", "reference": "RCHNNKP7VFRCT9S2DYVE"},
+RELATIONSHIP_4 = before_dids(
+    {
+        "id": "REL1YBBHLUEC51CGTOYD",
+        "template": merged(TEMPLATE_BEFORE_6_44, isOwn=True, createdBy=SELF, content={"greeting": "untyped"}),
+        "status": "Terminating",
+        "peer": PEER,
+        "peerIdentity": RELATIONSHIP["peerIdentity"],
+        "changes": [
+            {
+                "id": "RCHNNKP7VFRCT9S2DYVE",
+                "request": {**CHANGE_PART, "content": {"@type": "RelationshipCreationChangeRequestContent"}},
+                "response": {**CHANGE_PART, "createdBy": SELF},
+                "status": "Accepted",
+                "type": "Creation",
+            },
+            {"id": "RCHA8HFPDTVHGX0C4RSA", "request": CHANGE_PART, "status": "Pending", "type": "Termination"},
+        ],
+    }
+)
+MESSAGE_3_0 = before_dids(
+    {k: v for k, v in MESSAGE.items() if k != "isOwn"} | {"content": {"orderId": 4711, "state": "shipped"}}
+)
+REQUEST_FROM_CHANGE = before_dids(
+    changed(
+        REQUEST_FROM_RELATIONSHIP,
+        ("response", "source"),
+        {"type": "RelationshipChange", "reference": "RCHNNKP7VFRCT9S2DYVE"},
+    )
 )
 
 # Runtime 1.x (Connector 2.3 to 2.x, webhooksV2): as 2.x-4.x, but templates have no reference at all, messages
 # list `relationshipIds` and recipients have no `relationshipId`.
-RELATIONSHIP_1 = merged(
-    RELATIONSHIP_4,
-    template={k: v for k, v in RELATIONSHIP_4["template"].items() if k != "truncatedReference"},
-    status="Active",
-    peerIdentity={**RELATIONSHIP["peerIdentity"], "realm": "id1"},
-    lastMessageReceivedAt=WHEN,
+RELATIONSHIP_1 = before_dids(
+    merged(
+        RELATIONSHIP_4,
+        template={k: v for k, v in RELATIONSHIP_4["template"].items() if k != "truncatedReference"},
+        status="Active",
+        peerIdentity={**RELATIONSHIP["peerIdentity"], "realm": "id1"},
+        lastMessageReceivedAt=WHEN,
+    )
 )
-MESSAGE_1 = merged(
-    MESSAGE_3_0,
-    recipients=[{"address": SELF, "receivedAt": WHEN}],
-    relationshipIds=["REL1YBBHLUEC51CGTOYD"],
-    content={k: v for k, v in MESSAGE["content"].items() if k not in ("bodyFormat", "cc")},
+MESSAGE_1 = before_dids(
+    merged(
+        MESSAGE_3_0,
+        recipients=[{"address": SELF, "receivedAt": WHEN}],
+        relationshipIds=["REL1YBBHLUEC51CGTOYD"],
+        content={k: v for k, v in MESSAGE["content"].items() if k not in ("bodyFormat", "cc")},
+    )
 )
 
 OLDER_CONNECTORS: list[tuple[str, str, Any]] = [
@@ -1025,7 +1059,7 @@ OLDER_CONNECTORS: list[tuple[str, str, Any]] = [
     (
         "3.x-4.x",
         "transport.peerRelationshipTemplateLoaded",
-        merged(TEMPLATE_BEFORE_6_44, content={"title": "hello", "anything": [1]}),
+        before_dids(merged(TEMPLATE_BEFORE_6_44, content={"title": "hello", "anything": [1]})),
     ),
     ("3.x-4.x", "consumption.outgoingRequestCreatedAndCompleted", REQUEST_FROM_CHANGE),
     ("3.0", "transport.messageReceived", MESSAGE_3_0),
@@ -1081,6 +1115,13 @@ def test_older_connectors_events_are_valid(registry: SchemaRegistry, connector: 
             'data.response.source.reference: "RLT1VGB7FV5QDBXWZDFZ" does not match',
         ),
         ("transport.messageReceived", merged(MESSAGE_3_0, content="shipped"), 'data.content: "shipped" is not of type'),
+        # pre-DID addresses: a 3-character realm and 32 or 33 base58 characters (no 0, O, I or l)
+        ("transport.messageReceived", merged(MESSAGE_3_0, createdBy="id1PNvUP4jHD74qo6usnWNoaFGF"), "data.createdBy: "),
+        (
+            "transport.messageReceived",
+            merged(MESSAGE_3_0, createdBy="id1PNvUP4jHD74qo6usnWNoaFGFf33MXZi60"),
+            'data.createdBy: "id1PNvUP4jHD74qo6usnWNoaFGFf33MXZi60" does not match',
+        ),
     ],
     ids=str,
 )
