@@ -17,6 +17,8 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from event_router.listen import listen_error
+
 if TYPE_CHECKING:
     from event_router.app import App
 
@@ -59,7 +61,7 @@ async def serve_admin(
         try:
             await site.start()
         except OSError as exc:
-            raise OSError(exc.errno, f"admin endpoint: cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise listen_error("router.admin.listen", host, port, exc, file=app.config.path.name) from exc
         sockets = getattr(site._server, "sockets", None) or ()
         bound = sockets[0].getsockname()[1] if sockets else port
         log.info("admin endpoint listening", extra={"listen": f"{host}:{bound}"})

@@ -25,11 +25,11 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from event_router.config import ConfigErrors, InputConfig, OutputConfig, RouterConfig, load_config
 from event_router.delivery import OutputWorker
-from event_router.errors import RouterError
+from event_router.errors import ConfigError, RouterError
 from event_router.pipeline import InternalSource, Pipeline
 from event_router.plugins import PluginRegistry
 from event_router.retry import RetryPolicy
-from event_router.spool import Spool, SpoolError
+from event_router.spool import Spool, SpoolError, directory_problem
 from event_router.stats import Stats
 from event_router.systemd import notify
 from event_router.validation import SchemaError, SchemaRegistry, builtin_schema_dir
@@ -41,10 +41,10 @@ MAX_RESTART_DELAY = 30.0
 CLOCK_CHECK_INTERVAL = 1.0
 
 
-def load_schemas(config: RouterConfig, registry: PluginRegistry) -> SchemaRegistry:
+def load_schemas(config: RouterConfig | None, registry: PluginRegistry) -> SchemaRegistry:
     """Built-in schemas, then plugins', then the user's `schemas_dir`: later ones override."""
     dirs = [builtin_schema_dir(), *registry.schema_dirs]
-    if config.schemas_dir is not None:
+    if config is not None and config.schemas_dir is not None:
         dirs.append(config.schemas_dir)
     return SchemaRegistry.load(dirs)
 
@@ -73,6 +73,12 @@ class App:
     """One running router."""
 
     def __init__(self, config: RouterConfig, registry: PluginRegistry):
+        if config.unresolved_secrets:
+            # stand-ins are for commands that send nothing: a running router would send them
+            raise RouterError(
+                f"{config.path.name} was loaded without resolving its secrets "
+                f"({', '.join(config.unresolved_secrets)}): the router runs only with them resolved"
+            )
         self.config = config
         self.registry = registry
         self.stats = Stats()
@@ -98,7 +104,13 @@ class App:
         self, *, handle_signals: bool = True, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         config = self.config
-        self.spool.open()
+        try:
+            self.spool.open()
+        except SpoolError as exc:
+            problem = directory_problem(config.data_dir)
+            if problem is None:
+                raise
+            raise ConfigError("router.data_dir", problem, file=config.path.name) from exc
         try:
             jump = self.spool.claim_clock()
             if jump:
@@ -193,6 +205,10 @@ class App:
             await self._tg.start(
                 lambda task_status: self._supervise("input", inp.name, unit, run, fatal=fatal, task_status=task_status)
             )
+        except ConfigError as exc:  # the plugin named the key of its table at fault (a `listen` in use...)
+            del self._inputs[inp.name]
+            key = f"inputs.{inp.name}.{exc.path}" if exc.path else f"inputs.{inp.name}"
+            raise ConfigError(key, exc.message, plugin=inp.type, file=self.config.path.name) from exc
         except Exception as exc:
             del self._inputs[inp.name]
             raise RouterError(f"input {inp.name} ({inp.type}) could not start: {exc}") from exc

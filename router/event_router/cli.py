@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from event_router import __version__
-from event_router.config import ConfigErrors, RouterConfig, load_config
-from event_router.errors import RouterError
+from event_router.config import ConfigErrors, RouterConfig, SecretsMode, load_config
+from event_router.errors import ConfigError, RouterError
 from event_router.plugins import PluginRegistry, load_plugins
 
 if TYPE_CHECKING:
@@ -27,11 +27,12 @@ def _print_json(value: Any) -> None:
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
+    # None: not given; `main` fills in the default and notes that it is one (`schemas` can do without)
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
-        default=Path(os.environ.get("EVENT_ROUTER_CONFIG", DEFAULT_CONFIG)),
+        default=None,
         help="router.toml to use (default: $EVENT_ROUTER_CONFIG or ./router.toml)",
     )
 
@@ -54,9 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
 
-    p = sub.add_parser("check", help="validate router.toml, plugins and schemas")
+    p = sub.add_parser("check", help="validate router.toml, plugins, schemas and data_dir")
     _config_arg(p)
     p.add_argument("--json", action="store_true")
+    secrets = p.add_mutually_exclusive_group()
+    secrets.add_argument(
+        "--credentials-dir",
+        type=Path,
+        metavar="DIR",
+        help="read { credential = NAME } secrets from DIR/NAME, as the unit's LoadCredential= would provide them "
+        "(default: $CREDENTIALS_DIRECTORY)",
+    )
+    secrets.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="check the secret references' form but do not read them (no variable, file or credential needed)",
+    )
 
     p = sub.add_parser(
         "test",
@@ -73,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="apply this input's validation policy (default: the first input's)")
 
     p = sub.add_parser("plugins", help="list installed plugins")
+    p.add_argument(
+        "-c", "--config", type=Path, help="accepted like the other commands' and not read: plugins are installed"
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("init", help="write a starter router.toml")
@@ -116,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if "config" in args and args.config is None:
+        from_env = os.environ.get("EVENT_ROUTER_CONFIG")
+        args.config = Path(from_env or DEFAULT_CONFIG)
+        args.config_defaulted = not from_env
     try:
         result: int = COMMANDS[args.command](args)
     except ConfigErrors as exc:
@@ -130,9 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
-def _load(args: argparse.Namespace) -> tuple[RouterConfig, PluginRegistry]:
+def _load(args: argparse.Namespace, secrets: SecretsMode = "resolve") -> tuple[RouterConfig, PluginRegistry]:
+    """router.toml and the plugins. Commands that send nothing load it with `secrets="skip"`: an operator's
+    shell has none of the service's variables or credentials, and those commands need none."""
     registry = load_plugins()
-    return load_config(args.config, registry), registry
+    config = load_config(args.config, registry, secrets=secrets, credentials_dir=getattr(args, "credentials_dir", None))
+    return config, registry
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -148,8 +172,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         setup_logging(config.log_level, args.log_format)
     app = App(config, registry)
     tune_for_router_process()
-    anyio.run(_serve, app, backend="asyncio", backend_options={"use_uvloop": has_uvloop()})
+    try:
+        anyio.run(_serve, app, backend="asyncio", backend_options={"use_uvloop": has_uvloop()})
+    except BaseExceptionGroup as group:
+        # a start-up failure (port in use, data_dir unwritable) comes wrapped by the task groups: say the
+        # cause in one line; anything that is not the router's own error keeps its traceback
+        causes = _leaves(group)
+        if not all(isinstance(exc, RouterError) for exc in causes):
+            raise
+        raise causes[0] from None
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions `group` holds, however deeply nested."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
 
 
 async def _serve(app: App) -> None:
@@ -164,8 +204,24 @@ async def _serve(app: App) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from event_router.app import load_schemas
+    from event_router.spool import directory_problem
 
-    config, registry = _load(args)
+    try:
+        config, registry = _load(args, "skip" if args.no_secrets else "resolve")
+    except ConfigErrors as exc:
+        if not exc.unresolved:
+            raise
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(
+            "hint: check reads secrets as the service would: set the variables, give --credentials-dir DIR for "
+            "{ credential = ... }, or check everything but their values with --no-secrets",
+            file=sys.stderr,
+        )
+        return 1
+    problem = directory_problem(config.data_dir)
+    if problem is not None:
+        raise ConfigErrors([ConfigError("router.data_dir", problem, file=config.path.name)])
     schemas = load_schemas(config, registry)
     summary = {
         "config": str(args.config),
@@ -174,12 +230,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         "routes": [r.name for r in config.routes],
         "schemas": len(schemas.triggers()),
         "warnings": list(config.warnings),
+        "unresolved_secrets": list(config.unresolved_secrets),
     }
     if args.json:
         _print_json({"ok": True, **summary})
         return 0
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if config.unresolved_secrets:
+        print(
+            f"note: {len(config.unresolved_secrets)} secret(s) not read (--no-secrets): "
+            + ", ".join(config.unresolved_secrets),
+            file=sys.stderr,
+        )
     print(
         f"{args.config}: ok: {len(config.inputs)} input(s), {len(config.outputs)} output(s), "
         f"{len(config.routes)} route(s), {summary['schemas']} event schemas"
@@ -306,8 +369,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_schemas(args: argparse.Namespace) -> int:
     from event_router.app import load_schemas
 
-    config, registry = _load(args)
-    schemas = load_schemas(config, registry)
+    if getattr(args, "config_defaulted", False) and not args.config.exists():
+        # no router.toml here and none asked for: the schemas every router knows (no `schemas_dir`)
+        print(f"note: no {args.config}: built-in and plugin schemas only", file=sys.stderr)
+        schemas = load_schemas(None, load_plugins())
+    else:
+        config, registry = _load(args, "skip")
+        schemas = load_schemas(config, registry)
     rows = schemas.describe()
     if args.json:
         _print_json([{"trigger": t, "title": title, "file": f} for t, title, f in rows])
@@ -320,7 +388,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from event_router.dlq_cli import one_line, spool_status, table
 
-    config, _ = _load(args)
+    config, _ = _load(args, "skip")
     status = spool_status(config)
     if args.json:
         _print_json(status)
@@ -362,7 +430,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
             return 1
         print(f"sent SIGHUP to {args.pid}; its log says whether the new configuration was applied")
         return 0
-    config, _ = _load(args)
+    # the running router re-reads the file with its secrets; this only needs where it listens
+    config, _ = _load(args, "skip")
     if config.admin_listen is None:
         print("error: [router.admin] is not configured; use --pid PID (or systemctl reload)", file=sys.stderr)
         return 1
@@ -392,7 +461,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def _dlq(args: argparse.Namespace) -> int:
     from event_router.dlq_cli import run_dlq
 
-    config, registry = _load(args)
+    config, registry = _load(args, "skip")  # replay plans with the outputs' names, never their secrets
     return run_dlq(args, config, registry)
 
 

@@ -6,6 +6,10 @@ than the minimum of 1 (plugin http)`. Errors never repeat a secret: a value of t
 not quoted; nothing in a table that holds secrets (`auth`, `headers`, `signing_secrets`...) is quoted; a
 URL is shown with its password masked; and what a plugin says about its table is scrubbed of the secrets
 resolved for it.
+
+`secrets="skip"` loads a file for commands that send nothing (`status`, `dlq`, `check --no-secrets`):
+references are checked for shape but not resolved, and stand-ins take their place
+(event_router.secrets). Such a configuration lists them in `unresolved_secrets`, and `App` refuses it.
 """
 
 from __future__ import annotations
@@ -28,11 +32,22 @@ from event_router.plugin import Input, Output, PluginContext
 from event_router.plugins import PluginRegistry
 from event_router.retry import RETRY_SCHEMA, RetryPolicy
 from event_router.routing import Matcher, PatternError, compile_match, compile_reshape, compile_trigger_filter
-from event_router.secrets import Secret, SecretError, redact_url, resolve_secret, scrub, url_secrets
+from event_router.secrets import (
+    PLACEHOLDER,
+    Secret,
+    SecretError,
+    Unresolved,
+    redact_url,
+    resolve_secret,
+    scrub,
+    url_secrets,
+)
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
 OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout")
+#: "resolve": every secret reference is read (the daemon); "skip": none is, stand-ins take their place
+SecretsMode = Literal["resolve", "skip"]
 #: route keys the core reads; the others (`action`) are passed to outputs, which check them
 #: through `Output.check_route_options`
 ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
@@ -122,8 +137,10 @@ ROUTER_SCHEMA: dict[str, Any] = {
 class ConfigErrors(RouterError):
     """Everything wrong with one router.toml, each a `ConfigError` with its key path."""
 
-    def __init__(self, errors: Sequence[ConfigError]):
+    def __init__(self, errors: Sequence[ConfigError], *, unresolved: Sequence[str] = ()):
         self.errors = list(errors)
+        #: key paths of the secrets that could not be resolved (an unset variable, no credentials directory)
+        self.unresolved = tuple(unresolved)
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
@@ -186,6 +203,8 @@ class RouterConfig:
     routes: tuple[RouteConfig, ...]
     #: things `check` reports without failing (plain-text secrets, no routes...)
     warnings: tuple[str, ...] = field(default=())
+    #: key paths of the secret references left unresolved (`secrets="skip"`); empty for a config to run
+    unresolved_secrets: tuple[str, ...] = field(default=())
     _candidates: dict[str, tuple[RouteConfig, ...]] = field(default_factory=dict, repr=False, compare=False)
     _by_name: dict[str, RouteConfig] = field(default_factory=dict, repr=False, compare=False)
 
@@ -212,8 +231,19 @@ class RouterConfig:
         return policy.merged(found.retry) if found is not None and found.retry else policy
 
 
-def load_config(path: Path | str, registry: PluginRegistry, *, logger: logging.Logger | None = None) -> RouterConfig:
-    """Read, validate and build `path`. Raises `ConfigErrors` listing every problem found."""
+def load_config(
+    path: Path | str,
+    registry: PluginRegistry,
+    *,
+    logger: logging.Logger | None = None,
+    secrets: SecretsMode = "resolve",
+    credentials_dir: Path | None = None,
+) -> RouterConfig:
+    """Read, validate and build `path`. Raises `ConfigErrors` listing every problem found.
+
+    `secrets="skip"`: references are not resolved (see the module's doc). `credentials_dir`: where
+    `{ credential = ... }` secrets are read instead of `$CREDENTIALS_DIRECTORY`.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -223,7 +253,9 @@ def load_config(path: Path | str, registry: PluginRegistry, *, logger: logging.L
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigErrors([ConfigError("", f"not valid TOML: {exc}", file=path.name)]) from exc
-    return build_config(document, path=path, registry=registry, logger=logger)
+    return build_config(
+        document, path=path, registry=registry, logger=logger, secrets=secrets, credentials_dir=credentials_dir
+    )
 
 
 def build_config(
@@ -232,21 +264,39 @@ def build_config(
     path: Path,
     registry: PluginRegistry,
     logger: logging.Logger | None = None,
+    secrets: SecretsMode = "resolve",
+    credentials_dir: Path | None = None,
 ) -> RouterConfig:
     """Validate a parsed router.toml document and construct its plugins."""
-    loader = _Loader(path, registry, logger or logging.getLogger("event_router"))
+    loader = _Loader(path, registry, logger or logging.getLogger("event_router"), secrets, credentials_dir)
     return loader.build(document)
 
 
 class _Loader:
-    def __init__(self, path: Path, registry: PluginRegistry, logger: logging.Logger):
+    def __init__(
+        self,
+        path: Path,
+        registry: PluginRegistry,
+        logger: logging.Logger,
+        secrets: SecretsMode = "resolve",
+        credentials_dir: Path | None = None,
+    ):
         self.path = path
         self.file = path.name
         self.base_dir = path.resolve().parent
         self.registry = registry
         self.logger = logger
+        self.secrets = secrets
+        self.credentials_dir = credentials_dir
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
+        #: key paths of secrets that cannot be resolved (errors)
+        self.unresolved: list[str] = []
+        #: key paths of secrets left unresolved on purpose (`secrets="skip"`)
+        self.skipped: list[str] = []
+
+    def fail(self) -> ConfigErrors:
+        return ConfigErrors(self.errors, unresolved=self.unresolved)
 
     def error(self, key: str, message: str, plugin: str | None = None) -> None:
         self.errors.append(ConfigError(key, message, plugin=plugin, file=self.file))
@@ -255,7 +305,7 @@ class _Loader:
         for err in _schema_errors(ROUTER_SCHEMA, document):
             self.error(*err)
         if self.errors:
-            raise ConfigErrors(self.errors)
+            raise self.fail()
         router = document.get("router", {})
         data_dir = self.base_dir / router.get("data_dir", "var")
         schemas_dir = self.base_dir / router["schemas_dir"] if "schemas_dir" in router else None
@@ -284,7 +334,7 @@ class _Loader:
         if not routes:
             self.warnings.append(f"{self.file}: routes: no route configured: every event is unmatched")
         if self.errors:
-            raise ConfigErrors(self.errors)
+            raise self.fail()
         return RouterConfig(
             path=self.path,
             data_dir=data_dir,
@@ -299,6 +349,7 @@ class _Loader:
             outputs=outputs,
             routes=tuple(routes),
             warnings=tuple(self.warnings),
+            unresolved_secrets=tuple(self.skipped),
         )
 
     def _input(self, name: str, table: Mapping[str, Any], data_dir: Path) -> InputConfig | None:
@@ -374,7 +425,12 @@ class _Loader:
             config_dir=self.base_dir,
         )
         # a plugin's message may quote a value it was given: the secrets it was given are cut out
-        hidden = [text for secret in _secrets_in(resolved) for text in (secret, *url_secrets(secret))]
+        hidden = [
+            text
+            for secret in _secrets_in(resolved)
+            if not isinstance(secret, Unresolved)
+            for text in (secret, *url_secrets(secret))
+        ]
         try:
             return cls(resolved, context)
         except ConfigError as exc:
@@ -384,16 +440,24 @@ class _Loader:
         return None
 
     def _resolve_secrets(self, key: str, schema: Mapping[str, Any], value: Any, plugin: str) -> dict[str, Any] | None:
-        """Replace every value the plugin's schema marks `x-secret` by the secret it refers to."""
+        """Replace every value the plugin's schema marks `x-secret` by the secret it refers to.
+
+        With `secrets="skip"` a reference (its shape already validated) is replaced by an `Unresolved`
+        stand-in instead: the schema's `x-placeholder`, or `PLACEHOLDER`. Plain text is used as it is.
+        """
         ok = True
 
         def walk(sub_schema: Mapping[str, Any], node: Any, where: str) -> Any:
             nonlocal ok
             if sub_schema.get("x-secret"):
+                if self.secrets == "skip" and isinstance(node, Mapping):
+                    self.skipped.append(where)
+                    return Unresolved(sub_schema.get("x-placeholder", PLACEHOLDER))
                 try:
-                    secret, plain = resolve_secret(node, base_dir=self.base_dir)
+                    secret, plain = resolve_secret(node, base_dir=self.base_dir, credentials_dir=self.credentials_dir)
                 except SecretError as exc:
                     self.error(where, str(exc), plugin)
+                    self.unresolved.append(where)
                     ok = False
                     return node
                 if plain and sub_schema["x-secret"] == "optional":

@@ -1,7 +1,10 @@
 """Secrets in router.toml are references: `{ env = "NAME" }`, `{ file = "path" }`, `{ credential = "name" }`.
 
 Plain strings work too, but `event-router check` warns about them. Resolved values are `Secret` strings
-whose repr hides them, so a config dump or a traceback does not print them. Text that may hold a secret
+whose repr hides them, so a config dump or a traceback does not print them. Commands that send nothing
+(`status`, `dlq`, `check --no-secrets`) load the file without resolving references: each becomes an
+`Unresolved` stand-in (the schema's `x-placeholder`, shaped like the real value so the plugin's constructor
+checks everything else), and the daemon refuses a configuration that holds one. Text that may hold a secret
 anyway (a URL with a password, an error body a server echoed our headers in) goes through `redact_url` or
 `scrub` before it reaches a log, an error or a dead letter.
 """
@@ -68,12 +71,33 @@ class Secret(str):
         return "Secret('***')"
 
 
+#: the stand-in for an unresolved reference whose schema gives no `x-placeholder`
+PLACEHOLDER = "unresolved-secret"
+
+
+def secret_schema(placeholder: str) -> dict[str, Any]:
+    """`SECRET_SCHEMA` for a secret with a format its plugin checks (a URL, a `whsec_` key): `placeholder`
+    is a well-formed value the constructor accepts when the reference is not resolved."""
+    return {**SECRET_SCHEMA, "x-placeholder": placeholder}
+
+
+class Unresolved(Secret):
+    """The stand-in for a reference not resolved (`secrets="skip"`): never a value to send."""
+
+    __slots__ = ()
+
+
 class SecretError(ValueError):
     """A secret reference cannot be resolved; the message says which variable or file is missing."""
 
 
-def resolve_secret(value: str | Mapping[str, str], *, base_dir: Path) -> tuple[Secret, bool]:
-    """The secret's value, and whether it was given as plain text (which `check` warns about)."""
+def resolve_secret(
+    value: str | Mapping[str, str], *, base_dir: Path, credentials_dir: Path | None = None
+) -> tuple[Secret, bool]:
+    """The secret's value, and whether it was given as plain text (which `check` warns about).
+
+    `{ credential = ... }` is read from `credentials_dir`, else from `$CREDENTIALS_DIRECTORY`.
+    """
     if isinstance(value, str):
         return Secret(value), True
     if "env" in value:
@@ -85,7 +109,7 @@ def resolve_secret(value: str | Mapping[str, str], *, base_dir: Path) -> tuple[S
         path = base_dir / value["file"]
         return Secret(_read(path, "file")), False
     if "credential" in value:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        directory = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
             raise SecretError(
                 f"credential {value['credential']!r} asked for, but $CREDENTIALS_DIRECTORY is not set "

@@ -16,11 +16,13 @@ import time
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["SECRET_PREFIX", "WebhookSigner", "decode_secret", "sign", "verify"]
+__all__ = ["PLACEHOLDER_SECRET", "SECRET_PREFIX", "WebhookSigner", "decode_secret", "sign", "verify"]
 
 SECRET_PREFIX: Final = "whsec_"
 #: Standard Webhooks asks for keys of 24 to 64 bytes
 MIN_KEY_BYTES: Final = 24
+#: a well-formed secret standing in for one not resolved (`secret_schema`): a key of 32 zero bytes
+PLACEHOLDER_SECRET: Final = SECRET_PREFIX + base64.b64encode(bytes(32)).decode("ascii")
 #: how far a timestamp may be from now when verifying (the spec's suggestion)
 DEFAULT_TOLERANCE: Final = 300
 

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -226,6 +227,34 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def directory_problem(path: Path) -> str | None:
+    """Why this process could not create directory `path` or files in it (the spool's `data_dir`); None if it can.
+
+    Writes a file to find out, since permission bits do not tell (root ignores them; a read-only mount or
+    /proc refuses anyway). The file is an unnamed temporary one in `path` or, when `path` does not exist
+    yet, in its nearest existing ancestor: nothing is left behind, and nothing is created.
+    """
+    probe = path
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    uid = os.geteuid()
+    if not probe.is_dir():
+        if probe == path:
+            return f"{path} is not a directory"
+        return f"{path} cannot be created: {probe} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        if probe == path:
+            return f"{path} is not writable by uid {uid} ({exc.strerror})"
+        return f"{path} cannot be created by uid {uid}: cannot write in {probe} ({exc.strerror})"
+    spool = path / "spool.db"
+    if spool.exists() and not os.access(spool, os.R_OK | os.W_OK):
+        return f"{spool} is not readable and writable by uid {uid}"
+    return None
+
+
 class Spool:
     """Durable store of pending events, their deliveries and the dead letters.
 
@@ -260,7 +289,10 @@ class Spool:
 
     def open(self) -> None:
         # events hold personal data (mail bodies, attributes): the spool is the service user's alone
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f"{self.path}{suffix}", 0o600)

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from event_router.errors import ConfigError
 from event_router.secrets import redact_url
 
+#: what stands in for `url` (a secret: it holds the password) when the reference is not resolved
+PLACEHOLDER_URL = "amqp://unresolved:unresolved@127.0.0.1:5672/"
 #: JSON Schema fragment of the exchange types RabbitMQ ships
 EXCHANGE_TYPES = ["topic", "direct", "fanout", "headers"]
 

@@ -22,9 +22,10 @@ from event_router.durations import DURATION_SCHEMA, parse_duration
 from event_router.errors import ConfigError, SpoolFull
 from event_router.event import Event
 from event_router.plugin import EventSink, Input, PluginContext
-from event_router.secrets import SECRET_SCHEMA
+from event_router.secrets import secret_schema
 from event_router_amqp.common import (
     EXCHANGE_TYPES,
+    PLACEHOLDER_URL,
     Backoff,
     check_url,
     describe_error,
@@ -110,7 +111,7 @@ class AmqpInput(Input):
         "additionalProperties": False,
         "required": ["url"],
         "properties": {
-            "url": SECRET_SCHEMA,
+            "url": secret_schema(PLACEHOLDER_URL),
             "exchange": {"type": "string", "description": 'the Connector\'s exchange; "" is the default exchange'},
             "exchange_type": {"enum": EXCHANGE_TYPES},
             "declare_exchange": {"type": "boolean"},

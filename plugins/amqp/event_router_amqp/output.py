@@ -16,9 +16,9 @@ import orjson
 
 from event_router.errors import ConfigError, PermanentError, RetryableError
 from event_router.plugin import Delivery, Output, PluginContext
-from event_router.secrets import SECRET_SCHEMA
+from event_router.secrets import secret_schema
 from event_router.templates import MissingValueError, Template, TemplateError, compile_template
-from event_router_amqp.common import EXCHANGE_TYPES, check_url, describe_error, redact_url
+from event_router_amqp.common import EXCHANGE_TYPES, PLACEHOLDER_URL, check_url, describe_error, redact_url
 
 # aio-pika is imported in the methods that publish: routers without AMQP skip its memory and start-up cost
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class AmqpOutput(Output):
         "additionalProperties": False,
         "required": ["url", "exchange"],
         "properties": {
-            "url": SECRET_SCHEMA,
+            "url": secret_schema(PLACEHOLDER_URL),
             "exchange": {"type": "string", "maxLength": 255},
             "routing_key": {"type": "string"},
             "declare_exchange": {"type": "boolean"},

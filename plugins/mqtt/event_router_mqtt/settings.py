@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from event_router.durations import DURATION_SCHEMA, parse_duration
 from event_router.errors import ConfigError
-from event_router.secrets import SECRET_SCHEMA
+from event_router.secrets import secret_schema
 
 #: where the Connector publishes: its namespaces with `.` replaced by `/`, no prefix
 DEFAULT_TOPICS = ("transport/#", "consumption/#", "runtime/#")
@@ -27,7 +27,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["url"],
     "properties": {
-        "url": SECRET_SCHEMA,
+        # a password may be in it; the stand-in when the reference is not resolved (`event-router status`...)
+        "url": secret_schema("mqtt://127.0.0.1:1883"),
         "topics": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
         # QoS 2 is refused: paho answers PUBREC before the application sees the message, which hands the
         # message over before it is stored.

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from event_router.durations import DURATION_SCHEMA, parse_duration
 from event_router.errors import ConfigError
-from event_router.secrets import SECRET_SCHEMA
+from event_router.secrets import secret_schema
 
 #: the channels the Connector publishes to are its namespaces; `*` in a Redis pattern also matches dots
 DEFAULT_PATTERNS = ("transport.*", "consumption.*", "runtime.*")
@@ -23,7 +23,8 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["url"],
     "properties": {
-        "url": SECRET_SCHEMA,
+        # a password may be in it; the stand-in when the reference is not resolved (`event-router status`...)
+        "url": secret_schema("redis://127.0.0.1:6379/0"),
         "mode": {"enum": ["pubsub", "stream"]},
         "patterns": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
         "stream": {"type": "string", "minLength": 1},

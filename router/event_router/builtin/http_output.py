@@ -26,9 +26,10 @@ from event_router.secrets import (
     is_credential_header,
     redact_url,
     scrub,
+    secret_schema,
     url_secrets,
 )
-from event_router.signing import WebhookSigner
+from event_router.signing import PLACEHOLDER_SECRET, WebhookSigner
 from event_router.templates import Template, TemplateError, compile_template
 
 #: event fields a URL template may use (in the path and query only)
@@ -124,7 +125,7 @@ class HttpOutput(Output):
             "tls_verify": {"type": "boolean"},
             "ca_file": {"type": "string", "minLength": 1},
             "follow_redirects": {"type": "boolean"},
-            "signing_secret": SECRET_SCHEMA,
+            "signing_secret": secret_schema(PLACEHOLDER_SECRET),
         },
     }
 

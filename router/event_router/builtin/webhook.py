@@ -30,11 +30,11 @@ from event_router.builtin.webhook_fronts import Fronts
 from event_router.errors import ConfigError, RouterError, SpoolFull
 from event_router.event import Event
 from event_router.hookspecs import hookimpl
-from event_router.listen import parse_listen
+from event_router.listen import listen_error, parse_listen
 from event_router.plugin import EventSink, Input, PluginContext
 from event_router.ratelimit import RateLimiter
-from event_router.secrets import SECRET_SCHEMA
-from event_router.signing import decode_secret, verify
+from event_router.secrets import SECRET_SCHEMA, secret_schema
+from event_router.signing import PLACEHOLDER_SECRET, decode_secret, verify
 
 #: request headers kept in the event's meta; credentials never are
 _KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type", "webhook-id")
@@ -101,7 +101,7 @@ class WebhookInput(Input):
             "signing_secrets": {
                 "type": "array",
                 "minItems": 1,
-                "items": SECRET_SCHEMA,
+                "items": secret_schema(PLACEHOLDER_SECRET),
                 "description": "Standard Webhooks secrets (whsec_...); several during a key rotation",
             },
             "signature_tolerance": {"type": "integer", "minimum": 1, "description": "seconds (300)"},
@@ -221,9 +221,7 @@ class WebhookInput(Input):
             try:
                 await site.start()
             except OSError as exc:
-                raise OSError(
-                    exc.errno, f"input {self.name}: cannot listen on {self.host}:{self.port}: {exc.strerror}"
-                ) from exc
+                raise listen_error("listen", self.host, self.port, exc) from exc
             server = site._server
             sockets: Sequence[Any] = getattr(server, "sockets", ()) or ()
             self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
@@ -244,9 +242,7 @@ class WebhookInput(Input):
         try:
             listener = _listen_socket(self.host, self.port)
         except OSError as exc:
-            raise OSError(
-                exc.errno, f"input {self.name}: cannot listen on {self.host}:{self.port}: {exc.strerror}"
-            ) from exc
+            raise listen_error("listen", self.host, self.port, exc) from exc
         with listener:
             self.bound_port = listener.getsockname()[1]
             self._fronts = Fronts(self, sink)
