@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -388,8 +388,17 @@ LIVE_ROUTERS: set[RouterProcess] = set()
 class RouterProcess:
     """`event-router run` in a subprocess, readiness taken from a real sd_notify socket."""
 
-    def __init__(self, config: Path, *, env: dict[str, str] | None = None, log: Path | None = None):
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        program: Sequence[str] = (sys.executable, "-m", "event_router"),
+    ):
         self.config = config
+        #: the command before `run`: this interpreter's router, or another install's (`venv/bin/event-router`)
+        self.program = list(program)
         self.env = env or {}
         self.log_path = log or config.with_suffix(".log")
         self.notify_path = config.parent / f"notify-{os.getpid()}-{id(self)}.sock"
@@ -404,7 +413,7 @@ class RouterProcess:
         self._sock.bind(str(self.notify_path))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "event_router", "run", "-c", str(self.config), "--log-format", "json"],
+            [*self.program, "run", "-c", str(self.config), "--log-format", "json"],
             env={**os.environ, "NOTIFY_SOCKET": str(self.notify_path), **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,309 @@
+"""The wheels scripts/build-wheels makes, installed into fresh virtualenvs, run the router.
+
+This checkout's .venv has every distribution and dev tool at once, so a library one distribution forgets
+to declare is there anyway (prometheus-client came into it through the Pub/Sub plugin's dependencies).
+Here each install is a new `python -m venv` holding one set of wheels and what they declare, from the
+package index pip is configured with; every command runs that venv's own `event-router`, in a directory
+outside the checkout, with no PYTHONPATH. Nothing of .venv proves anything here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from event_router.testing import ROOT, RouterProcess, example, free_port, post, read_jsonl, wait_for
+
+# building the wheels and a venv's install take minutes on a busy machine; the first test pays for them
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+#: the plugins the project ships (plugins/_template is a folder to copy)
+PLUGINS = sorted(p.parent.name for p in (ROOT / "plugins").glob("*/pyproject.toml") if p.parent.name != "_template")
+
+#: per plugin: a config whose input is of the plugin's type (aimed at a loopback port nothing listens on:
+#: `check` builds the input without connecting)
+PLUGIN_INPUTS = {
+    "amqp": 'type = "amqp"\nurl = "amqp://guest:guest@127.0.0.1:{port}/"',
+    "mqtt": 'type = "mqtt"\nurl = "mqtt://127.0.0.1:{port}"',
+    "pubsub": 'type = "pubsub"\nproject = "test-project"\nsubscription = "connector-events"\n'
+    'emulator_host = "127.0.0.1:{port}"',
+    "redis": 'type = "redis"\nurl = "redis://127.0.0.1:{port}/0"',
+}
+
+#: the core's test kit modules that need its `testing` extra (pytest, hypothesis), absent from a router install
+NEEDS_TESTING_EXTRA = ["event_router.testing.fixtures", "event_router.testing.strategies"]
+
+#: imports every module of a package in the venv (what an input imports lazily too) and says where from
+IMPORT_ALL = """
+import importlib, importlib.util, json, pkgutil, sys
+package, skip = sys.argv[1], set(sys.argv[2:])
+root = importlib.import_module(package)
+names = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, package + ".")]
+failed = {}
+for name in names:
+    if name in skip or name.endswith(".__main__"):
+        continue
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        failed[name] = repr(exc)
+dev_only = [m for m in ("pytest", "hypothesis", "mypy", "hatchling") if importlib.util.find_spec(m)]
+print(json.dumps({"file": root.__file__, "prefix": sys.prefix, "modules": len(names), "failed": failed,
+                  "dev_only": dev_only}))
+"""
+
+
+#: the webhook inputs' API key (router.toml names the variable, as the shipped example does)
+ENV = {"ROUTER_WEBHOOK_API_KEY": "install-key"}
+HEADERS = {"x-api-key": "install-key"}
+
+
+def distribution_of(wheel: Path) -> str:
+    return wheel.name.split("-")[0].replace("_", "-")
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Distribution name -> its wheel, built once for the module by the project's own script."""
+    out = tmp_path_factory.mktemp("dist")
+    built = subprocess.run(
+        [str(ROOT / "scripts" / "build-wheels"), str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    found = {distribution_of(w): w for w in out.glob("*.whl")}
+    assert set(found) == {"enmeshed-event-router", *(f"event-router-{p}" for p in PLUGINS)}, built.stdout
+    assert built.stdout.split() == [str(w) for w in sorted(out.glob("*.whl"))]
+    return found
+
+
+def clean_env(venv: Path) -> dict[str, str]:
+    """This process's environment without anything that would put another install on the venv's path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+    return env
+
+
+@dataclass
+class Venv:
+    path: Path
+    #: where commands run: outside the checkout, so nothing of it is importable from the working directory
+    cwd: Path
+
+    def run(self, *args: str, program: str = "event-router") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.path / "bin" / program), *args],
+            cwd=self.cwd,
+            env={**clean_env(self.path), **ENV},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def config(self, name: str, text: str) -> Path:
+        path = self.cwd / name
+        path.write_text(text)
+        return path
+
+    def import_all(self, package: str, *skip: str) -> dict[str, object]:
+        done = self.run("-c", IMPORT_ALL, package, *skip, program="python")
+        assert done.returncode == 0, done.stderr
+        report: dict[str, object] = json.loads(done.stdout)
+        return report
+
+
+def make_venv(root: Path, *wheels: Path, own_pip: bool) -> Venv:
+    """A new venv with `wheels` and their dependencies. `own_pip`: with pip in it, installing with it, as
+    docs/operating.md does; otherwise without (ensurepip costs seconds per venv), installed by this
+    interpreter's pip for the venv's interpreter (`pip --python`): either way only the venv gets packages."""
+    path = root / "venv"
+    created = subprocess.run(
+        [sys.executable, "-m", "venv", *([] if own_pip else ["--without-pip"]), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+    pip = (
+        [str(path / "bin" / "pip")]
+        if own_pip
+        else [sys.executable, "-m", "pip", "--python", str(path / "bin" / "python")]
+    )
+    installed = subprocess.run(
+        [*pip, "install", "--quiet", "--no-compile", *map(str, wheels)],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=clean_env(path),
+        timeout=600,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    checked = subprocess.run([*pip, "check"], capture_output=True, text=True, cwd=root, timeout=120, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    work = root / "work"
+    work.mkdir()
+    return Venv(path, work)
+
+
+@pytest.fixture(scope="module")
+def core(tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, Path]) -> Venv:
+    """The core wheel alone, installed as docs/operating.md says."""
+    return make_venv(tmp_path_factory.mktemp("core"), wheels["enmeshed-event-router"], own_pip=True)
+
+
+@pytest.fixture(scope="module", params=PLUGINS)
+def plugin(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def plugin_venv(plugin: str, tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, Path]) -> Venv:
+    """The core wheel and one plugin's wheel, nothing else of this repository."""
+    root = tmp_path_factory.mktemp(f"plugin-{plugin}")
+    return make_venv(root, wheels["enmeshed-event-router"], wheels[f"event-router-{plugin}"], own_pip=False)
+
+
+def builtin_config(port: int, admin: int, front: int) -> str:
+    return f"""
+[router]
+data_dir = "./var"
+shutdown_timeout = "5s"
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
+[inputs.front]
+type = "webhook"
+listen = "127.0.0.1:{front}"
+api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
+processes = 1
+[outputs.archive]
+type = "file"
+path = "./var/events.jsonl"
+[[routes]]
+name = "archive everything"
+match = {{ trigger = ["**"] }}
+to = ["archive"]
+"""
+
+
+def test_core_alone_has_everything_it_imports(core: Venv) -> None:
+    report = core.import_all("event_router", *NEEDS_TESTING_EXTRA)
+    assert report["failed"] == {}
+    assert Path(str(report["file"])).is_relative_to(core.path), report
+    assert Path(str(report["prefix"])) == core.path
+    # the control that this is not .venv: the dev tools are not there
+    assert report["dev_only"] == []
+    assert int(str(report["modules"])) > 40
+
+
+def test_core_alone_version(core: Venv) -> None:
+    done = core.run("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"event-router {VERSION}\n"
+
+
+def test_core_alone_check_schemas_plugins(core: Venv) -> None:
+    config = core.config("router.toml", builtin_config(free_port(), free_port(), free_port()))
+    checked = core.run("check", "-c", str(config))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout == f"{config}: ok: 2 input(s), 1 output(s), 1 route(s), 41 event schemas\n"
+    schemas = core.run("schemas", "--json", "-c", str(config))
+    assert schemas.returncode == 0, schemas.stderr
+    assert len(json.loads(schemas.stdout)) == 41
+    plugins = core.run("plugins", "--json")
+    assert plugins.returncode == 0, plugins.stderr
+    listed = json.loads(plugins.stdout)
+    assert {p["name"] for p in listed} == {"builtin.webhook", "builtin.file", "builtin.http", "builtin.connector"}
+
+
+def test_core_alone_refuses_a_broker_input(core: Venv) -> None:
+    """The control for the plugin venvs below: their `check` passes because of the plugin."""
+    config = core.config("amqp.toml", f"[inputs.q]\n{PLUGIN_INPUTS['amqp'].format(port=free_port())}\n")
+    checked = core.run("check", "-c", str(config))
+    assert checked.returncode != 0
+    assert "amqp" in checked.stdout + checked.stderr
+
+
+def test_core_alone_runs_webhook_to_file(core: Venv) -> None:
+    port, admin, front = free_port(), free_port(), free_port()
+    config = core.config("run.toml", builtin_config(port, admin, front))
+    router = RouterProcess(
+        config,
+        env={**clean_env(core.path), **ENV},
+        program=[str(core.path / "bin" / "event-router")],
+    )
+    with router:
+        ids = []
+        for target, trigger in ((port, "transport.messageReceived"), (front, "transport.relationshipChanged")):
+            status, body, _ = post(f"http://127.0.0.1:{target}/events", example(trigger), HEADERS)
+            assert status == 202, body
+            ids.append(body["id"])
+        archive = core.cwd / "var" / "events.jsonl"
+        lines = wait_for(lambda: len(read_jsonl(archive)) == 2 and read_jsonl(archive), what="2 archived lines")
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert router.terminate() == 0, router.logs()
+    assert sorted(line["id"] for line in lines) == sorted(ids)
+    assert {line["trigger"] for line in lines} == {"transport.messageReceived", "transport.relationshipChanged"}
+    assert re.search(
+        r'event_router_events_received_total\{input="connector",trigger="transport.messageReceived"\} 1', metrics
+    )
+    messages = [r["msg"] for r in router.log_records()]
+    assert "router ready" in messages and "router stopped" in messages
+
+
+def test_every_plugin_has_an_input_config() -> None:
+    assert sorted(PLUGIN_INPUTS) == PLUGINS
+
+
+def test_plugin_installs_with_what_it_imports(plugin: str, plugin_venv: Venv) -> None:
+    report = plugin_venv.import_all(f"event_router_{plugin}")
+    assert report["failed"] == {}
+    assert Path(str(report["file"])).is_relative_to(plugin_venv.path), report
+    assert report["dev_only"] == []
+
+
+def test_plugin_version_lists_it(plugin: str, plugin_venv: Venv) -> None:
+    done = plugin_venv.run("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"event-router {VERSION}\n  event-router-{plugin} {VERSION}\n"
+
+
+def test_plugin_types_listed_and_checked(plugin: str, plugin_venv: Venv) -> None:
+    listed = plugin_venv.run("plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = [p for p in json.loads(listed.stdout) if not p["builtin"]]
+    assert (entry["name"], entry["distribution"], entry["version"]) == (plugin, f"event-router-{plugin}", VERSION)
+    assert plugin in entry["inputs"]
+    config = plugin_venv.config(
+        "router.toml",
+        f"""
+[inputs.broker]
+{PLUGIN_INPUTS[plugin].format(port=free_port())}
+[outputs.archive]
+type = "file"
+path = "./var/events.jsonl"
+[[routes]]
+name = "archive everything"
+match = {{ trigger = ["**"] }}
+to = ["archive"]
+""",
+    )
+    checked = plugin_venv.run("check", "-c", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout == f"{config}: ok: 1 input(s), 1 output(s), 1 route(s), 41 event schemas\n"
