@@ -221,10 +221,10 @@ def test_core_alone_check_schemas_plugins(core: Venv) -> None:
     config = core.config("router.toml", builtin_config(free_port(), free_port(), free_port()))
     checked = core.run("check", "-c", str(config))
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout == f"{config}: ok: 2 input(s), 1 output(s), 1 route(s), 41 event schemas\n"
+    assert checked.stdout == f"{config}: ok: 2 input(s), 1 output(s), 1 route(s), 60 event schemas\n"
     schemas = core.run("schemas", "--json", "-c", str(config))
     assert schemas.returncode == 0, schemas.stderr
-    assert len(json.loads(schemas.stdout)) == 41
+    assert len(json.loads(schemas.stdout)) == 60
     plugins = core.run("plugins", "--json")
     assert plugins.returncode == 0, plugins.stderr
     listed = json.loads(plugins.stdout)
@@ -306,4 +306,4 @@ to = ["archive"]
     )
     checked = plugin_venv.run("check", "-c", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout == f"{config}: ok: 1 input(s), 1 output(s), 1 route(s), 41 event schemas\n"
+    assert checked.stdout == f"{config}: ok: 1 input(s), 1 output(s), 1 route(s), 60 event schemas\n"
