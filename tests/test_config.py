@@ -5,12 +5,14 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import orjson
 import pytest
 
 from event_router.config import ConfigErrors, build_config, load_config
 from event_router.durations import parse_duration
 from event_router.plugins import load_plugins
 from event_router.secrets import Secret
+from event_router.testing import run_cli
 
 BASE = """
 [router]
@@ -102,8 +104,36 @@ BROKEN = [
     ),
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrotate = true'),
-        "router.toml: outputs.archive: unknown key 'rotate' (allowed: fsync, mode, path) (plugin file)",
+        "router.toml: outputs.archive: unknown key 'rotate' "
+        "(allowed: concurrency, fsync, mode, path, retry, timeout, type) (plugin file)",
         id="unknown-plugin-key",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\ntimout = 5'),
+        "router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
+        "(allowed: concurrency, fsync, mode, path, retry, timeout, type) (plugin file)",
+        id="core-output-key-typo",
+    ),
+    pytest.param(
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nvalidaton = "warn"'),
+        "router.toml: inputs.connector: unknown key 'validaton'; did you mean 'validation'? (allowed: allow_networks,",
+        id="core-input-key-typo",
+    ),
+    pytest.param(
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nvalidaton = "warn"'),
+        "type, unknown_triggers, validation) (plugin webhook)",
+        id="core-input-keys-listed",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nconcurency = 2\nfsnyc = true'),
+        "router.toml: outputs.archive: unknown keys 'concurency', 'fsnyc'; did you mean 'concurrency' for "
+        "'concurency', 'fsync' for 'fsnyc'? (allowed: concurrency, fsync",
+        id="several-key-typos",
+    ),
+    pytest.param(
+        BASE.replace("[router]", "[router]\nlog_levl = 'debug'"),
+        "router.toml: router: unknown key 'log_levl'; did you mean 'log_level'? (allowed: admin, data_dir,",
+        id="router-key-typo",
     ),
     pytest.param(
         BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nvalidation = "lenient"'),
@@ -272,3 +302,44 @@ def test_durations(value: float | str, seconds: float) -> None:
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ValueError, match=r"duration|negative"):
         parse_duration(value)  # type: ignore[arg-type]
+
+
+ROUTE_TRIGGER_TYPOS = """
+[[routes]]
+name = "typo"
+to = ["archive"]
+[routes.match]
+trigger = ["transport.messageRecieved", "router.actionFailed", "consumption.relationshipEvent.x", "runtime.*"]
+[[routes]]
+name = "in an or"
+match = { "$or" = [{ trigger = "transport.mesageSent" }, { "data.id" = ["x"] }] }
+to = ["archive"]
+"""
+
+
+def test_check_warns_about_a_route_trigger_no_schema_knows(tmp_path: Path) -> None:
+    """Such a condition passes `check` and never matches: a typo that costs every event it was meant for."""
+    config = tmp_path / "router.toml"
+    config.write_text(BASE + ROUTE_TRIGGER_TYPOS)
+    checked = run_cli("check", "-c", str(config))
+    assert checked.returncode == 0, checked.stderr
+    warnings = [line for line in checked.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: router.toml: routes[1].match.trigger[0]: no schema knows the trigger 'transport.messageRecieved': "
+        "this condition never matches; did you mean 'transport.messageReceived'?",
+        "warning: router.toml: routes[2].match.$or[0].trigger: no schema knows the trigger 'transport.mesageSent': "
+        "this condition never matches; did you mean 'transport.messageSent'?",
+    ], checked.stderr
+    as_json = orjson.loads(run_cli("check", "-c", str(config), "--json").stdout)
+    assert as_json["warnings"] == [w.removeprefix("warning: ") for w in warnings], as_json
+
+
+def test_check_names_the_core_keys_and_the_key_meant(tmp_path: Path) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\ntimout = "5s"'))
+    checked = run_cli("check", "-c", str(config))
+    assert checked.returncode != 0
+    assert (
+        "error: router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
+        "(allowed: concurrency, fsync, mode, path, retry, timeout, type) (plugin file)"
+    ) in checked.stderr, checked.stderr

@@ -204,6 +204,7 @@ async def _serve(app: App) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from event_router.app import load_schemas
+    from event_router.routing import unknown_triggers
     from event_router.spool import directory_problem
 
     try:
@@ -223,19 +224,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problem is not None:
         raise ConfigErrors([ConfigError("router.data_dir", problem, file=config.path.name)])
     schemas = load_schemas(config, registry)
+    warnings = [*config.warnings] + [
+        f"{config.path.name}: routes[{route.index}].match.{warning}"
+        for route in config.routes
+        for warning in unknown_triggers(route.match, schemas.triggers(), schemas.is_known)
+    ]
     summary = {
         "config": str(args.config),
         "inputs": {name: i.type for name, i in config.inputs.items()},
         "outputs": {name: o.type for name, o in config.outputs.items()},
         "routes": [r.name for r in config.routes],
         "schemas": len(schemas.triggers()),
-        "warnings": list(config.warnings),
+        "warnings": warnings,
         "unresolved_secrets": list(config.unresolved_secrets),
     }
     if args.json:
         _print_json({"ok": True, **summary})
         return 0
-    for warning in config.warnings:
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if config.unresolved_secrets:
         print(

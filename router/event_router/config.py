@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from event_router.durations import DURATION_SCHEMA, parse_duration
-from event_router.errors import ConfigError, RouterError
+from event_router.errors import ConfigError, RouterError, closest
 from event_router.listen import parse_listen
 from event_router.plugin import Input, Output, PluginContext
 from event_router.plugins import PluginRegistry
@@ -182,6 +182,8 @@ class RouteConfig:
     retry: Mapping[str, Any]
     #: route keys the core passes to outputs untouched (the Connector output's `action`)
     options: Mapping[str, Any]
+    #: the `match` table as written (`check` looks at the triggers it names)
+    match: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +412,7 @@ class _Loader:
     ) -> Any:
         plugin_label = cls.type_name
         own = {k: v for k, v in table.items() if k not in core_keys}
-        errors = _schema_errors(cls.config_schema, own)
+        errors = _schema_errors(cls.config_schema, own, core_keys=tuple(core_keys))
         for sub, message in errors:
             self.error(f"{key}.{sub}" if sub else key, message, plugin_label)
         if errors:
@@ -524,6 +526,7 @@ class _Loader:
                     reshape=reshape,
                     retry=table.get("retry", {}),
                     options=options,
+                    match=spec,
                 )
             )
         return routes
@@ -597,11 +600,15 @@ def _type_of(value: Any) -> str:
     return "a string" if isinstance(value, str) else type(value).__name__
 
 
-def _schema_errors(schema: Mapping[str, Any], instance: Any) -> list[tuple[str, str]]:
-    """(dotted key path, message) for every violation, in document order, messages made for people."""
+def _schema_errors(schema: Mapping[str, Any], instance: Any, *, core_keys: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(dotted key path, message) for every violation, in document order, messages made for people.
+
+    `core_keys`: keys of a plugin table the core reads, taken out of `instance` before it is checked
+    against the plugin's schema; an unknown key at the top lists them among the allowed ones.
+    """
     validator = Draft202012Validator(dict(schema))
     found = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
-    return [(_key_path(e.absolute_path), _message(e)) for e in found]
+    return [(_key_path(e.absolute_path), _message(e, () if e.absolute_path else core_keys)) for e in found]
 
 
 def _key_path(parts: Iterable[Any]) -> str:
@@ -611,13 +618,18 @@ def _key_path(parts: Iterable[Any]) -> str:
     return out
 
 
-def _message(error: ValidationError) -> str:
+def _message(error: ValidationError, core_keys: Sequence[str] = ()) -> str:
     schema = error.schema if isinstance(error.schema, Mapping) else {}
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        allowed = sorted(schema.get("properties", {}))
+        allowed = sorted({*schema.get("properties", {}), *core_keys})
         unknown = sorted(k for k in error.instance if k not in allowed)
+        guesses = [(key, guess) for key in unknown if (guess := closest(str(key), allowed)) is not None]
+        if len(unknown) == 1 and guesses:
+            guess = f"; did you mean {guesses[0][1]!r}?"
+        else:
+            guess = f"; did you mean {', '.join(f'{g!r} for {k!r}' for k, g in guesses)}?" if guesses else ""
         hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-        return f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}"
+        return f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{guess}{hint}"
     if error.validator == "required":
         return str(error.message).replace("is a required property", "is required but missing")
     if error.validator == "propertyNames" or "propertyNames" in error.schema_path:

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class RouterError(Exception):
     """Base class of every error the router raises on purpose."""
+
+
+def closest(word: str, known: Iterable[str]) -> str | None:
+    """The known name a misspelt `word` most likely meant, or None when none is close."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`"; did you mean 'x'?"` for the known name closest to `word`, or "" when none is close."""
+    close = closest(word, known)
+    return f"; did you mean {close!r}?" if close is not None else ""
 
 
 class ConfigError(RouterError):

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from event_router import event as event_module
+from event_router.errors import did_you_mean
 from event_router.templates import MISSING, OPEN, TemplateError, compile_template, get_path, split_path
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "compile_reshape",
     "compile_trigger_filter",
     "trigger_matches",
+    "unknown_triggers",
 ]
 
 #: takes `Event.to_dict()`
@@ -133,6 +135,35 @@ def compile_trigger_filter(spec: Mapping[str, Any]) -> Callable[[str], bool] | N
 
 def _always(event: Mapping[str, Any]) -> bool:
     return True
+
+
+#: triggers in this namespace are the router's own events (an action's result): no schema describes them
+ROUTER_NAMESPACE: Final = "router."
+
+
+def unknown_triggers(spec: Mapping[str, Any], known: Sequence[str], is_known: Callable[[str], bool]) -> list[str]:
+    """What `check` warns about a compiled `match` pattern: each trigger named in it (exactly: no glob, no
+    operator; at the top or in `$or` branches) that no schema knows. Usually a typo: such a condition never
+    matches what the Connector sends. `known`: the schemas' triggers, for "did you mean"."""
+    found: list[str] = []
+
+    def walk(table: Mapping[str, Any], where: str) -> None:
+        value = table.get("trigger")
+        conditions = value if isinstance(value, list) else [value]
+        for index, name in enumerate(conditions):
+            if not isinstance(name, str) or "*" in name or name.startswith(ROUTER_NAMESPACE) or is_known(name):
+                continue
+            at = _join(where, "trigger") + (f"[{index}]" if isinstance(value, list) else "")
+            found.append(
+                f"{at}: no schema knows the trigger {name!r}: this condition never matches{did_you_mean(name, known)}"
+            )
+        branches = table.get("$or")
+        for index, branch in enumerate(branches if isinstance(branches, list) else []):
+            if isinstance(branch, Mapping):
+                walk(branch, f"{_join(where, '$or')}[{index}]")
+
+    walk(spec, "")
+    return found
 
 
 def _compile_pattern(table: Mapping[Any, Any], where: str, base: tuple[str, ...]) -> Matcher:
