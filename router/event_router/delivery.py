@@ -38,6 +38,9 @@ class _Pending:
     route: str
     attempts: int
     first_at: float
+    #: the event's id and trigger, kept after `shed` for the log lines of the outcome
+    event_id: str = ""
+    trigger: str = ""
     event: Event | None = None
     body: bytes | None = None
     payload: Any = None
@@ -51,6 +54,8 @@ class _Pending:
             route=row.route,
             attempts=row.attempts,
             first_at=row.first_at,
+            event_id=row.event_id,
+            trigger=row.trigger,
             body=row.body,
             payload_raw=row.payload,
             reshaped=row.payload is not None,
@@ -155,7 +160,13 @@ class OutputWorker:
             self._wake.set()
             return
         pending = _Pending(
-            did=did, route=planned.route, attempts=0, first_at=self.spool.clock.now(), reshaped=planned.reshaped
+            did=did,
+            route=planned.route,
+            attempts=0,
+            first_at=self.spool.clock.now(),
+            event_id=event.id,
+            trigger=event.trigger,
+            reshaped=planned.reshaped,
         )
         pending.body = body  # held by the spool write anyway; outputs may send these bytes as they are
         if len(self._buffer) < self.PARSED_AHEAD:  # goes out soon: no need to parse it again
@@ -289,10 +300,16 @@ class OutputWorker:
         done: list[int] = []
         retry: list[tuple[int, int, float, str]] = []
         dead: list[tuple[int, str, str, int]] = []
+        #: what the log lines say of each delivery, by id
+        failed: dict[int, _Pending] = {}
+        recovered: list[_Pending] = []
         for pending, outcome in zip(batch, outcomes, strict=True):
             if outcome is None:
                 done.append(pending.did)
+                if pending.attempts:
+                    recovered.append(pending)
                 continue
+            failed[pending.did] = pending
             attempts = pending.attempts + 1
             message = describe_failure(outcome)
             policy = self.policy_for(pending.route)
@@ -304,7 +321,7 @@ class OutputWorker:
                 retry_after = outcome.retry_after if isinstance(outcome, DeliveryError) else None
                 due = now + policy.delay(attempts, retry_after, age=now - pending.first_at)
                 retry.append((pending.did, attempts, due, message))
-        await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
+        dlids = await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
         # armed only now: a due time passing while the outcome was still being committed (a short jittered
         # backoff, a slow disk) found no row to fetch and was used up, leaving the retry to the next poll
         for _, _, due, _ in retry:
@@ -314,28 +331,40 @@ class OutputWorker:
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if outcome is None:
                     self.stats.observe("delivery_latency_seconds", now - pending.first_at, output=self.name)
+        # a delivery that failed before and now went through: the end of an outage shows in the log
+        for pending in recovered:
+            log.info(f"delivered after {pending.attempts + 1} attempts", extra=self._fields(pending))
         for did, attempts, due, message in retry:
             self.stats.incr("deliveries", output=self.name, outcome="retry")
             log.info(
                 "delivery failed, will retry",
                 extra={
-                    "output": self.name,
-                    "delivery": did,
+                    **self._fields(failed[did]),
                     "attempt": attempts,
                     "retry_in": round(due - now, 3),
                     "error": message,
                 },
             )
-        for did, reason, message, attempts in dead:
+        for (did, reason, message, attempts), dlid in zip(dead, dlids, strict=True):
             self.stats.incr("deliveries", output=self.name, outcome=reason)
             self.stats.incr("dead_letters", reason=reason, output=self.name)
             log.warning(
                 "delivery dead-lettered",
                 extra={
-                    "output": self.name,
-                    "delivery": did,
+                    **self._fields(failed[did]),
+                    "dead_letter": dlid,
                     "reason": reason,
                     "attempts": attempts,
                     "error": message,
                 },
             )
+
+    def _fields(self, pending: _Pending) -> dict[str, Any]:
+        """What every log line about a delivery carries: enough to find the event, the route and the output."""
+        return {
+            "event_id": pending.event_id,
+            "trigger": pending.trigger,
+            "route": pending.route,
+            "output": self.name,
+            "delivery": pending.did,
+        }

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from event_router.config import InputConfig, RouteConfig, RouterConfig
-from event_router.errors import SpoolFull
+from event_router.errors import SpoolFull, did_you_mean
 from event_router.event import Event
 from event_router.plugin import SubmitResult
 from event_router.spool import NewDelivery, Spool, StoreDeadLetter, StoreEvent
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from event_router.delivery import OutputWorker
 
 log = logging.getLogger("event_router.pipeline")
+
+#: distinct unknown triggers named in the log; a sender can invent any number, the log says so once
+MAX_UNKNOWN_TRIGGERS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,8 @@ def plan_event(
         plan.dead_letter = ("validation", "; ".join(result.errors))
         return plan
     if result.schema is None and unknown_triggers == "dead-letter":
-        plan.dead_letter = ("unknown_trigger", f"no schema for trigger {event.trigger!r}")
+        hint = did_you_mean(event.trigger, schemas.triggers())
+        plan.dead_letter = ("unknown_trigger", f"no schema for trigger {event.trigger!r}{hint}")
         return plan
     as_dict = event.to_dict()
     for route in config.routes_for(event.trigger):
@@ -98,6 +102,8 @@ class Pipeline:
         self.spool = spool
         self.stats = stats
         self.workers: dict[str, OutputWorker] = {}
+        #: unknown triggers already warned about (each once per run), at most MAX_UNKNOWN_TRIGGERS
+        self._unknown: set[str] = set()
 
     def sink_for(self, input_config: InputConfig) -> InputSink:
         return InputSink(self, input_config)
@@ -130,9 +136,33 @@ class Pipeline:
         by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
         results: list[SubmitResult] = []
         for plan in plans:
+            if plan.validation.schema is None and not isinstance(input_config, InternalSource):
+                self._unknown_trigger(input_config.name, plan.event)
             ids, item = by_plan.get(id(plan), (None, None))
             results.append(self._settle(input_config.name, plan, ids, item))
         return results
+
+    def _unknown_trigger(self, input_name: str, event: Event) -> None:
+        """An input's event that no schema knows: often a typo at the sender, so say it, once per trigger.
+
+        Counted by input only (`unknown_triggers_total{input}`): trigger names come from the sender, and a
+        label per name would let it grow the metrics without bound. The log names each trigger instead.
+        """
+        self.stats.incr("unknown_triggers", input=input_name)
+        trigger = event.trigger
+        if trigger in self._unknown or len(self._unknown) > MAX_UNKNOWN_TRIGGERS:
+            return
+        self._unknown.add(trigger)
+        extra = {"input": input_name, "trigger": trigger, "event_id": event.id}
+        if len(self._unknown) > MAX_UNKNOWN_TRIGGERS:
+            log.warning(
+                f"more than {MAX_UNKNOWN_TRIGGERS} distinct unknown triggers: no more warnings about new ones "
+                "(unknown_triggers_total still counts them)",
+                extra=extra,
+            )
+            return
+        hint = did_you_mean(trigger, self.schemas.triggers())
+        log.warning(f"unknown trigger {trigger!r}: no schema knows it{hint}", extra=extra)
 
     def _settle(
         self,
@@ -153,7 +183,14 @@ class Pipeline:
             self.stats.incr("dead_letters", reason=reason)
             log.warning(
                 "event dead-lettered",
-                extra={"event_id": event.id, "trigger": event.trigger, "reason": reason, "error": error},
+                extra={
+                    "event_id": event.id,
+                    "trigger": event.trigger,
+                    "input": input_name,
+                    "dead_letter": stored,
+                    "reason": reason,
+                    "error": error,
+                },
             )
             return SubmitResult(event.id, "dead_lettered", plan.validation.errors, stored)
         if not plan.deliveries:
@@ -178,7 +215,10 @@ class Pipeline:
         (dlid,) = await self.spool.store([item])
         assert isinstance(dlid, int)
         self.stats.incr("dead_letters", reason="undecodable")
-        log.warning("input dead-lettered", extra={"input": input_name, "trigger": trigger, "error": reason})
+        log.warning(
+            "input dead-lettered",
+            extra={"input": input_name, "trigger": trigger, "dead_letter": dlid, "error": reason},
+        )
         return dlid
 
 
@@ -226,3 +266,6 @@ class InputSink:
 
     async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
         return await self._pipeline.reject(self._input.name, raw, reason, trigger=trigger, meta=meta)
+
+    def refused(self, status: int) -> None:
+        self._pipeline.stats.incr("requests_rejected", input=self._input.name, status=str(status))

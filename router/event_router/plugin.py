@@ -62,6 +62,13 @@ class EventSink(Protocol):
         """
         ...
 
+    def refused(self, status: int) -> None:
+        """Count a request the input answered with an error status (`requests_rejected_total{input,status}`).
+
+        For inputs whose sender does not retry (a webhook): what they refuse is gone unless someone sees it.
+        """
+        ...
+
 
 @dataclass(slots=True)
 class Delivery:

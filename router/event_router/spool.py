@@ -29,7 +29,10 @@ from event_router.errors import RouterError
 
 log = logging.getLogger("event_router.spool")
 
-SCHEMA_VERSION = 1
+#: 2: delivery and dead letter ids never repeat (AUTOINCREMENT): logs and `dlq` commands name them, and an
+#: id must not come back for another delivery or dead letter after the old one was finished or purged
+SCHEMA_VERSION = 2
+#: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -40,7 +43,7 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
-    did INTEGER PRIMARY KEY,
+    did INTEGER PRIMARY KEY AUTOINCREMENT,
     seq INTEGER NOT NULL REFERENCES events(seq),
     output TEXT NOT NULL,
     route TEXT NOT NULL,
@@ -53,7 +56,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(output, due, did);
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries(seq);
 CREATE TABLE IF NOT EXISTS dead_letters (
-    dlid INTEGER PRIMARY KEY,
+    dlid INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT,
     trigger TEXT,
     source TEXT,
@@ -158,6 +161,9 @@ class DeliveryRow:
     attempts: int
     first_at: float
     body: bytes
+    #: the event's, for the delivery's log lines
+    event_id: str = ""
+    trigger: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +313,8 @@ class Spool:
                 raise SpoolError(
                     f"spool {self.path} was written by a newer router (schema {version[0]}); upgrade first"
                 )
+            elif int(version[0]) < SCHEMA_VERSION:
+                _migrate(conn)
             self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             self.clock.adopt(read_anchor(conn))
         except sqlite3.Error as exc:
@@ -596,7 +604,7 @@ class Spool:
         for start in range(0, len(dids), 500):
             chunk = dids[start : start + 500]
             rows = self._reader.execute(
-                "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body "
+                "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, e.trigger "
                 f"FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.did IN ({','.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
@@ -617,6 +625,43 @@ class Spool:
         return dict(rows)
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2, in one transaction: deliveries and dead letters become AUTOINCREMENT tables, rows kept.
+
+    SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
+    old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        moved = []
+        for table in ("deliveries", "dead_letters"):
+            (sql,) = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+            if "AUTOINCREMENT" in sql.upper():
+                continue
+            # the indexes would go with the renamed table and keep their names: _DDL makes them again
+            indexes = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
+            ).fetchall()
+            for (index,) in indexes:
+                conn.execute(f'DROP INDEX "{index}"')
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+            moved.append(table)
+        for statement in _DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for table in moved:
+            conn.execute(f"INSERT INTO {table} SELECT * FROM {table}_v1")
+            conn.execute(f"DROP TABLE {table}_v1")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.info("spool upgraded", extra={"schema_version": SCHEMA_VERSION, "tables": moved})
+
+
 def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
     if shift:
         conn.execute("UPDATE deliveries SET due = due + ?, first_at = first_at + ?", (shift, shift))
@@ -635,9 +680,10 @@ _DELIVERY_INSERT = "INSERT INTO deliveries (seq, output, route, payload, due, fi
 def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
     """Insert `rows` with as few statements as possible; their new rowids, in order.
 
-    Rows without an explicit INTEGER PRIMARY KEY get one more than the table's largest, one after the
-    other in VALUES order; inside our write transaction nobody else inserts, so the ids of a statement's
-    rows are the consecutive run ending at its last_insert_rowid.
+    Rows without an explicit INTEGER PRIMARY KEY get one more than the largest the table ever had
+    (AUTOINCREMENT; `events` without it: its largest), one after the other in VALUES order; inside our write
+    transaction nobody else inserts, so the ids of a statement's rows are the consecutive run ending at its
+    last_insert_rowid.
     """
     ids: list[int] = []
     for start in range(0, len(rows), _ROWS_PER_INSERT):

@@ -28,6 +28,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("output", "outcome"),
     ),
     "spool_full_rejections": ("Submissions refused because the spool was full", ("input",)),
+    "requests_rejected": (
+        "Requests an input answered with an error status (401, 413, 429, 503...): the Connector never retries",
+        ("input", "status"),
+    ),
+    "unknown_triggers": ("Events whose trigger no schema knows (the log names each trigger once)", ("input",)),
     "reloads": ("Configuration reloads by result", ("result",)),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {

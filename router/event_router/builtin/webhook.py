@@ -15,7 +15,7 @@ import re
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from event_router.event import Event
 from event_router.hookspecs import hookimpl
 from event_router.listen import listen_error, parse_listen
 from event_router.plugin import EventSink, Input, PluginContext
-from event_router.ratelimit import RateLimiter
+from event_router.ratelimit import LogThrottle, RateLimiter
 from event_router.secrets import SECRET_SCHEMA, secret_schema
 from event_router.signing import PLACEHOLDER_SECRET, decode_secret, verify
 
@@ -58,12 +58,12 @@ def _response(answer: Answer) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-async def _not_post(request: web.Request) -> web.Response:
-    return _response((405, {"error": "only POST is accepted here"}, {"Allow": "POST"}))
+def _not_post(request: web.Request) -> Answer:
+    return 405, {"error": "only POST is accepted here"}, {"Allow": "POST"}
 
 
-async def _no_webhook(request: web.Request) -> web.Response:
-    return _response((404, {"error": f"no webhook at {request.path}"}, None))
+def _no_webhook(request: web.Request) -> Answer:
+    return 404, {"error": f"no webhook at {request.path}"}, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +181,8 @@ class WebhookInput(Input):
         self._fronts: Fronts | None = None
         self.bound_port: int | None = None
         self._ready = False
+        #: refusals are logged at most once a minute per (status, client), with how many were held back
+        self._refusals = LogThrottle()
 
     def _remember(self, message_id: str) -> None:
         now = time.monotonic()
@@ -205,8 +207,8 @@ class WebhookInput(Input):
         app.router.add_post(self.route_path, self._handler(sink))
         # aiohttp's own 404 and 405 are plain text: these answer in JSON, as a front process does; as routes,
         # not a middleware, they cost the POSTs nothing
-        app.router.add_route("*", self.route_path, _not_post)
-        app.router.add_route("*", "/{path:.*}", _no_webhook)
+        app.router.add_route("*", self.route_path, self._refusing(sink, _not_post))
+        app.router.add_route("*", "/{path:.*}", self._refusing(sink, _no_webhook))
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await runner.setup()
         try:
@@ -254,21 +256,61 @@ class WebhookInput(Input):
 
     def _handler(self, sink: EventSink) -> Any:
         async def handle(request: web.Request) -> web.Response:
+            answer = await answer_to(request)
+            self.refused(sink, request.remote, answer)
+            return _response(answer)
+
+        async def answer_to(request: web.Request) -> Answer:
             received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
             refused = self.screen(received)
             if refused is not None:
-                return _response(refused)
+                return refused
             try:
                 raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
-                return _response(self.too_large())
+                return self.too_large()
             item = self.prepare(received, raw)
             if isinstance(item, tuple):
-                return _response(item)
+                return item
             (answer,) = await self.store(sink, [item])
-            return _response(answer)
+            return answer
 
         return handle
+
+    def _refusing(self, sink: EventSink, answer_for: Callable[[web.Request], Answer]) -> Any:
+        """A handler that answers what `answer_for` says, through `refused` like every error answer."""
+
+        async def refuse(request: web.Request) -> web.Response:
+            answer = answer_for(request)
+            self.refused(sink, request.remote, answer)
+            return _response(answer)
+
+        return refuse
+
+    def refused(self, sink: EventSink, remote: str | None, answer: Answer) -> None:
+        """Make an error answer visible on the router: the sender (the Connector) never retries.
+
+        Counted always (`requests_rejected_total{input,status}`). Logged at warning, throttled per status
+        and client (`LogThrottle`), unless the answer names the dead letter its request went to: that was
+        logged with the dead letter.
+        """
+        status, body, _ = answer
+        if status < 400:
+            return
+        sink.refused(status)
+        if "dead_letter" in body:
+            return
+        client = remote or "unknown"
+        held = self._refusals.admit((status, client))
+        if held is None:
+            return
+        error = str(body.get("error", ""))
+        extra: dict[str, Any] = {"input": self.name, "status": status, "remote": client, "error": error}
+        message = "request refused"
+        if held:
+            extra["suppressed"] = held
+            message += f" (and {held} more like it since the last such line)"
+        self.log.warning(message, extra=extra)
 
     # --- what every request goes through, whichever process speaks HTTP ----------------------------------
 

@@ -43,11 +43,12 @@ from event_router.frames import FrameChannel, encode
 from event_router.logs import setup_logging
 from event_router.runtime import freeze_startup_heap
 
-#: child -> router: the server accepts (READY), a request (REQUEST), drained and exiting (DONE)
-READY, REQUEST, DONE = b"R", b"Q", b"D"
+#: child -> router: the server accepts (READY), a request (REQUEST), drained and exiting (DONE), a request
+#: this process refused itself (REFUSED: counted and logged by the router, like the ones it refuses)
+READY, REQUEST, DONE, REFUSED = b"R", b"Q", b"D", b"F"
 #: router -> child: the answer to a request (ANSWER), stop accepting and drain (STOP)
 ANSWER, STOP = b"A", b"S"
-#: REQUEST payload: meta length, meta JSON, body; ANSWER payload: status, headers length, headers JSON, body
+#: REQUEST and REFUSED payload: meta length, meta JSON, body; ANSWER payload: status, headers length, headers JSON, body
 REQUEST_HEAD = struct.Struct("!I")
 ANSWER_HEAD = struct.Struct("!HI")
 
@@ -122,6 +123,12 @@ class _Channel(FrameChannel):
         rid = next(self.ids) & 0xFFFFFFFF
         self.waiting[rid] = reply
         self.send(encode(REQUEST, rid, REQUEST_HEAD.pack(len(meta)), meta, body))
+
+    def refused(self, status: int, remote: str, body: bytes) -> None:
+        """Tell the router about a request answered here with an error (`body`: the JSON answer)."""
+        if self.open:
+            meta = orjson.dumps({"s": status, "r": remote})
+            self.send(encode(REFUSED, 0, REQUEST_HEAD.pack(len(meta)), meta, body))
 
 
 def path_pattern(path: str) -> re.Pattern[str]:
@@ -316,6 +323,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()  # nothing after it is read
         if self.refusal is not None:
             status, body, headers = self.refusal
+            self.server.channel.refused(status, self.remote, body)
             slot[0] = _head(status, len(body), headers, not keep_alive) + body
             self._flush()
             return
@@ -376,6 +384,7 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, refused: _Refused) -> None:
         """Answer after the answers owed before it, then close: the rest of the stream cannot be read."""
         self.closing = self.last = True
+        self.server.channel.refused(refused.status, self.remote, refused.body)
         if self.transport is not None:
             self.transport.pause_reading()
         self.answers.append([_head(refused.status, len(refused.body), None, True) + refused.body])

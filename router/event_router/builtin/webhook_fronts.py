@@ -24,14 +24,23 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
-from event_router.builtin.webhook_front import ANSWER, ANSWER_HEAD, DONE, READY, REQUEST, REQUEST_HEAD, STOP
+from event_router.batching import Rejected
+from event_router.builtin.webhook_front import (
+    ANSWER,
+    ANSWER_HEAD,
+    DONE,
+    READY,
+    REFUSED,
+    REQUEST,
+    REQUEST_HEAD,
+    STOP,
+)
 from event_router.errors import RouterError
 from event_router.frames import FrameChannel, encode
 from event_router.logs import JsonFormatter, TextFormatter
 from event_router.plugin import EventSink
 
 if TYPE_CHECKING:
-    from event_router.batching import Rejected
     from event_router.builtin.webhook import Answer, Parsed, WebhookInput
 
 #: how long a front may take from spawn to accepting (~0.2 s here)
@@ -75,6 +84,8 @@ class _Link(FrameChannel):
     def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
         if kind == REQUEST[0]:
             self.fronts.take(self, rid, payload)
+        elif kind == REFUSED[0]:
+            self.fronts.refused_by_front(payload)
         elif kind == READY[0]:
             self.ready.set()
         elif kind == DONE[0]:
@@ -126,6 +137,7 @@ class Fronts:
             received = Received(meta["r"], meta["h"], meta["p"], meta["t"])
         except (ValueError, KeyError, TypeError) as exc:
             self.log.error("webhook front sent a malformed request frame", extra={"error": str(exc)})
+            self.webhook.refused(self.sink, None, _FAILED)
             link.answer(rid, _FAILED)
             return
         try:
@@ -141,7 +153,19 @@ class Fronts:
         except Exception:  # a bug must cost this request, not the channel every other request rides on
             self.log.exception("the router failed on a webhook request; it was not stored")
             answer = _FAILED
+        self.webhook.refused(self.sink, received.remote, answer)
         link.answer(rid, answer)
+
+    def refused_by_front(self, payload: bytes) -> None:
+        """A request a front answered itself (no such path, body too large, malformed HTTP...)."""
+        try:
+            (size,) = REQUEST_HEAD.unpack_from(payload)
+            start = REQUEST_HEAD.size
+            meta = orjson.loads(payload[start : start + size])
+            body = orjson.loads(payload[start + size :])
+            self.webhook.refused(self.sink, meta["r"], (int(meta["s"]), body, None))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.log.error("webhook front sent a malformed refusal frame", extra={"error": str(exc)})
 
     def _start_store(self) -> None:
         # a plain asyncio task: stopping the input must not cancel a store whose clients wait for it
@@ -162,7 +186,10 @@ class Fronts:
             except Exception:  # store answers every failure it knows; this is one it does not: a bug
                 self.log.exception("the router failed on webhook requests; they were not stored")
                 answers = [_FAILED] * len(batch)
-            for (link, rid, _), answer in zip(batch, answers, strict=True):
+            for (link, rid, item), answer in zip(batch, answers, strict=True):
+                if answer[0] >= 400:
+                    meta = item.meta if isinstance(item, Rejected) else item.event.meta
+                    self.webhook.refused(self.sink, meta.get("remote"), answer)
                 link.answer(rid, answer)
 
     # --- processes ---------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.rejections: list[Rejection] = []
+        self.refusals: list[int] = []
 
     async def submit(self, events: Sequence[Event]) -> list[SubmitResult]:
         self.events.extend(events)
@@ -47,6 +48,9 @@ class RecordingSink:
     async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
         self.rejections.append(Rejection(raw, reason, trigger, meta))
         return len(self.rejections)
+
+    def refused(self, status: int) -> None:
+        self.refusals.append(status)
 
 
 @functools.cache
