@@ -59,7 +59,11 @@ def test_check_reports_every_error_and_fails(tmp_path: Path) -> None:
 
 def test_check_missing_secret_env(shipped: Path) -> None:
     result = run_cli("check", "-c", str(shipped), env={"ROUTER_WEBHOOK_API_KEY": ""})
-    assert result.returncode == 0  # set but empty is a value; unset is the error below
+    assert result.returncode == 1  # set but empty would switch the key off: an error like unset
+    assert (
+        "error: router.toml: inputs.connector.api_key: "
+        "the secret from environment variable ROUTER_WEBHOOK_API_KEY is empty (plugin webhook)"
+    ) in result.stderr.splitlines()
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "ROUTER_WEBHOOK_API_KEY"}

@@ -105,7 +105,7 @@ class App:
     ) -> None:
         config = self.config
         try:
-            self.spool.open()
+            self.spool.open(exclusive=True)  # a second router on this data_dir would deliver everything twice
         except SpoolError as exc:
             problem = directory_problem(config.data_dir)
             if problem is None:

@@ -23,13 +23,16 @@ from event_router.errors import DeliveryError, RetryableError
 from event_router.event import Event
 from event_router.plugin import Delivery, is_retryable
 from event_router.retry import RetryPolicy
-from event_router.spool import DeliveryRow, Spool
+from event_router.spool import DeliveryRow, Spool, SpoolError
 from event_router.stats import Stats
 
 if TYPE_CHECKING:
     from event_router.pipeline import PlannedDelivery
 
 log = logging.getLogger("event_router.delivery")
+
+#: backoff between tries to commit delivery outcomes while the spool cannot write (disk full...)
+COMMIT_RETRY = RetryPolicy(initial_backoff=0.1, max_backoff=5.0)
 
 
 @dataclass(slots=True)
@@ -295,6 +298,42 @@ class OutputWorker:
             return [error] * len(batch)
         return outcomes
 
+    async def _commit(
+        self,
+        count: int,
+        *,
+        done: list[int],
+        retry: list[tuple[int, int, float, str]],
+        dead: list[tuple[int, str, str, int]],
+    ) -> list[int]:
+        """Commit outcomes, trying again until the spool takes them; the new dead letters' ids.
+
+        Giving up would fail the worker, and its successor would read the deliveries back from the spool
+        and send them again (a full data disk duplicated lines of a file output on another disk). Until
+        the commit succeeds the ids stay claimed, so nothing is attempted twice; `_unrecorded` bounds how
+        many batches wait like this.
+        """
+        failures = 0
+        while True:
+            try:
+                dlids = await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
+            except SpoolError as exc:
+                failures += 1
+                if failures == 1:
+                    log.error(
+                        "cannot record delivery outcomes; trying the commit again, the deliveries are not resent",
+                        extra={"output": self.name, "deliveries": count, "error": str(exc)},
+                    )
+                self.stats.incr("outcome_commit_failures", output=self.name)
+                await anyio.sleep(COMMIT_RETRY.delay(failures))
+                continue
+            if failures:
+                log.info(
+                    "delivery outcomes recorded after the spool failed",
+                    extra={"output": self.name, "deliveries": count, "tries": failures + 1},
+                )
+            return dlids
+
     async def _record(self, batch: list[_Pending], outcomes: list[BaseException | None]) -> None:
         now = self.spool.clock.now()
         done: list[int] = []
@@ -321,7 +360,7 @@ class OutputWorker:
                 retry_after = outcome.retry_after if isinstance(outcome, DeliveryError) else None
                 due = now + policy.delay(attempts, retry_after, age=now - pending.first_at)
                 retry.append((pending.did, attempts, due, message))
-        dlids = await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
+        dlids = await self._commit(len(batch), done=done, retry=retry, dead=dead)
         # armed only now: a due time passing while the outcome was still being committed (a short jittered
         # backoff, a slow disk) found no row to fetch and was used up, leaving the retry to the next poll
         for _, _, due, _ in retry:

@@ -97,17 +97,21 @@ def resolve_secret(
     """The secret's value, and whether it was given as plain text (which `check` warns about).
 
     `{ credential = ... }` is read from `credentials_dir`, else from `$CREDENTIALS_DIRECTORY`.
+
+    An empty or whitespace-only secret is an error wherever it comes from: a key that guards something
+    (an API key, a signing secret, a token) would otherwise guard nothing, as a request without the
+    header carries the same empty string.
     """
     if isinstance(value, str):
-        return Secret(value), True
+        return _non_empty(value, "the secret"), True
     if "env" in value:
         name = value["env"]
         if name not in os.environ:
             raise SecretError(f"environment variable {name} is not set")
-        return Secret(os.environ[name]), False
+        return _non_empty(os.environ[name], f"the secret from environment variable {name}"), False
     if "file" in value:
         path = base_dir / value["file"]
-        return Secret(_read(path, "file")), False
+        return _non_empty(_read(path, "file"), f"the secret from file {str(path)!r}"), False
     if "credential" in value:
         directory = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
@@ -115,8 +119,17 @@ def resolve_secret(
                 f"credential {value['credential']!r} asked for, but $CREDENTIALS_DIRECTORY is not set "
                 "(systemd sets it when the unit has LoadCredential=)"
             )
-        return Secret(_read(Path(directory) / value["credential"], "credential")), False
+        text = _read(Path(directory) / value["credential"], "credential")
+        return _non_empty(text, f"the secret from credential {value['credential']!r}"), False
     raise SecretError("a secret reference needs one of the keys env, file, credential")
+
+
+def _non_empty(text: str, what: str) -> Secret:
+    if not text:
+        raise SecretError(f"{what} is empty")
+    if not text.strip():
+        raise SecretError(f"{what} is only whitespace")
+    return Secret(text)
 
 
 def _read(path: Path, kind: str) -> str:

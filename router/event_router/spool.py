@@ -4,6 +4,12 @@ Every write (new events, finished deliveries, retries, dead letters) is queued t
 everything waiting, applies it in one transaction and commits once: under load one fsync covers many
 events, at low load an event waits for nothing but its own commit. `synchronous=FULL` makes a commit
 durable against power loss, so an input may acknowledge its source as soon as `store` returns.
+
+Only one router may use a spool: the daemon holds an exclusive lock on `router.lock` beside it. Operator
+commands (`status`, `dlq`) open the spool without that lock; SQLite's own locking orders their writes
+with the router's, and the writer thread notices them (`PRAGMA data_version`) to recount what is pending.
+The writer thread also watches that the spool's files are still the ones it holds open: one removed or
+replaced under a running router would take every later commit with it at the next restart.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import queue
@@ -119,6 +127,46 @@ DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecod
 
 class SpoolError(RouterError):
     """The spool cannot be opened or written (disk full, read-only, corrupt...)."""
+
+
+#: the daemon's lock file in data_dir: flock()ed while a router runs, holding that router's pid
+LOCK_NAME = "router.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data_dir for this process (the daemon); returns the lock's fd, to be closed on exit.
+
+    flock, not fcntl locks: SQLite uses fcntl locks on its own files, and those of a process vanish when
+    it closes any descriptor of the file; a flock on a file of our own is untouched by SQLite's handling.
+    The lock goes with the process, whatever way it ends, so a stale file never blocks a restart.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SpoolError(f"router.data_dir: cannot create {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise SpoolError(f"router.data_dir: cannot lock {path}: {exc.strerror}") from exc
+        holder = _lock_holder(path)
+        raise SpoolError(
+            f"router.data_dir: {data_dir} is in use by another router (pid {holder or 'unknown'})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _lock_holder(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,10 +338,33 @@ class Spool:
         #: what `PRAGMA quick_check` reported after open (empty when the file is sound)
         self.integrity_problems: list[str] = []
         self.integrity_checked = threading.Event()
+        #: set (for good) once the spool's file or its WAL is no longer the one the router holds open
+        self.detached: str | None = None
+        #: (st_dev, st_ino) of spool.db and spool.db-wal as opened
+        self._files: dict[str, tuple[int, int]] = {}
+        self._next_look = 0.0
+        #: PRAGMA data_version when `depth` was last counted; another process's commit changes it
+        self._data_version: int | None = None
+        self._lock_fd: int | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def open(self) -> None:
+    def open(self, *, exclusive: bool = False) -> None:
+        """Open the spool; `exclusive` (the daemon) first locks data_dir against a second router."""
+        if exclusive:
+            self._lock_fd = lock_data_dir(self.path.parent)
+        try:
+            self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open(self) -> None:
         # events hold personal data (mail bodies, attributes): the spool is the service user's alone
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -315,10 +386,18 @@ class Spool:
                 )
             elif int(version[0]) < SCHEMA_VERSION:
                 _migrate(conn)
+            self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
             self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             self.clock.adopt(read_anchor(conn))
+            # the WAL exists from the first statement in WAL mode until the last connection closes
+            self._files = {}
+            for name in (str(self.path), f"{self.path}-wal"):
+                st = os.stat(name)
+                self._files[name] = (st.st_dev, st.st_ino)
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc.strerror}") from exc
         finally:
             os.umask(old_umask)
         self._reader = connect(self.path)
@@ -355,19 +434,100 @@ class Spool:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._unlock()
 
     # --- the writer --------------------------------------------------------------------------------
+
+    #: how often the writer looks for other processes' commits and removed files when no write comes
+    WATCH_INTERVAL = 1.0
+    #: under load, a group looks at the files and at other processes' commits at most this often (two
+    #: stat calls and a statement: cheap, but each statement costs a GIL hand-over, see _ROWS_PER_INSERT)
+    LOOK_INTERVAL = 0.2
 
     def _writer(self, conn: sqlite3.Connection) -> None:
         running = True
         while running:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self.WATCH_INTERVAL)
+            except queue.Empty:
+                self._watch_idle(conn)
+                continue
             if first is None:
                 break
             batch = [first]
             running = self._gather(batch)
             self._run_group(conn, batch)
         conn.close()
+
+    def _watch_idle(self, conn: sqlite3.Connection) -> None:
+        """No write for a while: still notice removed files and other processes' commits (a `dlq replay`
+        adds pending events the router must count against `max_pending_events`)."""
+        try:
+            self._check_files(conn, look=True)
+            self._recount(conn)
+        except SpoolError:
+            pass  # detached: `last_error` says so already
+        except (sqlite3.Error, OSError) as exc:  # looked at again next time; the writer thread must go on
+            log.warning("could not look at the spool's files and count", extra={"error": str(exc)})
+
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        """Count pending events again when another connection committed since the last count.
+
+        Counted from the (deliveries seq) index, not the events table, whose pages hold every body: an
+        event is pending exactly while it has a delivery left (`_finish` deletes it with its last one).
+        """
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version:
+            return
+        before = self.depth
+        self.depth = conn.execute("SELECT COUNT(DISTINCT seq) FROM deliveries").fetchone()[0]
+        self._data_version = version
+        if self.depth != before:
+            log.info(
+                "another process changed the spool; pending events counted again",
+                extra={"pending": self.depth, "was": before},
+            )
+
+    def _check_files(self, conn: sqlite3.Connection, *, look: bool) -> None:
+        """Refuse every write, for good, once spool.db or its WAL is not the file this process holds open.
+
+        SQLite goes on writing to the open (removed or replaced) file, so commits would succeed and be
+        gone at the next start. When only the WAL went, a checkpoint copies what it holds into spool.db,
+        which a restart reads; when spool.db itself went, the open copy is all there is.
+        """
+        if look and self.detached is None:
+            self._next_look = time.monotonic() + self.LOOK_INTERVAL
+            for name, identity in self._files.items():
+                try:
+                    st = os.stat(name)
+                except FileNotFoundError:
+                    problem = "was removed"
+                else:
+                    if (st.st_dev, st.st_ino) == identity:
+                        continue
+                    problem = "was replaced by another file"
+                self._detach(conn, name, problem)
+                break
+        if self.detached is not None:
+            raise SpoolError(self.detached)
+
+    def _detach(self, conn: sqlite3.Connection, name: str, problem: str) -> None:
+        saved = ""
+        if name != str(self.path):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(FULL)")
+                saved = "; the events it held were copied into the spool file"
+            except sqlite3.Error as exc:
+                saved = f"; copying its events into the spool file failed: {exc}"
+        self.detached = (
+            f"spool file {name} {problem} while the router was running; new events are refused "
+            f"until the router is restarted{saved}"
+        )
+        self.last_error = self.detached
+        log.error(
+            "spool file removed or replaced under the running router; refusing new events",
+            extra={"spool": str(self.path), "file": name, "problem": problem, "error": self.detached},
+        )
 
     def _gather(self, batch: list[_Op]) -> bool:
         """Add the writes queued behind `batch[0]` to its group; False once asked to stop.
@@ -393,13 +553,18 @@ class Spool:
         return True
 
     def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        depth = self.depth
+        depth, version = self.depth, self._data_version
+        look = time.monotonic() >= self._next_look
         try:
+            self._check_files(conn, look=look)
             conn.execute("BEGIN IMMEDIATE")
+            if look:  # in the transaction: no other process commits between the count and our changes to it
+                self._recount(conn)
             results = [op.apply(conn) for op in batch]
             conn.execute("COMMIT")
         except Exception as exc:  # one failed commit fails every op in it: none of them is durable
-            self.depth = depth
+            # a count made in this group was rolled back with the rest: back to the one before it
+            self.depth, self._data_version = depth, version
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = exc if isinstance(exc, SpoolError) else SpoolError(f"spool write failed: {exc}")
@@ -572,8 +737,8 @@ class Spool:
 
     @property
     def writable(self) -> bool:
-        """The writer runs and its last commit (if any) succeeded."""
-        return self._thread is not None and self._thread.is_alive() and self.last_error is None
+        """The writer runs, its last commit (if any) succeeded and the spool's files are the ones it opened."""
+        return self._thread is not None and self._thread.is_alive() and self.last_error is None and not self.detached
 
     def oldest_pending_age(self) -> float | None:
         assert self._reader is not None

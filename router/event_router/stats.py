@@ -34,6 +34,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "unknown_triggers": ("Events whose trigger no schema knows (the log names each trigger once)", ("input",)),
     "reloads": ("Configuration reloads by result", ("result",)),
+    "outcome_commit_failures": ("Failed commits of delivery outcomes (each is tried again)", ("output",)),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "delivery_latency_seconds": ("From spooling an event to its successful delivery", ("output",)),

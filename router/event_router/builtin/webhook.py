@@ -151,6 +151,8 @@ class WebhookInput(Input):
             path = re.sub(r"\{\{\s*trigger\s*\}\}", "{trigger}", path)
         self.route_path = path
         key = config.get("api_key")
+        if key is not None and not str(key).strip():  # the config loader refuses it first; this guards plugins' callers
+            raise ConfigError("api_key", "the secret is empty")
         self.api_key: bytes | None = str(key).encode() if key is not None else None
         self.key_header = config.get("api_key_header", "x-api-key")
         #: headers from a front process come with lower-case names
@@ -325,8 +327,10 @@ class WebhookInput(Input):
         if self.limiter is not None and (wait := self.limiter.allow(remote)) > 0:
             return 429, {"error": "rate limit exceeded"}, {"Retry-After": str(max(1, math.ceil(wait)))}
         if self.api_key is not None:
-            given = received.headers.get(self.key_lookup, "").encode()
-            if not hmac.compare_digest(given, self.api_key):
+            given = received.headers.get(self.key_lookup)
+            # a missing or empty header never matches, whatever the key: the comparison alone would
+            # accept it against an empty key
+            if not given or not hmac.compare_digest(given.encode(), self.api_key):
                 return 401, {"error": f"missing or wrong API key in header {self.key_header}"}, None
         return None
 
