@@ -140,9 +140,9 @@ def lock_data_dir(data_dir: Path) -> int:
     it closes any descriptor of the file; a flock on a file of our own is untouched by SQLite's handling.
     The lock goes with the process, whatever way it ends, so a stale file never blocks a restart.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = data_dir / LOCK_NAME
     try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise SpoolError(f"router.data_dir: cannot create {path}: {exc.strerror}") from exc
