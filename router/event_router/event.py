@@ -41,6 +41,15 @@ def utc_now() -> str:
     return f"{cached[1]}.{milli:03d}Z"
 
 
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """The id a source gave the message an event came in, when it may send that message again (a retry)."""
+
+    id: str
+    #: Unix time (wall clock) until which a repeat may still arrive and is recognised as one
+    until: float
+
+
 @dataclass(slots=True)
 class Event:
     """A Connector event as the router sees it, whatever input it came from.
@@ -58,6 +67,10 @@ class Event:
     #: the bytes the input decoded `data` from, when it has them: kept until the event is stored, so
     #: an event that cannot be stored as JSON (nested too deeply) is dead-lettered without loss
     raw: bytes | None = field(default=None, repr=False, compare=False)
+    #: set by an input whose source repeats messages (Standard Webhooks `webhook-id`): the spool stores the
+    #: event only if it stored none with this id from this input before (until `until`), in the same commit;
+    #: a repeat gets `SubmitResult.status` "duplicate". Not part of the event's JSON form.
+    message: SourceMessage | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written by the file output and matched by routes."""

@@ -13,7 +13,7 @@ from event_router.config import InputConfig, RouteConfig, RouterConfig
 from event_router.errors import SpoolFull, did_you_mean
 from event_router.event import Event
 from event_router.plugin import SubmitResult
-from event_router.spool import NewDelivery, Spool, StoreDeadLetter, StoreEvent
+from event_router.spool import NewDelivery, SeenMessage, Spool, StoreDeadLetter, StoreEvent
 from event_router.stats import Stats
 from event_router.validation import SchemaRegistry, ValidationResult
 
@@ -123,7 +123,7 @@ class Pipeline:
         items: list[StoreEvent | StoreDeadLetter] = []
         stored_plans: list[Plan] = []
         for plan in plans:
-            item = _store_item(plan)
+            item = _store_item(plan, input_config.name)
             plan.event.raw = None  # stored (or dead-lettered with it): no need to hold the bytes
             if item is not None:
                 items.append(item)
@@ -172,6 +172,14 @@ class Pipeline:
         item: StoreEvent | StoreDeadLetter | None,
     ) -> SubmitResult:
         event = plan.event
+        if item is not None and stored is None:  # the spool already holds this message: nothing was stored
+            assert item.seen is not None
+            self.stats.incr("duplicates", input=input_name)
+            log.info(
+                "repeated message not stored again",
+                extra={"input": input_name, "message_id": item.seen.message_id, "trigger": event.trigger},
+            )
+            return SubmitResult(event.id, "duplicate")
         # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
         trigger_label = plan.validation.schema or "unknown"
         self.stats.incr("events_received", input=input_name, trigger=trigger_label)
@@ -222,8 +230,10 @@ class Pipeline:
         return dlid
 
 
-def _store_item(plan: Plan) -> StoreEvent | StoreDeadLetter | None:
+def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | None:
     event = plan.event
+    message = event.message
+    seen = None if message is None else SeenMessage(input_name, message.id, message.until)
     try:
         body = event.to_json()
         payloads = [orjson.dumps(d.payload) if d.reshaped else None for d in plan.deliveries]
@@ -233,7 +243,7 @@ def _store_item(plan: Plan) -> StoreEvent | StoreDeadLetter | None:
         plan.dead_letter = ("undecodable", reason)
         raw = (event.raw or b"").decode("utf-8", "backslashreplace")
         body = orjson.dumps({"raw": raw, "trigger": event.trigger, "source": event.source, "id": event.id})
-        return StoreDeadLetter("undecodable", reason, body, event.id, event.trigger, event.source)
+        return StoreDeadLetter("undecodable", reason, body, event.id, event.trigger, event.source, seen)
     if plan.dead_letter is not None:
         reason, error = plan.dead_letter
         return StoreDeadLetter(
@@ -243,6 +253,7 @@ def _store_item(plan: Plan) -> StoreEvent | StoreDeadLetter | None:
             event_id=event.id,
             trigger=event.trigger,
             source=event.source,
+            seen=seen,
         )
     if not plan.deliveries:
         return None
@@ -251,6 +262,7 @@ def _store_item(plan: Plan) -> StoreEvent | StoreDeadLetter | None:
         trigger=event.trigger,
         body=body,
         deliveries=[NewDelivery(d.output, d.route, p) for d, p in zip(plan.deliveries, payloads, strict=True)],
+        seen=seen,
     )
 
 

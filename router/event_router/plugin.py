@@ -38,7 +38,8 @@ class SubmitResult:
     """What became of one submitted event. Once `submit` returns, every outcome is durable."""
 
     event_id: str
-    status: Literal["accepted", "dead_lettered", "unrouted"]
+    #: duplicate: the event's `message` id from this input is already stored; nothing was stored now
+    status: Literal["accepted", "dead_lettered", "unrouted", "duplicate"]
     #: validation errors (status dead_lettered, or accepted with validation = "warn")
     errors: tuple[str, ...] = ()
     dead_letter_id: int | None = None

@@ -80,6 +80,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE INDEX IF NOT EXISTS dead_letters_output ON dead_letters(output, dlid);
 CREATE INDEX IF NOT EXISTS dead_letters_trigger ON dead_letters(trigger, dlid);
 CREATE INDEX IF NOT EXISTS dead_letters_created ON dead_letters(created_at);
+CREATE TABLE IF NOT EXISTS seen_message_ids (
+    input TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (input, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_message_ids_expiry ON seen_message_ids(expires_at);
 """
 
 #: when the oldest pending event was stored, in the spool clock's base: its deliveries' `first_at` (the
@@ -178,6 +185,16 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class SeenMessage:
+    """A source's message id, stored with the event it carried: a repeat of it is not stored again."""
+
+    input: str
+    message_id: str
+    #: Unix time (wall clock) after which the id is forgotten
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoreEvent:
     """An accepted event and the deliveries its routes made of it."""
 
@@ -185,6 +202,8 @@ class StoreEvent:
     trigger: str
     body: bytes
     deliveries: Sequence[NewDelivery]
+    #: stored only if this message id is new (`store` answers None for a repeat)
+    seen: SeenMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +216,8 @@ class StoreDeadLetter:
     event_id: str | None = None
     trigger: str | None = None
     source: str | None = None
+    #: stored only if this message id is new (`store` answers None for a repeat)
+    seen: SeenMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +409,7 @@ class Spool:
                 _migrate(conn)
             self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
             self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            _forget_expired_messages(conn, time.time())
             self.clock.adopt(read_anchor(conn))
             # the WAL exists from the first statement in WAL mode until the last connection closes
             self._files = {}
@@ -624,15 +646,23 @@ class Spool:
 
     # --- writes ------------------------------------------------------------------------------------
 
-    async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int]:
-        """Persist events (returns their delivery ids, in order) and dead letters (returns the dead letter id)."""
-        now = self.clock.now()
+    async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int | None]:
+        """Persist events (returns their delivery ids, in order) and dead letters (returns the dead letter id).
 
-        def apply(conn: sqlite3.Connection) -> list[list[int] | int]:
-            out: list[list[int] | int] = [[] for _ in items]
+        An item whose `seen` message id is already stored (before, or earlier in the same commit) is a
+        repeat: it is not stored, and its result is None.
+        """
+        now = self.clock.now()
+        claims = any(item.seen is not None for item in items)
+
+        def apply(conn: sqlite3.Connection) -> list[list[int] | int | None]:
+            out: list[list[int] | int | None] = [[] for _ in items]
+            repeats = _claim_messages(conn, items, time.time()) if claims else set()
             events: list[tuple[int, StoreEvent]] = []
             for index, item in enumerate(items):
-                if isinstance(item, StoreDeadLetter):
+                if index in repeats:
+                    out[index] = None
+                elif isinstance(item, StoreDeadLetter):
                     out[index] = _insert_dead_letter(conn, item, now)
                 else:
                     events.append((index, item))
@@ -652,7 +682,7 @@ class Spool:
                 self.depth += len(chunk)
             return out
 
-        result: list[list[int] | int] = await self._write(apply)
+        result: list[list[int] | int | None] = await self._write(apply)
         return result
 
     async def settle(
@@ -858,6 +888,41 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
         assert last is not None
         ids.extend(range(last - len(chunk) + 1, last + 1))
     return ids
+
+
+def _forget_expired_messages(conn: sqlite3.Connection, now: float) -> None:
+    conn.execute("DELETE FROM seen_message_ids WHERE expires_at < ?", (now,))
+
+
+def _claim_messages(conn: sqlite3.Connection, items: Sequence[StoreEvent | StoreDeadLetter], now: float) -> set[int]:
+    """Record the message ids of `items` in the transaction that stores them; the indexes of the repeats.
+
+    The id and its event are committed together or not at all, so a repeat is recognised after a restart
+    and among copies that arrive at once, whichever group they share. Of the items with one id, the first
+    is stored. Ids past their expiry go first (one indexed range delete), so an expired id counts as new.
+    """
+    _forget_expired_messages(conn, now)
+    claimed = [(index, item.seen) for index, item in enumerate(items) if item.seen is not None]
+    new: set[tuple[str, str]] = set()
+    for start in range(0, len(claimed), _ROWS_PER_INSERT):
+        chunk = claimed[start : start + _ROWS_PER_INSERT]
+        # OR IGNORE skips an id already in the table or earlier in these VALUES; RETURNING names the rows
+        # it did insert (SQLite 3.35+)
+        rows = conn.execute(
+            "INSERT OR IGNORE INTO seen_message_ids (input, message_id, expires_at) VALUES "
+            + ",".join(["(?,?,?)"] * len(chunk))
+            + " RETURNING input, message_id",
+            [v for _, seen in chunk for v in (seen.input, seen.message_id, seen.expires_at)],
+        ).fetchall()
+        new.update((str(input_name), str(message_id)) for input_name, message_id in rows)
+    repeats: set[int] = set()
+    for index, seen in claimed:
+        key = (seen.input, seen.message_id)
+        if key in new:
+            new.discard(key)  # this item inserted it; later items with the same id are repeats
+        else:
+            repeats.add(index)
+    return repeats
 
 
 def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: float) -> int:

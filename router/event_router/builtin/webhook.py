@@ -14,7 +14,6 @@ import math
 import re
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from event_router.batching import Rejected
 from event_router.builtin.webhook_front import tls_context
 from event_router.builtin.webhook_fronts import Fronts
 from event_router.errors import ConfigError, RouterError, SpoolFull
-from event_router.event import Event
+from event_router.event import Event, SourceMessage
 from event_router.hookspecs import hookimpl
 from event_router.listen import listen_error, parse_listen
 from event_router.plugin import EventSink, Input, PluginContext
@@ -58,6 +57,11 @@ def _response(answer: Answer) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
+def _duplicate(message_id: str) -> Answer:
+    """A Standard Webhooks message already stored: 2xx, so the sender stops retrying it."""
+    return 200, {"status": "duplicate", "webhook_id": message_id}, None
+
+
 def _not_post(request: web.Request) -> Answer:
     return 405, {"error": "only POST is accepted here"}, {"Allow": "POST"}
 
@@ -80,7 +84,7 @@ class Received:
 @dataclass(frozen=True, slots=True)
 class Parsed:
     event: Event
-    #: the Standard Webhooks message id, remembered once the event is stored
+    #: the Standard Webhooks message id (the event's `message`), for the answer to a repeat
     message_id: str | None
 
 
@@ -176,8 +180,6 @@ class WebhookInput(Input):
             except ValueError as exc:
                 raise ConfigError(f"signing_secrets[{index}]", str(exc)) from None
         self.tolerance = config.get("signature_tolerance", 300)
-        #: webhook-ids stored recently: a repeat within the tolerance is answered, not stored again
-        self._seen: OrderedDict[str, float] = OrderedDict()
         #: front processes that speak HTTP for this input; 0: this process does
         self.processes: int = config.get("processes", 0)
         self._fronts: Fronts | None = None
@@ -185,12 +187,6 @@ class WebhookInput(Input):
         self._ready = False
         #: refusals are logged at most once a minute per (status, client), with how many were held back
         self._refusals = LogThrottle()
-
-    def _remember(self, message_id: str) -> None:
-        now = time.monotonic()
-        self._seen[message_id] = now
-        while self._seen and (len(self._seen) > 100_000 or next(iter(self._seen.values())) < now - self.tolerance):
-            self._seen.popitem(last=False)
 
     def tls_paths(self) -> dict[str, str] | None:
         """The `tls` table with absolute paths (a front process reads the files itself)."""
@@ -341,8 +337,6 @@ class WebhookInput(Input):
             if not any(verify(s, received.headers, raw, tolerance=self.tolerance) for s in self.signing_secrets):
                 return 401, {"error": "missing, invalid or expired webhook signature (Standard Webhooks)"}, None
             message_id = received.headers["webhook-id"]
-            if message_id in self._seen:  # the sender retried what we already stored: say so, store nothing
-                return 200, {"status": "duplicate", "webhook_id": message_id}, None
         headers = received.headers
         meta: dict[str, Any] = {
             "headers": {h: headers[h] for h in _KEPT_HEADERS if h in headers},
@@ -350,9 +344,17 @@ class WebhookInput(Input):
             "path": received.path,
         }
         try:
-            return Parsed(self._decode(raw, received.path_trigger, meta), message_id)
+            event = self._decode(raw, received.path_trigger, meta)
         except ValueError as exc:
             return Rejected(raw, str(exc), received.path_trigger, meta)
+        if message_id is not None:
+            # the spool decides whether this id is new, in the commit that would store the event (so a
+            # restart or copies arriving at once change nothing). A copy of this request verifies until
+            # `tolerance` past its timestamp (which may lie ahead of our clock); a sender's retry is signed
+            # anew, so the id is kept at least `tolerance` from now as well
+            stamp = int(headers["webhook-timestamp"])
+            event.message = SourceMessage(message_id, max(stamp, time.time()) + self.tolerance)
+        return Parsed(event, message_id)
 
     async def store(self, sink: EventSink, items: Sequence[Parsed | Rejected]) -> list[Answer]:
         """Store what `prepare` made of several requests, events in one submit; one answer per item."""
@@ -390,8 +392,10 @@ class WebhookInput(Input):
             return [(500, {"error": "the router failed on this event; it was not stored"}, None)]
         answers: list[Answer] = []
         for item, result in zip(items, results, strict=True):
-            if item.message_id is not None:
-                self._remember(item.message_id)
+            if result.status == "duplicate":  # the spool stored this webhook-id before: say so, 2xx
+                assert item.message_id is not None
+                answers.append(_duplicate(item.message_id))
+                continue
             body: dict[str, Any] = {"id": result.event_id, "status": result.status}
             if result.errors:
                 body["errors"] = list(result.errors)
