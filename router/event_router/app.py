@@ -405,13 +405,13 @@ class App:
         )
 
     def _gauges(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
+        # from what the spool's writer thread counted (Spool.counts): a scrape runs no statement on the loop
         yield "spool_pending_events", "Events stored and not yet delivered everywhere", {}, self.spool.depth
-        if self.spool.writable:
-            age = self.spool.oldest_pending_age()
-            yield "spool_oldest_pending_age_seconds", "Age of the oldest pending event", {}, age or 0.0
-            yield "dead_letters_stored", "Dead letters in the store", {}, self.spool.dead_letter_count()
-            for output, count in self.spool.pending_outputs().items():
-                yield "deliveries_pending", "Deliveries waiting per output", {"output": output}, count
+        age = self.spool.oldest_pending_age()
+        yield "spool_oldest_pending_age_seconds", "Age of the oldest pending event", {}, age or 0.0
+        yield "dead_letters_stored", "Dead letters in the store", {}, self.spool.dead_letter_count()
+        for output, count in self.spool.pending_outputs().items():
+            yield "deliveries_pending", "Deliveries waiting per output", {"output": output}, count
         yield "spool_writable", "1 when the last spool commit succeeded", {}, float(self.spool.writable)
         for name, worker in self.pipeline.workers.items():
             yield "deliveries_in_flight", "Deliveries being attempted now", {"output": name}, worker.in_flight

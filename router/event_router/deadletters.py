@@ -93,7 +93,7 @@ def replay(
     for start in range(0, total, batch):
         chunk = selected[start : start + batch]
         spool.write_sync(
-            partial(_replay_chunk, spool=spool, chunk=chunk, config=config, schemas=schemas, report=report)
+            partial(_replay_chunk, chunk=chunk, config=config, schemas=schemas, report=report), recount=True
         )
         if progress is not None:
             progress(min(start + batch, total), total)
@@ -103,7 +103,6 @@ def replay(
 def _replay_chunk(
     conn: sqlite3.Connection,
     *,
-    spool: Spool,
     chunk: list[DeadLetter],
     config: RouterConfig,
     schemas: SchemaRegistry,
@@ -147,7 +146,6 @@ def _replay_chunk(
                 "INSERT INTO events (id, trigger, stored_at, body) VALUES (?, ?, ?, ?)",
                 (event.id, event.trigger, now, dl.body),
             ).lastrowid
-            spool.depth += 1
             conn.executemany(
                 "INSERT INTO deliveries (seq, output, route, payload, due, first_at) VALUES (?,?,?,?,?,?)",
                 [(seq, output, route, payload, now, now) for output, route, payload in deliveries],
@@ -170,7 +168,9 @@ def purge(spool: Spool, where: DeadLetterFilter, *, upto: int | None = None) -> 
     if upto is not None:
         clause += (" AND" if clause else " WHERE") + " dlid <= ?"
         args.append(upto)
-    count: int = spool.write_sync(lambda conn: conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount)
+    count: int = spool.write_sync(
+        lambda conn: conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount, recount=True
+    )
     return count
 
 

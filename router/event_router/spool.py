@@ -7,7 +7,9 @@ durable against power loss, so an input may acknowledge its source as soon as `s
 
 Only one router may use a spool: the daemon holds an exclusive lock on `router.lock` beside it. Operator
 commands (`status`, `dlq`) open the spool without that lock; SQLite's own locking orders their writes
-with the router's, and the writer thread notices them (`PRAGMA data_version`) to recount what is pending.
+with the router's, and the writer thread notices them (`PRAGMA data_version`) to count again what is
+pending and the dead letters: the counts (`Spool.counts`) it otherwise keeps as it commits, which the
+router's gauges show without a statement on the event loop.
 The writer thread also watches that the spool's files are still the ones it holds open: one removed or
 replaced under a running router would take every later commit with it at the next restart.
 """
@@ -26,11 +28,13 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
+
+import orjson
 
 from event_router.clock import Anchor, SpoolClock, read_anchor, write_anchor
 from event_router.errors import RouterError
@@ -90,8 +94,26 @@ CREATE INDEX IF NOT EXISTS seen_message_ids_expiry ON seen_message_ids(expires_a
 """
 
 #: when the oldest pending event was stored, in the spool clock's base: its deliveries' `first_at` (the
-#: oldest pending delivery is the oldest event's), as `events.stored_at` is a label a clock jump does not move
-OLDEST_PENDING = "SELECT first_at FROM deliveries ORDER BY did LIMIT 1"
+#: oldest pending delivery is the oldest event's), as `events.stored_at` is a label a clock jump does not move.
+#: Two rowid lookups, O(log n) (tests/test_metrics.py checks the plan); no row when nothing is pending.
+OLDEST_PENDING = "SELECT first_at, did FROM deliveries WHERE did = (SELECT MIN(did) FROM deliveries)"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolCounts:
+    """What the spool holds, as of the writer thread's last commit (or its last count of another process's
+    changes): what `/metrics` shows, read without a statement on the event loop.
+
+    The writer thread keeps these as it applies its own writes, and counts them again from the database
+    when another process (`dlq replay`, `dlq purge`) committed: then they lag by up to about a second
+    (`Spool.WATCH_INTERVAL`; at a very large backlog, up to ten times the count's duration, RECOUNT_SHARE).
+    """
+
+    #: pending deliveries per output, configured or not; outputs with none are absent
+    pending: Mapping[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    #: `first_at` of the oldest pending delivery (spool clock base), None when nothing is pending
+    oldest_first_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +375,19 @@ class Spool:
         self._reader: sqlite3.Connection | None = None
         #: events stored and not yet finished; kept by the writer thread, read anywhere
         self.depth = 0
+        #: published by the writer thread after each commit (a new object each time); read anywhere
+        self.counts = SpoolCounts()
+        # the writer thread's working copy of `counts`, changed by the writes of the group being applied
+        self._pending: dict[str, int] = {}
+        self._dead = 0
+        #: (did, first_at) of the oldest pending delivery
+        self._oldest: tuple[int, float] | None = None
+        #: the oldest pending delivery was finished (or moved) in this group: read the next one before commit
+        self._oldest_stale = False
+        #: a `write_sync(recount=True)` changed the spool: count everything at the next idle look
+        self._stale_counts = False
+        #: monotonic time before which `_recount` does not count again (see RECOUNT_SHARE)
+        self._next_count = 0.0
         self.commits = 0
         #: why the last group failed, until one succeeds again (readiness reports it)
         self.last_error: str | None = None
@@ -408,7 +443,8 @@ class Spool:
             elif int(version[0]) < SCHEMA_VERSION:
                 _migrate(conn)
             self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            self.depth = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            self._count_all(conn)
+            self._publish()
             _forget_expired_messages(conn, time.time())
             self.clock.adopt(read_anchor(conn))
             # the WAL exists from the first statement in WAL mode until the last connection closes
@@ -462,6 +498,11 @@ class Spool:
 
     #: how often the writer looks for other processes' commits and removed files when no write comes
     WATCH_INTERVAL = 1.0
+    #: counting everything again (after another process's commit) takes at most this share of the time
+    #: (a count is O(n): ~0.1 s at 500,000 pending deliveries on a slow machine), and waits at least
+    #: MIN_RECOUNT_GAP seconds after the last
+    RECOUNT_SHARE = 0.1
+    MIN_RECOUNT_GAP = 0.5
     #: under load, a group looks at the files and at other processes' commits at most this often (two
     #: stat calls and a statement: cheap, but each statement costs a GIL hand-over, see _ROWS_PER_INSERT)
     LOOK_INTERVAL = 0.2
@@ -486,29 +527,58 @@ class Spool:
         adds pending events the router must count against `max_pending_events`)."""
         try:
             self._check_files(conn, look=True)
-            self._recount(conn)
+            self._recount(conn, force=self._stale_counts)
+            self._publish()
         except SpoolError:
             pass  # detached: `last_error` says so already
         except (sqlite3.Error, OSError) as exc:  # looked at again next time; the writer thread must go on
             log.warning("could not look at the spool's files and count", extra={"error": str(exc)})
 
-    def _recount(self, conn: sqlite3.Connection) -> None:
-        """Count pending events again when another connection committed since the last count.
+    def _recount(self, conn: sqlite3.Connection, *, force: bool = False) -> None:
+        """Count everything again when another connection committed since the last count (or `force`).
 
-        Counted from the (deliveries seq) index, not the events table, whose pages hold every body: an
-        event is pending exactly while it has a delivery left (`_finish` deletes it with its last one).
+        At most one count per RECOUNT_SHARE of the time since the last: a replay commits every few
+        hundred events, and at a large backlog each count holds up this process's writes a while.
         """
+        if time.monotonic() < self._next_count:
+            return
         version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._data_version:
+        if version == self._data_version and not force:
             return
         before = self.depth
-        self.depth = conn.execute("SELECT COUNT(DISTINCT seq) FROM deliveries").fetchone()[0]
+        started = time.monotonic()
+        self._count_all(conn)
+        took = time.monotonic() - started
+        self._next_count = started + took + max(self.MIN_RECOUNT_GAP, took / self.RECOUNT_SHARE)
         self._data_version = version
-        if self.depth != before:
+        if self.depth != before and not force:
             log.info(
                 "another process changed the spool; pending events counted again",
                 extra={"pending": self.depth, "was": before},
             )
+
+    def _count_all(self, conn: sqlite3.Connection) -> None:
+        """Count from the database what the writer thread otherwise keeps as it writes (writer thread only).
+
+        O(n) in pending deliveries and dead letters (tens of ms at 500,000), hence only at open and after
+        another process's commit. Counted from indexes, not the events table, whose pages hold every body:
+        an event is pending exactly while it has a delivery left (`_finish` deletes it with its last one).
+        """
+        self.depth = conn.execute("SELECT COUNT(DISTINCT seq) FROM deliveries").fetchone()[0]
+        self._pending = dict(conn.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output").fetchall())
+        self._dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+        self._read_oldest(conn)
+        self._stale_counts = False
+
+    def _read_oldest(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute(OLDEST_PENDING).fetchone()
+        self._oldest = None if row is None else (int(row[1]), float(row[0]))
+        self._oldest_stale = False
+
+    def _publish(self) -> None:
+        """Hand the writer thread's counts to readers: one new object, so a reader never sees half of them."""
+        oldest = self._oldest
+        self.counts = SpoolCounts(dict(self._pending), self._dead, None if oldest is None else oldest[1])
 
     def _check_files(self, conn: sqlite3.Connection, *, look: bool) -> None:
         """Refuse every write, for good, once spool.db or its WAL is not the file this process holds open.
@@ -576,6 +646,7 @@ class Spool:
 
     def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         depth, version = self.depth, self._data_version
+        counted = dict(self._pending), self._dead, self._oldest
         look = time.monotonic() >= self._next_look
         try:
             self._check_files(conn, look=look)
@@ -583,10 +654,14 @@ class Spool:
             if look:  # in the transaction: no other process commits between the count and our changes to it
                 self._recount(conn)
             results = [op.apply(conn) for op in batch]
+            if self._oldest_stale:  # one indexed read per group at most, not one per finished chunk
+                self._read_oldest(conn)
             conn.execute("COMMIT")
         except Exception as exc:  # one failed commit fails every op in it: none of them is durable
             # a count made in this group was rolled back with the rest: back to the one before it
             self.depth, self._data_version = depth, version
+            self._pending, self._dead, self._oldest = counted
+            self._oldest_stale = False
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = exc if isinstance(exc, SpoolError) else SpoolError(f"spool write failed: {exc}")
@@ -595,6 +670,7 @@ class Spool:
             return
         self.commits += 1
         self.last_error = None
+        self._publish()
         _resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
 
     async def _write(self, apply: Callable[[sqlite3.Connection], Any], *, lazy: bool = False) -> Any:
@@ -605,10 +681,21 @@ class Spool:
         self._queue.put(_Op(apply, loop, future, lazy))
         return await future
 
-    def write_sync(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run one write from outside an event loop (the CLI), through the same writer and commit."""
+    def write_sync(self, apply: Callable[[sqlite3.Connection], Any], *, recount: bool = False) -> Any:
+        """Run one write from outside an event loop (the CLI), through the same writer and commit.
+
+        `recount`: `apply` changes pending deliveries or dead letters without keeping `counts` (a replay,
+        a purge): they are counted again once the writer is idle, outside a transaction (an O(n) count
+        in one would hold up a running router's commits; a router counts such changes itself).
+        """
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(_Op(apply, None, future))
+
+        def counted(conn: sqlite3.Connection) -> Any:
+            result = apply(conn)
+            self._stale_counts = True
+            return result
+
+        self._queue.put(_Op(counted if recount else apply, None, future))
         return future.result()
 
     # --- the clock -----------------------------------------------------------------------------------
@@ -622,7 +709,7 @@ class Spool:
         """
         jump = self.clock.jump()
         try:
-            self.write_sync(partial(_rebase, shift=jump, anchor=Anchor(self.clock.boot, self.clock.offset + jump)))
+            self.write_sync(partial(self._rebase, shift=jump, anchor=Anchor(self.clock.boot, self.clock.offset + jump)))
         except SpoolError as exc:
             # the spool and the clock stay in the old base, which is consistent: the router's clock watch
             # tries again once it runs
@@ -640,9 +727,13 @@ class Spool:
         """
         self._rebasing += 1
         try:
-            await self._write(partial(_rebase, shift=shift, anchor=self.clock.anchor))
+            await self._write(partial(self._rebase, shift=shift, anchor=self.clock.anchor))
         finally:
             self._rebasing -= 1
+
+    def _rebase(self, conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
+        _rebase(conn, shift=shift, anchor=anchor)
+        self._oldest_stale = self._oldest_stale or bool(shift)
 
     # --- writes ------------------------------------------------------------------------------------
 
@@ -664,6 +755,7 @@ class Spool:
                     out[index] = None
                 elif isinstance(item, StoreDeadLetter):
                     out[index] = _insert_dead_letter(conn, item, now)
+                    self._dead += 1
                 else:
                     events.append((index, item))
             for start in range(0, len(events), _ROWS_PER_INSERT):
@@ -676,10 +768,15 @@ class Spool:
                     for (_, item), seq in zip(chunk, seqs, strict=True)
                     for d in item.deliveries
                 ]
-                dids = iter(_insert_rows(conn, _DELIVERY_INSERT, rows))
+                new = _insert_rows(conn, _DELIVERY_INSERT, rows)
+                dids = iter(new)
                 for index, item in chunk:
                     out[index] = [next(dids) for _ in item.deliveries]
+                    for d in item.deliveries:
+                        self._pending[d.output] = self._pending.get(d.output, 0) + 1
                 self.depth += len(chunk)
+                if new and self._oldest is None and not self._oldest_stale:  # was empty: ids only grow
+                    self._oldest = (new[0], now)
             return out
 
         result: list[list[int] | int | None] = await self._write(apply)
@@ -742,6 +839,7 @@ class Spool:
             ),
         )
         self._finish(conn, (did,))
+        self._dead += 1
         assert cur.lastrowid is not None
         return cur.lastrowid
 
@@ -751,11 +849,21 @@ class Spool:
         for start in range(0, len(dids), 500):  # SQLite's bound-parameter limit is far above, but be modest
             chunk = dids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            (seqs,) = conn.execute(
-                f"SELECT json_group_array(DISTINCT seq) FROM deliveries WHERE did IN ({marks})", chunk
+            seqs, outputs, lowest = conn.execute(
+                f"SELECT json_group_array(DISTINCT seq), json_group_array(output), MIN(did) FROM deliveries "
+                f"WHERE did IN ({marks})",
+                chunk,
             ).fetchone()
             if seqs == "[]":
                 continue
+            for output in orjson.loads(outputs):
+                left = self._pending.get(output, 0) - 1
+                if left > 0:
+                    self._pending[output] = left
+                else:  # below zero: another process's (a replay's), not counted yet; `_recount` will
+                    self._pending.pop(output, None)
+            if self._oldest is not None and lowest <= self._oldest[0]:
+                self._oldest_stale = True
             conn.execute(f"DELETE FROM deliveries WHERE did IN ({marks})", chunk)
             self.depth -= conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
@@ -771,13 +879,13 @@ class Spool:
         return self._thread is not None and self._thread.is_alive() and self.last_error is None and not self.detached
 
     def oldest_pending_age(self) -> float | None:
-        assert self._reader is not None
-        row = self._reader.execute(OLDEST_PENDING).fetchone()
-        return None if row is None else max(0.0, self.clock.now() - float(row[0]))
+        """Seconds since the oldest pending event was stored (from `counts`: no statement)."""
+        first_at = self.counts.oldest_first_at
+        return None if first_at is None else max(0.0, self.clock.now() - first_at)
 
     def dead_letter_count(self) -> int:
-        assert self._reader is not None
-        return int(self._reader.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+        """Dead letters in the store (from `counts`: no statement)."""
+        return self.counts.dead_letters
 
     def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
         """Deliveries of `output` due by `now` (in `clock`'s base), oldest due first, skipping those in memory."""
@@ -814,10 +922,8 @@ class Spool:
         return None if row is None or row[0] is None else float(row[0])
 
     def pending_outputs(self) -> dict[str, int]:
-        """Pending deliveries per output, including outputs no longer configured."""
-        assert self._reader is not None
-        rows = self._reader.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output").fetchall()
-        return dict(rows)
+        """Pending deliveries per output, including outputs no longer configured (from `counts`: no statement)."""
+        return dict(self.counts.pending)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

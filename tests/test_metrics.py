@@ -1,0 +1,308 @@
+"""The spool gauges on `/metrics`: right after every kind of change, and read without a statement on the loop.
+
+The gauges come from counts the spool's writer thread keeps as it commits (`Spool.counts`), counted again
+from the database when another process (`dlq replay`, `dlq purge`) changed the spool. A scrape at a large
+backlog used to run COUNT(*)/GROUP BY on the event loop (tens of ms each, every request waiting).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from event_router.app import App
+from event_router.spool import OLDEST_PENDING, Spool
+from event_router.testing import RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
+
+pytestmark = pytest.mark.anyio
+KEY = "test-key-metrics"
+GAUGE = re.compile(r'^event_router_(\w+?)(?:\{output="([^"]*)"\})? (\S+)$', re.MULTILINE)
+
+
+def scrape(admin: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def spool_gauges(admin: int) -> dict[str, Any]:
+    """The spool's gauges from a real scrape: pending per output, dead letters stored, pending events."""
+    found: dict[str, Any] = {"pending": {}}
+    for name, output, value in GAUGE.findall(scrape(admin)):
+        if name == "deliveries_pending" and float(value):
+            found["pending"][output] = int(float(value))
+        elif name in ("dead_letters_stored", "spool_pending_events"):
+            found[name] = int(float(value))
+        elif name == "spool_oldest_pending_age_seconds":
+            found["age"] = float(value)
+    return found
+
+
+def spool_truth(db: Path) -> dict[str, Any]:
+    """The same numbers counted in the spool file itself."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {
+            "pending": dict(conn.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output")),
+            "dead_letters_stored": conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0],
+            "spool_pending_events": conn.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+        }
+    finally:
+        conn.close()
+
+
+def fill(db: Path, pending: int, dead: int, *, output: str = "held") -> None:
+    """A spool with `pending` events (one delivery each to `output`) and `dead` dead letters, by SQL (fast)."""
+    spool = Spool(db)
+    spool.open()  # the schema
+    spool.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    now = time.time() - 30
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO events (seq, id, trigger, stored_at, body) VALUES (?, ?, 'transport.messageReceived', ?, '{}')",
+        ((seq, f"e{seq}", now) for seq in range(1, pending + 1)),
+    )
+    conn.executemany(
+        "INSERT INTO deliveries (seq, output, route, due, first_at) VALUES (?, ?, 'r', ?, ?)",
+        ((seq, output, now + 86400, now) for seq in range(1, pending + 1)),
+    )
+    conn.executemany(
+        "INSERT INTO dead_letters (reason, created_at, body) VALUES ('permanent', ?, '{}')",
+        ((now,) for _ in range(dead)),
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+# --- no statement on the loop -------------------------------------------------------------------------------
+
+
+async def test_scrape_readyz_and_status_run_no_sql_on_the_event_loop(
+    tmp_path: Path, make_app: Callable[[str], AbstractAsyncContextManager[App]]
+) -> None:
+    """Every statement on the spool's reader connection is recorded with its thread: a scrape, /readyz
+    and the status line run none on the loop's thread (the reader is the only connection the loop uses;
+    the writer's belongs to its thread)."""
+    fill(tmp_path / "var" / "spool.db", 20_000, 300)
+    admin = free_port()
+    text = f"""
+[router]
+data_dir = "{tmp_path}/var"
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{free_port()}"
+api_key = "{KEY}"
+[outputs.archive]
+type = "file"
+path = "{tmp_path}/out.jsonl"
+[[routes]]
+name = "all"
+match = {{ trigger = ["**"] }}
+to = ["archive"]
+"""
+    async with make_app(text) as app:
+        loop_thread = threading.get_ident()
+        statements: list[tuple[int, str]] = []
+        assert app.spool._reader is not None
+        app.spool._reader.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
+        # the recording works: a read the delivery loop makes is seen, on the loop's thread
+        app.spool.next_due("archive")
+        assert statements and statements[-1][0] == loop_thread
+        statements.clear()
+
+        metrics = await anyio.to_thread.run_sync(scrape, admin)
+        readyz = await anyio.to_thread.run_sync(scrape, admin, "/readyz")
+        status = app._status_line()
+
+        on_loop = [sql for thread, sql in statements if thread == loop_thread]
+        assert on_loop == [], f"statements on the event loop during a scrape: {on_loop}"
+        assert 'event_router_deliveries_pending{output="held"} 20000.0' in metrics
+        assert "event_router_dead_letters_stored 300.0" in metrics
+        assert "event_router_spool_pending_events 20000.0" in metrics
+        age = float(re.search(r"^event_router_spool_oldest_pending_age_seconds (\S+)$", metrics, re.M).group(1))  # type: ignore[union-attr]
+        assert 25 < age < 120, metrics
+        assert '"ready":true' in readyz.replace(" ", "")
+        assert status.startswith("20000 events pending")
+
+
+def test_oldest_pending_is_an_index_lookup(tmp_path: Path) -> None:
+    """What the writer thread reads after the oldest delivery is finished: two rowid searches, no scan,
+    whatever the backlog (the spool's `status` command reads it too)."""
+    db = tmp_path / "spool.db"
+    fill(db, 1000, 0)
+    conn = sqlite3.connect(db)
+    plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + OLDEST_PENDING)]
+    assert plan and all(step.startswith(("SEARCH", "SCALAR SUBQUERY")) for step in plan), plan
+    assert conn.execute(OLDEST_PENDING).fetchone() == (pytest.approx(time.time() - 30, abs=5), 1)
+    conn.execute("DELETE FROM deliveries")
+    conn.commit()
+    assert conn.execute(OLDEST_PENDING).fetchone() is None
+    conn.close()
+
+
+async def test_counts_follow_the_spools_own_writes(tmp_path: Path) -> None:
+    """Stores, deliveries, retries, dead letters, a failed group and a clock rebase: after each commit,
+    `counts` is what the database holds."""
+    from event_router.spool import NewDelivery, StoreDeadLetter, StoreEvent
+
+    db = tmp_path / "spool.db"
+    spool = Spool(db)
+    spool.open()
+
+    def check() -> None:
+        truth = spool_truth(db)
+        oldest = sqlite3.connect(db).execute(OLDEST_PENDING).fetchone()
+        assert dict(spool.counts.pending) == truth["pending"]
+        assert spool.counts.dead_letters == truth["dead_letters_stored"]
+        assert spool.depth == truth["spool_pending_events"]
+        assert spool.counts.oldest_first_at == (None if oldest is None else oldest[0])
+
+    try:
+        check()
+        dids = await spool.store(
+            [
+                StoreEvent(f"e{i}", "t", b"{}", [NewDelivery("a", "r", None), NewDelivery("b", "r", None)])
+                for i in range(5)
+            ]
+            + [StoreDeadLetter("validation", "bad", b"{}")]
+        )
+        check()
+        first = [d for item in dids[:5] for d in item]  # type: ignore[union-attr]
+        await spool.settle(
+            done=first[:3], retry=[(first[3], 1, 1e12, "HTTP 503")], dead=[(first[4], "permanent", "400", 1)]
+        )
+        check()
+        assert spool.counts.pending == {"a": 2, "b": 4} and spool.counts.dead_letters == 2
+
+        def boom(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM deliveries")
+            raise RuntimeError("disk on fire")
+
+        with pytest.raises(Exception, match="disk on fire"):
+            await spool._write(boom)
+        check()
+        before = spool.counts.oldest_first_at
+        assert before is not None
+        await spool.rebase(-100.0)
+        check()
+        assert spool.counts.oldest_first_at == pytest.approx(before - 100)
+        await spool.settle(done=[first[3], *first[5:]])
+        check()
+        assert spool.counts.pending == {} and spool.counts.oldest_first_at is None and spool.depth == 0
+    finally:
+        spool.close()
+
+
+# --- a real router beside the dlq commands ------------------------------------------------------------------
+
+
+def router_toml(tmp: Path, port: int, admin: int, crm: str, closed: int, *, replay_route: bool = False) -> str:
+    extra = (
+        """
+[[routes]]
+name = "replayed"
+match = { trigger = ["consumption.**"] }
+to = ["slow"]
+"""
+        if replay_route
+        else ""
+    )
+    return f"""
+[router]
+data_dir = "{tmp}/var"
+unmatched = "dead-letter"
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+api_key = "{KEY}"
+[outputs.archive]
+type = "file"
+path = "{tmp}/out/events.jsonl"
+[outputs.crm]
+type = "http"
+url = "{crm}/hooks"
+[outputs.slow]
+type = "http"
+url = "http://127.0.0.1:{closed}/down"
+retry = {{ initial_backoff = "1h", max_backoff = "1h", max_attempts = 100, max_age = "7d" }}
+[[routes]]
+name = "messages"
+match = {{ trigger = ["transport.**"] }}
+to = ["archive", "crm", "slow"]
+{extra}"""
+
+
+def test_gauges_match_the_spool_across_deliveries_dead_letters_dlq_commands_and_restart(tmp_path: Path) -> None:
+    port, admin, closed = free_port(), free_port(), free_port()
+    db = tmp_path / "var" / "spool.db"
+    with http_receiver() as crm:
+        crm.respond(400)  # permanent: each delivery to crm becomes a dead letter
+        config = tmp_path / "router.toml"
+        config.write_text(router_toml(tmp_path, port, admin, crm.url, closed))
+        # the same spool, and a route for the unmatched dead letters to be replayed through
+        replay_config = tmp_path / "replay.toml"
+        replay_config.write_text(router_toml(tmp_path, port, admin, crm.url, closed, replay_route=True))
+        hook = f"http://127.0.0.1:{port}/events"
+        headers = {"x-api-key": KEY}
+
+        def settled(expected: dict[str, Any]) -> None:
+            """The gauges equal the spool file's own counts and what the steps so far should have left."""
+
+            def same() -> bool:
+                gauges, truth = spool_gauges(admin), spool_truth(db)
+                gauges.pop("age", None)
+                return gauges == truth == expected
+
+            wait_for(same, timeout=10, what=f"gauges {spool_gauges(admin)} == spool {spool_truth(db)} == {expected}")
+
+        router = RouterProcess(config).start()
+        try:
+            for _ in range(3):
+                assert post(hook, example("transport.messageReceived"), headers)[0] == 202
+            for _ in range(2):  # no route: dead letters
+                assert post(hook, example("consumption.incomingRequestReceived"), headers)[0] == 422
+            settled({"pending": {"slow": 3}, "dead_letters_stored": 5, "spool_pending_events": 3})
+            wait_for(lambda: len(crm.requests) == 3, what="crm tried")
+            age = spool_gauges(admin)["age"]
+            assert 0 < age < 60
+
+            crm.respond(200)
+            replayed = run_cli("dlq", "replay", "-c", str(config), "--output", "crm")
+            assert replayed.returncode == 0, replayed.stderr
+            wait_for(lambda: len(crm.requests) == 6, what="replayed deliveries to crm")
+            settled({"pending": {"slow": 3}, "dead_letters_stored": 2, "spool_pending_events": 3})
+
+            purged = run_cli("dlq", "purge", "-c", str(config), "--reason", "no_route")
+            assert purged.returncode == 0, purged.stderr
+            settled({"pending": {"slow": 3}, "dead_letters_stored": 0, "spool_pending_events": 3})
+
+            for _ in range(2):
+                assert post(hook, example("consumption.incomingRequestReceived"), headers)[0] == 422
+            settled({"pending": {"slow": 3}, "dead_letters_stored": 2, "spool_pending_events": 3})
+            replayed = run_cli("dlq", "replay", "-c", str(replay_config), "--reason", "no_route")
+            assert replayed.returncode == 0, replayed.stderr
+            settled({"pending": {"slow": 5}, "dead_letters_stored": 0, "spool_pending_events": 5})
+        finally:
+            router.terminate()
+
+        router = RouterProcess(config).start()
+        try:
+            settled({"pending": {"slow": 5}, "dead_letters_stored": 0, "spool_pending_events": 5})
+            assert spool_gauges(admin)["age"] >= age
+        finally:
+            router.terminate()
