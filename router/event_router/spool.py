@@ -709,7 +709,8 @@ class Spool:
         """
         jump = self.clock.jump()
         try:
-            self.write_sync(partial(self._rebase, shift=jump, anchor=Anchor(self.clock.boot, self.clock.offset + jump)))
+            anchor = Anchor(self.clock.boot, self.clock.offset + jump)
+            self.write_sync(partial(self._rebase_times, shift=jump, anchor=anchor))
         except SpoolError as exc:
             # the spool and the clock stay in the old base, which is consistent: the router's clock watch
             # tries again once it runs
@@ -727,13 +728,13 @@ class Spool:
         """
         self._rebasing += 1
         try:
-            await self._write(partial(self._rebase, shift=shift, anchor=self.clock.anchor))
+            await self._write(partial(self._rebase_times, shift=shift, anchor=self.clock.anchor))
         finally:
             self._rebasing -= 1
 
-    def _rebase(self, conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
+    def _rebase_times(self, conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
         _rebase(conn, shift=shift, anchor=anchor)
-        self._oldest_stale = self._oldest_stale or bool(shift)
+        self._oldest_stale = self._oldest_stale or bool(shift)  # its `first_at` moved too
 
     # --- writes ------------------------------------------------------------------------------------
 
