@@ -1,5 +1,8 @@
 """The daemon: builds everything from router.toml, starts outputs then inputs, stops in reverse.
 
+Ready (READY=1, `router ready`) once every input consumes: a broker input that cannot connect yet is
+waited for while the rest runs (the webhook takes events, /readyz answers 503 naming the input).
+
 Every input and output runs in its own cancel scope under a supervisor: one that fails after it started
 is logged and restarted with backoff while the rest keeps running; a reload stops and restarts only the
 inputs and outputs whose tables changed. SIGTERM/SIGINT: stop inputs first (the webhook stops accepting;
@@ -39,6 +42,8 @@ STATUS_INTERVAL = 10.0
 MAX_RESTART_DELAY = 30.0
 #: how often to compare the wall clock with the spool's: a jump is noticed within this many seconds
 CLOCK_CHECK_INTERVAL = 1.0
+#: at start, how long the admin endpoint waits for the inputs to consume before it listens anyway
+ADMIN_AFTER = 2.0
 
 
 def load_schemas(config: RouterConfig | None, registry: PluginRegistry) -> SchemaRegistry:
@@ -49,23 +54,32 @@ def load_schemas(config: RouterConfig | None, registry: PluginRegistry) -> Schem
     return SchemaRegistry.load(dirs)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Unit:
-    """A running input or output: cancelled alone on reload or shutdown."""
+    """A running input or output: cancelled alone on reload or shutdown. Compared (and hashed) by identity."""
 
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     finished: anyio.Event = field(default_factory=anyio.Event)
+    #: set once the plugin called `task_status.started()` (an input: once it consumes), or once it failed
+    #: before that (then `failure` says why)
+    settled: anyio.Event = field(default_factory=anyio.Event)
+    failure: BaseException | None = None
 
 
 class _Tracked(TaskStatus[Any]):
     """Remembers whether `started()` was called, to tell a start-up failure from a later crash."""
 
-    def __init__(self, inner: TaskStatus[Any]):
+    def __init__(self, inner: TaskStatus[Any], unit: _Unit | None = None):
         self.inner = inner
+        self.unit = unit
         self.called = False
 
     def started(self, value: Any = None) -> None:
+        if self.called:  # a plugin consuming again after a reconnect: it said so the first time
+            return
         self.called = True
+        if self.unit is not None:
+            self.unit.settled.set()
         self.inner.started(value)
 
 
@@ -93,6 +107,10 @@ class App:
         self._tg: TaskGroup | None = None
         self._inputs: dict[str, _Unit] = {}
         self._outputs: dict[str, _Unit] = {}
+        #: set once everything is started and the router waits for its inputs to consume
+        self.running = anyio.Event()
+        #: set once every input consumes: READY=1, `router ready`
+        self.ready = anyio.Event()
         self.stats.add_gauges(self._gauges)
 
     def request_stop(self) -> None:
@@ -120,8 +138,13 @@ class App:
                 for out in config.outputs.values():
                     await self._start_output(out)
                 self._warn_orphans()
+                # all at once: a broker that is down must not keep the webhook from listening
                 for inp in config.inputs.values():
-                    await self._start_input(inp, fatal=True)
+                    self._launch_input(inp)
+                # an input that cannot start (its port in use) is reported before the admin endpoint's own
+                # failure; one still connecting to its broker does not hold the admin endpoint back for long
+                with anyio.move_on_after(ADMIN_AFTER):
+                    await self._await_inputs()
                 if config.admin_listen is not None:
                     from event_router.admin import serve_admin
 
@@ -131,17 +154,27 @@ class App:
                     tg.start_soon(self._signals)
                 tg.start_soon(self._heartbeat)
                 tg.start_soon(self._watch_clock)
-                log.info(
-                    "router ready",
-                    extra={
-                        "inputs": len(config.inputs),
-                        "outputs": len(config.outputs),
-                        "routes": len(config.routes),
-                        "pending": self.spool.depth,
-                        "startup_seconds": round(time.monotonic() - self.started_at, 3),
-                    },
-                )
-                notify("READY=1", f"STATUS={self._status_line()}")
+                waiting = self._not_consuming()
+                if waiting:
+                    log.info("waiting for inputs to consume before reporting ready", extra={"inputs": waiting})
+                    notify(f"STATUS=starting: waiting for inputs to consume: {', '.join(waiting)}")
+                self.running.set()
+                # READY=1 promises every input consumes (a queue bound, a subscription made, a port
+                # listening): what the Connector sends from then on is not lost
+                await self._await_inputs(forever=True)
+                if not self._stop.is_set():
+                    log.info(
+                        "router ready",
+                        extra={
+                            "inputs": len(config.inputs),
+                            "outputs": len(config.outputs),
+                            "routes": len(config.routes),
+                            "pending": self.spool.depth,
+                            "startup_seconds": round(time.monotonic() - self.started_at, 3),
+                        },
+                    )
+                    notify("READY=1", f"STATUS={self._status_line()}")
+                    self.ready.set()
                 task_status.started()
                 await self._stop.wait()
                 log.info(
@@ -171,47 +204,98 @@ class App:
         task_status: TaskStatus[None],
     ) -> None:
         """Run `run`; restart it with backoff when it fails after it started (or always, when not fatal)."""
-        status = _Tracked(task_status)
+        status = _Tracked(task_status, unit)
         if not fatal:
             task_status.started()
-            status = _Tracked(anyio.TASK_STATUS_IGNORED)
+            status = _Tracked(anyio.TASK_STATUS_IGNORED, unit)
         delay = 1.0
         with unit.scope:
             try:
                 while True:
                     try:
                         await run(status)
+                        if not status.called:
+                            raise RuntimeError(f"the {kind} ended before it started")
                         return
-                    except Exception:
+                    except Exception as exc:
                         if fatal and not status.called:
-                            raise  # cannot even start (port taken...): the router must not come up half-way
+                            # cannot even start (port taken...): the router must not come up half-way
+                            unit.failure = exc
+                            unit.settled.set()
+                            return
                         log.exception(f"{kind} failed; restarting it", extra={kind: name, "retry_in": delay})
                         await anyio.sleep(delay)
                         delay = min(delay * 2, MAX_RESTART_DELAY)
-                        status = _Tracked(anyio.TASK_STATUS_IGNORED)
+                        status = _Tracked(anyio.TASK_STATUS_IGNORED, unit)
                         status.called = True
             finally:
+                unit.settled.set()  # stopped (a reload replaced it): nothing waits for it any more
                 unit.finished.set()
 
-    async def _start_input(self, inp: InputConfig, *, fatal: bool) -> None:
-        assert self._tg is not None
-        unit = self._inputs[inp.name] = _Unit()
+    def _input_runner(self, inp: InputConfig) -> Callable[[TaskStatus[Any]], Awaitable[None]]:
         sink = self.pipeline.sink_for(inp)
 
         async def run(status: TaskStatus[Any]) -> None:
             await inp.plugin.run(sink, task_status=status)
 
-        try:
-            await self._tg.start(
-                lambda task_status: self._supervise("input", inp.name, unit, run, fatal=fatal, task_status=task_status)
+        return run
+
+    def _launch_input(self, inp: InputConfig) -> None:
+        """Start an input at start-up without waiting for it: `_await_inputs` waits, and reports its failure."""
+        assert self._tg is not None
+        unit = self._inputs[inp.name] = _Unit()
+        self._tg.start_soon(
+            partial(
+                self._supervise,
+                "input",
+                inp.name,
+                unit,
+                self._input_runner(inp),
+                fatal=True,
+                task_status=anyio.TASK_STATUS_IGNORED,
             )
-        except ConfigError as exc:  # the plugin named the key of its table at fault (a `listen` in use...)
-            del self._inputs[inp.name]
+        )
+
+    def _not_consuming(self) -> list[str]:
+        return [name for name, unit in self._inputs.items() if not unit.settled.is_set()]
+
+    async def _await_inputs(self, *, forever: bool = False) -> None:
+        """Until every input consumes, or a stop is asked for (`forever`); raises the error of an input that
+        failed before it consumed. A broker input that cannot connect retries by itself: it is waited for."""
+        while True:
+            for name, unit in list(self._inputs.items()):
+                if unit.failure is not None:
+                    del self._inputs[name]
+                    raise self._input_error(self.config.inputs[name], unit.failure) from unit.failure
+            units = [unit for unit in self._inputs.values() if not unit.settled.is_set()]
+            if not units or (forever and self._stop.is_set()):
+                return
+            async with anyio.create_task_group() as news:
+
+                async def first(event: anyio.Event) -> None:
+                    await event.wait()
+                    news.cancel_scope.cancel()
+
+                for unit in units:
+                    news.start_soon(first, unit.settled)
+                if forever:
+                    news.start_soon(first, self._stop)
+
+    def _input_error(self, inp: InputConfig, exc: BaseException) -> RouterError:
+        if isinstance(exc, ConfigError):  # the plugin named the key of its table at fault (a `listen` in use...)
             key = f"inputs.{inp.name}.{exc.path}" if exc.path else f"inputs.{inp.name}"
-            raise ConfigError(key, exc.message, plugin=inp.type, file=self.config.path.name) from exc
-        except Exception as exc:
-            del self._inputs[inp.name]
-            raise RouterError(f"input {inp.name} ({inp.type}) could not start: {exc}") from exc
+            return ConfigError(key, exc.message, plugin=inp.type, file=self.config.path.name)
+        return RouterError(f"input {inp.name} ({inp.type}) could not start: {exc}")
+
+    async def _start_input(self, inp: InputConfig) -> None:
+        """Start an input on reload: it runs, and is restarted with backoff, whatever happens; the router
+        stays ready meanwhile and /readyz follows the input's `is_ready()`."""
+        assert self._tg is not None
+        unit = self._inputs[inp.name] = _Unit()
+        run = self._input_runner(inp)
+        await self._tg.start(
+            lambda task_status: self._supervise("input", inp.name, unit, run, fatal=False, task_status=task_status)
+        )
 
     async def _start_output(self, out: OutputConfig) -> None:
         assert self._tg is not None
@@ -294,7 +378,8 @@ class App:
         in-flight ones before its successor starts, and a replaced input finishes its requests first.
         """
         async with self._reload_lock:
-            notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            if self.ready.is_set():  # before, systemd still waits for the first READY=1
+                notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
                 new = load_config(self.config.path, self.registry)
                 schemas = load_schemas(new, self.registry)
@@ -307,7 +392,7 @@ class App:
             if errors:
                 log.error("reload refused, keeping the running configuration", extra={"errors": errors})
                 self.stats.incr("reloads", result="invalid")
-                notify("READY=1", "STATUS=reload refused: invalid configuration; " + self._status_line())
+                self._notify_reloaded("reload refused: invalid configuration; " + self._status_line())
                 return False, errors
             old = self.config
             new_inputs = _changed(old.inputs, new.inputs)
@@ -332,12 +417,19 @@ class App:
             for name in [n for n in old.inputs if n not in merged.inputs or n in new_inputs]:
                 await self._stop_input(name)
             for name in new_inputs:
-                await self._start_input(merged.inputs[name], fatal=False)
+                await self._start_input(merged.inputs[name])
             changed = sorted(f"inputs.{n}" for n in new_inputs) + sorted(f"outputs.{n}" for n in new_outputs)
             log.info("configuration reloaded", extra={"routes": len(merged.routes), "restarted": changed})
             self.stats.incr("reloads", result="ok")
-            notify("READY=1", f"STATUS={self._status_line()}")
+            self._notify_reloaded(self._status_line())
             return True, []
+
+    def _notify_reloaded(self, status: str) -> None:
+        """READY=1 ends a reload only once the router was ready: during start-up it still means ready."""
+        if self.ready.is_set():
+            notify("READY=1", f"STATUS={status}")
+        else:
+            notify(f"STATUS={status}")
 
     # --- health, status ---------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ __all__ = [
     "RetryableError",
     "SpoolFull",
     "SubmitResult",
+    "started_once",
 ]
 
 
@@ -130,7 +131,12 @@ class Input(_Plugin):
 
     @abstractmethod
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
-        """Consume until cancelled. Call `task_status.started()` once listening/connected.
+        """Consume until cancelled. Call `task_status.started()` only once you consume: the port listens,
+        the queue is declared and bound and the consumer registered, the subscription is acknowledged. The
+        router reports ready (READY=1, `/readyz`, `router ready`) once every input did, so what a source
+        publishes from then on reaches the input. While the broker is down, retry with backoff without
+        calling it (`started_once` helps when consuming starts again after a reconnect); raising before it
+        stops the router at start-up.
 
         Cancellation is how the core stops an input (SIGTERM, reload): stop taking new events, and
         leave unacknowledged ones to the source (the broker redelivers them).
@@ -139,6 +145,20 @@ class Input(_Plugin):
     def is_ready(self) -> bool:
         """True while the input can take events (connected to its broker...). Feeds /readyz."""
         return True
+
+
+def started_once(task_status: TaskStatus[None]) -> Callable[[], None]:
+    """A callable that calls `task_status.started()` the first time only: an input calls it each time it
+    consumes, after every reconnect, and the router is told once."""
+    called = False
+
+    def started() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            task_status.started()
+
+    return started
 
 
 class Output(_Plugin):

@@ -57,7 +57,8 @@ class Backoff:
         self.failures = 0
 
     def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2.0**self.failures)
+        # the exponent is capped: 2.0**1024 overflows, after about six hours of a broker down at 30 s
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(self.failures, 64))
         self.failures += 1
         return random.uniform(ceiling / 2, ceiling)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 from event_router.durations import DURATION_SCHEMA, parse_duration
 from event_router.errors import ConfigError, SpoolFull
 from event_router.event import Event
-from event_router.plugin import EventSink, Input, PluginContext
+from event_router.plugin import EventSink, Input, PluginContext, started_once
 from event_router.secrets import secret_schema
 from event_router_amqp.common import (
     EXCHANGE_TYPES,
@@ -166,13 +166,15 @@ class AmqpInput(Input):
         return self._ready
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
-        # Started at once: the router must serve its other inputs while this broker is down.
-        task_status.started()
+        # Started once consuming (queue declared and bound, consumer registered): before, what the Connector
+        # publishes to the exchange reaches no queue and is dropped. The router serves its other inputs
+        # meanwhile, and this one keeps retrying while the broker is down.
+        started = started_once(task_status)
         pass_through = _pass_through()
         backoff = Backoff(self.reconnect_max)
         while True:
             try:
-                await self._consume(sink, backoff)
+                await self._consume(sink, backoff, started)
             except pass_through as exc:
                 delay = backoff.next()
                 error = str(exc) if isinstance(exc, ConnectionLost) else describe_error(exc)
@@ -203,7 +205,7 @@ class AmqpInput(Input):
                 self._ready = self._consuming = False
             await anyio.sleep(delay)
 
-    async def _consume(self, sink: EventSink, backoff: Backoff) -> None:
+    async def _consume(self, sink: EventSink, backoff: Backoff, started: Callable[[], None]) -> None:
         import aio_pika
 
         from event_router_amqp import tolerant_decode
@@ -234,6 +236,7 @@ class AmqpInput(Input):
                 "consuming from the broker",
                 extra={"url": self.safe_url, "queue": self.queue, "exchange": self.exchange, "prefetch": self.prefetch},
             )
+            started()
             while True:
                 batch = await inbox.take(self.batch_size, self.batch_wait)
                 await self._handle(sink, batch, inbox, underlay)

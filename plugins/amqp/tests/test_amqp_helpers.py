@@ -53,6 +53,13 @@ def test_backoff_doubles_up_to_the_maximum_and_resets() -> None:
     assert backoff.next() <= 0.2
 
 
+def test_backoff_keeps_going_through_a_long_outage() -> None:
+    """Thousands of failed attempts in a row (hours of a broker down): still the maximum, no overflow."""
+    backoff = Backoff(maximum=30.0)
+    backoff.failures = 5000
+    assert 15.0 <= backoff.next() <= 30.0
+
+
 def make_input(tmp_path: Path) -> AmqpInput:
     context = PluginContext("broker", tmp_path, logging.getLogger("test"), tmp_path)
     return AmqpInput({"url": "amqp://guest:guest@127.0.0.1/"}, context)

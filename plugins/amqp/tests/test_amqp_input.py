@@ -210,7 +210,7 @@ async def test_the_router_starts_while_the_broker_is_unreachable(make_app, caplo
     url = f"amqp://guest:s3cret-pw@127.0.0.1:{port}/"
     caplog.set_level(logging.INFO, logger="event_router")
     toml = input_toml(url, "connector", "q", extra='reconnect_max = "200ms"')
-    async with make_app(toml) as app:
+    async with make_app(toml, ready=False) as app:
         plugin = app.config.inputs["broker"].plugin
         assert not plugin.is_ready()
         await until(
@@ -234,7 +234,7 @@ async def test_a_router_connects_once_the_broker_has_the_exchange(  # type: igno
     broker.exchanges.append(exchange)
     queue = broker.queue_name("late")
     out = tmp_path / "out/events.jsonl"
-    async with make_app(input_toml(AMQP_URL, exchange, queue, extra='reconnect_max = "200ms"')) as app:
+    async with make_app(input_toml(AMQP_URL, exchange, queue, extra='reconnect_max = "200ms"'), ready=False) as app:
         plugin = app.config.inputs["broker"].plugin
         await anyio.sleep(0.5)
         assert not plugin.is_ready()

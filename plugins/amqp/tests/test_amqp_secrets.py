@@ -60,7 +60,7 @@ to = "unreachable"
     )
 
     broken = text.replace(f'url = "amqp://guest:{PASSWORD}@', f'url = "http://guest:{PASSWORD}@')
-    with RouterProcess(config, env=env) as router:
+    with RouterProcess(config, env=env, ready=False) as router:  # inputs that never connect
         status, _, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"))
         assert status == 202
         refused = router.wait_log("cannot consume from the broker")

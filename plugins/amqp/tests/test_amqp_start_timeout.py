@@ -83,7 +83,7 @@ async def test_an_unanswered_basic_consume_times_out_and_the_input_reconnects(  
         proxy.swallow.set()
         url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
         toml = input_toml(url, exchange, queue, extra='connect_timeout = "1s"\nreconnect_max = "500ms"')
-        async with make_app(toml) as app:
+        async with make_app(toml, ready=False) as app:
             plugin = app.config.inputs["broker"].plugin
             # two attempts: the input goes round its reconnect loop instead of waiting on the first one
             await until(lambda: len(errors()) >= 2, what="the input to give up on basic.consume twice", within=20)

@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 from event_router.batching import BatchStore, Rejected
 from event_router.errors import ConfigError, SpoolFull
 from event_router.event import Event
-from event_router.plugin import EventSink, Input, PluginContext
+from event_router.plugin import EventSink, Input, PluginContext, started_once
 from event_router.retry import RetryPolicy
 from event_router_mqtt.settings import CONFIG_SCHEMA, parse_settings, trigger_for
 
@@ -89,8 +89,9 @@ class MqttInput(Input):
         return self._ready
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
-        # Started at once: the router serves its other inputs, and its spool, while the broker is down.
-        task_status.started()
+        # Started once the broker acknowledged the subscription (SUBACK): before, what the Connector publishes
+        # reaches no subscriber (a new session) and is dropped. The router serves its other inputs meanwhile.
+        started = started_once(task_status)
         import aiomqtt
 
         failures = 0
@@ -98,7 +99,7 @@ class MqttInput(Input):
         while True:
             self._connected = False
             try:
-                await self._session(sink)
+                await self._session(sink, started)
                 error = "the broker closed the connection"
             except aiomqtt.MqttError as exc:
                 error = _describe(exc)
@@ -121,7 +122,7 @@ class MqttInput(Input):
             )
             await anyio.sleep(delay)
 
-    async def _session(self, sink: EventSink) -> None:
+    async def _session(self, sink: EventSink, started: Callable[[], None]) -> None:
         """One connection: subscribe, then take messages until it ends (MqttError) or the router stops."""
         import aiomqtt
 
@@ -164,6 +165,7 @@ class MqttInput(Input):
                     "clean_session": s.clean_session,
                 },
             )
+            started()
             await self._consume(client, inbox, sink, mqtt.ack)
         except anyio.get_cancelled_exc_class():
             self._ready = False

@@ -64,7 +64,7 @@ reconnect_max = "1s"
     )
 
     broken = text.replace(f"@127.0.0.1:{closed}", f"@127.0.0.1:{closed}/path")
-    with RouterProcess(config, env=env) as router:
+    with RouterProcess(config, env=env, ready=False) as router:  # inputs that never connect
         router.wait_log("subscribed to the MQTT broker")
         router.wait_log("cannot connect to the MQTT broker", count=2)
         config.write_text(broken)

@@ -75,7 +75,7 @@ async def test_starts_without_the_broker_and_connects_when_it_comes(  # type: ig
     kit = MqttKit(tmp_path, port=port)
     config = kit.config("qos = 1").replace(f"mqtt://{HOST}:{port}", f"mqtt://router:s3cret-pw@{HOST}:{port}")
     broker = private_broker(port)
-    async with make_app(config) as app:
+    async with make_app(config, ready=False) as app:
         plugin = app.config.inputs["mq"].plugin
         assert not plugin.is_ready(), "nothing to be ready with yet"
         await eventually(

@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 
 from event_router.errors import SpoolFull
 from event_router.event import Event
-from event_router.plugin import EventSink, Input, PluginContext
+from event_router.plugin import EventSink, Input, PluginContext, started_once
 from event_router.retry import RetryPolicy
 from event_router_pubsub.decode import Undecodable, decode
 from event_router_pubsub.settings import CONFIG_SCHEMA, MIN_ACK_DEADLINE, parse_settings
@@ -64,9 +64,10 @@ class PubSubInput(Input):
         return self._ready
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
-        # The router starts even while Pub/Sub is unreachable: this input connects in the background and
-        # reports itself not ready (/readyz) until it can pull.
-        task_status.started()
+        # Started once the subscription exists (created if configured), just before the first pull: Pub/Sub
+        # keeps for a subscription what is published after it exists, and drops what came before. While
+        # Pub/Sub is unreachable the router serves its other inputs; this one retries, not ready (/readyz).
+        started = started_once(task_status)
         try:
             while True:
                 try:
@@ -77,6 +78,7 @@ class PubSubInput(Input):
                             "pubsub input pulling",
                             extra={"subscription": self.settings.subscription, "endpoint": self.settings.endpoint},
                         )
+                        started()
                         await self._consume(client, sink)
                 except Exception as exc:  # every failure ends in a logged, backed-off retry, never a dead router
                     self._ready = False

@@ -209,7 +209,7 @@ emulator_host = "{closed}"
 reconnect_max = "1s"
 """
     caplog.set_level(logging.WARNING)
-    async with make_app(toml) as app:
+    async with make_app(toml, ready=False) as app:
         plugin = app.config.inputs["connector"].plugin
         await until(lambda: _records(caplog, "cannot pull"), what="a log of the failure")
         assert not plugin.is_ready()
@@ -233,7 +233,7 @@ async def test_missing_subscription_is_reported_until_created(
     topic = await pubsub.create_topic()
     name = pubsub.unique("later")
     caplog.set_level(logging.INFO)
-    async with make_app(router_toml(name, input_extra='reconnect_max = "1s"')) as app:
+    async with make_app(router_toml(name, input_extra='reconnect_max = "1s"'), ready=False) as app:
         plugin = app.config.inputs["connector"].plugin
         (first, *_) = await until(lambda: _records(caplog, "cannot pull"), what="a log of the missing subscription")
         assert "does not exist" in first.error
@@ -288,7 +288,7 @@ subscription = "enmeshed-events"
 key_file = "key.json"
 """
     caplog.set_level(logging.WARNING)
-    async with make_app(toml) as app:
+    async with make_app(toml, ready=False) as app:
         (failure, *_) = await until(lambda: _records(caplog, "cannot pull"), what="a log of the key file")
         assert not app.config.inputs["connector"].plugin.is_ready()
     assert failure.error.startswith(f"key_file {tmp_path / 'key.json'}: ")

@@ -48,7 +48,7 @@ reconnect_max = "1s"
     assert checked.returncode == 0, checked.stderr
     assert_no_secrets(checked.stdout + checked.stderr, SECRETS, expect=["ok: 1 input(s)"], where="check")
 
-    with RouterProcess(config, env=env) as router:
+    with RouterProcess(config, env=env, ready=False) as router:  # inputs that never connect
         failure = router.wait_log("pubsub input cannot pull", timeout=60)
         assert router.terminate() == 0
     assert failure["endpoint"] == "pubsub.googleapis.com" and failure["error"]

@@ -9,14 +9,14 @@ connects as soon as it can, with backoff; `is_ready()` says whether it is connec
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from event_router.batching import BatchStore
-from event_router.plugin import EventSink, Input, PluginContext
+from event_router.plugin import EventSink, Input, PluginContext, started_once
 from event_router.retry import RetryPolicy
 from event_router.secrets import scrub, url_secrets
 from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
@@ -44,13 +44,15 @@ class RedisInput(Input):
         self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
         self._ready = False
         self._connected = False
+        self._started: Callable[[], None] = lambda: None
 
     def is_ready(self) -> bool:
         return self._ready
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
-        # Started at once: the router serves its other inputs, and its spool, while Redis is down.
-        task_status.started()
+        # Started once subscribed (every PSUBSCRIBE confirmed) or the consumer group exists: before, what the
+        # Connector publishes to a channel is dropped. The router serves its other inputs meanwhile.
+        self._started = started_once(task_status)
         from redis.exceptions import AuthenticationError, RedisError
 
         from event_router_redis.stream import GroupMissing
@@ -129,6 +131,7 @@ class RedisInput(Input):
             )
         else:
             self.log.info("subscribed to Redis channels", extra={"redis": s.display, "patterns": list(s.patterns)})
+        self._started()
 
 
 def _describe(exc: BaseException) -> str:

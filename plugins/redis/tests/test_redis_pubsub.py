@@ -155,7 +155,7 @@ async def test_starts_without_redis_and_connects_when_it_comes(  # type: ignore[
     caplog.set_level(logging.INFO)
     server = private_redis(free_port(), password="s3cret-pw")
     kit = RedisKit(tmp_path, port=server.port, password="s3cret-pw")
-    async with make_app(kit.config()) as app:
+    async with make_app(kit.config(), ready=False) as app:
         plugin = app.config.inputs["rd"].plugin
         assert not plugin.is_ready(), "nothing to be ready with yet"
         await eventually(

@@ -47,7 +47,7 @@ reconnect_max = "1s"
     )
 
     broken = text.replace(f"@127.0.0.1:{closed}/0", "@127.0.0.1:notaport/0")
-    with RouterProcess(config, env=env) as router:
+    with RouterProcess(config, env=env, ready=False) as router:  # inputs that never connect
         router.wait_log("subscribed to Redis channels")
         router.wait_log("cannot read from Redis", count=2)
         config.write_text(broken)

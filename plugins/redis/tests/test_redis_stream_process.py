@@ -1,5 +1,5 @@
 """Mode `stream` with `event-router run` in a subprocess: SIGKILL mid-stream loses nothing, and a router
-whose Redis is not there yet still starts."""
+whose Redis is not there yet runs, and reports ready once it reads the stream."""
 
 from __future__ import annotations
 
@@ -72,16 +72,15 @@ def test_starts_while_redis_is_down_and_reads_once_it_is_up(tmp_path: Path, priv
     kit = RedisKit(tmp_path, port=server.port)
     config = tmp_path / "router.toml"
     config.write_text(kit.stream_config())
-    with RouterProcess(config) as router:  # READY=1 although Redis is not there
+    with RouterProcess(config, ready=False) as router:  # runs, not ready: Redis is not there
         wait_for(
             lambda: any(r.get("msg") == "cannot read from Redis" for r in router.log_records()),
             what="the connection failure logged",
         )
+        assert "READY=1" not in router.poll_messages()
         server.start()
-        wait_for(
-            lambda: any(r.get("msg") == "reading the Redis stream" for r in router.log_records()),
-            what="the input to connect",
-        )
+        router.wait_message("READY=1")  # once the input reads the stream
+        assert any(r.get("msg") == "reading the Redis stream" for r in router.log_records())
         message = kit.message()
         kit.xadd({"trigger": "transport.messageReceived", "data": message})
         wait_for(lambda: kit.message_ids() == [message["id"]], what="the event in the file")

@@ -320,6 +320,29 @@ def http_receiver() -> Iterator[Receiver]:
         server.server_close()
 
 
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
+    """GET /readyz of an admin endpoint on loopback: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def assert_ready_means_consuming(router: RouterProcess, admin: int, consuming: str) -> None:
+    """Call at READY=1 (`RouterProcess.start()` returned): /readyz says 200 already, and the input's log
+    line `consuming` (its queue bound, its subscription made) came before `router ready`."""
+    status, body = readyz(admin)
+    assert status == 200, body
+    messages = [str(r.get("msg", "")) for r in router.log_records()]
+    assert "router ready" in messages, router.logs()
+    ready = messages.index("router ready")
+    assert any(m.startswith(consuming) for m in messages[:ready]), f"{consuming!r} not before router ready:\n{messages}"
+
+
 def assert_no_secrets(text: str, secrets: Iterable[str], *, expect: Iterable[str], where: str) -> None:
     """Fail when any of `secrets` occurs in `text`, or when any of `expect` does not.
 
@@ -395,8 +418,12 @@ class RouterProcess:
         env: dict[str, str] | None = None,
         log: Path | None = None,
         program: Sequence[str] = (sys.executable, "-m", "event_router"),
+        ready: bool = True,
     ):
         self.config = config
+        #: `start()` waits for READY=1 (every input consumes); False: only until the router runs and waits for
+        #: its inputs (a broker that is down, on purpose)
+        self.ready = ready
         #: the command before `run`: this interpreter's router, or another install's (`venv/bin/event-router`)
         self.program = list(program)
         self.env = env or {}
@@ -421,8 +448,25 @@ class RouterProcess:
         )
         log.close()
         LIVE_ROUTERS.add(self)
-        self.wait_message("READY=1", timeout)
+        if self.ready:
+            self.wait_message("READY=1", timeout)
+        else:
+            self.wait_running(timeout)
         return self
+
+    def wait_running(self, timeout: float = 20) -> None:
+        """Until the router is ready, or runs and waits for inputs that do not consume yet."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "READY=1" in self.poll_messages() or any(
+                r.get("msg") == "waiting for inputs to consume before reporting ready" for r in self.log_records()
+            ):
+                return
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"router exited with {self.proc.returncode} before it ran:\n{self.logs()}")
+            time.sleep(0.02)
+        raise AssertionError(f"router did not run within {timeout}s:\n{self.logs()}")
 
     def poll_messages(self) -> list[str]:
         """Take every datagram already queued on the socket (never waits: pings may never stop)."""
@@ -508,10 +552,13 @@ class RouterProcess:
 
 class TcpProxy:
     """A TCP relay on loopback to a real server; `cut()` drops every connection and refuses new ones,
-    `restore()` accepts again. The server itself is untouched, so other clients of it are not disturbed."""
+    `restore()` accepts again. The server itself is untouched, so other clients of it are not disturbed.
+    `reply_delay` holds back each piece of what the server says by that many seconds: a slow broker, to widen
+    the time a client needs to set up (declare, bind, subscribe)."""
 
-    def __init__(self, target_host: str, target_port: int):
+    def __init__(self, target_host: str, target_port: int, *, reply_delay: float = 0.0):
         self.target = (target_host, target_port)
+        self.reply_delay = reply_delay
         self.port = free_port()
         self._open = threading.Event()
         self._open.set()
@@ -567,12 +614,14 @@ class TcpProxy:
     def relay_back(self, server: socket.socket, client: socket.socket) -> None:
         """Server to client. A subclass may override it to alter what the server says (see the amqp
         plugin's test of an unanswered basic.consume)."""
-        self._pump(server, client)
+        self._pump(server, client, self.reply_delay)
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(source: socket.socket, sink: socket.socket, delay: float = 0.0) -> None:
         try:
             while data := source.recv(65536):
+                if delay:
+                    time.sleep(delay)
                 sink.sendall(data)
         except OSError:
             pass

@@ -34,20 +34,26 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path) -> Callable[[str], AbstractAsyncContextManager[App]]:
+def make_app(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[App]]:
     """Run an App in-process from router.toml text: `async with make_app(text) as app: ...`.
 
-    The file is written to `tmp_path/router.toml`, so relative paths in it land in `tmp_path`.
+    The file is written to `tmp_path/router.toml`, so relative paths in it land in `tmp_path`. The block runs
+    once the router is ready (every input consumes); `ready=False`: once it runs and waits for its inputs
+    (a test of a broker that is down).
     """
 
     @asynccontextmanager
-    async def run(text: str) -> AsyncIterator[App]:
+    async def run(text: str, *, ready: bool = True) -> AsyncIterator[App]:
         path = tmp_path / "router.toml"
         path.write_text(text)
         registry = load_plugins()
         app = App(build_config(tomllib.loads(text), path=path, registry=registry), registry)
         async with anyio.create_task_group() as tg:
-            await tg.start(lambda task_status: app.run(handle_signals=False, task_status=task_status))
+            if ready:
+                await tg.start(lambda task_status: app.run(handle_signals=False, task_status=task_status))
+            else:
+                tg.start_soon(lambda: app.run(handle_signals=False))
+                await app.running.wait()
             try:
                 yield app
             finally:

@@ -1,0 +1,47 @@
+"""READY=1, `router ready` and /readyz 200 come once every input takes events: for the webhook, once it
+listens (in the router, or in its front processes). An event posted the moment the router says ready is
+accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from event_router.testing import (
+    RouterProcess,
+    assert_ready_means_consuming,
+    example,
+    free_port,
+    post,
+    read_jsonl,
+    wait_for,
+)
+
+
+@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "front-process"])
+def test_webhook_takes_events_the_moment_the_router_is_ready(tmp_path: Path, processes: int) -> None:
+    port, admin = free_port(), free_port()
+    config = tmp_path / "router.toml"
+    config.write_text(f"""
+[router]
+data_dir = "./var"
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.webhook]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+processes = {processes}
+[outputs.archive]
+type = "file"
+path = "./var/events.jsonl"
+[[routes]]
+name = "all"
+to = "archive"
+""")
+    with RouterProcess(config) as router:
+        status, body, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"))
+        assert status == 202, body
+        assert_ready_means_consuming(router, admin, "webhook listening")
+        wait_for(lambda: [line["id"] for line in read_jsonl(tmp_path / "var/events.jsonl")] == [body["id"]])
+        assert router.terminate() == 0
