@@ -257,3 +257,65 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+@pytest.mark.slow
+def test_a_reload_that_changes_an_output_sends_its_in_flight_deliveries_once(tmp_path: Path) -> None:
+    """16 deliveries in flight to a slow receiver (4 s each, longer than shutdown_timeout, which bounds a stop,
+    not a reload); a reload changes that output: each event reaches the receiver once."""
+    port, admin = free_port(), free_port()
+    config = tmp_path / "router.toml"
+    with http_receiver() as crm:
+        crm.delay = 4.0
+
+        def text(timeout: str) -> str:
+            return f"""
+[router]
+data_dir = "./var"
+shutdown_timeout = "1s"
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
+[outputs.crm]
+type = "http"
+url = "{crm.url}/in"
+concurrency = 16
+timeout = "{timeout}"
+retry = {{ initial_backoff = "50ms", max_backoff = "200ms" }}
+[[routes]]
+name = "mail to crm"
+to = ["crm"]
+"""
+
+        config.write_text(text("30s"))
+        with RouterProcess(config, env=ENV) as router:
+            ids = []
+            for _ in range(16):
+                status, body, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), HEADERS)
+                assert status == 202, body
+                ids.append(body["id"])
+            wait_for(lambda: _in_flight(admin) == 16, timeout=5, interval=0.01, what="16 deliveries in flight")
+            config.write_text(text("20s"))
+            router.reload()
+            reloaded = router.wait_log("configuration reloaded")
+            assert reloaded["restarted"] == ["outputs.crm"]
+            assert not crm.requests, "the reload came after the receiver answered: nothing was in flight"
+            wait_for(lambda: len(crm.requests) >= 16, timeout=15, what="16 requests")
+            time.sleep(crm.delay + 1.0)  # a second attempt of any of them would have arrived by now
+            assert router.terminate() == 0
+        with crm.lock:
+            sent = Counter(r.json()["id"] for r in crm.requests)
+    assert sorted(sent) == sorted(ids)
+    assert set(sent.values()) == {1}, sent
+
+
+def _in_flight(admin: int) -> int:
+    """The admin endpoint's `deliveries_in_flight` of output crm."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('event_router_deliveries_in_flight{output="crm"}'):
+                return int(float(line.split()[-1]))
+    return 0

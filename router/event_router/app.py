@@ -5,7 +5,8 @@ waited for while the rest runs (the webhook takes events, /readyz answers 503 na
 
 Every input and output runs in its own cancel scope under a supervisor: one that fails after it started
 is logged and restarted with backoff while the rest keeps running; a reload stops and restarts only the
-inputs and outputs whose tables changed. SIGTERM/SIGINT: stop inputs first (the webhook stops accepting;
+inputs and outputs whose tables changed (a replaced output's attempts in flight finish beside its
+successor, which leaves them alone). SIGTERM/SIGINT: stop inputs first (the webhook stops accepting;
 requests in progress finish and their events are stored), then let deliveries in flight finish up to
 `shutdown_timeout`; what is left stays in the spool. SIGHUP: reload (an invalid file keeps the running
 configuration). A wall-clock jump is logged and rebased away, so retries keep their schedule
@@ -107,6 +108,8 @@ class App:
         self._tg: TaskGroup | None = None
         self._inputs: dict[str, _Unit] = {}
         self._outputs: dict[str, _Unit] = {}
+        #: outputs a reload replaced, finishing their attempts in flight (and their workers)
+        self._retiring: dict[_Unit, OutputWorker | None] = {}
         #: set once everything is started and the router waits for its inputs to consume
         self.running = anyio.Event()
         #: set once every input consumes: READY=1, `router ready`
@@ -187,6 +190,7 @@ class App:
                 async with anyio.create_task_group() as drain:
                     for name in list(self._outputs):
                         drain.start_soon(self._stop_output, name)
+                    drain.start_soon(self._stop_retiring)
                 tg.cancel_scope.cancel()
         finally:
             self._tg = None
@@ -297,7 +301,7 @@ class App:
             lambda task_status: self._supervise("input", inp.name, unit, run, fatal=False, task_status=task_status)
         )
 
-    async def _start_output(self, out: OutputConfig) -> None:
+    async def _start_output(self, out: OutputConfig, *, predecessor: OutputWorker | None = None) -> None:
         assert self._tg is not None
         out.plugin.context.submit = self._internal_submit
         worker = OutputWorker(
@@ -306,6 +310,7 @@ class App:
             self.stats,
             policy_for=lambda route: self._policy(out.name, route),
             options_for=self._route_options,
+            predecessor=predecessor,
         )
         self.pipeline.workers[out.name] = worker
         unit = self._outputs[out.name] = _Unit()
@@ -338,6 +343,41 @@ class App:
         self._outputs.pop(name, None)
         if self.pipeline.workers.get(name) is worker:
             del self.pipeline.workers[name]
+
+    def _retire_output(self, name: str) -> OutputWorker | None:
+        """A reload replaces output `name`: its worker takes no new delivery at once, and finishes the attempts
+        it has in flight in the background, each within the output's `timeout`, recording their outcomes;
+        its successor starts meanwhile and leaves those deliveries alone. Returns the retiring worker."""
+        assert self._tg is not None
+        unit = self._outputs.pop(name)
+        worker = self.pipeline.workers.pop(name, None)
+        if worker is not None:
+            worker.stop()
+        self._retiring[unit] = worker
+        self._tg.start_soon(self._finish_retiring, name, unit, worker)
+        return worker
+
+    async def _finish_retiring(self, name: str, unit: _Unit, worker: OutputWorker | None) -> None:
+        # an attempt ends within the output's timeout; what is left is its outcome's commit. Past that bound
+        # (a commit stuck on a full disk) the worker is cancelled and its unrecorded deliveries are sent again.
+        bound = (worker.config.timeout if worker is not None else 0.0) + self.config.shutdown_timeout
+        with anyio.move_on_after(bound):
+            await unit.finished.wait()
+        unit.scope.cancel()
+        await unit.finished.wait()
+        self._retiring.pop(unit, None)
+        # whichever worker names this one as its predecessor (the current one, or one a later reload retired)
+        for later in [self.pipeline.workers.get(name), *self._retiring.values()]:
+            if later is not None and later.predecessor is worker:
+                later.predecessor = None
+
+    async def _stop_retiring(self) -> None:
+        """At shutdown: outputs a reload replaced get `shutdown_timeout` too, like the others."""
+        with anyio.move_on_after(self.config.shutdown_timeout):
+            for unit in list(self._retiring):
+                await unit.finished.wait()
+        for unit in list(self._retiring):
+            unit.scope.cancel()
 
     def _policy(self, output: str, route: str) -> RetryPolicy:
         config = self.pipeline.config
@@ -374,8 +414,9 @@ class App:
         """Re-read router.toml and apply it: routes swap atomically, changed inputs/outputs restart.
 
         An invalid file (or schema directory) keeps the running configuration. Returns (applied, errors).
-        Events in flight are not lost: deliveries live in the spool, a replaced output finishes its
-        in-flight ones before its successor starts, and a replaced input finishes its requests first.
+        Events in flight are neither lost nor sent twice: deliveries live in the spool, a replaced output
+        finishes its attempts in flight (and records them) while its successor takes the rest, and a
+        replaced input finishes its requests first.
         """
         async with self._reload_lock:
             if self.ready.is_set():  # before, systemd still waits for the first READY=1
@@ -406,9 +447,8 @@ class App:
                 outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )
             for name in new_outputs:  # outputs first: routes may target them as soon as they swap in
-                if name in self._outputs:
-                    await self._stop_output(name)
-                await self._start_output(merged.outputs[name])
+                retiring = self._retire_output(name) if name in self._outputs else None
+                await self._start_output(merged.outputs[name], predecessor=retiring)
             # one step, no await: every event is routed entirely by the old or entirely by the new rules
             self.config = self.pipeline.config = merged
             self.schemas = self.pipeline.schemas = schemas

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +119,7 @@ class OutputWorker:
         # the spool and are read in due order
         buffer_size: int = 1024,
         poll_interval: float = 1.0,
+        predecessor: OutputWorker | None = None,
     ):
         self.config = config
         self.name = config.name
@@ -145,6 +146,9 @@ class OutputWorker:
         # memory (~1,000 at once in a probe at 700 ev/s), and the heap kept the peak (RSS rose in steps)
         self._unrecorded = anyio.Semaphore(config.concurrency * self.UNRECORDED_PER_SLOT)
         self.in_flight = 0
+        #: the worker this one replaces on a reload, while it finishes its attempts: what it has in flight
+        #: is not handed out here too (the app clears it once that worker ended)
+        self.predecessor = predecessor
 
     #: deliveries near the head of the buffer keep the parsed event; those behind keep its stored JSON
     PARSED_AHEAD = 64
@@ -156,7 +160,7 @@ class OutputWorker:
     ) -> None:
         """A delivery the pipeline just stored (`body`, `payload_raw`: its stored JSON). Kept in memory
         unless the buffer is full."""
-        if did in self._claimed:  # a spool read between its commit and this call already took it
+        if did in self._claimed or self._stopping:  # a spool read already took it; or left to a successor
             return
         if self._spilled or len(self._buffer) >= self.buffer_size:
             self._spilled = True
@@ -200,9 +204,25 @@ class OutputWorker:
         return self._stopping
 
     def stop(self) -> None:
-        """Take no new delivery; the ones in flight finish (the app bounds how long it waits)."""
+        """Take no new delivery; the ones in flight finish (the app bounds how long it waits). What is held
+        and not begun is let go at once, for a successor (a reload) to take from the spool."""
         self._stopping = True
+        for pending in self._buffer:
+            self._claimed.pop(pending.did, None)
+        self._buffer.clear()
         self._wake.set()
+
+    def _excluded(self) -> Collection[int]:
+        """Deliveries a spool read must skip: in memory here, or still being attempted by a predecessor (a
+        second reload may come before the first one's predecessor is done)."""
+        if self.predecessor is None:
+            return self._claimed
+        excluded = set(self._claimed)
+        before: OutputWorker | None = self.predecessor
+        while before is not None:
+            excluded.update(before._claimed)
+            before = before.predecessor
+        return excluded
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self.plugin.open()
@@ -237,7 +257,7 @@ class OutputWorker:
         if room <= 0:  # the buffer bounds memory, whatever the spool holds
             self._next_poll = now + self.poll_interval
             return
-        rows = self.spool.fetch_due(self.name, now, room, self._claimed)
+        rows = self.spool.fetch_due(self.name, now, room, self._excluded())
         self._next_poll = now + self.poll_interval
         if due:
             self._next_due = None
