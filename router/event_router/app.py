@@ -141,30 +141,32 @@ class App:
                 for out in config.outputs.values():
                     await self._start_output(out)
                 self._warn_orphans()
-                # all at once: a broker that is down must not keep the webhook from listening
-                for inp in config.inputs.values():
-                    self._launch_input(inp)
-                # an input that cannot start (its port in use) is reported before the admin endpoint's own
-                # failure; one still connecting to its broker does not hold the admin endpoint back for long
-                with anyio.move_on_after(ADMIN_AFTER):
-                    await self._await_inputs()
-                if config.admin_listen is not None:
-                    from event_router.admin import serve_admin
-
-                    host, port = config.admin_listen
-                    self.admin_port = await tg.start(serve_admin, self, host, port)
+                # SIGTERM while a broker input is still connecting stops the router as usual
                 if handle_signals:
                     tg.start_soon(self._signals)
+                async with self._reload_lock:  # a SIGHUP now is applied once everything is started
+                    # all at once: a broker that is down must not keep the webhook from listening
+                    for inp in config.inputs.values():
+                        self._launch_input(inp)
+                    # an input that cannot start (its port in use) is reported before the admin endpoint's
+                    # own failure; one still connecting to its broker does not hold it back for long
+                    with anyio.move_on_after(ADMIN_AFTER):
+                        await self._await_inputs()
+                    if config.admin_listen is not None:
+                        from event_router.admin import serve_admin
+
+                        host, port = config.admin_listen
+                        self.admin_port = await tg.start(serve_admin, self, host, port)
                 tg.start_soon(self._heartbeat)
                 tg.start_soon(self._watch_clock)
                 waiting = self._not_consuming()
-                if waiting:
+                if waiting and not self._stop.is_set():
                     log.info("waiting for inputs to consume before reporting ready", extra={"inputs": waiting})
                     notify(f"STATUS=starting: waiting for inputs to consume: {', '.join(waiting)}")
                 self.running.set()
                 # READY=1 promises every input consumes (a queue bound, a subscription made, a port
                 # listening): what the Connector sends from then on is not lost
-                await self._await_inputs(forever=True)
+                await self._await_inputs()
                 if not self._stop.is_set():
                     log.info(
                         "router ready",
@@ -263,16 +265,16 @@ class App:
     def _not_consuming(self) -> list[str]:
         return [name for name, unit in self._inputs.items() if not unit.settled.is_set()]
 
-    async def _await_inputs(self, *, forever: bool = False) -> None:
-        """Until every input consumes, or a stop is asked for (`forever`); raises the error of an input that
-        failed before it consumed. A broker input that cannot connect retries by itself: it is waited for."""
+    async def _await_inputs(self) -> None:
+        """Until every input consumes, or a stop is asked for; raises the error of an input that failed
+        before it consumed. A broker input that cannot connect retries by itself: it is waited for."""
         while True:
             for name, unit in list(self._inputs.items()):
                 if unit.failure is not None:
                     del self._inputs[name]
                     raise self._input_error(self.config.inputs[name], unit.failure) from unit.failure
             units = [unit for unit in self._inputs.values() if not unit.settled.is_set()]
-            if not units or (forever and self._stop.is_set()):
+            if not units or self._stop.is_set():
                 return
             async with anyio.create_task_group() as news:
 
@@ -282,8 +284,7 @@ class App:
 
                 for unit in units:
                     news.start_soon(first, unit.settled)
-                if forever:
-                    news.start_soon(first, self._stop)
+                news.start_soon(first, self._stop)
 
     def _input_error(self, inp: InputConfig, exc: BaseException) -> RouterError:
         if isinstance(exc, ConfigError):  # the plugin named the key of its table at fault (a `listen` in use...)

@@ -123,6 +123,32 @@ to = "archive"
         asyncio.run(_delete(queue))
 
 
+def test_sigterm_while_waiting_for_the_broker_stops_the_router_cleanly(tmp_path: Path) -> None:
+    closed = free_port()
+    config = tmp_path / "router.toml"
+    config.write_text(f"""
+[router]
+data_dir = "./var"
+[inputs.broker]
+type = "amqp"
+url = "amqp://guest:guest@127.0.0.1:{closed}/"
+exchange = "amq.topic"
+queue = "never-declared"
+[outputs.archive]
+type = "file"
+path = "./var/events.jsonl"
+[[routes]]
+name = "all"
+to = "archive"
+""")
+    router = RouterProcess(config, ready=False).start()
+    router.wait_log("cannot consume from the broker")
+    assert router.terminate() == 0
+    messages = [r.get("msg") for r in router.log_records()]
+    assert "router stopped" in messages and "router ready" not in messages, messages
+    assert "READY=1" not in router.messages and "STOPPING=1" in router.messages
+
+
 async def _delete(queue: str) -> None:
     import aio_pika
 
