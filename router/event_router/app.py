@@ -477,7 +477,19 @@ class App:
     def readiness(self) -> dict[str, Any]:
         inputs = {name: cfg.plugin.is_ready() for name, cfg in self.config.inputs.items() if name in self._inputs}
         spool = {"writable": self.spool.writable, "error": self.spool.last_error}
-        return {"ready": all(inputs.values()) and self.spool.writable, "inputs": inputs, "spool": spool}
+        report: dict[str, Any] = {
+            "ready": all(inputs.values()) and self.spool.writable,
+            "inputs": inputs,
+            "spool": spool,
+        }
+        reasons = {
+            name: reason
+            for name, cfg in self.config.inputs.items()
+            if name in self._inputs and (reason := cfg.plugin.not_ready_reason())
+        }
+        if reasons:
+            report["reasons"] = reasons
+        return report
 
     def _status_line(self) -> str:
         ready = sum(cfg.plugin.is_ready() for cfg in self.config.inputs.values())

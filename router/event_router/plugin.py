@@ -146,6 +146,10 @@ class Input(_Plugin):
         """True while the input can take events (connected to its broker...). Feeds /readyz."""
         return True
 
+    def not_ready_reason(self) -> str | None:
+        """Why the input is not ready, for /readyz (None: ready, or no more to say than `is_ready`)."""
+        return None
+
 
 def started_once(task_status: TaskStatus[None]) -> Callable[[], None]:
     """A callable that calls `task_status.started()` the first time only: an input calls it each time it

@@ -8,10 +8,13 @@ once the event is durably stored, and says exactly what is wrong otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+import logging
 import math
 import re
+import resource
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,11 +23,11 @@ from typing import Any
 
 import anyio
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from anyio.abc import TaskStatus
 
 from event_router.batching import Rejected
-from event_router.builtin.webhook_front import tls_context
+from event_router.builtin.webhook_front import IDLE_SECONDS, response_head, tls_context
 from event_router.builtin.webhook_fronts import Fronts
 from event_router.errors import ConfigError, RouterError, SpoolFull
 from event_router.event import Event, SourceMessage
@@ -47,6 +50,17 @@ def _allowed(remote: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.I
     return any(address in network for network in networks)
 
 
+#: file descriptors a process keeps for itself beside client connections (spool, outputs' and brokers'
+#: connections, the admin endpoint, logs): the default max_connections leaves them free
+RESERVED_FDS = 128
+DEFAULT_MAX_CONNECTIONS = 1000
+
+
+def _open_file_limit() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 #: (HTTP status, JSON body, extra headers): what a request gets, whichever process answers it
 Answer = tuple[int, dict[str, Any], dict[str, str] | None]
 _CANNOT_STORE: Answer = (503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
@@ -60,6 +74,25 @@ def _response(answer: Answer) -> web.Response:
 def _duplicate(message_id: str) -> Answer:
     """A Standard Webhooks message already stored: 2xx, so the sender stops retrying it."""
     return 200, {"status": "duplicate", "webhook_id": message_id}, None
+
+
+def _transfer_coding(headers: Mapping[str, str]) -> Answer | None:
+    """501 for a Transfer-Encoding other than `chunked` alone: its body would be read still encoded."""
+    coding = headers.get("Transfer-Encoding")
+    if coding is None or coding.strip().lower() == "chunked":
+        return None
+    others = ", ".join(c.strip() for c in coding.split(",") if c.strip().lower() != "chunked")
+    return 501, {"error": f"Transfer-Encoding {others or coding} is not supported"}, None
+
+
+def _header_text(value: str) -> str:
+    """A header value as text that can be stored: aiohttp keeps bytes that are not UTF-8 as lone surrogates
+    (which no JSON encoder writes); they become U+FFFD, as a front process decodes them."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
 
 
 def _not_post(request: web.Request) -> Answer:
@@ -123,6 +156,21 @@ class WebhookInput(Input):
                     "burst": {"type": "number", "minimum": 1},
                 },
             },
+            "max_connections": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "client connections open at once (per front process); more get 503",
+            },
+            "header_timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "seconds a request's line and headers may take to arrive (10)",
+            },
+            "body_timeout": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "seconds a request's body may take to arrive (30)",
+            },
             "processes": {
                 "type": "integer",
                 "minimum": 0,
@@ -166,6 +214,18 @@ class WebhookInput(Input):
             self.allow = [ipaddress.ip_network(n, strict=False) for n in config.get("allow_networks", [])]
         except ValueError as exc:
             raise ConfigError("allow_networks", str(exc)) from None
+        limit_fds = _open_file_limit()
+        allowed = DEFAULT_MAX_CONNECTIONS if limit_fds is None else max(1, limit_fds - RESERVED_FDS)
+        #: connections open at once, per process that speaks HTTP; past it: 503. Never more than the
+        #: process's open-file limit leaves, so accepting never fails for want of a descriptor
+        self.max_connections: int = min(config.get("max_connections", DEFAULT_MAX_CONNECTIONS), allowed)
+        if config.get("max_connections", 0) > allowed:
+            self.log.warning(
+                "max_connections lowered to what the open-file limit leaves for connections",
+                extra={"input": self.name, "max_connections": allowed, "open_file_limit": limit_fds},
+            )
+        self.header_timeout: float = config.get("header_timeout", 10.0)
+        self.body_timeout: float = config.get("body_timeout", 30.0)
         limit = config.get("rate_limit")
         self.limiter = RateLimiter(limit["per_second"], limit.get("burst", limit["per_second"])) if limit else None
         self.tls = config.get("tls")
@@ -185,6 +245,8 @@ class WebhookInput(Input):
         self._fronts: Fronts | None = None
         self.bound_port: int | None = None
         self._ready = False
+        #: the in-process server's connections (None with front processes, or before it listens)
+        self._limits: _Limits | None = None
         #: refusals are logged at most once a minute per (status, client), with how many were held back
         self._refusals = LogThrottle()
 
@@ -195,36 +257,58 @@ class WebhookInput(Input):
         return {key: str((self.context.config_dir / value).resolve()) for key, value in self.tls.items()}
 
     def is_ready(self) -> bool:
-        return self._ready and (self._fronts is None or self._fronts.is_ready())
+        return self._ready and self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        if not self._ready:
+            return None
+        if self._fronts is not None:
+            return self._fronts.not_ready_reason()
+        if self._limits is not None and len(self._limits.open) >= self.max_connections:
+            return f"webhook is at max_connections ({self.max_connections}): new connections get 503"
+        return None
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         if self.processes:
             await self._run_fronts(sink, task_status=task_status)
             return
-        app = web.Application(client_max_size=self.max_body)
-        app.router.add_post(self.route_path, self._handler(sink))
+        limits = _Limits(self, sink)
+        app = web.Application(client_max_size=self.max_body, middlewares=[limits.middleware])
+        expect = limits.expect_handler
+        app.router.add_post(self.route_path, self._handler(sink), expect_handler=expect)
         # aiohttp's own 404 and 405 are plain text: these answer in JSON, as a front process does; as routes,
         # not a middleware, they cost the POSTs nothing
-        app.router.add_route("*", self.route_path, self._refusing(sink, _not_post))
-        app.router.add_route("*", "/{path:.*}", self._refusing(sink, _no_webhook))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        app.router.add_route("*", self.route_path, self._refusing(sink, _not_post), expect_handler=expect)
+        app.router.add_route("*", "/{path:.*}", self._refusing(sink, _no_webhook), expect_handler=expect)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5,
+            keepalive_timeout=IDLE_SECONDS,
+            logger=_MalformedRequestLog(limits),
+        )
         await runner.setup()
+        server: asyncio.Server | None = None
         try:
             tls = self.tls_paths()
-            site = web.TCPSite(
-                runner,
-                self.host,
-                self.port,
-                reuse_address=True,
-                ssl_context=tls_context(tls) if tls else None,
-            )
+            aiohttp_server = runner.server
+            assert aiohttp_server is not None
             try:
-                await site.start()
+                # aiohttp's protocol inside `_Guard`, which adds the connection cap and the head deadline
+                server = await asyncio.get_running_loop().create_server(
+                    lambda: _Guard(limits, aiohttp_server()),
+                    self.host,
+                    self.port,
+                    reuse_address=True,
+                    ssl=tls_context(tls) if tls else None,
+                    backlog=1024,
+                )
             except OSError as exc:
                 raise listen_error("listen", self.host, self.port, exc) from exc
-            server = site._server
-            sockets: Sequence[Any] = getattr(server, "sockets", ()) or ()
+            sockets: Sequence[Any] = server.sockets or ()
             self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+            self._limits = limits
             self._ready = True
             self.log.info(
                 "webhook listening",
@@ -234,8 +318,11 @@ class WebhookInput(Input):
             await anyio.sleep_forever()
         finally:
             self._ready = False
+            self._limits = None
             with anyio.CancelScope(shield=True):
-                # stops accepting, then lets requests in progress finish (their events get stored)
+                # stop accepting, then let requests in progress finish (their events get stored)
+                if server is not None:
+                    server.close()
                 await runner.cleanup()
 
     async def _run_fronts(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
@@ -256,17 +343,23 @@ class WebhookInput(Input):
         async def handle(request: web.Request) -> web.Response:
             answer = await answer_to(request)
             self.refused(sink, request.remote, answer)
-            return _response(answer)
+            response = _response(answer)
+            if answer[0] in (408, 501):  # the rest of this request cannot be read: close after the answer
+                response.force_close()
+            return response
 
         async def answer_to(request: web.Request) -> Answer:
             received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
-            refused = self.screen(received)
+            refused = _transfer_coding(request.headers) or self.screen(received)
             if refused is not None:
                 return refused
             try:
-                raw = await request.read()
+                async with asyncio.timeout(self.body_timeout):
+                    raw = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 return self.too_large()
+            except TimeoutError:
+                return self.body_too_slow()
             item = self.prepare(received, raw)
             if isinstance(item, tuple):
                 return item
@@ -315,6 +408,9 @@ class WebhookInput(Input):
     def too_large(self) -> Answer:
         return 413, {"error": f"body larger than {self.max_body} bytes"}, None
 
+    def body_too_slow(self) -> Answer:
+        return 408, {"error": f"request body not received within {self.body_timeout:g} s"}, None
+
     def screen(self, received: Received) -> Answer | None:
         """The checks that need no body (allow-list, rate limit, API key): an answer refuses the request."""
         remote = received.remote or ""
@@ -325,8 +421,9 @@ class WebhookInput(Input):
         if self.api_key is not None:
             given = received.headers.get(self.key_lookup)
             # a missing or empty header never matches, whatever the key: the comparison alone would
-            # accept it against an empty key
-            if not given or not hmac.compare_digest(given.encode(), self.api_key):
+            # accept it against an empty key. Bytes that are not UTF-8 (kept by aiohttp as surrogates)
+            # are compared as sent: a wrong key, not a failure
+            if not given or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.api_key):
                 return 401, {"error": f"missing or wrong API key in header {self.key_header}"}, None
         return None
 
@@ -339,7 +436,7 @@ class WebhookInput(Input):
             message_id = received.headers["webhook-id"]
         headers = received.headers
         meta: dict[str, Any] = {
-            "headers": {h: headers[h] for h in _KEPT_HEADERS if h in headers},
+            "headers": {h: _header_text(headers[h]) for h in _KEPT_HEADERS if h in headers},
             "remote": received.remote,
             "path": received.path,
         }
@@ -424,6 +521,153 @@ class WebhookInput(Input):
         if extra:
             meta["extra"] = extra
         return Event(trigger=trigger, data=body.get("data"), source=self.name, meta=meta, raw=raw)
+
+
+class _Limits:
+    """What the in-process server's connections share: the cap, the deadlines, and how they refuse."""
+
+    def __init__(self, webhook: WebhookInput, sink: EventSink):
+        self.webhook = webhook
+        self.sink = sink
+        #: open connections, by aiohttp's protocol object (a request's `protocol`)
+        self.open: dict[object, _Guard] = {}
+
+    def refuse(self, transport: asyncio.BaseTransport, answer: Answer) -> None:
+        """Answer a connection without a request object (past the cap, past the head deadline) and close it."""
+        status, body, headers = answer
+        peer = transport.get_extra_info("peername")
+        self.webhook.refused(self.sink, str(peer[0]) if isinstance(peer, tuple) and peer else None, answer)
+        data = orjson.dumps(body)
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(response_head(status, len(data), headers, True) + data)
+        transport.close()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        guard = self.open.get(request.protocol)
+        if guard is not None:
+            guard.head_done()
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            if guard is not None:
+                guard.in_request = False
+
+    async def expect_handler(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: the refusals that need no body come instead of `100 Continue`."""
+        guard = self.open.get(request.protocol)
+        if guard is not None:
+            guard.head_done()
+        if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+            return None
+        webhook = self.webhook
+        answer = _transfer_coding(request.headers)
+        if answer is None and request.content_length is not None and request.content_length > webhook.max_body:
+            answer = webhook.too_large()
+        if answer is None and request.match_info.route.method == "POST":  # the webhook's own route
+            received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
+            answer = webhook.screen(received)
+        if answer is not None:
+            webhook.refused(self.sink, request.remote, answer)
+            response = _response(answer)
+            response.force_close()  # the client may send the body anyway: it is not read
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+
+class _Guard(asyncio.Protocol):
+    """One connection of the in-process server: aiohttp's protocol inside what aiohttp lacks.
+
+    At most max_connections at once (past it: 503 and close); a request head must arrive whole within
+    header_timeout of its first byte (past it: 408 and close). aiohttp bounds each head line (8190 bytes, 431/414 as it streams), the body
+    (client_max_size), pushes back on pipelined requests and on answers the client does not take, and
+    closes idle connections (keepalive_timeout); the handler bounds the body's time (body_timeout).
+    """
+
+    def __init__(self, limits: _Limits, inner: asyncio.Protocol):
+        self.limits = limits
+        self.inner: asyncio.Protocol | None = inner
+        self.transport: asyncio.BaseTransport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        #: a request of this connection is being handled (its head is complete)
+        self.in_request = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        limits = self.limits
+        cap = limits.webhook.max_connections
+        if len(limits.open) >= cap or self.inner is None:
+            self.inner = None
+            limits.refuse(
+                transport, (503, {"error": f"too many connections (max_connections = {cap})"}, {"Retry-After": "1"})
+            )
+            return
+        limits.open[self.inner] = self
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.inner is not None:
+            self.limits.open.pop(self.inner, None)
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.inner is None:
+            return
+        self.inner.data_received(data)
+        if self.timer is None and not self.in_request:  # the first bytes of a request head
+            self._arm()
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def head_done(self) -> None:
+        self.in_request = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _arm(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(self.limits.webhook.header_timeout, self._expired)
+
+    def _expired(self) -> None:
+        self.timer = None
+        transport = self.transport
+        if self.in_request or transport is None or transport.is_closing():
+            return
+        seconds = self.limits.webhook.header_timeout
+        self.limits.refuse(transport, (408, {"error": f"request head not received within {seconds:g} s"}, None))
+
+
+class _MalformedRequestLog(logging.Logger):
+    """aiohttp's server logger: a request it cannot parse is a refusal (counted, one throttled line), not
+    an error with a traceback that any client could write into the log as often as it likes."""
+
+    def __init__(self, limits: _Limits):
+        super().__init__("aiohttp.server")
+        self.limits = limits
+        self.parent = logging.getLogger("aiohttp")
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        webhook = self.limits.webhook
+        if isinstance(exc_info, Exception) and msg == "Error handling request from %s":
+            remote = str(args[0]) if args and args[0] is not None else None
+            status = getattr(exc_info, "code", 400) or 400
+            answer: Answer = (status, {"error": f"malformed HTTP request: {exc_info}"}, None)
+            webhook.refused(self.limits.sink, remote, answer)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:

@@ -44,8 +44,9 @@ from event_router.logs import setup_logging
 from event_router.runtime import freeze_startup_heap
 
 #: child -> router: the server accepts (READY), a request (REQUEST), drained and exiting (DONE), a request
-#: this process refused itself (REFUSED: counted and logged by the router, like the ones it refuses)
-READY, REQUEST, DONE, REFUSED = b"R", b"Q", b"D", b"F"
+#: this process refused itself (REFUSED: counted and logged by the router, like the ones it refuses), the
+#: process reached max_connections (FULL, payload b"1") or is below it again (FULL, payload b"0")
+READY, REQUEST, DONE, REFUSED, FULL = b"R", b"Q", b"D", b"F", b"L"
 #: router -> child: the answer to a request (ANSWER), stop accepting and drain (STOP)
 ANSWER, STOP = b"A", b"S"
 #: REQUEST and REFUSED payload: meta length, meta JSON, body; ANSWER payload: status, headers length, headers JSON, body
@@ -65,13 +66,21 @@ _NOT_POST = orjson.dumps({"error": "only POST is accepted here"})
 MAX_LINE = 8190
 MAX_HEAD = 32768
 #: a connection with no request waiting for its answer is closed after this long without a byte (as
-#: aiohttp's keep-alive timeout; it also ends a client that sends a request a byte a minute)
+#: aiohttp's keep-alive timeout)
 IDLE_SECONDS = 75.0
-SWEEP_SECONDS = 5.0
+#: how often deadlines (idle, header_timeout, body_timeout) are checked: they fire up to this much late
+SWEEP_SECONDS = 1.0
 #: how long a connection closing after a refused request still takes (and drops) what the client sends
 LINGER_SECONDS = 2.0
 #: requests of one connection waiting for their answers before reading from it pauses
 MAX_PIPELINED = 32
+#: answers written but not yet taken by the client before reading from its connection pauses (a client
+#: that pipelines requests and never reads the answers holds at most this much, plus one read, here)
+WRITE_HIGH = 256 * 1024
+#: request bodies buffered at once in this process, over all connections, is kept near
+#: max(BUFFER_BUDGET, 4 x max_body_bytes): past it, reading from a connection adding to it pauses until
+#: others are done (each connection still holds at most max_body_bytes plus one read)
+BUFFER_BUDGET = 64 * 1024 * 1024
 
 
 def tls_context(tls: Mapping[str, str]) -> ssl.SSLContext:
@@ -124,6 +133,10 @@ class _Channel(FrameChannel):
         self.waiting[rid] = reply
         self.send(encode(REQUEST, rid, REQUEST_HEAD.pack(len(meta)), meta, body))
 
+    def send_full(self, full: bool) -> None:
+        if self.open:
+            self.send(encode(FULL, 0, b"1" if full else b"0"))
+
     def refused(self, status: int, remote: str, body: bytes) -> None:
         """Tell the router about a request answered here with an error (`body`: the JSON answer)."""
         if self.open:
@@ -146,7 +159,8 @@ class _Refused(Exception):
         self.body = orjson.dumps({"error": error})
 
 
-def _head(status: int, length: int, headers: Mapping[str, str] | None, close: bool) -> bytes:
+def response_head(status: int, length: int, headers: Mapping[str, str] | None, close: bool) -> bytes:
+    """The status line and headers of a JSON answer of `length` bytes."""
     lines = [
         f"HTTP/1.1 {status} {_reason(status)}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\nDate: {_http_date()}\r\n"
@@ -180,20 +194,57 @@ def _http_date() -> str:
 class _Server:
     """What the connections of this process share: the channel, the path, the limits, the open connections."""
 
-    def __init__(self, channel: _Channel, path: str, max_body: int):
+    def __init__(
+        self,
+        channel: _Channel,
+        path: str,
+        max_body: int,
+        *,
+        max_connections: int = 1000,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+    ):
         self.channel = channel
         self.pattern = path_pattern(path)
         self.max_body = max_body
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
         self.connections: set[_Connection] = set()
         self.draining = False
         #: set once draining and no request waits for its answer
         self.drained = asyncio.Event()
+        #: body bytes held by unfinished requests, over all connections, and the budget for them
+        self.buffered = 0
+        self.budget = max(BUFFER_BUDGET, 4 * max_body)
+        #: connections paused because the budget was spent, resumed (oldest first) as it frees
+        self.starved: deque[_Connection] = deque()
+        self.full = False
 
     def sweep(self, now: float) -> None:
-        """Close connections idle (no request waiting for its answer) for longer than IDLE_SECONDS."""
+        """Close connections idle for longer than IDLE_SECONDS; refuse those past a header or body deadline."""
         for conn in list(self.connections):
-            if not conn.answers and now - conn.last_active > IDLE_SECONDS:
+            if conn.closing or conn.paused_for:  # paused by this process: the client is not the slow one
+                continue
+            if conn.phase == _HEAD and now - conn.phase_since > self.header_timeout:
+                conn.refuse(_Refused(408, f"request head not received within {self.header_timeout:g} s"))
+            elif conn.phase == _BODY and now - conn.phase_since > self.body_timeout:
+                conn.refuse(_Refused(408, f"request body not received within {self.body_timeout:g} s"))
+            elif conn.phase == _IDLE and not conn.answers and now - conn.last_active > IDLE_SECONDS:
                 conn.close()
+
+    def count_connections(self) -> None:
+        """Tell the router when this process reaches max_connections, and when it is below it again."""
+        full = len(self.connections) >= self.max_connections
+        if full != self.full:
+            self.full = full
+            self.channel.send_full(full)
+
+    def release(self, size: int) -> None:
+        """`size` body bytes are no longer held: resume the connections waiting for the budget."""
+        self.buffered -= size
+        while self.starved and self.buffered < self.budget:
+            self.starved.popleft().resume("budget")
 
     def drain(self) -> None:
         """From now on answers close their connections; `drained` is set once none is owed."""
@@ -205,14 +256,22 @@ class _Server:
             self.drained.set()
 
 
+#: what a connection waits for: the next request (idle), the rest of a request head, the rest of a body
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: HTTP/1.1 parsed by llhttp (httptools), answers written in request order.
 
     A hand-written protocol rather than aiohttp's server: it does a quarter of the work per request
     (no request, response, header multidict or task objects), and per-request CPU here is what a front
-    costs. What aiohttp enforced is enforced here: request line and headers at most MAX_HEAD bytes (431),
-    the body at most max_body_bytes (413, before reading it when Content-Length says so), idle
-    connections closed after IDLE_SECONDS, malformed requests answered 400 and the connection closed.
+    costs. What aiohttp enforced is enforced here: request line and headers at most MAX_HEAD bytes (431,
+    counted as they stream in, not only once a line ends), the body at most max_body_bytes (413, before
+    reading it when Content-Length says so), idle connections closed after IDLE_SECONDS, malformed
+    requests answered 400 and the connection closed. And what it did not: a request head must arrive
+    whole within header_timeout of its first byte, its body
+    within body_timeout (408 otherwise); at most max_connections at once (503 past it); reading pauses
+    while the client does not take its answers or while the bodies held in this process are over budget.
     """
 
     def __init__(self, server: _Server):
@@ -226,7 +285,16 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         #: a request said it is the last (HTTP/1.0, `Connection: close`, or draining): close once it is answered
         self.last = False
-        self.paused = False
+        #: why reading is paused ("pipelined", "writing", "budget"): resumed once none is left
+        self.paused_for: set[str] = set()
+        self.phase = _IDLE
+        self.phase_since = self.last_active
+        #: head bytes received for the request in progress, counted as they arrive (`data_received`)
+        self.head_bytes = 0
+        #: heads completed on this connection
+        self.heads = 0
+        #: body bytes of the request in progress counted in the server's budget
+        self.held = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -243,34 +311,81 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.max_connections:
+            # past the cap: a clear answer, not a connection that hangs or a file descriptor the process lacks
+            self.closing = True
+            refused = _Refused(503, f"too many connections (max_connections = {server.max_connections})")
+            server.channel.refused(refused.status, self.remote, refused.body)
+            self.transport.write(response_head(503, len(refused.body), {"Retry-After": "1"}, True) + refused.body)
+            self.transport.close()
+            return
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH)
+        server.connections.add(self)
+        server.count_connections()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
         self.closing = True
-        self.server.check_drained()
+        if self in self.server.connections:
+            self.server.connections.discard(self)
+            self._release()
+            self.server.count_connections()
+            self.server.check_drained()
+
+    def pause_writing(self) -> None:
+        self.pause("writing")
+
+    def resume_writing(self) -> None:
+        self.resume("writing")
+
+    def pause(self, reason: str) -> None:
+        self.paused_for.add(reason)
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self, reason: str) -> None:
+        if reason not in self.paused_for:
+            return
+        self.paused_for.discard(reason)
+        if not self.paused_for and not self.last and not self.closing and self.transport is not None:
+            self.phase_since = time.monotonic()  # a deadline counts the client's time, not the pause
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
         if self.closing:
             return
+        in_head = self.phase != _BODY
+        heads = self.heads
         try:
             self.parser.feed_data(data)
+            if self.phase == _HEAD:
+                # llhttp hands a header over only once its line ends (httptools joins its pieces, at a
+                # cost that grows with the square of its size): count the bytes of an unfinished head
+                # here. A read in which this head began is not counted (it may hold the end of a body):
+                # the cap is passed at most one read late.
+                self.head_bytes = self.head_bytes + len(data) if in_head and heads == self.heads else 0
+                if self.head_bytes > MAX_HEAD:
+                    raise _Refused(431, f"request line and headers larger than {MAX_HEAD} bytes")
+        except _Refused as too_large:
+            self.refuse(too_large)
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if not isinstance(refused, _Refused):  # a bug of ours: this connection's client gets a 500
                 log.error("webhook front failed on a request", exc_info=refused)
                 refused = _Refused(500, "the webhook front failed on this request; it was not stored")
-            self._refuse(refused)
+            self.refuse(refused)
         except httptools.HttpParserUpgrade:
-            self._refuse(_Refused(400, "protocol upgrades are not supported"))
+            self.refuse(_Refused(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:
-            self._refuse(_Refused(400, f"malformed HTTP request: {exc}"))
+            self.refuse(_Refused(400, f"malformed HTTP request: {exc}"))
 
     # --- httptools callbacks -----------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._reset()
+        if self.phase == _IDLE:
+            self.phase, self.phase_since = _HEAD, time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -287,8 +402,17 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         server = self.server
+        self.heads += 1
+        self.head_bytes = 0
+        self.phase, self.phase_since = _BODY, time.monotonic()
         if self.parser.should_upgrade():  # refused before the request counts as complete: one answer, not two
             raise _Refused(400, "protocol upgrades are not supported")
+        coding = self.headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            # llhttp reads a body framed by `gzip, chunked` as chunked and hands it over still compressed:
+            # only `chunked` alone is a body this server can read as sent
+            others = ", ".join(c.strip() for c in coding.split(",") if c.strip().lower() != "chunked")
+            raise _Refused(501, f"Transfer-Encoding {others or coding} is not supported")
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > server.max_body:
             raise _Refused(413, f"body larger than {server.max_body} bytes")
@@ -312,8 +436,20 @@ class _Connection(asyncio.Protocol):
             raise _Refused(413, f"body larger than {self.server.max_body} bytes")
         if self.refusal is None:
             self.body.append(chunk)
+            self.held += len(chunk)
+            server = self.server
+            server.buffered += len(chunk)
+            if server.buffered > server.budget and "budget" not in self.paused_for:
+                self.pause("budget")
+                server.starved.append(self)
+
+    def _release(self) -> None:
+        held, self.held = self.held, 0
+        if held:
+            self.server.release(held)
 
     def on_message_complete(self) -> None:
+        self.phase, self.phase_since = _IDLE, time.monotonic()
         slot: list[bytes | None] = [None]
         self.answers.append(slot)
         keep_alive = self.parser.should_keep_alive() and not self.server.draining
@@ -324,23 +460,24 @@ class _Connection(asyncio.Protocol):
         if self.refusal is not None:
             status, body, headers = self.refusal
             self.server.channel.refused(status, self.remote, body)
-            slot[0] = _head(status, len(body), headers, not keep_alive) + body
+            slot[0] = response_head(status, len(body), headers, not keep_alive) + body
             self._flush()
             return
         assert self.match is not None
         raw = b"".join(self.body)
+        self.body = []
+        self._release()
         meta = orjson.dumps(
             {"r": self.remote, "h": self.headers, "p": self.path, "t": self.match.groupdict().get("trigger")}
         )
 
         def reply(status: int, headers: dict[str, str], body: bytes) -> None:
-            slot[0] = _head(status, len(body), headers, not keep_alive) + body
+            slot[0] = response_head(status, len(body), headers, not keep_alive) + body
             self._flush()
 
         self.server.channel.ask(meta, raw, reply)
-        if len(self.answers) >= MAX_PIPELINED and not self.paused and self.transport is not None:
-            self.paused = True  # a client that pipelines without reading answers: stop reading from it
-            self.transport.pause_reading()
+        if len(self.answers) >= MAX_PIPELINED:  # a client that pipelines faster than it is answered
+            self.pause("pipelined")
 
     # --- answers -----------------------------------------------------------------------------------------
 
@@ -360,9 +497,8 @@ class _Connection(asyncio.Protocol):
             self.last_active = time.monotonic()
         if self.last and not answers:
             self._close_after_answers(transport)
-        elif self.paused and not self.last and len(answers) < MAX_PIPELINED // 2:
-            self.paused = False
-            transport.resume_reading()
+        elif len(answers) < MAX_PIPELINED // 2:
+            self.resume("pipelined")
 
     def _close_after_answers(self, transport: asyncio.Transport) -> None:
         self.closing = True
@@ -381,13 +517,14 @@ class _Connection(asyncio.Protocol):
             return True
         return False  # the client is done: close our side too
 
-    def _refuse(self, refused: _Refused) -> None:
+    def refuse(self, refused: _Refused) -> None:
         """Answer after the answers owed before it, then close: the rest of the stream cannot be read."""
         self.closing = self.last = True
+        self._release()
         self.server.channel.refused(refused.status, self.remote, refused.body)
         if self.transport is not None:
             self.transport.pause_reading()
-        self.answers.append([_head(refused.status, len(refused.body), None, True) + refused.body])
+        self.answers.append([response_head(refused.status, len(refused.body), None, True) + refused.body])
         self._flush()
 
     def close(self) -> None:
@@ -401,7 +538,14 @@ async def serve(settings: Mapping[str, Any]) -> None:
     channel = _Channel()
     await loop.connect_accepted_socket(lambda: channel, socket.socket(fileno=settings["channel_fd"]))
     listener = socket.socket(fileno=settings["listen_fd"])
-    http = _Server(channel, settings["path"], settings["max_body"])
+    http = _Server(
+        channel,
+        settings["path"],
+        settings["max_body"],
+        max_connections=settings["max_connections"],
+        header_timeout=settings["header_timeout"],
+        body_timeout=settings["body_timeout"],
+    )
     tls = settings.get("tls")
     server = await loop.create_server(
         lambda: _Connection(http), sock=listener, ssl=tls_context(tls) if tls else None, backlog=1024

@@ -29,6 +29,7 @@ from event_router.builtin.webhook_front import (
     ANSWER,
     ANSWER_HEAD,
     DONE,
+    FULL,
     READY,
     REFUSED,
     REQUEST,
@@ -80,6 +81,8 @@ class _Link(FrameChannel):
         self.ready = asyncio.Event()
         self.done = asyncio.Event()
         self.closed = asyncio.Event()
+        #: the front is at max_connections (it answers new connections 503)
+        self.full = False
 
     def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
         if kind == REQUEST[0]:
@@ -90,6 +93,8 @@ class _Link(FrameChannel):
             self.ready.set()
         elif kind == DONE[0]:
             self.done.set()
+        elif kind == FULL[0]:
+            self.full = payload == b"1"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed.set()
@@ -120,7 +125,18 @@ class Fronts:
         self._storing: set[asyncio.Task[None]] = set()
 
     def is_ready(self) -> bool:
-        return all(link is not None and link.ready.is_set() and not link.closed.is_set() for link in self.links)
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        for index, link in enumerate(self.links):
+            if link is None or not link.ready.is_set() or link.closed.is_set():
+                return f"webhook front process {index} is not running"
+            if link.full:
+                return (
+                    f"webhook front process {index} is at max_connections "
+                    f"({self.webhook.max_connections}): new connections get 503"
+                )
+        return None
 
     # --- requests ----------------------------------------------------------------------------------------
 
@@ -215,6 +231,9 @@ class Fronts:
             "channel_fd": theirs.fileno(),
             "path": webhook.route_path,
             "max_body": webhook.max_body,
+            "max_connections": webhook.max_connections,
+            "header_timeout": webhook.header_timeout,
+            "body_timeout": webhook.body_timeout,
             "drain_seconds": DRAIN_SECONDS,
             "tls": webhook.tls_paths(),
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
