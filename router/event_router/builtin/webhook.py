@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import orjson
@@ -538,8 +538,8 @@ class _Limits:
         peer = transport.get_extra_info("peername")
         self.webhook.refused(self.sink, str(peer[0]) if isinstance(peer, tuple) and peer else None, answer)
         data = orjson.dumps(body)
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(response_head(status, len(data), headers, True) + data)
+        if not transport.is_closing():
+            cast(asyncio.Transport, transport).write(response_head(status, len(data), headers, True) + data)
         transport.close()
 
     @web.middleware

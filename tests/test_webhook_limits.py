@@ -1,0 +1,408 @@
+"""What a client can make the webhook's HTTP server hold, and for how long (#15 items 7, 12, 15, 16).
+
+Every case runs against a real router process, with HTTP in the router process (`processes = 0`) and in a
+front process (`processes = 1`), over loopback only, bounded in requests, bytes and time. The server that
+speaks HTTP may be replaced; these cases are what its replacement must still pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import select
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from event_router.testing import RouterProcess, example, free_port, read_jsonl, wait_for
+
+KEY = "limits-key"
+FRONT_MODULE = b"event_router.builtin.webhook_front"
+MIB = 1024 * 1024
+
+
+def router_toml(tmp: Path, port: int, admin: int, processes: int, extra: str = "") -> str:
+    return f"""
+[router]
+data_dir = "{tmp}/var"
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+api_key = "{KEY}"
+processes = {processes}
+{extra}
+[outputs.archive]
+type = "file"
+path = "{tmp}/out.jsonl"
+[[routes]]
+name = "all"
+to = ["archive"]
+"""
+
+
+class Router:
+    """A router process under test: its webhook port, its admin port, and the pid that speaks HTTP."""
+
+    def __init__(self, proc: RouterProcess, port: int, admin: int, processes: int):
+        self.proc = proc
+        self.port = port
+        self.admin = admin
+        self.processes = processes
+
+    def http_pid(self) -> int:
+        """The process that reads the clients' bytes: the router itself, or its front process."""
+        assert self.proc.proc is not None
+        if not self.processes:
+            return self.proc.proc.pid
+        return wait_for(lambda: next(iter(children(self.proc.proc.pid)), None), what="a front process")
+
+    def rss(self) -> int:
+        """Resident memory of the HTTP process, in bytes."""
+        status = Path(f"/proc/{self.http_pid()}/status").read_text()
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        assert found is not None
+        return int(found.group(1)) * 1024
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=10) as response:
+                return response.status, orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read())
+
+    def rejected(self, status: int) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        found = re.search(
+            rf'^event_router_requests_rejected_total\{{input="connector",status="{status}"\}} (\S+)$',
+            text,
+            re.MULTILINE,
+        )
+        return float(found.group(1)) if found else 0.0
+
+
+def children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and FRONT_MODULE in cmdline and stat[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+@pytest.fixture(params=[0, 1], ids=["in-process", "front-process"])
+def processes(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
+@pytest.fixture
+def start(tmp_path: Path, processes: int) -> Iterator[Any]:
+    """`start(extra_toml, nofile=None)`: a router (and its fronts) with the open-file limit `nofile`."""
+    started: list[RouterProcess] = []
+
+    def run(extra: str = "", *, nofile: int | None = None) -> Router:
+        port, admin = free_port(), free_port()
+        path = tmp_path / "router.toml"
+        path.write_text(router_toml(tmp_path, port, admin, processes, extra))
+        program: tuple[str, ...] = (sys.executable, "-m", "event_router")
+        if nofile is not None:
+            # the limit is set in the router process before it starts; its front processes inherit it
+            program = (
+                sys.executable,
+                "-c",
+                "import resource, runpy, sys; "
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); "
+                "sys.argv[0] = 'event_router'; runpy.run_module('event_router', run_name='__main__')",
+            )
+        proc = RouterProcess(path, program=program).start()
+        started.append(proc)
+        return Router(proc, port, admin, processes)
+
+    yield run
+    for proc in started:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.terminate()
+
+
+def post_bytes(body: bytes, *, key: bytes = KEY.encode(), extra: bytes = b"") -> bytes:
+    return (
+        (b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: " + key + b"\r\nContent-Length: %d\r\n" % len(body) + extra)
+        + b"\r\n"
+        + body
+    )
+
+
+def read_answer(sock: socket.socket, timeout: float = 10) -> tuple[int, bytes, bytes]:
+    """One HTTP answer (status, head, body) from `sock`; (0, b"", b"") if it closes first."""
+    sock.settimeout(timeout)
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return 0, b"", buffer
+        buffer += chunk
+    head, _, body = buffer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(head.split(b" ")[1]), head, body[:length]
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 5) -> bool:
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def exchange(port: int, data: bytes) -> tuple[int, bytes, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        return read_answer(sock)
+
+
+# --- item 7: what one client can make the HTTP process hold ------------------------------------------------
+
+
+def test_a_header_that_never_ends_is_refused_as_it_streams(start) -> None:  # type: ignore[no-untyped-def]
+    router = start()
+    sent = 0
+    answer: tuple[int, bytes, bytes] = (0, b"", b"")
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nx-long: ")
+        piece = b"a" * 16384
+        sock.settimeout(0.05)
+        while sent < 8 * MIB:  # today's front reads it all (and more) without a word
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break
+            sent += len(piece)
+            try:
+                peek = sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, TimeoutError):
+                continue
+            except ConnectionResetError:
+                break
+            if peek:
+                break
+        answer = read_answer(sock)
+    assert answer[0] in (400, 431), answer
+    assert sent < MIB, f"{sent} bytes of one header were taken before a refusal"
+
+
+def test_unfinished_bodies_are_bounded_in_memory(start) -> None:  # type: ignore[no-untyped-def]
+    """Sixty clients (no API key needed) each send all but the last byte of a 4 MiB body and wait."""
+    router = start("body_timeout = 60")
+    before = router.rss()
+    body = b"x" * (4 * MIB - 1)
+    head = b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: wrong\r\nContent-Length: %d\r\n\r\n" % (4 * MIB)
+
+    async def feed(writers: list[asyncio.StreamWriter]) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        writers.append(writer)
+        writer.write(head + body)
+        # the server may stop reading (or answer and close): what it holds is what counts
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await asyncio.wait_for(writer.drain(), 10)
+
+    async def scenario() -> int:
+        writers: list[asyncio.StreamWriter] = []
+        try:
+            await asyncio.gather(*(feed(writers) for _ in range(60)))
+            await asyncio.sleep(1)
+            return router.rss()
+        finally:
+            for writer in writers:
+                writer.transport.abort()
+
+    during = asyncio.run(scenario())
+    grown = (during - before) / MIB
+    assert grown < 120, f"{grown:.0f} MiB held for 60 unfinished bodies (240 MiB sent)"
+    status, _, _ = exchange(router.port, post_bytes(orjson.dumps(example("transport.messageReceived"))))
+    assert status == 202
+
+
+def test_answers_a_client_does_not_read_are_bounded(start) -> None:  # type: ignore[no-untyped-def]
+    """One connection pipelines requests whose answers are large (404 naming an 8 KiB path), reads none."""
+    router = start()
+    before = router.rss()
+    request = b"GET /" + b"p" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    sent = 0
+    deadline = time.monotonic() + 15
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.settimeout(0.5)
+        batch = request * 64
+        while sent < 120 * MIB and time.monotonic() < deadline:
+            try:
+                sock.sendall(batch)
+            except TimeoutError:
+                break  # pushed back: the server stopped reading
+            sent += len(batch)
+        time.sleep(1)
+        grown = (router.rss() - before) / MIB
+    assert grown < 40, f"{grown:.0f} MiB of unread answers held ({sent / MIB:.0f} MiB of requests taken)"
+
+
+# --- item 12: deadlines and a connection cap ----------------------------------------------------------------
+
+
+def test_a_head_sent_a_byte_at_a_time_is_cut_off(start) -> None:  # type: ignore[no-untyped-def]
+    router = start("header_timeout = 1")
+    head = b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: " + KEY.encode() + b"\r\nContent-Length: 2\r\n\r\n{}"
+    socks = [socket.create_connection(("127.0.0.1", router.port), timeout=10) for _ in range(20)]
+    try:
+        cut = set()
+        started = time.monotonic()
+        for index in range(len(head)):
+            if time.monotonic() - started > 8 or len(cut) == len(socks):
+                break
+            # a socket with an answer waiting is sent nothing more: bytes sent to a closed socket would
+            # make it reset the connection, and the answer be lost
+            readable, _, _ = select.select(socks, [], [], 0)
+            cut.update(socks.index(sock) for sock in readable)
+            for n, sock in enumerate(socks):
+                if n not in cut:
+                    try:
+                        sock.sendall(head[index : index + 1])
+                    except OSError:
+                        cut.add(n)
+            time.sleep(0.25)
+        elapsed = time.monotonic() - started
+        answers = [read_answer(sock, timeout=5) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert elapsed < 5, "slow heads were still being read"
+    for status, head_bytes, body in answers:
+        assert status == 408, (status, head_bytes, body)
+        assert orjson.loads(body) == {"error": "request head not received within 1 s"}
+        assert b"Connection: close" in head_bytes or b"connection: close" in head_bytes.lower()
+    wait_for(lambda: router.rejected(408) >= 20, what="the 408s counted")
+
+
+def test_a_body_that_stops_coming_is_cut_off(start) -> None:  # type: ignore[no-untyped-def]
+    router = start("body_timeout = 1")
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(post_bytes(b'{"trigger": "x", "data": {}}')[:-10])
+        status, _, body = read_answer(sock, timeout=6)
+        assert status == 408
+        assert orjson.loads(body) == {"error": "request body not received within 1 s"}
+        # closed once what the client may still send was taken for a while (aiohttp's lingering_time, 10 s)
+        assert closed_by_server(sock, timeout=15)
+    wait_for(lambda: router.rejected(408) >= 1, what="the 408 counted")
+
+
+def test_connections_past_the_cap_get_503_and_readiness_says_so(start) -> None:  # type: ignore[no-untyped-def]
+    """With an open-file limit of 256 the default cap leaves 128 descriptors to the rest of the router."""
+    router = start(nofile=256)
+    assert router.readyz()[0] == 200
+    idle = [socket.create_connection(("127.0.0.1", router.port), timeout=10) for _ in range(128)]
+    try:
+        wait_for(lambda: router.readyz()[0] == 503, what="not ready at the cap")
+        status, report = router.readyz()
+        assert "max_connections (128)" in report["reasons"]["connector"], report
+        extra = [socket.create_connection(("127.0.0.1", router.port), timeout=10) for _ in range(20)]
+        try:
+            answers = [read_answer(sock) for sock in extra]
+            assert {a[0] for a in answers} == {503}, answers
+            assert orjson.loads(answers[0][2]) == {"error": "too many connections (max_connections = 128)"}
+        finally:
+            for sock in extra:
+                sock.close()
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: router.readyz()[0] == 200, what="ready again")
+    status, _, _ = exchange(router.port, post_bytes(orjson.dumps(example("transport.messageReceived"))))
+    assert status == 202
+    assert router.rejected(503) >= 20
+    assert any(
+        str(r.get("msg")).startswith("request refused") and r.get("status") == 503 for r in router.proc.log_records()
+    )
+
+
+# --- item 15: bytes that are not UTF-8, malformed requests --------------------------------------------------
+
+
+def test_header_bytes_that_are_not_utf8(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    router = start()
+    mail = orjson.dumps(example("transport.messageReceived"))
+    status, _, body = exchange(router.port, post_bytes(mail, extra=b"x-correlation-id: abc\xff\xfe\r\n"))
+    assert status == 202, body
+    (line,) = wait_for(lambda: read_jsonl(tmp_path / "out.jsonl"))
+    assert line["meta"]["headers"]["x-correlation-id"] == "abc\ufffd\ufffd"
+    status, _, body = exchange(router.port, post_bytes(mail, key=b"limits-\xff\xfe"))
+    assert status == 401, body
+    assert orjson.loads(body) == {"error": "missing or wrong API key in header x-api-key"}
+
+
+def test_malformed_requests_are_counted_and_logged_without_tracebacks(start) -> None:  # type: ignore[no-untyped-def]
+    router = start()
+    for _ in range(5):
+        status, _, _ = exchange(router.port, b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+        assert status == 400
+    wait_for(lambda: router.rejected(400) == 5, what="five 400s counted")
+    logs = router.proc.logs()
+    assert "Traceback" not in logs
+    refused = [r for r in router.proc.log_records() if str(r.get("msg")).startswith("request refused")]
+    assert len(refused) == 1 and refused[0]["status"] == 400, refused
+
+
+# --- item 16: what a body's framing may claim ---------------------------------------------------------------
+
+
+def test_transfer_codings_other_than_chunked_are_refused(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    router = start()
+    body = b'{"trigger": "transport.messageReceived", "data": {}}'
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: "
+            + KEY.encode()
+            + b"\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            + chunked
+        )
+        status, _, answer = read_answer(sock)
+        assert status == 501, answer
+        assert orjson.loads(answer) == {"error": "Transfer-Encoding gzip is not supported"}
+        assert closed_by_server(sock, timeout=15)
+    assert not read_jsonl(tmp_path / "out.jsonl")
+
+
+def test_expect_continue_with_a_body_too_large_gets_413_not_100(start) -> None:  # type: ignore[no-untyped-def]
+    router = start()
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: "
+            + KEY.encode()
+            + b"\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (64 * MIB)
+        )
+        status, _, answer = read_answer(sock)
+    assert status == 413, answer
+    assert orjson.loads(answer) == {"error": "body larger than 4194304 bytes"}
