@@ -238,8 +238,10 @@ def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | N
         body = event.to_json()
         payloads = [orjson.dumps(d.payload) if d.reshaped else None for d in plan.deliveries]
     except TypeError as exc:
-        # orjson parses 1,024 levels of nesting but writes only 254: keep the input's bytes instead
-        reason = f"event cannot be stored as JSON ({exc}): data nests too deeply"
+        # orjson parses 1,024 levels of nesting but writes only 254: keep the input's bytes instead. The
+        # reason says which limit it was (a plugin may also hand over text no JSON can hold)
+        cause = "data nests too deeply" if "recursion" in str(exc).lower() else "a value is not valid UTF-8 text"
+        reason = f"event cannot be stored as JSON ({exc}): {cause}"
         plan.dead_letter = ("undecodable", reason)
         raw = (event.raw or b"").decode("utf-8", "backslashreplace")
         body = orjson.dumps({"raw": raw, "trigger": event.trigger, "source": event.source, "id": event.id})

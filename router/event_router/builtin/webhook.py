@@ -580,9 +580,10 @@ class _Guard(asyncio.Protocol):
     """One connection of the in-process server: aiohttp's protocol inside what aiohttp lacks.
 
     At most max_connections at once (past it: 503 and close); a request head must arrive whole within
-    header_timeout of its first byte (past it: 408 and close). aiohttp bounds each head line (8190 bytes, 431/414 as it streams), the body
-    (client_max_size), pushes back on pipelined requests and on answers the client does not take, and
-    closes idle connections (keepalive_timeout); the handler bounds the body's time (body_timeout).
+    header_timeout of its first byte (past it: 408 and close). aiohttp bounds each head line (8190 bytes,
+    checked as it streams), the body (client_max_size), pushes back on pipelined requests and on answers
+    the client does not take, and closes idle connections (keepalive_timeout); the handler bounds the
+    body's time (body_timeout).
     """
 
     def __init__(self, limits: _Limits, inner: asyncio.Protocol):
@@ -664,7 +665,8 @@ class _MalformedRequestLog(logging.Logger):
         if isinstance(exc_info, Exception) and msg == "Error handling request from %s":
             remote = str(args[0]) if args and args[0] is not None else None
             status = getattr(exc_info, "code", 400) or 400
-            answer: Answer = (status, {"error": f"malformed HTTP request: {exc_info}"}, None)
+            detail = getattr(exc_info, "message", None) or exc_info
+            answer: Answer = (status, {"error": f"malformed HTTP request: {detail}"}, None)
             webhook.refused(self.limits.sink, remote, answer)
             return
         super().exception(msg, *args, exc_info=exc_info, **kwargs)
