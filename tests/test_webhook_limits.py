@@ -364,8 +364,9 @@ def test_header_bytes_that_are_not_utf8(start, tmp_path: Path) -> None:  # type:
 
 def test_malformed_requests_are_counted_and_logged_without_tracebacks(start) -> None:  # type: ignore[no-untyped-def]
     router = start()
-    for _ in range(5):
-        status, _, _ = exchange(router.port, b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+    malformed = [b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n"] * 3 + [b"HELLO THERE\r\n\r\n"] * 2
+    for data in malformed:
+        status, _, _ = exchange(router.port, data)
         assert status == 400
     wait_for(lambda: router.rejected(400) == 5, what="five 400s counted")
     logs = router.proc.logs()

@@ -24,6 +24,7 @@ from typing import Any, cast
 import anyio
 import orjson
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 from anyio.abc import TaskStatus
 
 from event_router.batching import Rejected
@@ -661,15 +662,23 @@ class _MalformedRequestLog(logging.Logger):
         self.parent = logging.getLogger("aiohttp")
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
-        webhook = self.limits.webhook
-        if isinstance(exc_info, Exception) and msg == "Error handling request from %s":
-            remote = str(args[0]) if args and args[0] is not None else None
-            status = getattr(exc_info, "code", 400) or 400
-            detail = getattr(exc_info, "message", None) or exc_info
-            answer: Answer = (status, {"error": f"malformed HTTP request: {detail}"}, None)
-            webhook.refused(self.limits.sink, remote, answer)
-            return
-        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+        if not self._refused(exc_info, args):
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
+        # aiohttp logs a first request that is not HTTP at all (a bad method) at debug level
+        if not self._refused(kwargs.get("exc_info"), args):
+            super().debug(msg, *args, **kwargs)
+
+    def _refused(self, exc: object, args: tuple[object, ...]) -> bool:
+        """Count and log (throttled) aiohttp's answer to a request it could not parse; False for anything else."""
+        if not isinstance(exc, HttpProcessingError):  # a failure of the router's own is logged as it is
+            return False
+        remote = str(args[0]) if args and args[0] is not None else None
+        detail = exc.message or type(exc).__name__
+        answer: Answer = (exc.code or 400, {"error": f"malformed HTTP request: {detail}"}, None)
+        self.limits.webhook.refused(self.limits.sink, remote, answer)
+        return True
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:
