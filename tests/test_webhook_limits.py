@@ -248,6 +248,27 @@ def test_unfinished_bodies_are_bounded_in_memory(start) -> None:  # type: ignore
     assert status == 202
 
 
+def test_more_large_bodies_at_once_than_the_budget_are_all_answered(start) -> None:  # type: ignore[no-untyped-def]
+    """Twenty clients send 4 MiB bodies at once (80 MiB, over a front's 64 MiB budget): each is read in turn."""
+    router = start()
+    request = post_bytes(b"x" * (4 * MIB), key=b"wrong")
+
+    async def send() -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", router.port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            status_line = await reader.readline()
+            return int(status_line.split()[1])
+        finally:
+            writer.close()
+
+    async def scenario() -> list[int]:
+        return await asyncio.wait_for(asyncio.gather(*(send() for _ in range(20))), 60)
+
+    assert asyncio.run(scenario()) == [401] * 20
+
+
 def test_answers_a_client_does_not_read_are_bounded(start) -> None:  # type: ignore[no-untyped-def]
     """One connection pipelines requests whose answers are large (404 naming an 8 KiB path), reads none."""
     router = start()

@@ -77,9 +77,11 @@ MAX_PIPELINED = 32
 #: answers written but not yet taken by the client before reading from its connection pauses (a client
 #: that pipelines requests and never reads the answers holds at most this much, plus one read, here)
 WRITE_HIGH = 256 * 1024
-#: request bodies buffered at once in this process, over all connections, is kept near
-#: max(BUFFER_BUDGET, 4 x max_body_bytes): past it, reading from a connection adding to it pauses until
-#: others are done (each connection still holds at most max_body_bytes plus one read)
+#: request bodies read at once in this process, over all connections: max(BUFFER_BUDGET, 4 x
+#: max_body_bytes). A body is read once its size (Content-Length, or max_body_bytes when chunked) fits in
+#: what is left; until then reading from its connection pauses (the read that held its head may hold the
+#: body's first bytes: they are kept). Bodies are admitted in arrival order, and one whatever its size
+#: when none is being read, so every body is read in the end (or ended by body_timeout)
 BUFFER_BUDGET = 64 * 1024 * 1024
 
 
@@ -214,10 +216,10 @@ class _Server:
         self.draining = False
         #: set once draining and no request waits for its answer
         self.drained = asyncio.Event()
-        #: body bytes held by unfinished requests, over all connections, and the budget for them
-        self.buffered = 0
+        #: body bytes admitted for reading (the sizes of the bodies being read), and the budget for them
+        self.reserved = 0
         self.budget = max(BUFFER_BUDGET, 4 * max_body)
-        #: connections paused because the budget was spent, resumed (oldest first) as it frees
+        #: connections paused until their body fits in the budget, admitted oldest first
         self.starved: deque[_Connection] = deque()
         self.full = False
 
@@ -240,11 +242,23 @@ class _Server:
             self.full = full
             self.channel.send_full(full)
 
+    def reserve(self, size: int) -> bool:
+        """Admit a body of `size` bytes for reading if it fits (any one body fits when none is read)."""
+        if self.reserved and self.reserved + size > self.budget:
+            return False
+        self.reserved += size
+        return True
+
     def release(self, size: int) -> None:
-        """`size` body bytes are no longer held: resume the connections waiting for the budget."""
-        self.buffered -= size
-        while self.starved and self.buffered < self.budget:
-            self.starved.popleft().resume("budget")
+        """A body of `size` bytes is no longer read: admit the waiting ones that fit now, oldest first."""
+        self.reserved -= size
+        while self.starved:
+            conn = self.starved[0]
+            if not self.reserve(conn.wanted):
+                return
+            self.starved.popleft()
+            conn.held, conn.wanted = conn.wanted, 0
+            conn.resume("budget")
 
     def drain(self) -> None:
         """From now on answers close their connections; `drained` is set once none is owed."""
@@ -293,8 +307,9 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = 0
         #: heads completed on this connection
         self.heads = 0
-        #: body bytes of the request in progress counted in the server's budget
+        #: the size of this connection's body admitted for reading (`_Server.reserve`), or waiting to be
         self.held = 0
+        self.wanted = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -426,9 +441,11 @@ class _Connection(asyncio.Protocol):
             self.refusal = (404, orjson.dumps({"error": f"no webhook at {path}"}), None)
         elif self.parser.get_method() != b"POST":
             self.refusal = (405, _NOT_POST, {"Allow": "POST"})
-        elif self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
-            assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        else:
+            self._admit_body()
+            if self.headers.get("expect", "").lower() == "100-continue" and self.parser.get_http_version() == "1.1":
+                assert self.transport is not None
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -436,15 +453,31 @@ class _Connection(asyncio.Protocol):
             raise _Refused(413, f"body larger than {self.server.max_body} bytes")
         if self.refusal is None:
             self.body.append(chunk)
-            self.held += len(chunk)
-            server = self.server
-            server.buffered += len(chunk)
-            if server.buffered > server.budget and "budget" not in self.paused_for:
-                self.pause("budget")
-                server.starved.append(self)
+
+    def _admit_body(self) -> None:
+        """Read the body now if it fits in the process's budget, else pause until it does."""
+        length = self.headers.get("content-length")
+        if length is not None:
+            size = int(length) if length.isdigit() else 0
+        else:
+            size = self.server.max_body if "transfer-encoding" in self.headers else 0
+        if not size:
+            return
+        if self.server.reserve(size):
+            self.held = size
+        else:
+            self.wanted = size
+            self.server.starved.append(self)
+            self.pause("budget")
 
     def _release(self) -> None:
+        """The body is read (or never will be): give its share of the budget back."""
         held, self.held = self.held, 0
+        if self.wanted:
+            self.wanted = 0
+            with contextlib.suppress(ValueError):
+                self.server.starved.remove(self)
+            self.resume("budget")
         if held:
             self.server.release(held)
 
