@@ -383,6 +383,18 @@ def test_header_bytes_that_are_not_utf8(start, tmp_path: Path) -> None:  # type:
     assert orjson.loads(body) == {"error": "missing or wrong API key in header x-api-key"}
 
 
+def test_signature_headers_that_are_not_utf8_are_a_wrong_signature(start) -> None:  # type: ignore[no-untyped-def]
+    router = start('signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]')
+    stamp = str(int(time.time())).encode()
+    for extra in (
+        b"webhook-id: msg\xff\r\nwebhook-timestamp: " + stamp + b"\r\nwebhook-signature: v1,abc\r\n",
+        b"webhook-id: msg\r\nwebhook-timestamp: " + stamp + b"\r\nwebhook-signature: v1,\xe9\xff\r\n",
+    ):
+        status, _, body = exchange(router.port, post_bytes(b'{"trigger": "x"}', extra=extra))
+        assert status == 401, body
+        assert orjson.loads(body) == {"error": "missing, invalid or expired webhook signature (Standard Webhooks)"}
+
+
 def test_malformed_requests_are_counted_and_logged_without_tracebacks(start) -> None:  # type: ignore[no-untyped-def]
     router = start()
     malformed = [b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n"] * 3 + [b"HELLO THERE\r\n\r\n"] * 2
