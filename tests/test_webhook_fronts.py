@@ -279,6 +279,35 @@ async def test_idle_connections_are_closed() -> None:
         server.close()
 
 
+@pytest.mark.anyio
+async def test_a_client_that_takes_no_answers_is_closed_after_the_idle_time() -> None:
+    """Reading pauses while the client takes none of its answers (`pause_writing`); the sweep ends it."""
+    import asyncio
+    import socket
+
+    from event_router.builtin import webhook_front as front
+
+    channel = front._Channel()
+    http = front._Server(channel, "/events", 1000)
+    server = await asyncio.get_running_loop().create_server(lambda: front._Connection(http), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = socket.create_connection(("127.0.0.1", port))
+        await wait_for_async(lambda: len(http.connections) == 1)
+        (conn,) = http.connections
+        conn.pause_writing()  # what the transport calls once unsent answers pass WRITE_HIGH
+        now = time.monotonic()
+        http.sweep(now + front.IDLE_SECONDS - 1)
+        assert http.connections == {conn}
+        http.sweep(now + front.IDLE_SECONDS + 1)
+        await wait_for_async(lambda: not http.connections)
+        client.settimeout(5)
+        assert client.recv(10) == b""
+        client.close()
+    finally:
+        server.close()
+
+
 def test_an_answer_that_fails_to_go_out_costs_only_its_request(caplog: pytest.LogCaptureFixture) -> None:
     from event_router.builtin import webhook_front as front
 

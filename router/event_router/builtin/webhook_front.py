@@ -226,7 +226,13 @@ class _Server:
     def sweep(self, now: float) -> None:
         """Close connections idle for longer than IDLE_SECONDS; refuse those past a header or body deadline."""
         for conn in list(self.connections):
-            if conn.closing or conn.paused_for:  # paused by this process: the client is not the slow one
+            if conn.closing:
+                continue
+            if "writing" in conn.paused_for:  # a client that takes none of its answers for that long is gone
+                if now - conn.last_active > IDLE_SECONDS:
+                    conn.close()
+                continue
+            if conn.paused_for:  # paused by this process: the client is not the slow one
                 continue
             if conn.phase == _HEAD and now - conn.phase_since > self.header_timeout:
                 conn.refuse(_Refused(408, f"request head not received within {self.header_timeout:g} s"))
