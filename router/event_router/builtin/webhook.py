@@ -584,7 +584,7 @@ class _Guard(asyncio.Protocol):
     header_timeout of its first byte (past it: 408 and close). aiohttp bounds each head line (8190 bytes,
     checked as it streams), the body (client_max_size), pushes back on pipelined requests and on answers
     the client does not take, and closes idle connections (keepalive_timeout); the handler bounds the
-    body's time (body_timeout).
+    body's time (body_timeout). A client that takes none of its answers for IDLE_SECONDS is dropped.
     """
 
     def __init__(self, limits: _Limits, inner: asyncio.Protocol):
@@ -592,6 +592,8 @@ class _Guard(asyncio.Protocol):
         self.inner: asyncio.Protocol | None = inner
         self.transport: asyncio.BaseTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        #: set while the client takes none of its answers (aiohttp waits for it to drain, and reads nothing)
+        self.write_timer: asyncio.TimerHandle | None = None
         #: a request of this connection is being handled (its head is complete)
         self.in_request = False
 
@@ -609,9 +611,10 @@ class _Guard(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.write_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.write_timer = None
         if self.inner is not None:
             self.limits.open.pop(self.inner, None)
             self.inner.connection_lost(exc)
@@ -627,12 +630,23 @@ class _Guard(asyncio.Protocol):
         return self.inner.eof_received() if self.inner is not None else None
 
     def pause_writing(self) -> None:
+        if self.write_timer is None and self.transport is not None:
+            # its answers stay unsent (and its handler waits) only so long: then the connection is dropped
+            self.write_timer = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._abort)
         if self.inner is not None:
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
         if self.inner is not None:
             self.inner.resume_writing()
+
+    def _abort(self) -> None:
+        self.write_timer = None
+        if self.transport is not None:
+            cast(asyncio.Transport, self.transport).abort()  # close() would wait for the answers to drain
 
     def head_done(self) -> None:
         self.in_request = True
