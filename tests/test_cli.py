@@ -174,12 +174,15 @@ def test_schemas_lists_60_connector_events(shipped: Path) -> None:
     assert "consumption.relationshipEvent.*" in triggers
 
 
-def test_status_and_dlq_on_empty_spool(shipped: Path) -> None:
-    status = run_cli("status", "-c", str(shipped), "--json", env=ENV)
-    assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["pending_events"] == 0
-    listing = run_cli("dlq", "list", "-c", str(shipped), "--json", env=ENV)
-    assert listing.returncode == 0 and json.loads(listing.stdout) == []
+def test_status_and_dlq_without_a_spool(shipped: Path) -> None:
+    """No router has run with this file: said as such, and nothing is created."""
+    expected = f"error: no spool at {shipped.parent}/var/spool.db (router.data_dir: has the router run with this "
+    for command in (["status"], ["status", "--json"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay", "1"]):
+        result = run_cli(*command, "-c", str(shipped), env=ENV)
+        assert result.returncode == 1, (command, result.stderr)
+        assert result.stderr.startswith(expected), result.stderr
+        assert result.stdout == ""
+    assert not (shipped.parent / "var").exists(), "an operator command created the data_dir"
     refuse = run_cli("dlq", "purge", "-c", str(shipped), env=ENV)
     assert refuse.returncode == 2 and "needs ids, a filter, or --all" in refuse.stderr
 

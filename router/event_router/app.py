@@ -132,6 +132,7 @@ class App:
             if problem is None:
                 raise
             raise ConfigError("router.data_dir", problem, file=config.path.name) from exc
+        ready = False
         try:
             jump = self.spool.claim_clock()
             if jump:
@@ -181,6 +182,7 @@ class App:
                     notify("READY=1", f"STATUS={self._status_line()}")
                     self.ready.set()
                 task_status.started()
+                ready = True
                 await self._stop.wait()
                 log.info(
                     "stopping: inputs first, then draining deliveries", extra={"timeout": self.config.shutdown_timeout}
@@ -197,7 +199,9 @@ class App:
         finally:
             self._tg = None
             self.spool.close()
-            log.info("router stopped", extra={"pending": self.spool.depth})
+            # a start-up failure is logged (and said) by the caller: it did not run, so it did not "stop"
+            if ready:
+                log.info("router stopped", extra={"pending": self.spool.depth})
 
     async def _supervise(
         self,

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 when no event would be dead-lettered; 1 when one would (invalid under the "
         "input's validation policy, unknown trigger or no route with dead-letter settings, or an output "
         "that cannot build its request), or when the config or the events file cannot be used. Each "
-        "dead-lettered event is named on stderr, so `event-router test` can gate a CI job.",
+        "dead-lettered event is named on stderr as FILE[i] (its index in the list), so `event-router test` "
+        "can gate a CI job. Secrets are not read (it sends nothing): no variable or credential is needed.",
     )
     _config_arg(p)
     p.add_argument("events", type=Path, help='JSON file: {"trigger", "data"} as the Connector posts it, or a list')
@@ -148,7 +149,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+    try:
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at interpreter exit
+    except BrokenPipeError:
+        return _reader_gone()
     return result
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (`event-router status | head -2`): stop quietly, as `cat` does. Python
+    would flush stdout again at exit and print a traceback; pointing it at /dev/null prevents that."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13  # killed by SIGPIPE, as the shell reports it
 
 
 def _load(args: argparse.Namespace, secrets: SecretsMode = "resolve") -> tuple[RouterConfig, PluginRegistry]:
@@ -166,21 +182,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     from event_router.logs import setup_logging
     from event_router.runtime import has_uvloop, tune_for_router_process
 
-    setup_logging(args.log_level or "info", args.log_format)
-    config, registry = _load(args)
-    if args.log_level is None:
-        setup_logging(config.log_level, args.log_format)
-    app = App(config, registry)
-    tune_for_router_process()
+    as_json = setup_logging(args.log_level or "info", args.log_format)
     try:
-        anyio.run(_serve, app, backend="asyncio", backend_options={"use_uvloop": has_uvloop()})
-    except BaseExceptionGroup as group:
-        # a start-up failure (port in use, data_dir unwritable) comes wrapped by the task groups: say the
-        # cause in one line; anything that is not the router's own error keeps its traceback
-        causes = _leaves(group)
-        if not all(isinstance(exc, RouterError) for exc in causes):
-            raise
-        raise causes[0] from None
+        config, registry = _load(args)
+        if args.log_level is None:
+            as_json = setup_logging(config.log_level, args.log_format)
+        app = App(config, registry)
+        tune_for_router_process()
+        try:
+            anyio.run(_serve, app, backend="asyncio", backend_options={"use_uvloop": has_uvloop()})
+        except BaseExceptionGroup as group:
+            # a start-up failure (port in use, data_dir unwritable) comes wrapped by the task groups: say the
+            # cause in one line; anything that is not the router's own error keeps its traceback
+            causes = _leaves(group)
+            if not all(isinstance(exc, RouterError) for exc in causes):
+                raise
+            raise causes[0] from None
+    except RouterError as exc:
+        if as_json:
+            # where the log is JSON lines (journald, a file), the failure is a record like every other line,
+            # so a log pipeline (`jq`) sees it; `main` still prints the one `error:` line for a person
+            import logging
+
+            failures = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+            for failure in failures:
+                key = failure.path if isinstance(failure, ConfigError) else None
+                logging.getLogger("event_router").error(
+                    "router failed to start", extra={"key": key, "error": str(failure)}
+                )
+        raise
     return 0
 
 
@@ -223,6 +253,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     problem = directory_problem(config.data_dir)
     if problem is not None:
         raise ConfigErrors([ConfigError("router.data_dir", problem, file=config.path.name)])
+    if not config.inputs:
+        # `run` accepts it (a router that only drains its spool, or delivers replayed dead letters), but
+        # as a configuration to deploy it is almost surely a mistake: it would receive nothing
+        raise ConfigErrors(
+            [ConfigError("inputs", "no input configured: the router would receive nothing", file=config.path.name)]
+        )
     schemas = load_schemas(config, registry)
     warnings = [*config.warnings] + [
         f"{config.path.name}: routes[{route.index}].match.{warning}"
@@ -262,7 +298,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     from event_router.pipeline import plan_event
     from event_router.plugin import Delivery
 
-    config, registry = _load(args)
+    # it sends nothing, so like the operator commands it reads no secret: a CI job has none of them
+    config, registry = _load(args, "skip")
     schemas = load_schemas(config, registry)
     try:
         document = orjson.loads(args.events.read_bytes())
@@ -281,11 +318,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     report = []
     failed = 0
     for index, item in enumerate(items):
+        # named as jq would address it: events.json[0] in a list, events.json for a single event
+        where = f"{args.events}[{index}]" if isinstance(document, list) else str(args.events)
         if not isinstance(item, dict) or not isinstance(item.get("trigger"), str):
-            print(
-                f'error: {args.events}: item {index} is not {{"trigger": "...", "data": ...}}',
-                file=sys.stderr,
-            )
+            print(f'error: {where} is not {{"trigger": "...", "data": ...}}', file=sys.stderr)
             return 1
         event = Event(
             trigger=item["trigger"],
@@ -322,7 +358,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             except RouterError as exc:  # the output would fail the delivery the same way: a dead letter
                 described = {"error": str(exc)}
                 problems.append(f"output {d.output} (route {d.route!r}): {exc}")
-            deliveries.append({"output": d.output, "type": output.type, "route": d.route, **described})
+            deliveries.append({"output": d.output, "type": output.type, "route": d.route, **_masked(described)})
         report.append(
             {
                 "trigger": event.trigger,
@@ -339,7 +375,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             }
         )
         for problem in problems:
-            print(f"error: event {index} ({event.trigger}) would be dead-lettered: {problem}", file=sys.stderr)
+            print(f"error: {where} ({event.trigger}) would be dead-lettered: {problem}", file=sys.stderr)
         failed += bool(problems)
     _print_json(report if isinstance(document, list) else report[0])
     if failed:
@@ -347,6 +383,20 @@ def cmd_test(args: argparse.Namespace) -> int:
         return 1
     print(f"test: {len(items)} event(s), none would be dead-lettered", file=sys.stderr)
     return 0
+
+
+def _masked(value: Any) -> Any:
+    """`value` with every unresolved secret's stand-in shown as `***`: an output's dry-run description
+    should show none of its secrets, and a placeholder must not pass for a configured value."""
+    from event_router.secrets import MASK, Unresolved
+
+    if isinstance(value, Unresolved):
+        return MASK
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -392,9 +442,10 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from event_router.dlq_cli import one_line, spool_status, table
+    from event_router.dlq_cli import existing_spool, one_line, spool_status, table
 
     config, _ = _load(args, "skip")
+    existing_spool(config)
     status = spool_status(config)
     if args.json:
         _print_json(status)

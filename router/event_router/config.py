@@ -331,10 +331,16 @@ class _Loader:
             if (out := self._output(name, table, data_dir, default_retry)) is not None
         }
         routes = self._routes(document.get("routes", []), document.get("outputs", {}))
-        if not document.get("inputs"):
-            self.warnings.append(f"{self.file}: inputs: no input configured: the router receives nothing")
+        self._listeners_apart(document.get("inputs", {}), admin_listen)
         if not routes:
             self.warnings.append(f"{self.file}: routes: no route configured: every event is unmatched")
+        targets = {target for route in routes for target in route.to}
+        for name in outputs:
+            if name not in targets:
+                self.warnings.append(
+                    f"{self.file}: outputs.{name}: no route sends to this output: it receives nothing "
+                    f"(add it to a route's `to`, or remove it)"
+                )
         if self.errors:
             raise self.fail()
         return RouterConfig(
@@ -353,6 +359,34 @@ class _Loader:
             warnings=tuple(self.warnings),
             unresolved_secrets=tuple(self.skipped),
         )
+
+    def _listeners_apart(self, inputs: Mapping[str, Any], admin_listen: tuple[str, int] | None) -> None:
+        """Two listeners of this file (inputs' `listen`, `[router.admin] listen`) on one port: the second
+        could not bind, or with SO_REUSEPORT would take half of the first one's requests. A wildcard host
+        (0.0.0.0, ::) covers every address, so it overlaps any host on the same port. Port 0 (any free
+        port) never overlaps."""
+        listeners: list[tuple[str, str, int]] = []
+        for name, table in inputs.items():
+            if isinstance(table, Mapping) and isinstance(table.get("listen"), str):
+                try:
+                    listeners.append((f"inputs.{name}.listen", *parse_listen(table["listen"])))
+                except ValueError:
+                    continue  # the input's plugin reports the malformed address
+        if admin_listen is not None:
+            listeners.append(("router.admin.listen", *admin_listen))
+        wildcard = {"0.0.0.0", "::", ""}
+
+        def shown(host: str, port: int) -> str:
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+        for i, (key, host, port) in enumerate(listeners):
+            for other_key, other_host, other_port in listeners[:i]:
+                if port != 0 and port == other_port and (host == other_host or {host, other_host} & wildcard):
+                    self.error(
+                        key,
+                        f"{shown(host, port)} overlaps {other_key} ({shown(other_host, other_port)}): each "
+                        "listener needs its own port",
+                    )
 
     def _input(self, name: str, table: Mapping[str, Any], data_dir: Path) -> InputConfig | None:
         key = f"inputs.{name}"
@@ -467,7 +501,7 @@ class _Loader:
                 if plain:
                     self.warnings.append(
                         f"{self.file}: {where}: secret written in plain text; "
-                        'prefer { env = "NAME" } or { file = "path" }'
+                        'prefer { env = "NAME" }, { file = "path" } or { credential = "name" } (systemd)'
                     )
                 return secret
             if isinstance(node, dict):

@@ -9,6 +9,7 @@ Times are read from the spool's clock, which wall-clock jumps do not move (event
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("event_router.delivery")
 
 #: backoff between tries to commit delivery outcomes while the spool cannot write (disk full...)
+#: of a delivery's failed attempts, the first and every WARN_EVERY-th are logged as warnings, the rest as info
+WARN_EVERY = 10
+
 COMMIT_RETRY = RetryPolicy(initial_backoff=0.1, max_backoff=5.0)
 
 
@@ -90,7 +94,9 @@ class _Pending:
 def describe_failure(exc: BaseException) -> str:
     """One line for logs and dead letters: the output's own message, or the exception type and text."""
     if isinstance(exc, DeliveryError):
-        return f"{exc} [{exc.code}]" if exc.code else str(exc)
+        text = str(exc)
+        # the code adds what the message does not say already ("answered 422" needs no "[422]")
+        return f"{text} [{exc.code}]" if exc.code and not re.search(rf"\b{re.escape(exc.code)}\b", text) else text
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -395,7 +401,11 @@ class OutputWorker:
             log.info(f"delivered after {pending.attempts + 1} attempts", extra=self._fields(pending))
         for did, attempts, due, message in retry:
             self.stats.incr("deliveries", output=self.name, outcome="retry")
-            log.info(
+            # the first failure, and every WARN_EVERY-th, is a warning: an outage shows in a warning-level
+            # log, once per delivery and then now and again, not at every attempt
+            level = logging.WARNING if attempts == 1 or attempts % WARN_EVERY == 0 else logging.INFO
+            log.log(
+                level,
                 "delivery failed, will retry",
                 extra={
                     **self._fields(failed[did]),

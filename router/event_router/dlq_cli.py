@@ -7,16 +7,28 @@ import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from event_router.config import RouterConfig
 from event_router.deadletters import count_dead_letters, list_dead_letters, purge, replay, spool_status, to_json
+from event_router.errors import RouterError
 from event_router.plugins import PluginRegistry
 from event_router.spool import DeadLetter, DeadLetterFilter, Spool
 
-__all__ = ["add_dlq_parser", "one_line", "run_dlq", "spool_status", "table"]
+__all__ = ["add_dlq_parser", "existing_spool", "one_line", "run_dlq", "spool_status", "table"]
+
+
+def existing_spool(config: RouterConfig) -> Path:
+    """The spool file of `config`; a RouterError when there is none. The operator commands read a spool
+    the router made: creating an empty one (and its data_dir) would only show a healthy, empty router
+    where the path is wrong or the router never ran."""
+    path = config.data_dir / "spool.db"
+    if not path.is_file():
+        raise RouterError(f"no spool at {path} (router.data_dir: has the router run with this {config.path.name}?)")
+    return path
 
 
 def _timestamp(value: str) -> float:
@@ -24,6 +36,16 @@ def _timestamp(value: str) -> float:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time like 2026-11-26T10:00:00Z") from None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
 
 
 def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -46,7 +68,7 @@ def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
         if name in ("replay", "purge"):
             p.add_argument("--all", action="store_true", help="act on every dead letter (needed without filters)")
         if name == "list":
-            p.add_argument("--limit", type=int, default=100, help="list at most this many, oldest first (100)")
+            p.add_argument("--limit", type=_positive, default=100, help="list at most this many, oldest first (100)")
             p.add_argument("--json", action="store_true")
         if name == "purge":
             p.add_argument("--dry-run", action="store_true", help="list what would be purged; delete nothing")
@@ -119,7 +141,8 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
     if args.dlq_command in ("replay", "purge") and empty and not args.all:
         print(f"error: dlq {args.dlq_command} needs ids, a filter, or --all", file=sys.stderr)
         return 2
-    spool = Spool(config.data_dir / "spool.db")
+    # opened as the router opens it (a spool of an older version is brought up to date), once it exists
+    spool = Spool(existing_spool(config))
     spool.open()
     try:
         assert spool._reader is not None

@@ -595,6 +595,19 @@ def cmd_import_connector_config(args: argparse.Namespace) -> int:
         print(f"error: {path} is not valid JSON: {exc}", file=sys.stderr)
         return 1
     result = import_connector_config(config)
+    if not result.document["inputs"]:
+        # a router.toml without an input receives nothing: no file, and a status a script notices
+        for text_ in result.unsupported:
+            print(f"not imported: {text_}", file=sys.stderr)
+        for text_ in result.notes:
+            print(f"note: {text_}", file=sys.stderr)
+        why = "each reason is above" if result.unsupported else "it configures no webhook and no broker plugin"
+        print(
+            f"error: nothing to import from {path}: no webhook or message broker the router could receive "
+            f"events from ({why}); nothing written",
+            file=sys.stderr,
+        )
+        return 1
     text = result.to_toml(path.name)
     if args.output is None:
         sys.stdout.write(text)

@@ -44,8 +44,8 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Configure the root logger once for the CLI and the daemon."""
+def setup_logging(level: str = "info", fmt: str = "auto") -> bool:
+    """Configure the root logger once for the CLI and the daemon; True when it writes JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     formatter: logging.Formatter = JsonFormatter() if use_json else TextFormatter()
@@ -56,3 +56,4 @@ def setup_logging(level: str = "info", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     # aiohttp logs every failed request at error with a traceback; ours are more specific
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return use_json

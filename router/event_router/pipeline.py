@@ -225,7 +225,13 @@ class Pipeline:
         self.stats.incr("dead_letters", reason="undecodable")
         log.warning(
             "input dead-lettered",
-            extra={"input": input_name, "trigger": trigger, "dead_letter": dlid, "error": reason},
+            extra={
+                "input": input_name,
+                "trigger": trigger,
+                "dead_letter": dlid,
+                "reason": "undecodable",
+                "error": reason,
+            },
         )
         return dlid
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from event_router import event as event_module
-from event_router.errors import did_you_mean
+from event_router.errors import closest
 from event_router.templates import MISSING, OPEN, TemplateError, compile_template, get_path, split_path
 
 __all__ = [
@@ -154,8 +154,11 @@ def unknown_triggers(spec: Mapping[str, Any], known: Sequence[str], is_known: Ca
             if not isinstance(name, str) or "*" in name or name.startswith(ROUTER_NAMESPACE) or is_known(name):
                 continue
             at = _join(where, "trigger") + (f"[{index}]" if isinstance(value, list) else "")
+            # not "never matches": with unknown_triggers = "accept" such an event is routed all the same
+            guess = closest(name, known)
             found.append(
-                f"{at}: no schema knows the trigger {name!r}: this condition never matches{did_you_mean(name, known)}"
+                f"{at}: no schema knows the trigger {name!r}: "
+                + (f"a typo? did you mean {guess!r}?" if guess else "is it a typo?")
             )
         branches = table.get("$or")
         for index, branch in enumerate(branches if isinstance(branches, list) else []):

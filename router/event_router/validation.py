@@ -80,12 +80,36 @@ def _check(validator: jsonschema_rs.Validator, instance: Any, schema: str, root:
         if validator.is_valid(instance):  # the common case: no error objects are built at all
             return ValidationResult(valid=True, errors=(), schema=schema)
         # Sorted by location, then message, so the same input always yields the same (first ten) lines.
-        found = sorted((format_path(e.instance_path, root), e.message) for e in validator.iter_errors(instance))
+        found = sorted((format_path(e.instance_path, root), _message(e)) for e in validator.iter_errors(instance))
     except (ValueError, RecursionError) as exc:
         # jsonschema-rs gives up on errors in data nested a few hundred levels deep ("Recursion limit
         # reached"): that is an invalid event with a reason, not a crash of the input that submitted it
         return ValidationResult(valid=False, errors=(f"{root}: nests too deeply to validate ({exc})",), schema=schema)
     return ValidationResult(valid=False, errors=tuple(f"{at}: {msg}" for at, msg in found[:MAX_ERRORS]), schema=schema)
+
+
+def _message(error: jsonschema_rs.ValidationError) -> str:
+    """`error`'s message; for anyOf/oneOf, what each alternative wanted instead of "is not valid under any of
+    the schemas listed". Alternatives refused only for their type are left out when another one took the
+    type (`100` against "one of these names, or 0 to 99": the range is what matters)."""
+    kind = error.kind
+    if not isinstance(kind, jsonschema_rs.ValidationErrorKind.AnyOf | jsonschema_rs.ValidationErrorKind.OneOfNotValid):
+        return str(error.message)
+    here = list(error.instance_path)
+    branches = [list(branch) for branch in kind.context if branch]
+    if not branches:
+        return str(error.message)
+    wrong_type = jsonschema_rs.ValidationErrorKind.Type
+    typed = [b for b in branches if not all(isinstance(e.kind, wrong_type) and e.instance_path == here for e in b)]
+    value = str(error.message).split(" is not valid under ", 1)[0]
+    reasons = []
+    for branch in typed or branches:
+        for sub in branch:
+            below = list(sub.instance_path)[len(here) :]
+            text = _message(sub)
+            reasons.append(f"{format_path(below, '')[1:]}: {text}" if below else f"it {text.removeprefix(value + ' ')}")
+    # every alternative refused it, each for its reasons: "it is not one of ..., and it is greater than ..."
+    return f"{value} is not valid: " + ", and ".join(dict.fromkeys(reasons))
 
 
 def _read(path: Path) -> _SchemaFile:

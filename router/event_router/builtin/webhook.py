@@ -424,8 +424,10 @@ class WebhookInput(Input):
             # a missing or empty header never matches, whatever the key: the comparison alone would
             # accept it against an empty key. Bytes that are not UTF-8 (kept by aiohttp as surrogates)
             # are compared as sent: a wrong key, not a failure
-            if not given or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.api_key):
-                return 401, {"error": f"missing or wrong API key in header {self.key_header}"}, None
+            if not given:
+                return 401, {"error": f"missing API key header {self.key_header}"}, None
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.api_key):
+                return 401, {"error": f"wrong API key in header {self.key_header}"}, None
         return None
 
     def prepare(self, received: Received, raw: bytes) -> Answer | Parsed | Rejected:
