@@ -213,9 +213,14 @@ def test_check_no_secrets_checks_everything_but_their_values(tmp_path: Path) -> 
         if broker in report["inputs"]:
             assert f"inputs.{broker}.url" in unresolved
 
-    # the operator commands take the same file as it is
+    # the operator commands take the same file as it is: `status` gets as far as the spool (no router has
+    # run here), `test` all the way
     status = run_as_operator("status", "-c", str(config))
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 1 and status.stderr.startswith("error: no spool at "), status.stderr
+    events = tmp_path / "event.json"
+    events.write_text(json.dumps(example("transport.messageReceived")))
+    tested = run_as_operator("test", "-c", str(config), str(events))
+    assert "is not set" not in tested.stderr and "test: 1 event(s)" in tested.stderr, tested.stderr
 
     # what does not depend on the secrets' values is still checked: their form, and every other key
     broken = config.read_text().replace('{ env = "AUDIT_PASSWORD" }', '{ envv = "AUDIT_PASSWORD" }')

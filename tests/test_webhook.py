@@ -78,7 +78,7 @@ async def test_api_key_header_name_is_case_insensitive(make_app, tmp_path: Path)
         status, body, _ = await call(url, mail, {"x-ROUTER-key": KEY})
         assert status == 202, body
         status, body, _ = await call(url, mail, {"x-api-key": KEY})
-        assert (status, body["error"]) == (401, "wrong API key in header X-Router-Key")
+        assert (status, body["error"]) == (401, "missing API key header X-Router-Key")
 
 
 async def test_wrong_path_wrong_method_and_expect_continue(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
