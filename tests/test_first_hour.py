@@ -210,7 +210,8 @@ def test_check_refuses_two_listeners_on_one_port(tmp_path: Path, webhook: str, a
 
 def test_operating_guide_lists_each_metric_once() -> None:
     text = (ROOT / "docs/operating.md").read_text()
-    rows = re.findall(r"^\| `([a-z_]+)` \|", text, re.M)
+    table = text.split("| metric | labels | what |", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \|", table, re.M)
     counters = {f"{name}_total" for name in COUNTERS} | set(HISTOGRAMS)
     gauges = set(re.findall(r'yield "([a-z_]+)",', (ROOT / "router/event_router/app.py").read_text()))
     gauges |= set(re.findall(r'^\s+"([a-z_]+)",\n\s+"1 when', (ROOT / "router/event_router/app.py").read_text(), re.M))
