@@ -95,8 +95,10 @@ def describe_failure(exc: BaseException) -> str:
     """One line for logs and dead letters: the output's own message, or the exception type and text."""
     if isinstance(exc, DeliveryError):
         text = str(exc)
-        # the code adds what the message does not say already ("answered 422" needs no "[422]")
-        return f"{text} [{exc.code}]" if exc.code and not re.search(rf"\b{re.escape(exc.code)}\b", text) else text
+        # a code ends the line, where `dlq list` readers look for it ("... [error.connector.recordNotFound]"),
+        # except an HTTP status the message says already ("answered 422" needs no "[422]")
+        said = exc.code is not None and exc.code.isdigit() and re.search(rf"\b{exc.code}\b", text) is not None
+        return f"{text} [{exc.code}]" if exc.code and not said else text
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
