@@ -7,7 +7,7 @@ not quoted; nothing in a table that holds secrets (`auth`, `headers`, `signing_s
 URL is shown with its password masked; and what a plugin says about its table is scrubbed of the secrets
 resolved for it.
 
-`secrets="skip"` loads a file for commands that send nothing (`status`, `dlq`, `check --no-secrets`):
+`secrets="skip"` loads a file for commands that send nothing (`test`, `status`, `dlq`, `check --no-secrets`):
 references are checked for shape but not resolved, and stand-ins take their place
 (event_router.secrets). Such a configuration lists them in `unresolved_secrets`, and `App` refuses it.
 """

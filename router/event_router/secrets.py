@@ -2,7 +2,7 @@
 
 Plain strings work too, but `event-router check` warns about them. Resolved values are `Secret` strings
 whose repr hides them, so a config dump or a traceback does not print them. Commands that send nothing
-(`status`, `dlq`, `check --no-secrets`) load the file without resolving references: each becomes an
+(`test`, `status`, `dlq`, `check --no-secrets`) load the file without resolving references: each becomes an
 `Unresolved` stand-in (the schema's `x-placeholder`, shaped like the real value so the plugin's constructor
 checks everything else), and the daemon refuses a configuration that holds one. Text that may hold a secret
 anyway (a URL with a password, an error body a server echoed our headers in) goes through `redact_url` or
