@@ -380,7 +380,7 @@ def test_header_bytes_that_are_not_utf8(start, tmp_path: Path) -> None:  # type:
     assert line["meta"]["headers"]["x-correlation-id"] == "abc\ufffd\ufffd"
     status, _, body = exchange(router.port, post_bytes(mail, key=b"limits-\xff\xfe"))
     assert status == 401, body
-    assert orjson.loads(body) == {"error": "missing or wrong API key in header x-api-key"}
+    assert orjson.loads(body) == {"error": "wrong API key in header x-api-key"}
 
 
 def test_signature_headers_that_are_not_utf8_are_a_wrong_signature(start) -> None:  # type: ignore[no-untyped-def]
