@@ -94,7 +94,7 @@ def store_event(i: int) -> StoreEvent:
 async def test_rebase_moves_every_pending_time_with_the_clock(tmp_path: Path) -> None:
     t = Stepped()
     spool = Spool(tmp_path / "spool.db", clock=t.clock())
-    spool.open()
+    spool.open(exclusive=True)
     try:
         spool.claim_clock()
         ((retrying,), (fresh,)) = await spool.store([store_event(1), store_event(2)])
@@ -123,7 +123,7 @@ async def test_restart_in_the_same_boot_rebases_a_jump_made_while_stopped(
 ) -> None:
     t = Stepped()
     spool = Spool(tmp_path / "spool.db", clock=t.clock())
-    spool.open()
+    spool.open(exclusive=True)
     spool.claim_clock()
     ((did,),) = await spool.store([store_event(1)])
     await spool.settle(retry=[(did, 1, spool.clock.now() + 60, "503")])
@@ -131,7 +131,7 @@ async def test_restart_in_the_same_boot_rebases_a_jump_made_while_stopped(
     t.advance(20)
     t.wall_at += DAY
     again = Spool(tmp_path / "spool.db", clock=t.clock(boot))
-    again.open()
+    again.open(exclusive=True)
     try:
         assert again.claim_clock() == (DAY if moved else 0.0)
         now = again.clock.now()
@@ -151,7 +151,7 @@ async def test_other_processes_write_in_the_routers_time_base(tmp_path: Path) ->
     """`dlq replay` and `status` run beside the router: they use the base it recorded, not their own wall clock."""
     behind = SpoolClock(wall=lambda: time.time() - HOUR)
     spool = Spool(tmp_path / "spool.db", clock=behind)
-    spool.open()
+    spool.open(exclusive=True)
     try:
         spool.claim_clock()
         assert spool._reader is not None

@@ -160,7 +160,7 @@ async def test_counts_follow_the_spools_own_writes(tmp_path: Path) -> None:
 
     db = tmp_path / "spool.db"
     spool = Spool(db)
-    spool.open()
+    spool.open(exclusive=True)
 
     def check() -> None:
         truth = spool_truth(db)

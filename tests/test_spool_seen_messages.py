@@ -33,7 +33,7 @@ def seen_rows(path: Path) -> list[tuple[str, str]]:
 
 async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db")
-    spool.open()
+    spool.open(exclusive=True)
     try:
         dead = StoreDeadLetter("validation", "bad", b"{}", seen=SeenMessage("hook", "x", time.time() + 300))
         first = await spool.store([event(1, "x"), event(2, "x"), event(3, "y"), dead, event(4, None)])
@@ -51,7 +51,7 @@ async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
     finally:
         spool.close()
     reopened = Spool(tmp_path / "spool.db")
-    reopened.open()
+    reopened.open(exclusive=True)
     try:
         repeat, new = await reopened.store([event(30, "x"), event(31, "w")])
         assert repeat is None, "the ids outlive the process"
@@ -74,7 +74,7 @@ async def store_at_once(batches: list[list[StoreEvent]], spool: Spool) -> list[l
 
 async def test_an_expired_id_is_forgotten(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db")
-    spool.open()
+    spool.open(exclusive=True)
     try:
         assert isinstance((await spool.store([event(1, "old", expires_at=time.time() - 1)]))[0], list)
         assert isinstance((await spool.store([event(2, "new")]))[0], list)
@@ -87,14 +87,14 @@ async def test_an_expired_id_is_forgotten(tmp_path: Path) -> None:
 async def test_a_spool_file_without_the_table_gets_it(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     spool = Spool(path)
-    spool.open()
+    spool.open(exclusive=True)
     ((did,),) = await spool.store([event(1, None)])  # type: ignore[misc]
     spool.close()
     conn = sqlite3.connect(path)  # as a router before the table existed left the file
     conn.executescript("DROP TABLE seen_message_ids")
     conn.close()
     spool = Spool(path)
-    spool.open()
+    spool.open(exclusive=True)
     try:
         assert spool.depth == 1
         assert [row.did for row in spool.fetch_due("a", time.time() + 1, 10, set())] == [did]

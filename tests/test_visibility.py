@@ -253,7 +253,7 @@ async def test_a_schema_1_spool_is_upgraded_in_place_and_keeps_its_rows(tmp_path
     old.executescript(_SCHEMA_1)
     old.close()
     spool = Spool(path)
-    spool.open()
+    spool.open(exclusive=True)
     try:
         (pending,) = spool.fetch_due("crm", 1.0, 10, ())
         assert (pending.did, pending.event_id, pending.attempts) == (40, "e-7", 2)

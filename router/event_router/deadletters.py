@@ -22,6 +22,7 @@ from event_router.event import Event
 from event_router.pipeline import plan_event
 from event_router.spool import (
     OLDEST_PENDING,
+    PENDING_EVENTS,
     DeadLetter,
     DeadLetterFilter,
     OutputBacklog,
@@ -92,9 +93,7 @@ def replay(
     total = len(selected)
     for start in range(0, total, batch):
         chunk = selected[start : start + batch]
-        spool.write_sync(
-            partial(_replay_chunk, chunk=chunk, config=config, schemas=schemas, report=report), recount=True
-        )
+        spool.write_sync(partial(_replay_chunk, chunk=chunk, config=config, schemas=schemas, report=report))
         if progress is not None:
             progress(min(start + batch, total), total)
     return report
@@ -168,9 +167,7 @@ def purge(spool: Spool, where: DeadLetterFilter, *, upto: int | None = None) -> 
     if upto is not None:
         clause += (" AND" if clause else " WHERE") + " dlid <= ?"
         args.append(upto)
-    count: int = spool.write_sync(
-        lambda conn: conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount, recount=True
-    )
+    count: int = spool.write_sync(lambda conn: conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount)
     return count
 
 
@@ -194,7 +191,7 @@ def spool_status(config: RouterConfig) -> dict[str, Any]:
     if path.exists():
         conn = connect(path, readonly=True)
         try:
-            status["pending_events"] = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            status["pending_events"] = conn.execute(PENDING_EVENTS).fetchone()[0]
             now, wall = spool_now(conn), time.time()
             oldest = conn.execute(OLDEST_PENDING).fetchone()
             if oldest is not None:

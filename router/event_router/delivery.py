@@ -333,19 +333,21 @@ class OutputWorker:
         done: list[int],
         retry: list[tuple[int, int, float, str]],
         dead: list[tuple[int, str, str, int]],
-    ) -> list[int]:
-        """Commit outcomes, trying again until the spool takes them; the new dead letters' ids.
+    ) -> list[int | None]:
+        """Commit outcomes, trying again while the spool's failure is transient; the new dead letters' ids.
 
         Giving up would fail the worker, and its successor would read the deliveries back from the spool
-        and send them again (a full data disk duplicated lines of a file output on another disk). Until
-        the commit succeeds the ids stay claimed, so nothing is attempted twice; `_unrecorded` bounds how
-        many batches wait like this.
+        and send them again. Until the commit succeeds the ids stay claimed, so nothing is attempted twice;
+        `_unrecorded` bounds how many batches wait like this. A failure that is not transient (`SpoolError
+        .transient`) would fail the same way at every try: it fails the worker.
         """
         failures = 0
         while True:
             try:
                 dlids = await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
             except SpoolError as exc:
+                if not exc.transient:
+                    raise
                 failures += 1
                 if failures == 1:
                     log.error(

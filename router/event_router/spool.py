@@ -99,6 +99,14 @@ CREATE INDEX IF NOT EXISTS seen_message_ids_expiry ON seen_message_ids(expires_a
 OLDEST_PENDING = "SELECT first_at, did FROM deliveries WHERE did = (SELECT MIN(did) FROM deliveries)"
 
 
+#: what "pending" means wherever it is shown (`spool_pending_events`, `deliveries_pending`, `status`): an
+#: event is pending exactly while a delivery of it is left (`_finish` deletes it with its last one), and
+#: an output's pending deliveries are its rows. Counted from the deliveries' indexes, not the events
+#: table, whose pages hold every body.
+PENDING_EVENTS = "SELECT COUNT(DISTINCT seq) FROM deliveries"
+PENDING_PER_OUTPUT = "SELECT output, COUNT(*) FROM deliveries GROUP BY output"
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolCounts:
     """What the spool holds, as of the writer thread's last commit (or its last count of another process's
@@ -132,6 +140,7 @@ class OutputBacklog:
 def output_backlogs(conn: sqlite3.Connection) -> dict[str, OutputBacklog]:
     """Per output (configured or not) that has pending deliveries; reads only, on any connection."""
     out: dict[str, OutputBacklog] = {}
+    # PENDING_PER_OUTPUT's count, with the retrying ones
     counts = conn.execute(
         "SELECT output, COUNT(*), SUM(attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
     ).fetchall()
@@ -155,7 +164,39 @@ DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecod
 
 
 class SpoolError(RouterError):
-    """The spool cannot be opened or written (disk full, read-only, corrupt...)."""
+    """The spool cannot be opened or written (disk full, read-only, corrupt...).
+
+    `transient`: the same write may succeed later unchanged (disk full, I/O error, database busy, the
+    spool's files detached until a restart); any other failure repeats however often it is tried.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+#: SQLite primary result codes of a failure that is no fault of the statement: the same write may succeed
+#: once space is freed, the device recovers or the other writer lets go
+_TRANSIENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOMEM,
+    }
+)
+
+
+def _write_error(exc: Exception) -> SpoolError:
+    """The SpoolError a failed write raises to its callers, transient when SQLite's result code says so."""
+    if isinstance(exc, SpoolError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _TRANSIENT_CODES
+    return SpoolError(f"spool write failed: {exc}", transient=transient)
 
 
 #: the daemon's lock file in data_dir: flock()ed while a router runs, holding that router's pid
@@ -384,8 +425,14 @@ class Spool:
         self._oldest: tuple[int, float] | None = None
         #: the oldest pending delivery was finished (or moved) in this group: read the next one before commit
         self._oldest_stale = False
-        #: a `write_sync(recount=True)` changed the spool: count everything at the next idle look
-        self._stale_counts = False
+        #: the counts are known to be wrong (another process's rows were finished before they were
+        #: counted): count everything at the next look, whatever RECOUNT_SHARE says
+        self._must_recount = False
+        #: another process committed and the count of it was put off (RECOUNT_SHARE)
+        self._recount_deferred = False
+        #: the daemon's spool (`open(exclusive=True)`): it keeps the counts, upgrades the schema and
+        #: forgets expired message ids; an operator command's spool only reads and writes rows
+        self.exclusive = False
         #: monotonic time before which `_recount` does not count again (see RECOUNT_SHARE)
         self._next_count = 0.0
         self.commits = 0
@@ -407,6 +454,7 @@ class Spool:
 
     def open(self, *, exclusive: bool = False) -> None:
         """Open the spool; `exclusive` (the daemon) first locks data_dir against a second router."""
+        self.exclusive = exclusive
         if exclusive:
             self._lock_fd = lock_data_dir(self.path.parent)
         try:
@@ -432,20 +480,25 @@ class Spool:
         old_umask = os.umask(0o077)
         try:
             conn = connect(self.path)
-            conn.executescript(_DDL)
-            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if version is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(version[0]) > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool {self.path} was written by a newer router (schema {version[0]}); upgrade first"
-                )
-            elif int(version[0]) < SCHEMA_VERSION:
+            version = _schema_version(conn)
+            if version is not None and version > SCHEMA_VERSION:
+                raise SpoolError(f"spool {self.path} was written by a newer router (schema {version}); upgrade first")
+            if version is not None and version < SCHEMA_VERSION:
+                # an older router may still run on it: only the upgraded daemon, holding the lock, upgrades
+                if not self.exclusive:
+                    raise SpoolError(
+                        f"spool schema {version} is older than this router's: start the upgraded router once "
+                        f"to upgrade it ({self.path})"
+                    )
                 _migrate(conn)
+            conn.executescript(_DDL)
+            if version is None:
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            self._count_all(conn)
-            self._publish()
-            _forget_expired_messages(conn, time.time())
+            if self.exclusive:  # an operator command's writes are counted by the router, its own counts unused
+                self._count_all(conn)
+                self._publish()
+                _forget_expired_messages(conn, time.time())
             self.clock.adopt(read_anchor(conn))
             # the WAL exists from the first statement in WAL mode until the last connection closes
             self._files = {}
@@ -498,9 +551,9 @@ class Spool:
 
     #: how often the writer looks for other processes' commits and removed files when no write comes
     WATCH_INTERVAL = 1.0
-    #: counting everything again (after another process's commit) takes at most this share of the time
-    #: (a count is O(n): ~0.1 s at 500,000 pending deliveries on a slow machine), and waits at least
-    #: MIN_RECOUNT_GAP seconds after the last
+    #: counting everything again (after another process's commit; O(n) in pending deliveries) takes at
+    #: most this share of the time, and waits at least MIN_RECOUNT_GAP seconds after the last, unless the
+    #: counts are known to be wrong (`_must_recount`)
     RECOUNT_SHARE = 0.1
     MIN_RECOUNT_GAP = 0.5
     #: under load, a group looks at the files and at other processes' commits at most this often (two
@@ -527,23 +580,27 @@ class Spool:
         adds pending events the router must count against `max_pending_events`)."""
         try:
             self._check_files(conn, look=True)
-            self._recount(conn, force=self._stale_counts)
+            self._recount(conn)
             self._publish()
         except SpoolError:
             pass  # detached: `last_error` says so already
         except (sqlite3.Error, OSError) as exc:  # looked at again next time; the writer thread must go on
             log.warning("could not look at the spool's files and count", extra={"error": str(exc)})
 
-    def _recount(self, conn: sqlite3.Connection, *, force: bool = False) -> None:
-        """Count everything again when another connection committed since the last count (or `force`).
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        """Count everything again when another connection committed since the last count (the daemon only).
 
         At most one count per RECOUNT_SHARE of the time since the last: a replay commits every few
-        hundred events, and at a large backlog each count holds up this process's writes a while.
+        hundred events, and at a large backlog each count holds up this process's writes a while. Until
+        then the counts miss the other process's rows; once this process finishes one of them (a
+        decrement below zero, or any finish while a count is put off) they are counted at the next look.
         """
-        if time.monotonic() < self._next_count:
+        if not self.exclusive:
             return
         version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._data_version and not force:
+        if version != self._data_version:
+            self._recount_deferred = True
+        if not self._must_recount and (not self._recount_deferred or time.monotonic() < self._next_count):
             return
         before = self.depth
         started = time.monotonic()
@@ -551,7 +608,8 @@ class Spool:
         took = time.monotonic() - started
         self._next_count = started + took + max(self.MIN_RECOUNT_GAP, took / self.RECOUNT_SHARE)
         self._data_version = version
-        if self.depth != before and not force:
+        self._recount_deferred = False
+        if self.depth != before:
             log.info(
                 "another process changed the spool; pending events counted again",
                 extra={"pending": self.depth, "was": before},
@@ -560,15 +618,13 @@ class Spool:
     def _count_all(self, conn: sqlite3.Connection) -> None:
         """Count from the database what the writer thread otherwise keeps as it writes (writer thread only).
 
-        O(n) in pending deliveries and dead letters (tens of ms at 500,000), hence only at open and after
-        another process's commit. Counted from indexes, not the events table, whose pages hold every body:
-        an event is pending exactly while it has a delivery left (`_finish` deletes it with its last one).
+        O(n) in pending deliveries and dead letters, hence only at open and after another process's commit.
         """
-        self.depth = conn.execute("SELECT COUNT(DISTINCT seq) FROM deliveries").fetchone()[0]
-        self._pending = dict(conn.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output").fetchall())
+        self.depth = conn.execute(PENDING_EVENTS).fetchone()[0]
+        self._pending = dict(conn.execute(PENDING_PER_OUTPUT).fetchall())
         self._dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
         self._read_oldest(conn)
-        self._stale_counts = False
+        self._must_recount = False
 
     def _read_oldest(self, conn: sqlite3.Connection) -> None:
         row = conn.execute(OLDEST_PENDING).fetchone()
@@ -601,7 +657,7 @@ class Spool:
                 self._detach(conn, name, problem)
                 break
         if self.detached is not None:
-            raise SpoolError(self.detached)
+            raise SpoolError(self.detached, transient=True)
 
     def _detach(self, conn: sqlite3.Connection, name: str, problem: str) -> None:
         saved = ""
@@ -645,9 +701,29 @@ class Spool:
         return True
 
     def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        depth, version = self.depth, self._data_version
-        counted = dict(self._pending), self._dead, self._oldest
+        """Apply `batch` in one transaction. A failed transaction fails every op in it, so when a group of
+        several fails for a reason that is not transient (one op's own fault, as a poisoned outcome), each
+        op runs again alone: one bad op never fails the stores that shared its group."""
         look = time.monotonic() >= self._next_look
+        error = self._run_transaction(conn, batch, look=look)
+        if error is None:
+            return
+        if len(batch) == 1 or error.transient:
+            self.last_error = str(error)
+            _resolve_all([(op, None, error) for op in batch])
+            return
+        for op in batch:
+            single = self._run_transaction(conn, [op], look=False)
+            if single is not None:
+                if single.transient:  # the op's own fault says nothing about the spool's health
+                    self.last_error = str(single)
+                _resolve_all([(op, None, single)])
+
+    def _run_transaction(self, conn: sqlite3.Connection, batch: list[_Op], *, look: bool) -> SpoolError | None:
+        """Apply and commit `batch`, settle its ops on success; on failure roll back (the counts too) and
+        return the error, leaving the ops unsettled."""
+        depth, version, must = self.depth, self._data_version, self._must_recount
+        counted = dict(self._pending), self._dead, self._oldest
         try:
             self._check_files(conn, look=look)
             conn.execute("BEGIN IMMEDIATE")
@@ -659,19 +735,17 @@ class Spool:
             conn.execute("COMMIT")
         except Exception as exc:  # one failed commit fails every op in it: none of them is durable
             # a count made in this group was rolled back with the rest: back to the one before it
-            self.depth, self._data_version = depth, version
+            self.depth, self._data_version, self._must_recount = depth, version, must
             self._pending, self._dead, self._oldest = counted
             self._oldest_stale = False
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            error = exc if isinstance(exc, SpoolError) else SpoolError(f"spool write failed: {exc}")
-            self.last_error = str(error)
-            _resolve_all([(op, None, error) for op in batch])
-            return
+            return _write_error(exc)
         self.commits += 1
         self.last_error = None
         self._publish()
         _resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
+        return None
 
     async def _write(self, apply: Callable[[sqlite3.Connection], Any], *, lazy: bool = False) -> Any:
         if self._thread is None:
@@ -681,21 +755,13 @@ class Spool:
         self._queue.put(_Op(apply, loop, future, lazy))
         return await future
 
-    def write_sync(self, apply: Callable[[sqlite3.Connection], Any], *, recount: bool = False) -> Any:
+    def write_sync(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run one write from outside an event loop (the CLI), through the same writer and commit.
 
-        `recount`: `apply` changes pending deliveries or dead letters without keeping `counts` (a replay,
-        a purge): they are counted again once the writer is idle, outside a transaction (an O(n) count
-        in one would hold up a running router's commits; a router counts such changes itself).
+        An operator command's spool keeps no counts: the running router counts its changes itself.
         """
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-        def counted(conn: sqlite3.Connection) -> Any:
-            result = apply(conn)
-            self._stale_counts = True
-            return result
-
-        self._queue.put(_Op(counted if recount else apply, None, future))
+        self._queue.put(_Op(apply, None, future))
         return future.result()
 
     # --- the clock -----------------------------------------------------------------------------------
@@ -757,7 +823,7 @@ class Spool:
                 elif isinstance(item, StoreDeadLetter):
                     out[index] = _insert_dead_letter(conn, item, now)
                     self._dead += 1
-                else:
+                elif item.deliveries:  # an event with nothing to deliver is not pending: nothing to keep
                     events.append((index, item))
             for start in range(0, len(events), _ROWS_PER_INSERT):
                 chunk = events[start : start + _ROWS_PER_INSERT]
@@ -790,19 +856,20 @@ class Spool:
         retry: Sequence[tuple[int, int, float, str]] = (),
         dead: Sequence[tuple[int, str, str, int]] = (),
         lazy: bool = False,
-    ) -> list[int]:
+    ) -> list[int | None]:
         """Record a batch of outcomes in one write.
 
         done: delivered ids (forgotten, and their event once nothing else is pending);
         retry: (id, attempts, due, error) to try again at `due`;
         dead: (id, reason, error, attempts) moved to the dead letters with event and payload;
         lazy: the commit may wait a few milliseconds to be shared with other writes.
-        Returns the new dead letter ids.
+        Returns the new dead letter ids, in `dead`'s order; None for a delivery no longer in the spool
+        (finished meanwhile: by a worker that replaced this one, or by `dlq` on another process's side).
         """
         if not (done or retry or dead):
             return []
 
-        def apply(conn: sqlite3.Connection) -> list[int]:
+        def apply(conn: sqlite3.Connection) -> list[int | None]:
             self._finish(conn, done)
             conn.executemany(
                 "UPDATE deliveries SET attempts = ?, due = ?, last_error = ? WHERE did = ?",
@@ -810,17 +877,17 @@ class Spool:
             )
             return [self._dead_letter(conn, *item) for item in dead]
 
-        result: list[int] = await self._write(apply, lazy=lazy)
+        result: list[int | None] = await self._write(apply, lazy=lazy)
         return result
 
-    def _dead_letter(self, conn: sqlite3.Connection, did: int, reason: str, error: str, attempts: int) -> int:
+    def _dead_letter(self, conn: sqlite3.Connection, did: int, reason: str, error: str, attempts: int) -> int | None:
         row = conn.execute(
             "SELECT e.id, e.trigger, e.body, d.output, d.route, d.payload FROM deliveries d "
             "JOIN events e ON e.seq = d.seq WHERE d.did = ?",
             (did,),
         ).fetchone()
-        if row is None:
-            raise SpoolError(f"delivery {did} is not in the spool")
+        if row is None:  # finished already, as `_finish` skips it: nothing left to move
+            return None
         event_id, trigger, body, output, route, payload = row
         cur = conn.execute(
             "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, attempts,"
@@ -857,20 +924,31 @@ class Spool:
             ).fetchone()
             if seqs == "[]":
                 continue
+            # a finished row may be another process's (a replay's) not counted yet: the counts never go
+            # below zero, and are counted again at the next look
+            if self._recount_deferred:
+                self._must_recount = True
             for output in orjson.loads(outputs):
                 left = self._pending.get(output, 0) - 1
                 if left > 0:
                     self._pending[output] = left
-                else:  # below zero: another process's (a replay's), not counted yet; `_recount` will
+                else:
                     self._pending.pop(output, None)
+                    self._must_recount = self._must_recount or left < 0
             if self._oldest is not None and lowest <= self._oldest[0]:
                 self._oldest_stale = True
             conn.execute(f"DELETE FROM deliveries WHERE did IN ({marks})", chunk)
-            self.depth -= conn.execute(
-                "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
-                "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq)",
-                (seqs,),
-            ).rowcount
+            depth = (
+                self.depth
+                - conn.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq)",
+                    (seqs,),
+                ).rowcount
+            )
+            if depth < 0:
+                self._must_recount = True
+            self.depth = max(0, depth)
 
     # --- reads for the delivery loop ------------------------------------------------------------------
 
@@ -927,6 +1005,14 @@ class Spool:
         return dict(self.counts.pending)
 
 
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """The spool's schema version; None for a new (empty) file."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else int(row[0])
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
     """Schema 1 to 2, in one transaction: deliveries and dead letters become AUTOINCREMENT tables, rows kept.
 
@@ -954,7 +1040,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
             if statement.strip():
                 conn.execute(statement)
         for table in moved:
-            conn.execute(f"INSERT INTO {table} SELECT * FROM {table}_v1")
+            # by name: the old table's columns may be in another order (or fewer, taking their defaults)
+            new = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+            old = {row[1] for row in conn.execute(f"PRAGMA table_info({table}_v1)")}
+            columns = ", ".join(f'"{name}"' for name in new if name in old)
+            conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_v1")
             conn.execute(f"DROP TABLE {table}_v1")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         conn.execute("COMMIT")
@@ -1010,25 +1100,34 @@ def _claim_messages(conn: sqlite3.Connection, items: Sequence[StoreEvent | Store
     """
     _forget_expired_messages(conn, now)
     claimed = [(index, item.seen) for index, item in enumerate(items) if item.seen is not None]
-    new: set[tuple[str, str]] = set()
+    # the ids stored before: read, then the new ones inserted, in one write transaction (BEGIN IMMEDIATE
+    # keeps other processes out; in this one only the writer thread writes), so nothing comes in between.
+    # No INSERT ... RETURNING: it needs SQLite 3.35
+    known: set[tuple[str, str]] = set()
     for start in range(0, len(claimed), _ROWS_PER_INSERT):
         chunk = claimed[start : start + _ROWS_PER_INSERT]
-        # OR IGNORE skips an id already in the table or earlier in these VALUES; RETURNING names the rows
-        # it did insert (SQLite 3.35+)
         rows = conn.execute(
-            "INSERT OR IGNORE INTO seen_message_ids (input, message_id, expires_at) VALUES "
-            + ",".join(["(?,?,?)"] * len(chunk))
-            + " RETURNING input, message_id",
-            [v for _, seen in chunk for v in (seen.input, seen.message_id, seen.expires_at)],
+            "SELECT input, message_id FROM seen_message_ids WHERE (input, message_id) IN (VALUES "
+            + ",".join(["(?,?)"] * len(chunk))
+            + ")",
+            [v for _, seen in chunk for v in (seen.input, seen.message_id)],
         ).fetchall()
-        new.update((str(input_name), str(message_id)) for input_name, message_id in rows)
+        known.update((str(input_name), str(message_id)) for input_name, message_id in rows)
     repeats: set[int] = set()
+    new: list[SeenMessage] = []
     for index, seen in claimed:
         key = (seen.input, seen.message_id)
-        if key in new:
-            new.discard(key)  # this item inserted it; later items with the same id are repeats
-        else:
+        if key in known:  # stored before, or by an earlier item of these
             repeats.add(index)
+        else:
+            known.add(key)
+            new.append(seen)
+    for start in range(0, len(new), _ROWS_PER_INSERT):
+        rows = new[start : start + _ROWS_PER_INSERT]
+        conn.execute(
+            "INSERT INTO seen_message_ids (input, message_id, expires_at) VALUES " + ",".join(["(?,?,?)"] * len(rows)),
+            [v for seen in rows for v in (seen.input, seen.message_id, seen.expires_at)],
+        )
     return repeats
 
 
