@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from event_router.app import App
-from event_router.spool import OLDEST_PENDING, Spool
+from event_router.spool import OLDEST_PENDING, PENDING_EVENTS, Spool
 from event_router.testing import RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +56,7 @@ def spool_truth(db: Path) -> dict[str, Any]:
         return {
             "pending": dict(conn.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output")),
             "dead_letters_stored": conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0],
-            "spool_pending_events": conn.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+            "spool_pending_events": conn.execute(PENDING_EVENTS).fetchone()[0],
         }
     finally:
         conn.close()
@@ -306,3 +307,25 @@ def test_gauges_match_the_spool_across_deliveries_dead_letters_dlq_commands_and_
             assert spool_gauges(admin)["age"] >= age
         finally:
             router.terminate()
+
+
+def test_status_and_the_gauges_count_pending_events_alike(tmp_path: Path) -> None:
+    """`status` and `spool_pending_events` share one definition of pending (an event with a delivery left):
+    a stray event row without deliveries counts in neither."""
+    port, admin, closed = free_port(), free_port(), free_port()
+    db = tmp_path / "var" / "spool.db"
+    fill(db, 3, 0)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("INSERT INTO events (id, trigger, stored_at, body) VALUES ('stray', 't', 0, '{}')")
+    conn.close()
+    config = tmp_path / "router.toml"
+    config.write_text(router_toml(tmp_path, port, admin, f"http://127.0.0.1:{closed}", closed))
+    router = RouterProcess(config).start()
+    try:
+        status = run_cli("status", "--json", "-c", str(config))
+        assert status.returncode == 0, status.stderr
+        shown = orjson.loads(status.stdout)
+        assert shown["pending_events"] == spool_gauges(admin)["spool_pending_events"] == 3, shown
+        assert shown["outputs"]["held"]["pending"] == spool_gauges(admin)["pending"]["held"] == 3
+    finally:
+        router.terminate()

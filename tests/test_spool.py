@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -200,3 +201,115 @@ async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: Spool) -> None:
         assert rows == [(item.event_id, d.output) for d in item.deliveries]
     # an event without deliveries is not kept: it is not pending (PENDING_EVENTS)
     assert spool.depth == 2 + sum(1 for i in range(450) if outputs[i % 4])
+
+
+# --- one op's failure, transient failures, another process's rows ------------------------------------------
+
+
+async def test_a_settle_of_a_delivery_gone_does_not_fail_the_store_beside_it(spool: Spool) -> None:
+    """A replaced worker's late outcome for a row its successor already finished is queued beside a store:
+    the store commits, and the outcome finds nothing to move."""
+    poisoned = asyncio.ensure_future(spool.settle(dead=[(999, "permanent", "400", 1)], lazy=True))
+    await asyncio.sleep(0)  # queued first: the store joins its group
+    stored = await spool.store([event(1)])
+    assert isinstance(stored[0], list) and len(stored[0]) == 1
+    assert await poisoned == [None]
+    assert spool.depth == 1 and spool.dead_letter_count() == 0 and spool.last_error is None
+
+
+async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: Spool) -> None:
+    """An op that can never commit fails alone, not transient; the stores that shared its group commit."""
+    poisoned = asyncio.ensure_future(
+        spool._write(lambda conn: conn.execute("INSERT INTO nowhere VALUES (1)"), lazy=True)
+    )
+    await asyncio.sleep(0)
+    stores = [asyncio.ensure_future(spool.store([event(i)])) for i in range(3)]
+    results = await asyncio.gather(*stores)
+    assert all(isinstance(r[0], list) for r in results), results
+    with pytest.raises(SpoolError, match="no such table: nowhere") as raised:
+        await poisoned
+    assert raised.value.transient is False
+    assert spool.depth == 3 and spool.writable
+
+
+async def test_a_full_disk_is_a_transient_failure(spool: Spool) -> None:
+    """SQLITE_FULL (here: the file may not grow) fails the write with `transient` set: the same write can
+    succeed once there is room, and an output worker tries its outcome commit again."""
+    pages = await spool._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await spool._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+    big = StoreEvent("big", "t", b'{"x":"' + b"a" * 200_000 + b'"}', [NewDelivery("a", "r", None)])
+    with pytest.raises(SpoolError, match="full") as raised:
+        await spool.store([big])
+    assert raised.value.transient is True
+    await spool._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    assert isinstance((await spool.store([big]))[0], list)
+
+
+def _insert_as_another_process(path: Path, count: int, now: float) -> None:
+    """What a `dlq replay` commits: events and deliveries the router has not counted."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        for i in range(count):
+            seq = other.execute(
+                "INSERT INTO events (id, trigger, stored_at, body) VALUES (?, 't', ?, '{}')", (f"r{i}", now)
+            ).lastrowid
+            other.execute(
+                "INSERT INTO deliveries (seq, output, route, due, first_at) VALUES (?, 'a', 'r', ?, ?)", (seq, now, now)
+            )
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("own", [1, 3])
+async def test_finishing_another_processs_rows_before_they_are_counted(spool: Spool, own: int) -> None:
+    """The router finishes rows a replay added while its count of them is put off (RECOUNT_SHARE): the
+    counts never go below zero, and the next look counts them again (no lasting undercount that would let
+    max_pending_events admit more)."""
+    await spool.store([event(i) for i in range(own)])
+    spool._next_count = time.monotonic() + 60  # as just after the count of a large backlog
+    _insert_as_another_process(spool.path, 3, spool.clock.now())
+    foreign = [r.did for r in spool.fetch_due("a", spool.clock.now() + 1, 100, ()) if not r.event_id.startswith("e")]
+    assert len(foreign) == 3
+    seen: list[tuple[int, dict[str, int]]] = []
+    spool._next_look = 0.0  # this group looks: it sees the other process's commit, and defers the count
+    await spool.settle(done=foreign[:2])
+    seen.append((spool.depth, spool.pending_outputs()))
+    spool._next_look = 0.0
+    await spool.store([event(100)])
+    seen.append((spool.depth, spool.pending_outputs()))
+    assert all(depth >= 0 and all(n >= 0 for n in pending.values()) for depth, pending in seen), seen
+    assert seen[-1] == (own + 1 + 1, {"a": own + 1 + 1}), seen
+
+
+async def test_counts_never_go_below_zero_without_a_look(spool: Spool) -> None:
+    """The same without a look in between (the other process's commit unseen): a decrement below zero
+    clamps at zero and makes the next look count."""
+    await spool.store([event(0)])
+    spool._next_count = time.monotonic() + 60
+    spool._next_look = time.monotonic() + 60
+    _insert_as_another_process(spool.path, 3, spool.clock.now())
+    rows = spool.fetch_due("a", spool.clock.now() + 1, 100, ())
+    await spool.settle(done=[r.did for r in rows if r.event_id != "e0"])
+    assert spool.depth >= 0 and spool.counts.pending.get("a", 0) >= 0
+    spool._next_look = 0.0
+    await spool.store([event(1)])
+    assert (spool.depth, spool.pending_outputs()) == (2, {"a": 2})
+
+
+async def test_message_ids_are_claimed_without_returning(spool: Spool) -> None:
+    """`INSERT ... RETURNING` needs SQLite 3.35: repeats are found with statements older SQLite runs."""
+    from event_router.spool import SeenMessage
+
+    statements: list[str] = []
+    await spool._write(lambda conn: conn.set_trace_callback(statements.append))
+    later = time.time() + 3600
+
+    def seen(i: int, message: str) -> StoreEvent:
+        return StoreEvent(f"e{i}", "t", b"{}", [NewDelivery("a", "r", None)], SeenMessage("hook", message, later))
+
+    first = await spool.store([seen(1, "m1"), seen(2, "m2"), seen(3, "m1")])
+    second = await spool.store([seen(4, "m2"), seen(5, "m3")])
+    await spool._write(lambda conn: conn.set_trace_callback(None))
+    assert [r is None for r in first] == [False, False, True]
+    assert [r is None for r in second] == [True, False]
+    assert statements and not any("RETURNING" in s.upper() for s in statements), statements

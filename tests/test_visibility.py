@@ -283,3 +283,55 @@ async def test_a_schema_1_spool_is_upgraded_in_place_and_keeps_its_rows(tmp_path
         assert {"deliveries_due", "deliveries_seq", "dead_letters_output", "dead_letters_created"} <= indexes
     finally:
         conn.close()
+
+
+def test_an_operator_command_leaves_a_schema_1_spool_to_the_router(tmp_path: Path) -> None:
+    """An older router may still run on the spool: `dlq` and `status` neither upgrade it nor write to it;
+    `dlq` says why it refuses, and the router upgrades it when it starts."""
+    (tmp_path / "var").mkdir()
+    path = tmp_path / "var" / "spool.db"
+    old = sqlite3.connect(path)
+    old.execute("PRAGMA journal_mode = WAL")  # as a router left it
+    old.executescript(_SCHEMA_1)
+    before = list(old.iterdump())
+    old.close()
+    (tmp_path / "router.toml").write_text(router_toml(tmp_path, free_port(), free_port()))
+    listing = run_cli("dlq", "list", "-c", str(tmp_path / "router.toml"))
+    assert listing.returncode == 1, listing
+    assert listing.stderr.strip() == (
+        f"error: spool schema 1 is older than this router's: start the upgraded router once to upgrade it ({path})"
+    ), listing.stderr
+    status = run_cli("status", "--json", "-c", str(tmp_path / "router.toml"))
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["pending_events"] == 1
+    conn = sqlite3.connect(path)
+    try:
+        assert list(conn.iterdump()) == before, "an operator command changed the spool"
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_the_upgrade_moves_rows_by_column_name(tmp_path: Path) -> None:
+    """A schema-1 table whose columns are in another order than the new table's keeps each value in its column."""
+    path = tmp_path / "spool.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        _SCHEMA_1.replace(
+            "CREATE TABLE deliveries (did INTEGER PRIMARY KEY, seq INTEGER NOT NULL REFERENCES events(seq), "
+            "output TEXT NOT NULL,\n    route TEXT NOT NULL,",
+            "CREATE TABLE deliveries (did INTEGER PRIMARY KEY, seq INTEGER NOT NULL REFERENCES events(seq), "
+            "route TEXT NOT NULL,\n    output TEXT NOT NULL,",
+        ).replace(
+            "INSERT INTO deliveries VALUES (40, 7, 'crm', 'r',", "INSERT INTO deliveries VALUES (40, 7, 'r', 'crm',"
+        )
+    )
+    old.close()
+    spool = Spool(path)
+    spool.open(exclusive=True)
+    try:
+        (pending,) = spool.fetch_due("crm", 1.0, 10, ())
+        assert (pending.did, pending.output, pending.route, pending.attempts) == (40, "crm", "r", 2)
+        assert spool.pending_outputs() == {"crm": 1}
+    finally:
+        spool.close()
