@@ -23,7 +23,7 @@ from event_router.event import Event
 from event_router.pipeline import plan_event
 from event_router.plugin import PluginContext
 from event_router.plugins import load_plugins
-from event_router.testing import example_events
+from event_router.testing import example, example_events
 from event_router.testing.strategies import json_values
 
 REGISTRY = load_plugins(entry_points=False)
@@ -170,3 +170,32 @@ def test_every_schema_answers_any_data(router_config, trigger: str, data: Any) -
     _, schemas = router_config
     result = schemas.validate(trigger, data)
     assert result.valid or (0 < len(result.errors) <= 10)
+
+
+def test_the_hint_for_an_unknown_trigger_is_worked_out_once(router_config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Under `unknown_triggers = "dead-letter"` every event of an unknown trigger is planned on the event
+    loop: the "did you mean" search over every known trigger runs once per trigger, not once per event."""
+    import event_router.pipeline as pipeline
+
+    config, schemas = router_config
+    calls: list[str] = []
+    real = pipeline.did_you_mean
+
+    def counted(word: str, known: Any) -> str:
+        calls.append(word)
+        return real(word, known)
+
+    monkeypatch.setattr(pipeline, "did_you_mean", counted)
+    event = Event.from_dict(
+        {
+            "id": "e1",
+            "trigger": "transport.messageRecievedTwice",
+            "source": "a",
+            "received_at": "2026-01-01T00:00:00Z",
+            "data": example("transport.messageReceived")["data"],
+        }
+    )
+    plans = [plan_event(event, config=config, schemas=schemas, unknown_triggers="dead-letter") for _ in range(50)]
+    assert all(p.dead_letter is not None and p.dead_letter[0] == "unknown_trigger" for p in plans)
+    assert plans[0].dead_letter == plans[-1].dead_letter
+    assert calls == ["transport.messageRecievedTwice"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import threading
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -130,3 +131,45 @@ def test_simultaneous_copies_are_stored_once(tmp_path: Path, processes: int) -> 
         )
         settle(router, tmp_path, port)
     assert stored_ids(tmp_path) == ["marker", "msg-copies"]
+
+
+def test_a_repeat_is_a_duplicate_while_the_spool_is_full_and_counts_no_unknown_trigger(tmp_path: Path) -> None:
+    """A repeat adds nothing to the spool: at `max_pending_events` it is answered "duplicate", not 503, and
+    an unknown trigger's repeat is not counted again in `unknown_triggers_total`."""
+    port, admin, closed = free_port(), free_port(), free_port()
+    path = tmp_path / "router.toml"
+    path.write_text(f"""
+[router]
+data_dir = "./var"
+max_pending_events = 1
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+signing_secrets = ["{SECRET}"]
+[outputs.held]
+type = "http"
+url = "http://127.0.0.1:{closed}/down"
+retry = {{ initial_backoff = "1h", max_backoff = "1h", max_attempts = 100, max_age = "7d" }}
+[[routes]]
+name = "all"
+to = ["held"]
+""")
+    event = example("transport.messageReceived")
+    event["trigger"] = "transport.messageRecieved"  # no schema knows it
+    body = orjson.dumps(event)
+    headers = WebhookSigner(SECRET).headers("msg-full", body)
+    url = f"http://127.0.0.1:{port}/events"
+    with RouterProcess(path) as router:
+        status, answer, _ = post(url, body, headers)
+        assert status == 202, answer
+        status, answer, _ = post(url, body, headers)
+        assert (status, answer) == (200, {"status": "duplicate", "webhook_id": "msg-full"})
+        other = orjson.dumps({**event, "id": "another"})
+        status, _, _ = post(url, other, WebhookSigner(SECRET).headers("msg-new", other))
+        assert status == 503, "a new message is refused while the spool is full"
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'event_router_unknown_triggers_total{input="connector"} 1' in metrics.replace(".0\n", "\n")
+        assert router.terminate() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,13 @@ class Plan:
     dead_letter: tuple[str, str] | None = None
 
 
+@functools.lru_cache(maxsize=MAX_UNKNOWN_TRIGGERS)
+def _trigger_hint(trigger: str, known: tuple[str, ...]) -> str:
+    """`did_you_mean` per unknown trigger once, not per event: it compares with every known trigger, and
+    runs on the event loop for each event of a sender that keeps sending the same unknown one."""
+    return did_you_mean(trigger, known)
+
+
 def plan_event(
     event: Event,
     *,
@@ -66,7 +74,7 @@ def plan_event(
         plan.dead_letter = ("validation", "; ".join(result.errors))
         return plan
     if result.schema is None and unknown_triggers == "dead-letter":
-        hint = did_you_mean(event.trigger, schemas.triggers())
+        hint = _trigger_hint(event.trigger, tuple(schemas.triggers()))
         plan.dead_letter = ("unknown_trigger", f"no schema for trigger {event.trigger!r}{hint}")
         return plan
     as_dict = event.to_dict()
@@ -130,15 +138,24 @@ class Pipeline:
                 stored_plans.append(plan)
         new_events = sum(isinstance(i, StoreEvent) for i in items)
         if new_events and self.spool.depth + new_events > config.max_pending_events:
+            # a repeat of a stored message adds nothing: it is answered as one, not refused (one indexed
+            # read, only when the spool is full)
+            known = self.spool.known_messages([i.seen for i in items if isinstance(i, StoreEvent) and i.seen])
+            new_events -= sum(
+                isinstance(i, StoreEvent) and i.seen is not None and (i.seen.input, i.seen.message_id) in known
+                for i in items
+            )
+        if new_events and self.spool.depth + new_events > config.max_pending_events:
             self.stats.incr("spool_full_rejections", input=input_config.name)
             raise SpoolFull(self.spool.depth, config.max_pending_events)
         stored = await self.spool.store(items) if items else []
         by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
         results: list[SubmitResult] = []
         for plan in plans:
-            if plan.validation.schema is None and not isinstance(input_config, InternalSource):
-                self._unknown_trigger(input_config.name, plan.event)
             ids, item = by_plan.get(id(plan), (None, None))
+            repeat = item is not None and ids is None
+            if plan.validation.schema is None and not isinstance(input_config, InternalSource) and not repeat:
+                self._unknown_trigger(input_config.name, plan.event)
             results.append(self._settle(input_config.name, plan, ids, item))
         return results
 
@@ -161,7 +178,7 @@ class Pipeline:
                 extra=extra,
             )
             return
-        hint = did_you_mean(trigger, self.schemas.triggers())
+        hint = _trigger_hint(trigger, tuple(self.schemas.triggers()))
         log.warning(f"unknown trigger {trigger!r}: no schema knows it{hint}", extra=extra)
 
     def _settle(

@@ -995,6 +995,20 @@ class Spool:
         out.sort(key=lambda row: order[row.did])
         return out
 
+    def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
+        """Which of these (input, message id) the spool holds and has not forgotten: one indexed read."""
+        assert self._reader is not None
+        known: set[tuple[str, str]] = set()
+        for start in range(0, len(seen), _ROWS_PER_INSERT):
+            chunk = seen[start : start + _ROWS_PER_INSERT]
+            rows = self._reader.execute(
+                "SELECT input, message_id FROM seen_message_ids WHERE expires_at >= ? AND (input, message_id) IN "
+                "(VALUES " + ",".join(["(?,?)"] * len(chunk)) + ")",
+                [time.time(), *(v for m in chunk for v in (m.input, m.message_id))],
+            ).fetchall()
+            known.update((str(i), str(m)) for i, m in rows)
+        return known
+
     def next_due(self, output: str) -> float | None:
         assert self._reader is not None
         row = self._reader.execute("SELECT MIN(due) FROM deliveries WHERE output = ?", (output,)).fetchone()
