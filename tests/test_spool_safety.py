@@ -66,13 +66,14 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def gauge(admin: int, name: str) -> float:
+def gauge(admin: int, name: str, labels: str = "") -> float:
+    """A metric's value from a real scrape; `labels` as in the exposition, e.g. `output="archive"`."""
     name = "event_router_" + name
     _, text = get(f"http://127.0.0.1:{admin}/metrics")
     for line in text.splitlines():
-        if line.startswith((name + " ", name + "{}")):
+        if line.startswith((name + "{" + labels + "} ",) if labels else (name + " ", name + "{}")):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name} in /metrics:\n{text}")
+    raise AssertionError(f"no {name}{{{labels}}} in /metrics:\n{text}")
 
 
 def event(n: int) -> dict[str, object]:
@@ -209,8 +210,11 @@ def test_replay_beside_a_running_router_keeps_its_counts(tmp_path: Path) -> None
 
             wait_for(drained, timeout=30, interval=0.05, what="replayed events delivered")
             assert min(seen) >= 0, seen
-            time.sleep(1.5)  # the writer's idle look must not move it either
-            assert gauge(admin, "spool_pending_events") == 0
+            # the writer's idle looks (one a WATCH_INTERVAL) must not move it either
+            until = time.monotonic() + 1.5
+            while time.monotonic() < until:
+                assert gauge(admin, "spool_pending_events") == 0
+                time.sleep(0.05)
             assert post(url, event(1001), HEADERS)[0] == 202
 
 
@@ -297,12 +301,15 @@ def test_full_data_disk_does_not_write_file_output_lines_twice(tmp_path: Path, s
     stop = threading.Event()
 
     def read(fd: int) -> None:
+        """Read lines until `stop` is set and the pipe is empty: once the router has exited, all it wrote."""
         pending = b""
-        while not stop.is_set():
+        while True:
             if select.select([fd], [], [], 0.1)[0]:
                 pending += os.read(fd, 1 << 16)
                 *complete, pending = pending.split(b"\n")
                 lines.extend(complete)
+            elif stop.is_set():
+                break
         os.close(fd)
 
     reader: threading.Thread | None = None
@@ -317,14 +324,22 @@ def test_full_data_disk_does_not_write_file_output_lines_twice(tmp_path: Path, s
         reader = threading.Thread(target=read, args=(os.open(pipe, os.O_RDWR | os.O_NONBLOCK),), daemon=True)
         reader.start()
         wait_for(lambda: len(lines) >= 20, timeout=10, what="20 lines through the pipe")
-        time.sleep(2.5)  # a worker restarted after the failed commit would have sent them again by now
+
+        # a second failed try of the same commit: a worker that gave up after the first would have been
+        # restarted and sent the deliveries again
+        def failed_commits() -> float:
+            try:
+                return gauge(admin, "outcome_commit_failures_total", 'output="archive"')
+            except AssertionError:  # not counted yet
+                return 0.0
+
+        wait_for(lambda: failed_commits() >= 2, timeout=15, what="the outcome commit tried again")
         assert len(lines) == 20, [orjson.loads(line)["data"]["id"] for line in lines]
         router.wait_log("cannot record delivery outcomes")
         filler.unlink()
         wait_for(lambda: gauge(admin, "spool_pending_events") == 0, timeout=15, what="outcomes committed")
         router.wait_log("delivery outcomes recorded after the spool failed")
         assert router.terminate() == 0
-        time.sleep(0.3)  # what is still in the pipe
     finally:
         stop.set()
         if reader is not None:
