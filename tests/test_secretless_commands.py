@@ -308,3 +308,49 @@ def test_a_config_loaded_without_secrets_cannot_run(tmp_path: Path) -> None:
     assert isinstance(plugin.config["api_key"], Unresolved)
     with pytest.raises(RouterError, match=r"loaded without resolving its secrets \(inputs.connector.api_key\)"):
         App(config, registry)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("plugin", "table"),
+    [
+        ("http", {"url": "http://127.0.0.1:9/in", "headers": {"X-Api-Key": "UNRESOLVED"}}),
+        ("http", {"url": "http://127.0.0.1:9/in", "auth": {"type": "bearer", "token": "UNRESOLVED"}}),
+        (
+            "http",
+            {"url": "http://127.0.0.1:9/in", "auth": {"type": "basic", "username": "u", "password": "UNRESOLVED"}},
+        ),
+        ("connector", {"base_url": "http://127.0.0.1:9", "api_key": "UNRESOLVED"}),
+        (
+            "connector",
+            {
+                "base_url": "http://127.0.0.1:9",
+                "oauth2": {"token_url": "http://127.0.0.1:9/token", "client_id": "c", "client_secret": "UNRESOLVED"},
+            },
+        ),
+    ],
+)
+async def test_an_output_never_sends_an_unresolved_secret(
+    tmp_path: Path, plugin: str, table: dict[str, object]
+) -> None:
+    """Outputs built from a configuration loaded without secrets (as `check --no-secrets` builds them) refuse
+    to open, and their auth refuses to make a request header: the placeholder is never sent."""
+    import logging
+
+    from event_router.auth import HttpAuth
+    from event_router.plugin import PluginContext
+    from event_router.secrets import Unresolved, UnresolvedSecretError
+
+    def unresolved(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: unresolved(v) for k, v in value.items()}
+        return Unresolved("unresolved-secret") if value == "UNRESOLVED" else value
+
+    output_class = load_plugins().outputs[plugin]
+    output = output_class(unresolved(table), PluginContext("out", tmp_path, logging.getLogger("t"), tmp_path))
+    with pytest.raises(UnresolvedSecretError, match="a secret reference was not resolved"):
+        await output.open()
+    auth: HttpAuth | None = getattr(output, "auth", None)
+    if auth is not None:
+        with pytest.raises(UnresolvedSecretError):
+            await auth.headers(None)  # type: ignore[arg-type]

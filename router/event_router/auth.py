@@ -29,7 +29,7 @@ import orjson
 
 from event_router.errors import ConfigError, PermanentError, RetryableError
 from event_router.http_answers import read_answer
-from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
+from event_router.secrets import SECRET_SCHEMA, redact_url, refuse_unresolved, scrub, url_secrets
 
 __all__ = [
     "AUTH_SCHEMA",
@@ -109,6 +109,10 @@ class HttpAuth(ABC):
         """The receiver answered 401. True when sending again with fresh credentials may succeed."""
         return False
 
+    def refuse_unresolved(self) -> None:
+        """Raise `UnresolvedSecretError` when a credential is an unresolved reference's stand-in."""
+        refuse_unresolved(self.description or type(self).__name__, self.secrets())
+
     @abstractmethod
     def secrets(self) -> tuple[str, ...]:
         """Every string that gives the credentials away: the configured secret and what is sent for it (an
@@ -125,6 +129,7 @@ class ApiKeyAuth(HttpAuth):
         self.description = f"API key in header {header}"
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        self.refuse_unresolved()
         return {self.header: self._key}
 
     def secrets(self) -> tuple[str, ...]:
@@ -141,6 +146,7 @@ class BearerAuth(HttpAuth):
         self._value = f"Bearer {token}"
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        self.refuse_unresolved()
         return {"Authorization": self._value}
 
     def secrets(self) -> tuple[str, ...]:
@@ -161,6 +167,7 @@ class BasicAuth(HttpAuth):
         self.description = f"basic auth as {username!r}"
 
     async def headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+        self.refuse_unresolved()
         return {"Authorization": self._value}
 
     def secrets(self) -> tuple[str, ...]:
@@ -215,6 +222,7 @@ class OAuth2ClientCredentials(HttpAuth):
 
     async def token(self, session: aiohttp.ClientSession) -> str:
         """The cached token, or a new one when less than `refresh_margin` seconds of it remain."""
+        self.refuse_unresolved()
         if self._valid():
             assert self._token is not None
             return self._token

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
+from event_router.errors import RouterError
+
 #: what a secret is replaced by in text meant for people
 MASK = "***"
 #: `scrub` leaves shorter secrets alone: masking every "t" would garble the text, and a secret that short
@@ -85,6 +87,23 @@ class Unresolved(Secret):
     """The stand-in for a reference not resolved (`secrets="skip"`): never a value to send."""
 
     __slots__ = ()
+
+
+class UnresolvedSecretError(RouterError):
+    """Something was about to send an `Unresolved` stand-in: only the daemon's resolved config may send."""
+
+
+def refuse_unresolved(where: str, values: Iterable[object]) -> None:
+    """Raise `UnresolvedSecretError` when any of `values` is an `Unresolved` stand-in.
+
+    `App` refuses a configuration that holds one; the code that sends credentials checks again, so that no
+    other caller (a test harness, a command) can ever send a placeholder.
+    """
+    if any(isinstance(value, Unresolved) for value in values):
+        raise UnresolvedSecretError(
+            f"{where}: a secret reference was not resolved (configuration loaded without secrets); "
+            "its placeholder is never sent"
+        )
 
 
 class SecretError(ValueError):

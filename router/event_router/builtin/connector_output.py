@@ -54,7 +54,7 @@ from event_router.event import Event
 from event_router.hookspecs import hookimpl
 from event_router.http_answers import CLIENT_SESSION_OPTIONS, read_answer, retry_after_seconds
 from event_router.plugin import Delivery, Output, PluginContext, SubmitResult
-from event_router.secrets import SECRET_SCHEMA, redact_url, scrub, url_secrets
+from event_router.secrets import SECRET_SCHEMA, redact_url, refuse_unresolved, scrub, url_secrets
 from event_router.templates import MissingValueError, Template, TemplateError, compile_template
 
 __all__ = ["ACTIONS", "ConnectorOutput", "SubmitEvents", "check_action", "connector_version"]
@@ -497,6 +497,8 @@ class ConnectorOutput(Output):
         return check_action(options, connector_version(output or {}))
 
     async def open(self) -> None:
+        refuse_unresolved(f"output {self.name}", [self.config["base_url"]])
+        self.auth.refuse_unresolved()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             headers={"User-Agent": f"enmeshed-event-router/{__version__}", "Accept": "application/json"},

@@ -25,6 +25,7 @@ from event_router.secrets import (
     Secret,
     is_credential_header,
     redact_url,
+    refuse_unresolved,
     scrub,
     secret_schema,
     url_secrets,
@@ -182,6 +183,8 @@ class HttpOutput(Output):
                 self.signer = WebhookSigner(config["signing_secret"])
             except ValueError as exc:
                 raise ConfigError("signing_secret", str(exc)) from None
+        #: values to send that are unresolved references' stand-ins: `open` refuses them
+        self._unresolved = [config["url"], *headers.values(), config.get("signing_secret")]
         self._session: aiohttp.ClientSession | None = None
 
     def _scrub(self, text: str) -> str:
@@ -196,6 +199,9 @@ class HttpOutput(Output):
         return True
 
     async def open(self) -> None:
+        refuse_unresolved(f"output {self.name}", self._unresolved)
+        if self.auth is not None:
+            self.auth.refuse_unresolved()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl()),
             headers={"User-Agent": f"enmeshed-event-router/{__version__}", **self.headers},
