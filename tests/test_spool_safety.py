@@ -348,3 +348,40 @@ def test_full_data_disk_does_not_write_file_output_lines_twice(tmp_path: Path, s
             router.kill()
     ids = [orjson.loads(line)["data"]["id"] for line in lines]
     assert sorted(ids) == [f"MSG{n:017d}" for n in range(20)], ids
+
+
+# --- outcome commits: tried again only while the failure is transient ---------------------------------------
+
+
+@pytest.mark.anyio
+async def test_an_outcome_commit_is_tried_again_only_after_a_transient_failure() -> None:
+    """A full disk passes (the same commit succeeds later); a failure that repeats at every try (not
+    transient) fails the worker at once instead of joining every later group."""
+    from types import SimpleNamespace
+
+    from event_router.delivery import OutputWorker
+    from event_router.spool import SpoolError
+    from event_router.stats import Stats
+
+    class Spool:
+        def __init__(self, failures: list[SpoolError]) -> None:
+            self.failures = failures
+            self.calls = 0
+
+        async def settle(self, **_: object) -> list[int | None]:
+            self.calls += 1
+            if self.failures:
+                raise self.failures.pop(0)
+            return [7]
+
+    full = SpoolError("spool write failed: database or disk is full", transient=True)
+    spool = Spool([full, full])
+    worker = SimpleNamespace(spool=spool, name="archive", stats=Stats())
+    assert await OutputWorker._commit(worker, 1, done=[], retry=[], dead=[(1, "permanent", "400", 1)]) == [7]  # type: ignore[arg-type]
+    assert spool.calls == 3
+
+    spool = Spool([SpoolError("spool write failed: no such table: nowhere")])
+    worker = SimpleNamespace(spool=spool, name="archive", stats=Stats())
+    with pytest.raises(SpoolError, match="no such table"):
+        await OutputWorker._commit(worker, 1, done=[1], retry=[], dead=[])  # type: ignore[arg-type]
+    assert spool.calls == 1
