@@ -5,9 +5,10 @@ everything waiting, applies it in one transaction and commits once: under load o
 events, at low load an event waits for nothing but its own commit. `synchronous=FULL` makes a commit
 durable against power loss, so an input may acknowledge its source as soon as `store` returns.
 
-Only one router may use a spool: the daemon holds an exclusive lock on `router.lock` beside it. Operator
-commands (`status`, `dlq`) open the spool without that lock; SQLite's own locking orders their writes
-with the router's, and the writer thread notices them (`PRAGMA data_version`) to count again what is
+Only one router may use a spool: the daemon holds an exclusive lock on `router.lock` beside it, and only
+it upgrades the schema and keeps counts. Operator commands (`status`, `dlq`) open the spool without that
+lock and only read and write rows; SQLite's own locking orders their writes with the router's, and the
+router's writer thread notices them (`PRAGMA data_version`) to count again what is
 pending and the dead letters: the counts (`Spool.counts`) it otherwise keeps as it commits, which the
 router's gauges show without a statement on the event loop.
 The writer thread also watches that the spool's files are still the ones it holds open: one removed or
@@ -453,7 +454,9 @@ class Spool:
     # --- lifecycle -------------------------------------------------------------------------------
 
     def open(self, *, exclusive: bool = False) -> None:
-        """Open the spool; `exclusive` (the daemon) first locks data_dir against a second router."""
+        """Open the spool; `exclusive` (the daemon) first locks data_dir against a second router, then
+        upgrades an older schema and counts what the spool holds. Without it (an operator command) a spool
+        of an older schema is refused: an older router may still be running on it."""
         self.exclusive = exclusive
         if exclusive:
             self._lock_fd = lock_data_dir(self.path.parent)
@@ -715,7 +718,8 @@ class Spool:
         for op in batch:
             single = self._run_transaction(conn, [op], look=False)
             if single is not None:
-                if single.transient:  # the op's own fault says nothing about the spool's health
+                # the spool's trouble (readiness shows it); not an op's own fault, which it reports alone
+                if single.transient:
                     self.last_error = str(single)
                 _resolve_all([(op, None, single)])
 
