@@ -314,7 +314,7 @@ def spool_group_commit(quick: bool) -> dict[str, Any]:
 
     async def measure(path: Path) -> dict[str, Any]:
         spool = Spool(path)
-        spool.open()
+        spool.open(exclusive=True)  # as the router: it keeps the counts
         try:
             await _store_for(spool, items[:200], 0.2, 8)  # warm: pages allocated, WAL created
             single = await _store_for(spool, items[200:], seconds, 1)
