@@ -870,7 +870,12 @@ to = "results"
         async with make_app(router_toml(tmp_path, port, url, routes, api_key_extra() + "\nemit_results = true")) as app:
             await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: read_jsonl(tmp_path / "results.jsonl"), "the result event")
-            assert app.stats.get("deliveries", output="connector", outcome="delivered") == 1
+            # the result event is stored during the delivery, whose outcome is recorded just after: it may
+            # reach the file output first
+            await until(
+                lambda: app.stats.get("deliveries", output="connector", outcome="delivered") == 1,
+                "the action counted as delivered",
+            )
     finally:
         await runner.cleanup()
     (result,) = read_jsonl(tmp_path / "results.jsonl")
