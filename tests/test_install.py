@@ -21,7 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from event_router.testing import ROOT, RouterProcess, example, free_port, post, read_jsonl, wait_for
+from event_router.testing import (
+    ROOT,
+    RouterProcess,
+    example,
+    free_port,
+    post,
+    read_jsonl,
+    router_table,
+    wait_for,
+    webhook_input,
+)
 
 # building the wheels and a venv's install take minutes on a busy machine; the first test pays for them
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -177,16 +187,7 @@ def plugin_venv(plugin: str, tmp_path_factory: pytest.TempPathFactory, wheels: d
 
 def builtin_config(port: int, admin: int, front: int) -> str:
     return f"""
-[router]
-data_dir = "./var"
-shutdown_timeout = "5s"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-[inputs.front]
+{router_table(admin, shutdown_timeout="5s")}{webhook_input(port)}[inputs.front]
 type = "webhook"
 listen = "127.0.0.1:{front}"
 api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}

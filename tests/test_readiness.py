@@ -10,12 +10,15 @@ import pytest
 
 from event_router.testing import (
     RouterProcess,
+    archive_all,
     assert_ready_means_consuming,
     example,
     free_port,
     post,
     read_jsonl,
+    router_table,
     wait_for,
+    webhook_input,
 )
 
 
@@ -23,22 +26,11 @@ from event_router.testing import (
 def test_webhook_takes_events_the_moment_the_router_is_ready(tmp_path: Path, processes: int) -> None:
     port, admin = free_port(), free_port()
     config = tmp_path / "router.toml"
-    config.write_text(f"""
-[router]
-data_dir = "./var"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.webhook]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-processes = {processes}
-[outputs.archive]
-type = "file"
-path = "./var/events.jsonl"
-[[routes]]
-name = "all"
-to = "archive"
-""")
+    config.write_text(
+        router_table(admin)
+        + webhook_input(port, name="webhook", api_key=None, extra=f"processes = {processes}")
+        + archive_all()
+    )
     with RouterProcess(config) as router:
         status, body, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"))
         assert status == 202, body

@@ -16,7 +16,18 @@ import pytest
 import tomli_w
 
 from event_router.plugins import load_plugins
-from event_router.testing import ROOT, RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
+from event_router.testing import (
+    ROOT,
+    RouterProcess,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    router_table,
+    run_cli,
+    wait_for,
+    webhook_input,
+)
 
 #: what the service has and an operator's shell does not
 SERVICE_ONLY = ("ROUTER_WEBHOOK_API_KEY", "CREDENTIALS_DIRECTORY", "AUDIT_PASSWORD", "BROKER_URL")
@@ -54,16 +65,7 @@ def test_status_dlq_schemas_plugins_and_reload_need_no_secret(tmp_path: Path) ->
         rx.respond(422)
         config = tmp_path / "router.toml"
         text = f"""
-[router]
-data_dir = "./var"
-shutdown_timeout = "2s"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-[outputs.crm]
+{router_table(admin, shutdown_timeout="2s")}{webhook_input(port)}[outputs.crm]
 type = "http"
 url = "{rx.url}/hooks"
 headers = {{ X-Crm-Token = {{ credential = "crm-token" }} }}
@@ -142,14 +144,9 @@ def test_schemas_without_any_router_toml(tmp_path: Path) -> None:
 def _every_secret(tmp: Path) -> Path:
     """A router.toml with each secret-bearing key of the built-ins and installed broker plugins as a reference."""
     registry = load_plugins()
+    hook = webhook_input(free_port(), name="hook")
     text = f"""
-[router]
-data_dir = "./var"
-[inputs.hook]
-type = "webhook"
-listen = "127.0.0.1:{free_port()}"
-api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-signing_secrets = [{{ credential = "webhook-signing" }}, {{ file = "secrets/old-signing" }}]
+{router_table()}{hook}signing_secrets = [{{ credential = "webhook-signing" }}, {{ file = "secrets/old-signing" }}]
 [outputs.crm]
 type = "http"
 url = "http://127.0.0.1:9/hooks"

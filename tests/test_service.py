@@ -22,8 +22,10 @@ from event_router.testing import (
     http_receiver,
     post,
     read_jsonl,
+    router_table,
     run_cli,
     wait_for,
+    webhook_input,
 )
 
 ENV = {"ROUTER_WEBHOOK_API_KEY": "svc-key"}
@@ -270,16 +272,7 @@ def test_a_reload_that_changes_an_output_sends_its_in_flight_deliveries_once(tmp
 
         def text(timeout: str) -> str:
             return f"""
-[router]
-data_dir = "./var"
-shutdown_timeout = "1s"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-[outputs.crm]
+{router_table(admin, shutdown_timeout="1s")}{webhook_input(port)}[outputs.crm]
 type = "http"
 url = "{crm.url}/in"
 concurrency = 16

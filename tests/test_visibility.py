@@ -19,24 +19,25 @@ import orjson
 import pytest
 
 from event_router.spool import Spool
-from event_router.testing import RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
+from event_router.testing import (
+    RouterProcess,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    router_table,
+    run_cli,
+    wait_for,
+    webhook_input,
+)
 
 KEY = "test-key-123"
 
 
 def router_toml(tmp: Path, port: int, admin: int, *, processes: int = 0, outputs: str = "", routes: str = "") -> str:
+    webhook = webhook_input(port, api_key=f'"{KEY}"', extra=f"max_body_bytes = 1024\nprocesses = {processes}")
     return f"""
-[router]
-data_dir = "{tmp}/var"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = "{KEY}"
-max_body_bytes = 1024
-processes = {processes}
-[outputs.archive]
+{router_table(admin, data_dir=f"{tmp}/var")}{webhook}[outputs.archive]
 type = "file"
 path = "{tmp}/out/events.jsonl"
 {outputs}

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
-from event_router.testing import RouterProcess, example, free_port, read_jsonl, wait_for
+from event_router.testing import RouterProcess, example, free_port, read_jsonl, router_table, wait_for, webhook_input
 
 KEY = "limits-key"
 FRONT_MODULE = b"event_router.builtin.webhook_front"
@@ -31,17 +31,9 @@ MIB = 1024 * 1024
 
 
 def router_toml(tmp: Path, port: int, admin: int, processes: int, extra: str = "") -> str:
+    webhook = webhook_input(port, api_key=f'"{KEY}"', extra=f"processes = {processes}")
     return f"""
-[router]
-data_dir = "{tmp}/var"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = "{KEY}"
-processes = {processes}
-{extra}
+{router_table(admin, data_dir=f"{tmp}/var")}{webhook}{extra}
 [outputs.archive]
 type = "file"
 path = "{tmp}/out.jsonl"

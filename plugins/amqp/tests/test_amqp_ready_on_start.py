@@ -14,6 +14,7 @@ import pytest
 from event_router.testing import (
     RouterProcess,
     TcpProxy,
+    archive_all,
     assert_ready_means_consuming,
     example,
     free_port,
@@ -21,7 +22,9 @@ from event_router.testing import (
     read_jsonl,
     readyz,
     require_service,
+    router_table,
     wait_for,
+    webhook_input,
 )
 from event_router_amqp.testing import AMQP_URL, ConnectorPublisher, mail
 
@@ -40,12 +43,7 @@ def test_events_published_when_ready_are_all_stored(tmp_path: Path) -> None:
     try:
         with TcpProxy("127.0.0.1", 5672, reply_delay=0.15) as proxy:
             config = tmp_path / "router.toml"
-            config.write_text(f"""
-[router]
-data_dir = "./var"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.broker]
+            config.write_text(f"""{router_table(admin)}[inputs.broker]
 type = "amqp"
 url = "amqp://guest:guest@127.0.0.1:{proxy.port}/"
 exchange = "amq.topic"
@@ -53,13 +51,7 @@ queue = "{queue}"
 queue_type = "classic"
 bindings = ["{trigger}"]
 unknown_triggers = "accept"
-[outputs.archive]
-type = "file"
-path = "./var/events.jsonl"
-[[routes]]
-name = "all"
-to = "archive"
-""")
+{archive_all()}""")
             with RouterProcess(config) as router:
                 with ConnectorPublisher(AMQP_URL) as publisher:
                     publisher.publish_many("amq.topic", [(trigger, orjson.dumps(mail(i))) for i in range(COUNT)])
@@ -82,28 +74,14 @@ def test_a_broker_down_at_start_is_waited_for_while_the_webhook_takes_events(tmp
         with TcpProxy("127.0.0.1", 5672) as proxy:
             proxy.cut()
             config = tmp_path / "router.toml"
-            config.write_text(f"""
-[router]
-data_dir = "./var"
-[router.admin]
-listen = "127.0.0.1:{admin}"
-[inputs.hook]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-[inputs.broker]
+            config.write_text(f"""{router_table(admin)}{webhook_input(port, name="hook", api_key=None)}[inputs.broker]
 type = "amqp"
 url = "amqp://guest:guest@127.0.0.1:{proxy.port}/"
 exchange = "amq.topic"
 queue = "{queue}"
 queue_type = "classic"
 reconnect_max = "500ms"
-[outputs.archive]
-type = "file"
-path = "./var/events.jsonl"
-[[routes]]
-name = "all"
-to = "archive"
-""")
+{archive_all()}""")
             with RouterProcess(config, ready=False) as router:
                 waiting = router.wait_log("waiting for inputs to consume before reporting ready")
                 assert waiting["inputs"] == ["broker"]
@@ -126,21 +104,12 @@ to = "archive"
 def test_sigterm_while_waiting_for_the_broker_stops_the_router_cleanly(tmp_path: Path) -> None:
     closed = free_port()
     config = tmp_path / "router.toml"
-    config.write_text(f"""
-[router]
-data_dir = "./var"
-[inputs.broker]
+    config.write_text(f"""{router_table()}[inputs.broker]
 type = "amqp"
 url = "amqp://guest:guest@127.0.0.1:{closed}/"
 exchange = "amq.topic"
 queue = "never-declared"
-[outputs.archive]
-type = "file"
-path = "./var/events.jsonl"
-[[routes]]
-name = "all"
-to = "archive"
-""")
+{archive_all()}""")
     router = RouterProcess(config, ready=False).start()
     router.wait_log("cannot consume from the broker")
     assert router.terminate() == 0

@@ -185,6 +185,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: the webhook's `api_key` most tests give: the key read from `$ROUTER_WEBHOOK_API_KEY` (a TOML value)
+WEBHOOK_API_KEY_ENV = '{ env = "ROUTER_WEBHOOK_API_KEY" }'
+
+
+def router_table(
+    admin: int | None = None, *, data_dir: str = "./var", shutdown_timeout: str | None = None, extra: str = ""
+) -> str:
+    """router.toml text: `[router]` with `data_dir`, `shutdown_timeout` when given and the `extra` lines, then,
+    when `admin` is a port, `[router.admin]` listening on it on loopback."""
+    lines = ["[router]", f'data_dir = "{data_dir}"']
+    if shutdown_timeout is not None:
+        lines.append(f'shutdown_timeout = "{shutdown_timeout}"')
+    if extra:
+        lines.append(extra)
+    if admin is not None:
+        lines += ["[router.admin]", f'listen = "127.0.0.1:{admin}"']
+    return "\n".join(lines) + "\n"
+
+
+def webhook_input(
+    port: int, *, name: str = "connector", api_key: str | None = WEBHOOK_API_KEY_ENV, extra: str = ""
+) -> str:
+    """router.toml text: `[inputs.<name>]`, a webhook on loopback `port`; `api_key` is a TOML value (None:
+    no key), `extra` lines go into the same table."""
+    lines = [f"[inputs.{name}]", 'type = "webhook"', f'listen = "127.0.0.1:{port}"']
+    if api_key is not None:
+        lines.append(f"api_key = {api_key}")
+    if extra:
+        lines.append(extra)
+    return "\n".join(lines) + "\n"
+
+
+def archive_all(path: str = "./var/events.jsonl", *, name: str = "archive") -> str:
+    """router.toml text: a file output `name` writing `path`, and a route `all` sending every event to it."""
+    return f'[outputs.{name}]\ntype = "file"\npath = "{path}"\n[[routes]]\nname = "all"\nto = "{name}"\n'
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
