@@ -14,15 +14,10 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -44,55 +39,7 @@ SIGNING_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef"
 MB = 1024 * 1024
 
 
-# --- a receiver whose answers a test writes itself ----------------------------------------------------------
-
-
-@dataclass
-class Site:
-    """A real HTTP/1.1 server on loopback; `handle(request, handler)` writes each answer."""
-
-    handle: Callable[[Recorded, BaseHTTPRequestHandler], None]
-    port: int = 0
-    requests: list[Recorded] = field(default_factory=list)
-    #: body bytes written by streaming answers (see `stream`)
-    streamed: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@contextmanager
-def site(handle: Callable[[Recorded, BaseHTTPRequestHandler], None]) -> Iterator[Site]:
-    served = Site(handle)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            body = self.rfile.read(length)
-            request = Recorded(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
-            with served.lock:
-                served.requests.append(request)
-            served.handle(request, self)
-
-        do_GET = do_PUT = do_POST
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    served.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield served
-    finally:
-        server.shutdown()
-        server.server_close()
+# --- answers a test writes itself (`http_receiver(handle)`) ------------------------------------------------
 
 
 def answer(
@@ -106,9 +53,11 @@ def answer(
     handler.wfile.write(body)
 
 
-def stream(handler: BaseHTTPRequestHandler, served: Site, status: int, *, declared: int | None, cap: int) -> None:
-    """Answer `status` with a body that goes on until the client hangs up or `cap` bytes were sent:
-    chunked (`declared` None, no end in sight) or with a Content-Length of `declared` bytes."""
+def stream(
+    handler: BaseHTTPRequestHandler, sent: dict[str, int], key: str, status: int, *, declared: int | None, cap: int
+) -> None:
+    """Answer `status` with a body that goes on until the client hangs up or `cap` bytes were sent (counted in
+    `sent[key]`): chunked (`declared` None, no end in sight) or with a Content-Length of `declared` bytes."""
     handler.send_response(status)
     if declared is None:
         handler.send_header("Transfer-Encoding", "chunked")
@@ -119,9 +68,9 @@ def stream(handler: BaseHTTPRequestHandler, served: Site, status: int, *, declar
     framed = b"%x\r\n%s\r\n" % (len(chunk), chunk) if declared is None else chunk
     handler.close_connection = True
     try:
-        while served.streamed < cap:
+        while sent[key] < cap:
             handler.wfile.write(framed)
-            served.streamed += len(chunk)
+            sent[key] += len(chunk)
     except OSError:  # the router hung up: what it is meant to do
         pass
 
@@ -200,7 +149,7 @@ def test_a_redirect_is_followed_with_the_same_post_and_a_get_only_target_is_not_
             answer(h, 200, b'{"ok": true}')
 
     port, admin = free_port(), free_port()
-    with site(handle) as web:
+    with http_receiver(handle) as web:
         outputs = "\n".join(
             f'[outputs.{name}]\ntype = "http"\nurl = "{web.url}/{path}"\nfollow_redirects = true\n'
             f'signing_secret = "{SIGNING_SECRET}"\n'
@@ -237,7 +186,7 @@ def test_redirects_are_a_failure_unless_followed_and_loops_end(tmp_path: Path) -
             answer(h, 308, headers={"Location": "/new"})
 
     port, admin = free_port(), free_port()
-    with site(handle) as web:
+    with http_receiver(handle) as web:
         outputs = (
             f'[outputs.plain]\ntype = "http"\nurl = "{web.url}/old"\n'
             f'[outputs.loop]\ntype = "http"\nurl = "{web.url}/loop"\nfollow_redirects = true\n'
@@ -272,7 +221,7 @@ def test_a_redirect_to_another_origin_is_refused_and_gets_no_secret(tmp_path: Pa
             answer(h, 307, headers={"Location": target})
 
         port, admin = free_port(), free_port()
-        with site(handle) as web:
+        with http_receiver(handle) as web:
             common = (
                 'follow_redirects = true\nheaders = { X-Static = "static-secret-value" }\n'
                 f'signing_secret = "{SIGNING_SECRET}"\nauth = {{ type = "bearer", token = "bearer-token-value" }}\n'
@@ -306,17 +255,16 @@ def test_a_redirect_to_another_origin_is_refused_and_gets_no_secret(tmp_path: Pa
 @pytest.mark.slow
 def test_huge_and_endless_answers_leave_the_router_s_memory_flat(tmp_path: Path) -> None:
     cap = 200 * MB
-    streams: dict[str, Site] = {}
+    sent = {"ok": 0, "error": 0}
 
     def endless_ok(request: Recorded, h: BaseHTTPRequestHandler) -> None:
-        stream(h, streams["ok"], 200, declared=None, cap=cap)
+        stream(h, sent, "ok", 200, declared=None, cap=cap)
 
     def huge_error(request: Recorded, h: BaseHTTPRequestHandler) -> None:
-        stream(h, streams["error"], 500, declared=1024 * MB, cap=cap)
+        stream(h, sent, "error", 500, declared=1024 * MB, cap=cap)
 
     port, admin = free_port(), free_port()
-    with site(endless_ok) as ok, site(huge_error) as error, http_receiver() as warm:
-        streams.update(ok=ok, error=error)
+    with http_receiver(endless_ok) as ok, http_receiver(huge_error) as error, http_receiver() as warm:
         outputs = (
             f'[outputs.warm]\ntype = "http"\nurl = "{warm.url}/in"\n'
             f'[outputs.endless]\ntype = "http"\nurl = "{ok.url}/in"\n'
@@ -343,7 +291,7 @@ def test_huge_and_endless_answers_leave_the_router_s_memory_flat(tmp_path: Path)
             assert router.terminate() == 0
         assert growth < 50 * 1024, f"the router's peak RSS grew by {growth} KiB"
         # each answer was cut early; nowhere near what the receivers would have sent
-        assert ok.streamed < 64 * MB and error.streamed < 64 * MB, (ok.streamed, error.streamed)
+        assert sent["ok"] < 64 * MB and sent["error"] < 64 * MB, sent
         assert dead_letters(db)["huge"].startswith(f"POST {error.url}/in answered 500: xxxxxxxxxx")
 
 

@@ -297,6 +297,8 @@ class Receiver:
     #: builds the answer's body from the request (default: a fixed JSON); e.g. one that echoes the request's
     #: credentials back, as some error pages do
     reply: Callable[[Recorded], bytes] | None = None
+    #: writes each answer itself (`handle(request, handler)`, GET too), instead of `script`, `delay`, `reply`
+    handle: Callable[[Recorded, BaseHTTPRequestHandler], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def respond(self, *script: tuple[int, dict[str, str]] | int) -> None:
@@ -313,8 +315,9 @@ class Receiver:
 
 
 @contextmanager
-def http_receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
+def http_receiver(handle: Callable[[Recorded, BaseHTTPRequestHandler], None] | None = None) -> Iterator[Receiver]:
+    """A `Receiver` serving on a free loopback port for the `with` block; `handle` see `Receiver.handle`."""
+    receiver = Receiver(handle=handle)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -322,6 +325,12 @@ def http_receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = self.rfile.read(length)
+            if receiver.handle is not None:
+                request = Recorded(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
+                with receiver.lock:
+                    receiver.requests.append(request)
+                receiver.handle(request, self)
+                return
             if receiver.delay:
                 time.sleep(receiver.delay)
             recorded = Recorded(self.command, self.path, dict(self.headers.items()), body, time.monotonic())
@@ -341,6 +350,12 @@ def http_receiver() -> Iterator[Receiver]:
             self.wfile.write(payload)
 
         do_PUT = do_POST
+
+        def do_GET(self) -> None:
+            if receiver.handle is None:
+                self.send_error(501, f"Unsupported method ({self.command!r})")
+            else:
+                self.do_POST()
 
         def log_message(self, *args: Any) -> None:
             pass
