@@ -11,6 +11,7 @@ anyway (a URL with a password, an error body a server echoed our headers in) goe
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
@@ -186,7 +187,8 @@ def url_secrets(url: str) -> tuple[str, ...]:
 _PERCENT_ESCAPE = re.compile("%[0-9A-F]{2}")
 
 
-def encoded_forms(secret: str) -> set[str]:
+@functools.lru_cache(maxsize=256)  # the same few configured secrets, scrubbed from every error text
+def encoded_forms(secret: str) -> frozenset[str]:
     r"""`secret` as a server may send it back when it echoes what it was sent: as is, JSON-escaped (`\"`, `\\`,
     `\uXXXX`, and `\/` for `/` as PHP's json_encode writes it), percent-encoded (either hex case, a space as
     `%20` or `+`) and HTML-escaped. Base64 is not derived here: an auth that sends a secret base64-encoded
@@ -195,7 +197,7 @@ def encoded_forms(secret: str) -> set[str]:
     json_forms |= {form.replace("/", "\\/") for form in json_forms}
     percent = {quote(secret, safe=""), quote(secret), quote_plus(secret), quote_plus(secret, safe="")}
     percent |= {_PERCENT_ESCAPE.sub(lambda m: m.group(0).lower(), form) for form in percent}
-    return {secret, *json_forms, *percent, html.escape(secret), html.escape(secret, quote=False)}
+    return frozenset({secret, *json_forms, *percent, html.escape(secret), html.escape(secret, quote=False)})
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
