@@ -49,10 +49,11 @@ class Plan:
 
 
 @functools.lru_cache(maxsize=MAX_UNKNOWN_TRIGGERS)
-def _trigger_hint(trigger: str, known: tuple[str, ...]) -> str:
+def _trigger_hint(trigger: str, schemas: SchemaRegistry) -> str:
     """`did_you_mean` per unknown trigger once, not per event: it compares with every known trigger, and
-    runs on the event loop for each event of a sender that keeps sending the same unknown one."""
-    return did_you_mean(trigger, known)
+    runs on the event loop for each event of a sender that keeps sending the same unknown one. Keyed by the
+    registry itself (hashed by identity), so a reload's new schemas get new hints."""
+    return did_you_mean(trigger, schemas.triggers())
 
 
 def plan_event(
@@ -74,7 +75,7 @@ def plan_event(
         plan.dead_letter = ("validation", "; ".join(result.errors))
         return plan
     if result.schema is None and unknown_triggers == "dead-letter":
-        hint = _trigger_hint(event.trigger, tuple(schemas.triggers()))
+        hint = _trigger_hint(event.trigger, schemas)
         plan.dead_letter = ("unknown_trigger", f"no schema for trigger {event.trigger!r}{hint}")
         return plan
     as_dict = event.to_dict()
@@ -178,7 +179,7 @@ class Pipeline:
                 extra=extra,
             )
             return
-        hint = _trigger_hint(trigger, tuple(self.schemas.triggers()))
+        hint = _trigger_hint(trigger, self.schemas)
         log.warning(f"unknown trigger {trigger!r}: no schema knows it{hint}", extra=extra)
 
     def _settle(
