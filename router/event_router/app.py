@@ -230,8 +230,7 @@ class App:
                     except Exception as exc:
                         if fatal and not status.called:
                             # cannot even start (port taken...): the router must not come up half-way
-                            unit.failure = exc
-                            unit.settled.set()
+                            unit.failure = exc  # `settled` is set by the finally below
                             return
                         log.exception(f"{kind} failed; restarting it", extra={kind: name, "retry_in": delay})
                         await anyio.sleep(delay)
@@ -479,17 +478,18 @@ class App:
     # --- health, status ---------------------------------------------------------------------------
 
     def readiness(self) -> dict[str, Any]:
-        inputs = {name: cfg.plugin.is_ready() for name, cfg in self.config.inputs.items() if name in self._inputs}
+        inputs: dict[str, bool] = {}
+        reasons: dict[str, str] = {}
+        for name, cfg in self.config.inputs.items():
+            if name in self._inputs:
+                inputs[name] = cfg.plugin.is_ready()
+                if reason := cfg.plugin.not_ready_reason():
+                    reasons[name] = reason
         spool = {"writable": self.spool.writable, "error": self.spool.last_error}
         report: dict[str, Any] = {
             "ready": all(inputs.values()) and self.spool.writable,
             "inputs": inputs,
             "spool": spool,
-        }
-        reasons = {
-            name: reason
-            for name, cfg in self.config.inputs.items()
-            if name in self._inputs and (reason := cfg.plugin.not_ready_reason())
         }
         if reasons:
             report["reasons"] = reasons
