@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("event_router.delivery")
 
-#: backoff between tries to commit delivery outcomes while the spool cannot write (disk full...)
 #: of a delivery's failed attempts, the first and every WARN_EVERY-th are logged as warnings, the rest as info
 WARN_EVERY = 10
 
+#: backoff between tries to commit delivery outcomes while the spool cannot write (disk full...)
 COMMIT_RETRY = RetryPolicy(initial_backoff=0.1, max_backoff=5.0)
 
 
