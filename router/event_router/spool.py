@@ -1002,16 +1002,7 @@ class Spool:
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
         """Which of these (input, message id) the spool holds and has not forgotten: one indexed read."""
         assert self._reader is not None
-        known: set[tuple[str, str]] = set()
-        for start in range(0, len(seen), _ROWS_PER_INSERT):
-            chunk = seen[start : start + _ROWS_PER_INSERT]
-            rows = self._reader.execute(
-                "SELECT input, message_id FROM seen_message_ids WHERE expires_at >= ? AND (input, message_id) IN "
-                "(VALUES " + ",".join(["(?,?)"] * len(chunk)) + ")",
-                [time.time(), *(v for m in chunk for v in (m.input, m.message_id))],
-            ).fetchall()
-            known.update((str(i), str(m)) for i, m in rows)
-        return known
+        return _known_messages(self._reader, seen, time.time())
 
     def next_due(self, output: str) -> float | None:
         assert self._reader is not None
@@ -1105,6 +1096,20 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
     return ids
 
 
+def _known_messages(conn: sqlite3.Connection, seen: Sequence[SeenMessage], now: float) -> set[tuple[str, str]]:
+    """Which of these (input, message id) the spool holds and has not forgotten by `now`: indexed reads."""
+    known: set[tuple[str, str]] = set()
+    for start in range(0, len(seen), _ROWS_PER_INSERT):
+        chunk = seen[start : start + _ROWS_PER_INSERT]
+        rows = conn.execute(
+            "SELECT input, message_id FROM seen_message_ids WHERE expires_at >= ? AND (input, message_id) IN "
+            "(VALUES " + ",".join(["(?,?)"] * len(chunk)) + ")",
+            [now, *(v for m in chunk for v in (m.input, m.message_id))],
+        ).fetchall()
+        known.update((str(input_name), str(message_id)) for input_name, message_id in rows)
+    return known
+
+
 def _forget_expired_messages(conn: sqlite3.Connection, now: float) -> None:
     conn.execute("DELETE FROM seen_message_ids WHERE expires_at < ?", (now,))
 
@@ -1121,16 +1126,7 @@ def _claim_messages(conn: sqlite3.Connection, items: Sequence[StoreEvent | Store
     # the ids stored before: read, then the new ones inserted, in one write transaction (BEGIN IMMEDIATE
     # keeps other processes out; in this one only the writer thread writes), so nothing comes in between.
     # No INSERT ... RETURNING: it needs SQLite 3.35
-    known: set[tuple[str, str]] = set()
-    for start in range(0, len(claimed), _ROWS_PER_INSERT):
-        chunk = claimed[start : start + _ROWS_PER_INSERT]
-        rows = conn.execute(
-            "SELECT input, message_id FROM seen_message_ids WHERE (input, message_id) IN (VALUES "
-            + ",".join(["(?,?)"] * len(chunk))
-            + ")",
-            [v for _, seen in chunk for v in (seen.input, seen.message_id)],
-        ).fetchall()
-        known.update((str(input_name), str(message_id)) for input_name, message_id in rows)
+    known = _known_messages(conn, [seen for _, seen in claimed], now)
     repeats: set[int] = set()
     new: list[SeenMessage] = []
     for index, seen in claimed:
