@@ -432,3 +432,28 @@ def test_expect_continue_with_a_body_too_large_gets_413_not_100(start) -> None: 
         status, _, answer = read_answer(sock)
     assert status == 413, answer
     assert orjson.loads(answer) == {"error": "body larger than 4194304 bytes"}
+
+
+def test_an_expect_continue_request_costs_one_rate_limit_token(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The refusals that need no body are checked before `100 Continue`; the request they let through is
+    not checked (and charged to the client's rate limit) a second time once its body is in."""
+    router = start("rate_limit = { per_second = 0.01, burst = 2 }")
+    body = orjson.dumps(example("transport.messageReceived"))
+    statuses = []
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-api-key: "
+                + KEY.encode()
+                + b"\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(body)
+            )
+            sock.settimeout(10)
+            interim = b""
+            while b"\r\n\r\n" not in interim:
+                interim += sock.recv(1)
+            assert interim.startswith(b"HTTP/1.1 100"), interim
+            sock.sendall(body)
+            status, _, answer = read_answer(sock)
+            statuses.append((status, answer))
+    assert [status for status, _ in statuses] == [202, 202], statuses
+    wait_for(lambda: len(read_jsonl(tmp_path / "out.jsonl")) == 2, what="both events archived")

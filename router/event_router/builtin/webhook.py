@@ -40,6 +40,9 @@ from event_router.secrets import SECRET_SCHEMA, secret_schema
 from event_router.signing import PLACEHOLDER_SECRET, decode_secret, verify
 
 #: request headers kept in the event's meta; credentials never are
+#: set on a request whose head the `Expect: 100-continue` handler has checked and let through (a typed key
+#: from aiohttp 3.14 on, which warns about string keys; a string before it)
+SCREENED: Any = web.RequestKey("screened", bool) if hasattr(web, "RequestKey") else "event_router.screened"
 _KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type", "webhook-id")
 
 
@@ -351,9 +354,10 @@ class WebhookInput(Input):
 
         async def answer_to(request: web.Request) -> Answer:
             received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
-            refused = _transfer_coding(request.headers) or self.screen(received)
-            if refused is not None:
-                return refused
+            if not request.get(SCREENED):  # else the expect handler ran these checks (and charged the limit)
+                refused = _transfer_coding(request.headers) or self.screen(received)
+                if refused is not None:
+                    return refused
             try:
                 async with asyncio.timeout(self.body_timeout):
                     raw = await request.read()
@@ -570,6 +574,7 @@ class _Limits:
         if answer is None and request.match_info.route.method == "POST":  # the webhook's own route
             received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
             answer = webhook.screen(received)
+            request[SCREENED] = answer is None
         if answer is not None:
             webhook.refused(self.sink, request.remote, answer)
             response = _response(answer)
