@@ -203,10 +203,10 @@ def _rate(count: int, fn: Any, items: list[Any]) -> float:
 
 
 def routing_validation(quick: bool) -> dict[str, Any]:
+    from event_router.api.event import Event
     from event_router.app import load_schemas
     from event_router.config import build_config
-    from event_router.event import Event
-    from event_router.pipeline import plan_event
+    from event_router.core.plan import plan_event
     from event_router.plugins import load_plugins
     from event_router.testing import example_events
 
@@ -267,8 +267,8 @@ def routing_validation(quick: bool) -> dict[str, Any]:
 
 
 def _store_items(count: int) -> list[Any]:
-    from event_router.event import Event
-    from event_router.spool import NewDelivery, StoreEvent
+    from event_router.api.event import Event
+    from event_router.core.spool import NewDelivery, StoreEvent
 
     body = orjson.loads(example_body(1200))
     items = []
@@ -307,7 +307,7 @@ async def _store_for(spool: Any, items: list[Any], seconds: float, writers: int)
 
 
 def spool_group_commit(quick: bool) -> dict[str, Any]:
-    from event_router.spool import Spool
+    from event_router.core.spool import Spool
 
     seconds = 2.0 if quick else 5.0
     items = _store_items(200_000 if not quick else 60_000)

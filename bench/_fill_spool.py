@@ -19,8 +19,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import example_body
 
-from event_router.event import Event
-from event_router.spool import NewDelivery, Spool, StoreEvent
+from event_router.api.event import Event
+from event_router.core.spool import NewDelivery, Spool, StoreEvent
 
 BATCH = 2000
 IN_FLIGHT = 4

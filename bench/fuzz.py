@@ -41,11 +41,11 @@ import gcloud.aio.pubsub
 import redis.asyncio  # noqa: F401
 
 with atheris.instrument_imports():
-    from event_router.batching import BatchStore, Rejected
-    from event_router.builtin.webhook import WebhookInput
+    from event_router.api.batching import BatchStore, Rejected
+    from event_router.api.plugin import PluginContext
     from event_router.config import ConfigErrors, build_config
-    from event_router.pipeline import plan_event
-    from event_router.plugin import PluginContext
+    from event_router.core.plan import plan_event
+    from event_router.inputs.webhook import WebhookInput
     from event_router.plugins import load_plugins
     from event_router.testing.decoding import RecordingSink, check_event, check_rejection, shipped_router
     from event_router_amqp.input import AmqpInput

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import example_body, free_port, percentile, router
 
-from event_router.spool import Spool
+from event_router.core.spool import Spool
 
 API_KEY = "bench-metrics-key"
 

@@ -68,8 +68,8 @@ from _common import (
 )
 from amqp_to_file import declare, remove
 
-from event_router.deadletters import list_dead_letters
-from event_router.spool import DeadLetterFilter, connect
+from event_router.core.deadletters import list_dead_letters
+from event_router.core.spool import DeadLetterFilter, connect
 from event_router.testing import RouterProcess, example_events, run_cli
 from event_router_amqp.testing import AMQP_URL, ConnectorPublisher
 from event_router_mqtt.testing import PrivateBroker

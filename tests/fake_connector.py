@@ -2,7 +2,7 @@
 
 The real Connector cannot run here: it needs its Backbone (and an identity on it). This fake is an aiohttp
 server on a real loopback socket that enforces the real contract as the project knows it: every request is
-checked against the project's endpoint table (`event_router.connector_api.ENDPOINTS`, which a test
+checked against the project's endpoint table (`event_router.outputs.connector_api.ENDPOINTS`, which a test
 cross-checks against the Connector's OpenAPI spec): the path under the API base (matched on the raw,
 still-encoded path, as the Connector's router does, so `%2F` never splits a segment), the method, the
 request-body fields the spec requires, that endpoints without a body get none, the id formats, and the API
@@ -30,8 +30,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from event_router.connector_api import API_BASES, ENDPOINTS, Endpoint, missing_fields
-from event_router.event import utc_now
+from event_router.api.event import utc_now
+from event_router.outputs.connector_api import API_BASES, ENDPOINTS, Endpoint, missing_fields
 
 SELF = "did:e:connector.example.org:dids:0b1f2e3d4c5b6a79881726"
 #: id formats of the path parameters (prefix + 17 alphanumerics)

@@ -22,14 +22,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from event_router.auth import OAuth2ClientCredentials
+from event_router.api.errors import PermanentError, RetryableError
 from event_router.config import ConfigErrors, build_config
-from event_router.deadletters import list_dead_letters
-from event_router.errors import PermanentError, RetryableError
+from event_router.core.deadletters import list_dead_letters
+from event_router.core.spool import DeadLetterFilter
 from event_router.plugins import load_plugins
-from event_router.signing import sign, verify
-from event_router.spool import DeadLetterFilter
 from event_router.testing import example, free_port, http_receiver, send_webhook, until
+from event_router.web.auth import OAuth2ClientCredentials
+from event_router.web.signing import sign, verify
 
 pytestmark = pytest.mark.anyio
 

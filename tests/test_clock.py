@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from event_router.clock import Anchor, SpoolClock, read_anchor, spool_now
-from event_router.spool import NewDelivery, Spool, StoreEvent
+from event_router.core.clock import Anchor, SpoolClock, read_anchor, spool_now
+from event_router.core.spool import NewDelivery, Spool, StoreEvent
 from event_router.testing import (
     IN_CI,
     Receiver,

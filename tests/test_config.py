@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from event_router.api.durations import parse_duration
+from event_router.api.secrets import Secret
 from event_router.config import ConfigErrors, build_config, load_config
-from event_router.durations import parse_duration
 from event_router.plugins import load_plugins
-from event_router.secrets import Secret
 from event_router.testing import run_cli
 
 BASE = """

@@ -21,15 +21,15 @@ import pytest
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-from event_router.builtin.connector_output import MAX_ANSWER, MAX_CHAIN_DEPTH, ConnectorOutput, check_action
+from event_router.api.errors import ConfigError
+from event_router.api.event import Event
+from event_router.api.plugin import Delivery, PluginContext
 from event_router.config import ConfigErrors, build_config
-from event_router.connector_api import API_BASES, ENDPOINTS
-from event_router.deadletters import list_dead_letters
-from event_router.errors import ConfigError
-from event_router.event import Event
-from event_router.plugin import Delivery, PluginContext
+from event_router.core.deadletters import list_dead_letters
+from event_router.core.spool import DeadLetterFilter
+from event_router.outputs.connector import MAX_ANSWER, MAX_CHAIN_DEPTH, ConnectorOutput, check_action
+from event_router.outputs.connector_api import API_BASES, ENDPOINTS
 from event_router.plugins import load_plugins
-from event_router.spool import DeadLetterFilter
 from event_router.testing import example, free_port, read_jsonl, run_cli, send_webhook, until
 
 pytestmark = pytest.mark.anyio
@@ -672,8 +672,8 @@ def test_every_action_is_documented_with_a_valid_route() -> None:
     import re
     import tomllib
 
-    from event_router.builtin.connector_output import ACTIONS
-    from event_router.routing import compile_match
+    from event_router.core.routing import compile_match
+    from event_router.outputs.connector import ACTIONS
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "connector.md").read_text()
     documented: set[str] = set()

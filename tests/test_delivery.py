@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from event_router.deadletters import list_dead_letters, replay
-from event_router.delivery import OutputWorker
-from event_router.spool import DeadLetterFilter
+from event_router.core.deadletters import list_dead_letters, replay
+from event_router.core.delivery import OutputWorker
+from event_router.core.spool import DeadLetterFilter
 from event_router.testing import example, free_port, http_receiver, post, read_jsonl, send_webhook, until
 
 pytestmark = pytest.mark.anyio
@@ -222,9 +222,9 @@ def test_delivery_body_is_the_payload_as_json() -> None:
     delivery came straight from the pipeline or was read back from the spool; reshaped ones have none."""
     import orjson
 
-    from event_router.delivery import _Pending
-    from event_router.event import Event
-    from event_router.spool import DeliveryRow
+    from event_router.api.event import Event
+    from event_router.core.delivery import _Pending
+    from event_router.core.spool import DeliveryRow
 
     event = Event(trigger="t.x", data={"a": [1, 2.5, "ü", None], "b": {"c": True}}, source="s", meta={"h": "v"})
     body = event.to_json()

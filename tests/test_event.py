@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from event_router import event as event_module
-from event_router.event import Event, new_event_id, utc_now
+from event_router.api import event as event_module
+from event_router.api.event import Event, new_event_id, utc_now
 
 
 @given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))  # 1970 .. 2100

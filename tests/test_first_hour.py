@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from event_router.stats import COUNTERS, HISTOGRAMS
+from event_router.core.stats import COUNTERS, HISTOGRAMS
 from event_router.testing import ROOT, RouterProcess, example, free_port, http_receiver, post, run_cli
 
 KEY = "first-hour-key"

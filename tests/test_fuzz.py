@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from event_router.api.event import Event
+from event_router.api.plugin import PluginContext
 from event_router.app import load_schemas
-from event_router.builtin.webhook import WebhookInput
 from event_router.config import ConfigErrors, build_config
-from event_router.event import Event
-from event_router.pipeline import plan_event
-from event_router.plugin import PluginContext
+from event_router.core.plan import plan_event
+from event_router.inputs.webhook import WebhookInput
 from event_router.plugins import load_plugins
 from event_router.testing import example, example_events
 from event_router.testing.strategies import json_values
@@ -175,7 +175,7 @@ def test_every_schema_answers_any_data(router_config, trigger: str, data: Any) -
 def test_the_hint_for_an_unknown_trigger_is_worked_out_once(router_config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Under `unknown_triggers = "dead-letter"` every event of an unknown trigger is planned on the event
     loop: the "did you mean" search over every known trigger runs once per trigger, not once per event."""
-    import event_router.pipeline as pipeline
+    import event_router.core.pipeline as pipeline
 
     config, schemas = router_config
     calls: list[str] = []

@@ -22,7 +22,6 @@ from urllib.parse import urlencode
 
 import pytest
 
-from event_router.signing import verify
 from event_router.testing import (
     Recorded,
     RouterProcess,
@@ -34,6 +33,7 @@ from event_router.testing import (
     run_cli,
     wait_for,
 )
+from event_router.web.signing import verify
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 MB = 1024 * 1024

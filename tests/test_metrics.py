@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from event_router.app import App
-from event_router.spool import OLDEST_PENDING, PENDING_EVENTS, Spool
+from event_router.core.spool import OLDEST_PENDING, PENDING_EVENTS, Spool
 from event_router.testing import RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -157,7 +157,7 @@ def test_oldest_pending_is_an_index_lookup(tmp_path: Path) -> None:
 async def test_counts_follow_the_spools_own_writes(tmp_path: Path) -> None:
     """Stores, deliveries, retries, dead letters, a failed group and a clock rebase: after each commit,
     `counts` is what the database holds."""
-    from event_router.spool import NewDelivery, StoreDeadLetter, StoreEvent
+    from event_router.core.spool import NewDelivery, StoreDeadLetter, StoreEvent
 
     db = tmp_path / "spool.db"
     spool = Spool(db)

@@ -51,7 +51,7 @@ def test_core_wheel_validates_without_the_repository(tmp_path: Path) -> None:
     # the extracted package comes first on the path, far from this checkout's schemas/
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run(
-        [sys.executable, "-c", "import event_router.validation as v; print(v.builtin_schema_dir())"],
+        [sys.executable, "-c", "import event_router.core.validation as v; print(v.builtin_schema_dir())"],
         capture_output=True,
         text=True,
         env=env,

@@ -86,8 +86,8 @@ from pathlib import Path
 import anyio
 
 from event_router.config import build_config
-from event_router.event import Event
-from event_router.plugin import Delivery
+from event_router.api.event import Event
+from event_router.api.plugin import Delivery
 from event_router.plugins import load_plugins
 from event_router.testing import until
 from event_router.testing.decoding import RecordingSink

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from event_router.http_answers import retry_after_seconds
-from event_router.retry import RetryPolicy
+from event_router.api.retry import RetryPolicy
+from event_router.web.http_answers import retry_after_seconds
 
 
 @pytest.mark.parametrize(("attempts", "ceiling"), [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (9, 60.0), (30, 60.0)])

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from event_router.event import Event
-from event_router.routing import (
+from event_router.api.event import Event
+from event_router.core.routing import (
     EVENT_FIELDS,
     OPERATORS,
     PatternError,
@@ -930,7 +930,7 @@ def test_reshapers_never_raise(spec: dict[str, Any], ev: dict[str, Any]) -> None
     ],
 )
 def test_trigger_filter_is_the_trigger_condition_alone(spec: dict[str, Any], trigger: str, admitted: bool) -> None:
-    from event_router.routing import compile_trigger_filter
+    from event_router.core.routing import compile_trigger_filter
 
     check = compile_trigger_filter(spec)
     assert check is not None and check(trigger) is admitted
@@ -938,7 +938,7 @@ def test_trigger_filter_is_the_trigger_condition_alone(spec: dict[str, Any], tri
 
 @pytest.mark.parametrize("spec", [{}, {"data.status": ["Active"]}, {"$or": [{"trigger": ["a"]}, {"data.x": [1]}]}])
 def test_no_trigger_filter_without_a_top_level_trigger(spec: dict[str, Any]) -> None:
-    from event_router.routing import compile_trigger_filter
+    from event_router.core.routing import compile_trigger_filter
 
     assert compile_trigger_filter(spec) is None  # such routes stay candidates for every trigger
 

@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from event_router.app import App
-from event_router.cli import _serve
 from event_router.config import build_config
+from event_router.ops.cli import _serve
 from event_router.plugins import load_plugins
 from event_router.testing import free_port
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from event_router.core.validation import SchemaRegistry, builtin_schema_dir
 from event_router.testing import RouterProcess, example_events, free_port, post, read_jsonl, wait_for
-from event_router.validation import SchemaRegistry, builtin_schema_dir
 
 # The 41 namespaces of the reference table (enmeshed-events.md, section 1): what Connector 7.4 raises.
 CONNECTOR_7_NAMESPACES = [

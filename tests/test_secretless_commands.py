@@ -292,10 +292,10 @@ def test_the_operating_guides_pre_start_check_works_as_written(tmp_path: Path) -
 
 
 def test_a_config_loaded_without_secrets_cannot_run(tmp_path: Path) -> None:
+    from event_router.api.errors import RouterError
+    from event_router.api.secrets import Unresolved
     from event_router.app import App
     from event_router.config import build_config
-    from event_router.errors import RouterError
-    from event_router.secrets import Unresolved
 
     registry = load_plugins()
     text = '[inputs.connector]\ntype = "webhook"\nlisten = "127.0.0.1:0"\napi_key = { env = "NO_SUCH_VAR_OP1" }\n'
@@ -334,9 +334,9 @@ async def test_an_output_never_sends_an_unresolved_secret(
     to open, and their auth refuses to make a request header: the placeholder is never sent."""
     import logging
 
-    from event_router.auth import HttpAuth
-    from event_router.plugin import PluginContext
-    from event_router.secrets import Unresolved, UnresolvedSecretError
+    from event_router.api.plugin import PluginContext
+    from event_router.api.secrets import Unresolved, UnresolvedSecretError
+    from event_router.web.auth import HttpAuth
 
     def unresolved(value: object) -> object:
         if isinstance(value, dict):

@@ -23,9 +23,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from event_router.importer import import_connector_config
-from event_router.secrets import scrub, url_secrets
-from event_router.signing import WebhookSigner
+from event_router.api.secrets import scrub, url_secrets
+from event_router.ops.importer import import_connector_config
 from event_router.testing import (
     Recorded,
     RouterProcess,
@@ -39,6 +38,7 @@ from event_router.testing import (
     run_cli,
     wait_for,
 )
+from event_router.web.signing import WebhookSigner
 
 CANARY = "s3cr3t-CANARY"
 WEBHOOK_KEY = f"{CANARY}-webhook-api-key"

@@ -10,7 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from event_router.spool import DeadLetterFilter, NewDelivery, Spool, SpoolError, StoreDeadLetter, StoreEvent
+from event_router.api.errors import SpoolError
+from event_router.core.spool import DeadLetterFilter, NewDelivery, Spool, StoreDeadLetter, StoreEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +57,7 @@ async def test_dead_letter_keeps_event_and_reason(spool: Spool) -> None:
     ((did,),) = await spool.store([event(7)])
     (dlid,) = await spool.settle(dead=[(did, "permanent", "400 bad request", 1)])
     assert spool.depth == 0
-    from event_router.deadletters import list_dead_letters
+    from event_router.core.deadletters import list_dead_letters
 
     assert spool._reader is not None
     (dl,) = list_dead_letters(spool._reader, DeadLetterFilter(ids=[dlid]))
@@ -298,7 +299,7 @@ async def test_counts_never_go_below_zero_without_a_look(spool: Spool) -> None:
 
 async def test_message_ids_are_claimed_without_returning(spool: Spool) -> None:
     """`INSERT ... RETURNING` needs SQLite 3.35: repeats are found with statements older SQLite runs."""
-    from event_router.spool import SeenMessage
+    from event_router.core.spool import SeenMessage
 
     statements: list[str] = []
     await spool._write(lambda conn: conn.set_trace_callback(statements.append))

@@ -18,9 +18,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from event_router.builtin.webhook import Received, WebhookInput
-from event_router.errors import ConfigError
-from event_router.plugin import PluginContext
+from event_router.api.errors import ConfigError
+from event_router.api.plugin import PluginContext
+from event_router.inputs.webhook import Received, WebhookInput
 from event_router.testing import RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
 
 KEY = "spool-safety-key"
@@ -359,9 +359,9 @@ async def test_an_outcome_commit_is_tried_again_only_after_a_transient_failure()
     transient) fails the worker at once instead of joining every later group."""
     from types import SimpleNamespace
 
-    from event_router.delivery import OutputWorker
-    from event_router.spool import SpoolError
-    from event_router.stats import Stats
+    from event_router.api.errors import SpoolError
+    from event_router.core.delivery import OutputWorker
+    from event_router.core.stats import Stats
 
     class Spool:
         def __init__(self, failures: list[SpoolError]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from event_router.spool import NewDelivery, SeenMessage, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.spool import NewDelivery, SeenMessage, Spool, StoreDeadLetter, StoreEvent
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from event_router.event import Event
-from event_router.templates import (
+from event_router.api.event import Event
+from event_router.api.templates import (
     MISSING,
     MissingValueError,
     Template,

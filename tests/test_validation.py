@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from event_router.event import Event
-from event_router.testing import example_events
-from event_router.validation import (
+from event_router.api.event import Event
+from event_router.core.validation import (
     SchemaError,
     SchemaRegistry,
     ValidationResult,
     builtin_schema_dir,
     format_path,
 )
+from event_router.testing import example_events
 
 DATA = Path(__file__).parent / "data"
 OVERRIDE = DATA / "schemas-override"

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from event_router.spool import Spool
+from event_router.core.spool import Spool
 from event_router.testing import (
     RouterProcess,
     example,
@@ -130,7 +130,7 @@ def test_a_flood_of_bad_requests_writes_a_bounded_number_of_lines(started: Any, 
 
 
 def test_log_throttle_says_how_many_it_held_back() -> None:
-    from event_router.ratelimit import LogThrottle
+    from event_router.inputs.ratelimit import LogThrottle
 
     throttle = LogThrottle(window=60, max_lines=3, max_keys=100)
     assert throttle.admit((401, "10.0.0.1"), now=0) == 0
@@ -263,7 +263,7 @@ async def test_a_schema_1_spool_is_upgraded_in_place_and_keeps_its_rows(tmp_path
         purged = spool._reader.execute("SELECT 1 FROM dead_letters").fetchall()  # type: ignore[union-attr]
         assert purged == [(1,)]
         await spool._write(lambda conn: conn.execute("DELETE FROM dead_letters"))
-        from event_router.spool import NewDelivery, StoreDeadLetter, StoreEvent
+        from event_router.core.spool import NewDelivery, StoreDeadLetter, StoreEvent
 
         stored = await spool.store(
             [

@@ -162,8 +162,8 @@ async def test_rejections(make_app, tmp_path: Path, headers, payload, status, me
         assert "Traceback" not in str(body)
         if status == 400:
             # the bytes were kept: nothing the sender believed it delivered is lost
-            from event_router.deadletters import list_dead_letters
-            from event_router.spool import DeadLetterFilter
+            from event_router.core.deadletters import list_dead_letters
+            from event_router.core.spool import DeadLetterFilter
 
             (dl,) = list_dead_letters(app.spool._reader, DeadLetterFilter(ids=[body["dead_letter"]]))
             assert dl.reason == "undecodable" and message in (dl.error or "")

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from event_router.frames import MAX_PAYLOAD, FrameError, FrameReader, encode
+from event_router.inputs.frames import MAX_PAYLOAD, FrameError, FrameReader, encode
 from event_router.testing import RouterProcess, example, free_port, port_accepts, post, read_jsonl, wait_for
 
 KEY = "front-key"
-FRONT_MODULE = b"event_router.builtin.webhook_front"
+FRONT_MODULE = b"event_router.inputs.webhook_front"
 
 
 def config(port: int, tmp: Path, processes: int = 1) -> str:
@@ -252,7 +252,7 @@ async def test_idle_connections_are_closed() -> None:
     import asyncio
     import socket
 
-    from event_router.builtin import webhook_front as front
+    from event_router.inputs import webhook_front as front
 
     channel = front._Channel()
     http = front._Server(channel, "/events", 1000)
@@ -285,7 +285,7 @@ async def test_a_client_that_takes_no_answers_is_closed_after_the_idle_time() ->
     import asyncio
     import socket
 
-    from event_router.builtin import webhook_front as front
+    from event_router.inputs import webhook_front as front
 
     channel = front._Channel()
     http = front._Server(channel, "/events", 1000)
@@ -309,7 +309,7 @@ async def test_a_client_that_takes_no_answers_is_closed_after_the_idle_time() ->
 
 
 def test_an_answer_that_fails_to_go_out_costs_only_its_request(caplog: pytest.LogCaptureFixture) -> None:
-    from event_router.builtin import webhook_front as front
+    from event_router.inputs import webhook_front as front
 
     channel = front._Channel()
     got: list[int] = []
@@ -380,7 +380,7 @@ async def test_a_killed_front_is_logged_and_started_again(make_app, tmp_path: Pa
 @pytest.mark.anyio
 async def test_a_request_the_router_fails_on_costs_only_itself(make_app, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A bug on one request must not break the channel that the front's other requests share."""
-    from event_router.builtin.webhook import WebhookInput
+    from event_router.inputs.webhook import WebhookInput
 
     original = WebhookInput.prepare
 
@@ -454,7 +454,7 @@ async def test_stopping_answers_only_what_is_stored(make_app, tmp_path: Path) ->
     finally:
         stop_sending = True
         pool.shutdown(wait=True)
-    from event_router.spool import connect
+    from event_router.core.spool import connect
 
     conn = connect(tmp_path / "var/spool.db", readonly=True)
     try:

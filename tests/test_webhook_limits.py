@@ -26,7 +26,7 @@ import pytest
 from event_router.testing import RouterProcess, example, free_port, read_jsonl, router_table, wait_for, webhook_input
 
 KEY = "limits-key"
-FRONT_MODULE = b"event_router.builtin.webhook_front"
+FRONT_MODULE = b"event_router.inputs.webhook_front"
 MIB = 1024 * 1024
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from event_router.signing import WebhookSigner
 from event_router.testing import RouterProcess, example, free_port, post, read_jsonl, wait_for
+from event_router.web.signing import WebhookSigner
 
 pytestmark = pytest.mark.slow
 

@@ -179,8 +179,8 @@ async def test_deep_nesting_odd_keys_big_numbers_duplicates(make_app, tmp_path: 
 
 
 async def test_nesting_too_deep_to_store_is_dead_lettered_with_its_bytes(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from event_router.deadletters import list_dead_letters
-    from event_router.spool import DeadLetterFilter
+    from event_router.core.deadletters import list_dead_letters
+    from event_router.core.spool import DeadLetterFilter
 
     port = free_port()
     # 600 levels: orjson reads it (limit 1,024) but cannot write it back (limit 254)
@@ -218,7 +218,7 @@ NEW_SECRET = "whsec_" + __import__("base64").b64encode(b"n" * 32).decode()
 async def test_standard_webhooks_signatures(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import time
 
-    from event_router.signing import WebhookSigner
+    from event_router.web.signing import WebhookSigner
 
     port = free_port()
     extra = f'signing_secrets = ["{NEW_SECRET}", "{OLD_SECRET}"]\nsignature_tolerance = 60'

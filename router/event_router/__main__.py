@@ -1,3 +1,3 @@
-from event_router.cli import main
+from event_router.ops.cli import main
 
 raise SystemExit(main())

@@ -9,20 +9,32 @@ POST /reload  re-read router.toml (same as SIGHUP); 200 with the result, 422 whe
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import anyio
 import orjson
 from aiohttp import web
 from anyio.abc import TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from event_router.listen import listen_error
-
-if TYPE_CHECKING:
-    from event_router.app import App
+from event_router.api.listen import listen_error
 
 log = logging.getLogger("event_router.admin")
+
+
+class Administered(Protocol):
+    """What the admin endpoint asks of the running router (`event_router.app.App`)."""
+
+    @property
+    def config_file(self) -> Path: ...
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry: ...
+
+    def readiness(self) -> dict[str, Any]: ...
+
+    async def reload(self) -> tuple[bool, list[str]]: ...
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -30,7 +42,7 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
 
 
 async def serve_admin(
-    app: App, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    app: Administered, host: str, port: int, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled; `task_status.started(port)` once listening (the bound port, for port 0)."""
 
@@ -42,7 +54,7 @@ async def serve_admin(
         return _json(200 if report["ready"] else 503, report)
 
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(app.stats.registry)
+        body = generate_latest(app.metrics_registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def reload(_: web.Request) -> web.Response:
@@ -61,7 +73,7 @@ async def serve_admin(
         try:
             await site.start()
         except OSError as exc:
-            raise listen_error("router.admin.listen", host, port, exc, file=app.config.path.name) from exc
+            raise listen_error("router.admin.listen", host, port, exc, file=app.config_file.name) from exc
         sockets = getattr(site._server, "sockets", None) or ()
         bound = sockets[0].getsockname()[1] if sockets else port
         log.info("admin endpoint listening", extra={"listen": f"{host}:{bound}"})

@@ -10,7 +10,7 @@ successor, which leaves them alone). SIGTERM/SIGINT: stop inputs first (the webh
 requests in progress finish and their events are stored), then let deliveries in flight finish up to
 `shutdown_timeout`; what is left stays in the spool. SIGHUP: reload (an invalid file keeps the running
 configuration). A wall-clock jump is logged and rebased away, so retries keep their schedule
-(event_router.clock).
+(event_router.core.clock).
 """
 
 from __future__ import annotations
@@ -22,21 +22,25 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from prometheus_client import CollectorRegistry
 
-from event_router.config import ConfigErrors, InputConfig, OutputConfig, RouterConfig, load_config
-from event_router.delivery import OutputWorker
-from event_router.errors import ConfigError, RouterError
-from event_router.pipeline import InternalSource, Pipeline
+from event_router.admin import serve_admin
+from event_router.api.errors import ConfigError, RouterError, SpoolError
+from event_router.api.retry import RetryPolicy
+from event_router.config import ConfigErrors, load_config
+from event_router.core.delivery import OutputWorker
+from event_router.core.model import InputConfig, OutputConfig, RouterConfig
+from event_router.core.pipeline import InternalSource, Pipeline
+from event_router.core.spool import Spool, directory_problem
+from event_router.core.stats import Stats
+from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
 from event_router.plugins import PluginRegistry
-from event_router.retry import RetryPolicy
-from event_router.spool import Spool, SpoolError, directory_problem
-from event_router.stats import Stats
 from event_router.systemd import notify
-from event_router.validation import SchemaError, SchemaRegistry, builtin_schema_dir
 
 log = logging.getLogger("event_router.app")
 STATUS_INTERVAL = 10.0
@@ -154,8 +158,6 @@ class App:
                     with anyio.move_on_after(ADMIN_AFTER):
                         await self._await_inputs()
                     if config.admin_listen is not None:
-                        from event_router.admin import serve_admin
-
                         host, port = config.admin_listen
                         self.admin_port = await tg.start(serve_admin, self, host, port)
                 tg.start_soon(self._heartbeat)
@@ -445,8 +447,6 @@ class App:
             # unchanged inputs and outputs keep their running plugin instances
             merged = replace(
                 new,
-                _candidates={},
-                _by_name={},
                 inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
                 outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )
@@ -476,6 +476,14 @@ class App:
             notify(f"STATUS={status}")
 
     # --- health, status ---------------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.config.path
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry:
+        return self.stats.registry
 
     def readiness(self) -> dict[str, Any]:
         inputs: dict[str, bool] = {}

@@ -14,16 +14,16 @@ import pluggy
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as JsonSchemaError
 
-from event_router import hookspecs
-from event_router.errors import RouterError
-from event_router.plugin import Input, Output
+from event_router.api import hookspecs
+from event_router.api.errors import RouterError
+from event_router.api.plugin import Input, Output
 
 #: built-in plugin modules, registered after the entry-point plugins exactly like them
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "event_router.builtin.webhook",
-    "event_router.builtin.file_output",
-    "event_router.builtin.http_output",
-    "event_router.builtin.connector_output",
+    "event_router.inputs.webhook",
+    "event_router.outputs.file",
+    "event_router.outputs.http",
+    "event_router.outputs.connector",
 )
 #: comma-separated plugin names to skip (entry-point names or built-in names like `builtin.webhook`)
 DISABLE_ENV = "EVENT_ROUTER_DISABLE_PLUGINS"
@@ -171,7 +171,9 @@ def _call(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> Sequence[
 def _check_class(cls: Any, kind: str, plugin_name: str) -> None:
     base = Input if kind == "input" else Output
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginLoadError(f"plugin {plugin_name}: {cls!r} is not a subclass of event_router.plugin.{base.__name__}")
+        raise PluginLoadError(
+            f"plugin {plugin_name}: {cls!r} is not a subclass of event_router.api.plugin.{base.__name__}"
+        )
     if not getattr(cls, "type_name", None):
         raise PluginLoadError(f"plugin {plugin_name}: {cls.__name__} has no type_name")
     schema: Mapping[str, Any] = cls.config_schema

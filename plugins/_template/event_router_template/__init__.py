@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from event_router.hookspecs import hookimpl
-from event_router.plugin import Delivery, Output, PluginContext
+from event_router.api.hookspecs import hookimpl
+from event_router.api.plugin import Delivery, Output, PluginContext
 
 
 class StdoutOutput(Output):
@@ -36,7 +36,7 @@ class StdoutOutput(Output):
         self.prefix: str = config.get("prefix", "")
 
     async def deliver(self, delivery: Delivery) -> None:
-        # Raise event_router.plugin.RetryableError / PermanentError on failure; return when delivered.
+        # Raise event_router.api.plugin.RetryableError / PermanentError on failure; return when delivered.
         line = orjson.dumps({"route": delivery.route, "id": delivery.event.id, "body": delivery.payload})
         sys.stdout.write(self.prefix + line.decode() + "\n")
         sys.stdout.flush()

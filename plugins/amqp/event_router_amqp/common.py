@@ -1,6 +1,6 @@
 """What the AMQP input and output share: URL checks, error wording, reconnect backoff, header cleaning.
 
-`redact_url` is the core's (`event_router.secrets`), imported here for both.
+`redact_url` is the core's (`event_router.api.secrets`), imported here for both.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from event_router.errors import ConfigError
-from event_router.secrets import redact_url
+from event_router.api.errors import ConfigError
+from event_router.api.secrets import redact_url
 
 #: what stands in for `url` (a secret: it holds the password) when the reference is not resolved
 PLACEHOLDER_URL = "amqp://unresolved:unresolved@127.0.0.1:5672/"

@@ -30,8 +30,8 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands, frame, header, heartbeat
 from pamqp.encode import encode_table_value
 
-from event_router.deadletters import list_dead_letters
-from event_router.spool import DeadLetter, DeadLetterFilter, connect
+from event_router.core.deadletters import list_dead_letters
+from event_router.core.spool import DeadLetter, DeadLetterFilter, connect
 from event_router.testing import (
     ServerProcess,
     example,

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from event_router.spool import connect
+from event_router.core.spool import connect
 from event_router.testing import example, free_port, post
 from event_router_amqp.testing import AMQP_URL, Broker, dead_letters, mail, rabbitmqctl, until
 

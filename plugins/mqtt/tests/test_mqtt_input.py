@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from event_router.deadletters import list_dead_letters
-from event_router.spool import DeadLetter, DeadLetterFilter
+from event_router.core.deadletters import list_dead_letters
+from event_router.core.spool import DeadLetter, DeadLetterFilter
 from event_router.testing import example
 from event_router_mqtt.testing import MqttKit, eventually
 

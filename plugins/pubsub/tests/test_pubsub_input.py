@@ -11,8 +11,8 @@ import orjson
 import pytest
 from gcloud.aio.pubsub import PubsubMessage
 
-from event_router.deadletters import list_dead_letters
-from event_router.spool import DeadLetter, DeadLetterFilter
+from event_router.core.deadletters import list_dead_letters
+from event_router.core.spool import DeadLetter, DeadLetterFilter
 from event_router.testing import example, example_events, free_port, http_receiver, read_jsonl
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("pubsub")]

@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 
-from event_router.config import RouterConfig, build_config
-from event_router.event import Event
-from event_router.pipeline import Plan, plan_event
-from event_router.plugin import SubmitResult
+from event_router.api.event import Event
+from event_router.api.plugin import SubmitResult
+from event_router.config import build_config
+from event_router.core.model import RouterConfig
+from event_router.core.plan import Plan, plan_event
+from event_router.core.validation import SchemaRegistry
 from event_router.testing import ROOT
-from event_router.validation import SchemaRegistry
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,32 @@
+"""`host:port` listen addresses, as inputs and the admin endpoint take them."""
+
+from __future__ import annotations
+
+import errno
+import re
+
+from event_router.api.errors import ConfigError
+
+_LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """(host, port) of "127.0.0.1:8787" or "[::1]:8787"; ValueError naming the accepted form otherwise."""
+    match = _LISTEN.match(value)
+    if not match or not 0 <= int(match["port"]) < 65536:
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8787)")
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def listen_error(key: str, host: str, port: int, exc: OSError, *, file: str = "router.toml") -> ConfigError:
+    """`exc` (from binding host:port) as one line naming `key`: `127.0.0.1:8787 is already in use`."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        message = f"{where} is already in use"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        message = f"cannot listen on {where}: {host} is not an address of this host"
+    elif exc.errno == errno.EACCES:
+        message = f"cannot listen on {where}: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"
+    else:
+        message = f"cannot listen on {where}: {exc.strerror or exc}"
+    return ConfigError(key, message, file=file)

@@ -1,0 +1,118 @@
+"""The router's configured parts as the core sees them: plain data that `event_router.config` builds from
+router.toml. The core reads these and never imports the config package."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from event_router.api.plugin import Input, Output
+from event_router.api.retry import RetryPolicy
+from event_router.core.routing import Matcher
+
+
+@dataclass(frozen=True, slots=True)
+class InputConfig:
+    name: str
+    type: str
+    validation: Literal["strict", "warn", "off"]
+    unknown_triggers: Literal["accept", "dead-letter"]
+    #: the table as written, to tell on reload whether this input changed
+    table: Mapping[str, Any]
+    plugin: Input
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    name: str
+    type: str
+    concurrency: int
+    retry: RetryPolicy
+    timeout: float
+    table: Mapping[str, Any]
+    plugin: Output
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    index: int
+    name: str
+    to: tuple[str, ...]
+    stop: bool
+    matcher: Matcher
+    #: the match's trigger condition alone (None: the route may match any trigger)
+    trigger_filter: Callable[[str], bool] | None
+    #: the match without its trigger condition: enough for a route `routes_for` returned
+    rest_matcher: Matcher
+    reshape: Callable[[Mapping[str, Any]], Any] | None
+    #: `retry` keys that override each target output's policy for this route's deliveries
+    retry: Mapping[str, Any]
+    #: route keys the core passes to outputs untouched (the Connector output's `action`)
+    options: Mapping[str, Any]
+    #: the `match` table as written (`check` looks at the triggers it names)
+    match: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """A validated router.toml with its plugins constructed (not yet opened)."""
+
+    path: Path
+    data_dir: Path
+    schemas_dir: Path | None
+    unmatched: Literal["drop", "dead-letter"]
+    max_pending_events: int
+    shutdown_timeout: float
+    log_level: str
+    retry: RetryPolicy
+    #: (host, port) of the admin endpoint; None when `[router.admin]` is absent
+    admin_listen: tuple[str, int] | None
+    inputs: Mapping[str, InputConfig]
+    outputs: Mapping[str, OutputConfig]
+    routes: tuple[RouteConfig, ...]
+    #: things `check` reports without failing (plain-text secrets, no routes...)
+    warnings: tuple[str, ...] = field(default=())
+    #: key paths of the secret references left unresolved (`secrets="skip"`); empty for a config to run
+    unresolved_secrets: tuple[str, ...] = field(default=())
+    #: the routes indexed for the pipeline (built in __post_init__; a copy made by `replace` builds its own)
+    table: RouteTable = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", RouteTable(self.routes))
+
+    def route(self, name: str) -> RouteConfig | None:
+        """The route called `name` (deliveries carry route names; looked up once per delivery)."""
+        return self.table.by_name.get(name)
+
+    def routes_for(self, trigger: str) -> tuple[RouteConfig, ...]:
+        """The routes, in order, whose trigger condition admits `trigger`."""
+        return self.table.routes_for(trigger)
+
+    def retry_for(self, output: str, route: str) -> RetryPolicy:
+        """The policy of `output`, with the named route's `retry` overrides applied."""
+        policy = self.outputs[output].retry
+        found = self.route(route)
+        return policy.merged(found.retry) if found is not None and found.retry else policy
+
+
+class RouteTable:
+    """The routes by name, and the routes each trigger may match (cached per trigger, bounded)."""
+
+    #: per-relationship triggers are unbounded: the cache is cleared when it reaches this size
+    MAX_CACHED_TRIGGERS = 4096
+
+    def __init__(self, routes: tuple[RouteConfig, ...]) -> None:
+        self.routes = routes
+        self.by_name = {r.name: r for r in routes}
+        self._candidates: dict[str, tuple[RouteConfig, ...]] = {}
+
+    def routes_for(self, trigger: str) -> tuple[RouteConfig, ...]:
+        found = self._candidates.get(trigger)
+        if found is None:
+            if len(self._candidates) >= self.MAX_CACHED_TRIGGERS:
+                self._candidates.clear()
+            found = tuple(r for r in self.routes if r.trigger_filter is None or r.trigger_filter(trigger))
+            self._candidates[trigger] = found
+        return found

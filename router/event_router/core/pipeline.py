@@ -1,0 +1,238 @@
+"""From an input's events to stored deliveries: validate, route, reshape, store, hand to the workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from event_router.api.errors import SpoolFull
+from event_router.api.event import Event
+from event_router.api.plugin import SubmitResult
+from event_router.core.delivery import OutputWorker
+from event_router.core.model import InputConfig, RouterConfig
+from event_router.core.plan import MAX_UNKNOWN_TRIGGERS, Plan, plan_event, trigger_hint
+from event_router.core.spool import NewDelivery, SeenMessage, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.stats import Stats
+from event_router.core.validation import SchemaRegistry
+
+log = logging.getLogger("event_router.core.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class InternalSource:
+    """Events the router makes itself (an action's result): routed like input events, not validated."""
+
+    name: str = "router"
+    validation: str = "off"
+    unknown_triggers: str = "accept"
+
+
+class Pipeline:
+    """The core behind every input's `EventSink`."""
+
+    def __init__(self, *, config: RouterConfig, schemas: SchemaRegistry, spool: Spool, stats: Stats):
+        self.config = config
+        self.schemas = schemas
+        self.spool = spool
+        self.stats = stats
+        self.workers: dict[str, OutputWorker] = {}
+        #: unknown triggers already warned about (each once per run), at most MAX_UNKNOWN_TRIGGERS
+        self._unknown: set[str] = set()
+
+    def sink_for(self, input_config: InputConfig) -> InputSink:
+        return InputSink(self, input_config)
+
+    async def submit(self, input_config: InputConfig | InternalSource, events: Sequence[Event]) -> list[SubmitResult]:
+        config = self.config  # one config for the whole batch, even if a reload swaps it meanwhile
+        plans = [
+            plan_event(
+                e,
+                config=config,
+                schemas=self.schemas,
+                validation=input_config.validation,
+                unknown_triggers=input_config.unknown_triggers,
+            )
+            for e in events
+        ]
+        items: list[StoreEvent | StoreDeadLetter] = []
+        stored_plans: list[Plan] = []
+        for plan in plans:
+            item = _store_item(plan, input_config.name)
+            plan.event.raw = None  # stored (or dead-lettered with it): no need to hold the bytes
+            if item is not None:
+                items.append(item)
+                stored_plans.append(plan)
+        new_events = sum(isinstance(i, StoreEvent) for i in items)
+        if new_events and self.spool.depth + new_events > config.max_pending_events:
+            # a repeat of a stored message adds nothing: it is answered as one, not refused (one indexed
+            # read, only when the spool is full)
+            known = self.spool.known_messages([i.seen for i in items if isinstance(i, StoreEvent) and i.seen])
+            new_events -= sum(
+                isinstance(i, StoreEvent) and i.seen is not None and (i.seen.input, i.seen.message_id) in known
+                for i in items
+            )
+        if new_events and self.spool.depth + new_events > config.max_pending_events:
+            self.stats.incr("spool_full_rejections", input=input_config.name)
+            raise SpoolFull(self.spool.depth, config.max_pending_events)
+        stored = await self.spool.store(items) if items else []
+        by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
+        results: list[SubmitResult] = []
+        for plan in plans:
+            ids, item = by_plan.get(id(plan), (None, None))
+            repeat = item is not None and ids is None
+            if plan.validation.schema is None and not isinstance(input_config, InternalSource) and not repeat:
+                self._unknown_trigger(input_config.name, plan.event)
+            results.append(self._settle(input_config.name, plan, ids, item))
+        return results
+
+    def _unknown_trigger(self, input_name: str, event: Event) -> None:
+        """An input's event that no schema knows: often a typo at the sender, so say it, once per trigger.
+
+        Counted by input only (`unknown_triggers_total{input}`): trigger names come from the sender, and a
+        label per name would let it grow the metrics without bound. The log names each trigger instead.
+        """
+        self.stats.incr("unknown_triggers", input=input_name)
+        trigger = event.trigger
+        if trigger in self._unknown or len(self._unknown) > MAX_UNKNOWN_TRIGGERS:
+            return
+        self._unknown.add(trigger)
+        extra = {"input": input_name, "trigger": trigger, "event_id": event.id}
+        if len(self._unknown) > MAX_UNKNOWN_TRIGGERS:
+            log.warning(
+                f"more than {MAX_UNKNOWN_TRIGGERS} distinct unknown triggers: no more warnings about new ones "
+                "(unknown_triggers_total still counts them)",
+                extra=extra,
+            )
+            return
+        hint = trigger_hint(trigger, self.schemas)
+        log.warning(f"unknown trigger {trigger!r}: no schema knows it{hint}", extra=extra)
+
+    def _settle(
+        self,
+        input_name: str,
+        plan: Plan,
+        stored: list[int] | int | None,
+        item: StoreEvent | StoreDeadLetter | None,
+    ) -> SubmitResult:
+        event = plan.event
+        if item is not None and stored is None:  # the spool already holds this message: nothing was stored
+            assert item.seen is not None
+            self.stats.incr("duplicates", input=input_name)
+            log.info(
+                "repeated message not stored again",
+                extra={"input": input_name, "message_id": item.seen.message_id, "trigger": event.trigger},
+            )
+            return SubmitResult(event.id, "duplicate")
+        # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
+        trigger_label = plan.validation.schema or "unknown"
+        self.stats.incr("events_received", input=input_name, trigger=trigger_label)
+        if not plan.validation.valid:
+            self.stats.incr("validation_failures", input=input_name, trigger=trigger_label)
+        if plan.dead_letter is not None:
+            assert isinstance(stored, int)
+            reason, error = plan.dead_letter
+            self.stats.incr("dead_letters", reason=reason)
+            log.warning(
+                "event dead-lettered",
+                extra={
+                    "event_id": event.id,
+                    "trigger": event.trigger,
+                    "input": input_name,
+                    "dead_letter": stored,
+                    "reason": reason,
+                    "error": error,
+                },
+            )
+            return SubmitResult(event.id, "dead_lettered", plan.validation.errors, stored)
+        if not plan.deliveries:
+            self.stats.incr("events_unmatched", trigger=trigger_label)
+            log.debug("no route matched", extra={"event_id": event.id, "trigger": event.trigger})
+            return SubmitResult(event.id, "unrouted", plan.validation.errors)
+        assert isinstance(stored, list)
+        for route in plan.routes:
+            self.stats.incr("events_routed", route=route.name)
+        assert isinstance(item, StoreEvent)
+        for delivery, did, kept in zip(plan.deliveries, stored, item.deliveries, strict=True):
+            worker = self.workers.get(delivery.output)
+            if worker is not None:
+                worker.offer_new(did, event, delivery, body=item.body, payload_raw=kept.payload)
+        return SubmitResult(event.id, "accepted", plan.validation.errors)
+
+    async def reject(
+        self, input_name: str, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]
+    ) -> int:
+        body = orjson.dumps({"raw": raw.decode("utf-8", "backslashreplace"), "meta": dict(meta), "source": input_name})
+        item = StoreDeadLetter(reason="undecodable", error=reason, body=body, trigger=trigger, source=input_name)
+        (dlid,) = await self.spool.store([item])
+        assert isinstance(dlid, int)
+        self.stats.incr("dead_letters", reason="undecodable")
+        log.warning(
+            "input dead-lettered",
+            extra={
+                "input": input_name,
+                "trigger": trigger,
+                "dead_letter": dlid,
+                "reason": "undecodable",
+                "error": reason,
+            },
+        )
+        return dlid
+
+
+def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | None:
+    event = plan.event
+    message = event.message
+    seen = None if message is None else SeenMessage(input_name, message.id, message.until)
+    try:
+        body = event.to_json()
+        payloads = [orjson.dumps(d.payload) if d.reshaped else None for d in plan.deliveries]
+    except TypeError as exc:
+        # orjson parses 1,024 levels of nesting but writes only 254: keep the input's bytes instead. The
+        # reason says which limit it was (a plugin may also hand over text no JSON can hold)
+        cause = "data nests too deeply" if "recursion" in str(exc).lower() else "a value is not valid UTF-8 text"
+        reason = f"event cannot be stored as JSON ({exc}): {cause}"
+        plan.dead_letter = ("undecodable", reason)
+        raw = (event.raw or b"").decode("utf-8", "backslashreplace")
+        body = orjson.dumps({"raw": raw, "trigger": event.trigger, "source": event.source, "id": event.id})
+        return StoreDeadLetter("undecodable", reason, body, event.id, event.trigger, event.source, seen)
+    if plan.dead_letter is not None:
+        reason, error = plan.dead_letter
+        return StoreDeadLetter(
+            reason=reason,  # type: ignore[arg-type]
+            error=error,
+            body=body,
+            event_id=event.id,
+            trigger=event.trigger,
+            source=event.source,
+            seen=seen,
+        )
+    if not plan.deliveries:
+        return None
+    return StoreEvent(
+        event_id=event.id,
+        trigger=event.trigger,
+        body=body,
+        deliveries=[NewDelivery(d.output, d.route, p) for d, p in zip(plan.deliveries, payloads, strict=True)],
+        seen=seen,
+    )
+
+
+class InputSink:
+    """The `EventSink` one input holds: it knows the input's name and validation policy."""
+
+    def __init__(self, pipeline: Pipeline, input_config: InputConfig):
+        self._pipeline = pipeline
+        self._input = input_config
+
+    async def submit(self, events: Sequence[Event]) -> list[SubmitResult]:
+        return await self._pipeline.submit(self._input, events)
+
+    async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
+        return await self._pipeline.reject(self._input.name, raw, reason, trigger=trigger, meta=meta)
+
+    def refused(self, status: int) -> None:
+        self._pipeline.stats.incr("requests_rejected", input=self._input.name, status=str(status))

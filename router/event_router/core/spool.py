@@ -1,0 +1,1171 @@
+"""The durable spool: SQLite in WAL mode, one writer thread, group commit.
+
+Every write (new events, finished deliveries, retries, dead letters) is queued to one thread that takes
+everything waiting, applies it in one transaction and commits once: under load one fsync covers many
+events, at low load an event waits for nothing but its own commit. `synchronous=FULL` makes a commit
+durable against power loss, so an input may acknowledge its source as soon as `store` returns.
+
+Only one router may use a spool: the daemon holds an exclusive lock on `router.lock` beside it, and only
+it upgrades the schema and keeps counts. Operator commands (`status`, `dlq`) open the spool without that
+lock and only read and write rows; SQLite's own locking orders their writes with the router's, and the
+router's writer thread notices them (`PRAGMA data_version`) to count again what is
+pending and the dead letters: the counts (`Spool.counts`) it otherwise keeps as it commits, which the
+router's gauges show without a statement on the event loop.
+The writer thread also watches that the spool's files are still the ones it holds open: one removed or
+replaced under a running router would take every later commit with it at the next restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from event_router.api.errors import SpoolError
+from event_router.core.clock import Anchor, SpoolClock, read_anchor, write_anchor
+
+log = logging.getLogger("event_router.core.spool")
+
+#: 2: delivery and dead letter ids never repeat (AUTOINCREMENT): logs and `dlq` commands name them, and an
+#: id must not come back for another delivery or dead letter after the old one was finished or purged
+SCHEMA_VERSION = 2
+#: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    did INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL REFERENCES events(seq),
+    output TEXT NOT NULL,
+    route TEXT NOT NULL,
+    payload BLOB,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    first_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(output, due, did);
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries(seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    dlid INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT,
+    trigger TEXT,
+    source TEXT,
+    output TEXT,
+    route TEXT,
+    reason TEXT NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL,
+    payload BLOB
+);
+CREATE INDEX IF NOT EXISTS dead_letters_output ON dead_letters(output, dlid);
+CREATE INDEX IF NOT EXISTS dead_letters_trigger ON dead_letters(trigger, dlid);
+CREATE INDEX IF NOT EXISTS dead_letters_created ON dead_letters(created_at);
+CREATE TABLE IF NOT EXISTS seen_message_ids (
+    input TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (input, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_message_ids_expiry ON seen_message_ids(expires_at);
+"""
+
+#: when the oldest pending event was stored, in the spool clock's base: its deliveries' `first_at` (the
+#: oldest pending delivery is the oldest event's), as `events.stored_at` is a label a clock jump does not move.
+#: Two rowid lookups, O(log n) (tests/test_metrics.py checks the plan); no row when nothing is pending.
+OLDEST_PENDING = "SELECT first_at, did FROM deliveries WHERE did = (SELECT MIN(did) FROM deliveries)"
+
+
+#: what "pending" means wherever it is shown (`spool_pending_events`, `deliveries_pending`, `status`): an
+#: event is pending exactly while a delivery of it is left (`_finish` deletes it with its last one), and
+#: an output's pending deliveries are its rows. Counted from the deliveries' indexes, not the events
+#: table, whose pages hold every body.
+PENDING_EVENTS = "SELECT COUNT(DISTINCT seq) FROM deliveries"
+PENDING_PER_OUTPUT = "SELECT output, COUNT(*) FROM deliveries GROUP BY output"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolCounts:
+    """What the spool holds, as of the writer thread's last commit (or its last count of another process's
+    changes): what `/metrics` shows, read without a statement on the event loop.
+
+    The writer thread keeps these as it applies its own writes, and counts them again from the database
+    when another process (`dlq replay`, `dlq purge`) committed: then they lag by up to about a second
+    (`Spool.WATCH_INTERVAL`; at a very large backlog, up to ten times the count's duration, RECOUNT_SHARE).
+    """
+
+    #: pending deliveries per output, configured or not; outputs with none are absent
+    pending: Mapping[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    #: `first_at` of the oldest pending delivery (spool clock base), None when nothing is pending
+    oldest_first_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutputBacklog:
+    """What the spool holds for one output: its pending deliveries and the retry that comes next."""
+
+    pending: int
+    #: pending deliveries that failed at least once and wait for a retry
+    retrying: int
+    #: of the retrying delivery that is due first: when (spool clock base), failures so far, its last error
+    next_retry_due: float | None = None
+    next_retry_failures: int = 0
+    last_error: str | None = None
+
+
+def output_backlogs(conn: sqlite3.Connection) -> dict[str, OutputBacklog]:
+    """Per output (configured or not) that has pending deliveries; reads only, on any connection."""
+    out: dict[str, OutputBacklog] = {}
+    # PENDING_PER_OUTPUT's count, with the retrying ones
+    counts = conn.execute(
+        "SELECT output, COUNT(*), SUM(attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
+    ).fetchall()
+    for output, pending, retrying in counts:
+        row = None
+        if retrying:
+            # the (output, due, did) index gives due order; fresh deliveries (never tried) are skipped
+            row = conn.execute(
+                "SELECT due, attempts, last_error FROM deliveries WHERE output = ? AND attempts > 0 "
+                "ORDER BY due, did LIMIT 1",
+                (output,),
+            ).fetchone()
+        if row is None:
+            out[output] = OutputBacklog(pending, int(retrying or 0))
+        else:
+            out[output] = OutputBacklog(pending, int(retrying), float(row[0]), int(row[1]), row[2])
+    return out
+
+
+DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecodable", "permanent", "retries_exhausted"]
+
+
+#: SQLite primary result codes of a failure that is no fault of the statement: the same write may succeed
+#: once space is freed, the device recovers or the other writer lets go
+_TRANSIENT_CODES = frozenset(
+    {
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOMEM,
+    }
+)
+
+
+def _write_error(exc: Exception) -> SpoolError:
+    """The SpoolError a failed write raises to its callers, transient when SQLite's result code says so."""
+    if isinstance(exc, SpoolError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    transient = isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _TRANSIENT_CODES
+    return SpoolError(f"spool write failed: {exc}", transient=transient)
+
+
+#: the daemon's lock file in data_dir: flock()ed while a router runs, holding that router's pid
+LOCK_NAME = "router.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data_dir for this process (the daemon); returns the lock's fd, to be closed on exit.
+
+    flock, not fcntl locks: SQLite uses fcntl locks on its own files, and those of a process vanish when
+    it closes any descriptor of the file; a flock on a file of our own is untouched by SQLite's handling.
+    The lock goes with the process, whatever way it ends, so a stale file never blocks a restart.
+    """
+    path = data_dir / LOCK_NAME
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SpoolError(f"router.data_dir: cannot create {path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise SpoolError(f"router.data_dir: cannot lock {path}: {exc.strerror}") from exc
+        holder = _lock_holder(path)
+        raise SpoolError(
+            f"router.data_dir: {data_dir} is in use by another router (pid {holder or 'unknown'})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _lock_holder(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return text if text.isdigit() else None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    output: str
+    route: str
+    #: JSON of the route's reshaped body, None to send the event itself
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeenMessage:
+    """A source's message id, stored with the event it carried: a repeat of it is not stored again."""
+
+    input: str
+    message_id: str
+    #: Unix time (wall clock) after which the id is forgotten
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """An accepted event and the deliveries its routes made of it."""
+
+    event_id: str
+    trigger: str
+    body: bytes
+    deliveries: Sequence[NewDelivery]
+    #: stored only if this message id is new (`store` answers None for a repeat)
+    seen: SeenMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDeadLetter:
+    """Something kept for people to look at: an invalid event, an undecodable message..."""
+
+    reason: DeadLetterReason
+    error: str
+    body: bytes
+    event_id: str | None = None
+    trigger: str | None = None
+    source: str | None = None
+    #: stored only if this message id is new (`store` answers None for a repeat)
+    seen: SeenMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    did: int
+    seq: int
+    output: str
+    route: str
+    payload: bytes | None
+    attempts: int
+    first_at: float
+    body: bytes
+    #: the event's, for the delivery's log lines
+    event_id: str = ""
+    trigger: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    dlid: int
+    event_id: str | None
+    trigger: str | None
+    source: str | None
+    output: str | None
+    route: str | None
+    reason: str
+    error: str | None
+    attempts: int
+    created_at: float
+    body: bytes
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters a `dlq` command acts on; unset fields do not filter."""
+
+    ids: Sequence[int] = ()
+    output: str | None = None
+    trigger: str | None = None
+    reason: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if self.ids:
+            clauses.append(f"dlid IN ({','.join('?' * len(self.ids))})")
+            args.extend(self.ids)
+        for column, value in (("output", self.output), ("trigger", self.trigger), ("reason", self.reason)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if self.since is not None:
+            clauses.append("created_at >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("created_at < ?")
+            args.append(self.until)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+@dataclass(slots=True)
+class _Op:
+    apply: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop | None
+    #: asyncio future (settled on `loop`) for the daemon, concurrent future for the CLI
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    #: may wait up to LAZY_DELAY for company: nothing acknowledges a source on this commit
+    lazy: bool = False
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the pragmas every user of the spool needs (the CLI too)."""
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+def directory_problem(path: Path) -> str | None:
+    """Why this process could not create directory `path` or files in it (the spool's `data_dir`); None if it can.
+
+    Writes a file to find out, since permission bits do not tell (root ignores them; a read-only mount or
+    /proc refuses anyway). The file is an unnamed temporary one in `path` or, when `path` does not exist
+    yet, in its nearest existing ancestor: nothing is left behind, and nothing is created.
+    """
+    probe = path
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    uid = os.geteuid()
+    if not probe.is_dir():
+        if probe == path:
+            return f"{path} is not a directory"
+        return f"{path} cannot be created: {probe} is not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        if probe == path:
+            return f"{path} is not writable by uid {uid} ({exc.strerror})"
+        return f"{path} cannot be created by uid {uid}: cannot write in {probe} ({exc.strerror})"
+    spool = path / "spool.db"
+    if spool.exists() and not os.access(spool, os.R_OK | os.W_OK):
+        return f"{spool} is not readable and writable by uid {uid}"
+    return None
+
+
+class Spool:
+    """Durable store of pending events, their deliveries and the dead letters.
+
+    Writes go through `_write` (group commit in the writer thread). Reads the delivery loop needs are
+    small indexed queries on a second connection, which WAL lets run beside the writer. Deliveries' times
+    (due, first attempt) are in `clock`'s base, which wall-clock jumps do not move (event_router.core.clock).
+    """
+
+    #: ops one transaction takes at most, so one commit never grows without bound
+    MAX_GROUP = 2000
+    #: how long a lazy write (a delivery outcome) waits for other writes to share its commit
+    LAZY_DELAY = 0.002
+
+    def __init__(self, path: Path, *, clock: SpoolClock | None = None):
+        self.path = path
+        self.clock = clock or SpoolClock()
+        #: rebases queued and not yet committed: until they are, spool times and `clock` disagree
+        self._rebasing = 0
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        #: events stored and not yet finished; kept by the writer thread, read anywhere
+        self.depth = 0
+        #: published by the writer thread after each commit (a new object each time); read anywhere
+        self.counts = SpoolCounts()
+        # the writer thread's working copy of `counts`, changed by the writes of the group being applied
+        self._pending: dict[str, int] = {}
+        self._dead = 0
+        #: (did, first_at) of the oldest pending delivery
+        self._oldest: tuple[int, float] | None = None
+        #: the oldest pending delivery was finished (or moved) in this group: read the next one before commit
+        self._oldest_stale = False
+        #: the counts are known to be wrong (another process's rows were finished before they were
+        #: counted): count everything at the next look, whatever RECOUNT_SHARE says
+        self._must_recount = False
+        #: another process committed and the count of it was put off (RECOUNT_SHARE)
+        self._recount_deferred = False
+        #: the daemon's spool (`open(exclusive=True)`): it keeps the counts, upgrades the schema and
+        #: forgets expired message ids; an operator command's spool only reads and writes rows
+        self.exclusive = False
+        #: monotonic time before which `_recount` does not count again (see RECOUNT_SHARE)
+        self._next_count = 0.0
+        self.commits = 0
+        #: why the last group failed, until one succeeds again (readiness reports it)
+        self.last_error: str | None = None
+        #: what `PRAGMA quick_check` reported after open (empty when the file is sound)
+        self.integrity_problems: list[str] = []
+        self.integrity_checked = threading.Event()
+        #: set (for good) once the spool's file or its WAL is no longer the one the router holds open
+        self.detached: str | None = None
+        #: (st_dev, st_ino) of spool.db and spool.db-wal as opened
+        self._files: dict[str, tuple[int, int]] = {}
+        self._next_look = 0.0
+        #: PRAGMA data_version when `depth` was last counted; another process's commit changes it
+        self._data_version: int | None = None
+        self._lock_fd: int | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def open(self, *, exclusive: bool = False) -> None:
+        """Open the spool; `exclusive` (the daemon) first locks data_dir against a second router, then
+        upgrades an older schema and counts what the spool holds. Without it (an operator command) a spool
+        of an older schema is refused: an older router may still be running on it."""
+        self.exclusive = exclusive
+        if exclusive:
+            self._lock_fd = lock_data_dir(self.path.parent)
+        try:
+            self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open(self) -> None:
+        # events hold personal data (mail bodies, attributes): the spool is the service user's alone
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
+        old_umask = os.umask(0o077)
+        try:
+            conn = connect(self.path)
+            version = _schema_version(conn)
+            if version is not None and version > SCHEMA_VERSION:
+                raise SpoolError(f"spool {self.path} was written by a newer router (schema {version}); upgrade first")
+            if version is not None and version < SCHEMA_VERSION:
+                # an older router may still run on it: only the upgraded daemon, holding the lock, upgrades
+                if not self.exclusive:
+                    raise SpoolError(
+                        f"spool schema {version} is older than this router's: start the upgraded router once "
+                        f"to upgrade it ({self.path})"
+                    )
+                _migrate(conn)
+            conn.executescript(_DDL)
+            if version is None:
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if self.exclusive:  # an operator command's writes are counted by the router, its own counts unused
+                self._count_all(conn)
+                self._publish()
+                _forget_expired_messages(conn, time.time())
+            self.clock.adopt(read_anchor(conn))
+            # the WAL exists from the first statement in WAL mode until the last connection closes
+            self._files = {}
+            for name in (str(self.path), f"{self.path}-wal"):
+                st = os.stat(name)
+                self._files[name] = (st.st_dev, st.st_ino)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        except OSError as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc.strerror}") from exc
+        finally:
+            os.umask(old_umask)
+        self._reader = connect(self.path)
+        self._thread = threading.Thread(target=self._writer, args=(conn,), name="spool-writer", daemon=True)
+        self._thread.start()
+        # quick_check reads every page (seconds for a big backlog): run it beside the router, not before
+        self.integrity_checked = threading.Event()
+        threading.Thread(target=self._check_integrity, name="spool-check", daemon=True).start()
+
+    def _check_integrity(self) -> None:
+        """After a crash or a disk fault: say what is damaged; intact events are delivered all the same."""
+        try:
+            conn = connect(self.path, readonly=True)
+            try:
+                problems = [row[0] for row in conn.execute("PRAGMA quick_check(20)")]
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            problems = [f"quick_check failed: {exc}"]
+        self.integrity_problems = [] if problems == ["ok"] else problems
+        if self.integrity_problems:
+            log.error(
+                "spool integrity check found damage; intact events are kept and delivered",
+                extra={"spool": str(self.path), "problems": self.integrity_problems},
+            )
+        self.integrity_checked.set()
+
+    def close(self) -> None:
+        """Let the writer finish what is queued, then close. Safe to call twice."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._unlock()
+
+    # --- the writer --------------------------------------------------------------------------------
+
+    #: how often the writer looks for other processes' commits and removed files when no write comes
+    WATCH_INTERVAL = 1.0
+    #: counting everything again (after another process's commit; O(n) in pending deliveries) takes at
+    #: most this share of the time, and waits at least MIN_RECOUNT_GAP seconds after the last, unless the
+    #: counts are known to be wrong (`_must_recount`)
+    RECOUNT_SHARE = 0.1
+    MIN_RECOUNT_GAP = 0.5
+    #: under load, a group looks at the files and at other processes' commits at most this often (two
+    #: stat calls and a statement: cheap, but each statement costs a GIL hand-over, see _ROWS_PER_INSERT)
+    LOOK_INTERVAL = 0.2
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        running = True
+        while running:
+            try:
+                first = self._queue.get(timeout=self.WATCH_INTERVAL)
+            except queue.Empty:
+                self._watch_idle(conn)
+                continue
+            if first is None:
+                break
+            batch = [first]
+            running = self._gather(batch)
+            self._run_group(conn, batch)
+        conn.close()
+
+    def _watch_idle(self, conn: sqlite3.Connection) -> None:
+        """No write for a while: still notice removed files and other processes' commits (a `dlq replay`
+        adds pending events the router must count against `max_pending_events`)."""
+        try:
+            self._check_files(conn, look=True)
+            self._recount(conn)
+            self._publish()
+        except SpoolError:
+            pass  # detached: `last_error` says so already
+        except (sqlite3.Error, OSError) as exc:  # looked at again next time; the writer thread must go on
+            log.warning("could not look at the spool's files and count", extra={"error": str(exc)})
+
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        """Count everything again when another connection committed since the last count (the daemon only).
+
+        At most one count per RECOUNT_SHARE of the time since the last: a replay commits every few
+        hundred events, and at a large backlog each count holds up this process's writes a while. Until
+        then the counts miss the other process's rows; once this process finishes one of them (a
+        decrement below zero, or any finish while a count is put off) they are counted at the next look.
+        """
+        if not self.exclusive:
+            return
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._recount_deferred = True
+        if not self._must_recount and (not self._recount_deferred or time.monotonic() < self._next_count):
+            return
+        before = self.depth
+        started = time.monotonic()
+        self._count_all(conn)
+        took = time.monotonic() - started
+        self._next_count = started + took + max(self.MIN_RECOUNT_GAP, took / self.RECOUNT_SHARE)
+        self._data_version = version
+        self._recount_deferred = False
+        if self.depth != before:
+            log.info(
+                "another process changed the spool; pending events counted again",
+                extra={"pending": self.depth, "was": before},
+            )
+
+    def _count_all(self, conn: sqlite3.Connection) -> None:
+        """Count from the database what the writer thread otherwise keeps as it writes (writer thread only).
+
+        O(n) in pending deliveries and dead letters, hence only at open and after another process's commit.
+        """
+        self.depth = conn.execute(PENDING_EVENTS).fetchone()[0]
+        self._pending = dict(conn.execute(PENDING_PER_OUTPUT).fetchall())
+        self._dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+        self._read_oldest(conn)
+        self._must_recount = False
+
+    def _read_oldest(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute(OLDEST_PENDING).fetchone()
+        self._oldest = None if row is None else (int(row[1]), float(row[0]))
+        self._oldest_stale = False
+
+    def _publish(self) -> None:
+        """Hand the writer thread's counts to readers: one new object, so a reader never sees half of them."""
+        oldest = self._oldest
+        self.counts = SpoolCounts(dict(self._pending), self._dead, None if oldest is None else oldest[1])
+
+    def _check_files(self, conn: sqlite3.Connection, *, look: bool) -> None:
+        """Refuse every write, for good, once spool.db or its WAL is not the file this process holds open.
+
+        SQLite goes on writing to the open (removed or replaced) file, so commits would succeed and be
+        gone at the next start. When only the WAL went, a checkpoint copies what it holds into spool.db,
+        which a restart reads; when spool.db itself went, the open copy is all there is.
+        """
+        if look and self.detached is None:
+            self._next_look = time.monotonic() + self.LOOK_INTERVAL
+            for name, identity in self._files.items():
+                try:
+                    st = os.stat(name)
+                except FileNotFoundError:
+                    problem = "was removed"
+                else:
+                    if (st.st_dev, st.st_ino) == identity:
+                        continue
+                    problem = "was replaced by another file"
+                self._detach(conn, name, problem)
+                break
+        if self.detached is not None:
+            raise SpoolError(self.detached, transient=True)
+
+    def _detach(self, conn: sqlite3.Connection, name: str, problem: str) -> None:
+        saved = ""
+        if name != str(self.path):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(FULL)")
+                saved = "; the events it held were copied into the spool file"
+            except sqlite3.Error as exc:
+                saved = f"; copying its events into the spool file failed: {exc}"
+        self.detached = (
+            f"spool file {name} {problem} while the router was running; new events are refused "
+            f"until the router is restarted{saved}"
+        )
+        self.last_error = self.detached
+        log.error(
+            "spool file removed or replaced under the running router; refusing new events",
+            extra={"spool": str(self.path), "file": name, "problem": problem, "error": self.detached},
+        )
+
+    def _gather(self, batch: list[_Op]) -> bool:
+        """Add the writes queued behind `batch[0]` to its group; False once asked to stop.
+
+        A group of lazy writes only (delivery outcomes) waits up to LAZY_DELAY for more: at a steady
+        rate they then ride along with the next store's commit instead of costing a commit (an fsync
+        and a round of GIL hand-overs) each. Losing them in a crash only means a repeated delivery.
+        """
+        eager = not batch[0].lazy
+        deadline = time.monotonic() + self.LAZY_DELAY
+        while len(batch) < self.MAX_GROUP:
+            try:
+                if eager:
+                    op = self._queue.get_nowait()
+                else:
+                    op = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return True
+            if op is None:
+                return False
+            batch.append(op)
+            eager = eager or not op.lazy
+        return True
+
+    def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        """Apply `batch` in one transaction. A failed transaction fails every op in it, so when a group of
+        several fails for a reason that is not transient (one op's own fault, as a poisoned outcome), each
+        op runs again alone: one bad op never fails the stores that shared its group."""
+        look = time.monotonic() >= self._next_look
+        error = self._run_transaction(conn, batch, look=look)
+        if error is None:
+            return
+        if len(batch) == 1 or error.transient:
+            self.last_error = str(error)
+            _resolve_all([(op, None, error) for op in batch])
+            return
+        for op in batch:
+            single = self._run_transaction(conn, [op], look=False)
+            if single is not None:
+                # the spool's trouble (readiness shows it); not an op's own fault, which it reports alone
+                if single.transient:
+                    self.last_error = str(single)
+                _resolve_all([(op, None, single)])
+
+    def _run_transaction(self, conn: sqlite3.Connection, batch: list[_Op], *, look: bool) -> SpoolError | None:
+        """Apply and commit `batch`, settle its ops on success; on failure roll back (the counts too) and
+        return the error, leaving the ops unsettled."""
+        depth, version, must = self.depth, self._data_version, self._must_recount
+        counted = dict(self._pending), self._dead, self._oldest
+        try:
+            self._check_files(conn, look=look)
+            conn.execute("BEGIN IMMEDIATE")
+            if look:  # in the transaction: no other process commits between the count and our changes to it
+                self._recount(conn)
+            results = [op.apply(conn) for op in batch]
+            if self._oldest_stale:  # one indexed read per group at most, not one per finished chunk
+                self._read_oldest(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:  # one failed commit fails every op in it: none of them is durable
+            # a count made in this group was rolled back with the rest: back to the one before it
+            self.depth, self._data_version, self._must_recount = depth, version, must
+            self._pending, self._dead, self._oldest = counted
+            self._oldest_stale = False
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return _write_error(exc)
+        self.commits += 1
+        self.last_error = None
+        self._publish()
+        _resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
+        return None
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], Any], *, lazy: bool = False) -> Any:
+        if self._thread is None:
+            raise SpoolError("spool is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(apply, loop, future, lazy))
+        return await future
+
+    def write_sync(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run one write from outside an event loop (the CLI), through the same writer and commit.
+
+        An operator command's spool keeps no counts: the running router counts its changes itself.
+        """
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(_Op(apply, None, future))
+        return future.result()
+
+    # --- the clock -----------------------------------------------------------------------------------
+
+    def claim_clock(self) -> float:
+        """Make this process's clock the spool's (the router does, at start); returns the jump it found.
+
+        Records the clock's anchor, so that other processes (`dlq replay`) write in the router's base. When
+        the wall clock jumped since the anchor was recorded (a step while the router was stopped, same
+        boot), every pending time first moves by the jump, in the same commit, and the clock with them.
+        """
+        jump = self.clock.jump()
+        try:
+            anchor = Anchor(self.clock.boot, self.clock.offset + jump)
+            self.write_sync(partial(self._rebase_times, shift=jump, anchor=anchor))
+        except SpoolError as exc:
+            # the spool and the clock stay in the old base, which is consistent: the router's clock watch
+            # tries again once it runs
+            log.error("could not record the clock in the spool", extra={"error": str(exc)})
+            return 0.0
+        self.clock.shift(jump)
+        return jump
+
+    async def rebase(self, shift: float) -> None:
+        """Move every pending time by `shift` seconds: the clock just moved by as much (a wall-clock jump).
+
+        Call it right after `clock.shift(shift)`, with no await in between: the writes queued before it
+        are in the old base and move, those queued after it are in the new one. Until it is committed,
+        `fetch_due` hands out nothing, as it cannot tell which base a row is in.
+        """
+        self._rebasing += 1
+        try:
+            await self._write(partial(self._rebase_times, shift=shift, anchor=self.clock.anchor))
+        finally:
+            self._rebasing -= 1
+
+    def _rebase_times(self, conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
+        _rebase(conn, shift=shift, anchor=anchor)
+        self._oldest_stale = self._oldest_stale or bool(shift)  # its `first_at` moved too
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int | None]:
+        """Persist events (returns their delivery ids, in order) and dead letters (returns the dead letter id).
+
+        An item whose `seen` message id is already stored (before, or earlier in the same commit) is a
+        repeat: it is not stored, and its result is None.
+        """
+        now = self.clock.now()
+        claims = any(item.seen is not None for item in items)
+
+        def apply(conn: sqlite3.Connection) -> list[list[int] | int | None]:
+            out: list[list[int] | int | None] = [[] for _ in items]
+            repeats = _claim_messages(conn, items, time.time()) if claims else set()
+            events: list[tuple[int, StoreEvent]] = []
+            for index, item in enumerate(items):
+                if index in repeats:
+                    out[index] = None
+                elif isinstance(item, StoreDeadLetter):
+                    out[index] = _insert_dead_letter(conn, item, now)
+                    self._dead += 1
+                elif item.deliveries:  # an event with nothing to deliver is not pending: nothing to keep
+                    events.append((index, item))
+            for start in range(0, len(events), _ROWS_PER_INSERT):
+                chunk = events[start : start + _ROWS_PER_INSERT]
+                seqs = _insert_rows(
+                    conn, _EVENT_INSERT, [(item.event_id, item.trigger, now, item.body) for _, item in chunk]
+                )
+                rows = [
+                    (seq, d.output, d.route, d.payload, now, now)
+                    for (_, item), seq in zip(chunk, seqs, strict=True)
+                    for d in item.deliveries
+                ]
+                new = _insert_rows(conn, _DELIVERY_INSERT, rows)
+                dids = iter(new)
+                for index, item in chunk:
+                    out[index] = [next(dids) for _ in item.deliveries]
+                    for d in item.deliveries:
+                        self._pending[d.output] = self._pending.get(d.output, 0) + 1
+                self.depth += len(chunk)
+                if new and self._oldest is None and not self._oldest_stale:  # was empty: ids only grow
+                    self._oldest = (new[0], now)
+            return out
+
+        result: list[list[int] | int | None] = await self._write(apply)
+        return result
+
+    async def settle(
+        self,
+        *,
+        done: Sequence[int] = (),
+        retry: Sequence[tuple[int, int, float, str]] = (),
+        dead: Sequence[tuple[int, str, str, int]] = (),
+        lazy: bool = False,
+    ) -> list[int | None]:
+        """Record a batch of outcomes in one write.
+
+        done: delivered ids (forgotten, and their event once nothing else is pending);
+        retry: (id, attempts, due, error) to try again at `due`;
+        dead: (id, reason, error, attempts) moved to the dead letters with event and payload;
+        lazy: the commit may wait a few milliseconds to be shared with other writes.
+        Returns the new dead letter ids, in `dead`'s order; None for a delivery no longer in the spool
+        (finished meanwhile: by a worker that replaced this one, or by `dlq` on another process's side).
+        """
+        if not (done or retry or dead):
+            return []
+
+        def apply(conn: sqlite3.Connection) -> list[int | None]:
+            self._finish(conn, done)
+            conn.executemany(
+                "UPDATE deliveries SET attempts = ?, due = ?, last_error = ? WHERE did = ?",
+                [(attempts, due, error[:2000], did) for did, attempts, due, error in retry],
+            )
+            return [self._dead_letter(conn, *item) for item in dead]
+
+        result: list[int | None] = await self._write(apply, lazy=lazy)
+        return result
+
+    def _dead_letter(self, conn: sqlite3.Connection, did: int, reason: str, error: str, attempts: int) -> int | None:
+        row = conn.execute(
+            "SELECT e.id, e.trigger, e.body, d.output, d.route, d.payload FROM deliveries d "
+            "JOIN events e ON e.seq = d.seq WHERE d.did = ?",
+            (did,),
+        ).fetchone()
+        if row is None:  # finished already, as `_finish` skips it: nothing left to move
+            return None
+        event_id, trigger, body, output, route, payload = row
+        cur = conn.execute(
+            "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, attempts,"
+            " created_at, body, payload) VALUES (?,?,json_extract(?, '$.source'),?,?,?,?,?,?,?,?)",
+            (
+                event_id,
+                trigger,
+                body,
+                output,
+                route,
+                reason,
+                error[:4000],
+                attempts,
+                time.time(),
+                body,
+                payload,
+            ),
+        )
+        self._finish(conn, (did,))
+        self._dead += 1
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def _finish(self, conn: sqlite3.Connection, dids: Sequence[int]) -> None:
+        """Forget deliveries, and each event once no delivery of it is left: three statements per 500 ids,
+        none returning a row per id (see _ROWS_PER_INSERT for why that matters)."""
+        for start in range(0, len(dids), 500):  # SQLite's bound-parameter limit is far above, but be modest
+            chunk = dids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            seqs, outputs, lowest = conn.execute(
+                f"SELECT json_group_array(DISTINCT seq), json_group_array(output), MIN(did) FROM deliveries "
+                f"WHERE did IN ({marks})",
+                chunk,
+            ).fetchone()
+            if seqs == "[]":
+                continue
+            # a finished row may be another process's (a replay's) not counted yet: the counts never go
+            # below zero, and are counted again at the next look
+            if self._recount_deferred:
+                self._must_recount = True
+            for output in orjson.loads(outputs):
+                left = self._pending.get(output, 0) - 1
+                if left > 0:
+                    self._pending[output] = left
+                else:
+                    self._pending.pop(output, None)
+                    self._must_recount = self._must_recount or left < 0
+            if self._oldest is not None and lowest <= self._oldest[0]:
+                self._oldest_stale = True
+            conn.execute(f"DELETE FROM deliveries WHERE did IN ({marks})", chunk)
+            depth = (
+                self.depth
+                - conn.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq)",
+                    (seqs,),
+                ).rowcount
+            )
+            if depth < 0:
+                self._must_recount = True
+            self.depth = max(0, depth)
+
+    # --- reads for the delivery loop ------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        """The writer runs, its last commit (if any) succeeded and the spool's files are the ones it opened."""
+        return self._thread is not None and self._thread.is_alive() and self.last_error is None and not self.detached
+
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest pending event was stored (from `counts`: no statement)."""
+        first_at = self.counts.oldest_first_at
+        return None if first_at is None else max(0.0, self.clock.now() - first_at)
+
+    def dead_letter_count(self) -> int:
+        """Dead letters in the store (from `counts`: no statement)."""
+        return self.counts.dead_letters
+
+    def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
+        """Deliveries of `output` due by `now` (in `clock`'s base), oldest due first, skipping those in memory."""
+        assert self._reader is not None
+        if self._rebasing:
+            return []
+        # pick the ids from the (output, due, did) index alone, then read bodies for those only: with a
+        # backlog, most due rows are the ones already in memory, and reading their bodies each refill
+        # cost a fifth of the router's time
+        dids = [
+            did
+            for (did,) in self._reader.execute(
+                "SELECT did FROM deliveries WHERE output = ? AND due <= ? ORDER BY due, did LIMIT ?",
+                (output, now, limit + len(exclude)),
+            )
+            if did not in exclude
+        ][:limit]
+        out: list[DeliveryRow] = []
+        for start in range(0, len(dids), 500):
+            chunk = dids[start : start + 500]
+            rows = self._reader.execute(
+                "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, e.trigger "
+                f"FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.did IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            out.extend(DeliveryRow(*row) for row in rows)
+        order = {did: i for i, did in enumerate(dids)}
+        out.sort(key=lambda row: order[row.did])
+        return out
+
+    def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
+        """Which of these (input, message id) the spool holds and has not forgotten: one indexed read."""
+        assert self._reader is not None
+        return _known_messages(self._reader, seen, time.time())
+
+    def next_due(self, output: str) -> float | None:
+        assert self._reader is not None
+        row = self._reader.execute("SELECT MIN(due) FROM deliveries WHERE output = ?", (output,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def pending_outputs(self) -> dict[str, int]:
+        """Pending deliveries per output, including outputs no longer configured (from `counts`: no statement)."""
+        return dict(self.counts.pending)
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """The spool's schema version; None for a new (empty) file."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else int(row[0])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2, in one transaction: deliveries and dead letters become AUTOINCREMENT tables, rows kept.
+
+    SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
+    old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        moved = []
+        for table in ("deliveries", "dead_letters"):
+            (sql,) = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+            if "AUTOINCREMENT" in sql.upper():
+                continue
+            # the indexes would go with the renamed table and keep their names: _DDL makes them again
+            indexes = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,)
+            ).fetchall()
+            for (index,) in indexes:
+                conn.execute(f'DROP INDEX "{index}"')
+            conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
+            moved.append(table)
+        for statement in _DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        for table in moved:
+            # by name: the old table's columns may be in another order (or fewer, taking their defaults)
+            new = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
+            old = {row[1] for row in conn.execute(f"PRAGMA table_info({table}_v1)")}
+            columns = ", ".join(f'"{name}"' for name in new if name in old)
+            conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_v1")
+            conn.execute(f"DROP TABLE {table}_v1")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.info("spool upgraded", extra={"schema_version": SCHEMA_VERSION, "tables": moved})
+
+
+def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
+    if shift:
+        conn.execute("UPDATE deliveries SET due = due + ?, first_at = first_at + ?", (shift, shift))
+    write_anchor(conn, anchor)
+
+
+#: rows one INSERT takes. Each statement the writer thread steps releases the GIL and must take it back
+#: from the event loop, which under load holds it up to a switch interval (0.5 ms) at a time: one
+#: statement per event, or per returned row, made a group of 30 events wait milliseconds for the GIL
+#: alone. One multi-row INSERT per table per group waits once.
+_ROWS_PER_INSERT = 200
+_EVENT_INSERT = "INSERT INTO events (id, trigger, stored_at, body) VALUES "
+_DELIVERY_INSERT = "INSERT INTO deliveries (seq, output, route, payload, due, first_at) VALUES "
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
+    """Insert `rows` with as few statements as possible; their new rowids, in order.
+
+    Rows without an explicit INTEGER PRIMARY KEY get one more than the largest the table ever had
+    (AUTOINCREMENT; `events` without it: its largest), one after the other in VALUES order; inside our write
+    transaction nobody else inserts, so the ids of a statement's rows are the consecutive run ending at its
+    last_insert_rowid.
+    """
+    ids: list[int] = []
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        marks = "(" + ",".join("?" * len(chunk[0])) + ")"
+        last = conn.execute(insert + ",".join([marks] * len(chunk)), [v for row in chunk for v in row]).lastrowid
+        assert last is not None
+        ids.extend(range(last - len(chunk) + 1, last + 1))
+    return ids
+
+
+def _known_messages(conn: sqlite3.Connection, seen: Sequence[SeenMessage], now: float) -> set[tuple[str, str]]:
+    """Which of these (input, message id) the spool holds and has not forgotten by `now`: indexed reads."""
+    known: set[tuple[str, str]] = set()
+    for start in range(0, len(seen), _ROWS_PER_INSERT):
+        chunk = seen[start : start + _ROWS_PER_INSERT]
+        rows = conn.execute(
+            "SELECT input, message_id FROM seen_message_ids WHERE expires_at >= ? AND (input, message_id) IN "
+            "(VALUES " + ",".join(["(?,?)"] * len(chunk)) + ")",
+            [now, *(v for m in chunk for v in (m.input, m.message_id))],
+        ).fetchall()
+        known.update((str(input_name), str(message_id)) for input_name, message_id in rows)
+    return known
+
+
+def _forget_expired_messages(conn: sqlite3.Connection, now: float) -> None:
+    conn.execute("DELETE FROM seen_message_ids WHERE expires_at < ?", (now,))
+
+
+def _claim_messages(conn: sqlite3.Connection, items: Sequence[StoreEvent | StoreDeadLetter], now: float) -> set[int]:
+    """Record the message ids of `items` in the transaction that stores them; the indexes of the repeats.
+
+    The id and its event are committed together or not at all, so a repeat is recognised after a restart
+    and among copies that arrive at once, whichever group they share. Of the items with one id, the first
+    is stored. Ids past their expiry go first (one indexed range delete), so an expired id counts as new.
+    """
+    _forget_expired_messages(conn, now)
+    claimed = [(index, item.seen) for index, item in enumerate(items) if item.seen is not None]
+    # the ids stored before: read, then the new ones inserted, in one write transaction (BEGIN IMMEDIATE
+    # keeps other processes out; in this one only the writer thread writes), so nothing comes in between.
+    # No INSERT ... RETURNING: it needs SQLite 3.35
+    known = _known_messages(conn, [seen for _, seen in claimed], now)
+    repeats: set[int] = set()
+    new: list[SeenMessage] = []
+    for index, seen in claimed:
+        key = (seen.input, seen.message_id)
+        if key in known:  # stored before, or by an earlier item of these
+            repeats.add(index)
+        else:
+            known.add(key)
+            new.append(seen)
+    for start in range(0, len(new), _ROWS_PER_INSERT):
+        rows = new[start : start + _ROWS_PER_INSERT]
+        conn.execute(
+            "INSERT INTO seen_message_ids (input, message_id, expires_at) VALUES " + ",".join(["(?,?,?)"] * len(rows)),
+            [v for seen in rows for v in (seen.input, seen.message_id, seen.expires_at)],
+        )
+    return repeats
+
+
+def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: float) -> int:
+    cur = conn.execute(
+        "INSERT INTO dead_letters (event_id, trigger, source, reason, error, created_at, body) VALUES (?,?,?,?,?,?,?)",
+        (item.event_id, item.trigger, item.source, item.reason, item.error[:4000], now, item.body),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def _resolve_all(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
+    """Settle every op of a group: one call into each waiting event loop, not one per op."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+    for op, result, error in outcomes:
+        future = op.future
+        if isinstance(future, concurrent.futures.Future):  # the CLI's synchronous writes
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+            continue
+        assert op.loop is not None
+        by_loop.setdefault(op.loop, []).append((future, result, error))
+    for loop, items in by_loop.items():
+        # a closed loop means nobody is waiting any more
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_futures, items)
+
+
+def _settle_futures(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in items:
+        if future.done():  # the awaiting task was cancelled; the write happened (or not) all the same
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

@@ -1,0 +1,1 @@
+"""Built-in inputs. Each registers through the same pluggy hooks a third-party plugin does."""

@@ -1,0 +1,1 @@
+"""Operator commands: the CLI, dead-letter commands, the importer, `init`, logging."""

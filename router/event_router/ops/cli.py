@@ -1,0 +1,543 @@
+"""`event-router`: run the daemon, check and dry-run configs, list plugins and schemas, manage dead letters."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from event_router import __version__
+from event_router.api.errors import ConfigError, RouterError
+from event_router.config import ConfigErrors, SecretsMode, load_config
+from event_router.core.model import RouterConfig
+from event_router.plugins import PluginRegistry, load_plugins
+
+if TYPE_CHECKING:
+    from event_router.app import App
+
+DEFAULT_CONFIG = "router.toml"
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    # None: not given; `main` fills in the default and notes that it is one (`schemas` can do without)
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="router.toml to use (default: $EVENT_ROUTER_CONFIG or ./router.toml)",
+    )
+
+
+def _version_text(registry: PluginRegistry | None) -> str:
+    lines = [f"event-router {__version__}"]
+    if registry is not None:
+        external = sorted({(p.distribution, p.version) for p in registry.plugins if not p.builtin})
+        lines += [f"  {dist} {version}" for dist, version in external]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="event-router", description=__doc__)
+    parser.add_argument("--version", action="store_true", help="print the version and plugin versions")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the router")
+    _config_arg(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
+
+    p = sub.add_parser("check", help="validate router.toml, plugins, schemas and data_dir")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+    secrets = p.add_mutually_exclusive_group()
+    secrets.add_argument(
+        "--credentials-dir",
+        type=Path,
+        metavar="DIR",
+        help="read { credential = NAME } secrets from DIR/NAME, as the unit's LoadCredential= would provide them "
+        "(default: $CREDENTIALS_DIRECTORY)",
+    )
+    secrets.add_argument(
+        "--no-secrets",
+        action="store_true",
+        help="check the secret references' form but do not read them (no variable, file or credential needed)",
+    )
+
+    p = sub.add_parser(
+        "test",
+        help="dry run: show what the router would do with events; sends nothing",
+        description="Dry run: validate and route events as the router would, print a JSON report on stdout "
+        "(validation, routes, what each output would receive, dead letter) and send nothing.",
+        epilog="exit status: 0 when no event would be dead-lettered; 1 when one would (invalid under the "
+        "input's validation policy, unknown trigger or no route with dead-letter settings, or an output "
+        "that cannot build its request), or when the config or the events file cannot be used. Each "
+        "dead-lettered event is named on stderr as FILE[i] (its index in the list), so `event-router test` "
+        "can gate a CI job. Secrets are not read (it sends nothing): no variable or credential is needed.",
+    )
+    _config_arg(p)
+    p.add_argument("events", type=Path, help='JSON file: {"trigger", "data"} as the Connector posts it, or a list')
+    p.add_argument("--input", help="apply this input's validation policy (default: the first input's)")
+
+    p = sub.add_parser("plugins", help="list installed plugins")
+    p.add_argument(
+        "-c", "--config", type=Path, help="accepted like the other commands' and not read: plugins are installed"
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("init", help="write a starter router.toml")
+    p.add_argument("-o", "--output", type=Path, default=Path(DEFAULT_CONFIG))
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    p = sub.add_parser("schemas", help="list the event types the router knows")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "status", help="pending events; per output: pending deliveries, next retry, last error; dead letters"
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("reload", help="make a running router re-read its router.toml")
+    _config_arg(p)
+    p.add_argument("--pid", type=int, help="send SIGHUP to this process instead of using the admin endpoint")
+
+    from event_router.ops.dlq import add_dlq_parser
+
+    add_dlq_parser(sub, _config_arg)
+
+    from event_router.ops.importer import add_import_parser
+
+    add_import_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        try:
+            registry: PluginRegistry | None = load_plugins()
+        except RouterError:
+            registry = None
+        print(_version_text(registry))
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if "config" in args and args.config is None:
+        from_env = os.environ.get("EVENT_ROUTER_CONFIG")
+        args.config = Path(from_env or DEFAULT_CONFIG)
+        args.config_defaulted = not from_env
+    try:
+        result: int = COMMANDS[args.command](args)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RouterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return _reader_gone()
+    try:
+        sys.stdout.flush()  # what is still buffered meets a closed pipe here, not at interpreter exit
+    except BrokenPipeError:
+        return _reader_gone()
+    return result
+
+
+def _reader_gone() -> int:
+    """stdout's reader went away (`event-router status | head -2`): stop quietly, as `cat` does. Python
+    would flush stdout again at exit and print a traceback; pointing it at /dev/null prevents that."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13  # killed by SIGPIPE, as the shell reports it
+
+
+def _load(args: argparse.Namespace, secrets: SecretsMode = "resolve") -> tuple[RouterConfig, PluginRegistry]:
+    """router.toml and the plugins. Commands that send nothing load it with `secrets="skip"`: an operator's
+    shell has none of the service's variables or credentials, and those commands need none."""
+    registry = load_plugins()
+    config = load_config(args.config, registry, secrets=secrets, credentials_dir=getattr(args, "credentials_dir", None))
+    return config, registry
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import anyio
+
+    from event_router.app import App
+    from event_router.ops.logs import setup_logging
+    from event_router.runtime import has_uvloop, tune_for_router_process
+
+    as_json = setup_logging(args.log_level or "info", args.log_format)
+    try:
+        config, registry = _load(args)
+        if args.log_level is None:
+            as_json = setup_logging(config.log_level, args.log_format)
+        app = App(config, registry)
+        tune_for_router_process()
+        try:
+            anyio.run(_serve, app, backend="asyncio", backend_options={"use_uvloop": has_uvloop()})
+        except BaseExceptionGroup as group:
+            # a start-up failure (port in use, data_dir unwritable) comes wrapped by the task groups: say the
+            # cause in one line; anything that is not the router's own error keeps its traceback
+            causes = _leaves(group)
+            if not all(isinstance(exc, RouterError) for exc in causes):
+                raise
+            raise causes[0] from None
+    except RouterError as exc:
+        if as_json:
+            # where the log is JSON lines (journald, a file), the failure is a record like every other line,
+            # so a log pipeline (`jq`) sees it; `main` still prints the one `error:` line for a person
+            import logging
+
+            failures = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+            for failure in failures:
+                key = failure.path if isinstance(failure, ConfigError) else None
+                logging.getLogger("event_router").error(
+                    "router failed to start", extra={"key": key, "error": str(failure)}
+                )
+        raise
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions `group` holds, however deeply nested."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+async def _serve(app: App) -> None:
+    import anyio
+
+    from event_router.runtime import freeze_startup_heap
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)  # returns once the router is ready
+        freeze_startup_heap()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from event_router.app import load_schemas
+    from event_router.core.routing import unknown_triggers
+    from event_router.core.spool import directory_problem
+
+    try:
+        config, registry = _load(args, "skip" if args.no_secrets else "resolve")
+    except ConfigErrors as exc:
+        if not exc.unresolved:
+            raise
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print(
+            "hint: check reads secrets as the service would: set the variables, give --credentials-dir DIR for "
+            "{ credential = ... }, or check everything but their values with --no-secrets",
+            file=sys.stderr,
+        )
+        return 1
+    problem = directory_problem(config.data_dir)
+    if problem is not None:
+        raise ConfigErrors([ConfigError("router.data_dir", problem, file=config.path.name)])
+    if not config.inputs:
+        # `run` accepts it (a router that only drains its spool, or delivers replayed dead letters), but
+        # as a configuration to deploy it is almost surely a mistake: it would receive nothing
+        raise ConfigErrors(
+            [ConfigError("inputs", "no input configured: the router would receive nothing", file=config.path.name)]
+        )
+    schemas = load_schemas(config, registry)
+    warnings = [*config.warnings] + [
+        f"{config.path.name}: routes[{route.index}].match.{warning}"
+        for route in config.routes
+        for warning in unknown_triggers(route.match, schemas.triggers(), schemas.is_known)
+    ]
+    summary = {
+        "config": str(args.config),
+        "inputs": {name: i.type for name, i in config.inputs.items()},
+        "outputs": {name: o.type for name, o in config.outputs.items()},
+        "routes": [r.name for r in config.routes],
+        "schemas": len(schemas.triggers()),
+        "warnings": warnings,
+        "unresolved_secrets": list(config.unresolved_secrets),
+    }
+    if args.json:
+        _print_json({"ok": True, **summary})
+        return 0
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if config.unresolved_secrets:
+        print(
+            f"note: {len(config.unresolved_secrets)} secret(s) not read (--no-secrets): "
+            + ", ".join(config.unresolved_secrets),
+            file=sys.stderr,
+        )
+    print(
+        f"{args.config}: ok: {len(config.inputs)} input(s), {len(config.outputs)} output(s), "
+        f"{len(config.routes)} route(s), {summary['schemas']} event schemas"
+    )
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from event_router.api.event import Event
+    from event_router.api.plugin import Delivery
+    from event_router.app import load_schemas
+    from event_router.core.plan import plan_event
+
+    # it sends nothing, so like the operator commands it reads no secret: a CI job has none of them
+    config, registry = _load(args, "skip")
+    schemas = load_schemas(config, registry)
+    try:
+        document = orjson.loads(args.events.read_bytes())
+    except OSError as exc:
+        print(f"error: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except orjson.JSONDecodeError as exc:
+        print(f"error: {args.events} is not valid JSON: {exc}", file=sys.stderr)
+        return 1
+    items = document if isinstance(document, list) else [document]
+    input_name = args.input or next(iter(config.inputs), None)
+    if input_name is not None and input_name not in config.inputs:
+        print(f"error: no input named {input_name!r} (inputs: {', '.join(config.inputs)})", file=sys.stderr)
+        return 1
+    policy = config.inputs[input_name] if input_name else None
+    report = []
+    failed = 0
+    for index, item in enumerate(items):
+        # named as jq would address it: events.json[0] in a list, events.json for a single event
+        where = f"{args.events}[{index}]" if isinstance(document, list) else str(args.events)
+        if not isinstance(item, dict) or not isinstance(item.get("trigger"), str):
+            print(f'error: {where} is not {{"trigger": "...", "data": ...}}', file=sys.stderr)
+            return 1
+        event = Event(
+            trigger=item["trigger"],
+            data=item.get("data"),
+            source=input_name or "test",
+            meta={"dry_run": True},
+        )
+        plan = plan_event(
+            event,
+            config=config,
+            schemas=schemas,
+            validation=policy.validation if policy else "strict",
+            unknown_triggers=policy.unknown_triggers if policy else "accept",
+        )
+        deliveries = []
+        problems: list[str] = []
+        if plan.dead_letter is not None:
+            problems.append(f"{plan.dead_letter[0]}: {plan.dead_letter[1]}")
+        for d in plan.deliveries:
+            output = config.outputs[d.output]
+            route = config.route(d.route)
+            assert route is not None  # the plan was made from these very routes
+            delivery = Delivery(
+                id=0,
+                event=event,
+                payload=d.payload if d.reshaped else event.to_dict(),
+                route=d.route,
+                attempt=1,
+                route_options=route.options,
+                reshaped=d.reshaped,
+            )
+            try:
+                described = output.plugin.describe(delivery)
+            except RouterError as exc:  # the output would fail the delivery the same way: a dead letter
+                described = {"error": str(exc)}
+                problems.append(f"output {d.output} (route {d.route!r}): {exc}")
+            deliveries.append({"output": d.output, "type": output.type, "route": d.route, **_masked(described)})
+        report.append(
+            {
+                "trigger": event.trigger,
+                "validation": {
+                    "valid": plan.validation.valid,
+                    "schema": plan.validation.schema,
+                    "errors": list(plan.validation.errors),
+                },
+                "routes": [r.name for r in plan.routes],
+                "deliveries": deliveries,
+                "dead_letter": (
+                    {"reason": plan.dead_letter[0], "error": plan.dead_letter[1]} if plan.dead_letter else None
+                ),
+            }
+        )
+        for problem in problems:
+            print(f"error: {where} ({event.trigger}) would be dead-lettered: {problem}", file=sys.stderr)
+        failed += bool(problems)
+    _print_json(report if isinstance(document, list) else report[0])
+    if failed:
+        print(f"test: {failed} of {len(items)} event(s) would be dead-lettered", file=sys.stderr)
+        return 1
+    print(f"test: {len(items)} event(s), none would be dead-lettered", file=sys.stderr)
+    return 0
+
+
+def _masked(value: Any) -> Any:
+    """`value` with every unresolved secret's stand-in shown as `***`: an output's dry-run description
+    should show none of its secrets, and a placeholder must not pass for a configured value."""
+    from event_router.api.secrets import MASK, Unresolved
+
+    if isinstance(value, Unresolved):
+        return MASK
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = load_plugins()
+    if args.json:
+        _print_json([p.to_dict() for p in registry.plugins])
+        return 0
+    for p in registry.plugins:
+        kind = "built-in" if p.builtin else p.distribution
+        provides = ", ".join([f"input {t}" for t in p.inputs] + [f"output {t}" for t in p.outputs]) or "schemas only"
+        print(f"{p.name:<24} {p.version:<10} {kind:<28} {provides}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from event_router.ops.init import write_starter
+
+    if args.output.exists() and not args.force:
+        print(f"error: {args.output} exists; use --force to overwrite it", file=sys.stderr)
+        return 1
+    write_starter(args.output)
+    print(f"wrote {args.output}; next: event-router check -c {args.output}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from event_router.app import load_schemas
+
+    if getattr(args, "config_defaulted", False) and not args.config.exists():
+        # no router.toml here and none asked for: the schemas every router knows (no `schemas_dir`)
+        print(f"note: no {args.config}: built-in and plugin schemas only", file=sys.stderr)
+        schemas = load_schemas(None, load_plugins())
+    else:
+        config, registry = _load(args, "skip")
+        schemas = load_schemas(config, registry)
+    rows = schemas.describe()
+    if args.json:
+        _print_json([{"trigger": t, "title": title, "file": f} for t, title, f in rows])
+        return 0
+    for trigger, title, _file in rows:
+        print(f"{trigger:<72} {title}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from event_router.ops.dlq import existing_spool, one_line, spool_status, table
+
+    config, _ = _load(args, "skip")
+    existing_spool(config)
+    status = spool_status(config)
+    if args.json:
+        _print_json(status)
+        return 0
+    print(f"spool: {status['spool']}")
+    age = status["oldest_pending_age_seconds"]
+    print(f"pending events: {status['pending_events']}" + (f" (oldest {age:.1f}s ago)" if age is not None else ""))
+    rows = []
+    for name, output in status["outputs"].items():
+        next_retry = None
+        if output["next_retry_at"] is not None:
+            wait = output["next_retry_in_seconds"]
+            when = f"in {wait:.0f}s" if wait >= 0.5 else "due now"
+            next_retry = f"{output['next_retry_at']} ({when}, attempt {output['next_retry_attempt']})"
+        name_shown = name if output["configured"] else f"{name} (not configured)"
+        counts = (output["pending"], output["retrying"], output["dead_letters"])
+        rows.append((name_shown, *counts, next_retry, one_line(output["last_error"])))
+    if rows:
+        print()
+        headers = ("OUTPUT", "PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR")
+        print("\n".join(table(headers, rows, right=(1, 2, 3))))
+    dead = status["dead_letters"]
+    print()
+    print(f"dead letters: {dead['total']}")
+    if dead["counts"]:
+        by_reason = [(c["output"], c["reason"], c["count"]) for c in dead["counts"]]
+        print("\n".join("  " + line for line in table(("OUTPUT", "REASON", "COUNT"), by_reason, right=(2,))))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    if args.pid is not None:
+        import signal
+
+        try:
+            os.kill(args.pid, signal.SIGHUP)
+        except OSError as exc:
+            print(f"error: cannot signal process {args.pid}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"sent SIGHUP to {args.pid}; its log says whether the new configuration was applied")
+        return 0
+    # the running router re-reads the file with its secrets; this only needs where it listens
+    config, _ = _load(args, "skip")
+    if config.admin_listen is None:
+        print("error: [router.admin] is not configured; use --pid PID (or systemctl reload)", file=sys.stderr)
+        return 1
+    import urllib.error
+    import urllib.request
+
+    host, port = config.admin_listen
+    host = f"[{host}]" if ":" in host else host
+    request = urllib.request.Request(f"http://{host}:{port}/reload", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            result = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        result = orjson.loads(exc.read() or b"{}")
+    except OSError as exc:
+        print(f"error: no router answers on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    if result.get("reloaded"):
+        print("reloaded")
+        return 0
+    for error in result.get("errors", []):
+        print(f"error: {error}", file=sys.stderr)
+    print("reload refused; the router keeps its running configuration", file=sys.stderr)
+    return 1
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from event_router.ops.dlq import run_dlq
+
+    config, registry = _load(args, "skip")  # replay plans with the outputs' names, never their secrets
+    return run_dlq(args, config, registry)
+
+
+def _import_connector_config(args: argparse.Namespace) -> int:
+    from event_router.ops.importer import cmd_import_connector_config
+
+    return cmd_import_connector_config(args)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "check": cmd_check,
+    "test": cmd_test,
+    "plugins": cmd_plugins,
+    "init": cmd_init,
+    "schemas": cmd_schemas,
+    "status": cmd_status,
+    "reload": cmd_reload,
+    "dlq": _dlq,
+    "import-connector-config": _import_connector_config,
+}

@@ -1,0 +1,220 @@
+"""`event-router dlq list|show|replay|purge`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from event_router.api.errors import RouterError
+from event_router.core.deadletters import count_dead_letters, list_dead_letters, purge, replay, spool_status, to_json
+from event_router.core.model import RouterConfig
+from event_router.core.spool import DeadLetter, DeadLetterFilter, Spool
+from event_router.plugins import PluginRegistry
+
+__all__ = ["add_dlq_parser", "existing_spool", "one_line", "run_dlq", "spool_status", "table"]
+
+
+def existing_spool(config: RouterConfig) -> Path:
+    """The spool file of `config`; a RouterError when there is none. The operator commands read a spool
+    the router made: creating an empty one (and its data_dir) would only show a healthy, empty router
+    where the path is wrong or the router never ran."""
+    path = config.data_dir / "spool.db"
+    if not path.is_file():
+        raise RouterError(f"no spool at {path} (router.data_dir: has the router run with this {config.path.name}?)")
+    return path
+
+
+def _timestamp(value: str) -> float:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 8601 time like 2026-11-26T10:00:00Z") from None
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return number
+
+
+def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
+    dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
+    actions = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("list", "list dead letters"),
+        ("show", "show dead letters in full (event, payload, error)"),
+        ("replay", "put dead letters back into the pipeline"),
+        ("purge", "delete dead letters for good"),
+    ):
+        p = actions.add_parser(name, help=text)
+        config_arg(p)
+        p.add_argument("ids", nargs="*", type=int, help="dead letter ids")
+        p.add_argument("--output", help="only those that failed at this output")
+        p.add_argument("--trigger", help="only this trigger")
+        p.add_argument("--reason", help="only this reason (validation, permanent, retries_exhausted...)")
+        p.add_argument("--since", type=_timestamp, help="dead-lettered at or after (ISO 8601)")
+        p.add_argument("--until", type=_timestamp, help="dead-lettered before (ISO 8601)")
+        if name in ("replay", "purge"):
+            p.add_argument("--all", action="store_true", help="act on every dead letter (needed without filters)")
+        if name == "list":
+            p.add_argument("--limit", type=_positive, default=100, help="list at most this many, oldest first (100)")
+            p.add_argument("--json", action="store_true")
+        if name == "purge":
+            p.add_argument("--dry-run", action="store_true", help="list what would be purged; delete nothing")
+            p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+            p.description = (
+                "Delete dead letters for good. On a terminal it shows how many match and asks first (unless "
+                "--yes). Off a terminal, ids or a filter are taken as meant; --all there also needs --yes."
+            )
+            p.epilog = "exit status: 0 purged (or nothing matched, or --dry-run); 1 not confirmed; 2 refused"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Collection[int] = ()) -> list[str]:
+    """Lines of an aligned text table: each column as wide as its widest cell, the last one not padded.
+    Columns whose index is in `right` (numbers) are right-aligned."""
+    cells = [[str(h) for h in headers], *[["-" if v is None or v == "" else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    last = len(headers) - 1
+
+    def aligned(i: int, value: str) -> str:
+        if i in right:
+            return value.rjust(widths[i])
+        return value if i == last else value.ljust(widths[i])
+
+    return ["  ".join(aligned(i, value) for i, value in enumerate(row)).rstrip() for row in cells]
+
+
+def one_line(text: str | None, width: int = 100) -> str:
+    """An error message as one table cell: whitespace runs (newlines too) as one space, cut at `width`."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _dead_letter_table(rows: Sequence[DeadLetter]) -> list[str]:
+    return table(
+        ("ID", "DEAD-LETTERED", "REASON", "OUTPUT", "ROUTE", "TRIGGER", "ATTEMPTS", "ERROR"),
+        [
+            (r.dlid, to_json(r)["created_at"], r.reason, r.output, r.route, r.trigger, r.attempts, one_line(r.error))
+            for r in rows
+        ],
+        right=(0, 6),
+    )
+
+
+def _selection(args: argparse.Namespace) -> str:
+    """The dead letters a command acts on, in the words of its arguments."""
+    parts = [f"ids {', '.join(map(str, args.ids))}"] if args.ids else []
+    for flag in ("output", "trigger", "reason"):
+        if getattr(args, flag) is not None:
+            parts.append(f"--{flag} {getattr(args, flag)}")
+    for flag in ("since", "until"):
+        if getattr(args, flag) is not None:
+            parts.append(f"--{flag} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(getattr(args, flag)))}")
+    return " ".join(parts) if parts else "all of them"
+
+
+def _filter(args: argparse.Namespace) -> DeadLetterFilter:
+    return DeadLetterFilter(
+        ids=tuple(args.ids),
+        output=args.output,
+        trigger=args.trigger,
+        reason=args.reason,
+        since=args.since,
+        until=args.until,
+    )
+
+
+def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegistry) -> int:
+    where = _filter(args)
+    empty = where == DeadLetterFilter()
+    if args.dlq_command in ("replay", "purge") and empty and not args.all:
+        print(f"error: dlq {args.dlq_command} needs ids, a filter, or --all", file=sys.stderr)
+        return 2
+    # opened as the router opens it (a spool of an older version is brought up to date), once it exists
+    spool = Spool(existing_spool(config))
+    spool.open()
+    try:
+        assert spool._reader is not None
+        if args.dlq_command == "list":
+            rows = list_dead_letters(spool._reader, where, args.limit)
+            if args.json:
+                sys.stdout.write(orjson.dumps([to_json(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n")
+                return 0
+            if not rows:
+                print("no dead letter matches", file=sys.stderr)
+                return 0
+            print("\n".join(_dead_letter_table(rows)))
+            total, _ = count_dead_letters(spool._reader, where)
+            if total > len(rows):
+                print(f"({len(rows)} of {total} shown, oldest first; --limit N for more)", file=sys.stderr)
+            return 0
+        if args.dlq_command == "show":
+            rows = list_dead_letters(spool._reader, where)
+            if not rows:
+                print("error: no dead letter matches", file=sys.stderr)
+                return 1
+            sys.stdout.write(orjson.dumps([to_json(r, full=True) for r in rows], option=orjson.OPT_INDENT_2).decode())
+            sys.stdout.write("\n")
+            return 0
+        if args.dlq_command == "purge":
+            return _purge(args, spool, where, everything=empty)
+        from event_router.app import load_schemas
+
+        def progress(done: int, total: int) -> None:
+            if total > 500:
+                print(f"\rreplayed {done}/{total}", end="", file=sys.stderr, flush=True)
+
+        report = replay(spool, config, load_schemas(config, registry), where, progress=progress)
+        if report.replayed + report.dead_again + report.skipped > 500:
+            print(file=sys.stderr)
+        print(f"replayed {report.replayed}, still invalid or unrouted {report.dead_again}, skipped {report.skipped}")
+        for dlid, why in report.problems or ():
+            print(f"  {dlid}: {why}", file=sys.stderr)
+        return 0 if not report.problems and not report.dead_again else 1
+    finally:
+        spool.close()
+
+
+def _purge(args: argparse.Namespace, spool: Spool, where: DeadLetterFilter, *, everything: bool) -> int:
+    assert spool._reader is not None
+    count, highest = count_dead_letters(spool._reader, where)
+    selection = _selection(args)
+    if count == 0:
+        print(f"no dead letter matches ({selection}); nothing purged")
+        return 0
+    if args.dry_run:
+        print("\n".join(_dead_letter_table(list_dead_letters(spool._reader, where))))
+        print(f"dry run: would purge {count} dead letter(s) ({selection}); nothing was deleted")
+        return 0
+    if not args.yes:
+        if sys.stdin.isatty():
+            print(
+                f"purge {count} dead letter(s) ({selection})? They cannot be replayed afterwards. [y/N] ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                print("not confirmed; nothing purged", file=sys.stderr)
+                return 1
+        elif everything:
+            print(
+                f"error: dlq purge --all would delete all {count} dead letter(s) and there is no terminal to "
+                "confirm on: add --yes (or see them first with --dry-run)",
+                file=sys.stderr,
+            )
+            return 2
+    # only those counted (and confirmed): dead letters stored meanwhile by a running router stay
+    print(f"purged {purge(spool, where, upto=highest)} dead letter(s)")
+    return 0

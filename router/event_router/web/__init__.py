@@ -1,0 +1,1 @@
+"""HTTP pieces the outputs share: authentication, signing, CloudEvents, reading answers."""
