@@ -12,8 +12,7 @@ from typing import Any
 
 import orjson
 
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Delivery, Output, PluginContext
+from event_router.api import Delivery, Output, PluginContext, hookimpl
 
 
 class StdoutOutput(Output):

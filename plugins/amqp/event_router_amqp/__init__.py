@@ -7,8 +7,7 @@ publishes routed events to an exchange with publisher confirms.
 
 from __future__ import annotations
 
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Input, Output
+from event_router.api import Input, Output, hookimpl
 from event_router_amqp.input import AmqpInput
 from event_router_amqp.output import AmqpOutput
 

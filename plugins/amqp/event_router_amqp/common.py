@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from event_router.api.errors import ConfigError
-from event_router.api.secrets import redact_url
+from event_router.api import ConfigError, redact_url
 
 #: what stands in for `url` (a secret: it holds the password) when the reference is not resolved
 PLACEHOLDER_URL = "amqp://unresolved:unresolved@127.0.0.1:5672/"

@@ -18,11 +18,18 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
-from event_router.api.durations import DURATION_SCHEMA, parse_duration
-from event_router.api.errors import ConfigError, SpoolFull
-from event_router.api.event import Event
-from event_router.api.plugin import EventSink, Input, PluginContext, started_once
-from event_router.api.secrets import secret_schema
+from event_router.api import (
+    DURATION_SCHEMA,
+    ConfigError,
+    Event,
+    EventSink,
+    Input,
+    PluginContext,
+    SpoolFull,
+    parse_duration,
+    secret_schema,
+    started_once,
+)
 from event_router_amqp.common import (
     EXCHANGE_TYPES,
     PLACEHOLDER_URL,

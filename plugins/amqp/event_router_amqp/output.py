@@ -14,10 +14,19 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import orjson
 
-from event_router.api.errors import ConfigError, PermanentError, RetryableError
-from event_router.api.plugin import Delivery, Output, PluginContext
-from event_router.api.secrets import secret_schema
-from event_router.api.templates import MissingValueError, Template, TemplateError, compile_template
+from event_router.api import (
+    ConfigError,
+    Delivery,
+    MissingValueError,
+    Output,
+    PermanentError,
+    PluginContext,
+    RetryableError,
+    Template,
+    TemplateError,
+    compile_template,
+    secret_schema,
+)
 from event_router_amqp.common import EXCHANGE_TYPES, PLACEHOLDER_URL, check_url, describe_error, redact_url
 
 # aio-pika is imported in the methods that publish: routers without AMQP skip its memory and start-up cost

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from event_router.api.plugin import PluginContext
+from event_router.api import PluginContext
 from event_router_amqp.common import Backoff, json_safe, redact_url
 from event_router_amqp.input import _SEEN_LIMIT, AmqpInput
 

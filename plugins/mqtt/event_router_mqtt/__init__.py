@@ -6,8 +6,7 @@ Subscribes to the topics the Connector's messageBrokerPublisher publishes to (it
 
 from __future__ import annotations
 
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Input
+from event_router.api import Input, hookimpl
 from event_router_mqtt.input import MqttInput
 
 __all__ = ["MqttInput"]

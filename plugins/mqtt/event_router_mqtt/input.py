@@ -23,11 +23,18 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
-from event_router.api.batching import BatchStore, Rejected
-from event_router.api.errors import ConfigError, SpoolFull
-from event_router.api.event import Event
-from event_router.api.plugin import EventSink, Input, PluginContext, started_once
-from event_router.api.retry import RetryPolicy
+from event_router.api import (
+    BatchStore,
+    ConfigError,
+    Event,
+    EventSink,
+    Input,
+    PluginContext,
+    Rejected,
+    RetryPolicy,
+    SpoolFull,
+    started_once,
+)
 from event_router_mqtt.settings import CONFIG_SCHEMA, parse_settings, trigger_for
 
 # aiomqtt and paho are imported in the methods that connect: routers without MQTT skip their memory and start-up cost

@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from event_router.api.durations import DURATION_SCHEMA, parse_duration
-from event_router.api.errors import ConfigError
-from event_router.api.secrets import secret_schema
+from event_router.api import DURATION_SCHEMA, ConfigError, parse_duration, secret_schema
 
 #: where the Connector publishes: its namespaces with `.` replaced by `/`, no prefix
 DEFAULT_TOPICS = ("transport/#", "consumption/#", "runtime/#")

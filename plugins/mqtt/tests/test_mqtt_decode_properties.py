@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from event_router.api.batching import Rejected
-from event_router.api.plugin import PluginContext
+from event_router.api import PluginContext, Rejected
 from event_router.testing.decoding import check_event, check_rejection, shipped_router
 from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_texts, payloads
 from event_router_mqtt.input import MqttInput

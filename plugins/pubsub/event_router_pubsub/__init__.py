@@ -6,8 +6,7 @@ event's data with one attribute, `namespace` (the trigger). See docs/plugins/pub
 
 from __future__ import annotations
 
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Input
+from event_router.api import Input, hookimpl
 from event_router_pubsub.input import PubSubInput
 
 __all__ = ["PubSubInput"]

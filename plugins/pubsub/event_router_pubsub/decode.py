@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from event_router.api.event import Event
+from event_router.api import Event
 
 # only for annotations: gcloud-aio-pubsub is imported by a running input (see input.py)
 if TYPE_CHECKING:

@@ -19,10 +19,7 @@ import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
-from event_router.api.errors import SpoolFull
-from event_router.api.event import Event
-from event_router.api.plugin import EventSink, Input, PluginContext, started_once
-from event_router.api.retry import RetryPolicy
+from event_router.api import Event, EventSink, Input, PluginContext, RetryPolicy, SpoolFull, started_once
 from event_router_pubsub.decode import Undecodable, decode
 from event_router_pubsub.settings import CONFIG_SCHEMA, MIN_ACK_DEADLINE, parse_settings
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from event_router.api.durations import DURATION_SCHEMA, parse_duration
-from event_router.api.errors import ConfigError
+from event_router.api import DURATION_SCHEMA, ConfigError, parse_duration
 
 #: the environment variable Google's client libraries (and gcloud-aio) read for the emulator
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"

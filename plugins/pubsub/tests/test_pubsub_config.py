@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import event_router_pubsub
-from event_router.api.errors import ConfigError
+from event_router.api import ConfigError
 from event_router.config import ConfigErrors, build_config
 from event_router.plugins import load_plugins
 from event_router_pubsub.input import PubSubInput

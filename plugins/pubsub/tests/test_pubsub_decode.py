@@ -14,7 +14,7 @@ from gcloud.aio.pubsub import SubscriberMessage
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from event_router.api.event import Event
+from event_router.api import Event
 from event_router.testing.decoding import check_event, check_rejection, shipped_router
 from event_router.testing.strategies import CONNECTOR_MESSAGES, odd_texts, payloads
 from event_router_pubsub.decode import NAMESPACE_ATTRIBUTE, Undecodable, decode

@@ -7,8 +7,7 @@ docs/plugins/redis.md of the router.
 
 from __future__ import annotations
 
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Input
+from event_router.api import Input, hookimpl
 from event_router_redis.input import RedisInput
 
 __all__ = ["RedisInput"]

@@ -15,10 +15,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from event_router.api.batching import BatchStore
-from event_router.api.plugin import EventSink, Input, PluginContext, started_once
-from event_router.api.retry import RetryPolicy
-from event_router.api.secrets import scrub, url_secrets
+from event_router.api import BatchStore, EventSink, Input, PluginContext, RetryPolicy, scrub, started_once, url_secrets
 from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
 
 # redis-py is imported in the methods that connect: routers without Redis skip its memory and start-up cost

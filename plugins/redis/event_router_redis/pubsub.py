@@ -14,8 +14,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from event_router.api.batching import BatchStore, Item, Rejected
-from event_router.api.event import Event
+from event_router.api import BatchStore, Event, Item, Rejected
 from event_router_redis.settings import Settings
 
 #: how long Redis may take to confirm the subscriptions

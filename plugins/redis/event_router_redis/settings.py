@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from event_router.api.durations import DURATION_SCHEMA, parse_duration
-from event_router.api.errors import ConfigError
-from event_router.api.secrets import secret_schema
+from event_router.api import DURATION_SCHEMA, ConfigError, parse_duration, secret_schema
 
 #: the channels the Connector publishes to are its namespaces; `*` in a Redis pattern also matches dots
 DEFAULT_PATTERNS = ("transport.*", "consumption.*", "runtime.*")

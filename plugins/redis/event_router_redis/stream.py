@@ -19,8 +19,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from event_router.api.batching import BatchStore, Item, Rejected
-from event_router.api.event import Event
+from event_router.api import BatchStore, Event, Item, Rejected
 from event_router_redis.settings import Settings
 
 _TRIGGER_FIELDS = (b"trigger", b"namespace")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from event_router.api.batching import BatchStore, Rejected
+from event_router.api import BatchStore, Rejected
 from event_router.testing.decoding import RecordingSink, check_event, check_rejection, shipped_router
 from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_names, payloads
 from event_router_redis.pubsub import PubSubReader

@@ -27,13 +27,22 @@ from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
 from anyio.abc import TaskStatus
 
-from event_router.api.batching import Rejected
-from event_router.api.errors import ConfigError, RouterError, SpoolFull
-from event_router.api.event import Event, SourceMessage
-from event_router.api.hookspecs import hookimpl
-from event_router.api.listen import listen_error, parse_listen
-from event_router.api.plugin import EventSink, Input, PluginContext
-from event_router.api.secrets import SECRET_SCHEMA, secret_schema
+from event_router.api import (
+    SECRET_SCHEMA,
+    ConfigError,
+    Event,
+    EventSink,
+    Input,
+    PluginContext,
+    Rejected,
+    RouterError,
+    SourceMessage,
+    SpoolFull,
+    hookimpl,
+    listen_error,
+    parse_listen,
+    secret_schema,
+)
 from event_router.inputs.ratelimit import LogThrottle, RateLimiter
 from event_router.inputs.webhook_front import IDLE_SECONDS, response_head, tls_context
 from event_router.inputs.webhook_fronts import Fronts

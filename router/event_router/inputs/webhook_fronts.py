@@ -24,9 +24,7 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
-from event_router.api.batching import Rejected
-from event_router.api.errors import RouterError
-from event_router.api.plugin import EventSink
+from event_router.api import EventSink, Rejected, RouterError
 from event_router.inputs.frames import FrameChannel, encode
 from event_router.inputs.webhook_front import (
     ANSWER,

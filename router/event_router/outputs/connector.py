@@ -38,12 +38,28 @@ from jsonschema import Draft202012Validator
 from yarl import URL
 
 from event_router import __version__
-from event_router.api.errors import ConfigError, DeliveryError, PermanentError, RetryableError, SpoolFull
-from event_router.api.event import Event
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Delivery, Output, PluginContext, SubmitResult
-from event_router.api.secrets import SECRET_SCHEMA, redact_url, refuse_unresolved, scrub, url_secrets
-from event_router.api.templates import MissingValueError, Template, TemplateError, compile_template
+from event_router.api import (
+    SECRET_SCHEMA,
+    ConfigError,
+    Delivery,
+    DeliveryError,
+    Event,
+    MissingValueError,
+    Output,
+    PermanentError,
+    PluginContext,
+    RetryableError,
+    SpoolFull,
+    SubmitResult,
+    Template,
+    TemplateError,
+    compile_template,
+    hookimpl,
+    redact_url,
+    refuse_unresolved,
+    scrub,
+    url_secrets,
+)
 from event_router.outputs.connector_api import (
     API_BASES,
     API_SINCE,

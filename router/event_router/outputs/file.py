@@ -14,9 +14,7 @@ from typing import IO, Any
 import anyio
 import orjson
 
-from event_router.api.errors import ConfigError, PermanentError
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Delivery, Output, PluginContext
+from event_router.api import ConfigError, Delivery, Output, PermanentError, PluginContext, hookimpl
 
 #: strftime codes allowed in `path`: dates for daily/hourly files, nothing that comes from an event
 _DATE_CODES = set("YmdHjUWGVu")

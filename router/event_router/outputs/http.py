@@ -13,14 +13,20 @@ import orjson
 from yarl import URL
 
 from event_router import __version__
-from event_router.api.errors import ConfigError, PermanentError, RetryableError
-from event_router.api.hookspecs import hookimpl
-from event_router.api.plugin import Delivery, Output, PluginContext
-from event_router.api.secrets import (
-    CREDENTIAL_HEADER_PATTERN,
+from event_router.api import (
     SECRET_SCHEMA,
     TEXT_OR_SECRET_SCHEMA,
+    ConfigError,
+    Delivery,
+    Output,
+    PermanentError,
+    PluginContext,
+    RetryableError,
     Secret,
+    Template,
+    TemplateError,
+    compile_template,
+    hookimpl,
     is_credential_header,
     redact_url,
     refuse_unresolved,
@@ -28,7 +34,7 @@ from event_router.api.secrets import (
     secret_schema,
     url_secrets,
 )
-from event_router.api.templates import Template, TemplateError, compile_template
+from event_router.api.secrets import CREDENTIAL_HEADER_PATTERN
 from event_router.web import cloudevents
 from event_router.web.auth import AUTH_SCHEMA, HttpAuth, basic_credentials, build_auth
 from event_router.web.http_answers import (

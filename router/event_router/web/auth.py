@@ -27,8 +27,16 @@ import aiohttp
 import anyio
 import orjson
 
-from event_router.api.errors import ConfigError, PermanentError, RetryableError
-from event_router.api.secrets import SECRET_SCHEMA, redact_url, refuse_unresolved, scrub, url_secrets
+from event_router.api import (
+    SECRET_SCHEMA,
+    ConfigError,
+    PermanentError,
+    RetryableError,
+    redact_url,
+    refuse_unresolved,
+    scrub,
+    url_secrets,
+)
 from event_router.web.http_answers import read_answer
 
 __all__ = [

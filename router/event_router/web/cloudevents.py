@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from event_router.api.event import Event
+from event_router.api import Event
 
 __all__ = ["SPECVERSION", "STRUCTURED_CONTENT_TYPE", "attributes", "binary", "structured"]
 
