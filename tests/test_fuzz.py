@@ -175,17 +175,17 @@ def test_every_schema_answers_any_data(router_config, trigger: str, data: Any) -
 def test_the_hint_for_an_unknown_trigger_is_worked_out_once(router_config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Under `unknown_triggers = "dead-letter"` every event of an unknown trigger is planned on the event
     loop: the "did you mean" search over every known trigger runs once per trigger, not once per event."""
-    import event_router.core.pipeline as pipeline
+    import event_router.core.plan as plan_module
 
     config, schemas = router_config
     calls: list[str] = []
-    real = pipeline.did_you_mean
+    real = plan_module.did_you_mean
 
     def counted(word: str, known: Any) -> str:
         calls.append(word)
         return real(word, known)
 
-    monkeypatch.setattr(pipeline, "did_you_mean", counted)
+    monkeypatch.setattr(plan_module, "did_you_mean", counted)
     event = Event.from_dict(
         {
             "id": "e1",
