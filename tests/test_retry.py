@@ -41,6 +41,13 @@ def test_a_nan_retry_after_falls_back_to_the_backoff() -> None:
     assert 0.0 <= RetryPolicy(initial_backoff=1.0).delay(1, retry_after=math.nan) <= 1.0
 
 
+def test_a_huge_attempt_count_waits_max_backoff_instead_of_overflowing() -> None:
+    # what a broker input down for days, or max_attempts = 100000, reaches: 2.0 ** 1024 overflows a float
+    assert 0.0 <= RetryPolicy(max_age=0, max_backoff=30.0).delay(5000) <= 30.0
+    assert 0.0 <= RetryPolicy(multiplier=1e300).delay(3) <= 300.0
+    assert RetryPolicy(initial_backoff=0.0).delay(5000) == 0.0
+
+
 def test_the_computed_backoff_stops_at_max_age() -> None:
     policy = RetryPolicy(initial_backoff=100.0, max_backoff=100.0, max_age=60.0)
     assert all(policy.delay(5, age=55.0) <= 5.0 for _ in range(100))

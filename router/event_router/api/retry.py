@@ -60,12 +60,23 @@ class RetryPolicy:
         if retry_after is not None and math.isfinite(retry_after):
             wait = max(0.0, retry_after)
         else:
-            ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempts - 1))
-            wait = (rng or random).uniform(0, ceiling)
+            wait = (rng or random).uniform(0, self._ceiling(attempts))
         wait = min(wait, self.max_backoff)
         if self.max_age > 0 and age is not None:
             wait = min(wait, max(0.0, self.max_age - age))
         return wait
+
+    def _ceiling(self, attempts: int) -> float:
+        """The most the computed backoff waits after the `attempts`-th failure: `initial_backoff` growing by
+        `multiplier` per failure up to `max_backoff`. Finite for any count: an input reconnecting for days,
+        or a delivery with a huge `max_attempts`, fails a thousand times and more (2.0 ** 1024 overflows)."""
+        if self.initial_backoff <= 0:
+            return 0.0
+        try:
+            growth = self.multiplier ** max(0, attempts - 1)
+        except OverflowError:
+            return self.max_backoff
+        return min(self.max_backoff, self.initial_backoff * growth)
 
     def exhausted(self, attempts: int, age: float) -> bool:
         """True when no further attempt is allowed after `attempts` failures, `age` seconds in."""
