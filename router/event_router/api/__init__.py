@@ -6,7 +6,9 @@ releases; the submodules (`event_router.api.plugin`, ...) are where they are def
 Nothing here imports the core: the core and the plugins both build on this package.
 """
 
+from event_router.api.backoff import Backoff
 from event_router.api.batching import BatchStore, Item, Rejected
+from event_router.api.decode import decode_event
 from event_router.api.durations import DURATION_SCHEMA, parse_duration
 from event_router.api.errors import (
     ConfigError,
@@ -49,6 +51,7 @@ __all__ = [
     "RETRY_SCHEMA",
     "SECRET_SCHEMA",
     "TEXT_OR_SECRET_SCHEMA",
+    "Backoff",
     "BatchStore",
     "ConfigError",
     "Delivery",
@@ -73,6 +76,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "compile_template",
+    "decode_event",
     "hookimpl",
     "is_credential_header",
     "is_retryable",

@@ -1,15 +1,16 @@
 """For input plugins: store what one read returned (dead letters once, events in parts small enough for a
 nearly full spool), holding it unacknowledged while the spool is full and never dropping it.
 
-An input decodes what it read into `Event`s and `Rejected` items, then calls `BatchStore.store` with a
-callback that acknowledges each stored part at the source.
+An input decodes what it read into `Event`s and `Rejected` items (`decode_event`), then calls
+`BatchStore.store` with a callback that acknowledges each stored part at the source: the one
+"spool full -> wait -> store again" loop of every broker input.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -43,12 +44,21 @@ Waiting = Callable[[int], Awaitable[Any]]
 
 
 class BatchStore:
-    """Hands items to the sink, holding them (never dropping them) while the spool is full."""
+    """Hands items to the sink, holding them (never dropping them) while the spool is full.
 
-    def __init__(self, sink: EventSink, log: logging.Logger, batch_size: int):
+    `store(items, stored, waiting)` returns once every item is stored: `await stored(start, end)` right
+    after `items[start:end]` are (acknowledge them at the source there, and only there); while the spool is
+    full it sleeps the `SpoolFull.retry_after` the core asks for, calls `await waiting(start)` (check the
+    connection still holds the rest, extend a lease...) and submits again, in parts that halve until one
+    fits. An exception from either callback ends `store` with what is not stored still unacknowledged.
+    `context` is added to its log lines (the queue, the subscription...).
+    """
+
+    def __init__(self, sink: EventSink, log: logging.Logger, batch_size: int, context: Mapping[str, Any] | None = None):
         self.sink = sink
         self.log = log
         self.batch_size = batch_size
+        self.context: dict[str, Any] = dict(context or {})
         #: items per submit; halves on SpoolFull so a batch larger than the room left still goes in
         self._part = batch_size
 
@@ -70,7 +80,7 @@ class BatchStore:
                 if not paused:
                     self.log.warning(
                         "spool full: holding what was read, unacknowledged, until it has room",
-                        extra={"held": len(items) - start, "retry_in": full.retry_after},
+                        extra={**self.context, "held": len(items) - start, "retry_in": full.retry_after},
                     )
                 paused = True
                 await anyio.sleep(full.retry_after)
@@ -80,7 +90,7 @@ class BatchStore:
             start = end
             self._part = min(self.batch_size, self._part * 2)
         if paused:
-            self.log.info("spool has room again: reading", extra={"stored": len(items)})
+            self.log.info("spool has room again: reading", extra={**self.context, "stored": len(items)})
 
     async def store_now(self, items: Sequence[Item]) -> None:
         """One attempt, no waiting (e.g. on the way out): `SpoolFull` reaches the caller."""
@@ -115,7 +125,7 @@ class BatchStore:
         self.log.error(
             "the router failed on an event; keeping it as a dead letter",
             exc_info=exc,
-            extra={"trigger": event.trigger, "error": error},
+            extra={**self.context, "trigger": event.trigger, "error": error},
         )
         raw = event.raw if event.raw is not None else orjson.dumps(event.data)
         await self.sink.reject(raw, f"the router failed on this event: {error}", trigger=event.trigger, meta=event.meta)
