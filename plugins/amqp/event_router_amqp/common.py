@@ -1,4 +1,4 @@
-"""What the AMQP input and output share: URL checks, error wording, reconnect backoff, header cleaning.
+"""What the AMQP input and output share: URL checks, error wording, header cleaning.
 
 `redact_url` is the core's (`event_router.api.secrets`), imported here for both.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import random
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,27 +41,6 @@ def describe_error(exc: BaseException) -> str:
         return repr(exc).strip("<>")
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-class Backoff:
-    """Waits between connection attempts: doubling from `initial` up to `maximum`, with jitter.
-
-    The jitter keeps a fleet of routers from reconnecting in lockstep after a broker restart.
-    """
-
-    def __init__(self, maximum: float, initial: float = 0.2):
-        self.initial = min(initial, maximum)
-        self.maximum = maximum
-        self.failures = 0
-
-    def next(self) -> float:
-        # the exponent is capped: 2.0**1024 overflows, after about six hours of a broker down at 30 s
-        ceiling = min(self.maximum, self.initial * 2.0 ** min(self.failures, 64))
-        self.failures += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 #: field tables and arrays nested deeper than this are kept as their text: orjson writes no more than 254

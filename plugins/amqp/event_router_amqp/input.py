@@ -15,17 +15,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-import orjson
 from anyio.abc import TaskStatus
 
 from event_router.api import (
     DURATION_SCHEMA,
+    Backoff,
+    BatchStore,
     ConfigError,
     Event,
     EventSink,
     Input,
     PluginContext,
-    SpoolFull,
+    Rejected,
+    decode_event,
     parse_duration,
     secret_schema,
     started_once,
@@ -33,7 +35,6 @@ from event_router.api import (
 from event_router_amqp.common import (
     EXCHANGE_TYPES,
     PLACEHOLDER_URL,
-    Backoff,
     check_url,
     describe_error,
     json_safe,
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
 
 #: redeliveries remembered per message id on classic queues (they carry no delivery count)
 _SEEN_LIMIT = 10_000
+#: the first and the longest pause after a batch the spool could not take (given back to the broker): a
+#: spool error is local (disk full, I/O error) and the broker hands the batch out again at once
+_STORE_RETRY = (0.2, 5.0)
 
 _T = TypeVar("_T")
 
@@ -166,8 +170,9 @@ class AmqpInput(Input):
         self._consuming = False
         #: message id -> redeliveries seen (classic queues, which send no x-delivery-count)
         self._seen: OrderedDict[str, int] = OrderedDict()
-        #: the submit chunk size; shrinks while the spool is full so a big batch still fits a nearly full spool
-        self._chunk = self.batch_size
+        self._reconnect = Backoff.reconnect(self.reconnect_max, initial=0.2)
+        first, longest = _STORE_RETRY
+        self._store_retry = Backoff.reconnect(min(self.reconnect_max, longest), initial=first)
 
     def is_ready(self) -> bool:
         return self._ready
@@ -178,12 +183,12 @@ class AmqpInput(Input):
         # meanwhile, and this one keeps retrying while the broker is down.
         started = started_once(task_status)
         pass_through = _pass_through()
-        backoff = Backoff(self.reconnect_max)
+        store = BatchStore(sink, self.log, self.batch_size, {"queue": self.queue})
         while True:
             try:
-                await self._consume(sink, backoff, started)
+                await self._consume(store, started)
             except pass_through as exc:
-                delay = backoff.next()
+                delay = self._reconnect.failed()
                 error = str(exc) if isinstance(exc, ConnectionLost) else describe_error(exc)
                 if self._consuming:
                     self.log.warning(
@@ -203,7 +208,7 @@ class AmqpInput(Input):
                         },
                     )
             except Exception as exc:  # a bug must not end the input: the broker keeps what is unacknowledged
-                delay = backoff.next()
+                delay = self._reconnect.failed()
                 self.log.exception(
                     "unexpected error while consuming; reconnecting",
                     extra={"url": self.safe_url, "error": describe_error(exc), "retry_in": round(delay, 2)},
@@ -212,7 +217,7 @@ class AmqpInput(Input):
                 self._ready = self._consuming = False
             await anyio.sleep(delay)
 
-    async def _consume(self, sink: EventSink, backoff: Backoff, started: Callable[[], None]) -> None:
+    async def _consume(self, store: BatchStore, started: Callable[[], None]) -> None:
         import aio_pika
 
         from event_router_amqp import tolerant_decode
@@ -238,7 +243,7 @@ class AmqpInput(Input):
             # hot path, and this input needs nothing from it
             await self._step("basic.consume", underlay.basic_consume(queue.name, inbox.put, no_ack=False))
             self._ready = self._consuming = True
-            backoff.reset()
+            self._reconnect.healthy()
             self.log.info(
                 "consuming from the broker",
                 extra={"url": self.safe_url, "queue": self.queue, "exchange": self.exchange, "prefetch": self.prefetch},
@@ -246,7 +251,7 @@ class AmqpInput(Input):
             started()
             while True:
                 batch = await inbox.take(self.batch_size, self.batch_wait)
-                await self._handle(sink, batch, inbox, underlay)
+                await self._handle(store, batch, inbox, underlay)
         finally:
             self._ready = False
             # a close on a connection the broker already dropped may fail too: that is not the news
@@ -286,57 +291,34 @@ class AmqpInput(Input):
     # --- one batch --------------------------------------------------------------------------------
 
     async def _handle(
-        self, sink: EventSink, batch: Sequence[DeliveredMessage], inbox: _Inbox, channel: Underlay
+        self, store: BatchStore, batch: Sequence[DeliveredMessage], inbox: _Inbox, channel: Underlay
     ) -> None:
-        pass_through = _pass_through()
-        events: list[Event] = []
-        #: the message each event came from, to acknowledge up to it
-        sources: list[DeliveredMessage] = []
-        try:
-            for message in batch:
-                event = await self._decode(sink, message)
-                if event is not None:
-                    events.append(event)
-                    sources.append(message)
-        except pass_through:
-            raise
-        except Exception as exc:  # the spool cannot keep the dead letters either
-            await self._give_back(channel, batch[-1], 0, exc)
-            return
+        """Store `batch` (dead letters included), acknowledging up to each stored part once it is stored."""
         acked = 0
-        start = 0
-        while start < len(events):
-            end = min(len(events), start + self._chunk)
-            try:
-                with anyio.CancelScope(shield=True):
-                    # the chunk is stored, then acknowledged, even if the router is told to stop meanwhile
-                    await sink.submit(events[start:end])
-                    inbox.check()
-                    acked = await self._ack(channel, sources[end - 1], acked)
-            except SpoolFull as full:
-                self._chunk = max(1, self._chunk // 2)
-                self.log.warning(
-                    "spool full: not consuming until it has room",
-                    extra={"queue": self.queue, "pending": len(events) - start, "retry_in": full.retry_after},
-                )
-                await anyio.sleep(full.retry_after)
-                inbox.check()  # the broker took the messages back: they come again, do not store them twice
-                continue
-            except pass_through:
-                raise
-            except Exception as exc:
-                await self._give_back(channel, batch[-1], acked, exc)
-                return
-            start = end
-            self._chunk = min(self.batch_size, self._chunk * 2)
-        await self._ack(channel, batch[-1], acked)
+
+        async def stored(_start: int, end: int) -> None:
+            nonlocal acked
+            inbox.check()  # a lost channel cannot acknowledge: the broker delivers the part again
+            acked = await self._ack(channel, batch[end - 1], acked)
+
+        async def waiting(_start: int) -> None:
+            inbox.check()  # the broker took the messages back: they come again, do not store them twice
+
+        try:
+            await store.store([self._decode(message) for message in batch], stored, waiting)
+        except _pass_through():
+            raise
+        except Exception as exc:  # the spool cannot take the batch (nor its dead letters)
+            await self._give_back(channel, batch[-1], acked, exc)
+            return
+        self._store_retry.healthy()
         if self._seen:
             for message in batch:
                 if message.header.properties.message_id:
                     self._seen.pop(message.header.properties.message_id, None)
 
-    async def _decode(self, sink: EventSink, message: DeliveredMessage) -> Event | None:
-        """The event in `message`, or None once it is kept as a dead letter (then it is acknowledged)."""
+    def _decode(self, message: DeliveredMessage) -> Event | Rejected:
+        """The event in `message`, or the dead letter it becomes (then it is acknowledged like an event)."""
         delivery: Any = message.delivery
         props = message.header.properties
         trigger: str = delivery.routing_key or ""
@@ -357,28 +339,19 @@ class AmqpInput(Input):
         if headers and (len(headers) > 1 or "x-delivery-count" not in headers):
             # the count is `delivery_count` already
             meta["headers"] = {wire_text(k): json_safe(v) for k, v in headers.items() if k != "x-delivery-count"}
-        body = message.body
-        reason: str | None = None
-        data: Any = None
+        refuse: str | None = None
         if count > self.max_redeliveries:
             # a message that keeps coming back would otherwise loop forever
-            reason = f"redelivered {count} times"
+            refuse = f"redelivered {count} times"
         elif not trigger:
-            reason = "no routing key: cannot tell the event type"
+            refuse = "no routing key: cannot tell the event type"
         elif routing_key != trigger:
             # no event type can be named so; meta keeps the key's bytes, each one not UTF-8 as \xNN
-            reason = "routing key is not UTF-8"
-        elif body:
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                reason = f"body is not valid JSON: {exc}"
-        if reason is None:
-            # raw: kept until stored, so an event too deep to store as JSON is dead-lettered with its bytes
-            return Event(trigger=trigger, data=data, source=self.name, meta=meta, raw=bytes(body))
-        with anyio.CancelScope(shield=True):
-            await sink.reject(body, reason, trigger=routing_key or None, meta=meta)
-        return None
+            refuse = "routing key is not UTF-8"
+        # a dead letter is filed under the key as text
+        return decode_event(
+            routing_key or None, bytes(message.body), source=self.name, meta=meta, refuse=refuse, what="body"
+        )
 
     def _delivery_count(self, headers: Mapping[str, Any] | None, redelivered: bool, message_id: str | None) -> int:
         """How often the broker delivered this message before: quorum queues say so, classic ones do not."""
@@ -405,10 +378,10 @@ class AmqpInput(Input):
 
     async def _give_back(self, channel: Underlay, last: DeliveredMessage, acked: int, exc: Exception) -> None:
         """The spool could not take the batch: return it to the queue and pause before taking more."""
-        delay = min(self.reconnect_max, 5.0)
+        delay = self._store_retry.failed()
         self.log.error(
             "could not store a batch; returning it to the broker",
-            extra={"queue": self.queue, "error": describe_error(exc), "retry_in": delay},
+            extra={"queue": self.queue, "error": describe_error(exc), "retry_in": round(delay, 2)},
         )
         tag = last.delivery_tag or 0
         if tag > acked:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from event_router.api import Event, PluginContext
+from event_router.api import BatchStore, Event, PluginContext
 from event_router.testing.decoding import RecordingSink, check_event, check_rejection, shipped_router
 from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_names, payloads
 from event_router_amqp.input import AmqpInput
@@ -78,9 +78,10 @@ def make_input(tmp_path: Path) -> AmqpInput:
 
 
 def decode(inp: AmqpInput, message: Any) -> tuple[Event | None, RecordingSink]:
+    """The event `message` becomes, or None once its dead letter reached the sink, as the input stores them."""
     sink = RecordingSink()
-    event = anyio.run(inp._decode, sink, message)
-    return event, sink
+    anyio.run(BatchStore(sink, logging.getLogger("test"), 1).store, [inp._decode(message)])
+    return (sink.events[0] if sink.events else None), sink
 
 
 @SETTINGS

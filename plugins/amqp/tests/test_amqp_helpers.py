@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from event_router.api import PluginContext
-from event_router_amqp.common import Backoff, json_safe, redact_url
+from event_router_amqp.common import json_safe, redact_url
 from event_router_amqp.input import _SEEN_LIMIT, AmqpInput
 
 
@@ -43,26 +43,24 @@ def test_header_values_become_json() -> None:
     }
 
 
-def test_backoff_doubles_up_to_the_maximum_and_resets() -> None:
-    backoff = Backoff(maximum=2.0, initial=0.2)
-    waits = [backoff.next() for _ in range(8)]
-    assert 0.1 <= waits[0] <= 0.2
-    assert 0.2 <= waits[1] <= 0.4
-    assert all(1.0 <= w <= 2.0 for w in waits[4:])
-    backoff.reset()
-    assert backoff.next() <= 0.2
+def test_reconnect_backoff_doubles_from_0_2_s_up_to_reconnect_max(tmp_path: Path) -> None:
+    backoff = make_input(tmp_path, reconnect_max="2s")._reconnect
+    waits = [backoff.failed() for _ in range(8)]
+    # full jitter under a ceiling of 0.2 s, 0.4 s, 0.8 s, ... 2 s (the documented start and reconnect_max)
+    assert all(0.0 <= w <= min(2.0, 0.2 * 2**n) for n, w in enumerate(waits))
+    assert backoff.attempt == 8
 
 
-def test_backoff_keeps_going_through_a_long_outage() -> None:
+def test_backoff_keeps_going_through_a_long_outage(tmp_path: Path) -> None:
     """Thousands of failed attempts in a row (hours of a broker down): still the maximum, no overflow."""
-    backoff = Backoff(maximum=30.0)
-    backoff.failures = 5000
-    assert 15.0 <= backoff.next() <= 30.0
+    backoff = make_input(tmp_path)._reconnect
+    backoff.attempt = 5000
+    assert 0.0 <= backoff.failed() <= 30.0
 
 
-def make_input(tmp_path: Path) -> AmqpInput:
+def make_input(tmp_path: Path, **config: str) -> AmqpInput:
     context = PluginContext("broker", tmp_path, logging.getLogger("test"), tmp_path)
-    return AmqpInput({"url": "amqp://guest:guest@127.0.0.1/"}, context)
+    return AmqpInput({"url": "amqp://guest:guest@127.0.0.1/", **config}, context)
 
 
 def test_delivery_count_prefers_the_quorum_header(tmp_path: Path) -> None:

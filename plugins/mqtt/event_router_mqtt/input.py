@@ -20,10 +20,10 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import orjson
 from anyio.abc import TaskStatus
 
 from event_router.api import (
+    Backoff,
     BatchStore,
     ConfigError,
     Event,
@@ -31,8 +31,8 @@ from event_router.api import (
     Input,
     PluginContext,
     Rejected,
-    RetryPolicy,
     SpoolFull,
+    decode_event,
     started_once,
 )
 from event_router_mqtt.settings import CONFIG_SCHEMA, parse_settings, trigger_for
@@ -86,7 +86,7 @@ class MqttInput(Input):
         if int(version("paho-mqtt").split(".")[0]) < 2:
             # without manual acknowledgements (paho-mqtt 2.0) paho sends PUBACK before the event is stored
             raise ConfigError("", "needs paho-mqtt 2.0 or later (manual acknowledgements); upgrade aiomqtt")
-        self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
+        self._reconnect = Backoff.reconnect(self.settings.reconnect_max)
         self._ready = False
         self._connected = False
         #: how many messages of a batch go to the spool at once; shrinks while the spool is full
@@ -101,7 +101,6 @@ class MqttInput(Input):
         started = started_once(task_status)
         import aiomqtt
 
-        failures = 0
         broker = self.settings.broker.display
         while True:
             self._connected = False
@@ -115,15 +114,14 @@ class MqttInput(Input):
                 self.log.exception("unexpected error in the MQTT input", extra={"broker": broker, "error": error})
             finally:
                 self._ready = False
-            failures = 1 if self._connected else failures + 1
-            delay = self._reconnect.delay(failures)
+            delay = self._reconnect.failed()
             self.log.warning(
                 "lost the MQTT broker; reconnecting" if self._connected else "cannot connect to the MQTT broker",
                 extra={
                     "broker": broker,
                     "client_id": self.settings.client_id,
                     "error": error,
-                    "attempt": failures,
+                    "attempt": self._reconnect.attempt,
                     "retry_in": round(delay, 2),
                 },
             )
@@ -162,6 +160,7 @@ class MqttInput(Input):
             # only now: a broker that takes the connection but refuses the subscription still backs off
             self._connected = True
             self._ready = True
+            self._reconnect.healthy()
             self.log.info(
                 "subscribed to the MQTT broker",
                 extra={
@@ -257,14 +256,8 @@ class MqttInput(Input):
         try:
             trigger = trigger_for(topic, self.settings.topic_prefix)
         except ValueError as exc:
-            return Rejected(payload, str(exc), None, meta)
-        data: Any = None
-        if payload:
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                return Rejected(payload, f"payload is not valid JSON: {exc}", trigger, meta)
-        return Event(trigger=trigger, data=data, source=self.name, meta=meta, raw=payload)
+            return decode_event(None, payload, source=self.name, meta=meta, refuse=str(exc))
+        return decode_event(trigger, payload, source=self.name, meta=meta)
 
 
 def _ack_all(messages: Sequence[aiomqtt.Message], ack: Ack) -> None:

@@ -1,4 +1,4 @@
-"""From a pulled Pub/Sub message to an `Event`, or to the reason it cannot be one.
+"""From a pulled Pub/Sub message to an `Event`, or to a `Rejected` saying why it cannot be one.
 
 The Connector's PubSub broker publishes, per event, the compact JSON of the event's data (`{}` for
 events without data) with exactly one attribute, `namespace`, and no ordering key. Pure: no I/O.
@@ -6,29 +6,18 @@ events without data) with exactly one attribute, `namespace`, and no ordering ke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from event_router.api import Event
+from event_router.api import Event, Rejected, decode_event
 
 # only for annotations: gcloud-aio-pubsub is imported by a running input (see input.py)
 if TYPE_CHECKING:
     from gcloud.aio.pubsub import SubscriberMessage
 
 NAMESPACE_ATTRIBUTE = "namespace"
-
-
-@dataclass(frozen=True, slots=True)
-class Undecodable:
-    """A message that cannot become an event: kept as a dead letter with `reason`, then acknowledged."""
-
-    raw: bytes
-    reason: str
-    trigger: str | None
-    meta: dict[str, Any]
 
 
 def message_meta(message: SubscriberMessage, subscription: str) -> dict[str, Any]:
@@ -45,24 +34,16 @@ def message_meta(message: SubscriberMessage, subscription: str) -> dict[str, Any
     return meta
 
 
-def decode(message: SubscriberMessage, *, source: str, subscription: str) -> Event | Undecodable:
+def decode(message: SubscriberMessage, *, source: str, subscription: str) -> Event | Rejected:
     """The event the Connector published, or why this message is not one."""
     meta = message_meta(message, subscription)
     raw = message.data or b""
     attributes = message.attributes or {}
     problem = _namespace_problem(attributes)
-    if problem is not None:
-        return Undecodable(raw, problem, None, meta)
-    trigger: str = attributes[NAMESPACE_ATTRIBUTE]
-    if not raw:
-        # Pub/Sub allows attribute-only messages; the Connector itself sends `{}` for events without data
-        return Event(trigger=trigger, data=None, source=source, meta=meta)
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Undecodable(raw, f"message data is not valid JSON: {exc}", trigger, meta)
-    # raw: kept until stored, so an event too deep to store as JSON is dead-lettered with its bytes
-    return Event(trigger=trigger, data=data, source=source, meta=meta, raw=raw)
+    trigger = None if problem is not None else attributes[NAMESPACE_ATTRIBUTE]
+    # Pub/Sub allows attribute-only messages (the Connector itself sends `{}` for events without data):
+    # such an event keeps no bytes
+    return decode_event(trigger, raw, source=source, meta=meta, refuse=problem, what="message data", keep=raw or None)
 
 
 def _namespace_problem(attributes: dict[str, Any]) -> str | None:

@@ -19,8 +19,8 @@ import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
-from event_router.api import Event, EventSink, Input, PluginContext, RetryPolicy, SpoolFull, started_once
-from event_router_pubsub.decode import Undecodable, decode
+from event_router.api import Backoff, BatchStore, EventSink, Input, PluginContext, started_once
+from event_router_pubsub.decode import decode
 from event_router_pubsub.settings import CONFIG_SCHEMA, MIN_ACK_DEADLINE, parse_settings
 
 # gcloud-aio-pubsub is imported in the method that connects: routers without Pub/Sub skip its memory and start-up cost
@@ -50,12 +50,11 @@ class PubSubInput(Input):
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(config, context)
         self.settings = parse_settings(config, context.config_dir)
-        self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
+        #: healthy once a pull answers, so a pull that always fails still backs off
+        self._reconnect = Backoff.reconnect(self.settings.reconnect_max)
         # when the first extension of a fresh batch is due; the subscription's own deadline may be 10 s
         self._first_extension = MIN_ACK_DEADLINE / 2
         self._ready = False
-        #: failed attempts in a row; reset once a pull answers, so a pull that always fails still backs off
-        self._failures = 0
 
     def is_ready(self) -> bool:
         return self._ready
@@ -65,6 +64,7 @@ class PubSubInput(Input):
         # keeps for a subscription what is published after it exists, and drops what came before. While
         # Pub/Sub is unreachable the router serves its other inputs; this one retries, not ready (/readyz).
         started = started_once(task_status)
+        store = BatchStore(sink, self.log, self.settings.max_messages, {"subscription": self.settings.subscription})
         try:
             while True:
                 try:
@@ -76,11 +76,10 @@ class PubSubInput(Input):
                             extra={"subscription": self.settings.subscription, "endpoint": self.settings.endpoint},
                         )
                         started()
-                        await self._consume(client, sink)
+                        await self._consume(client, store)
                 except Exception as exc:  # every failure ends in a logged, backed-off retry, never a dead router
                     self._ready = False
-                    self._failures += 1
-                    delay = self._reconnect.delay(self._failures)
+                    delay = self._reconnect.failed()
                     self._log_failure(_unwrap(exc), delay)
                     await anyio.sleep(delay)
         finally:
@@ -174,7 +173,7 @@ class PubSubInput(Input):
         self.log.info("subscription created", extra={"subscription": settings.subscription, "topic": settings.topic})
         return info
 
-    async def _consume(self, client: SubscriberClient, sink: EventSink) -> None:
+    async def _consume(self, client: SubscriberClient, store: BatchStore) -> None:
         settings = self.settings
         while True:
             try:
@@ -187,18 +186,26 @@ class PubSubInput(Input):
                 raise  # could not connect: that is an outage, not an idle subscription
             except TimeoutError:
                 continue
-            self._failures = 0
+            self._reconnect.healthy()
             if messages:
-                await self._handle(client, sink, messages)
+                await self._handle(client, store, messages)
 
-    async def _handle(self, client: SubscriberClient, sink: EventSink, messages: Sequence[SubscriberMessage]) -> None:
-        """Store one pulled batch, keeping its messages leased until they are acknowledged."""
-        decoded = [(m.ack_id, decode(m, source=self.name, subscription=self.settings.subscription)) for m in messages]
-        unacked = {ack_id for ack_id, _ in decoded}
+    async def _handle(self, client: SubscriberClient, store: BatchStore, messages: Sequence[SubscriberMessage]) -> None:
+        """Store one pulled batch, keeping its messages leased until they are acknowledged: each stored part
+        at once, and nothing that is not stored (held while the spool is full)."""
+        settings = self.settings
+        items = [decode(m, source=self.name, subscription=settings.subscription) for m in messages]
+        ack_ids = [m.ack_id for m in messages]
+        unacked = set(ack_ids)
+
+        async def stored(start: int, end: int) -> None:
+            await client.acknowledge(settings.subscription, ack_ids[start:end], timeout=CALL_TIMEOUT)
+            unacked.difference_update(ack_ids[start:end])
+
         try:
             async with anyio.create_task_group() as lease:
                 lease.start_soon(self._keep_leased, client, unacked)
-                await self._store(client, sink, decoded, unacked)
+                await store.store(items, stored)
                 lease.cancel_scope.cancel()
         finally:
             if unacked:
@@ -210,61 +217,6 @@ class PubSubInput(Input):
                     suppress(aiohttp.ClientError, TimeoutError),
                 ):
                     await client.modify_ack_deadline(self.settings.subscription, sorted(unacked), 0)
-
-    async def _store(
-        self,
-        client: SubscriberClient,
-        sink: EventSink,
-        decoded: Sequence[tuple[str, Event | Undecodable]],
-        unacked: set[str],
-    ) -> None:
-        done: list[str] = []
-        events: list[tuple[str, Event]] = []
-        waited = False
-        for ack_id, item in decoded:
-            if isinstance(item, Event):
-                events.append((ack_id, item))
-                continue
-            while True:
-                try:
-                    await sink.reject(item.raw, item.reason, trigger=item.trigger, meta=item.meta)
-                    break
-                except SpoolFull as full:
-                    waited = await self._wait_for_room(full, len(unacked), waited)
-            done.append(ack_id)
-        # SpoolFull is all or nothing: a batch larger than the room left is split until parts fit, so a big
-        # pull cannot wait forever behind a spool limit smaller than itself.
-        size = len(events)
-        while events or done:
-            part = events[:size]
-            try:
-                if part:
-                    # once submitted, let the spool write finish even if the router is stopping: its acks follow
-                    with anyio.CancelScope(shield=True):
-                        await sink.submit([event for _, event in part])
-            except SpoolFull as full:
-                if size > 1:
-                    size //= 2
-                else:
-                    waited = await self._wait_for_room(full, len(unacked), waited)
-                continue
-            done.extend(ack_id for ack_id, _ in part)
-            del events[: len(part)]
-            size = len(events)
-            with anyio.CancelScope(shield=True):
-                await client.acknowledge(self.settings.subscription, done, timeout=CALL_TIMEOUT)
-            unacked.difference_update(done)
-            done = []
-
-    async def _wait_for_room(self, full: SpoolFull, held: int, logged: bool) -> bool:
-        """Sleep `retry_after` with the messages still leased; log once per batch."""
-        log = self.log.debug if logged else self.log.warning
-        log(
-            "spool full: holding messages unacknowledged until there is room",
-            extra={"held": held, "retry_in": full.retry_after, "subscription": self.settings.subscription},
-        )
-        await anyio.sleep(full.retry_after)
-        return True
 
     async def _keep_leased(self, client: SubscriberClient, unacked: set[str]) -> None:
         """Extend the ack deadline of the batch in hand until it is acknowledged (then this is cancelled)."""

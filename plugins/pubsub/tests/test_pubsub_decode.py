@@ -14,10 +14,10 @@ from gcloud.aio.pubsub import SubscriberMessage
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from event_router.api import Event
+from event_router.api import Event, Rejected
 from event_router.testing.decoding import check_event, check_rejection, shipped_router
 from event_router.testing.strategies import CONNECTOR_MESSAGES, odd_texts, payloads
-from event_router_pubsub.decode import NAMESPACE_ATTRIBUTE, Undecodable, decode
+from event_router_pubsub.decode import NAMESPACE_ATTRIBUTE, decode
 
 SUBSCRIPTION = "projects/p-1/subscriptions/enmeshed-events"
 
@@ -63,18 +63,22 @@ def test_attribute_only_message_has_no_data() -> None:
 
 def test_rejections_keep_bytes_trigger_and_meta() -> None:
     no_attributes = decode(received(b"{}", None), source="s", subscription=SUBSCRIPTION)
-    assert isinstance(no_attributes, Undecodable)
-    assert (no_attributes.reason, no_attributes.trigger, no_attributes.raw) == ("no namespace attribute", None, b"{}")
+    assert isinstance(no_attributes, Rejected)
+    assert (no_attributes.reason, no_attributes.trigger, no_attributes.payload) == (
+        "no namespace attribute",
+        None,
+        b"{}",
+    )
     assert no_attributes.meta["attributes"] == {}
 
     empty_namespace = decode(received(b"{}", {"namespace": ""}), source="s", subscription=SUBSCRIPTION)
-    assert isinstance(empty_namespace, Undecodable)
+    assert isinstance(empty_namespace, Rejected)
     assert empty_namespace.reason == "namespace attribute is empty"
 
     not_json = decode(received(b"\xff{", {"namespace": "transport.messageReceived"}), source="s", subscription="x")
-    assert isinstance(not_json, Undecodable)
+    assert isinstance(not_json, Rejected)
     assert not_json.reason.startswith("message data is not valid JSON")
-    assert (not_json.trigger, not_json.raw) == ("transport.messageReceived", b"\xff{")
+    assert (not_json.trigger, not_json.payload) == ("transport.messageReceived", b"\xff{")
     assert not_json.meta["message_id"] == "42"
 
 
@@ -133,8 +137,8 @@ def test_any_message_becomes_an_event_or_a_dead_letter(
         assert item.data == (orjson.loads(data) if data else None)
         assert item.meta["publish_time"].endswith("Z")
         return
-    assert isinstance(item, Undecodable)
-    check_rejection(item.raw, item.reason, item.trigger, item.meta, raw=data or b"")
+    assert isinstance(item, Rejected)
+    check_rejection(item.payload, item.reason, item.trigger, item.meta, raw=data or b"")
     if not isinstance(namespace, str) or not namespace:
         assert item.trigger is None
         assert "namespace attribute" in item.reason

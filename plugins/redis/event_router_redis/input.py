@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from event_router.api import BatchStore, EventSink, Input, PluginContext, RetryPolicy, scrub, started_once, url_secrets
+from event_router.api import Backoff, BatchStore, EventSink, Input, PluginContext, scrub, started_once, url_secrets
 from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
 
 # redis-py is imported in the methods that connect: routers without Redis skip its memory and start-up cost
@@ -38,7 +38,7 @@ class RedisInput(Input):
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(config, context)
         self.settings = parse_settings(config, self.name)
-        self._reconnect = RetryPolicy(initial_backoff=0.5, max_backoff=self.settings.reconnect_max)
+        self._reconnect = Backoff.reconnect(self.settings.reconnect_max)
         self._ready = False
         self._connected = False
         self._started: Callable[[], None] = lambda: None
@@ -55,7 +55,6 @@ class RedisInput(Input):
         from event_router_redis.stream import GroupMissing
 
         store = BatchStore(sink, self.log, self.settings.batch_size)
-        failures = 0
         while True:
             self._connected = False
             try:
@@ -72,8 +71,7 @@ class RedisInput(Input):
                 self.log.exception("unexpected error in the Redis input", extra={"redis": self.settings.display})
             finally:
                 self._ready = False
-            failures = 1 if self._connected else failures + 1
-            delay = self._reconnect.delay(failures)
+            delay = self._reconnect.failed()
             self.log.warning(
                 "lost the connection to Redis; reconnecting" if self._connected else "cannot read from Redis",
                 extra={
@@ -81,7 +79,7 @@ class RedisInput(Input):
                     "mode": self.settings.mode,
                     # error texts should not hold the password; if a library put it there anyway, it is cut out
                     "error": scrub(error, url_secrets(self.settings.url)),
-                    "attempt": failures,
+                    "attempt": self._reconnect.attempt,
                     "retry_in": round(delay, 2),
                 },
             )
@@ -121,6 +119,7 @@ class RedisInput(Input):
         s = self.settings
         self._connected = True
         self._ready = True
+        self._reconnect.healthy()
         if s.mode == "stream":
             self.log.info(
                 "reading the Redis stream",

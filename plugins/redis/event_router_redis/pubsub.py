@@ -10,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from event_router.api import BatchStore, Event, Item, Rejected
+from event_router.api import BatchStore, Item, decode_event
 from event_router_redis.settings import Settings
 
 #: how long Redis may take to confirm the subscriptions
@@ -78,13 +77,9 @@ class PubSubReader:
         try:
             trigger = channel.decode("utf-8")
         except UnicodeDecodeError:
-            return Rejected(payload, "channel name is not UTF-8: it names no Connector event", None, meta)
+            refuse = "channel name is not UTF-8: it names no Connector event"
+            return decode_event(None, payload, source=self.source, meta=meta, refuse=refuse)
         if not trigger:  # PUBLISH "" reaches a pattern such as `*`
-            return Rejected(payload, "channel name is empty: it names no Connector event", None, meta)
-        data: Any = None
-        if payload:
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                return Rejected(payload, f"message is not valid JSON: {exc}", trigger, meta)
-        return Event(trigger=trigger, data=data, source=self.source, meta=meta, raw=payload)
+            refuse = "channel name is empty: it names no Connector event"
+            return decode_event(None, payload, source=self.source, meta=meta, refuse=refuse)
+        return decode_event(trigger, payload, source=self.source, meta=meta, what="message")

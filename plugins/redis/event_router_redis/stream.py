@@ -19,7 +19,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from event_router.api import BatchStore, Event, Item, Rejected
+from event_router.api import BatchStore, Item, decode_event
 from event_router_redis.settings import Settings
 
 _TRIGGER_FIELDS = (b"trigger", b"namespace")
@@ -171,24 +171,23 @@ class StreamReader:
         if extra:
             meta["fields"] = extra
         trigger_raw = next((fields[f] for f in _TRIGGER_FIELDS if fields.get(f)), None)
+        payload = fields.get(b"data") or b""
         limit = self.settings.max_deliveries
+        trigger: str | None = None
+        refuse: str | None = None
         if deliveries > limit:
-            reason = f"delivered {deliveries} times without being acknowledged (max_deliveries = {limit})"
-            return Rejected(raw, reason, _text(trigger_raw) if trigger_raw else None, meta)
-        if trigger_raw is None:
-            return Rejected(raw, 'entry has no "trigger" (or "namespace") field naming the Connector event', None, meta)
-        try:
-            trigger = trigger_raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return Rejected(raw, "the trigger field is not UTF-8", None, meta)
-        data: Any = None
-        payload = fields.get(b"data")
-        if payload:
+            refuse = f"delivered {deliveries} times without being acknowledged (max_deliveries = {limit})"
+            trigger = _text(trigger_raw) if trigger_raw else None
+        elif trigger_raw is None:
+            refuse = 'entry has no "trigger" (or "namespace") field naming the Connector event'
+        else:
             try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                return Rejected(raw, f'field "data" is not valid JSON: {exc}', trigger, meta)
-        return Event(trigger=trigger, data=data, source=self.source, meta=meta, raw=raw)
+                trigger = trigger_raw.decode("utf-8")
+            except UnicodeDecodeError:
+                refuse = "the trigger field is not UTF-8"
+        return decode_event(
+            trigger, payload, source=self.source, meta=meta, refuse=refuse, what='field "data"', keep=raw
+        )
 
 
 def _text(value: Any) -> str:

@@ -46,7 +46,7 @@ def decode_event(
     surrogate) is refused and dropped. Pure: no I/O, nothing raised for any bytes.
     """
     kept = payload if keep is _PAYLOAD else keep
-    if trigger and not _is_text(trigger):
+    if trigger and any("\ud800" <= c <= "\udfff" for c in trigger):
         # a lone surrogate (from a lenient decoder) names no event, and neither JSON nor the spool holds it
         refuse = refuse or f"the event type {trigger!r} is not valid Unicode"
         trigger = None
@@ -62,11 +62,3 @@ def decode_event(
         except orjson.JSONDecodeError as exc:
             return Rejected(payload if kept is None else kept, f"{what} is not valid JSON: {exc}", trigger, meta)
     return Event(trigger=trigger, data=data, source=source, meta=meta, raw=kept)
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
