@@ -9,8 +9,8 @@ import sys
 def tune_for_router_process() -> None:
     """Before the router starts any thread: a short GIL switch interval and at most two malloc arenas."""
     # The spool writer thread gives up the GIL around every SQLite call and then has to win it back
-    # from a busy event loop: at the default 5 ms switch interval each hand-over can add 5 ms to a
-    # commit, and with it to every acknowledgement and delivery (benchmarked at 1,000 ev/s: p99 18-81 ms -> 6-14 ms).
+    # from a busy event loop: each hand-over can add a whole switch interval (5 ms by default) to a
+    # commit, and with it to every acknowledgement and delivery (figures: bench/RESULTS.md).
     sys.setswitchinterval(0.0005)
     limit_malloc_arenas()
 
@@ -18,8 +18,8 @@ def tune_for_router_process() -> None:
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Before any thread starts: glibc gives each thread that allocates (spool writer, file writes) its
     own malloc arena, whose freed event bodies are rarely returned; under a flapping output RSS then rose
-    in steps. In a 3-minute probe (400 ev/s, flapping http output) two arenas levelled it at 104 MB
-    instead of 126 MB. A no-op where glibc is not the libc."""
+    in steps; two arenas bound that growth (figures: bench/RESULTS.md). A no-op where glibc is not the
+    libc."""
     import ctypes
     import ctypes.util
 
@@ -38,8 +38,8 @@ def freeze_startup_heap() -> None:
 
     What survives start-up (modules, classes, compiled schemas and routes, plugin objects) lives as long
     as the process, so scanning it never frees anything, yet every full collection walks all of it. The
-    first one came with the first requests: 25-34 ms with the loop stopped, which made the slowest 1 % of
-    the webhook -> http benchmark at 1,000 ev/s. Frozen objects are still freed by reference counting
+    first one came with the first requests and stopped the loop long enough to make the latency tail
+    (bench/RESULTS.md). Frozen objects are still freed by reference counting
     when dropped (a reload's old configuration); only a reference cycle through them would stay.
     """
     gc.collect()

@@ -149,7 +149,7 @@ class OutputWorker:
         self._limiter = anyio.Semaphore(config.concurrency)
         # and this one bounds the batches attempted whose outcomes are not committed yet: while a commit
         # is slow (a checkpoint, a busy disk) the worker went on attempting deliveries that all waited in
-        # memory (~1,000 at once in a probe at 700 ev/s), and the heap kept the peak (RSS rose in steps)
+        # memory, unbounded, and the heap kept the peak (RSS rose in steps; bench/RESULTS.md, Soak)
         self._unrecorded = anyio.Semaphore(config.concurrency * self.UNRECORDED_PER_SLOT)
         self.in_flight = 0
         #: the worker this one replaces on a reload, while it finishes its attempts: what it has in flight
@@ -185,7 +185,7 @@ class OutputWorker:
         if len(self._buffer) < self.PARSED_AHEAD:  # goes out soon: no need to parse it again
             pending.event, pending.payload = event, planned.payload
         else:
-            # a backlog is forming (the output is slow or down): a parsed event is ~8x its JSON and,
+            # a backlog is forming (the output is slow or down): a parsed event is several times its JSON and,
             # held for minutes then freed, fragments the heap; the bytes are parsed when delivered
             pending.payload_raw = payload_raw
         self._buffer.append(pending)

@@ -1058,8 +1058,8 @@ def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
 
 
 #: rows one INSERT takes. Each statement the writer thread steps releases the GIL and must take it back
-#: from the event loop, which under load holds it up to a switch interval (0.5 ms) at a time: one
-#: statement per event, or per returned row, made a group of 30 events wait milliseconds for the GIL
+#: from the event loop, which under load holds it up to a switch interval (runtime.py) at a time: one
+#: statement per event, or per returned row, made a group wait for the GIL once per row
 #: alone. One multi-row INSERT per table per group waits once.
 _ROWS_PER_INSERT = 200
 _EVENT_INSERT = "INSERT INTO events (id, trigger, stored_at, body) VALUES "

@@ -58,7 +58,7 @@ class FileOutput(Output):
         # events carry personal data: files are private unless the operator says otherwise
         self.mode = int(config.get("mode", "0600"), 8)
         self._handles: dict[str, IO[bytes]] = {}
-        # one thread of its own: a hand-over through a SimpleQueue costs half of anyio's to_thread, paid
+        # one thread of its own: a hand-over through a SimpleQueue costs less than anyio's to_thread, paid
         # on every batch, and writes to one file are sequential anyway
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
