@@ -1,44 +1,23 @@
-"""Example plugin for enmeshed-event-router: an output that prints deliveries to stdout.
+"""Example plugin for enmeshed-event-router: an input that reads events from files dropped into a directory
+(`directory`) and an output that prints deliveries to stdout (`stdout`).
 
 Copy `plugins/_template` to start your own. A plugin is a module with functions marked `@hookimpl`
-that return the classes it provides; the router constructs them from router.toml.
+that return the classes it provides; the router constructs them from router.toml. The entry point in
+pyproject.toml names this module.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping
-from typing import Any
+from event_router.api import Input, Output, hookimpl
+from event_router_template.directory import DirectoryInput
+from event_router_template.output import StdoutOutput
 
-import orjson
-
-from event_router.api import Delivery, Output, PluginContext, hookimpl
+__all__ = ["DirectoryInput", "StdoutOutput"]
 
 
-class StdoutOutput(Output):
-    """Prints each delivery as one JSON line on the router's stdout (`type = "stdout"`).
-
-    Handy while writing routes: run the router in a terminal and watch what a route sends.
-    """
-
-    type_name = "stdout"
-    # Your plugin's keys only; the core owns `type`, `concurrency`, `retry` and `timeout`.
-    config_schema = {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"prefix": {"type": "string", "description": "text printed before each line"}},
-    }
-
-    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
-        # Constructors must be cheap and must not do I/O: `event-router check` constructs plugins too.
-        super().__init__(config, context)
-        self.prefix: str = config.get("prefix", "")
-
-    async def deliver(self, delivery: Delivery) -> None:
-        # Raise event_router.api.plugin.RetryableError / PermanentError on failure; return when delivered.
-        line = orjson.dumps({"route": delivery.route, "id": delivery.event.id, "body": delivery.payload})
-        sys.stdout.write(self.prefix + line.decode() + "\n")
-        sys.stdout.flush()
+@hookimpl
+def event_router_input_types() -> list[type[Input]]:
+    return [DirectoryInput]
 
 
 @hookimpl

@@ -222,6 +222,20 @@ def archive_all(path: str = "./var/events.jsonl", *, name: str = "archive") -> s
     return f'[outputs.{name}]\ntype = "file"\npath = "{path}"\n[[routes]]\nname = "all"\nto = "{name}"\n'
 
 
+def dead_letters(spool_path: Path) -> list[dict[str, Any]]:
+    """The dead letters in a spool (`app.spool.path`), oldest first, each as `event-router dlq show --json`
+    prints it: `reason`, `error`, `trigger`, `source` and the kept `event` (for what an input could not
+    decode, `sink.reject`'s bytes are in `event.raw` and its `meta` in `event.meta`)."""
+    from event_router.core.deadletters import list_dead_letters, to_json
+    from event_router.core.spool import DeadLetterFilter, connect
+
+    conn = connect(spool_path, readonly=True)
+    try:
+        return [to_json(dl, full=True) for dl in list_dead_letters(conn, DeadLetterFilter())]
+    finally:
+        conn.close()
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import tomllib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 
 import anyio
 import pytest
 
+from event_router.api.hookspecs import ENTRY_POINT_GROUP
 from event_router.app import App
 from event_router.config import build_config
 from event_router.plugins import load_plugins
@@ -39,14 +42,17 @@ def make_app(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[App]]:
 
     The file is written to `tmp_path/router.toml`, so relative paths in it land in `tmp_path`. The block runs
     once the router is ready (every input consumes); `ready=False`: once it runs and waits for its inputs
-    (a test of a broker that is down).
+    (a test of a broker that is down). `plugins`: plugin modules (the ones with the hook implementations)
+    to register as if installed, for a plugin's tests before `pip install`; one whose entry point is
+    installed is found through it.
     """
 
     @asynccontextmanager
-    async def run(text: str, *, ready: bool = True) -> AsyncIterator[App]:
+    async def run(text: str, *, ready: bool = True, plugins: Sequence[ModuleType] = ()) -> AsyncIterator[App]:
         path = tmp_path / "router.toml"
         path.write_text(text)
-        registry = load_plugins()
+        installed = {ep.value.partition(":")[0] for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        registry = load_plugins(extra_plugins=[(m.__name__, m) for m in plugins if m.__name__ not in installed])
         app = App(build_config(tomllib.loads(text), path=path, registry=registry), registry)
         async with anyio.create_task_group() as tg:
             if ready:

@@ -1,0 +1,37 @@
+"""Output `stdout`: prints each delivery as one JSON line on the router's stdout."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from event_router.api import Delivery, Output, PluginContext
+
+
+class StdoutOutput(Output):
+    """Prints each delivery as one JSON line on the router's stdout (`type = "stdout"`).
+
+    Handy while writing routes: run the router in a terminal and watch what a route sends.
+    """
+
+    type_name = "stdout"
+    # Your plugin's keys only; the core owns `type`, `concurrency`, `retry` and `timeout`.
+    config_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"prefix": {"type": "string", "description": "text printed before each line"}},
+    }
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        # Constructors must be cheap and must not do I/O: `event-router check` constructs plugins too.
+        super().__init__(config, context)
+        self.prefix: str = config.get("prefix", "")
+
+    async def deliver(self, delivery: Delivery) -> None:
+        # Raise RetryableError / PermanentError (event_router.api) on failure; return when delivered.
+        line = orjson.dumps({"route": delivery.route, "id": delivery.event.id, "body": delivery.payload})
+        sys.stdout.write(self.prefix + line.decode() + "\n")
+        sys.stdout.flush()
