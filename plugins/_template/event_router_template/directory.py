@@ -135,12 +135,19 @@ class DirectoryInput(Input):
 
     def _read_some(self) -> list[File]:
         """Up to `batch_size` complete files, in the order of their names."""
-        with os.scandir(self.path) as entries:
-            names = sorted(
-                e.name for e in entries if not e.name.startswith(".") and fnmatch(e.name, self.pattern) and e.is_file()
-            )
+        try:
+            with os.scandir(self.path) as entries:
+                names = sorted(
+                    e.name
+                    for e in entries
+                    if not e.name.startswith(".") and fnmatch(e.name, self.pattern) and e.is_file()
+                )
+        except OSError:  # gone or unreadable since the check: the next check says why
+            return []
         files: list[File] = []
-        for name in names[: self.batch_size]:
+        for name in names:
+            if len(files) == self.batch_size:
+                break
             try:
                 with open(self.path / name, "rb") as f:
                     st = os.fstat(f.fileno())
