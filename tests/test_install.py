@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -308,3 +309,40 @@ to = ["archive"]
     checked = plugin_venv.run("check", "-c", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout == f"{config}: ok: 1 input(s), 1 output(s), 1 route(s), 60 event schemas\n"
+
+
+@pytest.fixture(scope="module")
+def template_venv(tmp_path_factory: pytest.TempPathFactory, wheels: dict[str, Path]) -> Venv:
+    """What a plugin copied from plugins/_template starts with: the core wheel with its `testing` extra and
+    the template's wheel (built here: scripts/build-wheels leaves the folder to copy out)."""
+    root = tmp_path_factory.mktemp("template")
+    wheel = ["wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(root / "dist")]
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", *wheel, str(ROOT / "plugins" / "_template")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    (template,) = (root / "dist").glob("*.whl")
+    core_with_kit = Path(f"{wheels['enmeshed-event-router']}[testing]")
+    return make_venv(root, core_with_kit, template, own_pip=False)
+
+
+def test_template_installs_alone_and_its_tests_pass(template_venv: Venv) -> None:
+    """The template's tests, copied out of the checkout, pass against the installed plugin (found through
+    its entry point), with nothing but what the two wheels declare."""
+    listed = template_venv.run("plugins", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = [p for p in json.loads(listed.stdout) if not p["builtin"]]
+    assert (entry["distribution"], entry["inputs"], entry["outputs"]) == (
+        "event-router-template",
+        ["directory"],
+        ["stdout"],
+    )
+    shutil.copytree(ROOT / "plugins" / "_template" / "tests", template_venv.cwd / "tests")
+    done = template_venv.run("-m", "pytest", "tests", "-p", "no:cacheprovider", "-rs", program="python")
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = done.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, summary

@@ -117,7 +117,7 @@ class DirectoryInput(Input):
             files = await anyio.to_thread.run_sync(self._read_some)
             if files:
                 await store.store([self._decode(f) for f in files], functools.partial(self._stored, files))
-            if len(files) < self.batch_size:  # a full batch: more may be waiting, read on at once
+            if len(files) < self.batch_size:  # after a full batch, more may be waiting: read on at once
                 await anyio.sleep(self.poll_interval)
 
     async def _stored(self, files: list[File], start: int, end: int) -> None:
