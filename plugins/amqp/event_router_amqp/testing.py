@@ -48,9 +48,16 @@ class ConnectorPublisher:
     `publish()` buffers frames; `flush()` sends them and waits until the broker has processed every
     publish before it (a `basic.qos` round trip on the same channel), so a test knows the messages are
     routed. A missing exchange or an access error surfaces as `RuntimeError` with the broker's text.
+
+    Routed is not promised: without confirms the broker never says that a queue took a message (one that
+    refuses it, full or gone, drops it silently). With `confirms` (which the Connector does not use)
+    `flush()` waits instead until the broker confirmed every message and raises for one it refused, so a
+    test that counts on the queue holding all of them knows it does.
     """
 
-    def __init__(self, url: str = "amqp://guest:guest@127.0.0.1:5672/", timeout: float = 30.0):
+    def __init__(
+        self, url: str = "amqp://guest:guest@127.0.0.1:5672/", timeout: float = 30.0, *, confirms: bool = False
+    ):
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 5672
@@ -63,6 +70,10 @@ class ConnectorPublisher:
         self._sock: socket.socket | None = None
         self._buffer = bytearray()
         self._pending = b""
+        self.confirms = confirms
+        self._published = 0
+        #: delivery tags published in confirm mode that the broker has not confirmed yet
+        self._unconfirmed: set[int] = set()
 
     def __enter__(self) -> ConnectorPublisher:
         self.open()
@@ -93,6 +104,9 @@ class ConnectorPublisher:
         self._expect(commands.Connection.OpenOk)
         self._send(commands.Channel.Open(), 1)
         self._expect(commands.Channel.OpenOk)
+        if self.confirms:
+            self._send(commands.Confirm.Select(), 1)
+            self._expect(commands.Confirm.SelectOk)
 
     def publish(
         self,
@@ -114,6 +128,9 @@ class ConnectorPublisher:
         step = self.frame_max - 8
         for start in range(0, len(payload), step):
             self._buffer += _frame(3, payload[start : start + step])
+        self._published += 1
+        if self.confirms:
+            self._unconfirmed.add(self._published)
         if len(self._buffer) > 1 << 20:
             self._write()
 
@@ -126,11 +143,23 @@ class ConnectorPublisher:
         return count
 
     def flush(self) -> None:
-        """Send what is buffered and return once the broker has handled all of it."""
+        """Send what is buffered and return once the broker has handled all of it (confirmed it, with
+        `confirms`); a message the broker refused (`basic.nack`) surfaces as `RuntimeError`."""
         self._write()
+        if self.confirms:
+            self._await_confirms()
+            return
         # any synchronous method answers after every frame sent before it on the channel
         self._send(commands.Basic.Qos(prefetch_count=0), 1)
         self._expect(commands.Basic.QosOk)
+
+    def _await_confirms(self) -> None:
+        while self._unconfirmed:
+            reply = self._expect(commands.Basic.Ack | commands.Basic.Nack)
+            done = {t for t in self._unconfirmed if t <= reply.delivery_tag} if reply.multiple else {reply.delivery_tag}
+            self._unconfirmed -= done
+            if isinstance(reply, commands.Basic.Nack):
+                raise RuntimeError(f"the broker refused {len(done)} message(s) up to delivery tag {reply.delivery_tag}")
 
     def close(self) -> None:
         if self._sock is None:
@@ -155,7 +184,7 @@ class ConnectorPublisher:
         assert self._sock is not None
         self._sock.sendall(frame.marshal(method, channel))
 
-    def _expect(self, kind: type[Any]) -> Any:
+    def _expect(self, kind: Any) -> Any:
         while True:
             value = self._read_frame()
             if isinstance(value, heartbeat.Heartbeat):
@@ -165,7 +194,7 @@ class ConnectorPublisher:
                     f"the broker closed the {value.name.split('.')[0].lower()}: {value.reply_code} {value.reply_text}"
                 )
             if not isinstance(value, kind):
-                raise RuntimeError(f"expected {kind.__name__}, the broker sent {value.name}")
+                raise RuntimeError(f"expected {getattr(kind, '__name__', kind)}, the broker sent {value.name}")
             return value
 
     def _read_frame(self) -> Any:

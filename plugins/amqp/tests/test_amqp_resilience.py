@@ -4,6 +4,7 @@ fills up."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from event_router_amqp.testing import (
     Broker,
     ConnectorPublisher,
     PrivateRabbitMQ,
+    dead_letters,
     input_toml,
     mail,
     queue_totals,
@@ -237,14 +239,31 @@ async def test_two_routers_share_one_quorum_queue(broker: Broker, tmp_path: Path
         await until(lambda: _consumers(broker, queue), what="both routers consuming")
 
         def run() -> None:
-            with ConnectorPublisher(AMQP_URL) as publisher:
+            # with confirms: from here on the quorum queue holds every message, so an event the files lack
+            # is the routers' doing, not the publisher's
+            with ConnectorPublisher(AMQP_URL, confirms=True) as publisher:
                 publisher.publish_many(
                     exchange, (("transport.messageReceived", orjson.dumps(mail(seq))) for seq in range(total))
                 )
 
         await anyio.to_thread.run_sync(run)
         a, b = tmp_path / "a/events.jsonl", tmp_path / "b/events.jsonl"
-        await until(lambda: len(set(ids(a)) | set(ids(b))) >= total, what="every event in one of the files", within=60)
+        # when the union last grew, and to what: tells a stalled router from a slow one if the wait times out
+        progress = [0, anyio.current_time()]
+
+        def all_in() -> bool:
+            union = len(set(ids(a)) | set(ids(b)))
+            if union > progress[0]:
+                progress[:] = [union, anyio.current_time()]
+            return union >= total
+
+        try:
+            await until(all_in, what="every event in one of the files", within=60)
+        except AssertionError as exc:
+            idle = anyio.current_time() - progress[1]
+            raise AssertionError(
+                f"{exc}; no new event for the last {idle:.1f}s; {_shared_queue_state(queue, total, first, second)}"
+            ) from None
         assert first.terminate() == 0
         assert second.terminate() == 0
     got_a, got_b = ids(a), ids(b)
@@ -252,6 +271,57 @@ async def test_two_routers_share_one_quorum_queue(broker: Broker, tmp_path: Path
     assert len(got_a) + len(got_b) == total  # nothing redelivered: each event went to exactly one router
     assert min(len(got_a), len(got_b)) >= total // 10, (len(got_a), len(got_b))
     assert await broker.ready_count(queue) == (0, 0)
+
+
+def _shared_queue_state(queue: str, total: int, *routers: RouterProcess) -> str:
+    """What a router that lacks events has in its file and spool, what the broker still holds and what the
+    routers logged about the broker: enough to tell a lost event from a slow or disconnected router."""
+    parts = []
+    seen: set[str] = set()
+    for router in routers:
+        base = router.config.parent
+        got = ids(base / "events.jsonl")
+        seen.update(got)
+        spool = base / "var/spool.db"
+        letters = [d.reason for d in dead_letters(spool)] if spool.exists() else []
+        notes = [
+            f"{r.get('level')} {r.get('msg')} {r.get('error', '')}".strip()
+            for r in router.log_records()
+            if r.get("level") in ("warning", "error", "critical")
+        ]
+        parts.append(
+            f"{base.name}: {len(got)} in its file, dead letters {letters[:3]} ({len(letters)}), log {notes[:5]}"
+        )
+    missing = sorted({f"MSG{seq:017d}" for seq in range(total)} - seen)
+    columns = ("name", "messages_ready", "messages_unacknowledged", "consumers")
+    try:
+        rows = json.loads(rabbitmqctl("list_queues", "-q", "--formatter", "json", *columns))
+        held: object = next(({k: v for k, v in r.items() if k != "name"} for r in rows if r["name"] == queue), None)
+    except Exception as exc:  # the report must not hide the failure it describes
+        held = repr(exc)
+    return f"{len(missing)} missing (first {missing[:3]}); the queue holds {held}; " + "; ".join(parts)
+
+
+async def test_the_publisher_with_confirms_reports_what_the_broker_refused(broker: Broker) -> None:
+    """The shared-queue test trusts `confirms`: a message the broker did not take must not pass unnoticed."""
+    exchange = await broker.topic_exchange()
+    channel = await broker.fresh_channel()
+    full = await channel.declare_queue(
+        broker.queue_name("full"), durable=True, arguments={"x-max-length": 5, "x-overflow": "reject-publish"}
+    )
+    await full.bind(exchange, "#")
+    await channel.close()
+
+    def run(confirms: bool) -> None:
+        with ConnectorPublisher(AMQP_URL, confirms=confirms) as publisher:
+            publisher.publish_many(
+                exchange, (("transport.messageReceived", orjson.dumps(mail(seq))) for seq in range(10))
+            )
+
+    await anyio.to_thread.run_sync(run, False)  # control: without confirms the refusal goes unseen
+    with pytest.raises(RuntimeError, match="the broker refused"):
+        await anyio.to_thread.run_sync(run, True)
+    assert (await broker.ready_count(full.name))[0] == 5
 
 
 async def _consumers(broker: Broker, queue: str) -> bool:
