@@ -21,7 +21,7 @@ from event_router.api.errors import (
 )
 from event_router.api.event import Event, SourceMessage
 from event_router.api.hookspecs import hookimpl
-from event_router.api.listen import listen_error, parse_listen
+from event_router.api.listen import format_listen, listen_error, parse_listen
 from event_router.api.plugin import (
     Delivery,
     EventSink,
@@ -77,6 +77,7 @@ __all__ = [
     "TemplateError",
     "compile_template",
     "decode_event",
+    "format_listen",
     "hookimpl",
     "is_credential_header",
     "is_retryable",

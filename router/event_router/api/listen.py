@@ -18,9 +18,14 @@ def parse_listen(value: str) -> tuple[str, int]:
     return match["host"].strip("[]"), int(match["port"])
 
 
+def format_listen(host: str, port: int) -> str:
+    """`host:port` as messages show it; an IPv6 host in brackets: `[::1]:8787`. The inverse of `parse_listen`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def listen_error(key: str, host: str, port: int, exc: OSError, *, file: str = "router.toml") -> ConfigError:
     """`exc` (from binding host:port) as one line naming `key`: `127.0.0.1:8787 is already in use`."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = format_listen(host, port)
     if exc.errno == errno.EADDRINUSE:
         message = f"{where} is already in use"
     elif exc.errno == errno.EADDRNOTAVAIL:

@@ -1,7 +1,8 @@
 """Secrets in router.toml are references: `{ env = "NAME" }`, `{ file = "path" }`, `{ credential = "name" }`.
 
-Plain strings work too, but `event-router check` warns about them. Resolved values are `Secret` strings
-whose repr hides them, so a config dump or a traceback does not print them. Commands that send nothing
+Plain strings work too, but `event-router check` warns about them. The config loader resolves them
+(event_router.config.secrets); a plugin receives `Secret` strings, whose repr hides them, so a config dump
+or a traceback does not print them. Commands that send nothing
 (`test`, `status`, `dlq`, `check --no-secrets`) load the file without resolving references: each becomes an
 `Unresolved` stand-in (the schema's `x-placeholder`, shaped like the real value so the plugin's constructor
 checks everything else), and the daemon refuses a configuration that holds one. Text that may hold a secret
@@ -14,10 +15,8 @@ from __future__ import annotations
 import functools
 import html
 import json
-import os
 import re
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
@@ -105,59 +104,6 @@ def refuse_unresolved(where: str, values: Iterable[object]) -> None:
             f"{where}: a secret reference was not resolved (configuration loaded without secrets); "
             "its placeholder is never sent"
         )
-
-
-class SecretError(ValueError):
-    """A secret reference cannot be resolved; the message says which variable or file is missing."""
-
-
-def resolve_secret(
-    value: str | Mapping[str, str], *, base_dir: Path, credentials_dir: Path | None = None
-) -> tuple[Secret, bool]:
-    """The secret's value, and whether it was given as plain text (which `check` warns about).
-
-    `{ credential = ... }` is read from `credentials_dir`, else from `$CREDENTIALS_DIRECTORY`.
-
-    An empty or whitespace-only secret is an error wherever it comes from: a key that guards something
-    (an API key, a signing secret, a token) would otherwise guard nothing, as a request without the
-    header carries the same empty string.
-    """
-    if isinstance(value, str):
-        return _non_empty(value, "the secret"), True
-    if "env" in value:
-        name = value["env"]
-        if name not in os.environ:
-            raise SecretError(f"environment variable {name} is not set")
-        return _non_empty(os.environ[name], f"the secret from environment variable {name}"), False
-    if "file" in value:
-        path = base_dir / value["file"]
-        return _non_empty(_read(path, "file"), f"the secret from file {str(path)!r}"), False
-    if "credential" in value:
-        directory = credentials_dir or os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise SecretError(
-                f"credential {value['credential']!r} asked for, but $CREDENTIALS_DIRECTORY is not set "
-                "(systemd sets it when the unit has LoadCredential=)"
-            )
-        text = _read(Path(directory) / value["credential"], "credential")
-        return _non_empty(text, f"the secret from credential {value['credential']!r}"), False
-    raise SecretError("a secret reference needs one of the keys env, file, credential")
-
-
-def _non_empty(text: str, what: str) -> Secret:
-    if not text:
-        raise SecretError(f"{what} is empty")
-    if not text.strip():
-        raise SecretError(f"{what} is only whitespace")
-    return Secret(text)
-
-
-def _read(path: Path, kind: str) -> str:
-    try:
-        # a trailing newline is almost always an editor's, never part of a key
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise SecretError(f"cannot read secret {kind} {str(path)!r}: {exc.strerror}") from exc
 
 
 def redact_url(url: str) -> str:

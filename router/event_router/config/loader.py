@@ -1,137 +1,36 @@
-"""router.toml: the one loader. It owns the schema of `[router]` and `[[routes]]` and the keys the core
-reads in every plugin table; each plugin's own keys are checked against the schema the plugin ships.
+"""router.toml: the one loader. It reads the file, checks it against the schema of its own tables
+(`config.schema`) and each plugin's table against the schema the plugin ships, resolves secret references
+(`config.secrets`), constructs the plugins and compiles the routes into the core's plain data
+(`event_router.core.model`).
 
 Every error is a breadcrumb to the exact key: `router.toml: outputs.crm.retry.max_attempts: 0 is less
-than the minimum of 1 (plugin http)`. Errors never repeat a secret: a value of the wrong type is described,
-not quoted; nothing in a table that holds secrets (`auth`, `headers`, `signing_secrets`...) is quoted; a
-URL is shown with its password masked; and what a plugin says about its table is scrubbed of the secrets
-resolved for it.
+than the minimum of 1 (plugin http)` (`config.wording`). Errors never repeat a secret; what a plugin says
+about its table is scrubbed of the secrets resolved for it.
 
-`secrets="skip"` loads a file for commands that send nothing (`test`, `status`, `dlq`, `check --no-secrets`):
-references are checked for shape but not resolved, and stand-ins take their place
-(event_router.api.secrets). Such a configuration lists them in `unresolved_secrets`, and `App` refuses it.
+`secrets="skip"` loads a file for commands that send nothing (see `config.secrets`): such a configuration
+lists its stand-ins in `unresolved_secrets`, and `App` refuses it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-
-from event_router.api.durations import DURATION_SCHEMA, parse_duration
-from event_router.api.errors import ConfigError, RouterError, closest
-from event_router.api.listen import parse_listen
+from event_router.api.durations import parse_duration
+from event_router.api.errors import ConfigError, RouterError
+from event_router.api.listen import format_listen, parse_listen
 from event_router.api.plugin import Input, Output, PluginContext
-from event_router.api.retry import RETRY_SCHEMA, RetryPolicy
-from event_router.api.secrets import (
-    PLACEHOLDER,
-    Secret,
-    SecretError,
-    Unresolved,
-    redact_url,
-    resolve_secret,
-    scrub,
-    url_secrets,
-)
+from event_router.api.retry import RetryPolicy
+from event_router.api.secrets import Unresolved, scrub, url_secrets
+from event_router.config.schema import INPUT_CORE_KEYS, OUTPUT_CORE_KEYS, ROUTE_KEYS, ROUTER_SCHEMA
+from event_router.config.secrets import PLAIN_TEXT_ADVICE, SecretsMode, resolve_table, secrets_in
+from event_router.config.wording import schema_errors
 from event_router.core.model import InputConfig, OutputConfig, RouteConfig, RouterConfig
 from event_router.core.routing import PatternError, compile_match, compile_reshape, compile_trigger_filter
 from event_router.plugins import PluginRegistry
-
-NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
-INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
-OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout")
-#: "resolve": every secret reference is read (the daemon); "skip": none is, stand-ins take their place
-SecretsMode = Literal["resolve", "skip"]
-#: route keys the core reads; the others (`action`) are passed to outputs, which check them
-#: through `Output.check_route_options`
-ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
-
-_PLUGIN_TABLE = {
-    "type": "object",
-    "required": ["type"],
-    "properties": {"type": {"type": "string", "minLength": 1}},
-}
-ROUTER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "router": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "data_dir": {"type": "string", "minLength": 1},
-                "schemas_dir": {"type": "string", "minLength": 1},
-                "unmatched": {"enum": ["drop", "dead-letter"]},
-                "max_pending_events": {"type": "integer", "minimum": 1},
-                "shutdown_timeout": DURATION_SCHEMA,
-                "log_level": {"enum": ["debug", "info", "warning", "error"]},
-                "retry": RETRY_SCHEMA,
-                "admin": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"listen": {"type": "string", "minLength": 1}},
-                },
-            },
-        },
-        "inputs": {
-            "type": "object",
-            "propertyNames": {"pattern": NAME_PATTERN},
-            "additionalProperties": {
-                **_PLUGIN_TABLE,
-                "properties": {
-                    "type": {"type": "string", "minLength": 1},
-                    "validation": {"enum": ["strict", "warn", "off"]},
-                    "unknown_triggers": {"enum": ["accept", "dead-letter"]},
-                },
-            },
-        },
-        "outputs": {
-            "type": "object",
-            "propertyNames": {"pattern": NAME_PATTERN},
-            "additionalProperties": {
-                **_PLUGIN_TABLE,
-                "properties": {
-                    "type": {"type": "string", "minLength": 1},
-                    "concurrency": {"type": "integer", "minimum": 1, "maximum": 1024},
-                    "retry": RETRY_SCHEMA,
-                    "timeout": DURATION_SCHEMA,
-                },
-            },
-        },
-        "routes": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["name", "to"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {"type": "string", "minLength": 1},
-                    "match": {"type": "object"},
-                    "to": {
-                        "oneOf": [
-                            {"type": "string", "pattern": NAME_PATTERN},
-                            {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {"type": "string", "pattern": NAME_PATTERN},
-                            },
-                        ]
-                    },
-                    "stop": {"type": "boolean"},
-                    "reshape": {"type": "object"},
-                    "retry": RETRY_SCHEMA,
-                    "action": {"type": "object"},
-                },
-            },
-        },
-    },
-}
 
 
 class ConfigErrors(RouterError):
@@ -215,7 +114,7 @@ class _Loader:
         self.errors.append(ConfigError(key, message, plugin=plugin, file=self.file))
 
     def build(self, document: Mapping[str, Any]) -> RouterConfig:
-        for err in _schema_errors(ROUTER_SCHEMA, document):
+        for err in schema_errors(ROUTER_SCHEMA, document):
             self.error(*err)
         if self.errors:
             raise self.fail()
@@ -286,17 +185,13 @@ class _Loader:
         if admin_listen is not None:
             listeners.append(("router.admin.listen", *admin_listen))
         wildcard = {"0.0.0.0", "::", ""}
-
-        def shown(host: str, port: int) -> str:
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
         for i, (key, host, port) in enumerate(listeners):
             for other_key, other_host, other_port in listeners[:i]:
                 if port != 0 and port == other_port and (host == other_host or {host, other_host} & wildcard):
                     self.error(
                         key,
-                        f"{shown(host, port)} overlaps {other_key} ({shown(other_host, other_port)}): each "
-                        "listener needs its own port",
+                        f"{format_listen(host, port)} overlaps {other_key} ({format_listen(other_host, other_port)}): "
+                        "each listener needs its own port",
                     )
 
     def _input(self, name: str, table: Mapping[str, Any], data_dir: Path) -> InputConfig | None:
@@ -357,12 +252,25 @@ class _Loader:
     ) -> Any:
         plugin_label = cls.type_name
         own = {k: v for k, v in table.items() if k not in core_keys}
-        errors = _schema_errors(cls.config_schema, own, core_keys=tuple(core_keys))
+        errors = schema_errors(cls.config_schema, own, core_keys=tuple(core_keys))
         for sub, message in errors:
             self.error(f"{key}.{sub}" if sub else key, message, plugin_label)
         if errors:
             return None
-        resolved = self._resolve_secrets(key, cls.config_schema, own, plugin_label)
+        found = resolve_table(
+            cls.config_schema,
+            own,
+            key,
+            mode=self.secrets,
+            base_dir=self.base_dir,
+            credentials_dir=self.credentials_dir,
+        )
+        for where, message in found.errors:
+            self.error(where, message, plugin_label)
+            self.unresolved.append(where)
+        self.warnings.extend(f"{self.file}: {where}: {PLAIN_TEXT_ADVICE}" for where in found.plain)
+        self.skipped.extend(found.skipped)
+        resolved = found.table
         if resolved is None:
             return None
         context = PluginContext(
@@ -374,7 +282,7 @@ class _Loader:
         # a plugin's message may quote a value it was given: the secrets it was given are cut out
         hidden = [
             text
-            for secret in _secrets_in(resolved)
+            for secret in secrets_in(resolved)
             if not isinstance(secret, Unresolved)
             for text in (secret, *url_secrets(secret))
         ]
@@ -385,52 +293,6 @@ class _Loader:
         except (ValueError, TypeError) as exc:
             self.error(key, scrub(str(exc), hidden), plugin_label)
         return None
-
-    def _resolve_secrets(self, key: str, schema: Mapping[str, Any], value: Any, plugin: str) -> dict[str, Any] | None:
-        """Replace every value the plugin's schema marks `x-secret` by the secret it refers to.
-
-        With `secrets="skip"` a reference (its shape already validated) is replaced by an `Unresolved`
-        stand-in instead: the schema's `x-placeholder`, or `PLACEHOLDER`. Plain text is used as it is.
-        """
-        ok = True
-
-        def walk(sub_schema: Mapping[str, Any], node: Any, where: str) -> Any:
-            nonlocal ok
-            if sub_schema.get("x-secret"):
-                if self.secrets == "skip" and isinstance(node, Mapping):
-                    self.skipped.append(where)
-                    return Unresolved(sub_schema.get("x-placeholder", PLACEHOLDER))
-                try:
-                    secret, plain = resolve_secret(node, base_dir=self.base_dir, credentials_dir=self.credentials_dir)
-                except SecretError as exc:
-                    self.error(where, str(exc), plugin)
-                    self.unresolved.append(where)
-                    ok = False
-                    return node
-                if plain and sub_schema["x-secret"] == "optional":
-                    return str(node)  # may be a reference, is no secret: plain text is meant
-                if plain:
-                    self.warnings.append(
-                        f"{self.file}: {where}: secret written in plain text; "
-                        'prefer { env = "NAME" }, { file = "path" } or { credential = "name" } (systemd)'
-                    )
-                return secret
-            if isinstance(node, dict):
-                props = sub_schema.get("properties", {})
-                patterns = sub_schema.get("patternProperties", {})
-                extra = sub_schema.get("additionalProperties")
-                out = {}
-                for k, v in node.items():
-                    matching = [schema for pattern, schema in patterns.items() if re.search(pattern, k)]
-                    child = props.get(k, matching[0] if matching else extra if isinstance(extra, dict) else {})
-                    out[k] = walk(child, v, f"{where}.{k}")
-                return out
-            if isinstance(node, list) and isinstance(sub_schema.get("items"), dict):
-                return [walk(sub_schema["items"], v, f"{where}[{i}]") for i, v in enumerate(node)]
-            return node
-
-        result = walk(schema, dict(value), key)
-        return result if ok else None
 
     def _routes(self, tables: Sequence[Mapping[str, Any]], outputs: Mapping[str, Any]) -> list[RouteConfig]:
         routes: list[RouteConfig] = []
@@ -482,122 +344,3 @@ class _Loader:
         except PatternError as exc:
             self.error(f"{key}.{exc.path}" if exc.path else key, exc.message)
             return None
-
-
-def _secrets_in(node: Any) -> list[Secret]:
-    """Every resolved secret in a plugin's table."""
-    if isinstance(node, Secret):
-        return [node]
-    if isinstance(node, Mapping):
-        return [s for v in node.values() for s in _secrets_in(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _secrets_in(v)]
-    return []
-
-
-def _holds_secrets(schema: Any) -> bool:
-    """Whether a schema is, or contains, a secret: a value found there is never quoted in an error.
-
-    `signing_secrets = "whsec_..."` (a string where a list of secrets belongs) or `auth = "Bearer ..."` is
-    a secret in the wrong shape, and must not be printed back.
-    """
-    if isinstance(schema, Mapping):
-        return bool(schema.get("x-secret")) or any(_holds_secrets(v) for v in schema.values())
-    if isinstance(schema, list):
-        return any(_holds_secrets(v) for v in schema)
-    return False
-
-
-#: JSON Schema types as router.toml calls them
-_TYPES = {
-    "object": "a table",
-    "array": "an array",
-    "string": "a string",
-    "integer": "an integer",
-    "number": "a number",
-    "boolean": "true or false",
-    "null": "null",
-}
-
-
-#: size limits, described without quoting the value that broke them
-_LIMITS = {
-    "minItems": ("at least", "item"),
-    "maxItems": ("at most", "item"),
-    "minLength": ("at least", "character"),
-    "maxLength": ("at most", "character"),
-    "minProperties": ("at least", "key"),
-    "maxProperties": ("at most", "key"),
-}
-
-
-def _type_of(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    return "a string" if isinstance(value, str) else type(value).__name__
-
-
-def _schema_errors(schema: Mapping[str, Any], instance: Any, *, core_keys: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(dotted key path, message) for every violation, in document order, messages made for people.
-
-    `core_keys`: keys of a plugin table the core reads, taken out of `instance` before it is checked
-    against the plugin's schema; an unknown key at the top lists them among the allowed ones.
-    """
-    validator = Draft202012Validator(dict(schema))
-    found = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
-    return [(_key_path(e.absolute_path), _message(e, () if e.absolute_path else core_keys)) for e in found]
-
-
-def _key_path(parts: Iterable[Any]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _message(error: ValidationError, core_keys: Sequence[str] = ()) -> str:
-    schema = error.schema if isinstance(error.schema, Mapping) else {}
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        allowed = sorted({*schema.get("properties", {}), *core_keys})
-        unknown = sorted(k for k in error.instance if k not in allowed)
-        guesses = [(key, guess) for key in unknown if (guess := closest(str(key), allowed)) is not None]
-        if len(unknown) == 1 and guesses:
-            guess = f"; did you mean {guesses[0][1]!r}?"
-        else:
-            guess = f"; did you mean {', '.join(f'{g!r} for {k!r}' for k, g in guesses)}?" if guesses else ""
-        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-        return f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{guess}{hint}"
-    if error.validator == "required":
-        return str(error.message).replace("is a required property", "is required but missing")
-    if error.validator == "propertyNames" or "propertyNames" in error.schema_path:
-        return f"{error.instance!r} is not a valid name (letters, digits, '_' and '-', starting with a letter)"
-    if schema.get("x-secret"):
-        return 'must be a string or a table with one key: env, file or credential (e.g. { env = "NAME" })'
-    if error.validator == "type":
-        # described, not quoted: a wrong-typed value may be a secret written under the wrong key
-        expected = schema.get("type")
-        names = [_TYPES.get(str(t), str(t)) for t in (expected if isinstance(expected, list) else [expected])]
-        return f"must be {' or '.join(names)}, not {_type_of(error.instance)}"
-    if error.validator in _LIMITS:
-        bound, unit = _LIMITS[str(error.validator)]
-        limit = error.validator_value
-        return f"must have {bound} {limit} {unit}{'' if limit == 1 else 's'}"
-    if _holds_secrets(schema):
-        return f"is not valid here (fails {error.validator!r} of the schema)"
-    if schema is DURATION_SCHEMA or schema == DURATION_SCHEMA:
-        return f"{error.instance!r} is not a duration (seconds, or a string like '500ms', '30s', '5m', '2h')"
-    if error.validator in ("oneOf", "anyOf") and error.context:
-        return _message(min(error.context, key=lambda e: len(e.message)))
-    if error.validator == "enum":
-        return f"{error.instance!r} is not one of {', '.join(map(repr, schema.get('enum', [])))}"
-    if error.validator == "pattern" and isinstance(error.instance, str):
-        return f"{redact_url(error.instance)!r} does not match {error.validator_value!r}"
-    return str(error.message)

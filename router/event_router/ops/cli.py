@@ -13,6 +13,7 @@ import orjson
 
 from event_router import __version__
 from event_router.api.errors import ConfigError, RouterError
+from event_router.api.listen import format_listen
 from event_router.config import ConfigErrors, SecretsMode, load_config
 from event_router.core.model import RouterConfig
 from event_router.plugins import PluginRegistry, load_plugins
@@ -496,16 +497,15 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
-    host, port = config.admin_listen
-    host = f"[{host}]" if ":" in host else host
-    request = urllib.request.Request(f"http://{host}:{port}/reload", method="POST", data=b"")
+    where = format_listen(*config.admin_listen)
+    request = urllib.request.Request(f"http://{where}/reload", method="POST", data=b"")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             result = orjson.loads(response.read())
     except urllib.error.HTTPError as exc:
         result = orjson.loads(exc.read() or b"{}")
     except OSError as exc:
-        print(f"error: no router answers on {host}:{port}: {exc}", file=sys.stderr)
+        print(f"error: no router answers on {where}: {exc}", file=sys.stderr)
         return 1
     if result.get("reloaded"):
         print("reloaded")

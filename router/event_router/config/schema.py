@@ -1,0 +1,98 @@
+"""The schema of router.toml's own tables (`[router]`, the core's keys of `[inputs.*]`/`[outputs.*]`,
+`[[routes]]`) and the keys the core reads in each. A plugin's own keys are checked against the schema the
+plugin ships (`Input.config_schema`, `Output.config_schema`), not here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from event_router.api.durations import DURATION_SCHEMA
+from event_router.api.retry import RETRY_SCHEMA
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
+OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout")
+#: route keys the core reads; the others (`action`) are passed to outputs, which check them
+#: through `Output.check_route_options`
+ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
+
+_PLUGIN_TABLE = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string", "minLength": 1}},
+}
+ROUTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "router": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "data_dir": {"type": "string", "minLength": 1},
+                "schemas_dir": {"type": "string", "minLength": 1},
+                "unmatched": {"enum": ["drop", "dead-letter"]},
+                "max_pending_events": {"type": "integer", "minimum": 1},
+                "shutdown_timeout": DURATION_SCHEMA,
+                "log_level": {"enum": ["debug", "info", "warning", "error"]},
+                "retry": RETRY_SCHEMA,
+                "admin": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"listen": {"type": "string", "minLength": 1}},
+                },
+            },
+        },
+        "inputs": {
+            "type": "object",
+            "propertyNames": {"pattern": NAME_PATTERN},
+            "additionalProperties": {
+                **_PLUGIN_TABLE,
+                "properties": {
+                    "type": {"type": "string", "minLength": 1},
+                    "validation": {"enum": ["strict", "warn", "off"]},
+                    "unknown_triggers": {"enum": ["accept", "dead-letter"]},
+                },
+            },
+        },
+        "outputs": {
+            "type": "object",
+            "propertyNames": {"pattern": NAME_PATTERN},
+            "additionalProperties": {
+                **_PLUGIN_TABLE,
+                "properties": {
+                    "type": {"type": "string", "minLength": 1},
+                    "concurrency": {"type": "integer", "minimum": 1, "maximum": 1024},
+                    "retry": RETRY_SCHEMA,
+                    "timeout": DURATION_SCHEMA,
+                },
+            },
+        },
+        "routes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "to"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "match": {"type": "object"},
+                    "to": {
+                        "oneOf": [
+                            {"type": "string", "pattern": NAME_PATTERN},
+                            {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {"type": "string", "pattern": NAME_PATTERN},
+                            },
+                        ]
+                    },
+                    "stop": {"type": "boolean"},
+                    "reshape": {"type": "object"},
+                    "retry": RETRY_SCHEMA,
+                    "action": {"type": "object"},
+                },
+            },
+        },
+    },
+}
