@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,30 +72,22 @@ class PluginRegistry:
 def make_plugin_manager(
     *, entry_points: bool = True, extra_plugins: Iterable[tuple[str, object]] = ()
 ) -> pluggy.PluginManager:
-    """A fresh manager (never a global, so each test gets its own) with every enabled plugin registered.
-
-    `pm.event_router_dists` maps each entry-point plugin's name to its distribution.
-    """
+    """A fresh manager (never a global, so each test gets its own) with every enabled plugin registered:
+    the entry-point plugins, then the built-ins, then `extra_plugins`. Names in `$EVENT_ROUTER_DISABLE_PLUGINS`
+    are blocked: neither imported nor registered."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
-    dists: dict[str, Any] = {}
-    pm.event_router_dists = dists  # type: ignore[attr-defined]
     pm.add_hookspecs(hookspecs)
-    disabled = {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+    for name in os.environ.get(DISABLE_ENV, "").split(","):
+        if name.strip():
+            pm.set_blocked(name.strip())
     if entry_points:
-        for ep in _entry_points():
-            if ep.name in disabled:
-                continue
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # a broken third-party package must say which one it is
-                dist = ep.dist.name if ep.dist else "?"
-                raise PluginLoadError(f"plugin {ep.name!r} from {dist} failed to import: {exc}") from exc
-            if pm.get_plugin(ep.name) is None:
-                pm.register(plugin, name=ep.name)
-                dists[ep.name] = ep.dist
+        try:
+            pm.load_setuptools_entrypoints(hookspecs.ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken third-party package must say which one it is
+            raise PluginLoadError(f"{_failed_entry_point(pm)} failed to import: {exc}") from exc
     for module_name in DEFAULT_PLUGINS:
         name = _builtin_name(module_name)
-        if name not in disabled:
+        if not pm.is_blocked(name):
             pm.register(importlib.import_module(module_name), name=name)
     for name, plugin in extra_plugins:
         pm.register(plugin, name=name)
@@ -106,10 +98,15 @@ def make_plugin_manager(
     return pm
 
 
-def _entry_points() -> list[Any]:
+def _failed_entry_point(pm: pluggy.PluginManager) -> str:
+    """Which entry point `pm.load_setuptools_entrypoints` stopped at: the first of the group it had neither
+    registered nor skipped as blocked (pluggy and `entry_points()` go through the distributions in one order)."""
     from importlib.metadata import entry_points
 
-    return sorted(entry_points(group=hookspecs.ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    for ep in entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+        if not pm.has_plugin(ep.name) and not pm.is_blocked(ep.name):
+            return f"plugin {ep.name!r} from {ep.dist.name if ep.dist else '?'}"
+    return "a plugin"
 
 
 def _builtin_name(module_name: str) -> str:
@@ -117,18 +114,25 @@ def _builtin_name(module_name: str) -> str:
 
 
 def collect(pm: pluggy.PluginManager) -> PluginRegistry:
-    """Ask every plugin for its classes and schema dirs; refuse duplicates and bad config schemas."""
+    """Ask every plugin for its classes and schema dirs; refuse duplicates and bad config schemas.
+
+    Entry-point plugins come first, by name (pluggy loads them in the order of the distributions on
+    `sys.path`), then the built-ins and extras in the order they were registered: `event-router plugins`
+    lists them so, and a type provided twice names them so.
+    """
     registry = PluginRegistry()
-    dists: dict[str, Any] = getattr(pm, "event_router_dists", {})
-    for name, plugin in pm.list_name_plugin():
-        if plugin is None:
-            continue
-        dist: Any = dists.get(name)
+    dists = {pm.get_name(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    registered = [(name, plugin) for name, plugin in pm.list_name_plugin() if plugin is not None]
+    ordered = sorted(((n, p) for n, p in registered if n in dists), key=lambda item: item[0])
+    ordered += [(n, p) for n, p in registered if n not in dists]
+    inputs = _by_plugin(pm.hook.event_router_input_types)
+    outputs = _by_plugin(pm.hook.event_router_output_types)
+    schema_dirs = _by_plugin(pm.hook.event_router_schema_dirs)
+    for name, plugin in ordered:
         builtin = name.startswith("builtin.")
-        dist_name, version = _dist_of(dist, builtin)
+        dist_name, version = _dist_of(dists.get(name), builtin)
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))
-        ins = _call(pm, plugin, "event_router_input_types")
-        outs = _call(pm, plugin, "event_router_output_types")
+        ins, outs = inputs.get(name, ()), outputs.get(name, ())
         for kind, classes, table in (("input", ins, registry.inputs), ("output", outs, registry.outputs)):
             for cls in classes:
                 _check_class(cls, kind, name)
@@ -140,7 +144,7 @@ def collect(pm: pluggy.PluginManager) -> PluginRegistry:
                     )
                 table[cls.type_name] = cls
                 registry.provided_by[key] = f"{name} ({dist_name})"
-        registry.schema_dirs.extend(Path(p) for p in _call(pm, plugin, "event_router_schema_dirs"))
+        registry.schema_dirs.extend(Path(p) for p in schema_dirs.get(name, ()))
         registry.plugins.append(
             PluginInfo(
                 name=name,
@@ -160,12 +164,15 @@ def load_plugins(*, entry_points: bool = True, extra_plugins: Iterable[tuple[str
     return collect(make_plugin_manager(entry_points=entry_points, extra_plugins=extra_plugins))
 
 
-def _call(pm: pluggy.PluginManager, plugin: object, hook_name: str) -> Sequence[Any]:
-    impl = getattr(plugin, hook_name, None)
-    if impl is None:
-        return ()
-    result = impl()
-    return tuple(result or ())
+def _by_plugin(hook: pluggy.HookCaller) -> dict[str, tuple[Any, ...]]:
+    """What each plugin's implementation of `hook` returns, by plugin name. Calling `hook()` would give every
+    answer in one list without saying whose it is, and each type must be told apart by its plugin (the
+    listing, the duplicate-type error). The hooks take no argument and have no wrappers."""
+    answers: dict[str, tuple[Any, ...]] = {}
+    for impl in hook.get_hookimpls():
+        answer: Any = impl.function()
+        answers[impl.plugin_name] = tuple(answer or ())
+    return answers
 
 
 def _check_class(cls: Any, kind: str, plugin_name: str) -> None:
