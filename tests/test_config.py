@@ -291,6 +291,19 @@ def test_retry_policy_layers(tmp_path: Path, registry) -> None:  # type: ignore[
     assert config.retry_for("crm", "messages to CRM").max_attempts == 2
 
 
+def test_what_a_worker_looks_up_survives_a_reload_that_removed_it(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    """A worker finishing its deliveries after a reload removed its output (or their route) reads the new
+    configuration: the router's default policy, no route options; not a KeyError in the delivery loop."""
+    text = BASE.replace("[router]", "[router]\nretry = { max_attempts = 5 }")
+    text = text.replace('to = ["crm", "archive"]', 'to = ["crm", "archive"]\nretry = { max_attempts = 2 }')
+    config = build(text, tmp_path, registry)
+    assert config.retry_for("removed", "messages to CRM") == config.retry
+    assert config.retry_for("removed", "messages to CRM").max_attempts == 5
+    route = config.route("messages to CRM")
+    assert route is not None and config.route_options("messages to CRM") is route.options
+    assert config.route_options("removed route") == {}
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"), [(5, 5.0), (0.5, 0.5), ("500ms", 0.5), ("2m", 120.0), ("1.5h", 5400.0), ("7d", 604800.0)]
 )

@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry
 
 from event_router.admin import serve_admin
 from event_router.api.errors import ConfigError, RouterError, SpoolError
-from event_router.api.retry import RetryPolicy
 from event_router.config import ConfigErrors, load_config
 from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
@@ -310,14 +309,7 @@ class App:
     async def _start_output(self, out: OutputConfig, *, predecessor: OutputWorker | None = None) -> None:
         assert self._tg is not None
         out.plugin.context.submit = self._internal_submit
-        worker = OutputWorker(
-            out,
-            self.spool,
-            self.stats,
-            policy_for=lambda route: self._policy(out.name, route),
-            options_for=self._route_options,
-            predecessor=predecessor,
-        )
+        worker = OutputWorker(out, self.spool, self.stats, live=self.pipeline, predecessor=predecessor)
         self.pipeline.workers[out.name] = worker
         unit = self._outputs[out.name] = _Unit()
 
@@ -384,16 +376,6 @@ class App:
                 await unit.finished.wait()
         for unit in list(self._retiring):
             unit.scope.cancel()
-
-    def _policy(self, output: str, route: str) -> RetryPolicy:
-        config = self.pipeline.config
-        if output not in config.outputs:  # a reload removed it while a delivery was finishing
-            return self.config.retry
-        return config.retry_for(output, route)
-
-    def _route_options(self, route: str) -> Mapping[str, Any]:
-        found = self.pipeline.config.route(route)
-        return found.options if found is not None else {}
 
     def _warn_orphans(self) -> None:
         for output, count in self.spool.pending_outputs().items():

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import orjson
@@ -23,7 +23,7 @@ from event_router.api.errors import DeliveryError, RetryableError, SpoolError
 from event_router.api.event import Event
 from event_router.api.plugin import Delivery, is_retryable
 from event_router.api.retry import RetryPolicy
-from event_router.core.model import OutputConfig
+from event_router.core.model import OutputConfig, RouterConfig
 from event_router.core.plan import PlannedDelivery
 from event_router.core.spool import DeliveryRow, Spool
 from event_router.core.stats import Stats
@@ -110,6 +110,15 @@ def _drop_traceback(exc: BaseException | None) -> None:
         exc = exc.__cause__ or exc.__context__
 
 
+class LiveConfig(Protocol):
+    """Where a worker reads the configuration in force: the pipeline, whose `config` a reload swaps in one
+    step. A delivery's route options and retry policy are looked up there when it is attempted, so a reload
+    that changes a route applies to the deliveries already pending."""
+
+    @property
+    def config(self) -> RouterConfig: ...
+
+
 class OutputWorker:
     """Delivers everything routed to one output, at most `concurrency` batches at a time."""
 
@@ -119,8 +128,7 @@ class OutputWorker:
         spool: Spool,
         stats: Stats,
         *,
-        policy_for: Callable[[str], RetryPolicy],
-        options_for: Callable[[str], Mapping[str, Any]],
+        live: LiveConfig,
         # bounds the deliveries held in memory per output, whatever the backlog; beyond it they wait in
         # the spool and are read in due order
         buffer_size: int = 1024,
@@ -132,8 +140,7 @@ class OutputWorker:
         self.plugin = config.plugin
         self.spool = spool
         self.stats = stats
-        self.policy_for = policy_for
-        self.options_for = options_for
+        self.live = live
         self.buffer_size = buffer_size
         self.poll_interval = poll_interval
         self._buffer: deque[_Pending] = deque()
@@ -307,7 +314,8 @@ class OutputWorker:
 
     async def _attempt(self, batch: list[_Pending]) -> list[BaseException | None]:
         try:
-            deliveries = [p.to_delivery(self.options_for(p.route)) for p in batch]
+            config = self.live.config
+            deliveries = [p.to_delivery(config.route_options(p.route)) for p in batch]
             with anyio.fail_after(self.config.timeout):
                 if len(deliveries) == 1 and self.plugin.max_batch == 1:
                     await self.plugin.deliver(deliveries[0])
@@ -379,7 +387,7 @@ class OutputWorker:
             failed[pending.did] = pending
             attempts = pending.attempts + 1
             message = describe_failure(outcome)
-            policy = self.policy_for(pending.route)
+            policy = self.live.config.retry_for(self.name, pending.route)
             if not is_retryable(outcome):
                 dead.append((pending.did, "permanent", message, attempts))
             elif policy.exhausted(attempts, now - pending.first_at):

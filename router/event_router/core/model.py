@@ -91,10 +91,18 @@ class RouterConfig:
         return self.table.routes_for(trigger)
 
     def retry_for(self, output: str, route: str) -> RetryPolicy:
-        """The policy of `output`, with the named route's `retry` overrides applied."""
+        """The policy of `output`, with the named route's `retry` overrides applied. An output this
+        configuration lacks (a reload removed it while its last deliveries finish) gets the router's `retry`."""
+        if output not in self.outputs:
+            return self.retry
         policy = self.outputs[output].retry
         found = self.route(route)
         return policy.merged(found.retry) if found is not None and found.retry else policy
+
+    def route_options(self, route: str) -> Mapping[str, Any]:
+        """What the named route passes to its outputs (`action`...); nothing for a route a reload removed."""
+        found = self.route(route)
+        return found.options if found is not None else {}
 
 
 class RouteTable:
