@@ -406,10 +406,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([p.to_dict() for p in registry.plugins])
         return 0
-    for p in registry.plugins:
-        kind = "built-in" if p.builtin else p.distribution
-        provides = ", ".join([f"input {t}" for t in p.inputs] + [f"output {t}" for t in p.outputs]) or "schemas only"
-        print(f"{p.name:<24} {p.version:<10} {kind:<28} {provides}")
+    from event_router.ops.dlq import table
+
+    rows = [
+        (
+            p.name,
+            p.version,
+            "built-in" if p.builtin else p.distribution,
+            ", ".join([f"input {t}" for t in p.inputs] + [f"output {t}" for t in p.outputs]) or "schemas only",
+        )
+        for p in registry.plugins
+    ]
+    print("\n".join(table(("NAME", "VERSION", "DISTRIBUTION", "PROVIDES"), rows)))
     return 0
 
 
@@ -438,8 +446,9 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([{"trigger": t, "title": title, "file": f} for t, title, f in rows])
         return 0
-    for trigger, title, _file in rows:
-        print(f"{trigger:<72} {title}")
+    from event_router.ops.dlq import table
+
+    print("\n".join(table(("TRIGGER", "TITLE"), [(trigger, title) for trigger, title, _file in rows])))
     return 0
 
 

@@ -454,11 +454,12 @@ class ConnectorOutput(Output):
             raise ConfigError("base_url", "no query, fragment or template in the base URL")
         if any(split.path.endswith(base) for base in API_BASES.values()):
             raise ConfigError("base_url", "give the Connector's root URL: the output adds /api/core/v1 (or /api/v2)")
-        self.api_version: str = config.get("api_version", "v1")
-        if "connector_version" in config:
-            self.api_version = self._api_version_for(config)
         #: the Connector this output talks to: actions it lacks are refused (see `connector_version`)
         self.connector_version = connector_version(config)
+        self.api_version: str = config.get("api_version", "v1")
+        if "connector_version" in config:
+            assert self.connector_version is not None  # the schema checked the pattern
+            self.api_version = self._api_version_for(config, self.connector_version)
         self.prefix = split.path + API_BASES[self.api_version]
         self.base_url = base_url
         self.auth: HttpAuth
@@ -484,10 +485,8 @@ class ConnectorOutput(Output):
         self._session: aiohttp.ClientSession | None = None
 
     @staticmethod
-    def _api_version_for(config: Mapping[str, Any]) -> str:
-        """The `api_version` of a declared `connector_version` (the one given must agree)."""
-        version = connector_version(config)
-        assert version is not None  # the schema checked the pattern
+    def _api_version_for(config: Mapping[str, Any], version: tuple[int, ...]) -> str:
+        """The `api_version` of the declared `connector_version`, `version` (the one given must agree)."""
         if version < OLDEST:
             raise ConfigError(
                 "connector_version",

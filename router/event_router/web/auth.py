@@ -21,6 +21,7 @@ import base64
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Any, Final
 
 import aiohttp
@@ -37,6 +38,7 @@ from event_router.api import (
     scrub,
     url_secrets,
 )
+from event_router.api.secrets import Unresolved
 from event_router.web.http_answers import read_answer
 
 __all__ = [
@@ -119,7 +121,14 @@ class HttpAuth(ABC):
 
     def refuse_unresolved(self) -> None:
         """Raise `UnresolvedSecretError` when a credential is an unresolved reference's stand-in."""
-        refuse_unresolved(self.description or type(self).__name__, self.secrets())
+        if self._unresolved:
+            refuse_unresolved(self.description or type(self).__name__, self.secrets())
+
+    @cached_property
+    def _unresolved(self) -> bool:
+        # looked at once, not per request: the credentials an auth is built with never change (a fetched
+        # OAuth2 token is no stand-in, and is only fetched after this first look)
+        return any(isinstance(value, Unresolved) for value in self.secrets())
 
     @abstractmethod
     def secrets(self) -> tuple[str, ...]:
