@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 
+#: the test kit's fixtures (`make_app`, `anyio_backend`, and the autouse `reap_routers`): opted into here, in
+#: a conftest.py pytest reads before the session (a testpath of its own), as any plugin's suite does
+pytest_plugins = ["event_router.testing.fixtures"]
+
 
 @pytest.fixture(params=[0, 1], ids=["in-process", "front-process"])
 def webhook_modes(

@@ -9,6 +9,7 @@ outside the checkout, with no PYTHONPATH. Nothing of .venv proves anything here.
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,3 +348,66 @@ def test_template_installs_alone_and_its_tests_pass(template_venv: Venv) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     summary = done.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary, summary
+
+
+#: a test of a project that installed the router and pytest but did not opt into the test kit
+UNRELATED_TEST = """
+def test_sees_nothing_of_the_test_kit(request):
+    kit = [p for p in request.config.pluginmanager.get_plugins() if getattr(p, "__name__", "").startswith("event_")]
+    assert kit == []
+    assert "reap_routers" not in request.fixturenames
+"""
+
+#: a plugin's suite that opts in, as docs/plugins.md says: its fixtures, autouse included, and a router from
+#: `make_app` that archives a webhook event
+OPTED_IN_TEST = """
+import pytest
+from event_router.testing import example, read_jsonl, free_port, router_table, send_webhook, until, webhook_input
+from event_router.testing import MakeApp, archive_all
+
+@pytest.mark.anyio
+async def test_make_app_runs_a_router(make_app: MakeApp, request, tmp_path) -> None:
+    assert "reap_routers" in request.fixturenames
+    port = free_port()
+    async with make_app(router_table() + webhook_input(port) + archive_all()):
+        sent = await send_webhook(port, example("transport.messageReceived"), {"x-api-key": "install-key"})
+        lines = await until(lambda: read_jsonl(tmp_path / "var" / "events.jsonl"), "the archived event")
+    assert [line["id"] for line in lines] == [sent]
+"""
+
+
+def test_core_wheel_registers_no_pytest_plugin(wheels: dict[str, Path]) -> None:
+    """Its entry points are the `event-router` command only: no `pytest11` loads the test kit into every
+    pytest session of whoever installs the router."""
+    with zipfile.ZipFile(wheels["enmeshed-event-router"]) as wheel:
+        (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        parser = configparser.ConfigParser()
+        parser.read_string(wheel.read(name).decode())
+    assert parser.sections() == ["console_scripts"]
+
+
+def test_the_test_kit_is_opt_in(template_venv: Venv) -> None:
+    """Installed with its `testing` extra (and a plugin), the router adds nothing to an unrelated pytest
+    session; a suite that opts in gets the kit."""
+    kit = template_venv
+    unrelated, opted_in = kit.cwd / "unrelated", kit.cwd / "opted-in"
+    for folder, files in (
+        (unrelated, {"test_unrelated.py": UNRELATED_TEST}),
+        (
+            opted_in,
+            {"conftest.py": 'pytest_plugins = ["event_router.testing.fixtures"]\n', "test_kit.py": OPTED_IN_TEST},
+        ),
+    ):
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    for folder in (unrelated, opted_in):
+        done = kit.run("-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder), program="python")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 passed" in done.stdout, done.stdout
+    listed = {
+        folder: kit.run("-m", "pytest", "-q", "-p", "no:cacheprovider", "--fixtures", str(folder), program="python")
+        for folder in (unrelated, opted_in)
+    }
+    assert "make_app" not in listed[unrelated].stdout, listed[unrelated].stdout
+    assert "make_app" in listed[opted_in].stdout, listed[opted_in].stdout

@@ -10,3 +10,7 @@ from pathlib import Path
 
 if importlib.util.find_spec("event_router_template") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+#: the router's test kit (`make_app`, `anyio_backend`, the autouse `reap_routers`): opt-in, named here in the
+#: suite's top-level conftest.py, the one place pytest takes `pytest_plugins` from
+pytest_plugins = ["event_router.testing.fixtures"]

@@ -12,6 +12,9 @@ import pytest
 from event_router.testing import free_port, require_program, require_service
 from event_router_amqp.testing import AMQP_URL, RABBITMQ_SERVER_SCRIPT, Broker, PrivateRabbitMQ
 
+#: the test kit's fixtures, opted into (docs/plugins.md, "Testing a plugin")
+pytest_plugins = ["event_router.testing.fixtures"]
+
 
 @pytest.fixture
 async def broker() -> AsyncIterator[Broker]:

@@ -17,6 +17,9 @@ from event_router.testing import IN_CI
 from event_router.testing import until as kit_until
 from event_router_pubsub.testing import PROJECT, EmulatorUnavailable, PubSubAdmin, running_emulator
 
+#: the test kit's fixtures, opted into (docs/plugins.md, "Testing a plugin")
+pytest_plugins = ["event_router.testing.fixtures"]
+
 #: seconds from starting `gcloud beta emulators pubsub start` until it answers HTTP, for the summary
 _startup: list[float] = []
 

@@ -10,6 +10,9 @@ import pytest
 from event_router.testing import free_port, require_program, require_service
 from event_router_redis.testing import HOST, SHARED_PORT, PrivateRedis, RedisKit
 
+#: the test kit's fixtures, opted into (docs/plugins.md, "Testing a plugin")
+pytest_plugins = ["event_router.testing.fixtures"]
+
 
 @pytest.fixture
 def redis_kit(tmp_path: Path) -> Iterator[RedisKit]:

@@ -1,8 +1,9 @@
 """Test kit for the router and for plugin authors: real sockets, real subprocesses, a real HTTP receiver.
 
-Installed with the router as a pytest plugin (entry point `pytest11`), so every plugin's test suite gets
-the fixtures in `event_router.testing.fixtures` (`anyio_backend`, `make_app`) and can import these
-helpers. Nothing here mocks the router's own I/O.
+Its pytest fixtures (`event_router.testing.fixtures`: `anyio_backend`, `make_app`, the autouse
+`reap_routers`) are opt-in: a test suite names them in its top-level conftest.py,
+`pytest_plugins = ["event_router.testing.fixtures"]`; installing the router adds nothing to anyone's pytest
+session. The helpers here are plain imports. Nothing here mocks the router's own I/O.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 import orjson
+
+if TYPE_CHECKING:
+    from event_router.app import App
 
 #: the source checkout (tests and plugins/_template live there); meaningless in an installed wheel
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,6 +38,18 @@ EXAMPLES = Path(__file__).resolve().parent / "example-events.json"
 #: the reference itself, beside a checkout (as in CI); tests prefer it so a changed reference shows
 REFERENCE_EXAMPLES = ROOT.parent / "shared" / "reference" / "example-events.json"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class MakeApp(Protocol):
+    """The `make_app` fixture's type, for a test's parameter (`make_app: MakeApp`): `make_app(text)` runs an
+    App in-process from router.toml text for an `async with` block, entered once the router is ready;
+    `ready=False`: once it runs and waits for its inputs (a test of a broker that is down). `plugins`:
+    plugin modules (the ones with the hook implementations) to register as if installed, for a plugin's
+    tests before `pip install`; one whose entry point is installed is found through it."""
+
+    def __call__(
+        self, text: str, *, ready: bool = True, plugins: Sequence[ModuleType] = ()
+    ) -> AbstractAsyncContextManager[App]: ...
 
 
 def example_events() -> list[dict[str, Any]]:

@@ -1,10 +1,11 @@
-"""pytest fixtures of the test kit (loaded through the `pytest11` entry point)."""
+"""pytest fixtures of the test kit. Opt-in: a suite's top-level conftest.py says
+`pytest_plugins = ["event_router.testing.fixtures"]` (only a conftest pytest reads before the session may)."""
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -16,6 +17,7 @@ from event_router.api.hookspecs import ENTRY_POINT_GROUP
 from event_router.app import App
 from event_router.config import build_config
 from event_router.plugins import load_plugins
+from event_router.testing import MakeApp
 
 
 @pytest.fixture(autouse=True)
@@ -37,14 +39,10 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def make_app(tmp_path: Path) -> Callable[..., AbstractAsyncContextManager[App]]:
-    """Run an App in-process from router.toml text: `async with make_app(text) as app: ...`.
+def make_app(tmp_path: Path) -> MakeApp:
+    """Run an App in-process from router.toml text: `async with make_app(text) as app: ...` (see `MakeApp`).
 
-    The file is written to `tmp_path/router.toml`, so relative paths in it land in `tmp_path`. The block runs
-    once the router is ready (every input consumes); `ready=False`: once it runs and waits for its inputs
-    (a test of a broker that is down). `plugins`: plugin modules (the ones with the hook implementations)
-    to register as if installed, for a plugin's tests before `pip install`; one whose entry point is
-    installed is found through it.
+    The file is written to `tmp_path/router.toml`, so relative paths in it land in `tmp_path`.
     """
 
     @asynccontextmanager
