@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 import pytest
+
+from event_router.app import App
+from event_router.testing import MakeApp
 
 #: the test kit's fixtures (`make_app`, `anyio_backend`, and the autouse `reap_routers`): opted into here, in
 #: a conftest.py pytest reads before the session (a testpath of its own), as any plugin's suite does
@@ -14,15 +15,13 @@ pytest_plugins = ["event_router.testing.fixtures"]
 
 
 @pytest.fixture(params=[0, 1], ids=["in-process", "front-process"])
-def webhook_modes(
-    request: pytest.FixtureRequest, make_app: Callable[[str], AbstractAsyncContextManager[Any]]
-) -> Callable[[str], AbstractAsyncContextManager[Any]]:
+def webhook_modes(request: pytest.FixtureRequest, make_app: MakeApp) -> MakeApp:
     """`make_app` that runs each webhook input both ways: HTTP in the router process (processes = 0) and in
     a front process (processes = 1). A test module opts in with `make_app = webhook_modes`... by requesting
     this fixture under the name `make_app` (see test_webhook.py)."""
     processes = request.param
 
-    def run(text: str) -> AbstractAsyncContextManager[Any]:
-        return make_app(text.replace('type = "webhook"', f'type = "webhook"\nprocesses = {processes}'))
+    def run(text: str, *, ready: bool = True) -> AbstractAsyncContextManager[App]:
+        return make_app(text.replace('type = "webhook"', f'type = "webhook"\nprocesses = {processes}'), ready=ready)
 
     return run

@@ -27,7 +27,7 @@ from event_router.config import ConfigErrors, build_config
 from event_router.core.deadletters import list_dead_letters
 from event_router.core.spool import DeadLetterFilter
 from event_router.plugins import load_plugins
-from event_router.testing import example, free_port, http_receiver, send_webhook, until
+from event_router.testing import MakeApp, example, free_port, http_receiver, send_webhook, until
 from event_router.web.auth import OAuth2ClientCredentials
 from event_router.web.signing import sign, verify
 
@@ -222,8 +222,8 @@ def dead_letters(app: Any) -> list[Any]:
         ),
     ],
 )
-async def test_http_output_static_auth(  # type: ignore[no-untyped-def]
-    make_app, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: str, header: str, value: str
+async def test_http_output_static_auth(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: str, header: str, value: str
 ) -> None:
     monkeypatch.setenv("T_AUTH_SECRET", "sesame")
     port = free_port()
@@ -238,7 +238,7 @@ async def test_http_output_static_auth(  # type: ignore[no-untyped-def]
     assert request.headers["X-Other"] == "kept"
 
 
-async def test_a_static_basic_header_is_masked_whole_encoded_and_decoded(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_static_basic_header_is_masked_whole_encoded_and_decoded(make_app: MakeApp, tmp_path: Path) -> None:
     credentials = base64.b64encode(b"router:pass-word-1").decode()
     port = free_port()
     with http_receiver() as rx:
@@ -252,7 +252,7 @@ async def test_a_static_basic_header_is_masked_whole_encoded_and_decoded(make_ap
     assert (letter.error or "").endswith("answered 400: got ***, *** = ***"), letter.error
 
 
-async def test_http_output_oauth2_caches_and_refreshes_on_401(make_app, idp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_http_output_oauth2_caches_and_refreshes_on_401(make_app: MakeApp, idp: Any, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         extra = (
@@ -272,7 +272,7 @@ async def test_http_output_oauth2_caches_and_refreshes_on_401(make_app, idp, tmp
     assert [r.headers["Authorization"] for r in rx.requests] == ["Bearer tok-1"] * 4 + ["Bearer tok-2"]
 
 
-async def test_http_output_token_failures(make_app, idp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_http_output_token_failures(make_app: MakeApp, idp: Any, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         extra = (
@@ -344,8 +344,13 @@ def test_url_credentials_exclude_other_credentials(tmp_path: Path) -> None:
 # --- the http output: bodies ----------------------------------------------------------------------------
 
 
-async def deliver_all(  # type: ignore[no-untyped-def]
-    make_app, tmp_path: Path, extra: str, events: list[dict[str, Any]], route_extra: str = "", headers=None
+async def deliver_all(
+    make_app: MakeApp,
+    tmp_path: Path,
+    extra: str,
+    events: list[dict[str, Any]],
+    route_extra: str = "",
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[Any], list[str]]:
     port = free_port()
     with http_receiver() as rx:
@@ -355,7 +360,7 @@ async def deliver_all(  # type: ignore[no-untyped-def]
         return sorted(rx.requests, key=lambda r: ids.index(r.headers["Idempotency-Key"])), ids
 
 
-async def test_webhook_body_is_what_the_connector_sends(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_webhook_body_is_what_the_connector_sends(make_app: MakeApp, tmp_path: Path) -> None:
     mail = example("transport.messageReceived")
     started = {"trigger": "runtime.modulesStarted"}  # the webhook form: no data key
     requests, _ = await deliver_all(
@@ -369,7 +374,7 @@ async def test_webhook_body_is_what_the_connector_sends(make_app, tmp_path: Path
     assert requests[0].headers["Content-Type"] == "application/json"
 
 
-async def test_cloudevents_structured(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_cloudevents_structured(make_app: MakeApp, tmp_path: Path) -> None:
     mail = example("transport.messageReceived")
     (request,), (event_id,) = await deliver_all(make_app, tmp_path, 'body = "cloudevents"', [mail])
     assert request.headers["Content-Type"] == "application/cloudevents+json"
@@ -386,7 +391,7 @@ async def test_cloudevents_structured(make_app, tmp_path: Path) -> None:  # type
     assert received_at.endswith("Z")
 
 
-async def test_cloudevents_binary_and_reshape(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_cloudevents_binary_and_reshape(make_app: MakeApp, tmp_path: Path) -> None:
     mail = example("transport.messageReceived")
     reshape = 'reshape = { subject = "data.content.subject", note = "from {{ data.createdBy }}" }'
     requests, ids = await deliver_all(
@@ -403,7 +408,7 @@ async def test_cloudevents_binary_and_reshape(make_app, tmp_path: Path) -> None:
     assert second.json() == {"subject": None, "note": "from "}  # the route's reshape of an event without data
 
 
-async def test_cloudevents_binary_without_data_has_an_empty_body(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_cloudevents_binary_without_data_has_an_empty_body(make_app: MakeApp, tmp_path: Path) -> None:
     (request,), _ = await deliver_all(
         make_app, tmp_path, 'body = "cloudevents-binary"', [{"trigger": "runtime.modulesStarted"}]
     )
@@ -412,7 +417,7 @@ async def test_cloudevents_binary_without_data_has_an_empty_body(make_app, tmp_p
     assert request.headers["ce-type"] == "runtime.modulesStarted"
 
 
-async def test_standard_webhooks_signature(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_standard_webhooks_signature(make_app: MakeApp, tmp_path: Path) -> None:
     mail = example("transport.messageReceived")
     (request,), (event_id,) = await deliver_all(make_app, tmp_path, f'signing_secret = "{SIGNING_SECRET}"', [mail])
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -434,7 +439,7 @@ def test_signature_matches_the_standard_webhooks_example() -> None:
     assert sign(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body) == expected
 
 
-async def test_dot_segments_from_event_data_are_refused(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_dot_segments_from_event_data_are_refused(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     mail = example("transport.messageReceived")
     mail["data"]["id"] = ".."
@@ -482,7 +487,9 @@ async def tls_server(certificate: tuple[Path, Path], seen: list[bytes]) -> tuple
     return runner, port
 
 
-async def test_tls_verified_by_default_with_ca_file_or_off(make_app, tmp_path: Path, certificate) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_verified_by_default_with_ca_file_or_off(
+    make_app: MakeApp, tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
     seen: list[bytes] = []
     runner, tls_port = await tls_server(certificate, seen)
     url = f"https://127.0.0.1:{tls_port}/in"
@@ -502,7 +509,7 @@ async def test_tls_verified_by_default_with_ca_file_or_off(make_app, tmp_path: P
         await runner.cleanup()
 
 
-async def test_redirects_only_when_asked(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_redirects_only_when_asked(make_app: MakeApp, tmp_path: Path) -> None:
     seen: list[tuple[str, str, bytes]] = []
 
     async def handle(request: web.Request) -> web.Response:

@@ -30,7 +30,7 @@ from event_router.core.spool import DeadLetterFilter
 from event_router.outputs.connector import MAX_ANSWER, MAX_CHAIN_DEPTH, ConnectorOutput, check_action
 from event_router.outputs.connector_api import API_BASES, ENDPOINTS
 from event_router.plugins import load_plugins
-from event_router.testing import example, free_port, read_jsonl, run_cli, send_webhook, until
+from event_router.testing import MakeApp, example, free_port, read_jsonl, run_cli, send_webhook, until
 
 pytestmark = pytest.mark.anyio
 
@@ -319,8 +319,15 @@ ACTION_CASES = [
 @pytest.mark.parametrize(
     ("event", "action", "operation", "path", "body"), [pytest.param(*c[1:], id=c[0]) for c in ACTION_CASES]
 )
-async def test_action_end_to_end(  # type: ignore[no-untyped-def]
-    make_app, fake, tmp_path: Path, event: dict[str, Any], action: str, operation: str, path: str, body: Any
+async def test_action_end_to_end(
+    make_app: MakeApp,
+    fake: Any,
+    tmp_path: Path,
+    event: dict[str, Any],
+    action: str,
+    operation: str,
+    path: str,
+    body: Any,
 ) -> None:
     port = free_port()
     routes = f'[[routes]]\nname = "act"\nmatch = {{ trigger = ["{event["trigger"]}"] }}\nto = "connector"\n'
@@ -344,7 +351,7 @@ async def test_action_end_to_end(  # type: ignore[no-untyped-def]
         assert spec_body_errors(operation, body) == []
 
 
-async def test_create_outgoing_request_and_send_it(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_create_outgoing_request_and_send_it(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = """
 [[routes]]
@@ -378,7 +385,7 @@ query = { "@type" = "IdentityAttributeQuery", valueType = "StreetAddress" }
     assert spec_body_errors("sendMessage", sent.body) == []
 
 
-async def test_event_data_cannot_change_the_path(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_event_data_cannot_change_the_path(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = """
 [[routes]]
@@ -415,7 +422,7 @@ action = { name = "call", method = "PUT", path = "/Relationships/{{ data.id }}/A
     assert sum("[error.connector.validation.invalidPropertyValue]" in e for e in errors) == 4, errors
 
 
-async def test_connector_error_code_goes_to_the_dead_letter(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_connector_error_code_goes_to_the_dead_letter(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = """
 [[routes]]
@@ -434,7 +441,7 @@ action = { name = "accept_request", id = "{{ data.id }}", items = [{ accept = tr
     assert "answered 400: error.fake.requestNotDecidable: scripted failure" in letter.error
 
 
-async def test_server_errors_are_retried(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_server_errors_are_retried(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
     fake.fail("sync", 500, times=1)
@@ -448,7 +455,7 @@ async def test_server_errors_are_retried(make_app, fake, tmp_path: Path) -> None
     assert [s.status for s in fake.requests] == [500, 502, 429, 204]
 
 
-async def test_unreachable_and_hanging_connector_are_retried(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_unreachable_and_hanging_connector_are_retried(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
     closed = f"http://127.0.0.1:{free_port()}"
@@ -468,7 +475,7 @@ async def test_unreachable_and_hanging_connector_are_retried(make_app, fake, tmp
         assert not dead_letters(app)
 
 
-async def test_rejected_api_key_is_permanent(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_rejected_api_key_is_permanent(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
     async with make_app(router_toml(tmp_path, port, fake.url, routes, api_key_extra("wrong-key"))) as app:
@@ -482,7 +489,7 @@ async def test_rejected_api_key_is_permanent(make_app, fake, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("version", ['api_version = "v2"', 'connector_version = "6.2"', 'connector_version = "4.6.4"'])
-async def test_header_name_and_api_v2(make_app, tmp_path: Path, version: str) -> None:  # type: ignore[no-untyped-def]
+async def test_header_name_and_api_v2(make_app: MakeApp, tmp_path: Path, version: str) -> None:
     port = free_port()
     routes = (
         '[[routes]]\nname = "decide"\nto = "connector"\n'
@@ -502,7 +509,7 @@ async def test_header_name_and_api_v2(make_app, tmp_path: Path, version: str) ->
     assert seen.headers["X-Old-Key"] == API_KEY and "X-API-KEY" not in seen.headers
 
 
-async def test_oauth2_connector(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_oauth2_connector(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
     async with FakeTokenEndpoint() as idp, FakeConnector(tokens=idp) as connector:
@@ -617,7 +624,7 @@ def test_connector_version_is_checked_by_check(tmp_path: Path) -> None:
     assert run_cli("check", "-c", str(path)).returncode == 0
 
 
-async def test_missing_event_field_is_permanent(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_missing_event_field_is_permanent(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = """
 [[routes]]
@@ -757,7 +764,7 @@ def test_describe_shows_the_calls_without_sending(tmp_path: Path) -> None:
 # --- results as events ----------------------------------------------------------------------------------
 
 
-async def test_results_become_events_that_chain(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_results_become_events_that_chain(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = """
 [[routes]]
@@ -805,7 +812,7 @@ to = "results"
     assert failed["data"]["event"] == {"id": succeeded["id"], "trigger": "router.actionSucceeded"}
 
 
-async def test_a_failing_chain_stops(make_app, fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_failing_chain_stops(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     # every failure is an event this same route sends into the same failing action again
     routes = """
@@ -832,7 +839,7 @@ action = { name = "accept_relationship", id = "{{ data.id }}" }
 # --- answers of any size ---------------------------------------------------------------------------------------
 
 
-async def test_an_endless_answer_is_read_up_to_a_bound(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_endless_answer_is_read_up_to_a_bound(make_app: MakeApp, tmp_path: Path) -> None:
     """A Connector (or something in its place) answering with a body that never ends: the action counts as
     done once MAX_ANSWER bytes are read, the rest is never read, and the result event keeps the start."""
     streamed = 0

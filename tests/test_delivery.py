@@ -9,10 +9,20 @@ from pathlib import Path
 import anyio
 import pytest
 
-from event_router.core.deadletters import list_dead_letters, replay
+from event_router.core.deadletters import replay
 from event_router.core.delivery import OutputWorker
 from event_router.core.spool import DeadLetterFilter
-from event_router.testing import example, free_port, http_receiver, post, read_jsonl, send_webhook, until
+from event_router.testing import (
+    MakeApp,
+    dead_letters,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    read_jsonl,
+    send_webhook,
+    until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +54,7 @@ to = ["archive"]
 """
 
 
-async def test_webhook_to_http_and_file(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_webhook_to_http_and_file(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         async with make_app(config(port, tmp_path, rx.url + "/hooks/{{trigger}}")):
@@ -59,7 +69,7 @@ async def test_webhook_to_http_and_file(make_app, tmp_path: Path) -> None:  # ty
     assert request.json()["data"]["content"]["subject"] == "New postal address"
 
 
-async def test_retries_until_target_recovers(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_retries_until_target_recovers(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         rx.respond(503, 503, (429, {"Retry-After": "0"}), 200)
@@ -72,7 +82,7 @@ async def test_retries_until_target_recovers(make_app, tmp_path: Path) -> None: 
     assert {r.headers["Idempotency-Key"] for r in rx.requests} == {accepted}
 
 
-async def test_permanent_failure_dead_letters_after_one_attempt_and_replays(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_permanent_failure_dead_letters_after_one_attempt_and_replays(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         rx.respond(400)
@@ -80,7 +90,7 @@ async def test_permanent_failure_dead_letters_after_one_attempt_and_replays(make
             accepted = await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: app.stats.get("dead_letters", reason="permanent") == 1, "dead letter")
             assert len(rx.requests) == 1
-            (dl,) = list_dead_letters(app.spool._reader, DeadLetterFilter(output="crm"))
+            (dl,) = dead_letters(app.config.data_dir, DeadLetterFilter(output="crm"))
             assert dl.event_id == accepted and dl.attempts == 1
             assert "answered 400" in (dl.error or "")
             rx.respond(200)
@@ -89,11 +99,11 @@ async def test_permanent_failure_dead_letters_after_one_attempt_and_replays(make
             )
             assert report.replayed == 1
             await until(lambda: len(rx.requests) == 2, "the replayed delivery")
-            assert list_dead_letters(app.spool._reader, DeadLetterFilter()) == []
+            assert dead_letters(app.config.data_dir) == []
         assert rx.requests[1].headers["Idempotency-Key"] == accepted
 
 
-async def test_retries_exhausted_go_to_dead_letters(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_retries_exhausted_go_to_dead_letters(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         rx.respond(500)
@@ -103,7 +113,7 @@ async def test_retries_exhausted_go_to_dead_letters(make_app, tmp_path: Path) ->
             assert len(rx.requests) == 5
 
 
-async def test_unreachable_target_is_retried(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_unreachable_target_is_retried(make_app: MakeApp, tmp_path: Path) -> None:
     port, closed = free_port(), free_port()
     async with make_app(config(port, tmp_path, f"http://127.0.0.1:{closed}/in")) as app:
         await send_webhook(port, example("transport.messageReceived"))
@@ -111,7 +121,7 @@ async def test_unreachable_target_is_retried(make_app, tmp_path: Path) -> None: 
         assert app.spool.depth == 1
 
 
-async def test_hanging_target_times_out_and_retries(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_hanging_target_times_out_and_retries(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         rx.delay = 3.0
@@ -122,7 +132,7 @@ async def test_hanging_target_times_out_and_retries(make_app, tmp_path: Path) ->
             assert time.monotonic() - started < 3.0
 
 
-async def test_route_retry_override(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_route_retry_override(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     with http_receiver() as rx:
         rx.respond(500)
@@ -132,7 +142,7 @@ async def test_route_retry_override(make_app, tmp_path: Path) -> None:  # type: 
             assert len(rx.requests) == 2
 
 
-async def test_reshape_and_encoded_url(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_reshape_and_encoded_url(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     reshape = 'reshape = { subject = "data.content.subject", from = "data.createdBy", note = "mail {{data.id}}" }'
     with http_receiver() as rx:
@@ -162,7 +172,7 @@ async def test_reshape_and_encoded_url(make_app, tmp_path: Path) -> None:  # typ
     }
 
 
-async def test_a_backlog_in_memory_delivers_the_same_bodies(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_backlog_in_memory_delivers_the_same_bodies(make_app: MakeApp, tmp_path: Path) -> None:
     """Past the head of the buffer, fresh deliveries are kept as their stored JSON: same requests, same files."""
     port = free_port()
     reshape = 'reshape = { subject = "data.content.subject", note = "mail {{data.id}}" }'
@@ -195,7 +205,7 @@ async def test_a_backlog_in_memory_delivers_the_same_bodies(make_app, tmp_path: 
     assert [line["data"] for line in archived] == [m["data"] for m in mails]
 
 
-async def test_retry_spacing_follows_backoff_and_retry_after(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_retry_spacing_follows_backoff_and_retry_after(make_app: MakeApp, tmp_path: Path) -> None:
     """503 with Retry-After: 1 waits at least that (it is under max_backoff); then full-jitter waits stay under
     their ceilings."""
     port = free_port()
@@ -236,7 +246,7 @@ def test_delivery_body_is_the_payload_as_json() -> None:
     assert reshaped.reshaped and reshaped.body is None and reshaped.payload == {"x": 1}
 
 
-async def test_slow_commits_bound_the_attempted_deliveries_held(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_slow_commits_bound_the_attempted_deliveries_held(make_app: MakeApp, tmp_path: Path) -> None:
     """While outcomes wait for their commit, the worker attempts no more than its bound, and what waits
     holds no event: a slow disk cannot fill memory with attempted deliveries."""
     port = free_port()
@@ -251,7 +261,7 @@ async def test_slow_commits_bound_the_attempted_deliveries_held(make_app, tmp_pa
                 await gate.wait()
                 return await settle(**kwargs)
 
-            app.spool.settle = slow_settle
+            app.spool.settle = slow_settle  # type: ignore[method-assign]
             worker = app.pipeline.workers["crm"]
             bound = 2 * OutputWorker.UNRECORDED_PER_SLOT
             mails = [example("transport.messageReceived") for _ in range(count)]
@@ -270,7 +280,9 @@ async def test_slow_commits_bound_the_attempted_deliveries_held(make_app, tmp_pa
     assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == count
 
 
-async def test_a_retry_due_before_its_outcome_is_committed_is_not_left_to_the_poll(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_retry_due_before_its_outcome_is_committed_is_not_left_to_the_poll(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
     """A retry whose backoff ends while its outcome is still being committed (a short full-jitter wait, a
     slow disk) is attempted once the commit is done, not at the worker's next poll a second later."""
     port = free_port()
@@ -287,7 +299,7 @@ async def test_a_retry_due_before_its_outcome_is_committed_is_not_left_to_the_po
                 await anyio.sleep(0.1)  # a commit slower than the 1 ms backoff
                 return await settle(**kwargs)
 
-            app.spool.settle = slow_settle
+            app.spool.settle = slow_settle  # type: ignore[method-assign]
             assert app.pipeline.workers["crm"].poll_interval == 1.0
             await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: len(rx.requests) == 2, "the retry", within=10)

@@ -359,20 +359,28 @@ def test_sees_nothing_of_the_test_kit(request):
 """
 
 #: a plugin's suite that opts in, as docs/plugins.md says: its fixtures, autouse included, and a router from
-#: `make_app` that archives a webhook event
+#: `make_app` that archives a webhook event and dead-letters an invalid one, which `dead_letters` reads
 OPTED_IN_TEST = """
+import anyio
 import pytest
-from event_router.testing import example, read_jsonl, free_port, router_table, send_webhook, until, webhook_input
-from event_router.testing import MakeApp, archive_all
+from event_router.testing import MakeApp, archive_all, dead_letters, example, free_port, post, read_jsonl
+from event_router.testing import router_table, send_webhook, until, webhook_input
 
 @pytest.mark.anyio
 async def test_make_app_runs_a_router(make_app: MakeApp, request, tmp_path) -> None:
     assert "reap_routers" in request.fixturenames
-    port = free_port()
+    port, headers = free_port(), {"x-api-key": "install-key"}
+    broken = example("transport.messageReceived")
+    del broken["data"]["createdBy"]
     async with make_app(router_table() + webhook_input(port) + archive_all()):
-        sent = await send_webhook(port, example("transport.messageReceived"), {"x-api-key": "install-key"})
+        sent = await send_webhook(port, example("transport.messageReceived"), headers)
         lines = await until(lambda: read_jsonl(tmp_path / "var" / "events.jsonl"), "the archived event")
+        url = f"http://127.0.0.1:{port}/events"
+        status, body, _ = await anyio.to_thread.run_sync(lambda: post(url, broken, headers))
+        assert status == 422, body
     assert [line["id"] for line in lines] == [sent]
+    (letter,) = dead_letters(tmp_path / "var")
+    assert (letter.reason, letter.trigger) == ("validation", "transport.messageReceived")
 """
 
 

@@ -12,8 +12,6 @@ import sqlite3
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,8 @@ import anyio
 import orjson
 import pytest
 
-from event_router.app import App
 from event_router.core.spool import OLDEST_PENDING, PENDING_EVENTS, Spool
-from event_router.testing import RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
+from event_router.testing import MakeApp, RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
 
 pytestmark = pytest.mark.anyio
 KEY = "test-key-metrics"
@@ -89,9 +86,7 @@ def fill(db: Path, pending: int, dead: int, *, output: str = "held") -> None:
 # --- no statement on the loop -------------------------------------------------------------------------------
 
 
-async def test_scrape_readyz_and_status_run_no_sql_on_the_event_loop(
-    tmp_path: Path, make_app: Callable[[str], AbstractAsyncContextManager[App]]
-) -> None:
+async def test_scrape_readyz_and_status_run_no_sql_on_the_event_loop(tmp_path: Path, make_app: MakeApp) -> None:
     """Every statement on the spool's reader connection is recorded with its thread: a scrape, /readyz
     and the status line run none on the loop's thread (the reader is the only connection the loop uses;
     the writer's belongs to its thread)."""

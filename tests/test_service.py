@@ -16,6 +16,7 @@ import pytest
 from event_router.testing import (
     IN_CI,
     ROOT,
+    MakeApp,
     RouterProcess,
     example,
     free_port,
@@ -187,7 +188,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.mark.anyio
-async def test_admin_health_ready_and_metrics(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_admin_health_ready_and_metrics(make_app: MakeApp, tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     with http_receiver() as rx:
         text = config_text(port, admin, rx.url).replace('api_key = { env = "ROUTER_WEBHOOK_API_KEY" }', "")

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import orjson
 import pytest
 
-from event_router.testing import example, free_port, post, read_jsonl, wait_for
+from event_router.testing import DeadLetterFilter, MakeApp, dead_letters, example, free_port, post, read_jsonl, wait_for
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def make_app(webhook_modes):  # type: ignore[no-untyped-def]
+def make_app(webhook_modes: MakeApp) -> MakeApp:
     """Every test here runs with HTTP in the router process and in a front process (`processes = 1`)."""
     return webhook_modes
 
@@ -48,7 +49,7 @@ async def call(url: str, body: bytes | dict, headers: dict | None = None) -> tup
     return await anyio.to_thread.run_sync(lambda: post(url, body, headers))
 
 
-async def test_accepts_connector_webhook_and_writes_file(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_accepts_connector_webhook_and_writes_file(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)):
         mail = example("transport.messageReceived")
@@ -69,7 +70,7 @@ async def test_accepts_connector_webhook_and_writes_file(make_app, tmp_path: Pat
     assert line["received_at"].endswith("Z")
 
 
-async def test_api_key_header_name_is_case_insensitive(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_api_key_header_name_is_case_insensitive(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     text = config(port, tmp_path).replace('api_key = "', 'api_key_header = "X-Router-Key"\napi_key = "')
     async with make_app(text):
@@ -81,7 +82,7 @@ async def test_api_key_header_name_is_case_insensitive(make_app, tmp_path: Path)
         assert (status, body["error"]) == (401, "missing API key header X-Router-Key")
 
 
-async def test_wrong_path_wrong_method_and_expect_continue(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_path_wrong_method_and_expect_continue(make_app: MakeApp, tmp_path: Path) -> None:
     """In process and in a front alike: 404 and 405 (with Allow) answered in JSON like every other refusal,
     100 Continue."""
     import socket
@@ -129,7 +130,7 @@ async def test_wrong_path_wrong_method_and_expect_continue(make_app, tmp_path: P
         assert b"HTTP/1.1 202" in answer, answer
 
 
-async def test_event_without_data_key(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_event_without_data_key(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)):
         status, body, _ = await call(
@@ -153,7 +154,14 @@ async def test_event_without_data_key(make_app, tmp_path: Path) -> None:  # type
         ({"x-api-key": KEY}, b"x" * 70000, 413, "body larger than 65536 bytes"),
     ],
 )
-async def test_rejections(make_app, tmp_path: Path, headers, payload, status, message) -> None:  # type: ignore[no-untyped-def]
+async def test_rejections(
+    make_app: MakeApp,
+    tmp_path: Path,
+    headers: dict[str, str],
+    payload: bytes | dict[str, Any],
+    status: int,
+    message: str,
+) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)) as app:
         got, body, _ = await call(f"http://127.0.0.1:{port}/events", payload, headers)
@@ -162,14 +170,11 @@ async def test_rejections(make_app, tmp_path: Path, headers, payload, status, me
         assert "Traceback" not in str(body)
         if status == 400:
             # the bytes were kept: nothing the sender believed it delivered is lost
-            from event_router.core.deadletters import list_dead_letters
-            from event_router.core.spool import DeadLetterFilter
-
-            (dl,) = list_dead_letters(app.spool._reader, DeadLetterFilter(ids=[body["dead_letter"]]))
+            (dl,) = dead_letters(app.config.data_dir, DeadLetterFilter(ids=[body["dead_letter"]]))
             assert dl.reason == "undecodable" and message in (dl.error or "")
 
 
-async def test_invalid_event_is_dead_lettered_with_errors(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_invalid_event_is_dead_lettered_with_errors(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     broken = example("transport.messageReceived")
     del broken["data"]["createdBy"]
@@ -182,7 +187,7 @@ async def test_invalid_event_is_dead_lettered_with_errors(make_app, tmp_path: Pa
     assert read_jsonl(tmp_path / "out/events.jsonl") == []
 
 
-async def test_warn_mode_routes_invalid_events(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_warn_mode_routes_invalid_events(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     broken = example("transport.messageReceived")
     del broken["data"]["createdBy"]
@@ -192,7 +197,7 @@ async def test_warn_mode_routes_invalid_events(make_app, tmp_path: Path) -> None
         await anyio.to_thread.run_sync(lambda: wait_for(lambda: read_jsonl(tmp_path / "out/events.jsonl")))
 
 
-async def test_unknown_trigger_policy(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_trigger_policy(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     event = {"trigger": "transport.somethingNew", "data": {"x": 1}}
     async with make_app(config(port, tmp_path)):
@@ -204,7 +209,7 @@ async def test_unknown_trigger_policy(make_app, tmp_path: Path) -> None:  # type
         assert status == 422 and body["status"] == "dead_lettered"
 
 
-async def test_unmatched_event_is_dead_lettered_when_configured(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_unmatched_event_is_dead_lettered_when_configured(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)):
         status, body, _ = await call(
@@ -213,7 +218,7 @@ async def test_unmatched_event_is_dead_lettered_when_configured(make_app, tmp_pa
         assert status == 422 and body["status"] == "dead_lettered"
 
 
-async def test_trigger_in_path(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_trigger_in_path(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path, path="/hooks/{{trigger}}")):
         url = f"http://127.0.0.1:{port}/hooks/transport.messageReceived"
@@ -221,7 +226,7 @@ async def test_trigger_in_path(make_app, tmp_path: Path) -> None:  # type: ignor
         assert status == 202, body
 
 
-async def test_full_spool_answers_503_and_keeps_what_it_has(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_full_spool_answers_503_and_keeps_what_it_has(make_app: MakeApp, tmp_path: Path) -> None:
     port, dead_port = free_port(), free_port()
     text = f"""
 [router]

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from event_router.inputs.frames import MAX_PAYLOAD, FrameError, FrameReader, encode
-from event_router.testing import RouterProcess, example, free_port, port_accepts, post, read_jsonl, wait_for
+from event_router.testing import MakeApp, RouterProcess, example, free_port, port_accepts, post, read_jsonl, wait_for
 
 KEY = "front-key"
 FRONT_MODULE = b"event_router.inputs.webhook_front"
@@ -141,7 +141,7 @@ def request(body: bytes, *, key: str = KEY, extra: str = "", version: str = "1.1
 
 
 @pytest.mark.anyio
-async def test_pipelined_requests_are_answered_in_order(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_pipelined_requests_are_answered_in_order(make_app: MakeApp, tmp_path: Path) -> None:
     """The middle request is refused at once (wrong key), the others wait for their commit: still in order;
     the last one asks to close, which happens once all three are answered, not when its own answer is ready."""
     port = free_port()
@@ -157,7 +157,7 @@ async def test_pipelined_requests_are_answered_in_order(make_app, tmp_path: Path
 
 
 @pytest.mark.anyio
-async def test_a_client_that_half_closes_after_its_request_gets_the_answer(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_client_that_half_closes_after_its_request_gets_the_answer(make_app: MakeApp, tmp_path: Path) -> None:
     import socket
 
     port = free_port()
@@ -178,7 +178,7 @@ async def test_a_client_that_half_closes_after_its_request_gets_the_answer(make_
 
 
 @pytest.mark.anyio
-async def test_chunked_bodies_and_http_1_0(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_chunked_bodies_and_http_1_0(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     mail = orjson.dumps(example("transport.messageReceived"))
     half = len(mail) // 2
@@ -231,8 +231,8 @@ async def test_chunked_bodies_and_http_1_0(make_app, tmp_path: Path) -> None:  #
     ],
     ids=["content-length-too-large", "chunked-too-large", "headers-too-large", "target-too-long", "garbage", "upgrade"],
 )
-async def test_requests_a_front_cannot_read_on_get_an_answer_and_a_close(  # type: ignore[no-untyped-def]
-    make_app, tmp_path: Path, data: bytes, status: int, message: bytes
+async def test_requests_a_front_cannot_read_on_get_an_answer_and_a_close(
+    make_app: MakeApp, tmp_path: Path, data: bytes, status: int, message: bytes
 ) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)):
@@ -334,7 +334,7 @@ async def wait_for_async(check, timeout: float = 5.0) -> None:  # type: ignore[n
 
 
 @pytest.mark.anyio
-async def test_fronts_are_processes_of_their_own_and_store_what_they_take(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_fronts_are_processes_of_their_own_and_store_what_they_take(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path, processes=2)) as app:
         pids = fronts_of(os.getpid())
@@ -358,7 +358,9 @@ async def test_fronts_are_processes_of_their_own_and_store_what_they_take(make_a
 
 
 @pytest.mark.anyio
-async def test_a_killed_front_is_logged_and_started_again(make_app, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_a_killed_front_is_logged_and_started_again(
+    make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/events"
     async with make_app(config(port, tmp_path)) as app:
@@ -378,7 +380,9 @@ async def test_a_killed_front_is_logged_and_started_again(make_app, tmp_path: Pa
 
 
 @pytest.mark.anyio
-async def test_a_request_the_router_fails_on_costs_only_itself(make_app, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_request_the_router_fails_on_costs_only_itself(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bug on one request must not break the channel that the front's other requests share."""
     from event_router.inputs.webhook import WebhookInput
 
@@ -404,7 +408,7 @@ async def test_a_request_the_router_fails_on_costs_only_itself(make_app, tmp_pat
 
 
 @pytest.mark.anyio
-async def test_a_front_ignores_sigterm_its_router_stops_it(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_front_ignores_sigterm_its_router_stops_it(make_app: MakeApp, tmp_path: Path) -> None:
     """Under systemd the whole control group gets SIGTERM: the front must keep answering until the router,
     which stops inputs first, tells it to stop."""
     port = free_port()
@@ -420,7 +424,7 @@ async def test_a_front_ignores_sigterm_its_router_stops_it(make_app, tmp_path: P
 
 
 @pytest.mark.anyio
-async def test_stopping_answers_only_what_is_stored(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_stopping_answers_only_what_is_stored(make_app: MakeApp, tmp_path: Path) -> None:
     """Stop while 32 senders keep posting: every 2xx a sender got is an event on disk (delivered or pending)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/events"

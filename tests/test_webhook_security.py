@@ -12,13 +12,13 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import example, free_port, post, read_jsonl, wait_for
+from event_router.testing import DeadLetterFilter, MakeApp, dead_letters, example, free_port, post, read_jsonl, wait_for
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def make_app(webhook_modes):  # type: ignore[no-untyped-def]
+def make_app(webhook_modes: MakeApp) -> MakeApp:
     """Every test here runs with HTTP in the router process and in a front process (`processes = 1`)."""
     return webhook_modes
 
@@ -45,7 +45,7 @@ async def call(url: str, body: bytes | dict) -> tuple[int, dict, dict]:
     return await anyio.to_thread.run_sync(lambda: post(url, body))
 
 
-async def test_allow_list(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_allow_list(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path, 'allow_networks = ["10.0.0.0/8", "::1/128"]')):
         status, body, _ = await call(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"))
@@ -56,7 +56,7 @@ async def test_allow_list(make_app, tmp_path: Path) -> None:  # type: ignore[no-
     assert status == 202
 
 
-async def test_rate_limit_per_client(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_rate_limit_per_client(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path, "rate_limit = { per_second = 1, burst = 2 }")):
         answers = [
@@ -93,7 +93,7 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def test_tls_listener(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_tls_listener(make_app: MakeApp, tmp_path: Path) -> None:
     cert, key = make_cert(tmp_path)
     port = free_port()
     async with make_app(config(port, tmp_path, f'tls = {{ cert_file = "{cert}", key_file = "{key}" }}')):
@@ -137,8 +137,8 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
     ids=["nested-2000", "huge-number", "invalid-utf8", "nul-in-json-string", "nul-bytes"],
 )
 async def test_hostile_bodies_get_clear_errors(
-    make_app, tmp_path: Path, body: bytes, status: int, message: str
-) -> None:  # type: ignore[no-untyped-def]
+    make_app: MakeApp, tmp_path: Path, body: bytes, status: int, message: str
+) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)) as app:
         got, answer, _ = await call(f"http://127.0.0.1:{port}/events", body)
@@ -155,7 +155,7 @@ def nested(levels: int) -> object:
     return value
 
 
-async def test_deep_nesting_odd_keys_big_numbers_duplicates(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_deep_nesting_odd_keys_big_numbers_duplicates(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     odd = {"trigger": "custom.event", "data": {"a": 1, "\u0000key": "nul in key", "big": 0, "nested": nested(200)}}
     # orjson writes no integer beyond 64 bits, so the big number travels as raw JSON text
@@ -178,22 +178,19 @@ async def test_deep_nesting_odd_keys_big_numbers_duplicates(make_app, tmp_path: 
     assert by_trigger["custom.dup"]["data"] == {"k": 2}  # duplicate keys: the last one wins, as in JSON.parse
 
 
-async def test_nesting_too_deep_to_store_is_dead_lettered_with_its_bytes(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from event_router.core.deadletters import list_dead_letters
-    from event_router.core.spool import DeadLetterFilter
-
+async def test_nesting_too_deep_to_store_is_dead_lettered_with_its_bytes(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     # 600 levels: orjson reads it (limit 1,024) but cannot write it back (limit 254)
     raw = b'{"trigger": "custom.deep", "data": ' + b'{"x": [' * 300 + b"{}" + b"]}" * 300 + b"}"
     async with make_app(config(port, tmp_path)) as app:
         status, body, _ = await call(f"http://127.0.0.1:{port}/events", raw)
         assert status == 422 and body["status"] == "dead_lettered", body
-        (dl,) = list_dead_letters(app.spool._reader, DeadLetterFilter(ids=[body["dead_letter"]]))
+        (dl,) = dead_letters(app.config.data_dir, DeadLetterFilter(ids=[body["dead_letter"]]))
     assert dl.reason == "undecodable" and "nests too deeply" in (dl.error or "")
     assert orjson.loads(dl.body)["raw"] == raw.decode()  # the bytes are all there
 
 
-async def test_wrong_content_type_is_still_json(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_content_type_is_still_json(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)):
 
@@ -215,7 +212,7 @@ OLD_SECRET = "whsec_" + __import__("base64").b64encode(b"o" * 32).decode()
 NEW_SECRET = "whsec_" + __import__("base64").b64encode(b"n" * 32).decode()
 
 
-async def test_standard_webhooks_signatures(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_standard_webhooks_signatures(make_app: MakeApp, tmp_path: Path) -> None:
     import time
 
     from event_router.web.signing import WebhookSigner

@@ -93,16 +93,17 @@ async def test_what_is_no_event_becomes_a_dead_letter_with_its_bytes(make_app: M
         drop(incoming, "e.json", mail(5))
         archive = tmp_path / "var" / "events.jsonl"
         await until(lambda: left(incoming) == [] and read_jsonl(archive), what="every file taken")
-        letters = dead_letters(app.spool.path)
+        letters = dead_letters(app.config.data_dir)
     assert [line["data"]["id"] for line in read_jsonl(archive)] == [f"MSG{5:017d}"]
     assert len(letters) == 4
-    assert {(dl["reason"], dl["source"]) for dl in letters} == {("undecodable", "drop")}
-    kept = {dl["event"]["meta"]["file"]: dl for dl in letters}
-    assert {name: kept[name]["event"]["raw"] for name in broken} == {
+    assert {(dl.reason, dl.source) for dl in letters} == {("undecodable", "drop")}
+    # each keeps what the input rejected: the file's bytes (`raw`) and its `meta`
+    kept = {(event := orjson.loads(dl.body))["meta"]["file"]: (event, str(dl.error)) for dl in letters}
+    assert {name: kept[name][0]["raw"] for name in broken} == {
         name: raw.decode("utf-8", "backslashreplace") for name, raw in broken.items()
     }
-    assert "not JSON" in kept["a.json"]["error"] and "not JSON" in kept["c.json"]["error"]
-    assert '"trigger"' in kept["b.json"]["error"] and '"trigger"' in kept["d.json"]["error"]
+    assert "not JSON" in kept["a.json"][1] and "not JSON" in kept["c.json"][1]
+    assert '"trigger"' in kept["b.json"][1] and '"trigger"' in kept["d.json"][1]
 
 
 async def test_a_full_spool_holds_the_files_until_there_is_room(make_app: MakeApp, tmp_path: Path) -> None:

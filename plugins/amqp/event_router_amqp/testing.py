@@ -30,8 +30,6 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands, frame, header, heartbeat
 from pamqp.encode import encode_table_value
 
-from event_router.core.deadletters import list_dead_letters
-from event_router.core.spool import DeadLetter, DeadLetterFilter, connect
 from event_router.testing import (
     ServerProcess,
     example,
@@ -312,14 +310,6 @@ def queue_totals(name: str) -> dict[str, int]:
         if row["name"] == name:
             return {k: int(v) for k, v in row.items() if k != "name"}
     raise AssertionError(f"queue {name} does not exist")
-
-
-def dead_letters(spool_path: Path) -> list[DeadLetter]:
-    conn = connect(spool_path, readonly=True)
-    try:
-        return list_dead_letters(conn, DeadLetterFilter())
-    finally:
-        conn.close()
 
 
 def mail(seq: int) -> dict[str, Any]:

@@ -10,12 +10,11 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import example, example_events, free_port, read_jsonl
+from event_router.testing import MakeApp, dead_letters, example, example_events, free_port, read_jsonl
 from event_router_amqp.testing import (
     AMQP_URL,
     Broker,
     ConnectorPublisher,
-    dead_letters,
     input_toml,
     mail,
     queue_totals,
@@ -33,7 +32,7 @@ async def publish(exchange: str, messages: list[tuple[str, bytes]]) -> None:
     await anyio.to_thread.run_sync(run)
 
 
-async def test_connector_events_reach_the_file_output(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_connector_events_reach_the_file_output(broker: Broker, make_app: MakeApp, tmp_path: Path) -> None:
     exchange = await broker.topic_exchange()
     queue = broker.queue_name("in")
     relationship = example("transport.relationshipChanged")["data"]
@@ -65,8 +64,8 @@ async def test_connector_events_reach_the_file_output(broker: Broker, make_app, 
 
 
 async def test_default_exchange_delivers_to_the_queue_named_like_the_routing_key(
-    broker: Broker, make_app, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    broker: Broker, make_app: MakeApp, tmp_path: Path
+) -> None:
     queue = broker.queue_name("default")
     out = tmp_path / "out/events.jsonl"
     toml = input_toml(AMQP_URL, "", queue, extra='queue_type = "classic"\nbindings = ["ignored.#"]')
@@ -82,7 +81,9 @@ async def test_default_exchange_delivers_to_the_queue_named_like_the_routing_key
     assert await broker.ready_count(queue) == (0, 0)
 
 
-async def test_malformed_messages_are_dead_lettered_and_acknowledged(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_messages_are_dead_lettered_and_acknowledged(
+    broker: Broker, make_app: MakeApp, tmp_path: Path
+) -> None:
     exchange = await broker.topic_exchange()
     queue = broker.queue_name("bad")
     sent = [
@@ -98,9 +99,9 @@ async def test_malformed_messages_are_dead_lettered_and_acknowledged(broker: Bro
     async with make_app(toml) as app:
         await until(app.config.inputs["broker"].plugin.is_ready, what="the input to connect")
         await publish(exchange, sent)
-        await until(lambda: len(dead_letters(app.spool.path)) >= 5 and read_jsonl(out), what="5 dead letters")
+        await until(lambda: len(dead_letters(app.config.data_dir)) >= 5 and read_jsonl(out), what="5 dead letters")
         await anyio.sleep(0.3)  # nothing else comes: no redelivery of what was dead-lettered
-        found = dead_letters(app.spool.path)
+        found = dead_letters(app.config.data_dir)
     assert len(found) == 5
     by_error = {(dl.reason, dl.trigger): dl for dl in found}
     not_json = by_error["undecodable", "transport.messageReceived"]
@@ -122,8 +123,8 @@ async def test_malformed_messages_are_dead_lettered_and_acknowledged(broker: Bro
     assert await broker.ready_count(queue) == (0, 0)
 
 
-async def test_names_that_are_not_utf8_do_not_stall_the_queue(  # type: ignore[no-untyped-def]
-    broker: Broker, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_names_that_are_not_utf8_do_not_stall_the_queue(
+    broker: Broker, make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """RabbitMQ delivers a routing key or header key that is not UTF-8 as it was published. pamqp alone fails
     on such a frame (gmr/pamqp#32): the connection drops, the broker delivers the message again, forever, and
@@ -148,9 +149,11 @@ async def test_names_that_are_not_utf8_do_not_stall_the_queue(  # type: ignore[n
     async with make_app(input_toml(AMQP_URL, exchange, queue)) as app:
         await until(app.config.inputs["broker"].plugin.is_ready, what="the input to connect")
         await anyio.to_thread.run_sync(send)
-        await until(lambda: dead_letters(app.spool.path) and len(read_jsonl(out)) >= 6, what="6 events, 1 dead letter")
+        await until(
+            lambda: dead_letters(app.config.data_dir) and len(read_jsonl(out)) >= 6, what="6 events, 1 dead letter"
+        )
         await anyio.sleep(0.5)  # time for a redelivery, if the message had been left unacknowledged
-        found = dead_letters(app.spool.path)
+        found = dead_letters(app.config.data_dir)
         in_queue = queue_totals(queue)
     (poison,) = found
     assert (poison.reason, poison.error) == ("undecodable", "routing key is not UTF-8")
@@ -175,7 +178,9 @@ async def test_names_that_are_not_utf8_do_not_stall_the_queue(  # type: ignore[n
     )
 
 
-async def test_a_message_redelivered_too_often_is_dead_lettered(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_message_redelivered_too_often_is_dead_lettered(
+    broker: Broker, make_app: MakeApp, tmp_path: Path
+) -> None:
     exchange = await broker.topic_exchange()
     queue_name = broker.queue_name("poison")
     channel = await broker.fresh_channel()
@@ -191,9 +196,9 @@ async def test_a_message_redelivered_too_often_is_dead_lettered(broker: Broker, 
     await publish(exchange, [("transport.messageReceived", orjson.dumps(mail(2)))])
     out = tmp_path / "out/events.jsonl"
     async with make_app(input_toml(AMQP_URL, exchange, queue_name, extra="max_redeliveries = 5")) as app:
-        await until(lambda: dead_letters(app.spool.path) and read_jsonl(out), what="the dead letter and the event")
+        await until(lambda: dead_letters(app.config.data_dir) and read_jsonl(out), what="the dead letter and the event")
         await anyio.sleep(0.3)
-        (poison,) = dead_letters(app.spool.path)
+        (poison,) = dead_letters(app.config.data_dir)
     assert poison.reason == "undecodable"
     assert poison.error == "redelivered 6 times"
     assert poison.trigger == "transport.messageReceived"
@@ -205,7 +210,9 @@ async def test_a_message_redelivered_too_often_is_dead_lettered(broker: Broker, 
     assert await broker.ready_count(queue_name) == (0, 0)
 
 
-async def test_the_router_starts_while_the_broker_is_unreachable(make_app, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+async def test_the_router_starts_while_the_broker_is_unreachable(
+    make_app: MakeApp, caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()  # nothing listens there
     url = f"amqp://guest:s3cret-pw@127.0.0.1:{port}/"
     caplog.set_level(logging.INFO, logger="event_router")
@@ -225,8 +232,8 @@ async def test_the_router_starts_while_the_broker_is_unreachable(make_app, caplo
         assert "s3cret-pw" not in str(record.__dict__)
 
 
-async def test_a_router_connects_once_the_broker_has_the_exchange(  # type: ignore[no-untyped-def]
-    broker: Broker, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_router_connects_once_the_broker_has_the_exchange(
+    broker: Broker, make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The Connector's exchange may be created after the router starts: the input keeps trying."""
     caplog.set_level(logging.INFO, logger="event_router")

@@ -13,8 +13,8 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from event_router.core.spool import connect
-from event_router.testing import example, free_port, post
-from event_router_amqp.testing import AMQP_URL, Broker, dead_letters, mail, rabbitmqctl, until
+from event_router.testing import MakeApp, dead_letters, example, free_port, post
+from event_router_amqp.testing import AMQP_URL, Broker, mail, rabbitmqctl, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
 
@@ -67,7 +67,7 @@ async def take(queue: AbstractQueue, count: int) -> list[AbstractIncomingMessage
     return got
 
 
-async def test_published_message(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_published_message(broker: Broker, make_app: MakeApp, tmp_path: Path) -> None:
     exchange = await broker.topic_exchange("out")
     queue = await bound_queue(broker, exchange, "connector.transport.#")
     port = free_port()
@@ -87,7 +87,7 @@ async def test_published_message(broker: Broker, make_app, tmp_path: Path) -> No
     assert body["data"] == data
 
 
-async def test_a_batch_of_deliveries(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_batch_of_deliveries(broker: Broker, make_app: MakeApp, tmp_path: Path) -> None:
     exchange = await broker.topic_exchange("out")
     queue = await bound_queue(broker, exchange, "#")
     port = free_port()
@@ -98,7 +98,7 @@ async def test_a_batch_of_deliveries(broker: Broker, make_app, tmp_path: Path) -
     assert sorted(orjson.loads(m.body)["data"]["id"] for m in messages) == [f"MSG{seq:017d}" for seq in range(40)]
 
 
-async def test_unroutable_message_is_dead_lettered(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_unroutable_message_is_dead_lettered(broker: Broker, make_app: MakeApp, tmp_path: Path) -> None:
     exchange = await broker.topic_exchange("out")
     queue = await bound_queue(broker, exchange, "transport.#")
     port = free_port()
@@ -106,7 +106,7 @@ async def test_unroutable_message_is_dead_lettered(broker: Broker, make_app, tmp
         event_id = await send(port, "runtime.modulesStarted", None)
         routed = await send(port, "transport.messageReceived", mail(1))
         (message,) = await take(queue, 1)
-        (dead,) = await until(lambda: dead_letters(app.spool.path), what="the dead letter")
+        (dead,) = await until(lambda: dead_letters(app.config.data_dir), what="the dead letter")
     assert message.message_id == routed
     assert dead.event_id == event_id
     assert dead.output == "bus"
@@ -118,8 +118,8 @@ async def test_unroutable_message_is_dead_lettered(broker: Broker, make_app, tmp
 
 
 @pytest.mark.slow
-async def test_lost_connection_is_made_again(  # type: ignore[no-untyped-def]
-    broker: Broker, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_lost_connection_is_made_again(
+    broker: Broker, make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="event_router")
     exchange = await broker.topic_exchange("out")
@@ -142,7 +142,7 @@ async def _has_message(broker: Broker, queue: str) -> bool:
     return (await broker.ready_count(queue))[0] >= 1
 
 
-async def test_a_missing_exchange_is_retried_until_it_exists(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_missing_exchange_is_retried_until_it_exists(broker: Broker, make_app: MakeApp, tmp_path: Path) -> None:
     exchange = f"er-test-later-{broker.token}"
     broker.exchanges.append(exchange)
     port = free_port()
@@ -160,7 +160,7 @@ async def test_a_missing_exchange_is_retried_until_it_exists(broker: Broker, mak
         (message,) = await take(queue, 1)
         await until(lambda: app.spool.depth == 0, what="the delivery to finish")
     assert message.message_id == event_id
-    assert dead_letters(app.spool.path) == []
+    assert dead_letters(app.config.data_dir) == []
 
 
 def _retried(app: Any) -> bool:

@@ -13,7 +13,7 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import RouterProcess, http_receiver, read_jsonl
+from event_router.testing import MakeApp, RouterProcess, http_receiver, read_jsonl
 from event_router_amqp.errors import CLOSED_ERRORS, CONNECTION_ERRORS
 from event_router_amqp.testing import (
     AMQP_URL,
@@ -71,8 +71,8 @@ async def _close_quietly(connection: aio_pika.abc.AbstractConnection | None) -> 
 
 
 @pytest.mark.slow
-async def test_nothing_is_lost_when_the_broker_closes_the_connection(  # type: ignore[no-untyped-def]
-    broker: Broker, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_nothing_is_lost_when_the_broker_closes_the_connection(
+    broker: Broker, make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="event_router")
     exchange = await broker.topic_exchange()
@@ -143,8 +143,8 @@ async def publish_confirmed(url: str, exchange: str, seqs: range, confirmed: set
 
 
 @pytest.mark.slow
-async def test_nothing_is_lost_when_the_broker_is_killed_and_restarted(  # type: ignore[no-untyped-def]
-    private_rabbitmq: PrivateRabbitMQ, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_nothing_is_lost_when_the_broker_is_killed_and_restarted(
+    private_rabbitmq: PrivateRabbitMQ, make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="event_router")
     node = private_rabbitmq
@@ -331,7 +331,9 @@ async def _consumers(broker: Broker, queue: str) -> bool:
         return False
 
 
-async def test_a_full_spool_stops_consumption_until_it_has_room(broker: Broker, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_spool_stops_consumption_until_it_has_room(
+    broker: Broker, make_app: MakeApp, tmp_path: Path
+) -> None:
     exchange = await broker.topic_exchange()
     queue = broker.queue_name("full")
     total, limit = 60, 10

@@ -18,7 +18,7 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import TcpProxy, read_jsonl
+from event_router.testing import MakeApp, TcpProxy, read_jsonl
 from event_router_amqp.testing import Broker, ConnectorPublisher, input_toml, mail, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
@@ -64,8 +64,8 @@ class SwallowingProxy(TcpProxy):
                     s.shutdown(socket.SHUT_RDWR)
 
 
-async def test_an_unanswered_basic_consume_times_out_and_the_input_reconnects(  # type: ignore[no-untyped-def]
-    broker: Broker, make_app, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_an_unanswered_basic_consume_times_out_and_the_input_reconnects(
+    broker: Broker, make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="event_router")
     exchange = await broker.topic_exchange()

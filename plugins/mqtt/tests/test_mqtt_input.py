@@ -9,9 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from event_router.core.deadletters import list_dead_letters
-from event_router.core.spool import DeadLetter, DeadLetterFilter
-from event_router.testing import example
+from event_router.testing import MakeApp, dead_letters, example
 from event_router_mqtt.testing import MqttKit, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("mosquitto")]
@@ -24,11 +22,7 @@ def ready(app: Any) -> bool:
     return bool(app.config.inputs["mq"].plugin.is_ready())
 
 
-def dead_letters(app: Any) -> list[DeadLetter]:
-    return list_dead_letters(app.spool._reader, DeadLetterFilter())
-
-
-async def test_what_the_connector_publishes_arrives_as_events(make_app, mqtt_kit: MqttKit) -> None:  # type: ignore[no-untyped-def]
+async def test_what_the_connector_publishes_arrives_as_events(make_app: MakeApp, mqtt_kit: MqttKit) -> None:
     kit = mqtt_kit
     message = kit.message()
     relationship = example("transport.relationshipChanged")["data"]
@@ -62,7 +56,7 @@ async def test_what_the_connector_publishes_arrives_as_events(make_app, mqtt_kit
     assert got["runtime.modulesStarted"]["data"] == {}
 
 
-async def test_broken_messages_are_dead_lettered_once(make_app, mqtt_kit: MqttKit) -> None:  # type: ignore[no-untyped-def]
+async def test_broken_messages_are_dead_lettered_once(make_app: MakeApp, mqtt_kit: MqttKit) -> None:
     kit = mqtt_kit
     invalid = kit.message()
     del invalid["createdBy"]
@@ -84,7 +78,7 @@ async def test_broken_messages_are_dead_lettered_once(make_app, mqtt_kit: MqttKi
             lambda: any(line["data"] and line["data"].get("id") == marker["id"] for line in kit.lines()),
             what="the marker event",
         )
-        letters = dead_letters(app)
+        letters = dead_letters(app.config.data_dir)
     by_error = {dl.error: dl for dl in letters}
     assert sorted(dl.reason for dl in letters) == [
         "undecodable",
@@ -118,6 +112,6 @@ async def test_broken_messages_are_dead_lettered_once(make_app, mqtt_kit: MqttKi
             lambda: any(line["data"] and line["data"].get("id") == second["id"] for line in kit.lines()),
             what="the second marker",
         )
-        assert len(dead_letters(app)) == 6
+        assert len(dead_letters(app.config.data_dir)) == 6
     ids = [line["data"]["id"] for line in kit.lines() if line["trigger"] == "transport.messageReceived"]
     assert ids == [marker["id"], second["id"]]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from event_router.testing import free_port
-from event_router_mqtt.testing import HOST, MqttKit, eventually
+from event_router.testing import MakeApp, free_port
+from event_router_mqtt.testing import HOST, MqttKit, PrivateBroker, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("mosquitto")]
 
@@ -24,7 +25,9 @@ def has(kit: MqttKit, data: dict[str, Any]) -> bool:
     return data["id"] in message_ids(kit)
 
 
-async def test_persistent_session_keeps_qos1_published_while_stopped_but_not_qos0(make_app, mqtt_kit: MqttKit) -> None:  # type: ignore[no-untyped-def]
+async def test_persistent_session_keeps_qos1_published_while_stopped_but_not_qos0(
+    make_app: MakeApp, mqtt_kit: MqttKit
+) -> None:
     kit = mqtt_kit
     config = kit.config("qos = 1")  # clean_session defaults to false
     first = kit.message()
@@ -50,8 +53,8 @@ async def test_persistent_session_keeps_qos1_published_while_stopped_but_not_qos
     assert {line["meta"]["qos"] for line in kit.lines()} == {1}
 
 
-async def test_a_broker_that_queues_qos0_keeps_connector_events_for_a_stopped_router(  # type: ignore[no-untyped-def]
-    make_app, tmp_path: Path, private_broker
+async def test_a_broker_that_queues_qos0_keeps_connector_events_for_a_stopped_router(
+    make_app: MakeApp, tmp_path: Path, private_broker: Callable[..., PrivateBroker]
 ) -> None:
     broker = private_broker(extra="queue_qos0_messages true").start()
     kit = MqttKit(tmp_path, port=broker.port)
@@ -67,8 +70,8 @@ async def test_a_broker_that_queues_qos0_keeps_connector_events_for_a_stopped_ro
     assert {line["meta"]["qos"] for line in kit.lines()} == {0}
 
 
-async def test_starts_without_the_broker_and_connects_when_it_comes(  # type: ignore[no-untyped-def]
-    make_app, tmp_path: Path, private_broker, caplog: pytest.LogCaptureFixture
+async def test_starts_without_the_broker_and_connects_when_it_comes(
+    make_app: MakeApp, tmp_path: Path, private_broker: Callable[..., PrivateBroker], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     port = free_port()
@@ -103,7 +106,9 @@ async def test_starts_without_the_broker_and_connects_when_it_comes(  # type: ig
     assert "s3cret-pw" not in logged
 
 
-async def test_stopping_stores_qos0_messages_already_received(make_app, tmp_path: Path, private_broker) -> None:  # type: ignore[no-untyped-def]
+async def test_stopping_stores_qos0_messages_already_received(
+    make_app: MakeApp, tmp_path: Path, private_broker: Callable[..., PrivateBroker]
+) -> None:
     # QoS 0 messages the broker has sent to the router's connection are the router's alone: stopping must
     # store those it has not handled yet, including those still unread in the socket. The broker queues
     # anything later for the session (queue_qos0), so after a restart every one is there, or one was lost.

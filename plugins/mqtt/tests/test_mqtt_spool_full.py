@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from event_router.testing import RouterProcess, http_receiver, wait_for
+from event_router.testing import MakeApp, RouterProcess, http_receiver, wait_for
 from event_router_mqtt.testing import MqttKit, eventually
 
 TOPIC = "transport.messageReceived"
@@ -33,7 +33,7 @@ def stored_copies(bodies: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 @pytest.mark.anyio
-async def test_spool_full_pauses_the_input_until_there_is_room(make_app, mqtt_kit: MqttKit) -> None:  # type: ignore[no-untyped-def]
+async def test_spool_full_pauses_the_input_until_there_is_room(make_app: MakeApp, mqtt_kit: MqttKit) -> None:
     kit = mqtt_kit
     events = [kit.message() for _ in range(12)]
     with http_receiver() as receiver:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,17 @@ import orjson
 import pytest
 from gcloud.aio.pubsub import PubsubMessage
 
-from event_router.core.deadletters import list_dead_letters
-from event_router.core.spool import DeadLetter, DeadLetterFilter
-from event_router.testing import example, example_events, free_port, http_receiver, read_jsonl
+from event_router.testing import (
+    DeadLetter,
+    MakeApp,
+    dead_letters,
+    example,
+    example_events,
+    free_port,
+    http_receiver,
+    read_jsonl,
+)
+from event_router_pubsub.testing import PubSubAdmin
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("pubsub")]
 
@@ -26,10 +35,6 @@ def lines(tmp_path: Path) -> list[dict[str, Any]]:
     return read_jsonl(tmp_path / "out/events.jsonl")
 
 
-def dead_letters(app: Any) -> list[DeadLetter]:
-    return list_dead_letters(app.spool._reader, DeadLetterFilter())
-
-
 def connector_events() -> list[dict[str, Any]]:
     """Every example event, plus a 3-segment relationshipEvent and runtime.modulesStarted with `{}` data."""
     relationship = example("transport.relationshipChanged")["data"]
@@ -39,7 +44,13 @@ def connector_events() -> list[dict[str, Any]]:
     return events
 
 
-async def test_connector_events_reach_the_file(until, make_app, pubsub, router_toml, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_connector_events_reach_the_file(
+    until: Callable[..., Awaitable[Any]],
+    make_app: MakeApp,
+    pubsub: PubSubAdmin,
+    router_toml: Callable[..., str],
+    tmp_path: Path,
+) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
     events = connector_events()
@@ -64,8 +75,12 @@ async def test_connector_events_reach_the_file(until, make_app, pubsub, router_t
 
 
 async def test_message_without_data_is_an_event_without_data(
-    until, make_app, pubsub, router_toml, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    until: Callable[..., Awaitable[Any]],
+    make_app: MakeApp,
+    pubsub: PubSubAdmin,
+    router_toml: Callable[..., str],
+    tmp_path: Path,
+) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
     async with make_app(router_toml(subscription)):
@@ -76,8 +91,12 @@ async def test_message_without_data_is_an_event_without_data(
 
 
 async def test_malformed_messages_are_dead_lettered_and_acked(
-    until, make_app, pubsub, router_toml, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+    until: Callable[..., Awaitable[Any]],
+    make_app: MakeApp,
+    pubsub: PubSubAdmin,
+    router_toml: Callable[..., str],
+    tmp_path: Path,
+) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
     invalid = example("transport.messageReceived")["data"]
@@ -95,10 +114,12 @@ async def test_malformed_messages_are_dead_lettered_and_acked(
     toml = router_toml(subscription, input_extra='unknown_triggers = "dead-letter"')
     async with make_app(toml) as app:
         ids = await pubsub.publish_raw(topic, messages)
-        await until(lambda: len(dead_letters(app)) >= 5 and lines(tmp_path), what="5 dead letters and 1 event")
+        await until(
+            lambda: len(dead_letters(app.config.data_dir)) >= 5 and lines(tmp_path), what="5 dead letters and 1 event"
+        )
         # acknowledged, so nothing comes back once the deadline has passed
         await anyio.sleep(PAST_DEADLINE)
-        letters = dead_letters(app)
+        letters = dead_letters(app.config.data_dir)
         assert len(lines(tmp_path)) == 1
     assert len(letters) == 5, [(d.reason, d.error) for d in letters]
     by_message = {_message_id(d): d for d in letters}
@@ -125,7 +146,13 @@ def _message_id(letter: DeadLetter) -> str:
     return str(meta["message_id"])
 
 
-async def test_stopping_loses_nothing(until, make_app, pubsub, router_toml, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_stopping_loses_nothing(
+    until: Callable[..., Awaitable[Any]],
+    make_app: MakeApp,
+    pubsub: PubSubAdmin,
+    router_toml: Callable[..., str],
+    tmp_path: Path,
+) -> None:
     """A stop abandons the pull in progress; the emulator may hand the next message to that dead pull.
 
     Nothing is lost: the message was never acknowledged, so it comes back after the ack deadline.
@@ -146,7 +173,9 @@ async def test_stopping_loses_nothing(until, make_app, pubsub, router_toml, tmp_
     assert got[1]["meta"]["message_id"] == published
 
 
-async def test_full_spool_holds_messages_unacknowledged(until, pubsub, tmp_path: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_full_spool_holds_messages_unacknowledged(
+    until: Callable[..., Awaitable[Any]], pubsub: PubSubAdmin, tmp_path: Path, make_app: MakeApp
+) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
     events = [example("transport.messageReceived")] * 6
@@ -196,7 +225,9 @@ to = ["crm"]
     assert sorted(delivered) == sorted(ids), "each message stored once: nothing lost, none redelivered"
 
 
-async def test_router_starts_while_pubsub_is_unreachable(until, make_app, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_router_starts_while_pubsub_is_unreachable(
+    until: Callable[..., Awaitable[Any]], make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     closed = f"127.0.0.1:{free_port()}"
     toml = f"""
 [router]
@@ -223,12 +254,12 @@ reconnect_max = "1s"
 
 
 async def test_missing_subscription_is_reported_until_created(
-    until,  # type: ignore[no-untyped-def]
-    make_app,
-    pubsub,
-    router_toml,
+    until: Callable[..., Awaitable[Any]],
+    make_app: MakeApp,
+    pubsub: PubSubAdmin,
+    router_toml: Callable[..., str],
     tmp_path: Path,
-    caplog,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     topic = await pubsub.create_topic()
     name = pubsub.unique("later")
@@ -246,7 +277,14 @@ async def test_missing_subscription_is_reported_until_created(
     assert line["trigger"] == "transport.messageReceived"
 
 
-async def test_create_subscription(until, make_app, pubsub, router_toml, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_create_subscription(
+    until: Callable[..., Awaitable[Any]],
+    make_app: MakeApp,
+    pubsub: PubSubAdmin,
+    router_toml: Callable[..., str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     topic = await pubsub.create_topic()
     name = pubsub.unique("auto")
     extra = f'topic = "{topic}"\ncreate_subscription = true'
@@ -272,8 +310,14 @@ def _records(caplog: Any, message: str) -> list[Any]:
     [(None, "No such file or directory"), ("{not json", "Expecting property name"), ("[]", "no 'type'")],
 )
 async def test_unusable_key_file_is_reported(
-    until, make_app, tmp_path: Path, caplog, monkeypatch, content, error
-) -> None:  # type: ignore[no-untyped-def]
+    until: Callable[..., Awaitable[Any]],
+    make_app: MakeApp,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    content: str | None,
+    error: str,
+) -> None:
     """Checked before any request: the client would otherwise quietly try other credentials."""
     monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
     if content is not None:

@@ -6,16 +6,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from event_router.core.deadletters import list_dead_letters
-from event_router.core.spool import DeadLetter, DeadLetterFilter
-from event_router.testing import example, free_port, http_receiver
-from event_router_redis.testing import RedisKit, eventually
+from event_router.testing import DeadLetter, MakeApp, dead_letters, example, free_port, http_receiver
+from event_router_redis.testing import PrivateRedis, RedisKit, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("redis")]
 
@@ -34,7 +33,7 @@ def publish(kit: RedisKit, *messages: tuple[str, bytes | dict[str, Any]]) -> Non
             client.publish(channel, body if isinstance(body, bytes) else orjson.dumps(body))
 
 
-async def test_what_the_connector_publishes_arrives_as_events(make_app, redis_kit: RedisKit) -> None:  # type: ignore[no-untyped-def]
+async def test_what_the_connector_publishes_arrives_as_events(make_app: MakeApp, redis_kit: RedisKit) -> None:
     kit = redis_kit
     message = kit.message()
     relationship = example("transport.relationshipChanged")["data"]
@@ -69,7 +68,7 @@ async def test_what_the_connector_publishes_arrives_as_events(make_app, redis_ki
     assert got["runtime.modulesStarted"]["data"] == {}
 
 
-async def test_broken_messages_become_dead_letters(make_app, redis_kit: RedisKit) -> None:  # type: ignore[no-untyped-def]
+async def test_broken_messages_become_dead_letters(make_app: MakeApp, redis_kit: RedisKit) -> None:
     kit = redis_kit
     invalid = kit.message()
     del invalid["createdBy"]
@@ -97,7 +96,7 @@ async def test_broken_messages_become_dead_letters(make_app, redis_kit: RedisKit
                 return bool(body.get("raw") == DEEP.decode())
             return tag.encode() in dl.body or invalid["id"].encode() in dl.body
 
-        letters = [dl for dl in list_dead_letters(app.spool._reader, DeadLetterFilter()) if mine(dl)]
+        letters = [dl for dl in dead_letters(app.config.data_dir) if mine(dl)]
     assert sorted(dl.reason for dl in letters) == [
         "undecodable",
         "undecodable",
@@ -121,7 +120,7 @@ async def test_broken_messages_become_dead_letters(make_app, redis_kit: RedisKit
     assert None in [line["data"] for line in no_data], "an empty message is an event without data"
 
 
-async def test_spool_full_pauses_reading_until_there_is_room(make_app, redis_kit: RedisKit) -> None:  # type: ignore[no-untyped-def]
+async def test_spool_full_pauses_reading_until_there_is_room(make_app: MakeApp, redis_kit: RedisKit) -> None:
     kit = redis_kit
     channel = f"consumption.relationshipEvent.REL{uuid.uuid4().hex[:17].upper()}"
     relationship = example("transport.relationshipChanged")["data"]
@@ -149,8 +148,8 @@ async def test_spool_full_pauses_reading_until_there_is_room(make_app, redis_kit
     assert all(len(ids) == 1 for ids in delivered().values())
 
 
-async def test_starts_without_redis_and_connects_when_it_comes(  # type: ignore[no-untyped-def]
-    make_app, tmp_path: Path, private_redis, caplog: pytest.LogCaptureFixture
+async def test_starts_without_redis_and_connects_when_it_comes(
+    make_app: MakeApp, tmp_path: Path, private_redis: Callable[..., PrivateRedis], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
     server = private_redis(free_port(), password="s3cret-pw")

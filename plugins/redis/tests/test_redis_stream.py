@@ -9,9 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from event_router.core.deadletters import list_dead_letters
-from event_router.core.spool import DeadLetter, DeadLetterFilter
-from event_router.testing import example, http_receiver
+from event_router.testing import MakeApp, dead_letters, example, http_receiver
 from event_router_redis.testing import RedisKit, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("redis")]
@@ -24,11 +22,7 @@ def ready(app: Any) -> bool:
     return bool(app.config.inputs["rd"].plugin.is_ready())
 
 
-def dead_letters(app: Any) -> list[DeadLetter]:
-    return list_dead_letters(app.spool._reader, DeadLetterFilter())
-
-
-async def test_xadded_entries_become_events_and_are_acknowledged(make_app, redis_kit: RedisKit) -> None:  # type: ignore[no-untyped-def]
+async def test_xadded_entries_become_events_and_are_acknowledged(make_app: MakeApp, redis_kit: RedisKit) -> None:
     kit = redis_kit
     message = kit.message()
     relationship = example("transport.relationshipChanged")["data"]
@@ -63,7 +57,7 @@ async def test_xadded_entries_become_events_and_are_acknowledged(make_app, redis
     assert [lines[2]["data"], lines[3]["data"]] == [{}, None], "no data field is an event without data"
 
 
-async def test_broken_entries_are_dead_lettered_and_acknowledged(make_app, redis_kit: RedisKit) -> None:  # type: ignore[no-untyped-def]
+async def test_broken_entries_are_dead_lettered_and_acknowledged(make_app: MakeApp, redis_kit: RedisKit) -> None:
     kit = redis_kit
     invalid = kit.message()
     del invalid["createdBy"]
@@ -81,7 +75,7 @@ async def test_broken_entries_are_dead_lettered_and_acknowledged(make_app, redis
     async with make_app(config) as app:
         await eventually(lambda: marker["id"] in kit.message_ids(), what="the marker event")
         await eventually(lambda: kit.pending("event-router") == 0, what="every entry acknowledged")
-        letters = dead_letters(app)
+        letters = dead_letters(app.config.data_dir)
     assert sorted(dl.reason for dl in letters) == [
         "undecodable",
         "undecodable",
@@ -109,11 +103,11 @@ async def test_broken_entries_are_dead_lettered_and_acknowledged(make_app, redis
     kit.xadd({"trigger": "transport.messageReceived", "data": again})
     async with make_app(config) as app:
         await eventually(lambda: again["id"] in kit.message_ids(), what="the second marker")
-        assert len(dead_letters(app)) == 6
+        assert len(dead_letters(app.config.data_dir)) == 6
     assert kit.message_ids() == [marker["id"], again["id"]]
 
 
-async def test_poison_entry_is_dead_lettered_after_max_deliveries(make_app, redis_kit: RedisKit) -> None:  # type: ignore[no-untyped-def]
+async def test_poison_entry_is_dead_lettered_after_max_deliveries(make_app: MakeApp, redis_kit: RedisKit) -> None:
     kit = redis_kit
     poison = kit.message()
     fine = kit.message()
@@ -134,7 +128,7 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(make_app, redi
     async with make_app(config) as app:
         await eventually(lambda: fine["id"] in kit.message_ids(), what="the claimed entry")
         await eventually(lambda: kit.pending() == 0, what="both entries acknowledged")
-        (letter,) = dead_letters(app)
+        (letter,) = dead_letters(app.config.data_dir)
     assert letter.reason == "undecodable"
     assert letter.error == "delivered 6 times without being acknowledged (max_deliveries = 5)"
     assert letter.trigger == "transport.messageReceived"
@@ -143,8 +137,8 @@ async def test_poison_entry_is_dead_lettered_after_max_deliveries(make_app, redi
     assert line["meta"]["deliveries"] == 2, "claimed from the ghost: its second delivery"
 
 
-async def test_spool_full_leaves_entries_pending_and_a_steady_consumer_reads_them_again(  # type: ignore[no-untyped-def]
-    make_app, redis_kit: RedisKit
+async def test_spool_full_leaves_entries_pending_and_a_steady_consumer_reads_them_again(
+    make_app: MakeApp, redis_kit: RedisKit
 ) -> None:
     kit = redis_kit
     events = [kit.message() for _ in range(40)]

@@ -28,6 +28,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 import orjson
 
+# the dead letters' types, for a plugin's tests (`dead_letters` below) without importing the core's spool
+from event_router.core.spool import DeadLetter as DeadLetter
+from event_router.core.spool import DeadLetterFilter as DeadLetterFilter
+
 if TYPE_CHECKING:
     from event_router.app import App
 
@@ -239,20 +243,6 @@ def archive_all(path: str = "./var/events.jsonl", *, name: str = "archive") -> s
     return f'[outputs.{name}]\ntype = "file"\npath = "{path}"\n[[routes]]\nname = "all"\nto = "{name}"\n'
 
 
-def dead_letters(spool_path: Path) -> list[dict[str, Any]]:
-    """The dead letters in a spool (`app.spool.path`), oldest first, each as `event-router dlq show --json`
-    prints it: `reason`, `error`, `trigger`, `source` and the kept `event` (for what an input could not
-    decode, `sink.reject`'s bytes are in `event.raw` and its `meta` in `event.meta`)."""
-    from event_router.core.deadletters import list_dead_letters, to_json
-    from event_router.core.spool import DeadLetterFilter, connect
-
-    conn = connect(spool_path, readonly=True)
-    try:
-        return [to_json(dl, full=True) for dl in list_dead_letters(conn, DeadLetterFilter())]
-    finally:
-        conn.close()
-
-
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -292,6 +282,20 @@ async def send_webhook(
     status, body, _ = await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}{path}", event, headers))
     assert status == 202, body
     return str(body["id"])
+
+
+def dead_letters(data_dir: Path | str, where: DeadLetterFilter | None = None) -> list[DeadLetter]:
+    """The dead letters (those `where` selects, else all) in the spool of the router whose `data_dir` this is,
+    oldest first. Read on a read-only connection of its own, as `event-router dlq list` reads them: while the
+    router runs (from a test's event loop too) or after it stopped."""
+    from event_router.core.deadletters import list_dead_letters
+    from event_router.core.spool import connect
+
+    conn = connect(Path(data_dir) / "spool.db", readonly=True)
+    try:
+        return list_dead_letters(conn, where or DeadLetterFilter())
+    finally:
+        conn.close()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
