@@ -109,3 +109,15 @@ def test_versions_in_lockstep() -> None:
         assert project["version"] == version, pyproject
         pins = [r for r in project["dependencies"] if r.startswith("enmeshed-event-router")]
         assert pins, f"{pyproject} does not depend on the router"
+
+
+def test_mypy_checks_the_core_and_every_plugin_package() -> None:
+    """`mypy` as scripts/test (CI) runs it: the core, its test kit and each plugins/*/event_router_* package,
+    read from their sources here (mypy_path), the _template's included."""
+    mypy = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    packages = sorted(p for p in (ROOT / "plugins").glob("*/event_router_*") if (p / "__init__.py").is_file())
+    assert packages, "no plugin package found"
+    assert sorted(mypy["packages"]) == sorted(["event_router", *(p.name for p in packages)])
+    assert set(mypy["mypy_path"].split(":")) == {"router", *(str(p.parent.relative_to(ROOT)) for p in packages)}
+    for package in [ROOT / "router" / "event_router", *packages]:
+        assert (package / "py.typed").is_file(), f"{package} has no py.typed: its users' mypy would not read it"

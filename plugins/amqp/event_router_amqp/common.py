@@ -1,6 +1,6 @@
 """What the AMQP input and output share: URL checks, error wording, header cleaning.
 
-`redact_url` is the core's (`event_router.api.secrets`), imported here for both.
+`redact_url` is the core's (`event_router.api`).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from event_router.api import (
     Rejected,
     decode_event,
     parse_duration,
+    redact_url,
     secret_schema,
     started_once,
 )
@@ -38,7 +39,6 @@ from event_router_amqp.common import (
     check_url,
     describe_error,
     json_safe,
-    redact_url,
     wire_text,
 )
 

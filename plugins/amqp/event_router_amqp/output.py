@@ -25,9 +25,10 @@ from event_router.api import (
     Template,
     TemplateError,
     compile_template,
+    redact_url,
     secret_schema,
 )
-from event_router_amqp.common import EXCHANGE_TYPES, PLACEHOLDER_URL, check_url, describe_error, redact_url
+from event_router_amqp.common import EXCHANGE_TYPES, PLACEHOLDER_URL, check_url, describe_error
 
 # aio-pika is imported in the methods that publish: routers without AMQP skip its memory and start-up cost
 if TYPE_CHECKING:

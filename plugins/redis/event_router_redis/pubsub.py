@@ -48,7 +48,7 @@ class PubSubReader:
                     await self.store.store(items)
         finally:
             with anyio.move_on_after(5, shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def _subscribe(self, pubsub: PubSub) -> list[dict[str, Any]]:
         """PSUBSCRIBE and wait until Redis confirms every pattern; returns messages that came meanwhile."""
