@@ -12,6 +12,7 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -244,14 +245,15 @@ def attempts(rx: Receiver, since: float = 0.0) -> dict[str, list[float]]:
     return out
 
 
-def status(config: Path, clock: FakeWallClock) -> dict:
+def status(config: Path, clock: FakeWallClock) -> dict[str, Any]:
     """`event-router status`, run under the router's own wall clock as an operator on that host would."""
     result = run_cli("status", "-c", str(config), "--json", env=clock.env)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
 
 
-def jump_warnings(router: RouterProcess) -> list[dict]:
+def jump_warnings(router: RouterProcess) -> list[dict[str, Any]]:
     return [r for r in router.log_records() if r["level"] == "warning" and "jump_seconds" in r]
 
 

@@ -227,8 +227,8 @@ def test_secrets_resolve_and_stay_masked(tmp_path: Path, monkeypatch: pytest.Mon
     )
     config = build(text, tmp_path, registry)
     plugin = config.inputs["connector"].plugin
-    assert plugin.api_key == b"s3cret-env"  # type: ignore[attr-defined]
-    header = config.outputs["crm"].plugin.headers["Authorization"]  # type: ignore[attr-defined]
+    assert plugin.api_key == b"s3cret-env"
+    header = config.outputs["crm"].plugin.headers["Authorization"]
     assert header == "s3cret-file"
     assert config.warnings == ()
     assert "s3cret" not in repr(Secret("s3cret-env"))
@@ -265,10 +265,10 @@ def test_only_credential_headers_are_secrets(  # type: ignore[no-untyped-def]
         "outputs.crm.headers.X-Partner-Token",
     ]
     output = config.outputs["crm"].plugin
-    assert output.headers["X-Region"] == "eu-west-7"  # type: ignore[attr-defined]
+    assert output.headers["X-Region"] == "eu-west-7"
     # a receiver echoing what it was sent: the credentials are masked, ordinary values stay readable
     echoed = "got Bearer abc123, t0k3n-value, session=s3ss, tenant acme, region eu-west-7, application/json"
-    assert output._scrub(echoed) == "got ***, ***, ***, tenant acme, region ***, application/json"  # type: ignore[attr-defined]
+    assert output._scrub(echoed) == "got ***, ***, ***, tenant acme, region ***, application/json"
 
 
 def test_credential_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry) -> None:  # type: ignore[no-untyped-def]
@@ -277,7 +277,7 @@ def test_credential_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, regi
     text = BASE.replace(
         'listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\napi_key = { credential = "webhook-key" }'
     )
-    assert build(text, tmp_path, registry).inputs["connector"].plugin.api_key == b"from-systemd"  # type: ignore[attr-defined]
+    assert build(text, tmp_path, registry).inputs["connector"].plugin.api_key == b"from-systemd"
 
 
 def test_retry_policy_layers(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]

@@ -188,9 +188,7 @@ async def test_a_backlog_in_memory_delivers_the_same_bodies(make_app: MakeApp, t
                 mail = example("transport.messageReceived")
                 mail["data"]["id"] = f"MSG{i:017d}"
                 mails.append(mail)
-            await anyio.to_thread.run_sync(
-                lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails]  # type: ignore[func-returns-value]
-            )
+            await anyio.to_thread.run_sync(lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails])
             assert len(app.pipeline.workers["crm"]._buffer) > OutputWorker.PARSED_AHEAD, "no backlog formed"
             await until(lambda: len(rx.requests) >= count, "every reshaped delivery", within=60)
             await until(lambda: len(read_jsonl(tmp_path / "out/events.jsonl")) >= count, "every event archived")
@@ -265,9 +263,7 @@ async def test_slow_commits_bound_the_attempted_deliveries_held(make_app: MakeAp
             worker = app.pipeline.workers["crm"]
             bound = 2 * OutputWorker.UNRECORDED_PER_SLOT
             mails = [example("transport.messageReceived") for _ in range(count)]
-            await anyio.to_thread.run_sync(
-                lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails]  # type: ignore[func-returns-value]
-            )
+            await anyio.to_thread.run_sync(lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails])
             await until(lambda: len(rx.requests) >= bound, "the first deliveries")
             await anyio.sleep(0.5)
             assert len(rx.requests) == bound

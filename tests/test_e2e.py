@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,7 +60,7 @@ ENV = {"ROUTER_WEBHOOK_API_KEY": "e2e-key"}
 HEADERS = {"x-api-key": "e2e-key"}
 
 
-def mail(i: int) -> dict:
+def mail(i: int) -> dict[str, Any]:
     event = example("transport.messageReceived")
     event["data"]["content"]["subject"] = f"message {i}"
     return event
@@ -146,10 +147,11 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path) -> None:
     assert sum(c - 1 for c in archived.values()) <= 512
 
 
-def run_status(config: Path) -> dict:
+def run_status(config: Path) -> dict[str, Any]:
     result = run_cli("status", "-c", str(config), "--json", env=ENV)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
 
 
 def test_sigkill_while_delivering_duplicates_stay_within_the_in_flight_window(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,7 +92,7 @@ def test_disk_full_answers_503_and_acknowledges_only_what_is_stored(tmp_path: Pa
     assert accepted and set(accepted) <= stored_ids(tiny_disk / "spool.db"), "acknowledged but not stored"
 
 
-def _get(url: str) -> tuple[int, dict]:
+def _get(url: str) -> tuple[int, dict[str, Any]]:
     import urllib.error
     import urllib.request
 

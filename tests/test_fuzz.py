@@ -176,10 +176,10 @@ def test_the_hint_for_an_unknown_trigger_is_worked_out_once(router_config, monke
     """Under `unknown_triggers = "dead-letter"` every event of an unknown trigger is planned on the event
     loop: the "did you mean" search over every known trigger runs once per trigger, not once per event."""
     import event_router.core.plan as plan_module
+    from event_router.api.errors import did_you_mean as real
 
     config, schemas = router_config
     calls: list[str] = []
-    real = plan_module.did_you_mean
 
     def counted(word: str, known: Any) -> str:
         calls.append(word)

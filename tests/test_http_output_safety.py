@@ -386,7 +386,11 @@ def test_no_retry_after_parks_a_delivery(tmp_path: Path) -> None:
         with RouterProcess(config) as router:
             send_event(port)
             for name in receivers:
-                wait_for(lambda name=name: delivered(admin, name) == 1, timeout=10, what=f"the retry after {name}")
+
+                def retried(name: str = name) -> bool:
+                    return delivered(admin, name) == 1
+
+                wait_for(retried, timeout=10, what=f"the retry after {name}")
             wait_for(lambda: "aging" in dead_letters(db), timeout=10, what="the dead letter at max_age")
             assert router.terminate() == 0
         for name, rx in receivers.items():

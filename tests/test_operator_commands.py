@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,7 @@ to = ["archive"]
     return path
 
 
-def invalid() -> dict:
+def invalid() -> dict[str, Any]:
     """An event its schema refuses (strict validation: a dead letter)."""
     event = example("transport.relationshipChanged")
     event["data"]["status"] = "Sleeping"
@@ -314,7 +315,7 @@ def test_init_writes_the_admin_endpoint_and_checks(tmp_path: Path) -> None:
 def readme_block(containing: str) -> str:
     """The first ```sh block of README.md that contains `containing`, without the fence."""
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    return next(block for block in blocks if containing in block)
+    return str(next(block for block in blocks if containing in block))
 
 
 def test_readme_curl_works_as_pasted(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -338,7 +339,7 @@ async def test_an_output_never_sends_an_unresolved_secret(
     from event_router.api.secrets import Unresolved, UnresolvedSecretError
     from event_router.web.auth import HttpAuth
 
-    def unresolved(value: object) -> object:
+    def unresolved(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: unresolved(v) for k, v in value.items()}
         return Unresolved("unresolved-secret") if value == "UNRESOLVED" else value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import threading
@@ -201,7 +202,7 @@ async def test_admin_health_ready_and_metrics(make_app: MakeApp, tmp_path: Path)
             assert metric(before, "event_router_events_received_total") == 0
             for trigger in ("transport.messageReceived", "transport.relationshipChanged"):
                 status, _, _ = await anyio.to_thread.run_sync(
-                    lambda t=trigger: post(f"http://127.0.0.1:{port}/events", example(t))
+                    functools.partial(post, f"http://127.0.0.1:{port}/events", example(trigger))
                 )
                 assert status == 202
             rel = example("transport.relationshipChanged")

@@ -45,7 +45,9 @@ to = ["archive"]
 """
 
 
-async def call(url: str, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict, dict]:
+async def call(
+    url: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
     return await anyio.to_thread.run_sync(lambda: post(url, body, headers))
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import orjson
@@ -262,7 +263,7 @@ async def test_idle_connections_are_closed() -> None:
         idle = socket.create_connection(("127.0.0.1", port))
         waiting = socket.create_connection(("127.0.0.1", port))
         await wait_for_async(lambda: len(http.connections) == 2)
-        by_port = {conn.transport.get_extra_info("peername")[1]: conn for conn in http.connections}
+        by_port = {conn.transport.get_extra_info("peername")[1]: conn for conn in http.connections if conn.transport}
         by_port[waiting.getsockname()[1]].answers.append([None])  # a request whose answer is owed
         now = time.monotonic()
         http.sweep(now + front.IDLE_SECONDS - 1)
@@ -342,7 +343,7 @@ async def test_fronts_are_processes_of_their_own_and_store_what_they_take(make_a
         url = f"http://127.0.0.1:{port}/events"
         mail = example("transport.messageReceived")
 
-        def send_many() -> list[tuple[int, dict, dict]]:
+        def send_many() -> list[tuple[int, dict[str, Any], dict[str, str]]]:
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
                 return list(pool.map(lambda _: post(url, mail, {"x-api-key": KEY}), range(200)))
 

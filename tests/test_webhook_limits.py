@@ -55,9 +55,10 @@ class Router:
     def http_pid(self) -> int:
         """The process that reads the clients' bytes: the router itself, or its front process."""
         assert self.proc.proc is not None
+        pid = self.proc.proc.pid
         if not self.processes:
-            return self.proc.proc.pid
-        return wait_for(lambda: next(iter(children(self.proc.proc.pid)), None), what="a front process")
+            return pid
+        return int(wait_for(lambda: next(iter(children(pid)), None), what="a front process"))
 
     def rss(self) -> int:
         """Resident memory of the HTTP process, in bytes."""
@@ -228,7 +229,7 @@ def test_unfinished_bodies_are_bounded_in_memory(start) -> None:  # type: ignore
         try:
             await asyncio.gather(*(feed(writers) for _ in range(60)))
             await asyncio.sleep(1)
-            return router.rss()
+            return int(router.rss())
         finally:
             for writer in writers:
                 writer.transport.abort()
@@ -290,7 +291,7 @@ def test_a_head_sent_a_byte_at_a_time_is_cut_off(start) -> None:  # type: ignore
     head = b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: " + KEY.encode() + b"\r\nContent-Length: 2\r\n\r\n{}"
     socks = [socket.create_connection(("127.0.0.1", router.port), timeout=10) for _ in range(20)]
     try:
-        cut = set()
+        cut: set[int] = set()
         started = time.monotonic()
         for index in range(len(head)):
             if time.monotonic() - started > 8 or len(cut) == len(socks):

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -108,7 +109,7 @@ def test_simultaneous_copies_are_stored_once(tmp_path: Path, processes: int) -> 
     body, headers = signed("msg-copies", "copies")
     copies = 20
     start = threading.Barrier(copies)
-    answers: list[tuple[int, dict]] = []
+    answers: list[tuple[int, dict[str, Any]]] = []
     lock = threading.Lock()
 
     def send() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import anyio
 import orjson
@@ -41,7 +42,7 @@ to = ["archive"]
 """
 
 
-async def call(url: str, body: bytes | dict) -> tuple[int, dict, dict]:
+async def call(url: str, body: bytes | dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
     return await anyio.to_thread.run_sync(lambda: post(url, body))
 
 
@@ -107,7 +108,7 @@ async def test_tls_listener(make_app: MakeApp, tmp_path: Path) -> None:
                 method="POST",
             )
             with urllib.request.urlopen(request, context=context, timeout=10) as response:
-                return response.status
+                return int(response.status)
 
         assert await anyio.to_thread.run_sync(https_post) == 202
         with pytest.raises((urllib.error.URLError, ConnectionError)):
@@ -202,7 +203,7 @@ async def test_wrong_content_type_is_still_json(make_app: MakeApp, tmp_path: Pat
                 method="POST",
             )
             with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status
+                return int(response.status)
 
         # the Connector always sends application/json; a relay that rewrites it must not lose events
         assert await anyio.to_thread.run_sync(send) == 202
@@ -223,7 +224,9 @@ async def test_standard_webhooks_signatures(make_app: MakeApp, tmp_path: Path) -
     url = f"http://127.0.0.1:{port}/events"
     async with make_app(config(port, tmp_path, extra)) as app:
 
-        async def signed(secret: str, msg_id: str, payload: bytes = body, stamp: int | None = None) -> tuple:
+        async def signed(
+            secret: str, msg_id: str, payload: bytes = body, stamp: int | None = None
+        ) -> tuple[int, dict[str, Any], dict[str, str]]:
             headers = WebhookSigner(secret).headers(msg_id, body, timestamp=stamp)
             return await anyio.to_thread.run_sync(lambda: post(url, payload, headers))
 

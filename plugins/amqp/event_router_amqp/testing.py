@@ -30,12 +30,7 @@ from aiormq.abc import DeliveredMessage
 from pamqp import commands, frame, header, heartbeat
 from pamqp.encode import encode_table_value
 
-from event_router.testing import (
-    ServerProcess,
-    example,
-    free_port,
-    until,  # noqa: F401 - re-exported for the plugin tests
-)
+from event_router.testing import ServerProcess, example, free_port
 from event_router_amqp import tolerant_decode
 from event_router_amqp.errors import CLOSED_ERRORS
 

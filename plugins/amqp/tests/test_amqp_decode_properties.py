@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import orjson
@@ -128,12 +128,13 @@ def test_any_delivery_becomes_an_event_or_a_dead_letter(
         body,
         exchange=exchange,
         redelivered=redelivered,
-        headers=headers,
+        # bytes keys are keys `delivered` takes; a Mapping's key type does not widen by itself
+        headers=cast("Mapping[str | bytes, Any] | None", headers),
         message_id=message_id,
         content_type=content_type,
     )
     event, sink = decode(make_input(tmp_path_factory.getbasetemp()), message)
-    count = message.header.properties.headers.get("x-delivery-count") if headers else None
+    count = (message.header.properties.headers or {}).get("x-delivery-count") if headers else None
     meta = event.meta if event is not None else sink.rejections[0].meta
     # every name is in meta as its text, bytes that are not UTF-8 as \xNN (storable: checked below)
     assert meta["exchange"] == shown(exchange)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from event_router.api import PluginContext
-from event_router_amqp.common import json_safe, redact_url
+from event_router.api import PluginContext, redact_url
+from event_router_amqp.common import json_safe
 from event_router_amqp.input import _SEEN_LIMIT, AmqpInput
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import anyio
 import orjson
 import pytest
 
-from event_router.testing import MakeApp, dead_letters, example, example_events, free_port, read_jsonl
+from event_router.testing import MakeApp, dead_letters, example, example_events, free_port, read_jsonl, until
 from event_router_amqp.testing import (
     AMQP_URL,
     Broker,
@@ -18,7 +19,6 @@ from event_router_amqp.testing import (
     input_toml,
     mail,
     queue_totals,
-    until,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
@@ -134,7 +134,7 @@ async def test_names_that_are_not_utf8_do_not_stall_the_queue(
     exchange = await broker.topic_exchange()
     queue = broker.queue_name("utf8")
     poison_key = b"transport.\xffbad"
-    odd_headers = {b"x-\xfe": b"v", "nested": {b"\xff\xfe": 1}}
+    odd_headers: dict[str | bytes, Any] = {b"x-\xfe": b"v", "nested": {b"\xff\xfe": 1}}
 
     def send() -> None:
         with ConnectorPublisher(AMQP_URL) as publisher:

@@ -13,8 +13,8 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from event_router.core.spool import connect
-from event_router.testing import MakeApp, dead_letters, example, free_port, post
-from event_router_amqp.testing import AMQP_URL, Broker, mail, rabbitmqctl, until
+from event_router.testing import MakeApp, dead_letters, example, free_port, post, until
+from event_router_amqp.testing import AMQP_URL, Broker, mail, rabbitmqctl
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
 

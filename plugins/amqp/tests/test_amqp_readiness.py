@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from event_router.testing import RouterProcess, TcpProxy, free_port, require_ser
 pytestmark = pytest.mark.slow
 
 
-def readyz(port: int) -> tuple[int, dict]:
+def readyz(port: int) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
             return response.status, json.loads(response.read())

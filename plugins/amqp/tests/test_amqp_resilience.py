@@ -13,7 +13,7 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import MakeApp, RouterProcess, http_receiver, read_jsonl
+from event_router.testing import MakeApp, RouterProcess, http_receiver, read_jsonl, until
 from event_router_amqp.errors import CLOSED_ERRORS, CONNECTION_ERRORS
 from event_router_amqp.testing import (
     AMQP_URL,
@@ -25,7 +25,6 @@ from event_router_amqp.testing import (
     mail,
     queue_totals,
     rabbitmqctl,
-    until,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]

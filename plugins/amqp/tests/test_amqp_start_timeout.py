@@ -18,8 +18,8 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import MakeApp, TcpProxy, read_jsonl
-from event_router_amqp.testing import Broker, ConnectorPublisher, input_toml, mail, until
+from event_router.testing import MakeApp, TcpProxy, read_jsonl, until
+from event_router_amqp.testing import Broker, ConnectorPublisher, input_toml, mail
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("rabbitmq")]
 

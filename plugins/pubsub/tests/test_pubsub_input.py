@@ -206,7 +206,8 @@ to = ["crm"]
             await anyio.sleep(PAST_DEADLINE)
             assert app.spool.depth == 3
             stored = {
-                orjson.loads(b)["meta"]["message_id"] for (b,) in app.spool._reader.execute("SELECT body FROM events")
+                orjson.loads(b)["meta"]["message_id"]
+                for (b,) in app.spool._reader.execute("SELECT body FROM events")  # type: ignore[union-attr]
             }
             assert len(stored) == 3
         # The stop gave the held messages back: exactly those that were not stored are available, none acked.

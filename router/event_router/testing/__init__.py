@@ -655,7 +655,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> TcpProxy:
+    def __enter__(self) -> Self:
         self._listen()
         self._thread.start()
         return self
