@@ -26,6 +26,10 @@ from event_router_pubsub.testing import PubSubAdmin
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("pubsub")]
 
+#: the types of conftest.py's `until` and `router_toml` fixtures
+Until = Callable[..., Awaitable[Any]]
+RouterToml = Callable[..., str]
+
 REL_ID = "RELabcdefghij0123456"
 #: longer than the subscriptions' 10 s ack deadline: anything left unacknowledged would be back by then
 PAST_DEADLINE = 13
@@ -45,11 +49,7 @@ def connector_events() -> list[dict[str, Any]]:
 
 
 async def test_connector_events_reach_the_file(
-    until: Callable[..., Awaitable[Any]],
-    make_app: MakeApp,
-    pubsub: PubSubAdmin,
-    router_toml: Callable[..., str],
-    tmp_path: Path,
+    until: Until, make_app: MakeApp, pubsub: PubSubAdmin, router_toml: RouterToml, tmp_path: Path
 ) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
@@ -75,11 +75,7 @@ async def test_connector_events_reach_the_file(
 
 
 async def test_message_without_data_is_an_event_without_data(
-    until: Callable[..., Awaitable[Any]],
-    make_app: MakeApp,
-    pubsub: PubSubAdmin,
-    router_toml: Callable[..., str],
-    tmp_path: Path,
+    until: Until, make_app: MakeApp, pubsub: PubSubAdmin, router_toml: RouterToml, tmp_path: Path
 ) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
@@ -91,11 +87,7 @@ async def test_message_without_data_is_an_event_without_data(
 
 
 async def test_malformed_messages_are_dead_lettered_and_acked(
-    until: Callable[..., Awaitable[Any]],
-    make_app: MakeApp,
-    pubsub: PubSubAdmin,
-    router_toml: Callable[..., str],
-    tmp_path: Path,
+    until: Until, make_app: MakeApp, pubsub: PubSubAdmin, router_toml: RouterToml, tmp_path: Path
 ) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
@@ -147,11 +139,7 @@ def _message_id(letter: DeadLetter) -> str:
 
 
 async def test_stopping_loses_nothing(
-    until: Callable[..., Awaitable[Any]],
-    make_app: MakeApp,
-    pubsub: PubSubAdmin,
-    router_toml: Callable[..., str],
-    tmp_path: Path,
+    until: Until, make_app: MakeApp, pubsub: PubSubAdmin, router_toml: RouterToml, tmp_path: Path
 ) -> None:
     """A stop abandons the pull in progress; the emulator may hand the next message to that dead pull.
 
@@ -174,7 +162,7 @@ async def test_stopping_loses_nothing(
 
 
 async def test_full_spool_holds_messages_unacknowledged(
-    until: Callable[..., Awaitable[Any]], pubsub: PubSubAdmin, tmp_path: Path, make_app: MakeApp
+    until: Until, pubsub: PubSubAdmin, tmp_path: Path, make_app: MakeApp
 ) -> None:
     topic = await pubsub.create_topic()
     subscription = await pubsub.create_subscription(topic)
@@ -227,7 +215,7 @@ to = ["crm"]
 
 
 async def test_router_starts_while_pubsub_is_unreachable(
-    until: Callable[..., Awaitable[Any]], make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    until: Until, make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     closed = f"127.0.0.1:{free_port()}"
     toml = f"""
@@ -255,10 +243,10 @@ reconnect_max = "1s"
 
 
 async def test_missing_subscription_is_reported_until_created(
-    until: Callable[..., Awaitable[Any]],
+    until: Until,
     make_app: MakeApp,
     pubsub: PubSubAdmin,
-    router_toml: Callable[..., str],
+    router_toml: RouterToml,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -279,10 +267,10 @@ async def test_missing_subscription_is_reported_until_created(
 
 
 async def test_create_subscription(
-    until: Callable[..., Awaitable[Any]],
+    until: Until,
     make_app: MakeApp,
     pubsub: PubSubAdmin,
-    router_toml: Callable[..., str],
+    router_toml: RouterToml,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -311,7 +299,7 @@ def _records(caplog: Any, message: str) -> list[Any]:
     [(None, "No such file or directory"), ("{not json", "Expecting property name"), ("[]", "no 'type'")],
 )
 async def test_unusable_key_file_is_reported(
-    until: Callable[..., Awaitable[Any]],
+    until: Until,
     make_app: MakeApp,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
