@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
+from types import ModuleType
 
 import pytest
 
@@ -21,7 +23,8 @@ def webhook_modes(request: pytest.FixtureRequest, make_app: MakeApp) -> MakeApp:
     this fixture under the name `make_app` (see test_webhook.py)."""
     processes = request.param
 
-    def run(text: str, *, ready: bool = True) -> AbstractAsyncContextManager[App]:
-        return make_app(text.replace('type = "webhook"', f'type = "webhook"\nprocesses = {processes}'), ready=ready)
+    def run(text: str, *, ready: bool = True, plugins: Sequence[ModuleType] = ()) -> AbstractAsyncContextManager[App]:
+        text = text.replace('type = "webhook"', f'type = "webhook"\nprocesses = {processes}')
+        return make_app(text, ready=ready, plugins=plugins)
 
     return run

@@ -6,8 +6,6 @@ directory keeps the router not ready until it appears; a file read again is not 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 import event_router_template
 from event_router.api import RouterError
 from event_router.testing import (
+    MakeApp,
     archive_all,
     dead_letters,
     example,
@@ -30,7 +29,6 @@ from event_router.testing import (
 )
 
 PLUGINS = [event_router_template]
-MakeApp = Callable[..., AbstractAsyncContextManager[Any]]
 pytestmark = pytest.mark.anyio
 
 

@@ -4,23 +4,17 @@ tests, which cover it now that the template is tested on its own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any
-
 import orjson
 import pytest
 
 import event_router_template
-from event_router.testing import example, free_port, router_table, send_webhook, until, webhook_input
+from event_router.testing import MakeApp, example, free_port, router_table, send_webhook, until, webhook_input
 
 PLUGINS = [event_router_template]
 
 
 @pytest.mark.anyio
-async def test_a_delivery_is_one_json_line_on_stdout(
-    make_app: Callable[..., AbstractAsyncContextManager[Any]], capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_a_delivery_is_one_json_line_on_stdout(make_app: MakeApp, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     text = (
         router_table()
