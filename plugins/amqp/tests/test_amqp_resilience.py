@@ -13,14 +13,13 @@ import anyio
 import orjson
 import pytest
 
-from event_router.testing import MakeApp, RouterProcess, http_receiver, read_jsonl, until
+from event_router.testing import MakeApp, RouterProcess, dead_letters, http_receiver, read_jsonl, until
 from event_router_amqp.errors import CLOSED_ERRORS, CONNECTION_ERRORS
 from event_router_amqp.testing import (
     AMQP_URL,
     Broker,
     ConnectorPublisher,
     PrivateRabbitMQ,
-    dead_letters,
     input_toml,
     mail,
     queue_totals,
@@ -282,7 +281,7 @@ def _shared_queue_state(queue: str, total: int, *routers: RouterProcess) -> str:
         got = ids(base / "events.jsonl")
         seen.update(got)
         spool = base / "var/spool.db"
-        letters = [d.reason for d in dead_letters(spool)] if spool.exists() else []
+        letters = [d.reason for d in dead_letters(spool.parent)] if spool.exists() else []
         notes = [
             f"{r.get('level')} {r.get('msg')} {r.get('error', '')}".strip()
             for r in router.log_records()
