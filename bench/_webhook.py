@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from _common import (
     rss_mb,
     tree_cpu_seconds,
 )
+from _nodered import NODE_RED_VERSION, Unavailable, node_version
+from _nodered import install as install_node_red
+from _nodered import running as node_red
 
 API_KEY = "bench-key"
 ROUTER_ENV = {"BENCH_API_KEY": API_KEY}
@@ -174,12 +178,30 @@ def _wait(check: Callable[[], bool], timeout: float) -> bool:
     return check()
 
 
+def _node_red_peer(stack: ExitStack, work: Path, body: bytes) -> tuple[tuple[str, int, Path] | None, dict[str, Any]]:
+    """Node-RED started in `stack`: ((url, pid, its events file), facts) or (None, {"unavailable": why})."""
+    try:
+        red = install_node_red()
+        port = free_port()
+        events = work / "node-red.jsonl"
+        proc = stack.enter_context(node_red(red, work / "node-red", port, events, body))
+    except (Unavailable, OSError, subprocess.SubprocessError) as exc:
+        return None, {"unavailable": str(exc)}
+    return (f"http://127.0.0.1:{port}/events", proc.pid, events), {"version": NODE_RED_VERSION, "node": node_version()}
+
+
+def _beats_node_red(router: dict[str, Any], peer: dict[str, Any]) -> bool:
+    """The issue's target: >= 2x Node-RED's events/s at 64 senders, with a lower p99."""
+    r, n = router["c64"], peer["c64"]
+    return bool(n["events_per_s"]) and r["events_per_s"] / n["events_per_s"] >= 2 and r["p99_ms"] < n["p99_ms"]
+
+
 def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
     seconds = 2.0 if quick else 8.0
     warmup = 1
     rounds = 1 if quick else 3
     body = example_body(1200)
-    with tempfile.TemporaryDirectory(prefix="bench-w2f-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-w2f-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         load = Load(body, work)
         base_port = free_port()
@@ -189,34 +211,38 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
             '[[routes]]\nname = "archive everything"\nmatch = { trigger = ["**"] }\nto = ["archive"]',
         )
         base_cmd = [PYTHON, str(BENCH / "_servers.py"), "file", str(base_port), str(work / "baseline.jsonl")]
-        names = ("baseline", *ports)
-        results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {1: [], 64: []} for name in names}
-        with (
-            child(base_cmd, port=base_port) as base,
-            router(configs["router"], env=ROUTER_ENV) as rp,
-            router(configs["router_in_process"], env=ROUTER_ENV) as rp0,
-        ):
-            assert rp.proc is not None and rp0.proc is not None
-            targets = {
-                "baseline": (f"http://127.0.0.1:{base_port}/events", base.pid),
-                "router": (f"http://127.0.0.1:{ports['router']}/events", rp.proc.pid),
-                "router_in_process": (f"http://127.0.0.1:{ports['router_in_process']}/events", rp0.proc.pid),
-            }
-            warm = {name: load.run(url, 8, warmup, pid) for name, (url, pid) in targets.items()}
-            for _ in range(rounds):
-                for conns in (1, 64):
-                    for name, (url, pid) in targets.items():
-                        results[name][conns].append(load.run(url, conns, seconds, pid))
-            checked = {}
-            for name in ports:
-                runs = (warm[name], *results[name][1], *results[name][64])
-                accepted = sum(r["requests"] - r["errors"] for r in runs)
-                lines = configs[name].parent / "events.jsonl"
-                # every 202 must reach the file; wrk's cut-off requests may add a few more
-                _wait(partial(_has_lines, lines, accepted), 120)
-                checked[name] = (accepted, _count_lines(lines))
-            rss = {"router_mb": rss_mb(rp.proc.pid), "fronts_mb": [rss_mb(pid) for pid in children(rp.proc.pid)]}
-            profile_top = _profile(load, targets["router"][0], rp.proc.pid, seconds, profile) if profile else None
+        base = stack.enter_context(child(base_cmd, port=base_port))
+        rp = stack.enter_context(router(configs["router"], env=ROUTER_ENV))
+        rp0 = stack.enter_context(router(configs["router_in_process"], env=ROUTER_ENV))
+        assert rp.proc is not None and rp0.proc is not None
+        targets = {
+            "baseline": (f"http://127.0.0.1:{base_port}/events", base.pid),
+            "router": (f"http://127.0.0.1:{ports['router']}/events", rp.proc.pid),
+            "router_in_process": (f"http://127.0.0.1:{ports['router_in_process']}/events", rp0.proc.pid),
+        }
+        peer, node_red_facts = _node_red_peer(stack, work, body)
+        if peer is not None:
+            targets["node-red"] = peer[:2]
+        results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {1: [], 64: []} for name in targets}
+        warm = {name: load.run(url, 8, warmup, pid) for name, (url, pid) in targets.items()}
+        for _ in range(rounds):
+            for conns in (1, 64):
+                for name, (url, pid) in targets.items():
+                    results[name][conns].append(load.run(url, conns, seconds, pid))
+        checked = {}
+        files = {name: configs[name].parent / "events.jsonl" for name in ports}
+        if peer is not None:
+            files["node-red"] = peer[2]
+        for name, lines in files.items():
+            runs = (warm[name], *results[name][1], *results[name][64])
+            accepted = sum(r["requests"] - r["errors"] for r in runs)
+            # every 2xx must reach the file; wrk's cut-off requests (and Node-RED's start-up probes) may add a few
+            _wait(partial(_has_lines, lines, accepted), 120)
+            checked[name] = (accepted, _count_lines(lines))
+        rss = {"router_mb": rss_mb(rp.proc.pid), "fronts_mb": [rss_mb(pid) for pid in children(rp.proc.pid)]}
+        if peer is not None:
+            node_red_facts["rss_after_mb"] = rss_mb(peer[1])
+        profile_top = _profile(load, targets["router"][0], rp.proc.pid, seconds, profile) if profile else None
     summary = {name: {f"c{c}": _median_runs(runs) for c, runs in by_c.items()} for name, by_c in results.items()}
     r64, b64 = summary["router"]["c64"]["events_per_s"], summary["baseline"]["c64"]["events_per_s"]
     r1, b1 = summary["router"]["c1"]["events_per_s"], summary["baseline"]["c1"]["events_per_s"]
@@ -242,7 +268,25 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
         "router_file_lines": checked["router"][1],
         "router_in_process_accepted": checked["router_in_process"][0],
         "router_in_process_file_lines": checked["router_in_process"][1],
+        "peers": {},
     }
+    if peer is None:
+        result["node_red"] = f"unavailable: {node_red_facts['unavailable']}"
+    else:
+        nr = {**node_red_facts, **summary["node-red"], "accepted": checked["node-red"][0]}
+        nr["file_lines"] = checked["node-red"][1]
+        result["peers"]["node-red"] = nr
+        n64, n1 = nr["c64"]["events_per_s"], nr["c1"]["events_per_s"]
+        result.update(
+            ratio_to_node_red=rounded(r64 / n64 if n64 else None, 3),
+            ratio_to_node_red_of=f"router (processes = {PROCESSES}) / Node-RED events/s at 64 concurrent senders",
+            ratio_to_node_red_c1=rounded(r1 / n1 if n1 else None, 3),
+            ratio_to_node_red_in_process=rounded(i64 / n64 if n64 else None, 3),
+            ratio_to_node_red_in_process_c1=rounded(i1 / n1 if n1 else None, 3),
+            node_red_target="router >= 2x Node-RED events/s at 64 senders, with a lower p99",
+            node_red_met=_beats_node_red(summary["router"], nr),
+            node_red_met_in_process=_beats_node_red(summary["router_in_process"], nr),
+        )
     if profile_top is not None:
         result["profile_top"] = profile_top
     return result

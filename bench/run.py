@@ -36,7 +36,7 @@ def _scenarios() -> dict[str, tuple[Callable[..., dict[str, Any]], float, float]
     from _webhook import webhook_to_file, webhook_to_http_latency
 
     return {
-        "webhook_to_file": (webhook_to_file, 90, 400),
+        "webhook_to_file": (webhook_to_file, 150, 500),
         "amqp_to_file": (amqp_to_file, 100, 450),
         "webhook_to_http_latency": (webhook_to_http_latency, 90, 180),
         "routing_validation": (routing_validation, 60, 180),
