@@ -1,5 +1,7 @@
 """Render the latest result of each scenario in a results file as the Markdown table of bench/RESULTS.md.
 
+A peer measured in the same rounds (Node-RED in webhook_to_file) gets a row of its own below its scenario.
+
 .venv/bin/python bench/report.py [bench/out/results.jsonl] [--quick | --full]
 """
 
@@ -117,6 +119,39 @@ def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
     return name, router, base, ratio, r.get("target", ""), _met(r)
 
 
+def _c(fig: dict[str, Any]) -> str:
+    return (
+        f"c64: {_fmt(fig['c64']['events_per_s'])} ev/s, p50 {fig['c64']['p50_ms']} / p99 {fig['c64']['p99_ms']} ms;"
+        f" c1: {_fmt(fig['c1']['events_per_s'])} ev/s, p50 {fig['c1']['p50_ms']} / p99 {fig['c1']['p99_ms']} ms"
+    )
+
+
+def peer_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """Rows of the peers measured in the same rounds as a scenario (webhook_to_file: Node-RED), after its own."""
+    name = r["scenario"]
+    if "node_red" in r:  # not measured: say why
+        return [(f"{name} vs Node-RED", str(r["node_red"]), "", "", "", "")]
+    nr = _get(r, "peers", "node-red")
+    if not isinstance(nr, dict):
+        return []
+    rt, ip = r["router"]["c64"], r["router_in_process"]["c64"]
+    router = (
+        f"processes = {r['processes']}: c64 {_fmt(rt['events_per_s'])} ev/s, p99 {rt['p99_ms']} ms;"
+        f" in-process: c64 {_fmt(ip['events_per_s'])} ev/s, p99 {ip['p99_ms']} ms"
+    )
+    peer = f"Node-RED {nr['version']} (no fsync): {_c(nr)}"
+    ratio = (
+        f"{_fmt(r.get('ratio_to_node_red'))} (c1: {_fmt(r.get('ratio_to_node_red_c1'))});"
+        f" in-process {_fmt(r.get('ratio_to_node_red_in_process'))}"
+    )
+    met = r.get("node_red_met")
+    met_cell = "-" if met is None else ("yes" if met else "**no**")
+    met_ip = r.get("node_red_met_in_process")
+    if met_ip is not None:
+        met_cell += f"; in-process {'yes' if met_ip else '**no**'}"
+    return [(f"{name} vs Node-RED", router, peer, ratio, r.get("node_red_target", ""), met_cell)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("results", nargs="?", type=Path, default=Path(__file__).parent / "out" / "results.jsonl")
@@ -142,7 +177,8 @@ def main() -> None:
     print("| scenario | router | baseline (same run) | ratio | target | met |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        print("| " + " | ".join(c.replace("|", "\\|") for c in row(r)) + " |")
+        for cells in (row(r), *peer_rows(r)):
+            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
 
 
 if __name__ == "__main__":
