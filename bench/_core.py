@@ -307,14 +307,14 @@ async def _store_for(spool: Any, items: list[Any], seconds: float, writers: int)
 
 
 def spool_group_commit(quick: bool) -> dict[str, Any]:
-    from event_router.core.spool import Spool
+    from event_router.core.spool.sqlite import SQLiteSpool
 
     seconds = 2.0 if quick else 5.0
     items = _store_items(200_000 if not quick else 60_000)
 
     async def measure(path: Path) -> dict[str, Any]:
-        spool = Spool(path)
-        spool.open(exclusive=True)  # as the router: it keeps the counts
+        spool = SQLiteSpool(path)
+        spool.open("exclusive")  # as the router: it keeps the counts
         try:
             await _store_for(spool, items[:200], 0.2, 8)  # warm: pages allocated, WAL created
             single = await _store_for(spool, items[200:], seconds, 1)

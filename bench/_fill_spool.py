@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import example_body
 
 from event_router.api.event import Event
-from event_router.core.spool import NewDelivery, Spool, StoreEvent
+from event_router.core.spool import NewDelivery, StoreEvent
+from event_router.core.spool.sqlite import SQLiteSpool
 
 BATCH = 2000
 IN_FLIGHT = 4
@@ -29,7 +30,7 @@ IN_FLIGHT = 4
 async def fill(path: Path, count: int, output: str, route: str) -> int:
     body = orjson.loads(example_body(1200))
     meta = {"headers": {"content-type": "application/json"}, "remote": "127.0.0.1", "path": "/events"}
-    spool = Spool(path)
+    spool = SQLiteSpool(path)
     spool.open()
     stored = 0
     try:

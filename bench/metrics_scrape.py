@@ -25,14 +25,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import example_body, free_port, percentile, router
 
-from event_router.core.spool import Spool
+from event_router.core.spool.sqlite import SQLiteSpool
 
 API_KEY = "bench-metrics-key"
 
 
 def fill(db: Path, pending: int, dead: int) -> float:
     started = time.monotonic()
-    spool = Spool(db)
+    spool = SQLiteSpool(db)
     spool.open()  # creates the schema
     spool.close()
     body = example_body(1200)

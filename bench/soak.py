@@ -68,8 +68,8 @@ from _common import (
 )
 from amqp_to_file import declare, remove
 
-from event_router.core.deadletters import list_dead_letters
-from event_router.core.spool import DeadLetterFilter, connect
+from event_router.core.spool import DeadLetterFilter
+from event_router.core.spool.sqlite import SQLiteSpool
 from event_router.testing import RouterProcess, example_events, run_cli
 from event_router_amqp.testing import AMQP_URL, ConnectorPublisher
 from event_router_mqtt.testing import PrivateBroker
@@ -658,11 +658,12 @@ def count(work: Path, receiver_port: int) -> Counted:
             (token,) = found
             c.file_tokens[token] += 1
             c.event_token[orjson.loads(line)["id"]] = token
-    conn = connect(work / "var" / "spool.db", readonly=True)
+    spool = SQLiteSpool(work / "var" / "spool.db")
+    spool.open("readonly")
     try:
-        letters = list_dead_letters(conn, DeadLetterFilter())
+        letters = spool.dead_letters(DeadLetterFilter())
     finally:
-        conn.close()
+        spool.close()
     for dl in letters:
         c.dead_letters += 1
         c.dead_reasons[f"{dl.output or '(input)'}/{dl.reason}"] += 1

@@ -24,7 +24,6 @@ from aiohttp import web
 
 from event_router.api.errors import PermanentError, RetryableError
 from event_router.config import ConfigErrors, build_config
-from event_router.core.deadletters import list_dead_letters
 from event_router.core.spool import DeadLetterFilter
 from event_router.plugins import load_plugins
 from event_router.testing import MakeApp, example, free_port, http_receiver, send_webhook, until
@@ -206,7 +205,7 @@ to = "crm"
 
 
 def dead_letters(app: Any) -> list[Any]:
-    return list_dead_letters(app.spool._reader, DeadLetterFilter(output="crm"))
+    return app.spool.dead_letters(DeadLetterFilter(output="crm"))
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from event_router.core.clock import Anchor, SpoolClock, read_anchor, spool_now
-from event_router.core.spool import NewDelivery, Spool, StoreEvent
+from event_router.core.clock import Anchor, SpoolClock
+from event_router.core.spool import NewDelivery, StoreEvent
+from event_router.core.spool.sqlite import SQLiteSpool
 from event_router.testing import (
     IN_CI,
     Receiver,
@@ -94,8 +95,8 @@ def store_event(i: int) -> StoreEvent:
 @pytest.mark.anyio
 async def test_rebase_moves_every_pending_time_with_the_clock(tmp_path: Path) -> None:
     t = Stepped()
-    spool = Spool(tmp_path / "spool.db", clock=t.clock())
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(tmp_path / "spool.db", clock=t.clock())
+    spool.open("exclusive")
     try:
         spool.claim_clock()
         ((retrying,), (fresh,)) = await spool.store([store_event(1), store_event(2)])
@@ -111,8 +112,13 @@ async def test_rebase_moves_every_pending_time_with_the_clock(tmp_path: Path) ->
         assert [row.did for row in spool.fetch_due("out", now + 50, 10, ())] == [fresh, retrying], "due 50 s on"
         assert {row.first_at for row in spool.fetch_due("out", now + 50, 10, ())} == {now - 10}
         assert spool.oldest_pending_age() == 10
-        assert spool._reader is not None
-        assert read_anchor(spool._reader) == spool.clock.anchor
+        # the rebased anchor is recorded: a process that opens the spool next adopts it, whatever its wall clock
+        other = SQLiteSpool(tmp_path / "spool.db", clock=SpoolClock(wall=lambda: 0.0, elapsed=t.elapsed, boot="boot-1"))
+        other.open("readonly")
+        try:
+            assert other.clock.anchor == spool.clock.anchor
+        finally:
+            other.close()
     finally:
         spool.close()
 
@@ -123,16 +129,16 @@ async def test_restart_in_the_same_boot_rebases_a_jump_made_while_stopped(
     tmp_path: Path, boot: str, moved: bool
 ) -> None:
     t = Stepped()
-    spool = Spool(tmp_path / "spool.db", clock=t.clock())
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(tmp_path / "spool.db", clock=t.clock())
+    spool.open("exclusive")
     spool.claim_clock()
     ((did,),) = await spool.store([store_event(1)])
     await spool.settle(retry=[(did, 1, spool.clock.now() + 60, "503")])
     spool.close()
     t.advance(20)
     t.wall_at += DAY
-    again = Spool(tmp_path / "spool.db", clock=t.clock(boot))
-    again.open(exclusive=True)
+    again = SQLiteSpool(tmp_path / "spool.db", clock=t.clock(boot))
+    again.open("exclusive")
     try:
         assert again.claim_clock() == (DAY if moved else 0.0)
         now = again.clock.now()
@@ -151,13 +157,19 @@ async def test_restart_in_the_same_boot_rebases_a_jump_made_while_stopped(
 async def test_other_processes_write_in_the_routers_time_base(tmp_path: Path) -> None:
     """`dlq replay` and `status` run beside the router: they use the base it recorded, not their own wall clock."""
     behind = SpoolClock(wall=lambda: time.time() - HOUR)
-    spool = Spool(tmp_path / "spool.db", clock=behind)
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(tmp_path / "spool.db", clock=behind)
+    spool.open("exclusive")
+    other = SQLiteSpool(tmp_path / "spool.db")
     try:
         spool.claim_clock()
-        assert spool._reader is not None
-        assert abs(spool_now(spool._reader) - behind.now()) < 1.0
+        ((did,),) = await spool.store([store_event(1)])
+        await spool.settle(retry=[(did, 1, behind.now() + 60, "503")])
+        other.open("readonly")
+        assert abs(other.clock.now() - behind.now()) < 1.0
+        retry_in = other.status().backlogs["out"].next_retry_in
+        assert retry_in is not None and 50 < retry_in <= 60, "due in a minute, not in an hour and a minute"
     finally:
+        other.close()
         spool.close()
 
 

@@ -25,7 +25,6 @@ from event_router.api.errors import ConfigError
 from event_router.api.event import Event
 from event_router.api.plugin import Delivery, PluginContext
 from event_router.config import ConfigErrors, build_config
-from event_router.core.deadletters import list_dead_letters
 from event_router.core.spool import DeadLetterFilter
 from event_router.outputs.connector import MAX_ANSWER, MAX_CHAIN_DEPTH, ConnectorOutput, check_action
 from event_router.outputs.connector_api import API_BASES, ENDPOINTS
@@ -189,7 +188,7 @@ async def fake() -> AsyncIterator[Any]:
 
 
 def dead_letters(app: Any) -> list[Any]:
-    return list_dead_letters(app.spool._reader, DeadLetterFilter(output="connector"))
+    return app.spool.dead_letters(DeadLetterFilter(output="connector"))
 
 
 REQUEST = example("consumption.incomingRequestReceived")

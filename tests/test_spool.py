@@ -11,7 +11,8 @@ import anyio
 import pytest
 
 from event_router.api.errors import SpoolError
-from event_router.core.spool import DeadLetterFilter, NewDelivery, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.spool import DeadLetterFilter, NewDelivery, StoreDeadLetter, StoreEvent
+from event_router.core.spool.sqlite import SQLiteSpool
 
 pytestmark = pytest.mark.anyio
 
@@ -23,13 +24,13 @@ def event(i: int, outputs: tuple[str, ...] = ("a",)) -> StoreEvent:
 
 @pytest.fixture
 def spool(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = Spool(tmp_path / "spool.db")
-    s.open(exclusive=True)
+    s = SQLiteSpool(tmp_path / "spool.db")
+    s.open("exclusive")
     yield s
     s.close()
 
 
-async def test_store_fetch_complete(spool: Spool) -> None:
+async def test_store_fetch_complete(spool: SQLiteSpool) -> None:
     (dids,) = await spool.store([event(1, ("a", "b"))])
     assert isinstance(dids, list) and len(dids) == 2
     assert spool.depth == 1
@@ -42,7 +43,7 @@ async def test_store_fetch_complete(spool: Spool) -> None:
     assert spool.fetch_due("b", time.time() + 1, 10, set()) == []
 
 
-async def test_fetch_excludes_claimed_and_not_yet_due(spool: Spool) -> None:
+async def test_fetch_excludes_claimed_and_not_yet_due(spool: SQLiteSpool) -> None:
     stored = await spool.store([event(i) for i in range(5)])
     dids = [d[0] for d in stored]  # type: ignore[index]
     now = time.time() + 1
@@ -53,14 +54,12 @@ async def test_fetch_excludes_claimed_and_not_yet_due(spool: Spool) -> None:
     assert later[-1].did == dids[0] and later[-1].attempts == 1
 
 
-async def test_dead_letter_keeps_event_and_reason(spool: Spool) -> None:
+async def test_dead_letter_keeps_event_and_reason(spool: SQLiteSpool) -> None:
     ((did,),) = await spool.store([event(7)])
     (dlid,) = await spool.settle(dead=[(did, "permanent", "400 bad request", 1)])
     assert spool.depth == 0
-    from event_router.core.deadletters import list_dead_letters
 
-    assert spool._reader is not None
-    (dl,) = list_dead_letters(spool._reader, DeadLetterFilter(ids=[dlid]))
+    (dl,) = spool.dead_letters(DeadLetterFilter(ids=[dlid]))
     assert (dl.event_id, dl.output, dl.reason, dl.error, dl.attempts, dl.source) == (
         "e7",
         "a",
@@ -72,13 +71,13 @@ async def test_dead_letter_keeps_event_and_reason(spool: Spool) -> None:
 
 
 async def test_dead_letter_items_and_reopen(tmp_path: Path) -> None:
-    s = Spool(tmp_path / "spool.db")
-    s.open(exclusive=True)
+    s = SQLiteSpool(tmp_path / "spool.db")
+    s.open("exclusive")
     result = await s.store([StoreDeadLetter(reason="validation", error="data.id: missing", body=b"{}"), event(1)])
     assert isinstance(result[0], int)
     s.close()
-    again = Spool(tmp_path / "spool.db")
-    again.open(exclusive=True)
+    again = SQLiteSpool(tmp_path / "spool.db")
+    again.open("exclusive")
     try:
         assert again.depth == 1
         assert len(again.fetch_due("a", time.time() + 1, 10, set())) == 1
@@ -86,7 +85,7 @@ async def test_dead_letter_items_and_reopen(tmp_path: Path) -> None:
         again.close()
 
 
-async def test_concurrent_stores_share_commits(spool: Spool) -> None:
+async def test_concurrent_stores_share_commits(spool: SQLiteSpool) -> None:
     async def one(i: int) -> None:
         await spool.store([event(i)])
 
@@ -98,7 +97,7 @@ async def test_concurrent_stores_share_commits(spool: Spool) -> None:
     assert spool.commits - before < 500, "group commit should merge concurrent writes"
 
 
-async def test_lazy_outcomes_ride_along_with_the_next_store(spool: Spool) -> None:
+async def test_lazy_outcomes_ride_along_with_the_next_store(spool: SQLiteSpool) -> None:
     stored = await spool.store([event(i) for i in range(3)])
     dids = [d[0] for d in stored]  # type: ignore[index]
     spool.LAZY_DELAY = 5.0  # long enough that only the store below can end the wait
@@ -113,7 +112,7 @@ async def test_lazy_outcomes_ride_along_with_the_next_store(spool: Spool) -> Non
     assert spool.depth == 1
 
 
-async def test_lazy_outcome_alone_commits_after_the_delay(spool: Spool) -> None:
+async def test_lazy_outcome_alone_commits_after_the_delay(spool: SQLiteSpool) -> None:
     ((did,),) = await spool.store([event(1)])
     spool.LAZY_DELAY = 0.2
     started = time.monotonic()
@@ -123,8 +122,8 @@ async def test_lazy_outcome_alone_commits_after_the_delay(spool: Spool) -> None:
 
 
 async def test_failed_commit_reports_every_op(tmp_path: Path) -> None:
-    s = Spool(tmp_path / "spool.db")
-    s.open(exclusive=True)
+    s = SQLiteSpool(tmp_path / "spool.db")
+    s.open("exclusive")
     try:
 
         def broken(conn: sqlite3.Connection) -> None:
@@ -140,23 +139,23 @@ async def test_failed_commit_reports_every_op(tmp_path: Path) -> None:
 
 
 async def test_closed_spool_refuses_writes(tmp_path: Path) -> None:
-    s = Spool(tmp_path / "spool.db")
-    s.open(exclusive=True)
+    s = SQLiteSpool(tmp_path / "spool.db")
+    s.open("exclusive")
     s.close()
     with pytest.raises(SpoolError, match="closed"):
         await s.store([event(1)])
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    s = Spool(tmp_path / "spool.db")
-    s.open(exclusive=True)
+    s = SQLiteSpool(tmp_path / "spool.db")
+    s.open("exclusive")
     s.close()
     conn = sqlite3.connect(tmp_path / "spool.db")
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
     with pytest.raises(SpoolError, match="newer router"):
-        Spool(tmp_path / "spool.db").open()
+        SQLiteSpool(tmp_path / "spool.db").open()
 
 
 async def test_spool_files_are_private(tmp_path: Path) -> None:
@@ -165,8 +164,8 @@ async def test_spool_files_are_private(tmp_path: Path) -> None:
 
     old = os.umask(0o022)  # a permissive umask, as outside systemd
     try:
-        s = Spool(tmp_path / "data" / "spool.db")
-        s.open(exclusive=True)
+        s = SQLiteSpool(tmp_path / "data" / "spool.db")
+        s.open("exclusive")
         await s.store([event(1)])
         s.close()
     finally:
@@ -175,7 +174,7 @@ async def test_spool_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "data" / "spool.db").stat().st_mode) == 0o600
 
 
-async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: Spool) -> None:
+async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: SQLiteSpool) -> None:
     """Events and deliveries go in with one multi-row INSERT each: the ids handed back must be the rows'
     own, with gaps left by earlier deletions, dead letters mixed in, and more rows than one INSERT takes."""
     first = await spool.store([event(i, ("a", "b")) for i in range(5)])
@@ -184,22 +183,15 @@ async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: Spool) -> None:
     items: list[StoreEvent | StoreDeadLetter] = [event(100 + i, outputs[i % 4]) for i in range(450)]
     items.insert(7, StoreDeadLetter("validation", "bad", b"{}", "dl", "t", "s"))
     stored = await spool.store(items)
-    assert spool._reader is not None
+    now = spool.clock.now()
+    pending = {row.did: (row.event_id, row.output) for out in "abc" for row in spool.fetch_due(out, now, 10_000, ())}
     for item, ids in zip(items, stored, strict=True):
         if isinstance(item, StoreDeadLetter):
             assert isinstance(ids, int)
-            assert spool._reader.execute("SELECT event_id FROM dead_letters WHERE dlid = ?", (ids,)).fetchone() == (
-                "dl",
-            )
+            assert [dl.event_id for dl in spool.dead_letters(DeadLetterFilter(ids=[ids]))] == ["dl"]
             continue
         assert isinstance(ids, list)
-        rows = [
-            spool._reader.execute(
-                "SELECT e.id, d.output FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.did = ?", (did,)
-            ).fetchone()
-            for did in ids
-        ]
-        assert rows == [(item.event_id, d.output) for d in item.deliveries]
+        assert [pending[did] for did in ids] == [(item.event_id, d.output) for d in item.deliveries]
     # an event without deliveries is not kept: it is not pending (PENDING_EVENTS)
     assert spool.depth == 2 + sum(1 for i in range(450) if outputs[i % 4])
 
@@ -207,7 +199,7 @@ async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: Spool) -> None:
 # --- one op's failure, transient failures, another process's rows ------------------------------------------
 
 
-async def test_a_settle_of_a_delivery_gone_does_not_fail_the_store_beside_it(spool: Spool) -> None:
+async def test_a_settle_of_a_delivery_gone_does_not_fail_the_store_beside_it(spool: SQLiteSpool) -> None:
     """A replaced worker's late outcome for a row its successor already finished is queued beside a store:
     the store commits, and the outcome finds nothing to move."""
     poisoned = asyncio.ensure_future(spool.settle(dead=[(999, "permanent", "400", 1)], lazy=True))
@@ -218,7 +210,7 @@ async def test_a_settle_of_a_delivery_gone_does_not_fail_the_store_beside_it(spo
     assert spool.depth == 1 and spool.dead_letter_count() == 0 and spool.last_error is None
 
 
-async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: Spool) -> None:
+async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: SQLiteSpool) -> None:
     """An op that can never commit fails alone, not transient; the stores that shared its group commit."""
     poisoned = asyncio.ensure_future(
         spool._write(lambda conn: conn.execute("INSERT INTO nowhere VALUES (1)"), lazy=True)
@@ -233,7 +225,7 @@ async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: Spool)
     assert spool.depth == 3 and spool.writable
 
 
-async def test_a_full_disk_is_a_transient_failure(spool: Spool) -> None:
+async def test_a_full_disk_is_a_transient_failure(spool: SQLiteSpool) -> None:
     """SQLITE_FULL (here: the file may not grow) fails the write with `transient` set: the same write can
     succeed once there is room, and an output worker tries its outcome commit again."""
     pages = await spool._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
@@ -262,7 +254,7 @@ def _insert_as_another_process(path: Path, count: int, now: float) -> None:
 
 
 @pytest.mark.parametrize("own", [1, 3])
-async def test_finishing_another_processs_rows_before_they_are_counted(spool: Spool, own: int) -> None:
+async def test_finishing_another_processs_rows_before_they_are_counted(spool: SQLiteSpool, own: int) -> None:
     """The router finishes rows a replay added while its count of them is put off (RECOUNT_SHARE): the
     counts never go below zero, and the next look counts them again (no lasting undercount that would let
     max_pending_events admit more)."""
@@ -282,7 +274,7 @@ async def test_finishing_another_processs_rows_before_they_are_counted(spool: Sp
     assert seen[-1] == (own + 1 + 1, {"a": own + 1 + 1}), seen
 
 
-async def test_counts_never_go_below_zero_without_a_look(spool: Spool) -> None:
+async def test_counts_never_go_below_zero_without_a_look(spool: SQLiteSpool) -> None:
     """The same without a look in between (the other process's commit unseen): a decrement below zero
     clamps at zero and makes the next look count."""
     await spool.store([event(0)])
@@ -297,7 +289,7 @@ async def test_counts_never_go_below_zero_without_a_look(spool: Spool) -> None:
     assert (spool.depth, spool.pending_outputs()) == (2, {"a": 2})
 
 
-async def test_message_ids_are_claimed_without_returning(spool: Spool) -> None:
+async def test_message_ids_are_claimed_without_returning(spool: SQLiteSpool) -> None:
     """`INSERT ... RETURNING` needs SQLite 3.35: repeats are found with statements older SQLite runs."""
     from event_router.core.spool import SeenMessage
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from event_router.core.spool import NewDelivery, SeenMessage, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.spool import NewDelivery, SeenMessage, StoreDeadLetter, StoreEvent
+from event_router.core.spool.sqlite import SQLiteSpool
 
 pytestmark = pytest.mark.anyio
 
@@ -32,8 +33,8 @@ def seen_rows(path: Path) -> list[tuple[str, str]]:
 
 
 async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool.db")
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(tmp_path / "spool.db")
+    spool.open("exclusive")
     try:
         dead = StoreDeadLetter("validation", "bad", b"{}", seen=SeenMessage("hook", "x", time.time() + 300))
         first = await spool.store([event(1, "x"), event(2, "x"), event(3, "y"), dead, event(4, None)])
@@ -50,8 +51,8 @@ async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
         assert spool.depth == 5
     finally:
         spool.close()
-    reopened = Spool(tmp_path / "spool.db")
-    reopened.open(exclusive=True)
+    reopened = SQLiteSpool(tmp_path / "spool.db")
+    reopened.open("exclusive")
     try:
         repeat, new = await reopened.store([event(30, "x"), event(31, "w")])
         assert repeat is None, "the ids outlive the process"
@@ -60,7 +61,7 @@ async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
         reopened.close()
 
 
-async def store_at_once(batches: list[list[StoreEvent]], spool: Spool) -> list[list[list[int] | int | None]]:
+async def store_at_once(batches: list[list[StoreEvent]], spool: SQLiteSpool) -> list[list[list[int] | int | None]]:
     results: list[list[list[int] | int | None]] = [[] for _ in batches]
 
     async def one(index: int) -> None:
@@ -73,8 +74,8 @@ async def store_at_once(batches: list[list[StoreEvent]], spool: Spool) -> list[l
 
 
 async def test_an_expired_id_is_forgotten(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "spool.db")
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(tmp_path / "spool.db")
+    spool.open("exclusive")
     try:
         assert isinstance((await spool.store([event(1, "old", expires_at=time.time() - 1)]))[0], list)
         assert isinstance((await spool.store([event(2, "new")]))[0], list)
@@ -86,15 +87,15 @@ async def test_an_expired_id_is_forgotten(tmp_path: Path) -> None:
 
 async def test_a_spool_file_without_the_table_gets_it(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
-    spool = Spool(path)
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(path)
+    spool.open("exclusive")
     ((did,),) = await spool.store([event(1, None)])  # type: ignore[misc]
     spool.close()
     conn = sqlite3.connect(path)  # as a router before the table existed left the file
     conn.executescript("DROP TABLE seen_message_ids")
     conn.close()
-    spool = Spool(path)
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(path)
+    spool.open("exclusive")
     try:
         assert spool.depth == 1
         assert [row.did for row in spool.fetch_due("a", time.time() + 1, 10, set())] == [did]

@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from event_router.core.spool import Spool
+from event_router.core.spool import DeadLetterFilter
+from event_router.core.spool.sqlite import SQLiteSpool
 from event_router.testing import (
     RouterProcess,
     example,
@@ -253,16 +254,15 @@ async def test_a_schema_1_spool_is_upgraded_in_place_and_keeps_its_rows(tmp_path
     old = sqlite3.connect(path)
     old.executescript(_SCHEMA_1)
     old.close()
-    spool = Spool(path)
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(path)
+    spool.open("exclusive")
     try:
         (pending,) = spool.fetch_due("crm", 1.0, 10, ())
         assert (pending.did, pending.event_id, pending.attempts) == (40, "e-7", 2)
         assert spool.dead_letter_count() == 1
         await spool.settle(done=[40])
-        purged = spool._reader.execute("SELECT 1 FROM dead_letters").fetchall()  # type: ignore[union-attr]
-        assert purged == [(1,)]
-        await spool._write(lambda conn: conn.execute("DELETE FROM dead_letters"))
+        assert spool.count_dead_letters(DeadLetterFilter()) == (1, 5)
+        assert spool.purge_dead_letters(DeadLetterFilter()) == 1
         from event_router.core.spool import NewDelivery, StoreDeadLetter, StoreEvent
 
         stored = await spool.store(
@@ -328,8 +328,8 @@ async def test_the_upgrade_moves_rows_by_column_name(tmp_path: Path) -> None:
         )
     )
     old.close()
-    spool = Spool(path)
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(path)
+    spool.open("exclusive")
     try:
         (pending,) = spool.fetch_due("crm", 1.0, 10, ())
         assert (pending.did, pending.output, pending.route, pending.attempts) == (40, "crm", "r", 2)

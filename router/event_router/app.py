@@ -35,7 +35,8 @@ from event_router.config import ConfigErrors, load_config
 from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
 from event_router.core.pipeline import InternalSource, Pipeline
-from event_router.core.spool import Spool, directory_problem
+from event_router.core.spool import Spool
+from event_router.core.spool.sqlite import SQLiteSpool, directory_problem
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
 from event_router.plugins import PluginRegistry
@@ -100,7 +101,7 @@ class App:
         self.config = config
         self.registry = registry
         self.stats = Stats()
-        self.spool = Spool(config.data_dir / "spool.db")
+        self.spool: Spool = SQLiteSpool(config.data_dir / "spool.db")
         self.schemas = load_schemas(config, registry)
         self.pipeline = Pipeline(config=config, schemas=self.schemas, spool=self.spool, stats=self.stats)
         self._internal_submit = partial(self.pipeline.submit, InternalSource("router"))
@@ -129,7 +130,7 @@ class App:
     ) -> None:
         config = self.config
         try:
-            self.spool.open(exclusive=True)  # a second router on this data_dir would deliver everything twice
+            self.spool.open("exclusive")  # a second router on this data_dir would deliver everything twice
         except SpoolError as exc:
             problem = directory_problem(config.data_dir)
             if problem is None:

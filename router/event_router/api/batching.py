@@ -9,7 +9,6 @@ An input decodes what it read into `Event`s and `Rejected` items (`decode_event`
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -36,7 +35,7 @@ class Rejected:
 
 Item = Event | Rejected
 #: failures of the spool or the machine, not of one event: they fail every event alike
-_NOT_THE_EVENT = (SpoolFull, SpoolError, sqlite3.Error, OSError)
+_NOT_THE_EVENT = (SpoolFull, SpoolError, OSError)
 #: called with (start, end) once items[start:end] are stored: acknowledge them
 Stored = Callable[[int, int], Awaitable[Any]]
 #: called with `start` after each wait for room in the spool: items[start:] are still held

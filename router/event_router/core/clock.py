@@ -9,14 +9,13 @@ moves. When the wall clock has moved away from it (a jump), the router rebases: 
 times, the times it holds in memory and the clock itself all move by the jump at once, so times stay
 close to the wall clock and every schedule keeps its length in elapsed time.
 
-The anchor is recorded in the spool (`meta`), with the boot it belongs to, so a restart in the same
-boot (monotonic time continues) notices a jump that happened while the router was stopped, and other
-processes writing to the spool (`dlq replay`) write in the same base as the router.
+The anchor is recorded in the spool (`Spool.claim_clock`, `Spool.rebase`), with the boot it belongs to,
+so a restart in the same boot (monotonic time continues) notices a jump that happened while the router
+was stopped, and other processes writing to the spool (`dlq replay`) write in the same base as the router.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,28 +90,3 @@ class SpoolClock:
 
     def shift(self, seconds: float) -> None:
         self.offset += seconds
-
-
-def read_anchor(conn: sqlite3.Connection) -> Anchor | None:
-    """The anchor the spool's times are in, as the router recorded it (None before it ever did)."""
-    rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('clock_boot', 'clock_offset')").fetchall())
-    if "clock_offset" not in rows:
-        return None
-    return Anchor(rows.get("clock_boot") or None, float(rows["clock_offset"]))
-
-
-def write_anchor(conn: sqlite3.Connection, anchor: Anchor) -> None:
-    conn.executemany(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [("clock_boot", anchor.boot or ""), ("clock_offset", repr(anchor.offset))],
-    )
-
-
-def spool_now(conn: sqlite3.Connection) -> float:
-    """Now in the spool's time base, for processes other than the router (the CLI).
-
-    Within a write transaction the anchor cannot change under the caller: the router rebases in one.
-    """
-    clock = SpoolClock()
-    clock.adopt(read_anchor(conn))
-    return clock.now()

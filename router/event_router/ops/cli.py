@@ -237,7 +237,7 @@ async def _serve(app: App) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from event_router.app import load_schemas
     from event_router.core.routing import unknown_triggers
-    from event_router.core.spool import directory_problem
+    from event_router.core.spool.sqlite import directory_problem
 
     try:
         config, registry = _load(args, "skip" if args.no_secrets else "resolve")
@@ -453,11 +453,14 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from event_router.ops.dlq import existing_spool, one_line, spool_status, table
+    from event_router.ops.dlq import one_line, open_spool, spool_status, table
 
     config, _ = _load(args, "skip")
-    existing_spool(config)
-    status = spool_status(config)
+    spool = open_spool(config, "readonly")
+    try:
+        status = spool_status(config, spool)
+    finally:
+        spool.close()
     if args.json:
         _print_json(status)
         return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,13 @@ from typing import Any
 import orjson
 
 from event_router.api.errors import RouterError
-from event_router.core.deadletters import count_dead_letters, list_dead_letters, purge, replay, spool_status, to_json
+from event_router.core.deadletters import iso_time, replay, spool_status, to_json
 from event_router.core.model import RouterConfig
-from event_router.core.spool import DeadLetter, DeadLetterFilter, Spool
+from event_router.core.spool import DeadLetter, DeadLetterFilter, OpenMode, Spool
+from event_router.core.spool.sqlite import SQLiteSpool
 from event_router.plugins import PluginRegistry
 
-__all__ = ["add_dlq_parser", "existing_spool", "one_line", "run_dlq", "spool_status", "table"]
+__all__ = ["add_dlq_parser", "existing_spool", "one_line", "open_spool", "run_dlq", "spool_status", "table"]
 
 
 def existing_spool(config: RouterConfig) -> Path:
@@ -29,6 +30,13 @@ def existing_spool(config: RouterConfig) -> Path:
     if not path.is_file():
         raise RouterError(f"no spool at {path} (router.data_dir: has the router run with this {config.path.name}?)")
     return path
+
+
+def open_spool(config: RouterConfig, mode: OpenMode) -> Spool:
+    """The spool of `config`, opened for an operator command (`shared` to write, `readonly` to read)."""
+    spool = SQLiteSpool(existing_spool(config))
+    spool.open(mode)
+    return spool
 
 
 def _timestamp(value: str) -> float:
@@ -120,7 +128,7 @@ def _selection(args: argparse.Namespace) -> str:
             parts.append(f"--{flag} {getattr(args, flag)}")
     for flag in ("since", "until"):
         if getattr(args, flag) is not None:
-            parts.append(f"--{flag} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(getattr(args, flag)))}")
+            parts.append(f"--{flag} {iso_time(getattr(args, flag))}")
     return " ".join(parts) if parts else "all of them"
 
 
@@ -141,13 +149,11 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
     if args.dlq_command in ("replay", "purge") and empty and not args.all:
         print(f"error: dlq {args.dlq_command} needs ids, a filter, or --all", file=sys.stderr)
         return 2
-    # opened as the router opens it (a spool of an older version is brought up to date), once it exists
-    spool = Spool(existing_spool(config))
-    spool.open()
+    # beside a running router, once it exists (a spool of an older schema is refused: see OpenMode)
+    spool = open_spool(config, "shared")
     try:
-        assert spool._reader is not None
         if args.dlq_command == "list":
-            rows = list_dead_letters(spool._reader, where, args.limit)
+            rows = spool.dead_letters(where, args.limit)
             if args.json:
                 sys.stdout.write(orjson.dumps([to_json(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n")
                 return 0
@@ -155,12 +161,12 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
                 print("no dead letter matches", file=sys.stderr)
                 return 0
             print("\n".join(_dead_letter_table(rows)))
-            total, _ = count_dead_letters(spool._reader, where)
+            total, _ = spool.count_dead_letters(where)
             if total > len(rows):
                 print(f"({len(rows)} of {total} shown, oldest first; --limit N for more)", file=sys.stderr)
             return 0
         if args.dlq_command == "show":
-            rows = list_dead_letters(spool._reader, where)
+            rows = spool.dead_letters(where)
             if not rows:
                 print("error: no dead letter matches", file=sys.stderr)
                 return 1
@@ -187,14 +193,13 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
 
 
 def _purge(args: argparse.Namespace, spool: Spool, where: DeadLetterFilter, *, everything: bool) -> int:
-    assert spool._reader is not None
-    count, highest = count_dead_letters(spool._reader, where)
+    count, highest = spool.count_dead_letters(where)
     selection = _selection(args)
     if count == 0:
         print(f"no dead letter matches ({selection}); nothing purged")
         return 0
     if args.dry_run:
-        print("\n".join(_dead_letter_table(list_dead_letters(spool._reader, where))))
+        print("\n".join(_dead_letter_table(spool.dead_letters(where))))
         print(f"dry run: would purge {count} dead letter(s) ({selection}); nothing was deleted")
         return 0
     if not args.yes:
@@ -216,5 +221,5 @@ def _purge(args: argparse.Namespace, spool: Spool, where: DeadLetterFilter, *, e
             )
             return 2
     # only those counted (and confirmed): dead letters stored meanwhile by a running router stay
-    print(f"purged {purge(spool, where, upto=highest)} dead letter(s)")
+    print(f"purged {spool.purge_dead_letters(replace(where, upto=highest))} dead letter(s)")
     return 0

@@ -1,4 +1,4 @@
-"""The durable spool: SQLite in WAL mode, one writer thread, group commit.
+"""The spool's SQLite backend (`SQLiteSpool`): WAL mode, one writer thread, group commit.
 
 Every write (new events, finished deliveries, retries, dead letters) is queued to one thread that takes
 everything waiting, applies it in one transaction and commits once: under load one fsync covers many
@@ -13,6 +13,9 @@ pending and the dead letters: the counts (`Spool.counts`) it otherwise keeps as 
 router's gauges show without a statement on the event loop.
 The writer thread also watches that the spool's files are still the ones it holds open: one removed or
 replaced under a running router would take every later commit with it at the next restart.
+
+This module is the only one that knows the spool is SQLite: the interface the rest of the router uses,
+and its data types, are in `event_router.core.spool`.
 """
 
 from __future__ import annotations
@@ -29,16 +32,32 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from event_router.api.errors import SpoolError
-from event_router.core.clock import Anchor, SpoolClock, read_anchor, write_anchor
+from event_router.core.clock import Anchor, SpoolClock
+from event_router.core.spool import (
+    Dead,
+    DeadLetter,
+    DeadLetterCount,
+    DeadLetterFilter,
+    DeliveryRow,
+    OpenMode,
+    OutputBacklog,
+    Requeue,
+    Retry,
+    SeenMessage,
+    SpoolStatus,
+    StillDead,
+    StoreDeadLetter,
+    StoreEvent,
+)
 
 log = logging.getLogger("event_router.core.spool")
 
@@ -115,7 +134,7 @@ class SpoolCounts:
 
     The writer thread keeps these as it applies its own writes, and counts them again from the database
     when another process (`dlq replay`, `dlq purge`) committed: then they lag by up to about a second
-    (`Spool.WATCH_INTERVAL`; at a very large backlog, up to ten times the count's duration, RECOUNT_SHARE).
+    (`SQLiteSpool.WATCH_INTERVAL`; at a very large backlog, up to ten times the count's duration, RECOUNT_SHARE).
     """
 
     #: pending deliveries per output, configured or not; outputs with none are absent
@@ -123,45 +142,6 @@ class SpoolCounts:
     dead_letters: int = 0
     #: `first_at` of the oldest pending delivery (spool clock base), None when nothing is pending
     oldest_first_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OutputBacklog:
-    """What the spool holds for one output: its pending deliveries and the retry that comes next."""
-
-    pending: int
-    #: pending deliveries that failed at least once and wait for a retry
-    retrying: int
-    #: of the retrying delivery that is due first: when (spool clock base), failures so far, its last error
-    next_retry_due: float | None = None
-    next_retry_failures: int = 0
-    last_error: str | None = None
-
-
-def output_backlogs(conn: sqlite3.Connection) -> dict[str, OutputBacklog]:
-    """Per output (configured or not) that has pending deliveries; reads only, on any connection."""
-    out: dict[str, OutputBacklog] = {}
-    # PENDING_PER_OUTPUT's count, with the retrying ones
-    counts = conn.execute(
-        "SELECT output, COUNT(*), SUM(attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
-    ).fetchall()
-    for output, pending, retrying in counts:
-        row = None
-        if retrying:
-            # the (output, due, did) index gives due order; fresh deliveries (never tried) are skipped
-            row = conn.execute(
-                "SELECT due, attempts, last_error FROM deliveries WHERE output = ? AND attempts > 0 "
-                "ORDER BY due, did LIMIT 1",
-                (output,),
-            ).fetchone()
-        if row is None:
-            out[output] = OutputBacklog(pending, int(retrying or 0))
-        else:
-            out[output] = OutputBacklog(pending, int(retrying), float(row[0]), int(row[1]), row[2])
-    return out
-
-
-DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecodable", "permanent", "retries_exhausted"]
 
 
 #: SQLite primary result codes of a failure that is no fault of the statement: the same write may succeed
@@ -179,13 +159,22 @@ _TRANSIENT_CODES = frozenset(
 )
 
 
-def _write_error(exc: Exception) -> SpoolError:
-    """The SpoolError a failed write raises to its callers, transient when SQLite's result code says so."""
+def _spool_error(exc: Exception, doing: str = "write") -> SpoolError:
+    """The SpoolError a failed write (or read) raises to its callers, transient when SQLite's result code
+    says so: no sqlite3 exception leaves this module."""
     if isinstance(exc, SpoolError):
         return exc
     code = getattr(exc, "sqlite_errorcode", None)
     transient = isinstance(exc, sqlite3.Error) and code is not None and code & 0xFF in _TRANSIENT_CODES
-    return SpoolError(f"spool write failed: {exc}", transient=transient)
+    return SpoolError(f"spool {doing} failed: {exc}", transient=transient)
+
+
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _spool_error(exc, "read") from exc
 
 
 #: the daemon's lock file in data_dir: flock()ed while a router runs, holding that router's pid
@@ -226,111 +215,6 @@ def _lock_holder(path: Path) -> str | None:
     except OSError:
         return None
     return text if text.isdigit() else None
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    output: str
-    route: str
-    #: JSON of the route's reshaped body, None to send the event itself
-    payload: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class SeenMessage:
-    """A source's message id, stored with the event it carried: a repeat of it is not stored again."""
-
-    input: str
-    message_id: str
-    #: Unix time (wall clock) after which the id is forgotten
-    expires_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class StoreEvent:
-    """An accepted event and the deliveries its routes made of it."""
-
-    event_id: str
-    trigger: str
-    body: bytes
-    deliveries: Sequence[NewDelivery]
-    #: stored only if this message id is new (`store` answers None for a repeat)
-    seen: SeenMessage | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoreDeadLetter:
-    """Something kept for people to look at: an invalid event, an undecodable message..."""
-
-    reason: DeadLetterReason
-    error: str
-    body: bytes
-    event_id: str | None = None
-    trigger: str | None = None
-    source: str | None = None
-    #: stored only if this message id is new (`store` answers None for a repeat)
-    seen: SeenMessage | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRow:
-    did: int
-    seq: int
-    output: str
-    route: str
-    payload: bytes | None
-    attempts: int
-    first_at: float
-    body: bytes
-    #: the event's, for the delivery's log lines
-    event_id: str = ""
-    trigger: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    dlid: int
-    event_id: str | None
-    trigger: str | None
-    source: str | None
-    output: str | None
-    route: str | None
-    reason: str
-    error: str | None
-    attempts: int
-    created_at: float
-    body: bytes
-    payload: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterFilter:
-    """Which dead letters a `dlq` command acts on; unset fields do not filter."""
-
-    ids: Sequence[int] = ()
-    output: str | None = None
-    trigger: str | None = None
-    reason: str | None = None
-    since: float | None = None
-    until: float | None = None
-
-    def where(self) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        args: list[Any] = []
-        if self.ids:
-            clauses.append(f"dlid IN ({','.join('?' * len(self.ids))})")
-            args.extend(self.ids)
-        for column, value in (("output", self.output), ("trigger", self.trigger), ("reason", self.reason)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        if self.since is not None:
-            clauses.append("created_at >= ?")
-            args.append(self.since)
-        if self.until is not None:
-            clauses.append("created_at < ?")
-            args.append(self.until)
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 @dataclass(slots=True)
@@ -382,8 +266,8 @@ def directory_problem(path: Path) -> str | None:
     return None
 
 
-class Spool:
-    """Durable store of pending events, their deliveries and the dead letters.
+class SQLiteSpool:
+    """The spool (`event_router.core.spool.Spool`) in one SQLite file, `path`.
 
     Writes go through `_write` (group commit in the writer thread). Reads the delivery loop needs are
     small indexed queries on a second connection, which WAL lets run beside the writer. Deliveries' times
@@ -441,18 +325,38 @@ class Spool:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def open(self, *, exclusive: bool = False) -> None:
-        """Open the spool; `exclusive` (the daemon) first locks data_dir against a second router, then
-        upgrades an older schema and counts what the spool holds. Without it (an operator command) a spool
-        of an older schema is refused: an older router may still be running on it."""
-        self.exclusive = exclusive
-        if exclusive:
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def open(self, mode: OpenMode = "shared") -> None:
+        """Open the spool (see `OpenMode`); "exclusive" (the daemon) first locks data_dir against a second
+        router (`router.lock`), then upgrades an older schema and counts what the spool holds. "shared" (an
+        operator command) refuses a spool of an older schema: an older router may still be running on it.
+        "readonly" opens one reading connection (SQLite's `mode=ro`): no writer thread, nothing created."""
+        self.exclusive = mode == "exclusive"
+        if mode == "readonly":
+            self._open_readonly()
+            return
+        if self.exclusive:
             self._lock_fd = lock_data_dir(self.path.parent)
         try:
             self._open()
         except BaseException:
             self._unlock()
             raise
+
+    def _open_readonly(self) -> None:
+        try:
+            reader = connect(self.path, readonly=True)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        try:
+            self.clock.adopt(_read_anchor(reader))
+        except sqlite3.Error as exc:
+            reader.close()
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        self._reader = reader
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -490,7 +394,7 @@ class Spool:
                 self._count_all(conn)
                 self._publish()
                 _forget_expired_messages(conn, time.time())
-            self.clock.adopt(read_anchor(conn))
+            self.clock.adopt(_read_anchor(conn))
             # the WAL exists from the first statement in WAL mode until the last connection closes
             self._files = {}
             for name in (str(self.path), f"{self.path}-wal"):
@@ -732,26 +636,30 @@ class Spool:
             self._oldest_stale = False
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            return _write_error(exc)
+            return _spool_error(exc)
         self.commits += 1
         self.last_error = None
         self._publish()
         _resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
         return None
 
-    async def _write(self, apply: Callable[[sqlite3.Connection], Any], *, lazy: bool = False) -> Any:
+    def _writer_running(self) -> None:
         if self._thread is None:
-            raise SpoolError("spool is closed")
+            raise SpoolError("spool is closed" if self._reader is None else "spool is open for reading only")
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], Any], *, lazy: bool = False) -> Any:
+        self._writer_running()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.put(_Op(apply, loop, future, lazy))
         return await future
 
-    def write_sync(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _write_sync(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run one write from outside an event loop (the CLI), through the same writer and commit.
 
         An operator command's spool keeps no counts: the running router counts its changes itself.
         """
+        self._writer_running()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put(_Op(apply, None, future))
         return future.result()
@@ -768,7 +676,7 @@ class Spool:
         jump = self.clock.jump()
         try:
             anchor = Anchor(self.clock.boot, self.clock.offset + jump)
-            self.write_sync(partial(self._rebase_times, shift=jump, anchor=anchor))
+            self._write_sync(partial(self._rebase_times, shift=jump, anchor=anchor))
         except SpoolError as exc:
             # the spool and the clock stay in the old base, which is consistent: the router's clock watch
             # tries again once it runs
@@ -817,36 +725,43 @@ class Spool:
                     self._dead += 1
                 elif item.deliveries:  # an event with nothing to deliver is not pending: nothing to keep
                     events.append((index, item))
-            for start in range(0, len(events), _ROWS_PER_INSERT):
-                chunk = events[start : start + _ROWS_PER_INSERT]
-                seqs = _insert_rows(
-                    conn, _EVENT_INSERT, [(item.event_id, item.trigger, now, item.body) for _, item in chunk]
-                )
-                rows = [
-                    (seq, d.output, d.route, d.payload, now, now)
-                    for (_, item), seq in zip(chunk, seqs, strict=True)
-                    for d in item.deliveries
-                ]
-                new = _insert_rows(conn, _DELIVERY_INSERT, rows)
-                dids = iter(new)
-                for index, item in chunk:
-                    out[index] = [next(dids) for _ in item.deliveries]
-                    for d in item.deliveries:
-                        self._pending[d.output] = self._pending.get(d.output, 0) + 1
-                self.depth += len(chunk)
-                if new and self._oldest is None and not self._oldest_stale:  # was empty: ids only grow
-                    self._oldest = (new[0], now)
+            if events:
+                stored = self._insert_events(conn, [item for _, item in events], now)
+                for (index, _), dids in zip(events, stored, strict=True):
+                    out[index] = dids
             return out
 
         result: list[list[int] | int | None] = await self._write(apply)
         return result
 
+    def _insert_events(self, conn: sqlite3.Connection, events: Sequence[StoreEvent], now: float) -> list[list[int]]:
+        """Insert events that have deliveries, all due at `now`; each one's delivery ids, in order."""
+        out: list[list[int]] = []
+        for start in range(0, len(events), _ROWS_PER_INSERT):
+            chunk = events[start : start + _ROWS_PER_INSERT]
+            seqs = _insert_rows(conn, _EVENT_INSERT, [(item.event_id, item.trigger, now, item.body) for item in chunk])
+            rows = [
+                (seq, d.output, d.route, d.payload, now, now)
+                for item, seq in zip(chunk, seqs, strict=True)
+                for d in item.deliveries
+            ]
+            new = _insert_rows(conn, _DELIVERY_INSERT, rows)
+            dids = iter(new)
+            for item in chunk:
+                out.append([next(dids) for _ in item.deliveries])
+                for d in item.deliveries:
+                    self._pending[d.output] = self._pending.get(d.output, 0) + 1
+            self.depth += len(chunk)
+            if new and self._oldest is None and not self._oldest_stale:  # was empty: ids only grow
+                self._oldest = (new[0], now)
+        return out
+
     async def settle(
         self,
         *,
         done: Sequence[int] = (),
-        retry: Sequence[tuple[int, int, float, str]] = (),
-        dead: Sequence[tuple[int, str, str, int]] = (),
+        retry: Sequence[Retry] = (),
+        dead: Sequence[Dead] = (),
         lazy: bool = False,
     ) -> list[int | None]:
         """Record a batch of outcomes in one write.
@@ -960,15 +875,20 @@ class Spool:
 
     def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
         """Deliveries of `output` due by `now` (in `clock`'s base), oldest due first, skipping those in memory."""
-        assert self._reader is not None
         if self._rebasing:
             return []
+        with _reading():
+            return self._fetch_due(self._read_conn(), output, now, limit, exclude)
+
+    def _fetch_due(
+        self, reader: sqlite3.Connection, output: str, now: float, limit: int, exclude: Collection[int]
+    ) -> list[DeliveryRow]:
         # pick the ids from the (output, due, did) index alone, then read bodies for those only: with a
         # backlog, most due rows are the ones already in memory, and reading their bodies each refill
         # cost a fifth of the router's time
         dids = [
             did
-            for (did,) in self._reader.execute(
+            for (did,) in reader.execute(
                 "SELECT did FROM deliveries WHERE output = ? AND due <= ? ORDER BY due, did LIMIT ?",
                 (output, now, limit + len(exclude)),
             )
@@ -977,7 +897,7 @@ class Spool:
         out: list[DeliveryRow] = []
         for start in range(0, len(dids), 500):
             chunk = dids[start : start + 500]
-            rows = self._reader.execute(
+            rows = reader.execute(
                 "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, e.trigger "
                 f"FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.did IN ({','.join('?' * len(chunk))})",
                 chunk,
@@ -989,17 +909,85 @@ class Spool:
 
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
         """Which of these (input, message id) the spool holds and has not forgotten: one indexed read."""
-        assert self._reader is not None
-        return _known_messages(self._reader, seen, time.time())
-
-    def next_due(self, output: str) -> float | None:
-        assert self._reader is not None
-        row = self._reader.execute("SELECT MIN(due) FROM deliveries WHERE output = ?", (output,)).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        with _reading():
+            return _known_messages(self._read_conn(), seen, time.time())
 
     def pending_outputs(self) -> dict[str, int]:
         """Pending deliveries per output, including outputs no longer configured (from `counts`: no statement)."""
         return dict(self.counts.pending)
+
+    def _read_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise SpoolError("spool is closed")
+        return self._reader
+
+    # --- the operator commands (`dlq`, `status`) ---------------------------------------------------------
+
+    def dead_letters(self, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
+        clause, args = _where(where)
+        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters{clause} ORDER BY dlid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with _reading():
+            return [DeadLetter(*row) for row in self._read_conn().execute(sql, args)]
+
+    def count_dead_letters(self, where: DeadLetterFilter) -> tuple[int, int | None]:
+        clause, args = _where(where)
+        with _reading():
+            count, highest = (
+                self._read_conn().execute(f"SELECT COUNT(*), MAX(dlid) FROM dead_letters{clause}", args).fetchone()
+            )
+        return int(count), highest
+
+    def purge_dead_letters(self, where: DeadLetterFilter) -> int:
+        clause, args = _where(where)
+
+        def apply(conn: sqlite3.Connection) -> int:
+            purged: int = conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount
+            self._dead = max(0, self._dead - purged)
+            return purged
+
+        count: int = self._write_sync(apply)
+        return count
+
+    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            again = [(item.error[:4000], item.dlid) for item in outcomes if isinstance(item, StillDead)]
+            conn.executemany("UPDATE dead_letters SET error = ?, attempts = attempts + 1 WHERE dlid = ?", again)
+            requeued = [item for item in outcomes if isinstance(item, Requeue)]
+            # in the running router's time base (a wall-clock jump may have moved it): due now, not a jump
+            # away. In the write transaction the anchor cannot change: the router rebases in one too
+            now = _spool_now(conn)
+            self._insert_events(conn, [item.event for item in requeued if item.event.deliveries], now)
+            gone = 0
+            for start in range(0, len(requeued), 500):
+                chunk = requeued[start : start + 500]
+                gone += conn.execute(
+                    f"DELETE FROM dead_letters WHERE dlid IN ({','.join('?' * len(chunk))})",
+                    [item.dlid for item in chunk],
+                ).rowcount
+            self._dead = max(0, self._dead - gone)
+
+        self._write_sync(apply)
+
+    def status(self) -> SpoolStatus:
+        with _reading():
+            conn = self._read_conn()
+            pending = int(conn.execute(PENDING_EVENTS).fetchone()[0])
+            now = _spool_now(conn)
+            oldest = conn.execute(OLDEST_PENDING).fetchone()
+            backlogs = _output_backlogs(conn, now)
+            counts = conn.execute(
+                "SELECT output, reason, COUNT(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1, 2"
+            ).fetchall()
+        return SpoolStatus(
+            location=self.location,
+            pending_events=pending,
+            oldest_pending_age=None if oldest is None else now - float(oldest[0]),
+            backlogs=backlogs,
+            dead_letters=[DeadLetterCount(output, reason, int(count)) for output, reason, count in counts],
+        )
 
 
 def _schema_version(conn: sqlite3.Connection) -> int | None:
@@ -1054,7 +1042,82 @@ def _migrate(conn: sqlite3.Connection) -> None:
 def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
     if shift:
         conn.execute("UPDATE deliveries SET due = due + ?, first_at = first_at + ?", (shift, shift))
-    write_anchor(conn, anchor)
+    _write_anchor(conn, anchor)
+
+
+def _read_anchor(conn: sqlite3.Connection) -> Anchor | None:
+    """The anchor the spool's times are in, as the router recorded it (None before it ever did)."""
+    rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('clock_boot', 'clock_offset')").fetchall())
+    if "clock_offset" not in rows:
+        return None
+    return Anchor(rows.get("clock_boot") or None, float(rows["clock_offset"]))
+
+
+def _write_anchor(conn: sqlite3.Connection, anchor: Anchor) -> None:
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [("clock_boot", anchor.boot or ""), ("clock_offset", repr(anchor.offset))],
+    )
+
+
+def _spool_now(conn: sqlite3.Connection) -> float:
+    """Now in the time base the router recorded, for processes other than the router (the CLI), read
+    afresh: the router may have rebased since this process opened the spool."""
+    clock = SpoolClock()
+    clock.adopt(_read_anchor(conn))
+    return clock.now()
+
+
+def _output_backlogs(conn: sqlite3.Connection, now: float) -> dict[str, OutputBacklog]:
+    """Per output (configured or not) that has pending deliveries; `now` in the spool's time base."""
+    out: dict[str, OutputBacklog] = {}
+    # PENDING_PER_OUTPUT's count, with the retrying ones
+    counts = conn.execute(
+        "SELECT output, COUNT(*), SUM(attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
+    ).fetchall()
+    for output, pending, retrying in counts:
+        row = None
+        if retrying:
+            # the (output, due, did) index gives due order; fresh deliveries (never tried) are skipped
+            row = conn.execute(
+                "SELECT due, attempts, last_error FROM deliveries WHERE output = ? AND attempts > 0 "
+                "ORDER BY due, did LIMIT 1",
+                (output,),
+            ).fetchone()
+        if row is None:
+            out[output] = OutputBacklog(pending, int(retrying or 0))
+        else:
+            out[output] = OutputBacklog(pending, int(retrying), float(row[0]) - now, int(row[1]), row[2])
+    return out
+
+
+#: DeadLetter's fields, in order
+_DEAD_LETTER_COLUMNS = (
+    "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
+)
+
+
+def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
+    """`where` as a WHERE clause on dead_letters ("" when it matches all) and the clause's parameters."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if where.ids:
+        clauses.append(f"dlid IN ({','.join('?' * len(where.ids))})")
+        args.extend(where.ids)
+    for column, value in (("output", where.output), ("trigger", where.trigger), ("reason", where.reason)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if where.since is not None:
+        clauses.append("created_at >= ?")
+        args.append(where.since)
+    if where.until is not None:
+        clauses.append("created_at < ?")
+        args.append(where.until)
+    if where.upto is not None:
+        clauses.append("dlid <= ?")
+        args.append(where.upto)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 #: rows one INSERT takes. Each statement the writer thread steps releases the GIL and must take it back

@@ -1,0 +1,285 @@
+"""The spool's interface: what the rest of the router asks of the durable store, and the data it passes.
+
+The spool keeps every accepted event until each of its deliveries is done, retries (with their due times)
+and dead letters. Nothing outside a spool backend touches its storage: the pipeline stores, the delivery
+workers claim due deliveries and settle them, `dlq` lists, replays and purges dead letters, `status` reads
+a summary, and the clock's anchor is kept by the spool. The SQLite backend is `event_router.core.spool.sqlite`.
+
+What every backend guarantees (the callers rely on it):
+- `store` returns once its items are durable: an input may then acknowledge its source;
+- a message id (`SeenMessage`) is claimed in the transaction that stores its event, so a repeat is never
+  stored twice, whichever commit it shares;
+- delivery and dead letter ids never repeat (logs and `dlq` name them);
+- `depth`, `pending_outputs`, `dead_letter_count` and `oldest_pending_age` are kept as the backend
+  commits (and counted again when another process changed the spool): `/metrics`, readiness and the
+  `max_pending_events` check read them without a query;
+- times in the spool (due, first attempt) are in `clock`'s base, which wall-clock jumps do not move
+  (event_router.core.clock); other processes write in the base the router recorded (`claim_clock`);
+- only one router runs on a spool (`open("exclusive")`); operator commands open it beside a running router;
+- failures raise `SpoolError`, `transient` when the same write may succeed later (disk full, busy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from event_router.core.clock import SpoolClock
+
+DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecodable", "permanent", "retries_exhausted"]
+
+#: how a process opens the spool:
+#: "exclusive" the daemon (`run`): only one per spool; it upgrades an older schema, keeps the counts and
+#:   forgets expired message ids;
+#: "shared" an operator command that writes (`dlq`): beside a running router, whose counts notice its writes;
+#:   a spool of an older schema is refused (an older router may still run on it);
+#: "readonly" an operator command that only reads (`status`): writes nothing, creates nothing.
+OpenMode = Literal["exclusive", "shared", "readonly"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputBacklog:
+    """What the spool holds for one output: its pending deliveries and the retry that comes next."""
+
+    pending: int
+    #: pending deliveries that failed at least once and wait for a retry
+    retrying: int
+    #: of the retrying delivery that is due first: seconds from the status's reading until it is due
+    #: (negative: overdue), failures so far, its last error
+    next_retry_in: float | None = None
+    next_retry_failures: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterCount:
+    #: the output it failed at; None for one that never reached an output (invalid, unrouted...)
+    output: str | None
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStatus:
+    """What `event-router status` shows of the spool, counted from the store (not from `counts`)."""
+
+    #: where the spool is, for people (a path)
+    location: str
+    pending_events: int
+    oldest_pending_age: float | None
+    #: per output (configured or not) that has pending deliveries
+    backlogs: Mapping[str, OutputBacklog]
+    #: ordered by output (None first), then reason
+    dead_letters: Sequence[DeadLetterCount]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    output: str
+    route: str
+    #: JSON of the route's reshaped body, None to send the event itself
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeenMessage:
+    """A source's message id, stored with the event it carried: a repeat of it is not stored again."""
+
+    input: str
+    message_id: str
+    #: Unix time (wall clock) after which the id is forgotten
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """An accepted event and the deliveries its routes made of it."""
+
+    event_id: str
+    trigger: str
+    body: bytes
+    deliveries: Sequence[NewDelivery]
+    #: stored only if this message id is new (`store` answers None for a repeat)
+    seen: SeenMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreDeadLetter:
+    """Something kept for people to look at: an invalid event, an undecodable message..."""
+
+    reason: DeadLetterReason
+    error: str
+    body: bytes
+    event_id: str | None = None
+    trigger: str | None = None
+    source: str | None = None
+    #: stored only if this message id is new (`store` answers None for a repeat)
+    seen: SeenMessage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    did: int
+    seq: int
+    output: str
+    route: str
+    payload: bytes | None
+    attempts: int
+    first_at: float
+    body: bytes
+    #: the event's, for the delivery's log lines
+    event_id: str = ""
+    trigger: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    dlid: int
+    event_id: str | None
+    trigger: str | None
+    source: str | None
+    output: str | None
+    route: str | None
+    reason: str
+    error: str | None
+    attempts: int
+    #: Unix time (wall clock)
+    created_at: float
+    body: bytes
+    payload: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterFilter:
+    """Which dead letters a `dlq` command acts on; unset fields do not filter, set ones must all match."""
+
+    ids: Sequence[int] = ()
+    output: str | None = None
+    trigger: str | None = None
+    reason: str | None = None
+    #: created at or after (Unix time)
+    since: float | None = None
+    #: created before (Unix time)
+    until: float | None = None
+    #: only ids up to this one (those a person was shown and confirmed, not those stored since)
+    upto: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Replay a dead letter: store `event` again, its deliveries due now, and forget the dead letter.
+
+    An event without deliveries (its routes take nothing now) is not stored; the dead letter goes all the same.
+    """
+
+    dlid: int
+    event: StoreEvent
+
+
+@dataclass(frozen=True, slots=True)
+class StillDead:
+    """A replayed dead letter failed again (still invalid, unrouted): it stays, with this error and one
+    more attempt."""
+
+    dlid: int
+    error: str
+
+
+#: a delivery's outcome for `settle`: (id, failures so far, due again at (clock base), error)
+Retry = tuple[int, int, float, str]
+#: (id, reason, error, attempts): moved to the dead letters with its event and payload
+Dead = tuple[int, str, str, int]
+
+
+class Spool(Protocol):
+    """The durable store of pending events, their deliveries and the dead letters.
+
+    The event loop's calls (`store`, `settle`, `rebase` awaited; the reads) never block it on a commit;
+    the operator commands' calls (`dead_letters`, `purge_dead_letters`, `replay_dead_letters`, `status`)
+    are synchronous and run outside an event loop.
+    """
+
+    #: the time base of every time in the spool; adopts the recorded anchor at open
+    clock: SpoolClock
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def open(self, mode: OpenMode = "shared") -> None: ...
+
+    def close(self) -> None:
+        """Let queued writes finish, then close; safe to call twice."""
+
+    # --- what the router shows, without a query ------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Events stored and not yet delivered everywhere."""
+
+    @property
+    def writable(self) -> bool:
+        """The last commit (if any) succeeded and the store is still the one opened."""
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last commit failed, until one succeeds again (readiness reports it)."""
+
+    def oldest_pending_age(self) -> float | None:
+        """Seconds since the oldest pending event was stored (None when nothing is pending)."""
+
+    def dead_letter_count(self) -> int:
+        """Dead letters in the store."""
+
+    def pending_outputs(self) -> dict[str, int]:
+        """Pending deliveries per output, including outputs no longer configured."""
+
+    # --- the pipeline ---------------------------------------------------------------------------
+
+    async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int | None]:
+        """Persist events (their delivery ids, in order) and dead letters (the dead letter id), durably.
+
+        An item whose `seen` message id is stored already (before, or by an earlier item) is a repeat: not
+        stored, its result None. An event without deliveries is not pending: not stored, its result [].
+        """
+
+    def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
+        """Which of these (input, message id) the spool holds and has not forgotten."""
+
+    # --- the delivery workers -------------------------------------------------------------------
+
+    def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
+        """Up to `limit` deliveries of `output` due by `now`, oldest due first, skipping the ids in `exclude`
+        (those in memory); nothing while a rebase is not committed yet."""
+
+    async def settle(
+        self, *, done: Sequence[int] = (), retry: Sequence[Retry] = (), dead: Sequence[Dead] = (), lazy: bool = False
+    ) -> list[int | None]:
+        """Record a batch of outcomes in one commit: `done` are forgotten (and their event once nothing else
+        is pending), `retry` due again later, `dead` moved to the dead letters. `lazy`: the commit may wait
+        a few milliseconds to be shared. The new dead letter ids in `dead`'s order; None for a delivery no
+        longer in the spool (finished meanwhile)."""
+
+    # --- the clock ------------------------------------------------------------------------------
+
+    def claim_clock(self) -> float:
+        """Record this process's clock as the spool's (the router, at start), first moving every pending time
+        by the wall-clock jump found since the recorded anchor; returns that jump (0.0 if none or failed)."""
+
+    async def rebase(self, shift: float) -> None:
+        """Move every pending time by `shift` seconds, right after `clock.shift(shift)` (no await between)."""
+
+    # --- the operator commands ------------------------------------------------------------------
+
+    def dead_letters(self, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
+        """The matching dead letters, oldest first."""
+
+    def count_dead_letters(self, where: DeadLetterFilter) -> tuple[int, int | None]:
+        """How many dead letters match, and the highest matching id (None when none does)."""
+
+    def purge_dead_letters(self, where: DeadLetterFilter) -> int:
+        """Delete the matching dead letters; how many."""
+
+    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
+        """Apply what replaying these dead letters came to, in one commit, in the router's time base."""
+
+    def status(self) -> SpoolStatus: ...
