@@ -306,3 +306,74 @@ async def test_message_ids_are_claimed_without_returning(spool: SQLiteSpool) -> 
     assert [r is None for r in first] == [False, False, True]
     assert [r is None for r in second] == [True, False]
     assert statements and not any("RETURNING" in s.upper() for s in statements), statements
+
+
+def test_a_readonly_spool_creates_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    """`status` opens the spool to read only: where there is none it makes none, and it refuses writes."""
+    missing = SQLiteSpool(tmp_path / "none" / "spool.db")
+    with pytest.raises(SpoolError, match="cannot open spool"):
+        missing.open("readonly")
+    assert not (tmp_path / "none").exists()
+
+    path = tmp_path / "spool.db"
+    writer = SQLiteSpool(path)
+    writer.open("exclusive")
+    try:
+        anyio.run(writer.store, [StoreDeadLetter("validation", "bad", b"{}", "dl", "t", "s")])
+        reader = SQLiteSpool(path)
+        reader.open("readonly")
+        try:
+            assert [dl.event_id for dl in reader.dead_letters(DeadLetterFilter())] == ["dl"]
+            assert reader.status().dead_letters[0].count == 1
+            with pytest.raises(SpoolError, match="reading only"):
+                reader.purge_dead_letters(DeadLetterFilter())
+        finally:
+            reader.close()
+        assert writer.count_dead_letters(DeadLetterFilter()) == (1, 1)
+    finally:
+        writer.close()
+
+
+async def test_a_failed_read_is_a_spool_error(spool: SQLiteSpool) -> None:
+    """The pipeline and the inputs' batching know only SpoolError: no sqlite3 exception leaves the spool."""
+    other = sqlite3.connect(spool.path)
+    other.execute("DROP TABLE seen_message_ids")
+    other.commit()
+    other.close()
+    from event_router.core.spool import SeenMessage
+
+    with pytest.raises(SpoolError, match="spool read failed: no such table") as failed:
+        spool.known_messages([SeenMessage("hook", "m1", time.time() + 60)])
+    assert not failed.value.transient
+
+
+async def test_the_routers_own_purge_and_replay_are_counted_at_once(spool: SQLiteSpool) -> None:
+    from event_router.core.spool import Requeue, StillDead
+
+    ((did,),) = await spool.store([event(1)])
+    dlids = await spool.settle(dead=[(did, "permanent", "400", 1)])
+    await spool.store([StoreDeadLetter("validation", "bad", b"{}", "dl", "t", "s")] * 2)
+    assert (spool.dead_letter_count(), spool.depth) == (3, 0)
+    (first,) = spool.dead_letters(DeadLetterFilter(ids=[d for d in dlids if d is not None]))
+    spool.replay_dead_letters([Requeue(first.dlid, event(1)), StillDead(first.dlid + 1, "still bad")])
+    assert (spool.dead_letter_count(), spool.depth, spool.pending_outputs()) == (2, 1, {"a": 1})
+    (again,) = spool.dead_letters(DeadLetterFilter(ids=[first.dlid + 1]))
+    assert (again.error, again.attempts) == ("still bad", 1)
+    assert spool.purge_dead_letters(DeadLetterFilter(reason="validation")) == 2
+    assert spool.dead_letter_count() == 0
+
+
+def test_only_the_sqlite_backend_imports_sqlite3() -> None:
+    """The rest of the router calls the spool's interface (event_router.core.spool), so that another
+    backend replaces one module: no other module of the package talks to SQLite."""
+    import re
+
+    import event_router
+
+    package = Path(event_router.__file__).parent
+    users = sorted(
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if re.search(r"^\s*(import|from) sqlite3\b", path.read_text(encoding="utf-8"), re.MULTILINE)
+    )
+    assert users == ["core/spool/sqlite.py"]

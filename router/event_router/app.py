@@ -545,7 +545,7 @@ class App:
         )
 
     def _gauges(self) -> Iterable[tuple[str, str, dict[str, str], float]]:
-        # from what the spool's writer thread counted (Spool.counts): a scrape runs no statement on the loop
+        # from what the spool counted as it committed (no query): a scrape runs no statement on the loop
         yield "spool_pending_events", "Events stored and not yet delivered everywhere", {}, self.spool.depth
         age = self.spool.oldest_pending_age()
         yield "spool_oldest_pending_age_seconds", "Age of the oldest pending event", {}, age or 0.0

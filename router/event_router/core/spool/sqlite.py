@@ -9,7 +9,7 @@ Only one router may use a spool: the daemon holds an exclusive lock on `router.l
 it upgrades the schema and keeps counts. Operator commands (`status`, `dlq`) open the spool without that
 lock and only read and write rows; SQLite's own locking orders their writes with the router's, and the
 router's writer thread notices them (`PRAGMA data_version`) to count again what is
-pending and the dead letters: the counts (`Spool.counts`) it otherwise keeps as it commits, which the
+pending and the dead letters: the counts (`SQLiteSpool.counts`) it otherwise keeps as it commits, which the
 router's gauges show without a statement on the event loop.
 The writer thread also watches that the spool's files are still the ones it holds open: one removed or
 replaced under a running router would take every later commit with it at the next restart.
