@@ -195,9 +195,10 @@ Dead = tuple[int, str, str, int]
 class Spool(Protocol):
     """The durable store of pending events, their deliveries and the dead letters.
 
-    The event loop's calls (`store`, `settle`, `rebase` awaited; the reads) never block it on a commit;
-    the operator commands' calls (`dead_letters`, `purge_dead_letters`, `replay_dead_letters`, `status`)
-    are synchronous and run outside an event loop.
+    The event loop's calls (`store`, `settle`, `rebase` awaited; the reads, small indexed queries) never
+    block it on a commit. `open`, `claim_clock` (the router's start) and the operator commands' calls
+    (`dead_letters`, `purge_dead_letters`, `replay_dead_letters`, `status`) are synchronous: they wait for
+    their commit, outside the event loop's work.
     """
 
     #: the time base of every time in the spool; adopts the recorded anchor at open
@@ -205,7 +206,8 @@ class Spool(Protocol):
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def open(self, mode: OpenMode = "shared") -> None: ...
+    def open(self, mode: OpenMode = "shared") -> None:
+        """Open the store as `mode` says (see OpenMode); a SpoolError when it cannot."""
 
     def close(self) -> None:
         """Let queued writes finish, then close; safe to call twice."""
@@ -277,7 +279,7 @@ class Spool(Protocol):
         """How many dead letters match, and the highest matching id (None when none does)."""
 
     def purge_dead_letters(self, where: DeadLetterFilter) -> int:
-        """Delete the matching dead letters; how many."""
+        """Delete the matching dead letters (`where.upto`: only those a person was shown); how many."""
 
     def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
         """Apply what replaying these dead letters came to, in one commit, in the router's time base."""
