@@ -18,7 +18,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from event_router.api import Backoff, BatchStore, Event, Item, Rejected, RetryPolicy, decode_event
-from event_router.core.deadletters import list_dead_letters
 from event_router.core.spool import DeadLetterFilter
 from event_router.testing import example as connector_example
 from event_router.testing import free_port, http_receiver, router_table, until, webhook_input
@@ -193,7 +192,7 @@ async def test_a_full_spool_holds_the_rest_unacknowledged_and_stores_each_item_o
             assert acknowledged[0][0] == 0 and acknowledged[-1][1] == len(items)
             assert all(a[1] == b[0] for a, b in itertools.pairwise(acknowledged)), "no gap"
             await until(lambda: len(receiver.requests) >= 6 and app.spool.depth == 0, what="every event delivered")
-            letters = list_dead_letters(app.spool._reader, DeadLetterFilter())
+            letters = app.spool.dead_letters(DeadLetterFilter())
     ids: dict[int, set[str]] = {}
     for request in receiver.requests:
         ids.setdefault(request.json()["meta"]["n"], set()).add(request.json()["id"])

@@ -288,14 +288,14 @@ def dead_letters(data_dir: Path | str, where: DeadLetterFilter | None = None) ->
     """The dead letters (those `where` selects, else all) in the spool of the router whose `data_dir` this is,
     oldest first. Read on a read-only connection of its own, as `event-router dlq list` reads them: while the
     router runs (from a test's event loop too) or after it stopped."""
-    from event_router.core.deadletters import list_dead_letters
-    from event_router.core.spool import connect
+    from event_router.core.spool.sqlite import SQLiteSpool
 
-    conn = connect(Path(data_dir) / "spool.db", readonly=True)
+    spool = SQLiteSpool(Path(data_dir) / "spool.db")
+    spool.open("readonly")
     try:
-        return list_dead_letters(conn, where or DeadLetterFilter())
+        return spool.dead_letters(where or DeadLetterFilter())
     finally:
-        conn.close()
+        spool.close()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
