@@ -12,7 +12,6 @@ import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from event_router.core.spool import connect
 from event_router.testing import MakeApp, dead_letters, example, free_port, post, until
 from event_router_amqp.testing import AMQP_URL, Broker, mail, rabbitmqctl
 
@@ -165,9 +164,5 @@ async def test_a_missing_exchange_is_retried_until_it_exists(broker: Broker, mak
 
 def _retried(app: Any) -> bool:
     """The spool records a failed attempt that the missing exchange explains."""
-    conn = connect(app.spool.path, readonly=True)
-    try:
-        row = conn.execute("SELECT MAX(attempts), MAX(last_error) FROM deliveries").fetchone()
-    finally:
-        conn.close()
-    return bool(row[0]) and "NOT_FOUND" in (row[1] or "")
+    backlogs = app.spool.status().backlogs.values()
+    return any(backlog.retrying and "NOT_FOUND" in (backlog.last_error or "") for backlog in backlogs)
