@@ -23,8 +23,9 @@ import pytest
 from aiohttp import web
 
 from event_router.api.errors import PermanentError, RetryableError
+from event_router.app import App
 from event_router.config import ConfigErrors, build_config
-from event_router.core.spool import DeadLetterFilter
+from event_router.core.spool import DeadLetter, DeadLetterFilter
 from event_router.plugins import load_plugins
 from event_router.testing import MakeApp, example, free_port, http_receiver, send_webhook, until
 from event_router.web.auth import OAuth2ClientCredentials
@@ -204,7 +205,7 @@ to = "crm"
 """
 
 
-def dead_letters(app: Any) -> list[Any]:
+def dead_letters(app: App) -> list[DeadLetter]:
     return app.spool.dead_letters(DeadLetterFilter(output="crm"))
 
 

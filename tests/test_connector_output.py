@@ -24,8 +24,9 @@ from jsonschema import Draft202012Validator
 from event_router.api.errors import ConfigError
 from event_router.api.event import Event
 from event_router.api.plugin import Delivery, PluginContext
+from event_router.app import App
 from event_router.config import ConfigErrors, build_config
-from event_router.core.spool import DeadLetterFilter
+from event_router.core.spool import DeadLetter, DeadLetterFilter
 from event_router.outputs.connector import MAX_ANSWER, MAX_CHAIN_DEPTH, ConnectorOutput, check_action
 from event_router.outputs.connector_api import API_BASES, ENDPOINTS
 from event_router.plugins import load_plugins
@@ -187,7 +188,7 @@ async def fake() -> AsyncIterator[Any]:
         yield server
 
 
-def dead_letters(app: Any) -> list[Any]:
+def dead_letters(app: App) -> list[DeadLetter]:
     return app.spool.dead_letters(DeadLetterFilter(output="connector"))
 
 

@@ -1,6 +1,6 @@
 """The spool gauges on `/metrics`: right after every kind of change, and read without a statement on the loop.
 
-The gauges come from counts the spool's writer thread keeps as it commits (`Spool.counts`), counted again
+The gauges come from counts the spool's writer thread keeps as it commits (`SQLiteSpool.counts`), counted again
 from the database when another process (`dlq replay`, `dlq purge`) changed the spool. A scrape at a large
 backlog used to run COUNT(*)/GROUP BY on the event loop (tens of ms each, every request waiting).
 """
@@ -19,7 +19,7 @@ import anyio
 import orjson
 import pytest
 
-from event_router.core.spool import OLDEST_PENDING, PENDING_EVENTS, Spool
+from event_router.core.spool.sqlite import OLDEST_PENDING, PENDING_EVENTS, SQLiteSpool
 from event_router.testing import MakeApp, RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -61,7 +61,7 @@ def spool_truth(db: Path) -> dict[str, Any]:
 
 def fill(db: Path, pending: int, dead: int, *, output: str = "held") -> None:
     """A spool with `pending` events (one delivery each to `output`) and `dead` dead letters, by SQL (fast)."""
-    spool = Spool(db)
+    spool = SQLiteSpool(db)
     spool.open()  # the schema
     spool.close()
     conn = sqlite3.connect(db, isolation_level=None)
@@ -112,10 +112,10 @@ to = ["archive"]
     async with make_app(text) as app:
         loop_thread = threading.get_ident()
         statements: list[tuple[int, str]] = []
-        assert app.spool._reader is not None
+        assert isinstance(app.spool, SQLiteSpool) and app.spool._reader is not None
         app.spool._reader.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
         # the recording works: a read the delivery loop makes is seen, on the loop's thread
-        app.spool.next_due("archive")
+        app.spool.fetch_due("archive", 0.0, 1, ())
         assert statements and statements[-1][0] == loop_thread
         statements.clear()
 
@@ -155,8 +155,8 @@ async def test_counts_follow_the_spools_own_writes(tmp_path: Path) -> None:
     from event_router.core.spool import NewDelivery, StoreDeadLetter, StoreEvent
 
     db = tmp_path / "spool.db"
-    spool = Spool(db)
-    spool.open(exclusive=True)
+    spool = SQLiteSpool(db)
+    spool.open("exclusive")
 
     def check() -> None:
         truth = spool_truth(db)

@@ -193,10 +193,8 @@ to = ["crm"]
             # held past the subscription's deadline: extended, so not handed out again
             await anyio.sleep(PAST_DEADLINE)
             assert app.spool.depth == 3
-            stored = {
-                orjson.loads(b)["meta"]["message_id"]
-                for (b,) in app.spool._reader.execute("SELECT body FROM events")  # type: ignore[union-attr]
-            }
+            held = app.spool.fetch_due("crm", app.spool.clock.now() + 3600, 100, ())
+            stored = {orjson.loads(row.body)["meta"]["message_id"] for row in held}
             assert len(stored) == 3
         # The stop gave the held messages back: exactly those that were not stored are available, none acked.
         pending = await pubsub.pull_now(subscription)
