@@ -192,7 +192,9 @@ def test_replay_beside_a_running_router_keeps_its_counts(tmp_path: Path) -> None
             url = f"http://127.0.0.1:{port}/events"
             for n in range(150):  # one at a time, each dead-lettered before the next: the limit is not hit
                 status, body, _ = post(url, event(n), HEADERS)
-                assert status == 202, body
+                assert status == 202, (n, body)
+                # a 202 says stored, not delivered: wait for the dead letter, or a fast sender fills the spool
+                wait_for(lambda n=n: gauge(admin, "dead_letters_stored") == n + 1, what=f"dead letter {n + 1}")
             wait_for(lambda: gauge(admin, "dead_letters_stored") == 150, what="150 dead letters")
             rx.respond(503)  # now the replayed deliveries stay pending
             replayed = run_cli("dlq", "replay", "--all", "-c", str(config), env=ENV)
