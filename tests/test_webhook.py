@@ -14,12 +14,6 @@ from event_router.testing import DeadLetterFilter, MakeApp, dead_letters, exampl
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def make_app(webhook_modes: MakeApp) -> MakeApp:
-    """Every test here runs with HTTP in the router process and in a front process (`processes = 1`)."""
-    return webhook_modes
-
-
 KEY = "test-key-123"
 
 
@@ -85,8 +79,7 @@ async def test_api_key_header_name_is_case_insensitive(make_app: MakeApp, tmp_pa
 
 
 async def test_wrong_path_wrong_method_and_expect_continue(make_app: MakeApp, tmp_path: Path) -> None:
-    """In process and in a front alike: 404 and 405 (with Allow) answered in JSON like every other refusal,
-    100 Continue."""
+    """404 and 405 (with Allow) answered in JSON like every other refusal, 100 Continue."""
     import socket
     import urllib.error
     import urllib.request

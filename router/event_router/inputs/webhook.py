@@ -11,21 +11,26 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import logging
 import math
 import re
 import resource
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 import anyio
 import orjson
-from aiohttp import HttpVersion11, web
-from aiohttp.http_exceptions import HttpProcessingError
 from anyio.abc import TaskStatus
+
+# the protocol's type, which granian.rsgi re-exports under another name (untyped there)
+from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.http import HTTP1Settings
+from granian.rsgi import Scope
+from granian.server.embed import Server
 
 from event_router.api import (
     SECRET_SCHEMA,
@@ -44,14 +49,9 @@ from event_router.api import (
     secret_schema,
 )
 from event_router.inputs.ratelimit import LogThrottle, RateLimiter
-from event_router.inputs.webhook_front import IDLE_SECONDS, response_head, tls_context
-from event_router.inputs.webhook_fronts import Fronts
 from event_router.web.signing import PLACEHOLDER_SECRET, decode_secret, verify
 
 #: request headers kept in the event's meta; credentials never are
-#: set on a request whose head the `Expect: 100-continue` handler has checked and let through (a typed key
-#: from aiohttp 3.14 on, which warns about string keys; a string before it)
-SCREENED: Any = web.RequestKey("screened", bool) if hasattr(web, "RequestKey") else "event_router.screened"
 _KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type", "webhook-id")
 
 
@@ -62,6 +62,11 @@ def _allowed(remote: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.I
         return False
     return any(address in network for network in networks)
 
+
+#: seconds a stopping input waits for its requests in progress to be answered
+SHUTDOWN_SECONDS = 5
+#: seconds the HTTP server may take to listen once started
+START_SECONDS = 10
 
 #: file descriptors a process keeps for itself beside client connections (spool, outputs' and brokers'
 #: connections, the admin endpoint, logs): the default max_connections leaves them free
@@ -74,14 +79,11 @@ def _open_file_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-#: (HTTP status, JSON body, extra headers): what a request gets, whichever process answers it
+#: (HTTP status, JSON body, extra headers): what a request gets
 Answer = tuple[int, dict[str, Any], dict[str, str] | None]
 _CANNOT_STORE: Answer = (503, {"error": "the router cannot store events right now"}, {"Retry-After": "5"})
-
-
-def _response(answer: Answer) -> web.Response:
-    status, body, headers = answer
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+#: requests whose bodies are in while the spool commits go into the next submit together, at most this many
+BATCH_LIMIT = 512
 
 
 def _duplicate(message_id: str) -> Answer:
@@ -98,30 +100,42 @@ def _transfer_coding(headers: Mapping[str, str]) -> Answer | None:
     return 501, {"error": f"Transfer-Encoding {others or coding} is not supported"}, None
 
 
-def _header_text(value: str) -> str:
-    """A header value as text that can be stored: aiohttp keeps bytes that are not UTF-8 as lone surrogates
-    (which no JSON encoder writes); they become U+FFFD, as a front process decodes them."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return value
+class _Headers(Mapping[str, str]):
+    """A request's headers as `screen` and `prepare` read them: looked up by lower-case name (hyper's).
 
+    granian hands over a value that is not UTF-8 as None: such a header is present with the value U+FFFD
+    (a wrong API key or signature; a correlation id that says its bytes were not text), never absent.
+    """
 
-def _not_post(request: web.Request) -> Answer:
-    return 405, {"error": "only POST is accepted here"}, {"Allow": "POST"}
+    __slots__ = ("_inner",)
 
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
 
-def _no_webhook(request: web.Request) -> Answer:
-    return 404, {"error": f"no webhook at {request.path}"}, None
+    def __getitem__(self, key: str) -> str:
+        value = self._inner.get(key)
+        if value is None:
+            if key in self._inner:
+                return "\ufffd"
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._inner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inner.keys())
+
+    def __len__(self) -> int:
+        return len(self._inner.keys())
 
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """What the checks need of one POST, whether this process's HTTP server took it or a front process did."""
+    """What the checks need of one POST."""
 
     remote: str | None
-    #: looked up by lower-case name (aiohttp's headers, or a front's with lower-cased names)
+    #: looked up by lower-case name
     headers: Mapping[str, str]
     path: str
     path_trigger: str | None
@@ -172,7 +186,7 @@ class WebhookInput(Input):
             "max_connections": {
                 "type": "integer",
                 "minimum": 1,
-                "description": "client connections open at once (per front process); more get 503",
+                "description": "client connections served at once; more wait in the listen queue",
             },
             "header_timeout": {
                 "type": "number",
@@ -184,12 +198,8 @@ class WebhookInput(Input):
                 "exclusiveMinimum": 0,
                 "description": "seconds a request's body may take to arrive (30)",
             },
-            "processes": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 64,
-                "description": "front processes that speak HTTP for this input, on other cores (0: none)",
-            },
+            # removed: refused with a ConfigError that says so (see __init__)
+            "processes": {},
             "tls": {
                 "type": "object",
                 "additionalProperties": False,
@@ -205,6 +215,12 @@ class WebhookInput(Input):
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(config, context)
+        if "processes" in config:
+            raise ConfigError(
+                "processes",
+                "front processes were removed: the router serves HTTP through granian, whose parser runs on its"
+                " own thread; delete this line (docs/scaling.md says what to do for more throughput)",
+            )
         try:
             self.host, self.port = parse_listen(config["listen"])
         except ValueError as exc:
@@ -215,12 +231,14 @@ class WebhookInput(Input):
                 raise ConfigError("path", f"{path!r}: only one {{{{trigger}}}} placeholder is allowed in the path")
             path = re.sub(r"\{\{\s*trigger\s*\}\}", "{trigger}", path)
         self.route_path = path
+        #: the path, with its `{trigger}` part (one path segment) captured
+        self._route = re.compile("(?P<trigger>[^/]+)".join(re.escape(part) for part in path.split("{trigger}")))
         key = config.get("api_key")
         if key is not None and not str(key).strip():  # the config loader refuses it first; this guards plugins' callers
             raise ConfigError("api_key", "the secret is empty")
         self.api_key: bytes | None = str(key).encode() if key is not None else None
         self.key_header = config.get("api_key_header", "x-api-key")
-        #: headers from a front process come with lower-case names
+        #: hyper gives header names in lower case
         self.key_lookup = self.key_header.lower()
         self.max_body = config.get("max_body_bytes", 4 * 1024 * 1024)
         try:
@@ -253,18 +271,15 @@ class WebhookInput(Input):
             except ValueError as exc:
                 raise ConfigError(f"signing_secrets[{index}]", str(exc)) from None
         self.tolerance = config.get("signature_tolerance", 300)
-        #: front processes that speak HTTP for this input; 0: this process does
-        self.processes: int = config.get("processes", 0)
-        self._fronts: Fronts | None = None
         self.bound_port: int | None = None
         self._ready = False
-        #: the in-process server's connections (None with front processes, or before it listens)
-        self._limits: _Limits | None = None
+        #: requests being handled (head in, not yet answered): at most one per connection
+        self._in_flight = 0
         #: refusals are logged at most once a minute per (status, client), with how many were held back
         self._refusals = LogThrottle()
 
     def tls_paths(self) -> dict[str, str] | None:
-        """The `tls` table with absolute paths (a front process reads the files itself)."""
+        """The `tls` table with absolute paths."""
         if not self.tls:
             return None
         return {key: str((self.context.config_dir / value).resolve()) for key, value in self.tls.items()}
@@ -275,122 +290,132 @@ class WebhookInput(Input):
     def not_ready_reason(self) -> str | None:
         if not self._ready:
             return None
-        if self._fronts is not None:
-            return self._fronts.not_ready_reason()
-        if self._limits is not None and len(self._limits.open) >= self.max_connections:
-            return f"webhook is at max_connections ({self.max_connections}): new connections get 503"
+        # idle connections are granian's, unseen here: the cap is known to be reached only when every
+        # connection it allows has a request in progress
+        if self._in_flight >= self.max_connections:
+            return (
+                f"webhook is at max_connections ({self.max_connections}): every connection has a request in"
+                " progress, new connections wait"
+            )
         return None
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
-        if self.processes:
-            await self._run_fronts(sink, task_status=task_status)
-            return
-        limits = _Limits(self, sink)
-        app = web.Application(client_max_size=self.max_body, middlewares=[limits.middleware])
-        expect = limits.expect_handler
-        app.router.add_post(self.route_path, self._handler(sink), expect_handler=expect)
-        # aiohttp's own 404 and 405 are plain text: these answer in JSON, as a front process does; as routes,
-        # not a middleware, they cost the POSTs nothing
-        app.router.add_route("*", self.route_path, self._refusing(sink, _not_post), expect_handler=expect)
-        app.router.add_route("*", "/{path:.*}", self._refusing(sink, _no_webhook), expect_handler=expect)
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=5,
-            keepalive_timeout=IDLE_SECONDS,
-            logger=_MalformedRequestLog(limits),
-        )
-        await runner.setup()
-        server: asyncio.Server | None = None
         try:
-            tls = self.tls_paths()
-            aiohttp_server = runner.server
-            assert aiohttp_server is not None
-            try:
-                # aiohttp's protocol inside `_Guard`, which adds the connection cap and the head deadline
-                server = await asyncio.get_running_loop().create_server(
-                    lambda: _Guard(limits, aiohttp_server()),
-                    self.host,
-                    self.port,
-                    reuse_address=True,
-                    ssl=tls_context(tls) if tls else None,
-                    backlog=1024,
-                )
-            except OSError as exc:
-                raise listen_error("listen", self.host, self.port, exc) from exc
-            sockets: Sequence[Any] = server.sockets or ()
-            self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
-            self._limits = limits
-            self._ready = True
-            self.log.info(
-                "webhook listening",
-                extra={"listen": f"{self.host}:{self.bound_port}", "path": self.route_path},
-            )
-            task_status.started()
-            await anyio.sleep_forever()
-        finally:
-            self._ready = False
-            self._limits = None
-            with anyio.CancelScope(shield=True):
-                # stop accepting, then let requests in progress finish (their events get stored)
-                if server is not None:
-                    server.close()
-                await runner.cleanup()
-
-    async def _run_fronts(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
-        try:
-            listener = _listen_socket(self.host, self.port)
+            # granian's listener shares its port (SO_REUSEPORT): a port another process listens on would be
+            # bound silently beside it. This bind, without port sharing, fails if anything listens there,
+            # and gives the port to listen on when the config says 0
+            port = _free_port(self.host, self.port)
         except OSError as exc:
             raise listen_error("listen", self.host, self.port, exc) from exc
-        with listener:
-            self.bound_port = listener.getsockname()[1]
-            self._fronts = Fronts(self, sink)
+        batch = _Batch(self, sink)
+        server = self._server(self._app(sink, batch), port)
+        served = anyio.Event()
+
+        async def serve() -> None:
             try:
-                await self._fronts.run(listener, task_status=_Announce(self, task_status))
+                # shielded: on cancellation `server.stop()` below ends it once requests in progress are answered
+                with anyio.CancelScope(shield=True):
+                    await server.serve()
+            finally:
+                served.set()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(serve)
+            tasks.start_soon(batch.run)
+            try:
+                await _until_accepting(self.host, port, served)
+                self.bound_port = port
+                self._ready = True
+                self.log.info("webhook listening", extra={"listen": f"{self.host}:{port}", "path": self.route_path})
+                task_status.started()
+                await anyio.sleep_forever()
             finally:
                 self._ready = False
-                self._fronts = None
+                with anyio.CancelScope(shield=True):
+                    # stop accepting, answer the requests in progress (their events get stored: the batch
+                    # keeps committing until the server is done), then stop the batch
+                    server.stop()  # type: ignore[no-untyped-call]
+                    with anyio.move_on_after(SHUTDOWN_SECONDS):
+                        await served.wait()
+                    batch.stop()
 
-    def _handler(self, sink: EventSink) -> Any:
-        async def handle(request: web.Request) -> web.Response:
-            answer = await answer_to(request)
-            self.refused(sink, request.remote, answer)
-            response = _response(answer)
-            if answer[0] in (408, 501):  # the rest of this request cannot be read: close after the answer
-                response.force_close()
-            return response
+    def _server(self, app: Any, port: int) -> Server:
+        tls = self.tls_paths()
+        return Server(
+            app,
+            address=self.host,
+            port=port,
+            interface=Interfaces.RSGI,
+            http=HTTPModes.http1,
+            websockets=False,
+            runtime_threads=1,
+            backlog=1024,
+            # connections served at once; more wait in the listen queue (the kernel's), none is refused
+            backpressure=self.max_connections,
+            # also how long a kept-alive connection may stay idle
+            http1_settings=HTTP1Settings(header_read_timeout=max(1, math.ceil(self.header_timeout * 1000))),
+            log_enabled=False,
+            # incremental: granian's logging setup leaves the router's handlers as they are (a full
+            # dictConfig closes every handler and installs its own on stdout)
+            log_dictconfig={"version": 1, "incremental": True, "handlers": {}, "loggers": {}},
+            ssl_cert=Path(tls["cert_file"]) if tls else None,
+            ssl_key=Path(tls["key_file"]) if tls else None,
+            ssl_protocol_min=SSLProtocols.tls12,
+            ssl_ca=Path(tls["client_ca_file"]) if tls and "client_ca_file" in tls else None,
+            ssl_client_verify=bool(tls and "client_ca_file" in tls),
+        )
 
-        async def answer_to(request: web.Request) -> Answer:
-            received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
-            if not request.get(SCREENED):  # else the expect handler ran these checks (and charged the limit)
-                refused = _transfer_coding(request.headers) or self.screen(received)
-                if refused is not None:
-                    return refused
+    def _app(self, sink: EventSink, batch: _Batch) -> Any:
+        """The RSGI application: hyper has parsed the request's head on granian's thread; this runs on the loop."""
+        route = self._route
+        max_body = self.max_body
+
+        async def app(scope: Scope, proto: HTTPProtocol) -> None:
+            self._in_flight += 1
             try:
-                async with asyncio.timeout(self.body_timeout):
-                    raw = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return self.too_large()
-            except TimeoutError:
-                return self.body_too_slow()
+                answer, close = await answer_to(scope, proto)
+            finally:
+                self._in_flight -= 1
+            status, body, extra = answer
+            self.refused(sink, _remote(scope), answer)
+            headers = [("content-type", "application/json")]
+            if extra:
+                headers.extend((name.lower(), value) for name, value in extra.items())
+            if close:
+                headers.append(("connection", "close"))
+            proto.response_bytes(status, headers, orjson.dumps(body))
+
+        async def answer_to(scope: Scope, proto: HTTPProtocol) -> tuple[Answer, bool]:
+            """The answer, and whether to close the connection after it (the rest of the request is unread)."""
+            headers = _Headers(scope.headers)
+            length = headers.get("content-length")
+            # a body that is not read keeps the connection from serving another request
+            unread = "transfer-encoding" in headers or (length is not None and length != "0")
+            matched = route.fullmatch(scope.path)
+            if matched is None:
+                return (404, {"error": f"no webhook at {scope.path}"}, None), unread
+            if scope.method != "POST":
+                return (405, {"error": "only POST is accepted here"}, {"Allow": "POST"}), unread
+            received = Received(_remote(scope), headers, scope.path, matched.groupdict().get("trigger"))
+            refused = _transfer_coding(headers) or self.screen(received)
+            if refused is None and length is not None and int(length) > max_body:
+                # answered before the body is read: hyper sends `100 Continue` only once it is read
+                refused = self.too_large()
+            if refused is not None:
+                return refused, unread
+            raw = None
+            with anyio.move_on_after(self.body_timeout):
+                raw = await _read_body(proto, max_body, None if length is None else int(length))
+            if raw is None:
+                return self.body_too_slow(), True
+            if isinstance(raw, int):
+                return self.too_large(), True
             item = self.prepare(received, raw)
             if isinstance(item, tuple):
-                return item
-            (answer,) = await self.store(sink, [item])
-            return answer
+                return item, False
+            return await batch.put(item), False
 
-        return handle
-
-    def _refusing(self, sink: EventSink, answer_for: Callable[[web.Request], Answer]) -> Any:
-        """A handler that answers what `answer_for` says, through `refused` like every error answer."""
-
-        async def refuse(request: web.Request) -> web.Response:
-            answer = answer_for(request)
-            self.refused(sink, request.remote, answer)
-            return _response(answer)
-
-        return refuse
+        return app
 
     def refused(self, sink: EventSink, remote: str | None, answer: Answer) -> None:
         """Make an error answer visible on the router: the sender (the Connector) never retries.
@@ -417,7 +442,7 @@ class WebhookInput(Input):
             message += f" (and {held} more like it since the last such line)"
         self.log.warning(message, extra=extra)
 
-    # --- what every request goes through, whichever process speaks HTTP ----------------------------------
+    # --- what every request goes through ------------------------------------------------------------------
 
     def too_large(self) -> Answer:
         return 413, {"error": f"body larger than {self.max_body} bytes"}, None
@@ -435,11 +460,11 @@ class WebhookInput(Input):
         if self.api_key is not None:
             given = received.headers.get(self.key_lookup)
             # a missing or empty header never matches, whatever the key: the comparison alone would
-            # accept it against an empty key. Bytes that are not UTF-8 (kept by aiohttp as surrogates)
-            # are compared as sent: a wrong key, not a failure
+            # accept it against an empty key. A value that is not UTF-8 is U+FFFD here (`_Headers`): a
+            # wrong key, not a failure
             if not given:
                 return 401, {"error": f"missing API key header {self.key_header}"}, None
-            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.api_key):
+            if not hmac.compare_digest(given.encode(), self.api_key):
                 return 401, {"error": f"wrong API key in header {self.key_header}"}, None
         return None
 
@@ -452,7 +477,7 @@ class WebhookInput(Input):
             message_id = received.headers["webhook-id"]
         headers = received.headers
         meta: dict[str, Any] = {
-            "headers": {h: _header_text(headers[h]) for h in _KEPT_HEADERS if h in headers},
+            "headers": {h: headers[h] for h in _KEPT_HEADERS if h in headers},
             "remote": received.remote,
             "path": received.path,
         }
@@ -539,203 +564,88 @@ class WebhookInput(Input):
         return Event(trigger=trigger, data=body.get("data"), source=self.name, meta=meta, raw=raw)
 
 
-class _Limits:
-    """What the in-process server's connections share: the cap, the deadlines, and how they refuse."""
+class _Batch:
+    """Stores what requests bring, one `store` in flight: the requests whose bodies come in while the spool
+    commits go into the next submit together (one commit for many; a request never waits for more)."""
 
     def __init__(self, webhook: WebhookInput, sink: EventSink):
         self.webhook = webhook
         self.sink = sink
-        #: open connections, by aiohttp's protocol object (a request's `protocol`)
-        self.open: dict[object, _Guard] = {}
+        self.pending: list[tuple[Parsed | Rejected, asyncio.Future[Answer]]] = []
+        self.wake = anyio.Event()
+        self.scope = anyio.CancelScope(shield=True)
 
-    def refuse(self, transport: asyncio.BaseTransport, answer: Answer) -> None:
-        """Answer a connection without a request object (past the cap, past the head deadline) and close it."""
-        status, body, headers = answer
-        peer = transport.get_extra_info("peername")
-        self.webhook.refused(self.sink, str(peer[0]) if isinstance(peer, tuple) and peer else None, answer)
-        data = orjson.dumps(body)
-        if not transport.is_closing():
-            cast(asyncio.Transport, transport).write(response_head(status, len(data), headers, True) + data)
-        transport.close()
+    async def put(self, item: Parsed | Rejected) -> Answer:
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        self.wake.set()
+        return await future
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        guard = self.open.get(request.protocol)
-        if guard is not None:
-            guard.head_done()
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        finally:
-            if guard is not None:
-                guard.in_request = False
+    def stop(self) -> None:
+        self.scope.cancel()
 
-    async def expect_handler(self, request: web.Request) -> web.StreamResponse | None:
-        """`Expect: 100-continue`: the refusals that need no body come instead of `100 Continue`."""
-        guard = self.open.get(request.protocol)
-        if guard is not None:
-            guard.head_done()
-        if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
-            return None
-        webhook = self.webhook
-        answer = _transfer_coding(request.headers)
-        if answer is None and request.content_length is not None and request.content_length > webhook.max_body:
-            answer = webhook.too_large()
-        if answer is None and request.match_info.route.method == "POST":  # the webhook's own route
-            received = Received(request.remote, request.headers, request.path, request.match_info.get("trigger"))
-            answer = webhook.screen(received)
-            request[SCREENED] = answer is None
-        if answer is not None:
-            webhook.refused(self.sink, request.remote, answer)
-            response = _response(answer)
-            response.force_close()  # the client may send the body anyway: it is not read
-            return response
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        return None
+    async def run(self) -> None:
+        # shielded: the server's requests in progress are stored while it stops; `stop()` ends this after it
+        with self.scope:
+            while True:
+                await self.wake.wait()
+                self.wake = anyio.Event()
+                taken, self.pending = self.pending[:BATCH_LIMIT], self.pending[BATCH_LIMIT:]
+                if self.pending:
+                    self.wake.set()
+                try:
+                    answers = await self.webhook.store(self.sink, [item for item, _ in taken])
+                except Exception:
+                    self.webhook.log.exception("the router failed on a batch of events; they were not stored")
+                    failed: Answer = (500, {"error": "the router failed on this event; it was not stored"}, None)
+                    answers = [failed] * len(taken)
+                for (_, future), answer in zip(taken, answers, strict=True):
+                    if not future.done():  # its request was given up (the client went away)
+                        future.set_result(answer)
 
 
-class _Guard(asyncio.Protocol):
-    """One connection of the in-process server: aiohttp's protocol inside what aiohttp lacks.
-
-    At most max_connections at once (past it: 503 and close); a request head must arrive whole within
-    header_timeout of its first byte (past it: 408 and close). aiohttp bounds each head line (8190 bytes,
-    checked as it streams), the body (client_max_size), pushes back on pipelined requests and on answers
-    the client does not take, and closes idle connections (keepalive_timeout); the handler bounds the
-    body's time (body_timeout). A client that takes none of its answers for IDLE_SECONDS is dropped.
-    """
-
-    def __init__(self, limits: _Limits, inner: asyncio.Protocol):
-        self.limits = limits
-        self.inner: asyncio.Protocol | None = inner
-        self.transport: asyncio.BaseTransport | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        #: set while the client takes none of its answers (aiohttp waits for it to drain, and reads nothing)
-        self.write_timer: asyncio.TimerHandle | None = None
-        #: a request of this connection is being handled (its head is complete)
-        self.in_request = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        limits = self.limits
-        cap = limits.webhook.max_connections
-        if len(limits.open) >= cap or self.inner is None:
-            self.inner = None
-            limits.refuse(
-                transport, (503, {"error": f"too many connections (max_connections = {cap})"}, {"Retry-After": "1"})
-            )
-            return
-        limits.open[self.inner] = self
-        self.inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self.timer, self.write_timer):
-            if timer is not None:
-                timer.cancel()
-        self.timer = self.write_timer = None
-        if self.inner is not None:
-            self.limits.open.pop(self.inner, None)
-            self.inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self.inner is None:
-            return
-        self.inner.data_received(data)
-        if self.timer is None and not self.in_request:  # the first bytes of a request head
-            self._arm()
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self.write_timer is None and self.transport is not None:
-            # its answers stay unsent (and its handler waits) only so long: then the connection is dropped
-            self.write_timer = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._abort)
-        if self.inner is not None:
-            self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.write_timer is not None:
-            self.write_timer.cancel()
-            self.write_timer = None
-        if self.inner is not None:
-            self.inner.resume_writing()
-
-    def _abort(self) -> None:
-        self.write_timer = None
-        if self.transport is not None:
-            cast(asyncio.Transport, self.transport).abort()  # close() would wait for the answers to drain
-
-    def head_done(self) -> None:
-        self.in_request = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _arm(self) -> None:
-        self.timer = asyncio.get_running_loop().call_later(self.limits.webhook.header_timeout, self._expired)
-
-    def _expired(self) -> None:
-        self.timer = None
-        transport = self.transport
-        if self.in_request or transport is None or transport.is_closing():
-            return
-        seconds = self.limits.webhook.header_timeout
-        self.limits.refuse(transport, (408, {"error": f"request head not received within {seconds:g} s"}, None))
+def _remote(scope: Scope) -> str | None:
+    """The client's address of granian's `host:port` (IPv6 in brackets)."""
+    return scope.client.rpartition(":")[0].strip("[]") or None
 
 
-class _MalformedRequestLog(logging.Logger):
-    """aiohttp's server logger: a request it cannot parse is a refusal (counted, one throttled line), not
-    an error with a traceback that any client could write into the log as often as it likes."""
-
-    def __init__(self, limits: _Limits):
-        super().__init__("aiohttp.server")
-        self.limits = limits
-        self.parent = logging.getLogger("aiohttp")
-
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
-        if not self._refused(exc_info, args):
-            super().exception(msg, *args, exc_info=exc_info, **kwargs)
-
-    def debug(self, msg: object, *args: object, **kwargs: Any) -> None:
-        # aiohttp logs a first request that is not HTTP at all (a bad method) at debug level
-        if not self._refused(kwargs.get("exc_info"), args):
-            super().debug(msg, *args, **kwargs)
-
-    def _refused(self, exc: object, args: tuple[object, ...]) -> bool:
-        """Count and log (throttled) aiohttp's answer to a request it could not parse; False for anything else."""
-        if not isinstance(exc, HttpProcessingError):  # a failure of the router's own is logged as it is
-            return False
-        remote = str(args[0]) if args and args[0] is not None else None
-        detail = exc.message or type(exc).__name__
-        answer: Answer = (exc.code or 400, {"error": f"malformed HTTP request: {detail}"}, None)
-        self.limits.webhook.refused(self.limits.sink, remote, answer)
-        return True
+async def _read_body(proto: HTTPProtocol, max_body: int, length: int | None) -> bytes | int:
+    """The request's body, or its size so far (an int) once that is past max_body."""
+    if length is not None:  # bounded by the check on Content-Length: read whole by granian, one await here
+        return await proto()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in proto:  # chunked: counted as it comes
+        size += len(chunk)
+        if size > max_body:
+            return size
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port, for the front processes to accept on."""
+def _free_port(host: str, port: int) -> int:
+    """Bind host:port without sharing it (OSError if anything listens there); the port, chosen if 0."""
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    return socket.create_server(address, family=family, backlog=1024)
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as a listener does: connections of an earlier run still in TIME_WAIT do not hold the port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        return int(probe.getsockname()[1])
 
 
-class _Announce(TaskStatus[None]):
-    """Says the input listens once its front processes accept, as the in-process server does."""
-
-    def __init__(self, webhook: WebhookInput, inner: TaskStatus[None]):
-        self.webhook = webhook
-        self.inner = inner
-
-    def started(self, value: None = None) -> None:
-        webhook = self.webhook
-        webhook._ready = True
-        webhook.log.info(
-            "webhook listening",
-            extra={
-                "listen": f"{webhook.host}:{webhook.bound_port}",
-                "path": webhook.route_path,
-                "processes": webhook.processes,
-            },
-        )
-        self.inner.started()
+async def _until_accepting(host: str, port: int, served: anyio.Event) -> None:
+    """Return once the server accepts connections: granian binds in its worker, after `serve()` started."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    with anyio.fail_after(START_SECONDS):
+        while not served.is_set():
+            try:
+                stream = await anyio.connect_tcp(target, port)
+            except OSError:
+                await anyio.sleep(0.01)
+                continue
+            await stream.aclose()
+            return
+    raise RouterError(f"the webhook's HTTP server stopped before it listened on {host}:{port}")
 
 
 @hookimpl

@@ -442,6 +442,23 @@ def assert_no_secrets(text: str, secrets: Iterable[str], *, expect: Iterable[str
     assert not missing, f"{where} does not say {missing}:\n{text}"
 
 
+class Headers(dict[str, str]):
+    """An answer's headers, looked up by name in any case (HTTP's names are; some servers write them in
+    lower case, hyper among them)."""
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        super().__init__((name.lower(), value) for name, value in items)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
 def post(
     url: str, body: bytes | dict[str, Any], headers: dict[str, str] | None = None, timeout: float = 10
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -456,14 +473,14 @@ def post(
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
-            return response.status, (orjson.loads(raw) if raw else {}), dict(response.headers.items())
+            return response.status, (orjson.loads(raw) if raw else {}), Headers(response.headers.items())
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         try:
             parsed = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
             parsed = {"raw": raw.decode(errors="replace")}
-        return exc.code, parsed, dict(exc.headers.items())
+        return exc.code, parsed, Headers(exc.headers.items())
 
 
 def run_cli(
