@@ -188,13 +188,12 @@ def plugin_venv(plugin: str, tmp_path_factory: pytest.TempPathFactory, wheels: d
     return make_venv(root, wheels["enmeshed-event-router"], wheels[f"event-router-{plugin}"], own_pip=False)
 
 
-def builtin_config(port: int, admin: int, front: int) -> str:
+def builtin_config(port: int, admin: int, second: int) -> str:
     return f"""
-{router_table(admin, shutdown_timeout="5s")}{webhook_input(port)}[inputs.front]
+{router_table(admin, shutdown_timeout="5s")}{webhook_input(port)}[inputs.second]
 type = "webhook"
-listen = "127.0.0.1:{front}"
+listen = "127.0.0.1:{second}"
 api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-processes = 1
 [outputs.archive]
 type = "file"
 path = "./var/events.jsonl"
@@ -244,8 +243,8 @@ def test_core_alone_refuses_a_broker_input(core: Venv) -> None:
 
 
 def test_core_alone_runs_webhook_to_file(core: Venv) -> None:
-    port, admin, front = free_port(), free_port(), free_port()
-    config = core.config("run.toml", builtin_config(port, admin, front))
+    port, admin, second = free_port(), free_port(), free_port()
+    config = core.config("run.toml", builtin_config(port, admin, second))
     router = RouterProcess(
         config,
         env={**clean_env(core.path), **ENV},
@@ -253,7 +252,7 @@ def test_core_alone_runs_webhook_to_file(core: Venv) -> None:
     )
     with router:
         ids = []
-        for target, trigger in ((port, "transport.messageReceived"), (front, "transport.relationshipChanged")):
+        for target, trigger in ((port, "transport.messageReceived"), (second, "transport.relationshipChanged")):
             status, body, _ = post(f"http://127.0.0.1:{target}/events", example(trigger), HEADERS)
             assert status == 202, body
             ids.append(body["id"])

@@ -1,5 +1,5 @@
 """READY=1, `router ready` and /readyz 200 come once every input takes events: for the webhook, once it
-listens (in the router, or in its front processes). An event posted the moment the router says ready is
+listens. An event posted the moment the router says ready is
 accepted."""
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from event_router.testing import (
 )
 
 
-@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "front-process"])
-def test_webhook_takes_events_the_moment_the_router_is_ready(tmp_path: Path, processes: int) -> None:
+def test_webhook_takes_events_the_moment_the_router_is_ready(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     config = tmp_path / "router.toml"
     config.write_text(
         router_table(admin)
-        + webhook_input(port, name="webhook", api_key=None, extra=f"processes = {processes}")
+        + webhook_input(port, name="webhook", api_key=None)
         + archive_all()
     )
     with RouterProcess(config) as router:

@@ -19,7 +19,7 @@ ENV = {"ROUTER_WEBHOOK_API_KEY": "startup-key"}
 
 
 def write_config(
-    tmp: Path, *, listen: int, admin: int | None = None, data_dir: str = "./var", processes: int = 0
+    tmp: Path, *, listen: int, admin: int | None = None, data_dir: str = "./var"
 ) -> Path:
     path = tmp / "router.toml"
     admin_table = f'[router.admin]\nlisten = "127.0.0.1:{admin}"\n' if admin is not None else ""
@@ -32,7 +32,6 @@ shutdown_timeout = "2s"
 type = "webhook"
 listen = "127.0.0.1:{listen}"
 api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-processes = {processes}
 [outputs.archive]
 type = "file"
 path = "./archive.jsonl"
@@ -62,10 +61,9 @@ def failed_run(config: Path) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "front-process"])
-def test_webhook_listen_in_use(tmp_path: Path, processes: int) -> None:
+def test_webhook_listen_in_use(tmp_path: Path) -> None:
     with occupied() as port:
-        config = write_config(tmp_path, listen=port, processes=processes)
+        config = write_config(tmp_path, listen=port)
         assert failed_run(config) == (
             f"error: router.toml: inputs.webhook.listen: 127.0.0.1:{port} is already in use (plugin webhook)"
         )

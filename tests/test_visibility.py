@@ -35,8 +35,8 @@ from event_router.testing import (
 KEY = "test-key-123"
 
 
-def router_toml(tmp: Path, port: int, admin: int, *, processes: int = 0, outputs: str = "", routes: str = "") -> str:
-    webhook = webhook_input(port, api_key=f'"{KEY}"', extra=f"max_body_bytes = 1024\nprocesses = {processes}")
+def router_toml(tmp: Path, port: int, admin: int, *, outputs: str = "", routes: str = "") -> str:
+    webhook = webhook_input(port, api_key=f'"{KEY}"', extra="max_body_bytes = 1024")
     return f"""
 {router_table(admin, data_dir=f"{tmp}/var")}{webhook}[outputs.archive]
 type = "file"
@@ -81,10 +81,9 @@ def started(tmp_path: Path) -> Iterator[Any]:
 # --- refused requests ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "front-process"])
-def test_refused_requests_are_logged_with_the_client_and_counted(started: Any, tmp_path: Path, processes: int) -> None:
+def test_refused_requests_are_logged_with_the_client_and_counted(started: Any, tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
-    router = started(router_toml(tmp_path, port, admin, processes=processes))
+    router = started(router_toml(tmp_path, port, admin))
     url = f"http://127.0.0.1:{port}/events"
     mail = example("transport.messageReceived")
 
@@ -97,7 +96,7 @@ def test_refused_requests_are_logged_with_the_client_and_counted(started: Any, t
     assert KEY not in router.logs() and "wrong" not in refused["msg"]
     assert metric(admin, "requests_rejected_total", 'input="connector",status="401"') == 1.0
 
-    # what the HTTP server answers before any check (a front answers these itself) is counted as well
+    # what is answered before any check is counted as well
     assert post(f"http://127.0.0.1:{port}/other", mail, {"x-api-key": KEY})[0] == 404
     assert post(url, b"x" * 4096, {"x-api-key": KEY})[0] == 413
     wait_for(lambda: metric(admin, "requests_rejected_total", 'input="connector",status="413"') == 1.0)
@@ -111,10 +110,9 @@ def test_refused_requests_are_logged_with_the_client_and_counted(started: Any, t
     assert metric(admin, "requests_rejected_total", 'input="connector",status="202"') is None
 
 
-@pytest.mark.parametrize("processes", [0, 1], ids=["in-process", "front-process"])
-def test_a_flood_of_bad_requests_writes_a_bounded_number_of_lines(started: Any, tmp_path: Path, processes: int) -> None:
+def test_a_flood_of_bad_requests_writes_a_bounded_number_of_lines(started: Any, tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
-    router = started(router_toml(tmp_path, port, admin, processes=processes))
+    router = started(router_toml(tmp_path, port, admin))
     body = orjson.dumps(example("transport.messageReceived"))
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:

@@ -21,12 +21,7 @@ pytestmark = pytest.mark.slow
 SECRET = "whsec_" + base64.b64encode(b"r" * 32).decode()
 
 
-@pytest.fixture(params=[0, 1], ids=["in-process", "front-process"])
-def processes(request: pytest.FixtureRequest) -> int:
-    return int(request.param)
-
-
-def write_config(tmp: Path, port: int, processes: int) -> Path:
+def write_config(tmp: Path, port: int) -> Path:
     path = tmp / "router.toml"
     path.write_text(f"""
 [router]
@@ -35,7 +30,6 @@ shutdown_timeout = "5s"
 [inputs.connector]
 type = "webhook"
 listen = "127.0.0.1:{port}"
-processes = {processes}
 signing_secrets = ["{SECRET}"]
 signature_tolerance = 300
 [outputs.archive]
@@ -83,9 +77,9 @@ def settle(router: RouterProcess, tmp: Path, port: int) -> None:
     assert router.terminate() == 0
 
 
-def test_a_replay_after_a_restart_is_not_stored_again(tmp_path: Path, processes: int) -> None:
+def test_a_replay_after_a_restart_is_not_stored_again(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, processes)
+    config = write_config(tmp_path, port)
     url = f"http://127.0.0.1:{port}/events"
     body, headers = signed("msg-restart", "once")
     with RouterProcess(config) as router:
@@ -102,9 +96,9 @@ def test_a_replay_after_a_restart_is_not_stored_again(tmp_path: Path, processes:
     assert [(r["input"], r["message_id"]) for r in records] == [("connector", "msg-restart")]
 
 
-def test_simultaneous_copies_are_stored_once(tmp_path: Path, processes: int) -> None:
+def test_simultaneous_copies_are_stored_once(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, processes)
+    config = write_config(tmp_path, port)
     url = f"http://127.0.0.1:{port}/events"
     body, headers = signed("msg-copies", "copies")
     copies = 20
