@@ -25,8 +25,9 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
-# the protocol's type, which granian.rsgi re-exports under another name (untyped there)
+# the protocol and its error, which granian.rsgi re-exports under other names (without their types)
 from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP1Settings
 from granian.rsgi import Scope
@@ -374,6 +375,8 @@ class WebhookInput(Input):
             self._in_flight += 1
             try:
                 answer, close = await answer_to(scope, proto)
+            except ProtocolClosed:  # the client went away before its body was in: nobody to answer
+                return
             finally:
                 self._in_flight -= 1
             status, body, extra = answer
@@ -389,20 +392,21 @@ class WebhookInput(Input):
             """The answer, and whether to close the connection after it (the rest of the request is unread)."""
             headers = _Headers(scope.headers)
             length = headers.get("content-length")
-            # a body that is not read keeps the connection from serving another request
-            unread = "transfer-encoding" in headers or (length is not None and length != "0")
             matched = route.fullmatch(scope.path)
             if matched is None:
-                return (404, {"error": f"no webhook at {scope.path}"}, None), unread
+                return await refuse(proto, headers, (404, {"error": f"no webhook at {scope.path}"}, None))
             if scope.method != "POST":
-                return (405, {"error": "only POST is accepted here"}, {"Allow": "POST"}), unread
+                return await refuse(proto, headers, (405, {"error": "only POST is accepted here"}, {"Allow": "POST"}))
             received = Received(_remote(scope), headers, scope.path, matched.groupdict().get("trigger"))
-            refused = _transfer_coding(headers) or self.screen(received)
-            if refused is None and length is not None and int(length) > max_body:
+            coding = _transfer_coding(headers)
+            if coding is not None:  # where its body ends is unknown: not read, the connection closes
+                return coding, True
+            if length is not None and int(length) > max_body:
                 # answered before the body is read: hyper sends `100 Continue` only once it is read
-                refused = self.too_large()
+                return self.too_large(), True
+            refused = self.screen(received)
             if refused is not None:
-                return refused, unread
+                return await refuse(proto, headers, refused)
             raw = None
             with anyio.move_on_after(self.body_timeout):
                 raw = await _read_body(proto, max_body, None if length is None else int(length))
@@ -414,6 +418,22 @@ class WebhookInput(Input):
             if isinstance(item, tuple):
                 return item, False
             return await batch.put(item), False
+
+        async def refuse(proto: HTTPProtocol, headers: _Headers, answer: Answer) -> tuple[Answer, bool]:
+            """A refusal before the body: the body is read and dropped, so that the client, still sending it,
+            gets the answer (a socket closed with unread bytes is reset, and the answer can be lost) and
+            may send its next request; not when the client waits for `100 Continue` before sending it."""
+            if "expect" in headers:
+                return answer, True
+            size = 0
+            with anyio.move_on_after(self.body_timeout):
+                async for chunk in proto:
+                    size += len(chunk)
+                    if size > max_body:
+                        break
+                else:
+                    return answer, False
+            return answer, True
 
         return app
 
@@ -615,7 +635,9 @@ async def _read_body(proto: HTTPProtocol, max_body: int, length: int | None) -> 
         return await proto()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in proto:  # chunked: counted as it comes
+    # chunked: counted as it comes. granian ends this iteration without an error when the client goes
+    # away mid-body: what came so far is not JSON (its closing brace is missing) and is dead-lettered
+    async for chunk in proto:
         size += len(chunk)
         if size > max_body:
             return size
