@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from event_router.testing import (
     RouterProcess,
     archive_all,
@@ -25,11 +23,7 @@ from event_router.testing import (
 def test_webhook_takes_events_the_moment_the_router_is_ready(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     config = tmp_path / "router.toml"
-    config.write_text(
-        router_table(admin)
-        + webhook_input(port, name="webhook", api_key=None)
-        + archive_all()
-    )
+    config.write_text(router_table(admin) + webhook_input(port, name="webhook", api_key=None) + archive_all())
     with RouterProcess(config) as router:
         status, body, _ = post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"))
         assert status == 202, body

@@ -18,9 +18,7 @@ pytestmark = pytest.mark.slow
 ENV = {"ROUTER_WEBHOOK_API_KEY": "startup-key"}
 
 
-def write_config(
-    tmp: Path, *, listen: int, admin: int | None = None, data_dir: str = "./var"
-) -> Path:
+def write_config(tmp: Path, *, listen: int, admin: int | None = None, data_dir: str = "./var") -> Path:
     path = tmp / "router.toml"
     admin_table = f'[router.admin]\nlisten = "127.0.0.1:{admin}"\n' if admin is not None else ""
     path.write_text(f"""

@@ -334,3 +334,20 @@ async def test_the_upgrade_moves_rows_by_column_name(tmp_path: Path) -> None:
         assert spool.pending_outputs() == {"crm": 1}
     finally:
         spool.close()
+
+
+def test_the_routers_logging_is_intact_once_the_webhook_serves(started: Any, tmp_path: Path) -> None:
+    """A control: creating granian's server runs `logging.config.dictConfig`, which by default closes every
+    handler and adds its own on stdout; the router passes an incremental config, so its JSON lines, at its
+    level, are all that is written, before and after the webhook starts serving."""
+    port, admin = free_port(), free_port()
+    text = router_toml(tmp_path, port, admin).replace("[router]\n", '[router]\nlog_level = "warning"\n', 1)
+    router = started(text)
+    assert post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), {"x-api-key": "no"})[0] == 401
+    refused = router.wait_log("request refused")
+    assert (refused["level"], refused["logger"]) == ("warning", "event_router.inputs.connector")
+    lines = router.logs().splitlines()
+    assert lines and all(line.startswith("{") for line in lines), lines
+    levels = {record["level"] for record in router.log_records()}
+    assert levels <= {"warning", "error"}, levels  # the router's own level stays what its config says
+    assert not [r for r in router.log_records() if "granian" in str(r.get("logger"))]

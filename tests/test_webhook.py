@@ -247,3 +247,15 @@ to = "down"
         assert "spool is full (3 of 3 events pending)" in answers[3][1]["error"]
         assert app.spool.depth == 3
         assert app.stats.get("spool_full_rejections") == 2
+
+
+def test_processes_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    import tomllib
+
+    from event_router.config import ConfigErrors, build_config
+    from event_router.plugins import load_plugins
+
+    text = config(1, tmp_path, "processes = 1")
+    with pytest.raises(ConfigErrors, match=r"inputs.connector.processes: front processes were removed") as caught:
+        build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=load_plugins())
+    assert "delete this line" in str(caught.value)

@@ -106,6 +106,8 @@ async def test_tls_listener(make_app: MakeApp, tmp_path: Path) -> None:
                 return int(response.status)
 
         assert await anyio.to_thread.run_sync(https_post) == 202
+        context.maximum_version = ssl.TLSVersion.TLSv1_2  # docs/security.md: TLS 1.2 and later
+        assert await anyio.to_thread.run_sync(https_post) == 202
         # plain HTTP is not served: the TLS stack answers it with a TLS alert (not HTTP), or closes
         with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
             await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}/events", b"{}"))
