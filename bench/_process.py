@@ -43,7 +43,7 @@ def _config(work: Path, router_extra: str = "") -> Path:
     """webhook input + file and http outputs; the http output points at a port nothing listens on. The
     webhook runs in the router process (the default): memory and start-up are those of one process."""
     config = work / "router.toml"
-    text = webhook_toml(free_port(), OUTPUTS.format(crm_port=free_port()), ROUTES, router_extra, processes=0)
+    text = webhook_toml(free_port(), OUTPUTS.format(crm_port=free_port()), ROUTES, router_extra)
     config.write_text(text)
     return config
 

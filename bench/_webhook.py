@@ -25,7 +25,6 @@ from _common import (
     BENCH,
     PYTHON,
     child,
-    children,
     example_body,
     free_port,
     percentile,
@@ -56,12 +55,7 @@ end
 """
 
 
-#: webhook front processes of the router measured (`processes` in the input); the figures of the
-#: router doing HTTP itself are reported next to them as `router_in_process`
-PROCESSES = 1
-
-
-def webhook_toml(port: int, outputs: str, routes: str, router_extra: str = "", processes: int = PROCESSES) -> str:
+def webhook_toml(port: int, outputs: str, routes: str, router_extra: str = "") -> str:
     return f"""
 [router]
 data_dir = "var"
@@ -73,7 +67,6 @@ listen = "127.0.0.1:{port}"
 path = "/events"
 api_key = {{ env = "BENCH_API_KEY" }}
 validation = "strict"
-processes = {processes}
 
 {outputs}
 
@@ -81,17 +74,13 @@ processes = {processes}
 """
 
 
-def _two_routers(work: Path, outputs: str, routes: str) -> tuple[dict[str, int], dict[str, Path]]:
-    """Configs (and ports) of the router measured, with PROCESSES webhook front processes, and of the same
-    router doing HTTP itself (`router_in_process`), each in its own directory under `work`."""
-    ports = {"router": free_port(), "router_in_process": free_port()}
-    configs = {}
-    for name, port in ports.items():
-        (work / name).mkdir()
-        configs[name] = work / name / "router.toml"
-        processes = PROCESSES if name == "router" else 0
-        configs[name].write_text(webhook_toml(port, outputs, routes, processes=processes))
-    return ports, configs
+def _router_config(work: Path, outputs: str, routes: str) -> tuple[int, Path]:
+    """The port and config of the router measured, in `work/router`."""
+    port = free_port()
+    (work / "router").mkdir()
+    config = work / "router" / "router.toml"
+    config.write_text(webhook_toml(port, outputs, routes))
+    return port, config
 
 
 class Load:
@@ -205,20 +194,18 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
         work = Path(tmp)
         load = Load(body, work)
         base_port = free_port()
-        ports, configs = _two_routers(
+        port, config = _router_config(
             work,
             '[outputs.archive]\ntype = "file"\npath = "events.jsonl"',
             '[[routes]]\nname = "archive everything"\nmatch = { trigger = ["**"] }\nto = ["archive"]',
         )
         base_cmd = [PYTHON, str(BENCH / "_servers.py"), "file", str(base_port), str(work / "baseline.jsonl")]
         base = stack.enter_context(child(base_cmd, port=base_port))
-        rp = stack.enter_context(router(configs["router"], env=ROUTER_ENV))
-        rp0 = stack.enter_context(router(configs["router_in_process"], env=ROUTER_ENV))
-        assert rp.proc is not None and rp0.proc is not None
+        rp = stack.enter_context(router(config, env=ROUTER_ENV))
+        assert rp.proc is not None
         targets = {
             "baseline": (f"http://127.0.0.1:{base_port}/events", base.pid),
-            "router": (f"http://127.0.0.1:{ports['router']}/events", rp.proc.pid),
-            "router_in_process": (f"http://127.0.0.1:{ports['router_in_process']}/events", rp0.proc.pid),
+            "router": (f"http://127.0.0.1:{port}/events", rp.proc.pid),
         }
         peer, node_red_facts = _node_red_peer(stack, work, body)
         if peer is not None:
@@ -230,7 +217,7 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
                 for name, (url, pid) in targets.items():
                     results[name][conns].append(load.run(url, conns, seconds, pid))
         checked = {}
-        files = {name: configs[name].parent / "events.jsonl" for name in ports}
+        files = {"router": config.parent / "events.jsonl"}
         if peer is not None:
             files["node-red"] = peer[2]
         for name, lines in files.items():
@@ -239,35 +226,28 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
             # every 2xx must reach the file; wrk's cut-off requests (and Node-RED's start-up probes) may add a few
             _wait(partial(_has_lines, lines, accepted), 120)
             checked[name] = (accepted, _count_lines(lines))
-        rss = {"router_mb": rss_mb(rp.proc.pid), "fronts_mb": [rss_mb(pid) for pid in children(rp.proc.pid)]}
+        rss = {"router_mb": rss_mb(rp.proc.pid)}
         if peer is not None:
             node_red_facts["rss_after_mb"] = rss_mb(peer[1])
         profile_top = _profile(load, targets["router"][0], rp.proc.pid, seconds, profile) if profile else None
     summary = {name: {f"c{c}": _median_runs(runs) for c, runs in by_c.items()} for name, by_c in results.items()}
     r64, b64 = summary["router"]["c64"]["events_per_s"], summary["baseline"]["c64"]["events_per_s"]
     r1, b1 = summary["router"]["c1"]["events_per_s"], summary["baseline"]["c1"]["events_per_s"]
-    i64, i1 = summary["router_in_process"]["c64"]["events_per_s"], summary["router_in_process"]["c1"]["events_per_s"]
     result: dict[str, Any] = {
         "loadgen": load.name,
         "body_bytes": len(body),
         "seconds_per_run": seconds,
         "rounds": rounds,
-        "processes": PROCESSES,
         "router": summary["router"],
         "baseline": summary["baseline"],
-        "router_in_process": summary["router_in_process"],
         "ratio": rounded(r64 / b64 if b64 else None, 3),
-        "ratio_of": f"router (processes = {PROCESSES}) / baseline events/s at 64 concurrent senders",
+        "ratio_of": "router / baseline events/s at 64 concurrent senders",
         "ratio_c1": rounded(r1 / b1 if b1 else None, 3),
-        "ratio_in_process": rounded(i64 / b64 if b64 else None, 3),
-        "ratio_in_process_c1": rounded(i1 / b1 if b1 else None, 3),
         "target": "ratio >= 0.5",
         "met": bool(b64) and r64 / b64 >= 0.5,
         "rss_after": rss,
         "router_accepted": checked["router"][0],
         "router_file_lines": checked["router"][1],
-        "router_in_process_accepted": checked["router_in_process"][0],
-        "router_in_process_file_lines": checked["router_in_process"][1],
         "peers": {},
     }
     if peer is None:
@@ -279,13 +259,10 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
         n64, n1 = nr["c64"]["events_per_s"], nr["c1"]["events_per_s"]
         result.update(
             ratio_to_node_red=rounded(r64 / n64 if n64 else None, 3),
-            ratio_to_node_red_of=f"router (processes = {PROCESSES}) / Node-RED events/s at 64 concurrent senders",
+            ratio_to_node_red_of="router / Node-RED events/s at 64 concurrent senders",
             ratio_to_node_red_c1=rounded(r1 / n1 if n1 else None, 3),
-            ratio_to_node_red_in_process=rounded(i64 / n64 if n64 else None, 3),
-            ratio_to_node_red_in_process_c1=rounded(i1 / n1 if n1 else None, 3),
             node_red_target="router >= 2x Node-RED events/s at 64 senders, with a lower p99",
             node_red_met=_beats_node_red(summary["router"], nr),
-            node_red_met_in_process=_beats_node_red(summary["router_in_process"], nr),
         )
     if profile_top is not None:
         result["profile_top"] = profile_top
@@ -360,7 +337,7 @@ def webhook_to_http_latency(quick: bool) -> dict[str, Any]:
         body_file = work / "body.json"
         body_file.write_bytes(body)
         target_port = free_port()
-        ports, configs = _two_routers(
+        port, config = _router_config(
             work,
             f'[outputs.target]\ntype = "http"\nurl = "http://127.0.0.1:{target_port}/hook"',
             '[[routes]]\nname = "everything to the target"\nmatch = { trigger = ["**"] }\nto = ["target"]',
@@ -368,28 +345,22 @@ def webhook_to_http_latency(quick: bool) -> dict[str, Any]:
         target_cmd = [PYTHON, str(BENCH / "_servers.py"), "target", str(target_port)]
         with (
             child(target_cmd, port=target_port),
-            router(configs["router"], env=ROUTER_ENV),
-            router(configs["router_in_process"], env=ROUTER_ENV),
+            router(config, env=ROUTER_ENV),
         ):
             baseline = _join(
                 _send_at_rate(f"http://127.0.0.1:{target_port}/hook", body_file, seconds, "header"), target_port, 30
             )
-            routed = {
-                name: _join(
-                    _send_at_rate(f"http://127.0.0.1:{port}/events", body_file, seconds, "response"), target_port, 60
-                )
-                for name, port in ports.items()
-            }
-    p99, base_p99 = routed["router"]["p99_ms"], baseline["p99_ms"]
+            routed = _join(
+                _send_at_rate(f"http://127.0.0.1:{port}/events", body_file, seconds, "response"), target_port, 60
+            )
+    p99, base_p99 = routed["p99_ms"], baseline["p99_ms"]
     return {
         "rate_per_s": 1000,
         "seconds": seconds,
-        "processes": PROCESSES,
-        "router": routed["router"],
+        "router": routed,
         "baseline": baseline,
-        "router_in_process": routed["router_in_process"],
         "ratio": rounded(p99 / base_p99 if p99 and base_p99 else None, 2),
         "ratio_of": "router p99 / direct-POST p99 (lower is better)",
         "target": "router p99 < 10 ms",
-        "met": p99 is not None and p99 < 10 and routed["router"]["received"] == routed["router"]["accepted"],
+        "met": p99 is not None and p99 < 10 and routed["received"] == routed["accepted"],
     }

@@ -424,7 +424,6 @@ listen = "127.0.0.1:{env["webhook_port"]}"
 path = "/events"
 api_key = {{ env = "SOAK_API_KEY" }}
 unknown_triggers = "dead-letter"
-processes = {env["webhook_processes"]}
 
 [inputs.amqp]
 type = "amqp"
@@ -799,12 +798,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "duration_s": args.duration,
         "rate_per_s": args.rate,
         "seed": args.seed,
-        "webhook_processes": args.webhook_processes,
         "code": code_version(),
     }
     with services(work) as env:
         env["webhook_port"], env["admin_port"], env["receiver_port"] = free_port(), free_port(), free_port()
-        env["webhook_processes"] = args.webhook_processes
         config = work / "router.toml"
         config.write_text(router_toml(env))
         receiver_cmd = [PYTHON, str(BENCH / "_servers.py"), "flaky", str(env["receiver_port"]), str(args.seed)]
@@ -908,12 +905,6 @@ def main() -> int:
     parser.add_argument("--report", type=Path, default=BENCH / "out" / "soak.json", help="where the JSON goes")
     parser.add_argument("--seed", type=int, default=1, help="the receiver's flapping and the events' mix")
     parser.add_argument("--drain-timeout", type=float, help="seconds to wait for the drain (default: the duration)")
-    parser.add_argument(
-        "--webhook-processes",
-        type=int,
-        default=1,
-        help="webhook front processes (default 1), counted in RSS",
-    )
     parser.add_argument("--max-rss-slope", type=float, default=1.0, help="MB/min allowed over the second half")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (router log, spool, file)")
     args = parser.parse_args()
