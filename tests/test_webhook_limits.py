@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import select
+import signal
 import socket
 import sys
 import time
@@ -473,3 +474,21 @@ def test_an_expect_continue_request_costs_one_rate_limit_token(start, tmp_path: 
             statuses.append((status, answer))
     assert [status for status, _ in statuses] == [202, 202], statuses
     wait_for(lambda: len(read_jsonl(tmp_path / "out.jsonl")) == 2, what="both events archived")
+
+
+def test_a_request_in_progress_at_sigterm_is_answered_and_stored(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A control (aiohttp passed it too): stopping, the server answers what it has begun, then exits 0."""
+    router = start()
+    request = post_bytes(orjson.dumps(example("transport.messageReceived")))
+    assert router.proc.proc is not None
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(request[:-10])
+        time.sleep(0.5)
+        router.proc.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        sock.sendall(request[-10:])
+        status, _, body = read_answer(sock)
+    assert status == 202, body
+    assert router.proc.proc.wait(30) == 0, router.proc.logs()
+    (line,) = read_jsonl(tmp_path / "out.jsonl")
+    assert line["id"] == orjson.loads(body)["id"]
