@@ -259,3 +259,13 @@ def test_processes_is_refused_with_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors, match=r"inputs.connector.processes: front processes were removed") as caught:
         build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=load_plugins())
     assert "delete this line" in str(caught.value)
+
+
+async def test_port_zero_listens_on_a_port_of_its_own(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A control (aiohttp did it too): port 0 gets a free port, known once the input listens, and served."""
+    async with make_app(config(0, tmp_path)) as app:
+        webhook = app.config.inputs["connector"].plugin
+        assert webhook.bound_port, webhook.bound_port
+        url = f"http://127.0.0.1:{webhook.bound_port}/events"
+        status, body, _ = await call(url, example("transport.messageReceived"), {"x-api-key": KEY})
+        assert status == 202, body
