@@ -113,6 +113,47 @@ async def test_tls_listener(make_app: MakeApp, tmp_path: Path) -> None:
             await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}/events", b"{}"))
 
 
+def make_client_cert(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a client certificate it signed (X.509 v3 with clientAuth: rustls takes no v1 certificate)."""
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    cert, key, request = directory / "client.pem", directory / "client.key", directory / "client.csr"
+    extensions = directory / "client.ext"
+    extensions.write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n")
+    for command in (
+        f"req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ca -keyout {ca_key} -out {ca}",
+        f"req -newkey rsa:2048 -nodes -subj /CN=client -keyout {key} -out {request}",
+        f"x509 -req -in {request} -CA {ca} -CAkey {ca_key} -CAcreateserial -days 1 -extfile {extensions} -out {cert}",
+    ):
+        subprocess.run(["openssl", *command.split()], check=True, capture_output=True, cwd=directory)
+    return ca, cert, key
+
+
+async def test_tls_client_certificates(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A control (the Python TLS stack did it too): with client_ca_file, only clients it signed are served."""
+    cert, key = make_cert(tmp_path)
+    ca, client_cert, client_key = make_client_cert(tmp_path)
+    port = free_port()
+    tls = f'tls = {{ cert_file = "{cert}", key_file = "{key}", client_ca_file = "{ca}" }}'
+    async with make_app(config(port, tmp_path, tls)):
+
+        def https_post(with_certificate: bool) -> int:
+            context = ssl.create_default_context(cafile=str(cert))
+            if with_certificate:
+                context.load_cert_chain(str(client_cert), str(client_key))
+            request = urllib.request.Request(
+                f"https://127.0.0.1:{port}/events",
+                data=orjson.dumps(example("transport.messageReceived")),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return response.status
+
+        assert await anyio.to_thread.run_sync(https_post, True) == 202
+        with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+            await anyio.to_thread.run_sync(https_post, False)
+
+
 def test_tls_files_must_exist(tmp_path: Path) -> None:
     import tomllib
 
