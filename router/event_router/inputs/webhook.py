@@ -19,19 +19,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 from anyio.abc import TaskStatus
-
-# the protocol and its error, which granian.rsgi re-exports under other names (without their types)
-from granian._granian import RSGIHTTPProtocol as HTTPProtocol
-from granian._granian import RSGIProtocolClosed as ProtocolClosed
-from granian.constants import HTTPModes, Interfaces, SSLProtocols
-from granian.http import HTTP1Settings
-from granian.rsgi import Scope
-from granian.server.embed import Server
 
 from event_router.api import (
     SECRET_SCHEMA,
@@ -51,6 +43,12 @@ from event_router.api import (
 )
 from event_router.inputs.ratelimit import LogThrottle, RateLimiter
 from event_router.web.signing import PLACEHOLDER_SECRET, decode_secret, verify
+
+if TYPE_CHECKING:  # granian itself is imported when a webhook input starts, not by every CLI command
+    # the protocol's type, which granian.rsgi re-exports under another name (without its type)
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope
+    from granian.server.embed import Server
 
 #: request headers kept in the event's meta; credentials never are
 _KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type", "webhook-id")
@@ -341,6 +339,10 @@ class WebhookInput(Input):
                     batch.stop()
 
     def _server(self, app: Any, port: int) -> Server:
+        from granian.constants import HTTPModes, Interfaces, SSLProtocols
+        from granian.http import HTTP1Settings
+        from granian.server.embed import Server
+
         tls = self.tls_paths()
         return Server(
             app,
@@ -368,6 +370,9 @@ class WebhookInput(Input):
 
     def _app(self, sink: EventSink, batch: _Batch) -> Any:
         """The RSGI application: hyper has parsed the request's head on granian's thread; this runs on the loop."""
+        # re-exported by granian.rsgi under another name, without its type
+        from granian._granian import RSGIProtocolClosed as ProtocolClosed
+
         route = self._route
         max_body = self.max_body
 
