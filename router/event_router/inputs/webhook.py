@@ -382,6 +382,9 @@ class WebhookInput(Input):
                 answer, close = await answer_to(scope, proto)
             except ProtocolClosed:  # the client went away before its body was in: nobody to answer
                 return
+            except Exception:  # a failure of the router's on one request costs only that request
+                self.log.exception("the router failed on a request; it was not stored")
+                answer, close = (500, {"error": "the router failed on this request; it was not stored"}, None), True
             finally:
                 self._in_flight -= 1
             status, body, extra = answer
