@@ -19,28 +19,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from event_router.testing import RouterProcess, example, free_port, post, read_jsonl, wait_for
+from event_router.testing import (
+    RouterProcess,
+    archive_all,
+    example,
+    free_port,
+    post,
+    read_jsonl,
+    router_table,
+    wait_for,
+    webhook_input,
+)
 
 KEY = "http-key"
 
 
 def config(port: int, tmp: Path, extra: str = "") -> str:
-    return f"""
-[router]
-data_dir = "{tmp}/var"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = "{KEY}"
-max_body_bytes = 65536
-{extra}
-[outputs.archive]
-type = "file"
-path = "{tmp}/out.jsonl"
-[[routes]]
-name = "all"
-to = ["archive"]
-"""
+    webhook = webhook_input(port, api_key=f'"{KEY}"', extra=f"max_body_bytes = 65536\n{extra}")
+    return router_table(data_dir=f"{tmp}/var") + webhook + archive_all(f"{tmp}/out.jsonl")
 
 
 def exchange(port: int, data: bytes, *, answers: int, timeout: float = 10) -> list[tuple[int, bytes, bytes]]:

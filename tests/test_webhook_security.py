@@ -94,23 +94,24 @@ async def test_tls_listener(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path, f'tls = {{ cert_file = "{cert}", key_file = "{key}" }}')):
         context = ssl.create_default_context(cafile=str(cert))
-
-        def https_post() -> int:
-            request = urllib.request.Request(
-                f"https://127.0.0.1:{port}/events",
-                data=orjson.dumps(example("transport.messageReceived")),
-                headers={"Content-Type": "application/json"},
-                method="POST",
-            )
-            with urllib.request.urlopen(request, context=context, timeout=10) as response:
-                return int(response.status)
-
-        assert await anyio.to_thread.run_sync(https_post) == 202
+        assert await anyio.to_thread.run_sync(https_post, port, context) == 202
         context.maximum_version = ssl.TLSVersion.TLSv1_2  # docs/security.md: TLS 1.2 and later
-        assert await anyio.to_thread.run_sync(https_post) == 202
+        assert await anyio.to_thread.run_sync(https_post, port, context) == 202
         # plain HTTP is not served: the TLS stack answers it with a TLS alert (not HTTP), or closes
         with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
             await anyio.to_thread.run_sync(lambda: post(f"http://127.0.0.1:{port}/events", b"{}"))
+
+
+def https_post(port: int, context: ssl.SSLContext) -> int:
+    """POST an event to the webhook on loopback `port` over TLS with `context`; the answer's status."""
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/events",
+        data=orjson.dumps(example("transport.messageReceived")),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        return int(response.status)
 
 
 def make_client_cert(directory: Path) -> tuple[Path, Path, Path]:
@@ -135,23 +136,11 @@ async def test_tls_client_certificates(make_app, tmp_path: Path) -> None:  # typ
     port = free_port()
     tls = f'tls = {{ cert_file = "{cert}", key_file = "{key}", client_ca_file = "{ca}" }}'
     async with make_app(config(port, tmp_path, tls)):
-
-        def https_post(with_certificate: bool) -> int:
-            context = ssl.create_default_context(cafile=str(cert))
-            if with_certificate:
-                context.load_cert_chain(str(client_cert), str(client_key))
-            request = urllib.request.Request(
-                f"https://127.0.0.1:{port}/events",
-                data=orjson.dumps(example("transport.messageReceived")),
-                headers={"Content-Type": "application/json"},
-                method="POST",
-            )
-            with urllib.request.urlopen(request, context=context, timeout=10) as response:
-                return response.status
-
-        assert await anyio.to_thread.run_sync(https_post, True) == 202
+        context = ssl.create_default_context(cafile=str(cert))
         with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
-            await anyio.to_thread.run_sync(https_post, False)
+            await anyio.to_thread.run_sync(https_post, port, context)
+        context.load_cert_chain(str(client_cert), str(client_key))
+        assert await anyio.to_thread.run_sync(https_post, port, context) == 202
 
 
 def test_tls_files_must_exist(tmp_path: Path) -> None:
