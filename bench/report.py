@@ -64,7 +64,7 @@ def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
             f" c1: {_fmt(bl['c1']['events_per_s'])} ev/s, p50 {bl['c1']['p50_ms']} / p99 {bl['c1']['p99_ms']} ms"
         )
         ratio = f"{ratio} (c1: {_fmt(r.get('ratio_c1'))})"
-        if "router_in_process" in r:  # the router measured runs `processes` webhook front processes
+        if "router_in_process" in r:  # results from before front processes were removed
             ip = r["router_in_process"]
             router = (
                 f"processes = {r['processes']}: {router}; in-process: c64 {_fmt(ip['c64']['events_per_s'])} ev/s,"
@@ -134,16 +134,17 @@ def peer_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     nr = _get(r, "peers", "node-red")
     if not isinstance(nr, dict):
         return []
-    rt, ip = r["router"]["c64"], r["router_in_process"]["c64"]
-    router = (
-        f"processes = {r['processes']}: c64 {_fmt(rt['events_per_s'])} ev/s, p99 {rt['p99_ms']} ms;"
-        f" in-process: c64 {_fmt(ip['events_per_s'])} ev/s, p99 {ip['p99_ms']} ms"
-    )
+    rt = r["router"]["c64"]
+    router = f"c64 {_fmt(rt['events_per_s'])} ev/s, p99 {rt['p99_ms']} ms"
+    ratio = f"{_fmt(r.get('ratio_to_node_red'))} (c1: {_fmt(r.get('ratio_to_node_red_c1'))})"
+    if "router_in_process" in r:  # results from before front processes were removed
+        ip = r["router_in_process"]["c64"]
+        router = (
+            f"processes = {r['processes']}: {router}; in-process: c64 {_fmt(ip['events_per_s'])} ev/s,"
+            f" p99 {ip['p99_ms']} ms"
+        )
+        ratio = f"{ratio}; in-process {_fmt(r.get('ratio_to_node_red_in_process'))}"
     peer = f"Node-RED {nr['version']} (no fsync): {_c(nr)}"
-    ratio = (
-        f"{_fmt(r.get('ratio_to_node_red'))} (c1: {_fmt(r.get('ratio_to_node_red_c1'))});"
-        f" in-process {_fmt(r.get('ratio_to_node_red_in_process'))}"
-    )
     met = r.get("node_red_met")
     met_cell = "-" if met is None else ("yes" if met else "**no**")
     met_ip = r.get("node_red_met_in_process")
