@@ -194,7 +194,11 @@ def test_replay_beside_a_running_router_keeps_its_counts(tmp_path: Path) -> None
                 status, body, _ = post(url, event(n), HEADERS)
                 assert status == 202, (n, body)
                 # a 202 says stored, not delivered: wait for the dead letter, or a fast sender fills the spool
-                wait_for(lambda n=n: gauge(admin, "dead_letters_stored") == n + 1, what=f"dead letter {n + 1}")
+
+                def dead_lettered(count: int = n + 1) -> bool:
+                    return gauge(admin, "dead_letters_stored") == count
+
+                wait_for(dead_lettered, what=f"dead letter {n + 1}")
             wait_for(lambda: gauge(admin, "dead_letters_stored") == 150, what="150 dead letters")
             rx.respond(503)  # now the replayed deliveries stay pending
             replayed = run_cli("dlq", "replay", "--all", "-c", str(config), env=ENV)
