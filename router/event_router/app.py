@@ -29,7 +29,6 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import CollectorRegistry
 
-from event_router.admin import serve_admin
 from event_router.api.errors import ConfigError, RouterError, SpoolError
 from event_router.config import ConfigErrors, load_config
 from event_router.core.delivery import OutputWorker
@@ -158,6 +157,9 @@ class App:
                     with anyio.move_on_after(ADMIN_AFTER):
                         await self._await_inputs()
                     if config.admin_listen is not None:
+                        # imported only when configured: aiohttp's server side is not needed otherwise
+                        from event_router.admin import serve_admin
+
                         host, port = config.admin_listen
                         self.admin_port = await tg.start(serve_admin, self, host, port)
                 tg.start_soon(self._heartbeat)
