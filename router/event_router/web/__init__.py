@@ -1,1 +1,2 @@
-"""HTTP pieces the outputs share: authentication, signing, CloudEvents, reading answers."""
+"""HTTP pieces shared by the webhook input and the outputs: authentication, signing, CloudEvents, reading
+answers."""
