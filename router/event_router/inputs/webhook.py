@@ -246,8 +246,9 @@ class WebhookInput(Input):
             raise ConfigError("allow_networks", str(exc)) from None
         limit_fds = _open_file_limit()
         allowed = DEFAULT_MAX_CONNECTIONS if limit_fds is None else max(1, limit_fds - RESERVED_FDS)
-        #: connections open at once, per process that speaks HTTP; past it: 503. Never more than the
-        #: process's open-file limit leaves, so accepting never fails for want of a descriptor
+        #: connections served at once; past it new connections wait in the listen queue, none is refused.
+        #: Never more than the process's open-file limit leaves, so accepting never fails for want of a
+        #: descriptor
         self.max_connections: int = min(config.get("max_connections", DEFAULT_MAX_CONNECTIONS), allowed)
         if config.get("max_connections", 0) > allowed:
             self.log.warning(
