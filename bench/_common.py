@@ -71,7 +71,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    """Pids of a process's live children (a router's webhook front processes)."""
+    """Pids of a process's live children: a server that forks has its children's CPU counted with its own."""
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 

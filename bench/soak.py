@@ -56,7 +56,6 @@ from _common import (
     BENCH,
     PYTHON,
     child,
-    children,
     cpu_seconds,
     emit,
     free_port,
@@ -505,10 +504,8 @@ class Watch:
     rp: RouterProcess
     admin_port: int
     started: float = field(default_factory=time.monotonic)
-    #: (seconds, MB): the router plus its webhook front processes
+    #: (seconds, MB): the router's VmRSS
     rss: list[tuple[float, float]] = field(default_factory=list)
-    #: (seconds, MB): the front processes alone
-    front_rss: list[tuple[float, float]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -527,11 +524,7 @@ class Watch:
         value = rss_mb(self.pid)
         if value is None:
             raise RuntimeError("the router exited during the soak")
-        # the router's memory includes its webhook front processes' (processes = N)
-        fronts = [rss_mb(c) for c in children(self.pid)]
-        front_mb = sum(mb for mb in fronts if mb is not None)
-        self.rss.append((round(self.elapsed(), 1), round(value + front_mb, 1)))
-        self.front_rss.append((round(self.elapsed(), 1), round(front_mb, 1)))
+        self.rss.append((round(self.elapsed(), 1), value))
 
     async def sample_rss(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -836,7 +829,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "slope_judged": judged,
         "max_slope_mb_per_min": args.max_rss_slope,
         "second_half_first_last_mb": [second_half[0][1], second_half[-1][1]] if second_half else None,
-        "of_which_fronts_first_last_mb": [watch.front_rss[0][1], watch.front_rss[-1][1]],
         "samples": len(watch.rss),
         "every_s": RSS_EVERY,
     }

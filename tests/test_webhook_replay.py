@@ -1,5 +1,5 @@
 """Standard Webhooks replay protection in a real router process: a `webhook-id` is stored once, across a
-restart and among copies sent at the same moment, with HTTP in the router process and in a front process."""
+restart and among copies sent at the same moment."""
 
 from __future__ import annotations
 
