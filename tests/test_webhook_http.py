@@ -11,6 +11,7 @@ import concurrent.futures
 import itertools
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from event_router.testing import (
+    MakeApp,
     RouterProcess,
     archive_all,
     example,
@@ -78,7 +80,7 @@ def request(body: bytes, *, key: str = KEY, extra: str = "", version: str = "1.1
 
 
 @pytest.mark.anyio
-async def test_pipelined_requests_are_answered_in_order(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_pipelined_requests_are_answered_in_order(make_app: MakeApp, tmp_path: Path) -> None:
     """The middle request is refused at once (wrong key), the others wait for their commit: still in order;
     the last one asks to close, which happens once all three are answered."""
     port = free_port()
@@ -93,7 +95,7 @@ async def test_pipelined_requests_are_answered_in_order(make_app, tmp_path: Path
 
 
 @pytest.mark.anyio
-async def test_a_client_that_half_closes_after_its_request_gets_no_answer(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_a_client_that_half_closes_after_its_request_gets_no_answer(make_app: MakeApp, tmp_path: Path) -> None:
     """hyper closes a connection whose client shut down its sending side (granian does not offer hyper's
     `half_close`): no answer, as docs/operating.md says. The event may be stored all the same."""
     port = free_port()
@@ -114,7 +116,7 @@ async def test_a_client_that_half_closes_after_its_request_gets_no_answer(make_a
 
 
 @pytest.mark.anyio
-async def test_chunked_bodies_and_http_1_0(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_chunked_bodies_and_http_1_0(make_app: MakeApp, tmp_path: Path) -> None:
     port = free_port()
     mail = orjson.dumps(example("transport.messageReceived"))
     half = len(mail) // 2
@@ -167,8 +169,8 @@ async def test_chunked_bodies_and_http_1_0(make_app, tmp_path: Path) -> None:  #
     ],
     ids=["content-length-too-large", "chunked-too-large", "headers-too-large", "garbage"],
 )
-async def test_requests_that_cannot_be_read_get_an_answer_and_a_close(  # type: ignore[no-untyped-def]
-    make_app, tmp_path: Path, data: bytes, status: int, message: bytes
+async def test_requests_that_cannot_be_read_get_an_answer_and_a_close(
+    make_app: MakeApp, tmp_path: Path, data: bytes, status: int, message: bytes
 ) -> None:
     port = free_port()
     async with make_app(config(port, tmp_path)):
@@ -183,7 +185,7 @@ async def test_requests_that_cannot_be_read_get_an_answer_and_a_close(  # type: 
 
 
 @pytest.mark.anyio
-async def test_an_idle_kept_alive_connection_is_closed_after_header_timeout(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_idle_kept_alive_connection_is_closed_after_header_timeout(make_app: MakeApp, tmp_path: Path) -> None:
     """granian's header deadline is also its keep-alive idle timeout (docs/operating.md)."""
     port = free_port()
     mail = orjson.dumps(example("transport.messageReceived"))
@@ -204,13 +206,16 @@ async def test_an_idle_kept_alive_connection_is_closed_after_header_timeout(make
 
 
 @pytest.mark.anyio
-async def test_a_request_the_router_fails_on_costs_only_itself(make_app, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_a_request_the_router_fails_on_costs_only_itself(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bug on one request answers 500 to it alone; the server and the next requests are unaffected."""
-    from event_router.inputs.webhook import WebhookInput
+    from event_router.api import Rejected
+    from event_router.inputs.webhook import Answer, Parsed, Received, WebhookInput
 
     original = WebhookInput.prepare
 
-    def prepare(self: WebhookInput, received, raw: bytes):  # type: ignore[no-untyped-def]
+    def prepare(self: WebhookInput, received: Received, raw: bytes) -> Answer | Parsed | Rejected:
         if b"boom" in raw:
             raise RuntimeError("boom")
         return original(self, received, raw)
@@ -228,7 +233,7 @@ async def test_a_request_the_router_fails_on_costs_only_itself(make_app, tmp_pat
 
 
 @pytest.mark.anyio
-async def test_stopping_answers_only_what_is_stored(make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_stopping_answers_only_what_is_stored(make_app: MakeApp, tmp_path: Path) -> None:
     """Stop while 32 senders keep posting: every 2xx a sender got is an event on disk (delivered or pending)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/events"
@@ -342,7 +347,7 @@ _STATUSES = {b"202", b"400", b"401", b"404", b"405", b"413", b"414", b"422", b"4
 
 
 @pytest.fixture
-def http_router(tmp_path: Path):  # type: ignore[no-untyped-def]
+def http_router(tmp_path: Path) -> Iterator[tuple[int, RouterProcess]]:
     """One router for all of the property's examples (hypothesis runs them in one test call)."""
     port = free_port()
     path = tmp_path / "router.toml"
@@ -354,8 +359,8 @@ def http_router(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @given(stream=http_streams(), cuts=st.lists(st.integers(0, 600), max_size=4))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_arbitrary_bytes_get_whole_answers_or_a_close_and_never_break_the_server(  # type: ignore[no-untyped-def]
-    http_router, stream: bytes, cuts: list[int]
+def test_arbitrary_bytes_get_whole_answers_or_a_close_and_never_break_the_server(
+    http_router: tuple[int, RouterProcess], stream: bytes, cuts: list[int]
 ) -> None:
     """Whatever a client sends (cut anywhere, then half-closed): only whole HTTP answers with statuses
     the webhook uses come back (bodies in JSON, or empty from hyper's own 400 and 431), the connection
@@ -386,4 +391,4 @@ def test_arbitrary_bytes_get_whole_answers_or_a_close_and_never_break_the_server
         if length:
             orjson.loads(rest[:length])  # every answer of the router's is JSON
         rest = rest[length:]
-    assert router.proc.poll() is None, "the router died"
+    assert router.proc is not None and router.proc.poll() is None, "the router died"
