@@ -23,14 +23,15 @@ from anyio.abc import TaskStatus
 
 from event_router.api import (
     DURATION_SCHEMA,
+    Backoff,
     BatchStore,
+    ConfigError,
     Event,
     EventSink,
     Input,
     Item,
     PluginContext,
     Rejected,
-    RetryPolicy,
     SourceMessage,
     parse_duration,
     started_once,
@@ -54,6 +55,9 @@ CONFIG_SCHEMA: Mapping[str, Any] = {
     },
 }
 
+#: the shortest `poll_interval` and `recheck_max`: a pause of 0 would list the directory in a tight loop
+MIN_PAUSE = 0.01
+
 #: how long the spool remembers a file it stored: one read again at the next start after a crash (stored,
 #: not deleted yet) within this time is recognised and not stored twice
 REMEMBER_FILES = 86400.0
@@ -63,8 +67,13 @@ REMEMBER_FILES = 86400.0
 class File:
     name: str
     raw: bytes
-    #: the same for the same file read again: name, modification time and size
-    message_id: str
+    #: what identifies this file under its name: (inode, modification time, size), from the open file
+    identity: tuple[int, int, int]
+
+    @property
+    def message_id(self) -> str:
+        """The same for the same file read again (after a crash); another for a new file under the name."""
+        return f"{self.name}:" + ":".join(map(str, self.identity))
 
 
 class DirectoryInput(Input):
@@ -78,10 +87,10 @@ class DirectoryInput(Input):
         super().__init__(config, context)
         self.path = context.config_dir / config["path"]
         self.pattern: str = config.get("pattern", "*.json")
-        self.poll_interval = parse_duration(config.get("poll_interval", 1.0))
+        self.poll_interval = _pause(config, "poll_interval", 1.0)
         self.batch_size: int = config.get("batch_size", 100)
-        # the router's back-off (full jitter, capped), for looking again at a directory that is not there
-        self._recheck = RetryPolicy(initial_backoff=0.2, max_backoff=parse_duration(config.get("recheck_max", 30.0)))
+        # the router's back-off (doubling, full jitter, capped), for looking again at a directory that is not there
+        self._recheck = Backoff.reconnect(_pause(config, "recheck_max", 30.0), initial=0.2)
         self._problem: str | None = "not started yet"
         #: unreadable files, warned about once each (they stay until someone fixes their permissions)
         self._unreadable: set[str] = set()
@@ -99,20 +108,18 @@ class DirectoryInput(Input):
         # holds what was read while the spool is full (the files stay), keeps what cannot be an event
         # as a dead letter, and calls back once each part is stored
         store = BatchStore(sink, self.log, self.batch_size)
-        failures = 0
         while True:
             problem = await anyio.to_thread.run_sync(self._check_directory)
             if problem is not None:
-                failures += 1
                 if problem != self._problem:
                     self.log.warning("cannot read the directory", extra={"path": str(self.path), "error": problem})
                 self._problem = problem
-                await anyio.sleep(self._recheck.delay(failures))
+                await anyio.sleep(self._recheck.failed())
                 continue
             if self._problem is not None:
                 self.log.info("reading the directory", extra={"path": str(self.path), "pattern": self.pattern})
             self._problem = None
-            failures = 0
+            self._recheck.healthy()
             started()
             files = await anyio.to_thread.run_sync(self._read_some)
             if files:
@@ -123,7 +130,7 @@ class DirectoryInput(Input):
     async def _stored(self, files: list[File], start: int, end: int) -> None:
         """The acknowledgement: `sink.submit` returned, files[start:end] are in the spool (or kept as dead
         letters). Only now may they go; a router killed before this reads them again."""
-        await anyio.to_thread.run_sync(self._delete, [f.name for f in files[start:end]])
+        await anyio.to_thread.run_sync(self._delete, files[start:end])
 
     def _check_directory(self) -> str | None:
         """Why the directory cannot be used now, or None."""
@@ -159,7 +166,7 @@ class DirectoryInput(Input):
                     self._unreadable.add(name)
                     self.log.warning("cannot read a file; leaving it", extra={"file": name, "error": str(exc)})
                 continue
-            files.append(File(name, raw, f"{name}:{st.st_mtime_ns}:{st.st_size}"))
+            files.append(File(name, raw, _identity(st)))
         return files
 
     def _decode(self, file: File) -> Item:
@@ -177,7 +184,29 @@ class DirectoryInput(Input):
         event.message = SourceMessage(file.message_id, time.time() + REMEMBER_FILES)
         return event
 
-    def _delete(self, names: list[str]) -> None:
-        for name in names:
-            (self.path / name).unlink(missing_ok=True)
-            self._unreadable.discard(name)
+    def _delete(self, files: list[File]) -> None:
+        """Deletes each file that is still the one read. A writer may have renamed a new file onto the name
+        since: that one is not stored yet, so it stays for the next poll."""
+        for file in files:
+            path = self.path / file.name
+            try:
+                # POSIX has no "unlink if still this inode": between this stat and the unlink a rename
+                # can still slip in. Writers that give each file a new name (a timestamp, a uuid) never
+                # replace one; this check narrows the window for those that do to these two calls.
+                if _identity(os.stat(path)) == file.identity:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+            self._unreadable.discard(file.name)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _pause(config: Mapping[str, Any], key: str, default: float) -> float:
+    """A pause in seconds, at least `MIN_PAUSE` (the schema admits 0)."""
+    seconds = parse_duration(config.get(key, default))
+    if seconds < MIN_PAUSE:
+        raise ConfigError(key, f"{config[key]!r} is too short: at least {MIN_PAUSE * 1000:g}ms")
+    return seconds

@@ -1,7 +1,8 @@
 """The template's `directory` input in a real router (the test kit's `make_app`, a file output, the admin
 endpoint on a real socket): a dropped file is stored, archived and then deleted; what cannot be an event is
-kept as a dead letter with the file's bytes; a full spool holds the files until there is room; a missing
-directory keeps the router not ready until it appears; a file read again is not stored twice."""
+kept as a dead letter with the file's bytes; a full spool holds the files until there is room, and a file
+renamed onto a held one's name is not deleted with it; a missing directory keeps the router not ready until
+it appears; a file read again is not stored twice; a pause of 0 is refused."""
 
 from __future__ import annotations
 
@@ -131,6 +132,30 @@ async def test_a_full_spool_holds_the_files_until_there_is_room(make_app: MakeAp
     assert all(len(ids) == 1 for ids in copies.values()), f"a held file was stored twice: {copies}"
 
 
+async def test_a_file_renamed_onto_a_held_name_is_not_deleted_with_it(make_app: MakeApp, tmp_path: Path) -> None:
+    """A writer may rename a new file onto the name of one read but not yet stored (held while the spool is
+    full): once the old one is stored, the new one must stay and be read, not be deleted unstored."""
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    retry = 'retry = { initial_backoff = "20ms", max_backoff = "100ms", max_attempts = 1000 }'
+    with http_receiver() as receiver:
+        receiver.respond(503)
+        outputs = f'[outputs.sink]\ntype = "http"\nurl = "{receiver.url}/hook"\n{retry}\n'
+        outputs += '[[routes]]\nname = "all"\nto = "sink"\n'
+        text = config(free_port(), router="max_pending_events = 2", outputs=outputs)
+        async with make_app(text, plugins=PLUGINS) as app:
+            for n in range(4):
+                drop(incoming, f"{n:04d}.json", mail(n))
+            await until(lambda: app.stats.get("spool_full_rejections"), what="the spool to fill")
+            await until(lambda: len(left(incoming)) + app.spool.depth == 4, what="files held while full")
+            held = left(incoming)[-1]
+            drop(incoming, held, mail(99))  # replaces the held file under its name
+            receiver.respond(200)
+            await until(lambda: not left(incoming) and app.spool.depth == 0, what="every file stored and delivered")
+        delivered = {body["data"]["id"] for body in receiver.bodies()}
+    assert delivered == {f"MSG{n:017d}" for n in (0, 1, 2, 3, 99)}
+
+
 async def test_not_ready_until_the_directory_exists(make_app: MakeApp, tmp_path: Path) -> None:
     admin = free_port()
     incoming = tmp_path / "incoming"
@@ -157,23 +182,40 @@ def _readyz_once(admin: int) -> tuple[int, dict[str, Any]] | None:
 
 async def test_a_file_read_again_is_not_stored_twice(make_app: MakeApp, tmp_path: Path) -> None:
     """A router killed after storing a file and before deleting it reads the file again at its next start:
-    the same name, bytes and modification time. The spool recognises it (`submit` says duplicate)."""
+    the same name, inode, bytes and modification time. The spool recognises it (`submit` says duplicate)."""
     incoming = tmp_path / "incoming"
     incoming.mkdir()
+    keep = tmp_path / "keep"  # a second link holds the file's inode while the input deletes its name
+    keep.mkdir()
     archive = tmp_path / "var" / "events.jsonl"
     mtime = 1_700_000_000_123_456_789
     async with make_app(config(free_port()), plugins=PLUGINS) as app:
         drop(incoming, "0001.json", mail(1), mtime_ns=mtime)
+        os.link(incoming / "0001.json", keep / "0001.json")
         await until(lambda: read_jsonl(archive) and not left(incoming), what="the first copy stored")
-        drop(incoming, "0001.json", mail(1), mtime_ns=mtime)
+        os.link(keep / "0001.json", incoming / "0001.json")  # the same file, as found again after a crash
         await until(lambda: app.stats.get("duplicates") == 1 and not left(incoming), what="the copy recognised")
-        # control: another file with the same content is another event
+        # controls: another file with the same content is another event, under another name or the same
         drop(incoming, "0002.json", mail(1), mtime_ns=mtime)
         await until(lambda: len(read_jsonl(archive)) == 2, what="the other file stored")
-    assert [line["meta"]["file"] for line in read_jsonl(archive)] == ["0001.json", "0002.json"]
+        drop(incoming, "0001.json", mail(1), mtime_ns=mtime)
+        await until(lambda: len(read_jsonl(archive)) == 3, what="a new file under the old name stored")
+        assert app.stats.get("duplicates") == 1
+    assert [line["meta"]["file"] for line in read_jsonl(archive)] == ["0001.json", "0002.json", "0001.json"]
 
 
 async def test_config_errors_name_the_key(make_app: MakeApp, tmp_path: Path) -> None:
     with pytest.raises(RouterError, match=r"inputs\.drop\.poll_interval: .*is not a duration"):
         async with make_app(config(free_port()).replace('"20ms"', '"soon"'), plugins=PLUGINS):
+            pass
+
+
+@pytest.mark.parametrize(("key", "value"), [("poll_interval", "0"), ("poll_interval", '"0s"'), ("recheck_max", "0")])
+async def test_a_pause_of_0_is_refused(make_app: MakeApp, tmp_path: Path, key: str, value: str) -> None:
+    """The schema admits a duration of 0; the input would then list the directory in a tight loop."""
+    text = config(free_port(), extra=f"{key} = {value}\n")
+    if key == "poll_interval":  # the one given here, not the test default
+        text = text.replace('poll_interval = "20ms"\n', "")
+    with pytest.raises(RouterError, match=rf"inputs\.drop\.{key}: .*too short"):
+        async with make_app(text, plugins=PLUGINS):
             pass
