@@ -53,6 +53,13 @@ def drop(directory: Path, name: str, body: bytes | dict[str, Any], mtime_ns: int
     part.rename(directory / name)
 
 
+def spool_of_2(url: str) -> str:
+    """router.toml with a spool that holds 2 events, all sent to an http receiver at `url`, retried soon."""
+    retry = 'retry = { initial_backoff = "20ms", max_backoff = "100ms", max_attempts = 1000 }'
+    outputs = f'[outputs.sink]\ntype = "http"\nurl = "{url}/hook"\n{retry}\n[[routes]]\nname = "all"\nto = "sink"\n'
+    return config(free_port(), router="max_pending_events = 2", outputs=outputs)
+
+
 def left(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
@@ -108,13 +115,9 @@ async def test_what_is_no_event_becomes_a_dead_letter_with_its_bytes(make_app: M
 async def test_a_full_spool_holds_the_files_until_there_is_room(make_app: MakeApp, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    retry = 'retry = { initial_backoff = "20ms", max_backoff = "100ms", max_attempts = 1000 }'
     with http_receiver() as receiver:
         receiver.respond(503)
-        outputs = f'[outputs.sink]\ntype = "http"\nurl = "{receiver.url}/hook"\n{retry}\n'
-        outputs += '[[routes]]\nname = "all"\nto = "sink"\n'
-        text = config(free_port(), router="max_pending_events = 2", outputs=outputs)
-        async with make_app(text, plugins=PLUGINS) as app:
+        async with make_app(spool_of_2(receiver.url), plugins=PLUGINS) as app:
             for n in range(6):
                 drop(incoming, f"{n:04d}.json", mail(n))
             await until(lambda: app.stats.get("spool_full_rejections"), what="the spool to fill")
@@ -137,13 +140,9 @@ async def test_a_file_renamed_onto_a_held_name_is_not_deleted_with_it(make_app: 
     full): once the old one is stored, the new one must stay and be read, not be deleted unstored."""
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    retry = 'retry = { initial_backoff = "20ms", max_backoff = "100ms", max_attempts = 1000 }'
     with http_receiver() as receiver:
         receiver.respond(503)
-        outputs = f'[outputs.sink]\ntype = "http"\nurl = "{receiver.url}/hook"\n{retry}\n'
-        outputs += '[[routes]]\nname = "all"\nto = "sink"\n'
-        text = config(free_port(), router="max_pending_events = 2", outputs=outputs)
-        async with make_app(text, plugins=PLUGINS) as app:
+        async with make_app(spool_of_2(receiver.url), plugins=PLUGINS) as app:
             for n in range(4):
                 drop(incoming, f"{n:04d}.json", mail(n))
             await until(lambda: app.stats.get("spool_full_rejections"), what="the spool to fill")
