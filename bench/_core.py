@@ -207,7 +207,7 @@ def routing_validation(quick: bool) -> dict[str, Any]:
     from event_router.app import load_schemas
     from event_router.config import build_config
     from event_router.core.plan import plan_event
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
     from event_router.testing import example_events
 
     count = 5_000 if quick else 20_000

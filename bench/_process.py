@@ -49,7 +49,7 @@ def _config(work: Path, router_extra: str = "") -> Path:
 
 
 def _plugins() -> list[str]:
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
 
     return [p.name for p in load_plugins().plugins]
 

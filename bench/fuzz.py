@@ -45,7 +45,7 @@ with atheris.instrument_imports():
     from event_router.config import ConfigErrors, build_config
     from event_router.core.plan import plan_event
     from event_router.inputs.webhook import WebhookInput
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
     from event_router.testing.decoding import RecordingSink, check_event, check_rejection, shipped_router
     from event_router_amqp.input import AmqpInput
     from event_router_amqp.testing import delivered

@@ -26,7 +26,7 @@ from event_router.api.errors import PermanentError, RetryableError
 from event_router.app import App
 from event_router.config import ConfigErrors, build_config
 from event_router.core.spool import DeadLetter, DeadLetterFilter
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import MakeApp, example, free_port, http_receiver, send_webhook, until
 from event_router.web.auth import OAuth2ClientCredentials
 from event_router.web.signing import sign, verify

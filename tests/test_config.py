@@ -11,7 +11,7 @@ import pytest
 from event_router.api.durations import parse_duration
 from event_router.api.secrets import Secret
 from event_router.config import ConfigErrors, build_config, load_config
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import run_cli
 
 BASE = """

@@ -29,7 +29,7 @@ from event_router.config import ConfigErrors, build_config
 from event_router.core.spool import DeadLetter, DeadLetterFilter
 from event_router.outputs.connector import MAX_ANSWER, MAX_CHAIN_DEPTH, ConnectorOutput, check_action
 from event_router.outputs.connector_api import API_BASES, ENDPOINTS
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import MakeApp, example, free_port, read_jsonl, run_cli, send_webhook, until
 
 pytestmark = pytest.mark.anyio

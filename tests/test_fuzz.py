@@ -22,7 +22,7 @@ from event_router.app import load_schemas
 from event_router.config import ConfigErrors, build_config
 from event_router.core.plan import plan_event
 from event_router.inputs.webhook import WebhookInput
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import example, example_events
 from event_router.testing.strategies import json_values
 

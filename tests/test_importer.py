@@ -18,7 +18,7 @@ import pytest
 
 from event_router.core.routing import compile_match
 from event_router.ops.importer import ImportResult, import_connector_config
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import run_cli
 
 DATA = Path(__file__).resolve().parent / "data" / "importer"

@@ -90,7 +90,7 @@ def test_version_lists_installed_plugins() -> None:
     lines = result.stdout.splitlines()
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert lines[0] == f"event-router {version}"
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
 
     for info in load_plugins().plugins:
         if not info.builtin:

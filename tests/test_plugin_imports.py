@@ -88,7 +88,7 @@ import anyio
 from event_router.config import build_config
 from event_router.api.event import Event
 from event_router.api.plugin import Delivery
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import until
 from event_router.testing.decoding import RecordingSink
 

@@ -1,4 +1,4 @@
-"""Finding plugins (event_router.plugins): third-party distributions through their entry points, next to the
+"""Finding plugins (event_router.plugin_loader): third-party distributions through their entry points, next to the
 built-ins. Each test puts made-up distributions on `sys.path` (a `.dist-info` with `entry_points.txt`), which
 `importlib.metadata` finds as it finds installed ones; tests/test_install.py does the same with real wheels in
 fresh venvs, slower."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from event_router.plugins import DISABLE_ENV, PluginLoadError, load_plugins
+from event_router.plugin_loader import DISABLE_ENV, PluginLoadError, load_plugins
 
 PLUGIN_MODULE = """
 from event_router.api import Input, hookimpl
@@ -59,7 +59,7 @@ def fake_input(cls: str, type_name: str) -> str:
 
 
 def test_an_entry_point_plugin_is_listed_with_its_distribution(install: Install) -> None:
-    """Control (passes before and after plugins.py moved onto pluggy's entry-point loading): `event-router
+    """Control (passes before and after the plugin loader moved onto pluggy's entry-point loading): `event-router
     plugins` and `--version` show the distribution and version of each plugin, its types, and the
     entry-point plugins first, by name, then the built-ins."""
     install("zeta", "event-router-zeta", fake_input("Zeta", "zeta"), version="0.9")

@@ -947,7 +947,7 @@ def test_routes_for_keeps_order_and_the_result_of_full_matching(tmp_path: Path) 
     import tomllib
 
     from event_router.config import build_config
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
 
     text = """
 [outputs.o]

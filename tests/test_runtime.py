@@ -12,7 +12,7 @@ import pytest
 from event_router.app import App
 from event_router.config import build_config
 from event_router.ops.cli import _serve
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import free_port
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import (
     ROOT,
     RouterProcess,

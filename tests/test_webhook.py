@@ -253,7 +253,7 @@ def test_processes_is_refused_with_what_to_do(tmp_path: Path) -> None:
     import tomllib
 
     from event_router.config import ConfigErrors, build_config
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
 
     text = config(1, tmp_path, "processes = 1")
     with pytest.raises(ConfigErrors, match=r"inputs.connector.processes: front processes were removed") as caught:

@@ -147,7 +147,7 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
     import tomllib
 
     from event_router.config import ConfigErrors, build_config
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
 
     text = config(1, tmp_path, 'tls = { cert_file = "nope.pem", key_file = "nope.key" }')
     with pytest.raises(ConfigErrors, match=r"inputs.connector.tls.cert_file: 'nope.pem' is not a readable file"):
@@ -280,7 +280,7 @@ def test_signing_secret_must_be_a_standard_webhooks_secret(tmp_path: Path) -> No
     import tomllib
 
     from event_router.config import ConfigErrors, build_config
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
 
     text = config(1, tmp_path, 'signing_secrets = ["not-a-secret"]')
     with pytest.raises(

@@ -38,7 +38,7 @@ from event_router.core.spool import Spool
 from event_router.core.spool.sqlite import SQLiteSpool, directory_problem
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
-from event_router.plugins import PluginRegistry
+from event_router.plugin_loader import PluginRegistry
 from event_router.systemd import notify
 
 log = logging.getLogger("event_router.app")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from event_router.config import ConfigErrors, build_config
-from event_router.plugins import PluginRegistry, load_plugins
+from event_router.plugin_loader import PluginRegistry, load_plugins
 from event_router_amqp import AmqpInput, AmqpOutput
 
 BASE = """

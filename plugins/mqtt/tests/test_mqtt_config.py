@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from event_router.config import ConfigErrors, build_config
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router_mqtt.input import MqttInput
 from event_router_mqtt.settings import trigger_for
 

@@ -11,7 +11,7 @@ import pytest
 import event_router_pubsub
 from event_router.api import ConfigError
 from event_router.config import ConfigErrors, build_config
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router_pubsub.input import PubSubInput
 from event_router_pubsub.settings import parse_settings
 

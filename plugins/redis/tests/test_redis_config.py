@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from event_router.config import ConfigErrors, build_config
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router_redis.input import RedisInput
 
 

@@ -30,7 +30,7 @@ from event_router.config.secrets import PLAIN_TEXT_ADVICE, SecretsMode, resolve_
 from event_router.config.wording import schema_errors
 from event_router.core.model import InputConfig, OutputConfig, RouteConfig, RouterConfig
 from event_router.core.routing import PatternError, compile_match, compile_reshape, compile_trigger_filter
-from event_router.plugins import PluginRegistry
+from event_router.plugin_loader import PluginRegistry
 
 
 class ConfigErrors(RouterError):

@@ -16,7 +16,7 @@ from event_router.api.errors import ConfigError, RouterError
 from event_router.api.listen import format_listen
 from event_router.config import ConfigErrors, SecretsMode, load_config
 from event_router.core.model import RouterConfig
-from event_router.plugins import PluginRegistry, load_plugins
+from event_router.plugin_loader import PluginRegistry, load_plugins
 
 if TYPE_CHECKING:
     from event_router.app import App

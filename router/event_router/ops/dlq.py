@@ -17,7 +17,7 @@ from event_router.core.deadletters import iso_time, replay, spool_status, to_jso
 from event_router.core.model import RouterConfig
 from event_router.core.spool import DeadLetter, DeadLetterFilter, OpenMode, Spool
 from event_router.core.spool.sqlite import SQLiteSpool
-from event_router.plugins import PluginRegistry
+from event_router.plugin_loader import PluginRegistry
 
 __all__ = ["add_dlq_parser", "existing_spool", "one_line", "open_spool", "run_dlq", "spool_status", "table"]
 

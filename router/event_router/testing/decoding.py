@@ -59,7 +59,7 @@ def shipped_router() -> tuple[RouterConfig, SchemaRegistry]:
     """The checkout's example router.toml (without its webhook API key, read from the environment) and the
     schemas it loads. Its last route archives every trigger, so each event is delivered or dead-lettered."""
     from event_router.app import load_schemas
-    from event_router.plugins import load_plugins
+    from event_router.plugin_loader import load_plugins
 
     registry = load_plugins(entry_points=False)
     path = ROOT / "router.toml"

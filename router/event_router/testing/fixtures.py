@@ -16,7 +16,7 @@ import pytest
 from event_router.api.hookspecs import ENTRY_POINT_GROUP
 from event_router.app import App
 from event_router.config import build_config
-from event_router.plugins import load_plugins
+from event_router.plugin_loader import load_plugins
 from event_router.testing import MakeApp
 
 

@@ -110,7 +110,7 @@ def _failed_entry_point(pm: pluggy.PluginManager) -> str:
 
 
 def _builtin_name(module_name: str) -> str:
-    return "builtin." + module_name.rsplit(".", 1)[1].removesuffix("_output")
+    return "builtin." + module_name.rsplit(".", 1)[1]
 
 
 def collect(pm: pluggy.PluginManager) -> PluginRegistry:
