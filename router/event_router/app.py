@@ -35,7 +35,7 @@ from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
 from event_router.core.pipeline import InternalSource, Pipeline
 from event_router.core.spool import Spool
-from event_router.core.spool.sqlite import SQLiteSpool, directory_problem
+from event_router.core.spool.backend import directory_problem, spool_for
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
 from event_router.plugin_loader import PluginRegistry
@@ -100,7 +100,7 @@ class App:
         self.config = config
         self.registry = registry
         self.stats = Stats()
-        self.spool: Spool = SQLiteSpool(config.data_dir / "spool.db")
+        self.spool: Spool = spool_for(config.data_dir)
         self.schemas = load_schemas(config, registry)
         self.pipeline = Pipeline(config=config, schemas=self.schemas, spool=self.spool, stats=self.stats)
         self._internal_submit = partial(self.pipeline.submit, InternalSource("router"))

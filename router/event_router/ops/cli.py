@@ -237,7 +237,7 @@ async def _serve(app: App) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from event_router.app import load_schemas
     from event_router.core.routing import unknown_triggers
-    from event_router.core.spool.sqlite import directory_problem
+    from event_router.core.spool.backend import directory_problem
 
     try:
         config, registry = _load(args, "skip" if args.no_secrets else "resolve")

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,28 +14,19 @@ import orjson
 from event_router.api.errors import RouterError
 from event_router.core.deadletters import iso_time, replay, spool_status, to_json
 from event_router.core.model import RouterConfig
-from event_router.core.spool import DeadLetter, DeadLetterFilter, OpenMode, Spool
-from event_router.core.spool.sqlite import SQLiteSpool
+from event_router.core.spool import DeadLetter, DeadLetterFilter, OpenMode, Spool, backend
 from event_router.plugin_loader import PluginRegistry
 
-__all__ = ["add_dlq_parser", "existing_spool", "one_line", "open_spool", "run_dlq", "spool_status", "table"]
-
-
-def existing_spool(config: RouterConfig) -> Path:
-    """The spool file of `config`; a RouterError when there is none. The operator commands read a spool
-    the router made: creating an empty one (and its data_dir) would only show a healthy, empty router
-    where the path is wrong or the router never ran."""
-    path = config.data_dir / "spool.db"
-    if not path.is_file():
-        raise RouterError(f"no spool at {path} (router.data_dir: has the router run with this {config.path.name}?)")
-    return path
+__all__ = ["add_dlq_parser", "one_line", "open_spool", "run_dlq", "spool_status", "table"]
 
 
 def open_spool(config: RouterConfig, mode: OpenMode) -> Spool:
-    """The spool of `config`, opened for an operator command (`shared` to write, `readonly` to read)."""
-    spool = SQLiteSpool(existing_spool(config))
-    spool.open(mode)
-    return spool
+    """The spool of `config`, opened for an operator command (`shared` to write, `readonly` to read); a
+    RouterError naming the data_dir's key when the router has not made one there."""
+    try:
+        return backend.open_spool(config.data_dir, mode)
+    except backend.SpoolMissing as exc:
+        raise RouterError(f"{exc} (router.data_dir: has the router run with this {config.path.name}?)") from None
 
 
 def _timestamp(value: str) -> float:

@@ -288,10 +288,9 @@ def dead_letters(data_dir: Path | str, where: DeadLetterFilter | None = None) ->
     """The dead letters (those `where` selects, else all) in the spool of the router whose `data_dir` this is,
     oldest first. Read on a read-only connection of its own, as `event-router dlq list` reads them: while the
     router runs (from a test's event loop too) or after it stopped."""
-    from event_router.core.spool.sqlite import SQLiteSpool
+    from event_router.core.spool.backend import open_spool
 
-    spool = SQLiteSpool(Path(data_dir) / "spool.db")
-    spool.open("readonly")
+    spool = open_spool(Path(data_dir), "readonly")
     try:
         return spool.dead_letters(where or DeadLetterFilter())
     finally:
