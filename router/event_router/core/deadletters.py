@@ -1,4 +1,4 @@
-"""Dead letters: what replaying one means, and how they and the spool are shown to people (`dlq`, `status`).
+"""Dead letters: what replaying one means (`dlq replay`; how they are shown is `event_router.ops.show`).
 
 Replay puts a dead letter back in the pipeline: one that failed at an output is delivered to that output
 again (same event id, same payload); one that never reached a route (invalid, unrouted) is validated and
@@ -8,10 +8,8 @@ The spool stores, lists and deletes them (`event_router.core.spool.Spool`); this
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
@@ -22,38 +20,12 @@ from event_router.core.spool import (
     DeadLetter,
     DeadLetterFilter,
     NewDelivery,
-    OutputBacklog,
     Requeue,
     Spool,
     StillDead,
     StoreEvent,
 )
 from event_router.core.validation import SchemaRegistry
-
-
-def iso_time(timestamp: float) -> str:
-    """Unix time as people read it in `dlq` and `status`: UTC, to the second, ISO 8601."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
-
-
-def to_json(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": dl.dlid,
-        "event_id": dl.event_id,
-        "trigger": dl.trigger,
-        "source": dl.source,
-        "output": dl.output,
-        "route": dl.route,
-        "reason": dl.reason,
-        "error": dl.error,
-        "attempts": dl.attempts,
-        "created_at": iso_time(dl.created_at),
-    }
-    if full:
-        out["event"] = orjson.loads(dl.body)
-        if dl.payload is not None:
-            out["payload"] = orjson.loads(dl.payload)
-    return out
 
 
 @dataclass(slots=True)
@@ -120,43 +92,3 @@ def _replay_one(
         ]
     report.replayed += 1
     return Requeue(dl.dlid, StoreEvent(event.id, event.trigger, dl.body, deliveries))
-
-
-def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
-    """What `event-router status` prints, from `spool` (opened to read).
-
-    Keys are stable snake_case names; outputs are keyed by their name in router.toml. Every configured
-    output is listed, and any output the spool still holds deliveries or dead letters for.
-    """
-    summary = spool.status()
-    wall = time.time()
-    age = summary.oldest_pending_age
-    status: dict[str, Any] = {
-        "spool": summary.location,
-        "pending_events": summary.pending_events,
-        "oldest_pending_age_seconds": None if age is None else round(age, 3),
-        "outputs": {},
-    }
-    dead_per_output: dict[str, int] = {}
-    for dead in summary.dead_letters:
-        if dead.output is not None:
-            dead_per_output[dead.output] = dead_per_output.get(dead.output, 0) + dead.count
-    names = sorted(set(config.outputs) | set(summary.backlogs) | set(dead_per_output))
-    for name in names:
-        backlog = summary.backlogs.get(name, OutputBacklog(0, 0))
-        due_in = backlog.next_retry_in
-        status["outputs"][name] = {
-            "configured": name in config.outputs,
-            "pending": backlog.pending,
-            "retrying": backlog.retrying,
-            "next_retry_at": None if due_in is None else iso_time(wall + due_in),
-            "next_retry_in_seconds": None if due_in is None else round(max(0.0, due_in), 3),
-            "next_retry_attempt": None if due_in is None else backlog.next_retry_failures + 1,
-            "last_error": backlog.last_error,
-            "dead_letters": dead_per_output.get(name, 0),
-        }
-    status["dead_letters"] = {
-        "total": sum(dead.count for dead in summary.dead_letters),
-        "counts": [{"output": d.output, "reason": d.reason, "count": d.count} for d in summary.dead_letters],
-    }
-    return status

@@ -1,1 +1,1 @@
-"""Operator commands: the CLI, dead-letter commands, the importer, `init`, logging."""
+"""Operator commands: the CLI, dead-letter commands, how they show the spool (`show`), the importer, `init`, logging."""

@@ -406,7 +406,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([p.to_dict() for p in registry.plugins])
         return 0
-    from event_router.ops.dlq import table
+    from event_router.ops.show import table
 
     rows = [
         (
@@ -446,14 +446,15 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([{"trigger": t, "title": title, "file": f} for t, title, f in rows])
         return 0
-    from event_router.ops.dlq import table
+    from event_router.ops.show import table
 
     print("\n".join(table(("TRIGGER", "TITLE"), [(trigger, title) for trigger, title, _file in rows])))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from event_router.ops.dlq import one_line, open_spool, spool_status, table
+    from event_router.ops.dlq import open_spool
+    from event_router.ops.show import one_line, spool_status, table
 
     config, _ = _load(args, "skip")
     spool = open_spool(config, "readonly")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -12,12 +12,13 @@ from typing import Any
 import orjson
 
 from event_router.api.errors import RouterError
-from event_router.core.deadletters import iso_time, replay, spool_status, to_json
+from event_router.core.deadletters import replay
 from event_router.core.model import RouterConfig
 from event_router.core.spool import DeadLetter, DeadLetterFilter, OpenMode, Spool, backend
+from event_router.ops.show import dead_letter_json, iso_time, one_line, table
 from event_router.plugin_loader import PluginRegistry
 
-__all__ = ["add_dlq_parser", "one_line", "open_spool", "run_dlq", "spool_status", "table"]
+__all__ = ["add_dlq_parser", "open_spool", "run_dlq"]
 
 
 def open_spool(config: RouterConfig, mode: OpenMode) -> Spool:
@@ -78,32 +79,20 @@ def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
             p.epilog = "exit status: 0 purged (or nothing matched, or --dry-run); 1 not confirmed; 2 refused"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Collection[int] = ()) -> list[str]:
-    """Lines of an aligned text table: each column as wide as its widest cell, the last one not padded.
-    Columns whose index is in `right` (numbers) are right-aligned."""
-    cells = [[str(h) for h in headers], *[["-" if v is None or v == "" else str(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    last = len(headers) - 1
-
-    def aligned(i: int, value: str) -> str:
-        if i in right:
-            return value.rjust(widths[i])
-        return value if i == last else value.ljust(widths[i])
-
-    return ["  ".join(aligned(i, value) for i, value in enumerate(row)).rstrip() for row in cells]
-
-
-def one_line(text: str | None, width: int = 100) -> str:
-    """An error message as one table cell: whitespace runs (newlines too) as one space, cut at `width`."""
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= width else flat[: width - 3] + "..."
-
-
 def _dead_letter_table(rows: Sequence[DeadLetter]) -> list[str]:
     return table(
         ("ID", "DEAD-LETTERED", "REASON", "OUTPUT", "ROUTE", "TRIGGER", "ATTEMPTS", "ERROR"),
         [
-            (r.dlid, to_json(r)["created_at"], r.reason, r.output, r.route, r.trigger, r.attempts, one_line(r.error))
+            (
+                r.dlid,
+                dead_letter_json(r)["created_at"],
+                r.reason,
+                r.output,
+                r.route,
+                r.trigger,
+                r.attempts,
+                one_line(r.error),
+            )
             for r in rows
         ],
         right=(0, 6),
@@ -145,7 +134,9 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
         if args.dlq_command == "list":
             rows = spool.dead_letters(where, args.limit)
             if args.json:
-                sys.stdout.write(orjson.dumps([to_json(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n")
+                sys.stdout.write(
+                    orjson.dumps([dead_letter_json(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
+                )
                 return 0
             if not rows:
                 print("no dead letter matches", file=sys.stderr)
@@ -160,7 +151,9 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
             if not rows:
                 print("error: no dead letter matches", file=sys.stderr)
                 return 1
-            sys.stdout.write(orjson.dumps([to_json(r, full=True) for r in rows], option=orjson.OPT_INDENT_2).decode())
+            sys.stdout.write(
+                orjson.dumps([dead_letter_json(r, full=True) for r in rows], option=orjson.OPT_INDENT_2).decode()
+            )
             sys.stdout.write("\n")
             return 0
         if args.dlq_command == "purge":

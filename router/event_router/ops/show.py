@@ -1,0 +1,100 @@
+"""How the spool and its dead letters are shown to people: `status`, `dlq list|show`, and the tables of
+`plugins` and `schemas`. What they mean and do (replay) is the core's (`event_router.core.deadletters`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import orjson
+
+from event_router.core.model import RouterConfig
+from event_router.core.spool import DeadLetter, OutputBacklog, Spool
+
+
+def iso_time(timestamp: float) -> str:
+    """Unix time as people read it in `dlq` and `status`: UTC, to the second, ISO 8601."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def dead_letter_json(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
+    """A dead letter as `dlq list --json` (and, `full`, with its event and payload, `dlq show`) prints it."""
+    out: dict[str, Any] = {
+        "id": dl.dlid,
+        "event_id": dl.event_id,
+        "trigger": dl.trigger,
+        "source": dl.source,
+        "output": dl.output,
+        "route": dl.route,
+        "reason": dl.reason,
+        "error": dl.error,
+        "attempts": dl.attempts,
+        "created_at": iso_time(dl.created_at),
+    }
+    if full:
+        out["event"] = orjson.loads(dl.body)
+        if dl.payload is not None:
+            out["payload"] = orjson.loads(dl.payload)
+    return out
+
+
+def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
+    """What `event-router status` prints, from `spool` (opened to read).
+
+    Keys are stable snake_case names; outputs are keyed by their name in router.toml. Every configured
+    output is listed, and any output the spool still holds deliveries or dead letters for.
+    """
+    summary = spool.status()
+    wall = time.time()
+    age = summary.oldest_pending_age
+    status: dict[str, Any] = {
+        "spool": summary.location,
+        "pending_events": summary.pending_events,
+        "oldest_pending_age_seconds": None if age is None else round(age, 3),
+        "outputs": {},
+    }
+    dead_per_output: dict[str, int] = {}
+    for dead in summary.dead_letters:
+        if dead.output is not None:
+            dead_per_output[dead.output] = dead_per_output.get(dead.output, 0) + dead.count
+    names = sorted(set(config.outputs) | set(summary.backlogs) | set(dead_per_output))
+    for name in names:
+        backlog = summary.backlogs.get(name, OutputBacklog(0, 0))
+        due_in = backlog.next_retry_in
+        status["outputs"][name] = {
+            "configured": name in config.outputs,
+            "pending": backlog.pending,
+            "retrying": backlog.retrying,
+            "next_retry_at": None if due_in is None else iso_time(wall + due_in),
+            "next_retry_in_seconds": None if due_in is None else round(max(0.0, due_in), 3),
+            "next_retry_attempt": None if due_in is None else backlog.next_retry_failures + 1,
+            "last_error": backlog.last_error,
+            "dead_letters": dead_per_output.get(name, 0),
+        }
+    status["dead_letters"] = {
+        "total": sum(dead.count for dead in summary.dead_letters),
+        "counts": [{"output": d.output, "reason": d.reason, "count": d.count} for d in summary.dead_letters],
+    }
+    return status
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Collection[int] = ()) -> list[str]:
+    """Lines of an aligned text table: each column as wide as its widest cell, the last one not padded.
+    Columns whose index is in `right` (numbers) are right-aligned."""
+    cells = [[str(h) for h in headers], *[["-" if v is None or v == "" else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    last = len(headers) - 1
+
+    def aligned(i: int, value: str) -> str:
+        if i in right:
+            return value.rjust(widths[i])
+        return value if i == last else value.ljust(widths[i])
+
+    return ["  ".join(aligned(i, value) for i, value in enumerate(row)).rstrip() for row in cells]
+
+
+def one_line(text: str | None, width: int = 100) -> str:
+    """An error message as one table cell: whitespace runs (newlines too) as one space, cut at `width`."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
