@@ -4,9 +4,9 @@ Ready (READY=1, `router ready`) once every input consumes: a broker input that c
 waited for while the rest runs (the webhook takes events, /readyz answers 503 naming the input).
 
 Every input and output runs in its own cancel scope under a supervisor: one that fails after it started
-is logged and restarted with backoff while the rest keeps running; a reload stops and restarts only the
-inputs and outputs whose tables changed (a replaced output's attempts in flight finish beside its
-successor, which leaves them alone). SIGTERM/SIGINT: stop inputs first (the webhook stops accepting;
+is logged and restarted with backoff (`RESTART_POLICY`) while the rest keeps running; a reload stops and
+restarts only the inputs and outputs whose tables changed (a replaced output's attempts in flight finish
+beside its successor, which leaves them alone). SIGTERM/SIGINT: stop inputs first (the webhook stops accepting;
 requests in progress finish and their events are stored), then let deliveries in flight finish up to
 `shutdown_timeout`; what is left stays in the spool. SIGHUP: reload (an invalid file keeps the running
 configuration). A wall-clock jump is logged and rebased away, so retries keep their schedule
@@ -29,7 +29,9 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from prometheus_client import CollectorRegistry
 
+from event_router.api.backoff import Backoff
 from event_router.api.errors import ConfigError, RouterError, SpoolError
+from event_router.api.retry import RetryPolicy
 from event_router.config import ConfigErrors, load_config
 from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
@@ -43,7 +45,10 @@ from event_router.systemd import notify
 
 log = logging.getLogger("event_router.app")
 STATUS_INTERVAL = 10.0
-MAX_RESTART_DELAY = 30.0
+#: the wait before restarting an input or output that failed after it started: up to 1 s after its first
+#: failure, the ceiling doubling per failure up to 30 s, full jitter (`Backoff`, the inputs' reconnect
+#: back-off). The count starts again after a failure that came `max_backoff` (30 s) or more after it started
+RESTART_POLICY = RetryPolicy(max_age=0, initial_backoff=1.0, max_backoff=30.0)
 #: how often to compare the wall clock with the spool's: a jump is noticed within this many seconds
 CLOCK_CHECK_INTERVAL = 1.0
 #: at start, how long the admin endpoint waits for the inputs to consume before it listens anyway
@@ -73,12 +78,15 @@ class _Unit:
 class _Tracked(TaskStatus[Any]):
     """Remembers whether `started()` was called, to tell a start-up failure from a later crash."""
 
-    def __init__(self, inner: TaskStatus[Any], unit: _Unit | None = None):
+    def __init__(self, inner: TaskStatus[Any], unit: _Unit | None = None, backoff: Backoff | None = None):
         self.inner = inner
         self.unit = unit
+        self.backoff = backoff
         self.called = False
 
     def started(self, value: Any = None) -> None:
+        if self.backoff is not None:  # each run after a restart too: its health counts from here
+            self.backoff.healthy()
         if self.called:  # a plugin consuming again after a reconnect: it said so the first time
             return
         self.called = True
@@ -218,11 +226,11 @@ class App:
         task_status: TaskStatus[None],
     ) -> None:
         """Run `run`; restart it with backoff when it fails after it started (or always, when not fatal)."""
-        status = _Tracked(task_status, unit)
+        backoff = Backoff(RESTART_POLICY)
+        status = _Tracked(task_status, unit, backoff)
         if not fatal:
             task_status.started()
-            status = _Tracked(anyio.TASK_STATUS_IGNORED, unit)
-        delay = 1.0
+            status = _Tracked(anyio.TASK_STATUS_IGNORED, unit, backoff)
         with unit.scope:
             try:
                 while True:
@@ -236,10 +244,13 @@ class App:
                             # cannot even start (port taken...): the router must not come up half-way
                             unit.failure = exc  # `settled` is set by the finally below
                             return
-                        log.exception(f"{kind} failed; restarting it", extra={kind: name, "retry_in": delay})
+                        delay = backoff.failed()
+                        log.exception(
+                            f"{kind} failed; restarting it",
+                            extra={kind: name, "attempt": backoff.attempt, "retry_in": round(delay, 3)},
+                        )
                         await anyio.sleep(delay)
-                        delay = min(delay * 2, MAX_RESTART_DELAY)
-                        status = _Tracked(anyio.TASK_STATUS_IGNORED, unit)
+                        status = _Tracked(anyio.TASK_STATUS_IGNORED, unit, backoff)
                         status.called = True
             finally:
                 unit.settled.set()  # stopped (a reload replaced it): nothing waits for it any more
