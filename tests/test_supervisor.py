@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 
 import event_router.app
 from event_router.api import EventSink, Input, RetryPolicy, hookimpl
-from event_router.testing import MakeApp, until
+from event_router.testing import MakeApp, archive_all, router_table, until
 
 pytestmark = pytest.mark.anyio
 
@@ -49,18 +49,7 @@ def event_router_input_types() -> list[type[Input]]:
     return [Flaky]
 
 
-CONFIG = """
-[router]
-data_dir = "./var"
-[inputs.flaky]
-type = "test-flaky"
-[outputs.archive]
-type = "file"
-path = "./archive.jsonl"
-[[routes]]
-name = "all"
-to = "archive"
-"""
+CONFIG = router_table() + '[inputs.flaky]\ntype = "test-flaky"\n' + archive_all()
 
 
 async def test_a_failing_input_backs_off_and_starts_counting_again_once_it_was_healthy(
