@@ -15,7 +15,7 @@ import orjson
 
 from event_router.api.event import Event
 from event_router.core.model import RouterConfig
-from event_router.core.plan import plan_event
+from event_router.core.plan import plan_for_input
 from event_router.core.spool import (
     DeadLetter,
     DeadLetterFilter,
@@ -76,14 +76,7 @@ def _replay_one(
             return None
         deliveries = [NewDelivery(dl.output, dl.route or "(replay)", dl.payload)]
     else:
-        inp = config.inputs.get(event.source)
-        plan = plan_event(
-            event,
-            config=config,
-            schemas=schemas,
-            validation=inp.validation if inp else "strict",
-            unknown_triggers=inp.unknown_triggers if inp else "accept",
-        )
+        plan = plan_for_input(event, config.inputs.get(event.source), config=config, schemas=schemas)
         if plan.dead_letter is not None:
             report.dead_again += 1
             return StillDead(dl.dlid, plan.dead_letter[1])

@@ -9,7 +9,7 @@ from typing import Any
 
 from event_router.api.errors import did_you_mean
 from event_router.api.event import Event
-from event_router.core.model import RouteConfig, RouterConfig
+from event_router.core.model import InputConfig, RouteConfig, RouterConfig
 from event_router.core.validation import SchemaRegistry, ValidationResult
 
 #: distinct unknown triggers named in the log; a sender can invent any number, the log says so once
@@ -80,3 +80,17 @@ def plan_event(
     if not plan.deliveries and config.unmatched == "dead-letter":
         plan.dead_letter = ("no_route", "no route matched")
     return plan
+
+
+def plan_for_input(event: Event, source: InputConfig | None, *, config: RouterConfig, schemas: SchemaRegistry) -> Plan:
+    """`plan_event` under the policies of the input `source` (validation, unknown triggers), or under the
+    defaults where there is no such input: a replayed event whose input is gone, a dry run without one."""
+    if source is None:
+        return plan_event(event, config=config, schemas=schemas)
+    return plan_event(
+        event,
+        config=config,
+        schemas=schemas,
+        validation=source.validation,
+        unknown_triggers=source.unknown_triggers,
+    )

@@ -298,7 +298,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from event_router.api.event import Event
     from event_router.api.plugin import Delivery
     from event_router.app import load_schemas
-    from event_router.core.plan import plan_event
+    from event_router.core.plan import plan_for_input
 
     # it sends nothing, so like the operator commands it reads no secret: a CI job has none of them
     config, registry = _load(args, "skip")
@@ -331,13 +331,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             source=input_name or "test",
             meta={"dry_run": True},
         )
-        plan = plan_event(
-            event,
-            config=config,
-            schemas=schemas,
-            validation=policy.validation if policy else "strict",
-            unknown_triggers=policy.unknown_triggers if policy else "accept",
-        )
+        plan = plan_for_input(event, policy, config=config, schemas=schemas)
         deliveries = []
         problems: list[str] = []
         if plan.dead_letter is not None:
