@@ -101,6 +101,13 @@ class DirectoryInput(Input):
     def not_ready_reason(self) -> str | None:
         return self._problem
 
+    def guarantee(self) -> str:
+        # What `event-router check` says for this input on every route it feeds: the promise, given this config.
+        return (
+            "at least once: a file is deleted only once its event is stored; one read again after a crash "
+            f"within {REMEMBER_FILES / 3600:g}h is recognised and not stored twice"
+        )
+
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started once the directory can be read and written: from then on a dropped file is taken. While
         # it is missing the router runs, not ready, serving its other inputs.

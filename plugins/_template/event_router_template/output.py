@@ -30,6 +30,10 @@ class StdoutOutput(Output):
         super().__init__(config, context)
         self.prefix: str = config.get("prefix", "")
 
+    def guarantee(self) -> str:
+        # Optional; without it `event-router check` says "unknown: the plugin does not say".
+        return "at least once to the router's stdout: written and flushed; nothing confirms that a reader kept it"
+
     async def deliver(self, delivery: Delivery) -> None:
         # Raise RetryableError / PermanentError (event_router.api) on failure; return when delivered.
         line = orjson.dumps({"route": delivery.route, "id": delivery.event.id, "body": delivery.payload})

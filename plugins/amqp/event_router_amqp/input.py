@@ -177,6 +177,21 @@ class AmqpInput(Input):
     def is_ready(self) -> bool:
         return self._ready
 
+    def guarantee(self) -> str:
+        # The Connector publishes transient, non-mandatory messages on a channel without confirms, logs a
+        # failed publish and never reconnects (enmeshed-events.md 3.1): the guarantee starts in the queue.
+        # A quorum queue writes every message to disk; a classic one keeps transient messages in memory.
+        if not self.declare:
+            queue = f"queue {self.queue!r} as it is"
+        elif self.queue_type == "quorum":
+            queue = "durable quorum queue"
+        else:
+            queue = "durable classic queue, which loses transient messages on a broker restart,"
+        return (
+            f"{queue} + ack after storing: at least once from the broker; but the Connector publishes without "
+            "confirms and never reconnects"
+        )
+
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started once consuming (queue declared and bound, consumer registered): before, what the Connector
         # publishes to the exchange reaches no queue and is dropped. The router serves its other inputs

@@ -85,6 +85,16 @@ class AmqpOutput(Output):
         #: message id -> publish in flight; the channel matches returned messages by id, so ids must not overlap
         self._in_flight: dict[str, asyncio.Future[None]] = {}
 
+    def guarantee(self) -> str:
+        if self.mandatory and self.persistent:
+            return "at least once into a queue: publisher confirms, mandatory, persistent"
+        parts = [f"at least once {'into a queue' if self.mandatory else 'to the exchange'}: publisher confirms"]
+        if not self.mandatory:
+            parts.append("mandatory = false: the broker drops a message no queue is bound for")
+        if not self.persistent:
+            parts.append("persistent = false: a classic queue loses it on a broker restart")
+        return "; ".join(parts)
+
     async def deliver(self, delivery: Delivery) -> None:
         (outcome,) = await self.deliver_batch([delivery])
         if outcome is not None:

@@ -95,6 +95,19 @@ class MqttInput(Input):
     def is_ready(self) -> bool:
         return self._ready
 
+    def guarantee(self) -> str:
+        # The Connector publishes at QoS 0 (enmeshed-events.md 3.3) and the broker delivers min(publish QoS,
+        # subscription QoS): its events arrive at QoS 0, unacknowledged, whatever `qos` says. A broker keeps
+        # QoS 0 messages for an offline persistent session only where it is configured to; a clean session
+        # loses even unacknowledged QoS 1 messages when the connection ends.
+        s = self.settings
+        if s.clean_session:
+            return f"QoS {s.qos}, clean session: at most once; lost while the router is not connected"
+        away = "lost while the router is not connected unless the broker queues QoS 0"
+        if s.qos == 0:
+            return f"QoS 0: at most once in transit; {away}"
+        return f"QoS 1, persistent session: at least once for QoS 1 publishes, but the Connector's are QoS 0: {away}"
+
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started once the broker acknowledged the subscription (SUBACK): before, what the Connector publishes
         # reaches no subscriber (a new session) and is dropped. The router serves its other inputs meanwhile.

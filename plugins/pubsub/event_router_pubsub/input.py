@@ -59,6 +59,14 @@ class PubSubInput(Input):
     def is_ready(self) -> bool:
         return self._ready
 
+    def guarantee(self) -> str:
+        # The Connector's client publishes with the library's default retries, then logs and drops; only
+        # subscriptions that exist at publish time get a message (enmeshed-events.md 3.2)
+        return (
+            "subscription + ack after storing: at least once from the subscription, which keeps events while the "
+            "router is away once it exists; the Connector drops a publish that fails after its client's retries"
+        )
+
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started once the subscription exists (created if configured), just before the first pull: Pub/Sub
         # keeps for a subscription what is published after it exists, and drops what came before. While

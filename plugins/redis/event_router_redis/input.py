@@ -46,6 +46,15 @@ class RedisInput(Input):
     def is_ready(self) -> bool:
         return self._ready
 
+    def guarantee(self) -> str:
+        if self.settings.mode == "stream":
+            # the Connector only PUBLISHes (enmeshed-events.md 3.4): whatever XADDs its events is a subscriber
+            return (
+                "Redis stream + XACK after storing: at least once from the stream; the Connector only PUBLISHes, "
+                "what writes the stream decides what is in it"
+            )
+        return "Redis pub/sub: at most once; lost while the router is not subscribed or too slow"
+
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         # Started once subscribed (every PSUBSCRIBE confirmed) or the consumer group exists: before, what the
         # Connector publishes to a channel is dropped. The router serves its other inputs meanwhile.

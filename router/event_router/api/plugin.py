@@ -106,6 +106,10 @@ class PluginContext:
     submit: Callable[[Sequence[Event]], Awaitable[list[SubmitResult]]] | None = None
 
 
+#: what `guarantee()` says of a plugin that does not override it
+UNKNOWN_GUARANTEE = "unknown: the plugin does not say"
+
+
 class _Plugin(ABC):
     #: the `type = "..."` that selects this class in router.toml
     type_name: ClassVar[str]
@@ -121,6 +125,17 @@ class _Plugin(ABC):
         self.context = context
         self.name = context.name
         self.log = context.logger
+
+    def guarantee(self) -> str:
+        """The delivery guarantee of this input or output as configured, in one phrase for `event-router check`,
+        which prints it per route: `route "r": webhook "hooks" (<the input's>) -> http "crm" (<the output's>)`.
+
+        An input says what becomes of an event from the moment its source publishes it until the router has
+        stored it: what the sender and the broker keep, under which of this input's settings, and when events
+        are lost or repeated. An output says the same from the spool until its receiver has the event. Start
+        with the promise ("at least once", "at most once in transit"), then the exceptions. Cheap, no I/O.
+        """
+        return UNKNOWN_GUARANTEE
 
 
 class Input(_Plugin):

@@ -24,6 +24,7 @@ __all__ = [
     "PatternError",
     "compile_match",
     "compile_reshape",
+    "compile_source_filter",
     "compile_trigger_filter",
     "trigger_matches",
     "unknown_triggers",
@@ -131,6 +132,18 @@ def compile_trigger_filter(spec: Mapping[str, Any]) -> Callable[[str], bool] | N
         return None
     matcher = _compile_field(("trigger",), spec["trigger"], "trigger")
     return lambda trigger: matcher({"trigger": trigger})
+
+
+def compile_source_filter(spec: Mapping[str, Any]) -> Callable[[str], bool] | None:
+    """The pattern's top-level `source` condition alone, as a test of an input's name; None when it has none.
+
+    Tells `check` which inputs can feed a route (a `source` inside `$or` is not looked into: those inputs
+    all count). `compile_match` must have accepted `spec` already.
+    """
+    if not isinstance(spec, Mapping) or "source" not in spec or isinstance(spec["source"], Mapping):
+        return None
+    matcher = _compile_field(("source",), spec["source"], "source")
+    return lambda source: matcher({"source": source})
 
 
 def _always(event: Mapping[str, Any]) -> bool:

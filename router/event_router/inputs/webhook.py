@@ -278,6 +278,19 @@ class WebhookInput(Input):
         #: refusals are logged at most once a minute per (status, client), with how many were held back
         self._refusals = LogThrottle()
 
+    def guarantee(self) -> str:
+        if self.signing_secrets:
+            # the Connector cannot sign: the sender is one that signs, and Standard Webhooks senders retry
+            return "at least once from a sender that retries on non-2xx; stored once per webhook-id"
+        refused = (
+            "during a restart, with a full spool or past rate_limit"
+            if self.limiter
+            else "during a restart or with a full spool"
+        )
+        # The Connector's webhooks module POSTs once, without retry or queue: whatever it does not get a 2xx
+        # for is gone (enmeshed-events.md 3.5, 3.6)
+        return f"lost while the router is unreachable or refuses, as {refused}: the Connector does not retry"
+
     def tls_paths(self) -> dict[str, str] | None:
         """The `tls` table with absolute paths."""
         if not self.tls:

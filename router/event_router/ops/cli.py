@@ -267,6 +267,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for route in config.routes
         for warning in unknown_triggers(route.match, schemas.triggers(), schemas.is_known)
     ]
+    promised = guarantees(config)
     summary = {
         "config": str(args.config),
         "inputs": {name: i.type for name, i in config.inputs.items()},
@@ -275,6 +276,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "schemas": len(schemas.triggers()),
         "warnings": warnings,
         "unresolved_secrets": list(config.unresolved_secrets),
+        "guarantees": promised,
     }
     if args.json:
         _print_json({"ok": True, **summary})
@@ -291,7 +293,40 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: ok: {len(config.inputs)} input(s), {len(config.outputs)} output(s), "
         f"{len(config.routes)} route(s), {summary['schemas']} event schemas"
     )
+    for row in promised:
+        print(
+            f'route "{row["route"]}": {row["input_type"]} "{row["input"]}" ({row["input_guarantee"]}) -> '
+            f'{row["output_type"]} "{row["output"]}" ({row["output_guarantee"]})'
+        )
     return 0
+
+
+def guarantees(config: RouterConfig) -> list[dict[str, str]]:
+    """Per route, per input that can feed it and per output it sends to: what each promises, as the plugins
+    say it (`guarantee()`). Together they are the route's guarantee from the Connector to the receiver; the
+    part in between (the spool, retries, dead letters) is the same for every route."""
+    from event_router.core.routing import compile_source_filter
+
+    rows = []
+    for route in config.routes:
+        admits = compile_source_filter(route.match)
+        for source in config.inputs.values():
+            if admits is not None and not admits(source.name):
+                continue
+            for name in route.to:
+                output = config.outputs[name]
+                rows.append(
+                    {
+                        "route": route.name,
+                        "input": source.name,
+                        "input_type": source.type,
+                        "input_guarantee": source.plugin.guarantee(),
+                        "output": output.name,
+                        "output_type": output.type,
+                        "output_guarantee": output.plugin.guarantee(),
+                    }
+                )
+    return rows
 
 
 def cmd_test(args: argparse.Namespace) -> int:

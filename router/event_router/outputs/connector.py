@@ -484,6 +484,10 @@ class ConnectorOutput(Output):
         self._checked: dict[bytes, list[tuple[str, str]]] = {}
         self._session: aiohttp.ClientSession | None = None
 
+    def guarantee(self) -> str:
+        # the REST API takes no idempotency key: a call repeated after a lost answer is a second call
+        return "at least once, with no idempotency key: a repeated send_message or create_* makes a second one"
+
     @staticmethod
     def _api_version_for(config: Mapping[str, Any], version: tuple[int, ...]) -> str:
         """The `api_version` of the declared `connector_version`, `version` (the one given must agree)."""

@@ -62,6 +62,11 @@ class FileOutput(Output):
         # on every batch, and writes to one file are sequential anyway
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
 
+    def guarantee(self) -> str:
+        if not self.fsync:
+            return "at least once while the host stays up: fsync = false, a power loss can undo lines delivered"
+        return "at least once, fsynced; a line written again after a crash carries the same id"
+
     def path_for(self, delivery: Delivery) -> str:
         if not self.dated:
             return self.template

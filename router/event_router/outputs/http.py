@@ -198,6 +198,9 @@ class HttpOutput(Output):
         self._unresolved = [config["url"], *headers.values(), config.get("signing_secret")]
         self._session: aiohttp.ClientSession | None = None
 
+    def guarantee(self) -> str:
+        return "at least once: retried until a 2xx; repeats carry the same Idempotency-Key"
+
     def _scrub(self, text: str) -> str:
         """`text` without any of this output's credentials (a receiver may echo the headers it was sent)."""
         return scrub(text, (*self._hidden, *(self.auth.secrets() if self.auth is not None else ())))
