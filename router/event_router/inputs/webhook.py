@@ -402,7 +402,8 @@ class WebhookInput(Input):
             finally:
                 self._in_flight -= 1
             status, body, extra = answer
-            self.refused(sink, _remote(scope), answer)
+            if status >= 400:
+                self.refused(sink, _remote(scope), answer)
             headers = [("content-type", "application/json")]
             if extra:
                 headers.extend((name.lower(), value) for name, value in extra.items())
@@ -429,10 +430,12 @@ class WebhookInput(Input):
             refused = self.screen(received)
             if refused is not None:
                 return await refuse(proto, headers, refused)
-            raw = None
-            with anyio.move_on_after(self.body_timeout):
-                raw = await _read_body(proto, max_body, None if length is None else int(length))
-            if raw is None:
+            # asyncio's timeout, not anyio's scope: this runs in a task granian made, for which anyio would
+            # build its task state on every request
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    raw = await _read_body(proto, max_body, None if length is None else int(length))
+            except TimeoutError:
                 return self.body_too_slow(), True
             if isinstance(raw, int):
                 return self.too_large(), True
@@ -448,27 +451,28 @@ class WebhookInput(Input):
             if "expect" in headers:
                 return answer, True
             size = 0
-            with anyio.move_on_after(self.body_timeout):
-                async for chunk in proto:
-                    size += len(chunk)
-                    if size > max_body:
-                        break
-                else:
-                    return answer, False
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    async for chunk in proto:
+                        size += len(chunk)
+                        if size > max_body:
+                            break
+                    else:
+                        return answer, False
+            except TimeoutError:
+                pass
             return answer, True
 
         return app
 
     def refused(self, sink: EventSink, remote: str | None, answer: Answer) -> None:
-        """Make an error answer visible on the router: the sender (the Connector) never retries.
+        """Make an error answer (status 400 or more) visible on the router: the sender (the Connector) never retries.
 
         Counted always (`requests_rejected_total{input,status}`). Logged at warning, throttled per status
         and client (`LogThrottle`), unless the answer names the dead letter its request went to: that was
         logged with the dead letter.
         """
         status, body, _ = answer
-        if status < 400:
-            return
         sink.refused(status)
         if "dead_letter" in body:
             return
@@ -614,7 +618,8 @@ class _Batch:
         self.webhook = webhook
         self.sink = sink
         self.pending: list[tuple[Parsed | Rejected, asyncio.Future[Answer]]] = []
-        self.wake = anyio.Event()
+        # asyncio's, not anyio's: set by every request, in a task granian made
+        self.wake = asyncio.Event()
         self.scope = anyio.CancelScope(shield=True)
 
     async def put(self, item: Parsed | Rejected) -> Answer:
@@ -631,7 +636,7 @@ class _Batch:
         with self.scope:
             while True:
                 await self.wake.wait()
-                self.wake = anyio.Event()
+                self.wake.clear()
                 taken, self.pending = self.pending[:BATCH_LIMIT], self.pending[BATCH_LIMIT:]
                 if self.pending:
                     self.wake.set()
