@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import os
+import queue
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -58,9 +60,9 @@ class FileOutput(Output):
         # events carry personal data: files are private unless the operator says otherwise
         self.mode = int(config.get("mode", "0600"), 8)
         self._handles: dict[str, IO[bytes]] = {}
-        # one thread of its own: a hand-over through a SimpleQueue costs less than anyio's to_thread, paid
-        # on every batch, and writes to one file are sequential anyway
-        self._thread: concurrent.futures.ThreadPoolExecutor | None = None
+        # one thread of its own, fed through a SimpleQueue: a hand-over paid on every batch, cheaper than
+        # anyio's to_thread or an executor's futures; writes to one file are sequential anyway
+        self._thread: _WriterThread | None = None
 
     def guarantee(self) -> str:
         if not self.fsync:
@@ -83,8 +85,8 @@ class FileOutput(Output):
         for d in deliveries:
             by_path.setdefault(self.path_for(d), []).append(self._line(d))
         if self._thread is None:
-            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"file-{self.name}")
-        written = asyncio.get_running_loop().run_in_executor(self._thread, self._write, by_path)
+            self._thread = _WriterThread(f"file-{self.name}", self._write)
+        written = self._thread.submit(by_path)
         # a write once started is waited for, as anyio's to_thread does: told "failed" (a timeout, a
         # shutdown) while the lines still land, the core would write them again
         with anyio.CancelScope(shield=True):
@@ -137,11 +139,54 @@ class FileOutput(Output):
     async def close(self) -> None:
         if self._thread is not None:
             thread, self._thread = self._thread, None
-            await anyio.to_thread.run_sync(thread.shutdown)
+            await anyio.to_thread.run_sync(thread.stop)
         self._close_all()
 
     def describe(self, delivery: Delivery) -> dict[str, Any]:
         return {"path": self.path_for(delivery), "line": orjson.loads(self._line(delivery))}
+
+
+class _WriterThread:
+    """One thread that runs `work` on what `submit` hands it, in order; each result goes back to the loop
+    that handed it over."""
+
+    def __init__(self, name: str, work: Callable[[dict[str, list[bytes]]], None]) -> None:
+        self._work = work
+        self._queue: queue.SimpleQueue[tuple[Any, asyncio.AbstractEventLoop, asyncio.Future[None]] | None]
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: dict[str, list[bytes]]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((job, loop, future))
+        return future
+
+    def stop(self) -> None:
+        """Ends the thread once what was handed over before is done."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            job, loop, future = item
+            outcome: BaseException | None = None
+            try:
+                self._work(job)
+            except BaseException as exc:  # handed to the waiting coroutine, which raises it
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
+    if future.done():  # its waiter was cancelled (it never is while shielded; kept safe anyway)
+        return
+    if exc is None:
+        future.set_result(None)
+    else:
+        future.set_exception(exc)
 
 
 @hookimpl
