@@ -129,7 +129,7 @@ def test_a_flood_of_bad_requests_writes_a_bounded_number_of_lines(started: Any, 
 
 
 def test_log_throttle_says_how_many_it_held_back() -> None:
-    from event_router.inputs.ratelimit import LogThrottle
+    from event_router.api import LogThrottle
 
     throttle = LogThrottle(window=60, max_lines=3, max_keys=100)
     assert throttle.admit((401, "10.0.0.1"), now=0) == 0

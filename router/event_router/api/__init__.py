@@ -45,6 +45,7 @@ from event_router.api.secrets import (
     url_secrets,
 )
 from event_router.api.templates import MissingValueError, Template, TemplateError, compile_template
+from event_router.api.throttle import LogThrottle
 
 __all__ = [
     "DURATION_SCHEMA",
@@ -60,6 +61,7 @@ __all__ = [
     "EventSink",
     "Input",
     "Item",
+    "LogThrottle",
     "MissingValueError",
     "Output",
     "PermanentError",

@@ -31,6 +31,7 @@ from event_router.api import (
     Event,
     EventSink,
     Input,
+    LogThrottle,
     PluginContext,
     Rejected,
     RouterError,
@@ -41,7 +42,7 @@ from event_router.api import (
     parse_listen,
     secret_schema,
 )
-from event_router.inputs.ratelimit import LogThrottle, RateLimiter
+from event_router.inputs.ratelimit import RateLimiter
 from event_router.web.signing import PLACEHOLDER_SECRET, decode_secret, verify
 
 if TYPE_CHECKING:  # granian itself is imported when a webhook input starts, not by every CLI command
