@@ -105,12 +105,12 @@ action = { name = "accept_request", id = "{{ data.id }}", items = [{ accept = tr
 """
 
 WEBHOOK = (
-    "lost while the router is unreachable or refuses, as during a restart or with a full spool: the Connector does "
-    "not retry"
+    "lost while the router is unreachable or refuses, as during a restart or when the spool cannot write: the "
+    "Connector does not retry"
 )
 WEBHOOK_LIMITED = (
-    "lost while the router is unreachable or refuses, as during a restart, with a full spool or past rate_limit: "
-    "the Connector does not retry"
+    "lost while the router is unreachable or refuses, as during a restart, when the spool cannot write or past "
+    "rate_limit: the Connector does not retry"
 )
 AMQP_TAIL = (
     "+ ack after storing: at least once from the broker; but the Connector publishes without confirms and never "

@@ -105,14 +105,29 @@ BROKEN = [
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrotate = true'),
         "router.toml: outputs.archive: unknown key 'rotate' "
-        "(allowed: concurrency, fsync, mode, path, retry, timeout, type) (plugin file)",
+        "(allowed: concurrency, fsync, max_pending, mode, path, retry, timeout, type) (plugin file)",
         id="unknown-plugin-key",
     ),
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\ntimout = 5'),
         "router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: concurrency, fsync, mode, path, retry, timeout, type) (plugin file)",
+        "(allowed: concurrency, fsync, max_pending, mode, path, retry, timeout, type) (plugin file)",
         id="core-output-key-typo",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nmax_pending = 0'),
+        "router.toml: outputs.archive.max_pending: 0 is less than the minimum of 1",
+        id="output-max-pending-zero",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nmax_pending = "lots"'),
+        "router.toml: outputs.archive.max_pending: must be an integer, not a string",
+        id="output-max-pending-type",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nmax_pendng = 10'),
+        "router.toml: outputs.archive: unknown key 'max_pendng'; did you mean 'max_pending'?",
+        id="output-max-pending-typo",
     ),
     pytest.param(
         BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nvalidaton = "warn"'),
@@ -354,5 +369,5 @@ def test_check_names_the_core_keys_and_the_key_meant(tmp_path: Path) -> None:
     assert checked.returncode != 0
     assert (
         "error: router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: concurrency, fsync, mode, path, retry, timeout, type) (plugin file)"
+        "(allowed: concurrency, fsync, max_pending, mode, path, retry, timeout, type) (plugin file)"
     ) in checked.stderr, checked.stderr

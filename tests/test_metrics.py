@@ -20,7 +20,17 @@ import orjson
 import pytest
 
 from event_router.core.spool.sqlite import OLDEST_PENDING, PENDING_EVENTS, SQLiteSpool
-from event_router.testing import MakeApp, RouterProcess, example, free_port, http_receiver, post, run_cli, wait_for
+from event_router.testing import (
+    MakeApp,
+    RouterProcess,
+    delivery_ids,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    run_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.anyio
 KEY = "test-key-metrics"
@@ -176,7 +186,7 @@ async def test_counts_follow_the_spools_own_writes(tmp_path: Path) -> None:
             + [StoreDeadLetter("validation", "bad", b"{}")]
         )
         check()
-        first = [d for item in dids[:5] for d in item]  # type: ignore[union-attr]
+        first = [d for item in delivery_ids(dids[:5]) for d in item]
         await spool.settle(
             done=first[:3], retry=[(first[3], 1, 1e12, "HTTP 503")], dead=[(first[4], "permanent", "400", 1)]
         )

@@ -171,6 +171,7 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     assert status["outputs"]["archive"] == {
         "configured": True,
         "pending": 0,
+        "max_pending": 100_000,
         "retrying": 0,
         "next_retry_at": None,
         "next_retry_in_seconds": None,
@@ -186,7 +187,7 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     lines = text.stdout.splitlines()
     header = next(line for line in lines if line.startswith("OUTPUT "))
     assert header.split("  ")[0] == "OUTPUT"
-    for column in ("PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR"):
+    for column in ("PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR"):
         assert column in header
     crm_line = next(line for line in lines if line.startswith("crm "))
     # columns line up under their headers: the next retry's time and the error start where theirs do

@@ -13,6 +13,7 @@ import pytest
 from event_router.api.errors import SpoolError
 from event_router.core.spool import DeadLetterFilter, NewDelivery, StoreDeadLetter, StoreEvent
 from event_router.core.spool.sqlite import SQLiteSpool
+from event_router.testing import delivery_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +46,7 @@ async def test_store_fetch_complete(spool: SQLiteSpool) -> None:
 
 async def test_fetch_excludes_claimed_and_not_yet_due(spool: SQLiteSpool) -> None:
     stored = await spool.store([event(i) for i in range(5)])
-    dids = [d[0] for d in stored]  # type: ignore[index]
+    dids = [d[0] for d in delivery_ids(stored)]
     now = time.time() + 1
     await spool.settle(retry=[(dids[0], 1, now + 60, "boom")])
     rows = spool.fetch_due("a", now, 10, {dids[1]})
@@ -99,7 +100,7 @@ async def test_concurrent_stores_share_commits(spool: SQLiteSpool) -> None:
 
 async def test_lazy_outcomes_ride_along_with_the_next_store(spool: SQLiteSpool) -> None:
     stored = await spool.store([event(i) for i in range(3)])
-    dids = [d[0] for d in stored]  # type: ignore[index]
+    dids = [d[0] for d in delivery_ids(stored)]
     spool.LAZY_DELAY = 5.0  # long enough that only the store below can end the wait
     before = spool.commits
     async with anyio.create_task_group() as tg:
@@ -190,8 +191,8 @@ async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: SQLiteSpool) -> No
             assert isinstance(ids, int)
             assert [dl.event_id for dl in spool.dead_letters(DeadLetterFilter(ids=[ids]))] == ["dl"]
             continue
-        assert isinstance(ids, list)
-        assert [pending[did] for did in ids] == [(item.event_id, d.output) for d in item.deliveries]
+        (dids,) = delivery_ids([ids])
+        assert [pending[did] for did in dids] == [(item.event_id, d.output) for d in item.deliveries]
     # an event without deliveries is not kept: it is not pending (PENDING_EVENTS)
     assert spool.depth == 2 + sum(1 for i in range(450) if outputs[i % 4])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from event_router.core.spool import NewDelivery, SeenMessage, StoreDeadLetter, StoreEvent
+from event_router.core.spool import NewDelivery, Parked, SeenMessage, StoreDeadLetter, StoreEvent
 from event_router.core.spool.sqlite import SQLiteSpool
 
 pytestmark = pytest.mark.anyio
@@ -61,8 +61,10 @@ async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
         reopened.close()
 
 
-async def store_at_once(batches: list[list[StoreEvent]], spool: SQLiteSpool) -> list[list[list[int] | int | None]]:
-    results: list[list[list[int] | int | None]] = [[] for _ in batches]
+async def store_at_once(
+    batches: list[list[StoreEvent]], spool: SQLiteSpool
+) -> list[list[list[int | Parked] | int | None]]:
+    results: list[list[list[int | Parked] | int | None]] = [[] for _ in batches]
 
     async def one(index: int) -> None:
         results[index] = await spool.store(batches[index])

@@ -565,6 +565,13 @@ class App:
         yield "dead_letters_stored", "Dead letters in the store", {}, self.spool.dead_letter_count()
         for output, count in self.spool.pending_outputs().items():
             yield "deliveries_pending", "Deliveries waiting per output", {"output": output}, count
+        for name, out in self.config.outputs.items():
+            yield (
+                "deliveries_pending_limit",
+                "An output's max_pending: past it, its new deliveries are parked as dead letters",
+                {"output": name},
+                out.max_pending,
+            )
         yield "spool_writable", "1 when the last spool commit succeeded", {}, float(self.spool.writable)
         for name, worker in self.pipeline.workers.items():
             yield "deliveries_in_flight", "Deliveries being attempted now", {"output": name}, worker.in_flight

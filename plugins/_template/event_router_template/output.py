@@ -18,7 +18,7 @@ class StdoutOutput(Output):
     """
 
     type_name = "stdout"
-    # Your plugin's keys only; the core owns `type`, `concurrency`, `retry` and `timeout`.
+    # Your plugin's keys only; the core owns `type`, `concurrency`, `retry`, `timeout` and `max_pending`.
     config_schema = {
         "type": "object",
         "additionalProperties": False,

@@ -39,7 +39,9 @@ class SubmitResult:
     """What became of one submitted event. Once `submit` returns, every outcome is durable."""
 
     event_id: str
-    #: duplicate: the event's `message` id from this input is already stored; nothing was stored now
+    #: duplicate: the event's `message` id from this input is already stored; nothing was stored now.
+    #: accepted: stored, also when some (or all) of its deliveries were parked as dead letters because their
+    #: output's backlog was at its `max_pending`: acknowledge it like any other
     status: Literal["accepted", "dead_lettered", "unrouted", "duplicate"]
     #: validation errors (status dead_lettered, or accepted with validation = "warn")
     errors: tuple[str, ...] = ()
@@ -114,8 +116,8 @@ class _Plugin(ABC):
     #: the `type = "..."` that selects this class in router.toml
     type_name: ClassVar[str]
     #: JSON Schema (Draft 2020-12) of the plugin's own keys in its table. Keys the core owns (`type`,
-    #: and `validation`/`unknown_triggers` for inputs, `concurrency`/`retry`/`timeout` for outputs) are
-    #: removed before validation. Mark secret strings with `"x-secret": true`: the core resolves
+    #: and `validation`/`unknown_triggers` for inputs, `concurrency`/`retry`/`timeout`/`max_pending` for
+    #: outputs) are removed before validation. Mark secret strings with `"x-secret": true`: the core resolves
     #: `{env=...}`/`{file=...}` references for them and never logs them (`"x-secret": "optional"`: a
     #: reference is resolved, plain text is not warned about; `secrets.TEXT_OR_SECRET_SCHEMA`).
     config_schema: ClassVar[Mapping[str, Any]] = {"type": "object", "additionalProperties": False}
@@ -136,6 +138,12 @@ class _Plugin(ABC):
         with the promise ("at least once", "at most once in transit"), then the exceptions. Cheap, no I/O.
         """
         return UNKNOWN_GUARANTEE
+
+    def config_warnings(self) -> list[tuple[str, str]]:
+        """Settings of this plugin's table that are valid but likely to cost events, as (key path in the
+        table, message): `event-router check` prints each as a warning naming the key. Called once the
+        plugin is constructed; the default has none."""
+        return []
 
 
 class Input(_Plugin):

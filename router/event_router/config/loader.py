@@ -32,6 +32,12 @@ from event_router.core.model import InputConfig, OutputConfig, RouteConfig, Rout
 from event_router.core.routing import PatternError, compile_match, compile_reshape, compile_trigger_filter
 from event_router.plugin_loader import PluginRegistry
 
+#: `[router] max_pending_events`: the spool's hard bound on pending events, a guard for its disk
+DEFAULT_MAX_PENDING_EVENTS = 1_000_000
+#: an output's `max_pending`: the backlogs of up to nine outputs down at once stay below
+#: DEFAULT_MAX_PENDING_EVENTS (from ten, `check` warns: `_backlogs_within`)
+DEFAULT_MAX_PENDING = 100_000
+
 
 class ConfigErrors(RouterError):
     """Everything wrong with one router.toml, each a `ConfigError` with its key path."""
@@ -144,6 +150,8 @@ class _Loader:
         self._listeners_apart(document.get("inputs", {}), admin_listen)
         if not routes:
             self.warnings.append(f"{self.file}: routes: no route configured: every event is unmatched")
+        max_pending_events = router.get("max_pending_events", DEFAULT_MAX_PENDING_EVENTS)
+        self._backlogs_within(outputs, max_pending_events)
         targets = {target for route in routes for target in route.to}
         for name in outputs:
             if name not in targets:
@@ -158,7 +166,7 @@ class _Loader:
             data_dir=data_dir,
             schemas_dir=schemas_dir,
             unmatched=router.get("unmatched", "drop"),
-            max_pending_events=router.get("max_pending_events", 1_000_000),
+            max_pending_events=max_pending_events,
             shutdown_timeout=parse_duration(router.get("shutdown_timeout", 10)),
             log_level=router.get("log_level", "info"),
             retry=default_retry,
@@ -169,6 +177,20 @@ class _Loader:
             warnings=tuple(self.warnings),
             unresolved_secrets=tuple(self.skipped),
         )
+
+    def _backlogs_within(self, outputs: Mapping[str, OutputConfig], max_pending_events: int) -> None:
+        """Pending events are at most the outputs' pending deliveries, each output held to its `max_pending`:
+        while those add up to less than `max_pending_events`, outputs that are down park what is beyond
+        their limits and the spool never refuses an input. When they add up to it or more, they can fill
+        the spool, and then every input refuses (a webhook answers 503, which the Connector never retries)."""
+        total = sum(out.max_pending for out in outputs.values())
+        if outputs and total >= max_pending_events:
+            self.warnings.append(
+                f"{self.file}: router.max_pending_events: the outputs' max_pending add up to {total:_}, not less "
+                f"than max_pending_events ({max_pending_events:_}): backlogs of outputs that are down could fill "
+                "the spool, and then every input refuses events (a webhook answers 503, which the Connector "
+                "does not retry); lower the outputs' max_pending or raise max_pending_events"
+            )
 
     def _listeners_apart(self, inputs: Mapping[str, Any], admin_listen: tuple[str, int] | None) -> None:
         """Two listeners of this file (inputs' `listen`, `[router.admin] listen`) on one port: the second
@@ -229,6 +251,7 @@ class _Loader:
             timeout=parse_duration(table.get("timeout", 30)),
             table=table,
             plugin=plugin,
+            max_pending=table.get("max_pending", DEFAULT_MAX_PENDING),
         )
 
     def _plugin_class(self, key: str, type_name: str, available: Mapping[str, Any], kind: str) -> Any:
@@ -287,11 +310,15 @@ class _Loader:
             for text in (secret, *url_secrets(secret))
         ]
         try:
-            return cls(resolved, context)
+            plugin = cls(resolved, context)
         except ConfigError as exc:
             self.error(f"{key}.{exc.path}" if exc.path else key, scrub(exc.message, hidden), plugin_label)
         except (ValueError, TypeError) as exc:
             self.error(key, scrub(str(exc), hidden), plugin_label)
+        else:
+            for sub, message in plugin.config_warnings():
+                self.warnings.append(f"{self.file}: {key}{'.' + sub if sub else ''}: {scrub(message, hidden)}")
+            return plugin
         return None
 
     def _routes(self, tables: Sequence[Mapping[str, Any]], outputs: Mapping[str, Any]) -> list[RouteConfig]:

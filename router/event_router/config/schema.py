@@ -11,7 +11,7 @@ from event_router.api.retry import RETRY_SCHEMA
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
-OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout")
+OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout", "max_pending")
 #: route keys the core reads; the others (`action`) are passed to outputs, which check them
 #: through `Output.check_route_options`
 ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
@@ -65,6 +65,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                     "concurrency": {"type": "integer", "minimum": 1, "maximum": 1024},
                     "retry": RETRY_SCHEMA,
                     "timeout": DURATION_SCHEMA,
+                    "max_pending": {"type": "integer", "minimum": 1},
                 },
             },
         },

@@ -3,6 +3,9 @@
 Replay puts a dead letter back in the pipeline: one that failed at an output is delivered to that output
 again (same event id, same payload); one that never reached a route (invalid, unrouted) is validated and
 routed again with the current router.toml. A running router picks replayed deliveries up within a second.
+A replay requeues whatever it selects, past an output's `max_pending` too (the operator asked for those
+deliveries, parked ones included): the running router counts them, and parks that output's new deliveries
+until its backlog is below the limit again.
 The spool stores, lists and deletes them (`event_router.core.spool.Spool`); this module decides.
 """
 

@@ -33,6 +33,9 @@ class OutputConfig:
     timeout: float
     table: Mapping[str, Any]
     plugin: Output
+    #: deliveries that may wait for this output (not yet delivered nor dead-lettered); past it, new ones
+    #: are stored as dead letters (`output_backlog_full`) and the event goes on to its other outputs
+    max_pending: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +81,12 @@ class RouterConfig:
     unresolved_secrets: tuple[str, ...] = field(default=())
     #: the routes indexed for the pipeline (built in __post_init__; a copy made by `replace` builds its own)
     table: RouteTable = field(init=False, repr=False, compare=False)
+    #: each output's `max_pending`, as the spool's `store` takes them (built in __post_init__ too)
+    backlog_limits: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "table", RouteTable(self.routes))
+        object.__setattr__(self, "backlog_limits", {name: out.max_pending for name, out in self.outputs.items()})
 
     def route(self, name: str) -> RouteConfig | None:
         """The route called `name` (deliveries carry route names; looked up once per delivery)."""

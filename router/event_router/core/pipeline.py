@@ -12,10 +12,11 @@ import orjson
 from event_router.api.errors import SpoolFull
 from event_router.api.event import Event
 from event_router.api.plugin import SubmitResult
+from event_router.api.throttle import LogThrottle
 from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, RouterConfig
-from event_router.core.plan import MAX_UNKNOWN_TRIGGERS, Plan, plan_event, trigger_hint
-from event_router.core.spool import NewDelivery, SeenMessage, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.plan import MAX_UNKNOWN_TRIGGERS, Plan, PlannedDelivery, plan_event, trigger_hint
+from event_router.core.spool import NewDelivery, Parked, SeenMessage, Spool, StoreDeadLetter, StoreEvent
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaRegistry
 
@@ -42,6 +43,10 @@ class Pipeline:
         self.workers: dict[str, OutputWorker] = {}
         #: unknown triggers already warned about (each once per run), at most MAX_UNKNOWN_TRIGGERS
         self._unknown: set[str] = set()
+        #: outputs whose backlog is full: deliveries parked since the last one stored for it
+        self._parking: dict[str, int] = {}
+        #: one line a minute per output about its parked deliveries
+        self._parked_log = LogThrottle()
 
     def sink_for(self, input_config: InputConfig) -> InputSink:
         return InputSink(self, input_config)
@@ -68,17 +73,11 @@ class Pipeline:
                 stored_plans.append(plan)
         new_events = sum(isinstance(i, StoreEvent) for i in items)
         if new_events and self.spool.depth + new_events > config.max_pending_events:
-            # a repeat of a stored message adds nothing: it is answered as one, not refused (one indexed
-            # read, only when the spool is full)
-            known = self.spool.known_messages([i.seen for i in items if isinstance(i, StoreEvent) and i.seen])
-            new_events -= sum(
-                isinstance(i, StoreEvent) and i.seen is not None and (i.seen.input, i.seen.message_id) in known
-                for i in items
-            )
+            new_events = self._adding(items, config)
         if new_events and self.spool.depth + new_events > config.max_pending_events:
             self.stats.incr("spool_full_rejections", input=input_config.name)
             raise SpoolFull(self.spool.depth, config.max_pending_events)
-        stored = await self.spool.store(items) if items else []
+        stored = await self.spool.store(items, config.backlog_limits) if items else []
         by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
         results: list[SubmitResult] = []
         for plan in plans:
@@ -88,6 +87,27 @@ class Pipeline:
                 self._unknown_trigger(input_config.name, plan.event)
             results.append(self._settle(input_config.name, plan, ids, item))
         return results
+
+    def _adding(self, items: Sequence[StoreEvent | StoreDeadLetter], config: RouterConfig) -> int:
+        """How many of `items` would add a pending event: the spool is near `max_pending_events`, so look closer
+        (one indexed read, and the published counts; only then).
+
+        A repeat of a stored message adds nothing: it is answered as one, not refused. Nor does an event
+        whose every output is at its `max_pending`: its deliveries are all parked as dead letters, and what
+        parks one output's excess must not refuse the inputs. The counts may lag by a commit: the spool
+        decides, in its transaction, what is parked."""
+        known = self.spool.known_messages([i.seen for i in items if isinstance(i, StoreEvent) and i.seen])
+        pending = self.spool.pending_outputs()
+        limits = config.backlog_limits
+        adding = 0
+        for item in items:
+            if not isinstance(item, StoreEvent):
+                continue
+            if item.seen is not None and (item.seen.input, item.seen.message_id) in known:
+                continue
+            if any(d.output not in limits or pending.get(d.output, 0) < limits[d.output] for d in item.deliveries):
+                adding += 1
+        return adding
 
     def _unknown_trigger(self, input_name: str, event: Event) -> None:
         """An input's event that no schema knows: often a typo at the sender, so say it, once per trigger.
@@ -115,7 +135,7 @@ class Pipeline:
         self,
         input_name: str,
         plan: Plan,
-        stored: list[int] | int | None,
+        stored: list[int | Parked] | int | None,
         item: StoreEvent | StoreDeadLetter | None,
     ) -> SubmitResult:
         event = plan.event
@@ -157,10 +177,58 @@ class Pipeline:
             self.stats.incr("events_routed", route=route.name)
         assert isinstance(item, StoreEvent)
         for delivery, did, kept in zip(plan.deliveries, stored, item.deliveries, strict=True):
+            if isinstance(did, Parked):
+                self._parked(input_name, event, delivery, did)
+                continue
+            if self._parking:
+                self._unparked(delivery.output)
             worker = self.workers.get(delivery.output)
             if worker is not None:
                 worker.offer_new(did, event, delivery, body=item.body, payload_raw=kept.payload)
+        # acknowledged as stored, also with every delivery parked: the dead letters hold it for a replay
         return SubmitResult(event.id, "accepted", plan.validation.errors)
+
+    def _parked(self, input_name: str, event: Event, delivery: PlannedDelivery, parked: Parked) -> None:
+        """A delivery stored as a dead letter because its output's backlog is full. A dead output parks one per
+        event: the metric counts each, the log says the first and then one line a minute per output."""
+        output = delivery.output
+        self.stats.incr("dead_letters", reason="output_backlog_full", output=output)
+        self._parking[output] = self._parking.get(output, 0) + 1
+        held = self._parked_log.admit(output)
+        if held is None:
+            return
+        log.warning(
+            "output backlog full: delivery parked as a dead letter, the event goes on to its other outputs",
+            extra={
+                "event_id": event.id,
+                "trigger": event.trigger,
+                "input": input_name,
+                "route": delivery.route,
+                "output": output,
+                "dead_letter": parked.dead_letter,
+                "reason": "output_backlog_full",
+                "pending": parked.pending,
+                "max_pending": parked.limit,
+                # parked since the last line about this output, not logged
+                "held_back": held,
+                "replay": f"event-router dlq replay --reason output_backlog_full --output {output}",
+            },
+        )
+
+    def _unparked(self, output: str) -> None:
+        """`output` takes new deliveries again: say how many were parked while it was full."""
+        parked = self._parking.pop(output, None)
+        if parked is None:
+            return
+        log.warning(
+            "output backlog below its limit again: new deliveries are stored for it; the ones parked meanwhile "
+            "wait in the dead letters",
+            extra={
+                "output": output,
+                "parked": parked,
+                "replay": f"event-router dlq replay --reason output_backlog_full --output {output}",
+            },
+        )
 
     async def reject(
         self, input_name: str, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]
@@ -218,6 +286,7 @@ def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | N
         body=body,
         deliveries=[NewDelivery(d.output, d.route, p) for d, p in zip(plan.deliveries, payloads, strict=True)],
         seen=seen,
+        source=event.source,
     )
 
 

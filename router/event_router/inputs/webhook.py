@@ -284,13 +284,27 @@ class WebhookInput(Input):
             # the Connector cannot sign: the sender is one that signs, and Standard Webhooks senders retry
             return "at least once from a sender that retries on non-2xx; stored once per webhook-id"
         refused = (
-            "during a restart, with a full spool or past rate_limit"
+            "during a restart, when the spool cannot write or past rate_limit"
             if self.limiter
-            else "during a restart or with a full spool"
+            else "during a restart or when the spool cannot write"
         )
         # The Connector's webhooks module POSTs once, without retry or queue: whatever it does not get a 2xx
         # for is gone (enmeshed-events.md 3.5, 3.6)
         return f"lost while the router is unreachable or refuses, as {refused}: the Connector does not retry"
+
+    def config_warnings(self) -> list[tuple[str, str]]:
+        if self.limiter is None:
+            return []
+        # the Connector posts each event once and takes any answer as final (its webhooks module has no
+        # retry): a rate limit turns its bursts into events lost, never into events delayed
+        return [
+            (
+                "rate_limit",
+                "requests over the limit are answered 429, and the Connector never retries a webhook: each is "
+                "an event lost. Keep rate_limit for senders that retry; allow_networks and api_key keep "
+                "others out without refusing the Connector",
+            )
+        ]
 
     def tls_paths(self) -> dict[str, str] | None:
         """The `tls` table with absolute paths."""

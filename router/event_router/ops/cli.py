@@ -505,12 +505,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             when = f"in {wait:.0f}s" if wait >= 0.5 else "due now"
             next_retry = f"{output['next_retry_at']} ({when}, attempt {output['next_retry_attempt']})"
         name_shown = name if output["configured"] else f"{name} (not configured)"
-        counts = (output["pending"], output["retrying"], output["dead_letters"])
+        counts = (output["pending"], output["max_pending"], output["retrying"], output["dead_letters"])
         rows.append((name_shown, *counts, next_retry, one_line(output["last_error"])))
     if rows:
         print()
-        headers = ("OUTPUT", "PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR")
-        print("\n".join(table(headers, rows, right=(1, 2, 3))))
+        headers = ("OUTPUT", "PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR")
+        print("\n".join(table(headers, rows, right=(1, 2, 3, 4))))
     dead = status["dead_letters"]
     print()
     print(f"dead letters: {dead['total']}")

@@ -65,6 +65,8 @@ def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
         status["outputs"][name] = {
             "configured": name in config.outputs,
             "pending": backlog.pending,
+            # past it, new deliveries for the output are parked as dead letters (output_backlog_full)
+            "max_pending": config.outputs[name].max_pending if name in config.outputs else None,
             "retrying": backlog.retrying,
             "next_retry_at": None if due_in is None else iso_time(wall + due_in),
             "next_retry_in_seconds": None if due_in is None else round(max(0.0, due_in), 3),

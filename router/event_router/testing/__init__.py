@@ -31,6 +31,7 @@ import orjson
 # the dead letters' types, for a plugin's tests (`dead_letters` below) without importing the core's spool
 from event_router.core.spool import DeadLetter as DeadLetter
 from event_router.core.spool import DeadLetterFilter as DeadLetterFilter
+from event_router.core.spool import Parked
 
 if TYPE_CHECKING:
     from event_router.app import App
@@ -297,6 +298,17 @@ def dead_letters(data_dir: Path | str, where: DeadLetterFilter | None = None) ->
         spool.close()
 
 
+def delivery_ids(stored: Sequence[list[int | Parked] | int | None]) -> list[list[int]]:
+    """The delivery ids of the events in a `Spool.store` result, each event's in order; fails on a dead
+    letter, a repeat or a parked delivery among them."""
+    out: list[list[int]] = []
+    for result in stored:
+        assert isinstance(result, list), f"not a stored event: {result!r}"
+        assert all(isinstance(did, int) for did in result), f"a delivery was parked: {result!r}"
+        out.append([did for did in result if isinstance(did, int)])
+    return out
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The lines of a JSON Lines file, which the router may be appending to while a test polls it: a last line
     without its newline yet is left for the next read (a large write can be seen half done)."""
@@ -349,8 +361,11 @@ class Receiver:
 
 
 @contextmanager
-def http_receiver(handle: Callable[[Recorded, BaseHTTPRequestHandler], None] | None = None) -> Iterator[Receiver]:
-    """A `Receiver` serving on a free loopback port for the `with` block; `handle` see `Receiver.handle`."""
+def http_receiver(
+    handle: Callable[[Recorded, BaseHTTPRequestHandler], None] | None = None, *, port: int = 0
+) -> Iterator[Receiver]:
+    """A `Receiver` serving on loopback for the `with` block, on `port` (0: a free one); `handle` see
+    `Receiver.handle`. A given port is one a router already sends to: the receiver comes back up."""
     receiver = Receiver(handle=handle)
 
     class Handler(BaseHTTPRequestHandler):
@@ -394,7 +409,7 @@ def http_receiver(handle: Callable[[Recorded, BaseHTTPRequestHandler], None] | N
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -13,6 +13,9 @@ What every backend guarantees (the callers rely on it):
 - `depth`, `pending_outputs`, `dead_letter_count` and `oldest_pending_age` are kept as the backend
   commits (and counted again when another process changed the spool): `/metrics`, readiness and the
   `max_pending_events` check read them without a query;
+- `store` holds each output to its backlog limit (`limits`) by the counts it keeps, in the transaction
+  that stores: a delivery that would take its output past the limit is stored as a dead letter
+  (`output_backlog_full`) instead, whatever else is stored at the same time;
 - times in the spool (due, first attempt) are in `clock`'s base, which wall-clock jumps do not move
   (event_router.core.clock); other processes write in the base the router recorded (`claim_clock`);
 - only one router runs on a spool (`open("exclusive")`); operator commands open it beside a running router;
@@ -27,7 +30,15 @@ from typing import Literal, Protocol
 
 from event_router.core.clock import SpoolClock
 
-DeadLetterReason = Literal["validation", "unknown_trigger", "no_route", "undecodable", "permanent", "retries_exhausted"]
+DeadLetterReason = Literal[
+    "validation",
+    "unknown_trigger",
+    "no_route",
+    "undecodable",
+    "permanent",
+    "retries_exhausted",
+    "output_backlog_full",
+]
 
 #: how a process opens the spool:
 #: "exclusive" the daemon (`run`): only one per spool; it upgrades an older schema, keeps the counts and
@@ -83,6 +94,17 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Parked:
+    """A delivery `store` kept as a dead letter (reason `output_backlog_full`) instead of storing it: its
+    output already had `pending` deliveries waiting, its `limit` or more. Replaying the dead letter
+    delivers it to that output."""
+
+    dead_letter: int
+    pending: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class SeenMessage:
     """A source's message id, stored with the event it carried: a repeat of it is not stored again."""
 
@@ -102,6 +124,8 @@ class StoreEvent:
     deliveries: Sequence[NewDelivery]
     #: stored only if this message id is new (`store` answers None for a repeat)
     seen: SeenMessage | None = None
+    #: the input it came from, for the dead letter of a delivery parked at its output's limit
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +261,16 @@ class Spool(Protocol):
 
     # --- the pipeline ---------------------------------------------------------------------------
 
-    async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int | None]:
-        """Persist events (their delivery ids, in order) and dead letters (the dead letter id), durably.
+    async def store(
+        self, items: Sequence[StoreEvent | StoreDeadLetter], limits: Mapping[str, int] | None = None
+    ) -> list[list[int | Parked] | int | None]:
+        """Persist events (per delivery, in order: its id) and dead letters (the dead letter id), durably.
 
         An item whose `seen` message id is stored already (before, or by an earlier item) is a repeat: not
         stored, its result None. An event without deliveries is not pending: not stored, its result [].
+        `limits`: the most deliveries each named output may have pending. A delivery for an output that has
+        that many already (counted with those stored before it in this call) is stored as a dead letter
+        instead, its result `Parked`; an event whose deliveries are all parked is not pending.
         """
 
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:

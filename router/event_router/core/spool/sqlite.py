@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,10 @@ from event_router.core.spool import (
     DeadLetterCount,
     DeadLetterFilter,
     DeliveryRow,
+    NewDelivery,
     OpenMode,
     OutputBacklog,
+    Parked,
     Requeue,
     Retry,
     SeenMessage,
@@ -472,7 +474,7 @@ class SQLiteSpool:
 
     def _watch_idle(self, conn: sqlite3.Connection) -> None:
         """No write for a while: still notice removed files and other processes' commits (a `dlq replay`
-        adds pending events the router must count against `max_pending_events`)."""
+        adds pending events the router must count against `max_pending_events` and the outputs' limits)."""
         try:
             self._check_files(conn, look=True)
             self._recount(conn)
@@ -704,17 +706,19 @@ class SQLiteSpool:
 
     # --- writes ------------------------------------------------------------------------------------
 
-    async def store(self, items: Sequence[StoreEvent | StoreDeadLetter]) -> list[list[int] | int | None]:
-        """Persist events (returns their delivery ids, in order) and dead letters (returns the dead letter id).
+    async def store(
+        self, items: Sequence[StoreEvent | StoreDeadLetter], limits: Mapping[str, int] | None = None
+    ) -> list[list[int | Parked] | int | None]:
+        """Persist events (per delivery: its id, or `Parked`) and dead letters (returns the dead letter id).
 
         An item whose `seen` message id is already stored (before, or earlier in the same commit) is a
-        repeat: it is not stored, and its result is None.
+        repeat: it is not stored, and its result is None. `limits`: see `_park`.
         """
         now = self.clock.now()
         claims = any(item.seen is not None for item in items)
 
-        def apply(conn: sqlite3.Connection) -> list[list[int] | int | None]:
-            out: list[list[int] | int | None] = [[] for _ in items]
+        def apply(conn: sqlite3.Connection) -> list[list[int | Parked] | int | None]:
+            out: list[list[int | Parked] | int | None] = [[] for _ in items]
             repeats = _claim_messages(conn, items, time.time()) if claims else set()
             events: list[tuple[int, StoreEvent]] = []
             for index, item in enumerate(items):
@@ -725,14 +729,74 @@ class SQLiteSpool:
                     self._dead += 1
                 elif item.deliveries:  # an event with nothing to deliver is not pending: nothing to keep
                     events.append((index, item))
-            if events:
-                stored = self._insert_events(conn, [item for _, item in events], now)
-                for (index, _), dids in zip(events, stored, strict=True):
-                    out[index] = dids
+            if not events:
+                return out
+            kept = [item for _, item in events]
+            parked: list[dict[int, Parked]] = [{} for _ in events]
+            if limits:
+                kept, parked = self._park(conn, kept, limits)
+            stored = iter(self._insert_events(conn, [item for item in kept if item.deliveries], now))
+            for (index, item), left, held in zip(events, kept, parked, strict=True):
+                dids = iter(next(stored) if left.deliveries else ())
+                out[index] = [held[i] if i in held else next(dids) for i in range(len(item.deliveries))]
             return out
 
-        result: list[list[int] | int | None] = await self._write(apply)
+        result: list[list[int | Parked] | int | None] = await self._write(apply)
         return result
+
+    def _park(
+        self, conn: sqlite3.Connection, events: Sequence[StoreEvent], limits: Mapping[str, int]
+    ) -> tuple[list[StoreEvent], list[dict[int, Parked]]]:
+        """Hold each output to its limit (writer thread, in the storing transaction): a delivery whose output
+        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`).
+
+        Pending is `_pending`, what this process's commits left (and its last count of other processes'
+        rows), plus the deliveries admitted before it in this group: exact for the router's own writes, so
+        an output holds its limit to the delivery however many stores share a commit. Returns the events
+        with the deliveries that stay and, per event, its parked deliveries by their index.
+        """
+        admitted: dict[str, int] = {}
+        kept: list[StoreEvent] = []
+        rows: list[tuple[Any, ...]] = []
+        #: per row: (its event's index, the delivery's position in it, pending, limit)
+        where: list[tuple[int, int, int, int]] = []
+        created = time.time()
+        for index, item in enumerate(events):
+            stays: list[NewDelivery] = []
+            for position, delivery in enumerate(item.deliveries):
+                limit = limits.get(delivery.output)
+                pending = self._pending.get(delivery.output, 0) + admitted.get(delivery.output, 0)
+                if limit is None or pending < limit:
+                    stays.append(delivery)
+                    admitted[delivery.output] = admitted.get(delivery.output, 0) + 1
+                    continue
+                error = (
+                    f"output {delivery.output}'s backlog is full: {pending} deliveries pending, max_pending = "
+                    f"{limit}; replay this dead letter once it drains"
+                )
+                rows.append(
+                    (
+                        item.event_id,
+                        item.trigger,
+                        item.source,
+                        delivery.output,
+                        delivery.route,
+                        "output_backlog_full",
+                        error,
+                        created,
+                        item.body,
+                        delivery.payload,
+                    )
+                )
+                where.append((index, position, pending, limit))
+            kept.append(item if len(stays) == len(item.deliveries) else replace(item, deliveries=stays))
+        parked: list[dict[int, Parked]] = [{} for _ in events]
+        if rows:
+            dlids = _insert_rows(conn, _PARKED_INSERT, rows)
+            self._dead += len(rows)
+            for (index, position, pending, limit), dlid in zip(where, dlids, strict=True):
+                parked[index][position] = Parked(dlid, pending, limit)
+        return kept, parked
 
     def _insert_events(self, conn: sqlite3.Connection, events: Sequence[StoreEvent], now: float) -> list[list[int]]:
         """Insert events that have deliveries, all due at `now`; each one's delivery ids, in order."""
@@ -1127,6 +1191,10 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
 _ROWS_PER_INSERT = 200
 _EVENT_INSERT = "INSERT INTO events (id, trigger, stored_at, body) VALUES "
 _DELIVERY_INSERT = "INSERT INTO deliveries (seq, output, route, payload, due, first_at) VALUES "
+_PARKED_INSERT = (
+    "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, created_at, body, payload) "
+    "VALUES "
+)
 
 
 def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> list[int]:
