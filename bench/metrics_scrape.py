@@ -102,6 +102,8 @@ api_key = "{API_KEY}"
 [outputs.archive]
 type = "file"
 path = "{base}/events.jsonl"
+# above the backlog filled in: what the webhook posts meanwhile is stored for it, not parked
+max_pending = {args.pending * 2}
 [[routes]]
 name = "all"
 match = {{ trigger = ["**"] }}
