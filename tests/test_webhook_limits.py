@@ -182,11 +182,13 @@ def test_a_header_that_never_ends_is_refused_as_it_streams(start) -> None:  # ty
 
 
 def test_unfinished_bodies_are_bounded_in_memory(start) -> None:  # type: ignore[no-untyped-def]
-    """Sixty clients (no API key needed) each send all but the last byte of a 4 MiB body and wait."""
+    """120 clients without the API key each send all but the last byte of a 4 MiB body and wait (the
+    review's case: 490 MiB held). Each is refused before its body; what it sends is read and dropped through
+    its connection's read buffer. A client with the key is served meanwhile."""
     router = start()
     before = router.rss()
     body = b"x" * (4 * MIB - 1)
-    head = b"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: wrong\r\nContent-Length: %d\r\n\r\n" % (4 * MIB)
+    head = b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 * MIB)
 
     async def feed(writers: list[asyncio.StreamWriter]) -> None:
         _, writer = await asyncio.open_connection("127.0.0.1", router.port)
@@ -194,23 +196,25 @@ def test_unfinished_bodies_are_bounded_in_memory(start) -> None:  # type: ignore
         writer.write(head + body)
         # the server may stop reading (or answer and close): what it holds is what counts
         with contextlib.suppress(TimeoutError, ConnectionError):
-            await asyncio.wait_for(writer.drain(), 10)
+            await asyncio.wait_for(writer.drain(), 20)
 
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         writers: list[asyncio.StreamWriter] = []
         try:
-            await asyncio.gather(*(feed(writers) for _ in range(60)))
+            await asyncio.gather(*(feed(writers) for _ in range(120)))
             await asyncio.sleep(1)
-            return int(router.rss())
+            request = post_bytes(orjson.dumps(example("transport.messageReceived")))
+            status, _, _ = await asyncio.to_thread(exchange, router.port, request)
+            return int(router.rss()), status
         finally:
             for writer in writers:
                 writer.transport.abort()
 
-    during = asyncio.run(scenario())
-    grown = (during - before) / MIB
-    assert grown < 120, f"{grown:.0f} MiB held for 60 unfinished bodies (240 MiB sent)"
-    status, _, _ = exchange(router.port, post_bytes(orjson.dumps(example("transport.messageReceived"))))
+    during, status = asyncio.run(scenario())
     assert status == 202
+    grown = (during - before) / MIB
+    # with hyper's default read buffer (about 400 KiB) each connection held several times more
+    assert grown < 64, f"{grown:.0f} MiB held for 120 unfinished bodies (480 MiB sent)"
 
 
 def test_more_large_bodies_at_once_than_the_budget_are_all_answered(start) -> None:  # type: ignore[no-untyped-def]

@@ -72,6 +72,11 @@ START_SECONDS = 10
 #: connections, the admin endpoint, logs): the default max_connections leaves them free
 RESERVED_FDS = 128
 DEFAULT_MAX_CONNECTIONS = 1000
+#: hyper's read buffer of one connection, the most it takes from the socket ahead of the router. A head
+#: that does not fit is refused (431); the buffer keeps the size it grew to while its connection lives, so
+#: this, not the body size, is what a client without the API key holds per connection while its refused
+#: body is drained or while it does not read its answers (hyper's default is about 400 KiB)
+READ_BUFFER_BYTES = 64 * 1024
 
 
 def _open_file_limit() -> int | None:
@@ -384,8 +389,11 @@ class WebhookInput(Input):
             backlog=1024,
             # connections served at once; more wait in the listen queue (the kernel's), none is refused
             backpressure=self.max_connections,
-            # also how long a kept-alive connection may stay idle
-            http1_settings=HTTP1Settings(header_read_timeout=max(1, math.ceil(self.header_timeout * 1000))),
+            http1_settings=HTTP1Settings(
+                # also how long a kept-alive connection may stay idle
+                header_read_timeout=max(1, math.ceil(self.header_timeout * 1000)),
+                max_buffer_size=READ_BUFFER_BYTES,
+            ),
             log_enabled=False,
             # incremental: granian's logging setup leaves the router's handlers as they are (a full
             # dictConfig closes every handler and installs its own on stdout)
