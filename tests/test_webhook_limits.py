@@ -337,6 +337,27 @@ def test_connections_past_the_cap_wait_and_readiness_says_so(start) -> None:  # 
     wait_for(lambda: router.readyz()[0] == 200, what="ready again")
 
 
+def test_idle_connections_past_the_cap_make_the_router_not_ready_until_they_are_closed(start) -> None:  # type: ignore[no-untyped-def]
+    """The review's case, scaled to an open-file limit of 256 (cap 128): more idle connections than the cap.
+    granian accepts none past it, and cannot say how many of its own are idle; what waits in the listen
+    queue tells readiness. The idle ones are closed at header_timeout, and the new client is served then."""
+    router = start("header_timeout = 3", nofile=256)
+    idle = [socket.create_connection(("127.0.0.1", router.port), timeout=10) for _ in range(200)]
+    try:
+        wait_for(lambda: router.readyz()[0] == 503, timeout=5, what="not ready with connections waiting")
+        status, report = router.readyz()
+        assert "max_connections (128): " in report["reasons"]["connector"], report
+        assert "new connections wait to be accepted" in report["reasons"]["connector"], report
+        started = time.monotonic()
+        status, _, body = exchange(router.port, post_bytes(orjson.dumps(example("transport.messageReceived"))))
+        assert status == 202, body
+        assert time.monotonic() - started < 15, "not served once the idle connections ahead were closed"
+    finally:
+        for sock in idle:
+            sock.close()
+    wait_for(lambda: router.readyz()[0] == 200, timeout=5, what="ready again")
+
+
 def test_two_thousand_idle_connections_leave_room_for_a_request(start) -> None:  # type: ignore[no-untyped-def]
     """A control (aiohttp passed it too): 2,000 idle connections under the cap cost a new request nothing."""
     router = start("max_connections = 4000", nofile=8192)

@@ -12,9 +12,12 @@ import asyncio
 import hmac
 import ipaddress
 import math
+import os
 import re
 import resource
 import socket
+import stat
+import struct
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +80,8 @@ DEFAULT_MAX_CONNECTIONS = 1000
 #: this, not the body size, is what a client without the API key holds per connection while its refused
 #: body is drained or while it does not read its answers (hyper's default is about 400 KiB)
 READ_BUFFER_BYTES = 64 * 1024
+#: seconds between looks at the listen queue: connections granian does not accept, being at max_connections
+LISTEN_QUEUE_INTERVAL = 0.5
 
 
 def _open_file_limit() -> int | None:
@@ -281,6 +286,9 @@ class WebhookInput(Input):
         self._ready = False
         #: requests being handled (head in, not yet answered): at most one per connection
         self._in_flight = 0
+        #: connections waiting in the listen queue at two looks in a row (0 otherwise): granian accepts none
+        #: while at max_connections, idle connections included
+        self._queued = 0
         #: refusals are logged at most once a minute per (status, client), with how many were held back
         self._refusals = LogThrottle()
 
@@ -323,12 +331,17 @@ class WebhookInput(Input):
     def not_ready_reason(self) -> str | None:
         if not self._ready:
             return None
-        # idle connections are granian's, unseen here: the cap is known to be reached only when every
-        # connection it allows has a request in progress
+        # idle connections are granian's, unseen here: the cap is known to be reached when every connection
+        # it allows has a request in progress, or when connections wait to be accepted
         if self._in_flight >= self.max_connections:
             return (
                 f"webhook is at max_connections ({self.max_connections}): every connection has a request in"
                 " progress, new connections wait"
+            )
+        if self._queued:
+            return (
+                f"webhook is at max_connections ({self.max_connections}): {self._queued} new connections wait"
+                " to be accepted"
             )
         return None
 
@@ -352,11 +365,15 @@ class WebhookInput(Input):
             finally:
                 served.set()
 
+        listener: socket.socket | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(serve)
             tasks.start_soon(batch.run)
             try:
                 await _until_accepting(self.host, port, served)
+                listener = _listener(port)
+                if listener is not None:
+                    tasks.start_soon(self._watch_listen_queue, listener)
                 self.bound_port = port
                 self._ready = True
                 self.log.info("webhook listening", extra={"listen": f"{self.host}:{port}", "path": self.route_path})
@@ -364,6 +381,10 @@ class WebhookInput(Input):
                 await anyio.sleep_forever()
             finally:
                 self._ready = False
+                self._queued = 0
+                if listener is not None:
+                    # first: while this duplicate is open the socket keeps listening after granian's closes
+                    listener.close()
                 with anyio.CancelScope(shield=True):
                     # stop accepting, answer the requests in progress (their events get stored: the batch
                     # keeps committing until the server is done), then stop the batch
@@ -371,6 +392,19 @@ class WebhookInput(Input):
                     with anyio.move_on_after(SHUTDOWN_SECONDS):
                         await served.wait()
                     batch.stop()
+
+    async def _watch_listen_queue(self, listener: socket.socket) -> None:
+        """Keep `_queued`: connections in the listen queue at two looks in a row. One look could catch a burst
+        of new connections a moment before granian accepts them."""
+        before = 0
+        while True:
+            await anyio.sleep(LISTEN_QUEUE_INTERVAL)
+            try:
+                now = _accept_queue(listener)
+            except OSError:  # closed: the input is stopping
+                return
+            self._queued = now if before else 0
+            before = now
 
     def _server(self, app: Any, port: int) -> Server:
         from granian.constants import HTTPModes, Interfaces, SSLProtocols
@@ -693,6 +727,44 @@ async def _read_body(proto: HTTPProtocol, max_body: int, length: int | None) -> 
             return size
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _listener(port: int) -> socket.socket | None:
+    """A duplicate of this process's listening TCP socket on `port` (granian's, made by its Rust worker), to
+    read its listen queue; None where that cannot be read (no /proc/self/fd or TCP_INFO: not Linux)."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for name in names:
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except (OSError, ValueError):  # closed meanwhile by another thread, or not a number
+            continue
+        try:
+            if (
+                sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.type == socket.SOCK_STREAM
+                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                and sock.getsockname()[1] == port
+            ):
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    return None
+
+
+def _accept_queue(listener: socket.socket) -> int:
+    """Connections in `listener`'s listen queue, not accepted yet: Linux gives them as a listening socket's
+    `tcpi_unacked` (struct tcp_info: 8 bytes, then 32-bit rto, ato, snd_mss, rcv_mss, unacked)."""
+    info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    return int(struct.unpack_from("=I", info, 24)[0])
 
 
 def _free_port(host: str, port: int) -> int:
