@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import threading
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 import pytest
 
 from event_router.core.spool.sqlite import OLDEST_PENDING, PENDING_EVENTS, SQLiteSpool
 from event_router.testing import (
-    MakeApp,
     RouterProcess,
     delivery_ids,
     example,
@@ -96,13 +94,36 @@ def fill(db: Path, pending: int, dead: int, *, output: str = "held") -> None:
 # --- no statement on the loop -------------------------------------------------------------------------------
 
 
-async def test_scrape_readyz_and_status_run_no_sql_on_the_event_loop(tmp_path: Path, make_app: MakeApp) -> None:
-    """Every statement on the spool's reader connection is recorded with its thread: a scrape, /readyz
-    and the status line run none on the loop's thread (the reader is the only connection the loop uses;
-    the writer's belongs to its thread)."""
+#: runs the router (`python -c`) with every statement on the loop's thread written to $ROUTER_SQL_TRACE: the
+#: router's event loop runs on the main thread (anyio.run), and every spool connection comes from sqlite3.connect
+SQL_ON_THE_LOOP = """
+import os, runpy, sqlite3, sys, threading
+loop_thread = threading.get_ident()
+trace = open(os.environ["ROUTER_SQL_TRACE"], "a", buffering=1)
+connect = sqlite3.connect
+def traced(*args, **kwargs):
+    conn = connect(*args, **kwargs)
+    conn.set_trace_callback(
+        lambda sql: threading.get_ident() == loop_thread and trace.write(" ".join(sql.split()) + "\\n")
+    )
+    return conn
+sqlite3.connect = traced
+sys.argv[0] = "event_router"
+runpy.run_module("event_router", run_name="__main__")
+"""
+#: what counting the spool takes: none of it may run on the loop once the router is ready
+COUNTING = re.compile(r"COUNT\(|GROUP BY|MIN\(|MAX\(", re.IGNORECASE)
+
+
+def test_scrapes_readyz_and_recounts_run_no_count_on_the_event_loop(tmp_path: Path) -> None:
+    """A router process with 20,000 pending events and 300 dead letters, its loop's statements traced:
+    scrapes, /readyz and the recount after a `dlq purge` by another process count nothing on the loop (a
+    scrape used to run COUNT(*)/GROUP BY there, and every webhook request waited behind it)."""
     fill(tmp_path / "var" / "spool.db", 20_000, 300)
     admin = free_port()
-    text = f"""
+    config = tmp_path / "router.toml"
+    config.write_text(
+        f"""
 [router]
 data_dir = "{tmp_path}/var"
 [router.admin]
@@ -116,32 +137,32 @@ type = "file"
 path = "{tmp_path}/out.jsonl"
 [[routes]]
 name = "all"
-match = {{ trigger = ["**"] }}
 to = ["archive"]
 """
-    async with make_app(text) as app:
-        loop_thread = threading.get_ident()
-        statements: list[tuple[int, str]] = []
-        assert isinstance(app.spool, SQLiteSpool) and app.spool._reader is not None
-        app.spool._reader.set_trace_callback(lambda sql: statements.append((threading.get_ident(), sql)))
-        # the recording works: a read the delivery loop makes is seen, on the loop's thread
-        app.spool.fetch_due("archive", 0.0, 1, ())
-        assert statements and statements[-1][0] == loop_thread
-        statements.clear()
-
-        metrics = await anyio.to_thread.run_sync(scrape, admin)
-        readyz = await anyio.to_thread.run_sync(scrape, admin, "/readyz")
-        status = app._status_line()
-
-        on_loop = [sql for thread, sql in statements if thread == loop_thread]
-        assert on_loop == [], f"statements on the event loop during a scrape: {on_loop}"
+    )
+    trace = tmp_path / "loop-sql.txt"
+    program = (sys.executable, "-c", SQL_ON_THE_LOOP)
+    router = RouterProcess(config, program=program, env={"ROUTER_SQL_TRACE": str(trace)}).start()
+    try:
+        assert "STATUS=20000 events pending; inputs ready 1/1; 0 dead-lettered since start" in router.messages
+        ready_at = trace.stat().st_size  # opening the spool counts, once, before the router serves anything
+        for _ in range(10):
+            metrics = scrape(admin)
+        assert '"ready":true' in scrape(admin, "/readyz").replace(" ", "")
         assert 'event_router_deliveries_pending{output="held"} 20000.0' in metrics
         assert "event_router_dead_letters_stored 300.0" in metrics
         assert "event_router_spool_pending_events 20000.0" in metrics
         age = float(re.search(r"^event_router_spool_oldest_pending_age_seconds (\S+)$", metrics, re.M).group(1))  # type: ignore[union-attr]
         assert 25 < age < 120, metrics
-        assert '"ready":true' in readyz.replace(" ", "")
-        assert status.startswith("20000 events pending")
+        purged = run_cli("dlq", "purge", "--all", "--yes", "-c", str(config))
+        assert purged.returncode == 0, purged.stderr
+        wait_for(lambda: spool_gauges(admin)["dead_letters_stored"] == 0, timeout=5, what="the recount after purge")
+        # the archive worker's poll for due deliveries runs on the loop: the trace sees the loop's statements
+        wait_for(lambda: "FROM deliveries WHERE output = 'archive'" in trace.read_text()[ready_at:], what="a poll")
+    finally:
+        router.terminate()
+    on_loop = trace.read_text()[ready_at:].splitlines()
+    assert [sql for sql in on_loop if COUNTING.search(sql)] == [], on_loop
 
 
 def test_oldest_pending_is_an_index_lookup(tmp_path: Path) -> None:
