@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from event_router.inputs.webhook import BACKLOG
 from event_router.testing import (
     IN_CI,
     ROOT,
@@ -251,14 +252,26 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         "StateDirectory=event-router",
         "ProtectSystem=strict",
         "LoadCredential=",
-        "After=network-online.target time-sync.target",
+        "After=network-online.target time-sync.target event-router.socket",
+        "Requires=event-router.socket",
+        "Also=event-router.socket",
     ):
         assert key in unit
+    socket_unit = (ROOT / "packaging" / "event-router.socket").read_text()
+    # the webhook of the router.toml `init` writes, so that the two fit as shipped
+    for key in ("ListenStream=127.0.0.1:8787", "FileDescriptorName=connector", f"Backlog={BACKLOG}"):
+        assert key in socket_unit
     # verify checks that ExecStart exists: point it at this checkout's installed command
     installed = Path(shutil.which("event-router") or ROOT / ".venv/bin/event-router")
     local = tmp_path / "event-router.service"
     local.write_text(unit.replace("/opt/event-router/bin/event-router", str(installed)))
-    result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, check=False)
+    (tmp_path / "event-router.socket").write_text(socket_unit)
+    result = subprocess.run(
+        [analyze, "verify", str(local), str(tmp_path / "event-router.socket")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
 

@@ -41,7 +41,7 @@ from event_router.core.spool.backend import directory_problem, spool_for
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
 from event_router.plugin_loader import PluginRegistry
-from event_router.systemd import notify
+from event_router.systemd import assign_sockets, listen_fds, notify
 
 log = logging.getLogger("event_router.app")
 STATUS_INTERVAL = 10.0
@@ -113,6 +113,8 @@ class App:
         self.pipeline = Pipeline(config=config, schemas=self.schemas, spool=self.spool, stats=self.stats)
         self._internal_submit = partial(self.pipeline.submit, InternalSource("router"))
         self.started_at = time.monotonic()
+        #: the listening sockets systemd passed (`LISTEN_FDS`), open for the life of the process
+        self.passed = listen_fds()
         self.admin_port: int | None = None
         self._stop = anyio.Event()
         self._reload_lock = anyio.Lock()
@@ -136,6 +138,7 @@ class App:
         self, *, handle_signals: bool = True, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         config = self.config
+        self._assign_sockets(config)
         try:
             self.spool.open("exclusive")  # a second router on this data_dir would deliver everything twice
         except SpoolError as exc:
@@ -200,8 +203,10 @@ class App:
                     "stopping: inputs first, then draining deliveries", extra={"timeout": self.config.shutdown_timeout}
                 )
                 notify("STOPPING=1", "STATUS=draining deliveries")
-                for name in list(self._inputs):
-                    await self._stop_input(name)
+                # concurrently: each webhook answers the requests it has begun within its own bound
+                async with anyio.create_task_group() as stopping:
+                    for name in list(self._inputs):
+                        stopping.start_soon(self._stop_input, name)
                 # concurrently, each given shutdown_timeout; what does not finish stays in the spool
                 async with anyio.create_task_group() as drain:
                     for name in list(self._outputs):
@@ -214,6 +219,14 @@ class App:
             # a start-up failure is logged (and said) by the caller: it did not run, so it did not "stop"
             if ready:
                 log.info("router stopped", extra={"pending": self.spool.depth})
+
+    def _assign_sockets(self, config: RouterConfig) -> None:
+        """Give the sockets systemd passed to their inputs; ConfigErrors when one fits none, or an input that
+        requires one has none."""
+        listeners = {name: inp.plugin.listener for name, inp in config.inputs.items()}
+        errors = assign_sockets(listeners, self.passed, file=config.path.name)
+        if errors:
+            raise ConfigErrors(errors)
 
     async def _supervise(
         self,
@@ -446,6 +459,15 @@ class App:
                 inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
                 outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )
+            try:
+                # the sockets systemd passed must fit the new inputs too (unchanged ones keep theirs)
+                self._assign_sockets(merged)
+            except ConfigErrors as exc:
+                errors = [str(e) for e in exc.errors]
+                log.error("reload refused, keeping the running configuration", extra={"errors": errors})
+                self.stats.incr("reloads", result="invalid")
+                self._notify_reloaded("reload refused: invalid configuration; " + self._status_line())
+                return False, errors
             for name in new_outputs:  # outputs first: routes may target them as soon as they swap in
                 retiring = self._retire_output(name) if name in self._outputs else None
                 await self._start_output(merged.outputs[name], predecessor=retiring)

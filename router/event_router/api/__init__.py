@@ -21,7 +21,7 @@ from event_router.api.errors import (
 )
 from event_router.api.event import Event, SourceMessage
 from event_router.api.hookspecs import hookimpl
-from event_router.api.listen import format_listen, listen_error, parse_listen
+from event_router.api.listen import Listener, format_listen, listen_error, parse_listen
 from event_router.api.plugin import (
     Delivery,
     EventSink,
@@ -62,6 +62,7 @@ __all__ = [
     "Input",
     "Item",
     "LogThrottle",
+    "Listener",
     "MissingValueError",
     "Output",
     "PermanentError",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import re
+import socket
+from dataclasses import dataclass
 
 from event_router.api.errors import ConfigError
 
@@ -35,3 +37,27 @@ def listen_error(key: str, host: str, port: int, exc: OSError, *, file: str = "r
     else:
         message = f"cannot listen on {where}: {exc.strerror or exc}"
     return ConfigError(key, message, file=file)
+
+
+@dataclass(slots=True, eq=False)
+class Listener:
+    """Where an input accepts connections: lets the router hand it a listening socket systemd passed.
+
+    An input that listens on a TCP port sets `self.listener = Listener(host, port)` in its constructor. The
+    router matches each socket systemd passes (`LISTEN_FDS`, a `.socket` unit) to an input, by the socket's
+    `FileDescriptorName=` (the input's name) or by its address (the input's `host:port`), and sets `passed`
+    before `run`. An input given one serves it instead of binding `host:port`, and never closes it (the
+    router keeps it open for the life of the process, for the input's next run after a reload or a restart;
+    serve a `os.dup` of it if the server closes what it is given): connections made meanwhile wait in the
+    kernel's queue instead of being refused.
+    """
+
+    host: str
+    port: int
+    #: the input must not start without a passed socket (the webhook's `socket = "systemd"`): the router
+    #: refuses to start, naming `required_key`, when none matches it
+    required: bool = False
+    #: the key that asks for one, as the refusal names it (relative to the input's table)
+    required_key: str = "socket"
+    #: the listening socket systemd passed for this input, or None: bind `host:port`
+    passed: socket.socket | None = None

@@ -17,6 +17,7 @@ from anyio.abc import TaskStatus
 
 from event_router.api.errors import DeliveryError, PermanentError, RetryableError, SpoolFull
 from event_router.api.event import Event
+from event_router.api.listen import Listener
 
 __all__ = [
     "Delivery",
@@ -151,6 +152,10 @@ class Input(_Plugin):
 
     Subclasses implement `run`. Acknowledge a source only after `sink.submit` (or `sink.reject`) returned.
     """
+
+    #: set by an input that accepts connections on a TCP port, so that the router can pass it a socket
+    #: systemd holds (`Listener`); None for one that connects out (a broker's consumer)
+    listener: Listener | None = None
 
     @abstractmethod
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:

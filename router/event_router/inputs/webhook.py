@@ -9,6 +9,7 @@ once the event is durably stored, and says exactly what is wrong otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import math
@@ -16,9 +17,9 @@ import os
 import re
 import resource
 import socket
-import stat
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,14 @@ from event_router.api import (
     Event,
     EventSink,
     Input,
+    Listener,
     LogThrottle,
     PluginContext,
     Rejected,
     RouterError,
     SourceMessage,
     SpoolFull,
+    format_listen,
     hookimpl,
     listen_error,
     parse_listen,
@@ -66,10 +69,22 @@ def _allowed(remote: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.I
     return any(address in network for network in networks)
 
 
-#: seconds a stopping input waits for its requests in progress to be answered
-SHUTDOWN_SECONDS = 5
-#: seconds the HTTP server may take to listen once started
+#: seconds a stopping input gives a request beyond its header and body timeouts, to be stored and answered
+STORE_SECONDS = 5
+#: seconds past `header_timeout` a kept-alive connection is taken to be open still: hyper closes one idle for
+#: `header_timeout` by its own timer, which starts once the answer is written, a moment after it is counted here
+KEEP_ALIVE_MARGIN = 1.0
+#: how often a stopping input looks whether the kept-alive connections it answered are gone
+DRAIN_POLL = 0.05
+#: seconds the HTTP server may take to serve its socket once started
 START_SECONDS = 10
+#: the listen queue's length: connections past `max_connections`, and while the router restarts with a socket
+#: systemd holds, wait there. packaging/event-router.socket sets the same (`Backlog=`); the router sets it
+#: again on a passed socket when it serves it
+BACKLOG = 1024
+#: what the readiness probe sends: no request at all, which the HTTP server answers itself (400) and a TLS
+#: server closes, without the router seeing it
+_PROBE = b"PROBE\r\n\r\n"
 
 #: file descriptors a process keeps for itself beside client connections (spool, outputs' and brokers'
 #: connections, the admin endpoint, logs): the default max_connections leaves them free
@@ -208,6 +223,11 @@ class WebhookInput(Input):
                 "exclusiveMinimum": 0,
                 "description": "seconds a request's body may take to arrive (30)",
             },
+            "socket": {
+                "enum": ["auto", "systemd"],
+                "description": "auto: serve a listening socket systemd passes for this input, else bind listen;"
+                " systemd: refuse to start without one",
+            },
             # removed: refused with a ConfigError that says so (see __init__)
             "processes": {},
             "tls": {
@@ -235,6 +255,8 @@ class WebhookInput(Input):
             self.host, self.port = parse_listen(config["listen"])
         except ValueError as exc:
             raise ConfigError("listen", str(exc)) from None
+        #: the router sets `passed` to a socket systemd holds for this input, when it passed one
+        self.listener: Listener = Listener(self.host, self.port, required=config.get("socket") == "systemd")
         path = config.get("path", "/events")
         if "{{" in path:
             if re.fullmatch(r"[^{}]*\{\{\s*trigger\s*\}\}[^{}]*", path) is None:
@@ -289,6 +311,15 @@ class WebhookInput(Input):
         #: connections waiting in the listen queue at two looks in a row (0 otherwise): granian accepts none
         #: while at max_connections, idle connections included
         self._queued = 0
+        #: serving a socket systemd holds: a stop hands the connections over to the next run (`_drain`)
+        self._handing_over = False
+        #: stopping: every answer closes its connection, so that no client is left holding a kept-alive one
+        self._draining = False
+        #: with `_handing_over`: client address -> when its connection was last answered and kept alive,
+        #: oldest first: the connections a client may send its next request on. Forgotten once hyper closed
+        #: them for idleness
+        self._kept: OrderedDict[str, float] = OrderedDict()
+        self._kept_for = self.header_timeout + KEEP_ALIVE_MARGIN
         #: refusals are logged at most once a minute per (status, client), with how many were held back
         self._refusals = LogThrottle()
 
@@ -346,15 +377,50 @@ class WebhookInput(Input):
         return None
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        passed = self.listener.passed
+        own: socket.socket | None = None
+        if passed is None:
+            try:
+                own = _listen(self.host, self.port)
+            except OSError as exc:
+                raise listen_error("listen", self.host, self.port, exc) from exc
+        listening = passed or own
+        assert listening is not None
         try:
-            # granian's listener shares its port (SO_REUSEPORT): a port another process listens on would be
-            # bound silently beside it. This bind, without port sharing, fails if anything listens there,
-            # and gives the port to listen on when the config says 0
-            port = _free_port(self.host, self.port)
-        except OSError as exc:
-            raise listen_error("listen", self.host, self.port, exc) from exc
+            # accepted connections inherit it, as from granian's own listeners
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # a connection is taken off the queue only once its request's first bytes are in: the server's
+            # graceful stop closes a connection it has read nothing from, which would cut off a request
+            # whose client has connected and not yet sent it; with this, none is left in that state. (One
+            # that sends nothing is taken once the kernel's SYN-ACK retries have covered this many seconds,
+            # then closed after header_timeout)
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, math.ceil(self.header_timeout))
+            port = int(listening.getsockname()[1])
+            # granian closes the descriptor it serves when it stops: it gets its own, and the socket itself
+            # stays open for the next run (a reload, a restart) while systemd or this input holds it
+            served_fd = os.dup(listening.fileno())
+            await self._serve(sink, listening, served_fd, port, passed is not None, task_status)
+        finally:
+            if own is not None:
+                own.close()
+
+    async def _serve(
+        self,
+        sink: EventSink,
+        listening: socket.socket,
+        fd: int,
+        port: int,
+        passed: bool,
+        task_status: TaskStatus[None],
+    ) -> None:
         batch = _Batch(self, sink)
-        server = self._server(self._app(sink, batch), port)
+        self._handing_over, self._draining = passed, False
+        self._kept.clear()
+        try:
+            server = self._server(self._app(sink, batch), fd, port)
+        except BaseException:
+            os.close(fd)  # granian takes it over only once it serves
+            raise
         served = anyio.Event()
 
         async def serve() -> None:
@@ -365,31 +431,46 @@ class WebhookInput(Input):
             finally:
                 served.set()
 
-        listener: socket.socket | None = None
+        watching = anyio.CancelScope()
+
+        async def watch() -> None:
+            with watching:
+                await self._watch_listen_queue(listening)
+
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(serve)
             tasks.start_soon(batch.run)
             try:
-                await _until_accepting(self.host, port, served)
-                listener = _listener(port)
-                if listener is not None:
-                    tasks.start_soon(self._watch_listen_queue, listener)
+                await _until_serving(self.host, port, served)
+                if hasattr(socket, "TCP_INFO"):  # Linux: the listen queue can be read
+                    tasks.start_soon(watch)
                 self.bound_port = port
                 self._ready = True
-                self.log.info("webhook listening", extra={"listen": f"{self.host}:{port}", "path": self.route_path})
+                self.log.info(
+                    "webhook listening",
+                    extra={
+                        "listen": format_listen(self.host, port),
+                        "path": self.route_path,
+                        "socket": "systemd" if passed else "own",
+                    },
+                )
                 task_status.started()
-                await anyio.sleep_forever()
+                await served.wait()
+                raise RouterError("the webhook's HTTP server stopped by itself")
             finally:
                 self._ready = False
                 self._queued = 0
-                if listener is not None:
-                    # first: while this duplicate is open the socket keeps listening after granian's closes
-                    listener.close()
+                watching.cancel()
                 with anyio.CancelScope(shield=True):
-                    # stop accepting, answer the requests in progress (their events get stored: the batch
-                    # keeps committing until the server is done), then stop the batch
+                    if passed:
+                        with anyio.move_on_after(self._kept_for):
+                            await self._drain(served)
+                    # then stop accepting (what waits in the listen queue stays there for the next run
+                    # when systemd holds the socket) and answer the requests in progress: their events get
+                    # stored, the batch keeps committing until the server is done. A request begun just
+                    # now gets its header and body timeouts
                     server.stop()  # type: ignore[no-untyped-call]
-                    with anyio.move_on_after(SHUTDOWN_SECONDS):
+                    with anyio.move_on_after(self.header_timeout + self.body_timeout + STORE_SECONDS):
                         await served.wait()
                     batch.stop()
 
@@ -406,13 +487,50 @@ class WebhookInput(Input):
             self._queued = now if before else 0
             before = now
 
-    def _server(self, app: Any, port: int) -> Server:
+    async def _drain(self, served: anyio.Event) -> None:
+        """Until no client may still hold a kept-alive connection to this input, or the server is gone.
+
+        Each kept-alive connection is closed by its own next answer from now on (`Connection: close`), or by
+        hyper once idle for `header_timeout`, as in normal operation, while new connections are still served
+        (one request each). Closing such a connection at once, as hyper's graceful stop does, would cut off
+        a request its client sends at that moment, which the Connector never sends again. Only done when
+        systemd holds the socket: without it, what arrives after the stop is refused anyway.
+        """
+        self._draining = True
+        while not served.is_set():
+            self._forget_idle(time.monotonic())
+            if not self._kept:
+                return
+            await anyio.sleep(DRAIN_POLL)
+
+    def _forget_idle(self, now: float) -> None:
+        kept = self._kept
+        while kept:
+            client, since = next(iter(kept.items()))
+            if now - since < self._kept_for:
+                return
+            del kept[client]
+
+    def _server(self, app: Any, fd: int, port: int) -> Server:
+        from granian._granian import SocketHolder  # granian.net re-exports it, without its type
         from granian.constants import HTTPModes, Interfaces, SSLProtocols
         from granian.http import HTTP1Settings
         from granian.server.embed import Server
 
+        class OnSocket(Server):
+            """granian's embedded server on a socket that listens already (it binds address:port otherwise).
+
+            granian's multi-process server serves a descriptor the same way in each worker: the worker takes
+            a `SocketHolder` of it in place of the address (`granian.server.mp`).
+            """
+
+            def _init_shared_socket(self) -> None:
+                self._ssp = None
+                self._shd = SocketHolder(fd, False, BACKLOG)  # type: ignore[call-arg,assignment]
+                self._sfd = fd  # type: ignore[assignment]
+
         tls = self.tls_paths()
-        return Server(
+        return OnSocket(
             app,
             address=self.host,
             port=port,
@@ -420,7 +538,7 @@ class WebhookInput(Input):
             http=HTTPModes.http1,
             websockets=False,
             runtime_threads=1,
-            backlog=1024,
+            backlog=BACKLOG,
             # connections served at once; more wait in the listen queue (the kernel's), none is refused
             backpressure=self.max_connections,
             http1_settings=HTTP1Settings(
@@ -464,8 +582,14 @@ class WebhookInput(Input):
             headers = [("content-type", "application/json")]
             if extra:
                 headers.extend((name.lower(), value) for name, value in extra.items())
-            if close:
+            if close or self._draining:
                 headers.append(("connection", "close"))
+                self._kept.pop(scope.client, None)
+            elif self._handing_over and _keeps_alive(scope):
+                now = time.monotonic()
+                self._kept[scope.client] = now
+                self._kept.move_to_end(scope.client)
+                self._forget_idle(now)
             proto.response_bytes(status, headers, orjson.dumps(body))
 
         async def answer_to(scope: Scope, proto: HTTPProtocol) -> tuple[Answer, bool]:
@@ -729,37 +853,6 @@ async def _read_body(proto: HTTPProtocol, max_body: int, length: int | None) -> 
     return b"".join(chunks)
 
 
-def _listener(port: int) -> socket.socket | None:
-    """A duplicate of this process's listening TCP socket on `port` (granian's, made by its Rust worker), to
-    read its listen queue; None where that cannot be read (no /proc/self/fd or TCP_INFO: not Linux)."""
-    if not hasattr(socket, "TCP_INFO"):
-        return None
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return None
-    for name in names:
-        try:
-            fd = int(name)
-            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-                continue
-            sock = socket.socket(fileno=os.dup(fd))
-        except (OSError, ValueError):  # closed meanwhile by another thread, or not a number
-            continue
-        try:
-            if (
-                sock.family in (socket.AF_INET, socket.AF_INET6)
-                and sock.type == socket.SOCK_STREAM
-                and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-                and sock.getsockname()[1] == port
-            ):
-                return sock
-        except OSError:
-            pass
-        sock.close()
-    return None
-
-
 def _accept_queue(listener: socket.socket) -> int:
     """Connections in `listener`'s listen queue, not accepted yet: Linux gives them as a listening socket's
     `tcpi_unacked` (struct tcp_info: 8 bytes, then 32-bit rto, ato, snd_mss, rcv_mss, unacked)."""
@@ -767,29 +860,46 @@ def _accept_queue(listener: socket.socket) -> int:
     return int(struct.unpack_from("=I", info, 24)[0])
 
 
-def _free_port(host: str, port: int) -> int:
-    """Bind host:port without sharing it (OSError if anything listens there); the port, chosen if 0."""
+def _keeps_alive(scope: Scope) -> bool:
+    """Whether hyper keeps the connection open after this answer (HTTP/1.1 unless the client said close)."""
+    connection = scope.headers.get("connection")
+    if scope.http_version == "1.0":
+        return connection is not None and connection.lower() == "keep-alive"
+    return connection is None or "close" not in connection.lower()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, not shared with any other (OSError if anything listens there)."""
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # as a listener does: connections of an earlier run still in TIME_WAIT do not hold the port
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(address)
-        return int(probe.getsockname()[1])
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # connections of an earlier run still in TIME_WAIT do not hold the port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
-async def _until_accepting(host: str, port: int, served: anyio.Event) -> None:
-    """Return once the server accepts connections: granian binds in its worker, after `serve()` started."""
+async def _until_serving(host: str, port: int, served: anyio.Event) -> None:
+    """Return once the HTTP server takes connections off the socket: granian starts serving in its worker,
+    after `serve()` started. Connecting proves nothing (the kernel completes connections to a listening
+    socket whether or not anything accepts them): the server must answer the probe, or close it."""
     target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    with anyio.fail_after(START_SECONDS):
-        while not served.is_set():
-            try:
-                stream = await anyio.connect_tcp(target, port)
-            except OSError:
-                await anyio.sleep(0.01)
-                continue
-            await stream.aclose()
-            return
-    raise RouterError(f"the webhook's HTTP server stopped before it listened on {host}:{port}")
+    try:
+        with anyio.fail_after(START_SECONDS):
+            async with await anyio.connect_tcp(target, port) as stream:
+                await stream.send(_PROBE)
+                while not served.is_set():
+                    with anyio.move_on_after(DRAIN_POLL):
+                        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                            await stream.receive()
+                        return
+    except TimeoutError:
+        raise RouterError(f"the webhook's HTTP server did not serve {host}:{port} within {START_SECONDS} s") from None
+    raise RouterError(f"the webhook's HTTP server stopped before it served {host}:{port}")
 
 
 @hookimpl

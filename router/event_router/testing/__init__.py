@@ -526,8 +526,44 @@ def assert_check_hides_secrets(
 LIVE_ROUTERS: set[RouterProcess] = set()
 
 
+#: run in place of the router by `socket_activated`: what systemd does for a `.socket` unit between fork and
+#: exec. The sockets go to descriptors 3, 4, ... (`LISTEN_FDS`), `LISTEN_PID` is this process's id, which
+#: `exec` keeps, and then this process becomes the router
+_ACTIVATE = """
+import fcntl, os, sys
+given = [int(fd) for fd in os.environ.pop("EVENT_ROUTER_TEST_FDS").split(",")]
+first = 3
+# copies above the target range first, so that no dup2 below overwrites a descriptor still to be moved
+moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, first + len(given)) for fd in given]
+for fd in given:
+    os.close(fd)
+for index, fd in enumerate(moved):
+    os.dup2(fd, first + index, inheritable=True)
+    os.close(fd)
+os.environ["LISTEN_FDS"] = str(len(given))
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+def socket_activated(
+    sockets: Sequence[socket.socket], names: Sequence[str] | None, program: Sequence[str]
+) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
+    """How to start `program` with `sockets` passed as systemd passes a socket unit's (`LISTEN_FDS`, and
+    `LISTEN_FDNAMES` when `names` are given): (argv prefix, environment to add, `pass_fds`). The caller keeps
+    the sockets open, as systemd does, so that a restarted router gets the same ones."""
+    env = {"EVENT_ROUTER_TEST_FDS": ",".join(str(s.fileno()) for s in sockets)}
+    if names is not None:
+        env["LISTEN_FDNAMES"] = ":".join(names)
+    return [sys.executable, "-c", _ACTIVATE, *program], env, tuple(s.fileno() for s in sockets)
+
+
 class RouterProcess:
-    """`event-router run` in a subprocess, readiness taken from a real sd_notify socket."""
+    """`event-router run` in a subprocess, readiness taken from a real sd_notify socket.
+
+    `sockets` (with `socket_names`, their `FileDescriptorName=`) are passed to it as systemd passes those of
+    a socket unit; the caller holds them, so a router started again serves the same ones.
+    """
 
     def __init__(
         self,
@@ -537,6 +573,8 @@ class RouterProcess:
         log: Path | None = None,
         program: Sequence[str] = (sys.executable, "-m", "event_router"),
         ready: bool = True,
+        sockets: Sequence[socket.socket] = (),
+        socket_names: Sequence[str] | None = None,
     ):
         self.config = config
         #: `start()` waits for READY=1 (every input consumes); False: only until the router runs and waits for
@@ -545,6 +583,10 @@ class RouterProcess:
         #: the command before `run`: this interpreter's router, or another install's (`venv/bin/event-router`)
         self.program = list(program)
         self.env = env or {}
+        self.pass_fds: tuple[int, ...] = ()
+        if sockets:
+            self.program, passing, self.pass_fds = socket_activated(sockets, socket_names, self.program)
+            self.env = {**self.env, **passing}
         self.log_path = log or config.with_suffix(".log")
         self.notify_path = config.parent / f"notify-{os.getpid()}-{id(self)}.sock"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -563,6 +605,7 @@ class RouterProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.config.parent,
+            pass_fds=self.pass_fds,
         )
         log.close()
         LIVE_ROUTERS.add(self)
