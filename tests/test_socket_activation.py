@@ -163,6 +163,7 @@ def start_router(path: Path, sock: socket.socket) -> RouterProcess:
     return RouterProcess(path, sockets=[sock], socket_names=["connector"]).start(timeout=60)
 
 
+@pytest.mark.slow
 def test_restarts_under_a_steady_stream_refuse_nothing_and_lose_nothing(tmp_path: Path) -> None:
     """SIGTERM, then SIGKILL, each followed at once by a new router on the same socket (systemd's Restart=).
 
@@ -210,8 +211,8 @@ def test_restarts_under_a_steady_stream_refuse_nothing_and_lose_nothing(tmp_path
     stored_set = set(stored)
     ok = [o for o in outcomes if o.status is not None and 200 <= o.status < 300]
     failed = [o for o in outcomes if o not in ok]
-    # what the SIGKILL may cut: requests sent before it and answered after it, and requests on a kept-alive
-    # connection the client took from its pool before it saw that connection die
+    # what the SIGKILL may cut: the requests in flight (one per client at most), and one more per client at
+    # most: a request sent on a kept-alive connection of the killed router before the client saw it close
     killed = [
         o for o in failed if marks["sigkill"] - 5 <= o.sent <= marks["sigkill restarted"] and o.done >= marks["sigkill"]
     ]
@@ -235,7 +236,7 @@ def test_restarts_under_a_steady_stream_refuse_nothing_and_lose_nothing(tmp_path
     assert burst_answers == [202] * BURST
     assert [n for n in range(BURST_FROM, BURST_FROM + BURST) if f"event {n}" not in stored_set] == []
     assert [o for o in failed if o not in killed] == [], summary
-    assert len(killed) <= len(stream.clients), summary
+    assert len(killed) <= 2 * len(stream.clients), summary
     for o in killed:
         assert o.status is None, o  # a cut connection, never an error answer
     # no 2xx-answered event is lost: each is stored, and delivered to the file output
@@ -244,6 +245,7 @@ def test_restarts_under_a_steady_stream_refuse_nothing_and_lose_nothing(tmp_path
     assert waited, summary
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("passed", [False, True], ids=["own socket", "socket from systemd"])
 def test_sigterm_answers_every_request_it_has_begun_to_read(tmp_path: Path, passed: bool) -> None:
     """At SIGTERM one body is being uploaded slowly (over 8 s, longer than the 5 s a stop used to give) and
@@ -395,6 +397,7 @@ def test_a_descriptor_that_is_no_listening_tcp_socket_is_refused(
     ) in output
 
 
+@pytest.mark.slow
 def test_a_reload_restarts_the_webhook_on_the_same_socket_and_refuses_one_that_no_longer_fits(
     tmp_path: Path,
 ) -> None:
