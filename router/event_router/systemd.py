@@ -53,6 +53,8 @@ class PassedSocket:
 
 @dataclass(frozen=True, slots=True)
 class PassedSockets:
+    """What `listen_fds` found: the sockets, in descriptor order."""
+
     sockets: tuple[PassedSocket, ...] = ()
     #: why LISTEN_FDS was ignored (it was meant for another process), for the error of an input that needs one
     ignored: str | None = None
