@@ -105,12 +105,12 @@ action = { name = "accept_request", id = "{{ data.id }}", items = [{ accept = tr
 """
 
 WEBHOOK = (
-    "lost while the router is unreachable or refuses, as during a restart or when the spool cannot write: the "
-    "Connector does not retry"
+    "lost while the router is unreachable or refuses, as during a restart without the systemd socket unit or when "
+    "the spool cannot write: the Connector does not retry"
 )
 WEBHOOK_LIMITED = (
-    "lost while the router is unreachable or refuses, as during a restart, when the spool cannot write or past "
-    "rate_limit: the Connector does not retry"
+    "lost while the router is unreachable or refuses, as during a restart without the systemd socket unit, when "
+    "the spool cannot write or past rate_limit: the Connector does not retry"
 )
 AMQP_TAIL = (
     "+ ack after storing: at least once from the broker; but the Connector publishes without confirms and never "
@@ -270,3 +270,20 @@ def test_the_docs_quote_what_check_prints(tmp_path: Path) -> None:
         quoted = [line for line in doc.read_text().splitlines() if line.startswith('route "')]
         assert quoted, f"{doc.name} quotes no line of check"
         assert [line for line in quoted if line not in printed] == [], f"{doc.name} quotes what check does not say"
+
+
+def test_a_webhook_on_systemds_socket_loses_only_what_a_killed_router_was_answering(tmp_path: Path) -> None:
+    """With `socket = "systemd"` a restart keeps connections waiting in systemd's queue: the phrase says so."""
+    config = tmp_path / "router.toml"
+    config.write_text(
+        '[router]\ndata_dir = "./var"\n[inputs.connector]\ntype = "webhook"\nlisten = "127.0.0.1:8787"\n'
+        'socket = "systemd"\n[outputs.archive]\ntype = "file"\npath = "./var/events.jsonl"\n'
+        '[[routes]]\nname = "all"\nto = ["archive"]\n'
+    )
+    checked = run_cli("check", "-c", str(config))
+    assert checked.returncode == 0, checked.stderr
+    line = checked.stdout.splitlines()[1]
+    assert line.startswith(
+        'route "all": webhook "connector" (lost while the router is unreachable or refuses, as when killed or when '
+        "the spool cannot write: the Connector does not retry) -> file"
+    ), line

@@ -327,10 +327,13 @@ class WebhookInput(Input):
         if self.signing_secrets:
             # the Connector cannot sign: the sender is one that signs, and Standard Webhooks senders retry
             return "at least once from a sender that retries on non-2xx; stored once per webhook-id"
+        # with systemd's socket (`socket = "systemd"`) a restart keeps connections waiting in its queue; only
+        # a router killed mid-request loses what it was answering
+        stop = "when killed" if self.listener.required else "during a restart without the systemd socket unit"
         refused = (
-            "during a restart, when the spool cannot write or past rate_limit"
+            f"{stop}, when the spool cannot write or past rate_limit"
             if self.limiter
-            else "during a restart or when the spool cannot write"
+            else f"{stop} or when the spool cannot write"
         )
         # The Connector's webhooks module POSTs once, without retry or queue: whatever it does not get a 2xx
         # for is gone (enmeshed-events.md 3.5, 3.6)
