@@ -72,6 +72,12 @@ class Event:
     #: a repeat gets `SubmitResult.status` "duplicate". Not part of the event's JSON form.
     message: SourceMessage | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def recovered(self) -> bool:
+        """Rebuilt from the Connector's REST state by gap recovery (`meta.recovered` is true), not received as
+        the Connector raised it: the spool stores it only if no event announced the same before."""
+        return self.meta.get("recovered") is True
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written by the file output and matched by routes."""
         return {

@@ -40,7 +40,8 @@ class SubmitResult:
     """What became of one submitted event. Once `submit` returns, every outcome is durable."""
 
     event_id: str
-    #: duplicate: the event's `message` id from this input is already stored; nothing was stored now.
+    #: duplicate: the event's `message` id from this input is already stored, or (a recovered event,
+    #: `Event.recovered`) an event stored before announced the same; nothing was stored now.
     #: accepted: stored, also when some (or all) of its deliveries were parked as dead letters because their
     #: output's backlog was at its `max_pending`: acknowledge it like any other
     status: Literal["accepted", "dead_lettered", "unrouted", "duplicate"]

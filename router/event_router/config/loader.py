@@ -168,6 +168,7 @@ class _Loader:
             unmatched=router.get("unmatched", "drop"),
             max_pending_events=max_pending_events,
             shutdown_timeout=parse_duration(router.get("shutdown_timeout", 10)),
+            announced_retention=parse_duration(router.get("announced_retention", "7d")),
             log_level=router.get("log_level", "info"),
             retry=default_retry,
             admin_listen=admin_listen,

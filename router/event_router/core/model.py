@@ -75,6 +75,8 @@ class RouterConfig:
     inputs: Mapping[str, InputConfig]
     outputs: Mapping[str, OutputConfig]
     routes: tuple[RouteConfig, ...]
+    #: seconds the spool keeps what each stored event announced (docs/recovery.md)
+    announced_retention: float = 7 * 86400.0
     #: things `check` reports without failing (plain-text secrets, no routes...)
     warnings: tuple[str, ...] = field(default=())
     #: key paths of the secret references left unresolved (`secrets="skip"`); empty for a config to run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,14 +14,26 @@ from event_router.api.errors import SpoolFull
 from event_router.api.event import Event
 from event_router.api.plugin import SubmitResult
 from event_router.api.throttle import LogThrottle
+from event_router.core.announced import announced_key, key_cutoff
 from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, RouterConfig
 from event_router.core.plan import MAX_UNKNOWN_TRIGGERS, Plan, PlannedDelivery, plan_event, trigger_hint
-from event_router.core.spool import NewDelivery, Parked, SeenMessage, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.spool import (
+    Announcement,
+    NewDelivery,
+    Parked,
+    SeenMessage,
+    Spool,
+    StoreDeadLetter,
+    StoreEvent,
+)
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaRegistry
 
 log = logging.getLogger("event_router.core.pipeline")
+
+#: how often (seconds) the spool is told to forget announced keys older than `announced_retention`
+FORGET_INTERVAL = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +60,8 @@ class Pipeline:
         self._parking: dict[str, int] = {}
         #: one line a minute per output about its parked deliveries
         self._parked_log = LogThrottle()
+        #: monotonic time from which a submit has the spool forget announced keys past the retention
+        self._next_forget = 0.0
 
     def sink_for(self, input_config: InputConfig) -> InputSink:
         return InputSink(self, input_config)
@@ -78,6 +93,10 @@ class Pipeline:
             self.stats.incr("spool_full_rejections", input=input_config.name)
             raise SpoolFull(self.spool.depth, config.max_pending_events)
         stored = await self.spool.store(items, config.backlog_limits) if items else []
+        if time.monotonic() >= self._next_forget:
+            self._next_forget = time.monotonic() + FORGET_INTERVAL
+            cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - config.announced_retention))
+            await self.spool.forget_announced(key_cutoff(cutoff))
         by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
         results: list[SubmitResult] = []
         for plan in plans:
@@ -140,12 +159,14 @@ class Pipeline:
     ) -> SubmitResult:
         event = plan.event
         if item is not None and stored is None:  # the spool already holds this message: nothing was stored
-            assert item.seen is not None
             self.stats.incr("duplicates", input=input_name)
-            log.info(
-                "repeated message not stored again",
-                extra={"input": input_name, "message_id": item.seen.message_id, "trigger": event.trigger},
-            )
+            if item.seen is not None:
+                log.info(
+                    "repeated message not stored again",
+                    extra={"input": input_name, "message_id": item.seen.message_id, "trigger": event.trigger},
+                )
+            else:  # a recovered event whose change an event stored before announced: the common case
+                log.debug("recovered event was announced before; not stored", extra={"trigger": event.trigger})
             return SubmitResult(event.id, "duplicate")
         # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
         trigger_label = plan.validation.schema or "unknown"
@@ -255,6 +276,8 @@ def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | N
     event = plan.event
     message = event.message
     seen = None if message is None else SeenMessage(input_name, message.id, message.until)
+    key = announced_key(event.trigger, event.data)
+    announced = None if key is None else Announcement(key, claim=event.recovered)
     try:
         body = event.to_json()
         payloads = [orjson.dumps(d.payload) if d.reshaped else None for d in plan.deliveries]
@@ -266,7 +289,7 @@ def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | N
         plan.dead_letter = ("undecodable", reason)
         raw = (event.raw or b"").decode("utf-8", "backslashreplace")
         body = orjson.dumps({"raw": raw, "trigger": event.trigger, "source": event.source, "id": event.id})
-        return StoreDeadLetter("undecodable", reason, body, event.id, event.trigger, event.source, seen)
+        return StoreDeadLetter("undecodable", reason, body, event.id, event.trigger, event.source, seen, announced)
     if plan.dead_letter is not None:
         reason, error = plan.dead_letter
         return StoreDeadLetter(
@@ -277,6 +300,7 @@ def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | N
             trigger=event.trigger,
             source=event.source,
             seen=seen,
+            announced=announced,
         )
     if not plan.deliveries:
         return None
@@ -287,6 +311,7 @@ def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | N
         deliveries=[NewDelivery(d.output, d.route, p) for d, p in zip(plan.deliveries, payloads, strict=True)],
         seen=seen,
         source=event.source,
+        announced=announced,
     )
 
 

@@ -9,6 +9,8 @@ What every backend guarantees (the callers rely on it):
 - `store` returns once its items are durable: an input may then acknowledge its source;
 - a message id (`SeenMessage`) is claimed in the transaction that stores its event, so a repeat is never
   stored twice, whichever commit it shares;
+- an event's `Announcement` is recorded in the transaction that stores it; a claimed one (a recovered
+  event) is stored only if no event announced the same before, whichever commit it shares;
 - delivery and dead letter ids never repeat (logs and `dlq` name them);
 - `depth`, `pending_outputs`, `dead_letter_count` and `oldest_pending_age` are kept as the backend
   commits (and counted again when another process changed the spool): `/metrics`, readiness and the
@@ -115,6 +117,17 @@ class SeenMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Announcement:
+    """What a stored event announced (`event_router.core.announced`: the date of the change, then a digest of
+    its trigger, DTO id and state), kept until `forget_announced`: gap recovery stores only what nobody
+    announced."""
+
+    key: bytes
+    #: a rebuilt event (gap recovery): stored only if the key is not kept yet; else `store` answers None
+    claim: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StoreEvent:
     """An accepted event and the deliveries its routes made of it."""
 
@@ -126,6 +139,7 @@ class StoreEvent:
     seen: SeenMessage | None = None
     #: the input it came from, for the dead letter of a delivery parked at its output's limit
     source: str | None = None
+    announced: Announcement | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +154,7 @@ class StoreDeadLetter:
     source: str | None = None
     #: stored only if this message id is new (`store` answers None for a repeat)
     seen: SeenMessage | None = None
+    announced: Announcement | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,11 +282,15 @@ class Spool(Protocol):
         """Persist events (per delivery, in order: its id) and dead letters (the dead letter id), durably.
 
         An item whose `seen` message id is stored already (before, or by an earlier item) is a repeat: not
-        stored, its result None. An event without deliveries is not pending: not stored, its result [].
+        stored, its result None; so is an item whose `announced` claim finds its key kept. Every other item's
+        key is kept. An event without deliveries is not pending: not stored, its result [].
         `limits`: the most deliveries each named output may have pending. A delivery for an output that has
         that many already (counted with those stored before it in this call) is stored as a dead letter
         instead, its result `Parked`; an event whose deliveries are all parked is not pending.
         """
+
+    async def forget_announced(self, before: bytes) -> int:
+        """Forget the announced keys that sort before `before` (changes older than the retention); how many."""
 
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
         """Which of these (input, message id) the spool holds and has not forgotten."""

@@ -64,8 +64,9 @@ from event_router.core.spool import (
 log = logging.getLogger("event_router.core.spool")
 
 #: 2: delivery and dead letter ids never repeat (AUTOINCREMENT): logs and `dlq` commands name them, and an
-#: id must not come back for another delivery or dead letter after the old one was finished or purged
-SCHEMA_VERSION = 2
+#: id must not come back for another delivery or dead letter after the old one was finished or purged.
+#: 3: `announced`, what each stored event announced, for gap recovery (a new table: rows of schema 2 kept)
+SCHEMA_VERSION = 3
 #: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -113,6 +114,7 @@ CREATE TABLE IF NOT EXISTS seen_message_ids (
     PRIMARY KEY (input, message_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_message_ids_expiry ON seen_message_ids(expires_at);
+CREATE TABLE IF NOT EXISTS announced (key BLOB PRIMARY KEY) WITHOUT ROWID;
 """
 
 #: when the oldest pending event was stored, in the spool clock's base: its deliveries' `first_at` (the
@@ -324,6 +326,8 @@ class SQLiteSpool:
         #: PRAGMA data_version when `depth` was last counted; another process's commit changes it
         self._data_version: int | None = None
         self._lock_fd: int | None = None
+        #: announced keys of the group being applied, written just before its commit
+        self._announcing: set[bytes] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -630,8 +634,12 @@ class SQLiteSpool:
             results = [op.apply(conn) for op in batch]
             if self._oldest_stale:  # one indexed read per group at most, not one per finished chunk
                 self._read_oldest(conn)
+            if self._announcing:
+                _write_announcements(conn, self._announcing)
+                self._announcing.clear()
             conn.execute("COMMIT")
         except Exception as exc:  # one failed commit fails every op in it: none of them is durable
+            self._announcing.clear()
             # a count made in this group was rolled back with the rest: back to the one before it
             self.depth, self._data_version, self._must_recount = depth, version, must
             self._pending, self._dead, self._oldest = counted
@@ -716,10 +724,13 @@ class SQLiteSpool:
         """
         now = self.clock.now()
         claims = any(item.seen is not None for item in items)
+        announces = any(item.announced is not None for item in items)
 
         def apply(conn: sqlite3.Connection) -> list[list[int | Parked] | int | None]:
             out: list[list[int | Parked] | int | None] = [[] for _ in items]
             repeats = _claim_messages(conn, items, time.time()) if claims else set()
+            if announces:
+                repeats |= _claim_announcements(conn, items, repeats, self._announcing)
             events: list[tuple[int, StoreEvent]] = []
             for index, item in enumerate(items):
                 if index in repeats:
@@ -849,6 +860,16 @@ class SQLiteSpool:
             return [self._dead_letter(conn, *item) for item in dead]
 
         result: list[int | None] = await self._write(apply, lazy=lazy)
+        return result
+
+    async def forget_announced(self, before: bytes) -> int:
+        """Forget the announced keys that sort before `before`: one range delete on the key, a lazy commit."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute("DELETE FROM announced WHERE key < ?", (before,)).rowcount
+            return count
+
+        result: int = await self._write(apply, lazy=True)
         return result
 
     def _dead_letter(self, conn: sqlite3.Connection, did: int, reason: str, error: str, attempts: int) -> int | None:
@@ -1063,7 +1084,9 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Schema 1 to 2, in one transaction: deliveries and dead letters become AUTOINCREMENT tables, rows kept.
+    """An older schema to this one, in one transaction, rows kept. 1 to 2: deliveries and dead letters become
+    AUTOINCREMENT tables; 2 to 3: `_DDL` adds the `announced` table (empty: what the events stored before
+    announced is not known, so recovery may rebuild those of them that fall in its first look-back).
 
     SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
     old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
@@ -1262,6 +1285,45 @@ def _claim_messages(conn: sqlite3.Connection, items: Sequence[StoreEvent | Store
             [v for seen in rows for v in (seen.input, seen.message_id, seen.expires_at)],
         )
     return repeats
+
+
+def _claim_announcements(
+    conn: sqlite3.Connection, items: Sequence[StoreEvent | StoreDeadLetter], repeats: Collection[int], group: set[bytes]
+) -> set[int]:
+    """Add the announced keys of `items` (those not `repeats` already) to `group`, the keys the writer thread
+    writes once per transaction, just before its commit; the indexes of the claims whose key is kept already
+    (before, by an earlier op of the group, or an earlier item), which are not stored.
+
+    Only claims read: a live event's key costs no statement of its own, so a busy webhook pays one
+    multi-row insert per group for all of them.
+    """
+    found = [(index, item.announced) for index, item in enumerate(items) if item.announced and index not in repeats]
+    claimed = [a.key for _, a in found if a.claim and a.key not in group]
+    kept: set[bytes] = set()
+    for start in range(0, len(claimed), _KEYS_PER_INSERT):
+        chunk = claimed[start : start + _KEYS_PER_INSERT]
+        rows = conn.execute(f"SELECT key FROM announced WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+        kept.update(bytes(key) for (key,) in rows.fetchall())
+    skipped: set[int] = set()
+    for index, announced in found:
+        if announced.claim and (announced.key in kept or announced.key in group):
+            skipped.add(index)
+        else:
+            group.add(announced.key)
+    return skipped
+
+
+#: announced keys one statement takes (one parameter each)
+_KEYS_PER_INSERT = 800
+
+
+def _write_announcements(conn: sqlite3.Connection, keys: Collection[bytes]) -> None:
+    """Keep `keys`: one statement per 800. Keys start with the change's date, so new ones land at the end of
+    the table's b-tree: a commit rewrites a few pages, not one per key."""
+    rows = list(keys)
+    for start in range(0, len(rows), _KEYS_PER_INSERT):
+        chunk = rows[start : start + _KEYS_PER_INSERT]
+        conn.execute("INSERT OR IGNORE INTO announced (key) VALUES " + ",".join(["(?)"] * len(chunk)), chunk)
 
 
 def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: float) -> int:

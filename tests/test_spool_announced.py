@@ -1,0 +1,120 @@
+"""What each stored event announced, on a real SQLite spool: a live event's key is kept in its own commit,
+a recovered event (a claim) is stored only when no event announced the same, keys expire, and a schema-2
+spool is upgraded in place with its rows."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from event_router.core.announced import announced_key, announced_text, key_cutoff
+from event_router.core.spool import Announcement, NewDelivery, StoreDeadLetter, StoreEvent
+from event_router.core.spool.sqlite import SCHEMA_VERSION, SQLiteSpool
+
+pytestmark = pytest.mark.anyio
+
+
+def event(i: int, key: bytes | None, *, claim: bool = False) -> StoreEvent:
+    body = b'{"id":"e%d","trigger":"t","source":"s","received_at":"x","data":{},"meta":{}}' % i
+    announced = None if key is None else Announcement(key, claim)
+    return StoreEvent(f"e{i}", "t", body, [NewDelivery("a", "r", None)], announced=announced)
+
+
+def key(text: str, created: str = "2026-08-20T10:00:00.000Z") -> bytes:
+    found = announced_key("transport.messageReceived", {"id": text, "createdAt": created})
+    assert found is not None
+    return found
+
+
+async def test_a_claim_is_stored_only_when_nothing_announced_it(tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path / "spool.db")
+    spool.open("exclusive")
+    try:
+        live = await spool.store([event(1, key("A")), event(2, key("A")), event(3, None)])
+        assert all(isinstance(r, list) and r for r in live), "live events are stored whatever their key"
+        claims = await spool.store(
+            [event(4, key("A"), claim=True), event(5, key("B"), claim=True), event(6, key("B"), claim=True)]
+        )
+        assert claims[0] is None, "announced live before"
+        assert isinstance(claims[1], list) and claims[1], "nothing announced B"
+        assert claims[2] is None, "B was claimed by an earlier item of the same store"
+        dead = StoreDeadLetter("validation", "bad", b"{}", announced=Announcement(key("C"), claim=True))
+        assert isinstance((await spool.store([dead]))[0], int)
+        assert (await spool.store([event(7, key("C"), claim=True)]))[0] is None, "a dead letter announced it too"
+        # copies at once, each in its own store: whichever groups they share, one is stored
+        results = await _at_once(spool, [[event(10 + i, key("Z"), claim=True)] for i in range(20)])
+        assert sum(r != [None] for r in results) == 1
+        old = key("old", "2026-08-19T23:59:59.999Z")
+        assert isinstance((await spool.store([event(40, old)]))[0], list)
+        assert await spool.forget_announced(key_cutoff("2026-08-20T00:00:00")) == 1, "only the key before the cutoff"
+        assert isinstance((await spool.store([event(41, old, claim=True)]))[0], list), "a forgotten key is gone"
+    finally:
+        spool.close()
+    reopened = SQLiteSpool(tmp_path / "spool.db")
+    reopened.open("exclusive")
+    try:
+        assert (await reopened.store([event(50, key("A"), claim=True)]))[0] is None, "keys outlive the process"
+    finally:
+        reopened.close()
+
+
+async def _at_once(spool: SQLiteSpool, batches: list[list[StoreEvent]]) -> list[list[list[int] | int | None]]:
+    results: list[list[list[int] | int | None]] = [[] for _ in batches]
+
+    async def one(index: int) -> None:
+        results[index] = await spool.store(batches[index])
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(batches)):
+            tg.start_soon(one, index)
+    return results
+
+
+async def test_a_schema_2_spool_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = SQLiteSpool(path)
+    spool.open("exclusive")
+    try:
+        await spool.store([event(1, None)])
+    finally:
+        spool.close()
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE announced; UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    conn.close()
+    again = SQLiteSpool(path)
+    again.open("exclusive")
+    try:
+        assert again.depth == 1, "the pending event of schema 2 is kept"
+        assert (await again.store([event(2, key("A"))]))[0]
+        assert (await again.store([event(3, key("A"), claim=True)]))[0] is None
+    finally:
+        again.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    finally:
+        conn.close()
+
+
+def test_keys_name_the_state_an_event_reports() -> None:
+    when = "2026-08-20T10:00:00.000Z"
+    request = {"id": "REQ00000000000000001", "status": "Open", "createdAt": when}
+    assert announced_text("consumption.incomingRequestReceived", request) == (
+        when,
+        "consumption.incomingRequestReceived\x1fREQ00000000000000001\x1f",
+    ), "a received request's key ignores its status: recovery finds it later in another one"
+    changed = {"request": request, "oldStatus": "Open", "newStatus": "Decided"}
+    assert announced_text("consumption.incomingRequestStatusChanged", changed) != announced_text(
+        "consumption.incomingRequestStatusChanged", {**changed, "newStatus": "Completed"}
+    )
+    relationship = {"id": "REL00000000000000001", "auditLog": [{"createdAt": "a"}, {"createdAt": when}]}
+    assert announced_text("transport.relationshipChanged", relationship) == (
+        when,
+        "transport.relationshipChanged\x1fREL00000000000000001\x1f2/",
+    )
+    assert announced_text("transport.messageWasReadAtChanged", {"id": "MSG", "createdAt": when}) is None
+    assert announced_text("runtime.modulesStarted", None) is None
+    assert announced_text("router.actionSucceeded", {"action": "sync"}) is None
