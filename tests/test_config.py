@@ -99,7 +99,8 @@ BROKEN = [
     ),
     pytest.param(
         BASE.replace("[router]", "[router]\ncolour = 'blue'"),
-        "router.toml: router: unknown key 'colour' (allowed: admin, announced_retention, data_dir, log_level, max_pending_events",
+        "router.toml: router: unknown key 'colour' (allowed: admin, announced_retention, data_dir, log_level, "
+        "max_pending_events",
         id="unknown-router-key",
     ),
     pytest.param(
@@ -147,7 +148,8 @@ BROKEN = [
     ),
     pytest.param(
         BASE.replace("[router]", "[router]\nlog_levl = 'debug'"),
-        "router.toml: router: unknown key 'log_levl'; did you mean 'log_level'? (allowed: admin, announced_retention, data_dir,",
+        "router.toml: router: unknown key 'log_levl'; did you mean 'log_level'? (allowed: admin, "
+        "announced_retention, data_dir,",
         id="router-key-typo",
     ),
     pytest.param(

@@ -130,6 +130,8 @@ def test_endpoint_table_matches_the_connector_spec() -> None:
             for name, prop in schema.get("properties", {}).items():
                 spec_required |= {f"{name}.{r}" for r in (_resolve(spec, prop) or {}).get("required", [])}
         assert set(endpoint.required) == spec_required, f"{where}: required body fields differ from the spec"
+        query = {p.get("name") for p in operation.get("parameters", []) if p.get("in") == "query"}
+        assert set(endpoint.query) <= query, f"{where}: query parameters the spec does not define"
 
 
 def test_relaxed_spec_accepts_the_reference_examples() -> None:

@@ -25,11 +25,9 @@ With `emit_results = true` each action's outcome becomes an event (`router.actio
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -37,10 +35,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from yarl import URL
 
-from event_router import __version__
 from event_router.api import (
-    SECRET_SCHEMA,
-    ConfigError,
     Delivery,
     DeliveryError,
     Event,
@@ -56,21 +51,18 @@ from event_router.api import (
     compile_template,
     hookimpl,
     redact_url,
-    refuse_unresolved,
-    scrub,
-    url_secrets,
 )
 from event_router.outputs.connector_api import (
-    API_BASES,
-    API_SINCE,
+    CONNECTION_PROPERTIES,
     ENDPOINTS,
-    OLDEST,
+    ConnectorClient,
     Endpoint,
     PathValueError,
+    connector_version,
     quote_segment,
 )
-from event_router.web.auth import OAUTH2_SCHEMA, ApiKeyAuth, HttpAuth, oauth2_from_table
-from event_router.web.http_answers import CLIENT_SESSION_OPTIONS, read_answer, retry_after_seconds, retryable_status
+from event_router.web.auth import ApiKeyAuth
+from event_router.web.http_answers import retryable_status
 
 __all__ = ["ACTIONS", "ConnectorOutput", "SubmitEvents", "check_action", "connector_version"]
 
@@ -205,26 +197,9 @@ _OLDER_CONNECTOR: Final[Mapping[str, str]] = {
     'path = "/Attributes", body = { content = { "@type" = "IdentityAttribute", owner = "<own address>", '
     "value = { ... } } } }",
 }
-#: the Connector an `api_version` stands for when `connector_version` is not given
-_ASSUMED: Final[Mapping[str, tuple[int, ...]]] = {"v1": (7, 0, 0), "v2": (5, 0, 0)}
-_VERSION_PATTERN: Final = r"^[0-9]+(\.[0-9]+){0,2}$"
-
-
 def _version_text(version: tuple[int, ...]) -> str:
     """`5.0`, `3.7.2`: a zero patch level is left out."""
     return ".".join(map(str, version[:2] if version[2:] == (0,) else version))
-
-
-def connector_version(table: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """The Connector version an output table is for: its `connector_version`, else what its `api_version` stands
-    for ("v1": 7.0, "v2": 5.0; a 3.x/4.x Connector must say so). None when the table is broken (the output's own
-    check reports that)."""
-    declared = table.get("connector_version")
-    if isinstance(declared, str) and re.fullmatch(_VERSION_PATTERN, declared):
-        return tuple(int(part) for part in declared.split(".")) + (0,) * (2 - declared.count("."))
-    if declared is not None:
-        return None
-    return _ASSUMED.get(table.get("api_version", "v1"))
 
 
 def _too_old(name: str, version: tuple[int, ...]) -> list[tuple[str, str]]:
@@ -429,50 +404,18 @@ class ConnectorOutput(Output):
         "type": "object",
         "additionalProperties": False,
         "required": ["base_url"],
-        "properties": {
-            "base_url": {"type": "string", "pattern": "^https?://", "description": "the Connector, e.g. http://c:80"},
-            "api_key": SECRET_SCHEMA,
-            "api_key_header": {"type": "string", "minLength": 1},
-            "oauth2": OAUTH2_SCHEMA,
-            "api_version": {"enum": list(API_BASES)},
-            "connector_version": {
-                "type": "string",
-                "pattern": _VERSION_PATTERN,
-                "description": "the Connector's version, e.g. 4.6 (default: what api_version stands for)",
-            },
-            "emit_results": {"type": "boolean"},
-        },
+        "properties": {**CONNECTION_PROPERTIES, "emit_results": {"type": "boolean"}},
     }
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
         super().__init__(config, context)
-        base_url = config["base_url"].rstrip("/")
-        split = urlsplit(base_url)
-        if not split.hostname:
-            raise ConfigError("base_url", f"{redact_url(base_url)!r} has no host")
-        if split.query or split.fragment or "{{" in base_url:
-            raise ConfigError("base_url", "no query, fragment or template in the base URL")
-        if any(split.path.endswith(base) for base in API_BASES.values()):
-            raise ConfigError("base_url", "give the Connector's root URL: the output adds /api/core/v1 (or /api/v2)")
+        self.client = ConnectorClient(config, owner=f"output {self.name}")
         #: the Connector this output talks to: actions it lacks are refused (see `connector_version`)
-        self.connector_version = connector_version(config)
-        self.api_version: str = config.get("api_version", "v1")
-        if "connector_version" in config:
-            assert self.connector_version is not None  # the schema checked the pattern
-            self.api_version = self._api_version_for(config, self.connector_version)
-        self.prefix = split.path + API_BASES[self.api_version]
-        self.base_url = base_url
-        self.auth: HttpAuth
-        if "api_key" in config and "oauth2" in config:
-            raise ConfigError("oauth2", "give api_key or oauth2, not both")
-        if "api_key" in config:
-            self.auth = ApiKeyAuth(config["api_key"], config.get("api_key_header", "X-API-KEY"))
-        elif "oauth2" in config:
-            if "api_key_header" in config:
-                raise ConfigError("api_key_header", "only applies with api_key")
-            self.auth = oauth2_from_table(config["oauth2"])
-        else:
-            raise ConfigError("api_key", "the Connector needs credentials: set api_key or oauth2")
+        self.connector_version = self.client.connector_version
+        self.api_version = self.client.api_version
+        self.prefix = self.client.prefix
+        self.base_url = self.client.base_url
+        self.auth = self.client.auth
         self.emit_results: bool = config.get("emit_results", False)
         #: how this output hands result events to the core. None: `PluginContext.submit` (which the App sets
         #: after constructing the plugins) is used; set it to hand results somewhere else (tests do)
@@ -482,30 +425,10 @@ class ConnectorOutput(Output):
         #: failed send does not create the request again (kept in memory: after a restart it is created anew)
         self._created: dict[int, Any] = {}
         self._checked: dict[bytes, list[tuple[str, str]]] = {}
-        self._session: aiohttp.ClientSession | None = None
 
     def guarantee(self) -> str:
         # the REST API takes no idempotency key: a call repeated after a lost answer is a second call
         return "at least once, with no idempotency key: a repeated send_message or create_* makes a second one"
-
-    @staticmethod
-    def _api_version_for(config: Mapping[str, Any], version: tuple[int, ...]) -> str:
-        """The `api_version` of the declared `connector_version`, `version` (the one given must agree)."""
-        if version < OLDEST:
-            raise ConfigError(
-                "connector_version",
-                f"Connector {config['connector_version']} is not supported (before 3.0 the API was /api/v1 with "
-                "other paths); the oldest supported is 3.0",
-            )
-        fits = "v1" if version >= API_SINCE["v1"] else "v2"
-        given = config.get("api_version", fits)
-        if given != fits:
-            raise ConfigError(
-                "api_version",
-                f'"{given}" ({API_BASES[given]}) is not the API of Connector {config["connector_version"]}: that is '
-                f'"{fits}" ({API_BASES[fits]}); drop api_version or set it to "{fits}"',
-            )
-        return fits
 
     @classmethod
     def check_route_options(
@@ -515,18 +438,10 @@ class ConnectorOutput(Output):
         return check_action(options, connector_version(output or {}))
 
     async def open(self) -> None:
-        refuse_unresolved(f"output {self.name}", [self.config["base_url"]])
-        self.auth.refuse_unresolved()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
-            headers={"User-Agent": f"enmeshed-event-router/{__version__}", "Accept": "application/json"},
-            **CLIENT_SESSION_OPTIONS,
-        )
+        await self.client.open()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.client.close()
 
     # --- building -------------------------------------------------------------------------------------
 
@@ -552,7 +467,7 @@ class ConnectorOutput(Output):
         return _first_call(action["name"], rendered, event, action)
 
     def url(self, call: Call) -> URL:
-        return URL(self.base_url + self.prefix + call.path, encoded=True).with_query(call.query or None)
+        return self.client.url(call.path, call.query)
 
     def describe(self, delivery: Delivery) -> dict[str, Any]:
         action = self._action(delivery)
@@ -574,7 +489,7 @@ class ConnectorOutput(Output):
     # --- delivering -----------------------------------------------------------------------------------
 
     async def deliver(self, delivery: Delivery) -> None:
-        assert self._session is not None, "open() was not called"
+        assert self.client.session is not None, "open() was not called"
         run = _Run(name=str((delivery.route_options.get("action") or {}).get("name", "?")))
         try:
             await self._perform(delivery, run)
@@ -614,33 +529,23 @@ class ConnectorOutput(Output):
 
     async def _call(self, call: Call, delivery: Delivery, run: _Run) -> _Answer:
         """Send one request; the answer on success, a `DeliveryError` otherwise (401 retried once with OAuth2)."""
-        assert self._session is not None
-        url = self.url(call)
-        where = f"{call.method} {url.path}"
-        headers = {"x-correlation-id": delivery.event.id}
-        data = None
-        if call.has_body:
-            headers["Content-Type"] = "application/json"
-            data = orjson.dumps(call.body)
-        for may_refresh in (True, False):
-            headers.update(await self.auth.headers(self._session))
-            try:
-                async with self._session.request(
-                    call.method, url, data=data, headers=headers, allow_redirects=False
-                ) as response:
-                    raw, cut = await read_answer(response, MAX_ANSWER)
-                    status = response.status
-                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise RetryableError(f"{where} failed: {type(exc).__name__}: {self._scrub(str(exc))}") from exc
-            answer = _Answer(call, status, _json(raw, cut=cut))
-            if status == 401 and may_refresh and self.auth.unauthorized():
-                continue
-            run.answers.append(answer)
-            if 200 <= status < 300:
-                return answer
-            raise self._failure(where, answer, retry_after)
-        raise AssertionError("unreachable")  # pragma: no cover
+        where = f"{call.method} {self.url(call).path}"
+        try:
+            sent = await self.client.request(
+                call.method,
+                call.path,
+                query=call.query,
+                data=orjson.dumps(call.body) if call.has_body else None,
+                headers={"x-correlation-id": delivery.event.id},
+                limit=MAX_ANSWER,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise RetryableError(f"{where} failed: {type(exc).__name__}: {self._scrub(str(exc))}") from exc
+        answer = _Answer(call, sent.status, _json(sent.raw, cut=sent.cut))
+        run.answers.append(answer)
+        if 200 <= sent.status < 300:
+            return answer
+        raise self._failure(where, answer, sent.retry_after)
 
     def _failure(self, where: str, answer: _Answer, retry_after: float | None) -> DeliveryError:
         error = answer.error()
@@ -659,7 +564,7 @@ class ConnectorOutput(Output):
         return PermanentError(message, code=code or str(answer.status))
 
     def _scrub(self, text: str) -> str:
-        return scrub(text, (*self.auth.secrets(), *url_secrets(self.base_url)))
+        return self.client.scrub(text)
 
     def _scrub_json(self, value: Any) -> Any:
         if isinstance(value, str):

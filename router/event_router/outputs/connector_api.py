@@ -14,9 +14,29 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-__all__ = ["API_BASES", "API_SINCE", "ENDPOINTS", "Endpoint", "PathValueError", "missing_fields", "quote_segment"]
+import aiohttp
+from yarl import URL
+
+from event_router import __version__
+from event_router.api import SECRET_SCHEMA, ConfigError, redact_url, refuse_unresolved, scrub, url_secrets
+from event_router.web.auth import OAUTH2_SCHEMA, ApiKeyAuth, HttpAuth, oauth2_from_table
+from event_router.web.http_answers import CLIENT_SESSION_OPTIONS, read_answer, retry_after_seconds
+
+__all__ = [
+    "API_BASES",
+    "API_SINCE",
+    "CONNECTION_PROPERTIES",
+    "ENDPOINTS",
+    "Answer",
+    "ConnectorClient",
+    "Endpoint",
+    "PathValueError",
+    "connector_version",
+    "missing_fields",
+    "quote_segment",
+]
 
 #: `api_version` -> base path. `/api/core/v1` since Connector 7.0.0; `/api/v2` from 3.0.0 to 6.x (same sub-paths
 #: for every endpoint below that the Connector version has: see `Endpoint.since`).
@@ -58,6 +78,8 @@ class Endpoint:
     success: int = 200
     #: the first Connector version with this endpoint as described here (method, path, body)
     since: tuple[int, ...] = OLDEST
+    #: the query parameters the spec defines that the router sends (the test Connector refuses others)
+    query: tuple[str, ...] = ()
 
     @property
     def params(self) -> tuple[str, ...]:
@@ -92,6 +114,11 @@ def _endpoints(*rows: Endpoint) -> dict[str, Endpoint]:
 ENDPOINTS: Final[Mapping[str, Endpoint]] = _endpoints(
     Endpoint("sync", "POST", "/Account/Sync", success=204),
     Endpoint("getIdentityInfo", "GET", "/Account/IdentityInfo"),
+    # the lists gap recovery reads (docs/recovery.md); a `DateFilter` is `createdAt=>=<date>`
+    Endpoint("getMessages", "GET", "/Messages", query=("createdAt", "isOwn")),
+    Endpoint("getIncomingRequests", "GET", "/Requests/Incoming", query=("createdAt", "status", "response.createdAt")),
+    Endpoint("getOutgoingRequests", "GET", "/Requests/Outgoing", query=("createdAt", "status", "response.createdAt")),
+    Endpoint("getRelationships", "GET", "/Relationships", query=("status",)),
     Endpoint("sendMessage", "POST", "/Messages", ("recipients", "content"), body=True, success=201),
     # The spec requires no key of DecideRequestRequest (the Connector's validator does want `items`).
     Endpoint("acceptIncomingRequest", "PUT", "/Requests/Incoming/{id}/Accept", body=True),
@@ -119,3 +146,153 @@ ENDPOINTS: Final[Mapping[str, Endpoint]] = _endpoints(
         since=(3, 7, 0),
     ),
 )
+
+
+# --- the connection: settings and client shared by the `connector` output and input --------------------------
+
+#: the Connector an `api_version` stands for when `connector_version` is not given
+_ASSUMED: Final[Mapping[str, tuple[int, ...]]] = {"v1": (7, 0, 0), "v2": (5, 0, 0)}
+VERSION_PATTERN: Final = r"^[0-9]+(\.[0-9]+){0,2}$"
+
+#: JSON Schema properties of the keys that say which Connector to talk to and how to authenticate: the same
+#: in every plugin that talks to it (`base_url` required)
+CONNECTION_PROPERTIES: Final[Mapping[str, Any]] = {
+    "base_url": {"type": "string", "pattern": "^https?://", "description": "the Connector, e.g. http://c:80"},
+    "api_key": SECRET_SCHEMA,
+    "api_key_header": {"type": "string", "minLength": 1},
+    "oauth2": OAUTH2_SCHEMA,
+    "api_version": {"enum": list(API_BASES)},
+    "connector_version": {
+        "type": "string",
+        "pattern": VERSION_PATTERN,
+        "description": "the Connector's version, e.g. 4.6 (default: what api_version stands for)",
+    },
+}
+
+
+def connector_version(table: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The Connector version a plugin table is for: its `connector_version`, else what its `api_version` stands
+    for ("v1": 7.0, "v2": 5.0; a 3.x/4.x Connector must say so). None when the table is broken (the plugin's own
+    check reports that)."""
+    declared = table.get("connector_version")
+    if isinstance(declared, str) and re.fullmatch(VERSION_PATTERN, declared):
+        return tuple(int(part) for part in declared.split(".")) + (0,) * (2 - declared.count("."))
+    if declared is not None:
+        return None
+    return _ASSUMED.get(table.get("api_version", "v1"))
+
+
+def _api_version_for(config: Mapping[str, Any], version: tuple[int, ...]) -> str:
+    """The `api_version` of the declared `connector_version`, `version` (the one given must agree)."""
+    if version < OLDEST:
+        raise ConfigError(
+            "connector_version",
+            f"Connector {config['connector_version']} is not supported (before 3.0 the API was /api/v1 with "
+            "other paths); the oldest supported is 3.0",
+        )
+    fits = "v1" if version >= API_SINCE["v1"] else "v2"
+    given = config.get("api_version", fits)
+    if given != fits:
+        raise ConfigError(
+            "api_version",
+            f'"{given}" ({API_BASES[given]}) is not the API of Connector {config["connector_version"]}: that is '
+            f'"{fits}" ({API_BASES[fits]}); drop api_version or set it to "{fits}"',
+        )
+    return fits
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the Connector answered one request: status, the body's bytes (cut at the limit: `cut`), and its
+    `Retry-After` in seconds."""
+
+    status: int
+    raw: bytes
+    cut: bool = False
+    retry_after: float | None = None
+
+
+class ConnectorClient:
+    """Talks to one Connector: the connection keys of a plugin table (`CONNECTION_PROPERTIES`) checked and
+    kept, and one HTTP session. A 401 with OAuth2 fetches a new token and tries once more."""
+
+    def __init__(self, config: Mapping[str, Any], *, owner: str) -> None:
+        base_url = config["base_url"].rstrip("/")
+        split = urlsplit(base_url)
+        if not split.hostname:
+            raise ConfigError("base_url", f"{redact_url(base_url)!r} has no host")
+        if split.query or split.fragment or "{{" in base_url:
+            raise ConfigError("base_url", "no query, fragment or template in the base URL")
+        if any(split.path.endswith(base) for base in API_BASES.values()):
+            raise ConfigError("base_url", "give the Connector's root URL: the router adds /api/core/v1 (or /api/v2)")
+        #: "output x", "input y": who refuses to start when a secret is unresolved
+        self.owner = owner
+        #: the Connector talked to: calls it lacks are refused (see `connector_version`)
+        self.connector_version = connector_version(config)
+        self.api_version: str = config.get("api_version", "v1")
+        if "connector_version" in config:
+            assert self.connector_version is not None  # the schema checked the pattern
+            self.api_version = _api_version_for(config, self.connector_version)
+        self.prefix = split.path + API_BASES[self.api_version]
+        self.base_url = base_url
+        self.auth: HttpAuth
+        if "api_key" in config and "oauth2" in config:
+            raise ConfigError("oauth2", "give api_key or oauth2, not both")
+        if "api_key" in config:
+            self.auth = ApiKeyAuth(config["api_key"], config.get("api_key_header", "X-API-KEY"))
+        elif "oauth2" in config:
+            if "api_key_header" in config:
+                raise ConfigError("api_key_header", "only applies with api_key")
+            self.auth = oauth2_from_table(config["oauth2"])
+        else:
+            raise ConfigError("api_key", "the Connector needs credentials: set api_key or oauth2")
+        self.session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        refuse_unresolved(self.owner, [self.base_url])
+        self.auth.refuse_unresolved()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            headers={"User-Agent": f"enmeshed-event-router/{__version__}", "Accept": "application/json"},
+            **CLIENT_SESSION_OPTIONS,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def url(self, path: str, query: Mapping[str, str] | None = None) -> URL:
+        """The URL of `path` (relative to the API base, already quoted) with `query`."""
+        return URL(self.base_url + self.prefix + path, encoded=True).with_query(query or None)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        limit: int,
+    ) -> Answer:
+        """Send one request; its answer, whatever the status. Connection failures and timeouts raise
+        (`TimeoutError`, `aiohttp.ClientError`, `OSError`): the caller says what they mean."""
+        assert self.session is not None, "open() was not called"
+        sent = dict(headers or {})
+        if data is not None:
+            sent["Content-Type"] = "application/json"
+        url = self.url(path, query)
+        for may_refresh in (True, False):
+            sent.update(await self.auth.headers(self.session))
+            async with self.session.request(method, url, data=data, headers=sent, allow_redirects=False) as response:
+                raw, cut = await read_answer(response, limit)
+                answer = Answer(response.status, raw, cut, retry_after_seconds(response.headers.get("Retry-After")))
+            if answer.status == 401 and may_refresh and self.auth.unauthorized():
+                continue
+            return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def scrub(self, text: str) -> str:
+        """`text` without the credentials this client sends (an answer may echo them)."""
+        return scrub(text, (*self.auth.secrets(), *url_secrets(self.base_url)))
