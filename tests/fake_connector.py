@@ -9,8 +9,16 @@ request-body fields the spec requires, that endpoints without a body get none, t
 key (or a bearer token issued by `FakeTokenEndpoint`). It answers with the spec's envelopes:
 `{"result": ...}` on success and `{"error": {id, code, message, docs, time}}` otherwise.
 
-What it does not do: keep state (every well-formed id exists unless `missing()` says otherwise), delay
-401s by 1-4 s like the Connector, or raise events.
+State: the lists gap recovery reads (`GET /Messages`, `/Requests/Incoming`, `/Requests/Outgoing`,
+`/Relationships`) answer from what the fake holds, narrowed by the Connector's filter syntax
+(`createdAt=>=2026-08-20T00:00:00.000Z`, `status=Completed`, `isOwn=true`); a query parameter the endpoint
+table does not name for a list is refused. The scripted changes (`receive_message`, `receive_request`,
+`complete_outgoing_request`, `change_relationship`) change that state and raise the event as the Connector
+does: one POST per webhook URL in `webhooks`, `{"trigger", "data"}`, no retry; a failed POST is counted in
+`lost`, and the event is gone.
+
+What it does not do: keep state for the action endpoints (every well-formed id exists unless `missing()`
+says otherwise) or delay 401s by 1-4 s like the Connector.
 """
 
 from __future__ import annotations
@@ -190,7 +198,139 @@ class FakeConnector(_Server):
         self.delay = 0.0
         self._script: dict[str, list[_Scripted]] = {}
         self._missing: set[str] = set()
+        #: the state the list endpoints answer from, per operation
+        self.state: dict[str, list[dict[str, Any]]] = {
+            "getMessages": [],
+            "getIncomingRequests": [],
+            "getOutgoingRequests": [],
+            "getRelationships": [],
+        }
+        #: where events are POSTed (the Connector's webhooks module); `(trigger, data)` of those lost
+        self.webhooks: list[str] = []
+        self.webhook_headers: dict[str, str] = {}
+        self.lost: list[tuple[str, Any]] = []
+        self.emitted: list[tuple[str, Any]] = []
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    # --- state and events ---------------------------------------------------------------------------
+
+    async def emit(self, trigger: str, data: Any) -> None:
+        """Raise an event: POST it once to each webhook; a failure loses it, as the Connector's module does."""
+        import aiohttp
+
+        self.emitted.append((trigger, data))
+        body = orjson.dumps({"trigger": trigger, "data": data})
+        async with aiohttp.ClientSession() as session:
+            for url in self.webhooks:
+                try:
+                    async with session.post(
+                        url, data=body, headers={"Content-Type": "application/json", **self.webhook_headers}
+                    ) as response:
+                        ok = 200 <= response.status < 300
+                except (aiohttp.ClientError, OSError):
+                    ok = False
+                if not ok:
+                    self.lost.append((trigger, data))
+
+    async def receive_message(self, *, own: bool = False) -> dict[str, Any]:
+        peer = "did:e:partner.example.org:dids:4a5b6c7d8e9f0a1b2c3d4e"
+        message = {
+            "id": new_id("MSG"),
+            "isOwn": own,
+            "content": {
+                "@type": "Mail",
+                "to": [peer if own else SELF],
+                "cc": [],
+                "subject": "hello",
+                "body": "text",
+                "bodyFormat": "PlainText",
+            },
+            "createdBy": SELF if own else peer,
+            "createdByDevice": new_id("DVC"),
+            "recipients": [{"address": peer if own else SELF, "relationshipId": new_id("REL")}],
+            "createdAt": utc_now(),
+            "attachments": [],
+        }
+        self.state["getMessages"].append(message)
+        await self.emit("transport.messageSent" if own else "transport.messageReceived", message)
+        return message
+
+    async def receive_request(self) -> dict[str, Any]:
+        request_id = new_id("REQ")
+        request = {
+            "id": request_id,
+            "isOwn": False,
+            "peer": "did:e:partner.example.org:dids:4a5b6c7d8e9f0a1b2c3d4e",
+            "createdAt": utc_now(),
+            "status": "Open",
+            "content": {
+                "@type": "Request",
+                "id": request_id,
+                "items": [{"@type": "ConsentRequestItem", "mustBeAccepted": True, "consent": "ok"}],
+            },
+            "source": {"type": "Message", "reference": new_id("MSG")},
+        }
+        self.state["getIncomingRequests"].append(request)
+        await self.emit("consumption.incomingRequestReceived", request)
+        return request
+
+    async def complete_outgoing_request(self) -> dict[str, Any]:
+        request_id = new_id("REQ")
+        request = {
+            "id": request_id,
+            "isOwn": True,
+            "peer": "did:e:partner.example.org:dids:4a5b6c7d8e9f0a1b2c3d4e",
+            "createdAt": utc_now(),
+            "status": "Completed",
+            "content": {
+                "@type": "Request",
+                "id": request_id,
+                "items": [{"@type": "ConsentRequestItem", "mustBeAccepted": True, "consent": "ok"}],
+            },
+            "source": {"type": "Message", "reference": new_id("MSG")},
+            "response": {
+                "createdAt": utc_now(),
+                "content": {
+                    "@type": "Response",
+                    "result": "Accepted",
+                    "requestId": request_id,
+                    "items": [{"@type": "AcceptResponseItem", "result": "Accepted"}],
+                },
+                "source": {"type": "Message", "reference": new_id("MSG")},
+            },
+        }
+        self.state["getOutgoingRequests"].append(request)
+        await self.emit(
+            "consumption.outgoingRequestStatusChanged",
+            {"request": request, "oldStatus": "Open", "newStatus": "Completed"},
+        )
+        return request
+
+    async def change_relationship(self, relationship_id: str | None = None, status: str = "Pending") -> dict[str, Any]:
+        """Create a pending relationship (no id), or move one to `status` with a new audit-log entry."""
+        peer = "did:e:partner.example.org:dids:4a5b6c7d8e9f0a1b2c3d4e"
+        found = [r for r in self.state["getRelationships"] if r["id"] == relationship_id]
+        if found:
+            relationship = found[0]
+            old = relationship["status"]
+            relationship["status"] = status
+            reason = {"Active": "AcceptanceOfCreation", "Rejected": "RejectionOfCreation"}.get(status, "Termination")
+            entry = {"createdAt": utc_now(), "createdBy": SELF, "reason": reason, "oldStatus": old, "newStatus": status}
+            relationship["auditLog"] = [*relationship["auditLog"], entry]
+        else:
+            relationship = {
+                "id": relationship_id or new_id("REL"),
+                "templateId": new_id("RLT"),
+                "status": "Pending",
+                "peer": peer,
+                "peerIdentity": {"address": peer, "publicKey": "cHVibGljLWtleQ"},
+                "creationContent": {"@type": "ArbitraryRelationshipCreationContent", "value": {}},
+                "auditLog": [{"createdAt": utc_now(), "createdBy": peer, "reason": "Creation", "newStatus": "Pending"}],
+            }
+            self.state["getRelationships"].append(relationship)
+        # the event carries a copy: a later change must not alter what was sent
+        await self.emit("transport.relationshipChanged", orjson.loads(orjson.dumps(relationship)))
+        return relationship
 
     # --- scripting ----------------------------------------------------------------------------------
 
@@ -259,6 +399,12 @@ class FakeConnector(_Server):
                 )
         elif raw:
             return self._error(400, "error.fake.unexpectedBody", f"{endpoint.operation} takes no body")
+        # the lists the router queries itself: only the filters the endpoint table names (and the spec defines)
+        unknown = sorted(set(request.query) - set(endpoint.query)) if endpoint.query else []
+        if unknown:
+            return self._error(
+                400, "error.connector.validation.invalidPropertyValue", f"unknown query parameter {unknown[0]!r}"
+            )
         for name, value in params.items():
             pattern = next((p for prefix, p in ID_PATTERNS.items() if endpoint.path.startswith(prefix)), None)
             if pattern is not None and not pattern.fullmatch(value):
@@ -277,6 +423,9 @@ class FakeConnector(_Server):
             status, response = self._error(step.status, code, "scripted failure")
             response.headers.update(step.headers)
             return status, response
+        if endpoint.operation in self.state:
+            items = [i for i in self.state[endpoint.operation] if _matches(i, request.query)]
+            return endpoint.success, _answer(endpoint.success, {"result": items})
         return endpoint.success, _answer(endpoint.success, _success(endpoint, params, seen.body))
 
     def _authorised(self, request: web.Request) -> bool:
@@ -290,6 +439,33 @@ class FakeConnector(_Server):
     @staticmethod
     def _error(status: int, code: str, message: str) -> tuple[int, web.Response]:
         return status, _answer(status, error_body(code, message))
+
+
+def _value(item: Mapping[str, Any], path: str) -> Any:
+    value: Any = item
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _matches(item: Mapping[str, Any], query: Mapping[str, str]) -> bool:
+    """The Connector's query filters, as far as the router uses them: `>=`, `>`, `<=`, `<` on dates (compared
+    as text, as the Connector does), `!` (not equal), else equality; booleans as `true`."""
+    for name, wanted in query.items():
+        value = _value(item, name)
+        text = "true" if value is True else "false" if value is False else value
+        for op, test in ((">=", str.__ge__), ("<=", str.__le__), (">", str.__gt__), ("<", str.__lt__)):
+            if wanted.startswith(op):
+                if not isinstance(text, str) or not test(text, wanted[len(op) :]):
+                    return False
+                break
+        else:
+            if wanted.startswith("!"):
+                if text == wanted[1:]:
+                    return False
+            elif text != wanted:
+                return False
+    return True
 
 
 def _match(path: str) -> Iterator[tuple[Endpoint, dict[str, str]]]:

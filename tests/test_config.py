@@ -69,7 +69,7 @@ def test_shipped_router_toml_is_valid(monkeypatch: pytest.MonkeyPatch, registry)
 BROKEN = [
     pytest.param(
         BASE.replace('type = "webhook"', 'type = "smtp"'),
-        "router.toml: inputs.connector.type: unknown input type 'smtp' (installed: webhook;",
+        "router.toml: inputs.connector.type: unknown input type 'smtp' (installed: connector, webhook;",
         id="unknown-input-type",
     ),
     pytest.param(

@@ -21,6 +21,7 @@ from event_router.api.plugin import Input, Output
 #: built-in plugin modules, registered after the entry-point plugins exactly like them
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "event_router.inputs.webhook",
+    "event_router.inputs.recovery",
     "event_router.outputs.file",
     "event_router.outputs.http",
     "event_router.outputs.connector",

@@ -197,6 +197,8 @@ _OLDER_CONNECTOR: Final[Mapping[str, str]] = {
     'path = "/Attributes", body = { content = { "@type" = "IdentityAttribute", owner = "<own address>", '
     "value = { ... } } } }",
 }
+
+
 def _version_text(version: tuple[int, ...]) -> str:
     """`5.0`, `3.7.2`: a zero patch level is left out."""
     return ".".join(map(str, version[:2] if version[2:] == (0,) else version))

@@ -1,0 +1,223 @@
+"""Built-in input `connector`: gap recovery. Rebuilds, from the Connector's REST state, the events the router
+never stored (docs/recovery.md).
+
+```toml
+[inputs.recovery]
+type = "connector"
+base_url = "http://127.0.0.1:8080"
+api_key = { env = "CONNECTOR_API_KEY" }
+interval = "5m"
+slack = "10m"
+```
+
+At start and every `interval` it lists what the Connector created or changed since its watermark minus
+`slack` (messages, incoming requests, completed outgoing requests, relationships) and submits each as the
+event the Connector would have raised, with `meta.recovered = true`. The spool stores such an event only
+when no stored event announced the same (`event_router.core.announced`): what arrived live is not stored
+again. Once a look's events are stored, the watermark (`<data_dir>/recovery-<name>.json`) moves to the
+look's start; a failed look leaves it, and the next one reaches back as far.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import aiohttp
+import anyio
+import orjson
+from anyio.abc import TaskStatus
+
+from event_router.api import (
+    DURATION_SCHEMA,
+    Event,
+    EventSink,
+    Input,
+    PluginContext,
+    SpoolFull,
+    hookimpl,
+    parse_duration,
+)
+from event_router.outputs.connector_api import CONNECTION_PROPERTIES, ENDPOINTS, ConnectorClient
+
+__all__ = ["ConnectorRecoveryInput"]
+
+#: bytes of one list answer read at most: the Connector does not page its lists
+MAX_LIST: Final = 256 * 1024 * 1024
+#: events handed to the core per submit
+CHUNK: Final = 500
+
+
+def connector_date(moment: datetime) -> str:
+    """`moment` as the Connector writes dates (UTC, milliseconds, `Z`): what a `DateFilter` compares as text."""
+    moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def _parse(date: str) -> datetime:
+    return datetime.fromisoformat(date.replace("Z", "+00:00"))
+
+
+class LookFailed(Exception):
+    """The Connector did not answer a list as it should: this look is given up, the watermark stays."""
+
+
+class ConnectorRecoveryInput(Input):
+    """Gap recovery from the Connector's REST API (`type = "connector"`)."""
+
+    type_name = "connector"
+    config_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["base_url"],
+        "properties": {**CONNECTION_PROPERTIES, "interval": DURATION_SCHEMA, "slack": DURATION_SCHEMA},
+    }
+
+    def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
+        super().__init__(config, context)
+        self.client = ConnectorClient(config, owner=f"input {self.name}")
+        self.interval = parse_duration(config.get("interval", "5m"))
+        self.slack = parse_duration(config.get("slack", "10m"))
+        #: where the watermark is kept between runs
+        self.state_path = context.data_dir / f"recovery-{self.name}.json"
+        #: what the last look found (for logs and tests)
+        self.last: dict[str, Any] = {}
+
+    async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
+        await self.client.open()
+        try:
+            # ready at once: a Connector that is down delays recovery, not the live inputs
+            task_status.started()
+            while True:
+                try:
+                    await self.look(sink)
+                except LookFailed as exc:
+                    self.log.warning(
+                        "recovery look failed; the next one reaches back as far", extra={"error": str(exc)}
+                    )
+                await anyio.sleep(self.interval)
+        finally:
+            await self.client.close()
+
+    # --- one look -------------------------------------------------------------------------------------
+
+    async def look(self, sink: EventSink) -> dict[str, Any]:
+        """List what changed since the watermark minus `slack`, submit it, then move the watermark."""
+        started_wall = datetime.now(UTC)
+        started = time.monotonic()
+        watermark = self._load() or started_wall
+        since = connector_date(watermark - timedelta(seconds=self.slack))
+        events = await self._rebuild(since)
+        events.sort(key=lambda pair: pair[0])
+        stored = duplicates = 0
+        for start in range(0, len(events), CHUNK):
+            chunk = [event for _, event in events[start : start + CHUNK]]
+            for result in await self._submit(sink, chunk):
+                if result.status == "duplicate":
+                    duplicates += 1
+                else:
+                    stored += 1
+        self._save(started_wall)
+        self.last = {
+            "since": since,
+            "found": len(events),
+            "recovered": stored,
+            "duplicates": duplicates,
+            "took": round(time.monotonic() - started, 3),
+        }
+        self.log.info("recovery look done" if stored == 0 else "recovery look rebuilt missed events", extra=self.last)
+        return self.last
+
+    async def _submit(self, sink: EventSink, events: Sequence[Event]) -> list[Any]:
+        while True:
+            try:
+                return await sink.submit(events)
+            except SpoolFull as exc:  # the watermark waits with them: nothing is skipped
+                await anyio.sleep(exc.retry_after)
+
+    async def _rebuild(self, since: str) -> list[tuple[str, Event]]:
+        """(date of the change, event) for everything the Connector lists as changed since `since`."""
+        out: list[tuple[str, Event]] = []
+        for message in await self._list("getMessages", {"createdAt": f">={since}"}):
+            trigger = "transport.messageSent" if message.get("isOwn") else "transport.messageReceived"
+            out.append(self._event(trigger, message, message.get("createdAt")))
+        for request in await self._list("getIncomingRequests", {"createdAt": f">={since}"}):
+            out.append(self._event("consumption.incomingRequestReceived", request, request.get("createdAt")))
+        for request in await self._list(
+            "getOutgoingRequests", {"response.createdAt": f">={since}", "status": "Completed"}
+        ):
+            data = {"request": request, "oldStatus": "Open", "newStatus": "Completed"}
+            when = (request.get("response") or {}).get("createdAt")
+            out.append(self._event("consumption.outgoingRequestStatusChanged", data, when))
+        for relationship in await self._list("getRelationships", {}):
+            log = relationship.get("auditLog")
+            last = log[-1] if isinstance(log, list) and log and isinstance(log[-1], Mapping) else {}
+            when = last.get("createdAt")
+            # no date filter on this list: the last audit-log entry says when it last changed
+            if isinstance(when, str) and when >= since:
+                out.append(self._event("transport.relationshipChanged", relationship, when))
+        return out
+
+    def _event(self, trigger: str, data: Any, when: Any) -> tuple[str, Event]:
+        return str(when or ""), Event(trigger=trigger, data=data, source=self.name, meta={"recovered": True})
+
+    async def _list(self, operation: str, query: Mapping[str, str]) -> list[Mapping[str, Any]]:
+        endpoint = ENDPOINTS[operation]
+        try:
+            answer = await self.client.request(endpoint.method, endpoint.path, query=query, limit=MAX_LIST)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise LookFailed(f"{operation}: {type(exc).__name__}: {self.client.scrub(str(exc))}") from exc
+        if answer.status != endpoint.success or answer.cut:
+            what = (
+                "longer than the limit" if answer.cut else self.client.scrub(answer.raw[:300].decode(errors="replace"))
+            )
+            raise LookFailed(f"{operation} answered {answer.status}: {what}")
+        try:
+            result = orjson.loads(answer.raw).get("result")
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            raise LookFailed(f"{operation}: the answer is not the Connector's JSON envelope") from exc
+        if not isinstance(result, list):
+            raise LookFailed(f"{operation}: the answer's result is not a list")
+        return [item for item in result if isinstance(item, Mapping)]
+
+    # --- the watermark --------------------------------------------------------------------------------
+
+    def _load(self) -> datetime | None:
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return _parse(orjson.loads(raw)["watermark"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.log.error(
+                "recovery watermark unreadable; looking back from now minus slack", extra={"path": str(self.state_path)}
+            )
+            return None
+
+    def _save(self, moment: datetime) -> None:
+        """Write the watermark durably: a temporary file, fsync, rename, fsync of the directory."""
+        body = orjson.dumps({"watermark": connector_date(moment)})
+        directory = self.state_path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{self.state_path.name}.")
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, self.state_path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@hookimpl
+def event_router_input_types() -> list[type[Input]]:
+    return [ConnectorRecoveryInput]
