@@ -15,7 +15,7 @@ State: the lists gap recovery reads (`GET /Messages`, `/Requests/Incoming`, `/Re
 table does not name for a list is refused. The scripted changes (`receive_message`, `receive_request`,
 `complete_outgoing_request`, `change_relationship`) change that state and raise the event as the Connector
 does: one POST per webhook URL in `webhooks`, `{"trigger", "data"}`, no retry; a failed POST is counted in
-`lost`, and the event is gone.
+`lost`, and the event is gone. `webhook_delay` holds each POST back after the state changed.
 
 What it does not do: keep state for the action endpoints (every well-formed id exists unless `missing()`
 says otherwise) or delay 401s by 1-4 s like the Connector.
@@ -209,6 +209,9 @@ class FakeConnector(_Server):
         self.webhooks: list[str] = []
         self.webhook_headers: dict[str, str] = {}
         self.lost: list[tuple[str, Any]] = []
+        #: seconds between a change of the state and its webhook POST (the Connector's event bus and HTTP
+        #: client take some; a look that lists the change meanwhile races its live event)
+        self.webhook_delay = 0.0
         self.emitted: list[tuple[str, Any]] = []
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
 
@@ -219,6 +222,8 @@ class FakeConnector(_Server):
         import aiohttp
 
         self.emitted.append((trigger, data))
+        if self.webhook_delay:
+            await asyncio.sleep(self.webhook_delay)
         body = orjson.dumps({"trigger": trigger, "data": data})
         async with aiohttp.ClientSession() as session:
             for url in self.webhooks:

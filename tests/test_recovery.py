@@ -7,9 +7,11 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from event_router.testing import (
@@ -42,12 +44,12 @@ FakeConnector = _load_fake().FakeConnector
 KEY = "hook-key"
 
 
-def _config(tmp: Path, hook: int, connector: str) -> str:
+def _config(tmp: Path, hook: int, connector: str, *, interval: str = "1s", settle: str = "1s") -> str:
     return (
         router_table()
         + webhook_input(hook, api_key=f'"{KEY}"', extra='validation = "strict"')
         + f'[inputs.recovery]\ntype = "connector"\nbase_url = "{connector}"\napi_key = "connector-key"\n'
-        + 'interval = "1s"\nslack = "5s"\nvalidation = "strict"\n'
+        + f'interval = "{interval}"\nslack = "10s"\nsettle = "{settle}"\nvalidation = "strict"\n'
         + archive_all()
     )
 
@@ -78,10 +80,10 @@ async def test_live_events_are_not_recovered_and_missed_ones_are_once(tmp_path: 
             assert not fake.lost, fake.lost
             live = len(fake.emitted)
             await until(lambda: archive.exists() and len(read_jsonl(archive)) >= live, "live events stored")
-            # the next looks start after every live event was stored and reach back over all of them (slack 5 s)
-            done = len([r for r in router.log_records() if str(r.get("msg", "")).startswith("recovery look")])
-            after = await _look(router, done + 2)
-            assert after["duplicates"] == live and after["recovered"] == 0, after
+            # a look that lists every live change once it settled: all of them were announced before
+            after = await _look(router, lambda r: r["found"] == live and r["deferred"] == 0)
+            assert after["duplicates"] == live, after
+            assert sum(r["recovered"] for r in _looks(router)) == 0, "a live event was recovered"
             assert len(read_jsonl(archive)) == live, "a live event was recovered again"
         finally:
             router.terminate()
@@ -93,7 +95,9 @@ async def test_live_events_are_not_recovered_and_missed_ones_are_once(tmp_path: 
         router = RouterProcess(tmp_path / "router.toml").start()
         try:
             await until(lambda: len(read_jsonl(archive)) >= live + len(missed), "missed events recovered")
-            await _look(router, 3)
+            # and a look after that finds them all stored
+            done = len(_looks(router))
+            await _look(router, lambda r: _looks(router).index(r) >= done and r["deferred"] == 0)
         finally:
             router.terminate()
     events = read_jsonl(archive)
@@ -111,14 +115,47 @@ async def test_live_events_are_not_recovered_and_missed_ones_are_once(tmp_path: 
         assert event["data"] == data, "rebuilt exactly: the data the Connector sent"
 
 
-async def _look(router: RouterProcess, count: int) -> dict[str, Any]:
-    """The `count`-th recovery look's log record (awaited: the fake Connector answers on this event loop)."""
+async def test_a_look_while_the_live_event_is_on_its_way_leaves_it_to_settle(tmp_path: Path) -> None:
+    """The race: the Connector changed its state, its webhook is still on the way, and a look lists the
+    change. Rebuilt at once, it would be stored, and then the live event too. The fake Connector holds the
+    POST back 3 s; looks run every 0.5 s meanwhile; settle = 5 s leaves the change to a later look."""
+    hook = free_port()
+    async with FakeConnector() as fake:
+        fake.webhooks = [f"http://127.0.0.1:{hook}/events"]
+        fake.webhook_headers = {"x-api-key": KEY}
+        (tmp_path / "router.toml").write_text(_config(tmp_path, hook, fake.url, interval="500ms", settle="5s"))
+        archive = tmp_path / "var" / "events.jsonl"
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            await _look(router, lambda r: True)
+            fake.webhook_delay = 3.0
+            async with anyio.create_task_group() as group:
+                group.start_soon(fake.receive_message)
+                # provoked: a look listed the change while its live event was not stored yet
+                await _look(router, lambda r: r["found"] == 1)
+                live = [e for e in (read_jsonl(archive) if archive.exists() else []) if "recovered" not in e["meta"]]
+                assert live == [], "the live event came before the look"
+            assert not fake.lost
+            settled = await _look(router, lambda r: r["found"] == 1 and r["deferred"] == 0)
+            assert settled["duplicates"] == 1 and settled["recovered"] == 0, settled
+            assert sum(r["recovered"] for r in _looks(router)) == 0
+            assert [e["meta"].get("recovered") for e in read_jsonl(archive)] == [None], "stored once, the live one"
+        finally:
+            router.terminate()
+
+
+def _looks(router: RouterProcess) -> list[dict[str, Any]]:
+    return [r for r in router.log_records() if str(r.get("msg", "")).startswith("recovery look")]
+
+
+async def _look(router: RouterProcess, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The first recovery look's log record that is `wanted` (awaited: the fake Connector answers on this
+    event loop)."""
 
     def found() -> dict[str, Any] | None:
-        looks = [r for r in router.log_records() if str(r.get("msg", "")).startswith("recovery look")]
-        return looks[count - 1] if len(looks) >= count else None
+        return next((r for r in _looks(router) if wanted(r)), None)
 
-    record: dict[str, Any] = await until(found, f"recovery look x{count}")
+    record: dict[str, Any] = await until(found, "a recovery look as wanted")
     return record
 
 

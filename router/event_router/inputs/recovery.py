@@ -8,6 +8,7 @@ base_url = "http://127.0.0.1:8080"
 api_key = { env = "CONNECTOR_API_KEY" }
 interval = "5m"
 slack = "10m"
+settle = "30s"
 ```
 
 At start and every `interval` it lists what the Connector created or changed since its watermark minus
@@ -16,6 +17,14 @@ event the Connector would have raised, with `meta.recovered = true`. The spool s
 when no stored event announced the same (`event_router.core.announced`): what arrived live is not stored
 again. Once a look's events are stored, the watermark (`<data_dir>/recovery-<name>.json`) moves to the
 look's start; a failed look leaves it, and the next one reaches back as far.
+
+Settling: the Connector changes its state first and posts the webhook after, so a look can list a change
+whose live event is still on its way. Rebuilt then, it would be stored, and the live event too (a live
+event is never dropped for a key). So a change is submitted only by a look that starts at least `settle`
+after the first look that listed it; the others stay in reach of the next look (the watermark does not
+pass them), which comes `settle` later rather than `interval`. The rule counts on the router's clock
+when it first saw the change, not on the change's date: a received message's `createdAt` is the sender's
+time, and the Connector may fetch (and announce) it much later.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from event_router.api import (
     hookimpl,
     parse_duration,
 )
+from event_router.core.announced import announced_key
 from event_router.outputs.connector_api import CONNECTION_PROPERTIES, ENDPOINTS, ConnectorClient
 
 __all__ = ["ConnectorRecoveryInput"]
@@ -62,6 +72,14 @@ def _parse(date: str) -> datetime:
     return datetime.fromisoformat(date.replace("Z", "+00:00"))
 
 
+def _dated(date: str) -> bool:
+    try:
+        _parse(date)
+    except ValueError:
+        return False
+    return True
+
+
 class LookFailed(Exception):
     """The Connector did not answer a list as it should: this look is given up, the watermark stays."""
 
@@ -74,7 +92,12 @@ class ConnectorRecoveryInput(Input):
         "type": "object",
         "additionalProperties": False,
         "required": ["base_url"],
-        "properties": {**CONNECTION_PROPERTIES, "interval": DURATION_SCHEMA, "slack": DURATION_SCHEMA},
+        "properties": {
+            **CONNECTION_PROPERTIES,
+            "interval": DURATION_SCHEMA,
+            "slack": DURATION_SCHEMA,
+            "settle": DURATION_SCHEMA,
+        },
     }
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
@@ -82,6 +105,9 @@ class ConnectorRecoveryInput(Input):
         self.client = ConnectorClient(config, owner=f"input {self.name}")
         self.interval = parse_duration(config.get("interval", "5m"))
         self.slack = parse_duration(config.get("slack", "10m"))
+        self.settle = parse_duration(config.get("settle", "30s"))
+        #: announced key -> monotonic time a look first listed the change (only those still in reach)
+        self._first_seen: dict[bytes, float] = {}
         #: where the watermark is kept between runs
         self.state_path = context.data_dir / f"recovery-{self.name}.json"
         #: what the last look found (for logs and tests)
@@ -93,13 +119,16 @@ class ConnectorRecoveryInput(Input):
             # ready at once: a Connector that is down delays recovery, not the live inputs
             task_status.started()
             while True:
+                pause = self.interval
                 try:
-                    await self.look(sink)
+                    if (await self.look(sink))["deferred"]:
+                        # what settles is submitted as soon as it may be, not an interval later
+                        pause = min(self.interval, self.settle)
                 except LookFailed as exc:
                     self.log.warning(
                         "recovery look failed; the next one reaches back as far", extra={"error": str(exc)}
                     )
-                await anyio.sleep(self.interval)
+                await anyio.sleep(pause)
         finally:
             await self.client.close()
 
@@ -111,7 +140,9 @@ class ConnectorRecoveryInput(Input):
         started = time.monotonic()
         watermark = self._load() or started_wall
         since = connector_date(watermark - timedelta(seconds=self.slack))
-        events = await self._rebuild(since)
+        listed = await self._rebuild(since)
+        # after the lists came: a change listed was in the Connector's state by then at the latest
+        events, deferred = self._settled(listed, time.monotonic())
         events.sort(key=lambda pair: pair[0])
         stored = duplicates = 0
         for start in range(0, len(events), CHUNK):
@@ -121,16 +152,36 @@ class ConnectorRecoveryInput(Input):
                     duplicates += 1
                 else:
                     stored += 1
-        self._save(started_wall)
+        # what waits to settle must stay in the next look's reach, `slack` before the watermark
+        oldest = min((_parse(when) for when, _ in deferred if _dated(when)), default=None)
+        moved = started_wall if oldest is None else min(started_wall, oldest + timedelta(seconds=self.slack))
+        self._save(moved)
         self.last = {
             "since": since,
-            "found": len(events),
+            "found": len(listed),
+            "deferred": len(deferred),
             "recovered": stored,
             "duplicates": duplicates,
             "took": round(time.monotonic() - started, 3),
         }
         self.log.info("recovery look done" if stored == 0 else "recovery look rebuilt missed events", extra=self.last)
         return self.last
+
+    def _settled(
+        self, listed: list[tuple[str, Event]], now: float
+    ) -> tuple[list[tuple[str, Event]], list[tuple[str, Event]]]:
+        """(to submit, to leave for a later look): a change is submitted once a look `settle` after the first
+        that listed it finds it again, so its live event, if any, had time to be stored first."""
+        first_seen: dict[bytes, float] = {}
+        ready: list[tuple[str, Event]] = []
+        waiting: list[tuple[str, Event]] = []
+        for when, event in listed:
+            key = announced_key(event.trigger, event.data) or event.trigger.encode() + b"|" + when.encode()
+            seen = first_seen[key] = self._first_seen.get(key, now)
+            (ready if now - seen >= self.settle else waiting).append((when, event))
+        # only what is still listed: the rest is out of reach or gone, and the map stays the look's size
+        self._first_seen = first_seen
+        return ready, waiting
 
     async def _submit(self, sink: EventSink, events: Sequence[Event]) -> list[Any]:
         while True:
