@@ -22,6 +22,12 @@ data_dir = "./var"
 type = "webhook"
 listen = "127.0.0.1:0"
 
+[inputs.recovery]
+type = "connector"
+base_url = "http://127.0.0.1:8080"
+api_key = "a-key-for-the-test"
+covers = "hooks"
+
 [inputs.limited]
 type = "webhook"
 listen = "127.0.0.1:0"
@@ -133,6 +139,7 @@ PUBSUB = (
 )
 FILE = "at least once, fsynced; a line written again after a crash carries the same id"
 FILE_NO_FSYNC = "at least once while the host stays up: fsync = false, a power loss can undo lines delivered"
+RECOVERED = f"{WEBHOOK}; recovered from the Connector every 5m"
 HTTP = "at least once: retried until a 2xx; repeats carry the same Idempotency-Key"
 CONNECTOR = "at least once, with no idempotency key: a repeated send_message or create_* makes a second one"
 
@@ -143,10 +150,11 @@ def test_check_says_each_routes_guarantee_from_every_source_to_every_output(tmp_
     checked = run_cli("check", "-c", str(config))
     assert checked.returncode == 0, checked.stderr
     lines = checked.stdout.splitlines()
-    assert lines[0] == f"{config}: ok: 10 input(s), 4 output(s), 3 route(s), 60 event schemas"
-    # only the inputs a route's `source` admits, each to each of its outputs, in the order of router.toml
+    assert lines[0] == f"{config}: ok: 11 input(s), 4 output(s), 3 route(s), 60 event schemas"
+    # only the inputs a route's `source` admits, each to each of its outputs, in the order of router.toml; the
+    # recovery input has no lines of its own: its guarantee is added to the webhook's it covers
     assert lines[1:] == [
-        f'route "mail to CRM": webhook "hooks" ({WEBHOOK}) -> http "crm" ({HTTP})',
+        f'route "mail to CRM": webhook "hooks" ({RECOVERED}) -> http "crm" ({HTTP})',
         f'route "mqtt to files": mqtt "mqtt0" ({MQTT0}) -> file "archive" ({FILE})',
         f'route "mqtt to files": mqtt "mqtt0" ({MQTT0}) -> file "scratch" ({FILE_NO_FSYNC})',
         f'route "mqtt to files": mqtt "mqtt1" ({MQTT1}) -> file "archive" ({FILE})',
@@ -173,10 +181,11 @@ def test_check_json_has_the_guarantees(tmp_path: Path) -> None:
         "route": "mail to CRM",
         "input": "hooks",
         "input_type": "webhook",
-        "input_guarantee": WEBHOOK,
+        "input_guarantee": RECOVERED,
         "output": "crm",
         "output_type": "http",
         "output_guarantee": HTTP,
+        "recovered_by": "recovery",
     }
     assert {(r["input"], r["input_guarantee"]) for r in rows if r["route"] == "mqtt to files"} == {
         ("mqtt0", MQTT0),
@@ -233,6 +242,11 @@ data_dir = "./var"
 [inputs.connector]
 type = "webhook"
 listen = "127.0.0.1:0"
+[inputs.recovery]
+type = "connector"
+base_url = "http://127.0.0.1:8080"
+api_key = { env = "CONNECTOR_API_KEY" }
+covers = "connector"
 [inputs.broker]
 type = "mqtt"
 url = "mqtt://127.0.0.1:1883"

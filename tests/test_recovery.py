@@ -5,7 +5,9 @@ trigger the Connector used, and passes strict validation."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+import tomllib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +16,16 @@ from typing import Any
 import anyio
 import pytest
 
+from event_router.config import ConfigErrors, build_config
+from event_router.core.model import RouterConfig
+from event_router.plugin_loader import load_plugins
 from event_router.testing import (
     RouterProcess,
-    archive_all,
     dead_letters,
     free_port,
     read_jsonl,
     router_table,
+    run_cli,
     until,
     webhook_input,
 )
@@ -50,7 +55,10 @@ def _config(tmp: Path, hook: int, connector: str, *, interval: str = "1s", settl
         + webhook_input(hook, api_key=f'"{KEY}"', extra='validation = "strict"')
         + f'[inputs.recovery]\ntype = "connector"\nbase_url = "{connector}"\napi_key = "connector-key"\n'
         + f'interval = "{interval}"\nslack = "10s"\nsettle = "{settle}"\nvalidation = "strict"\n'
-        + archive_all()
+        + 'covers = "connector"\n'
+        + '[outputs.archive]\ntype = "file"\npath = "./var/events.jsonl"\n'
+        # only the webhook's events: the rebuilt ones take this route because recovery covers it
+        + '[[routes]]\nname = "from the Connector"\nmatch.source = ["connector"]\nto = "archive"\n'
     )
 
 
@@ -106,8 +114,11 @@ async def test_live_events_are_not_recovered_and_missed_ones_are_once(tmp_path: 
     assert sorted((e["trigger"], _ident(e["data"])) for e in recovered) == sorted(
         (trigger, _ident(data)) for trigger, data in missed
     )
-    assert Counter(e["source"] for e in recovered) == {"recovery": len(missed)}
-    assert all(e["source"] == "connector" for e in events if e not in recovered)
+    # routed as if from the webhook they stand in for, and said to be rebuilt, and by which input
+    assert Counter((e["source"], e["meta"]["recovered_by"]) for e in recovered) == {
+        ("connector", "recovery"): len(missed)
+    }
+    assert all(e["source"] == "connector" and "recovered_by" not in e["meta"] for e in events if e not in recovered)
     assert dead_letters(tmp_path / "var") == [], "strict validation passed every rebuilt event"
     for event, (_, data) in zip(
         sorted(recovered, key=lambda e: _ident(e["data"])), sorted(missed, key=lambda m: _ident(m[1])), strict=True
@@ -162,3 +173,85 @@ async def _look(router: RouterProcess, wanted: Callable[[dict[str, Any]], bool])
 def _ident(data: dict[str, object]) -> str:
     inner = data.get("request")
     return str(inner["id"] if isinstance(inner, dict) else data["id"])
+
+
+COVERS = """
+[router]
+data_dir = "./var"
+[inputs.hooks]
+type = "webhook"
+listen = "127.0.0.1:0"
+[inputs.recovery]
+type = "connector"
+base_url = "http://127.0.0.1:8080"
+api_key = "k"
+interval = "5m"
+%s
+[outputs.crm]
+type = "http"
+url = "http://127.0.0.1:9000/hooks"
+[[routes]]
+name = "mail to CRM"
+match = { source = ["hooks"], trigger = ["transport.messageReceived"] }
+to = ["crm"]
+"""
+
+
+def _build(text: str, tmp_path: Path) -> RouterConfig:
+    return build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=load_plugins(entry_points=False))
+
+
+@pytest.mark.parametrize(
+    ("covers", "error"),
+    [
+        ('covers = "hook"', "inputs.recovery.covers: no input named 'hook' (inputs: hooks, recovery)"),
+        ('covers = "recovery"', "inputs.recovery.covers: an input cannot cover itself"),
+        (
+            'covers = "hooks"\n[inputs.again]\ntype = "connector"\nbase_url = "http://127.0.0.1:8080"\n'
+            'api_key = "k"\ncovers = "hooks"',
+            "inputs.again.covers: input 'hooks' is covered by 'recovery' already",
+        ),
+        (
+            'covers = "hooks"\n[inputs.again]\ntype = "connector"\nbase_url = "http://127.0.0.1:8080"\n'
+            'api_key = "k"\ncovers = "recovery"',
+            "inputs.again.covers: 'recovery' rebuilds missed events itself: name a live input",
+        ),
+    ],
+)
+def test_covers_names_one_live_input(covers: str, error: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        _build(COVERS % covers, tmp_path)
+    assert [str(e) for e in info.value.errors if error in str(e)], [str(e) for e in info.value.errors]
+
+
+def test_a_route_by_source_that_recovery_does_not_reach_is_warned_about(tmp_path: Path) -> None:
+    config = _build(COVERS % "", tmp_path)
+    assert [w for w in config.warnings if "plain text" not in w] == [
+        "router.toml: routes[0].match.source: does not admit input 'recovery', so the events it rebuilds never "
+        "take this route: set inputs.recovery.covers to the input whose missed events it rebuilds, and they are "
+        "routed as from it",
+    ]
+    covered = _build(COVERS % 'covers = "hooks"', tmp_path)
+    assert [w for w in covered.warnings if "plain text" not in w] == []
+
+
+def test_check_folds_recovery_into_the_lines_of_the_input_it_covers(tmp_path: Path) -> None:
+    config = tmp_path / "router.toml"
+    config.write_text(COVERS % 'covers = "hooks"')
+    checked = run_cli("check", "-c", str(config))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[1:] == [
+        'route "mail to CRM": webhook "hooks" (lost while the router is unreachable or refuses, as during a '
+        "restart or with a full spool: the Connector does not retry; recovered from the Connector every 5m) -> "
+        'http "crm" (at least once: retried until a 2xx; repeats carry the same Idempotency-Key)'
+    ]
+    rows = json.loads(run_cli("check", "-c", str(config), "--json").stdout)["guarantees"]
+    assert [(r["input"], r["recovered_by"]) for r in rows] == [("hooks", "recovery")]
+    # not covering: the recovery input has its own lines where a route admits it
+    config.write_text((COVERS % "").replace('source = ["hooks"], ', ""))
+    lines = run_cli("check", "-c", str(config)).stdout.splitlines()[1:]
+    assert [line.split(" (")[0] for line in lines] == [
+        'route "mail to CRM": webhook "hooks"',
+        'route "mail to CRM": connector "recovery"',
+    ]
+    assert 'connector "recovery" (recovered from the Connector every 5m) -> ' in lines[1]

@@ -171,6 +171,19 @@ class Input(_Plugin):
         leave unacknowledged ones to the source (the broker redelivers them).
         """
 
+    #: True for an input that rebuilds events other inputs missed (gap recovery, `meta.recovered`)
+    rebuilds: ClassVar[bool] = False
+
+    def covers(self) -> str | None:
+        """The live input (by name) whose missed events this input rebuilds, set with its `covers` key.
+
+        Its events then carry that input's name as `source`, so they take that input's routes, and
+        `meta.recovered_by` with this input's name. The config loader checks that the input exists;
+        `event-router check` adds this input's `guarantee()` to that input's lines instead of printing
+        lines of its own. None: its events carry its own name.
+        """
+        return None
+
     def is_ready(self) -> bool:
         """True while the input can take events (connected to its broker...). Feeds /readyz."""
         return True

@@ -29,7 +29,13 @@ from event_router.config.schema import INPUT_CORE_KEYS, OUTPUT_CORE_KEYS, ROUTE_
 from event_router.config.secrets import PLAIN_TEXT_ADVICE, SecretsMode, resolve_table, secrets_in
 from event_router.config.wording import schema_errors
 from event_router.core.model import InputConfig, OutputConfig, RouteConfig, RouterConfig
-from event_router.core.routing import PatternError, compile_match, compile_reshape, compile_trigger_filter
+from event_router.core.routing import (
+    PatternError,
+    compile_match,
+    compile_reshape,
+    compile_source_filter,
+    compile_trigger_filter,
+)
 from event_router.plugin_loader import PluginRegistry
 
 #: `[router] max_pending_events`: the spool's hard bound on pending events, a guard for its disk
@@ -147,6 +153,7 @@ class _Loader:
             if (out := self._output(name, table, data_dir, default_retry)) is not None
         }
         routes = self._routes(document.get("routes", []), document.get("outputs", {}))
+        self._covered(inputs, document.get("inputs", {}), routes)
         self._listeners_apart(document.get("inputs", {}), admin_listen)
         if not routes:
             self.warnings.append(f"{self.file}: routes: no route configured: every event is unmatched")
@@ -192,6 +199,39 @@ class _Loader:
                 "the spool, and then every input refuses events (a webhook answers 503, which the Connector "
                 "does not retry); lower the outputs' max_pending or raise max_pending_events"
             )
+
+    def _covered(self, inputs: Mapping[str, InputConfig], tables: Mapping[str, Any], routes: list[RouteConfig]) -> None:
+        """An input that rebuilds missed events (`Input.rebuilds`) names the live input it stands in for with
+        `covers`: that input must be configured and live. Without `covers` its events carry its own name, and
+        a route whose `source` admits some input but not it never takes them: said as a warning."""
+        covering: dict[str, str] = {}
+        for name, source in inputs.items():
+            covered = source.plugin.covers()
+            key = f"inputs.{name}.covers"
+            if covered is None:
+                if not source.plugin.rebuilds:
+                    continue
+                for route in routes:
+                    admits = compile_source_filter(route.match)
+                    if admits is not None and not admits(name):
+                        self.warnings.append(
+                            f"{self.file}: routes[{route.index}].match.source: does not admit input {name!r}, "
+                            f"so the events it rebuilds never take this route: set {key} to the input whose "
+                            "missed events it rebuilds, and they are routed as from it"
+                        )
+            elif covered == name:
+                self.error(key, "an input cannot cover itself: name the live input whose events it rebuilds")
+            elif covered not in tables:
+                self.error(key, f"no input named {covered!r} (inputs: {', '.join(tables)})")
+            elif covered in inputs and inputs[covered].plugin.rebuilds:
+                self.error(key, f"{covered!r} rebuilds missed events itself: name a live input")
+            elif covered in covering:
+                self.error(
+                    key,
+                    f"input {covered!r} is covered by {covering[covered]!r} already: one input rebuilds what it missed",
+                )
+            else:
+                covering[covered] = name
 
     def _listeners_apart(self, inputs: Mapping[str, Any], admin_listen: tuple[str, int] | None) -> None:
         """Two listeners of this file (inputs' `listen`, `[router.admin] listen`) on one port: the second

@@ -9,6 +9,7 @@ api_key = { env = "CONNECTOR_API_KEY" }
 interval = "5m"
 slack = "10m"
 settle = "30s"
+covers = "connector"        # the webhook input: rebuilt events take its routes
 ```
 
 At start and every `interval` it lists what the Connector created or changed since its watermark minus
@@ -72,6 +73,20 @@ def _parse(date: str) -> datetime:
     return datetime.fromisoformat(date.replace("Z", "+00:00"))
 
 
+def _span(seconds: float) -> str:
+    """A duration as router.toml would write it: 5m, 30s, 1h30m."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            whole, seconds = divmod(seconds, size)
+            parts.append(f"{whole:g}{unit}")
+    if seconds or not parts:
+        parts.append(f"{seconds:g}s")
+    return "".join(parts)
+
+
 def _dated(date: str) -> bool:
     try:
         _parse(date)
@@ -88,6 +103,7 @@ class ConnectorRecoveryInput(Input):
     """Gap recovery from the Connector's REST API (`type = "connector"`)."""
 
     type_name = "connector"
+    rebuilds = True
     config_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -97,6 +113,7 @@ class ConnectorRecoveryInput(Input):
             "interval": DURATION_SCHEMA,
             "slack": DURATION_SCHEMA,
             "settle": DURATION_SCHEMA,
+            "covers": {"type": "string", "minLength": 1},
         },
     }
 
@@ -106,12 +123,19 @@ class ConnectorRecoveryInput(Input):
         self.interval = parse_duration(config.get("interval", "5m"))
         self.slack = parse_duration(config.get("slack", "10m"))
         self.settle = parse_duration(config.get("settle", "30s"))
+        self.covered: str | None = config.get("covers")
         #: announced key -> monotonic time a look first listed the change (only those still in reach)
         self._first_seen: dict[bytes, float] = {}
         #: where the watermark is kept between runs
         self.state_path = context.data_dir / f"recovery-{self.name}.json"
         #: what the last look found (for logs and tests)
         self.last: dict[str, Any] = {}
+
+    def covers(self) -> str | None:
+        return self.covered
+
+    def guarantee(self) -> str:
+        return f"recovered from the Connector every {_span(self.interval)}"
 
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         await self.client.open()
@@ -214,7 +238,9 @@ class ConnectorRecoveryInput(Input):
         return out
 
     def _event(self, trigger: str, data: Any, when: Any) -> tuple[str, Event]:
-        return str(when or ""), Event(trigger=trigger, data=data, source=self.name, meta={"recovered": True})
+        # as if from the input it covers, so its routes take it; recovered_by says which input rebuilt it
+        meta = {"recovered": True, "recovered_by": self.name}
+        return str(when or ""), Event(trigger=trigger, data=data, source=self.covered or self.name, meta=meta)
 
     async def _list(self, operation: str, query: Mapping[str, str]) -> list[Mapping[str, Any]]:
         endpoint = ENDPOINTS[operation]

@@ -304,28 +304,40 @@ def cmd_check(args: argparse.Namespace) -> int:
 def guarantees(config: RouterConfig) -> list[dict[str, str]]:
     """Per route, per input that can feed it and per output it sends to: what each promises, as the plugins
     say it (`guarantee()`). Together they are the route's guarantee from the Connector to the receiver; the
-    part in between (the spool, retries, dead letters) is the same for every route."""
+    part in between (the spool, retries, dead letters) is the same for every route.
+
+    An input that rebuilds what another one missed (`covers()`) has no lines of its own: its events take
+    the covered input's routes, so its guarantee is added to that input's (`webhook (lost while
+    unreachable; recovered from the Connector every 5m)`), and `recovered_by` names it."""
     from event_router.core.routing import compile_source_filter
 
+    stand_ins = {
+        covered: source for source in config.inputs.values() if (covered := source.plugin.covers()) is not None
+    }
     rows = []
     for route in config.routes:
         admits = compile_source_filter(route.match)
         for source in config.inputs.values():
-            if admits is not None and not admits(source.name):
+            if source.plugin.covers() is not None or (admits is not None and not admits(source.name)):
                 continue
+            promise = source.plugin.guarantee()
+            stand_in = stand_ins.get(source.name)
+            if stand_in is not None:
+                promise = f"{promise}; {stand_in.plugin.guarantee()}"
             for name in route.to:
                 output = config.outputs[name]
-                rows.append(
-                    {
-                        "route": route.name,
-                        "input": source.name,
-                        "input_type": source.type,
-                        "input_guarantee": source.plugin.guarantee(),
-                        "output": output.name,
-                        "output_type": output.type,
-                        "output_guarantee": output.plugin.guarantee(),
-                    }
-                )
+                row = {
+                    "route": route.name,
+                    "input": source.name,
+                    "input_type": source.type,
+                    "input_guarantee": promise,
+                    "output": output.name,
+                    "output_type": output.type,
+                    "output_guarantee": output.plugin.guarantee(),
+                }
+                if stand_in is not None:
+                    row["recovered_by"] = stand_in.name
+                rows.append(row)
     return rows
 
 
