@@ -13,9 +13,10 @@ State: the lists gap recovery reads (`GET /Messages`, `/Requests/Incoming`, `/Re
 `/Relationships`) answer from what the fake holds, narrowed by the Connector's filter syntax
 (`createdAt=>=2026-08-20T00:00:00.000Z`, `status=Completed`, `isOwn=true`); a query parameter the endpoint
 table does not name for a list is refused. The scripted changes (`receive_message`, `receive_request`,
-`complete_outgoing_request`, `change_relationship`) change that state and raise the event as the Connector
-does: one POST per webhook URL in `webhooks`, `{"trigger", "data"}`, no retry; a failed POST is counted in
-`lost`, and the event is gone. `webhook_delay` holds each POST back after the state changed.
+`decide_incoming_request`, `complete_outgoing_request`, `change_relationship`, `delete_peer`) change that
+state and raise the event as the Connector does: one POST per webhook URL in `webhooks`, `{"trigger",
+"data"}`, no retry; a failed POST is counted in `lost`, and the event is gone. `webhook_delay` holds each
+POST back after the state changed.
 
 What it does not do: keep state for the action endpoints (every well-formed id exists unless `missing()`
 says otherwise) or delay 401s by 1-4 s like the Connector.
@@ -335,6 +336,39 @@ class FakeConnector(_Server):
             self.state["getRelationships"].append(relationship)
         # the event carries a copy: a later change must not alter what was sent
         await self.emit("transport.relationshipChanged", orjson.loads(orjson.dumps(relationship)))
+        return relationship
+
+    async def decide_incoming_request(self, request_id: str, status: str) -> dict[str, Any]:
+        """Move an incoming request on to `status`, with a response from `Decided` on, raising
+        incomingRequestStatusChanged as the Connector does for each step."""
+        request = next(r for r in self.state["getIncomingRequests"] if r["id"] == request_id)
+        old = request["status"]
+        request["status"] = status
+        if status in ("Decided", "Completed") and "response" not in request:
+            request["response"] = {
+                "createdAt": utc_now(),
+                "content": {
+                    "@type": "Response",
+                    "result": "Accepted",
+                    "requestId": request_id,
+                    "items": [{"@type": "AcceptResponseItem", "result": "Accepted"}],
+                },
+            }
+        copy = orjson.loads(orjson.dumps(request))
+        await self.emit(
+            "consumption.incomingRequestStatusChanged", {"request": copy, "oldStatus": old, "newStatus": status}
+        )
+        return request
+
+    async def delete_peer(self, relationship_id: str, status: str = "ToBeDeleted") -> dict[str, Any]:
+        """The peer of a relationship starts deleting its identity (`ToBeDeleted`, deleted at the end of a
+        14-day grace period) or is `Deleted`: peerDeletionInfo changes, the audit log does not."""
+        relationship = next(r for r in self.state["getRelationships"] if r["id"] == relationship_id)
+        grace = time.time() + 14 * 86400 if status == "ToBeDeleted" else time.time()
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(grace)) + f".{int(grace * 1000) % 1000:03d}Z"
+        relationship["peerDeletionInfo"] = {"deletionStatus": status, "deletionDate": when}
+        trigger = "transport.peerToBeDeleted" if status == "ToBeDeleted" else "transport.peerDeleted"
+        await self.emit(trigger, orjson.loads(orjson.dumps(relationship)))
         return relationship
 
     # --- scripting ----------------------------------------------------------------------------------

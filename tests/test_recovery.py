@@ -255,3 +255,58 @@ def test_check_folds_recovery_into_the_lines_of_the_input_it_covers(tmp_path: Pa
         'route "mail to CRM": connector "recovery"',
     ]
     assert 'connector "recovery" (recovered from the Connector every 5m) -> ' in lines[1]
+
+
+async def test_request_status_changes_and_peer_deletion_are_rebuilt_as_their_latest_state(tmp_path: Path) -> None:
+    """Lost while the router is down: a request received and decided in two steps, relationships whose
+    peers are being deleted or were. Rebuilt: the request as it is now and its last status change, each
+    relationship's last change and the peer's deletion. Then, live, a peer deletion is not rebuilt again
+    (its key is dated by the deletion, not by the audit log, which a deletion does not extend)."""
+    hook = free_port()
+    async with FakeConnector() as fake:
+        fake.webhooks = [f"http://127.0.0.1:{hook}/events"]
+        fake.webhook_headers = {"x-api-key": KEY}
+        request = await fake.receive_request()
+        await fake.decide_incoming_request(request["id"], "Decided")
+        await fake.decide_incoming_request(request["id"], "Completed")
+        leaving = await fake.change_relationship()
+        await fake.delete_peer(leaving["id"], "ToBeDeleted")
+        gone = await fake.change_relationship()
+        await fake.delete_peer(gone["id"], "Deleted")
+        missed = fake.lost[:]
+        assert len(missed) == 7
+        (tmp_path / "router.toml").write_text(_config(tmp_path, hook, fake.url))
+        archive = tmp_path / "var" / "events.jsonl"
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            await until(lambda: archive.exists() and len(read_jsonl(archive)) >= 6, "missed events recovered")
+            done = len(_looks(router))
+            await _look(router, lambda r: _looks(router).index(r) >= done and r["deferred"] == 0)
+            assert len(read_jsonl(archive)) == 6
+            # live: a peer starts deleting, its event arrives; the looks after it rebuild nothing
+            await fake.delete_peer(gone["id"], "ToBeDeleted")
+            fake_live = fake.emitted[-1]
+            await until(lambda: len(read_jsonl(archive)) >= 7, "live event stored")
+            done = len(_looks(router))
+            await _look(router, lambda r: _looks(router).index(r) >= done + 2 and r["deferred"] == 0)
+        finally:
+            router.terminate()
+    events = read_jsonl(archive)
+    assert len(events) == 7, "\n".join(f"{e['trigger']} {e['meta']} {_ident(e['data'])}" for e in events)
+    recovered = [(e["trigger"], _ident(e["data"])) for e in events if e["meta"].get("recovered")]
+    assert sorted(recovered) == sorted(
+        [
+            ("consumption.incomingRequestReceived", request["id"]),
+            ("consumption.incomingRequestStatusChanged", request["id"]),
+            ("transport.relationshipChanged", leaving["id"]),
+            ("transport.peerToBeDeleted", leaving["id"]),
+            ("transport.relationshipChanged", gone["id"]),
+            ("transport.peerDeleted", gone["id"]),
+        ]
+    )
+    by_trigger = {(e["trigger"], _ident(e["data"])): e["data"] for e in events if e["meta"].get("recovered")}
+    # exactly what the Connector sent last for each: the last status change, the peer's deletion
+    for trigger, data in (missed[2], missed[4], missed[6]):
+        assert by_trigger[(trigger, _ident(data))] == data, trigger
+    assert events[-1]["trigger"] == fake_live[0] and "recovered" not in events[-1]["meta"]
+    assert dead_letters(tmp_path / "var") == [], "strict validation passed every rebuilt event"

@@ -113,7 +113,17 @@ def test_keys_name_the_state_an_event_reports() -> None:
     relationship = {"id": "REL00000000000000001", "auditLog": [{"createdAt": "a"}, {"createdAt": when}]}
     assert announced_text("transport.relationshipChanged", relationship) == (
         when,
-        "transport.relationshipChanged\x1fREL00000000000000001\x1f2/",
+        "transport.relationshipChanged\x1fREL00000000000000001\x1f2",
+    )
+    # a peer's deletion: its own state, dated by deletionDate (it adds no audit-log entry), and it does not
+    # change the relationship's own key
+    leaving = {**relationship, "peerDeletionInfo": {"deletionStatus": "ToBeDeleted", "deletionDate": "2027-01-01"}}
+    assert announced_text("transport.peerToBeDeleted", leaving) == (
+        "2027-01-01",
+        "transport.peerToBeDeleted\x1fREL00000000000000001\x1fToBeDeleted",
+    )
+    assert announced_text("transport.relationshipChanged", leaving) == announced_text(
+        "transport.relationshipChanged", relationship
     )
     assert announced_text("transport.messageWasReadAtChanged", {"id": "MSG", "createdAt": when}) is None
     assert announced_text("runtime.modulesStarted", None) is None

@@ -2,7 +2,8 @@
 so recovery stores only what no event announced before (docs/recovery.md).
 
 A key names the trigger, the id of the DTO the event is about and, where the same DTO is announced again in
-another state, that state: a request's new status, a relationship's audit-log length and deletion status.
+another state, that state: a request's new status, a relationship's audit-log length or its peer's
+deletion status.
 A live event and the event recovery rebuilds from the Connector's REST state for the same change get the
 same key. The spool keeps `<date>|<digest>`: the date of the change as the DTO states it (a message's
 `createdAt`, the last audit-log entry's...), so keys sort by time, new ones are appended at the end of the
@@ -22,6 +23,7 @@ __all__ = ["REBUILT_TRIGGERS", "announced_key", "announced_text", "key_cutoff"]
 _STATUS_CHANGES = frozenset({"consumption.incomingRequestStatusChanged", "consumption.outgoingRequestStatusChanged"})
 #: triggers whose data is a RelationshipDTO that recovery rebuilds
 _RELATIONSHIPS = frozenset({"transport.relationshipChanged", "transport.peerToBeDeleted", "transport.peerDeleted"})
+_PEER_DELETION = frozenset({"transport.peerToBeDeleted", "transport.peerDeleted"})
 #: the triggers gap recovery may rebuild: only their events need a key (others cost nothing)
 REBUILT_TRIGGERS = frozenset(
     {
@@ -64,7 +66,13 @@ def announced_text(trigger: str, data: Any) -> tuple[str, str] | None:
         date = _text(log[-1].get("createdAt"))
         deletion = data.get("peerDeletionInfo")
         deleting = deletion.get("deletionStatus", "") if isinstance(deletion, Mapping) else ""
-        state = f"{len(log)}/{deleting}"
+        # each trigger its own part of the state: a peer's deletion, announced by its own triggers, must not
+        # make the relationship's last change look new
+        state = deleting if trigger in _PEER_DELETION else str(len(log))
+        if trigger in _PEER_DELETION:
+            # a peer's deletion adds no audit-log entry: its key is dated by `deletionDate` (the end of the
+            # grace period, or when it was deleted), so it is kept as long as recovery may list it
+            date = _text(deletion.get("deletionDate")) if isinstance(deletion, Mapping) else None
     elif trigger == "consumption.attributeSucceeded":
         successor = data.get("successor")
         if not isinstance(successor, Mapping):

@@ -63,6 +63,19 @@ MAX_LIST: Final = 256 * 1024 * 1024
 CHUNK: Final = 500
 
 
+#: an incoming request's status -> the one it most likely had before (the Connector's LocalRequestStatus
+#: order: Open, DecisionRequired, ManualDecisionRequired when the Decider left it to a human, Decided,
+#: Completed once the response is sent; Expired from any open one)
+_INCOMING_BEFORE: Final = {
+    "DecisionRequired": "Open",
+    "ManualDecisionRequired": "DecisionRequired",
+    "Decided": "DecisionRequired",
+    "Completed": "Decided",
+    "Expired": "DecisionRequired",
+}
+_PEER_DELETION: Final = {"ToBeDeleted": "transport.peerToBeDeleted", "Deleted": "transport.peerDeleted"}
+
+
 def connector_date(moment: datetime) -> str:
     """`moment` as the Connector writes dates (UTC, milliseconds, `Z`): what a `DateFilter` compares as text."""
     moment = moment.astimezone(UTC)
@@ -220,8 +233,19 @@ class ConnectorRecoveryInput(Input):
         for message in await self._list("getMessages", {"createdAt": f">={since}"}):
             trigger = "transport.messageSent" if message.get("isOwn") else "transport.messageReceived"
             out.append(self._event(trigger, message, message.get("createdAt")))
-        for request in await self._list("getIncomingRequests", {"createdAt": f">={since}"}):
+        incoming = {r.get("id"): r for r in await self._list("getIncomingRequests", {"createdAt": f">={since}"})}
+        for request in incoming.values():
             out.append(self._event("consumption.incomingRequestReceived", request, request.get("createdAt")))
+        # decided since: created earlier maybe; those created since changed status too unless still Open
+        for request in await self._list("getIncomingRequests", {"response.createdAt": f">={since}"}):
+            incoming.setdefault(request.get("id"), request)
+        for request in incoming.values():
+            status = request.get("status")
+            if isinstance(status, str) and status in _INCOMING_BEFORE:
+                # only the latest status: the steps before it (and their events) are not kept
+                data = {"request": request, "oldStatus": _INCOMING_BEFORE[status], "newStatus": status}
+                when = (request.get("response") or {}).get("createdAt") or request.get("createdAt")
+                out.append(self._event("consumption.incomingRequestStatusChanged", data, when))
         for request in await self._list(
             "getOutgoingRequests", {"response.createdAt": f">={since}", "status": "Completed"}
         ):
@@ -235,6 +259,14 @@ class ConnectorRecoveryInput(Input):
             # no date filter on this list: the last audit-log entry says when it last changed
             if isinstance(when, str) and when >= since:
                 out.append(self._event("transport.relationshipChanged", relationship, when))
+            # a peer's deletion adds no audit-log entry: `deletionDate` is the end of its grace period (to be
+            # deleted, in the future) or when it was deleted; the key keeps it from being stored twice
+            deletion = relationship.get("peerDeletionInfo")
+            if isinstance(deletion, Mapping):
+                status, date = deletion.get("deletionStatus"), deletion.get("deletionDate")
+                deleted = _PEER_DELETION.get(status) if isinstance(status, str) else None
+                if deleted is not None and isinstance(date, str) and date >= since:
+                    out.append(self._event(deleted, relationship, date))
         return out
 
     def _event(self, trigger: str, data: Any, when: Any) -> tuple[str, Event]:
