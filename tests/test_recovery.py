@@ -242,8 +242,9 @@ def test_check_folds_recovery_into_the_lines_of_the_input_it_covers(tmp_path: Pa
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.splitlines()[1:] == [
         'route "mail to CRM": webhook "hooks" (lost while the router is unreachable or refuses, as during a '
-        "restart or with a full spool: the Connector does not retry; recovered from the Connector every 5m) -> "
-        'http "crm" (at least once: retried until a 2xx; repeats carry the same Idempotency-Key)'
+        "restart without the systemd socket unit or when the spool cannot write: the Connector does not retry; "
+        'recovered from the Connector every 5m) -> http "crm" (at least once: retried until a 2xx; repeats carry '
+        "the same Idempotency-Key)"
     ]
     rows = json.loads(run_cli("check", "-c", str(config), "--json").stdout)["guarantees"]
     assert [(r["input"], r["recovered_by"]) for r in rows] == [("hooks", "recovery")]

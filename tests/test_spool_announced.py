@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from event_router.core.announced import announced_key, announced_text, key_cutoff
-from event_router.core.spool import Announcement, NewDelivery, StoreDeadLetter, StoreEvent
+from event_router.core.spool import Announcement, NewDelivery, Parked, StoreDeadLetter, StoreEvent
 from event_router.core.spool.sqlite import SCHEMA_VERSION, SQLiteSpool
 
 pytestmark = pytest.mark.anyio
@@ -61,8 +61,8 @@ async def test_a_claim_is_stored_only_when_nothing_announced_it(tmp_path: Path) 
         reopened.close()
 
 
-async def _at_once(spool: SQLiteSpool, batches: list[list[StoreEvent]]) -> list[list[list[int] | int | None]]:
-    results: list[list[list[int] | int | None]] = [[] for _ in batches]
+async def _at_once(spool: SQLiteSpool, batches: list[list[StoreEvent]]) -> list[list[list[int | Parked] | int | None]]:
+    results: list[list[list[int | Parked] | int | None]] = [[] for _ in batches]
 
     async def one(index: int) -> None:
         results[index] = await spool.store(batches[index])
