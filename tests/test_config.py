@@ -141,6 +141,19 @@ BROKEN = [
         id="core-input-keys-listed",
     ),
     pytest.param(
+        # `processes` is still in the webhook's schema, only to be refused with its own message: not "allowed"
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nvalidaton = "warn"'),
+        "(allowed: allow_networks, api_key, api_key_header, body_timeout, header_timeout, listen, max_body_bytes, "
+        "max_connections, path, rate_limit, signature_tolerance, signing_secrets, tls, type, unknown_triggers, "
+        "validation) (plugin webhook)",
+        id="removed-key-not-listed",
+    ),
+    pytest.param(
+        BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nproceses = 2'),
+        "router.toml: inputs.connector: unknown key 'proceses' (allowed: allow_networks,",
+        id="removed-key-not-suggested",
+    ),
+    pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nconcurency = 2\nfsnyc = true'),
         "router.toml: outputs.archive: unknown keys 'concurency', 'fsnyc'; did you mean 'concurrency' for "
         "'concurency', 'fsync' for 'fsnyc'? (allowed: concurrency, fsync",

@@ -90,8 +90,12 @@ def _type_of(value: Any) -> str:
 def _message(error: ValidationError, core_keys: Sequence[str] = ()) -> str:
     schema = error.schema if isinstance(error.schema, Mapping) else {}
     if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        allowed = sorted({*schema.get("properties", {}), *core_keys})
-        unknown = sorted(k for k in error.instance if k not in allowed)
+        # a key marked `x-removed` stays in the schema only to be refused with its own message: it is neither
+        # allowed nor a guess for a typo
+        properties = schema.get("properties", {})
+        current = {k for k, v in properties.items() if not (isinstance(v, Mapping) and v.get("x-removed"))}
+        allowed = sorted({*current, *core_keys})
+        unknown = sorted(k for k in error.instance if k not in properties and k not in core_keys)
         guesses = [(key, guess) for key in unknown if (guess := closest(str(key), allowed)) is not None]
         if len(unknown) == 1 and guesses:
             guess = f"; did you mean {guesses[0][1]!r}?"

@@ -228,8 +228,8 @@ class WebhookInput(Input):
                 "description": "auto: serve a listening socket systemd passes for this input, else bind listen;"
                 " systemd: refuse to start without one",
             },
-            # removed: refused with a ConfigError that says so (see __init__)
-            "processes": {},
+            # removed: refused with a ConfigError that says so (see __init__); not listed as allowed
+            "processes": {"x-removed": True},
             "tls": {
                 "type": "object",
                 "additionalProperties": False,
