@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from event_router.api.durations import parse_duration
-from event_router.api.secrets import Secret
+from event_router.api.secrets import Secret, secret_schema
 from event_router.config import ConfigErrors, build_config, load_config
+from event_router.config.secrets import resolve_table
 from event_router.plugin_loader import load_plugins
 from event_router.testing import run_cli
 
@@ -269,6 +270,35 @@ def test_plain_secret_warns(tmp_path: Path, registry) -> None:  # type: ignore[n
     config = build(text, tmp_path, registry)
     assert any("inputs.connector.api_key: secret written in plain text" in w for w in config.warnings)
     assert all('plain"' not in w for w in config.warnings)
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("amqp://rabbitmq:5672/", False),
+        ("amqp://rabbitmq:5672/?heartbeat=30", False),
+        ("mqtt://router@broker:1883", False),  # a user name alone is no secret
+        ("redis://redis:6379/0", False),
+        ("amqp://router:pw@rabbitmq:5672/", True),
+        ("redis://:pw@redis:6379/0", True),
+        ("redis://redis:6379/0?password=pw", True),
+        ("rediss://redis/0?ssl_cert_reqs=none&auth_token=pw", True),
+        ("amqp://router:pw@[::1", True),  # cannot be parsed: it may hold one anywhere
+    ],
+)
+def test_a_url_secret_written_plain_warns_only_when_it_holds_credentials(
+    url: str, warned: bool, tmp_path: Path
+) -> None:
+    """A broker URL without credentials (what the importer writes for `amqp://rabbitmq:5672`) is no secret."""
+    schema = {"type": "object", "properties": {"url": secret_schema("amqp://127.0.0.1/", url=True)}}
+    resolved = resolve_table(schema, {"url": url}, "inputs.broker", mode="resolve", base_dir=tmp_path)
+    assert resolved.table == {"url": url}
+    assert resolved.plain == (["inputs.broker.url"] if warned else [])
+    # a secret that is not a URL still warns whatever it holds
+    plain = resolve_table(
+        {"properties": {"key": secret_schema("x")}}, {"key": "amqp://rabbitmq/"}, "k", mode="resolve", base_dir=tmp_path
+    )
+    assert plain.plain == ["k.key"]
 
 
 HEADERS = """[outputs.crm.headers]

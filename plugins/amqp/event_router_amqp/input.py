@@ -122,7 +122,7 @@ class AmqpInput(Input):
         "additionalProperties": False,
         "required": ["url"],
         "properties": {
-            "url": secret_schema(PLACEHOLDER_URL),
+            "url": secret_schema(PLACEHOLDER_URL, url=True),
             "exchange": {"type": "string", "description": 'the Connector\'s exchange; "" is the default exchange'},
             "exchange_type": {"enum": EXCHANGE_TYPES},
             "declare_exchange": {"type": "boolean"},

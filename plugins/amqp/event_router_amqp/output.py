@@ -49,7 +49,7 @@ class AmqpOutput(Output):
         "additionalProperties": False,
         "required": ["url", "exchange"],
         "properties": {
-            "url": secret_schema(PLACEHOLDER_URL),
+            "url": secret_schema(PLACEHOLDER_URL, url=True),
             "exchange": {"type": "string", "maxLength": 255},
             "routing_key": {"type": "string"},
             "declare_exchange": {"type": "boolean"},

@@ -53,6 +53,21 @@ def test_defaults(tmp_path: Path, registry: PluginRegistry) -> None:
     assert any("inputs.broker.url: secret written in plain text" in w for w in config.warnings)
 
 
+def test_plain_urls_warn_only_with_a_password(tmp_path: Path, registry: PluginRegistry) -> None:
+    """`amqp://rabbitmq:5672` (what `import-connector-config` writes for a broker without credentials) is no
+    secret: neither the input's nor the output's URL is a "secret written in plain text" then."""
+    text = BASE.replace("router:pw-in-url@", "")
+    config = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    assert not [w for w in config.warnings if "plain text" in w], config.warnings
+    # the output still warns with a password in its URL
+    text = BASE.replace("router:pw-in-url@127.0.0.1:5672/enmeshed", "127.0.0.1:5672/enmeshed")
+    config = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    assert [w for w in config.warnings if "plain text" in w] == [
+        'router.toml: outputs.bus.url: secret written in plain text; prefer { env = "NAME" }, { file = "path" } '
+        'or { credential = "name" } (systemd)'
+    ]
+
+
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [

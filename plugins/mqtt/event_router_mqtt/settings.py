@@ -26,7 +26,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "required": ["url"],
     "properties": {
         # a password may be in it; the stand-in when the reference is not resolved (`event-router status`...)
-        "url": secret_schema("mqtt://127.0.0.1:1883"),
+        "url": secret_schema("mqtt://127.0.0.1:1883", url=True),
         "topics": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
         # QoS 2 is refused: paho answers PUBREC before the application sees the message, which hands the
         # message over before it is stored.

@@ -36,6 +36,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert not plugin.is_ready(), "constructing connects to nothing"
 
 
+def test_plain_url_warns_only_with_a_password(tmp_path: Path) -> None:
+    """A URL without a password (a user name alone is no secret) is not a "secret written in plain text"."""
+    for url in ("mqtt://broker:1883", "mqtts://router@broker:8883"):
+        assert not [w for w in build(f'url = "{url}"', tmp_path).warnings if "plain text" in w], url
+    warnings = build('url = "mqtt://router:hunter2@broker:1883"', tmp_path).warnings
+    assert [w for w in warnings if "inputs.mq.url: secret written in plain text" in w], warnings
+
+
 def test_tls_credentials_and_prefix(tmp_path: Path) -> None:
     table = 'url = "mqtts://router:p%40ss@broker.example:8884"\ntopic_prefix = "site-a/"\nclean_session = true'
     s = build(table, tmp_path).inputs["mq"].plugin.settings

@@ -22,7 +22,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
     "required": ["url"],
     "properties": {
         # a password may be in it; the stand-in when the reference is not resolved (`event-router status`...)
-        "url": secret_schema("redis://127.0.0.1:6379/0"),
+        "url": secret_schema("redis://127.0.0.1:6379/0", url=True),
         "mode": {"enum": ["pubsub", "stream"]},
         "patterns": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
         "stream": {"type": "string", "minLength": 1},

@@ -46,6 +46,14 @@ def test_stream_defaults(tmp_path: Path) -> None:
     assert s.display == "rediss://router@r.example/2", "neither the password nor the query is shown"
 
 
+def test_plain_url_warns_only_with_a_password(tmp_path: Path) -> None:
+    """A URL without credentials (what `import-connector-config` writes for `redis://redis:6379/0`) is no secret."""
+    assert not [w for w in build('url = "redis://redis:6379/0"', tmp_path).warnings if "plain text" in w]
+    for url in ("redis://:hunter2@redis:6379/0", "redis://redis:6379/0?password=hunter2"):
+        warnings = build(f'url = "{url}"', tmp_path).warnings
+        assert [w for w in warnings if "inputs.rd.url: secret written in plain text" in w], (url, warnings)
+
+
 # Schema errors are worded by the core: only their key path is checked here; the plugin's own are checked whole.
 @pytest.mark.parametrize(
     ("table", "message"),

@@ -121,7 +121,8 @@ class _Plugin(ABC):
     #: and `validation`/`unknown_triggers` for inputs, `concurrency`/`retry`/`timeout`/`max_pending` for
     #: outputs) are removed before validation. Mark secret strings with `"x-secret": true`: the core resolves
     #: `{env=...}`/`{file=...}` references for them and never logs them (`"x-secret": "optional"`: a
-    #: reference is resolved, plain text is not warned about; `secrets.TEXT_OR_SECRET_SCHEMA`).
+    #: reference is resolved, plain text is not warned about; `secrets.TEXT_OR_SECRET_SCHEMA`; `"x-secret":
+    #: "url"`: plain text is warned about only while it holds credentials; `secret_schema(..., url=True)`).
     config_schema: ClassVar[Mapping[str, Any]] = {"type": "object", "additionalProperties": False}
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:

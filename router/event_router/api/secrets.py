@@ -77,10 +77,15 @@ class Secret(str):
 PLACEHOLDER = "unresolved-secret"
 
 
-def secret_schema(placeholder: str) -> dict[str, Any]:
+def secret_schema(placeholder: str, *, url: bool = False) -> dict[str, Any]:
     """`SECRET_SCHEMA` for a secret with a format its plugin checks (a URL, a `whsec_` key): `placeholder`
-    is a well-formed value the constructor accepts when the reference is not resolved."""
-    return {**SECRET_SCHEMA, "x-placeholder": placeholder}
+    is a well-formed value the constructor accepts when the reference is not resolved.
+
+    `url=True` for a URL that is secret only through the credentials it may carry (a broker's
+    `amqp://user:password@host/`): written in plain text without a password, or a query parameter named like
+    a credential, it is no secret and `check` does not warn about it (`"x-secret": "url"`).
+    """
+    return {**SECRET_SCHEMA, "x-placeholder": placeholder, **({"x-secret": "url"} if url else {})}
 
 
 class Unresolved(Secret):

@@ -2,8 +2,9 @@
 `{ credential = "name" }` (systemd's `LoadCredential=`), or plain text (which `check` warns about).
 
 Only the loader resolves; plugins receive `Secret` strings (event_router.api.secrets) and never a reference.
-A plugin's schema marks a secret with `x-secret` (`SECRET_SCHEMA`), or `x-secret: "optional"` for a value
-that may come from a reference but is no secret (`TEXT_OR_SECRET_SCHEMA`).
+A plugin's schema marks a secret with `x-secret` (`SECRET_SCHEMA`), `x-secret: "optional"` for a value
+that may come from a reference but is no secret (`TEXT_OR_SECRET_SCHEMA`), or `x-secret: "url"` for a URL
+that is a secret only when it carries credentials (`secret_schema(..., url=True)`).
 
 `SecretsMode` "skip" is for commands that send nothing (`test`, `status`, `dlq`, `check --no-secrets`):
 references are checked for shape but not resolved, and `Unresolved` stand-ins take their place (the
@@ -18,8 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
-from event_router.api.secrets import PLACEHOLDER, Secret, Unresolved
+from event_router.api.secrets import PLACEHOLDER, Secret, Unresolved, is_credential_header
 
 #: "resolve": every secret reference is read (the daemon); "skip": none is, stand-ins take their place
 SecretsMode = Literal["resolve", "skip"]
@@ -97,6 +99,19 @@ class ResolvedTable:
     skipped: list[str] = field(default_factory=list)
 
 
+def url_holds_credentials(url: str) -> bool:
+    """Whether `url` carries a credential: a password (`user:password@`), or a query parameter named like
+    one (`?password=...`, `?token=...`: the same names as credential headers). A URL that cannot be parsed
+    may hide one anywhere, so it counts as holding one."""
+    try:
+        parts = urlsplit(url)
+        return parts.password is not None or any(
+            is_credential_header(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)
+        )
+    except ValueError:
+        return True
+
+
 def resolve_table(
     schema: Mapping[str, Any],
     table: Mapping[str, Any],
@@ -125,6 +140,8 @@ def resolve_table(
                 return node
             if plain and sub_schema["x-secret"] == "optional":
                 return str(node)  # may be a reference, is no secret: plain text is meant
+            if plain and sub_schema["x-secret"] == "url" and not url_holds_credentials(str(node)):
+                return secret  # `amqp://rabbitmq:5672/`: nothing in it to keep out of router.toml
             if plain:
                 result.plain.append(where)
             return secret
