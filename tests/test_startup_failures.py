@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,3 +137,70 @@ def test_check_of_data_dir_leaves_nothing_behind(tmp_path: Path) -> None:
         assert checked.returncode == 0, checked.stderr
     assert list(existing.iterdir()) == []
     assert not (tmp_path / "not").exists()
+
+
+#: the service user of these tests: nobody (a router's user is rarely root, and the spool's files may not be its)
+NOBODY = 65534
+
+
+def as_nobody(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`event-router ARGS` as uid and gid 65534, the way a service user meets what root left behind."""
+    setpriv = shutil.which("setpriv")
+    assert setpriv is not None, "setpriv (util-linux) runs a command as another user"
+    return subprocess.run(
+        [
+            setpriv,
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "event_router",
+            *args,
+        ],
+        cwd=cwd,
+        env={**os.environ, **ENV},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can leave spool files owned by another user")
+@pytest.mark.parametrize("left", ["spool.db", "spool.db-wal"])
+def test_spool_files_another_user_left(left: str) -> None:
+    """A router once run as root leaves root's spool files in data_dir; the service user cannot make them
+    private (the router chmods them 0600), whatever their mode. `check` says so, and `run` in one line, which
+    was a traceback ending in `PermissionError: ... Operation not permitted`."""
+    # not tmp_path: pytest's base directory is root's alone, and nobody must reach the config
+    with tempfile.TemporaryDirectory(prefix="event-router-owner-") as name:
+        tmp = Path(name)
+        tmp.chmod(0o755)
+        probe = as_nobody("--version", cwd=tmp)
+        if probe.returncode != 0:
+            pytest.skip(f"this interpreter cannot be run as uid {NOBODY}: {probe.stderr.strip()[-200:]}")
+        data = tmp / "var"
+        config = write_config(tmp, listen=free_port(), data_dir=str(data))
+        config.chmod(0o644)
+        with RouterProcess(config, env=ENV) as router:  # as root, the way `sudo event-router run` once did
+            assert router.terminate() == 0
+        (data / "spool.db-wal").touch()  # an empty write-ahead log, as a router killed at the wrong moment leaves
+        for path in (tmp, data, *data.iterdir()):
+            if path.name != left:
+                os.chown(path, NOBODY, NOBODY)
+        expected = (
+            f"error: router.toml: router.data_dir: {data / left} belongs to uid 0, not to uid {NOBODY}, which must "
+            "own the spool's files (chown them)"
+        )
+        checked = as_nobody("check", "-c", str(config), cwd=tmp)
+        assert (checked.returncode, checked.stderr.splitlines()) == (1, [expected]), checked.stderr
+        run = as_nobody("run", "-c", str(config), cwd=tmp)
+        assert run.returncode == 1, run.stderr
+        assert "Traceback" not in run.stderr, run.stderr
+        assert [line for line in run.stderr.splitlines() if line.startswith("error:")] == [expected], run.stderr
+        # once they are the service user's, both go ahead
+        os.chown(data / left, NOBODY, NOBODY)
+        checked = as_nobody("check", "-c", str(config), cwd=tmp)
+        assert checked.returncode == 0, checked.stderr

@@ -242,8 +242,13 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+#: the files of the spool in data_dir: the database, its write-ahead log and its shared-memory index
+SPOOL_FILES = ("spool.db", "spool.db-wal", "spool.db-shm")
+
+
 def directory_problem(path: Path) -> str | None:
-    """Why this process could not create directory `path` or files in it (the spool's `data_dir`); None if it can.
+    """Why this process could not create directory `path` or files in it (the spool's `data_dir`), or could not
+    use the spool files already there; None if it can.
 
     Writes a file to find out, since permission bits do not tell (root ignores them; a read-only mount or
     /proc refuses anyway). The file is an unnamed temporary one in `path` or, when `path` does not exist
@@ -264,9 +269,19 @@ def directory_problem(path: Path) -> str | None:
         if probe == path:
             return f"{path} is not writable by uid {uid} ({exc.strerror})"
         return f"{path} cannot be created by uid {uid}: cannot write in {probe} ({exc.strerror})"
-    spool = path / "spool.db"
-    if spool.exists() and not os.access(spool, os.R_OK | os.W_OK):
-        return f"{spool} is not readable and writable by uid {uid}"
+    # the router makes its spool files private (chmod 0600, see SQLiteSpool._open), which only their owner
+    # (or root) may do: a file another user left (a router once run as root) stops it, whatever its mode
+    for name in SPOOL_FILES:
+        try:
+            owner = (path / name).stat().st_uid
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"{path / name} cannot be examined by uid {uid} ({exc.strerror})"
+        if uid not in (0, owner):
+            return (
+                f"{path / name} belongs to uid {owner}, not to uid {uid}, which must own the spool's files (chown them)"
+            )
     return None
 
 
@@ -375,11 +390,11 @@ class SQLiteSpool:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(f"{self.path}{suffix}", 0o600)
         old_umask = os.umask(0o077)
         try:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{self.path}{suffix}", 0o600)
             conn = connect(self.path)
             version = _schema_version(conn)
             if version is not None and version > SCHEMA_VERSION:
