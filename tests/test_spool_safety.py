@@ -156,10 +156,14 @@ def test_second_router_on_the_same_data_dir_refuses_while_operator_commands_work
         assert post(f"http://127.0.0.1:{port}/events", event(1), HEADERS)[0] == 202
         ran = run_cli("run", "-c", str(second), env=ENV, timeout=30)
         assert ran.returncode == 1
-        # the one `error:` line; off a terminal the log's JSON record of the same failure comes first
-        assert [line for line in ran.stderr.splitlines() if not line.startswith("{")] == [
-            f"error: router.data_dir: {data_dir} is in use by another router (pid {router.proc.pid})"
-        ], ran.stderr
+        # the one `error:` line naming the file and the key, as every other start-up failure; off a terminal
+        # the log's JSON record of the same failure comes first, with the key
+        message = f"router.toml: router.data_dir: {data_dir} is in use by another router (pid {router.proc.pid})"
+        assert [line for line in ran.stderr.splitlines() if not line.startswith("{")] == [f"error: {message}"], (
+            ran.stderr
+        )
+        (record,) = [orjson.loads(line) for line in ran.stderr.splitlines() if line.startswith("{")]
+        assert (record["msg"], record["key"], record["error"]) == ("router failed to start", "router.data_dir", message)
         # read-only commands and dead-letter commands go through SQLite's own locking beside the router
         status = run_cli("status", "-c", str(second), "--json", env=ENV)
         assert status.returncode == 0, status.stderr

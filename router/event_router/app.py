@@ -36,7 +36,7 @@ from event_router.config import ConfigErrors, load_config
 from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
 from event_router.core.pipeline import InternalSource, Pipeline
-from event_router.core.spool import Spool
+from event_router.core.spool import DataDirInUse, Spool
 from event_router.core.spool.backend import directory_problem, spool_for
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
@@ -141,6 +141,8 @@ class App:
         self._assign_sockets(config)
         try:
             self.spool.open("exclusive")  # a second router on this data_dir would deliver everything twice
+        except DataDirInUse as exc:
+            raise ConfigError("router.data_dir", str(exc), file=config.path.name) from None
         except SpoolError as exc:
             problem = directory_problem(config.data_dir)
             if problem is None:

@@ -30,6 +30,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from event_router.api.errors import SpoolError
 from event_router.core.clock import SpoolClock
 
 DeadLetterReason = Literal[
@@ -49,6 +50,11 @@ DeadLetterReason = Literal[
 #:   a spool of an older schema is refused (an older router may still run on it);
 #: "readonly" an operator command that only reads (`status`): writes nothing, creates nothing.
 OpenMode = Literal["exclusive", "shared", "readonly"]
+
+
+class DataDirInUse(SpoolError):
+    """`open("exclusive")`: another router holds this spool (it would deliver everything twice); the message
+    names the data_dir and the other router's pid, the caller names the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +252,8 @@ class Spool(Protocol):
     # --- lifecycle ------------------------------------------------------------------------------
 
     def open(self, mode: OpenMode = "shared") -> None:
-        """Open the store as `mode` says (see OpenMode); a SpoolError when it cannot."""
+        """Open the store as `mode` says (see OpenMode); a SpoolError when it cannot (`DataDirInUse` when
+        another router holds it)."""
 
     def close(self) -> None:
         """Let queued writes finish, then close; safe to call twice."""

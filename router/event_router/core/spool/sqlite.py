@@ -43,6 +43,7 @@ import orjson
 from event_router.api.errors import SpoolError
 from event_router.core.clock import Anchor, SpoolClock
 from event_router.core.spool import (
+    DataDirInUse,
     Dead,
     DeadLetter,
     DeadLetterCount,
@@ -205,9 +206,7 @@ def lock_data_dir(data_dir: Path) -> int:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise SpoolError(f"router.data_dir: cannot lock {path}: {exc.strerror}") from exc
         holder = _lock_holder(path)
-        raise SpoolError(
-            f"router.data_dir: {data_dir} is in use by another router (pid {holder or 'unknown'})"
-        ) from None
+        raise DataDirInUse(f"{data_dir} is in use by another router (pid {holder or 'unknown'})") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
