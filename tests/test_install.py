@@ -10,6 +10,7 @@ outside the checkout, with no PYTHONPATH. Nothing of .venv proves anything here.
 from __future__ import annotations
 
 import configparser
+import fnmatch
 import json
 import os
 import re
@@ -202,6 +203,24 @@ name = "archive everything"
 match = {{ trigger = ["**"] }}
 to = ["archive"]
 """
+
+
+def test_the_operating_guides_install_names_the_wheels_the_script_builds(wheels: dict[str, Path]) -> None:
+    """docs/operating.md installs from a checkout: `scripts/build-wheels`, then `pip install` of wheels by glob.
+    Each glob it gives (and `dist/event_router_<name>-*.whl` for every plugin) must be one wheel the script
+    builds, and the file name it shows must be the core's."""
+    guide = (ROOT / "docs" / "operating.md").read_text()
+    install = guide.split("## Install", 1)[1].split("\n## ", 1)[0]
+    block = install.split("```sh", 1)[1].split("```", 1)[0]
+    built = sorted(w.name for w in wheels.values())
+    (pip_line,) = [line for line in block.splitlines() if "/bin/pip install " in line]
+    globs = re.findall(r"dist/(\S+\.whl)", pip_line)
+    assert globs == ["enmeshed_event_router-*.whl", "event_router_amqp-*.whl"], pip_line
+    assert "scripts/build-wheels" in block
+    assert f"dist/{wheels['enmeshed-event-router'].name}" in block
+    assert "dist/event_router_<name>-*.whl" in install
+    for pattern in globs + [f"event_router_{plugin}-*.whl" for plugin in PLUGINS]:
+        assert len(fnmatch.filter(built, pattern)) == 1, (pattern, built)
 
 
 def test_core_alone_has_everything_it_imports(core: Venv) -> None:
