@@ -145,7 +145,7 @@ BROKEN = [
         # `processes` is still in the webhook's schema, only to be refused with its own message: not "allowed"
         BASE.replace('listen = "127.0.0.1:8787"', 'listen = "127.0.0.1:8787"\nvalidaton = "warn"'),
         "(allowed: allow_networks, api_key, api_key_header, body_timeout, header_timeout, listen, max_body_bytes, "
-        "max_connections, path, rate_limit, signature_tolerance, signing_secrets, tls, type, unknown_triggers, "
+        "max_connections, path, rate_limit, signature_tolerance, signing_secrets, socket, tls, type, unknown_triggers, "
         "validation) (plugin webhook)",
         id="removed-key-not-listed",
     ),
