@@ -10,10 +10,11 @@ key (or a bearer token issued by `FakeTokenEndpoint`). It answers with the spec'
 `{"result": ...}` on success and `{"error": {id, code, message, docs, time}}` otherwise.
 
 State: the lists gap recovery reads (`GET /Messages`, `/Requests/Incoming`, `/Requests/Outgoing`,
-`/Relationships`) answer from what the fake holds, narrowed by the Connector's filter syntax
+`/Relationships`, `/Attributes`) answer from what the fake holds, narrowed by the Connector's filter syntax
 (`createdAt=>=2026-08-20T00:00:00.000Z`, `status=Completed`, `isOwn=true`); a query parameter the endpoint
 table does not name for a list is refused. The scripted changes (`receive_message`, `receive_request`,
-`decide_incoming_request`, `complete_outgoing_request`, `change_relationship`, `delete_peer`) change that
+`decide_incoming_request`, `complete_outgoing_request`, `change_relationship`, `delete_peer`,
+`create_attribute`, `succeed_attribute`, `delete_attribute`) change that
 state and raise the event as the Connector does: one POST per webhook URL in `webhooks`, `{"trigger",
 "data"}`, no retry; a failed POST is counted in `lost`, and the event is gone. `webhook_delay` holds each
 POST back after the state changed.
@@ -205,6 +206,7 @@ class FakeConnector(_Server):
             "getIncomingRequests": [],
             "getOutgoingRequests": [],
             "getRelationships": [],
+            "getAttributes": [],
         }
         #: where events are POSTed (the Connector's webhooks module); `(trigger, data)` of those lost
         self.webhooks: list[str] = []
@@ -370,6 +372,42 @@ class FakeConnector(_Server):
         trigger = "transport.peerToBeDeleted" if status == "ToBeDeleted" else "transport.peerDeleted"
         await self.emit(trigger, orjson.loads(orjson.dumps(relationship)))
         return relationship
+
+    async def create_attribute(self, value: str = "Alice") -> dict[str, Any]:
+        """An own identity attribute is created (runtime 7.x shape): attributeCreated."""
+        attribute = {
+            "@type": "OwnIdentityAttribute",
+            "id": new_id("ATT"),
+            "createdAt": utc_now(),
+            "content": {"@type": "IdentityAttribute", "owner": SELF, "value": {"@type": "GivenName", "value": value}},
+        }
+        self.state["getAttributes"].append(attribute)
+        await self.emit("consumption.attributeCreated", orjson.loads(orjson.dumps(attribute)))
+        return attribute
+
+    async def succeed_attribute(self, predecessor_id: str, value: str) -> dict[str, Any]:
+        """The attribute gets a successor: the successor `succeeds` it, it is `succeededBy` the successor,
+        and only attributeSucceeded `{predecessor, successor}` is raised (not attributeCreated)."""
+        predecessor = next(a for a in self.state["getAttributes"] if a["id"] == predecessor_id)
+        successor = {
+            **orjson.loads(orjson.dumps(predecessor)),
+            "id": new_id("ATT"),
+            "createdAt": utc_now(),
+            "succeeds": predecessor_id,
+        }
+        successor["content"]["value"]["value"] = value
+        predecessor["succeededBy"] = successor["id"]
+        self.state["getAttributes"].append(successor)
+        data = {"predecessor": predecessor, "successor": successor}
+        await self.emit("consumption.attributeSucceeded", orjson.loads(orjson.dumps(data)))
+        return successor
+
+    async def delete_attribute(self, attribute_id: str) -> dict[str, Any]:
+        """The attribute is removed, then attributeDeleted raised: the state keeps nothing of it."""
+        attribute = next(a for a in self.state["getAttributes"] if a["id"] == attribute_id)
+        self.state["getAttributes"].remove(attribute)
+        await self.emit("consumption.attributeDeleted", attribute)
+        return attribute
 
     # --- scripting ----------------------------------------------------------------------------------
 

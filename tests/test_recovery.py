@@ -49,12 +49,14 @@ FakeConnector = _load_fake().FakeConnector
 KEY = "hook-key"
 
 
-def _config(tmp: Path, hook: int, connector: str, *, interval: str = "1s", settle: str = "1s") -> str:
+def _config(
+    tmp: Path, hook: int, connector: str, *, interval: str = "1s", settle: str = "1s", slack: str = "10s"
+) -> str:
     return (
         router_table()
         + webhook_input(hook, api_key=f'"{KEY}"', extra='validation = "strict"')
         + f'[inputs.recovery]\ntype = "connector"\nbase_url = "{connector}"\napi_key = "connector-key"\n'
-        + f'interval = "{interval}"\nslack = "10s"\nsettle = "{settle}"\nvalidation = "strict"\n'
+        + f'interval = "{interval}"\nslack = "{slack}"\nsettle = "{settle}"\nvalidation = "strict"\n'
         + 'covers = "connector"\n'
         + '[outputs.archive]\ntype = "file"\npath = "./var/events.jsonl"\n'
         # only the webhook's events: the rebuilt ones take this route because recovery covers it
@@ -310,4 +312,50 @@ async def test_request_status_changes_and_peer_deletion_are_rebuilt_as_their_lat
     for trigger, data in (missed[2], missed[4], missed[6]):
         assert by_trigger[(trigger, _ident(data))] == data, trigger
     assert events[-1]["trigger"] == fake_live[0] and "recovered" not in events[-1]["meta"]
+    assert dead_letters(tmp_path / "var") == [], "strict validation passed every rebuilt event"
+
+
+async def test_attributes_created_and_succeeded_are_rebuilt_a_deleted_one_is_not(tmp_path: Path) -> None:
+    """Live: an attribute is created and stored, and looks pass beyond it. Lost while the router is down: its
+    succession (the predecessor now before every look's reach, found by `succeededBy`), a new attribute, and
+    one created and deleted. Rebuilt: the succession as the Connector sent it and the new attribute; the
+    deleted one's two events are not (the Connector removed it before it raised attributeDeleted)."""
+    hook = free_port()
+    async with FakeConnector() as fake:
+        fake.webhooks = [f"http://127.0.0.1:{hook}/events"]
+        fake.webhook_headers = {"x-api-key": KEY}
+        (tmp_path / "router.toml").write_text(_config(tmp_path, hook, fake.url, interval="300ms", slack="1s"))
+        archive = tmp_path / "var" / "events.jsonl"
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            old = await fake.create_attribute("Alice")
+            await until(lambda: archive.exists() and len(read_jsonl(archive)) == 1, "live attribute stored")
+            await _look(router, lambda r: r["since"] > old["createdAt"])
+        finally:
+            router.terminate()
+        successor = await fake.succeed_attribute(old["id"], "Alicia")
+        new = await fake.create_attribute("Bob")
+        gone = await fake.create_attribute("Carol")
+        await fake.delete_attribute(gone["id"])
+        missed = fake.lost[:]
+        assert [t for t, _ in missed] == [
+            "consumption.attributeSucceeded",
+            "consumption.attributeCreated",
+            "consumption.attributeCreated",
+            "consumption.attributeDeleted",
+        ]
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            await until(lambda: len(read_jsonl(archive)) >= 3, "missed attributes recovered")
+            done = len(_looks(router))
+            await _look(router, lambda r: _looks(router).index(r) >= done and r["deferred"] == 0)
+        finally:
+            router.terminate()
+        asked = [s.query for s in fake.calls("getAttributes") if "succeededBy" in s.query]
+        assert asked and all(q == f"succeededBy={successor['id']}" for q in asked), asked
+    events = read_jsonl(archive)
+    recovered = [(e["trigger"], e["data"]) for e in events if e["meta"].get("recovered")]
+    assert recovered == [missed[0], missed[1]], "the succession and the new attribute, exactly as sent"
+    assert recovered[0][1]["predecessor"]["succeededBy"] == successor["id"]
+    assert new["id"] == recovered[1][1]["id"]
     assert dead_letters(tmp_path / "var") == [], "strict validation passed every rebuilt event"

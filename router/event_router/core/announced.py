@@ -24,7 +24,8 @@ _STATUS_CHANGES = frozenset({"consumption.incomingRequestStatusChanged", "consum
 #: triggers whose data is a RelationshipDTO that recovery rebuilds
 _RELATIONSHIPS = frozenset({"transport.relationshipChanged", "transport.peerToBeDeleted", "transport.peerDeleted"})
 _PEER_DELETION = frozenset({"transport.peerToBeDeleted", "transport.peerDeleted"})
-#: the triggers gap recovery may rebuild: only their events need a key (others cost nothing)
+#: the triggers gap recovery may rebuild: only their events need a key (others cost nothing). Not
+#: attributeDeleted: the Connector removes the attribute before it raises it, so recovery never lists it
 REBUILT_TRIGGERS = frozenset(
     {
         "transport.messageReceived",
@@ -34,7 +35,6 @@ REBUILT_TRIGGERS = frozenset(
         *_RELATIONSHIPS,
         "consumption.attributeCreated",
         "consumption.attributeSucceeded",
-        "consumption.attributeDeleted",
     }
 )
 

@@ -13,8 +13,8 @@ covers = "connector"        # the webhook input: rebuilt events take its routes
 ```
 
 At start and every `interval` it lists what the Connector created or changed since its watermark minus
-`slack` (messages, incoming requests, completed outgoing requests, relationships) and submits each as the
-event the Connector would have raised, with `meta.recovered = true`. The spool stores such an event only
+`slack` (messages, incoming requests, completed outgoing requests, relationships, attributes) and submits
+each as the event the Connector would have raised, with `meta.recovered = true`. The spool stores such an event only
 when no stored event announced the same (`event_router.core.announced`): what arrived live is not stored
 again. Once a look's events are stored, the watermark (`<data_dir>/recovery-<name>.json`) moves to the
 look's start; a failed look leaves it, and the next one reaches back as far.
@@ -267,6 +267,29 @@ class ConnectorRecoveryInput(Input):
                 deleted = _PEER_DELETION.get(status) if isinstance(status, str) else None
                 if deleted is not None and isinstance(date, str) and date >= since:
                     out.append(self._event(deleted, relationship, date))
+        out.extend(await self._attributes(since))
+        return out
+
+    async def _attributes(self, since: str) -> list[tuple[str, Event]]:
+        """Attributes created since `since`: a successor (it `succeeds` another) was announced by
+        attributeSucceeded with its predecessor, any other by attributeCreated. A deleted attribute is gone
+        from the Connector's state before attributeDeleted is raised: that event cannot be rebuilt."""
+        out: list[tuple[str, Event]] = []
+        created = await self._list("getAttributes", {"createdAt": f">={since}"})
+        by_id = {attribute.get("id"): attribute for attribute in created}
+        for attribute in created:
+            when, succeeds = attribute.get("createdAt"), attribute.get("succeeds")
+            if not isinstance(succeeds, str):
+                out.append(self._event("consumption.attributeCreated", attribute, when))
+                continue
+            predecessor = by_id.get(succeeds)
+            if predecessor is None and isinstance(attribute.get("id"), str):
+                # created before the reach, most likely: asked for by its successor, one list per succession
+                found = await self._list("getAttributes", {"succeededBy": attribute["id"]})
+                predecessor = next((a for a in found if a.get("id") == succeeds), None)
+            if predecessor is not None:  # else deleted since: the succession cannot be told whole
+                data = {"predecessor": predecessor, "successor": attribute}
+                out.append(self._event("consumption.attributeSucceeded", data, when))
         return out
 
     def _event(self, trigger: str, data: Any, when: Any) -> tuple[str, Event]:

@@ -119,6 +119,8 @@ ENDPOINTS: Final[Mapping[str, Endpoint]] = _endpoints(
     Endpoint("getIncomingRequests", "GET", "/Requests/Incoming", query=("createdAt", "status", "response.createdAt")),
     Endpoint("getOutgoingRequests", "GET", "/Requests/Outgoing", query=("createdAt", "status", "response.createdAt")),
     Endpoint("getRelationships", "GET", "/Relationships", query=("status",)),
+    # `succeededBy=<id>`: the predecessor of a succession (a `TextFilter`, equality)
+    Endpoint("getAttributes", "GET", "/Attributes", query=("createdAt", "succeededBy")),
     Endpoint("sendMessage", "POST", "/Messages", ("recipients", "content"), body=True, success=201),
     # The spec requires no key of DecideRequestRequest (the Connector's validator does want `items`).
     Endpoint("acceptIncomingRequest", "PUT", "/Requests/Incoming/{id}/Accept", body=True),
