@@ -24,6 +24,7 @@ from event_router.testing import (
     dead_letters,
     free_port,
     read_jsonl,
+    readyz,
     router_table,
     run_cli,
     until,
@@ -50,10 +51,17 @@ KEY = "hook-key"
 
 
 def _config(
-    tmp: Path, hook: int, connector: str, *, interval: str = "1s", settle: str = "1s", slack: str = "10s"
+    tmp: Path,
+    hook: int,
+    connector: str,
+    *,
+    interval: str = "1s",
+    settle: str = "1s",
+    slack: str = "10s",
+    admin: int | None = None,
 ) -> str:
     return (
-        router_table()
+        router_table(admin)
         + webhook_input(hook, api_key=f'"{KEY}"', extra='validation = "strict"')
         + f'[inputs.recovery]\ntype = "connector"\nbase_url = "{connector}"\napi_key = "connector-key"\n'
         + f'interval = "{interval}"\nslack = "{slack}"\nsettle = "{settle}"\nvalidation = "strict"\n'
@@ -168,7 +176,11 @@ async def _look(router: RouterProcess, wanted: Callable[[dict[str, Any]], bool])
     def found() -> dict[str, Any] | None:
         return next((r for r in _looks(router) if wanted(r)), None)
 
-    record: dict[str, Any] = await until(found, "a recovery look as wanted")
+    try:
+        record: dict[str, Any] = await until(found, "a recovery look as wanted")
+    except AssertionError as exc:
+        other = [r for r in router.log_records() if r.get("level") != "info"]
+        raise AssertionError(f"{exc}; the looks: {_looks(router)}; {other}") from None
     return record
 
 
@@ -359,3 +371,41 @@ async def test_attributes_created_and_succeeded_are_rebuilt_a_deleted_one_is_not
     assert recovered[0][1]["predecessor"]["succeededBy"] == successor["id"]
     assert new["id"] == recovered[1][1]["id"]
     assert dead_letters(tmp_path / "var") == [], "strict validation passed every rebuilt event"
+
+
+async def test_a_gap_in_the_covered_webhook_makes_recovery_look_at_once(tmp_path: Path) -> None:
+    """interval = 1h: only a detected gap brings a look before it. The Connector posts with a wrong key (401,
+    lost): the refusal makes recovery look, and the message is rebuilt `settle` later. Then the webhook is at
+    max_connections (one request whose body never comes) and ready again: recovery looks again."""
+    hook = free_port()
+    async with FakeConnector() as fake:
+        fake.webhooks = [f"http://127.0.0.1:{hook}/events"]
+        fake.webhook_headers = {"x-api-key": "not-the-key"}
+        admin = free_port()
+        config = _config(tmp_path, hook, fake.url, interval="1h", admin=admin).replace(
+            'validation = "strict"\n', 'validation = "strict"\nmax_connections = 1\n', 1
+        )
+        (tmp_path / "router.toml").write_text(config)
+        archive = tmp_path / "var" / "events.jsonl"
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            await _look(router, lambda r: r["why"] == "start")
+            lost = await fake.receive_message()
+            assert [m for _, m in fake.lost] == [lost]
+            await _look(router, lambda r: r["why"] == "gap: connector refused requests" and r["found"] == 1)
+            await _look(router, lambda r: r["why"] == "settle" and r["recovered"] == 1)
+            assert [e["data"]["id"] for e in read_jsonl(archive)] == [lost["id"]]
+            looks = len(_looks(router))
+            # the webhook's one connection busy with a request whose body does not come: not ready
+            stream = await anyio.connect_tcp("127.0.0.1", hook)
+            await stream.send(
+                f"POST /events HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY}\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100\r\n\r\n{".encode()
+            )
+            await until(lambda: readyz(admin)[0] == 503, "the webhook at max_connections")
+            await anyio.sleep(1.0)
+            await stream.aclose()
+            await _look(router, lambda r: r["why"] == "gap: connector was not ready")
+            assert all(r["why"] != "interval" for r in _looks(router)[looks:])
+        finally:
+            router.terminate()

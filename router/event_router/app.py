@@ -51,6 +51,8 @@ STATUS_INTERVAL = 10.0
 RESTART_POLICY = RetryPolicy(max_age=0, initial_backoff=1.0, max_backoff=30.0)
 #: how often to compare the wall clock with the spool's: a jump is noticed within this many seconds
 CLOCK_CHECK_INTERVAL = 1.0
+#: seconds between looks at the readiness and refusals of inputs that a recovery input covers
+GAP_CHECK_INTERVAL = 0.5
 #: at start, how long the admin endpoint waits for the inputs to consume before it listens anyway
 ADMIN_AFTER = 2.0
 
@@ -177,6 +179,7 @@ class App:
                         self.admin_port = await tg.start(serve_admin, self, host, port)
                 tg.start_soon(self._heartbeat)
                 tg.start_soon(self._watch_clock)
+                tg.start_soon(self._watch_gaps)
                 waiting = self._not_consuming()
                 if waiting and not self._stop.is_set():
                     log.info("waiting for inputs to consume before reporting ready", extra={"inputs": waiting})
@@ -546,6 +549,30 @@ class App:
             if messages:
                 notify(*messages)
             await anyio.sleep(interval)
+
+    async def _watch_gaps(self) -> None:
+        """Tell a recovery input when the input it covers had a gap: it was not ready (or the spool could not
+        write) and is again, or it answered requests with an error since the last check. The Connector does not
+        send again what was lost meanwhile; a look now rebuilds it `settle` later instead of an interval later."""
+        was_ready: dict[str, bool] = {}
+        refused: dict[str, int] = {}
+        while True:
+            await anyio.sleep(GAP_CHECK_INTERVAL)
+            inputs = self.config.inputs  # the current config: a reload may have replaced them
+            for inp in list(inputs.values()):
+                covered = inp.plugin.covers() if inp.plugin.rebuilds else None
+                if covered is None or covered not in inputs:
+                    continue
+                ready = inputs[covered].plugin.is_ready() and self.spool.writable
+                count = self.stats.get("requests_rejected", input=covered)
+                reason = None
+                if ready and not was_ready.get(covered, ready):
+                    reason = "was not ready"
+                elif count > refused.get(covered, 0):  # since the process started: before this task, too
+                    reason = "refused requests"
+                was_ready[covered], refused[covered] = ready, count
+                if reason is not None:
+                    inp.plugin.gap_detected(covered, reason)
 
     async def _watch_clock(self) -> None:
         """Rebase the spool's clock, the spool and the workers' timers when the wall clock jumps."""

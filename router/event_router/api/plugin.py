@@ -185,6 +185,13 @@ class Input(_Plugin):
         """
         return None
 
+    def gap_detected(self, covered: str, reason: str) -> None:
+        """The core saw a gap in what `covered` (the input this one `covers()`) takes: it was not ready and
+        is again (a broker reconnecting, a webhook at max_connections, a spool that could not write), or it
+        refused requests. What the source sent meanwhile may be lost: an input that rebuilds such events
+        looks again soon rather than at its next interval. Called on the event loop; must not block."""
+        return
+
     def is_ready(self) -> bool:
         """True while the input can take events (connected to its broker...). Feeds /readyz."""
         return True

@@ -12,12 +12,14 @@ settle = "30s"
 covers = "connector"        # the webhook input: rebuilt events take its routes
 ```
 
-At start and every `interval` it lists what the Connector created or changed since its watermark minus
-`slack` (messages, incoming requests, completed outgoing requests, relationships, attributes) and submits
-each as the event the Connector would have raised, with `meta.recovered = true`. The spool stores such an event only
-when no stored event announced the same (`event_router.core.announced`): what arrived live is not stored
-again. Once a look's events are stored, the watermark (`<data_dir>/recovery-<name>.json`) moves to the
-look's start; a failed look leaves it, and the next one reaches back as far.
+At start, every `interval`, and soon after a gap in the input it covers (the core calls `gap_detected`:
+that input was not ready and is again, or it refused requests) it lists what the Connector created or
+changed since its watermark minus `slack` (messages, incoming requests, completed outgoing requests,
+relationships, attributes) and submits each as the event the Connector would have raised, with
+`meta.recovered = true`. The spool stores such an event only when no stored event announced the same
+(`event_router.core.announced`): what arrived live is not stored again. Once a look's events are stored,
+the watermark (`<data_dir>/recovery-<name>.json`) moves to the look's start; a failed look leaves it, and
+the next one reaches back as far.
 
 Settling: the Connector changes its state first and posts the webhook after, so a look can list a change
 whose live event is still on its way. Rebuilt then, it would be stored, and the live event too (a live
@@ -143,6 +145,10 @@ class ConnectorRecoveryInput(Input):
         self.state_path = context.data_dir / f"recovery-{self.name}.json"
         #: what the last look found (for logs and tests)
         self.last: dict[str, Any] = {}
+        #: set by `gap_detected` while `run` runs: look again before the interval is over
+        self._gap: anyio.Event | None = None
+        #: what `gap_detected` was told last, for the look's log record
+        self._gap_reason = ""
 
     def covers(self) -> str | None:
         return self.covered
@@ -150,28 +156,47 @@ class ConnectorRecoveryInput(Input):
     def guarantee(self) -> str:
         return f"recovered from the Connector every {_span(self.interval)}"
 
+    def gap_detected(self, covered: str, reason: str) -> None:
+        if self._gap is not None and not self._gap.is_set():
+            self.log.info("gap in the covered input; looking again", extra={"covered": covered, "reason": reason})
+            self._gap_reason = f"gap: {covered} {reason}"
+            self._gap.set()
+
     async def run(self, sink: EventSink, *, task_status: TaskStatus[None]) -> None:
         await self.client.open()
+        self._gap = anyio.Event()
+        why = "start"
+        # a gap's look waits this long after the last look began: a source that refuses on and on (a wrong
+        # key at the Connector) makes looks come this often, not on every refusal
+        spacing = min(self.interval, max(self.settle, 1.0))
         try:
             # ready at once: a Connector that is down delays recovery, not the live inputs
             task_status.started()
             while True:
+                began = time.monotonic()
                 pause = self.interval
                 try:
-                    if (await self.look(sink))["deferred"]:
+                    if (await self.look(sink, why=why))["deferred"]:
                         # what settles is submitted as soon as it may be, not an interval later
                         pause = min(self.interval, self.settle)
                 except LookFailed as exc:
                     self.log.warning(
                         "recovery look failed; the next one reaches back as far", extra={"error": str(exc)}
                     )
-                await anyio.sleep(pause)
+                why = "interval" if pause == self.interval else "settle"
+                with anyio.move_on_after(pause):
+                    await self._gap.wait()
+                if self._gap.is_set():
+                    why = self._gap_reason
+                    await anyio.sleep(max(0.0, began + spacing - time.monotonic()))
+                    self._gap = anyio.Event()
         finally:
+            self._gap = None
             await self.client.close()
 
     # --- one look -------------------------------------------------------------------------------------
 
-    async def look(self, sink: EventSink) -> dict[str, Any]:
+    async def look(self, sink: EventSink, *, why: str = "start") -> dict[str, Any]:
         """List what changed since the watermark minus `slack`, submit it, then move the watermark."""
         started_wall = datetime.now(UTC)
         started = time.monotonic()
@@ -194,6 +219,7 @@ class ConnectorRecoveryInput(Input):
         moved = started_wall if oldest is None else min(started_wall, oldest + timedelta(seconds=self.slack))
         self._save(moved)
         self.last = {
+            "why": why,
             "since": since,
             "found": len(listed),
             "deferred": len(deferred),
