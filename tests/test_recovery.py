@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
+import time
 import tomllib
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -407,5 +410,27 @@ async def test_a_gap_in_the_covered_webhook_makes_recovery_look_at_once(tmp_path
             await stream.aclose()
             await _look(router, lambda r: r["why"] == "gap: connector was not ready")
             assert all(r["why"] != "interval" for r in _looks(router)[looks:])
+            # a look that fails: the Connector answers 500; another refusal brings the look
+            fake.fail("getMessages", 500)
+            await fake.receive_message()
+            await until(lambda: _metrics(admin).get(("recovery_looks_total", "failed")), "a failed look counted")
+            metrics = _metrics(admin)
         finally:
             router.terminate()
+    # the rebuilt message by its schema, each look by its outcome, and when the last good one was
+    assert metrics[("recovered_events_total", "transport.messageReceived")] == 1
+    assert metrics[("recovery_looks_total", "recovered")] == 1
+    assert metrics[("recovery_looks_total", "nothing")] >= 2
+    assert metrics[("recovery_looks_total", "failed")] == 1
+    assert time.time() - 60 < metrics[("recovery_last_look_timestamp_seconds", "")] <= time.time()
+
+
+def _metrics(admin: int) -> dict[tuple[str, str], float]:
+    """The recovery input's series from a real scrape: (metric, its trigger or outcome label) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[tuple[str, str], float] = {}
+    for name, labels, value in re.findall(r'^event_router_(\w+)\{([^}]*input="recovery"[^}]*)\} (\S+)$', text, re.M):
+        other: dict[str, str] = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        found[(name, other.get("trigger", other.get("outcome", "")))] = float(value)
+    return found

@@ -626,6 +626,13 @@ class App:
         yield "spool_writable", "1 when the last spool commit succeeded", {}, float(self.spool.writable)
         for name, worker in self.pipeline.workers.items():
             yield "deliveries_in_flight", "Deliveries being attempted now", {"output": name}, worker.in_flight
+        for name, when in self.pipeline.last_looks.items():
+            yield (
+                "recovery_last_look_timestamp_seconds",
+                "Unix time of the gap-recovery input's last look that did not fail",
+                {"input": name},
+                when,
+            )
         for name, cfg in self.config.inputs.items():
             yield (
                 "input_ready",

@@ -75,6 +75,13 @@ class EventSink(Protocol):
         """
         ...
 
+    def looked(self, outcome: str) -> None:
+        """Count a gap-recovery look (`recovery_looks_total{input,outcome}`): `recovered` (it stored events),
+        `nothing` (it stored none) or `failed` (the source did not answer as it should). Any but `failed`
+        sets `recovery_last_look_timestamp_seconds{input}` to now. The events a look stores are counted by
+        the core (`recovered_events_total{input,trigger}`)."""
+        ...
+
 
 @dataclass(slots=True)
 class Delivery:

@@ -62,6 +62,8 @@ class Pipeline:
         self._parked_log = LogThrottle()
         #: monotonic time from which a submit has the spool forget announced keys past the retention
         self._next_forget = 0.0
+        #: recovery input -> wall time its last look that did not fail ended (a gauge)
+        self.last_looks: dict[str, float] = {}
 
     def sink_for(self, input_config: InputConfig) -> InputSink:
         return InputSink(self, input_config)
@@ -171,6 +173,8 @@ class Pipeline:
         # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
         trigger_label = plan.validation.schema or "unknown"
         self.stats.incr("events_received", input=input_name, trigger=trigger_label)
+        if event.meta.get("recovered") is True:  # stored: no event announced it before (the spool checked)
+            self.stats.incr("recovered_events", input=input_name, trigger=trigger_label)
         if not plan.validation.valid:
             self.stats.incr("validation_failures", input=input_name, trigger=trigger_label)
         if plan.dead_letter is not None:
@@ -330,3 +334,8 @@ class InputSink:
 
     def refused(self, status: int) -> None:
         self._pipeline.stats.incr("requests_rejected", input=self._input.name, status=str(status))
+
+    def looked(self, outcome: str) -> None:
+        self._pipeline.stats.incr("recovery_looks", input=self._input.name, outcome=outcome)
+        if outcome != "failed":
+            self._pipeline.last_looks[self._input.name] = time.time()

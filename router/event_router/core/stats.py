@@ -33,6 +33,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("input", "status"),
     ),
     "unknown_triggers": ("Events whose trigger no schema knows (the log names each trigger once)", ("input",)),
+    "recovered_events": (
+        "Events gap recovery rebuilt and stored (no stored event announced them)",
+        ("input", "trigger"),
+    ),
+    "recovery_looks": ("Gap-recovery looks by outcome (recovered, nothing, failed)", ("input", "outcome")),
     "duplicates": ("Repeated messages (a message id already stored) answered and not stored again", ("input",)),
     "reloads": ("Configuration reloads by result", ("result",)),
     "outcome_commit_failures": ("Failed commits of delivery outcomes (each is tried again)", ("output",)),

@@ -176,13 +176,17 @@ class ConnectorRecoveryInput(Input):
                 began = time.monotonic()
                 pause = self.interval
                 try:
-                    if (await self.look(sink, why=why))["deferred"]:
-                        # what settles is submitted as soon as it may be, not an interval later
-                        pause = min(self.interval, self.settle)
+                    found = await self.look(sink, why=why)
                 except LookFailed as exc:
+                    sink.looked("failed")
                     self.log.warning(
                         "recovery look failed; the next one reaches back as far", extra={"error": str(exc)}
                     )
+                else:
+                    sink.looked("recovered" if found["recovered"] else "nothing")
+                    if found["deferred"]:
+                        # what settles is submitted as soon as it may be, not an interval later
+                        pause = min(self.interval, self.settle)
                 why = "interval" if pause == self.interval else "settle"
                 with anyio.move_on_after(pause):
                     await self._gap.wait()

@@ -41,6 +41,7 @@ class RecordingSink:
         self.events: list[Event] = []
         self.rejections: list[Rejection] = []
         self.refusals: list[int] = []
+        self.looks: list[str] = []
 
     async def submit(self, events: Sequence[Event]) -> list[SubmitResult]:
         self.events.extend(events)
@@ -52,6 +53,9 @@ class RecordingSink:
 
     def refused(self, status: int) -> None:
         self.refusals.append(status)
+
+    def looked(self, outcome: str) -> None:
+        self.looks.append(outcome)
 
 
 @functools.cache
