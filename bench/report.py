@@ -20,6 +20,7 @@ ORDER = [
     "memory",
     "startup",
     "spool_group_commit",
+    "recovery",
 ]
 
 
@@ -114,6 +115,15 @@ def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
         g, s = r["router"], r["baseline"]
         router = f"{_fmt(g['events_per_s'])} ev/s, 64 writers ({g['events_per_commit']} events/commit)"
         base = f"{_fmt(s['events_per_s'])} ev/s, one commit per event"
+    elif name == "recovery":
+        rt = r["router"]
+        router = (
+            f"{_fmt(r['events'])} missed events stored {rt['stored_seconds']} s after start (the look:"
+            f" {rt['look_seconds']} s, {_fmt(rt['events_per_s'])} ev/s); a look that finds nothing:"
+            f" {rt['idle_look_cpu_seconds']} s CPU"
+        )
+        base = ""
+        ratio = ""
     else:
         router, base = json.dumps(r.get("router")), json.dumps(r.get("baseline"))
     return name, router, base, ratio, r.get("target", ""), _met(r)

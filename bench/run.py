@@ -33,6 +33,7 @@ def _scenarios() -> dict[str, tuple[Callable[..., dict[str, Any]], float, float]
     """name -> (function, time limit quick, time limit full) in seconds."""
     from _core import routing_validation, spool_group_commit
     from _process import amqp_to_file, memory, startup
+    from _recovery import recovery
     from _webhook import webhook_to_file, webhook_to_http_latency
 
     return {
@@ -43,6 +44,7 @@ def _scenarios() -> dict[str, tuple[Callable[..., dict[str, Any]], float, float]
         "memory": (memory, 90, 1200),
         "startup": (startup, 90, 120),
         "spool_group_commit": (spool_group_commit, 60, 120),
+        "recovery": (recovery, 180, 300),
     }
 
 
