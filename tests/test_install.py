@@ -254,7 +254,13 @@ def test_core_alone_check_schemas_plugins(core: Venv) -> None:
     plugins = core.run("plugins", "--json")
     assert plugins.returncode == 0, plugins.stderr
     listed = json.loads(plugins.stdout)
-    assert {p["name"] for p in listed} == {"builtin.webhook", "builtin.file", "builtin.http", "builtin.connector"}
+    assert {p["name"] for p in listed} == {
+        "builtin.webhook",
+        "builtin.recovery",
+        "builtin.file",
+        "builtin.http",
+        "builtin.connector",
+    }
 
 
 def test_core_alone_refuses_a_broker_input(core: Venv) -> None:
