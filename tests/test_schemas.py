@@ -1132,6 +1132,150 @@ def test_older_connectors_malformed_events_are_still_refused(
     assert any(e.startswith(error) for e in errors), errors
 
 
+# ---- every value of the runtime's closed value sets -------------------------------------------------------
+# Read in nmshd/runtime at every release tag from 5.0.2 to 7.5.12 (commit 55705c66) and at runtime 4.14.4,
+# nmshd/runtime-monorepo (runtime 3.4) and nmshd/cns-content (2.0); the file defining each set is named above
+# it. Each value must validate where the runtime puts it, in every event that carries it.
+
+# content/src/requests/response/ResponseItemResult.ts: the member `Failed` is serialised as "Error" (unchanged
+# since cns-content 2.0); ErrorResponseItem.ts carries it with `code` and `message`. The runtime's own request
+# schema (runtime/src/useCases/common/Schemas.ts, ErrorResponseItemJSON) has `"const": "Error"`.
+RESPONSE_ITEM_RESULTS = ["Accepted", "Rejected", "Error"]
+ERROR_ITEM = {
+    "@type": "ErrorResponseItem",
+    "result": "Error",
+    "code": "error.app.attributeCouldNotBeRead",
+    "message": "The attribute could not be read.",
+}
+RESPONSE_ITEM_BY_RESULT = {
+    "Accepted": {"@type": "AcceptResponseItem", "result": "Accepted"},
+    "Rejected": {"@type": "RejectResponseItem", "result": "Rejected", "code": "x:declined"},
+    "Error": ERROR_ITEM,
+}
+
+
+def responses_carrying(item: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every event that carries a Response, its items being `item` alone and `item` in a group."""
+    events: list[tuple[str, Any]] = []
+    for items in ([item], [{"@type": "ResponseItemGroup", "items": [item]}]):
+        response = merged(RESPONSE, items=items)
+        completed = changed(OUTGOING, ("response", "content"), response)
+        wrapper = changed(MESSAGE_SENT, ("content", "response"), merged(response, requestId="REQ31OM7PNMJD4BWBJ86"))
+        events += [
+            ("consumption.outgoingRequestStatusChanged", merged(STATUS_CHANGED, request=completed)),
+            ("consumption.outgoingRequestCreatedAndCompleted", completed),
+            ("transport.messageSent", wrapper),
+            (
+                "transport.messageReceived",
+                merged(wrapper, isOwn=False, createdBy=PEER, recipients=MESSAGE["recipients"]),
+            ),
+            ("consumption.messageProcessed", {"message": wrapper, "result": "NoRequest"}),
+            ("transport.relationshipChanged", changed(RELATIONSHIP, ("creationContent", "response"), response)),
+            (
+                "consumption.outgoingRequestCreatedAndCompleted",
+                before_dids(changed(REQUEST_FROM_CHANGE, ("response", "content"), response)),
+            ),
+        ]
+    return events
+
+
+@pytest.mark.parametrize("result", RESPONSE_ITEM_RESULTS)
+def test_every_response_item_result_of_the_runtime_validates(registry: SchemaRegistry, result: str) -> None:
+    for trigger, data in responses_carrying(RESPONSE_ITEM_BY_RESULT[result]):
+        outcome = registry.validate(trigger, data)
+        assert outcome.valid, (trigger, outcome.errors)
+
+
+def test_failed_is_the_enum_members_name_not_a_result(registry: SchemaRegistry) -> None:
+    """The docs and the OpenAPI spec list `Failed`, the member's name; no runtime sends it."""
+    for trigger, data in responses_carrying(merged(ERROR_ITEM, result="Failed")):
+        errors = registry.validate(trigger, data).errors
+        assert any(e.endswith('.result: "Failed" is not one of "Accepted", "Rejected" or "Error"') for e in errors), (
+            trigger,
+            errors,
+        )
+
+
+# Runtime 7.x: consumption/src/modules/attributes/local/deletionInfos/EmittedAttributeDeletionInfo.ts (on own
+# relationship attributes) and ReceivedAttributeDeletionInfo.ts (on peer and third-party attributes); the DTO
+# (runtime-types/src/dtos/consumption/LocalAttributeDeletionInfoDTO.ts) is their union, and the runtime's
+# AttributeMapper gives deletionInfo only to those four types. Unchanged from 7.0.0 to 7.5.12; a 6.x database
+# is not carried into 7.x (the migration guide has it deleted), so no 7.x attribute keeps a pre-7 status.
+EMITTED_DELETION_STATUSES = [
+    "DeletionRequestSent",
+    "DeletionRequestRejected",
+    "ToBeDeletedByRecipient",
+    "DeletedByRecipient",
+]
+RECEIVED_DELETION_STATUSES = ["ToBeDeleted", "DeletedByEmitter"]
+# Runtime 4.x-6.x: consumption/src/modules/attributes/local/LocalAttributeDeletionInfo.ts (DeletionStatus in 4.x)
+PRE7_DELETION_STATUSES = [
+    "DeletionRequestSent",
+    "DeletionRequestRejected",
+    "ToBeDeleted",
+    "ToBeDeletedByPeer",
+    "DeletedByPeer",
+    "DeletedByOwner",
+]
+OWN_RELATIONSHIP_ATTRIBUTE = merged(
+    changed(PEER_RELATIONSHIP_ATTRIBUTE, ("content", "owner"), SELF),
+    **{"@type": "OwnRelationshipAttribute"},
+    numberOfForwards=0,
+)
+THIRD_PARTY_ATTRIBUTE = merged(
+    changed(PEER_RELATIONSHIP_ATTRIBUTE, ("content", "owner"), OTHER),
+    **{"@type": "ThirdPartyRelationshipAttribute"},
+    initialAttributePeer=OTHER,
+)
+DELETION_CASES: list[tuple[str, dict[str, Any], str]] = [
+    *(("7.x", OWN_RELATIONSHIP_ATTRIBUTE, status) for status in EMITTED_DELETION_STATUSES),
+    *(
+        ("7.x", attribute, status)
+        for attribute in (PEER_IDENTITY_ATTRIBUTE, PEER_RELATIONSHIP_ATTRIBUTE, THIRD_PARTY_ATTRIBUTE)
+        for status in RECEIVED_DELETION_STATUSES
+    ),
+    *(("6.x", PRE7_ATTRIBUTE, status) for status in PRE7_DELETION_STATUSES),
+]
+# the namespaces whose data is one LocalAttributeDTO, and the succession of each generation
+ATTRIBUTE_NAMESPACES = {
+    "7.x": [
+        "consumption.attributeCreated",
+        "consumption.attributeDeleted",
+        "consumption.attributeForwardingDetailsChanged",
+        "consumption.attributeWasViewedAtChanged",
+        "consumption.ownAttributeDeletedByOwner",
+        "consumption.peerRelationshipAttributeDeletedByPeer",
+        "consumption.forwardedAttributeDeletedByPeer",
+    ],
+    "6.x": [
+        "consumption.attributeCreated",
+        "consumption.attributeDeleted",
+        *(ns for ns in LEGACY_NAMESPACES if ns.endswith(("DeletedByOwner", "DeletedByPeer"))),
+    ],
+}
+SUCCESSION = {"7.x": "consumption.attributeSucceeded", "6.x": "consumption.peerSharedAttributeSucceeded"}
+
+
+@pytest.mark.parametrize(
+    ("generation", "attribute", "status"),
+    DELETION_CASES,
+    ids=[f"{g}-{a.get('@type', 'pre7')}-{s}" for g, a, s in DELETION_CASES],
+)
+def test_every_deletion_status_of_the_runtime_validates(
+    registry: SchemaRegistry, generation: str, attribute: dict[str, Any], status: str
+) -> None:
+    deleted = merged(attribute, deletionInfo={"deletionStatus": status, "deletionDate": WHEN})
+    alive = {k: v for k, v in attribute.items() if k != "deletionInfo"}
+    successor = merged(alive, id="ATTNEWSUCCESSOR12345", succeeds=attribute["id"])
+    events = [(ns, deleted) for ns in ATTRIBUTE_NAMESPACES[generation]]
+    events.append(
+        (SUCCESSION[generation], {"predecessor": merged(deleted, succeededBy=successor["id"]), "successor": successor})
+    )
+    for trigger, data in events:
+        outcome = registry.validate(trigger, data)
+        assert outcome.valid, (trigger, outcome.errors)
+
+
 def policy_table() -> dict[str, str]:
     """README's forward-compatibility table: `defs.json` pointer -> open/closed."""
     readme = (builtin_schema_dir() / "README.md").read_text()
@@ -1207,6 +1351,7 @@ to = ["archive"]
         ),
         ("transport.messageReceived", MESSAGE_BEFORE_7_2),
         ("consumption.incomingRequestReceived", REQUEST_WITH_FUTURE_ITEMS),
+        responses_carrying(ERROR_ITEM)[0],
         *((trigger_of(namespace), data) for _, namespace, data in OLDER_CONNECTORS),
         *((namespace, data[0]) for namespace, data in LEGACY_VALID.items()),
     ]
