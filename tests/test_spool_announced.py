@@ -61,6 +61,24 @@ async def test_a_claim_is_stored_only_when_nothing_announced_it(tmp_path: Path) 
         reopened.close()
 
 
+async def test_announced_reads_which_keys_are_kept(tmp_path: Path) -> None:
+    """The read gap recovery makes before settling: the kept keys among many (more than one statement's
+    worth), those forgotten or never kept left out, and nothing for an empty batch."""
+    spool = SQLiteSpool(tmp_path / "spool.db")
+    spool.open("exclusive")
+    try:
+        kept = [key(f"K{i}") for i in range(1000)]
+        await spool.store([event(i, k) for i, k in enumerate(kept)])
+        old = key("old", "2026-08-19T23:59:59.999Z")
+        await spool.store([event(2000, old)])
+        assert await spool.forget_announced(key_cutoff("2026-08-20T00:00:00")) == 1
+        asked = [*kept[::2], old, key("never"), *kept[1::2]]
+        assert await spool.announced(asked) == set(kept)
+        assert await spool.announced([]) == set()
+    finally:
+        spool.close()
+
+
 async def _at_once(spool: SQLiteSpool, batches: list[list[StoreEvent]]) -> list[list[list[int | Parked] | int | None]]:
     results: list[list[list[int | Parked] | int | None]] = [[] for _ in batches]
 

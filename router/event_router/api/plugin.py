@@ -61,6 +61,13 @@ class EventSink(Protocol):
         """
         ...
 
+    async def announced(self, events: Sequence[Event]) -> list[bool]:
+        """For each of `events`, whether a stored event announced the same already (its key is kept:
+        `event_router.core.announced`). For gap recovery: a rebuilt change whose live event was stored need
+        not wait to settle. False for an event without a key, and for one whose twin is not committed yet:
+        `submit` of a recovered event still decides. One read for the batch."""
+        ...
+
     async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
         """Durably keep an input that cannot become an event (not JSON, no trigger...) as a dead letter.
 

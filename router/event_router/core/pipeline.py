@@ -329,6 +329,11 @@ class InputSink:
     async def submit(self, events: Sequence[Event]) -> list[SubmitResult]:
         return await self._pipeline.submit(self._input, events)
 
+    async def announced(self, events: Sequence[Event]) -> list[bool]:
+        keys = [announced_key(event.trigger, event.data) for event in events]
+        kept = await self._pipeline.spool.announced([key for key in keys if key is not None])
+        return [key is not None and key in kept for key in keys]
+
     async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
         return await self._pipeline.reject(self._input.name, raw, reason, trigger=trigger, meta=meta)
 

@@ -25,7 +25,9 @@ Settling: the Connector changes its state first and posts the webhook after, so 
 whose live event is still on its way. Rebuilt then, it would be stored, and the live event too (a live
 event is never dropped for a key). So a change is submitted only by a look that starts at least `settle`
 after the first look that listed it; the others stay in reach of the next look (the watermark does not
-pass them), which comes `settle` later rather than `interval`. The rule counts on the router's clock
+pass them), which comes `settle` later rather than `interval`. What a stored event announced already (the
+core answers for a look's changes in one read) is left out first: only the changes without a key wait,
+so live traffic does not bring a look every `settle`. The rule counts on the router's clock
 when it first saw the change, not on the change's date: a received message's `createdAt` is the sender's
 time, and the Connector may fetch (and announce) it much later.
 """
@@ -208,7 +210,9 @@ class ConnectorRecoveryInput(Input):
         since = connector_date(watermark - timedelta(seconds=self.slack))
         listed = await self._rebuild(since)
         # after the lists came: a change listed was in the Connector's state by then at the latest
-        events, deferred = self._settled(listed, time.monotonic())
+        now = time.monotonic()
+        fresh = await self._unannounced(sink, listed)
+        events, deferred = self._settled(fresh, now)
         events.sort(key=lambda pair: pair[0])
         stored = duplicates = 0
         for start in range(0, len(events), CHUNK):
@@ -226,6 +230,7 @@ class ConnectorRecoveryInput(Input):
             "why": why,
             "since": since,
             "found": len(listed),
+            "announced": len(listed) - len(fresh),
             "deferred": len(deferred),
             "recovered": stored,
             "duplicates": duplicates,
@@ -233,6 +238,17 @@ class ConnectorRecoveryInput(Input):
         }
         self.log.info("recovery look done" if stored == 0 else "recovery look rebuilt missed events", extra=self.last)
         return self.last
+
+    async def _unannounced(self, sink: EventSink, listed: list[tuple[str, Event]]) -> list[tuple[str, Event]]:
+        """The changes no stored event announced yet. Those that came live are left out before settling:
+        held back, they would make every look while traffic goes on come `settle` after the last, each
+        listing the newest live changes for the first time."""
+        fresh: list[tuple[str, Event]] = []
+        for start in range(0, len(listed), CHUNK):
+            chunk = listed[start : start + CHUNK]
+            flags = await sink.announced([event for _, event in chunk])
+            fresh.extend(pair for pair, known in zip(chunk, flags, strict=True) if not known)
+        return fresh
 
     def _settled(
         self, listed: list[tuple[str, Event]], now: float

@@ -47,6 +47,9 @@ class RecordingSink:
         self.events.extend(events)
         return [SubmitResult(e.id, "accepted") for e in events]
 
+    async def announced(self, events: Sequence[Event]) -> list[bool]:
+        return [False] * len(events)
+
     async def reject(self, raw: bytes, reason: str, *, trigger: str | None, meta: Mapping[str, Any]) -> int:
         self.rejections.append(Rejection(raw, reason, trigger, meta))
         return len(self.rejections)

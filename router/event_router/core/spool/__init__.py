@@ -299,6 +299,13 @@ class Spool(Protocol):
     async def forget_announced(self, before: bytes) -> int:
         """Forget the announced keys that sort before `before` (changes older than the retention); how many."""
 
+    async def announced(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of these announced keys (`Announcement.key`) the spool keeps, as committed: gap recovery
+        asks, for a look's rebuilt events, which were announced already, and holds back only the others.
+        A key of a group not yet committed may be missing (the claim in `store` still decides). A look may
+        ask for thousands at once: the read must not hold the event loop for long (indexed lookups by key,
+        letting other tasks run between batches, or a read off the loop)."""
+
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
         """Which of these (input, message id) the spool holds and has not forgotten."""
 

@@ -1006,6 +1006,20 @@ class SQLiteSpool:
         out.sort(key=lambda row: order[row.did])
         return out
 
+    async def announced(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of these keys are kept: one primary-key read per 800 on the reader connection, and the event
+        loop's other tasks between them."""
+        kept: set[bytes] = set()
+        for start in range(0, len(keys), _KEYS_PER_INSERT):
+            chunk = keys[start : start + _KEYS_PER_INSERT]
+            with _reading():
+                rows = self._read_conn().execute(
+                    f"SELECT key FROM announced WHERE key IN ({','.join('?' * len(chunk))})", chunk
+                )
+                kept.update(bytes(key) for (key,) in rows.fetchall())
+            await asyncio.sleep(0)
+        return kept
+
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
         """Which of these (input, message id) the spool holds and has not forgotten: one indexed read."""
         with _reading():
