@@ -24,9 +24,8 @@ it, `event_router.core.announced`):
 - `recovered`: lost and in the file as rebuilt (`meta.recovered`); `recovered_exact`: with the data the
   Connector sent (otherwise the DTO as it is now: a later change of the same thing came meanwhile);
 - `superseded`: lost, not in the file, and the same relationship's later state is: `by_lost` when that
-  state was lost too and rebuilt (two changes in the gap come back as one event, the latest: docs/recovery.md,
-  approximately), `by_live` when it came live (recovery then lists an announced state). Reported apart
-  from `missing`;
+  state was lost too, `by_live` when it came live. Recovery rebuilds every audit-log step (docs/recovery.md),
+  so these should be none; reported apart from `missing`, as a step recovery left out;
 - `missing`: none of these; `unexpected`: in the file with a key no change had;
 - `duplicates`: keys the file holds more than once, split into repeated event ids (the file output
   delivering the same stored event again after the kill: at least once) and distinct events with the same
@@ -444,7 +443,7 @@ def outage(args: argparse.Namespace) -> dict[str, Any]:
             if stored_looks
             else None,
             "looks_after_restart": [
-                {k: r.get(k) for k in ("why", "found", "deferred", "recovered", "duplicates", "took")}
+                {k: r.get(k) for k in ("why", "found", "announced", "deferred", "recovered", "duplicates", "took")}
                 | {"end_seconds": round(_wall(r) - restart_wall, 2)}
                 for r in looks
             ],

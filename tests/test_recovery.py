@@ -369,6 +369,43 @@ async def test_request_status_changes_and_peer_deletion_are_rebuilt_as_their_lat
     assert dead_letters(tmp_path / "var") == [], "strict validation passed every rebuilt event"
 
 
+async def test_every_relationship_state_missed_is_rebuilt_in_order(tmp_path: Path) -> None:
+    """Live: a relationship is requested (Pending) and stored. While the router is down it is accepted, then
+    terminated: two relationshipChanged events lost. Rebuilt: both, in order, each exactly as the Connector
+    sent it (the status that step set, the audit log up to it); the live one is not rebuilt again."""
+    hook = free_port()
+    async with FakeConnector() as fake:
+        fake.webhooks = [f"http://127.0.0.1:{hook}/events"]
+        fake.webhook_headers = {"x-api-key": KEY}
+        (tmp_path / "router.toml").write_text(_config(tmp_path, hook, fake.url, slack="1m"))
+        archive = tmp_path / "var" / "events.jsonl"
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            relationship = await fake.change_relationship()
+            await until(lambda: archive.exists() and len(read_jsonl(archive)) == 1, "live event stored")
+        finally:
+            router.terminate()
+        await fake.change_relationship(relationship["id"], "Active")
+        await fake.change_relationship(relationship["id"], "Terminated")
+        missed = fake.lost[:]
+        assert [data["status"] for _, data in missed] == ["Active", "Terminated"]
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            await until(lambda: len(read_jsonl(archive)) >= 3, "missed states recovered")
+            done = len(_looks(router))
+            await _look(router, lambda r: _looks(router).index(r) >= done and r["deferred"] == 0)
+        finally:
+            router.terminate()
+    events = read_jsonl(archive)
+    assert [(e["data"]["status"], e["meta"].get("recovered")) for e in events] == [
+        ("Pending", None),
+        ("Active", True),
+        ("Terminated", True),
+    ]
+    assert [e["data"] for e in events[1:]] == [data for _, data in missed], "each step as the Connector sent it"
+    assert dead_letters(tmp_path / "var") == [], "strict validation passed every rebuilt event"
+
+
 async def test_attributes_created_and_succeeded_are_rebuilt_a_deleted_one_is_not(tmp_path: Path) -> None:
     """Live: an attribute is created and stored, and looks pass beyond it. Lost while the router is down: its
     succession (the predecessor now before every look's reach, found by `succeededBy`), a new attribute, and

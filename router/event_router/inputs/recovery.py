@@ -112,6 +112,14 @@ def _dated(date: str) -> bool:
     return True
 
 
+def _as_of(relationship: Mapping[str, Any], log: list[Any], index: int) -> dict[str, Any]:
+    """The relationship as its change `log[index]` left it: the audit log up to that entry, the status it
+    set. The other fields as they are now (the REST state keeps no earlier version of them)."""
+    entry = log[index]
+    status = entry.get("newStatus", relationship.get("status"))
+    return {**relationship, "status": status, "auditLog": log[: index + 1]}
+
+
 class LookFailed(Exception):
     """The Connector did not answer a list as it should: this look is given up, the watermark stays."""
 
@@ -299,12 +307,16 @@ class ConnectorRecoveryInput(Input):
             when = (request.get("response") or {}).get("createdAt")
             out.append(self._event("consumption.outgoingRequestStatusChanged", data, when))
         for relationship in await self._list("getRelationships", {}):
+            # no date filter on this list: the audit log says when it changed. Every step in reach, each
+            # as the relationship was then: one relationshipChanged per entry, the key (log length, entry
+            # date) that step's live event announced
             log = relationship.get("auditLog")
-            last = log[-1] if isinstance(log, list) and log and isinstance(log[-1], Mapping) else {}
-            when = last.get("createdAt")
-            # no date filter on this list: the last audit-log entry says when it last changed
-            if isinstance(when, str) and when >= since:
-                out.append(self._event("transport.relationshipChanged", relationship, when))
+            entries = log if isinstance(log, list) else []
+            for index, entry in enumerate(entries):
+                when = entry.get("createdAt") if isinstance(entry, Mapping) else None
+                if isinstance(when, str) and when >= since:
+                    step = relationship if index == len(entries) - 1 else _as_of(relationship, entries, index)
+                    out.append(self._event("transport.relationshipChanged", step, when))
             # a peer's deletion adds no audit-log entry: `deletionDate` is the end of its grace period (to be
             # deleted, in the future) or when it was deleted; the key keeps it from being stored twice
             deletion = relationship.get("peerDeletionInfo")
