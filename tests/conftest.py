@@ -1,7 +1,68 @@
-"""The core's tests take the test kit's fixtures (event_router.testing); none of their own is shared."""
+"""The core's tests take the test kit's fixtures (event_router.testing), and here the spool backends' (`spool_at`,
+`pg_dsn`): the spool's suites run on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from event_router.core.spool import Spool
+from event_router.testing import IN_CI
 
 #: the test kit's fixtures (`make_app`, `anyio_backend`, and the autouse `reap_routers`): opted into here, in
 #: a conftest.py pytest reads before the session (a testpath of its own), as any plugin's suite does
 pytest_plugins = ["event_router.testing.fixtures"]
+
+#: the PostgreSQL server the spool's tests make their scratch databases on (scripts/services starts one)
+PG_DSN = os.environ.get("ROUTER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: the spool backends the parametrised suites run on
+SPOOL_BACKENDS = ("sqlite", "postgresql")
+
+
+def require_postgresql() -> None:
+    """Skip on a developer's machine without PostgreSQL; fail in CI, where scripts/services starts it."""
+    import psycopg
+
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        message = f"PostgreSQL is not reachable at {PG_DSN} ({exc}); see README 'Running the tests'"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """The DSN of a scratch database of its own, dropped after the test."""
+    import urllib.parse
+
+    import psycopg
+
+    require_postgresql()
+    name = f"pg18_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield urllib.parse.urlsplit(PG_DSN)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=SPOOL_BACKENDS)
+def spool_at(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Spool]:
+    """Makes a spool (not opened) at one place per test, again and again (a reopen): a SQLite file, or a
+    scratch PostgreSQL database."""
+    if request.param == "sqlite":
+        from event_router.core.spool.sqlite import SQLiteSpool
+
+        return lambda: SQLiteSpool(tmp_path / "spool.db")
+    from event_router.core.spool.postgresql import PostgreSQLSpool
+
+    dsn: str = request.getfixturevalue("pg_dsn")
+    return lambda: PostgreSQLSpool(dsn)

@@ -25,6 +25,10 @@ from event_router.testing import ROOT
 #: the core's test kit, imported by plugins' test suites, never by a running router: it may use the
 #: `testing` extra, which a test suite installs (`enmeshed-event-router[testing]`)
 TEST_KIT = "event_router/testing/"
+#: modules of the core a router imports only when its config asks for them: each may use its extra, which
+#: a user installs for it (`enmeshed-event-router[postgresql]`); tests/test_install.py imports everything
+#: else without it
+EXTRA_MODULES = {"event_router/core/spool/postgresql.py": "postgresql"}
 
 PYPROJECTS = [ROOT / "pyproject.toml", *sorted((ROOT / "plugins").glob("*/pyproject.toml"))]
 
@@ -106,7 +110,11 @@ def test_every_import_is_a_declared_dependency(pyproject: Path) -> None:
     meta = project(pyproject)["project"]
     own = normalise(meta["name"])
     required = {requirement_name(r) for r in meta.get("dependencies", [])}
-    testing = {requirement_name(r) for r in meta.get("optional-dependencies", {}).get("testing", [])}
+    extras = {
+        name: {requirement_name(r) for r in requirements}
+        for name, requirements in meta.get("optional-dependencies", {}).items()
+    }
+    testing = extras.get("testing", set())
     undeclared: list[str] = []
     scanned = 0
     for package in package_dirs(pyproject):
@@ -114,7 +122,12 @@ def test_every_import_is_a_declared_dependency(pyproject: Path) -> None:
             scanned += 1
             needed = provider(module)
             runtime = [p for p in places if not p.startswith(TEST_KIT)]
-            allowed = required if runtime else required | testing
+            # an import in a module of an extra may use that extra, and only that one
+            of_extra = {EXTRA_MODULES.get(p.rpartition(":")[0]) for p in runtime}
+            if runtime and len(of_extra) == 1 and None not in of_extra:
+                allowed = required | extras[str(of_extra.pop())]
+            else:
+                allowed = required if runtime else required | testing
             if needed != own and needed not in allowed:
                 undeclared.append(f"{needed} (import {module}: {', '.join((runtime or places)[:3])})")
     assert scanned, f"{pyproject}: no imports found, the scan looked in the wrong place"

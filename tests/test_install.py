@@ -56,6 +56,8 @@ PLUGIN_INPUTS = {
 
 #: the core's test kit modules that need its `testing` extra (pytest, hypothesis), absent from a router install
 NEEDS_TESTING_EXTRA = ["event_router.testing.fixtures", "event_router.testing.strategies"]
+#: the PostgreSQL spool, which needs the `postgresql` extra (psycopg) and is imported only when configured
+NEEDS_POSTGRESQL_EXTRA = ["event_router.core.spool.postgresql"]
 
 #: imports every module of a package in the venv (what an input imports lazily too) and says where from
 IMPORT_ALL = """
@@ -224,7 +226,7 @@ def test_the_operating_guides_install_names_the_wheels_the_script_builds(wheels:
 
 
 def test_core_alone_has_everything_it_imports(core: Venv) -> None:
-    report = core.import_all("event_router", *NEEDS_TESTING_EXTRA)
+    report = core.import_all("event_router", *NEEDS_TESTING_EXTRA, *NEEDS_POSTGRESQL_EXTRA)
     assert report["failed"] == {}
     assert Path(str(report["file"])).is_relative_to(core.path), report
     assert Path(str(report["prefix"])) == core.path

@@ -24,7 +24,7 @@ ROUTER = ROOT / "router" / "event_router"
 PLUGIN_PACKAGES = sorted((ROOT / "plugins").glob("*/event_router_*"))
 
 #: the spool's backend modules: only core/spool (its `backend` module) picks one
-SPOOL_BACKENDS = ("event_router.core.spool.sqlite",)
+SPOOL_BACKENDS = ("event_router.core.spool.sqlite", "event_router.core.spool.postgresql")
 #: what core/ builds on neither directly nor lazily: each of these imports the core
 ABOVE_CORE = (
     "config",

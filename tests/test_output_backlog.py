@@ -1,10 +1,10 @@
 """Each output's backlog limit (`max_pending`): one output that is down parks its excess as dead letters
 (`output_backlog_full`) while its events go on to their other outputs and every input answers 2xx.
 
-The spool counts (the limit reached exactly, stores sharing a commit, a replay beside the router), the
-running app (a reload that moves the limit), and a real router process flooded while one output is dead:
-the webhook never refuses, the file output gets everything, and `dlq replay` delivers the parked ones once
-the receiver is back.
+The spool counts, on each backend (the limit reached exactly, stores sharing a commit, a replay beside the
+router), the running app (a reload that moves the limit), and a real router process flooded while one
+output is dead: the webhook never refuses, the file output gets everything, and `dlq replay` delivers the
+parked ones once the receiver is back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,8 +20,7 @@ import anyio
 import orjson
 import pytest
 
-from event_router.core.spool import DeadLetterFilter, NewDelivery, Parked, Requeue, SeenMessage, StoreEvent
-from event_router.core.spool.sqlite import SQLiteSpool
+from event_router.core.spool import DeadLetterFilter, NewDelivery, Parked, Requeue, SeenMessage, Spool, StoreEvent
 from event_router.testing import (
     MakeApp,
     RouterProcess,
@@ -50,8 +49,9 @@ def event(i: int, outputs: tuple[str, ...] = ("a",), *, seen: SeenMessage | None
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Iterator[SQLiteSpool]:
-    s = SQLiteSpool(tmp_path / "spool.db")
+def spool(spool_at: Callable[[], Spool]) -> Iterator[Spool]:
+    """The router's spool, on each backend (conftest's `spool_at`)."""
+    s = spool_at()
     s.open("exclusive")
     yield s
     s.close()
@@ -69,7 +69,7 @@ def stored(results: list[list[int | Parked] | int | None]) -> list[int]:
 
 
 @pytest.mark.anyio
-async def test_the_limit_is_reached_exactly_then_new_deliveries_park(spool: SQLiteSpool) -> None:
+async def test_the_limit_is_reached_exactly_then_new_deliveries_park(spool: Spool) -> None:
     limits = {"a": 3}
     for i in range(3):
         assert len(stored(await spool.store([event(i)], limits))) == 1, f"delivery {i + 1} of 3 is stored"
@@ -93,7 +93,7 @@ async def test_the_limit_is_reached_exactly_then_new_deliveries_park(spool: SQLi
 
 
 @pytest.mark.anyio
-async def test_only_the_full_outputs_delivery_parks(spool: SQLiteSpool) -> None:
+async def test_only_the_full_outputs_delivery_parks(spool: Spool) -> None:
     limits = {"a": 1, "b": 5}
     await spool.store([event(0, ("a",))], limits)
     (result,) = await spool.store([event(1, ("a", "b", "c"))], limits)
@@ -110,7 +110,7 @@ async def test_only_the_full_outputs_delivery_parks(spool: SQLiteSpool) -> None:
 
 
 @pytest.mark.anyio
-async def test_stores_that_share_a_commit_hold_the_limit_to_the_delivery(spool: SQLiteSpool) -> None:
+async def test_stores_that_share_a_commit_hold_the_limit_to_the_delivery(spool: Spool) -> None:
     limits = {"a": 10}
     results = await asyncio.gather(*(spool.store([event(10 * k + i) for i in range(3)], limits) for k in range(8)))
     assert sum(len(stored(r)) for r in results) == 10
@@ -121,7 +121,7 @@ async def test_stores_that_share_a_commit_hold_the_limit_to_the_delivery(spool: 
 
 
 @pytest.mark.anyio
-async def test_a_replay_beside_the_router_counts_against_the_limit(spool: SQLiteSpool) -> None:
+async def test_a_replay_beside_the_router_counts_against_the_limit(spool: Spool, spool_at: Callable[[], Spool]) -> None:
     """`dlq replay` writes from another process and ignores the limit (the operator asked for those): the
     router counts what it added at its next look, and parks accordingly."""
     limits = {"a": 5}
@@ -132,7 +132,7 @@ async def test_a_replay_beside_the_router_counts_against_the_limit(spool: SQLite
     assert spool.pending_outputs() == {"a": 1}
 
     def replay(reason: str = "output_backlog_full") -> int:
-        cli = SQLiteSpool(spool.path)
+        cli = spool_at()
         cli.open("shared")
         try:
             letters = cli.dead_letters(DeadLetterFilter(reason=reason))

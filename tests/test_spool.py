@@ -1,17 +1,21 @@
-"""The spool on a real SQLite file: what is stored survives a reopen, group commit batches writes."""
+"""The spool on a real SQLite file and a real PostgreSQL database (the `spool` and `spool_at` fixtures run
+each test on both backends): what is stored survives a reopen, group commit batches writes. The tests of
+SQLite's own files and pragmas take `sqlite_spool`."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from event_router.api.errors import SpoolError
-from event_router.core.spool import DeadLetterFilter, NewDelivery, StoreDeadLetter, StoreEvent
+from event_router.core.spool import DeadLetterFilter, NewDelivery, Spool, StoreDeadLetter, StoreEvent
 from event_router.core.spool.sqlite import SQLiteSpool
 from event_router.testing import delivery_ids
 
@@ -24,14 +28,23 @@ def event(i: int, outputs: tuple[str, ...] = ("a",)) -> StoreEvent:
 
 
 @pytest.fixture
-def spool(tmp_path: Path):  # type: ignore[no-untyped-def]
+def spool(spool_at: Callable[[], Any]) -> Iterator[Any]:
+    """The daemon's spool, on each backend (its writer's attributes, `_write`, `commits`, are the same)."""
+    s = spool_at()
+    s.open("exclusive")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_spool(tmp_path: Path) -> Iterator[SQLiteSpool]:
     s = SQLiteSpool(tmp_path / "spool.db")
     s.open("exclusive")
     yield s
     s.close()
 
 
-async def test_store_fetch_complete(spool: SQLiteSpool) -> None:
+async def test_store_fetch_complete(spool: Any) -> None:
     (dids,) = await spool.store([event(1, ("a", "b"))])
     assert isinstance(dids, list) and len(dids) == 2
     assert spool.depth == 1
@@ -44,7 +57,7 @@ async def test_store_fetch_complete(spool: SQLiteSpool) -> None:
     assert spool.fetch_due("b", time.time() + 1, 10, set()) == []
 
 
-async def test_fetch_excludes_claimed_and_not_yet_due(spool: SQLiteSpool) -> None:
+async def test_fetch_excludes_claimed_and_not_yet_due(spool: Any) -> None:
     stored = await spool.store([event(i) for i in range(5)])
     dids = [d[0] for d in delivery_ids(stored)]
     now = time.time() + 1
@@ -55,7 +68,7 @@ async def test_fetch_excludes_claimed_and_not_yet_due(spool: SQLiteSpool) -> Non
     assert later[-1].did == dids[0] and later[-1].attempts == 1
 
 
-async def test_dead_letter_keeps_event_and_reason(spool: SQLiteSpool) -> None:
+async def test_dead_letter_keeps_event_and_reason(spool: Any) -> None:
     ((did,),) = await spool.store([event(7)])
     (dlid,) = await spool.settle(dead=[(did, "permanent", "400 bad request", 1)])
     assert spool.depth == 0
@@ -71,13 +84,13 @@ async def test_dead_letter_keeps_event_and_reason(spool: SQLiteSpool) -> None:
     )
 
 
-async def test_dead_letter_items_and_reopen(tmp_path: Path) -> None:
-    s = SQLiteSpool(tmp_path / "spool.db")
+async def test_dead_letter_items_and_reopen(spool_at: Callable[[], Spool]) -> None:
+    s = spool_at()
     s.open("exclusive")
     result = await s.store([StoreDeadLetter(reason="validation", error="data.id: missing", body=b"{}"), event(1)])
     assert isinstance(result[0], int)
     s.close()
-    again = SQLiteSpool(tmp_path / "spool.db")
+    again = spool_at()
     again.open("exclusive")
     try:
         assert again.depth == 1
@@ -86,7 +99,7 @@ async def test_dead_letter_items_and_reopen(tmp_path: Path) -> None:
         again.close()
 
 
-async def test_concurrent_stores_share_commits(spool: SQLiteSpool) -> None:
+async def test_concurrent_stores_share_commits(spool: Any) -> None:
     async def one(i: int) -> None:
         await spool.store([event(i)])
 
@@ -98,7 +111,7 @@ async def test_concurrent_stores_share_commits(spool: SQLiteSpool) -> None:
     assert spool.commits - before < 500, "group commit should merge concurrent writes"
 
 
-async def test_lazy_outcomes_ride_along_with_the_next_store(spool: SQLiteSpool) -> None:
+async def test_lazy_outcomes_ride_along_with_the_next_store(spool: Any) -> None:
     stored = await spool.store([event(i) for i in range(3)])
     dids = [d[0] for d in delivery_ids(stored)]
     spool.LAZY_DELAY = 5.0  # long enough that only the store below can end the wait
@@ -113,7 +126,7 @@ async def test_lazy_outcomes_ride_along_with_the_next_store(spool: SQLiteSpool) 
     assert spool.depth == 1
 
 
-async def test_lazy_outcome_alone_commits_after_the_delay(spool: SQLiteSpool) -> None:
+async def test_lazy_outcome_alone_commits_after_the_delay(spool: Any) -> None:
     ((did,),) = await spool.store([event(1)])
     spool.LAZY_DELAY = 0.2
     started = time.monotonic()
@@ -122,25 +135,19 @@ async def test_lazy_outcome_alone_commits_after_the_delay(spool: SQLiteSpool) ->
     assert spool.depth == 0
 
 
-async def test_failed_commit_reports_every_op(tmp_path: Path) -> None:
-    s = SQLiteSpool(tmp_path / "spool.db")
-    s.open("exclusive")
-    try:
+async def test_failed_commit_reports_every_op(spool: Any) -> None:
+    def broken(conn: Any) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
 
-        def broken(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO no_such_table VALUES (1)")
-
-        with pytest.raises(SpoolError, match="spool write failed"):
-            await s._write(broken)
-        assert s.depth == 0
-        await s.store([event(1)])  # the writer survives a failed group
-        assert s.depth == 1
-    finally:
-        s.close()
+    with pytest.raises(SpoolError, match="spool write failed"):
+        await spool._write(broken)
+    assert spool.depth == 0
+    await spool.store([event(1)])  # the writer survives a failed group
+    assert spool.depth == 1
 
 
-async def test_closed_spool_refuses_writes(tmp_path: Path) -> None:
-    s = SQLiteSpool(tmp_path / "spool.db")
+async def test_closed_spool_refuses_writes(spool_at: Callable[[], Spool]) -> None:
+    s = spool_at()
     s.open("exclusive")
     s.close()
     with pytest.raises(SpoolError, match="closed"):
@@ -175,11 +182,11 @@ async def test_spool_files_are_private(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "data" / "spool.db").stat().st_mode) == 0o600
 
 
-async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: SQLiteSpool) -> None:
+async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: Any) -> None:
     """Events and deliveries go in with one multi-row INSERT each: the ids handed back must be the rows'
     own, with gaps left by earlier deletions, dead letters mixed in, and more rows than one INSERT takes."""
     first = await spool.store([event(i, ("a", "b")) for i in range(5)])
-    await spool.settle(done=[d for dids in first[1:4] for d in dids])  # type: ignore[union-attr]
+    await spool.settle(done=[d for dids in first[1:4] for d in dids])
     outputs = [("a",), ("a", "b", "c"), (), ("b",)]
     items: list[StoreEvent | StoreDeadLetter] = [event(100 + i, outputs[i % 4]) for i in range(450)]
     items.insert(7, StoreDeadLetter("validation", "bad", b"{}", "dl", "t", "s"))
@@ -200,7 +207,7 @@ async def test_ids_of_a_bulk_store_are_the_rows_stored(spool: SQLiteSpool) -> No
 # --- one op's failure, transient failures, another process's rows ------------------------------------------
 
 
-async def test_a_settle_of_a_delivery_gone_does_not_fail_the_store_beside_it(spool: SQLiteSpool) -> None:
+async def test_a_settle_of_a_delivery_gone_does_not_fail_the_store_beside_it(spool: Any) -> None:
     """A replaced worker's late outcome for a row its successor already finished is queued beside a store:
     the store commits, and the outcome finds nothing to move."""
     poisoned = asyncio.ensure_future(spool.settle(dead=[(999, "permanent", "400", 1)], lazy=True))
@@ -211,7 +218,7 @@ async def test_a_settle_of_a_delivery_gone_does_not_fail_the_store_beside_it(spo
     assert spool.depth == 1 and spool.dead_letter_count() == 0 and spool.last_error is None
 
 
-async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: SQLiteSpool) -> None:
+async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: Any) -> None:
     """An op that can never commit fails alone, not transient; the stores that shared its group commit."""
     poisoned = asyncio.ensure_future(
         spool._write(lambda conn: conn.execute("INSERT INTO nowhere VALUES (1)"), lazy=True)
@@ -220,23 +227,23 @@ async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: SQLite
     stores = [asyncio.ensure_future(spool.store([event(i)])) for i in range(3)]
     results = await asyncio.gather(*stores)
     assert all(isinstance(r[0], list) for r in results), results
-    with pytest.raises(SpoolError, match="no such table: nowhere") as raised:
+    with pytest.raises(SpoolError, match=r'no such table: nowhere|relation "nowhere" does not exist') as raised:
         await poisoned
     assert raised.value.transient is False
     assert spool.depth == 3 and spool.writable
 
 
-async def test_a_full_disk_is_a_transient_failure(spool: SQLiteSpool) -> None:
+async def test_a_full_disk_is_a_transient_failure(sqlite_spool: SQLiteSpool) -> None:
     """SQLITE_FULL (here: the file may not grow) fails the write with `transient` set: the same write can
     succeed once there is room, and an output worker tries its outcome commit again."""
-    pages = await spool._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-    await spool._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+    pages = await sqlite_spool._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    await sqlite_spool._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
     big = StoreEvent("big", "t", b'{"x":"' + b"a" * 200_000 + b'"}', [NewDelivery("a", "r", None)])
     with pytest.raises(SpoolError, match="full") as raised:
-        await spool.store([big])
+        await sqlite_spool.store([big])
     assert raised.value.transient is True
-    await spool._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
-    assert isinstance((await spool.store([big]))[0], list)
+    await sqlite_spool._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    assert isinstance((await sqlite_spool.store([big]))[0], list)
 
 
 def _insert_as_another_process(path: Path, count: int, now: float) -> None:
@@ -255,55 +262,59 @@ def _insert_as_another_process(path: Path, count: int, now: float) -> None:
 
 
 @pytest.mark.parametrize("own", [1, 3])
-async def test_finishing_another_processs_rows_before_they_are_counted(spool: SQLiteSpool, own: int) -> None:
+async def test_finishing_another_processs_rows_before_they_are_counted(sqlite_spool: SQLiteSpool, own: int) -> None:
     """The router finishes rows a replay added while its count of them is put off (RECOUNT_SHARE): the
     counts never go below zero, and the next look counts them again (no lasting undercount that would let
     max_pending_events admit more)."""
-    await spool.store([event(i) for i in range(own)])
-    spool._next_count = time.monotonic() + 60  # as just after the count of a large backlog
-    _insert_as_another_process(spool.path, 3, spool.clock.now())
-    foreign = [r.did for r in spool.fetch_due("a", spool.clock.now() + 1, 100, ()) if not r.event_id.startswith("e")]
+    await sqlite_spool.store([event(i) for i in range(own)])
+    sqlite_spool._next_count = time.monotonic() + 60  # as just after the count of a large backlog
+    _insert_as_another_process(sqlite_spool.path, 3, sqlite_spool.clock.now())
+    foreign = [
+        r.did
+        for r in sqlite_spool.fetch_due("a", sqlite_spool.clock.now() + 1, 100, ())
+        if not r.event_id.startswith("e")
+    ]
     assert len(foreign) == 3
     seen: list[tuple[int, dict[str, int]]] = []
-    spool._next_look = 0.0  # this group looks: it sees the other process's commit, and defers the count
-    await spool.settle(done=foreign[:2])
-    seen.append((spool.depth, spool.pending_outputs()))
-    spool._next_look = 0.0
-    await spool.store([event(100)])
-    seen.append((spool.depth, spool.pending_outputs()))
+    sqlite_spool._next_look = 0.0  # this group looks: it sees the other process's commit, and defers the count
+    await sqlite_spool.settle(done=foreign[:2])
+    seen.append((sqlite_spool.depth, sqlite_spool.pending_outputs()))
+    sqlite_spool._next_look = 0.0
+    await sqlite_spool.store([event(100)])
+    seen.append((sqlite_spool.depth, sqlite_spool.pending_outputs()))
     assert all(depth >= 0 and all(n >= 0 for n in pending.values()) for depth, pending in seen), seen
     assert seen[-1] == (own + 1 + 1, {"a": own + 1 + 1}), seen
 
 
-async def test_counts_never_go_below_zero_without_a_look(spool: SQLiteSpool) -> None:
+async def test_counts_never_go_below_zero_without_a_look(sqlite_spool: SQLiteSpool) -> None:
     """The same without a look in between (the other process's commit unseen): a decrement below zero
     clamps at zero and makes the next look count."""
-    await spool.store([event(0)])
-    spool._next_count = time.monotonic() + 60
-    spool._next_look = time.monotonic() + 60
-    _insert_as_another_process(spool.path, 3, spool.clock.now())
-    rows = spool.fetch_due("a", spool.clock.now() + 1, 100, ())
-    await spool.settle(done=[r.did for r in rows if r.event_id != "e0"])
-    assert spool.depth >= 0 and spool.counts.pending.get("a", 0) >= 0
-    spool._next_look = 0.0
-    await spool.store([event(1)])
-    assert (spool.depth, spool.pending_outputs()) == (2, {"a": 2})
+    await sqlite_spool.store([event(0)])
+    sqlite_spool._next_count = time.monotonic() + 60
+    sqlite_spool._next_look = time.monotonic() + 60
+    _insert_as_another_process(sqlite_spool.path, 3, sqlite_spool.clock.now())
+    rows = sqlite_spool.fetch_due("a", sqlite_spool.clock.now() + 1, 100, ())
+    await sqlite_spool.settle(done=[r.did for r in rows if r.event_id != "e0"])
+    assert sqlite_spool.depth >= 0 and sqlite_spool.counts.pending.get("a", 0) >= 0
+    sqlite_spool._next_look = 0.0
+    await sqlite_spool.store([event(1)])
+    assert (sqlite_spool.depth, sqlite_spool.pending_outputs()) == (2, {"a": 2})
 
 
-async def test_message_ids_are_claimed_without_returning(spool: SQLiteSpool) -> None:
+async def test_message_ids_are_claimed_without_returning(sqlite_spool: SQLiteSpool) -> None:
     """`INSERT ... RETURNING` needs SQLite 3.35: repeats are found with statements older SQLite runs."""
     from event_router.core.spool import SeenMessage
 
     statements: list[str] = []
-    await spool._write(lambda conn: conn.set_trace_callback(statements.append))
+    await sqlite_spool._write(lambda conn: conn.set_trace_callback(statements.append))
     later = time.time() + 3600
 
     def seen(i: int, message: str) -> StoreEvent:
         return StoreEvent(f"e{i}", "t", b"{}", [NewDelivery("a", "r", None)], SeenMessage("hook", message, later))
 
-    first = await spool.store([seen(1, "m1"), seen(2, "m2"), seen(3, "m1")])
-    second = await spool.store([seen(4, "m2"), seen(5, "m3")])
-    await spool._write(lambda conn: conn.set_trace_callback(None))
+    first = await sqlite_spool.store([seen(1, "m1"), seen(2, "m2"), seen(3, "m1")])
+    second = await sqlite_spool.store([seen(4, "m2"), seen(5, "m3")])
+    await sqlite_spool._write(lambda conn: conn.set_trace_callback(None))
     assert [r is None for r in first] == [False, False, True]
     assert [r is None for r in second] == [True, False]
     assert statements and not any("RETURNING" in s.upper() for s in statements), statements
@@ -335,20 +346,20 @@ def test_a_readonly_spool_creates_nothing_and_writes_nothing(tmp_path: Path) -> 
         writer.close()
 
 
-async def test_a_failed_read_is_a_spool_error(spool: SQLiteSpool) -> None:
-    """The pipeline and the inputs' batching know only SpoolError: no sqlite3 exception leaves the spool."""
-    other = sqlite3.connect(spool.path)
+async def test_a_failed_read_is_a_spool_error(sqlite_spool: SQLiteSpool) -> None:
+    """The pipeline and the inputs' batching know only SpoolError: no sqlite3 exception leaves the sqlite_spool."""
+    other = sqlite3.connect(sqlite_spool.path)
     other.execute("DROP TABLE seen_message_ids")
     other.commit()
     other.close()
     from event_router.core.spool import SeenMessage
 
     with pytest.raises(SpoolError, match="spool read failed: no such table") as failed:
-        spool.known_messages([SeenMessage("hook", "m1", time.time() + 60)])
+        sqlite_spool.known_messages([SeenMessage("hook", "m1", time.time() + 60)])
     assert not failed.value.transient
 
 
-async def test_the_routers_own_purge_and_replay_are_counted_at_once(spool: SQLiteSpool) -> None:
+async def test_the_routers_own_purge_and_replay_are_counted_at_once(spool: Any) -> None:
     from event_router.core.spool import Requeue, StillDead
 
     ((did,),) = await spool.store([event(1)])
@@ -378,3 +389,120 @@ def test_only_the_sqlite_backend_imports_sqlite3() -> None:
         if re.search(r"^\s*(import|from) sqlite3\b", path.read_text(encoding="utf-8"), re.MULTILINE)
     )
     assert users == ["core/spool/sqlite.py"]
+
+
+# --- PostgreSQL: schema versions, several routers on one database --------------------------------------
+
+
+def _pg_execute(dsn: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def test_postgresql_newer_schema_is_refused_and_older_is_upgraded_by_the_daemon_only(pg_dsn: str) -> None:
+    from event_router.core.spool.postgresql import SCHEMA_VERSION, PostgreSQLSpool
+
+    with pytest.raises(SpoolError, match="no router has used this database"):
+        PostgreSQLSpool(pg_dsn).open("shared")
+    s = PostgreSQLSpool(pg_dsn)
+    s.open("exclusive")
+    s.close()
+    _pg_execute(pg_dsn, "UPDATE event_router.meta SET value = '99' WHERE key = 'schema_version'")
+    for mode in ("exclusive", "shared", "readonly"):
+        with pytest.raises(SpoolError, match=f"has schema 99, newer than this router's {SCHEMA_VERSION}"):
+            PostgreSQLSpool(pg_dsn).open(mode)
+    _pg_execute(pg_dsn, "UPDATE event_router.meta SET value = '0' WHERE key = 'schema_version'")
+    with pytest.raises(SpoolError, match="older than this router's"):
+        PostgreSQLSpool(pg_dsn).open("shared")
+
+
+def test_postgresql_routers_starting_together_create_the_schema_once(pg_dsn: str) -> None:
+    """Migrations run under an advisory lock: eight routers opening a new database at once all succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from event_router.core.spool.postgresql import SCHEMA_VERSION, PostgreSQLSpool
+
+    spools = [PostgreSQLSpool(pg_dsn) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda s: s.open("exclusive"), spools))
+    for s in spools:
+        s.close()
+    reader = PostgreSQLSpool(pg_dsn)
+    reader.open("readonly")
+    try:
+        assert reader.status().pending_events == 0
+    finally:
+        reader.close()
+    import psycopg
+
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute("SELECT value FROM event_router.meta WHERE key = 'schema_version'").fetchall()
+    assert rows == [(str(SCHEMA_VERSION),)]
+
+
+async def test_postgresql_a_delivery_is_leased_to_one_router_until_settled_or_expired(pg_dsn: str) -> None:
+    """Two routers on one database: what one was handed the other is not, until the first gives it back
+    (a retry), finishes it, or dies (its lease expires); a finished event is gone for both."""
+    from event_router.core.spool.postgresql import PostgreSQLSpool
+
+    one, two = PostgreSQLSpool(pg_dsn, lease=1.0), PostgreSQLSpool(pg_dsn, lease=1.0)
+    one.open("exclusive")
+    two.open("exclusive")
+    try:
+        stored = await one.store([event(i) for i in range(6)])
+        dids = [d[0] for d in delivery_ids(stored)]
+        now = one.clock.now() + 1
+        first = one.fetch_due("a", now, 4, set())
+        second = two.fetch_due("a", now, 10, set())
+        assert [r.did for r in first] == dids[:4]
+        assert [r.did for r in second] == dids[4:], "the other router gets only what is not leased"
+        assert two.fetch_due("a", now, 10, {r.did for r in second}) == []
+        # one gives back a retry due now, finishes one; it keeps renewing the other two
+        await one.settle(done=[dids[0]], retry=[(dids[1], 1, now - 1, "503")])
+        assert [r.did for r in two.fetch_due("a", now, 10, {r.did for r in second})] == [dids[1]]
+        # one "dies": its writer stops renewing (closed without giving back, as a SIGKILL leaves it)
+        one._held.clear()
+        one.close()
+        import psycopg
+
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute("UPDATE event_router.deliveries SET lease_owner = 'dead' WHERE did = ANY(%s)", (dids[2:4],))
+        assert two.fetch_due("a", now, 10, {*(r.did for r in second), dids[1]}) == []
+        await anyio.sleep(1.2)
+        taken = two.fetch_due("a", two.clock.now() + 1, 10, {*(r.did for r in second), dids[1]})
+        assert sorted(r.did for r in taken) == dids[2:4], "after the lease, the survivor takes them"
+        await two.settle(done=[*dids[1:]])
+        assert two.status().pending_events == 0
+    finally:
+        one.close()
+        two.close()
+
+
+async def test_postgresql_a_repeated_message_id_is_stored_once_across_routers(pg_dsn: str) -> None:
+    from event_router.core.spool import SeenMessage
+    from event_router.core.spool.postgresql import PostgreSQLSpool
+
+    later = time.time() + 3600
+
+    def seen(i: int, message: str) -> StoreEvent:
+        return StoreEvent(f"e{i}", "t", b"{}", [NewDelivery("a", "r", None)], SeenMessage("hook", message, later))
+
+    one, two = PostgreSQLSpool(pg_dsn), PostgreSQLSpool(pg_dsn)
+    one.open("exclusive")
+    two.open("exclusive")
+    try:
+        results = await asyncio.gather(
+            one.store([seen(1, "m1"), seen(2, "m2")]), two.store([seen(3, "m2"), seen(4, "m1"), seen(5, "m3")])
+        )
+        flat = [r is None for batch in results for r in batch]
+        assert flat.count(True) == 2 and flat[4] is False, results
+        assert one.known_messages([SeenMessage("hook", m, later) for m in ("m1", "m2", "m3", "m4")]) == {
+            ("hook", "m1"),
+            ("hook", "m2"),
+            ("hook", "m3"),
+        }
+    finally:
+        one.close()
+        two.close()

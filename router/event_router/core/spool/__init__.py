@@ -3,7 +3,9 @@
 The spool keeps every accepted event until each of its deliveries is done, retries (with their due times)
 and dead letters. Nothing outside a spool backend touches its storage: the pipeline stores, the delivery
 workers claim due deliveries and settle them, `dlq` lists, replays and purges dead letters, `status` reads
-a summary, and the clock's anchor is kept by the spool. The SQLite backend is `event_router.core.spool.sqlite`.
+a summary, and the clock's anchor is kept by the spool. The SQLite backend is `event_router.core.spool.sqlite`
+(the default: one file in `data_dir`), the PostgreSQL one `event_router.core.spool.postgresql` (one database
+several routers share); `event_router.core.spool.backend` chooses (`SpoolSettings`).
 
 What every backend guarantees (the callers rely on it):
 - `store` returns once its items are durable: an input may then acknowledge its source;
@@ -20,14 +22,16 @@ What every backend guarantees (the callers rely on it):
   (`output_backlog_full`) instead, whatever else is stored at the same time;
 - times in the spool (due, first attempt) are in `clock`'s base, which wall-clock jumps do not move
   (event_router.core.clock); other processes write in the base the router recorded (`claim_clock`);
-- only one router runs on a spool (`open("exclusive")`); operator commands open it beside a running router;
+- SQLite: only one router runs on a spool (`open("exclusive")`); PostgreSQL: several do, and a delivery
+  `fetch_due` handed to one is leased to it (no other live router is handed it until it is settled, let go
+  or its lease expired); operator commands open either beside running routers;
 - failures raise `SpoolError`, `transient` when the same write may succeed later (disk full, busy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from event_router.api.errors import SpoolError
@@ -50,6 +54,24 @@ DeadLetterReason = Literal[
 #:   a spool of an older schema is refused (an older router may still run on it);
 #: "readonly" an operator command that only reads (`status`): writes nothing, creates nothing.
 OpenMode = Literal["exclusive", "shared", "readonly"]
+
+#: the backends `[router] spool.backend` names
+Backend = Literal["sqlite", "postgresql"]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    """Where the spool is: `[router] spool` (none: SQLite in `data_dir`)."""
+
+    backend: Backend = "sqlite"
+    #: PostgreSQL's connection string (URL or key=value), a resolved secret: it may hold a password
+    dsn: str | None = field(default=None, repr=False)
+    #: PostgreSQL: seconds a delivery handed to one router stays its own without the router renewing it
+    lease: float = 30.0
+
+
+class SpoolMissing(SpoolError):
+    """An operator command (`status`, `dlq`) was pointed at a spool that no router has made."""
 
 
 class DataDirInUse(SpoolError):

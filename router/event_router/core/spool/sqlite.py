@@ -61,6 +61,7 @@ from event_router.core.spool import (
     StoreDeadLetter,
     StoreEvent,
 )
+from event_router.core.spool.writer import Op, gather, resolve_all
 
 log = logging.getLogger("event_router.core.spool")
 
@@ -220,16 +221,6 @@ def _lock_holder(path: Path) -> str | None:
     return text if text.isdigit() else None
 
 
-@dataclass(slots=True)
-class _Op:
-    apply: Callable[[sqlite3.Connection], Any]
-    loop: asyncio.AbstractEventLoop | None
-    #: asyncio future (settled on `loop`) for the daemon, concurrent future for the CLI
-    future: asyncio.Future[Any] | concurrent.futures.Future[Any]
-    #: may wait up to LAZY_DELAY for company: nothing acknowledges a source on this commit
-    lazy: bool = False
-
-
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the pragmas every user of the spool needs (the CLI too)."""
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
@@ -302,7 +293,7 @@ class SQLiteSpool:
         self.clock = clock or SpoolClock()
         #: rebases queued and not yet committed: until they are, spool times and `clock` disagree
         self._rebasing = 0
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         #: events stored and not yet finished; kept by the writer thread, read anywhere
@@ -592,30 +583,11 @@ class SQLiteSpool:
             extra={"spool": str(self.path), "file": name, "problem": problem, "error": self.detached},
         )
 
-    def _gather(self, batch: list[_Op]) -> bool:
-        """Add the writes queued behind `batch[0]` to its group; False once asked to stop.
+    def _gather(self, batch: list[Op]) -> bool:
+        """Add the writes queued behind `batch[0]` to its group (`writer.gather`); False once asked to stop."""
+        return gather(self._queue, batch, max_group=self.MAX_GROUP, lazy_delay=self.LAZY_DELAY)
 
-        A group of lazy writes only (delivery outcomes) waits up to LAZY_DELAY for more: at a steady
-        rate they then ride along with the next store's commit instead of costing a commit (an fsync
-        and a round of GIL hand-overs) each. Losing them in a crash only means a repeated delivery.
-        """
-        eager = not batch[0].lazy
-        deadline = time.monotonic() + self.LAZY_DELAY
-        while len(batch) < self.MAX_GROUP:
-            try:
-                if eager:
-                    op = self._queue.get_nowait()
-                else:
-                    op = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return True
-            if op is None:
-                return False
-            batch.append(op)
-            eager = eager or not op.lazy
-        return True
-
-    def _run_group(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+    def _run_group(self, conn: sqlite3.Connection, batch: list[Op]) -> None:
         """Apply `batch` in one transaction. A failed transaction fails every op in it, so when a group of
         several fails for a reason that is not transient (one op's own fault, as a poisoned outcome), each
         op runs again alone: one bad op never fails the stores that shared its group."""
@@ -625,7 +597,7 @@ class SQLiteSpool:
             return
         if len(batch) == 1 or error.transient:
             self.last_error = str(error)
-            _resolve_all([(op, None, error) for op in batch])
+            resolve_all([(op, None, error) for op in batch])
             return
         for op in batch:
             single = self._run_transaction(conn, [op], look=False)
@@ -633,9 +605,9 @@ class SQLiteSpool:
                 # the spool's trouble (readiness shows it); not an op's own fault, which it reports alone
                 if single.transient:
                     self.last_error = str(single)
-                _resolve_all([(op, None, single)])
+                resolve_all([(op, None, single)])
 
-    def _run_transaction(self, conn: sqlite3.Connection, batch: list[_Op], *, look: bool) -> SpoolError | None:
+    def _run_transaction(self, conn: sqlite3.Connection, batch: list[Op], *, look: bool) -> SpoolError | None:
         """Apply and commit `batch`, settle its ops on success; on failure roll back (the counts too) and
         return the error, leaving the ops unsettled."""
         depth, version, must = self.depth, self._data_version, self._must_recount
@@ -664,7 +636,7 @@ class SQLiteSpool:
         self.commits += 1
         self.last_error = None
         self._publish()
-        _resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
+        resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
         return None
 
     def _writer_running(self) -> None:
@@ -675,7 +647,7 @@ class SQLiteSpool:
         self._writer_running()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Op(apply, loop, future, lazy))
+        self._queue.put(Op(apply, loop, future, lazy))
         return await future
 
     def _write_sync(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -685,7 +657,7 @@ class SQLiteSpool:
         """
         self._writer_running()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(_Op(apply, None, future))
+        self._queue.put(Op(apply, None, future))
         return future.result()
 
     # --- the clock -----------------------------------------------------------------------------------
@@ -1361,32 +1333,3 @@ def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: fl
     )
     assert cur.lastrowid is not None
     return cur.lastrowid
-
-
-def _resolve_all(outcomes: list[tuple[_Op, Any, BaseException | None]]) -> None:
-    """Settle every op of a group: one call into each waiting event loop, not one per op."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
-    for op, result, error in outcomes:
-        future = op.future
-        if isinstance(future, concurrent.futures.Future):  # the CLI's synchronous writes
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-            continue
-        assert op.loop is not None
-        by_loop.setdefault(op.loop, []).append((future, result, error))
-    for loop, items in by_loop.items():
-        # a closed loop means nobody is waiting any more
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle_futures, items)
-
-
-def _settle_futures(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in items:
-        if future.done():  # the awaiting task was cancelled; the write happened (or not) all the same
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)

@@ -1,0 +1,1139 @@
+"""The spool's PostgreSQL backend (`PostgreSQLSpool`): one database several routers share.
+
+The same guarantee as the SQLite spool: `store` returns once the transaction holding its events is
+committed with `synchronous_commit` on (or stronger: with a synchronous standby the operator configured,
+on two machines), so an input may then acknowledge its source. Writes go through one writer thread per
+router that applies everything queued in one transaction and commits once (group commit,
+`event_router.core.spool.writer`), each table's rows in one statement (unnest of arrays, binary parameters).
+
+Several routers share the database. A delivery `fetch_due` hands out is leased to this router (its
+`owner`, a lease expiry in the server's clock), claimed with `FOR UPDATE SKIP LOCKED`: no other live router
+is handed it while the lease runs. The writer renews the leases of the deliveries this router holds every
+third of a lease; a router that dies stops renewing, and once its leases expire another router delivers
+them (at least once, with the same delivery id, hence the same `Idempotency-Key`). `settle` forgets a
+delivery or gives it back due later (lease cleared).
+
+Times in this spool (due, first attempt) are the database server's clock: each router's `clock` is
+anchored to it at open and advances with monotonic time, so the routers' times agree whatever their hosts'
+clocks say, and a jump of one host's wall clock moves nothing (the clock's jump threshold is infinite:
+`rebase` is never needed). The counts the gauges read are the cluster's: the writer counts them again
+about every second, and between counts adds its own writes. Each output's backlog limit (`store`'s
+`limits`) is held by these counts in the storing transaction, like SQLite's: exact for this router's own
+writes, while other routers' writes since the last count are not in them (`_park`). What each stored
+event announced (gap recovery, `Spool.store`) is kept in the storing transaction too, and a claim is
+decided there across routers: two routers rebuilding the same change store it once
+(`_claim_announcements`).
+
+The schema is versioned (`MIGRATIONS`); the daemon applies what is missing at open, in one transaction
+under an advisory lock, so routers starting together upgrade once; a database of a newer schema is
+refused. Tables live in the `event_router` schema of the database the DSN names.
+
+The driver is psycopg 3 (the `postgresql` extra; bench/RESULTS.md has the measurement against asyncpg):
+its synchronous connections serve the writer thread, `fetch_due` and the operator commands alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from event_router.api.errors import SpoolError
+from event_router.core.clock import SpoolClock
+from event_router.core.spool import (
+    Dead,
+    DeadLetter,
+    DeadLetterCount,
+    DeadLetterFilter,
+    DeliveryRow,
+    NewDelivery,
+    OpenMode,
+    OutputBacklog,
+    Parked,
+    Requeue,
+    Retry,
+    SeenMessage,
+    SpoolMissing,
+    SpoolStatus,
+    StillDead,
+    StoreDeadLetter,
+    StoreEvent,
+)
+from event_router.core.spool.writer import Op, gather, resolve_all
+
+log = logging.getLogger("event_router.core.spool")
+
+#: the PostgreSQL schema (namespace) holding the spool's tables
+NAMESPACE = "event_router"
+#: the advisory lock migrations run under (any bigint the operator's other software is unlikely to use)
+MIGRATION_LOCK = 0x6576_5F72_6F75_7465
+#: the advisory lock announced keys are written under: shared by the groups writing live events' keys,
+#: exclusive for a group claiming keys (`_claim_announcements`)
+ANNOUNCE_LOCK = MIGRATION_LOCK + 1
+#: what each schema version adds, applied in order in one transaction; never edit a released one, add one
+MIGRATIONS: Mapping[int, str] = {
+    1: """
+CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE events (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text NOT NULL,
+    trigger text NOT NULL,
+    stored_at double precision NOT NULL,
+    body bytea NOT NULL
+);
+CREATE TABLE deliveries (
+    did bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    seq bigint NOT NULL REFERENCES events(seq),
+    output text NOT NULL,
+    route text NOT NULL,
+    payload bytea,
+    attempts integer NOT NULL DEFAULT 0,
+    due double precision NOT NULL,
+    first_at double precision NOT NULL,
+    last_error text,
+    lease_owner text,
+    lease_until timestamptz
+);
+CREATE INDEX deliveries_due ON deliveries (output, due, did);
+CREATE INDEX deliveries_seq ON deliveries (seq);
+CREATE TABLE dead_letters (
+    dlid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id text,
+    trigger text,
+    source text,
+    output text,
+    route text,
+    reason text NOT NULL,
+    error text,
+    attempts integer NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL,
+    body bytea NOT NULL,
+    payload bytea
+);
+CREATE INDEX dead_letters_output ON dead_letters (output, dlid);
+CREATE INDEX dead_letters_trigger ON dead_letters (trigger, dlid);
+CREATE INDEX dead_letters_created ON dead_letters (created_at);
+CREATE TABLE seen_message_ids (
+    input text NOT NULL,
+    message_id text NOT NULL,
+    expires_at double precision NOT NULL,
+    PRIMARY KEY (input, message_id)
+);
+CREATE INDEX seen_message_ids_expiry ON seen_message_ids (expires_at);
+""",
+    # what each stored event announced, for gap recovery (`Spool.store`). Keys start with the change's date:
+    # new ones land at the right edge of the primary key's b-tree, and forgetting is a range delete on it
+    2: """
+CREATE TABLE announced (key bytea PRIMARY KEY);
+""",
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+#: what "pending" means, as in the SQLite spool: an event is pending while a delivery of it is left
+PENDING_EVENTS = "SELECT count(DISTINCT seq) FROM deliveries"
+PENDING_PER_OUTPUT = "SELECT output, count(*) FROM deliveries GROUP BY output"
+#: the oldest pending delivery by id (ids follow the order of the stores), its `first_at`
+OLDEST_PENDING = "SELECT first_at FROM deliveries ORDER BY did LIMIT 1"
+_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
+#: SQLSTATE classes of a failure that is no fault of the statement: the connection (08), resources (53),
+#: the server shutting down or restarting (57), a serialization failure or deadlock (40)
+_TRANSIENT_CLASSES = ("08", "40", "53", "57")
+#: SQLSTATE deadlock_detected, and how often a group PostgreSQL rolled back for one runs again (`_run_group`)
+DEADLOCK = "40P01"
+DEADLOCK_RETRIES = 3
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why `dsn` is no connection string libpq reads (None when it is one); connects nowhere."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        # libpq's message may quote the string, password and all: say what is wrong without it
+        reason = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        if dsn in reason:
+            reason = "unreadable"
+        return f"not a PostgreSQL connection string (a postgresql://user@host/db URL or key=value pairs): {reason}"
+    if not dsn.strip():
+        return "empty: give a postgresql://user@host/db URL or key=value pairs"
+    if "dbname" not in params and not params.get("user"):
+        return "names no database: add it (postgresql://user@host/DATABASE, or dbname=DATABASE)"
+    return None
+
+
+def describe(dsn: str) -> str:
+    """Where the spool is, for people and logs: the DSN without its password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql (unreadable connection string)"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    user = str(params.get("user") or "")
+    return f"postgresql://{user + '@' if user else ''}{host}:{port}/{params.get('dbname') or user}"
+
+
+def _spool_error(exc: BaseException, doing: str = "write") -> SpoolError:
+    """The SpoolError a failure raises to the callers, transient when PostgreSQL's SQLSTATE (or a lost
+    connection) says the same write may succeed later: no psycopg exception leaves this module."""
+    if isinstance(exc, SpoolError):
+        return exc
+    state = getattr(exc, "sqlstate", None) or ""
+    transient = isinstance(exc, psycopg.OperationalError) or state[:2] in _TRANSIENT_CLASSES
+    error = SpoolError(f"spool {doing} failed: {exc}".strip(), transient=transient)
+    error.__cause__ = exc  # also when returned, not raised: `_run_group` reads the SQLSTATE
+    return error
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolCounts:
+    """What the cluster's spool holds as of the writer's last count, plus this router's writes since."""
+
+    pending: Mapping[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    oldest_first_at: float | None = None
+
+
+class PostgreSQLSpool:
+    """The spool (`event_router.core.spool.Spool`) in a PostgreSQL database several routers share."""
+
+    #: ops one transaction takes at most
+    MAX_GROUP = 2000
+    #: how long a lazy write (a delivery outcome) waits for other writes to share its commit
+    LAZY_DELAY = 0.002
+    #: how often the writer counts the cluster's spool again (and renews leases) when no write comes
+    WATCH_INTERVAL = 1.0
+    #: counting takes at most this share of the writer's time (O(n) in pending deliveries)
+    RECOUNT_SHARE = 0.1
+
+    def __init__(self, dsn: str, *, lease: float = 30.0, clock: SpoolClock | None = None, owner: str | None = None):
+        self.dsn = dsn
+        self.lease = lease
+        #: never a jump: the server's clock is the base (see the module's doc)
+        self.clock = clock or SpoolClock(threshold=math.inf)
+        #: this router's name on its leases: unique per process and open
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.location = describe(dsn)
+        self.exclusive = False
+        self.depth = 0
+        self.counts = SpoolCounts()
+        self.commits = 0
+        self.last_error: str | None = None
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: psycopg.Connection[Any] | None = None
+        #: the reader is used from the event loop and from operator commands' threads
+        self._reader_lock = threading.Lock()
+        #: deliveries fetch_due leased to this router and not settled yet: did -> output (renewed by the writer)
+        self._held: dict[int, str] = {}
+        self._pending: dict[str, int] = {}
+        self._dead = 0
+        self._oldest: float | None = None
+        self._next_count = 0.0
+        self._next_renewal = 0.0
+        #: announced keys of the group being applied -> already inserted (a claim's); the others are written
+        #: in one statement just before its commit
+        self._announcing: dict[bytes, bool] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(
+            make_conninfo(self.dsn, application_name=f"event-router {self.owner}"), autocommit=False, connect_timeout=10
+        )
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SET search_path = {NAMESPACE}")
+                # the guarantee: a commit returns once durable (with a synchronous standby, there too). A
+                # stronger setting of the operator's (remote_apply) is kept, a weaker one raised to `on`
+                cur.execute("SHOW synchronous_commit")
+                row = cur.fetchone()
+                if row is None or row[0] not in ("on", "remote_apply"):
+                    cur.execute("SET synchronous_commit = on")
+            conn.commit()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def open(self, mode: OpenMode = "shared") -> None:
+        """Connect, bring the schema up to date ("exclusive", the daemon: under an advisory lock, so
+        routers starting together upgrade once) or check it is current ("shared", "readonly": an older
+        router may still run on an older one), and anchor the clock to the server's."""
+        self.exclusive = mode == "exclusive"
+        try:
+            conn = self._connect()
+        except psycopg.Error as exc:
+            raise SpoolError(f"cannot connect to the spool database {self.location}: {exc}".strip()) from exc
+        try:
+            self._prepare(conn, mode)
+            started = time.monotonic()
+            server_now = float(_one(conn, _NOW))
+            conn.commit()
+            self.clock.offset = server_now - (started + time.monotonic()) / 2
+            if self.exclusive:
+                self._count_all(conn)
+                conn.commit()
+        except psycopg.Error as exc:
+            conn.close()
+            raise SpoolError(f"cannot open spool {self.location}: {exc}".strip()) from exc
+        except BaseException:
+            conn.close()
+            raise
+        if mode == "readonly":
+            self._reader = conn
+            return
+        try:
+            self._reader = self._connect()
+        except psycopg.Error as exc:
+            conn.close()
+            raise SpoolError(f"cannot connect to the spool database {self.location}: {exc}".strip()) from exc
+        self._thread = threading.Thread(target=self._writer, args=(conn,), name="spool-writer", daemon=True)
+        self._thread.start()
+
+    def _prepare(self, conn: psycopg.Connection[Any], mode: OpenMode) -> None:
+        with conn.cursor() as cur:
+            if mode == "exclusive":
+                # the lock first: CREATE SCHEMA IF NOT EXISTS itself races with another router's
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {NAMESPACE}")
+            version = _schema_version(cur)
+            if version is None and mode != "exclusive":
+                raise SpoolMissing(f"no spool in {self.location}: no router has used this database yet")
+            if version is not None and version > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {self.location} has schema {version}, newer than this router's {SCHEMA_VERSION}: "
+                    "a newer router upgraded it; upgrade this router"
+                )
+            if version is not None and version < SCHEMA_VERSION and mode != "exclusive":
+                raise SpoolError(
+                    f"spool schema {version} is older than this router's: start the upgraded router once "
+                    f"to upgrade it ({self.location})"
+                )
+            for step in range((version or 0) + 1, SCHEMA_VERSION + 1):
+                cur.execute(MIGRATIONS[step])
+                cur.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(step),),
+                )
+            if version is not None and version < SCHEMA_VERSION:
+                log.info("spool upgraded", extra={"schema_version": SCHEMA_VERSION, "from": version})
+        conn.commit()
+
+    def close(self) -> None:
+        """Let the writer finish what is queued, give back the leases held, then close. Safe to call twice."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._reader is not None:
+            with self._reader_lock:
+                self._reader.close()
+                self._reader = None
+
+    # --- the writer ------------------------------------------------------------------------------
+
+    def _writer(self, conn: psycopg.Connection[Any] | None) -> None:
+        running = True
+        while running:
+            try:
+                first = self._queue.get(timeout=self.WATCH_INTERVAL)
+            except queue.Empty:
+                conn = self._housekeeping(conn)
+                continue
+            if first is None:
+                break
+            batch = [first]
+            running = gather(self._queue, batch, max_group=self.MAX_GROUP, lazy_delay=self.LAZY_DELAY)
+            conn = self._housekeeping(conn)
+            conn = self._run_group(conn, batch)
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._release(conn, list(self._held))
+            conn.close()
+
+    def _live(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
+        """The writer's connection, made again when the server went away (a restart, a failover)."""
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if conn is not None:
+            conn.close()
+        return self._connect()
+
+    def _housekeeping(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any] | None:
+        """Renew the leases held and count the cluster's spool again, when they are due; a failure is
+        looked at again next time (the writer thread must go on)."""
+        now = time.monotonic()
+        if now < self._next_renewal and now < self._next_count:
+            return conn
+        try:
+            conn = self._live(conn)
+            if now >= self._next_renewal:
+                self._next_renewal = now + self.lease / 3
+                self._renew(conn)
+            if now >= self._next_count:
+                started = time.monotonic()
+                self._count_all(conn)
+                took = time.monotonic() - started
+                self._next_count = started + max(self.WATCH_INTERVAL, took / self.RECOUNT_SHARE)
+            conn.commit()
+        except psycopg.Error as exc:
+            self.last_error = str(_spool_error(exc))
+            log.warning("could not renew leases or count the spool", extra={"error": str(exc)})
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+        return conn
+
+    def _renew(self, conn: psycopg.Connection[Any]) -> None:
+        held = list(self._held)
+        if held:
+            conn.execute(
+                "UPDATE deliveries SET lease_until = clock_timestamp() + %b * interval '1 second' "
+                "WHERE did = ANY(%b) AND lease_owner = %b",
+                (self.lease, held, self.owner),
+                binary=True,
+            )
+
+    def _release(self, conn: psycopg.Connection[Any], dids: Sequence[int]) -> None:
+        """Give back leases: another router (or this one's next worker) may take the deliveries now."""
+        if dids:
+            conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE did = ANY(%b) AND lease_owner = %b",
+                (list(dids), self.owner),
+                binary=True,
+            )
+            conn.commit()
+
+    def _count_all(self, conn: psycopg.Connection[Any]) -> None:
+        self.depth = int(_one(conn, PENDING_EVENTS))
+        self._pending = {str(o): int(n) for o, n in conn.execute(PENDING_PER_OUTPUT).fetchall()}
+        self._dead = int(_one(conn, "SELECT count(*) FROM dead_letters"))
+        row = conn.execute(OLDEST_PENDING).fetchone()
+        self._oldest = None if row is None else float(row[0])
+        self._publish()
+
+    def _publish(self) -> None:
+        self.counts = SpoolCounts(dict(self._pending), self._dead, self._oldest)
+
+    def _run_group(self, conn: psycopg.Connection[Any] | None, batch: list[Op]) -> psycopg.Connection[Any] | None:
+        """Apply `batch` in one transaction; when a group of several fails for a reason that is not
+        transient (one op's own fault), each op runs again alone, so one bad op never fails the others.
+
+        A group PostgreSQL rolled back to break a deadlock with another router's (two groups inserting the
+        same message ids or announced keys in different orders: each statement inserts its rows sorted, but
+        a group has several statements) runs again at once: the other group has gone on, so a new attempt
+        waits for it at most, and the stores it holds need not fail for a conflict that is no fault of theirs.
+        """
+        conn, error = self._run_transaction(conn, batch)
+        for _ in range(DEADLOCK_RETRIES):
+            if error is None or error.__cause__ is None or getattr(error.__cause__, "sqlstate", None) != DEADLOCK:
+                break
+            log.info("spool group rolled back to break a deadlock, run again", extra={"ops": len(batch)})
+            conn, error = self._run_transaction(conn, batch)
+        if error is None:
+            return conn
+        if len(batch) == 1 or error.transient:
+            self.last_error = str(error)
+            resolve_all([(op, None, error) for op in batch])
+            return conn
+        for op in batch:
+            conn, single = self._run_transaction(conn, [op])
+            if single is not None:
+                if single.transient:
+                    self.last_error = str(single)
+                resolve_all([(op, None, single)])
+        return conn
+
+    def _run_transaction(
+        self, conn: psycopg.Connection[Any] | None, batch: list[Op]
+    ) -> tuple[psycopg.Connection[Any] | None, SpoolError | None]:
+        counted = self.depth, dict(self._pending), self._dead, self._oldest
+        try:
+            conn = self._live(conn)
+            results = [op.apply(conn) for op in batch]
+            if self._announcing:
+                _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
+                self._announcing.clear()
+            conn.commit()
+        except Exception as exc:  # one failed commit fails every op in it: none of them is durable
+            self._announcing.clear()
+            self.depth, self._pending, self._dead, self._oldest = counted
+            if conn is not None and not conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+            return conn, _spool_error(exc)
+        self.commits += 1
+        self.last_error = None
+        self._publish()
+        resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
+        return conn, None
+
+    def _writer_running(self) -> None:
+        if self._thread is None:
+            raise SpoolError("spool is closed" if self._reader is None else "spool is open for reading only")
+
+    async def _write(self, apply: Callable[[psycopg.Connection[Any]], Any], *, lazy: bool = False) -> Any:
+        self._writer_running()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(Op(apply, loop, future, lazy))
+        return await future
+
+    def _write_sync(self, apply: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        self._writer_running()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put(Op(apply, None, future))
+        return future.result()
+
+    # --- the clock ---------------------------------------------------------------------------------
+
+    def claim_clock(self) -> float:
+        """Nothing to record: every router's clock is anchored to the database server's at open."""
+        return 0.0
+
+    async def rebase(self, shift: float) -> None:
+        """Never needed (the clock's threshold is infinite); the shared rows are in the server's base and
+        one router's host clock is no reason to move them."""
+
+    # --- writes ------------------------------------------------------------------------------------
+
+    async def store(
+        self, items: Sequence[StoreEvent | StoreDeadLetter], limits: Mapping[str, int] | None = None
+    ) -> list[list[int | Parked] | int | None]:
+        """Persist events (per delivery: its id, or `Parked`) and dead letters (the dead letter id); see
+        `Spool.store`. `limits`: see `_park`. Announced keys: see `_claim_announcements`."""
+        now = self.clock.now()
+        announces = any(item.announced is not None for item in items)
+
+        def apply(conn: psycopg.Connection[Any]) -> list[list[int | Parked] | int | None]:
+            out: list[list[int | Parked] | int | None] = [[] for _ in items]
+            repeats = _claim_messages(conn, items, time.time())
+            if announces:
+                repeats |= _claim_announcements(conn, items, repeats, self._announcing)
+            events: list[tuple[int, StoreEvent]] = []
+            for index, item in enumerate(items):
+                if index in repeats:
+                    out[index] = None
+                elif isinstance(item, StoreDeadLetter):
+                    out[index] = _insert_dead_letter(conn, item, time.time())
+                    self._dead += 1
+                elif item.deliveries:
+                    events.append((index, item))
+            if not events:
+                return out
+            kept = [item for _, item in events]
+            parked: list[dict[int, Parked]] = [{} for _ in events]
+            if limits:
+                kept, parked = self._park(conn, kept, limits)
+            left = [item for item in kept if item.deliveries]
+            stored = iter(self._insert_events(conn, left, now) if left else ())
+            for (index, item), remaining, held in zip(events, kept, parked, strict=True):
+                dids = iter(next(stored) if remaining.deliveries else ())
+                out[index] = [held[i] if i in held else next(dids) for i in range(len(item.deliveries))]
+            return out
+
+        result: list[list[int | Parked] | int | None] = await self._write(apply)
+        return result
+
+    async def forget_announced(self, before: bytes) -> int:
+        """Forget the announced keys that sort before `before`: one range delete on the key, a lazy commit.
+        Every router runs it; whichever comes first deletes, the others find nothing."""
+
+        def apply(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute("DELETE FROM announced WHERE key < %b", (before,), binary=True).rowcount
+
+        result: int = await self._write(apply, lazy=True)
+        return result
+
+    def _park(
+        self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], limits: Mapping[str, int]
+    ) -> tuple[list[StoreEvent], list[dict[int, Parked]]]:
+        """Hold each output to its limit (writer thread, in the storing transaction): a delivery whose output
+        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`).
+
+        Pending is `_pending`: the cluster's count at the writer's last count (about every second, see
+        WATCH_INTERVAL), plus this router's own commits since, plus the deliveries admitted before it in
+        this group. Exact for this router's writes; other routers' stores and deliveries since the last
+        count are not in it, so with several routers on one database an output may go past its limit by
+        what the others stored within a count's interval (and park a little early by what they delivered).
+        No lock across routers: a shared counter row would serialise every store of the cluster.
+        Returns the events with the deliveries that stay and, per event, its parked deliveries by index.
+        """
+        admitted: dict[str, int] = {}
+        kept: list[StoreEvent] = []
+        rows: list[tuple[StoreEvent, NewDelivery, str]] = []
+        #: per row: (its event's index, the delivery's position in it, pending, limit)
+        where: list[tuple[int, int, int, int]] = []
+        for index, item in enumerate(events):
+            stays: list[NewDelivery] = []
+            for position, delivery in enumerate(item.deliveries):
+                limit = limits.get(delivery.output)
+                pending = self._pending.get(delivery.output, 0) + admitted.get(delivery.output, 0)
+                if limit is None or pending < limit:
+                    stays.append(delivery)
+                    admitted[delivery.output] = admitted.get(delivery.output, 0) + 1
+                    continue
+                error = (
+                    f"output {delivery.output}'s backlog is full: {pending} deliveries pending, max_pending = "
+                    f"{limit}; replay this dead letter once it drains"
+                )
+                rows.append((item, delivery, error))
+                where.append((index, position, pending, limit))
+            kept.append(item if len(stays) == len(item.deliveries) else replace(item, deliveries=stays))
+        parked: list[dict[int, Parked]] = [{} for _ in events]
+        if rows:
+            # identity values are drawn in unnest's (array) order: the sorted ids are the rows' in order
+            inserted = conn.execute(
+                "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, created_at, "
+                "body, payload) SELECT i, t, s, o, r, 'output_backlog_full', e, %b, b, p FROM unnest(%b::text[], "
+                "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[], %b::bytea[]) "
+                "AS u(i, t, s, o, r, e, b, p) RETURNING dlid",
+                (
+                    time.time(),
+                    [item.event_id for item, _, _ in rows],
+                    [item.trigger for item, _, _ in rows],
+                    [item.source for item, _, _ in rows],
+                    [d.output for _, d, _ in rows],
+                    [d.route for _, d, _ in rows],
+                    [error for _, _, error in rows],
+                    [item.body for item, _, _ in rows],
+                    [d.payload for _, d, _ in rows],
+                ),
+                binary=True,
+            ).fetchall()
+            dlids = sorted(int(r[0]) for r in inserted)
+            self._dead += len(rows)
+            for (index, position, pending, limit), dlid in zip(where, dlids, strict=True):
+                parked[index][position] = Parked(dlid, pending, limit)
+        return kept, parked
+
+    def _insert_events(
+        self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], now: float
+    ) -> list[list[int]]:
+        """Insert events that have deliveries, all due at `now`; each one's delivery ids, in order.
+
+        Identity values are drawn in the order the rows are produced, and unnest produces them in array
+        order: the returned ids, sorted, are the rows' in input order (RETURNING's own order is unspecified).
+        """
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            "INSERT INTO events (id, trigger, stored_at, body) "
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::bytea[]) RETURNING seq",
+            (
+                [e.event_id for e in events],
+                [e.trigger for e in events],
+                [now] * len(events),
+                [e.body for e in events],
+            ),
+        )
+        seqs = sorted(int(r[0]) for r in cur.fetchall())
+        rows = [(seq, d) for item, seq in zip(events, seqs, strict=True) for d in item.deliveries]
+        cur.execute(
+            "INSERT INTO deliveries (seq, output, route, payload, due, first_at) "
+            "SELECT s, o, r, p, %b, %b FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p) "
+            "RETURNING did",
+            (
+                now,
+                now,
+                [seq for seq, _ in rows],
+                [d.output for _, d in rows],
+                [d.route for _, d in rows],
+                [d.payload for _, d in rows],
+            ),
+        )
+        dids = iter(sorted(int(r[0]) for r in cur.fetchall()))
+        out: list[list[int]] = []
+        for item in events:
+            out.append([next(dids) for _ in item.deliveries])
+            for d in item.deliveries:
+                self._pending[d.output] = self._pending.get(d.output, 0) + 1
+        self.depth += len(events)
+        if self._oldest is None:
+            self._oldest = now
+        return out
+
+    async def settle(
+        self, *, done: Sequence[int] = (), retry: Sequence[Retry] = (), dead: Sequence[Dead] = (), lazy: bool = False
+    ) -> list[int | None]:
+        if not (done or retry or dead):
+            return []
+
+        def apply(conn: psycopg.Connection[Any]) -> list[int | None]:
+            self._finish(conn, done)
+            if retry:
+                # given back: due again later, for whichever router is free then. Not a delivery another
+                # router took meanwhile (this one's lease expired): that one's state is its own
+                conn.execute(
+                    "UPDATE deliveries SET attempts = u.a, due = u.due, last_error = u.e, lease_owner = NULL, "
+                    "lease_until = NULL "
+                    "FROM unnest(%b::int8[], %b::int4[], %b::float8[], %b::text[]) AS u(did, a, due, e) "
+                    "WHERE deliveries.did = u.did AND (lease_owner IS NULL OR lease_owner = %b)",
+                    (
+                        [r[0] for r in retry],
+                        [r[1] for r in retry],
+                        [r[2] for r in retry],
+                        [r[3][:2000] for r in retry],
+                        self.owner,
+                    ),
+                    binary=True,
+                )
+            return [self._dead_letter(conn, *item) for item in dead]
+
+        result: list[int | None] = await self._write(apply, lazy=lazy)
+        for did in (*done, *(r[0] for r in retry), *(d[0] for d in dead)):
+            self._held.pop(did, None)
+        return result
+
+    def _dead_letter(
+        self, conn: psycopg.Connection[Any], did: int, reason: str, error: str, attempts: int
+    ) -> int | None:
+        row = conn.execute(
+            "SELECT e.id, e.trigger, e.body, d.output, d.route, d.payload FROM deliveries d "
+            "JOIN events e ON e.seq = d.seq WHERE d.did = %s",
+            (did,),
+        ).fetchone()
+        if row is None:  # finished already: nothing left to move
+            return None
+        event_id, trigger, body, output, route, payload = row
+        dlid = _one(
+            conn,
+            "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, attempts,"
+            " created_at, body, payload) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING dlid",
+            (
+                event_id,
+                trigger,
+                _source(bytes(body)),
+                output,
+                route,
+                reason,
+                error[:4000],
+                attempts,
+                time.time(),
+                bytes(body),
+                None if payload is None else bytes(payload),
+            ),
+        )
+        self._finish(conn, (did,))
+        self._dead += 1
+        return int(dlid)
+
+    def _finish(self, conn: psycopg.Connection[Any], dids: Sequence[int]) -> None:
+        """Forget deliveries, and each event once no delivery of it is left.
+
+        The events are locked first (in seq order, so two routers never deadlock): two routers finishing
+        an event's last two deliveries at once would each still see the other's row, and neither would
+        delete the event; locked, the second waits for the first's commit and then sees it.
+        """
+        if not dids:
+            return
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            "SELECT seq FROM events WHERE seq IN (SELECT seq FROM deliveries WHERE did = ANY(%b)) "
+            "ORDER BY seq FOR UPDATE",
+            (list(dids),),
+        )
+        seqs = [int(r[0]) for r in cur.fetchall()]
+        if not seqs:
+            return
+        cur.execute("DELETE FROM deliveries WHERE did = ANY(%b) RETURNING output", (list(dids),))
+        for (output,) in cur.fetchall():
+            left = self._pending.get(output, 0) - 1
+            if left > 0:
+                self._pending[output] = left
+            else:
+                self._pending.pop(output, None)
+        cur.execute(
+            "DELETE FROM events e WHERE seq = ANY(%b) AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)",
+            (seqs,),
+        )
+        self.depth = max(0, self.depth - cur.rowcount)
+        if not self._pending:
+            self._oldest = None
+
+    # --- reads for the delivery loop -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self, doing: str = "read") -> Iterator[psycopg.Connection[Any]]:
+        """The reader connection, made again when the server went away; one transaction, committed."""
+        with self._reader_lock:
+            if self._reader is None:
+                raise SpoolError("spool is closed")
+            try:
+                if self._reader.closed or self._reader.broken:
+                    self._reader.close()
+                    self._reader = self._connect()
+                yield self._reader
+                self._reader.commit()
+            except psycopg.Error as exc:
+                with contextlib.suppress(psycopg.Error):
+                    self._reader.rollback()
+                raise _spool_error(exc, doing) from exc
+
+    @property
+    def writable(self) -> bool:
+        """The writer runs and its last commit (if any) succeeded."""
+        return self._thread is not None and self._thread.is_alive() and self.last_error is None
+
+    def oldest_pending_age(self) -> float | None:
+        first_at = self.counts.oldest_first_at
+        return None if first_at is None else max(0.0, self.clock.now() - first_at)
+
+    def dead_letter_count(self) -> int:
+        return self.counts.dead_letters
+
+    def pending_outputs(self) -> dict[str, int]:
+        return dict(self.counts.pending)
+
+    def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
+        """Lease up to `limit` deliveries of `output` due by `now` to this router, oldest due first.
+
+        A delivery this router was handed before and no longer holds in memory (not in `exclude`: a
+        worker let it go, or failed) is given back first, in the same transaction, so it is handed out
+        again as the SQLite spool would. The claim commits without waiting for the WAL flush
+        (`synchronous_commit = off` for it alone): other routers see it at once, and a server crash that
+        lost it only lets another router take the delivery too: at least once, as ever.
+        """
+        if limit <= 0:
+            return []
+        excluded = exclude if isinstance(exclude, (set, frozenset, dict)) else set(exclude)
+        let_go = [did for did, o in list(self._held.items()) if o == output and did not in excluded]
+        for did in let_go:
+            self._held.pop(did, None)
+        with self._reading() as conn:
+            cur = conn.cursor(binary=True)
+            cur.execute("SET LOCAL synchronous_commit = off")
+            if let_go:
+                cur.execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL "
+                    "WHERE did = ANY(%b) AND lease_owner = %b",
+                    (let_go, self.owner),
+                )
+            cur.execute(
+                "WITH picked AS (SELECT did FROM deliveries WHERE output = %b AND due <= %b "
+                "AND (lease_until IS NULL OR lease_until < clock_timestamp()) ORDER BY due, did LIMIT %b "
+                "FOR UPDATE SKIP LOCKED) "
+                "UPDATE deliveries d SET lease_owner = %b, lease_until = clock_timestamp() + %b * interval '1 second' "
+                "FROM picked, events e WHERE d.did = picked.did AND e.seq = d.seq "
+                "RETURNING d.due, d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, "
+                "e.trigger",
+                (output, now, limit, self.owner, self.lease),
+            )
+            rows = sorted(cur.fetchall(), key=lambda r: (r[0], r[1]))
+        out: list[DeliveryRow] = []
+        for _due, did, seq, out_name, route, payload, attempts, first_at, body, event_id, trigger in rows:
+            self._held[int(did)] = output
+            if did in excluded:  # its lease ran out while held here (renewal failed): it is ours again
+                continue
+            out.append(
+                DeliveryRow(
+                    int(did),
+                    int(seq),
+                    out_name,
+                    route,
+                    None if payload is None else bytes(payload),
+                    int(attempts),
+                    float(first_at),
+                    bytes(body),
+                    event_id,
+                    trigger,
+                )
+            )
+        return out
+
+    def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
+        if not seen:
+            return set()
+        with self._reading() as conn:
+            return _known_messages(conn, seen, time.time())
+
+    # --- the operator commands -------------------------------------------------------------------------
+
+    def dead_letters(self, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
+        clause, args = _where(where)
+        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters{clause} ORDER BY dlid"
+        if limit is not None:
+            sql += " LIMIT %s"
+            args.append(limit)
+        with self._reading() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        # bytea reads as memoryview: the callers get bytes, as from SQLite
+        return [
+            DeadLetter(
+                dlid=int(dlid),
+                event_id=eid,
+                trigger=trigger,
+                source=source,
+                output=output,
+                route=route,
+                reason=reason,
+                error=error,
+                attempts=int(attempts),
+                created_at=float(created_at),
+                body=bytes(body),
+                payload=None if payload is None else bytes(payload),
+            )
+            for dlid, eid, trigger, source, output, route, reason, error, attempts, created_at, body, payload in rows
+        ]
+
+    def count_dead_letters(self, where: DeadLetterFilter) -> tuple[int, int | None]:
+        clause, args = _where(where)
+        with self._reading() as conn:
+            row = conn.execute(f"SELECT count(*), max(dlid) FROM dead_letters{clause}", args).fetchone()
+        assert row is not None
+        return int(row[0]), None if row[1] is None else int(row[1])
+
+    def purge_dead_letters(self, where: DeadLetterFilter) -> int:
+        clause, args = _where(where)
+
+        def apply(conn: psycopg.Connection[Any]) -> int:
+            purged = conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount
+            self._dead = max(0, self._dead - purged)
+            return purged
+
+        count: int = self._write_sync(apply)
+        return count
+
+    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
+        def apply(conn: psycopg.Connection[Any]) -> None:
+            for item in outcomes:
+                if isinstance(item, StillDead):
+                    conn.execute(
+                        "UPDATE dead_letters SET error = %s, attempts = attempts + 1 WHERE dlid = %s",
+                        (item.error[:4000], item.dlid),
+                    )
+            requeued = [item for item in outcomes if isinstance(item, Requeue)]
+            events = [item.event for item in requeued if item.event.deliveries]
+            if events:
+                self._insert_events(conn, events, float(_one(conn, _NOW)))
+            if requeued:
+                gone = conn.execute(
+                    "DELETE FROM dead_letters WHERE dlid = ANY(%s)", ([item.dlid for item in requeued],)
+                ).rowcount
+                self._dead = max(0, self._dead - gone)
+
+        self._write_sync(apply)
+
+    def status(self) -> SpoolStatus:
+        with self._reading() as conn:
+            pending = int(_one(conn, PENDING_EVENTS))
+            now = float(_one(conn, _NOW))
+            oldest = conn.execute(OLDEST_PENDING).fetchone()
+            backlogs = _output_backlogs(conn, now)
+            counts = conn.execute(
+                "SELECT output, reason, count(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1 NULLS FIRST, 2"
+            ).fetchall()
+        return SpoolStatus(
+            location=self.location,
+            pending_events=pending,
+            oldest_pending_age=None if oldest is None else now - float(oldest[0]),
+            backlogs=backlogs,
+            dead_letters=[DeadLetterCount(output, reason, int(count)) for output, reason, count in counts],
+        )
+
+
+def _one(conn: psycopg.Connection[Any], sql: str, args: Sequence[Any] = ()) -> Any:
+    row = conn.execute(sql, args).fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
+def _schema_version(cur: psycopg.Cursor[Any]) -> int | None:
+    """The spool's schema version; None when the database holds no spool yet."""
+    cur.execute("SELECT to_regclass('meta') IS NOT NULL")
+    row = cur.fetchone()
+    if row is None or not row[0]:
+        return None
+    cur.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+    found = cur.fetchone()
+    return None if found is None else int(found[0])
+
+
+def _source(body: bytes) -> str | None:
+    """The event's `source` for the dead letter's column (a valid event always has one; a broken body none)."""
+    try:
+        value = orjson.loads(body).get("source")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _known_messages(conn: psycopg.Connection[Any], seen: Sequence[SeenMessage], now: float) -> set[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT s.input, s.message_id FROM seen_message_ids s JOIN unnest(%b::text[], %b::text[]) AS u(i, m) "
+        "ON s.input = u.i AND s.message_id = u.m WHERE s.expires_at >= %b",
+        ([m.input for m in seen], [m.message_id for m in seen], now),
+        binary=True,
+    ).fetchall()
+    return {(str(i), str(m)) for i, m in rows}
+
+
+def _claim_messages(
+    conn: psycopg.Connection[Any], items: Sequence[StoreEvent | StoreDeadLetter], now: float
+) -> set[int]:
+    """Record the message ids of `items` in the transaction that stores them; the indexes of the repeats.
+
+    Of the items with one id, the first is stored. `ON CONFLICT DO NOTHING` waits for another router's
+    transaction inserting the same id: once that commits, this one's row is the repeat; a crash or roll
+    back of the other lets this one's in. Ids past their expiry go first (an indexed range delete).
+    """
+    claimed = [(index, item.seen) for index, item in enumerate(items) if item.seen is not None]
+    if not claimed:
+        return set()
+    conn.execute("DELETE FROM seen_message_ids WHERE expires_at < %s", (now,))
+    first: dict[tuple[str, str], int] = {}
+    repeats: set[int] = set()
+    new: list[SeenMessage] = []
+    for index, seen in claimed:
+        key = (seen.input, seen.message_id)
+        if key in first:
+            repeats.add(index)
+        else:
+            first[key] = index
+            new.append(seen)
+    inserted = conn.execute(
+        "INSERT INTO seen_message_ids (input, message_id, expires_at) "
+        "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) ON CONFLICT DO NOTHING RETURNING input, message_id",
+        ([s.input for s in new], [s.message_id for s in new], [s.expires_at for s in new]),
+        binary=True,
+    ).fetchall()
+    stored = {(str(i), str(m)) for i, m in inserted}
+    repeats.update(index for key, index in first.items() if key not in stored)
+    return repeats
+
+
+def _claim_announcements(
+    conn: psycopg.Connection[Any],
+    items: Sequence[StoreEvent | StoreDeadLetter],
+    repeats: Collection[int],
+    group: dict[bytes, bool],
+) -> set[int]:
+    """Add the announced keys of `items` (those not `repeats` already) to `group`, the keys of the writer's
+    transaction; the indexes of the claims whose key is kept already (before, by another router, by an
+    earlier op of the group, or an earlier item), which are not stored.
+
+    A claim (a recovered event, rare) is inserted here, `ON CONFLICT DO NOTHING`: a key another router
+    committed is a repeat (two routers recovering the same change store it once). A live event's key costs
+    no statement of its own: `_write_announcements` inserts the group's in one statement before the commit.
+
+    Claims are made under ANNOUNCE_LOCK, exclusive, until the commit: a group claiming keys in several
+    statements (one per store) would otherwise deadlock with another router's group claiming or writing the
+    same keys in another order, a deadlock PostgreSQL breaks after a second (deadlock_timeout) by failing a
+    group. Groups writing only live keys take it shared: they never wait for each other, only for a
+    claiming group's commit (recovery's, a few per interval).
+    """
+    found = [(index, a) for index, item in enumerate(items) if (a := item.announced) and index not in repeats]
+    if not found:
+        return set()
+    claimed = sorted({a.key for _, a in found if a.claim and a.key not in group})
+    inserted: set[bytes] = set()
+    if claimed:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ANNOUNCE_LOCK,))
+        rows = conn.execute(
+            "INSERT INTO announced (key) SELECT * FROM unnest(%b::bytea[]) ON CONFLICT DO NOTHING RETURNING key",
+            (claimed,),
+            binary=True,
+        ).fetchall()
+        inserted = {bytes(key) for (key,) in rows}
+    kept = set(claimed) - inserted
+    skipped: set[int] = set()
+    here: set[bytes] = set()
+    for index, announced in found:
+        if announced.claim and (announced.key in kept or announced.key in group or announced.key in here):
+            skipped.add(index)
+        else:
+            here.add(announced.key)
+    for key in here:
+        group.setdefault(key, key in inserted)
+    return skipped
+
+
+def _write_announcements(conn: psycopg.Connection[Any], keys: Sequence[bytes]) -> None:
+    """Keep the live events' keys of a group: one statement, sorted (one insert order in every router's groups
+    holding ANNOUNCE_LOCK shared, so they never deadlock; a key kept already is left as it is)."""
+    if keys:
+        conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ANNOUNCE_LOCK,))
+        conn.execute(
+            "INSERT INTO announced (key) SELECT * FROM unnest(%b::bytea[]) ON CONFLICT DO NOTHING",
+            (sorted(keys),),
+            binary=True,
+        )
+
+
+def _insert_dead_letter(conn: psycopg.Connection[Any], item: StoreDeadLetter, now: float) -> int:
+    return int(
+        _one(
+            conn,
+            "INSERT INTO dead_letters (event_id, trigger, source, reason, error, created_at, body) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s) RETURNING dlid",
+            (item.event_id, item.trigger, item.source, item.reason, item.error[:4000], now, item.body),
+        )
+    )
+
+
+def _output_backlogs(conn: psycopg.Connection[Any], now: float) -> dict[str, OutputBacklog]:
+    out: dict[str, OutputBacklog] = {}
+    counts = conn.execute(
+        "SELECT output, count(*), count(*) FILTER (WHERE attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
+    ).fetchall()
+    for output, pending, retrying in counts:
+        row = None
+        if retrying:
+            row = conn.execute(
+                "SELECT due, attempts, last_error FROM deliveries WHERE output = %s AND attempts > 0 "
+                "ORDER BY due, did LIMIT 1",
+                (output,),
+            ).fetchone()
+        if row is None:
+            out[output] = OutputBacklog(int(pending), int(retrying or 0))
+        else:
+            out[output] = OutputBacklog(int(pending), int(retrying), float(row[0]) - now, int(row[1]), row[2])
+    return out
+
+
+#: DeadLetter's fields, in order
+_DEAD_LETTER_COLUMNS = (
+    "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
+)
+
+
+def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
+    """`where` as a WHERE clause on dead_letters ("" when it matches all) and the clause's parameters."""
+    clauses: list[str] = []
+    args: list[Any] = []
+    if where.ids:
+        clauses.append("dlid = ANY(%s)")
+        args.append(list(where.ids))
+    for column, value in (("output", where.output), ("trigger", where.trigger), ("reason", where.reason)):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            args.append(value)
+    if where.since is not None:
+        clauses.append("created_at >= %s")
+        args.append(where.since)
+    if where.until is not None:
+        clauses.append("created_at < %s")
+        args.append(where.until)
+    if where.upto is not None:
+        clauses.append("dlid <= %s")
+        args.append(where.upto)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+__all__ = ["SCHEMA_VERSION", "PostgreSQLSpool", "describe", "dsn_problem"]
