@@ -151,9 +151,10 @@ def test_check_says_each_routes_guarantee_from_every_source_to_every_output(tmp_
     assert checked.returncode == 0, checked.stderr
     lines = checked.stdout.splitlines()
     assert lines[0] == f"{config}: ok: 11 input(s), 4 output(s), 3 route(s), 60 event schemas"
+    assert lines[1] == f"spool (sqlite): {tmp_path / 'var' / 'spool.db'} (not tried: --connect tries it)"
     # only the inputs a route's `source` admits, each to each of its outputs, in the order of router.toml; the
     # recovery input has no lines of its own: its guarantee is added to the webhook's it covers
-    assert lines[1:] == [
+    assert lines[2:] == [
         f'route "mail to CRM": webhook "hooks" ({RECOVERED}) -> http "crm" ({HTTP})',
         f'route "mqtt to files": mqtt "mqtt0" ({MQTT0}) -> file "archive" ({FILE})',
         f'route "mqtt to files": mqtt "mqtt0" ({MQTT0}) -> file "scratch" ({FILE_NO_FSYNC})',
@@ -207,7 +208,7 @@ def test_a_route_without_a_source_condition_is_fed_by_every_input(tmp_path: Path
     checked = run_cli("check", "-c", str(config))
     assert checked.returncode == 0, checked.stderr
     signed = "at least once from a sender that retries on non-2xx; stored once per webhook-id"
-    assert checked.stdout.splitlines()[1:] == [
+    assert checked.stdout.splitlines()[2:] == [
         f'route "everything": webhook "hooks" ({WEBHOOK}) -> file "archive" ({FILE})',
         f'route "everything": webhook "signed" ({signed}) -> file "archive" ({FILE})',
     ]
@@ -279,7 +280,7 @@ def test_the_docs_quote_what_check_prints(tmp_path: Path) -> None:
     for config in (shipped, documented):
         checked = run_cli("check", "-c", str(config), "--no-secrets")
         assert checked.returncode == 0, checked.stderr
-        printed |= set(checked.stdout.splitlines()[1:])
+        printed |= set(checked.stdout.splitlines()[2:])
     for doc in (ROOT / "README.md", ROOT / "docs" / "plugins.md", ROOT / "docs" / "configuration.md"):
         quoted = [line for line in doc.read_text().splitlines() if line.startswith('route "')]
         assert quoted, f"{doc.name} quotes no line of check"
@@ -296,7 +297,7 @@ def test_a_webhook_on_systemds_socket_loses_only_what_a_killed_router_was_answer
     )
     checked = run_cli("check", "-c", str(config))
     assert checked.returncode == 0, checked.stderr
-    line = checked.stdout.splitlines()[1]
+    line = checked.stdout.splitlines()[2]  # line 1 says where the spool is
     assert line.startswith(
         'route "all": webhook "connector" (lost while the router is unreachable or refuses, as when killed or when '
         "the spool cannot write: the Connector does not retry) -> file"

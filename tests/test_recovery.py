@@ -296,7 +296,8 @@ def test_check_folds_recovery_into_the_lines_of_the_input_it_covers(tmp_path: Pa
     config.write_text(COVERS % 'covers = "hooks"')
     checked = run_cli("check", "-c", str(config))
     assert checked.returncode == 0, checked.stderr
-    assert checked.stdout.splitlines()[1:] == [
+    # line 1 says where the spool is
+    assert checked.stdout.splitlines()[2:] == [
         'route "mail to CRM": webhook "hooks" (lost while the router is unreachable or refuses, as during a '
         "restart without the systemd socket unit or when the spool cannot write: the Connector does not retry; "
         'recovered from the Connector every 5m) -> http "crm" (at least once: retried until a 2xx; repeats carry '
@@ -306,7 +307,7 @@ def test_check_folds_recovery_into_the_lines_of_the_input_it_covers(tmp_path: Pa
     assert [(r["input"], r["recovered_by"]) for r in rows] == [("hooks", "recovery")]
     # not covering: the recovery input has its own lines where a route admits it
     config.write_text((COVERS % "").replace('source = ["hooks"], ', ""))
-    lines = run_cli("check", "-c", str(config)).stdout.splitlines()[1:]
+    lines = run_cli("check", "-c", str(config)).stdout.splitlines()[2:]
     assert [line.split(" (")[0] for line in lines] == [
         'route "mail to CRM": webhook "hooks"',
         'route "mail to CRM": connector "recovery"',

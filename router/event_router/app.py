@@ -37,6 +37,7 @@ from event_router.core.delivery import OutputWorker
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
 from event_router.core.pipeline import InternalSource, Pipeline
 from event_router.core.spool import DataDirInUse, Spool
+from event_router.core.spool.backend import describe as describe_spool
 from event_router.core.spool.backend import directory_problem, spool_for
 from event_router.core.stats import Stats
 from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
@@ -110,7 +111,7 @@ class App:
         self.config = config
         self.registry = registry
         self.stats = Stats()
-        self.spool: Spool = spool_for(config.data_dir)
+        self.spool: Spool = spool_for(config.data_dir, config.spool)
         self.schemas = load_schemas(config, registry)
         self.pipeline = Pipeline(config=config, schemas=self.schemas, spool=self.spool, stats=self.stats)
         self._internal_submit = partial(self.pipeline.submit, InternalSource("router"))
@@ -142,10 +143,14 @@ class App:
         config = self.config
         self._assign_sockets(config)
         try:
-            self.spool.open("exclusive")  # a second router on this data_dir would deliver everything twice
+            # SQLite: a second router on this data_dir would deliver everything twice; PostgreSQL: several
+            # routers share the database, each delivery leased to one
+            self.spool.open("exclusive")
         except DataDirInUse as exc:
             raise ConfigError("router.data_dir", str(exc), file=config.path.name) from None
         except SpoolError as exc:
+            if config.spool.backend != "sqlite":
+                raise
             problem = directory_problem(config.data_dir)
             if problem is None:
                 raise
@@ -458,9 +463,16 @@ class App:
             old = self.config
             new_inputs = _changed(old.inputs, new.inputs)
             new_outputs = _changed(old.outputs, new.outputs)
+            if new.spool != old.spool:
+                # the spool holds what every input acknowledged: it is moved by a restart, never under load
+                log.warning(
+                    "router.spool changed: the router keeps its spool until it is restarted",
+                    extra={"spool": describe_spool(old.data_dir, old.spool)},
+                )
             # unchanged inputs and outputs keep their running plugin instances
             merged = replace(
                 new,
+                spool=old.spool,
                 inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
                 outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )

@@ -8,7 +8,8 @@ than the minimum of 1 (plugin http)` (`config.wording`). Errors never repeat a s
 about its table is scrubbed of the secrets resolved for it.
 
 `secrets="skip"` loads a file for commands that send nothing (see `config.secrets`): such a configuration
-lists its stand-ins in `unresolved_secrets`, and `App` refuses it.
+lists its stand-ins in `unresolved_secrets`, and `App` refuses it. `secrets="spool"` is the same but for
+the spool's connection string, which the commands that open the spool need.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from event_router.api.plugin import Input, Output, PluginContext
 from event_router.api.retry import RetryPolicy
 from event_router.api.secrets import Unresolved, scrub, url_secrets
 from event_router.config.schema import INPUT_CORE_KEYS, OUTPUT_CORE_KEYS, ROUTE_KEYS, ROUTER_SCHEMA
-from event_router.config.secrets import PLAIN_TEXT_ADVICE, SecretsMode, resolve_table, secrets_in
+from event_router.config.secrets import (
+    PLAIN_TEXT_ADVICE,
+    SecretError,
+    SecretsMode,
+    resolve_secret,
+    resolve_table,
+    secrets_in,
+)
 from event_router.config.wording import schema_errors
 from event_router.core.model import InputConfig, OutputConfig, RouteConfig, RouterConfig
 from event_router.core.routing import (
@@ -36,6 +44,8 @@ from event_router.core.routing import (
     compile_source_filter,
     compile_trigger_filter,
 )
+from event_router.core.spool import SpoolSettings
+from event_router.core.spool.backend import NEEDS_EXTRA, dsn_has_password, dsn_problem
 from event_router.plugin_loader import PluginRegistry
 
 #: `[router] max_pending_events`: the spool's hard bound on pending events, a guard for its disk
@@ -43,6 +53,11 @@ DEFAULT_MAX_PENDING_EVENTS = 1_000_000
 #: an output's `max_pending`: the backlogs of up to nine outputs down at once stay below
 #: DEFAULT_MAX_PENDING_EVENTS (from ten, `check` warns: `_backlogs_within`)
 DEFAULT_MAX_PENDING = 100_000
+#: `[router] spool.lease`: how long a delivery handed to one router is its own without the router renewing it
+DEFAULT_LEASE = 30.0
+#: the shortest lease: a router renews its leases every third of one, and its writer looks about every
+#: second, so a shorter lease could run out under a live router and another would deliver the same at once
+MIN_LEASE = 3.0
 
 
 class ConfigErrors(RouterError):
@@ -136,6 +151,7 @@ class _Loader:
         if schemas_dir is not None and not schemas_dir.is_dir():
             self.error("router.schemas_dir", f"{str(schemas_dir)!r} is not a directory")
         default_retry = RetryPolicy().merged(router.get("retry", {}))
+        spool = self._spool(router.get("spool"))
         admin_listen = None
         if "admin" in router:
             try:
@@ -179,12 +195,54 @@ class _Loader:
             log_level=router.get("log_level", "info"),
             retry=default_retry,
             admin_listen=admin_listen,
+            spool=spool,
             inputs=inputs,
             outputs=outputs,
             routes=tuple(routes),
             warnings=tuple(self.warnings),
             unresolved_secrets=tuple(self.skipped),
         )
+
+    def _spool(self, table: Mapping[str, Any] | None) -> SpoolSettings:
+        """`[router] spool`: where the spool is. None (or backend "sqlite"): the SQLite file in data_dir."""
+        key = "router.spool"
+        if table is None:
+            return SpoolSettings()
+        if table.get("backend", "sqlite") == "sqlite":
+            for extra in ("dsn", "lease"):
+                if extra in table:
+                    self.error(f"{key}.{extra}", 'only for backend = "postgresql" (the SQLite spool is in data_dir)')
+            return SpoolSettings()
+        lease = parse_duration(table.get("lease", DEFAULT_LEASE))
+        if lease < MIN_LEASE:
+            self.error(
+                f"{key}.lease",
+                f"{lease:g}s is shorter than {MIN_LEASE:g}s: a live router's leases could run out between its "
+                "renewals and another router would send the same deliveries at once",
+            )
+        if "dsn" not in table:
+            self.error(
+                f"{key}.dsn",
+                'missing: the PostgreSQL spool needs its connection string, e.g. dsn = { env = "ROUTER_PG_DSN" }',
+            )
+            return SpoolSettings("postgresql", None, lease)
+        reference = table["dsn"]
+        if self.secrets == "skip" and isinstance(reference, Mapping):
+            self.skipped.append(f"{key}.dsn")
+            return SpoolSettings("postgresql", None, lease)
+        try:
+            dsn, plain = resolve_secret(reference, base_dir=self.base_dir, credentials_dir=self.credentials_dir)
+        except SecretError as exc:
+            needed = " (status and dlq read the spool's database: of the secrets, they need this one)"
+            self.error(f"{key}.dsn", str(exc) + (needed if self.secrets == "spool" else ""))
+            self.unresolved.append(f"{key}.dsn")
+            return SpoolSettings("postgresql", None, lease)
+        problem = dsn_problem(dsn)
+        if problem is not None:
+            self.error(f"{key}.backend" if problem == NEEDS_EXTRA else f"{key}.dsn", problem)
+        elif plain and dsn_has_password(dsn):
+            self.warnings.append(f"{self.file}: {key}.dsn: {PLAIN_TEXT_ADVICE}")
+        return SpoolSettings("postgresql", dsn, lease)
 
     def _backlogs_within(self, outputs: Mapping[str, OutputConfig], max_pending_events: int) -> None:
         """Pending events are at most the outputs' pending deliveries, each output held to its `max_pending`:

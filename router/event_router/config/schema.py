@@ -8,6 +8,7 @@ from typing import Any
 
 from event_router.api.durations import DURATION_SCHEMA
 from event_router.api.retry import RETRY_SCHEMA
+from event_router.api.secrets import SECRET_SCHEMA
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
@@ -41,6 +42,15 @@ ROUTER_SCHEMA: dict[str, Any] = {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {"listen": {"type": "string", "minLength": 1}},
+                },
+                "spool": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "backend": {"enum": ["sqlite", "postgresql"]},
+                        "dsn": SECRET_SCHEMA,
+                        "lease": DURATION_SCHEMA,
+                    },
                 },
             },
         },

@@ -6,9 +6,12 @@ A plugin's schema marks a secret with `x-secret` (`SECRET_SCHEMA`), `x-secret: "
 that may come from a reference but is no secret (`TEXT_OR_SECRET_SCHEMA`), or `x-secret: "url"` for a URL
 that is a secret only when it carries credentials (`secret_schema(..., url=True)`).
 
-`SecretsMode` "skip" is for commands that send nothing (`test`, `status`, `dlq`, `check --no-secrets`):
+`SecretsMode` "skip" is for commands that send nothing (`test`, `schemas`, `reload`, `check --no-secrets`):
 references are checked for shape but not resolved, and `Unresolved` stand-ins take their place (the
 schema's `x-placeholder`, shaped like the real value so the plugin's constructor checks everything else).
+"spool" is "skip" for the commands that open the spool (`status`, `dlq`, `check --no-secrets --connect`):
+of all secrets they resolve only `[router] spool.dsn`, the PostgreSQL spool's connection string, without
+which they cannot read it (the SQLite spool has none).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from event_router.api.secrets import PLACEHOLDER, Secret, Unresolved, is_credential_header
 
-#: "resolve": every secret reference is read (the daemon); "skip": none is, stand-ins take their place
-SecretsMode = Literal["resolve", "skip"]
+#: "resolve": every secret reference is read (the daemon); "skip": none is, stand-ins take their place;
+#: "spool": only the spool's connection string is read (the commands that open the spool)
+SecretsMode = Literal["resolve", "skip", "spool"]
 
 #: what `check` says about a secret written in plain text
 PLAIN_TEXT_ADVICE = (
@@ -123,14 +127,15 @@ def resolve_table(
 ) -> ResolvedTable:
     """Replace every value of `table` (found at `key`) that `schema` marks `x-secret` by the secret it refers to.
 
-    With `mode="skip"` a reference (its shape already validated) is replaced by an `Unresolved` stand-in
-    instead: the schema's `x-placeholder`, or `PLACEHOLDER`. Plain text is used as it is.
+    With `mode="skip"` (or "spool": a plugin's table holds no spool secret) a reference (its shape already
+    validated) is replaced by an `Unresolved` stand-in instead: the schema's `x-placeholder`, or
+    `PLACEHOLDER`. Plain text is used as it is.
     """
     result = ResolvedTable(table=None)
 
     def walk(sub_schema: Mapping[str, Any], node: Any, where: str) -> Any:
         if sub_schema.get("x-secret"):
-            if mode == "skip" and isinstance(node, Mapping):
+            if mode != "resolve" and isinstance(node, Mapping):
                 result.skipped.append(where)
                 return Unresolved(sub_schema.get("x-placeholder", PLACEHOLDER))
             try:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from event_router.api.plugin import Input, Output
 from event_router.api.retry import RetryPolicy
 from event_router.core.routing import Matcher
+from event_router.core.spool import SpoolSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,8 @@ class RouterConfig:
     routes: tuple[RouteConfig, ...]
     #: seconds the spool keeps what each stored event announced (docs/recovery.md)
     announced_retention: float = 7 * 86400.0
+    #: `[router] spool`: where the spool is (by default the SQLite file in data_dir)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     #: things `check` reports without failing (plain-text secrets, no routes...)
     warnings: tuple[str, ...] = field(default=())
     #: key paths of the secret references left unresolved (`secrets="skip"`); empty for a config to run

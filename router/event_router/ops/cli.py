@@ -71,7 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.add_argument(
         "--no-secrets",
         action="store_true",
-        help="check the secret references' form but do not read them (no variable, file or credential needed)",
+        help="check the secret references' form but do not read them (no variable, file or credential needed; "
+        "with --connect, only the spool's connection string is read)",
+    )
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="also try the spool: connect to its PostgreSQL database (or look at data_dir) and say what is there",
     )
 
     p = sub.add_parser(
@@ -170,8 +176,9 @@ def _reader_gone() -> int:
 
 
 def _load(args: argparse.Namespace, secrets: SecretsMode = "resolve") -> tuple[RouterConfig, PluginRegistry]:
-    """router.toml and the plugins. Commands that send nothing load it with `secrets="skip"`: an operator's
-    shell has none of the service's variables or credentials, and those commands need none."""
+    """router.toml and the plugins. Commands that send nothing load it with `secrets="skip"` (or "spool",
+    those that open the spool): an operator's shell has none of the service's variables or credentials, and
+    those commands need none (but the PostgreSQL spool's connection string)."""
     registry = load_plugins()
     config = load_config(args.config, registry, secrets=secrets, credentials_dir=getattr(args, "credentials_dir", None))
     return config, registry
@@ -235,12 +242,15 @@ async def _serve(app: App) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from event_router.api.errors import SpoolError
     from event_router.app import load_schemas
     from event_router.core.routing import unknown_triggers
+    from event_router.core.spool.backend import describe as describe_spool
     from event_router.core.spool.backend import directory_problem
+    from event_router.core.spool.backend import probe as probe_spool
 
     try:
-        config, registry = _load(args, "skip" if args.no_secrets else "resolve")
+        config, registry = _load(args, ("spool" if args.connect else "skip") if args.no_secrets else "resolve")
     except ConfigErrors as exc:
         if not exc.unresolved:
             raise
@@ -255,6 +265,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     problem = directory_problem(config.data_dir)
     if problem is not None:
         raise ConfigErrors([ConfigError("router.data_dir", problem, file=config.path.name)])
+    spool = describe_spool(config.data_dir, config.spool)
+    if args.connect:
+        try:
+            spool = probe_spool(config.data_dir, config.spool)
+        except SpoolError as exc:
+            key = "router.data_dir" if config.spool.backend == "sqlite" else "router.spool.dsn"
+            raise ConfigErrors([ConfigError(key, str(exc), file=config.path.name)]) from None
     if not config.inputs:
         # `run` accepts it (a router that only drains its spool, or delivers replayed dead letters), but
         # as a configuration to deploy it is almost surely a mistake: it would receive nothing
@@ -274,6 +291,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "outputs": {name: o.type for name, o in config.outputs.items()},
         "routes": [r.name for r in config.routes],
         "schemas": len(schemas.triggers()),
+        "spool": {"backend": config.spool.backend, "where": spool, "connected": bool(args.connect)},
         "warnings": warnings,
         "unresolved_secrets": list(config.unresolved_secrets),
         "guarantees": promised,
@@ -293,6 +311,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: ok: {len(config.inputs)} input(s), {len(config.outputs)} output(s), "
         f"{len(config.routes)} route(s), {summary['schemas']} event schemas"
     )
+    print(f"spool ({config.spool.backend}): {spool}" + ("" if args.connect else " (not tried: --connect tries it)"))
     for row in promised:
         print(
             f'route "{row["route"]}": {row["input_type"]} "{row["input"]}" ({row["input_guarantee"]}) -> '
@@ -497,7 +516,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from event_router.ops.dlq import open_spool
     from event_router.ops.show import one_line, spool_status, table
 
-    config, _ = _load(args, "skip")
+    config, _ = _load(args, "spool")  # of the secrets, only the PostgreSQL spool's connection string
     spool = open_spool(config, "readonly")
     try:
         status = spool_status(config, spool)
@@ -573,7 +592,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def _dlq(args: argparse.Namespace) -> int:
     from event_router.ops.dlq import run_dlq
 
-    config, registry = _load(args, "skip")  # replay plans with the outputs' names, never their secrets
+    # replay plans with the outputs' names, never their secrets; the PostgreSQL spool's connection string is
+    # the one secret read
+    config, registry = _load(args, "spool")
     return run_dlq(args, config, registry)
 
 

@@ -23,11 +23,12 @@ __all__ = ["add_dlq_parser", "open_spool", "run_dlq"]
 
 def open_spool(config: RouterConfig, mode: OpenMode) -> Spool:
     """The spool of `config`, opened for an operator command (`shared` to write, `readonly` to read); a
-    RouterError naming the data_dir's key when the router has not made one there."""
+    RouterError naming the key (data_dir, spool.dsn) when the router has not made one there."""
+    key = "router.data_dir" if config.spool.backend == "sqlite" else "router.spool.dsn"
     try:
-        return backend.open_spool(config.data_dir, mode)
+        return backend.open_spool(config.data_dir, mode, config.spool)
     except backend.SpoolMissing as exc:
-        raise RouterError(f"{exc} (router.data_dir: has the router run with this {config.path.name}?)") from None
+        raise RouterError(f"{exc} ({key}: has the router run with this {config.path.name}?)") from None
 
 
 def _timestamp(value: str) -> float:

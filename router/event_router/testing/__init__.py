@@ -31,7 +31,7 @@ import orjson
 # the dead letters' types, for a plugin's tests (`dead_letters` below) without importing the core's spool
 from event_router.core.spool import DeadLetter as DeadLetter
 from event_router.core.spool import DeadLetterFilter as DeadLetterFilter
-from event_router.core.spool import Parked
+from event_router.core.spool import Parked, SpoolSettings
 
 if TYPE_CHECKING:
     from event_router.app import App
@@ -285,13 +285,16 @@ async def send_webhook(
     return str(body["id"])
 
 
-def dead_letters(data_dir: Path | str, where: DeadLetterFilter | None = None) -> list[DeadLetter]:
-    """The dead letters (those `where` selects, else all) in the spool of the router whose `data_dir` this is,
-    oldest first. Read on a read-only connection of its own, as `event-router dlq list` reads them: while the
-    router runs (from a test's event loop too) or after it stopped."""
+def dead_letters(
+    data_dir: Path | str, where: DeadLetterFilter | None = None, *, spool_settings: SpoolSettings | None = None
+) -> list[DeadLetter]:
+    """The dead letters (those `where` selects, else all) in the spool of the router whose `data_dir` (and
+    `[router] spool`, `spool_settings`: a `RouterConfig.spool`) this is, oldest first. Read on a read-only
+    connection of its own, as `event-router dlq list` reads them: while the router runs (from a test's event
+    loop too) or after it stopped."""
     from event_router.core.spool.backend import open_spool
 
-    spool = open_spool(Path(data_dir), "readonly")
+    spool = open_spool(Path(data_dir), "readonly", spool_settings)
     try:
         return spool.dead_letters(where or DeadLetterFilter())
     finally:

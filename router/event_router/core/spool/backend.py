@@ -17,7 +17,7 @@ from event_router.api.errors import SpoolError
 from event_router.core.spool import OpenMode, Spool, SpoolMissing, SpoolSettings
 from event_router.core.spool.sqlite import SQLiteSpool, directory_problem
 
-__all__ = ["SpoolMissing", "directory_problem", "dsn_problem", "open_spool", "spool_for"]
+__all__ = ["SpoolMissing", "describe", "directory_problem", "dsn_problem", "open_spool", "probe", "spool_for"]
 
 #: what a router without the `postgresql` extra says when its config asks for the PostgreSQL spool
 NEEDS_EXTRA = (
@@ -53,6 +53,45 @@ def dsn_problem(dsn: str) -> str | None:
     except ImportError:
         return NEEDS_EXTRA
     return postgresql.dsn_problem(dsn)
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether `dsn` carries a password (False when the driver is missing: `dsn_problem` says that)."""
+    try:
+        from event_router.core.spool import postgresql
+    except ImportError:
+        return False
+    return postgresql.has_password(dsn)
+
+
+def describe(data_dir: Path, settings: SpoolSettings | None = None) -> str:
+    """Where the spool of `data_dir` / `settings` is, for people: a path, or the DSN without its password."""
+    if settings is not None and settings.backend == "postgresql" and settings.dsn is not None:
+        try:
+            from event_router.core.spool import postgresql
+        except ImportError:
+            return "postgresql"
+        return postgresql.describe(settings.dsn)
+    return str(data_dir / "spool.db")
+
+
+def probe(data_dir: Path, settings: SpoolSettings | None = None) -> str:
+    """Try the spool's place without changing it (`check --connect`): what is there, or a SpoolError why it
+    cannot be used. SQLite: whether `data_dir` is usable and holds a spool; PostgreSQL: connects."""
+    if settings is not None and settings.backend == "postgresql":
+        try:
+            from event_router.core.spool import postgresql
+        except ImportError as exc:
+            raise SpoolError(NEEDS_EXTRA) from exc
+        assert settings.dsn is not None, "the config loader requires a dsn for the PostgreSQL spool"
+        return postgresql.probe(settings.dsn)
+    problem = directory_problem(data_dir)
+    if problem is not None:
+        raise SpoolError(problem)
+    path = data_dir / "spool.db"
+    return f"{path}: " + (
+        "a spool is there" if path.is_file() else "no spool yet (the router makes it at its first start)"
+    )
 
 
 def _postgresql(settings: SpoolSettings) -> Spool:

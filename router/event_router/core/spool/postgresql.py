@@ -176,6 +176,41 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
+def has_password(dsn: str) -> bool:
+    """Whether `dsn` carries a password (written in router.toml as plain text, `check` warns then)."""
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError:
+        return False
+
+
+def probe(dsn: str, timeout: float = 10.0) -> str:
+    """Connect to the spool's database as the router would and say what is there (`check --connect`):
+    its schema version, or that no router has made the spool yet. A SpoolError says why not, without
+    the DSN's password; nothing is written."""
+    where = describe(dsn)
+    try:
+        with (
+            psycopg.connect(
+                make_conninfo(dsn, application_name="event-router check"), connect_timeout=max(1, int(timeout))
+            ) as conn,
+            conn.cursor() as cur,
+        ):
+            cur.execute(f"SET search_path = {NAMESPACE}")
+            version = _schema_version(cur)
+    except psycopg.Error as exc:
+        raise SpoolError(f"cannot connect to the spool database {where}: {str(exc).strip()}") from exc
+    if version is None:
+        return f"{where}: reachable; no spool yet (the router makes its tables at its first start)"
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"spool {where} has schema {version}, newer than this router's {SCHEMA_VERSION}: upgrade this router"
+        )
+    if version < SCHEMA_VERSION:
+        return f"{where}: reachable; spool schema {version}, upgraded to {SCHEMA_VERSION} at the router's next start"
+    return f"{where}: reachable; spool schema {version} (current)"
+
+
 def describe(dsn: str) -> str:
     """Where the spool is, for people and logs: the DSN without its password."""
     try:
@@ -1136,4 +1171,4 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
-__all__ = ["SCHEMA_VERSION", "PostgreSQLSpool", "describe", "dsn_problem"]
+__all__ = ["SCHEMA_VERSION", "PostgreSQLSpool", "describe", "dsn_problem", "has_password", "probe"]
