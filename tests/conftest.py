@@ -66,3 +66,13 @@ def spool_at(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Spo
 
     dsn: str = request.getfixturevalue("pg_dsn")
     return lambda: PostgreSQLSpool(dsn)
+
+
+@pytest.fixture(params=SPOOL_BACKENDS)
+def router_spool(request: pytest.FixtureRequest) -> tuple[str, dict[str, str]]:
+    """For a real router process on each backend: the `[router]` line choosing its spool ("" for SQLite,
+    the default) and the environment it needs (the scratch database's DSN in ROUTER_PG_DSN)."""
+    if request.param == "sqlite":
+        return "", {}
+    dsn: str = request.getfixturevalue("pg_dsn")
+    return 'spool = { backend = "postgresql", dsn = { env = "ROUTER_PG_DSN" } }', {"ROUTER_PG_DSN": dsn}

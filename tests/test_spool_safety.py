@@ -1,5 +1,6 @@
 """Defences around secrets and the spool, against real router processes: empty secrets, two routers on one
-data_dir, operator commands beside a running router, spool files removed under it, a full data disk."""
+data_dir, operator commands beside a running router (a replay's counts on both spool backends), spool files
+removed under it, a full data disk (those two SQLite's: the PostgreSQL spool has no file of the router's)."""
 
 from __future__ import annotations
 
@@ -181,8 +182,14 @@ def test_second_router_on_the_same_data_dir_refuses_while_operator_commands_work
 # --- dlq replay beside a running router ------------------------------------------------------------------
 
 
-def test_replay_beside_a_running_router_keeps_its_counts(tmp_path: Path) -> None:
-    """The router learns of events `dlq replay` adds: the limit holds, and the gauge never goes negative."""
+def test_replay_beside_a_running_router_keeps_its_counts(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """The router learns of events `dlq replay` adds: the limit holds, and the gauge never goes negative. On
+    each spool backend (PostgreSQL: the replay is another client's transaction, counted at the router's
+    next count)."""
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
     port, admin = free_port(), free_port()
     config = tmp_path / "router.toml"
     with http_receiver() as rx:
@@ -190,9 +197,10 @@ def test_replay_beside_a_running_router_keeps_its_counts(tmp_path: Path) -> None
             f'[outputs.crm]\ntype = "http"\nurl = "{rx.url}/in"\n'
             'retry = { initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 1000 }'
         )
-        config.write_text(config_text(port, admin, extra="max_pending_events = 100", outputs=outputs))
+        extra = f"max_pending_events = 100\n{spool_line}"
+        config.write_text(config_text(port, admin, extra=extra, outputs=outputs))
         rx.respond(400)  # permanent: every event becomes a dead letter
-        with RouterProcess(config, env=ENV):
+        with RouterProcess(config, env=env):
             url = f"http://127.0.0.1:{port}/events"
             for n in range(150):  # one at a time, each dead-lettered before the next: the limit is not hit
                 status, body, _ = post(url, event(n), HEADERS)
@@ -205,7 +213,7 @@ def test_replay_beside_a_running_router_keeps_its_counts(tmp_path: Path) -> None
                 wait_for(dead_lettered, what=f"dead letter {n + 1}")
             wait_for(lambda: gauge(admin, "dead_letters_stored") == 150, what="150 dead letters")
             rx.respond(503)  # now the replayed deliveries stay pending
-            replayed = run_cli("dlq", "replay", "--all", "-c", str(config), env=ENV)
+            replayed = run_cli("dlq", "replay", "--all", "-c", str(config), env=env)
             assert replayed.returncode == 0, replayed.stderr
             assert replayed.stdout.strip() == "replayed 150, still invalid or unrouted 0, skipped 0"
             wait_for(lambda: gauge(admin, "spool_pending_events") == 150, timeout=5, what="router counts replayed")

@@ -1,16 +1,19 @@
-"""The spool's record of source message ids (Standard Webhooks `webhook-id`) on a real SQLite file: a repeat
-is recognised in the same commit, in a later one and after a reopen, and forgotten once it expires."""
+"""The spool's record of source message ids (Standard Webhooks `webhook-id`) on each backend (a real SQLite
+file, a scratch PostgreSQL database): a repeat is recognised in the same commit, in a later one and after a
+reopen, and forgotten once it expires."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from event_router.core.spool import NewDelivery, Parked, SeenMessage, StoreDeadLetter, StoreEvent
+from event_router.core.spool import NewDelivery, Parked, SeenMessage, Spool, StoreDeadLetter, StoreEvent
 from event_router.core.spool.sqlite import SQLiteSpool
 
 pytestmark = pytest.mark.anyio
@@ -24,16 +27,22 @@ def event(i: int, message_id: str | None, *, input_name: str = "hook", expires_a
     return StoreEvent(f"e{i}", "t", body, [NewDelivery("a", "r", None)], seen)
 
 
-def seen_rows(path: Path) -> list[tuple[str, str]]:
-    conn = sqlite3.connect(path)
-    try:
-        return sorted(conn.execute("SELECT input, message_id FROM seen_message_ids").fetchall())
-    finally:
-        conn.close()
+def seen_rows(spool: Any) -> list[tuple[str, str]]:
+    """The message ids the spool's store holds, read beside it with the backend's own client."""
+    if isinstance(spool, SQLiteSpool):
+        conn = sqlite3.connect(spool.path)
+        try:
+            return sorted(conn.execute("SELECT input, message_id FROM seen_message_ids").fetchall())
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(spool.dsn) as pg:
+        return sorted(pg.execute("SELECT input, message_id FROM event_router.seen_message_ids").fetchall())
 
 
-async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
-    spool = SQLiteSpool(tmp_path / "spool.db")
+async def test_a_message_id_is_stored_once(spool_at: Callable[[], Spool]) -> None:
+    spool = spool_at()
     spool.open("exclusive")
     try:
         dead = StoreDeadLetter("validation", "bad", b"{}", seen=SeenMessage("hook", "x", time.time() + 300))
@@ -51,7 +60,7 @@ async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
         assert spool.depth == 5
     finally:
         spool.close()
-    reopened = SQLiteSpool(tmp_path / "spool.db")
+    reopened = spool_at()
     reopened.open("exclusive")
     try:
         repeat, new = await reopened.store([event(30, "x"), event(31, "w")])
@@ -61,9 +70,7 @@ async def test_a_message_id_is_stored_once(tmp_path: Path) -> None:
         reopened.close()
 
 
-async def store_at_once(
-    batches: list[list[StoreEvent]], spool: SQLiteSpool
-) -> list[list[list[int | Parked] | int | None]]:
+async def store_at_once(batches: list[list[StoreEvent]], spool: Spool) -> list[list[list[int | Parked] | int | None]]:
     results: list[list[list[int | Parked] | int | None]] = [[] for _ in batches]
 
     async def one(index: int) -> None:
@@ -75,19 +82,20 @@ async def store_at_once(
     return results
 
 
-async def test_an_expired_id_is_forgotten(tmp_path: Path) -> None:
-    spool = SQLiteSpool(tmp_path / "spool.db")
+async def test_an_expired_id_is_forgotten(spool_at: Callable[[], Spool]) -> None:
+    spool = spool_at()
     spool.open("exclusive")
     try:
         assert isinstance((await spool.store([event(1, "old", expires_at=time.time() - 1)]))[0], list)
         assert isinstance((await spool.store([event(2, "new")]))[0], list)
-        assert seen_rows(tmp_path / "spool.db") == [("hook", "new")], "a store prunes what expired"
+        assert seen_rows(spool) == [("hook", "new")], "a store prunes what expired"
         assert isinstance((await spool.store([event(3, "old")]))[0], list), "past its expiry an id is new"
     finally:
         spool.close()
 
 
 async def test_a_spool_file_without_the_table_gets_it(tmp_path: Path) -> None:
+    """SQLite only: its schema predates versioned migrations (PostgreSQL's starts with the table)."""
     path = tmp_path / "spool.db"
     spool = SQLiteSpool(path)
     spool.open("exclusive")
