@@ -503,6 +503,15 @@ async def test_postgresql_a_repeated_message_id_is_stored_once_across_routers(pg
             ("hook", "m2"),
             ("hook", "m3"),
         }
+        # ids claimed in opposite orders by two routers at once: each waits for the other's row of an id,
+        # never both (a deadlock would fail one store)
+        for round_ in range(30):
+            ids = [f"r{round_}-{k}" for k in range(8)]
+            stores = await asyncio.gather(
+                one.store([seen(100 + k, m) for k, m in enumerate(ids)]),
+                two.store([seen(200 + k, m) for k, m in enumerate(reversed(ids))]),
+            )
+            assert sum(r is not None for batch in stores for r in batch) == 8, stores
     finally:
         one.close()
         two.close()

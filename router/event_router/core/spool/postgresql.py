@@ -1042,6 +1042,10 @@ def _claim_messages(
         else:
             first[key] = index
             new.append(seen)
+    # inserted in one order in every router: an insert waits for another transaction's uncommitted row of
+    # the same id, and two transactions claiming two ids in opposite orders would wait for each other (a
+    # deadlock PostgreSQL breaks by failing one of the groups)
+    new.sort(key=lambda s: (s.input, s.message_id))
     inserted = conn.execute(
         "INSERT INTO seen_message_ids (input, message_id, expires_at) "
         "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[]) ON CONFLICT DO NOTHING RETURNING input, message_id",
