@@ -245,8 +245,9 @@ def test_core_alone_check_schemas_plugins(core: Venv) -> None:
     config = core.config("router.toml", builtin_config(free_port(), free_port(), free_port()))
     checked = core.run("check", "-c", str(config))
     assert checked.returncode == 0, checked.stderr
-    ok, *guarantees = checked.stdout.splitlines()
+    ok, spool, *guarantees = checked.stdout.splitlines()
     assert ok == f"{config}: ok: 2 input(s), 1 output(s), 1 route(s), 60 event schemas"
+    assert spool.startswith("spool (sqlite): "), spool
     # each built-in input and output says its guarantee (none is the API's "unknown")
     assert len(guarantees) == 2 and all(g.startswith('route "archive everything": webhook "') for g in guarantees)
     assert not any("unknown" in g for g in guarantees), guarantees
@@ -340,8 +341,9 @@ to = ["archive"]
     )
     checked = plugin_venv.run("check", "-c", str(config))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    ok, guarantee = checked.stdout.splitlines()
+    ok, spool, guarantee = checked.stdout.splitlines()
     assert ok == f"{config}: ok: 1 input(s), 1 output(s), 1 route(s), 60 event schemas"
+    assert spool.startswith("spool (sqlite): "), spool
     # the installed plugin says its own guarantee, not the API's "unknown"
     assert guarantee.startswith(f'route "archive everything": {plugin} "broker" (') and "unknown" not in guarantee
 

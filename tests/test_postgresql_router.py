@@ -91,11 +91,19 @@ to = ["archive", "crm"]
 
             # the events are in PostgreSQL, not in a SQLite file in data_dir
             assert not (tmp_path / "var" / "spool.db").exists()
-            with psycopg.connect(pg_dsn) as conn:
-                rows = conn.execute(
-                    "SELECT e.id, d.output FROM event_router.deliveries d JOIN event_router.events e USING (seq)"
-                ).fetchall()
-            assert sorted(rows) == sorted((i, "crm") for i in ids), "the crm's deliveries wait in PostgreSQL"
+
+            def waiting() -> list[tuple[str, str]]:
+                with psycopg.connect(pg_dsn) as conn:
+                    return sorted(
+                        conn.execute(
+                            "SELECT e.id, d.output FROM event_router.deliveries d"
+                            " JOIN event_router.events e USING (seq)"
+                        ).fetchall()
+                    )
+
+            # an archived line's outcome is committed just after the file's fsync: wait for it
+            expected = sorted((i, "crm") for i in ids)
+            wait_for(lambda: waiting() == expected, what="only the crm's deliveries waiting in PostgreSQL")
 
             shown = operator("status", "--json", *c, dsn=dsn, cwd=tmp_path)
             assert shown.returncode == 0, shown.stderr
