@@ -64,10 +64,10 @@ async def test_a_claim_is_stored_only_when_nothing_announced_it(spool_at: Callab
         reopened.close()
 
 
-async def test_announced_reads_which_keys_are_kept(tmp_path: Path) -> None:
+async def test_announced_reads_which_keys_are_kept(spool_at: Callable[[], Spool]) -> None:
     """The read gap recovery makes before settling: the kept keys among many (more than one statement's
     worth), those forgotten or never kept left out, and nothing for an empty batch."""
-    spool = SQLiteSpool(tmp_path / "spool.db")
+    spool = spool_at()
     spool.open("exclusive")
     try:
         kept = [key(f"K{i}") for i in range(1000)]

@@ -244,6 +244,10 @@ class SpoolCounts:
     oldest_first_at: float | None = None
 
 
+#: announced keys asked for in one statement (`announced`)
+_KEYS_PER_READ = 1000
+
+
 class PostgreSQLSpool:
     """The spool (`event_router.core.spool.Spool`) in a PostgreSQL database several routers share."""
 
@@ -891,6 +895,18 @@ class PostgreSQLSpool:
                 )
             )
         return out
+
+    async def announced(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of these keys are kept, cluster-wide: one primary-key read per 1,000 on the reader
+        connection, and the event loop's other tasks between them."""
+        kept: set[bytes] = set()
+        for start in range(0, len(keys), _KEYS_PER_READ):
+            chunk = list(keys[start : start + _KEYS_PER_READ])
+            with self._reading() as conn:
+                rows = conn.execute("SELECT key FROM announced WHERE key = ANY(%b)", (chunk,), binary=True)
+                kept.update(bytes(key) for (key,) in rows.fetchall())
+            await asyncio.sleep(0)
+        return kept
 
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
         if not seen:
