@@ -4,11 +4,15 @@ GET /healthz  200 while the event loop runs (liveness).
 GET /readyz   200 when every input can take events and the spool is writable, else 503 with details.
 GET /metrics  Prometheus text format.
 POST /reload  re-read router.toml (same as SIGHUP); 200 with the result, 422 when the file is invalid.
+GET /tap      server-sent events: each event submitted and each delivery attempt recorded, as they happen
+              (`event-router tap`); filters `trigger`, `route`, `output`, `outcome` (repeatable), `unmask=1`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,6 +23,9 @@ from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from event_router.api.listen import listen_error
+from event_router.core.model import RouterConfig
+from event_router.core.routing import PatternError
+from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES, Tap, TapFilter, TapFull
 
 log = logging.getLogger("event_router.admin")
 
@@ -32,13 +39,51 @@ class Administered(Protocol):
     @property
     def metrics_registry(self) -> CollectorRegistry: ...
 
+    @property
+    def config(self) -> RouterConfig: ...
+
+    @property
+    def tap(self) -> Tap: ...
+
     def readiness(self) -> dict[str, Any]: ...
 
     async def reload(self) -> tuple[bool, list[str]]: ...
 
 
+#: seconds between keep-alive comments on an idle tap: a client (or proxy) gone away is noticed
+TAP_KEEPALIVE = 15.0
+#: bytes of a tap connection's kernel send buffer
+TAP_SEND_BUFFER = 64 * 1024
+
+
 def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def tap_filter(config: RouterConfig, query: Any) -> TapFilter | str:
+    """The tap's filter from the query string (`trigger`, `route`, `output`, `outcome`, `unmask`), or why
+    it is refused: a name that is not configured, an outcome that does not exist, unmasking not allowed."""
+    routes = tuple(query.getall("route", []))
+    outputs = tuple(query.getall("output", []))
+    outcomes = tuple(query.getall("outcome", []))
+    known_routes = [route.name for route in config.routes]
+    for route in routes:
+        if route not in known_routes:
+            return f"no route named {route!r} (routes: {', '.join(known_routes) or 'none'})"
+    for output in outputs:
+        if output not in config.outputs:
+            return f"no output named {output!r} (outputs: {', '.join(config.outputs) or 'none'})"
+    for outcome in outcomes:
+        if outcome not in EVENT_OUTCOMES + DELIVERY_OUTCOMES:
+            events, deliveries = ", ".join(EVENT_OUTCOMES), ", ".join(DELIVERY_OUTCOMES)
+            return f"no outcome {outcome!r} (events: {events}; deliveries: {deliveries})"
+    unmask = query.get("unmask", "") in ("1", "true", "yes")
+    if unmask and not config.admin_unmask:
+        return "unmasked data is not allowed on this router: set [router.admin] unmask = true to allow it"
+    try:
+        return TapFilter(tuple(query.getall("trigger", [])), routes, outputs, outcomes, unmask)
+    except PatternError as exc:
+        return f"trigger: {exc}"
 
 
 async def serve_admin(
@@ -61,11 +106,54 @@ async def serve_admin(
         ok, errors = await app.reload()
         return _json(200 if ok else 422, {"reloaded": ok, "errors": errors})
 
+    taps: set[asyncio.Task[Any]] = set()
+
+    async def tap(request: web.Request) -> web.StreamResponse:
+        wanted = tap_filter(app.config, request.query)
+        if isinstance(wanted, str):
+            return _json(403 if "unmask" in wanted else 400, {"error": wanted})
+        try:
+            subscription = app.tap.subscribe(wanted)
+        except TapFull as exc:
+            return _json(429, {"error": str(exc)})
+        task = asyncio.current_task()
+        assert task is not None
+        taps.add(task)
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+            if sock is not None:
+                # what a slow tap has not read waits in its bounded queue, where it is counted and reported
+                # as dropped, not in megabytes of kernel buffer that would hide how far behind it is
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TAP_SEND_BUFFER)
+            await response.prepare(request)
+            await response.write(b": tap open\n\n")
+            while True:
+                try:
+                    async with asyncio.timeout(TAP_KEEPALIVE):
+                        record = await subscription.next()
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(b"data: " + orjson.dumps(record) + b"\n\n")
+        except (ConnectionError, asyncio.CancelledError):  # the client went away, or the router stops
+            return web.Response()
+        finally:
+            subscription.close()
+            taps.discard(task)
+
+    async def end_taps(_: web.Application) -> None:
+        # a tap never ends by itself: the router's stop must not wait for its clients to go
+        for task in list(taps):
+            task.cancel()
+
     web_app = web.Application()
+    web_app.on_shutdown.append(end_taps)
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
     web_app.router.add_get("/metrics", metrics)
     web_app.router.add_post("/reload", reload)
+    web_app.router.add_get("/tap", tap)
     runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -40,6 +40,7 @@ from event_router.core.spool import DataDirInUse, Spool
 from event_router.core.spool.backend import describe as describe_spool
 from event_router.core.spool.backend import directory_problem, spool_for
 from event_router.core.stats import Stats
+from event_router.core.tap import Tap
 from event_router.core.validation import SchemaError, SchemaRegistry, builtin_schema_dir
 from event_router.plugin_loader import PluginRegistry
 from event_router.systemd import assign_sockets, listen_fds, notify
@@ -515,6 +516,10 @@ class App:
     @property
     def config_file(self) -> Path:
         return self.config.path
+
+    @property
+    def tap(self) -> Tap:
+        return self.pipeline.tap
 
     @property
     def metrics_registry(self) -> CollectorRegistry:

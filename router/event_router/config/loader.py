@@ -195,6 +195,7 @@ class _Loader:
             log_level=router.get("log_level", "info"),
             retry=default_retry,
             admin_listen=admin_listen,
+            admin_unmask=bool(router.get("admin", {}).get("unmask", False)),
             spool=spool,
             inputs=inputs,
             outputs=outputs,

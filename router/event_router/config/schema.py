@@ -41,7 +41,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                 "admin": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"listen": {"type": "string", "minLength": 1}},
+                    "properties": {"listen": {"type": "string", "minLength": 1}, "unmask": {"type": "boolean"}},
                 },
                 "spool": {
                     "type": "object",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from event_router.core.model import OutputConfig, RouterConfig
 from event_router.core.plan import PlannedDelivery
 from event_router.core.spool import DeliveryRow, Spool
 from event_router.core.stats import Stats
+from event_router.core.tap import Tap
 
 log = logging.getLogger("event_router.core.delivery")
 
@@ -117,6 +118,9 @@ class LiveConfig(Protocol):
 
     @property
     def config(self) -> RouterConfig: ...
+
+    @property
+    def tap(self) -> Tap: ...
 
 
 class OutputWorker:
@@ -437,6 +441,39 @@ class OutputWorker:
                     "error": message,
                 },
             )
+        if self.live.tap.active:
+            self.live.tap.deliveries(self.name, self._tapped(batch, now, retry, dead, dlids))
+
+    def _tapped(
+        self,
+        batch: list[_Pending],
+        now: float,
+        retry: list[tuple[int, int, float, str]],
+        dead: list[tuple[int, str, str, int]],
+        dlids: list[int | None],
+    ) -> Iterator[dict[str, Any]]:
+        """The tap's record of each attempt in `batch`, as `_record` settled it."""
+        retried = {did: (attempts, due, message) for did, attempts, due, message in retry}
+        parted = {
+            did: (reason, message, attempts, dlid)
+            for (did, reason, message, attempts), dlid in zip(dead, dlids, strict=True)
+        }
+        for pending in batch:
+            record: dict[str, Any] = {
+                "route": pending.route,
+                "event_id": pending.event_id,
+                "trigger": pending.trigger,
+                "delivery": pending.did,
+            }
+            if pending.did in retried:
+                attempts, due, message = retried[pending.did]
+                record.update(outcome="retry", attempt=attempts, error=message, retry_in=round(due - now, 3))
+            elif pending.did in parted:
+                reason, message, attempts, dlid = parted[pending.did]
+                record.update(outcome=reason, attempt=attempts, error=message, dead_letter=dlid)
+            else:
+                record.update(outcome="delivered", attempt=pending.attempts + 1)
+            yield record
 
     def _fields(self, pending: _Pending) -> dict[str, Any]:
         """What every log line about a delivery carries: enough to find the event, the route and the output."""

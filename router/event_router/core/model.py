@@ -76,6 +76,8 @@ class RouterConfig:
     inputs: Mapping[str, InputConfig]
     outputs: Mapping[str, OutputConfig]
     routes: tuple[RouteConfig, ...]
+    #: `[router.admin] unmask`: the admin endpoint may show events' data unmasked (`tap --unmask`)
+    admin_unmask: bool = False
     #: seconds the spool keeps what each stored event announced (docs/recovery.md)
     announced_retention: float = 7 * 86400.0
     #: `[router] spool`: where the spool is (by default the SQLite file in data_dir)

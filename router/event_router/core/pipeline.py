@@ -28,6 +28,7 @@ from event_router.core.spool import (
     StoreEvent,
 )
 from event_router.core.stats import Stats
+from event_router.core.tap import Tap
 from event_router.core.validation import SchemaRegistry
 
 log = logging.getLogger("event_router.core.pipeline")
@@ -64,6 +65,8 @@ class Pipeline:
         self._next_forget = 0.0
         #: recovery input -> wall time its last look that did not fail ended (a gauge)
         self.last_looks: dict[str, float] = {}
+        #: what `event-router tap` streams: every submitted event, and (from the workers) every attempt
+        self.tap = Tap()
 
     def sink_for(self, input_config: InputConfig) -> InputSink:
         return InputSink(self, input_config)
@@ -106,8 +109,22 @@ class Pipeline:
             repeat = item is not None and ids is None
             if plan.validation.schema is None and not isinstance(input_config, InternalSource) and not repeat:
                 self._unknown_trigger(input_config.name, plan.event)
-            results.append(self._settle(input_config.name, plan, ids, item))
+            result = self._settle(input_config.name, plan, ids, item)
+            if self.tap.active:
+                self._tap(input_config.name, plan, result)
+            results.append(result)
         return results
+
+    def _tap(self, input_name: str, plan: Plan, result: SubmitResult) -> None:
+        self.tap.event(
+            input_name,
+            plan.event,
+            result.status,
+            [route.name for route in plan.routes],
+            [delivery.output for delivery in plan.deliveries],
+            dead_letter=result.dead_letter_id,
+            errors=result.errors,
+        )
 
     def _adding(self, items: Sequence[StoreEvent | StoreDeadLetter], config: RouterConfig) -> int:
         """How many of `items` would add a pending event: the spool is near `max_pending_events`, so look closer
@@ -273,6 +290,8 @@ class Pipeline:
                 "error": reason,
             },
         )
+        if self.tap.active:
+            self.tap.undecodable(input_name, trigger, reason, dlid)
         return dlid
 
 

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     from event_router.ops.importer import add_import_parser
 
     add_import_parser(sub)
+
+    from event_router.ops.tap import add_tap_parser
+
+    add_tap_parser(sub, _config_arg)
     return parser
 
 
@@ -598,6 +602,13 @@ def _dlq(args: argparse.Namespace) -> int:
     return run_dlq(args, config, registry)
 
 
+def _tap(args: argparse.Namespace) -> int:
+    from event_router.ops.tap import cmd_tap
+
+    config, _ = _load(args, "skip")  # only where the admin endpoint listens
+    return cmd_tap(args, config)
+
+
 def _import_connector_config(args: argparse.Namespace) -> int:
     from event_router.ops.importer import cmd_import_connector_config
 
@@ -615,4 +626,5 @@ COMMANDS = {
     "reload": cmd_reload,
     "dlq": _dlq,
     "import-connector-config": _import_connector_config,
+    "tap": _tap,
 }

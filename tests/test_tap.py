@@ -1,0 +1,307 @@
+"""`event-router tap`: a running router's events and delivery attempts, live, from its admin endpoint.
+
+Real router processes, the real `event-router tap` CLI as a subprocess, real HTTP receivers; the bounded
+queue and the masking also at the unit level (`event_router.core.tap`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from event_router.api.event import Event
+from event_router.core.tap import MASKED, Tap, TapFilter, mask
+from event_router.testing import (
+    RouterProcess,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    router_table,
+    webhook_input,
+)
+
+KEY = "tap-key"
+
+
+def _config(tmp: Path, hook: int, admin: int, crm: int, *, unmask: bool = False) -> str:
+    table = router_table(admin)
+    if unmask:
+        table = table.replace("[router.admin]\n", "[router.admin]\nunmask = true\n")
+        assert "unmask = true" in table, table
+    return (
+        table
+        + webhook_input(hook, api_key=f'"{KEY}"')
+        + f'[outputs.archive]\ntype = "file"\npath = "{tmp}/events.jsonl"\n'
+        + f'[outputs.crm]\ntype = "http"\nurl = "http://127.0.0.1:{crm}/hook"\n'
+        + 'retry = { initial_backoff = "0.2s" }\n'
+        + '[[routes]]\nname = "messages"\nmatch.trigger = "transport.messageReceived"\nto = ["archive", "crm"]\n'
+        + '[[routes]]\nname = "the rest"\nmatch.trigger = "**"\nto = ["archive"]\n'
+    )
+
+
+class Tapper:
+    """`event-router tap --json ...` as a subprocess, its lines read by a thread."""
+
+    def __init__(self, config: Path, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "event_router", "tap", "-c", str(config), "--json", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.records: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        assert self.proc.stderr is not None
+        first = self.proc.stderr.readline()
+        assert first.startswith("tapping "), first + self.proc.stderr.read()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for text in self.proc.stdout:
+            self.records.append(json.loads(text))
+
+    def wait(self, check: Any, what: str, timeout: float = 20) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [r for r in list(self.records) if check(r)]
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no tap record: {what}; got {self.records}")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=10)
+        return err
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Path, int, int, Any]]:
+    hook, admin = free_port(), free_port()
+    with http_receiver() as crm:
+        crm.respond(503, 200)  # the first attempt fails, the retry goes through
+        (tmp_path / "router.toml").write_text(_config(tmp_path, hook, admin, crm.port))
+        router = RouterProcess(tmp_path / "router.toml").start()
+        try:
+            yield tmp_path / "router.toml", hook, admin, crm
+        finally:
+            router.terminate()
+
+
+def test_tap_shows_each_event_and_each_attempt_with_data_masked(running: tuple[Path, int, int, Any]) -> None:
+    config, hook, _, _ = running
+    tap = Tapper(config)
+    try:
+        sent = example("transport.messageReceived")
+        status, answer, _ = post(f"http://127.0.0.1:{hook}/events", sent, {"x-api-key": KEY})
+        assert status == 202, answer
+        [event] = tap.wait(lambda r: r["type"] == "event", "the event")
+        assert event["trigger"] == "transport.messageReceived" and event["outcome"] == "accepted"
+        assert event["routes"] == ["messages", "the rest"] and event["outputs"] == ["archive", "crm"]
+        assert event["input"] == "connector" and event["masked"] is True
+        # ids and types stay, what people wrote or are (addresses, content) does not
+        assert event["data"]["id"] == sent["data"]["id"]
+        assert MASKED in json.dumps(event["data"])
+        assert sent["data"]["createdBy"] not in json.dumps(event["data"])
+        event_id = event["event_id"]
+        tap.wait(lambda r: r["type"] == "delivery" and r["output"] == "archive", "archive delivered")
+        retry = tap.wait(lambda r: r.get("output") == "crm" and r["outcome"] == "retry", "crm's failed attempt")[0]
+        assert retry["attempt"] == 1 and "503" in retry["error"] and retry["retry_in"] > 0
+        done = tap.wait(lambda r: r.get("output") == "crm" and r["outcome"] == "delivered", "crm's retry")[0]
+        assert done["attempt"] == 2 and done["event_id"] == event_id and done["route"] == "messages"
+        # a body that is no event becomes a dead letter: the tap says so, and which
+        status, answer, _ = post(f"http://127.0.0.1:{hook}/events", b"{not json", {"x-api-key": KEY})
+        assert status == 400, answer
+        [bad] = tap.wait(lambda r: r["outcome"] == "dead_lettered", "the undecodable body")
+        assert bad["dead_letter"] == answer["dead_letter"] and bad["event_id"] is None and bad["errors"]
+    finally:
+        tap.stop()
+
+
+def test_tap_filters_by_output_and_outcome(running: tuple[Path, int, int, Any]) -> None:
+    config, hook, _, _ = running
+    tap = Tapper(config, "--output", "crm", "--outcome", "retry")
+    try:
+        for trigger in ("transport.messageReceived", "transport.relationshipChanged"):
+            assert post(f"http://127.0.0.1:{hook}/events", example(trigger), {"x-api-key": KEY})[0] == 202
+        tap.wait(lambda r: r["outcome"] == "retry", "crm's failed attempt")
+        time.sleep(1.0)  # the retry's success and archive's deliveries come meanwhile: none may show
+        assert {(r["type"], r.get("output"), r["outcome"]) for r in tap.records} == {("delivery", "crm", "retry")}
+    finally:
+        tap.stop()
+
+
+def test_unmasked_data_needs_the_routers_consent(tmp_path: Path) -> None:
+    hook, admin = free_port(), free_port()
+    with http_receiver() as crm:
+        config = tmp_path / "router.toml"
+        config.write_text(_config(tmp_path, hook, admin, crm.port))
+        router = RouterProcess(config).start()
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "event_router", "tap", "-c", str(config), "--unmask"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert done.returncode == 1
+            assert "refused the tap (403)" in done.stderr and "[router.admin] unmask = true" in done.stderr
+            bad = subprocess.run(
+                [sys.executable, "-m", "event_router", "tap", "-c", str(config), "--output", "nope"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert bad.returncode == 1 and "no output named 'nope' (outputs: archive, crm)" in bad.stderr
+        finally:
+            router.terminate()
+        config.write_text(_config(tmp_path, hook, admin, crm.port, unmask=True))
+        router = RouterProcess(config).start()
+        try:
+            tap = Tapper(config, "--unmask")
+            try:
+                sent = example("transport.messageReceived")
+                assert post(f"http://127.0.0.1:{hook}/events", sent, {"x-api-key": KEY})[0] == 202
+                [event] = tap.wait(lambda r: r["type"] == "event", "the event")
+                assert event["data"] == sent["data"] and "masked" not in event
+            finally:
+                tap.stop()
+        finally:
+            router.terminate()
+
+
+def test_a_tap_that_does_not_read_never_holds_up_the_router(running: tuple[Path, int, int, Any]) -> None:
+    _, hook, admin, _ = running
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", admin))
+    stalled.sendall(b"GET /tap HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        assert b"200 OK" in stalled.recv(256)  # subscribed; from now on nothing is read for a while
+        body = example("transport.messageReceived")
+        for _ in range(800):  # each makes 4 records: the event, archive twice, crm
+            assert post(f"http://127.0.0.1:{hook}/events", body, {"x-api-key": KEY})[0] == 202
+        # the same router still answers its admin endpoint while the tap's socket is full
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5) as response:
+            assert response.status == 200
+        # and the tap, read at last, is told what it missed
+        stalled.settimeout(5)
+        seen = b""
+        while b'"type":"dropped"' not in seen:
+            chunk = stalled.recv(65536)
+            assert chunk, "the tap closed before saying what it dropped"
+            seen = seen[-200:] + chunk
+        dropped = seen[seen.index(b'{"type":"dropped"') :].split(b"\n", 1)[0]
+        assert json.loads(dropped)["count"] > 0
+    finally:
+        stalled.close()
+
+
+def test_a_full_queue_drops_and_says_how_many() -> None:
+    tap = Tap(queue=10)
+    subscription = tap.subscribe(TapFilter())
+    event = Event(trigger="transport.messageReceived", data={"id": "MSG1", "content": "hello"}, source="hooks")
+    for _ in range(25):
+        tap.event("hooks", event, "accepted", ["r"], ["o"])
+    assert subscription.dropped == 15
+
+    async def take() -> list[dict[str, Any]]:
+        return [await subscription.next() for _ in range(11)]
+
+    records = asyncio.run(take())
+    assert records[0] == {"type": "dropped", "count": 15, "why": "this tap read slower than records came"}
+    assert [r["type"] for r in records[1:]] == ["event"] * 10
+    subscription.close()
+    assert not tap.active
+
+
+def test_no_subscriber_no_work_and_the_subscriber_limit() -> None:
+    tap = Tap(max_subscribers=2)
+    assert not tap.active
+    first = tap.subscribe(TapFilter(triggers=("consumption.**",)))
+    tap.subscribe(TapFilter())
+    with pytest.raises(Exception, match="2 taps are open already"):
+        tap.subscribe(TapFilter())
+    tap.event("hooks", Event(trigger="transport.messageReceived", data={}, source="hooks"), "accepted", [], [])
+    assert first._queue.qsize() == 0  # filtered out by the routes' own trigger glob
+
+
+def test_mask_keeps_bookkeeping_and_hides_the_rest() -> None:
+    data = {
+        "id": "MSGabc",
+        "@type": "Message",
+        "createdBy": "did:e:example:dids:abc",
+        "createdAt": "2026-12-07T08:00:00.000Z",
+        "isOwn": False,
+        "content": {"body": "personal", "age": 42, "items": ["a", {"relationshipId": "REL1"}]},
+        "recipients": [{"address": "did:e:x", "relationshipId": "REL2"}],
+        "status": "Open",
+        "nothing": None,
+    }
+    assert mask(data) == {
+        "id": "MSGabc",
+        "@type": "Message",
+        "createdBy": MASKED,
+        "createdAt": "2026-12-07T08:00:00.000Z",
+        "isOwn": False,
+        "content": {"body": MASKED, "age": MASKED, "items": [MASKED, {"relationshipId": "REL1"}]},
+        "recipients": [{"address": MASKED, "relationshipId": "REL2"}],
+        "status": "Open",
+        "nothing": None,
+    }
+
+
+def test_the_human_line_says_what_happened() -> None:
+    from event_router.ops.tap import line
+
+    event = {
+        "type": "event",
+        "time": 0.5,
+        "input": "connector",
+        "event_id": "E1",
+        "trigger": "transport.messageReceived",
+        "outcome": "accepted",
+        "routes": ["messages"],
+        "outputs": ["archive", "crm"],
+        "data": {"id": "MSG1"},
+    }
+    assert line(event).endswith(
+        "event    accepted      transport.messageReceived E1 from connector -> archive, crm (routes: messages)"
+    )
+    assert line(event, data=True).endswith(' data={"id":"MSG1"}')
+    retry = {
+        "type": "delivery",
+        "time": 0.5,
+        "output": "crm",
+        "route": "messages",
+        "event_id": "E1",
+        "trigger": "transport.messageReceived",
+        "delivery": 7,
+        "outcome": "retry",
+        "attempt": 1,
+        "error": "HTTP 503",
+        "retry_in": 1.5,
+    }
+    assert line(retry).endswith(
+        "delivery retry         crm E1 (delivery 7, attempt 1, route messages) retry in 1.5s: HTTP 503"
+    )
+    assert line({"type": "dropped", "count": 3, "why": "slow"}).endswith("-- 3 records dropped: slow")
