@@ -48,7 +48,7 @@ from event_router.api import (
     parse_listen,
     secret_schema,
 )
-from event_router.inputs.ratelimit import RateLimiter
+from event_router.api.ratelimit import RATE_LIMIT_SCHEMA, RateLimit, RateLimiter
 from event_router.web.signing import PLACEHOLDER_SECRET, decode_secret, verify
 
 if TYPE_CHECKING:  # granian itself is imported when a webhook input starts, not by every CLI command
@@ -199,15 +199,7 @@ class WebhookInput(Input):
                 "items": {"type": "string"},
                 "description": "client networks allowed to post (CIDR); others get 403",
             },
-            "rate_limit": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["per_second"],
-                "properties": {
-                    "per_second": {"type": "number", "exclusiveMinimum": 0},
-                    "burst": {"type": "number", "minimum": 1},
-                },
-            },
+            "rate_limit": RATE_LIMIT_SCHEMA,
             "max_connections": {
                 "type": "integer",
                 "minimum": 1,
@@ -291,7 +283,7 @@ class WebhookInput(Input):
         self.header_timeout: float = config.get("header_timeout", 10.0)
         self.body_timeout: float = config.get("body_timeout", 30.0)
         limit = config.get("rate_limit")
-        self.limiter = RateLimiter(limit["per_second"], limit.get("burst", limit["per_second"])) if limit else None
+        self.limiter = RateLimiter.of(RateLimit.from_table(limit)) if limit else None
         self.tls = config.get("tls")
         if self.tls:
             for key in ("cert_file", "key_file", "client_ca_file"):
