@@ -457,6 +457,25 @@ async def test_server_errors_are_retried(make_app: MakeApp, fake: Any, tmp_path:
     assert [s.status for s in fake.requests] == [500, 502, 429, 204]
 
 
+async def test_retry_on_and_permanent_on_apply_to_the_connector(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
+    """The same `retry_on`/`permanent_on` as the http output: a 404 (a record this Connector has not synced
+    yet) retried until it is there; a 503 dead-lettered at once."""
+    port = free_port()
+    routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'
+    fake.fail("sync", 404, "error.connector.recordNotFound", times=2)
+    fake.fail("sync", 503, times=1)
+    extra = api_key_extra() + "\nretry_on = [404]\npermanent_on = [503]"
+    async with make_app(router_toml(tmp_path, port, fake.url, routes, extra)) as app:
+        await send_webhook(port, MAIL)
+        await until(lambda: dead_letters(app), "the 503 dead-lettered")
+        (letter,) = dead_letters(app)
+        await send_webhook(port, MAIL)
+        await until(lambda: app.stats.get("deliveries", output="connector", outcome="delivered"), "the second sync")
+        assert app.stats.get("deliveries", output="connector", outcome="retry") == 2
+    assert [s.status for s in fake.requests] == [404, 404, 503, 204]
+    assert letter.reason == "permanent" and letter.attempts == 3 and "answered 503" in (letter.error or "")
+
+
 async def test_unreachable_and_hanging_connector_are_retried(make_app: MakeApp, fake: Any, tmp_path: Path) -> None:
     port = free_port()
     routes = '[[routes]]\nname = "sync"\nto = "connector"\naction = { name = "sync" }\n'

@@ -109,6 +109,13 @@ def _message(error: ValidationError, core_keys: Sequence[str] = ()) -> str:
         return f"{error.instance!r} is not a valid name (letters, digits, '_' and '-', starting with a letter)"
     if schema.get("x-secret"):
         return 'must be a string or a table with one key: env, file or credential (e.g. { env = "NAME" })'
+    if isinstance(schema.get("x-error"), str) and not _holds_secrets(schema):
+        # a schema's own words for a value it refuses (`anyOf` branches would each say a half of it); a value
+        # is quoted only when it is short (a long string under the wrong key may be a secret)
+        value = error.instance
+        number = isinstance(value, int) and not isinstance(value, bool)
+        shown = repr(value) if number or (isinstance(value, str) and len(value) <= 8) else _type_of(value)
+        return f"{shown} {schema['x-error']}"
     if error.validator == "type":
         # described, not quoted: a wrong-typed value may be a secret written under the wrong key
         expected = schema.get("type")

@@ -18,6 +18,7 @@ Path parameters are percent-encoded as one segment (`.`/`..` refused), so event 
 endpoint is called. Requests are built from the project's endpoint table (`event_router.outputs.connector_api`).
 The Connector's `{result}`/`{error}` envelope is parsed: 4xx with an `error.code` is a permanent failure with
 that code; 408/425/429, 5xx, timeouts and connection errors are retried; 401 is permanent ("API key rejected").
+`retry_on` and `permanent_on` move statuses to either side, as for the http output (`StatusPolicy`).
 With `emit_results = true` each action's outcome becomes an event (`router.actionSucceeded` /
 `router.actionFailed`) that routes can match, to chain steps.
 """
@@ -62,7 +63,7 @@ from event_router.outputs.connector_api import (
     quote_segment,
 )
 from event_router.web.auth import ApiKeyAuth
-from event_router.web.http_answers import retryable_status
+from event_router.web.http_answers import STATUS_POLICY_PROPERTIES, StatusPolicy
 
 __all__ = ["ACTIONS", "ConnectorOutput", "SubmitEvents", "check_action", "connector_version"]
 
@@ -406,7 +407,7 @@ class ConnectorOutput(Output):
         "type": "object",
         "additionalProperties": False,
         "required": ["base_url"],
-        "properties": {**CONNECTION_PROPERTIES, "emit_results": {"type": "boolean"}},
+        "properties": {**CONNECTION_PROPERTIES, "emit_results": {"type": "boolean"}, **STATUS_POLICY_PROPERTIES},
     }
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:
@@ -419,6 +420,8 @@ class ConnectorOutput(Output):
         self.base_url = self.client.base_url
         self.auth = self.client.auth
         self.emit_results: bool = config.get("emit_results", False)
+        #: `retry_on`, `permanent_on`: which answers are retried
+        self.statuses = StatusPolicy.from_config(config)
         #: how this output hands result events to the core. None: `PluginContext.submit` (which the App sets
         #: after constructing the plugins) is used; set it to hand results somewhere else (tests do)
         self.submit: SubmitEvents | None = None
@@ -555,7 +558,7 @@ class ConnectorOutput(Output):
         # a proxy or a misbehaving server may echo the credentials it was sent in its error message
         detail = f": {code}: {self._scrub(str(error.get('message', '')))}" if code else ""
         message = f"{where} answered {answer.status}{detail}"
-        if retryable_status(answer.status):
+        if self.statuses.retryable(answer.status):
             return RetryableError(message, retry_after=retry_after, code=code)
         if answer.status == 401:
             what = "API key" if isinstance(self.auth, ApiKeyAuth) else "OAuth2 token"

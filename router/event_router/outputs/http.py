@@ -39,10 +39,11 @@ from event_router.web import cloudevents
 from event_router.web.auth import AUTH_SCHEMA, HttpAuth, basic_credentials, build_auth
 from event_router.web.http_answers import (
     CLIENT_SESSION_OPTIONS,
+    STATUS_POLICY_PROPERTIES,
+    StatusPolicy,
     discard_answer,
     read_answer,
     retry_after_seconds,
-    retryable_status,
 )
 from event_router.web.signing import PLACEHOLDER_SECRET, WebhookSigner
 
@@ -106,7 +107,8 @@ class HttpOutput(Output):
     it), `X-Event-Trigger`, the configured static headers, then the `auth` header(s) and the Standard
     Webhooks signature (`signing_secret`). 2xx is success; 408, 425, 429 (honouring Retry-After), 5xx,
     timeouts and connection errors are retried; any other status is permanent and goes to the dead letters
-    (a 401 with OAuth2 is first retried once with a new token). A redirect is a permanent failure, unless
+    (a 401 with OAuth2 is first retried once with a new token); `retry_on` and `permanent_on` move
+    statuses to either side (`StatusPolicy`). A redirect is a permanent failure, unless
     `follow_redirects = true`: then the same request (method, body, headers, signature) is sent again to the
     new URL if it is on the configured origin (scheme, host, port), at most MAX_REDIRECTS times; one to
     another origin is refused (permanent). Of an answer at most ANSWER_LIMIT bytes are read. TLS
@@ -138,6 +140,7 @@ class HttpOutput(Output):
             "ca_file": {"type": "string", "minLength": 1},
             "follow_redirects": {"type": "boolean"},
             "signing_secret": secret_schema(PLACEHOLDER_SECRET),
+            **STATUS_POLICY_PROPERTIES,
         },
     }
 
@@ -179,6 +182,8 @@ class HttpOutput(Output):
                 raise ConfigError(
                     "headers", "the url carries credentials (user:password@) already: drop the Authorization header"
                 )
+        #: `retry_on`, `permanent_on`: which answers are retried
+        self.statuses = StatusPolicy.from_config(config)
         self.body_mode: str = config.get("body", "event")
         self.follow_redirects: bool = config.get("follow_redirects", False)
         self.tls_verify: bool = config.get("tls_verify", True)
@@ -364,10 +369,11 @@ class HttpOutput(Output):
         """Raise the error for a non-2xx answer from `where`; return only for a 401 that fresh credentials may
         cure."""
         message = f"{self.method} {where} answered {status}" + (f": {text}" if text else "")
-        if retryable_status(status):
-            raise RetryableError(message, retry_after=retry_after)
+        # fresh credentials first, also when 401 is in retry_on: the retry would carry the same token
         if status == 401 and may_refresh and self.auth is not None and self.auth.unauthorized():
             return
+        if self.statuses.retryable(status):
+            raise RetryableError(message, retry_after=retry_after)
         if status == 401 and self.auth is not None:
             message += f" (credentials: {self.auth.description})"
         raise PermanentError(message, code=str(status))

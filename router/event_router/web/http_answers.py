@@ -1,5 +1,5 @@
 """What the router reads of an HTTP answer it gets as a client (http and connector outputs, OAuth2 token
-requests), and how it parses `Retry-After`.
+requests), how it parses `Retry-After`, and which statuses it tries again after (`StatusPolicy`).
 
 A receiver is not trusted to answer sensibly: a body of any size (or one that never ends) costs at most
 `limit` bytes of memory, and whatever comes after them is never read: the connection is closed instead.
@@ -10,13 +10,24 @@ small compressed body cannot unfold into a large one.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any, Final
 
 import aiohttp
 
-__all__ = ["CLIENT_SESSION_OPTIONS", "discard_answer", "read_answer", "retry_after_seconds"]
+from event_router.api.errors import ConfigError
+
+__all__ = [
+    "CLIENT_SESSION_OPTIONS",
+    "STATUS_POLICY_PROPERTIES",
+    "StatusPolicy",
+    "discard_answer",
+    "read_answer",
+    "retry_after_seconds",
+]
 
 #: keyword arguments for every `aiohttp.ClientSession` that talks to a receiver
 CLIENT_SESSION_OPTIONS: Final[dict[str, Any]] = {
@@ -75,10 +86,71 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-#: statuses below 500 worth trying again: the receiver may recover
-RETRYABLE_STATUS = frozenset({408, 425, 429})
+#: statuses below 500 worth trying again by default: the receiver says "later"
+RETRYABLE_STATUS: Final = frozenset({408, 425, 429})
+#: the classes `retry_on` and `permanent_on` may name, by their first digit
+STATUS_CLASSES: Final = {"4xx": 4, "5xx": 5}
+
+#: `retry_on`, `permanent_on`: error statuses (400 to 599), or classes of them
+STATUS_LIST_SCHEMA: Final[dict[str, Any]] = {
+    "type": "array",
+    "items": {
+        "anyOf": [{"type": "integer", "minimum": 400, "maximum": 599}, {"enum": list(STATUS_CLASSES)}],
+        "x-error": 'is not an HTTP error status: give one from 400 to 599, or "4xx" or "5xx" for a whole class',
+    },
+}
+#: the keys of an output that speaks HTTP for which answers are retried: add them to its `config_schema`'s
+#: `properties` and build its `StatusPolicy.from_config`
+STATUS_POLICY_PROPERTIES: Final[dict[str, Any]] = {
+    "retry_on": {**STATUS_LIST_SCHEMA, "description": "statuses retried besides 408, 425, 429, 5xx"},
+    "permanent_on": {**STATUS_LIST_SCHEMA, "description": "statuses dead-lettered at once, none retried"},
+}
 
 
-def retryable_status(status: int) -> bool:
-    """Whether an HTTP answer with `status` is worth sending again (a 5xx, or a 4xx that says "later")."""
-    return status in RETRYABLE_STATUS or status >= 500
+@dataclass(frozen=True, slots=True)
+class StatusPolicy:
+    """Which non-2xx answers a delivery is tried again after, for every output that speaks HTTP (http,
+    connector): by default 408, 425, 429 and every 5xx (the receiver may recover), no other status (the same
+    request would fail the same way). `retry_on` and `permanent_on` move statuses, or whole classes
+    ("4xx", "5xx"), to either side: a receiver that answers 404 while it is redeployed is retried with
+    `retry_on = [404]`. An exact status wins over a class (`retry_on = ["5xx"], permanent_on = [501]`);
+    the same status, or the same class, in both lists is refused."""
+
+    retry: frozenset[int] = frozenset()
+    permanent: frozenset[int] = frozenset()
+    #: classes by their first digit (5 for "5xx")
+    retry_classes: frozenset[int] = frozenset()
+    permanent_classes: frozenset[int] = frozenset()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> StatusPolicy:
+        """From an output's table (checked against `STATUS_POLICY_PROPERTIES`); `ConfigError` for a status or
+        a class in both lists."""
+        retry_on: list[int | str] = list(config.get("retry_on", ()))
+        permanent_on: list[int | str] = list(config.get("permanent_on", ()))
+        for index, entry in enumerate(permanent_on):
+            if entry in retry_on:
+                shown = f'"{entry}"' if isinstance(entry, str) else str(entry)
+                raise ConfigError(
+                    f"permanent_on[{index}]",
+                    f"{shown} is in retry_on too: name it in one list (an exact status wins over a class, "
+                    'so retry_on = ["5xx"] with permanent_on = [501] is fine)',
+                )
+        return cls(
+            retry=frozenset(e for e in retry_on if isinstance(e, int)),
+            permanent=frozenset(e for e in permanent_on if isinstance(e, int)),
+            retry_classes=frozenset(STATUS_CLASSES[e] for e in retry_on if isinstance(e, str)),
+            permanent_classes=frozenset(STATUS_CLASSES[e] for e in permanent_on if isinstance(e, str)),
+        )
+
+    def retryable(self, status: int) -> bool:
+        """Whether a delivery answered `status` (not a 2xx) is worth sending again."""
+        if status in self.retry:
+            return True
+        if status in self.permanent:
+            return False
+        if status // 100 in self.retry_classes:
+            return True
+        if status // 100 in self.permanent_classes:
+            return False
+        return status in RETRYABLE_STATUS or status >= 500
