@@ -9,12 +9,14 @@ import orjson
 import pytest
 
 from event_router.api.durations import parse_duration
+from event_router.api.ratelimit import RateLimit
 from event_router.api.secrets import Secret, secret_schema
 from event_router.config import ConfigErrors, build_config, load_config
 from event_router.config.secrets import resolve_table
 from event_router.plugin_loader import load_plugins
 from event_router.testing import run_cli
 
+CRM = 'url = "http://127.0.0.1:9000/hooks/{{trigger}}"'
 BASE = """
 [router]
 data_dir = "./var"
@@ -107,13 +109,13 @@ BROKEN = [
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrotate = true'),
         "router.toml: outputs.archive: unknown key 'rotate' "
-        "(allowed: concurrency, fsync, max_pending, mode, path, retry, timeout, type) (plugin file)",
+        "(allowed: concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) (plugin file)",
         id="unknown-plugin-key",
     ),
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\ntimout = 5'),
         "router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: concurrency, fsync, max_pending, mode, path, retry, timeout, type) (plugin file)",
+        "(allowed: concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) (plugin file)",
         id="core-output-key-typo",
     ),
     pytest.param(
@@ -220,6 +222,58 @@ BROKEN = [
         BASE.replace('type = "webhook"\n', ""),
         "router.toml: inputs.connector: 'type' is required but missing",
         id="input-without-type",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + "\nretry_on = [404, 200]"),
+        "router.toml: outputs.crm.retry_on[1]: 200 is not an HTTP error status: give one from 400 to 599, or "
+        '"4xx" or "5xx" for a whole class (plugin http)',
+        id="retry-on-not-an-error-status",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + '\npermanent_on = ["6xx"]'),
+        "router.toml: outputs.crm.permanent_on[0]: '6xx' is not an HTTP error status",
+        id="permanent-on-unknown-class",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + "\nretry_on = 404"),
+        "router.toml: outputs.crm.retry_on: must be an array, not an integer (plugin http)",
+        id="retry-on-not-a-list",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + "\nretry_on = [404, 503]\npermanent_on = [501, 503]"),
+        "router.toml: outputs.crm.permanent_on[1]: 503 is in retry_on too: name it in one list (an exact status "
+        'wins over a class, so retry_on = ["5xx"] with permanent_on = [501] is fine) (plugin http)',
+        id="status-in-both-lists",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + '\nretry_on = ["4xx"]\npermanent_on = ["4xx"]'),
+        'router.toml: outputs.crm.permanent_on[0]: "4xx" is in retry_on too',
+        id="class-in-both-lists",
+    ),
+    pytest.param(
+        BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nretry_on = [404]'),
+        "router.toml: outputs.archive: unknown key 'retry_on'",
+        id="retry-on-for-an-output-that-is-not-http",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + "\nrate_limit = { per_second = 0 }"),
+        "router.toml: outputs.crm.rate_limit.per_second: 0 is less than or equal to the minimum of 0",
+        id="rate-limit-zero",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + "\nrate_limit = { per_second = 5, burst = 0.5 }"),
+        "router.toml: outputs.crm.rate_limit.burst: 0.5 is less than the minimum of 1",
+        id="rate-limit-burst-below-one",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + '\nrate_limit = "50/s"'),
+        "router.toml: outputs.crm.rate_limit: must be a table, not a string",
+        id="rate-limit-not-a-table",
+    ),
+    pytest.param(
+        BASE.replace(CRM, CRM + "\nrate_limit = { per_sec = 5 }"),
+        "router.toml: outputs.crm.rate_limit: unknown key 'per_sec'; did you mean 'per_second'?",
+        id="rate-limit-key-typo",
     ),
 ]
 
@@ -351,6 +405,33 @@ def test_retry_policy_layers(tmp_path: Path, registry) -> None:  # type: ignore[
     assert config.retry_for("crm", "messages to CRM").max_attempts == 2
 
 
+def test_statuses_retried_per_output(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    """`retry_on`/`permanent_on` move statuses over the defaults; an exact status wins over a class."""
+    text = BASE.replace(CRM, CRM + '\nretry_on = [404, "5xx"]\npermanent_on = [501, "4xx"]')
+    text += '[outputs.actions]\ntype = "connector"\nbase_url = "http://127.0.0.1:8080"\napi_key = "k"\n'
+    text += "retry_on = [409]\n"
+    config = build(text, tmp_path, registry)
+    crm = config.outputs["crm"].plugin.statuses
+    decided = {status: crm.retryable(status) for status in (400, 404, 408, 429, 500, 501, 503)}
+    # 404 named, 408 and 429 put with "4xx" to the permanent side, 501 named there, the rest of 5xx retried
+    assert decided == {400: False, 404: True, 408: False, 429: False, 500: True, 501: False, 503: True}
+    defaults = config.outputs["actions"].plugin.statuses
+    assert [defaults.retryable(s) for s in (404, 409, 422, 425, 502)] == [False, True, False, True, True]
+
+
+def test_rate_limit_per_output(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    """The same table as the webhook's `rate_limit`; `burst` defaults to a second's worth, at least 1."""
+    text = BASE.replace(CRM, CRM + "\nrate_limit = { per_second = 50, burst = 10 }")
+    text = text.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrate_limit = { per_second = 0.2 }')
+    config = build(text, tmp_path, registry)
+    assert config.outputs["crm"].rate_limit == RateLimit(50.0, 10.0)
+    assert config.outputs["archive"].rate_limit == RateLimit(0.2, 1.0)
+    assert build(BASE, tmp_path, registry).outputs["crm"].rate_limit is None
+    slow = BASE.replace("[inputs.connector]", "[inputs.connector]\nrate_limit = { per_second = 0.5 }")
+    webhook = build(slow, tmp_path, registry).inputs["connector"].plugin
+    assert webhook.limiter.allow("client", now=0.0) == 0.0, "a limit under 1/s still lets a request through"
+
+
 def test_what_a_worker_looks_up_survives_a_reload_that_removed_it(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
     """A worker finishing its deliveries after a reload removed its output (or their route) reads the new
     configuration: the router's default policy, no route options; not a KeyError in the delivery loop."""
@@ -414,5 +495,5 @@ def test_check_names_the_core_keys_and_the_key_meant(tmp_path: Path) -> None:
     assert checked.returncode != 0
     assert (
         "error: router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: concurrency, fsync, max_pending, mode, path, retry, timeout, type) (plugin file)"
+        "(allowed: concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) (plugin file)"
     ) in checked.stderr, checked.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import anyio
@@ -14,6 +16,7 @@ from event_router.core.delivery import OutputWorker
 from event_router.core.spool import DeadLetterFilter
 from event_router.testing import (
     MakeApp,
+    Recorded,
     dead_letters,
     example,
     free_port,
@@ -301,3 +304,144 @@ async def test_a_retry_due_before_its_outcome_is_committed_is_not_left_to_the_po
             await until(lambda: len(rx.requests) == 2, "the retry", within=10)
     gap = rx.requests[1].at - rx.requests[0].at
     assert gap < 0.6, f"the retry waited {gap:.3f}s: for the poll, not for its commit (0.1 s)"
+
+
+# --- which answers are retried (`retry_on`, `permanent_on`) --------------------------------------------
+
+
+async def test_retry_on_retries_a_404_until_the_receiver_is_back(make_app: MakeApp, tmp_path: Path) -> None:
+    """A receiver being redeployed answers 404 for a while: with `retry_on = [404]` that is retried like a
+    503, and the delivery goes through once it answers 2xx again."""
+    port = free_port()
+    with http_receiver() as rx:
+        rx.respond(404, 404, 404, 200)
+        async with make_app(config(port, tmp_path, rx.url + "/in", extra_output="retry_on = [404]")) as app:
+            accepted = await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", output="crm", outcome="delivered") == 1, "delivered")
+            assert app.stats.get("deliveries", output="crm", outcome="retry") == 3
+            assert dead_letters(app.config.data_dir) == []
+    assert [r.headers["Idempotency-Key"] for r in rx.requests] == [accepted] * 4
+
+
+async def test_a_404_is_permanent_without_retry_on(make_app: MakeApp, tmp_path: Path) -> None:
+    port = free_port()
+    with http_receiver() as rx:
+        rx.respond(404, 200)
+        async with make_app(config(port, tmp_path, rx.url + "/in")) as app:
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("dead_letters", reason="permanent", output="crm") == 1, "dead letter")
+            (letter,) = dead_letters(app.config.data_dir, DeadLetterFilter(output="crm"))
+            await anyio.sleep(0.3)  # the backoff of a retry, were there one
+    assert len(rx.requests) == 1
+    assert letter.attempts == 1 and "answered 404" in (letter.error or "")
+
+
+async def test_permanent_on_dead_letters_a_503_at_once(make_app: MakeApp, tmp_path: Path) -> None:
+    port = free_port()
+    with http_receiver() as rx:
+        rx.respond(503, 200)
+        text = config(port, tmp_path, rx.url + "/in", extra_output='permanent_on = [503]\nretry_on = ["5xx"]')
+        async with make_app(text) as app:
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("dead_letters", reason="permanent", output="crm") == 1, "dead letter")
+            (letter,) = dead_letters(app.config.data_dir, DeadLetterFilter(output="crm"))
+            await anyio.sleep(0.3)
+            assert app.stats.get("deliveries", output="crm", outcome="retry") == 0
+    assert len(rx.requests) == 1
+    assert letter.reason == "permanent" and letter.attempts == 1 and "answered 503" in (letter.error or "")
+
+
+# --- rate_limit ----------------------------------------------------------------------------------------
+
+RATE = "rate_limit = { per_second = 20, burst = 1 }"
+
+
+def assert_paced(times: list[float], per_second: float) -> None:
+    """Arrival times of requests sent at most `per_second` with a burst of 1: every run of them spans at least
+    what the limit allows, less a little for the receiver's threads (a request may arrive a few ms late, the
+    one after it on time)."""
+    span = times[-1] - times[0]
+    assert span >= (len(times) - 1) / per_second - 0.05, f"{len(times)} requests in {span:.3f}s"
+    window = int(per_second)
+    shortest = min(b - a for a, b in zip(times, times[window:], strict=False))
+    assert shortest >= window / per_second - 0.05, f"{window + 1} requests within {shortest:.3f}s"
+
+
+async def test_rate_limit_paces_deliveries_and_costs_no_attempt(make_app: MakeApp, tmp_path: Path) -> None:
+    """60 deliveries at 20/s with a burst of 1 take at least 59/20 s; they wait, none fails or is retried,
+    and the file output beside it is not held back (the limit is per output)."""
+    port = free_port()
+    count = 60
+    with http_receiver() as rx:
+        text = config(port, tmp_path, rx.url + "/in", extra_output=RATE).replace("max_attempts = 5", "max_attempts = 1")
+        async with make_app(text) as app:
+            mails = [example("transport.messageReceived") for _ in range(count)]
+            await anyio.to_thread.run_sync(lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails])
+            await until(lambda: len(read_jsonl(tmp_path / "out/events.jsonl")) == count, "every event archived")
+            assert len(rx.requests) < count, "the file output waited for the http output's limit"
+            await until(
+                lambda: app.stats.get("deliveries", output="crm", outcome="delivered") == count, "all", within=30
+            )
+            assert app.stats.get("deliveries", output="crm", outcome="retry") == 0
+            assert app.stats.get("rate_limited", output="crm") > 0
+            assert dead_letters(app.config.data_dir) == []
+        times = sorted(r.at for r in rx.requests)
+    assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == count
+    assert times[-1] - times[0] >= 2.9
+    assert_paced(times, 20)
+
+
+async def test_rate_limit_holds_across_retries(make_app: MakeApp, tmp_path: Path) -> None:
+    """Retries take tokens like first attempts: 60 deliveries of which 5 fail once are 65 requests at 20/s;
+    and waiting for a token is no attempt: with `max_attempts = 2` every delivery still gets through."""
+    port = free_port()
+    count, failing = 60, 5
+    failed: set[str] = set()
+    lock = threading.Lock()
+
+    def first_five_fail_once(request: Recorded, handler: BaseHTTPRequestHandler) -> None:
+        key = request.headers["Idempotency-Key"]
+        with lock:
+            fail = len(failed) < failing and key not in failed
+            if fail:
+                failed.add(key)
+        body = b"{}"
+        handler.send_response(503 if fail else 200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with http_receiver(first_five_fail_once) as rx:
+        text = config(port, tmp_path, rx.url + "/in", extra_output=RATE).replace("max_attempts = 5", "max_attempts = 2")
+        async with make_app(text) as app:
+            mails = [example("transport.messageReceived") for _ in range(count)]
+            await anyio.to_thread.run_sync(lambda: [post(f"http://127.0.0.1:{port}/events", m) for m in mails])
+            await until(
+                lambda: app.stats.get("deliveries", output="crm", outcome="delivered") == count, "all", within=30
+            )
+            assert app.stats.get("deliveries", output="crm", outcome="retry") == failing
+            assert dead_letters(app.config.data_dir) == []
+        times = sorted(r.at for r in rx.requests)
+    assert len(times) == count + failing
+    assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == count
+    assert_paced(times, 20)
+
+
+async def test_a_stop_ends_a_wait_for_the_rate_limit(make_app: MakeApp, tmp_path: Path) -> None:
+    """At one delivery every 10 s, the second waits; stopping the router does not wait with it (nor for
+    `shutdown_timeout`), and the delivery stays pending for the next start, unattempted."""
+    port = free_port()
+    with http_receiver() as rx:
+        text = config(port, tmp_path, rx.url + "/in", extra_output="rate_limit = { per_second = 0.1 }")
+        async with make_app(text) as app:
+            await send_webhook(port, example("transport.messageReceived"))
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", output="crm", outcome="delivered") == 1, "the first")
+            await until(lambda: app.pipeline.workers["crm"]._pacing is not None, "the wait for the second")
+            stopping = time.monotonic()
+        stopped = time.monotonic() - stopping
+        assert stopped < 3.0, f"the stop took {stopped:.1f}s"
+        assert len(rx.requests) == 1
+        async with make_app(text.replace("per_second = 0.1", "per_second = 100")) as app:
+            await until(lambda: len(rx.requests) == 2, "the second, after the restart")
+            assert app.stats.get("deliveries", output="crm", outcome="retry") == 0

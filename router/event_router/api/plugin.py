@@ -132,11 +132,12 @@ class _Plugin(ABC):
     #: the `type = "..."` that selects this class in router.toml
     type_name: ClassVar[str]
     #: JSON Schema (Draft 2020-12) of the plugin's own keys in its table. Keys the core owns (`type`,
-    #: and `validation`/`unknown_triggers` for inputs, `concurrency`/`retry`/`timeout`/`max_pending` for
-    #: outputs) are removed before validation. Mark secret strings with `"x-secret": true`: the core resolves
-    #: `{env=...}`/`{file=...}` references for them and never logs them (`"x-secret": "optional"`: a
-    #: reference is resolved, plain text is not warned about; `secrets.TEXT_OR_SECRET_SCHEMA`; `"x-secret":
-    #: "url"`: plain text is warned about only while it holds credentials; `secret_schema(..., url=True)`).
+    #: and `validation`/`unknown_triggers` for inputs, `concurrency`/`retry`/`timeout`/`max_pending`/
+    #: `rate_limit` for outputs) are removed before validation. Mark secret strings with `"x-secret":
+    #: true`: the core resolves `{env=...}`/`{file=...}` references for them and never logs them
+    #: (`"x-secret": "optional"`: a reference is resolved, plain text is not warned about;
+    #: `secrets.TEXT_OR_SECRET_SCHEMA`; `"x-secret": "url"`: plain text is warned about only while it holds
+    #: credentials; `secret_schema(..., url=True)`).
     config_schema: ClassVar[Mapping[str, Any]] = {"type": "object", "additionalProperties": False}
 
     def __init__(self, config: Mapping[str, Any], context: PluginContext) -> None:

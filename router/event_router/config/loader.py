@@ -24,6 +24,7 @@ from event_router.api.durations import parse_duration
 from event_router.api.errors import ConfigError, RouterError
 from event_router.api.listen import format_listen, parse_listen
 from event_router.api.plugin import Input, Output, PluginContext
+from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
 from event_router.api.secrets import Unresolved, scrub, url_secrets
 from event_router.config.schema import INPUT_CORE_KEYS, OUTPUT_CORE_KEYS, ROUTE_KEYS, ROUTER_SCHEMA
@@ -352,6 +353,7 @@ class _Loader:
             table=table,
             plugin=plugin,
             max_pending=table.get("max_pending", DEFAULT_MAX_PENDING),
+            rate_limit=RateLimit.from_table(table["rate_limit"]) if "rate_limit" in table else None,
         )
 
     def _plugin_class(self, key: str, type_name: str, available: Mapping[str, Any], kind: str) -> Any:

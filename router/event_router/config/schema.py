@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from event_router.api.durations import DURATION_SCHEMA
+from event_router.api.ratelimit import RATE_LIMIT_SCHEMA
 from event_router.api.retry import RETRY_SCHEMA
 from event_router.api.secrets import SECRET_SCHEMA
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
-OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout", "max_pending")
+OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout", "max_pending", "rate_limit")
 #: route keys the core reads; the others (`action`) are passed to outputs, which check them
 #: through `Output.check_route_options`
 ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
@@ -77,6 +78,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                     "retry": RETRY_SCHEMA,
                     "timeout": DURATION_SCHEMA,
                     "max_pending": {"type": "integer", "minimum": 1},
+                    "rate_limit": RATE_LIMIT_SCHEMA,
                 },
             },
         },

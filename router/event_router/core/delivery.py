@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 from event_router.api.errors import DeliveryError, RetryableError, SpoolError
 from event_router.api.event import Event
 from event_router.api.plugin import Delivery, is_retryable
+from event_router.api.ratelimit import Pace
 from event_router.api.retry import RetryPolicy
 from event_router.core.model import OutputConfig, RouterConfig
 from event_router.core.plan import PlannedDelivery
@@ -166,6 +167,13 @@ class OutputWorker:
         #: the worker this one replaces on a reload, while it finishes its attempts: what it has in flight
         #: is not handed out here too (the app clears it once that worker ended)
         self.predecessor = predecessor
+        #: `rate_limit` (see `_paced`); a reload that keeps the limit keeps the bucket, so it grants no new burst
+        kept: Pace | None = predecessor._pace if predecessor is not None else None
+        self._pace: Pace | None = kept if kept is not None and kept.limit == config.rate_limit else None
+        if self._pace is None and config.rate_limit is not None:
+            self._pace = Pace(config.rate_limit)
+        #: the wait for the rate limit, while there is one: `stop` ends it
+        self._pacing: anyio.CancelScope | None = None
 
     #: deliveries near the head of the buffer keep the parsed event; those behind keep its stored JSON
     PARSED_AHEAD = 64
@@ -228,6 +236,8 @@ class OutputWorker:
             self._claimed.pop(pending.did, None)
         self._buffer.clear()
         self._wake.set()
+        if self._pacing is not None:
+            self._pacing.cancel()
 
     def _excluded(self) -> Collection[int]:
         """Deliveries a spool read must skip: in memory here, or still being attempted by a predecessor (a
@@ -253,17 +263,35 @@ class OutputWorker:
                         continue
                     await self._unrecorded.acquire()
                     await self._limiter.acquire()
+                    # paced once a slot is free, so that attempts start at the pace the tokens come
+                    count = await self._paced(min(self.plugin.max_batch, len(self._buffer)))
                     if self.stopping:
                         self._limiter.release()
                         self._unrecorded.release()
                         break
-                    count = min(self.plugin.max_batch, len(self._buffer))
+                    count = min(count, len(self._buffer))
                     batch = [self._buffer.popleft() for _ in range(count)]
                     self.in_flight += len(batch)
                     tg.start_soon(self._run_batch, batch)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.plugin.close()
+
+    async def _paced(self, most: int) -> int:
+        """How many of the next `most` deliveries the output's `rate_limit` lets go now: it waits for a token
+        for the first. Waiting here is no attempt: a delivery's attempts, backoff and `timeout` are untouched,
+        and retries take tokens like first attempts. 0 when `stop` ended the wait."""
+        if self._pace is None:
+            return most
+        if self._stopping:
+            return 0
+        granted = 0
+        with anyio.CancelScope() as self._pacing:
+            granted, waited = await self._pace.take(most)
+            if waited:
+                self.stats.incr("rate_limited", output=self.name)
+        self._pacing = None
+        return granted
 
     def _refill(self) -> None:
         now = self.spool.clock.now()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from event_router.api.plugin import Input, Output
+from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
 from event_router.core.routing import Matcher
 from event_router.core.spool import SpoolSettings
@@ -37,6 +38,8 @@ class OutputConfig:
     #: deliveries that may wait for this output (not yet delivered nor dead-lettered); past it, new ones
     #: are stored as dead letters (`output_backlog_full`) and the event goes on to its other outputs
     max_pending: int
+    #: `rate_limit`: how fast the worker starts attempts, retries included (None: as fast as it can)
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)

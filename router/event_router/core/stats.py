@@ -41,6 +41,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "duplicates": ("Repeated messages (a message id already stored) answered and not stored again", ("input",)),
     "reloads": ("Configuration reloads by result", ("result",)),
     "outcome_commit_failures": ("Failed commits of delivery outcomes (each is tried again)", ("output",)),
+    "rate_limited": ("Waits of an output for its rate_limit before attempts (a wait is no attempt)", ("output",)),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "delivery_latency_seconds": ("From spooling an event to its successful delivery", ("output",)),
