@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -67,6 +68,18 @@ def test_shipped_router_toml_is_valid(monkeypatch: pytest.MonkeyPatch, registry)
     root = Path(__file__).resolve().parents[1]
     config = load_config(root / "router.toml", registry)
     assert config.inputs and config.outputs and config.routes
+
+
+def test_shipped_router_toml_delivery_controls_are_valid(monkeypatch: pytest.MonkeyPatch, registry) -> None:  # type: ignore[no-untyped-def]
+    """router.toml shows `rate_limit`, `retry_on` and `permanent_on` commented out: uncommented, they load."""
+    monkeypatch.setenv("ROUTER_WEBHOOK_API_KEY", "test-key")
+    root = Path(__file__).resolve().parents[1]
+    keys = ("rate_limit", "retry_on", "permanent_on")
+    text = re.sub(rf"^# ({'|'.join(keys)}) =", r"\1 =", (root / "router.toml").read_text(), flags=re.MULTILINE)
+    config = build_config(tomllib.loads(text), path=root / "router.toml", registry=registry)
+    crm = config.outputs["crm"]
+    assert crm.rate_limit == RateLimit(50.0, 10.0)
+    assert crm.plugin.statuses.retryable(404) and not crm.plugin.statuses.retryable(501)  # type: ignore[attr-defined]
 
 
 BROKEN = [
