@@ -445,3 +445,22 @@ async def test_a_stop_ends_a_wait_for_the_rate_limit(make_app: MakeApp, tmp_path
         async with make_app(text.replace("per_second = 0.1", "per_second = 100")) as app:
             await until(lambda: len(rx.requests) == 2, "the second, after the restart")
             assert app.stats.get("deliveries", output="crm", outcome="retry") == 0
+
+
+async def test_a_reload_that_keeps_the_rate_limit_keeps_its_bucket(make_app: MakeApp, tmp_path: Path) -> None:
+    """A reload that changes another key restarts the output; the limit it kept grants no fresh burst: at one
+    delivery every 4 s, the one sent after the reload waits for the token the one before took."""
+    port = free_port()
+    with http_receiver() as rx:
+        text = config(port, tmp_path, rx.url + "/in", extra_output="rate_limit = { per_second = 0.25 }")
+        async with make_app(text) as app:
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: len(rx.requests) == 1, "the first delivery")
+            before = app.pipeline.workers["crm"]
+            (tmp_path / "router.toml").write_text(text.replace('timeout = "2s"', 'timeout = "3s"'))
+            assert await app.reload() == (True, [])
+            assert app.pipeline.workers["crm"] is not before, "the output restarted"
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: len(rx.requests) == 2, "the second delivery", within=15)
+    gap = rx.requests[1].at - rx.requests[0].at
+    assert gap >= 3.5, f"the second went {gap:.2f}s after the first: the reload gave a new burst"
