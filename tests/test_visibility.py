@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from event_router.core.spool import DeadLetterFilter
-from event_router.core.spool.sqlite import SQLiteSpool
+from event_router.core.spool.sqlite import SCHEMA_VERSION, SQLiteSpool
 from event_router.testing import (
     RouterProcess,
     example,
@@ -274,9 +274,10 @@ async def test_a_schema_1_spool_is_upgraded_in_place_and_keeps_its_rows(tmp_path
         spool.close()
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
         assert "announced" in tables, "schema 3's table of announced keys"
+        assert "output_states" in tables, "schema 4's table of paused outputs and open breakers"
         assert "AUTOINCREMENT" in tables["deliveries"] and "AUTOINCREMENT" in tables["dead_letters"]
         assert not any(name.endswith("_v1") for name in tables), tables
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

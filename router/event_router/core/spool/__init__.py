@@ -25,6 +25,9 @@ What every backend guarantees (the callers rely on it):
 - SQLite: only one router runs on a spool (`open("exclusive")`); PostgreSQL: several do, and a delivery
   `fetch_due` handed to one is leased to it (no other live router is handed it until it is settled, let go
   or its lease expired); operator commands open either beside running routers;
+- each output's state (`OutputState`: paused by an operator, its breaker open on a router) is kept in the
+  spool, so a pause outlives restarts and every router on a shared spool follows it; routers read it
+  again every second or so (`output_states`, a small table);
 - failures raise `SpoolError`, `transient` when the same write may succeed later (disk full, busy).
 """
 
@@ -253,6 +256,25 @@ class StillDead:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class OutputState:
+    """What the spool records of one output besides its deliveries (`output_states`): whether an operator
+    paused it, and whether a router's breaker holds it open. An output without a record is neither."""
+
+    output: str
+    #: paused: no router starts a delivery of it; its backlog stays in the spool
+    paused: bool = False
+    #: Unix time of the last pause or resume, and who asked for it (a user and host, the admin endpoint)
+    pause_changed_at: float | None = None
+    pause_changed_by: str | None = None
+    #: Unix time since which a router's breaker holds the output open (None: no live record of an open one);
+    #: an open record lapses unless its router records it again (`Spool.record_breaker`)
+    breaker_open_since: float | None = None
+    #: the router that recorded it open, and the failure that opened it
+    breaker_router: str | None = None
+    breaker_error: str | None = None
+
+
 #: a delivery's outcome for `settle`: (id, failures so far, due again at (clock base), error)
 Retry = tuple[int, int, float, str]
 #: (id, reason, error, attempts): moved to the dead letters with its event and payload
@@ -353,6 +375,25 @@ class Spool(Protocol):
 
     async def rebase(self, shift: float) -> None:
         """Move every pending time by `shift` seconds, right after `clock.shift(shift)` (no await between)."""
+
+    # --- the outputs' states ---------------------------------------------------------------------
+
+    def output_states(self) -> dict[str, OutputState]:
+        """The recorded state of each output that has one (a small table: routers read it every second or so
+        on the event loop, `status` once); a lapsed open breaker reads as closed."""
+
+    def set_paused(self, output: str, paused: bool, by: str) -> tuple[OutputState, bool]:
+        """Pause or resume `output` (an operator command; the admin endpoint from a worker thread), in one
+        commit; its state after, and whether this changed it (pausing a paused output keeps who paused it
+        and since when)."""
+
+    async def record_breaker(
+        self, output: str, *, router: str, open_since: float | None, error: str | None = None, lapse: float = 60.0
+    ) -> None:
+        """Record `router`'s breaker for `output` (a lazy commit: it changes rarely). Open (`open_since`, Unix
+        time): the record lapses `lapse` seconds from now (in the spool's clock) unless recorded again, so
+        a router that died leaves no open breaker behind for long. Closed (None): clears the record only if
+        it is this router's, or has lapsed; another router's open breaker stays shown."""
 
     # --- the operator commands ------------------------------------------------------------------
 

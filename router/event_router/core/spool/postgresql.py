@@ -64,6 +64,7 @@ from event_router.core.spool import (
     NewDelivery,
     OpenMode,
     OutputBacklog,
+    OutputState,
     Parked,
     Requeue,
     Retry,
@@ -140,6 +141,21 @@ CREATE INDEX seen_message_ids_expiry ON seen_message_ids (expires_at);
     # new ones land at the right edge of the primary key's b-tree, and forgetting is a range delete on it
     2: """
 CREATE TABLE announced (key bytea PRIMARY KEY);
+""",
+    # outputs an operator paused and breakers a router holds open (`Spool.output_states`): one row per output
+    # that has either; `breaker_until` is in the server's clock, so every router and `status` agree on a lapse.
+    # IF NOT EXISTS: a step of its own, whatever number it ends up with among others
+    3: """
+CREATE TABLE IF NOT EXISTS output_states (
+    output text PRIMARY KEY,
+    paused boolean NOT NULL DEFAULT false,
+    pause_changed_at double precision,
+    pause_changed_by text,
+    breaker_open_since double precision,
+    breaker_until double precision,
+    breaker_router text,
+    breaker_error text
+);
 """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -914,6 +930,50 @@ class PostgreSQLSpool:
         with self._reading() as conn:
             return _known_messages(conn, seen, time.time())
 
+    # --- the outputs' states ----------------------------------------------------------------------------
+
+    def output_states(self) -> dict[str, OutputState]:
+        with self._reading() as conn:
+            return _output_states(conn)
+
+    def set_paused(self, output: str, paused: bool, by: str) -> tuple[OutputState, bool]:
+        def apply(conn: psycopg.Connection[Any]) -> tuple[OutputState, bool]:
+            # the row locked (when there is one): two operators pausing at once, one of them changes it
+            row = conn.execute("SELECT paused FROM output_states WHERE output = %s FOR UPDATE", (output,)).fetchone()
+            changed = bool(row[0]) != paused if row is not None else paused
+            if changed:
+                conn.execute(
+                    "INSERT INTO output_states (output, paused, pause_changed_at, pause_changed_by) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (output) DO UPDATE SET paused = excluded.paused, "
+                    "pause_changed_at = excluded.pause_changed_at, pause_changed_by = excluded.pause_changed_by",
+                    (output, paused, time.time(), by[:200]),
+                )
+            return _output_states(conn, output).get(output, OutputState(output)), changed
+
+        result: tuple[OutputState, bool] = self._write_sync(apply)
+        return result
+
+    async def record_breaker(
+        self, output: str, *, router: str, open_since: float | None, error: str | None = None, lapse: float = 60.0
+    ) -> None:
+        def apply(conn: psycopg.Connection[Any]) -> None:
+            if open_since is None:
+                conn.execute(
+                    "UPDATE output_states SET breaker_open_since = NULL, breaker_until = NULL, breaker_router = NULL, "
+                    f"breaker_error = NULL WHERE output = %s AND (breaker_router = %s OR breaker_until < ({_NOW}))",
+                    (output, router),
+                )
+                return
+            conn.execute(
+                "INSERT INTO output_states (output, breaker_open_since, breaker_until, breaker_router, breaker_error) "
+                f"VALUES (%s, %s, ({_NOW}) + %s, %s, %s) ON CONFLICT (output) DO UPDATE SET "
+                "breaker_open_since = excluded.breaker_open_since, breaker_until = excluded.breaker_until, "
+                "breaker_router = excluded.breaker_router, breaker_error = excluded.breaker_error",
+                (output, open_since, lapse, router, None if error is None else error[:2000]),
+            )
+
+        await self._write(apply, lazy=True)
+
     # --- the operator commands -------------------------------------------------------------------------
 
     def dead_letters(self, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
@@ -1003,6 +1063,21 @@ def _one(conn: psycopg.Connection[Any], sql: str, args: Sequence[Any] = ()) -> A
     row = conn.execute(sql, args).fetchone()
     assert row is not None, sql
     return row[0]
+
+
+def _output_states(conn: psycopg.Connection[Any], output: str | None = None) -> dict[str, OutputState]:
+    """The rows of `output_states` (one output's, or all); an open breaker whose record lapsed (by the server's
+    clock) reads as closed."""
+    live = f"breaker_until >= ({_NOW})"
+    sql = (
+        f"SELECT output, paused, pause_changed_at, pause_changed_by, CASE WHEN {live} THEN breaker_open_since END, "
+        f"CASE WHEN {live} THEN breaker_router END, CASE WHEN {live} THEN breaker_error END FROM output_states"
+    )
+    rows = conn.execute(sql + " WHERE output = %s", (output,)) if output is not None else conn.execute(sql)
+    return {
+        name: OutputState(name, bool(paused), changed_at, changed_by, open_since, router, error)
+        for name, paused, changed_at, changed_by, open_since, router, error in rows.fetchall()
+    }
 
 
 def _schema_version(cur: psycopg.Cursor[Any]) -> int | None:

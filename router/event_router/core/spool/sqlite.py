@@ -52,6 +52,7 @@ from event_router.core.spool import (
     NewDelivery,
     OpenMode,
     OutputBacklog,
+    OutputState,
     Parked,
     Requeue,
     Retry,
@@ -68,7 +69,8 @@ log = logging.getLogger("event_router.core.spool")
 #: 2: delivery and dead letter ids never repeat (AUTOINCREMENT): logs and `dlq` commands name them, and an
 #: id must not come back for another delivery or dead letter after the old one was finished or purged.
 #: 3: `announced`, what each stored event announced, for gap recovery (a new table: rows of schema 2 kept)
-SCHEMA_VERSION = 3
+#: 4: `output_states`, outputs paused by an operator and breakers a router holds open (a new table)
+SCHEMA_VERSION = 4
 #: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -117,6 +119,16 @@ CREATE TABLE IF NOT EXISTS seen_message_ids (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_message_ids_expiry ON seen_message_ids(expires_at);
 CREATE TABLE IF NOT EXISTS announced (key BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS output_states (
+    output TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0,
+    pause_changed_at REAL,
+    pause_changed_by TEXT,
+    breaker_open_since REAL,
+    breaker_until REAL,
+    breaker_router TEXT,
+    breaker_error TEXT
+);
 """
 
 #: when the oldest pending event was stored, in the spool clock's base: its deliveries' `first_at` (the
@@ -1006,6 +1018,51 @@ class SQLiteSpool:
             raise SpoolError("spool is closed")
         return self._reader
 
+    # --- the outputs' states --------------------------------------------------------------------------------
+
+    def output_states(self) -> dict[str, OutputState]:
+        with _reading():
+            return _output_states(self._read_conn(), time.time())
+
+    def set_paused(self, output: str, paused: bool, by: str) -> tuple[OutputState, bool]:
+        def apply(conn: sqlite3.Connection) -> tuple[OutputState, bool]:
+            row = conn.execute("SELECT paused FROM output_states WHERE output = ?", (output,)).fetchone()
+            changed = bool(row[0]) != paused if row is not None else paused
+            if changed:
+                conn.execute(
+                    "INSERT INTO output_states (output, paused, pause_changed_at, pause_changed_by) VALUES (?,?,?,?) "
+                    "ON CONFLICT (output) DO UPDATE SET paused = excluded.paused, "
+                    "pause_changed_at = excluded.pause_changed_at, pause_changed_by = excluded.pause_changed_by",
+                    (output, int(paused), time.time(), by[:200]),
+                )
+            state = _output_states(conn, time.time(), output).get(output, OutputState(output))
+            return state, changed
+
+        result: tuple[OutputState, bool] = self._write_sync(apply)
+        return result
+
+    async def record_breaker(
+        self, output: str, *, router: str, open_since: float | None, error: str | None = None, lapse: float = 60.0
+    ) -> None:
+        def apply(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            if open_since is None:
+                conn.execute(
+                    "UPDATE output_states SET breaker_open_since = NULL, breaker_until = NULL, breaker_router = NULL, "
+                    "breaker_error = NULL WHERE output = ? AND (breaker_router = ? OR breaker_until < ?)",
+                    (output, router, now),
+                )
+                return
+            conn.execute(
+                "INSERT INTO output_states (output, breaker_open_since, breaker_until, breaker_router, breaker_error) "
+                "VALUES (?,?,?,?,?) ON CONFLICT (output) DO UPDATE SET breaker_open_since = "
+                "excluded.breaker_open_since, breaker_until = excluded.breaker_until, "
+                "breaker_router = excluded.breaker_router, breaker_error = excluded.breaker_error",
+                (output, open_since, now + lapse, router, None if error is None else error[:2000]),
+            )
+
+        await self._write(apply, lazy=True)
+
     # --- the operator commands (`dlq`, `status`) ---------------------------------------------------------
 
     def dead_letters(self, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
@@ -1075,6 +1132,35 @@ class SQLiteSpool:
         )
 
 
+def _output_states(conn: sqlite3.Connection, now: float, output: str | None = None) -> dict[str, OutputState]:
+    """The rows of `output_states` (one output's, or all), an open breaker whose record lapsed before `now`
+    read as closed. A spool of schema 3 or older has no such table (`status` beside an older router): none."""
+    sql = (
+        "SELECT output, paused, pause_changed_at, pause_changed_by, breaker_open_since, breaker_until, "
+        "breaker_router, breaker_error FROM output_states"
+    )
+    try:
+        rows = conn.execute(sql + " WHERE output = ?", (output,)) if output is not None else conn.execute(sql)
+        found = rows.fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    out: dict[str, OutputState] = {}
+    for name, paused, changed_at, changed_by, open_since, until, router, error in found:
+        live = open_since is not None and until is not None and until >= now
+        out[name] = OutputState(
+            name,
+            bool(paused),
+            changed_at,
+            changed_by,
+            open_since if live else None,
+            router if live else None,
+            error if live else None,
+        )
+    return out
+
+
 def _schema_version(conn: sqlite3.Connection) -> int | None:
     """The spool's schema version; None for a new (empty) file."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
@@ -1086,7 +1172,8 @@ def _schema_version(conn: sqlite3.Connection) -> int | None:
 def _migrate(conn: sqlite3.Connection) -> None:
     """An older schema to this one, in one transaction, rows kept. 1 to 2: deliveries and dead letters become
     AUTOINCREMENT tables; 2 to 3: `_DDL` adds the `announced` table (empty: what the events stored before
-    announced is not known, so recovery may rebuild those of them that fall in its first look-back).
+    announced is not known, so recovery may rebuild those of them that fall in its first look-back); 3 to 4:
+    `_DDL` adds the `output_states` table (empty: no output paused, no breaker open).
 
     SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
     old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
