@@ -177,7 +177,8 @@ def test_schemas_lists_60_connector_events(shipped: Path) -> None:
 def test_status_and_dlq_without_a_spool(shipped: Path) -> None:
     """No router has run with this file: said as such, and nothing is created."""
     expected = f"error: no spool at {shipped.parent}/var/spool.db (router.data_dir: has the router run with this "
-    for command in (["status"], ["status", "--json"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay", "1"]):
+    commands = (["status"], ["status", "--json"], ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "replay", "1"])
+    for command in (*commands, ["output", "pause", "crm"]):
         result = run_cli(*command, "-c", str(shipped), env=ENV)
         assert result.returncode == 1, (command, result.stderr)
         assert result.stderr.startswith(expected), result.stderr

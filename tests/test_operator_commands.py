@@ -178,6 +178,13 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
         "next_retry_attempt": None,
         "last_error": None,
         "dead_letters": 0,
+        "paused": False,
+        "paused_at": None,
+        "paused_by": None,
+        "breaker": "off",
+        "breaker_opened_at": None,
+        "breaker_router": None,
+        "breaker_error": None,
     }
     assert status["dead_letters"] == {"total": 1, "counts": [{"output": None, "reason": "validation", "count": 1}]}
     assert status["pending_events"] == 1
@@ -187,8 +194,9 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     lines = text.stdout.splitlines()
     header = next(line for line in lines if line.startswith("OUTPUT "))
     assert header.split("  ")[0] == "OUTPUT"
-    for column in ("PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR"):
+    for column in ("STATE", "PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR"):
         assert column in header
+    assert crm_state(lines, header) == "active"
     crm_line = next(line for line in lines if line.startswith("crm "))
     # columns line up under their headers: the next retry's time and the error start where theirs do
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", crm_line[header.index("NEXT RETRY") :][:20])
@@ -196,6 +204,11 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     assert f"127.0.0.1:{closed}" in crm_line
     assert "dead letters: 1" in lines
     assert any(line.split() == ["-", "validation", "1"] for line in lines), text.stdout
+
+
+def crm_state(lines: list[str], header: str) -> str:
+    row = next(line for line in lines if line.startswith("crm "))
+    return row[header.index("STATE") : header.index("PENDING")].strip()
 
 
 # --- event-router dlq list / purge ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Operator commands on a shell that has none of the service's secrets: `status`, `dlq`, `schemas`, `plugins`,
+"""Operator commands on a shell that has none of the service's secrets: `status`, `dlq`, `output`, `schemas`, `plugins`,
 `reload` and `check --no-secrets` / `check --credentials-dir`. The daemon always resolves its secrets."""
 
 from __future__ import annotations
@@ -108,6 +108,10 @@ to = "crm"
             plugins = run_as_operator("plugins", *c)
             assert plugins.returncode == 0, plugins.stderr
             assert "builtin.http" in plugins.stdout
+            paused = run_as_operator("output", "pause", "crm", *c)
+            assert paused.returncode == 0 and paused.stdout.startswith("paused crm"), paused.stdout + paused.stderr
+            resumed = run_as_operator("output", "resume", "crm", *c)
+            assert resumed.returncode == 0 and resumed.stdout.startswith("resumed crm"), resumed.stdout + resumed.stderr
 
             purged = run_as_operator("dlq", "purge", second, *c)
             assert purged.returncode == 0, purged.stderr

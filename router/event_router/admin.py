@@ -6,6 +6,13 @@ GET /metrics  Prometheus text format.
 POST /reload  re-read router.toml (same as SIGHUP); 200 with the result, 422 when the file is invalid.
 GET /tap      server-sent events: each event submitted and each delivery attempt recorded, as they happen
               (`event-router tap`); filters `trigger`, `route`, `output`, `outcome` (repeatable), `unmask=1`.
+GET /outputs  per output: paused (since when, by whom), its breaker, pending and in-flight deliveries.
+POST /outputs/{name}/pause, POST /outputs/{name}/resume: as `event-router output pause|resume NAME`, for every
+              router on the spool; 200 with the output's state, 404 naming the configured outputs, 503
+              when the spool cannot record it.
+
+Like /reload, these have no authentication of their own: the endpoint listens on loopback unless the
+operator chose otherwise (docs/operating.md).
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from event_router.api.errors import SpoolError
 from event_router.api.listen import listen_error
 from event_router.core.model import RouterConfig
 from event_router.core.routing import PatternError
 from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES, Tap, TapFilter, TapFull
+from event_router.core.gate import UnknownOutput
 
 log = logging.getLogger("event_router.admin")
 
@@ -48,6 +57,10 @@ class Administered(Protocol):
     def readiness(self) -> dict[str, Any]: ...
 
     async def reload(self) -> tuple[bool, list[str]]: ...
+
+    async def pause_output(self, name: str, paused: bool, by: str) -> dict[str, Any]: ...
+
+    def outputs_report(self) -> dict[str, dict[str, Any]]: ...
 
 
 #: seconds between keep-alive comments on an idle tap: a client (or proxy) gone away is noticed
@@ -146,6 +159,18 @@ async def serve_admin(
         # a tap never ends by itself: the router's stop must not wait for its clients to go
         for task in list(taps):
             task.cancel()
+    async def outputs(_: web.Request) -> web.Response:
+        return _json(200, {"outputs": app.outputs_report()})
+
+    async def pause(request: web.Request) -> web.Response:
+        paused = request.match_info["action"] == "pause"
+        try:
+            state = await app.pause_output(request.match_info["name"], paused, f"admin endpoint ({request.remote})")
+        except UnknownOutput as exc:  # the message names the configured outputs
+            return _json(404, {"error": str(exc)})
+        except SpoolError as exc:  # not recorded: nothing changed, on this router or another
+            return _json(503, {"error": str(exc)})
+        return _json(200, state)
 
     web_app = web.Application()
     web_app.on_shutdown.append(end_taps)
@@ -154,6 +179,8 @@ async def serve_admin(
     web_app.router.add_get("/metrics", metrics)
     web_app.router.add_post("/reload", reload)
     web_app.router.add_get("/tap", tap)
+    web_app.router.add_get("/outputs", outputs)
+    web_app.router.add_post("/outputs/{name}/{action:pause|resume}", pause)
     runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

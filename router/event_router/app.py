@@ -10,7 +10,8 @@ beside its successor, which leaves them alone). SIGTERM/SIGINT: stop inputs firs
 requests in progress finish and their events are stored), then let deliveries in flight finish up to
 `shutdown_timeout`; what is left stays in the spool. SIGHUP: reload (an invalid file keeps the running
 configuration). A wall-clock jump is logged and rebased away, so retries keep their schedule
-(event_router.core.clock).
+(event_router.core.clock). Each output's gate (paused by an operator, or its breaker open) is kept by
+`OutputControl` across reloads, in step with the spool's record of it (event_router.core.gate).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -34,6 +36,7 @@ from event_router.api.errors import ConfigError, RouterError, SpoolError
 from event_router.api.retry import RetryPolicy
 from event_router.config import ConfigErrors, load_config
 from event_router.core.delivery import OutputWorker
+from event_router.core.gate import OutputControl, UnknownOutput
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
 from event_router.core.pipeline import InternalSource, Pipeline
 from event_router.core.spool import DataDirInUse, Spool
@@ -116,6 +119,8 @@ class App:
         self.schemas = load_schemas(config, registry)
         self.pipeline = Pipeline(config=config, schemas=self.schemas, spool=self.spool, stats=self.stats)
         self._internal_submit = partial(self.pipeline.submit, InternalSource("router"))
+        #: the outputs' gates: paused or not (as the spool records it), and their breakers
+        self.control = OutputControl(self.spool, self.stats, router=f"{socket.gethostname()}:{os.getpid()}")
         self.started_at = time.monotonic()
         #: the listening sockets systemd passed (`LISTEN_FDS`), open for the life of the process
         self.passed = listen_fds()
@@ -163,8 +168,13 @@ class App:
                 self._log_jump(jump, " while the router was stopped")
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                # an output paused before this start delivers nothing: the states are read before any starts
+                for out in config.outputs.values():
+                    self.control.gate(out.name, out.breaker)
+                self.control.load()
                 for out in config.outputs.values():
                     await self._start_output(out)
+                tg.start_soon(self.control.run)
                 self._warn_orphans()
                 # SIGTERM while a broker input is still connecting stops the router as usual
                 if handle_signals:
@@ -223,6 +233,7 @@ class App:
                     for name in list(self._outputs):
                         drain.start_soon(self._stop_output, name)
                     drain.start_soon(self._stop_retiring)
+                await self.control.close()
                 tg.cancel_scope.cancel()
         finally:
             self._tg = None
@@ -347,7 +358,8 @@ class App:
     async def _start_output(self, out: OutputConfig, *, predecessor: OutputWorker | None = None) -> None:
         assert self._tg is not None
         out.plugin.context.submit = self._internal_submit
-        worker = OutputWorker(out, self.spool, self.stats, live=self.pipeline, predecessor=predecessor)
+        gate = self.control.gate(out.name, out.breaker)
+        worker = OutputWorker(out, self.spool, self.stats, live=self.pipeline, predecessor=predecessor, gate=gate)
         self.pipeline.workers[out.name] = worker
         unit = self._outputs[out.name] = _Unit()
 
@@ -494,6 +506,7 @@ class App:
             self.schemas = self.pipeline.schemas = schemas
             for name in [n for n in old.outputs if n not in merged.outputs]:
                 await self._stop_output(name)
+                self.control.forget(name)
             for name in [n for n in old.inputs if n not in merged.inputs or n in new_inputs]:
                 await self._stop_input(name)
             for name in new_inputs:
@@ -541,6 +554,28 @@ class App:
         }
         if reasons:
             report["reasons"] = reasons
+        return report
+
+    async def pause_output(self, name: str, paused: bool, by: str) -> dict[str, Any]:
+        """Pause or resume output `name` (the admin endpoint): recorded in the spool for every router, applied
+        here at once. `UnknownOutput` (naming the configured ones) for a name that is none of them."""
+        if name not in self.config.outputs:
+            raise UnknownOutput(name, list(self.config.outputs))
+        _, changed = await self.control.set_paused(name, paused, by)
+        return {"output": name, "changed": changed, **self.outputs_report()[name]}
+
+    def outputs_report(self) -> dict[str, dict[str, Any]]:
+        """Per configured output: paused (since when, by whom), its breaker, its deliveries (`GET /outputs`)."""
+        pending = self.spool.pending_outputs()
+        report: dict[str, dict[str, Any]] = {}
+        for name in self.config.outputs:
+            gate = self.control.gates.get(name)
+            worker = self.pipeline.workers.get(name)
+            report[name] = {
+                **(gate.describe() if gate is not None else {}),
+                "pending": pending.get(name, 0),
+                "in_flight": worker.in_flight if worker is not None else 0,
+            }
         return report
 
     def _status_line(self) -> str:
@@ -643,6 +678,19 @@ class App:
         yield "spool_writable", "1 when the last spool commit succeeded", {}, float(self.spool.writable)
         for name, worker in self.pipeline.workers.items():
             yield "deliveries_in_flight", "Deliveries being attempted now", {"output": name}, worker.in_flight
+        for name, gate in self.control.gates.items():
+            yield (
+                "output_paused",
+                "1 while the output is paused: none of its deliveries start",
+                {"output": name},
+                float(gate.paused),
+            )
+            yield (
+                "output_breaker_open",
+                "1 while the output's breaker is open (or its probe is out): pending deliveries wait",
+                {"output": name},
+                float(gate.state != "closed"),
+            )
         for name, when in self.pipeline.last_looks.items():
             yield (
                 "recovery_last_look_timestamp_seconds",

@@ -37,6 +37,7 @@ from event_router.config.secrets import (
     secrets_in,
 )
 from event_router.config.wording import schema_errors
+from event_router.core.gate import BreakerSettings
 from event_router.core.model import InputConfig, OutputConfig, RouteConfig, RouterConfig
 from event_router.core.routing import (
     PatternError,
@@ -56,6 +57,8 @@ DEFAULT_MAX_PENDING_EVENTS = 1_000_000
 DEFAULT_MAX_PENDING = 100_000
 #: `[router] spool.lease`: how long a delivery handed to one router is its own without the router renewing it
 DEFAULT_LEASE = 30.0
+#: an output's breaker cool-down shorter than this would probe a receiver that is down all the time
+MIN_COOL_DOWN = 0.1
 #: the shortest lease: a router renews its leases every third of one, and its writer looks about every
 #: second, so a shorter lease could run out under a live router and another would deliver the same at once
 MIN_LEASE = 3.0
@@ -354,7 +357,23 @@ class _Loader:
             plugin=plugin,
             max_pending=table.get("max_pending", DEFAULT_MAX_PENDING),
             rate_limit=RateLimit.from_table(table["rate_limit"]) if "rate_limit" in table else None,
+            breaker=self._breaker(f"{key}.breaker", table.get("breaker", False)),
         )
+
+    def _breaker(self, key: str, value: bool | Mapping[str, Any]) -> BreakerSettings | None:
+        """An output's `breaker`: false (none: the default), true (5 failures, 30 s) or a table of either key."""
+        if value is False:
+            return None
+        if value is True:
+            return BreakerSettings()
+        defaults = BreakerSettings()
+        settings = BreakerSettings(
+            failures=value.get("failures", defaults.failures),
+            cool_down=parse_duration(value.get("cool_down", defaults.cool_down)),
+        )
+        if settings.cool_down < MIN_COOL_DOWN:
+            self.error(f"{key}.cool_down", f"{settings.cool_down:g}s is shorter than {MIN_COOL_DOWN:g}s")
+        return settings
 
     def _plugin_class(self, key: str, type_name: str, available: Mapping[str, Any], kind: str) -> Any:
         cls = available.get(type_name)

@@ -13,10 +13,18 @@ from event_router.api.secrets import SECRET_SCHEMA
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
-OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout", "max_pending", "rate_limit")
+OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout", "max_pending", "rate_limit", "breaker")
 #: route keys the core reads; the others (`action`) are passed to outputs, which check them
 #: through `Output.check_route_options`
 ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
+
+#: an output's `breaker`: `true` (the defaults), `false` (none, the default), or a table
+BREAKER_SCHEMA: dict[str, Any] = {
+    "type": ["boolean", "object"],
+    # applied to a table only
+    "additionalProperties": False,
+    "properties": {"failures": {"type": "integer", "minimum": 1}, "cool_down": DURATION_SCHEMA},
+}
 
 _PLUGIN_TABLE = {
     "type": "object",
@@ -79,6 +87,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                     "timeout": DURATION_SCHEMA,
                     "max_pending": {"type": "integer", "minimum": 1},
                     "rate_limit": RATE_LIMIT_SCHEMA,
+                    "breaker": BREAKER_SCHEMA,
                 },
             },
         },

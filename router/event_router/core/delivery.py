@@ -4,6 +4,8 @@ New deliveries arrive in memory straight from the pipeline (no read back from di
 When more are pending than the in-memory buffer holds, or after a restart, the worker reads them from
 the spool in due order until it has caught up; the spool stays the only truth about what is pending.
 Times are read from the spool's clock, which wall-clock jumps do not move (event_router.core.clock).
+Before it starts a batch the worker asks the output's gate (event_router.core.gate): paused by an operator,
+or held by the output's breaker, nothing starts and nothing is fetched.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from event_router.api.event import Event
 from event_router.api.plugin import Delivery, is_retryable
 from event_router.api.ratelimit import Pace
 from event_router.api.retry import RetryPolicy
+from event_router.core.gate import Admission, DeliveryGate
 from event_router.core.model import OutputConfig, RouterConfig
 from event_router.core.plan import PlannedDelivery
 from event_router.core.spool import DeliveryRow, Spool
@@ -139,8 +142,12 @@ class OutputWorker:
         buffer_size: int = 1024,
         poll_interval: float = 1.0,
         predecessor: OutputWorker | None = None,
+        gate: DeliveryGate | None = None,
     ):
         self.config = config
+        #: asked before each batch: the output paused, or its breaker open (one gate per output, kept by the
+        #: app across reloads; a worker made alone gets one that is always open)
+        self.gate = gate or DeliveryGate(config.name)
         self.name = config.name
         self.plugin = config.plugin
         self.spool = spool
@@ -254,17 +261,28 @@ class OutputWorker:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await self.plugin.open()
         task_status.started()
+        self.gate.watch(self.wake)
         try:
             async with anyio.create_task_group() as tg:
                 while not self._stopping:
+                    held = self.gate.wait()
+                    if held:  # paused, or the breaker open: nothing starts, nothing more is read
+                        await self._sleep(held)
+                        continue
                     self._refill()
                     if not self._buffer:
                         await self._sleep()
                         continue
                     await self._unrecorded.acquire()
                     await self._limiter.acquire()
-                    # paced once a slot is free, so that attempts start at the pace the tokens come
-                    count = await self._paced(min(self.plugin.max_batch, len(self._buffer)))
+                    # asked again once the slots are free: a pause or the breaker may have come meanwhile
+                    admission = None if self.stopping else self.gate.admit()
+                    if admission is None:
+                        self._limiter.release()
+                        self._unrecorded.release()
+                        continue
+                    # paced once admitted, so that attempts start at the pace the tokens come
+                    count = await self._paced(min(self.plugin.max_batch, len(self._buffer), admission.limit))
                     if self.stopping:
                         self._limiter.release()
                         self._unrecorded.release()
@@ -272,8 +290,9 @@ class OutputWorker:
                     count = min(count, len(self._buffer))
                     batch = [self._buffer.popleft() for _ in range(count)]
                     self.in_flight += len(batch)
-                    tg.start_soon(self._run_batch, batch)
+                    tg.start_soon(self._run_batch, batch, admission)
         finally:
+            self.gate.unwatch(self.wake)
             with anyio.CancelScope(shield=True):
                 await self.plugin.close()
 
@@ -312,18 +331,22 @@ class OutputWorker:
             self._claimed[row.did] = pending
         self._spilled = len(rows) >= room
 
-    async def _sleep(self) -> None:
+    async def _sleep(self, held: float | None = None) -> None:
+        """Until the next poll or due retry (`held`: until the gate may open), or until woken."""
         now = self.spool.clock.now()
         until = self._next_poll if self._next_due is None else min(self._next_poll, self._next_due)
-        with anyio.move_on_after(max(0.0, until - now)):
+        with anyio.move_on_after(max(0.0, until - now) if held is None else held):
             await self._wake.wait()
         if self._wake.is_set():
             self._wake = anyio.Event()
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _run_batch(self, batch: list[_Pending], admission: Admission) -> None:
         released = False
+        answered = False
         try:
             outcomes = await self._attempt(batch)
+            self.gate.settled(admission, outcomes)
+            answered = True
             for pending in batch:
                 pending.shed()
             for outcome in outcomes:
@@ -336,6 +359,8 @@ class OutputWorker:
             self._wake.set()
             await self._record(batch, outcomes)
         finally:
+            if not answered:
+                self.gate.abandoned(admission)
             for pending in batch:
                 self._claimed.pop(pending.did, None)
             self._unrecorded.release()

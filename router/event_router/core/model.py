@@ -11,6 +11,7 @@ from typing import Any, Literal
 from event_router.api.plugin import Input, Output
 from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
+from event_router.core.gate import BreakerSettings
 from event_router.core.routing import Matcher
 from event_router.core.spool import SpoolSettings
 
@@ -40,6 +41,8 @@ class OutputConfig:
     max_pending: int
     #: `rate_limit`: how fast the worker starts attempts, retries included (None: as fast as it can)
     rate_limit: RateLimit | None = None
+    #: `breaker = {...}`: held open after consecutive failures (event_router.core.gate); None: no breaker
+    breaker: BreakerSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)

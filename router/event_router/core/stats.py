@@ -42,6 +42,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "reloads": ("Configuration reloads by result", ("result",)),
     "outcome_commit_failures": ("Failed commits of delivery outcomes (each is tried again)", ("output",)),
     "rate_limited": ("Waits of an output for its rate_limit before attempts (a wait is no attempt)", ("output",)),
+    "output_breaker_openings": ("Times an output's breaker opened after consecutive failures", ("output",)),
 }
 HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "delivery_latency_seconds": ("From spooling an event to its successful delivery", ("output",)),

@@ -1,4 +1,5 @@
-"""`event-router`: run the daemon, check and dry-run configs, list plugins and schemas, manage dead letters."""
+"""`event-router`: run the daemon, check and dry-run configs, list plugins and schemas, manage dead letters,
+pause and resume outputs."""
 
 from __future__ import annotations
 
@@ -122,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     from event_router.ops.dlq import add_dlq_parser
 
     add_dlq_parser(sub, _config_arg)
+
+    p = sub.add_parser(
+        "output",
+        help="pause or resume an output: every router on the spool follows, also after a restart",
+        description="Pause or resume an output, beside running routers (or none): the state is kept in the "
+        "spool, and every router on it follows within a second. A paused output starts no delivery (those in "
+        "flight finish), keeps its backlog in the spool and counts no attempt.",
+    )
+    actions = p.add_subparsers(dest="output_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("pause", "start none of the output's deliveries until it is resumed"),
+        ("resume", "deliver again, the backlog first"),
+    ):
+        action = actions.add_parser(name, help=text)
+        _config_arg(action)
+        action.add_argument("name", metavar="NAME", help="the output, as named in router.toml")
 
     from event_router.ops.importer import add_import_parser
 
@@ -541,11 +558,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             next_retry = f"{output['next_retry_at']} ({when}, attempt {output['next_retry_attempt']})"
         name_shown = name if output["configured"] else f"{name} (not configured)"
         counts = (output["pending"], output["max_pending"], output["retrying"], output["dead_letters"])
-        rows.append((name_shown, *counts, next_retry, one_line(output["last_error"])))
+        flags = (("paused", output["paused"]), ("breaker open", output["breaker"] == "open"))
+        state = ", ".join(flag for flag, on in flags if on) or "active"
+        rows.append((name_shown, state, *counts, next_retry, one_line(output["last_error"])))
     if rows:
         print()
-        headers = ("OUTPUT", "PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR")
-        print("\n".join(table(headers, rows, right=(1, 2, 3, 4))))
+        headers = ("OUTPUT", "STATE", "PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR")
+        print("\n".join(table(headers, rows, right=(2, 3, 4, 5))))
+    for name, output in status["outputs"].items():
+        if output["paused"]:
+            by = f" by {output['paused_by']}" if output["paused_by"] else ""
+            print(f"{name}: paused since {output['paused_at']}{by}; resume: event-router output resume {name}")
+        if output["breaker"] == "open":
+            print(
+                f"{name}: breaker open since {output['breaker_opened_at']} on router {output['breaker_router']}: "
+                f"{one_line(output['breaker_error'])}"
+            )
     dead = status["dead_letters"]
     print()
     print(f"dead letters: {dead['total']}")
@@ -593,6 +621,49 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_output(args: argparse.Namespace) -> int:
+    from event_router.core.gate import POLL, UnknownOutput
+    from event_router.ops.dlq import open_spool
+    from event_router.ops.show import iso_time
+
+    # the spool's connection string is the one secret read, as for `dlq`
+    config, _ = _load(args, "spool")
+    name = args.name
+    if name not in config.outputs:
+        raise UnknownOutput(name, list(config.outputs))
+    pause = args.output_command == "pause"
+    spool = open_spool(config, "shared")
+    try:
+        state, changed = spool.set_paused(name, pause, f"{_operator()} (event-router output {args.output_command})")
+    finally:
+        spool.close()
+    if pause and changed:
+        print(
+            f"paused {name}: routers on this spool start none of its deliveries within {POLL:g}s (those in flight "
+            f"finish); its backlog stays in the spool. Resume it with: event-router output resume {name}"
+        )
+    elif pause:
+        since = "" if state.pause_changed_at is None else f" since {iso_time(state.pause_changed_at)}"
+        print(f"{name} is paused already{since}" + (f" by {state.pause_changed_by}" if state.pause_changed_by else ""))
+    elif changed:
+        print(f"resumed {name}: routers on this spool deliver its backlog again within {POLL:g}s")
+    else:
+        print(f"{name} is not paused")
+    return 0
+
+
+def _operator() -> str:
+    """Who runs this command, for the record of a pause: the user (the one behind sudo) at this host."""
+    import getpass
+    import socket
+
+    try:
+        user = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (OSError, KeyError):  # no name for this uid (a container)
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def _dlq(args: argparse.Namespace) -> int:
     from event_router.ops.dlq import run_dlq
 
@@ -625,6 +696,7 @@ COMMANDS = {
     "status": cmd_status,
     "reload": cmd_reload,
     "dlq": _dlq,
+    "output": cmd_output,
     "import-connector-config": _import_connector_config,
     "tap": _tap,
 }

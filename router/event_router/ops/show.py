@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from event_router.core.model import RouterConfig
-from event_router.core.spool import DeadLetter, OutputBacklog, Spool
+from event_router.core.spool import DeadLetter, OutputBacklog, OutputState, Spool
 
 
 def iso_time(timestamp: float) -> str:
@@ -46,6 +46,7 @@ def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
     output is listed, and any output the spool still holds deliveries or dead letters for.
     """
     summary = spool.status()
+    states = spool.output_states()
     wall = time.time()
     age = summary.oldest_pending_age
     status: dict[str, Any] = {
@@ -58,10 +59,15 @@ def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
     for dead in summary.dead_letters:
         if dead.output is not None:
             dead_per_output[dead.output] = dead_per_output.get(dead.output, 0) + dead.count
-    names = sorted(set(config.outputs) | set(summary.backlogs) | set(dead_per_output))
+    names = sorted(set(config.outputs) | set(summary.backlogs) | set(dead_per_output) | set(states))
     for name in names:
         backlog = summary.backlogs.get(name, OutputBacklog(0, 0))
         due_in = backlog.next_retry_in
+        state = states.get(name, OutputState(name))
+        configured = config.outputs.get(name)
+        breaker = "off" if configured is None or configured.breaker is None else "closed"
+        if state.breaker_open_since is not None:  # recorded open by a router, and not lapsed
+            breaker = "open"
         status["outputs"][name] = {
             "configured": name in config.outputs,
             "pending": backlog.pending,
@@ -73,6 +79,15 @@ def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
             "next_retry_attempt": None if due_in is None else backlog.next_retry_failures + 1,
             "last_error": backlog.last_error,
             "dead_letters": dead_per_output.get(name, 0),
+            # paused by an operator (`event-router output pause`): no router starts its deliveries
+            "paused": state.paused,
+            "paused_at": iso_time(state.pause_changed_at) if state.paused and state.pause_changed_at else None,
+            "paused_by": state.pause_changed_by if state.paused else None,
+            # off (not configured), closed, or open: a router holds its pending deliveries for the cool-down
+            "breaker": breaker,
+            "breaker_opened_at": None if state.breaker_open_since is None else iso_time(state.breaker_open_since),
+            "breaker_router": state.breaker_router,
+            "breaker_error": state.breaker_error,
         }
     status["dead_letters"] = {
         "total": sum(dead.count for dead in summary.dead_letters),

@@ -1,0 +1,304 @@
+"""Pausing an output and its breaker, against real router processes, a real HTTP receiver and the real CLI, on
+each spool backend: a paused output keeps its backlog, sends nothing and counts no attempt, also across a
+restart, and delivers it all once resumed; a breaker holds an output that keeps failing for its cool-down and
+then probes it with one delivery (the receiver counts the requests)."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from event_router.testing import (
+    Receiver,
+    Recorded,
+    RouterProcess,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    run_cli,
+    wait_for,
+)
+
+KEY = "output-control-key"
+HEADERS = {"x-api-key": KEY}
+ENV = {"OUTPUT_CONTROL_KEY": KEY}
+
+
+def config_text(port: int, admin: int, url: str, *, spool: str = "", crm: str = "", data_dir: str = "./var") -> str:
+    return f"""
+[router]
+data_dir = "{data_dir}"
+shutdown_timeout = "5s"
+{spool}
+[router.admin]
+listen = "127.0.0.1:{admin}"
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+api_key = {{ env = "OUTPUT_CONTROL_KEY" }}
+[outputs.crm]
+type = "http"
+url = "{url}"
+timeout = "5s"
+retry = {{ initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 1000 }}
+{crm}
+[[routes]]
+name = "all"
+to = ["crm"]
+"""
+
+
+def send(port: int, n: int) -> str:
+    event = example("transport.messageReceived")
+    event["data"]["id"] = f"MSG{n:017d}"
+    status, body, _ = post(f"http://127.0.0.1:{port}/events", event, HEADERS)
+    assert status == 202, body
+    return str(body["id"])
+
+
+def request(url: str, method: str = "GET") -> tuple[int, Any]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def metric(admin: int, name: str, **labels: str) -> float:
+    """The sum of a metric's series whose labels include `labels`, from a real scrape (0 when none is shown)."""
+    _, text = get_text(f"http://127.0.0.1:{admin}/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        found = re.fullmatch(rf"event_router_{name}(?:\{{(.*)\}})? (\S+)", line)
+        if found is None:
+            continue
+        shown = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
+        if all(shown.get(k) == v for k, v in labels.items()):
+            total += float(found.group(2))
+    return total
+
+
+def get_text(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+def status(config: Path, env: dict[str, str]) -> dict[str, Any]:
+    shown = run_cli("status", "--json", "-c", str(config), env=env)
+    assert shown.returncode == 0, shown.stderr
+    result: dict[str, Any] = orjson.loads(shown.stdout)
+    return result
+
+
+def delivered_ids(rx: Receiver) -> set[str]:
+    """The ids of the events the receiver got (it answers 200 to each)."""
+    with rx.lock:
+        return {str(r.json()["id"]) for r in rx.requests}
+
+
+def test_a_paused_output_keeps_its_backlog_across_a_restart_and_resume_delivers_it(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    config = tmp_path / "router.toml"
+    with http_receiver() as rx:
+        config.write_text(config_text(port, admin, f"{rx.url}/in", spool=spool_line))
+        router = RouterProcess(config, env=env).start()
+        try:
+            first = send(port, 0)
+            wait_for(lambda: len(rx.requests) == 1, what="the first event delivered")
+            paused = run_cli("output", "pause", "crm", "-c", str(config), env=env)
+            assert paused.returncode == 0, paused.stderr
+            assert paused.stdout.startswith("paused crm: routers on this spool start none of its deliveries"), (
+                paused.stdout
+            )
+            wait_for(lambda: metric(admin, "output_paused", output="crm") == 1, timeout=5, what="the router follows")
+            router.wait_log("output paused")
+            held = {send(port, n) for n in range(1, 6)}
+            time.sleep(2.5)  # more than the routers' poll of the states, and many retry backoffs
+            assert len(rx.requests) == 1, "a paused output sends nothing"
+            assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 0, "and counts no attempt"
+            assert metric(admin, "deliveries_pending", output="crm") == 5
+            shown = status(config, env)["outputs"]["crm"]
+            assert (shown["pending"], shown["retrying"], shown["paused"]) == (5, 0, True), shown
+            assert shown["paused_by"].endswith("(event-router output pause)"), shown
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown["paused_at"]), shown
+            text = run_cli("status", "-c", str(config), env=env).stdout
+            header = next(line for line in text.splitlines() if line.startswith("OUTPUT "))
+            row = next(line for line in text.splitlines() if line.startswith("crm "))
+            assert row[header.index("STATE") :].startswith("paused "), text
+            assert f"crm: paused since {shown['paused_at']} by {shown['paused_by']}" in text, text
+            again = run_cli("output", "pause", "crm", "-c", str(config), env=env)
+            assert again.stdout.strip() == f"crm is paused already since {shown['paused_at']} by {shown['paused_by']}"
+
+            # the pause is the spool's: a restarted router keeps it from its first moment
+            assert router.terminate() == 0
+            router = RouterProcess(config, env=env).start()
+            held.add(send(port, 6))
+            time.sleep(2.0)
+            assert len(rx.requests) == 1, "still paused after the restart"
+            assert metric(admin, "output_paused", output="crm") == 1
+
+            code, answer = request(f"http://127.0.0.1:{admin}/outputs/crm/resume", "POST")
+            assert code == 200, answer
+            assert (answer["output"], answer["changed"], answer["paused"]) == ("crm", True, False), answer
+            wait_for(lambda: delivered_ids(rx) == {first, *held}, timeout=15, what="the backlog delivered")
+            wait_for(lambda: metric(admin, "deliveries_pending", output="crm") == 0, timeout=5, what="nothing left")
+            assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 0
+            assert metric(admin, "output_paused", output="crm") == 0
+            router.wait_log("output resumed")
+            assert status(config, env)["outputs"]["crm"]["paused"] is False
+        finally:
+            router.terminate()
+
+
+def test_pause_lets_the_delivery_in_flight_finish_and_names_the_outputs_for_an_unknown_one(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    config = tmp_path / "router.toml"
+
+    def slow(_: Recorded, handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(1.5)  # the delivery is in flight meanwhile
+        handler.send_response(200)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    with http_receiver(slow) as rx:
+        config.write_text(config_text(port, admin, f"{rx.url}/in", spool=spool_line))
+        with RouterProcess(config, env=env):
+            send(port, 0)
+            wait_for(lambda: len(rx.requests) == 1, what="the delivery in flight")
+            code, answer = request(f"http://127.0.0.1:{admin}/outputs/crm/pause", "POST")
+            assert code == 200, answer
+            assert (answer["paused"], answer["paused_by"]) == (True, "admin endpoint (127.0.0.1)"), answer
+            # the delivery begun before the pause ends and is recorded
+            wait_for(
+                lambda: metric(admin, "deliveries_total", output="crm", outcome="delivered") == 1,
+                timeout=10,
+                what="the delivery in flight recorded",
+            )
+            for n in range(1, 4):
+                send(port, n)
+            time.sleep(2.0)
+            assert len(rx.requests) == 1
+            code, listed = request(f"http://127.0.0.1:{admin}/outputs")
+            assert code == 200
+            crm = listed["outputs"]["crm"]
+            assert (crm["paused"], crm["paused_by"], crm["pending"], crm["in_flight"], crm["breaker"]) == (
+                True,
+                "admin endpoint (127.0.0.1)",
+                3,
+                0,
+                "off",
+            ), crm
+
+            code, answer = request(f"http://127.0.0.1:{admin}/outputs/nope/pause", "POST")
+            assert (code, answer) == (404, {"error": "no output named 'nope' (outputs: crm)"})
+            unknown = run_cli("output", "resume", "nope", "-c", str(config), env=env)
+            assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: no output named 'nope' (outputs: crm)")
+
+            resumed = run_cli("output", "resume", "crm", "-c", str(config), env=env)
+            assert resumed.returncode == 0, resumed.stderr
+            assert resumed.stdout.startswith("resumed crm"), resumed.stdout
+            wait_for(lambda: len(rx.requests) == 4, timeout=15, what="the three held deliveries")
+            assert run_cli("output", "resume", "crm", "-c", str(config), env=env).stdout.strip() == "crm is not paused"
+
+
+def test_every_router_on_a_postgresql_spool_follows_a_pause(tmp_path: Path, pg_dsn: str) -> None:
+    env = {**ENV, "ROUTER_PG_DSN": pg_dsn}
+    spool_line = 'spool = { backend = "postgresql", dsn = { env = "ROUTER_PG_DSN" } }'
+    with http_receiver() as rx:
+        ports, configs = [], []
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            port = free_port()
+            config = tmp_path / name / "router.toml"
+            config.write_text(config_text(port, free_port(), f"{rx.url}/in", spool=spool_line))
+            ports.append(port)
+            configs.append(config)
+        with RouterProcess(configs[0], env=env), RouterProcess(configs[1], env=env):
+            paused = run_cli("output", "pause", "crm", "-c", str(configs[0]), env=env)
+            assert paused.returncode == 0, paused.stderr
+            time.sleep(1.5)  # both routers read the states again meanwhile
+            held = {send(port, n) for n, port in enumerate(ports * 3)}
+            time.sleep(2.0)
+            assert rx.requests == [], "neither router sends"
+            assert status(configs[1], env)["outputs"]["crm"]["pending"] == 6
+            assert run_cli("output", "resume", "crm", "-c", str(configs[1]), env=env).returncode == 0
+            wait_for(lambda: delivered_ids(rx) == held, timeout=15, what="both routers' backlog delivered")
+
+
+def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_one_delivery(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    config = tmp_path / "router.toml"
+    failing = True
+
+    def answer(_: Recorded, handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(503 if failing else 200)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    with http_receiver(answer) as rx:
+        crm = 'concurrency = 1\nbreaker = { failures = 3, cool_down = "2s" }'
+        config.write_text(config_text(port, admin, f"{rx.url}/in", spool=spool_line, crm=crm))
+        with RouterProcess(config, env=env) as router:
+            sent = {send(port, n) for n in range(6)}
+            opened = router.wait_log("output breaker opened")
+            assert (opened["output"], opened["failures"], opened["cool_down"]) == ("crm", 3, 2.0), opened
+            assert "503" in opened["error"], opened
+            time.sleep(1.0)  # within the cool-down: nothing more is attempted
+            assert len(rx.requests) == 3, [r.at for r in rx.requests]
+            assert metric(admin, "output_breaker_open", output="crm") == 1
+            assert metric(admin, "output_breaker_openings_total", output="crm") == 1
+            assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 3
+            shown = status(config, env)["outputs"]["crm"]
+            assert (shown["breaker"], shown["pending"], shown["paused"]) == ("open", 6, False), shown
+            assert shown["breaker_router"] and "503" in shown["breaker_error"], shown
+            text = run_cli("status", "-c", str(config), env=env).stdout
+            assert f"crm: breaker open since {shown['breaker_opened_at']} on router {shown['breaker_router']}" in text
+
+            # after the cool-down one probe, which fails: held for another cool-down, again one probe
+            wait_for(lambda: len(rx.requests) == 5, timeout=10, what="two probes")
+            # the second probe's failure recorded before the receiver recovers
+            wait_for(
+                lambda: metric(admin, "deliveries_total", output="crm", outcome="retry") == 5,
+                timeout=5,
+                what="the second probe failed",
+            )
+            router.wait_log("output breaker probe failed")
+            times = [r.at for r in rx.requests]
+            assert times[3] - times[2] >= 1.9 and times[4] - times[3] >= 1.9, times
+            assert metric(admin, "output_breaker_openings_total", output="crm") == 1, "a failed probe is no new opening"
+
+            failing = False  # the receiver is back: the next probe closes the breaker and the backlog flows
+            wait_for(lambda: metric(admin, "deliveries_pending", output="crm") == 0, timeout=10, what="drained")
+            closed = router.wait_log("output breaker closed")
+            assert closed["output"] == "crm" and closed["open_seconds"] >= 4, closed
+            with rx.lock:
+                answered = [r.json()["id"] for r in rx.requests[5:]]
+            assert set(answered) == sent and len(answered) == 6, "after the probe each delivery once"
+            assert metric(admin, "output_breaker_open", output="crm") == 0
+            assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 5, "no attempt without a request"
+            wait_for(
+                lambda: status(config, env)["outputs"]["crm"]["breaker"] == "closed",
+                timeout=5,
+                what="status shows the breaker closed",
+            )
