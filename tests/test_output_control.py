@@ -163,7 +163,7 @@ def test_a_paused_output_keeps_its_backlog_across_a_restart_and_resume_delivers_
             router.terminate()
 
 
-def test_pause_lets_the_delivery_in_flight_finish_and_names_the_outputs_for_an_unknown_one(
+def test_pause_lets_the_delivery_in_flight_finish_holds_across_a_reload_and_names_the_outputs(
     tmp_path: Path, router_spool: tuple[str, dict[str, str]]
 ) -> None:
     spool_line, spool_env = router_spool
@@ -179,7 +179,7 @@ def test_pause_lets_the_delivery_in_flight_finish_and_names_the_outputs_for_an_u
 
     with http_receiver(slow) as rx:
         config.write_text(config_text(port, admin, f"{rx.url}/in", spool=spool_line))
-        with RouterProcess(config, env=env):
+        with RouterProcess(config, env=env) as router:
             send(port, 0)
             wait_for(lambda: len(rx.requests) == 1, what="the delivery in flight")
             code, answer = request(f"http://127.0.0.1:{admin}/outputs/crm/pause", "POST")
@@ -191,6 +191,11 @@ def test_pause_lets_the_delivery_in_flight_finish_and_names_the_outputs_for_an_u
                 timeout=10,
                 what="the delivery in flight recorded",
             )
+            # a reload that restarts the output keeps it paused: the gate is the output's, not its worker's
+            config.write_text(config.read_text().replace('timeout = "5s"', 'timeout = "4s"'))
+            reloaded = run_cli("reload", "-c", str(config), env=env)
+            assert reloaded.returncode == 0, reloaded.stderr
+            assert router.wait_log("configuration reloaded")["restarted"] == ["outputs.crm"]
             for n in range(1, 4):
                 send(port, n)
             time.sleep(2.0)
