@@ -262,12 +262,12 @@ def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_o
         handler.end_headers()
 
     with http_receiver(answer) as rx:
-        crm = 'concurrency = 1\nbreaker = { failures = 3, cool_down = "2s" }'
+        crm = 'concurrency = 1\nbreaker = { failures = 3, cool_down = "3s" }'
         config.write_text(config_text(port, admin, f"{rx.url}/in", spool=spool_line, crm=crm))
         with RouterProcess(config, env=env) as router:
             sent = {send(port, n) for n in range(6)}
             opened = router.wait_log("output breaker opened")
-            assert (opened["output"], opened["failures"], opened["cool_down"]) == ("crm", 3, 2.0), opened
+            assert (opened["output"], opened["failures"], opened["cool_down"]) == ("crm", 3, 3.0), opened
             assert "503" in opened["error"], opened
             time.sleep(1.0)  # within the cool-down: nothing more is attempted
             assert len(rx.requests) == 3, [r.at for r in rx.requests]
@@ -281,7 +281,7 @@ def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_o
             assert f"crm: breaker open since {shown['breaker_opened_at']} on router {shown['breaker_router']}" in text
 
             # after the cool-down one probe, which fails: held for another cool-down, again one probe
-            wait_for(lambda: len(rx.requests) == 5, timeout=10, what="two probes")
+            wait_for(lambda: len(rx.requests) == 5, timeout=15, what="two probes")
             # the second probe's failure recorded before the receiver recovers
             wait_for(
                 lambda: metric(admin, "deliveries_total", output="crm", outcome="retry") == 5,
@@ -290,13 +290,13 @@ def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_o
             )
             router.wait_log("output breaker probe failed")
             times = [r.at for r in rx.requests]
-            assert times[3] - times[2] >= 1.9 and times[4] - times[3] >= 1.9, times
+            assert times[3] - times[2] >= 2.9 and times[4] - times[3] >= 2.9, times
             assert metric(admin, "output_breaker_openings_total", output="crm") == 1, "a failed probe is no new opening"
 
             failing = False  # the receiver is back: the next probe closes the breaker and the backlog flows
             wait_for(lambda: metric(admin, "deliveries_pending", output="crm") == 0, timeout=10, what="drained")
             closed = router.wait_log("output breaker closed")
-            assert closed["output"] == "crm" and closed["open_seconds"] >= 4, closed
+            assert closed["output"] == "crm" and closed["open_seconds"] >= 6, closed
             with rx.lock:
                 answered = [r.json()["id"] for r in rx.requests[5:]]
             assert set(answered) == sent and len(answered) == 6, "after the probe each delivery once"

@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        "status", help="pending events; per output: pending deliveries, next retry, last error; dead letters"
+        "status",
+        help="pending events; per output: pending deliveries, paused or breaker open, next retry, last error; "
+        "dead letters",
     )
     _config_arg(p)
     p.add_argument("--json", action="store_true")
