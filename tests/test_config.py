@@ -122,13 +122,15 @@ BROKEN = [
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrotate = true'),
         "router.toml: outputs.archive: unknown key 'rotate' "
-        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) (plugin file)",
+        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) "
+        "(plugin file)",
         id="unknown-plugin-key",
     ),
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\ntimout = 5'),
         "router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) (plugin file)",
+        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) "
+        "(plugin file)",
         id="core-output-key-typo",
     ),
     pytest.param(
@@ -508,5 +510,6 @@ def test_check_names_the_core_keys_and_the_key_meant(tmp_path: Path) -> None:
     assert checked.returncode != 0
     assert (
         "error: router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) (plugin file)"
+        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) "
+        "(plugin file)"
     ) in checked.stderr, checked.stderr

@@ -31,10 +31,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from event_router.api.errors import SpoolError
 from event_router.api.listen import listen_error
+from event_router.core.gate import UnknownOutput
 from event_router.core.model import RouterConfig
 from event_router.core.routing import PatternError
 from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES, Tap, TapFilter, TapFull
-from event_router.core.gate import UnknownOutput
 
 log = logging.getLogger("event_router.admin")
 
