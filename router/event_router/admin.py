@@ -159,6 +159,7 @@ async def serve_admin(
         # a tap never ends by itself: the router's stop must not wait for its clients to go
         for task in list(taps):
             task.cancel()
+
     async def outputs(_: web.Request) -> web.Response:
         return _json(200, {"outputs": app.outputs_report()})
 
