@@ -9,9 +9,11 @@ and patterns are data. The pattern language is what TOML can express (no null); 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from event_router.api import event as event_module
@@ -20,14 +22,22 @@ from event_router.api.templates import MISSING, OPEN, TemplateError, compile_tem
 
 __all__ = [
     "EVENT_FIELDS",
+    "Alternatives",
+    "Condition",
     "Matcher",
+    "Miss",
+    "Pattern",
     "PatternError",
+    "as_toml",
     "compile_match",
     "compile_reshape",
     "compile_source_filter",
     "compile_trigger_filter",
+    "explain_match",
+    "parse_match",
     "trigger_matches",
     "unknown_triggers",
+    "value_at",
 ]
 
 #: takes `Event.to_dict()`
@@ -57,6 +67,43 @@ class PatternError(ValueError):
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One field's conditions in a `match` pattern (a list of them is one condition: any may hold)."""
+
+    #: where it is written, relative to the pattern (`"data.content.@type"`, `"$or[1].trigger"`)
+    where: str
+    #: the event field it looks at (a dotted key and nested tables give the same path)
+    path: tuple[str, ...]
+    #: the condition as written: a scalar, an operator table, or a list of them
+    spec: Any
+    #: whether an event (`Event.to_dict()`) passes it: the very test the route's matcher runs
+    test: Matcher
+
+
+@dataclass(frozen=True, slots=True)
+class Alternatives:
+    """A `$or`: the pattern holds where any branch does."""
+
+    where: str
+    branches: tuple[Pattern, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A compiled `match` table: all its parts must hold (an empty one holds for every event)."""
+
+    parts: tuple[Condition | Alternatives, ...]
+
+    @property
+    def conditions(self) -> tuple[Condition, ...]:
+        return tuple(p for p in self.parts if isinstance(p, Condition))
+
+    @property
+    def alternatives(self) -> tuple[Alternatives, ...]:
+        return tuple(p for p in self.parts if isinstance(p, Alternatives))
 
 
 # --- trigger globs ------------------------------------------------------------------------------------
@@ -115,11 +162,8 @@ def _glob_predicate(segments: tuple[str, ...]) -> _Predicate:
 
 def compile_match(spec: Mapping[str, Any]) -> Matcher:
     """Compile a route's `match` table into a function of `Event.to_dict()`; an empty table matches all."""
-    if not isinstance(spec, Mapping):
-        raise PatternError("", f"a match pattern must be a table, got {_kind(spec)}")
-    if not spec:
-        return _always
-    return _compile_pattern(spec, "", ())
+    pattern = parse_match(spec)
+    return _matcher(pattern) if pattern.parts else _always
 
 
 def compile_trigger_filter(spec: Mapping[str, Any]) -> Callable[[str], bool] | None:
@@ -182,10 +226,71 @@ def unknown_triggers(spec: Mapping[str, Any], known: Sequence[str], is_known: Ca
     return found
 
 
-def _compile_pattern(table: Mapping[Any, Any], where: str, base: tuple[str, ...]) -> Matcher:
-    """AND of every field (and `$or`) in `table`, whose paths are relative to `base`."""
+def parse_match(spec: Mapping[str, Any]) -> Pattern:
+    """A route's `match` table as its conditions, in the order written, each compiled: what `compile_match`
+    builds its matcher from, and what `explain_match` and `check`'s reasoning about routes read."""
+    if not isinstance(spec, Mapping):
+        raise PatternError("", f"a match pattern must be a table, got {_kind(spec)}")
+    return _parse(spec, "", ())
+
+
+def _parse(table: Mapping[Any, Any], where: str, base: tuple[str, ...]) -> Pattern:
+    parts: list[Condition | Alternatives] = []
+    _collect(table, where, base, parts)
+    return Pattern(tuple(parts))
+
+
+def _collect(
+    table: Mapping[Any, Any], where: str, base: tuple[str, ...], parts: list[Condition | Alternatives]
+) -> None:
+    for key, value in table.items():
+        if not isinstance(key, str):
+            raise PatternError(where, f"key {key!r} is not a string")
+        here = _join(where, key)
+        if key == "$or":
+            parts.append(_parse_or(value, here, base))
+            continue
+        if key.startswith("$"):
+            raise PatternError(here, f"unknown special key {key!r} (the only one is '$or')")
+        if key in OPERATORS:
+            # A bare `status = { prefix = "P" }` would otherwise silently mean the field `status.prefix`.
+            raise PatternError(
+                here,
+                f"{key!r} is an operator: put its table in a list (field = [{{ {key} = ... }}]); "
+                f"to match an event field named {key!r}, use a dotted key",
+            )
+        path = base + _field_path(key, here, top=not base)
+        if isinstance(value, Mapping):
+            if not value:
+                raise PatternError(here, "empty table: give at least one field to match")
+            _collect(value, here, path, parts)
+        else:
+            parts.append(Condition(here, path, value, _compile_field(path, value, here)))
+
+
+def _parse_or(value: Any, where: str, base: tuple[str, ...]) -> Alternatives:
+    if not isinstance(value, list) or not value:
+        raise PatternError(where, f"must be a non-empty list of tables ($or = [{{...}}, {{...}}]), got {_kind(value)}")
+    branches: list[Pattern] = []
+    for index, branch in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(branch, Mapping):
+            raise PatternError(at, f"must be a table (a pattern), got {_kind(branch)}")
+        if not branch:
+            raise PatternError(at, "empty pattern: it would match every event")
+        branches.append(_parse(branch, at, base))
+    return Alternatives(where, tuple(branches))
+
+
+def _matcher(pattern: Pattern) -> Matcher:
+    """AND of every condition (and `$or`) of `pattern`."""
     checks: list[tuple[tuple[int, int], Matcher]] = []
-    _collect(table, where, base, checks)
+    for part in pattern.parts:
+        if isinstance(part, Condition):
+            order = (0, 0) if part.path == ("trigger",) else (1, len(part.path))
+            checks.append((order, part.test))
+        else:
+            checks.append(((2, 0), _any_branch(part)))
     # Evaluation order does not change the result (no side effects), only the speed: the trigger decides
     # most events, so it goes first, then short paths, `$or` last.
     checks.sort(key=lambda item: item[0])
@@ -202,47 +307,8 @@ def _compile_pattern(table: Mapping[Any, Any], where: str, base: tuple[str, ...]
     return match_all
 
 
-def _collect(
-    table: Mapping[Any, Any], where: str, base: tuple[str, ...], checks: list[tuple[tuple[int, int], Matcher]]
-) -> None:
-    for key, value in table.items():
-        if not isinstance(key, str):
-            raise PatternError(where, f"key {key!r} is not a string")
-        here = _join(where, key)
-        if key == "$or":
-            checks.append(((2, 0), _compile_or(value, here, base)))
-            continue
-        if key.startswith("$"):
-            raise PatternError(here, f"unknown special key {key!r} (the only one is '$or')")
-        if key in OPERATORS:
-            # A bare `status = { prefix = "P" }` would otherwise silently mean the field `status.prefix`.
-            raise PatternError(
-                here,
-                f"{key!r} is an operator: put its table in a list (field = [{{ {key} = ... }}]); "
-                f"to match an event field named {key!r}, use a dotted key",
-            )
-        path = base + _field_path(key, here, top=not base)
-        if isinstance(value, Mapping):
-            if not value:
-                raise PatternError(here, "empty table: give at least one field to match")
-            _collect(value, here, path, checks)
-        else:
-            order = (0, 0) if path == ("trigger",) else (1, len(path))
-            checks.append((order, _compile_field(path, value, here)))
-
-
-def _compile_or(value: Any, where: str, base: tuple[str, ...]) -> Matcher:
-    if not isinstance(value, list) or not value:
-        raise PatternError(where, f"must be a non-empty list of tables ($or = [{{...}}, {{...}}]), got {_kind(value)}")
-    branches: list[Matcher] = []
-    for index, branch in enumerate(value):
-        at = f"{where}[{index}]"
-        if not isinstance(branch, Mapping):
-            raise PatternError(at, f"must be a table (a pattern), got {_kind(branch)}")
-        if not branch:
-            raise PatternError(at, "empty pattern: it would match every event")
-        branches.append(_compile_pattern(branch, at, base))
-    options = tuple(branches)
+def _any_branch(alternatives: Alternatives) -> Matcher:
+    options = tuple(_matcher(branch) for branch in alternatives.branches)
 
     def match_any(event: Mapping[str, Any]) -> bool:
         for branch in options:  # noqa: SIM110 (faster than any() over a generator)
@@ -506,6 +572,56 @@ def _flatten(items: Sequence[Any]) -> list[Any]:
     return out
 
 
+# --- match: explain -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """Why a pattern does not match an event: the first condition (as written) that fails, and what the
+    event has there; for a `$or`, why each branch fails."""
+
+    where: str
+    #: the condition as written (None for a `$or`)
+    spec: Any = None
+    #: what the event has at the condition's path (`MISSING` when nothing): see `value_at`
+    seen: Any = MISSING
+    branches: tuple[Miss, ...] = ()
+
+
+def explain_match(pattern: Pattern, event: Mapping[str, Any]) -> Miss | None:
+    """None when `pattern` matches `event` (`Event.to_dict()`), else the first part, in the order written,
+    that fails. Each part is tested with the same compiled test as the route's matcher, so this agrees
+    with it; only the order differs (the matcher tests the trigger first)."""
+    for part in pattern.parts:
+        if isinstance(part, Condition):
+            if not part.test(event):
+                return Miss(part.where, part.spec, value_at(event, part.path))
+            continue
+        misses = []
+        for branch in part.branches:
+            miss = explain_match(branch, event)
+            if miss is None:
+                break
+            misses.append(miss)
+        else:
+            return Miss(part.where, branches=tuple(misses))
+    return None
+
+
+def value_at(event: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """What a match condition on `path` looks at: the value there (an array as it is), `MISSING` when
+    absent; when the path goes through arrays, the list of everything found in their elements."""
+    node: Any = event
+    for segment in path:
+        if not isinstance(node, Mapping):
+            found = _values(event, tuple(path))
+            return found if found else MISSING
+        node = node.get(segment, MISSING)
+        if node is MISSING:
+            return MISSING
+    return node
+
+
 # --- reshape --------------------------------------------------------------------------------------------
 
 
@@ -602,6 +718,31 @@ def _field_path(text: str, where: str, *, top: bool, hint: str = "") -> tuple[st
 
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
+
+
+def as_toml(value: Any) -> str:
+    """A condition (or any JSON value) as TOML inline syntax, as router.toml has it: `[{ prefix = "a" }]`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _quoted(value)
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_key(str(k))} = {as_toml(v)}" for k, v in value.items())
+        return f"{{ {items} }}" if items else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(as_toml(v) for v in value) + "]"
+    if value is None:
+        return "null"  # not TOML, which has no null: JSON's word, for a value found in an event
+    return repr(value)
+
+
+def _quoted(text: str) -> str:
+    # JSON's escapes are TOML's (\", \\, \n, \uXXXX...), and so is its quoting
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _quoted(key)
 
 
 def _kind(value: Any) -> str:
