@@ -21,12 +21,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from event_router.api.event import Event
+from event_router.api.templates import MISSING
+from event_router.core.reachability import contradiction, implies
 from event_router.core.routing import (
     EVENT_FIELDS,
     OPERATORS,
     PatternError,
+    as_toml,
     compile_match,
     compile_reshape,
+    explain_match,
+    parse_match,
     trigger_matches,
 )
 from event_router.testing import example_events
@@ -865,6 +870,64 @@ def test_a_matcher_is_a_pure_function(spec: dict[str, Any], ev: dict[str, Any]) 
     matcher = compile_match(spec)
     assert matcher(ev) == matcher(ev)
     assert json.dumps(ev) == before  # the event is never changed
+
+
+@given(valid_patterns, events)
+def test_explain_agrees_with_the_matcher(spec: dict[str, Any], ev: dict[str, Any]) -> None:
+    """`explain` (no miss) and the router (a match) never disagree: they run the same compiled conditions."""
+    miss = explain_match(parse_match(spec), ev)
+    assert (miss is None) == compile_match(spec)(ev)
+
+
+# `check`'s reasoning about patterns (core/reachability) must never prove what is false: checked here against
+# the matcher on the same random patterns and events
+
+
+@given(valid_patterns, valid_patterns, events)
+def test_a_proven_implication_holds(extra: dict[str, Any], earlier: dict[str, Any], ev: dict[str, Any]) -> None:
+    later = {**earlier, **extra}  # more conditions: often implies `earlier` (unless a key was replaced)
+    if implies(parse_match(later), parse_match(earlier)) and compile_match(later)(ev):
+        assert compile_match(earlier)(ev)
+
+
+def test_a_pattern_with_more_conditions_implies_the_one_with_fewer() -> None:
+    patterns: list[dict[str, Any]] = [
+        {"trigger": "transport.messageReceived", "data.content.@type": ["Mail"]},
+        {"trigger": "a.*", "$or": [{"data.v": 1}, {"data.v": [{"prefix": "x"}]}]},
+    ]
+    for earlier in patterns:
+        assert implies(parse_match({**earlier, "meta.k": "x"}), parse_match(earlier))
+        assert implies(parse_match(earlier), parse_match(earlier))
+
+
+@given(valid_patterns, events)
+def test_a_proven_contradiction_matches_nothing(spec: dict[str, Any], ev: dict[str, Any]) -> None:
+    if contradiction(parse_match(spec)) is not None:
+        assert not compile_match(spec)(ev)
+
+
+def test_explain_names_the_first_condition_written_that_fails_and_what_it_saw() -> None:
+    spec = {"data.content.@type": "Mail", "trigger": "transport.relationshipChanged", "data.recipients.address": "x"}
+    miss = explain_match(parse_match(spec), MAIL)
+    assert miss is not None and (miss.where, miss.spec, miss.seen) == ("trigger", spec["trigger"], MAIL["trigger"])
+    # through an array: everything the condition looked at
+    miss = explain_match(parse_match({"data.recipients.address": ["x"]}), MAIL)
+    assert miss is not None and miss.seen == [SELF]
+    # an array at the end of the path: as it is
+    miss = explain_match(parse_match({"data.content.to": [{"prefix": "x"}]}), MAIL)
+    assert miss is not None and miss.seen == [SELF]
+    miss = explain_match(parse_match({"$or": [{"data.wasReadAt": [{"exists": True}]}, {"trigger": "x"}]}), MAIL)
+    assert miss is not None and miss.where == "$or"
+    assert [(b.where, b.seen) for b in miss.branches] == [
+        ("$or[0].data.wasReadAt", MISSING),
+        ("$or[1].trigger", MAIL["trigger"]),
+    ]
+    assert explain_match(parse_match({"trigger": "transport.*"}), MAIL) is None
+
+
+def test_conditions_are_shown_as_router_toml_has_them() -> None:
+    assert as_toml([{"numeric": [">", 0, "<=", 5]}, 'a"b', True]) == '[{ numeric = [">", 0, "<=", 5] }, "a\\"b", true]'
+    assert as_toml({"data.x": {"@type": 1.5}}) == '{ "data.x" = { "@type" = 1.5 } }'
 
 
 def _nest(spec: dict[str, Any]) -> dict[str, Any] | None:

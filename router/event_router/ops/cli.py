@@ -83,18 +83,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "test",
-        help="dry run: show what the router would do with events; sends nothing",
+        help="dry run: show what the router would do with events, or run route tests (--expect); sends nothing",
         description="Dry run: validate and route events as the router would, print a JSON report on stdout "
-        "(validation, routes, what each output would receive, dead letter) and send nothing.",
-        epilog="exit status: 0 when no event would be dead-lettered; 1 when one would (invalid under the "
-        "input's validation policy, unknown trigger or no route with dead-letter settings, or an output "
-        "that cannot build its request), or when the config or the events file cannot be used. Each "
-        "dead-lettered event is named on stderr as FILE[i] (its index in the list), so `event-router test` "
-        "can gate a CI job. Secrets are not read (it sends nothing): no variable or credential is needed.",
+        "(validation, routes, what each output would receive, dead letter) and send nothing. With --expect, "
+        "run test files instead: each case is an event and what must happen to it (routes, outputs, payloads, "
+        "dead letter); see docs/routing.md, 'Testing routes'.",
+        epilog="exit status, for an events file: 0 when no event would be dead-lettered; 1 when one would "
+        "(invalid under the input's validation policy, unknown trigger or no route with dead-letter settings, "
+        "or an output that cannot build its request), or when the config or the events file cannot be used. "
+        "Each dead-lettered event is named on stderr as FILE[i] (its index in the list), so `event-router test` "
+        "can gate a CI job. With --expect: 0 when every case passes, 1 when one does not (each mismatch is "
+        "printed), 2 when a test file or the config cannot be used. Secrets are not read (it sends nothing): "
+        "no variable or credential is needed.",
     )
     _config_arg(p)
-    p.add_argument("events", type=Path, help='JSON file: {"trigger", "data"} as the Connector posts it, or a list')
+    p.add_argument(
+        "events",
+        type=Path,
+        nargs="?",
+        help='JSON file: {"trigger", "data"} as the Connector posts it (or {"namespace", "data"}), or a list',
+    )
+    p.add_argument(
+        "--expect",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="test files (TOML or JSON) to run: cases of an event and what must happen to it",
+    )
     p.add_argument("--input", help="apply this input's validation policy (default: the first input's)")
+
+    p = sub.add_parser(
+        "explain",
+        help="why each route matches an event or not, and what each delivery would be; sends nothing",
+        description="For each route, in order: whether it matches the event, and when it does not, the first "
+        "condition that fails and the value the event has there; for the routes that match, what each output "
+        "would receive. Sends nothing and reads no secret.",
+        epilog="exit status: 0 once explained (whatever the event's fate); 1 when the config or the events file "
+        "cannot be used.",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "events",
+        type=Path,
+        help='JSON file: {"trigger", "data"} as the Connector posts it (or {"namespace", "data"}), or a list',
+    )
+    p.add_argument("--input", help="the input the event comes in on (default: the first)")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("plugins", help="list installed plugins")
     p.add_argument(
@@ -267,6 +301,7 @@ async def _serve(app: App) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from event_router.api.errors import SpoolError
     from event_router.app import load_schemas
+    from event_router.core.reachability import dead_routes, outputs_fed_only_by
     from event_router.core.routing import unknown_triggers
     from event_router.core.spool.backend import describe as describe_spool
     from event_router.core.spool.backend import directory_problem
@@ -307,6 +342,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         for route in config.routes
         for warning in unknown_triggers(route.match, schemas.triggers(), schemas.is_known)
     ]
+    dead = dead_routes(config, schemas.is_known)
+    warnings += [
+        f'{config.path.name}: routes[{d.route.index}]: route "{d.route.name}" can never match: {d.reason}' for d in dead
+    ]
+    for output, routes in outputs_fed_only_by(dead, config).items():
+        named = ", ".join(f'routes[{r.index}] ("{r.name}")' for r in routes)
+        warnings.append(
+            f"{config.path.name}: outputs.{output}: only routes that can never match send to this output ({named}): "
+            "it receives nothing"
+        )
     promised = guarantees(config)
     summary = {
         "config": str(args.config),
@@ -384,23 +429,29 @@ def guarantees(config: RouterConfig) -> list[dict[str, str]]:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
+    if args.expect:
+        if args.events is not None:
+            print("error: give either an events file or --expect test files, not both", file=sys.stderr)
+            return 2
+        from event_router.ops.expect import run_test_files
+
+        return run_test_files(args)
+    if args.events is None:
+        print("error: give an events file (or --expect test files)", file=sys.stderr)
+        return 2
     from event_router.api.event import Event
-    from event_router.api.plugin import Delivery
     from event_router.app import load_schemas
     from event_router.core.plan import plan_for_input
+    from event_router.ops.dryrun import EventFileError, dry_deliveries, event_source, read_events, wire_event
 
     # it sends nothing, so like the operator commands it reads no secret: a CI job has none of them
     config, registry = _load(args, "skip")
     schemas = load_schemas(config, registry)
     try:
-        document = orjson.loads(args.events.read_bytes())
-    except OSError as exc:
-        print(f"error: cannot read {args.events}: {exc.strerror}", file=sys.stderr)
+        items, is_list = read_events(args.events)
+    except EventFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    except orjson.JSONDecodeError as exc:
-        print(f"error: {args.events} is not valid JSON: {exc}", file=sys.stderr)
-        return 1
-    items = document if isinstance(document, list) else [document]
     input_name = args.input or next(iter(config.inputs), None)
     if input_name is not None and input_name not in config.inputs:
         print(f"error: no input named {input_name!r} (inputs: {', '.join(config.inputs)})", file=sys.stderr)
@@ -408,42 +459,19 @@ def cmd_test(args: argparse.Namespace) -> int:
     policy = config.inputs[input_name] if input_name else None
     report = []
     failed = 0
-    for index, item in enumerate(items):
-        # named as jq would address it: events.json[0] in a list, events.json for a single event
-        where = f"{args.events}[{index}]" if isinstance(document, list) else str(args.events)
-        if not isinstance(item, dict) or not isinstance(item.get("trigger"), str):
-            print(f'error: {where} is not {{"trigger": "...", "data": ...}}', file=sys.stderr)
-            return 1
-        event = Event(
-            trigger=item["trigger"],
-            data=item.get("data"),
-            source=input_name or "test",
-            meta={"dry_run": True},
-        )
+    for where, item in items:
+        trigger, data = wire_event(item, where)
+        event = Event(trigger=trigger, data=data, source=event_source(policy), meta={"dry_run": True})
         plan = plan_for_input(event, policy, config=config, schemas=schemas)
         deliveries = []
         problems: list[str] = []
         if plan.dead_letter is not None:
             problems.append(f"{plan.dead_letter[0]}: {plan.dead_letter[1]}")
-        for d in plan.deliveries:
-            output = config.outputs[d.output]
-            route = config.route(d.route)
-            assert route is not None  # the plan was made from these very routes
-            delivery = Delivery(
-                id=0,
-                event=event,
-                payload=d.payload if d.reshaped else event.to_dict(),
-                route=d.route,
-                attempt=1,
-                route_options=route.options,
-                reshaped=d.reshaped,
-            )
-            try:
-                described = output.plugin.describe(delivery)
-            except RouterError as exc:  # the output would fail the delivery the same way: a dead letter
-                described = {"error": str(exc)}
-                problems.append(f"output {d.output} (route {d.route!r}): {exc}")
-            deliveries.append({"output": d.output, "type": output.type, "route": d.route, **_masked(described)})
+        for d in dry_deliveries(plan, config):
+            described = {"error": d.error} if d.error is not None else d.described
+            if d.error is not None:
+                problems.append(f"output {d.output} (route {d.route!r}): {d.error}")
+            deliveries.append({"output": d.output, "type": d.type, "route": d.route, **described})
         report.append(
             {
                 "trigger": event.trigger,
@@ -462,26 +490,12 @@ def cmd_test(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: {where} ({event.trigger}) would be dead-lettered: {problem}", file=sys.stderr)
         failed += bool(problems)
-    _print_json(report if isinstance(document, list) else report[0])
+    _print_json(report if is_list else report[0])
     if failed:
         print(f"test: {failed} of {len(items)} event(s) would be dead-lettered", file=sys.stderr)
         return 1
     print(f"test: {len(items)} event(s), none would be dead-lettered", file=sys.stderr)
     return 0
-
-
-def _masked(value: Any) -> Any:
-    """`value` with every unresolved secret's stand-in shown as `***`: an output's dry-run description
-    should show none of its secrets, and a placeholder must not pass for a configured value."""
-    from event_router.api.secrets import MASK, Unresolved
-
-    if isinstance(value, Unresolved):
-        return MASK
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
-    return value
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -682,6 +696,12 @@ def _tap(args: argparse.Namespace) -> int:
     return cmd_tap(args, config)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from event_router.ops.explain import cmd_explain
+
+    return cmd_explain(args)
+
+
 def _import_connector_config(args: argparse.Namespace) -> int:
     from event_router.ops.importer import cmd_import_connector_config
 
@@ -692,6 +712,7 @@ COMMANDS = {
     "run": cmd_run,
     "check": cmd_check,
     "test": cmd_test,
+    "explain": _explain,
     "plugins": cmd_plugins,
     "init": cmd_init,
     "schemas": cmd_schemas,
