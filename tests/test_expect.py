@@ -220,3 +220,13 @@ def test_an_events_file_and_expect_are_one_or_the_other(shipped: Path) -> None:
     assert both.returncode == 2 and "not both" in both.stderr
     neither = run_cli("test", "-c", str(shipped))
     assert neither.returncode == 2 and "give an events file (or --expect test files)" in neither.stderr
+
+
+def test_help_documents_the_exit_status() -> None:
+    result = run_cli("test", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert (
+        "With --expect, exit status: 0 when every case passes; 1 when one does not (each mismatch is printed); 2 "
+        "when a test file or the config cannot be used."
+    ) in text

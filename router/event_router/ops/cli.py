@@ -88,12 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(validation, routes, what each output would receive, dead letter) and send nothing. With --expect, "
         "run test files instead: each case is an event and what must happen to it (routes, outputs, payloads, "
         "dead letter); see docs/routing.md, 'Testing routes'.",
-        epilog="exit status, for an events file: 0 when no event would be dead-lettered; 1 when one would "
+        epilog="exit status: 0 when no event would be dead-lettered; 1 when one would "
         "(invalid under the input's validation policy, unknown trigger or no route with dead-letter settings, "
         "or an output that cannot build its request), or when the config or the events file cannot be used. "
         "Each dead-lettered event is named on stderr as FILE[i] (its index in the list), so `event-router test` "
-        "can gate a CI job. With --expect: 0 when every case passes, 1 when one does not (each mismatch is "
-        "printed), 2 when a test file or the config cannot be used. Secrets are not read (it sends nothing): "
+        "can gate a CI job. With --expect, exit status: 0 when every case passes; 1 when one does not (each "
+        "mismatch is printed); 2 when a test file or the config cannot be used. Secrets are not read (it sends nothing): "
         "no variable or credential is needed.",
     )
     _config_arg(p)
