@@ -6,6 +6,7 @@ Exit 0 when every case passes, 1 with a diff per mismatch, 2 for a test file (or
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -230,3 +231,18 @@ def test_help_documents_the_exit_status() -> None:
         "With --expect, exit status: 0 when every case passes; 1 when one does not (each mismatch is printed); 2 "
         "when a test file or the config cannot be used."
     ) in text
+
+
+def test_the_docs_example_passes_against_the_shipped_router_toml(shipped: Path) -> None:
+    """docs/routing.md's test file, as written there, tests the shipped router.toml."""
+    blocks = [
+        block
+        for block in re.findall(r"```toml\n(.*?)```", (ROOT / "docs" / "routing.md").read_text(), flags=re.DOTALL)
+        if "[[tests]]" in block
+    ]
+    assert len(blocks) == 1
+    tests = shipped.parent / "docs.test.toml"
+    tests.write_text(blocks[0])
+    result = run_cli("test", "-c", str(shipped), "--expect", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "test: 2 passed, 0 failed"

@@ -146,4 +146,4 @@ def test_an_unusable_events_file_fails(tmp_path: Path) -> None:
     event.write_text(json.dumps({"data": {}}))
     result = run_cli("explain", "-c", str(config), str(event))
     assert result.returncode == 1
-    assert f"error: {event} names no event" in result.stderr
+    assert f'error: {event} is not {{"trigger": "...", "data": ...}} (as the Connector' in result.stderr

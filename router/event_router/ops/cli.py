@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "or an output that cannot build its request), or when the config or the events file cannot be used. "
         "Each dead-lettered event is named on stderr as FILE[i] (its index in the list), so `event-router test` "
         "can gate a CI job. With --expect, exit status: 0 when every case passes; 1 when one does not (each "
-        "mismatch is printed); 2 when a test file or the config cannot be used. Secrets are not read (it sends nothing): "
-        "no variable or credential is needed.",
+        "mismatch is printed); 2 when a test file or the config cannot be used. Secrets are not read (it sends "
+        "nothing): no variable or credential is needed.",
     )
     _config_arg(p)
     p.add_argument(

@@ -17,7 +17,7 @@ from event_router.core.plan import Plan
 
 #: what an event file holds, for messages
 EVENT_FORMS = (
-    '{"trigger": "...", "data": ...} as the Connector\'s webhook posts it, or {"namespace": "...", "data": ...}'
+    '{"trigger": "...", "data": ...} (as the Connector\'s webhook posts it) nor {"namespace": "...", "data": ...}'
 )
 
 
@@ -50,13 +50,13 @@ def wire_event(item: Any, where: str) -> tuple[str, Any]:
     or the documented envelope's `{"namespace", "data"}`. A missing `data` is an event without data (None),
     as the webhook input reads it; other keys are ignored."""
     if not isinstance(item, Mapping):
-        raise EventFileError(f"{where} is not an object: expected {EVENT_FORMS}")
+        raise EventFileError(f"{where} is not {EVENT_FORMS}")
     trigger, namespace = item.get("trigger"), item.get("namespace")
     if trigger is not None and namespace is not None and trigger != namespace:
         raise EventFileError(f"{where} names two events: trigger {trigger!r} and namespace {namespace!r}")
     name = trigger if trigger is not None else namespace
     if not isinstance(name, str) or not name:
-        raise EventFileError(f"{where} names no event: expected {EVENT_FORMS}")
+        raise EventFileError(f"{where} is not {EVENT_FORMS}: it names no event")
     return name, item.get("data")
 
 
