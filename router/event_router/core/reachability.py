@@ -54,16 +54,22 @@ def dead_routes(config: RouterConfig, is_known: Callable[[str], bool]) -> list[D
     `is_known`: whether some schema knows a trigger."""
     found: list[DeadRoute] = []
     patterns = [parse_match(route.match) for route in config.routes]
+    # `implies` tries the ways through both patterns' `$or`s: past MAX_ALTERNATIVES it would take too long
+    small = [_ways(pattern) <= MAX_ALTERNATIVES for pattern in patterns]
     for index, (route, pattern) in enumerate(zip(config.routes, patterns, strict=True)):
         reason = contradiction(pattern)
         if reason is None:
             reason = _unknown_only(route, pattern, config, is_known)
         if reason is None:
             dead = {d.route.name for d in found}
-            for earlier, earlier_pattern in zip(config.routes[:index], patterns[:index], strict=True):
+            for earlier, earlier_pattern, earlier_small in zip(
+                config.routes[:index], patterns[:index], small[:index], strict=True
+            ):
                 # a dead route takes nothing; `implies` is proven for any pattern, so this only keeps the
                 # reason to the route that really takes the events
-                if earlier.stop and earlier.name not in dead and implies(pattern, earlier_pattern):
+                if not (earlier.stop and small[index] and earlier_small) or earlier.name in dead:
+                    continue
+                if implies(pattern, earlier_pattern):
                     reason = (
                         f'routes[{earlier.index}] ("{earlier.name}") has stop = true and matches every event this '
                         "route matches: it always takes them first"
@@ -275,6 +281,11 @@ def contradiction(pattern: Pattern) -> str | None:
     if len(alternatives) == 1:
         return reasons[0]
     return "whichever $or branch an event takes, its conditions contradict: " + "; ".join(reasons)
+
+
+def _ways(pattern: Pattern) -> int:
+    """How many ways through its `$or`s `pattern` has, counted up to MAX_ALTERNATIVES + 1."""
+    return sum(1 for _ in itertools.islice(_conjunctions(pattern), MAX_ALTERNATIVES + 1))
 
 
 def _conjunctions(pattern: Pattern) -> Iterator[tuple[Condition, ...]]:
