@@ -68,6 +68,36 @@ async def test_fetch_excludes_claimed_and_not_yet_due(spool: Any) -> None:
     assert later[-1].did == dids[0] and later[-1].attempts == 1
 
 
+def wait_for_commit(spool: Any, commits: int) -> None:
+    """Block the event loop until the spool's writer committed again: a settle's outcome is then in the
+    store, and the task awaiting it has not been resumed (nothing else runs on the loop meanwhile)."""
+    deadline = time.monotonic() + 10
+    while spool.commits <= commits:
+        assert time.monotonic() < deadline, "the writer did not commit"
+        time.sleep(0.001)
+
+
+async def test_a_retry_fetched_before_its_settle_returns_is_handed_out_next_time(spool: Any) -> None:
+    """A delivery given back as a retry due at once, which a worker's fetch comes upon between the retry's
+    commit and the settle's return (the worker still holds it: excluded), is handed out by the next fetch
+    once the worker let it go.
+
+    #18: on PostgreSQL that fetch leased the delivery to this router and the settle's return then forgot the
+    lease, so it was neither renewed nor given back: no fetch handed it out until the lease ran out (30 s),
+    and `dlq replay`'s deliveries stayed pending that long under load."""
+    ((did,),) = await spool.store([event(1)])
+    now = spool.clock.now() + 1
+    assert [r.did for r in spool.fetch_due("a", now, 10, set())] == [did]
+    commits = spool.commits
+    settling = asyncio.create_task(spool.settle(retry=[(did, 1, now - 1, "503")]))
+    await asyncio.sleep(0)  # the settle is queued to the writer; the loop runs nothing else until awaited
+    wait_for_commit(spool, commits)
+    assert spool.fetch_due("a", now, 10, {did}) == [], "the worker holds it until its settle returns"
+    await settling
+    rows = spool.fetch_due("a", now, 10, set())
+    assert [(r.did, r.attempts) for r in rows] == [(did, 1)], "let go by the worker: handed out again"
+
+
 async def test_dead_letter_keeps_event_and_reason(spool: Any) -> None:
     ((did,),) = await spool.store([event(7)])
     (dlid,) = await spool.settle(dead=[(did, "permanent", "400 bad request", 1)])
@@ -475,6 +505,26 @@ async def test_postgresql_a_delivery_is_leased_to_one_router_until_settled_or_ex
         assert sorted(r.did for r in taken) == dids[2:4], "after the lease, the survivor takes them"
         await two.settle(done=[*dids[1:]])
         assert two.status().pending_events == 0
+    finally:
+        one.close()
+        two.close()
+
+
+async def test_postgresql_a_delivery_held_in_memory_is_leased_by_its_router(pg_dsn: str) -> None:
+    """What a router stored and offered to its worker (in memory, never fetched) its next fetch leases without
+    handing it out: no other router takes it meanwhile. Once the router settled it (a retry), it is anyone's."""
+    from event_router.core.spool.postgresql import PostgreSQLSpool
+
+    one, two = PostgreSQLSpool(pg_dsn), PostgreSQLSpool(pg_dsn)
+    one.open("exclusive")
+    two.open("exclusive")
+    try:
+        ((did,),) = delivery_ids(await one.store([event(1)]))
+        now = one.clock.now() + 1
+        assert one.fetch_due("a", now, 10, {did}) == []
+        assert two.fetch_due("a", now, 10, set()) == [], "leased to the router holding it"
+        await one.settle(retry=[(did, 1, now - 1, "503")])
+        assert [(r.did, r.attempts) for r in two.fetch_due("a", now, 10, set())] == [(did, 1)]
     finally:
         one.close()
         two.close()

@@ -859,11 +859,20 @@ class PostgreSQLSpool:
     def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
         """Lease up to `limit` deliveries of `output` due by `now` to this router, oldest due first.
 
-        A delivery this router was handed before and no longer holds in memory (not in `exclude`: a
-        worker let it go, or failed) is given back first, in the same transaction, so it is handed out
-        again as the SQLite spool would. The claim commits without waiting for the WAL flush
-        (`synchronous_commit = off` for it alone): other routers see it at once, and a server crash that
-        lost it only lets another router take the delivery too: at least once, as ever.
+        Every lease this router holds is in `_held` (the writer renews those) until it is given back, here
+        or by the delivery's `settle`, which drops it from `_held` as it returns:
+        - a delivery this router was handed before and no longer holds in memory (not in `exclude`: a
+          worker let it go, or failed) is given back first, in the same transaction, so it is handed out
+          again as the SQLite spool would;
+        - what `exclude` names (in memory) is never handed out. Of it, what no lease covers yet and has no
+          outcome committed (`attempts` 0: stored here and offered to the worker directly) is leased, so
+          no other router takes it while it waits. What has an outcome committed is left alone: a retry
+          whose `settle` had committed, leased here before that `settle` returned, was dropped from `_held`
+          by it and then neither renewed nor handed out by anyone until its lease ran out (#18).
+
+        The claim commits without waiting for the WAL flush (`synchronous_commit = off` for it alone):
+        other routers see it at once, and a server crash that lost it only lets another router take the
+        delivery too: at least once, as ever.
         """
         if limit <= 0:
             return []
@@ -871,31 +880,19 @@ class PostgreSQLSpool:
         let_go = [did for did, o in list(self._held.items()) if o == output and did not in excluded]
         for did in let_go:
             self._held.pop(did, None)
-        with self._reading() as conn:
-            cur = conn.cursor(binary=True)
-            cur.execute("SET LOCAL synchronous_commit = off")
-            if let_go:
-                cur.execute(
-                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE did = ANY(%b) AND lease_owner = %b",
-                    (let_go, self.owner),
-                )
-            cur.execute(
-                "WITH picked AS (SELECT did FROM deliveries WHERE output = %b AND due <= %b "
-                "AND (lease_until IS NULL OR lease_until < clock_timestamp()) ORDER BY due, did LIMIT %b "
-                "FOR UPDATE SKIP LOCKED) "
-                "UPDATE deliveries d SET lease_owner = %b, lease_until = clock_timestamp() + %b * interval '1 second' "
-                "FROM picked, events e WHERE d.did = picked.did AND e.seq = d.seq "
-                "RETURNING d.due, d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, "
-                "e.trigger",
-                (output, now, limit, self.owner, self.lease),
-            )
-            rows = sorted(cur.fetchall(), key=lambda r: (r[0], r[1]))
+        unleased = [did for did in excluded if did not in self._held]
+        try:
+            rows, leased = self._lease_due(output, now, limit, excluded, let_go, unleased)
+        except SpoolError:
+            # not committed: the leases given back above are still this router's, to renew
+            for did in let_go:
+                self._held.setdefault(did, output)
+            raise
+        for did in leased:
+            self._held[did] = output
         out: list[DeliveryRow] = []
         for _due, did, seq, out_name, route, payload, attempts, first_at, body, event_id, trigger in rows:
             self._held[int(did)] = output
-            if did in excluded:  # its lease ran out while held here (renewal failed): it is ours again
-                continue
             out.append(
                 DeliveryRow(
                     int(did),
@@ -911,6 +908,52 @@ class PostgreSQLSpool:
                 )
             )
         return out
+
+    def _lease_due(
+        self,
+        output: str,
+        now: float,
+        limit: int,
+        excluded: Collection[int],
+        let_go: list[int],
+        unleased: list[int],
+    ) -> tuple[list[tuple[Any, ...]], list[int]]:
+        """`fetch_due`'s transaction: the rows handed out (due order), and the ids of `unleased` leased."""
+        with self._reading() as conn:
+            cur = conn.cursor(binary=True)
+            cur.execute("SET LOCAL synchronous_commit = off")
+            if let_go:
+                cur.execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL "
+                    "WHERE did = ANY(%b) AND lease_owner = %b",
+                    (let_go, self.owner),
+                )
+            if unleased:
+                # SKIP LOCKED: a row the writer is settling is left to that settle (never a wait on it)
+                cur.execute(
+                    "WITH mine AS (SELECT did FROM deliveries WHERE did = ANY(%b) AND attempts = 0 "
+                    "AND (lease_until IS NULL OR lease_until < clock_timestamp()) FOR UPDATE SKIP LOCKED) "
+                    "UPDATE deliveries d SET lease_owner = %b, lease_until = clock_timestamp() + %b * interval "
+                    "'1 second' FROM mine WHERE d.did = mine.did RETURNING d.did",
+                    (unleased, self.owner, self.lease),
+                )
+                leased = [int(did) for (did,) in cur.fetchall()]
+            else:
+                leased = []
+            cur.execute(
+                "WITH picked AS (SELECT did FROM deliveries WHERE output = %b AND due <= %b "
+                # NOT IN a subquery: a hashed lookup, also in the generic plan of the prepared statement
+                # (`<> ALL(array)` is a scan of the array per row there: thousands of ids held in memory)
+                "AND (lease_until IS NULL OR lease_until < clock_timestamp()) "
+                "AND did NOT IN (SELECT unnest(%b::int8[])) ORDER BY due, did LIMIT %b FOR UPDATE SKIP LOCKED) "
+                "UPDATE deliveries d SET lease_owner = %b, lease_until = clock_timestamp() + %b * interval '1 second' "
+                "FROM picked, events e WHERE d.did = picked.did AND e.seq = d.seq "
+                "RETURNING d.due, d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, "
+                "e.trigger",
+                (output, now, list(excluded), limit, self.owner, self.lease),
+            )
+            rows = sorted(cur.fetchall(), key=lambda r: (r[0], r[1]))
+        return rows, leased
 
     async def announced(self, keys: Sequence[bytes]) -> set[bytes]:
         """Which of these keys are kept, cluster-wide: one primary-key read per 1,000 on the reader
