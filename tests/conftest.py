@@ -54,6 +54,15 @@ def pg_dsn() -> Iterator[str]:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+@pytest.fixture
+def pg_server() -> str:
+    """The DSN of the server's maintenance database, where `pg_dsn`'s scratch databases are made: a session
+    there is none of a scratch database's (a test that kills them all, or closes the database, runs its
+    statements from here)."""
+    require_postgresql()
+    return PG_DSN
+
+
 @pytest.fixture(params=SPOOL_BACKENDS)
 def spool_at(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Spool]:
     """Makes a spool (not opened) at one place per test, again and again (a reopen): a SQLite file, or a

@@ -162,6 +162,8 @@ class OutputWorker:
         self._spilled = True
         self._next_poll = 0.0
         self._next_due: float | None = None
+        #: why the last spool read failed (a transient failure: the database away), until one succeeds
+        self._read_failure: str | None = None
         self._wake = anyio.Event()
         self._stopping = False
         # a semaphore, not a CapacityLimiter: the batch task releases what the loop acquired
@@ -321,7 +323,25 @@ class OutputWorker:
         if room <= 0:  # the buffer bounds memory, whatever the spool holds
             self._next_poll = now + self.poll_interval
             return
-        rows = self.spool.fetch_due(self.name, now, room, self._excluded())
+        try:
+            rows = self.spool.fetch_due(self.name, now, room, self._excluded())
+        except SpoolError as exc:
+            if not exc.transient:
+                raise
+            # the spool cannot be read now (its database restarting): what is in memory goes on, and the
+            # spool is read again at the next poll; the worker is not failed, which would cancel the
+            # attempts in flight and send them again
+            if self._read_failure is None:
+                log.warning(
+                    "cannot read due deliveries from the spool; reading again every poll",
+                    extra={"output": self.name, "error": str(exc)},
+                )
+            self._read_failure = str(exc)
+            self._next_poll = now + self.poll_interval
+            return
+        if self._read_failure is not None:
+            log.info("reading due deliveries from the spool again", extra={"output": self.name})
+            self._read_failure = None
         self._next_poll = now + self.poll_interval
         if due:
             self._next_due = None

@@ -28,6 +28,12 @@ The schema is versioned (`MIGRATIONS`); the daemon applies what is missing at op
 under an advisory lock, so routers starting together upgrade once; a database of a newer schema is
 refused. Tables live in the `event_router` schema of the database the DSN names.
 
+The server may go away at any time (a restart, a failover, `pg_terminate_backend`): the writer and the reader
+each make their connection again when they find it dead (at most every RECONNECT_PAUSE while the server
+refuses), and a transaction found dead before its commit runs again at once on the new connection, since
+nothing of it can have committed. While connecting fails, stores fail (transient SpoolErrors: nothing is
+acknowledged) and `last_error` says why, which readiness reports.
+
 The driver is psycopg 3 (the `postgresql` extra; bench/RESULTS.md has the measurement against asyncpg):
 its synchronous connections serve the writer thread, `fetch_due` and the operator commands alike.
 """
@@ -37,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -45,9 +52,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -78,6 +85,7 @@ from event_router.core.spool import (
 from event_router.core.spool.writer import Op, gather, resolve_all
 
 log = logging.getLogger("event_router.core.spool")
+_T = TypeVar("_T")
 
 #: the PostgreSQL schema (namespace) holding the spool's tables
 NAMESPACE = "event_router"
@@ -239,6 +247,11 @@ def describe(dsn: str) -> str:
     return f"postgresql://{user + '@' if user else ''}{host}:{port}/{params.get('dbname') or user}"
 
 
+def _session_lost(conn: psycopg.Connection[Any] | None) -> bool:
+    """Whether the failure that just happened on `conn` was its session ending (psycopg marks it broken)."""
+    return conn is not None and conn.broken
+
+
 def _spool_error(exc: BaseException, doing: str = "write") -> SpoolError:
     """The SpoolError a failure raises to the callers, transient when PostgreSQL's SQLSTATE (or a lost
     connection) says the same write may succeed later: no psycopg exception leaves this module."""
@@ -275,6 +288,10 @@ class PostgreSQLSpool:
     WATCH_INTERVAL = 1.0
     #: counting takes at most this share of the writer's time (O(n) in pending deliveries)
     RECOUNT_SHARE = 0.1
+    #: after a failed connect, how long the writer and the reader each fail at once with its error instead of
+    #: trying again: while the server is down, stores are refused without a connect each, and the event loop
+    #: (the reader's) is not held by a connect at every delivery poll
+    RECONNECT_PAUSE = 0.5
 
     def __init__(self, dsn: str, *, lease: float = 30.0, clock: SpoolClock | None = None, owner: str | None = None):
         self.dsn = dsn
@@ -291,6 +308,11 @@ class PostgreSQLSpool:
         self.last_error: str | None = None
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        #: per connection ("writer", "reader"), its last failure to be made again: (monotonic time, why),
+        #: until one is made; see RECONNECT_PAUSE
+        self._down: dict[str, tuple[float, str]] = {}
+        #: housekeeping failed, and has not succeeded since (it logs the first failure and the recovery)
+        self._housekeeping_failed = False
         self._reader: psycopg.Connection[Any] | None = None
         #: the reader is used from the event loop and from operator commands' threads
         self._reader_lock = threading.Lock()
@@ -424,36 +446,76 @@ class PostgreSQLSpool:
             conn.close()
 
     def _live(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
-        """The writer's connection, made again when the server went away (a restart, a failover)."""
+        """The writer's connection, made again when the server went away (a restart, a failover); a transient
+        SpoolError when it cannot be made (for RECONNECT_PAUSE after a failure, without trying)."""
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         if conn is not None:
             conn.close()
-        return self._connect()
+        return self._reconnect("writer")
+
+    def _reconnect(self, which: str) -> psycopg.Connection[Any]:
+        """A new connection for `which` ("writer", "reader"); a transient SpoolError naming the database when
+        it cannot be made, raised again without trying for RECONNECT_PAUSE."""
+        down = self._down.get(which)
+        if down is not None and time.monotonic() - down[0] < self.RECONNECT_PAUSE:
+            raise SpoolError(down[1], transient=True)
+        try:
+            conn = self._connect()
+        except psycopg.Error as exc:
+            why = f"cannot connect to the spool database {self.location}: {str(exc).strip()}"
+            self._down[which] = time.monotonic(), why
+            raise SpoolError(why, transient=True) from exc
+        if self._down.pop(which, None) is not None:
+            log.info("connected to the spool database again", extra={"spool": self.location, "connection": which})
+        return conn
 
     def _housekeeping(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any] | None:
         """Renew the leases held and count the cluster's spool again, when they are due; a failure is
         looked at again next time (the writer thread must go on)."""
         now = time.monotonic()
-        if now < self._next_renewal and now < self._next_count:
+        renewing, counting = now >= self._next_renewal, now >= self._next_count
+        if not (renewing or counting):
             return conn
-        try:
-            conn = self._live(conn)
-            if now >= self._next_renewal:
+        for attempt in range(2):
+            used = conn is not None and not conn.closed and not conn.broken
+            try:
+                conn = self._live(conn)
+                if renewing:
+                    self._renew(conn)
+                if counting:
+                    started = time.monotonic()
+                    self._count_all(conn)
+                    took = time.monotonic() - started
+                    self._next_count = started + max(self.WATCH_INTERVAL, took / self.RECOUNT_SHARE)
+                conn.commit()
+            except (psycopg.Error, SpoolError) as exc:
+                if conn is not None and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                if attempt == 0 and used and _session_lost(conn):
+                    continue  # killed while idle (a restart, pg_terminate_backend): again on a new connection
+                # what was due is tried again in WATCH_INTERVAL (a lease renewal well before it runs out), not
+                # at every group while the server is away
+                retry = now + self.WATCH_INTERVAL
+                if renewing:
+                    self._next_renewal = retry
+                if counting:
+                    self._next_count = retry
+                self.last_error = str(_spool_error(exc))
+                if not self._housekeeping_failed:
+                    self._housekeeping_failed = True
+                    log.warning("could not renew leases or count the spool", extra={"error": str(exc)})
+                return conn
+            if renewing:
                 self._next_renewal = now + self.lease / 3
-                self._renew(conn)
-            if now >= self._next_count:
-                started = time.monotonic()
-                self._count_all(conn)
-                took = time.monotonic() - started
-                self._next_count = started + max(self.WATCH_INTERVAL, took / self.RECOUNT_SHARE)
-            conn.commit()
-        except psycopg.Error as exc:
-            self.last_error = str(_spool_error(exc))
-            log.warning("could not renew leases or count the spool", extra={"error": str(exc)})
-            if conn is not None and not conn.closed:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
+            # a commit on the writer's connection: the spool takes writes again (readiness says so without
+            # waiting for a store, which a load balancer that took this router out would never send)
+            self.last_error = None
+            if self._housekeeping_failed:
+                self._housekeeping_failed = False
+                log.info("leases renewed and the spool counted again", extra={"held": len(self._held)})
+            return conn
         return conn
 
     def _renew(self, conn: psycopg.Connection[Any]) -> None:
@@ -519,21 +581,35 @@ class PostgreSQLSpool:
     def _run_transaction(
         self, conn: psycopg.Connection[Any] | None, batch: list[Op]
     ) -> tuple[psycopg.Connection[Any] | None, SpoolError | None]:
+        """Apply `batch` in one transaction. A connection found dead before the commit was sent (the server
+        ended the session while it was idle: a restart, `pg_terminate_backend`, a failover) committed
+        nothing, so the batch runs again at once on a new one; a connection lost during the commit may have
+        committed it, so that failure is the batch's (a store refused that is kept all the same: at least once).
+        """
         counted = self.depth, dict(self._pending), self._dead, self._oldest
-        try:
-            conn = self._live(conn)
-            results = [op.apply(conn) for op in batch]
-            if self._announcing:
-                _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
+        for attempt in range(2):
+            used = conn is not None and not conn.closed and not conn.broken
+            committing = False
+            try:
+                conn = self._live(conn)
+                results = [op.apply(conn) for op in batch]
+                if self._announcing:
+                    _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
+                    self._announcing.clear()
+                committing = True
+                conn.commit()
+            except Exception as exc:  # one failed commit fails every op in it: none of them is durable
                 self._announcing.clear()
-            conn.commit()
-        except Exception as exc:  # one failed commit fails every op in it: none of them is durable
-            self._announcing.clear()
-            self.depth, self._pending, self._dead, self._oldest = counted
-            if conn is not None and not conn.closed:
-                with contextlib.suppress(psycopg.Error):
-                    conn.rollback()
-            return conn, _spool_error(exc)
+                depth, pending, dead, oldest = counted
+                self.depth, self._pending, self._dead, self._oldest = depth, dict(pending), dead, oldest
+                if conn is not None and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.rollback()
+                if attempt == 0 and used and not committing and _session_lost(conn):
+                    log.info("spool connection lost; its group runs again on a new one", extra={"ops": len(batch)})
+                    continue
+                return conn, _spool_error(exc)
+            break
         self.commits += 1
         self.last_error = None
         self._publish()
@@ -824,26 +900,39 @@ class PostgreSQLSpool:
 
     # --- reads for the delivery loop -----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _reading(self, doing: str = "read") -> Iterator[psycopg.Connection[Any]]:
-        """The reader connection, made again when the server went away; one transaction, committed."""
+    def _read(self, work: Callable[[psycopg.Connection[Any]], _T], doing: str = "read") -> _T:
+        """`work` on the reader connection, in one transaction, committed; a SpoolError when it fails.
+
+        The connection is made again when the server went away (at most every RECONNECT_PAUSE: a connect is
+        made on the event loop). Found dead before the commit (the session ended while idle: a restart,
+        `pg_terminate_backend`), `work` runs again at once on the new connection: nothing of it committed.
+        """
         with self._reader_lock:
-            if self._reader is None:
-                raise SpoolError("spool is closed")
-            try:
-                if self._reader.closed or self._reader.broken:
-                    self._reader.close()
-                    self._reader = self._connect()
-                yield self._reader
-                self._reader.commit()
-            except psycopg.Error as exc:
-                with contextlib.suppress(psycopg.Error):
-                    self._reader.rollback()
-                raise _spool_error(exc, doing) from exc
+            for attempt in range(2):
+                if self._reader is None:
+                    raise SpoolError("spool is closed")
+                used = not (self._reader.closed or self._reader.broken)
+                committing = False
+                try:
+                    if not used:
+                        self._reader.close()
+                        self._reader = self._reconnect("reader")
+                    result = work(self._reader)
+                    committing = True
+                    self._reader.commit()
+                    return result
+                except psycopg.Error as exc:
+                    with contextlib.suppress(psycopg.Error):
+                        self._reader.rollback()
+                    if attempt == 0 and used and not committing and _session_lost(self._reader):
+                        continue
+                    raise _spool_error(exc, doing) from exc
+            raise AssertionError("unreachable: the second attempt returns or raises")
 
     @property
     def writable(self) -> bool:
-        """The writer runs and its last commit (if any) succeeded."""
+        """The writer runs and its last transaction (a group's, or the renewal and count it runs about every
+        second) succeeded: false within about a second of the database going away, also without traffic."""
         return self._thread is not None and self._thread.is_alive() and self.last_error is None
 
     def oldest_pending_age(self) -> float | None:
@@ -919,7 +1008,8 @@ class PostgreSQLSpool:
         unleased: list[int],
     ) -> tuple[list[tuple[Any, ...]], list[int]]:
         """`fetch_due`'s transaction: the rows handed out (due order), and the ids of `unleased` leased."""
-        with self._reading() as conn:
+
+        def claim(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], list[int]]:
             cur = conn.cursor(binary=True)
             cur.execute("SET LOCAL synchronous_commit = off")
             if let_go:
@@ -952,8 +1042,9 @@ class PostgreSQLSpool:
                 "e.trigger",
                 (output, now, list(excluded), limit, self.owner, self.lease),
             )
-            rows = sorted(cur.fetchall(), key=lambda r: (r[0], r[1]))
-        return rows, leased
+            return sorted(cur.fetchall(), key=lambda r: (r[0], r[1])), leased
+
+        return self._read(claim)
 
     async def announced(self, keys: Sequence[bytes]) -> set[bytes]:
         """Which of these keys are kept, cluster-wide: one primary-key read per 1,000 on the reader
@@ -961,23 +1052,19 @@ class PostgreSQLSpool:
         kept: set[bytes] = set()
         for start in range(0, len(keys), _KEYS_PER_READ):
             chunk = list(keys[start : start + _KEYS_PER_READ])
-            with self._reading() as conn:
-                rows = conn.execute("SELECT key FROM announced WHERE key = ANY(%b)", (chunk,), binary=True)
-                kept.update(bytes(key) for (key,) in rows.fetchall())
+            kept.update(self._read(functools.partial(_kept_keys, chunk=chunk)))
             await asyncio.sleep(0)
         return kept
 
     def known_messages(self, seen: Sequence[SeenMessage]) -> set[tuple[str, str]]:
         if not seen:
             return set()
-        with self._reading() as conn:
-            return _known_messages(conn, seen, time.time())
+        return self._read(lambda conn: _known_messages(conn, seen, time.time()))
 
     # --- the outputs' states ----------------------------------------------------------------------------
 
     def output_states(self) -> dict[str, OutputState]:
-        with self._reading() as conn:
-            return _output_states(conn)
+        return self._read(_output_states)
 
     def set_paused(self, output: str, paused: bool, by: str) -> tuple[OutputState, bool]:
         def apply(conn: psycopg.Connection[Any]) -> tuple[OutputState, bool]:
@@ -1025,8 +1112,7 @@ class PostgreSQLSpool:
         if limit is not None:
             sql += " LIMIT %s"
             args.append(limit)
-        with self._reading() as conn:
-            rows = conn.execute(sql, args).fetchall()
+        rows = self._read(lambda conn: conn.execute(sql, args).fetchall())
         # bytea reads as memoryview: the callers get bytes, as from SQLite
         return [
             DeadLetter(
@@ -1048,8 +1134,8 @@ class PostgreSQLSpool:
 
     def count_dead_letters(self, where: DeadLetterFilter) -> tuple[int, int | None]:
         clause, args = _where(where)
-        with self._reading() as conn:
-            row = conn.execute(f"SELECT count(*), max(dlid) FROM dead_letters{clause}", args).fetchone()
+        sql = f"SELECT count(*), max(dlid) FROM dead_letters{clause}"
+        row = self._read(lambda conn: conn.execute(sql, args).fetchone())
         assert row is not None
         return int(row[0]), None if row[1] is None else int(row[1])
 
@@ -1085,14 +1171,20 @@ class PostgreSQLSpool:
         self._write_sync(apply)
 
     def status(self) -> SpoolStatus:
-        with self._reading() as conn:
-            pending = int(_one(conn, PENDING_EVENTS))
+
+        def read(conn: psycopg.Connection[Any]) -> tuple[int, float, Any, dict[str, OutputBacklog], list[Any]]:
             now = float(_one(conn, _NOW))
-            oldest = conn.execute(OLDEST_PENDING).fetchone()
-            backlogs = _output_backlogs(conn, now)
-            counts = conn.execute(
-                "SELECT output, reason, count(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1 NULLS FIRST, 2"
-            ).fetchall()
+            return (
+                int(_one(conn, PENDING_EVENTS)),
+                now,
+                conn.execute(OLDEST_PENDING).fetchone(),
+                _output_backlogs(conn, now),
+                conn.execute(
+                    "SELECT output, reason, count(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1 NULLS FIRST, 2"
+                ).fetchall(),
+            )
+
+        pending, now, oldest, backlogs, counts = self._read(read)
         return SpoolStatus(
             location=self.location,
             pending_events=pending,
@@ -1141,6 +1233,11 @@ def _source(body: bytes) -> str | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return value if isinstance(value, str) else None
+
+
+def _kept_keys(conn: psycopg.Connection[Any], chunk: list[bytes]) -> set[bytes]:
+    rows = conn.execute("SELECT key FROM announced WHERE key = ANY(%b)", (chunk,), binary=True).fetchall()
+    return {bytes(key) for (key,) in rows}
 
 
 def _known_messages(conn: psycopg.Connection[Any], seen: Sequence[SeenMessage], now: float) -> set[tuple[str, str]]:
