@@ -199,11 +199,11 @@ async def test_a_reload_moves_the_limit_for_new_deliveries(
             await send(3)
             assert (app.spool.pending_outputs()["crm"], full()) == (2, 1)
             (tmp_path / "router.toml").write_text(app_config(port, crm.url, 4))
-            assert await app.reload() == (True, [])
+            assert await app.reload() == (True, [], [])
             await send(3)
             assert (app.spool.pending_outputs()["crm"], full()) == (4, 2), "two more fit under the raised limit"
             (tmp_path / "router.toml").write_text(app_config(port, crm.url, 1))
-            assert await app.reload() == (True, [])
+            assert await app.reload() == (True, [], [])
             await send(1)
             # a lower limit drops nothing pending: new deliveries park until the backlog is below it
             assert (app.spool.pending_outputs()["crm"], full()) == (4, 3)

@@ -16,7 +16,19 @@ from event_router.config import ConfigErrors, build_config
 from event_router.config.secrets import SecretsMode
 from event_router.core.model import RouterConfig
 from event_router.plugin_loader import PluginRegistry, load_plugins
-from event_router.testing import free_port, router_table, run_cli, webhook_input
+from event_router.testing import (
+    RouterProcess,
+    archive_all,
+    example,
+    free_port,
+    post,
+    read_jsonl,
+    readyz,
+    router_table,
+    run_cli,
+    wait_for,
+    webhook_input,
+)
 
 PASSWORD = "pg-secret-pw"
 
@@ -241,3 +253,74 @@ def test_a_router_without_the_driver_names_the_extra(tmp_path: Path) -> None:
     assert "router.spool.backend: the PostgreSQL spool needs its driver: install enmeshed-event-router[postgresql]" in (
         run.stderr
     )
+
+
+@pytest.mark.slow
+def test_a_reload_that_changes_the_spool_keeps_the_running_one_and_says_so(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """A reload (the admin endpoint, then SIGHUP) whose file names another spool: the rest of the file is
+    applied, the router goes on storing in the spool it started with, and the log, `event-router reload` and
+    the reload's answer say the spool changes at the next restart. The other spool is one the router could
+    not use, so a switch would show: SQLite's data_dir for a router on PostgreSQL (no spool.db appears), a
+    database nobody made for a router on SQLite (the webhook would answer 503)."""
+    spool, env = router_spool
+    other = (
+        'spool = { backend = "postgresql", dsn = "postgresql://postgres@127.0.0.1:5432/no_such_spool" }'
+        if not spool
+        else ""
+    )
+    port, admin = free_port(), free_port()
+    env = {**env, "ROUTER_WEBHOOK_API_KEY": "k"}
+    outputs = archive_all("./var/events.jsonl")
+    extra = archive_all("./var/extra.jsonl", name="extra").replace('name = "all"', 'name = "extra"')
+    config = tmp_path / "router.toml"
+    config.write_text(router_table(admin, extra=spool) + webhook_input(port) + outputs)
+    with RouterProcess(config, env=env) as router:
+
+        def send() -> str:
+            status, body, _ = post(
+                f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), {"x-api-key": "k"}
+            )
+            assert status == 202, body
+            event_id: str = body["id"]
+            return event_id
+
+        first = send()
+        config.write_text(router_table(admin, extra=other) + webhook_input(port) + outputs + extra)
+        reloaded = run_cli("reload", "-c", str(config), env=env)
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert reloaded.stdout.strip() == "reloaded"
+        sqlite_file = str(tmp_path / "var" / "spool.db")
+        running, configured = (pg_location(env), sqlite_file) if spool else (sqlite_file, "no_such_spool")
+        said = (
+            "router.spool changed: it takes effect at the next restart; until then the router keeps its running "
+            f"spool ({running})"
+        )
+        assert reloaded.stderr.strip() == f"warning: {said}", reloaded.stderr
+        warned = router.wait_log("router.spool changed")
+        assert warned["level"] == "warning" and warned["msg"] == said
+        assert warned["running"] == running and configured in warned["configured"], warned
+        router.reload()  # SIGHUP: the same
+        router.wait_log("router.spool changed", count=2)
+        router.wait_log("configuration reloaded", count=2)
+        statuses = [m for m in router.poll_messages() if m.startswith("STATUS=") and said in m]
+        assert len(statuses) == 2, router.messages  # systemctl status shows it after each reload
+        second = send()
+        wait_for(lambda: [e["id"] for e in read_jsonl_or_none(tmp_path / "var" / "extra.jsonl")] == [second])
+        wait_for(lambda: [e["id"] for e in read_jsonl_or_none(tmp_path / "var" / "events.jsonl")] == [first, second])
+        if spool:  # still on PostgreSQL: no SQLite spool was made in data_dir
+            assert not (tmp_path / "var" / "spool.db").exists()
+        status, body = readyz(admin)
+        assert status == 200 and body["spool"]["writable"] is True, body
+        assert router.terminate() == 0
+
+
+def pg_location(env: dict[str, str]) -> str:
+    from event_router.core.spool.postgresql import describe
+
+    return describe(env["ROUTER_PG_DSN"])
+
+
+def read_jsonl_or_none(path: Path) -> list[dict[str, object]]:
+    return read_jsonl(path) if path.exists() else []

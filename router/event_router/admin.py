@@ -56,7 +56,9 @@ class Administered(Protocol):
 
     def readiness(self) -> dict[str, Any]: ...
 
-    async def reload(self) -> tuple[bool, list[str]]: ...
+    async def reload(self) -> tuple[bool, list[str], list[str]]:
+        """(applied, errors, warnings)"""
+        ...
 
     async def pause_output(self, name: str, paused: bool, by: str) -> dict[str, Any]: ...
 
@@ -116,8 +118,8 @@ async def serve_admin(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def reload(_: web.Request) -> web.Response:
-        ok, errors = await app.reload()
-        return _json(200 if ok else 422, {"reloaded": ok, "errors": errors})
+        ok, errors, warnings = await app.reload()
+        return _json(200 if ok else 422, {"reloaded": ok, "errors": errors, "warnings": warnings})
 
     taps: set[asyncio.Task[Any]] = set()
 

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -68,6 +68,16 @@ def load_schemas(config: RouterConfig | None, registry: PluginRegistry) -> Schem
     if config is not None and config.schemas_dir is not None:
         dirs.append(config.schemas_dir)
     return SchemaRegistry.load(dirs)
+
+
+class Reloaded(NamedTuple):
+    """What a reload came to (`App.reload`): applied or refused, with why, and what it applied only in part."""
+
+    applied: bool
+    #: why the file was refused (empty when applied)
+    errors: list[str]
+    #: what an applied reload left for the next start (a changed `spool`)
+    warnings: list[str]
 
 
 @dataclass(slots=True, eq=False)
@@ -448,10 +458,11 @@ class App:
                 self._stop.set()
                 return
 
-    async def reload(self) -> tuple[bool, list[str]]:
+    async def reload(self) -> Reloaded:
         """Re-read router.toml and apply it: routes swap atomically, changed inputs/outputs restart.
 
-        An invalid file (or schema directory) keeps the running configuration. Returns (applied, errors).
+        An invalid file (or schema directory) keeps the running configuration. A changed spool is not
+        applied: a warning says it takes effect at the next start.
         Events in flight are neither lost nor sent twice: deliveries live in the spool, a replaced output
         finishes its attempts in flight (and records them) while its successor takes the rest, and a
         replaced input finishes its requests first.
@@ -472,16 +483,19 @@ class App:
                 log.error("reload refused, keeping the running configuration", extra={"errors": errors})
                 self.stats.incr("reloads", result="invalid")
                 self._notify_reloaded("reload refused: invalid configuration; " + self._status_line())
-                return False, errors
+                return Reloaded(False, errors, [])
             old = self.config
             new_inputs = _changed(old.inputs, new.inputs)
             new_outputs = _changed(old.outputs, new.outputs)
-            if new.spool != old.spool:
+            warnings: list[str] = []
+            running, configured = describe_spool(old.data_dir, old.spool), describe_spool(new.data_dir, new.spool)
+            if new.spool != old.spool or configured != running:
                 # the spool holds what every input acknowledged: it is moved by a restart, never under load
-                log.warning(
-                    "router.spool changed: the router keeps its spool until it is restarted",
-                    extra={"spool": describe_spool(old.data_dir, old.spool)},
+                warnings.append(
+                    f"router.spool changed: it takes effect at the next restart; until then the router keeps its "
+                    f"running spool ({running})"
                 )
+                log.warning(warnings[-1], extra={"running": running, "configured": configured})
             # unchanged inputs and outputs keep their running plugin instances
             merged = replace(
                 new,
@@ -497,7 +511,7 @@ class App:
                 log.error("reload refused, keeping the running configuration", extra={"errors": errors})
                 self.stats.incr("reloads", result="invalid")
                 self._notify_reloaded("reload refused: invalid configuration; " + self._status_line())
-                return False, errors
+                return Reloaded(False, errors, [])
             for name in new_outputs:  # outputs first: routes may target them as soon as they swap in
                 retiring = self._retire_output(name) if name in self._outputs else None
                 await self._start_output(merged.outputs[name], predecessor=retiring)
@@ -512,10 +526,13 @@ class App:
             for name in new_inputs:
                 await self._start_input(merged.inputs[name])
             changed = sorted(f"inputs.{n}" for n in new_inputs) + sorted(f"outputs.{n}" for n in new_outputs)
-            log.info("configuration reloaded", extra={"routes": len(merged.routes), "restarted": changed})
+            log.info(
+                "configuration reloaded",
+                extra={"routes": len(merged.routes), "restarted": changed, "warnings": warnings},
+            )
             self.stats.incr("reloads", result="ok")
-            self._notify_reloaded(self._status_line())
-            return True, []
+            self._notify_reloaded(self._status_line() + "".join(f"; {w}" for w in warnings))
+            return Reloaded(True, [], warnings)
 
     def _notify_reloaded(self, status: str) -> None:
         """READY=1 ends a reload only once the router was ready: during start-up it still means ready."""

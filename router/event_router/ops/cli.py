@@ -630,6 +630,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return 1
     if result.get("reloaded"):
         print("reloaded")
+        for warning in result.get("warnings", []):  # applied in part: what waits for the next start
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     for error in result.get("errors", []):
         print(f"error: {error}", file=sys.stderr)
