@@ -428,6 +428,20 @@ class App:
         for later in [self.pipeline.workers.get(name), *self._retiring.values()]:
             if later is not None and later.predecessor is worker:
                 later.predecessor = None
+        await self._let_go(name)  # a later reload removed the output: what this worker held is given back
+
+    async def _let_go(self, name: str) -> None:
+        """When output `name` is no longer configured: give back to the spool what this router holds of its
+        deliveries (PostgreSQL: their leases, which would otherwise be renewed for as long as the router
+        runs), but what a retiring worker of that name still attempts. They stay pending for the output
+        (`status` shows them) until a router that has it delivers them."""
+        if name in self.config.outputs:
+            return
+        keep: set[int] = set()
+        for worker in self._retiring.values():
+            if worker is not None and worker.name == name:
+                keep.update(worker.holding)
+        await self.spool.release(name, keep)
 
     async def _stop_retiring(self) -> None:
         """At shutdown: outputs a reload replaced get `shutdown_timeout` too, like the others."""
@@ -521,6 +535,7 @@ class App:
             for name in [n for n in old.outputs if n not in merged.outputs]:
                 await self._stop_output(name)
                 self.control.forget(name)
+                await self._let_go(name)
             for name in [n for n in old.inputs if n not in merged.inputs or n in new_inputs]:
                 await self._stop_input(name)
             for name in new_inputs:

@@ -248,6 +248,11 @@ class OutputWorker:
         if self._pacing is not None:
             self._pacing.cancel()
 
+    @property
+    def holding(self) -> Collection[int]:
+        """The deliveries in memory here: buffered, or being attempted and recorded."""
+        return self._claimed
+
     def _excluded(self) -> Collection[int]:
         """Deliveries a spool read must skip: in memory here, or still being attempted by a predecessor (a
         second reload may come before the first one's predecessor is done)."""

@@ -367,6 +367,12 @@ class Spool(Protocol):
         a few milliseconds to be shared. The new dead letter ids in `dead`'s order; None for a delivery no
         longer in the spool (finished meanwhile)."""
 
+    async def release(self, output: str, keep: Collection[int] = ()) -> None:
+        """This router no longer delivers to `output` (a reload removed it): give back the deliveries of it
+        that `fetch_due` handed out here, but those in `keep` (a worker that is finishing still attempts
+        them), so they stay pending for whichever router delivers to it and none is held here for ever.
+        Never raises: what cannot be given back now is let go all the same (a lease left to run out)."""
+
     # --- the clock ------------------------------------------------------------------------------
 
     def claim_clock(self) -> float:

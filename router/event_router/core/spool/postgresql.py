@@ -832,6 +832,32 @@ class PostgreSQLSpool:
             self._held.pop(did, None)
         return result
 
+    async def release(self, output: str, keep: Collection[int] = ()) -> None:
+        """Give back the leases held on `output`'s deliveries, but `keep`: no longer renewed from now on, and
+        cleared in a lazy commit so another router may take them at once. Should the commit fail (the
+        database away), they are let go all the same: each lease runs out within `lease`."""
+        kept = keep if isinstance(keep, (set, frozenset, dict)) else set(keep)
+        dids = [did for did, o in list(self._held.items()) if o == output and did not in kept]
+        for did in dids:
+            self._held.pop(did, None)
+        if not dids:
+            return
+
+        def apply(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE did = ANY(%b) AND lease_owner = %b",
+                (dids, self.owner),
+                binary=True,
+            )
+
+        try:
+            await self._write(apply, lazy=True)
+        except SpoolError as exc:
+            log.warning(
+                "could not give back the leases of an output no longer configured; they run out within the lease",
+                extra={"output": output, "deliveries": len(dids), "lease": self.lease, "error": str(exc)},
+            )
+
     def _dead_letter(
         self, conn: psycopg.Connection[Any], did: int, reason: str, error: str, attempts: int
     ) -> int | None:

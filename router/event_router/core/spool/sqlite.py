@@ -860,6 +860,9 @@ class SQLiteSpool:
         result: list[int | None] = await self._write(apply, lazy=lazy)
         return result
 
+    async def release(self, output: str, keep: Collection[int] = ()) -> None:
+        """Nothing to give back: one router per SQLite spool, and what it holds it holds in memory only."""
+
     async def forget_announced(self, before: bytes) -> int:
         """Forget the announced keys that sort before `before`: one range delete on the key, a lazy commit."""
 
