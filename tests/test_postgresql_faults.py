@@ -1,7 +1,8 @@
 """A router on the PostgreSQL spool while the database goes away mid-stream (#18): its connections killed
 (`pg_terminate_backend`), then the database refusing every connection for a few seconds, as during a
 restart of the server. Webhooks stream in the whole time: what was acknowledged is delivered, what could
-not be stored is refused (503), /readyz says the spool is why, and delivery resumes by itself."""
+not be stored is refused (503), /readyz says the spool is why, and delivery resumes by itself. Below them,
+the spool itself: each of its connections killed while idle, and a session ended during its commit."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import anyio
 import psycopg
 import pytest
 
+from event_router.core.spool import NewDelivery, StoreEvent
+from event_router.core.spool.postgresql import PostgreSQLSpool
 from event_router.testing import (
     RouterProcess,
     example,
@@ -35,8 +39,6 @@ KEY = "pg-faults-key"
 LEASE = "3s"
 #: how long the database refuses connections: a restart of a small server, long enough for /readyz to show it
 OUTAGE = 2.5
-
-pytestmark = pytest.mark.slow
 
 
 def _kill_sessions(server: str, database: str) -> int:
@@ -88,6 +90,7 @@ to = "crm"
     return config
 
 
+@pytest.mark.slow
 def test_postgresql_away_mid_stream_loses_nothing_acknowledged(tmp_path: Path, pg_dsn: str, pg_server: str) -> None:
     database = urllib.parse.urlsplit(pg_dsn).path.lstrip("/")
     port, admin = free_port(), free_port()
@@ -201,6 +204,7 @@ def test_postgresql_away_mid_stream_loses_nothing_acknowledged(tmp_path: Path, p
             assert router.terminate() == 0
 
 
+@pytest.mark.slow
 def test_readiness_follows_the_database_without_traffic(tmp_path: Path, pg_dsn: str, pg_server: str) -> None:
     """A load balancer stops sending to a router whose /readyz answers 503: the router must find out by itself
     that the database is away, and back, with no webhook coming to try a store."""
@@ -230,3 +234,53 @@ def test_readiness_follows_the_database_without_traffic(tmp_path: Path, pg_dsn: 
             assert status == 202, body
             wait_for(lambda: [r.json()["id"] for r in crm.requests] == [body["id"]], what="the webhook delivered")
             assert router.terminate() == 0
+
+
+def _event(n: int) -> StoreEvent:
+    return StoreEvent(f"e{n}", "transport.messageReceived", b"{}", [NewDelivery("out", "all", None)])
+
+
+def _stored(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [str(i) for (i,) in conn.execute("SELECT id FROM event_router.events ORDER BY seq").fetchall()]
+
+
+@pytest.mark.anyio
+async def test_a_session_ended_while_idle_or_in_its_commit_costs_no_write(pg_dsn: str, pg_server: str) -> None:
+    """The writer's and the reader's sessions killed while idle: the next store and read run on new connections,
+    nothing refused. A session ended during its commit (a deferred trigger ends its own backend, before the
+    commit record): the store asks what became of its transaction, finds it aborted, and runs again; stored
+    once."""
+    database = urllib.parse.urlsplit(pg_dsn).path.lstrip("/")
+    spool = PostgreSQLSpool(pg_dsn)
+    spool.open("exclusive")
+    try:
+        assert len(await spool.store([_event(1)])) == 1
+        assert _kill_sessions(pg_server, database) == 2, "the writer's and the reader's"
+        await anyio.sleep(0.1)
+        assert spool.fetch_due("out", spool.clock.now() + 1, 10, ()) != []
+        assert await spool.store([_event(2)]) and spool.writable
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                """
+CREATE SEQUENCE event_router.kill_once;
+CREATE FUNCTION event_router.kill_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- once: a sequence is not rolled back with the transaction the kill ends
+    IF nextval('event_router.kill_once') = 1 THEN
+        PERFORM pg_terminate_backend(pg_backend_pid());
+        PERFORM pg_sleep(1);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER kill_at_commit AFTER INSERT ON event_router.events
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION event_router.kill_at_commit();
+"""
+            )
+        assert await spool.store([_event(3)]) and spool.writable
+        assert _stored(pg_dsn) == ["e1", "e2", "e3"], "the store whose commit was cut short ran again, once"
+        with psycopg.connect(pg_dsn) as conn:
+            fired = conn.execute("SELECT last_value FROM event_router.kill_once").fetchone()
+        assert fired == (2,), "the trigger ended the first commit and let the second through"
+    finally:
+        spool.close()

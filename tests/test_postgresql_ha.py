@@ -115,3 +115,33 @@ def test_a_router_killed_mid_stream_leaves_nothing_undelivered(tmp_path: Path, p
                 return count
 
             wait_for(lambda: pending() == 0, timeout=10, what="nothing pending in the cluster")
+
+
+def test_what_one_router_stored_and_holds_is_not_sent_by_another(tmp_path: Path, pg_dsn: str) -> None:
+    """Router a takes a stream of webhooks for a slow target (one request at a time) and keeps their deliveries
+    in memory, as it does every delivery it just stored; router b, idle, reads the spool for due deliveries
+    every second. b must not take what a holds: each event reaches the target once."""
+    env = {"ROUTER_WEBHOOK_API_KEY": KEY, "ROUTER_PG_DSN": pg_dsn}
+    ports = free_port(), free_port()
+    with http_receiver() as crm:
+        crm.delay = 0.1  # ten a second, a fifth of what comes in: a backlog forms in a's memory
+        configs = [config_for(tmp_path, name, port, crm.url) for name, port in zip("ab", ports, strict=True)]
+        for config in configs:
+            config.write_text(config.read_text().replace("concurrency = 4", "concurrency = 1"))
+        with RouterProcess(configs[0], env=env), RouterProcess(configs[1], env=env):
+            acknowledged = []
+            event = example("transport.messageReceived")
+            for _ in range(60):  # over about 1.2 s: some stored between any two of b's reads
+                status, body, _ = post(f"http://127.0.0.1:{ports[0]}/events", event, {"x-api-key": KEY})
+                assert status == 202, body
+                acknowledged.append(body["id"])
+                time.sleep(0.02)
+            wait_for(
+                lambda: {r.json()["id"] for r in crm.requests} >= set(acknowledged),
+                timeout=30,
+                what="every event delivered",
+            )
+            time.sleep(1.5)  # b's next reads of the spool, had it taken any
+            sent = Counter(r.json()["id"] for r in crm.requests)
+            assert set(sent) == set(acknowledged)
+            assert max(sent.values()) == 1, f"{sum(n > 1 for n in sent.values())} events sent twice"

@@ -6,9 +6,10 @@ on two machines), so an input may then acknowledge its source. Writes go through
 router that applies everything queued in one transaction and commits once (group commit,
 `event_router.core.spool.writer`), each table's rows in one statement (unnest of arrays, binary parameters).
 
-Several routers share the database. A delivery `fetch_due` hands out is leased to this router (its
-`owner`, a lease expiry in the server's clock), claimed with `FOR UPDATE SKIP LOCKED`: no other live router
-is handed it while the lease runs. The writer renews the leases of the deliveries this router holds every
+Several routers share the database. A delivery `store` inserts (the pipeline hands it to this router's
+workers in memory) or `fetch_due` hands out is leased to this router (its `owner`, a lease expiry in the
+server's clock), the latter claimed with `FOR UPDATE SKIP LOCKED`: no other live router is handed it while
+the lease runs. The writer renews the leases of the deliveries this router holds every
 third of a lease; a router that dies stops renewing, and once its leases expire another router delivers
 them (at least once, with the same delivery id, hence the same `Idempotency-Key`). `settle` forgets a
 delivery or gives it back due later (lease cleared).
@@ -316,8 +317,11 @@ class PostgreSQLSpool:
         self._reader: psycopg.Connection[Any] | None = None
         #: the reader is used from the event loop and from operator commands' threads
         self._reader_lock = threading.Lock()
-        #: deliveries fetch_due leased to this router and not settled yet: did -> output (renewed by the writer)
+        #: deliveries leased to this router (by `store`, or by `fetch_due`) and not settled yet: did -> output
+        #: (renewed by the writer)
         self._held: dict[int, str] = {}
+        #: outputs `release`d (no longer configured here) and not fetched again since: nothing of theirs is held
+        self._released: set[str] = set()
         self._pending: dict[str, int] = {}
         self._dead = 0
         self._oldest: float | None = None
@@ -581,17 +585,23 @@ class PostgreSQLSpool:
     def _run_transaction(
         self, conn: psycopg.Connection[Any] | None, batch: list[Op]
     ) -> tuple[psycopg.Connection[Any] | None, SpoolError | None]:
-        """Apply `batch` in one transaction. A connection found dead before the commit was sent (the server
-        ended the session while it was idle: a restart, `pg_terminate_backend`, a failover) committed
-        nothing, so the batch runs again at once on a new one; a connection lost during the commit may have
-        committed it, so that failure is the batch's (a store refused that is kept all the same: at least once).
+        """Apply `batch` in one transaction.
+
+        The server may end the session at any time (a restart, `pg_terminate_backend`, a failover). Found
+        dead before the commit was sent, the transaction committed nothing: the batch runs again at once on a
+        new connection. Ended during the commit, the transaction may have committed or not: its outcome is
+        asked for on a new connection (`pg_xact_status` of the id it had), and the batch succeeds, runs again
+        or fails accordingly; when that cannot be asked (the server away), it fails, kept or not (a store
+        refused that was kept is delivered all the same: at least once).
         """
         counted = self.depth, dict(self._pending), self._dead, self._oldest
         for attempt in range(2):
             used = conn is not None and not conn.closed and not conn.broken
+            xid: str | None = None
             committing = False
             try:
                 conn = self._live(conn)
+                xid = str(_one(conn, "SELECT pg_current_xact_id()::text"))
                 results = [op.apply(conn) for op in batch]
                 if self._announcing:
                     _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
@@ -600,12 +610,19 @@ class PostgreSQLSpool:
                 conn.commit()
             except Exception as exc:  # one failed commit fails every op in it: none of them is durable
                 self._announcing.clear()
-                depth, pending, dead, oldest = counted
-                self.depth, self._pending, self._dead, self._oldest = depth, dict(pending), dead, oldest
                 if conn is not None and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
-                if attempt == 0 and used and not committing and _session_lost(conn):
+                lost = _session_lost(conn)
+                outcome = None
+                if committing and lost and xid is not None:
+                    conn, outcome = self._outcome(conn, xid)
+                    if outcome == "committed":
+                        log.info("spool connection lost during a commit that went through", extra={"ops": len(batch)})
+                        break
+                depth, pending, dead, oldest = counted
+                self.depth, self._pending, self._dead, self._oldest = depth, dict(pending), dead, oldest
+                if attempt == 0 and lost and ((used and not committing) or outcome == "aborted"):
                     log.info("spool connection lost; its group runs again on a new one", extra={"ops": len(batch)})
                     continue
                 return conn, _spool_error(exc)
@@ -615,6 +632,17 @@ class PostgreSQLSpool:
         self._publish()
         resolve_all([(op, result, None) for op, result in zip(batch, results, strict=True)])
         return conn, None
+
+    def _outcome(self, conn: psycopg.Connection[Any] | None, xid: str) -> tuple[psycopg.Connection[Any] | None, Any]:
+        """Whether transaction `xid`, whose session ended during its commit, committed: "committed", "aborted",
+        "in progress" (its backend still ending), or None when the server cannot be asked now."""
+        try:
+            conn = self._live(conn)
+            status = _one(conn, "SELECT pg_xact_status(%s::xid8)", (xid,))
+            conn.commit()
+        except (psycopg.Error, SpoolError):
+            return conn, None
+        return conn, status
 
     def _writer_running(self) -> None:
         if self._thread is None:
@@ -674,13 +702,21 @@ class PostgreSQLSpool:
             if limits:
                 kept, parked = self._park(conn, kept, limits)
             left = [item for item in kept if item.deliveries]
-            stored = iter(self._insert_events(conn, left, now) if left else ())
+            stored = iter(self._insert_events(conn, left, now, leased=True) if left else ())
             for (index, item), remaining, held in zip(events, kept, parked, strict=True):
                 dids = iter(next(stored) if remaining.deliveries else ())
                 out[index] = [held[i] if i in held else next(dids) for i in range(len(item.deliveries))]
             return out
 
         result: list[list[int | Parked] | int | None] = await self._write(apply)
+        # held from here, in the same step of the event loop as the pipeline hands them to the workers (no
+        # await between): renewed while in memory, and let go by the next `fetch_due` of a worker that did not
+        # take one. An output `release`d meanwhile holds nothing: its new leases run out
+        for item, stored in zip(items, result, strict=True):
+            if isinstance(item, StoreEvent) and isinstance(stored, list):
+                for delivery, did in zip(item.deliveries, stored, strict=True):
+                    if isinstance(did, int) and delivery.output not in self._released:
+                        self._held[did] = delivery.output
         return result
 
     async def forget_announced(self, before: bytes) -> int:
@@ -756,9 +792,13 @@ class PostgreSQLSpool:
         return kept, parked
 
     def _insert_events(
-        self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], now: float
+        self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], now: float, *, leased: bool = False
     ) -> list[list[int]]:
         """Insert events that have deliveries, all due at `now`; each one's delivery ids, in order.
+
+        `leased`: the deliveries are this router's from the start (`store`: the pipeline hands them to its
+        workers in memory, and no other router may take them meanwhile); else any router's (a replay, from an
+        operator command that ends at once).
 
         Identity values are drawn in the order the rows are produced, and unnest produces them in array
         order: the returned ids, sorted, are the rows' in input order (RETURNING's own order is unspecified).
@@ -777,12 +817,14 @@ class PostgreSQLSpool:
         seqs = sorted(int(r[0]) for r in cur.fetchall())
         rows = [(seq, d) for item, seq in zip(events, seqs, strict=True) for d in item.deliveries]
         cur.execute(
-            "INSERT INTO deliveries (seq, output, route, payload, due, first_at) "
-            "SELECT s, o, r, p, %b, %b FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p) "
-            "RETURNING did",
+            "INSERT INTO deliveries (seq, output, route, payload, due, first_at, lease_owner, lease_until) "
+            "SELECT s, o, r, p, %b, %b, %b::text, clock_timestamp() + %b::float8 * interval '1 second' "
+            "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p) RETURNING did",
             (
                 now,
                 now,
+                self.owner if leased else None,
+                self.lease if leased else None,
                 [seq for seq, _ in rows],
                 [d.output for _, d in rows],
                 [d.route for _, d in rows],
@@ -836,6 +878,7 @@ class PostgreSQLSpool:
         """Give back the leases held on `output`'s deliveries, but `keep`: no longer renewed from now on, and
         cleared in a lazy commit so another router may take them at once. Should the commit fail (the
         database away), they are let go all the same: each lease runs out within `lease`."""
+        self._released.add(output)
         kept = keep if isinstance(keep, (set, frozenset, dict)) else set(keep)
         dids = [did for did, o in list(self._held.items()) if o == output and did not in kept]
         for did in dids:
@@ -991,6 +1034,7 @@ class PostgreSQLSpool:
         """
         if limit <= 0:
             return []
+        self._released.discard(output)  # a worker delivers it here (again)
         excluded = exclude if isinstance(exclude, (set, frozenset, dict)) else set(exclude)
         let_go = [did for did, o in list(self._held.items()) if o == output and did not in excluded]
         for did in let_go:
