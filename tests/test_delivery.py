@@ -458,7 +458,7 @@ async def test_a_reload_that_keeps_the_rate_limit_keeps_its_bucket(make_app: Mak
             await until(lambda: len(rx.requests) == 1, "the first delivery")
             before = app.pipeline.workers["crm"]
             (tmp_path / "router.toml").write_text(text.replace('timeout = "2s"', 'timeout = "3s"'))
-            assert await app.reload() == (True, [])
+            assert await app.reload() == (True, [], [])
             assert app.pipeline.workers["crm"] is not before, "the output restarted"
             await send_webhook(port, example("transport.messageReceived"))
             await until(lambda: len(rx.requests) == 2, "the second delivery", within=15)
