@@ -14,6 +14,9 @@ What every backend guarantees (the callers rely on it):
 - an event's `Announcement` is recorded in the transaction that stores it; a claimed one (a recovered
   event) is stored only if no event announced the same before, whichever commit it shares;
 - delivery and dead letter ids never repeat (logs and `dlq` name them);
+- an event stored with `received` (`[router] retention` on) is kept once its last delivery is done, until
+  `prune_kept` removes it: a kept event is not pending (`depth`, the counts, `status` and the backlog limits
+  count deliveries, never kept events), and `requeue_kept` gives it new deliveries (`event-router replay`);
 - `depth`, `pending_outputs`, `dead_letter_count` and `oldest_pending_age` are kept as the backend
   commits (and counted again when another process changed the spool): `/metrics`, readiness and the
   `max_pending_events` check read them without a query;
@@ -171,6 +174,10 @@ class StoreEvent:
     #: the input it came from, for the dead letter of a delivery parked at its output's limit
     source: str | None = None
     announced: Announcement | None = None
+    #: Unix time (wall clock) the router received it, when `[router] retention` is on: the event is then kept
+    #: after its last delivery (a kept event, for `event-router replay`) until `prune_kept` removes it.
+    #: None: forgotten with its last delivery
+    received: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +282,23 @@ class OutputState:
     breaker_error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class KeptEvent:
+    """An event the spool keeps for replay (`[router] retention`), delivered or still pending."""
+
+    #: the spool's key of the event (`requeue_kept` takes it)
+    seq: int
+    event_id: str
+    trigger: str
+    #: Unix time (wall clock) the router received it
+    received: float
+    body: bytes
+
+
+#: where `kept_events` goes on from: (received, seq) of the last kept event read
+KeptCursor = tuple[float, int]
+
+
 #: a delivery's outcome for `settle`: (id, failures so far, due again at (clock base), error)
 Retry = tuple[int, int, float, str]
 #: (id, reason, error, attempts): moved to the dead letters with its event and payload
@@ -284,10 +308,10 @@ Dead = tuple[int, str, str, int]
 class Spool(Protocol):
     """The durable store of pending events, their deliveries and the dead letters.
 
-    The event loop's calls (`store`, `settle`, `rebase` awaited; the reads, small indexed queries) never
-    block it on a commit. `open`, `claim_clock` (the router's start) and the operator commands' calls
-    (`dead_letters`, `purge_dead_letters`, `replay_dead_letters`, `status`) are synchronous: they wait for
-    their commit, outside the event loop's work.
+    The event loop's calls (`store`, `settle`, `rebase`, `prune_kept` awaited; the reads, small indexed
+    queries) never block it on a commit. `open`, `claim_clock` (the router's start) and the operator commands'
+    calls (`dead_letters`, `purge_dead_letters`, `replay_dead_letters`, `status`, `kept_events`,
+    `requeue_kept`) are synchronous: they wait for their commit, outside the event loop's work.
     """
 
     #: the time base of every time in the spool; adopts the recorded anchor at open
@@ -416,3 +440,23 @@ class Spool(Protocol):
         """Apply what replaying these dead letters came to, in one commit, in the router's time base."""
 
     def status(self) -> SpoolStatus: ...
+
+    # --- retention (kept events) and `event-router replay` ----------------------------------------------
+
+    async def prune_kept(self, before: float, limit: int) -> int:
+        """Forget up to `limit` kept events received before `before` (Unix time) that have no delivery
+        pending, oldest first; how many. One small lazy write: the caller repeats it while it returns `limit`.
+        PostgreSQL: safe while other routers prune too (one prunes at a time, the others find nothing)."""
+
+    def count_kept(self, since: float, until: float) -> int:
+        """How many events the spool keeps received in [since, until) (Unix times), pending ones included."""
+
+    def kept_events(
+        self, since: float, until: float, *, after: KeptCursor | None = None, limit: int = 500
+    ) -> list[KeptEvent]:
+        """Up to `limit` events the spool keeps received in [since, until), pending ones included, in the order
+        they were received, from past `after` (the (received, seq) of the last one read)."""
+
+    def requeue_kept(self, items: Sequence[tuple[int, Sequence[NewDelivery]]]) -> set[int]:
+        """New deliveries, due now, for kept events (by `KeptEvent.seq`), in one commit in the router's time
+        base; the seqs of the events that got theirs (one pruned meanwhile gets none)."""

@@ -69,6 +69,8 @@ from event_router.core.spool import (
     DeadLetterCount,
     DeadLetterFilter,
     DeliveryRow,
+    KeptCursor,
+    KeptEvent,
     NewDelivery,
     OpenMode,
     OutputBacklog,
@@ -95,6 +97,8 @@ MIGRATION_LOCK = 0x6576_5F72_6F75_7465
 #: the advisory lock announced keys are written under: shared by the groups writing live events' keys,
 #: exclusive for a group claiming keys (`_claim_announcements`)
 ANNOUNCE_LOCK = MIGRATION_LOCK + 1
+#: held (tried, never waited for) by the router pruning kept events: the others skip their turn
+PRUNE_LOCK = MIGRATION_LOCK + 2
 #: what each schema version adds, applied in order in one transaction; never edit a released one, add one
 MIGRATIONS: Mapping[int, str] = {
     1: """
@@ -165,6 +169,13 @@ CREATE TABLE IF NOT EXISTS output_states (
     breaker_router text,
     breaker_error text
 );
+""",
+    # retention: when the router received an event stored while `[router] retention` is on; such an event is
+    # kept after its last delivery, for `event-router replay`, until pruned (`prune_kept`). Events stored before
+    # have none and go with their last delivery. IF NOT EXISTS: a test re-runs the steps after the first
+    4: """
+ALTER TABLE events ADD COLUMN IF NOT EXISTS received double precision;
+CREATE INDEX IF NOT EXISTS events_received ON events (received, seq) WHERE received IS NOT NULL;
 """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -805,12 +816,13 @@ class PostgreSQLSpool:
         """
         cur = conn.cursor(binary=True)
         cur.execute(
-            "INSERT INTO events (id, trigger, stored_at, body) "
-            "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::bytea[]) RETURNING seq",
+            "INSERT INTO events (id, trigger, stored_at, received, body) "
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::bytea[]) RETURNING seq",
             (
                 [e.event_id for e in events],
                 [e.trigger for e in events],
                 [now] * len(events),
+                [e.received for e in events],
                 [e.body for e in events],
             ),
         )
@@ -959,11 +971,16 @@ class PostgreSQLSpool:
                 self._pending[output] = left
             else:
                 self._pending.pop(output, None)
+        # finished: no delivery left. One with `received` (retention) stays, kept and no longer pending
         cur.execute(
-            "DELETE FROM events e WHERE seq = ANY(%b) AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)",
+            "WITH done AS (SELECT seq, received FROM events e WHERE seq = ANY(%b) "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)), "
+            "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL) "
+            "SELECT count(*) FROM done",
             (seqs,),
         )
-        self.depth = max(0, self.depth - cur.rowcount)
+        row = cur.fetchone()
+        self.depth = max(0, self.depth - (int(row[0]) if row is not None else 0))
         if not self._pending:
             self._oldest = None
 
@@ -1239,6 +1256,87 @@ class PostgreSQLSpool:
                 self._dead = max(0, self._dead - gone)
 
         self._write_sync(apply)
+
+    # --- retention (kept events) and `event-router replay` -------------------------------------------------
+
+    async def prune_kept(self, before: float, limit: int) -> int:
+        """Forget up to `limit` kept events received before `before`, oldest first, in one lazy write.
+
+        One router prunes at a time: the one holding PRUNE_LOCK (tried, never waited for: the others find
+        nothing this turn). The rows are taken `FOR UPDATE SKIP LOCKED`, so a replay that holds one (it is
+        being given new deliveries) is left alone, and a replay waiting for one finds it gone.
+        """
+
+        def apply(conn: psycopg.Connection[Any]) -> int:
+            if not _one(conn, "SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,)):
+                return 0
+            return conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received < %s AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.seq = e.seq) ORDER BY received LIMIT %s FOR UPDATE SKIP LOCKED)",
+                (before, limit),
+            ).rowcount
+
+        result: int = await self._write(apply, lazy=True)
+        return result
+
+    def count_kept(self, since: float, until: float) -> int:
+        return self._read(
+            lambda conn: int(
+                _one(conn, "SELECT count(*) FROM events WHERE received >= %s AND received < %s", (since, until))
+            )
+        )
+
+    def kept_events(
+        self, since: float, until: float, *, after: KeptCursor | None = None, limit: int = 500
+    ) -> list[KeptEvent]:
+        if after is None:
+            where, args = "received >= %s AND received < %s", [since, until]
+        else:
+            # the index range starts at the cursor (see the SQLite spool's `_kept_range`)
+            where = "received >= %s AND received < %s AND (received > %s OR seq > %s)"
+            args = [max(since, after[0]), until, after[0], after[1]]
+        rows = self._read(
+            lambda conn: conn.execute(
+                f"SELECT seq, id, trigger, received, body FROM events WHERE {where} ORDER BY received, seq LIMIT %s",
+                [*args, limit],
+            ).fetchall()
+        )
+        return [
+            KeptEvent(int(seq), eid, trigger, float(received), bytes(body))
+            for seq, eid, trigger, received, body in rows
+        ]
+
+    def requeue_kept(self, items: Sequence[tuple[int, Sequence[NewDelivery]]]) -> set[int]:
+        wanted = [(seq, deliveries) for seq, deliveries in items if deliveries]
+
+        def apply(conn: psycopg.Connection[Any]) -> set[int]:
+            cur = conn.cursor(binary=True)
+            # held to the commit: a router pruning skips these rows; one it pruned first is not returned
+            cur.execute(
+                "SELECT seq FROM events WHERE seq = ANY(%b) ORDER BY seq FOR KEY SHARE", ([seq for seq, _ in wanted],)
+            )
+            present = {int(r[0]) for r in cur.fetchall()}
+            rows = [(seq, d) for seq, ds in wanted if seq in present for d in ds]
+            if rows:
+                now = float(_one(conn, _NOW))
+                cur.execute(
+                    "INSERT INTO deliveries (seq, output, route, payload, due, first_at) SELECT s, o, r, p, %b, %b "
+                    "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p)",
+                    (
+                        now,
+                        now,
+                        [seq for seq, _ in rows],
+                        [d.output for _, d in rows],
+                        [d.route for _, d in rows],
+                        [d.payload for _, d in rows],
+                    ),
+                )
+            return present
+
+        if not wanted:
+            return set()
+        found: set[int] = self._write_sync(apply)
+        return found
 
     def status(self) -> SpoolStatus:
 

@@ -49,6 +49,8 @@ from event_router.core.spool import (
     DeadLetterCount,
     DeadLetterFilter,
     DeliveryRow,
+    KeptCursor,
+    KeptEvent,
     NewDelivery,
     OpenMode,
     OutputBacklog,
@@ -70,7 +72,9 @@ log = logging.getLogger("event_router.core.spool")
 #: id must not come back for another delivery or dead letter after the old one was finished or purged.
 #: 3: `announced`, what each stored event announced, for gap recovery (a new table: rows of schema 2 kept)
 #: 4: `output_states`, outputs paused by an operator and breakers a router holds open (a new table)
-SCHEMA_VERSION = 4
+#: 5: `events.received`, when the router received an event stored while `[router] retention` is on: such an
+#: event is kept after its last delivery, for `event-router replay` (`_add_received`)
+SCHEMA_VERSION = 5
 #: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,7 +83,8 @@ CREATE TABLE IF NOT EXISTS events (
     id TEXT NOT NULL,
     trigger TEXT NOT NULL,
     stored_at REAL NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    received REAL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     did INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -129,7 +134,11 @@ CREATE TABLE IF NOT EXISTS output_states (
     breaker_router TEXT,
     breaker_error TEXT
 );
+CREATE INDEX IF NOT EXISTS events_received ON events(received) WHERE received IS NOT NULL;
 """
+
+#: whether the spool holds an event with `received` (kept, or to be kept): read through the partial index
+KEEPS_ANY = "SELECT EXISTS (SELECT 1 FROM events WHERE received IS NOT NULL)"
 
 #: when the oldest pending event was stored, in the spool clock's base: its deliveries' `first_at` (the
 #: oldest pending delivery is the oldest event's), as `events.stored_at` is a label a clock jump does not move.
@@ -345,6 +354,9 @@ class SQLiteSpool:
         self._lock_fd: int | None = None
         #: announced keys of the group being applied, written just before its commit
         self._announcing: set[bytes] = set()
+        #: the spool may hold events with `received` (retention): `_finish` then keeps those, at the cost of
+        #: a statement more per chunk; False (nothing kept, retention off) finishes as without retention
+        self._keeping = False
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -542,6 +554,7 @@ class SQLiteSpool:
         self._pending = dict(conn.execute(PENDING_PER_OUTPUT).fetchall())
         self._dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
         self._read_oldest(conn)
+        self._keeping = bool(conn.execute(KEEPS_ANY).fetchone()[0])
         self._must_recount = False
 
     def _read_oldest(self, conn: sqlite3.Connection) -> None:
@@ -622,7 +635,7 @@ class SQLiteSpool:
     def _run_transaction(self, conn: sqlite3.Connection, batch: list[Op], *, look: bool) -> SpoolError | None:
         """Apply and commit `batch`, settle its ops on success; on failure roll back (the counts too) and
         return the error, leaving the ops unsettled."""
-        depth, version, must = self.depth, self._data_version, self._must_recount
+        depth, version, must, keeping = self.depth, self._data_version, self._must_recount, self._keeping
         counted = dict(self._pending), self._dead, self._oldest
         try:
             self._check_files(conn, look=look)
@@ -639,7 +652,7 @@ class SQLiteSpool:
         except Exception as exc:  # one failed commit fails every op in it: none of them is durable
             self._announcing.clear()
             # a count made in this group was rolled back with the rest: back to the one before it
-            self.depth, self._data_version, self._must_recount = depth, version, must
+            self.depth, self._data_version, self._must_recount, self._keeping = depth, version, must, keeping
             self._pending, self._dead, self._oldest = counted
             self._oldest_stale = False
             with contextlib.suppress(sqlite3.Error):
@@ -723,9 +736,11 @@ class SQLiteSpool:
         now = self.clock.now()
         claims = any(item.seen is not None for item in items)
         announces = any(item.announced is not None for item in items)
+        keeps = any(isinstance(item, StoreEvent) and item.received is not None for item in items)
 
         def apply(conn: sqlite3.Connection) -> list[list[int | Parked] | int | None]:
             out: list[list[int | Parked] | int | None] = [[] for _ in items]
+            self._keeping = self._keeping or keeps
             repeats = _claim_messages(conn, items, time.time()) if claims else set()
             if announces:
                 repeats |= _claim_announcements(conn, items, repeats, self._announcing)
@@ -812,7 +827,9 @@ class SQLiteSpool:
         out: list[list[int]] = []
         for start in range(0, len(events), _ROWS_PER_INSERT):
             chunk = events[start : start + _ROWS_PER_INSERT]
-            seqs = _insert_rows(conn, _EVENT_INSERT, [(item.event_id, item.trigger, now, item.body) for item in chunk])
+            seqs = _insert_rows(
+                conn, _EVENT_INSERT, [(item.event_id, item.trigger, now, item.received, item.body) for item in chunk]
+            )
             rows = [
                 (seq, d.output, d.route, d.payload, now, now)
                 for item, seq in zip(chunk, seqs, strict=True)
@@ -931,14 +948,17 @@ class SQLiteSpool:
             if self._oldest is not None and lowest <= self._oldest[0]:
                 self._oldest_stale = True
             conn.execute(f"DELETE FROM deliveries WHERE did IN ({marks})", chunk)
-            depth = (
-                self.depth
-                - conn.execute(
-                    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
-                    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq)",
+            if self._keeping:
+                # an event with `received` stays (kept, no longer pending): count what is finished, delete the rest
+                finished = conn.execute(
+                    "SELECT COUNT(*) FROM json_each(?) "
+                    "WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = value)",
                     (seqs,),
-                ).rowcount
-            )
+                ).fetchone()[0]
+                conn.execute(_FORGET_FINISHED + " AND received IS NULL", (seqs,))
+            else:
+                finished = conn.execute(_FORGET_FINISHED, (seqs,)).rowcount
+            depth = self.depth - finished
             if depth < 0:
                 self._must_recount = True
             self.depth = max(0, depth)
@@ -1116,6 +1136,69 @@ class SQLiteSpool:
 
         self._write_sync(apply)
 
+    # --- retention (kept events) and `event-router replay` -------------------------------------------------
+
+    async def prune_kept(self, before: float, limit: int) -> int:
+        """Forget up to `limit` kept events received before `before`, oldest first, in one lazy write: the
+        partial index on `received` finds them, so a batch costs its own rows, whatever else the spool holds."""
+
+        def apply(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received < ? AND NOT EXISTS "
+                "(SELECT 1 FROM deliveries d WHERE d.seq = e.seq) ORDER BY received LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            if count < limit:  # the last of them: maybe nothing is kept any more (retention turned off)
+                self._keeping = bool(conn.execute(KEEPS_ANY).fetchone()[0])
+            return count
+
+        result: int = await self._write(apply, lazy=True)
+        return result
+
+    def count_kept(self, since: float, until: float) -> int:
+        with _reading():
+            row = (
+                self._read_conn()
+                .execute("SELECT COUNT(*) FROM events WHERE received >= ? AND received < ?", (since, until))
+                .fetchone()
+            )
+        return int(row[0])
+
+    def kept_events(
+        self, since: float, until: float, *, after: KeptCursor | None = None, limit: int = 500
+    ) -> list[KeptEvent]:
+        sql, args = _kept_range(since, until, after)
+        with _reading():
+            rows = self._read_conn().execute(
+                f"SELECT seq, id, trigger, received, body FROM events{sql} ORDER BY received, seq LIMIT ?",
+                [*args, limit],
+            )
+            return [
+                KeptEvent(int(seq), eid, trigger, float(received), bytes(body))
+                for seq, eid, trigger, received, body in rows
+            ]
+
+    def requeue_kept(self, items: Sequence[tuple[int, Sequence[NewDelivery]]]) -> set[int]:
+        wanted = [(seq, deliveries) for seq, deliveries in items if deliveries]
+
+        def apply(conn: sqlite3.Connection) -> set[int]:
+            present: set[int] = set()
+            for start in range(0, len(wanted), 500):
+                chunk = [seq for seq, _ in wanted[start : start + 500]]
+                found = conn.execute(f"SELECT seq FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+                present.update(int(seq) for (seq,) in found)
+            # due now in the running router's time base (see replay_dead_letters)
+            now = _spool_now(conn)
+            rows = [(seq, d.output, d.route, d.payload, now, now) for seq, ds in wanted if seq in present for d in ds]
+            if rows:
+                _insert_rows(conn, _DELIVERY_INSERT, rows)
+            return present
+
+        if not wanted:
+            return set()
+        found: set[int] = self._write_sync(apply)
+        return found
+
     def status(self) -> SpoolStatus:
         with _reading():
             conn = self._read_conn()
@@ -1176,7 +1259,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     """An older schema to this one, in one transaction, rows kept. 1 to 2: deliveries and dead letters become
     AUTOINCREMENT tables; 2 to 3: `_DDL` adds the `announced` table (empty: what the events stored before
     announced is not known, so recovery may rebuild those of them that fall in its first look-back); 3 to 4:
-    `_DDL` adds the `output_states` table (empty: no output paused, no breaker open).
+    `_DDL` adds the `output_states` table (empty: no output paused, no breaker open); 4 to 5: `_add_received`.
 
     SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
     old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
@@ -1198,6 +1281,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(f'DROP INDEX "{index}"')
             conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
             moved.append(table)
+        _add_received(conn)  # before _DDL, which indexes the column
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -1214,6 +1298,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
         raise
     log.info("spool upgraded", extra={"schema_version": SCHEMA_VERSION, "tables": moved})
+
+
+def _add_received(conn: sqlite3.Connection) -> None:
+    """4 to 5 (retention): `events.received`, set only for events stored while `[router] retention` is on
+    (`_DDL` indexes it). The events of an older schema have none: they go with their last delivery, as before."""
+    if "received" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+        conn.execute("ALTER TABLE events ADD COLUMN received REAL")
 
 
 def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
@@ -1268,6 +1359,20 @@ def _output_backlogs(conn: sqlite3.Connection, now: float) -> dict[str, OutputBa
     return out
 
 
+def _kept_range(since: float, until: float, after: KeptCursor | None) -> tuple[str, list[Any]]:
+    """The WHERE clause of `kept_events`: the range on the `received` index starts at the cursor, not at
+    `since`, so each page reads its own rows only; of the rows received at the cursor's very time, only
+    those after its seq."""
+    if after is None:
+        return " WHERE received >= ? AND received < ?", [since, until]
+    return " WHERE received >= ? AND received < ? AND (received > ? OR seq > ?)", [
+        max(since, after[0]),
+        until,
+        after[0],
+        after[1],
+    ]
+
+
 #: DeadLetter's fields, in order
 _DEAD_LETTER_COLUMNS = (
     "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
@@ -1302,7 +1407,7 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
 #: statement per event, or per returned row, made a group wait for the GIL once per row
 #: alone. One multi-row INSERT per table per group waits once.
 _ROWS_PER_INSERT = 200
-_EVENT_INSERT = "INSERT INTO events (id, trigger, stored_at, body) VALUES "
+_EVENT_INSERT = "INSERT INTO events (id, trigger, stored_at, received, body) VALUES "
 _DELIVERY_INSERT = "INSERT INTO deliveries (seq, output, route, payload, due, first_at) VALUES "
 _PARKED_INSERT = (
     "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, created_at, body, payload) "
@@ -1414,6 +1519,13 @@ def _write_announcements(conn: sqlite3.Connection, keys: Collection[bytes]) -> N
     for start in range(0, len(rows), _KEYS_PER_INSERT):
         chunk = rows[start : start + _KEYS_PER_INSERT]
         conn.execute("INSERT OR IGNORE INTO announced (key) VALUES " + ",".join(["(?)"] * len(chunk)), chunk)
+
+
+#: the events (of a JSON array of seqs) no delivery is left of
+_FORGET_FINISHED = (
+    "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
+    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq)"
+)
 
 
 def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: float) -> int:
