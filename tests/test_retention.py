@@ -1,11 +1,20 @@
-"""Retention and replay (#19): the spool keeps delivered events stored with their time (not pending), prunes
-them, and gives them new deliveries from another process; on both backends."""
+"""Retention and replay (#19): `[router] retention` keeps delivered events (not pending), the router prunes them
+once expired, and `event-router replay` sends those received in a window again, with the same event ids. The
+spool's part on both backends; then real router processes on both backends, with real HTTP receivers and the
+command as a separate process beside them."""
 
 from __future__ import annotations
 
 import math
+import os
+import pty
+import select
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -16,7 +25,17 @@ from event_router.core.spool import NewDelivery, Spool, StoreEvent
 from event_router.core.spool.postgresql import PRUNE_LOCK
 from event_router.core.spool.sqlite import SCHEMA_VERSION, SQLiteSpool
 from event_router.testing import (
+    RouterProcess,
     delivery_ids,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    readyz,
+    router_table,
+    run_cli,
+    wait_for,
+    webhook_input,
 )
 
 KEY = "retention-key"
@@ -163,3 +182,258 @@ async def test_a_schema_3_spool_is_upgraded_and_its_events_are_not_kept(tmp_path
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone() == (0,)
     finally:
         conn.close()
+
+
+# --- real routers ---------------------------------------------------------------------------------------------
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def events_rows(config: Path, env: dict[str, str]) -> int:
+    """Rows in the spool's events table, pending and kept: what the router holds on disk."""
+    if "ROUTER_PG_DSN" in env:
+        with psycopg.connect(env["ROUTER_PG_DSN"]) as conn:
+            row = conn.execute("SELECT count(*) FROM event_router.events").fetchone()
+            assert row is not None
+            return int(row[0])
+    lite = sqlite3.connect(config.parent / "var" / "spool.db")
+    try:
+        return int(lite.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    finally:
+        lite.close()
+
+
+def pending(admin: int) -> float:
+    """The router's `spool_pending_events` gauge, from a real scrape."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("event_router_spool_pending_events "):
+                return float(line.split()[1])
+    raise AssertionError("no event_router_spool_pending_events in /metrics")
+
+
+def message(n: int) -> dict[str, object]:
+    body = example("transport.messageReceived")
+    return {**body, "data": {**body["data"], "id": f"MSG{n:017d}"}}
+
+
+def send(port: int, body: dict[str, object]) -> str:
+    status, answer, _ = post(f"http://127.0.0.1:{port}/events", body, {"x-api-key": KEY})
+    assert status == 202, answer
+    return str(answer["id"])
+
+
+def config_for(tmp_path: Path, port: int, admin: int, spool_line: str, outputs: str, *, retention: str | None) -> Path:
+    extra = "\n".join(line for line in (spool_line, f'retention = "{retention}"' if retention else "") if line)
+    config = tmp_path / "router.toml"
+    config.write_text(router_table(admin, shutdown_timeout="2s", extra=extra) + webhook_input(port) + outputs)
+    return config
+
+
+def http_output(name: str, url: str) -> str:
+    return f'[outputs.{name}]\ntype = "http"\nurl = "{url}/in"\n'
+
+
+@pytest.mark.slow
+def test_replay_sends_exactly_the_window_again_with_the_same_event_ids(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    with http_receiver() as crm:
+        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "all"\nto = "crm"\n'
+        config = config_for(tmp_path, port, admin, spool_line, outputs, retention="1d")
+        c = ("-c", str(config))
+        with RouterProcess(config, env=env):
+            before = [send(port, message(n)) for n in range(3)]
+            wait_for(lambda: len(crm.requests) == 3, what="the first three delivered")
+            since = time.time()
+            window = [send(port, message(n)) for n in range(3, 6)]
+            until = time.time()
+            after = [send(port, message(n)) for n in range(6, 8)]
+            wait_for(lambda: len(crm.requests) == 8, what="all eight delivered")
+            # kept, and none of it pending: the gauge, status, readiness
+            wait_for(lambda: pending(admin) == 0, what="nothing pending")
+            status = run_cli("status", "--json", *c, env=spool_env)
+            assert status.returncode == 0, status.stderr
+            assert orjson.loads(status.stdout)["pending_events"] == 0
+            assert readyz(admin)[0] == 200
+            assert events_rows(config, env) == 8
+
+            dry = run_cli("replay", "--since", iso(since), "--until", iso(until), "--dry-run", *c, env=spool_env)
+            assert dry.returncode == 0, dry.stderr
+            assert dry.stdout.startswith("dry run: would replay 3 of 3 kept event(s) received "), dry.stdout
+            assert dry.stdout.rstrip().endswith(": 3 deliveries (crm 3); nothing was sent"), dry.stdout
+            replayed = run_cli("replay", "--since", iso(since), "--until", iso(until), *c, env=spool_env)
+            assert replayed.returncode == 0, replayed.stderr
+            assert replayed.stdout.startswith("replayed 3 of 3 kept event(s) received "), replayed.stdout
+            assert replayed.stdout.rstrip().endswith(": 3 deliveries (crm 3)"), replayed.stdout
+            assert "\r" not in replayed.stdout, "no progress bar off a terminal"
+            wait_for(lambda: len(crm.requests) == 11, what="the three replayed")
+            time.sleep(1.5)  # nothing more comes
+            assert len(crm.requests) == 11
+            again = [r.headers["Idempotency-Key"] for r in crm.requests[8:]]
+            assert again == window, "the window's events, in the order received, with their own ids"
+            assert {r.json()["data"]["id"] for r in crm.requests[8:]} == {f"MSG{n:017d}" for n in range(3, 6)}
+            assert set(before).isdisjoint(again) and set(after).isdisjoint(again)
+            wait_for(lambda: pending(admin) == 0, what="the replayed deliveries done")
+            everything = run_cli("replay", "--since", "1h", "--dry-run", *c, env=spool_env)
+            assert everything.stdout.startswith("dry run: would replay 8 of 8 "), everything.stdout
+            assert events_rows(config, env) == 8
+
+
+@pytest.mark.slow
+def test_replay_to_one_output_and_matching_triggers_only(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    with http_receiver() as crm, http_receiver() as archive:
+        outputs = (
+            http_output("crm", crm.url)
+            + http_output("archive", archive.url)
+            + '[[routes]]\nname = "all"\nto = ["crm", "archive"]\n'
+        )
+        config = config_for(tmp_path, port, admin, spool_line, outputs, retention="7d")
+        c = ("-c", str(config))
+        with RouterProcess(config, env=env):
+            messages = [send(port, message(n)) for n in range(2)]
+            requests = [send(port, example("consumption.incomingRequestReceived")) for _ in range(2)]
+            wait_for(lambda: len(crm.requests) == 4 and len(archive.requests) == 4, what="four events to both")
+            replayed = run_cli(
+                "replay", "--since", "1h", "--output", "crm", "--match", "transport.*", *c, env=spool_env
+            )
+            assert replayed.returncode == 0, replayed.stderr
+            line = replayed.stdout.strip()
+            assert line.startswith("replayed 2 of 4 kept event(s) received "), line
+            assert line.endswith(": 2 deliveries (crm 2); not replayed: 2 other triggers"), line
+            wait_for(lambda: len(crm.requests) == 6, what="two replayed to crm")
+            replayed = run_cli("replay", "--since", "1h", "--match", "consumption.**", *c, env=spool_env)
+            assert replayed.stdout.strip().endswith(": 4 deliveries (archive 2, crm 2); not replayed: 2 other triggers")
+            wait_for(lambda: len(crm.requests) == 8 and len(archive.requests) == 6, what="two replayed to both")
+            time.sleep(1.5)
+        assert len(archive.requests) == 6, "nothing more to archive"
+        assert [r.headers["Idempotency-Key"] for r in crm.requests[4:6]] == messages
+        assert sorted(r.headers["Idempotency-Key"] for r in crm.requests[6:]) == sorted(requests)
+        assert sorted(r.headers["Idempotency-Key"] for r in archive.requests[4:]) == sorted(requests)
+
+        # what it refuses, before it opens the spool: exit status 2 and why
+        for arguments, said in (
+            (
+                ("--output", "crm2"),
+                "replay --output crm2: no output of that name in router.toml (outputs: crm, archive)",
+            ),
+            (("--match", "transport.message*"), "'*' and '**' must be whole segments between dots"),
+            (("--match", ""), "the pattern is empty"),
+            (("--until", "2h"), "must be before --until"),
+            (("--until", "next tuesday"), "--until: 'next tuesday' is not a time: give an ISO 8601 time"),
+        ):
+            refused = run_cli("replay", "--since", "1h", *arguments, *c, env=spool_env)
+            assert refused.returncode == 2 and said in refused.stderr, (arguments, refused.stderr)
+            assert refused.stdout == ""
+        refused = run_cli("replay", "--since", "3600", *c, env=spool_env)
+        assert refused.returncode == 2, refused.stderr
+        assert "'3600' is ambiguous: write 3600s for that long ago, or @3600 for a Unix time" in refused.stderr
+
+
+@pytest.mark.slow
+def test_expired_kept_events_are_pruned(tmp_path: Path, router_spool: tuple[str, dict[str, str]]) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    with http_receiver() as crm:
+        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "all"\nto = "crm"\n'
+        config = config_for(tmp_path, port, admin, spool_line, outputs, retention="6s")
+        c = ("-c", str(config))
+        with RouterProcess(config, env=env):
+            for n in range(3):
+                send(port, message(n))
+            wait_for(lambda: len(crm.requests) == 3, what="three delivered")
+            listed = run_cli("replay", "--since", "1h", "--dry-run", *c, env=spool_env)
+            assert listed.stdout.startswith("dry run: would replay 3 of 3 "), listed.stdout
+            assert events_rows(config, env) == 3
+            # a tenth of the retention apart (at least a second): gone within a few seconds of expiring
+            wait_for(lambda: events_rows(config, env) == 0, timeout=20, interval=0.2, what="kept events pruned")
+            listed = run_cli("replay", "--since", "1h", "--dry-run", *c, env=spool_env)
+            assert listed.stdout.startswith("dry run: would replay 0 of 0 "), listed.stdout
+
+
+@pytest.mark.slow
+def test_without_retention_nothing_is_kept(tmp_path: Path, router_spool: tuple[str, dict[str, str]]) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    with http_receiver() as crm:
+        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "all"\nto = "crm"\n'
+        config = config_for(tmp_path, port, admin, spool_line, outputs, retention=None)
+        c = ("-c", str(config))
+        with RouterProcess(config, env=env):
+            for n in range(3):
+                send(port, message(n))
+            wait_for(lambda: len(crm.requests) == 3, what="three delivered")
+            wait_for(lambda: events_rows(config, env) == 0, what="every delivered event forgotten")
+            replayed = run_cli("replay", "--since", "1h", *c, env=spool_env)
+            assert replayed.returncode == 0, replayed.stderr
+            assert replayed.stdout.startswith("replayed 0 of 0 kept event(s) received "), replayed.stdout
+            assert "router.toml keeps nothing ([router] retention is 0)" in replayed.stderr
+            time.sleep(1.5)
+            assert len(crm.requests) == 3
+
+
+# --- the command's pace and progress bar -----------------------------------------------------------------------
+
+
+def run_in_terminal(*args: str, timeout: float = 60) -> tuple[int, str]:
+    """`event-router ARGS` with stdout on a pseudo-terminal: (exit status, what it wrote there)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "event_router", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    os.close(follower)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end closed: the command exited
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    code = proc.wait(10)
+    return code, out.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_replay_keeps_its_rate_and_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    with http_receiver() as crm:
+        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "all"\nto = "crm"\n'
+        config = config_for(tmp_path, port, admin, "", outputs, retention="1d")
+        with RouterProcess(config, env=ENV):
+            for n in range(12):
+                send(port, message(n))
+            wait_for(lambda: len(crm.requests) == 12, what="twelve delivered")
+            started = time.monotonic()
+            code, shown = run_in_terminal("replay", "--since", "1h", "--rate", "6", "-c", str(config))
+            took = time.monotonic() - started
+            assert code == 0, shown
+            assert took >= 1.8, f"12 events at 6 a second took {took:.2f}s"
+            assert "\r\x1b[K[" in shown and "read, " in shown, "a bar redrawn in place"
+            assert shown.rstrip().split("\r\x1b[K")[-1].startswith("replayed 12 of 12 kept event(s) received ")
+            wait_for(lambda: len(crm.requests) == 24, what="twelve replayed")

@@ -60,6 +60,11 @@ CLOCK_CHECK_INTERVAL = 1.0
 GAP_CHECK_INTERVAL = 0.5
 #: at start, how long the admin endpoint waits for the inputs to consume before it listens anyway
 ADMIN_AFTER = 2.0
+#: how often kept events past `[router] retention` are pruned (a short retention more often: a tenth of it,
+#: at least a second apart), and how many one write forgets at most: a batch is one lazy write of its own, so
+#: the commits of the stores it shares a group with wait for that many deletes only
+PRUNE_INTERVAL = 60.0
+PRUNE_BATCH = 500
 
 
 def load_schemas(config: RouterConfig | None, registry: PluginRegistry) -> SchemaRegistry:
@@ -206,6 +211,7 @@ class App:
                 tg.start_soon(self._heartbeat)
                 tg.start_soon(self._watch_clock)
                 tg.start_soon(self._watch_gaps)
+                tg.start_soon(self._prune_kept)
                 waiting = self._not_consuming()
                 if waiting and not self._stop.is_set():
                     log.info("waiting for inputs to consume before reporting ready", extra={"inputs": waiting})
@@ -657,6 +663,26 @@ class App:
                 was_ready[covered], refused[covered] = ready, count
                 if reason is not None:
                     inp.plugin.gap_detected(covered, reason)
+
+    async def _prune_kept(self) -> None:
+        """Forget the kept events received more than `[router] retention` ago (with retention 0, those kept
+        before it was turned off), PRUNE_BATCH per write. PostgreSQL: every router runs this; one at a time
+        prunes, the others find nothing (`Spool.prune_kept`)."""
+        while True:
+            retention = self.config.retention  # the current config: a reload may change it
+            await anyio.sleep(min(PRUNE_INTERVAL, max(1.0, retention / 10)) if retention else PRUNE_INTERVAL)
+            before = time.time() - self.config.retention
+            pruned = 0
+            try:
+                while True:
+                    count = await self.spool.prune_kept(before, PRUNE_BATCH)
+                    pruned += count
+                    if count < PRUNE_BATCH:
+                        break
+            except SpoolError as exc:
+                log.warning("could not prune kept events; trying again later", extra={"error": str(exc)})
+            if pruned:
+                log.debug("kept events pruned", extra={"pruned": pruned, "retention": self.config.retention})
 
     async def _watch_clock(self) -> None:
         """Rebase the spool's clock, the spool and the workers' timers when the wall clock jumps."""

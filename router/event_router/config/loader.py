@@ -196,6 +196,7 @@ class _Loader:
             max_pending_events=max_pending_events,
             shutdown_timeout=parse_duration(router.get("shutdown_timeout", 10)),
             announced_retention=parse_duration(router.get("announced_retention", "7d")),
+            retention=parse_duration(router.get("retention", 0)),
             log_level=router.get("log_level", "info"),
             retry=default_retry,
             admin_listen=admin_listen,

@@ -45,6 +45,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                 "max_pending_events": {"type": "integer", "minimum": 1},
                 "shutdown_timeout": DURATION_SCHEMA,
                 "announced_retention": DURATION_SCHEMA,
+                "retention": DURATION_SCHEMA,
                 "log_level": {"enum": ["debug", "info", "warning", "error"]},
                 "retry": RETRY_SCHEMA,
                 "admin": {

@@ -86,6 +86,9 @@ class RouterConfig:
     admin_unmask: bool = False
     #: seconds the spool keeps what each stored event announced (docs/recovery.md)
     announced_retention: float = 7 * 86400.0
+    #: seconds the spool keeps an event after it was received, delivered or not, for `event-router replay`
+    #: (0: none; an event is forgotten with its last delivery)
+    retention: float = 0.0
     #: `[router] spool`: where the spool is (by default the SQLite file in data_dir)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
     #: things `check` reports without failing (plain-text secrets, no routes...)

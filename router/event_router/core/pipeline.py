@@ -85,8 +85,10 @@ class Pipeline:
         ]
         items: list[StoreEvent | StoreDeadLetter] = []
         stored_plans: list[Plan] = []
+        # with retention on, the spool keeps each event after its deliveries, by the time it was received
+        received = time.time() if config.retention > 0 else None
         for plan in plans:
-            item = _store_item(plan, input_config.name)
+            item = _store_item(plan, input_config.name, received)
             plan.event.raw = None  # stored (or dead-lettered with it): no need to hold the bytes
             if item is not None:
                 items.append(item)
@@ -295,7 +297,7 @@ class Pipeline:
         return dlid
 
 
-def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | None:
+def _store_item(plan: Plan, input_name: str, received: float | None = None) -> StoreEvent | StoreDeadLetter | None:
     event = plan.event
     message = event.message
     seen = None if message is None else SeenMessage(input_name, message.id, message.until)
@@ -335,6 +337,7 @@ def _store_item(plan: Plan, input_name: str) -> StoreEvent | StoreDeadLetter | N
         seen=seen,
         source=event.source,
         announced=announced,
+        received=received,
     )
 
 

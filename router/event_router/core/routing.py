@@ -35,6 +35,7 @@ __all__ = [
     "compile_trigger_filter",
     "explain_match",
     "parse_match",
+    "trigger_glob_problem",
     "trigger_matches",
     "unknown_triggers",
     "value_at",
@@ -141,14 +142,19 @@ def _segments_match(pattern: Sequence[str], segments: Sequence[str]) -> bool:
     return p == len(pattern)
 
 
+def trigger_glob_problem(pattern: str) -> str | None:
+    """Why `pattern` is no trigger glob (`trigger_matches`), or None: `*` and `**` are whole segments only.
+    Also what `event-router replay --match` checks its pattern with."""
+    if not pattern.strip():
+        return "the pattern is empty (every trigger: '**')"
+    if any("*" in segment and segment not in ("*", "**") for segment in pattern.split(".")):
+        return f"{pattern!r}: '*' and '**' must be whole segments between dots (e.g. 'transport.*')"
+    return None
+
+
 def _check_glob(pattern: str, where: str) -> None:
-    for segment in pattern.split("."):
-        if "*" in segment and segment not in ("*", "**"):
-            raise PatternError(
-                where,
-                f"{pattern!r}: '*' and '**' must be whole segments between dots (e.g. 'transport.*'); "
-                "for other patterns use [{ prefix = ... }] or [{ wildcard = ... }]",
-            )
+    if "*" in pattern and (problem := trigger_glob_problem(pattern)) is not None:
+        raise PatternError(where, f"{problem}; for other patterns use [{{ prefix = ... }}] or [{{ wildcard = ... }}]")
 
 
 def _glob_predicate(segments: tuple[str, ...]) -> _Predicate:

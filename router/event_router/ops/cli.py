@@ -1,5 +1,5 @@
 """`event-router`: run the daemon, check and dry-run configs, list plugins and schemas, manage dead letters,
-pause and resume outputs."""
+pause and resume outputs, replay kept events."""
 
 from __future__ import annotations
 
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         action = actions.add_parser(name, help=text)
         _config_arg(action)
         action.add_argument("name", metavar="NAME", help="the output, as named in router.toml")
+    from event_router.ops.replay import add_replay_parser
+
+    add_replay_parser(sub, _config_arg)
 
     from event_router.ops.importer import add_import_parser
 
@@ -704,6 +707,14 @@ def _explain(args: argparse.Namespace) -> int:
     return cmd_explain(args)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from event_router.ops.replay import run_replay
+
+    # like `dlq replay`: routes with the outputs' names, never their secrets, but the PostgreSQL spool's dsn
+    config, registry = _load(args, "spool")
+    return run_replay(args, config, registry)
+
+
 def _import_connector_config(args: argparse.Namespace) -> int:
     from event_router.ops.importer import cmd_import_connector_config
 
@@ -722,6 +733,7 @@ COMMANDS = {
     "reload": cmd_reload,
     "dlq": _dlq,
     "output": cmd_output,
+    "replay": _replay,
     "import-connector-config": _import_connector_config,
     "tap": _tap,
 }
