@@ -437,3 +437,51 @@ def test_replay_keeps_its_rate_and_shows_a_progress_bar_on_a_terminal(tmp_path: 
             assert "\r\x1b[K[" in shown and "read, " in shown, "a bar redrawn in place"
             assert shown.rstrip().split("\r\x1b[K")[-1].startswith("replayed 12 of 12 kept event(s) received ")
             wait_for(lambda: len(crm.requests) == 24, what="twelve replayed")
+
+
+@pytest.mark.slow
+def test_replay_leaves_room_for_live_events(tmp_path: Path) -> None:
+    """While the output is down, a replay stops at half of its `max_pending` (and of `max_pending_events`): the
+    webhook keeps taking events, and the replay goes on once the router delivered."""
+    port, admin = free_port(), free_port()
+    with http_receiver() as crm:
+        outputs = (
+            http_output("crm", crm.url)
+            + 'max_pending = 8\nretry = { initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 100000 }\n'
+            + '[[routes]]\nname = "all"\nto = "crm"\n'
+        )
+        config = config_for(tmp_path, port, admin, "max_pending_events = 10", outputs, retention="1d")
+        with RouterProcess(config, env=ENV):
+            for n in range(12):  # one at a time: the spool's 10 must not fill
+                send(port, message(n))
+                wait_for(lambda: pending(admin) == 0, what=f"event {n} delivered")
+            crm.respond(503)
+            replay = subprocess.Popen(
+                [sys.executable, "-m", "event_router", "replay", "--since", "1h", "-c", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_for(lambda: pending(admin) == 4, what="half of crm's max_pending replayed")
+                seen: list[float] = []
+                until = time.monotonic() + 3
+                while time.monotonic() < until:
+                    seen.append(pending(admin))
+                    time.sleep(0.05)
+                assert replay.poll() is None, "the replay waits for room"
+                assert max(seen) == 4, seen
+                send(port, message(100))  # a live event still goes in
+                crm.respond(200)
+                out, err = replay.communicate(timeout=60)
+            finally:
+                if replay.poll() is None:
+                    replay.kill()
+                    replay.wait()
+            assert replay.returncode == 0, err
+            assert out.startswith("replayed 12 of 12 kept event(s) received "), out
+            assert "replay: waiting for the router to deliver: 4 events pending" in err, err
+            wait_for(lambda: pending(admin) == 0, what="everything delivered")
+            sent = [r.headers["Idempotency-Key"] for r in crm.requests]
+            assert len(set(sent)) == 13

@@ -160,7 +160,7 @@ def run_replay(args: argparse.Namespace, config: RouterConfig, registry: PluginR
     bar = ProgressBar(sys.stdout)
     report = ReplayReport()
     try:
-        pacer = None if args.dry_run else Pacer(spool, config, args.rate, on_wait=lambda why: bar.show(report, why))
+        pacer = None if args.dry_run else Pacer(spool, config, args.rate, on_wait=lambda why: bar.wait(report, why))
         try:
             replay(
                 spool,
@@ -274,7 +274,10 @@ class Pacer:
             if count or (self._events == 0 and not any(self._deliveries.values())):
                 count = max(1, count)  # one event more than an empty spool has room for goes all the same
                 break
-            self.on_wait(f"waiting: {self._events:,} events pending, room for the router's own first")
+            self.on_wait(
+                f"waiting for the router to deliver: {self._events:,} events pending "
+                f"(a replay leaves half of max_pending_events and of each output's max_pending to live events)"
+            )
             time.sleep(self.WAIT)
             self._read_at = -float("inf")
         for _, deliveries in ready[:count]:
@@ -306,9 +309,11 @@ class Pacer:
 
 class ProgressBar:
     """A bar on `stream` redrawn in place, only when it is a terminal (nothing otherwise): read / total,
-    replayed, rate. At most ten redraws a second."""
+    replayed, rate, and why it waits. At most ten redraws a second."""
 
     WIDTH = 24
+    #: off a terminal, how often a replay that waits for room says so
+    WAIT_NOTE = 30.0
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -316,6 +321,7 @@ class ProgressBar:
         self.started = time.monotonic()
         self._drawn = 0.0
         self._shown = False
+        self._next_note = 0.0
 
     def show(self, report: ReplayReport, note: str = "") -> None:
         now = time.monotonic()
@@ -333,6 +339,16 @@ class ProgressBar:
         self.stream.write("\r\033[K" + line[: max(10, columns - 1)])
         self.stream.flush()
         self._shown = True
+
+    def wait(self, report: ReplayReport, why: str) -> None:
+        """The replay waits for room: on the bar, or (off a terminal) on stderr, once every WAIT_NOTE seconds."""
+        if self.enabled:
+            self.show(report, why)
+            return
+        now = time.monotonic()
+        if now >= self._next_note:
+            self._next_note = now + self.WAIT_NOTE
+            print(f"replay: {why}", file=sys.stderr, flush=True)
 
     def clear(self) -> None:
         if self._shown:
