@@ -9,6 +9,7 @@ import math
 import os
 import pty
 import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -437,6 +438,24 @@ def test_replay_keeps_its_rate_and_shows_a_progress_bar_on_a_terminal(tmp_path: 
             assert "\r\x1b[K[" in shown and "read, " in shown, "a bar redrawn in place"
             assert shown.rstrip().split("\r\x1b[K")[-1].startswith("replayed 12 of 12 kept event(s) received ")
             wait_for(lambda: len(crm.requests) == 24, what="twelve replayed")
+
+            # Ctrl-C: how far it got, and where to go on from
+            interrupted = subprocess.Popen(
+                [sys.executable, "-m", "event_router", "replay", "--since", "1h", "--rate", "2", "-c", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            wait_for(lambda: len(crm.requests) >= 26, what="two events of the second replay")
+            interrupted.send_signal(signal.SIGINT)
+            out, err = interrupted.communicate(timeout=30)
+            assert interrupted.returncode == 130, err
+            done = int(out.split("interrupted after replaying ", 1)[1].split(" ", 1)[0])
+            assert 2 <= done < 12, out
+            since = err.split("to replay the rest: event-router replay --since ", 1)[1].split(" ", 1)[0]
+            rest = run_cli("replay", "--since", since, "--dry-run", "-c", str(config))
+            assert rest.stdout.startswith(f"dry run: would replay {12 - done} of {12 - done} "), (rest.stdout, out)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ progress bar and the summary.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import shutil
 import sys
@@ -229,8 +230,10 @@ def _rest(spool: Spool, selection: Selection, report: ReplayReport) -> float | N
 
 
 def _iso_exact(timestamp: float) -> str:
-    """UTC ISO 8601 to the microsecond: `--since` of an interrupted replay's rest."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """UTC ISO 8601 to the microsecond, `--since` of an interrupted replay's rest: a microsecond early, as
+    the event received at `timestamp` must be in the rest, whatever the float's last digits round to."""
+    moment = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=math.floor(timestamp * 1_000_000) - 1)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Pacer:
