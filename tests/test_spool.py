@@ -263,6 +263,32 @@ async def test_an_op_that_fails_alone_fails_no_other_writers_store(spool: Any) -
     assert spool.depth == 3 and spool.writable
 
 
+async def test_outcomes_settled_one_by_one_in_one_group_each_finish_theirs(spool: Any) -> None:
+    """An output delivering one event at a time settles each delivery alone: one group holds many such settles
+    (PostgreSQL forgets their deliveries together before the commit), and beside them an op that fails, so the
+    group runs again op by op. Every delivery is forgotten once, each event with its last one, the counts too."""
+    stored = delivery_ids(await spool.store([event(i, ("a", "b")) for i in range(40)]))
+    spool.LAZY_DELAY = 5.0  # the lazy settles wait for company: only the store below ends the group
+    done = [a for a, _ in stored] + [b for _, b in stored[:20]]
+    settles = [asyncio.ensure_future(spool.settle(done=[did], lazy=True)) for did in done]
+    poisoned = asyncio.ensure_future(
+        spool._write(lambda conn: conn.execute("INSERT INTO nowhere VALUES (1)"), lazy=True)
+    )
+    await asyncio.sleep(0)
+    commits = spool.commits
+    with anyio.fail_after(10):
+        ((new,),) = delivery_ids(await spool.store([event(99)]))
+        assert await asyncio.gather(*settles) == [[]] * len(done)
+    with pytest.raises(SpoolError):
+        await poisoned
+    assert spool.commits - commits == len(done) + 1, "the failed group ran again op by op"
+    assert spool.depth == 21, "events 20-39 wait for output b, event 99 for a"
+    assert spool.pending_outputs() == {"a": 1, "b": 20}
+    now = time.time() + 1
+    assert [r.did for r in spool.fetch_due("a", now, 100, set())] == [new]
+    assert [r.did for r in spool.fetch_due("b", now, 100, set())] == [b for _, b in stored[20:]]
+
+
 async def test_a_full_disk_is_a_transient_failure(sqlite_spool: SQLiteSpool) -> None:
     """SQLITE_FULL (here: the file may not grow) fails the write with `transient` set: the same write can
     succeed once there is room, and an output worker tries its outcome commit again."""

@@ -341,6 +341,11 @@ class PostgreSQLSpool:
         #: announced keys of the group being applied -> already inserted (a claim's); the others are written
         #: in one statement just before its commit
         self._announcing: dict[bytes, bool] = {}
+        #: deliveries the group's settles finished, forgotten in one pass just before its commit: every
+        #: statement is a round trip the writer thread waits for, and then waits to take the GIL back from
+        #: the event loop, so an output delivering one event per settle would otherwise cost the group three
+        #: round trips per delivery
+        self._finishing: list[int] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -614,12 +619,16 @@ class PostgreSQLSpool:
                 conn = self._live(conn)
                 xid = str(_one(conn, "SELECT pg_current_xact_id()::text"))
                 results = [op.apply(conn) for op in batch]
+                if self._finishing:
+                    self._finish(conn, self._finishing)
+                    self._finishing.clear()
                 if self._announcing:
                     _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
                     self._announcing.clear()
                 committing = True
                 conn.commit()
             except Exception as exc:  # one failed commit fails every op in it: none of them is durable
+                self._finishing.clear()
                 self._announcing.clear()
                 if conn is not None and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
@@ -861,7 +870,7 @@ class PostgreSQLSpool:
             return []
 
         def apply(conn: psycopg.Connection[Any]) -> list[int | None]:
-            self._finish(conn, done)
+            self._finishing.extend(done)  # with the group's other settles, before its commit
             if retry:
                 # given back: due again later, for whichever router is free then. Not a delivery another
                 # router took meanwhile (this one's lease expired): that one's state is its own
