@@ -74,12 +74,14 @@ validation = "strict"
 """
 
 
-def _router_config(work: Path, outputs: str, routes: str) -> tuple[int, Path]:
-    """The port and config of the router measured, in `work/router`."""
+def _router_config(
+    work: Path, outputs: str, routes: str, *, name: str = "router", router_extra: str = ""
+) -> tuple[int, Path]:
+    """The port and config of a router measured, in `work/<name>`; `router_extra`: more `[router]` keys."""
     port = free_port()
-    (work / "router").mkdir()
-    config = work / "router" / "router.toml"
-    config.write_text(webhook_toml(port, outputs, routes))
+    (work / name).mkdir()
+    config = work / name / "router.toml"
+    config.write_text(webhook_toml(port, outputs, routes, router_extra))
     return port, config
 
 
@@ -269,12 +271,14 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
     return result
 
 
-def _profile(load: Load, url: str, pid: int, seconds: float, out_dir: Path) -> list[dict[str, Any]]:
+def _profile(
+    load: Load, url: str, pid: int, seconds: float, out_dir: Path, scenario: str = "webhook_to_file"
+) -> list[dict[str, Any]]:
     """An extra, unmeasured load run with py-spy sampling the router; returns where its CPU time goes."""
     from _profile import py_spy, summarise
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / "webhook_to_file.router.txt"
+    raw = out_dir / f"{scenario}.router.txt"
     with py_spy(pid, raw, seconds):
         load.run(url, 64, seconds, pid)
     return summarise(raw)

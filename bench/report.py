@@ -21,6 +21,8 @@ ORDER = [
     "startup",
     "spool_group_commit",
     "recovery",
+    "pg_webhook_file",
+    "pg_webhook_http_p99",
 ]
 
 
@@ -124,6 +126,16 @@ def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
         )
         base = ""
         ratio = ""
+    elif name == "pg_webhook_file":
+        router, base = f"PostgreSQL spool: {_c(r['router'])}", f"SQLite spool: {_c(r['baseline'])}"
+        ratio = f"{ratio} (c1: {_fmt(r.get('ratio_c1'))})"
+    elif name == "pg_webhook_http_p99":
+        rt, bl = r["router"], r["baseline"]
+        router = (
+            f"PostgreSQL spool: p50 {_fmt(rt['p50_ms'])} / p99 {_fmt(rt['p99_ms'])} ms at 1,000 ev/s"
+            f" ({rt['received']}/{rt['accepted']} received)"
+        )
+        base = f"direct POST: p50 {bl['p50_ms']} / p99 {bl['p99_ms']} ms"
     else:
         router, base = json.dumps(r.get("router")), json.dumps(r.get("baseline"))
     return name, router, base, ratio, r.get("target", ""), _met(r)
@@ -136,9 +148,49 @@ def _c(fig: dict[str, Any]) -> str:
     )
 
 
+def _pg_peer_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """pg_webhook_file's bare insert loops and pg_webhook_http_p99's SQLite router, each in a row of its own."""
+    name = r["scenario"]
+    if "skipped" in r or "error" in r:
+        return []
+    if name == "pg_webhook_http_p99":
+        sq = r["peers"]["sqlite_router"]
+        rt = r["router"]
+        return [
+            (
+                f"{name} vs SQLite spool",
+                f"PostgreSQL spool: p99 {_fmt(rt['p99_ms'])} ms",
+                f"SQLite spool: p50 {_fmt(sq['p50_ms'])} / p99 {_fmt(sq['p99_ms'])} ms"
+                f" ({sq['received']}/{sq['accepted']} received)",
+                _fmt(r.get("ratio_to_sqlite")),
+                "",
+                "-",
+            )
+        ]
+    bare = r["bare_insert"]
+    cells = []
+    for driver in ("psycopg", "asyncpg"):
+        fig = bare.get(driver)
+        if isinstance(fig, dict):
+            cells.append(
+                f"{driver}: {_fmt(fig['events_per_s'])} ev/s ({_fmt(fig['group'])} events/commit,"
+                f" p50 {fig['group_ms_p50']} ms per commit)"
+            )
+        elif fig is not None:
+            cells.append(f"{driver}: {fig}")
+    spool = r["spool"]
+    router = f"c64 {_fmt(r['router']['c64']['events_per_s'])} ev/s ({_fmt(spool['events_per_store'])} events/commit)"
+    ratio = _fmt(r.get("ratio_to_bare"))
+    if r.get("asyncpg_to_psycopg") is not None:
+        ratio += f"; asyncpg / psycopg {_fmt(r['asyncpg_to_psycopg'])}"
+    return [(f"{name} vs bare insert loop", router, "; ".join(cells), ratio, "", "-")]
+
+
 def peer_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """Rows of the peers measured in the same rounds as a scenario (webhook_to_file: Node-RED), after its own."""
     name = r["scenario"]
+    if name.startswith("pg_"):
+        return _pg_peer_rows(r)
     if "node_red" in r:  # not measured: say why
         return [(f"{name} vs Node-RED", str(r["node_red"]), "", "", "", "")]
     nr = _get(r, "peers", "node-red")

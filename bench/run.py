@@ -32,6 +32,7 @@ class ScenarioTimeout(Exception):
 def _scenarios() -> dict[str, tuple[Callable[..., dict[str, Any]], float, float]]:
     """name -> (function, time limit quick, time limit full) in seconds."""
     from _core import routing_validation, spool_group_commit
+    from _postgresql import pg_webhook_file, pg_webhook_http_p99
     from _process import amqp_to_file, memory, startup
     from _recovery import recovery
     from _webhook import webhook_to_file, webhook_to_http_latency
@@ -45,7 +46,13 @@ def _scenarios() -> dict[str, tuple[Callable[..., dict[str, Any]], float, float]
         "startup": (startup, 90, 120),
         "spool_group_commit": (spool_group_commit, 60, 120),
         "recovery": (recovery, 180, 300),
+        "pg_webhook_file": (pg_webhook_file, 150, 600),
+        "pg_webhook_http_p99": (pg_webhook_http_p99, 120, 240),
     }
+
+
+#: the scenarios `--profile` samples the router of (an extra load run after the measured ones)
+PROFILED = ("webhook_to_file", "pg_webhook_file")
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -60,7 +67,7 @@ def run_one(
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(int(limit))
     try:
-        body = fn(quick, profile) if (profile is not None and name == "webhook_to_file") else fn(quick)
+        body = fn(quick, profile) if (profile is not None and name in PROFILED) else fn(quick)
     except ScenarioTimeout:
         body = {"error": f"timed out after {limit:g}s"}
     except Exception as exc:  # one broken scenario must not hide the others' figures
