@@ -217,9 +217,10 @@ def pg_webhook_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
         dsn = stack.enter_context(scratch_database("spool"))
         bare_dsn = stack.enter_context(scratch_database("bare"))
         _spool_schema(bare_dsn)
+        # each router started before the next port is picked: a port picked and not yet bound may be picked again
         sqlite_port, sqlite_config = _router_config(work, FILE_OUTPUT, FILE_ROUTE, name="router-sqlite")
-        pg_port, pg_config = _router_config(work, FILE_OUTPUT, FILE_ROUTE, name="router-pg", router_extra=PG_SPOOL)
         sq = stack.enter_context(router(sqlite_config, env=ROUTER_ENV))
+        pg_port, pg_config = _router_config(work, FILE_OUTPUT, FILE_ROUTE, name="router-pg", router_extra=PG_SPOOL)
         pg = stack.enter_context(router(pg_config, env={**ROUTER_ENV, "BENCH_PG_DSN": dsn}))
         assert sq.proc is not None and pg.proc is not None
         watch = stack.enter_context(closing(SpoolWatch(dsn)))
@@ -311,13 +312,14 @@ def pg_webhook_http_p99(quick: bool) -> dict[str, Any]:
         work = Path(tmp)
         body_file = work / "body.json"
         body_file.write_bytes(body)
-        target_port = free_port()
-        output = f'[outputs.target]\ntype = "http"\nurl = "http://127.0.0.1:{target_port}/hook"'
         dsn = stack.enter_context(scratch_database("lat"))
-        sqlite_port, sqlite_config = _router_config(work, output, HTTP_ROUTE, name="router-sqlite")
-        pg_port, pg_config = _router_config(work, output, HTTP_ROUTE, name="router-pg", router_extra=PG_SPOOL)
+        # each server started before the next port is picked: a port picked and not yet bound may be picked again
+        target_port = free_port()
         stack.enter_context(child([PYTHON, str(BENCH / "_servers.py"), "target", str(target_port)], port=target_port))
+        output = f'[outputs.target]\ntype = "http"\nurl = "http://127.0.0.1:{target_port}/hook"'
+        sqlite_port, sqlite_config = _router_config(work, output, HTTP_ROUTE, name="router-sqlite")
         stack.enter_context(router(sqlite_config, env=ROUTER_ENV))
+        pg_port, pg_config = _router_config(work, output, HTTP_ROUTE, name="router-pg", router_extra=PG_SPOOL)
         stack.enter_context(router(pg_config, env={**ROUTER_ENV, "BENCH_PG_DSN": dsn}))
         direct = _join(
             _send_at_rate(f"http://127.0.0.1:{target_port}/hook", body_file, seconds, "header"), target_port, 30
