@@ -187,7 +187,22 @@ def _beats_node_red(router: dict[str, Any], peer: dict[str, Any]) -> bool:
     return bool(n["events_per_s"]) and r["events_per_s"] / n["events_per_s"] >= 2 and r["p99_ms"] < n["p99_ms"]
 
 
-def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
+#: what `webhook_to_file_controlled` sets on the benchmarked output (#19: no target may regress with them): a
+#: key per event (each its own: the keyed path's cost, not a queue behind one key) and a limit far above the
+#: load (the limiter's cost, not its pacing)
+CONTROLLED_OUTPUT = 'ordering_key = "{{ id }}"\nrate_limit = { per_second = 1000000, burst = 100000 }'
+
+
+def webhook_to_file_controlled(quick: bool) -> dict[str, Any]:
+    """webhook_to_file with an `ordering_key` and a `rate_limit` on the file output, without the Node-RED peer."""
+    result = webhook_to_file(quick, output_extra=CONTROLLED_OUTPUT, peers=False)
+    result["output_settings"] = CONTROLLED_OUTPUT
+    return result
+
+
+def webhook_to_file(
+    quick: bool, profile: Path | None = None, *, output_extra: str = "", peers: bool = True
+) -> dict[str, Any]:
     seconds = 2.0 if quick else 8.0
     warmup = 1
     rounds = 1 if quick else 3
@@ -198,7 +213,7 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
         base_port = free_port()
         port, config = _router_config(
             work,
-            '[outputs.archive]\ntype = "file"\npath = "events.jsonl"',
+            '[outputs.archive]\ntype = "file"\npath = "events.jsonl"\n' + output_extra,
             '[[routes]]\nname = "archive everything"\nmatch = { trigger = ["**"] }\nto = ["archive"]',
         )
         base_cmd = [PYTHON, str(BENCH / "_servers.py"), "file", str(base_port), str(work / "baseline.jsonl")]
@@ -209,7 +224,10 @@ def webhook_to_file(quick: bool, profile: Path | None = None) -> dict[str, Any]:
             "baseline": (f"http://127.0.0.1:{base_port}/events", base.pid),
             "router": (f"http://127.0.0.1:{port}/events", rp.proc.pid),
         }
-        peer, node_red_facts = _node_red_peer(stack, work, body)
+        node_red_facts: dict[str, Any] = {"unavailable": "not run"}
+        peer = None
+        if peers:
+            peer, node_red_facts = _node_red_peer(stack, work, body)
         if peer is not None:
             targets["node-red"] = peer[:2]
         results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {1: [], 64: []} for name in targets}

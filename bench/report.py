@@ -14,6 +14,7 @@ from typing import Any
 
 ORDER = [
     "webhook_to_file",
+    "webhook_to_file_controlled",
     "amqp_to_file",
     "webhook_to_http_latency",
     "routing_validation",
@@ -56,7 +57,7 @@ def row(r: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
     if "skipped" in r or "error" in r:
         return name, r.get("skipped") or f"error: {r['error']}", "", "", "", ""
     ratio = _fmt(r.get("ratio"))
-    if name == "webhook_to_file":
+    if name in ("webhook_to_file", "webhook_to_file_controlled"):
         rt, bl = r["router"], r["baseline"]
         router = (
             f"c64: {_fmt(rt['c64']['events_per_s'])} ev/s, p50 {rt['c64']['p50_ms']} / p99 {rt['c64']['p99_ms']} ms;"

@@ -35,10 +35,11 @@ def _scenarios() -> dict[str, tuple[Callable[..., dict[str, Any]], float, float]
     from _postgresql import pg_webhook_file, pg_webhook_http_p99
     from _process import amqp_to_file, memory, startup
     from _recovery import recovery
-    from _webhook import webhook_to_file, webhook_to_http_latency
+    from _webhook import webhook_to_file, webhook_to_file_controlled, webhook_to_http_latency
 
     return {
         "webhook_to_file": (webhook_to_file, 150, 500),
+        "webhook_to_file_controlled": (webhook_to_file_controlled, 120, 400),
         "amqp_to_file": (amqp_to_file, 100, 450),
         "webhook_to_http_latency": (webhook_to_http_latency, 90, 180),
         "routing_validation": (routing_validation, 60, 180),
