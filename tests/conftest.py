@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,21 @@ from event_router.testing import IN_CI
 #: the test kit's fixtures (`make_app`, `anyio_backend`, and the autouse `reap_routers`): opted into here, in
 #: a conftest.py pytest reads before the session (a testpath of its own), as any plugin's suite does
 pytest_plugins = ["event_router.testing.fixtures"]
+
+
+def _load_fake_connector() -> None:
+    """tests/fake_connector.py (the Connector's REST API and token endpoint, faked to its OpenAPI contract) as
+    the module `fake_connector`, before the test modules import it: with --import-mode=importlib a sibling
+    module is not on the path."""
+    if "fake_connector" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fake_connector"] = module
+        spec.loader.exec_module(module)
+
+
+_load_fake_connector()
 
 #: the PostgreSQL server the spool's tests make their scratch databases on (scripts/services starts one)
 PG_DSN = os.environ.get("ROUTER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

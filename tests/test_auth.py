@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,24 +28,11 @@ from event_router.plugin_loader import load_plugins
 from event_router.testing import MakeApp, example, free_port, http_receiver, send_webhook, until
 from event_router.web.auth import OAuth2ClientCredentials
 from event_router.web.signing import sign, verify
+from fake_connector import FakeTokenEndpoint
 
 pytestmark = pytest.mark.anyio
 
 SIGNING_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-
-
-def _load_fake() -> Any:
-    # tests are imported with --import-mode=importlib: a sibling module is loaded by path
-    if "fake_connector" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_connector"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fake_connector"]
-
-
-FakeTokenEndpoint = _load_fake().FakeTokenEndpoint
 
 
 # --- OAuth2 client credentials --------------------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import importlib.util
-import sys
 import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,27 +29,12 @@ from event_router.outputs.connector import MAX_ANSWER, MAX_CHAIN_DEPTH, Connecto
 from event_router.outputs.connector_api import API_BASES, ENDPOINTS
 from event_router.plugin_loader import load_plugins
 from event_router.testing import MakeApp, example, free_port, read_jsonl, run_cli, send_webhook, until
+from fake_connector import FakeConnector, FakeTokenEndpoint
 
 pytestmark = pytest.mark.anyio
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "shared/reference/connector-openapi.yml"
 API_KEY = "connector-key"
-
-
-def _load_fake() -> Any:
-    # tests are imported with --import-mode=importlib: a sibling module is loaded by path
-    if "fake_connector" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_connector"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fake_connector"]
-
-
-fake_connector = _load_fake()
-FakeConnector = fake_connector.FakeConnector
-FakeTokenEndpoint = fake_connector.FakeTokenEndpoint
 
 
 # --- the spec -----------------------------------------------------------------------------------------

@@ -7,14 +7,11 @@ operator's alert.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML: a dev dependency
@@ -29,6 +26,7 @@ from event_router.testing import (
     until,
     webhook_input,
 )
+from fake_connector import FakeConnector
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 RULES = PACKAGING / "prometheus" / "event-router.rules.yml"
@@ -40,16 +38,6 @@ KEY = "hook-key"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _fake_connector() -> Any:
-    if "fake_connector" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_connector"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fake_connector"].FakeConnector
 
 
 def _promtool() -> str:
@@ -117,7 +105,7 @@ def _config(hook: int, admin: int, connector: str, down: int) -> str:
 @pytest.mark.anyio
 async def test_every_metric_the_rules_and_dashboard_name_is_on_a_real_routers_metrics(tmp_path: Path) -> None:
     hook, admin = free_port(), free_port()
-    async with _fake_connector()() as fake:
+    async with FakeConnector() as fake:
         (tmp_path / "router.toml").write_text(_config(hook, admin, fake.url, free_port()))
         router = RouterProcess(tmp_path / "router.toml").start()
         try:

@@ -4,10 +4,8 @@ trigger the Connector used, and passes strict validation."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
 import tomllib
 import urllib.request
@@ -33,22 +31,10 @@ from event_router.testing import (
     until,
     webhook_input,
 )
+from fake_connector import FakeConnector
 
 pytestmark = pytest.mark.anyio
 
-
-def _load_fake() -> Any:
-    """tests/fake_connector.py under the one module name the other tests load it as."""
-    if "fake_connector" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_connector"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fake_connector"]
-
-
-FakeConnector = _load_fake().FakeConnector
 
 KEY = "hook-key"
 

@@ -445,21 +445,16 @@ def cmd_test(args: argparse.Namespace) -> int:
     from event_router.api.event import Event
     from event_router.app import load_schemas
     from event_router.core.plan import plan_for_input
-    from event_router.ops.dryrun import EventFileError, dry_deliveries, event_source, read_events, wire_event
+    from event_router.ops.dryrun import EventFileError, dry_deliveries, event_source, events_for_input, wire_event
 
     # it sends nothing, so like the operator commands it reads no secret: a CI job has none of them
     config, registry = _load(args, "skip")
     schemas = load_schemas(config, registry)
     try:
-        items, is_list = read_events(args.events)
+        items, is_list, policy = events_for_input(args.events, config, args.input)
     except EventFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    input_name = args.input or next(iter(config.inputs), None)
-    if input_name is not None and input_name not in config.inputs:
-        print(f"error: no input named {input_name!r} (inputs: {', '.join(config.inputs)})", file=sys.stderr)
-        return 1
-    policy = config.inputs[input_name] if input_name else None
     report = []
     failed = 0
     for where, item in items:

@@ -45,6 +45,19 @@ def read_events(path: Path) -> tuple[list[tuple[str, Mapping[str, Any]]], bool]:
     return items, isinstance(document, list)
 
 
+def events_for_input(
+    path: Path, config: RouterConfig, input_name: str | None
+) -> tuple[list[tuple[str, Mapping[str, Any]]], bool, InputConfig | None]:
+    """What `test` and `explain` run: the events file's items (`read_events`), whether it held a list, and
+    the input whose policy applies (`input_name`, by default the first input; None when there is none).
+    EventFileError says why the file or the input cannot be used."""
+    items, is_list = read_events(path)
+    name = input_name or next(iter(config.inputs), None)
+    if name is not None and name not in config.inputs:
+        raise EventFileError(f"no input named {name!r} (inputs: {', '.join(config.inputs)})")
+    return items, is_list, config.inputs[name] if name is not None else None
+
+
 def wire_event(item: Any, where: str) -> tuple[str, Any]:
     """(trigger, data) of an event in one of the Connector's wire forms: the webhook's `{"trigger", "data"}`
     or the documented envelope's `{"namespace", "data"}`. A missing `data` is an event without data (None),

@@ -19,7 +19,7 @@ from event_router.api.event import Event
 from event_router.api.templates import MISSING
 from event_router.core.model import RouteConfig
 from event_router.core.routing import Miss, as_toml, explain_match, parse_match
-from event_router.ops.dryrun import EventFileError, dry_deliveries, event_source, read_events, wire_event
+from event_router.ops.dryrun import EventFileError, dry_deliveries, event_source, events_for_input, wire_event
 
 #: longest value printed in the text form (--json prints everything)
 SHOWN: Final = 300
@@ -35,15 +35,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = load_config(args.config, registry, secrets="skip")  # it sends nothing: no secret needed
     schemas = load_schemas(config, registry)
     try:
-        items, is_list = read_events(args.events)
+        items, is_list, source = events_for_input(args.events, config, args.input)
     except EventFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    input_name = args.input or next(iter(config.inputs), None)
-    if input_name is not None and input_name not in config.inputs:
-        print(f"error: no input named {input_name!r} (inputs: {', '.join(config.inputs)})", file=sys.stderr)
-        return 1
-    source = config.inputs[input_name] if input_name is not None else None
     reports = []
     for where, item in items:
         trigger, data = wire_event(item, where)
@@ -88,7 +83,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             {
                 "event": where,
                 "trigger": event.trigger,
-                "input": input_name,
+                "input": source.name if source is not None else None,
                 "validation": {
                     "valid": plan.validation.valid,
                     "schema": plan.validation.schema,
