@@ -17,7 +17,7 @@ import orjson
 
 from event_router.api.errors import SpoolError, SpoolFull
 from event_router.api.event import Event
-from event_router.api.plugin import EventSink
+from event_router.api.plugin import EventSink, SubmitResult
 
 
 class Rejected:
@@ -45,7 +45,8 @@ Waiting = Callable[[int], Awaitable[Any]]
 class BatchStore:
     """Hands items to the sink, holding them (never dropping them) while the spool is full.
 
-    `store(items, stored, waiting)` returns once every item is stored: `await stored(start, end)` right
+    `store(items, stored, waiting)` returns once every item is stored (with what became of each event, in
+    order: `SubmitResult`s, one an event the core failed on is kept as a dead letter): `await stored(start, end)` right
     after `items[start:end]` are (acknowledge them at the source there, and only there); while the spool is
     full it sleeps the `SpoolFull.retry_after` the core asks for, calls `await waiting(start)` (check the
     connection still holds the rest, extend a lease...) and submits again, in parts that halve until one
@@ -61,11 +62,13 @@ class BatchStore:
         #: items per submit; halves on SpoolFull so a batch larger than the room left still goes in
         self._part = batch_size
 
-    async def store(self, items: Sequence[Item], stored: Stored | None = None, waiting: Waiting | None = None) -> None:
+    async def store(
+        self, items: Sequence[Item], stored: Stored | None = None, waiting: Waiting | None = None
+    ) -> list[SubmitResult]:
         start = 0
         paused = False
-        #: ids of the events already stored, when a part is submitted one event at a time
-        done: set[int] = set()
+        #: what became of the events already stored, by id(event) (a part may be submitted again in pieces)
+        done: dict[int, SubmitResult] = {}
         while start < len(items):
             end = min(len(items), start + self._part)
             try:
@@ -90,12 +93,13 @@ class BatchStore:
             self._part = min(self.batch_size, self._part * 2)
         if paused:
             self.log.info("spool has room again: reading", extra={**self.context, "stored": len(items)})
+        return [done[id(item)] for item in items if isinstance(item, Event)]
 
     async def store_now(self, items: Sequence[Item]) -> None:
         """One attempt, no waiting (e.g. on the way out): `SpoolFull` reaches the caller."""
-        await self._store_part(items, set())
+        await self._store_part(items, {})
 
-    async def _store_part(self, items: Sequence[Item], done: set[int]) -> None:
+    async def _store_part(self, items: Sequence[Item], done: dict[int, SubmitResult]) -> None:
         for item in items:
             if isinstance(item, Rejected) and not item.kept:
                 await self.sink.reject(item.payload, item.reason, trigger=item.trigger, meta=item.meta)
@@ -104,11 +108,11 @@ class BatchStore:
         if events:
             await self._submit(events, done)
 
-    async def _submit(self, events: Sequence[Event], done: set[int]) -> None:
+    async def _submit(self, events: Sequence[Event], done: dict[int, SubmitResult]) -> None:
         """Submit `events`. When the core fails on one of them (not the spool: that fails every event),
         that one is kept as a dead letter, so it cannot fail its batch, and be read again, forever."""
         try:
-            await self.sink.submit(events)
+            results = await self.sink.submit(events)
         except _NOT_THE_EVENT:
             raise
         except Exception as exc:
@@ -116,10 +120,11 @@ class BatchStore:
                 for event in events:  # one at a time, to find the event it fails on
                     await self._submit([event], done)
                 return
-            await self._keep_failed(events[0], exc)
-        done.update(id(e) for e in events)
+            done[id(events[0])] = await self._keep_failed(events[0], exc)
+            return
+        done.update((id(e), r) for e, r in zip(events, results, strict=True))
 
-    async def _keep_failed(self, event: Event, exc: Exception) -> None:
+    async def _keep_failed(self, event: Event, exc: Exception) -> SubmitResult:
         error = f"{type(exc).__name__}: {exc}"
         self.log.error(
             "the router failed on an event; keeping it as a dead letter",
@@ -127,4 +132,6 @@ class BatchStore:
             extra={**self.context, "trigger": event.trigger, "error": error},
         )
         raw = event.raw if event.raw is not None else orjson.dumps(event.data)
-        await self.sink.reject(raw, f"the router failed on this event: {error}", trigger=event.trigger, meta=event.meta)
+        why = f"the router failed on this event: {error}"
+        dlid = await self.sink.reject(raw, why, trigger=event.trigger, meta=event.meta)
+        return SubmitResult(event.id, "dead_lettered", (why,), dlid)

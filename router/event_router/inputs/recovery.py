@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -48,11 +48,11 @@ from anyio.abc import TaskStatus
 
 from event_router.api import (
     DURATION_SCHEMA,
+    BatchStore,
     Event,
     EventSink,
     Input,
     PluginContext,
-    SpoolFull,
     hookimpl,
     parse_duration,
 )
@@ -223,9 +223,11 @@ class ConnectorRecoveryInput(Input):
         events, deferred = self._settled(fresh, now)
         events.sort(key=lambda pair: pair[0])
         stored = duplicates = 0
+        # held (the watermark waits with them: nothing is skipped) while the spool is full
+        batches = BatchStore(sink, self.log, CHUNK, context={"input": self.name})
         for start in range(0, len(events), CHUNK):
             chunk = [event for _, event in events[start : start + CHUNK]]
-            for result in await self._submit(sink, chunk):
+            for result in await batches.store(chunk):
                 if result.status == "duplicate":
                     duplicates += 1
                 else:
@@ -273,13 +275,6 @@ class ConnectorRecoveryInput(Input):
         # only what is still listed: the rest is out of reach or gone, and the map stays the look's size
         self._first_seen = first_seen
         return ready, waiting
-
-    async def _submit(self, sink: EventSink, events: Sequence[Event]) -> list[Any]:
-        while True:
-            try:
-                return await sink.submit(events)
-            except SpoolFull as exc:  # the watermark waits with them: nothing is skipped
-                await anyio.sleep(exc.retry_after)
 
     async def _rebuild(self, since: str) -> list[tuple[str, Event]]:
         """(date of the change, event) for everything the Connector lists as changed since `since`."""
