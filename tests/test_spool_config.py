@@ -234,6 +234,19 @@ def test_check_connect_says_why_the_database_cannot_be_reached(tmp_path: Path) -
     ), refused.stderr
     assert PASSWORD not in refused.stdout + refused.stderr
     assert run_cli("check", "-c", str(config), env=env).returncode == 0, "without --connect nothing is tried"
+    # `run` names the same key, on its `error:` line and in its `router failed to start` record
+    run = run_cli("run", "-c", str(config), env=env)
+    assert run.returncode == 1
+    lines = run.stderr.splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [
+        f"error: router.toml: router.spool.dsn: cannot connect to the spool database postgresql://postgres@127.0.0.1:{port}/events"
+        f': connection failed: connection to server at "127.0.0.1", port {port} failed: '
+        "Connection refused"
+    ], run.stderr
+    failed = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [r["key"] for r in failed if r["msg"] == "router failed to start"] == ["router.spool.dsn"], run.stderr
+    assert PASSWORD not in run.stdout + run.stderr
 
 
 def test_a_router_without_the_driver_names_the_extra(tmp_path: Path) -> None:

@@ -171,7 +171,8 @@ class App:
             raise ConfigError("router.data_dir", str(exc), file=config.path.name) from None
         except SpoolError as exc:
             if config.spool.backend != "sqlite":
-                raise
+                # the key at fault, as `check --connect` names it (and the `router failed to start` record)
+                raise ConfigError("router.spool.dsn", str(exc), file=config.path.name) from None
             problem = directory_problem(config.data_dir)
             if problem is None:
                 raise
