@@ -168,6 +168,6 @@ def test_status_without_the_connection_string_says_which_secret_it_needs(tmp_pat
     )
     assert run.returncode == 1
     assert run.stderr.strip() == (
-        "error: router.toml: router.spool.dsn: environment variable ROUTER_PG_DSN is not set (status and dlq read "
-        "the spool's database: of the secrets, they need this one)"
+        "error: router.toml: router.spool.dsn: environment variable ROUTER_PG_DSN is not set (status, dlq, replay, "
+        "output and check --connect read the spool's database: of the secrets, they need this one)"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -167,8 +168,8 @@ def test_commands_that_open_the_spool_read_its_dsn_and_no_other_secret(
     assert skipped.unresolved_secrets == ("router.spool.dsn", "inputs.hook.api_key")
     (missing,) = errors_of(text, tmp_path, registry, "spool")
     assert missing == (
-        "router.toml: router.spool.dsn: environment variable ROUTER_PG_DSN is not set (status and dlq read the "
-        "spool's database: of the secrets, they need this one)"
+        "router.toml: router.spool.dsn: environment variable ROUTER_PG_DSN is not set (status, dlq, replay, output "
+        "and check --connect read the spool's database: of the secrets, they need this one)"
     )
     monkeypatch.setenv("ROUTER_PG_DSN", "postgresql://router@db.example/events")
     spool_only = build(text, tmp_path, registry, "spool")
@@ -220,6 +221,22 @@ def test_check_connect_tries_the_database(tmp_path: Path, pg_dsn: str) -> None:
     assert "reachable" in only_dsn.stdout
     for run in (plain, tried, as_json, only_dsn):
         assert PASSWORD not in run.stdout + run.stderr
+    # without it, the error says which commands need it and the hint does not suggest --no-secrets, given already
+    env_without = {k: v for k, v in os.environ.items() if k not in ("ROUTER_PG_DSN", "ROUTER_WEBHOOK_API_KEY")}
+    without = subprocess.run(
+        [sys.executable, "-m", "event_router", "check", "--no-secrets", "--connect", "-c", str(config)],
+        env=env_without,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert without.returncode == 1
+    assert without.stderr.splitlines() == [
+        "error: router.toml: router.spool.dsn: environment variable ROUTER_PG_DSN is not set (status, dlq, replay, "
+        "output and check --connect read the spool's database: of the secrets, they need this one)",
+        "hint: --connect reads the spool's connection string, also with --no-secrets: set it, or leave out --connect",
+    ]
 
 
 def test_check_connect_says_why_the_database_cannot_be_reached(tmp_path: Path) -> None:

@@ -239,7 +239,10 @@ class _Loader:
         try:
             dsn, plain = resolve_secret(reference, base_dir=self.base_dir, credentials_dir=self.credentials_dir)
         except SecretError as exc:
-            needed = " (status and dlq read the spool's database: of the secrets, they need this one)"
+            needed = (
+                " (status, dlq, replay, output and check --connect read the spool's database: of the secrets, "
+                "they need this one)"
+            )
             self.error(f"{key}.dsn", str(exc) + (needed if self.secrets == "spool" else ""))
             self.unresolved.append(f"{key}.dsn")
             return SpoolSettings("postgresql", None, lease)

@@ -317,11 +317,16 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)
-        print(
-            "hint: check reads secrets as the service would: set the variables, give --credentials-dir DIR for "
-            "{ credential = ... }, or check everything but their values with --no-secrets",
-            file=sys.stderr,
-        )
+        if args.no_secrets:  # only the spool's connection string was read: --connect needs it
+            hint = (
+                "--connect reads the spool's connection string, also with --no-secrets: set it, or leave out --connect"
+            )
+        else:
+            hint = (
+                "check reads secrets as the service would: set the variables, give --credentials-dir DIR for "
+                "{ credential = ... }, or check everything but their values with --no-secrets"
+            )
+        print(f"hint: {hint}", file=sys.stderr)
         return 1
     problem = directory_problem(config.data_dir)
     if problem is not None:
