@@ -305,6 +305,8 @@ def test_gauges_match_the_spool_across_deliveries_dead_letters_dlq_commands_and_
                 assert post(hook, example("consumption.incomingRequestReceived"), headers)[0] == 422
             settled({"pending": {"slow": 3}, "dead_letters_stored": 5, "spool_pending_events": 3})
             wait_for(lambda: len(crm.requests) == 3, what="crm tried")
+            # an output with nothing pending has its series at 0 (absent, a dashboard shows no data)
+            assert 'event_router_deliveries_pending{output="crm"} 0.0' in scrape(admin).splitlines()
             age = spool_gauges(admin)["age"]
             assert 0 < age < 60
 

@@ -725,7 +725,10 @@ class App:
         age = self.spool.oldest_pending_age()
         yield "spool_oldest_pending_age_seconds", "Age of the oldest pending event", {}, age or 0.0
         yield "dead_letters_stored", "Dead letters in the store", {}, self.spool.dead_letter_count()
-        for output, count in self.spool.pending_outputs().items():
+        # every configured output has its series, 0 when nothing waits (an absent series is no data, not 0, to a
+        # dashboard or an alert), and an output no longer configured has one while the spool holds deliveries for it
+        pending = dict.fromkeys(self.config.outputs, 0) | self.spool.pending_outputs()
+        for output, count in pending.items():
             yield "deliveries_pending", "Deliveries waiting per output", {"output": output}, count
         for name, out in self.config.outputs.items():
             yield (
