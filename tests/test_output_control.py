@@ -223,6 +223,36 @@ def test_pause_lets_the_delivery_in_flight_finish_holds_across_a_reload_and_name
             assert run_cli("output", "resume", "crm", "-c", str(config), env=env).stdout.strip() == "crm is not paused"
 
 
+def test_an_output_removed_while_paused_can_be_resumed(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """`status` tells to resume a paused output that router.toml no longer has: `output resume` takes it (else
+    its pause would stay in the spool and hold the output again once it is back); pausing it is refused."""
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    config = tmp_path / "router.toml"
+    config.write_text(config_text(free_port(), free_port(), "http://127.0.0.1:9/in", spool=spool_line))
+    with RouterProcess(config, env=env):  # makes the spool
+        paused = run_cli("output", "pause", "crm", "-c", str(config), env=env)
+        assert paused.returncode == 0, paused.stderr
+    # the same spool, crm renamed crm2
+    without = tmp_path / "without.toml"
+    without.write_text(config.read_text().replace("[outputs.crm]", "[outputs.crm2]").replace('["crm"]', '["crm2"]'))
+    shown = run_cli("status", "-c", str(without), env=env)
+    assert "crm: paused since" in shown.stdout and "resume: event-router output resume crm" in shown.stdout, shown
+    repaused = run_cli("output", "pause", "crm", "-c", str(without), env=env)
+    assert (repaused.returncode, repaused.stderr.strip()) == (
+        1,
+        "error: no output named 'crm' (outputs: crm2)",
+    )
+    resumed = run_cli("output", "resume", "crm", "-c", str(without), env=env)
+    assert (resumed.returncode, resumed.stderr) == (0, ""), resumed
+    assert resumed.stdout.startswith("resumed crm"), resumed.stdout
+    assert "paused" not in run_cli("status", "-c", str(without), env=env).stdout
+    unknown = run_cli("output", "resume", "nope", "-c", str(without), env=env)
+    assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: no output named 'nope' (outputs: crm2)")
+
+
 def test_every_router_on_a_postgresql_spool_follows_a_pause(tmp_path: Path, pg_dsn: str) -> None:
     env = {**ENV, "ROUTER_PG_DSN": pg_dsn}
     spool_line = 'spool = { backend = "postgresql", dsn = { env = "ROUTER_PG_DSN" } }'

@@ -650,11 +650,14 @@ def cmd_output(args: argparse.Namespace) -> int:
     # the spool's connection string is the one secret read, as for `dlq`
     config, _ = _load(args, "spool")
     name = args.name
-    if name not in config.outputs:
-        raise UnknownOutput(name, list(config.outputs))
     pause = args.output_command == "pause"
     spool = open_spool(config, "shared")
     try:
+        # an output removed from router.toml while paused can still be resumed (`status` says to): else its
+        # pause would wait in the spool for the output to come back, and hold it paused then
+        held = not pause and (state := spool.output_states().get(name)) is not None and state.paused
+        if name not in config.outputs and not held:
+            raise UnknownOutput(name, list(config.outputs))
         state, changed = spool.set_paused(name, pause, f"{_operator()} (event-router output {args.output_command})")
     finally:
         spool.close()
