@@ -172,6 +172,15 @@ def test_unmasked_data_needs_the_routers_consent(tmp_path: Path) -> None:
                 check=False,
             )
             assert bad.returncode == 1 and "no output named 'nope' (outputs: archive, crm)" in bad.stderr
+            empty = subprocess.run(
+                [sys.executable, "-m", "event_router", "tap", "-c", str(config), "--trigger", ""],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert empty.returncode == 1 and "an empty pattern matches no trigger" in empty.stderr, empty.stderr
         finally:
             router.terminate()
         config.write_text(_config(tmp_path, hook, admin, crm.port, unmask=True))

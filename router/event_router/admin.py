@@ -95,8 +95,11 @@ def tap_filter(config: RouterConfig, query: Any) -> TapFilter | str:
     unmask = query.get("unmask", "") in ("1", "true", "yes")
     if unmask and not config.admin_unmask:
         return "unmasked data is not allowed on this router: set [router.admin] unmask = true to allow it"
+    triggers = tuple(query.getall("trigger", []))
+    if any(not pattern.strip() for pattern in triggers):
+        return "trigger: an empty pattern matches no trigger (e.g. 'transport.**')"
     try:
-        return TapFilter(tuple(query.getall("trigger", [])), routes, outputs, outcomes, unmask)
+        return TapFilter(triggers, routes, outputs, outcomes, unmask)
     except PatternError as exc:
         return f"trigger: {exc}"
 

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate router.toml, plugins, schemas and data_dir")
     _config_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
     secrets = p.add_mutually_exclusive_group()
     secrets.add_argument(
         "--credentials-dir",
@@ -128,13 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON file: {"trigger", "data"} as the Connector posts it (or {"namespace", "data"}), or a list',
     )
     p.add_argument("--input", help="the input the event comes in on (default: the first)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = sub.add_parser("plugins", help="list installed plugins")
     p.add_argument(
         "-c", "--config", type=Path, help="accepted like the other commands' and not read: plugins are installed"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = sub.add_parser("init", help="write a starter router.toml")
     p.add_argument("-o", "--output", type=Path, default=Path(DEFAULT_CONFIG))
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schemas", help="list the event types the router knows")
     _config_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = sub.add_parser(
         "status",
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dead letters",
     )
     _config_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     p = sub.add_parser("reload", help="make a running router re-read its router.toml")
     _config_arg(p)

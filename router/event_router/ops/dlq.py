@@ -69,7 +69,7 @@ def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
             p.add_argument("--all", action="store_true", help="act on every dead letter (needed without filters)")
         if name == "list":
             p.add_argument("--limit", type=_positive, default=100, help="list at most this many, oldest first (100)")
-            p.add_argument("--json", action="store_true")
+            p.add_argument("--json", action="store_true", help="print JSON instead of text")
         if name == "purge":
             p.add_argument("--dry-run", action="store_true", help="list what would be purged; delete nothing")
             p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
