@@ -309,6 +309,8 @@ def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_o
             assert shown["breaker_router"] and "503" in shown["breaker_error"], shown
             text = run_cli("status", "-c", str(config), env=env).stdout
             assert f"crm: breaker open since {shown['breaker_opened_at']} on router {shown['breaker_router']}" in text
+            # a retry due meanwhile is not sent: the NEXT RETRY column says what holds it
+            assert "held: breaker open until its probe" in text, text
 
             # after the cool-down one probe, which fails: held for another cool-down, again one probe
             wait_for(lambda: len(rx.requests) == 5, timeout=15, what="two probes")

@@ -574,6 +574,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if output["next_retry_at"] is not None:
             wait = output["next_retry_in_seconds"]
             when = f"in {wait:.0f}s" if wait >= 0.5 else "due now"
+            # due or not, nothing starts while the output is held: say what it waits for
+            if output["paused"]:
+                when += ", held: paused"
+            elif output["breaker"] == "open":
+                when += ", held: breaker open until its probe"
             next_retry = f"{output['next_retry_at']} ({when}, attempt {output['next_retry_attempt']})"
         name_shown = name if output["configured"] else f"{name} (not configured)"
         counts = (output["pending"], output["max_pending"], output["retrying"], output["dead_letters"])
