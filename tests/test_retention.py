@@ -286,6 +286,9 @@ def test_replay_sends_exactly_the_window_again_with_the_same_event_ids(
             wait_for(lambda: pending(admin) == 0, what="the replayed deliveries done")
             everything = run_cli("replay", "--since", "1h", "--dry-run", *c, env=spool_env)
             assert everything.stdout.startswith("dry run: would replay 8 of 8 "), everything.stdout
+            # a time ago written with its minus, after a space (argparse alone takes it for an option)
+            minus = run_cli("replay", "--since", "-1h", "--dry-run", *c, env=spool_env)
+            assert minus.stdout.startswith("dry run: would replay 8 of 8 "), minus.stderr
             assert events_rows(config, env) == 8
 
 

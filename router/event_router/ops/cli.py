@@ -189,9 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options whose value may be a time ago written with a minus (`--since -2h`), which argparse takes for an option
+_TIME_OPTIONS = ("--since", "--until")
+
+
+def _joined_times(argv: Sequence[str]) -> list[str]:
+    """`--since -2h` as `--since=-2h`: argparse reads a value that starts with `-` (and is no plain number) as
+    an option, and would refuse the command for a missing value."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _TIME_OPTIONS and arg[:2].startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_times(sys.argv[1:] if argv is None else argv))
     if args.version:
         try:
             registry: PluginRegistry | None = load_plugins()
