@@ -28,7 +28,10 @@ TEST_KIT = "event_router/testing/"
 #: modules of the core a router imports only when its config asks for them: each may use its extra, which
 #: a user installs for it (`enmeshed-event-router[postgresql]`); tests/test_install.py imports everything
 #: else without it
-EXTRA_MODULES = {"event_router/core/spool/postgresql.py": "postgresql"}
+EXTRA_MODULES = {
+    "event_router/core/spool/postgresql.py": "postgresql",
+    "event_router/core/telemetry.py": "otel",
+}
 
 PYPROJECTS = [ROOT / "pyproject.toml", *sorted((ROOT / "plugins").glob("*/pyproject.toml"))]
 

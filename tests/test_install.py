@@ -58,6 +58,9 @@ PLUGIN_INPUTS = {
 NEEDS_TESTING_EXTRA = ["event_router.testing.fixtures", "event_router.testing.strategies"]
 #: the PostgreSQL spool, which needs the `postgresql` extra (psycopg) and is imported only when configured
 NEEDS_POSTGRESQL_EXTRA = ["event_router.core.spool.postgresql"]
+#: telemetry, which needs the `otel` extra (the OpenTelemetry SDK and its OTLP/HTTP exporter), imported only
+#: when `[router.telemetry]` is configured
+NEEDS_OTEL_EXTRA = ["event_router.core.telemetry"]
 
 #: imports every module of a package in the venv (what an input imports lazily too) and says where from
 IMPORT_ALL = """
@@ -226,7 +229,7 @@ def test_the_operating_guides_install_names_the_wheels_the_script_builds(wheels:
 
 
 def test_core_alone_has_everything_it_imports(core: Venv) -> None:
-    report = core.import_all("event_router", *NEEDS_TESTING_EXTRA, *NEEDS_POSTGRESQL_EXTRA)
+    report = core.import_all("event_router", *NEEDS_TESTING_EXTRA, *NEEDS_POSTGRESQL_EXTRA, *NEEDS_OTEL_EXTRA)
     assert report["failed"] == {}
     assert Path(str(report["file"])).is_relative_to(core.path), report
     assert Path(str(report["prefix"])) == core.path

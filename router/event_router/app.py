@@ -178,6 +178,11 @@ class App:
                 raise
             raise ConfigError("router.data_dir", problem, file=config.path.name) from exc
         ready = False
+        if config.telemetry is not None:
+            # imported only when configured: the `otel` extra (the config loader checked it is installed)
+            from event_router.core.telemetry import Telemetry
+
+            self.pipeline.telemetry = Telemetry(config.telemetry)
         try:
             jump = self.spool.claim_clock()
             if jump:
@@ -255,6 +260,11 @@ class App:
         finally:
             self._tg = None
             self.spool.close()
+            telemetry, self.pipeline.telemetry = self.pipeline.telemetry, None
+            if telemetry is not None:
+                # the spans still queued are exported, from a thread: the collector may be slow or away
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(telemetry.shutdown)
             # a start-up failure is logged (and said) by the caller: it did not run, so it did not "stop"
             if ready:
                 log.info("router stopped", extra={"pending": self.spool.depth})
@@ -517,10 +527,15 @@ class App:
                     f"running spool ({running})"
                 )
                 log.warning(warnings[-1], extra={"running": running, "configured": configured})
+            if new.telemetry != old.telemetry:
+                # the tracer is made at start, with its exporter; spans already begun belong to it
+                warnings.append("router.telemetry changed: it takes effect at the next restart")
+                log.warning(warnings[-1])
             # unchanged inputs and outputs keep their running plugin instances
             merged = replace(
                 new,
                 spool=old.spool,
+                telemetry=old.telemetry,
                 inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
                 outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
             )

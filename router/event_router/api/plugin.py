@@ -108,6 +108,11 @@ class Delivery:
     #: when `payload` is the whole event: its JSON as the spool holds it, byte for byte what
     #: `orjson.dumps(payload)` gives, so an output that sends the event as JSON need not encode it again
     body: bytes | None = None
+    #: with `[router.telemetry]` on: this attempt's W3C trace context (the span of the attempt), for an output
+    #: to send on, as the `traceparent` (and `tracestate`) headers of its request or a message's headers;
+    #: None with telemetry off
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ the spool's connection string, which the commands that open the spool need.
 from __future__ import annotations
 
 import logging
+import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,13 @@ from event_router.api.plugin import Input, Output, PluginContext
 from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
 from event_router.api.secrets import Unresolved, scrub, url_secrets
-from event_router.config.schema import INPUT_CORE_KEYS, OUTPUT_CORE_KEYS, ROUTE_KEYS, ROUTER_SCHEMA
+from event_router.config.schema import (
+    INPUT_CORE_KEYS,
+    OUTPUT_CORE_KEYS,
+    ROUTE_KEYS,
+    ROUTER_SCHEMA,
+    TELEMETRY_SCHEMA,
+)
 from event_router.config.secrets import (
     PLAIN_TEXT_ADVICE,
     SecretError,
@@ -38,7 +45,7 @@ from event_router.config.secrets import (
 )
 from event_router.config.wording import schema_errors
 from event_router.core.gate import BreakerSettings
-from event_router.core.model import InputConfig, OutputConfig, RouteConfig, RouterConfig
+from event_router.core.model import InputConfig, OutputConfig, RouteConfig, RouterConfig, TelemetrySettings
 from event_router.core.routing import (
     PatternError,
     compile_match,
@@ -62,6 +69,11 @@ MIN_COOL_DOWN = 0.1
 #: the shortest lease: a router renews its leases every third of one, and its writer looks about every
 #: second, so a shorter lease could run out under a live router and another would deliver the same at once
 MIN_LEASE = 3.0
+#: what a router without the `otel` extra says when its config has `[router.telemetry]`
+NEEDS_OTEL_EXTRA = (
+    "telemetry needs the OpenTelemetry SDK and its OTLP exporter: install enmeshed-event-router[otel] "
+    "(opentelemetry-sdk, opentelemetry-exporter-otlp-proto-http) beside the router"
+)
 
 
 class ConfigErrors(RouterError):
@@ -156,6 +168,7 @@ class _Loader:
             self.error("router.schemas_dir", f"{str(schemas_dir)!r} is not a directory")
         default_retry = RetryPolicy().merged(router.get("retry", {}))
         spool = self._spool(router.get("spool"))
+        telemetry = self._telemetry(router["telemetry"]) if "telemetry" in router else None
         admin_listen = None
         if "admin" in router:
             try:
@@ -202,6 +215,7 @@ class _Loader:
             admin_listen=admin_listen,
             admin_unmask=bool(router.get("admin", {}).get("unmask", False)),
             spool=spool,
+            telemetry=telemetry,
             inputs=inputs,
             outputs=outputs,
             routes=tuple(routes),
@@ -252,6 +266,38 @@ class _Loader:
         elif plain and dsn_has_password(dsn):
             self.warnings.append(f"{self.file}: {key}.dsn: {PLAIN_TEXT_ADVICE}")
         return SpoolSettings("postgresql", dsn, lease)
+
+    def _telemetry(self, table: Mapping[str, Any]) -> TelemetrySettings | None:
+        """`[router.telemetry]`: traces over OTLP/HTTP. The SDK (the `otel` extra) is imported here, once a
+        config asks for it, so that a router without it refuses the config at load, naming the extra."""
+        key = "router.telemetry"
+        try:
+            from event_router.core import telemetry  # noqa: F401
+        except ImportError:
+            self.error(key, NEEDS_OTEL_EXTRA)
+            return None
+        found = resolve_table(
+            TELEMETRY_SCHEMA,
+            table,
+            key,
+            mode="resolve" if self.secrets == "resolve" else "skip",
+            base_dir=self.base_dir,
+            credentials_dir=self.credentials_dir,
+        )
+        for where, message in found.errors:
+            self.error(where, message)
+            self.unresolved.append(where)
+        self.warnings.extend(f"{self.file}: {where}: {PLAIN_TEXT_ADVICE}" for where in found.plain)
+        self.skipped.extend(found.skipped)
+        if found.table is None:
+            return None
+        return TelemetrySettings(
+            endpoint=found.table.get("endpoint"),
+            # unset: the standard variable, as for the endpoint, else the router's name
+            service_name=found.table.get("service_name") or os.environ.get("OTEL_SERVICE_NAME") or "event-router",
+            sample_ratio=float(found.table.get("sample_ratio", 1.0)),
+            headers={str(k): v for k, v in found.table.get("headers", {}).items()},
+        )
 
     def _backlogs_within(self, outputs: Mapping[str, OutputConfig], max_pending_events: int) -> None:
         """Pending events are at most the outputs' pending deliveries, each output held to its `max_pending`:

@@ -9,7 +9,7 @@ from typing import Any
 from event_router.api.durations import DURATION_SCHEMA
 from event_router.api.ratelimit import RATE_LIMIT_SCHEMA
 from event_router.api.retry import RETRY_SCHEMA
-from event_router.api.secrets import SECRET_SCHEMA
+from event_router.api.secrets import CREDENTIAL_HEADER_PATTERN, SECRET_SCHEMA, TEXT_OR_SECRET_SCHEMA
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
@@ -24,6 +24,24 @@ BREAKER_SCHEMA: dict[str, Any] = {
     # applied to a table only
     "additionalProperties": False,
     "properties": {"failures": {"type": "integer", "minimum": 1}, "cool_down": DURATION_SCHEMA},
+}
+
+#: `[router.telemetry]` (event_router.core.telemetry): its presence turns tracing on
+TELEMETRY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "endpoint": {"type": "string", "pattern": "^https?://[^/]"},
+        "service_name": {"type": "string", "minLength": 1},
+        "sample_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+        # sent to the collector with every export: as an http output's `headers`, credential headers
+        # (Authorization, *key*, *token*...) are secrets; others plain text, or a reference when handier
+        "headers": {
+            "type": "object",
+            "patternProperties": {CREDENTIAL_HEADER_PATTERN: SECRET_SCHEMA},
+            "additionalProperties": TEXT_OR_SECRET_SCHEMA,
+        },
+    },
 }
 
 _PLUGIN_TABLE = {
@@ -62,6 +80,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                         "lease": DURATION_SCHEMA,
                     },
                 },
+                "telemetry": TELEMETRY_SCHEMA,
             },
         },
         "inputs": {

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import orjson
@@ -32,6 +33,9 @@ from event_router.core.plan import PlannedDelivery
 from event_router.core.spool import DeliveryRow, Spool
 from event_router.core.stats import Stats
 from event_router.core.tap import Tap
+
+if TYPE_CHECKING:  # imported only with `[router.telemetry]`: it needs the `otel` extra
+    from event_router.core.telemetry import AttemptTrace, Telemetry
 
 log = logging.getLogger("event_router.core.delivery")
 
@@ -56,6 +60,8 @@ class _Pending:
     payload: Any = None
     payload_raw: bytes | None = None
     reshaped: bool = False
+    #: the span of the attempt under way, with telemetry on (ended when its outcome is recorded)
+    trace: AttemptTrace | None = None
 
     @classmethod
     def from_row(cls, row: DeliveryRow) -> _Pending:
@@ -125,6 +131,9 @@ class LiveConfig(Protocol):
 
     @property
     def tap(self) -> Tap: ...
+
+    @property
+    def telemetry(self) -> Telemetry | None: ...
 
 
 class OutputWorker:
@@ -398,6 +407,10 @@ class OutputWorker:
         try:
             config = self.live.config
             deliveries = [p.to_delivery(config.route_options(p.route)) for p in batch]
+            telemetry = self.live.telemetry
+            if telemetry is not None:  # a span per attempt; the delivery carries its context to the output
+                for pending, delivery in zip(batch, deliveries, strict=True):
+                    pending.trace = telemetry.attempt(self.name, delivery)
             with anyio.fail_after(self.config.timeout):
                 if len(deliveries) == 1 and self.plugin.max_batch == 1:
                     await self.plugin.deliver(deliveries[0])
@@ -454,6 +467,8 @@ class OutputWorker:
 
     async def _record(self, batch: list[_Pending], outcomes: list[BaseException | None]) -> None:
         now = self.spool.clock.now()
+        # with telemetry on: the attempts' spans end now, when the output answered, not once committed
+        answered = time.time_ns() if batch[0].trace is not None else 0
         done: list[int] = []
         retry: list[tuple[int, int, float, str]] = []
         dead: list[tuple[int, str, str, int]] = []
@@ -521,6 +536,11 @@ class OutputWorker:
             )
         if self.live.tap.active:
             self.live.tap.deliveries(self.name, self._tapped(batch, now, retry, dead, dlids))
+        if answered:
+            records = self._tapped(batch, now, retry, dead, dlids)
+            for pending, outcome, record in zip(batch, outcomes, records, strict=True):
+                if pending.trace is not None:
+                    pending.trace.end(record, outcome, answered)
 
     def _tapped(
         self,
@@ -554,11 +574,15 @@ class OutputWorker:
             yield record
 
     def _fields(self, pending: _Pending) -> dict[str, Any]:
-        """What every log line about a delivery carries: enough to find the event, the route and the output."""
-        return {
+        """What every log line about a delivery carries: enough to find the event, the route and the output
+        (and the trace, with telemetry on)."""
+        fields = {
             "event_id": pending.event_id,
             "trigger": pending.trigger,
             "route": pending.route,
             "output": self.name,
             "delivery": pending.did,
         }
+        if pending.trace is not None:
+            fields["trace_id"] = pending.trace.trace_id
+        return fields

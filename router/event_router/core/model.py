@@ -66,6 +66,21 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """`[router.telemetry]`: traces of each event's path, exported over OTLP/HTTP (event_router.core.telemetry,
+    the `otel` extra). None on `RouterConfig` (the table absent) is telemetry off."""
+
+    #: the collector's base URL ("http://127.0.0.1:4318"; the exporter adds /v1/traces); None: the standard
+    #: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT variables, else the SDK's default
+    endpoint: str | None = None
+    service_name: str = "event-router"
+    #: of the traces that start here (no sampled parent came with the event), the share recorded
+    sample_ratio: float = 1.0
+    #: sent with every export (credentials, a tenant): secrets, kept out of reprs
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class RouterConfig:
     """A validated router.toml with its plugins constructed (not yet opened)."""
 
@@ -91,6 +106,8 @@ class RouterConfig:
     retention: float = 0.0
     #: `[router] spool`: where the spool is (by default the SQLite file in data_dir)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    #: `[router.telemetry]`: None, telemetry off (the default)
+    telemetry: TelemetrySettings | None = None
     #: things `check` reports without failing (plain-text secrets, no routes...)
     warnings: tuple[str, ...] = field(default=())
     #: key paths of the secret references left unresolved (`secrets="skip"`); empty for a config to run

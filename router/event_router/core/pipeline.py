@@ -6,7 +6,8 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -30,6 +31,9 @@ from event_router.core.spool import (
 from event_router.core.stats import Stats
 from event_router.core.tap import Tap
 from event_router.core.validation import SchemaRegistry
+
+if TYPE_CHECKING:  # imported only with `[router.telemetry]`: it needs the `otel` extra
+    from event_router.core.telemetry import EventTrace, Telemetry
 
 log = logging.getLogger("event_router.core.pipeline")
 
@@ -67,54 +71,80 @@ class Pipeline:
         self.last_looks: dict[str, float] = {}
         #: what `event-router tap` streams: every submitted event, and (from the workers) every attempt
         self.tap = Tap()
+        #: `[router.telemetry]`: spans of each event and delivery attempt; None (off) unless the app set it
+        self.telemetry: Telemetry | None = None
 
     def sink_for(self, input_config: InputConfig) -> InputSink:
         return InputSink(self, input_config)
 
     async def submit(self, input_config: InputConfig | InternalSource, events: Sequence[Event]) -> list[SubmitResult]:
         config = self.config  # one config for the whole batch, even if a reload swaps it meanwhile
-        plans = [
-            plan_event(
-                e,
-                config=config,
-                schemas=self.schemas,
-                validation=input_config.validation,
-                unknown_triggers=input_config.unknown_triggers,
-            )
-            for e in events
-        ]
-        items: list[StoreEvent | StoreDeadLetter] = []
-        stored_plans: list[Plan] = []
-        # with retention on, the spool keeps each event after its deliveries, by the time it was received
-        received = time.time() if config.retention > 0 else None
-        for plan in plans:
-            item = _store_item(plan, input_config.name, received)
-            plan.event.raw = None  # stored (or dead-lettered with it): no need to hold the bytes
-            if item is not None:
-                items.append(item)
-                stored_plans.append(plan)
-        new_events = sum(isinstance(i, StoreEvent) for i in items)
-        if new_events and self.spool.depth + new_events > config.max_pending_events:
-            new_events = self._adding(items, config)
-        if new_events and self.spool.depth + new_events > config.max_pending_events:
-            self.stats.incr("spool_full_rejections", input=input_config.name)
-            raise SpoolFull(self.spool.depth, config.max_pending_events)
-        stored = await self.spool.store(items, config.backlog_limits) if items else []
-        if time.monotonic() >= self._next_forget:
-            self._next_forget = time.monotonic() + FORGET_INTERVAL
-            cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - config.announced_retention))
-            await self.spool.forget_announced(key_cutoff(cutoff))
-        by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
-        results: list[SubmitResult] = []
-        for plan in plans:
-            ids, item = by_plan.get(id(plan), (None, None))
-            repeat = item is not None and ids is None
-            if plan.validation.schema is None and not isinstance(input_config, InternalSource) and not repeat:
-                self._unknown_trigger(input_config.name, plan.event)
-            result = self._settle(input_config.name, plan, ids, item)
-            if self.tap.active:
-                self._tap(input_config.name, plan, result)
-            results.append(result)
+        telemetry = self.telemetry
+        # with telemetry on: each event's receive span, its context written into the event's meta to be stored
+        traces: Sequence[EventTrace] = () if telemetry is None else telemetry.received(input_config.name, events)
+        try:
+            if telemetry is None:
+                plans = [
+                    plan_event(
+                        e,
+                        config=config,
+                        schemas=self.schemas,
+                        validation=input_config.validation,
+                        unknown_triggers=input_config.unknown_triggers,
+                    )
+                    for e in events
+                ]
+            else:
+                planner = partial(
+                    plan_event,
+                    config=config,
+                    schemas=self.schemas,
+                    validation=input_config.validation,
+                    unknown_triggers=input_config.unknown_triggers,
+                )
+                plans = telemetry.route(traces, events, planner)
+            items: list[StoreEvent | StoreDeadLetter] = []
+            stored_plans: list[Plan] = []
+            # with retention on, the spool keeps each event after its deliveries, by the time it was received
+            received = time.time() if config.retention > 0 else None
+            for plan in plans:
+                item = _store_item(plan, input_config.name, received)
+                plan.event.raw = None  # stored (or dead-lettered with it): no need to hold the bytes
+                if item is not None:
+                    items.append(item)
+                    stored_plans.append(plan)
+            new_events = sum(isinstance(i, StoreEvent) for i in items)
+            if new_events and self.spool.depth + new_events > config.max_pending_events:
+                new_events = self._adding(items, config)
+            if new_events and self.spool.depth + new_events > config.max_pending_events:
+                self.stats.incr("spool_full_rejections", input=input_config.name)
+                raise SpoolFull(self.spool.depth, config.max_pending_events)
+            if telemetry is not None:
+                telemetry.storing(stored_plans)
+            stored = await self.spool.store(items, config.backlog_limits) if items else []
+            if telemetry is not None:
+                telemetry.stored(stored_plans)
+            if time.monotonic() >= self._next_forget:
+                self._next_forget = time.monotonic() + FORGET_INTERVAL
+                cutoff = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - config.announced_retention))
+                await self.spool.forget_announced(key_cutoff(cutoff))
+            by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
+            results: list[SubmitResult] = []
+            for plan in plans:
+                ids, item = by_plan.get(id(plan), (None, None))
+                repeat = item is not None and ids is None
+                if plan.validation.schema is None and not isinstance(input_config, InternalSource) and not repeat:
+                    self._unknown_trigger(input_config.name, plan)
+                result = self._settle(input_config.name, plan, ids, item)
+                if self.tap.active:
+                    self._tap(input_config.name, plan, result)
+                results.append(result)
+        except BaseException as exc:
+            if telemetry is not None:
+                telemetry.failed(traces, exc)
+            raise
+        if telemetry is not None:
+            telemetry.settled(plans, results)
         return results
 
     def _tap(self, input_name: str, plan: Plan, result: SubmitResult) -> None:
@@ -149,18 +179,19 @@ class Pipeline:
                 adding += 1
         return adding
 
-    def _unknown_trigger(self, input_name: str, event: Event) -> None:
+    def _unknown_trigger(self, input_name: str, plan: Plan) -> None:
         """An input's event that no schema knows: often a typo at the sender, so say it, once per trigger.
 
         Counted by input only (`unknown_triggers_total{input}`): trigger names come from the sender, and a
         label per name would let it grow the metrics without bound. The log names each trigger instead.
         """
         self.stats.incr("unknown_triggers", input=input_name)
+        event = plan.event
         trigger = event.trigger
         if trigger in self._unknown or len(self._unknown) > MAX_UNKNOWN_TRIGGERS:
             return
         self._unknown.add(trigger)
-        extra = {"input": input_name, "trigger": trigger, "event_id": event.id}
+        extra = _traced({"input": input_name, "trigger": trigger, "event_id": event.id}, plan)
         if len(self._unknown) > MAX_UNKNOWN_TRIGGERS:
             log.warning(
                 f"more than {MAX_UNKNOWN_TRIGGERS} distinct unknown triggers: no more warnings about new ones "
@@ -184,10 +215,14 @@ class Pipeline:
             if item.seen is not None:
                 log.info(
                     "repeated message not stored again",
-                    extra={"input": input_name, "message_id": item.seen.message_id, "trigger": event.trigger},
+                    extra=_traced(
+                        {"input": input_name, "message_id": item.seen.message_id, "trigger": event.trigger}, plan
+                    ),
                 )
             else:  # a recovered event whose change an event stored before announced: the common case
-                log.debug("recovered event was announced before; not stored", extra={"trigger": event.trigger})
+                log.debug(
+                    "recovered event was announced before; not stored", extra=_traced({"trigger": event.trigger}, plan)
+                )
             return SubmitResult(event.id, "duplicate")
         # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
         trigger_label = plan.validation.schema or "unknown"
@@ -202,19 +237,22 @@ class Pipeline:
             self.stats.incr("dead_letters", reason=reason)
             log.warning(
                 "event dead-lettered",
-                extra={
-                    "event_id": event.id,
-                    "trigger": event.trigger,
-                    "input": input_name,
-                    "dead_letter": stored,
-                    "reason": reason,
-                    "error": error,
-                },
+                extra=_traced(
+                    {
+                        "event_id": event.id,
+                        "trigger": event.trigger,
+                        "input": input_name,
+                        "dead_letter": stored,
+                        "reason": reason,
+                        "error": error,
+                    },
+                    plan,
+                ),
             )
             return SubmitResult(event.id, "dead_lettered", plan.validation.errors, stored)
         if not plan.deliveries:
             self.stats.incr("events_unmatched", trigger=trigger_label)
-            log.debug("no route matched", extra={"event_id": event.id, "trigger": event.trigger})
+            log.debug("no route matched", extra=_traced({"event_id": event.id, "trigger": event.trigger}, plan))
             return SubmitResult(event.id, "unrouted", plan.validation.errors)
         assert isinstance(stored, list)
         for route in plan.routes:
@@ -222,7 +260,7 @@ class Pipeline:
         assert isinstance(item, StoreEvent)
         for delivery, did, kept in zip(plan.deliveries, stored, item.deliveries, strict=True):
             if isinstance(did, Parked):
-                self._parked(input_name, event, delivery, did)
+                self._parked(input_name, plan, delivery, did)
                 continue
             if self._parking:
                 self._unparked(delivery.output)
@@ -232,10 +270,11 @@ class Pipeline:
         # acknowledged as stored, also with every delivery parked: the dead letters hold it for a replay
         return SubmitResult(event.id, "accepted", plan.validation.errors)
 
-    def _parked(self, input_name: str, event: Event, delivery: PlannedDelivery, parked: Parked) -> None:
+    def _parked(self, input_name: str, plan: Plan, delivery: PlannedDelivery, parked: Parked) -> None:
         """A delivery stored as a dead letter because its output's backlog is full. A dead output parks one per
         event: the metric counts each, the log says the first and then one line a minute per output."""
         output = delivery.output
+        event = plan.event
         self.stats.incr("dead_letters", reason="output_backlog_full", output=output)
         self._parking[output] = self._parking.get(output, 0) + 1
         held = self._parked_log.admit(output)
@@ -243,20 +282,23 @@ class Pipeline:
             return
         log.warning(
             "output backlog full: delivery parked as a dead letter, the event goes on to its other outputs",
-            extra={
-                "event_id": event.id,
-                "trigger": event.trigger,
-                "input": input_name,
-                "route": delivery.route,
-                "output": output,
-                "dead_letter": parked.dead_letter,
-                "reason": "output_backlog_full",
-                "pending": parked.pending,
-                "max_pending": parked.limit,
-                # parked since the last line about this output, not logged
-                "held_back": held,
-                "replay": f"event-router dlq replay --reason output_backlog_full --output {output}",
-            },
+            extra=_traced(
+                {
+                    "event_id": event.id,
+                    "trigger": event.trigger,
+                    "input": input_name,
+                    "route": delivery.route,
+                    "output": output,
+                    "dead_letter": parked.dead_letter,
+                    "reason": "output_backlog_full",
+                    "pending": parked.pending,
+                    "max_pending": parked.limit,
+                    # parked since the last line about this output, not logged
+                    "held_back": held,
+                    "replay": f"event-router dlq replay --reason output_backlog_full --output {output}",
+                },
+                plan,
+            ),
         )
 
     def _unparked(self, output: str) -> None:
@@ -295,6 +337,13 @@ class Pipeline:
         if self.tap.active:
             self.tap.undecodable(input_name, trigger, reason, dlid)
         return dlid
+
+
+def _traced(extra: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """A log line's fields about `plan`'s event, with its `trace_id` while telemetry is on."""
+    if plan.trace is not None:
+        extra["trace_id"] = plan.trace.trace_id
+    return extra
 
 
 def _store_item(plan: Plan, input_name: str, received: float | None = None) -> StoreEvent | StoreDeadLetter | None:

@@ -35,6 +35,9 @@ class Plan:
     deliveries: list[PlannedDelivery] = field(default_factory=list)
     #: set when the event goes to the dead letters instead of any output
     dead_letter: tuple[str, str] | None = None
+    #: the event's receive span while the pipeline handles it, with telemetry on (`telemetry.EventTrace`;
+    #: that module needs the `otel` extra, so it is not named here)
+    trace: Any = None
 
 
 @functools.lru_cache(maxsize=MAX_UNKNOWN_TRIGGERS)

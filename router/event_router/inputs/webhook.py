@@ -57,8 +57,10 @@ if TYPE_CHECKING:  # granian itself is imported when a webhook input starts, not
     from granian.rsgi import Scope
     from granian.server.embed import Server
 
-#: request headers kept in the event's meta; credentials never are
-_KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type", "webhook-id")
+#: request headers kept in the event's meta; credentials never are. The W3C trace context is kept whether
+#: telemetry is on or not: stored with the event, it is the parent of the event's spans (event_router.core
+#: .telemetry), also after a restart, or once telemetry is turned on
+_KEPT_HEADERS = ("x-correlation-id", "user-agent", "content-type", "webhook-id", "traceparent", "tracestate")
 
 
 def _allowed(remote: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

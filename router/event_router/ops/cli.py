@@ -377,6 +377,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             "it receives nothing"
         )
     promised = guarantees(config)
+    telemetry = _telemetry_summary(config)
     summary = {
         "config": str(args.config),
         "inputs": {name: i.type for name, i in config.inputs.items()},
@@ -384,6 +385,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         "routes": [r.name for r in config.routes],
         "schemas": len(schemas.triggers()),
         "spool": {"backend": config.spool.backend, "where": spool, "connected": bool(args.connect)},
+        "telemetry": telemetry,
         "warnings": warnings,
         "unresolved_secrets": list(config.unresolved_secrets),
         "guarantees": promised,
@@ -404,12 +406,34 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{len(config.routes)} route(s), {summary['schemas']} event schemas"
     )
     print(f"spool ({config.spool.backend}): {spool}" + ("" if args.connect else " (not tried: --connect tries it)"))
+    if telemetry is not None:
+        print(
+            f"telemetry: traces over OTLP/HTTP to {telemetry['endpoint']}, service {telemetry['service_name']!r}, "
+            f"sample_ratio {telemetry['sample_ratio']:g}"
+            + (f", headers {', '.join(telemetry['headers'])}" if telemetry["headers"] else "")
+        )
     for row in promised:
         print(
             f'route "{row["route"]}": {row["input_type"]} "{row["input"]}" ({row["input_guarantee"]}) -> '
             f'{row["output_type"]} "{row["output"]}" ({row["output_guarantee"]})'
         )
     return 0
+
+
+def _telemetry_summary(config: RouterConfig) -> dict[str, Any] | None:
+    """`[router.telemetry]` as `check` shows it (None: off): where spans go, header names but never values."""
+    if config.telemetry is None:
+        return None
+    # imported only when configured; the loader checked the `otel` extra is there
+    from event_router.api.secrets import redact_url
+    from event_router.core.telemetry import traces_endpoint
+
+    return {
+        "endpoint": redact_url(traces_endpoint(config.telemetry)),
+        "service_name": config.telemetry.service_name,
+        "sample_ratio": config.telemetry.sample_ratio,
+        "headers": sorted(config.telemetry.headers),
+    }
 
 
 def guarantees(config: RouterConfig) -> list[dict[str, str]]:

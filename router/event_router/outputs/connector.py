@@ -541,7 +541,7 @@ class ConnectorOutput(Output):
                 call.path,
                 query=call.query,
                 data=orjson.dumps(call.body) if call.has_body else None,
-                headers={"x-correlation-id": delivery.event.id},
+                headers=_headers(delivery),
                 limit=MAX_ANSWER,
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -602,11 +602,14 @@ class ConnectorOutput(Output):
                     extra={"output": self.name},
                 )
             return
+        meta: dict[str, Any] = {"caused_by": cause.id, "chain_depth": depth + 1}
+        if delivery.traceparent is not None:  # telemetry on: the result's trace goes on from this attempt
+            meta["traceparent"] = delivery.traceparent
         result = Event(
             trigger=FAILED if error is not None else SUCCEEDED,
             data=self._result_data(delivery, run, error),
             source=RESULT_SOURCE,
-            meta={"caused_by": cause.id, "chain_depth": depth + 1},
+            meta=meta,
         )
         # the action has happened: wait for room in the spool rather than fail (a retry would repeat it)
         while True:
@@ -639,6 +642,17 @@ class ConnectorOutput(Output):
         if error is not None:
             data["error"] = {"code": error.code, "message": str(error)}
         return data
+
+
+def _headers(delivery: Delivery) -> dict[str, str]:
+    """The headers of a call for `delivery`: the event id as the correlation id (the events the call causes
+    carry it back), and with telemetry on the attempt's trace context."""
+    headers = {"x-correlation-id": delivery.event.id}
+    if delivery.traceparent is not None:
+        headers["traceparent"] = delivery.traceparent
+        if delivery.tracestate is not None:
+            headers["tracestate"] = delivery.tracestate
+    return headers
 
 
 def _json(raw: bytes, *, cut: bool = False) -> Any:

@@ -272,6 +272,10 @@ class HttpOutput(Output):
             correlation = (delivery.event.meta.get("headers") or {}).get("x-correlation-id")
             if isinstance(correlation, str):
                 headers["x-correlation-id"] = correlation
+        if delivery.traceparent is not None:  # telemetry on: the receiver's spans join the attempt's trace
+            headers["traceparent"] = delivery.traceparent
+            if delivery.tracestate is not None:
+                headers["tracestate"] = delivery.tracestate
         if self.signer is not None:
             headers.update(self.signer.headers(delivery.event.id, body))
         return headers
@@ -373,7 +377,9 @@ class HttpOutput(Output):
         if status == 401 and may_refresh and self.auth is not None and self.auth.unauthorized():
             return
         if self.statuses.retryable(status):
-            raise RetryableError(message, retry_after=retry_after)
+            # the status as the code too (the message names it, so log lines and dead letters stay as they are):
+            # the attempt's span reports it (event_router.core.telemetry)
+            raise RetryableError(message, retry_after=retry_after, code=str(status))
         if status == 401 and self.auth is not None:
             message += f" (credentials: {self.auth.description})"
         raise PermanentError(message, code=str(status))
