@@ -9,6 +9,10 @@ python bench/_servers.py flaky PORT SEED  the flapping receiver of bench/soak.py
                                           503 / connection dropped / hanging 5 s then 503, chosen at random
                                           (seeded); GET /steady ends the flapping (up from then on);
                                           GET /records returns the keys answered 200 and what it did
+python bench/_servers.py otlp PORT        an OTLP/HTTP collector that keeps nothing, for `run.py --telemetry`:
+                                          POST /v1/traces answered 200 with an empty ExportTraceServiceResponse
+                                          (the protobuf's empty message is no bytes), the bodies not decoded;
+                                          GET /count returns the requests and bytes taken
 """
 
 from __future__ import annotations
@@ -128,12 +132,30 @@ def flaky_app(seed: int) -> web.Application:
     return app
 
 
+def otlp_app() -> web.Application:
+    app = web.Application()
+    taken = Counter[str]()
+
+    async def traces(request: web.Request) -> web.Response:
+        taken["requests"] += 1
+        taken["bytes"] += len(await request.read())
+        return web.Response(status=200, body=b"", content_type="application/x-protobuf")
+
+    async def count(_: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(taken), content_type="application/json")
+
+    app.router.add_post("/v1/traces", traces)
+    app.router.add_get("/count", count)
+    return app
+
+
 def main(argv: list[str]) -> None:
     kind, port = argv[0], int(argv[1])
     apps: dict[str, Callable[[], web.Application]] = {
         "file": lambda: file_app(argv[2]),
         "target": target_app,
         "flaky": lambda: flaky_app(int(argv[2])),
+        "otlp": otlp_app,
     }
     app = apps[kind]()
     if kind == "target":

@@ -8,6 +8,7 @@ would need about as much CPU per request as the server it measures and would cap
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -60,6 +61,7 @@ def webhook_toml(port: int, outputs: str, routes: str, router_extra: str = "") -
 [router]
 data_dir = "var"
 {router_extra}
+{telemetry_table()}
 
 [inputs.connector]
 type = "webhook"
@@ -72,6 +74,13 @@ validation = "strict"
 
 {routes}
 """
+
+
+def telemetry_table() -> str:
+    """`[router.telemetry]` for the routers measured, with `run.py --telemetry` (BENCH_TELEMETRY_ENDPOINT: the
+    collector spans go to); nothing otherwise: telemetry off, as by default."""
+    endpoint = os.environ.get("BENCH_TELEMETRY_ENDPOINT")
+    return f'[router.telemetry]\nendpoint = "{endpoint}"\n' if endpoint else ""
 
 
 def _router_config(

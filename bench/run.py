@@ -1,6 +1,7 @@
 """The benchmark suite: real processes on loopback, each figure next to a baseline measured in the same run.
 
     .venv/bin/python bench/run.py [--quick] [--only NAME ...] [--out bench/out/results.jsonl] [--profile DIR]
+                                  [--telemetry [URL]]
 
 Prints one JSON object per scenario (one line each) and appends it to --out. What each scenario measures,
 and its target: docs/benchmarks.md. A scenario that fails reports {"scenario": ..., "error": ...} and the
@@ -11,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import os
 import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH, emit, machine, utc_now
+from _common import BENCH, PYTHON, child, emit, free_port, machine, utc_now
 
 
 class ScenarioTimeout(Exception):
@@ -64,6 +67,8 @@ def run_one(
     name: str, fn: Callable[..., dict[str, Any]], limit: float, quick: bool, profile: Path | None
 ) -> dict[str, Any]:
     head: dict[str, Any] = {"scenario": name, "date": utc_now(), "machine": machine(), "quick": quick}
+    if os.environ.get("BENCH_TELEMETRY_ENDPOINT"):  # `--telemetry`: the routers traced, spans sent there
+        head["telemetry"] = os.environ["BENCH_TELEMETRY_ENDPOINT"]
     started = time.monotonic()
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(int(limit))
@@ -85,8 +90,27 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(scenarios), metavar="NAME", help="run only these")
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "results.jsonl", help="JSON Lines to append to")
     parser.add_argument("--profile", type=Path, help="also sample the router with py-spy under load, into DIR")
+    parser.add_argument(
+        "--telemetry",
+        nargs="?",
+        const="sink",
+        metavar="URL",
+        help="run the webhook routers with [router.telemetry], spans to the OTLP/HTTP collector at URL "
+        "(without URL: to a sink this run starts, bench/_servers.py otlp); needs the otel extra",
+    )
     args = parser.parse_args()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` shows where a stuck run is
+    with ExitStack() as stack:
+        if args.telemetry == "sink":
+            port = free_port()
+            stack.enter_context(child([PYTHON, str(BENCH / "_servers.py"), "otlp", str(port)], port=port))
+            os.environ["BENCH_TELEMETRY_ENDPOINT"] = f"http://127.0.0.1:{port}"
+        elif args.telemetry is not None:
+            os.environ["BENCH_TELEMETRY_ENDPOINT"] = args.telemetry
+        return _run(scenarios, args)
+
+
+def _run(scenarios: dict[str, tuple[Callable[..., dict[str, Any]], float, float]], args: argparse.Namespace) -> int:
     failed = 0
     for name, (fn, quick_limit, full_limit) in scenarios.items():
         if args.only and name not in args.only:
