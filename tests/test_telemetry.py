@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -430,3 +431,99 @@ def test_a_router_without_the_otel_extra_names_it(tmp_path: Path) -> None:
     plain.write_text(config.read_text().replace('[router.telemetry]\nendpoint = "http://127.0.0.1:4318"', ""))
     accepted = check(plain)
     assert accepted.returncode == 0, accepted.stderr
+
+
+def inprocess_toml(collector: Collector, port: int, target: str, *, router: str = "", telemetry: str = "") -> str:
+    """A router for `make_app`: a webhook without a key, an http output retried every 50 ms."""
+    return f"""
+[router]
+data_dir = "./var"
+{router}
+[router.telemetry]
+endpoint = "{collector.url}"
+{telemetry}
+[inputs.connector]
+type = "webhook"
+listen = "127.0.0.1:{port}"
+[outputs.crm]
+type = "http"
+url = "{target}/hooks"
+retry = {{ initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 100 }}
+[[routes]]
+name = "all"
+to = "crm"
+"""
+
+
+@pytest.mark.anyio
+async def test_sample_ratio_decides_for_new_traces_only(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sample_ratio = 0`: an event without a context is traced by none of its spans, yet its context goes
+    out, flagged unsampled; an event whose `traceparent` is sampled is traced all the same (parent-based)."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    port = free_port()
+    with otlp_collector() as collector, http_receiver() as crm:
+        async with make_app(inprocess_toml(collector, port, crm.url, telemetry="sample_ratio = 0")):
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: len(crm.requests) == 1, "the unsampled event's delivery")
+            await send_webhook(port, example("transport.messageReceived"), {"traceparent": TRACEPARENT})
+            await until(lambda: len(crm.requests) == 2, "the sampled event's delivery")
+            await until(lambda: collector.named("deliver crm"), "the sampled attempt's span")
+        unsampled_trace, _, unsampled_flags = traceparent_of(crm.requests[0])
+        sampled_trace, _, sampled_flags = traceparent_of(crm.requests[1])
+    # the sampled bit (W3C Trace Context level 2 adds a "random trace id" bit the SDK may set beside it)
+    assert int(unsampled_flags, 16) & 1 == 0
+    assert (sampled_trace, sampled_flags) == (TRACE_ID, "01")
+    assert {s.trace_id for s in collector.spans} == {TRACE_ID}
+    assert sorted(s.name for s in collector.spans) == ["deliver crm", "receive connector", "route", "store"]
+    assert unsampled_trace != TRACE_ID
+
+
+@pytest.mark.anyio
+async def test_an_event_the_spool_refuses_ends_its_receive_span_as_an_error(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At `max_pending_events` the webhook answers 503: that event's receive span ends with the error (no
+    store span, as nothing was stored), and the next event is traced as usual."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    port = free_port()
+    refused_parent = f"00-{'1' * 32}-{PARENT_ID}-01"
+    with otlp_collector() as collector:
+        # nothing listens at the output: the first event stays pending
+        text = inprocess_toml(collector, port, f"http://127.0.0.1:{free_port()}", router="max_pending_events = 1")
+        async with make_app(text):
+            await send_webhook(port, example("transport.messageReceived"), {"traceparent": TRACEPARENT})
+            status, body, _ = await anyio.to_thread.run_sync(
+                lambda: post(
+                    f"http://127.0.0.1:{port}/events",
+                    example("transport.messageReceived"),
+                    {"traceparent": refused_parent},
+                )
+            )
+            assert status == 503, body
+            (refused,) = await anyio.to_thread.run_sync(lambda: collector.wait("receive connector", 1, "1" * 32))
+    assert refused.status == 2 and refused.status_message.startswith("SpoolFull")
+    assert refused.parent_id == PARENT_ID
+    assert collector.named("store", "1" * 32) == []
+    assert [s.name for s in collector.named("store", TRACE_ID)] == ["store"]
+
+
+@pytest.mark.anyio
+async def test_a_reload_keeps_the_running_telemetry_and_says_so(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    port = free_port()
+    with otlp_collector() as collector, http_receiver() as crm:
+        text = inprocess_toml(collector, port, crm.url, telemetry='service_name = "first"')
+        async with make_app(text) as app:
+            (tmp_path / "router.toml").write_text(text.replace('service_name = "first"', 'service_name = "second"'))
+            reloaded = await app.reload()
+            assert reloaded.applied and reloaded.warnings == [
+                "router.telemetry changed: it takes effect at the next restart"
+            ]
+            await send_webhook(port, example("transport.messageReceived"), {"traceparent": TRACEPARENT})
+            await until(lambda: crm.requests, "the delivery")
+            await until(lambda: collector.named("deliver crm"), "the attempt's span")
+    assert {s.resource["service.name"] for s in collector.spans} == {"first"}

@@ -280,7 +280,7 @@ class _Loader:
             TELEMETRY_SCHEMA,
             table,
             key,
-            mode="resolve" if self.secrets == "resolve" else "skip",
+            mode=self.secrets,
             base_dir=self.base_dir,
             credentials_dir=self.credentials_dir,
         )

@@ -8,8 +8,8 @@ their hook points.
 
 One trace per event, whose spans are:
 - `receive <input>` (kind CONSUMER), from the pipeline's `submit` until the event's outcome is settled. Its
-  parent is the context the event came with: `meta.traceparent` (an event the router made, or one it
-  replays), else the W3C `traceparent`/`tracestate` an input kept in `meta.headers` (the webhook does), else
+  parent is the context the event came with: `meta.traceparent` (an output's result event: the attempt that
+  made it), else the W3C `traceparent`/`tracestate` an input kept in `meta.headers` (the webhook does), else
   none (a new trace, sampled at `sample_ratio`). Before the event is stored, its own context is written to
   `meta.traceparent` (and `meta.tracestate`), so what happens to it later, after a restart too, joins it.
   - `route`: validation, matching and reshaping;
@@ -17,6 +17,8 @@ One trace per event, whose spans are:
 - `deliver <output>` (kind CLIENT), one per delivery attempt, retries included, child of the stored context.
   The output sends the attempt's own context on (`Delivery.traceparent`: the http and connector outputs'
   `traceparent` header), so the receiver's spans are children of the attempt that reached them.
+
+Spans carry ids, names and outcomes, never event data (which holds personal data).
 
 Spans are exported in batches from the SDK's thread (BatchSpanProcessor, tuned by the standard OTEL_BSP_*
 variables); the event loop only makes them. Log lines about an event or a delivery carry its `trace_id`.
@@ -87,9 +89,10 @@ def traces_endpoint(settings: TelemetrySettings) -> str:
 
 
 def _parent(meta: Mapping[str, Any]) -> Context | None:
-    """The context an event came with: the router's own (`meta.traceparent`: stored before, made by an
-    output, replayed), else the W3C headers its input kept (`meta.headers`); None when there is none. A
-    malformed `traceparent` is ignored, as W3C Trace Context says: the event starts a trace of its own."""
+    """The context an event came with: the router's own (`meta.traceparent`: its receive span's, written before
+    it was stored; or, for an output's result event, the attempt's that made it), else the W3C headers its
+    input kept (`meta.headers`); None when there is none. A malformed `traceparent` is ignored, as W3C Trace
+    Context says: the event starts a trace of its own."""
     carrier: Any = meta if "traceparent" in meta else meta.get("headers")
     if not isinstance(carrier, Mapping):
         return None
