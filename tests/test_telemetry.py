@@ -527,3 +527,22 @@ async def test_a_reload_keeps_the_running_telemetry_and_says_so(
             await until(lambda: crm.requests, "the delivery")
             await until(lambda: collector.named("deliver crm"), "the attempt's span")
     assert {s.resource["service.name"] for s in collector.spans} == {"first"}
+
+
+@pytest.mark.anyio
+async def test_otel_sdk_disabled_turns_it_off(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's standard OTEL_SDK_DISABLED=true: nothing is traced, and no all-zero `traceparent` (what the
+    disabled SDK's spans would carry) goes out."""
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    port = free_port()
+    with otlp_collector() as collector, http_receiver() as crm:
+        async with make_app(inprocess_toml(collector, port, crm.url)) as app:
+            await send_webhook(port, example("transport.messageReceived"), {"traceparent": TRACEPARENT})
+            await until(lambda: crm.requests, "the delivery")
+            assert app.pipeline.telemetry is None
+    assert "traceparent" not in {k.lower() for k in crm.requests[0].headers}
+    assert "traceparent" not in crm.requests[0].json()["meta"]
+    assert "OTEL_SDK_DISABLED=true: nothing is traced" in caplog.text
+    assert collector.headers == []

@@ -180,9 +180,9 @@ class App:
         ready = False
         if config.telemetry is not None:
             # imported only when configured: the `otel` extra (the config loader checked it is installed)
-            from event_router.core.telemetry import Telemetry
+            from event_router.core.telemetry import start_telemetry
 
-            self.pipeline.telemetry = Telemetry(config.telemetry)
+            self.pipeline.telemetry = start_telemetry(config.telemetry)
         try:
             jump = self.spool.claim_clock()
             if jump:

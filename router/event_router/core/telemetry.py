@@ -26,6 +26,7 @@ variables); the event loop only makes them. Log lines about an event or a delive
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,8 @@ from event_router.api.event import Event
 from event_router.api.plugin import Delivery, SubmitResult
 from event_router.core.model import TelemetrySettings
 from event_router.core.plan import Plan
+
+log = logging.getLogger("event_router.core.telemetry")
 
 #: the SDK's endpoint when neither the config nor the standard variables name one
 DEFAULT_ENDPOINT = "http://localhost:4318"
@@ -166,6 +169,15 @@ class AttemptTrace:
                     span.set_attribute(HTTP_STATUS, int(code))
             span.set_status(Status(StatusCode.ERROR, message))
         span.end(end_time=end_ns)
+
+
+def start_telemetry(settings: TelemetrySettings) -> Telemetry | None:
+    """The router's tracer; None when the standard OTEL_SDK_DISABLED=true turns the SDK off: its tracer would
+    make spans without ids, whose all-zero `traceparent` no output may send."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        log.warning("[router.telemetry] is configured, but OTEL_SDK_DISABLED=true: nothing is traced")
+        return None
+    return Telemetry(settings)
 
 
 class Telemetry:
