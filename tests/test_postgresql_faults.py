@@ -284,3 +284,39 @@ CREATE CONSTRAINT TRIGGER kill_at_commit AFTER INSERT ON event_router.events
         assert fired == (2,), "the trigger ended the first commit and let the second through"
     finally:
         spool.close()
+
+
+def test_connections_notice_a_server_gone_without_a_word(pg_dsn: str) -> None:
+    """The spool's connections carry TCP keepalives and a user timeout (a host gone or a network cut is
+    noticed in seconds, not when the kernel gives up), unless the DSN sets its own; the socket of the real
+    connection has them."""
+    import socket
+
+    spool = PostgreSQLSpool(pg_dsn)
+    try:
+        spool.open("exclusive")
+        conn = spool._connect()
+        try:
+            given = conn.info.get_parameters()
+            assert (given["keepalives_idle"], given["tcp_user_timeout"]) == ("5", "15000"), given
+            sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            try:
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 5
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 15000
+            finally:
+                sock.close()
+        finally:
+            conn.close()
+    finally:
+        spool.close()
+    own = PostgreSQLSpool(pg_dsn + "?keepalives_idle=30")
+    try:
+        own.open("exclusive")
+        conn = own._connect()
+        try:
+            assert conn.info.get_parameters()["keepalives_idle"] == "30"
+        finally:
+            conn.close()
+    finally:
+        own.close()

@@ -351,7 +351,9 @@ class PostgreSQLSpool:
 
     def _connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
-            make_conninfo(self.dsn, application_name=f"event-router {self.owner}"), autocommit=False, connect_timeout=10
+            make_conninfo(self.dsn, application_name=f"event-router {self.owner}", **_dead_peer_settings(self.dsn)),
+            autocommit=False,
+            connect_timeout=10,
         )
         try:
             with conn.cursor() as cur:
@@ -1390,6 +1392,27 @@ def _output_states(conn: psycopg.Connection[Any], output: str | None = None) -> 
         name: OutputState(name, bool(paused), changed_at, changed_by, open_since, router, error)
         for name, paused, changed_at, changed_by, open_since, router, error in rows.fetchall()
     }
+
+
+#: libpq settings that make a connection whose server vanished without closing it (its host gone, a network
+#: cut) fail within seconds instead of when the kernel gives up (minutes): TCP keepalives on an idle
+#: connection, and `tcp_user_timeout` for data sent and never acknowledged. The DSN's own values win.
+DEAD_PEER_SETTINGS = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+
+
+def _dead_peer_settings(dsn: str) -> dict[str, str]:
+    """`DEAD_PEER_SETTINGS` the DSN does not set itself (a Unix socket has no TCP: none then)."""
+    given = conninfo_to_dict(dsn)
+    host = str(given.get("host") or os.environ.get("PGHOST") or "")
+    if not host or host.startswith(("/", "@")):
+        return {}
+    return {key: value for key, value in DEAD_PEER_SETTINGS.items() if key not in given}
 
 
 def _schema_version(cur: psycopg.Cursor[Any]) -> int | None:
