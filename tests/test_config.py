@@ -513,3 +513,61 @@ def test_check_names_the_core_keys_and_the_key_meant(tmp_path: Path) -> None:
         "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) "
         "(plugin file)"
     ) in checked.stderr, checked.stderr
+
+
+# --- [router.admin] token -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9187", "[::]:9187", "192.0.2.10:9187", "router.example:9187"])
+def test_admin_off_the_loopback_requires_a_token(tmp_path: Path, registry, listen: str) -> None:  # type: ignore[no-untyped-def]
+    errors = errors_of(BASE + f'[router.admin]\nlisten = "{listen}"\n', tmp_path, registry)
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"router.toml: router.admin.token: required: the admin endpoint listens on {listen}"), (
+        errors
+    )
+    assert 'token = { env = "ROUTER_ADMIN_TOKEN" }' in errors[0]
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9187", "127.0.0.2:9187", "[::1]:9187", "localhost:9187"])
+def test_admin_on_the_loopback_needs_no_token(tmp_path: Path, registry, listen: str) -> None:  # type: ignore[no-untyped-def]
+    config = build(BASE + f'[router.admin]\nlisten = "{listen}"\n', tmp_path, registry)
+    assert config.admin_token is None
+
+
+def test_admin_token_is_a_secret_reference(tmp_path: Path, registry, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t" * 32)
+    text = BASE + '[router.admin]\nlisten = "0.0.0.0:9187"\ntoken = { env = "ROUTER_ADMIN_TOKEN" }\n'
+    config = build(text, tmp_path, registry)
+    assert isinstance(config.admin_token, Secret) and config.admin_token == "t" * 32
+    assert "t" * 32 not in repr(config)
+    assert not config.warnings
+    # the commands that send nothing leave it unresolved; `tap` and `reload` ("admin") resolve it alone
+    monkeypatch.delenv("ROUTER_ADMIN_TOKEN")
+    skipped = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry, secrets="skip")
+    assert skipped.unresolved_secrets == ("router.admin.token",)
+    with pytest.raises(
+        ConfigErrors,
+        match=r"router.admin.token: environment variable ROUTER_ADMIN_TOKEN is not set "
+        r"\(tap and reload call the admin endpoint, which asks for it\)",
+    ):
+        build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry, secrets="admin")
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "u" * 20)
+    spool = 'spool = { backend = "postgresql", dsn = { env = "ROUTER_PG_DSN_UNSET" } }\n'
+    admin = build_config(
+        tomllib.loads(text.replace('data_dir = "./var"\n', 'data_dir = "./var"\n' + spool)),
+        path=tmp_path / "router.toml",
+        registry=registry,
+        secrets="admin",
+    )
+    assert admin.admin_token == "u" * 20
+    assert admin.unresolved_secrets == ("router.spool.dsn",)
+
+
+def test_admin_token_too_short_or_plain(tmp_path: Path, registry) -> None:  # type: ignore[no-untyped-def]
+    errors = errors_of(BASE + '[router.admin]\ntoken = "short-token"\n', tmp_path, registry)
+    assert errors == [
+        "router.toml: router.admin.token: too short: 11 characters; use 16 or more (openssl rand -hex 32)"
+    ], errors
+    config = build(BASE + '[router.admin]\ntoken = "a-plain-token-of-some-length"\n', tmp_path, registry)
+    assert config.admin_token == "a-plain-token-of-some-length"
+    assert any("router.admin.token: secret written in plain text" in w for w in config.warnings), config.warnings

@@ -431,6 +431,58 @@ async def test_the_routers_own_purge_and_replay_are_counted_at_once(spool: Any) 
     assert spool.dead_letter_count() == 0
 
 
+async def test_stored_events_with_pending_deliveries_and_dead_letters_of_one_event(
+    spool_at: Callable[[], Any],
+) -> None:
+    """The console's look at one event: its stored rows with their pending deliveries (the failed one with
+    its attempts and error), and its dead letters, by event id, read beside the router on a reader of its own."""
+    spool = spool_at()
+    spool.open("exclusive")
+    reader = spool_at()
+    try:
+        ((a, b), _) = delivery_ids(await spool.store([event(1, ("a", "b")), event(2)]))
+        now = spool.clock.now()
+        await spool.settle(retry=[(a, 2, now + 60, "503 from a")])
+        (dlid,) = await spool.settle(dead=[(b, "permanent", "400 from b", 1)])
+        reader.open("readonly")
+        (stored,) = reader.stored_events("e1")
+        assert (stored.event_id, stored.trigger, stored.received) == ("e1", "t", None)
+        assert stored.body == event(1).body
+        (pending,) = stored.deliveries
+        assert (pending.did, pending.output, pending.attempts, pending.last_error) == (a, "a", 2, "503 from a")
+        assert 50 < pending.due_in <= 60
+        assert reader.stored_events("nope") == []
+        (dead,) = reader.dead_letters(DeadLetterFilter(event_id="e1"))
+        assert (dead.dlid, dead.output, dead.error) == (dlid, "b", "400 from b")
+        assert reader.dead_letters(DeadLetterFilter(event_id="e2")) == []
+    finally:
+        reader.close()
+        spool.close()
+
+
+async def test_retry_now_makes_an_outputs_waiting_retries_due(spool_at: Callable[[], Any]) -> None:
+    """`retry_now` (the console's "retry now", from an operator's spool beside the router): the output's
+    deliveries waiting for a retry are due at once; its first attempts and other outputs' retries keep theirs."""
+    spool = spool_at()
+    spool.open("exclusive")
+    operator = spool_at()
+    try:
+        stored = await spool.store([event(1, ("a", "b")), event(2, ("a",)), event(3, ("a",))])
+        (a1, b1), (a2,), (a3,) = delivery_ids(stored)
+        now = spool.clock.now()
+        await spool.settle(retry=[(a1, 1, now + 300, "503"), (a2, 4, now + 600, "503"), (b1, 1, now + 300, "503")])
+        assert {r.did for r in spool.fetch_due("a", now + 1, 10, set())} == {a3}
+        operator.open("shared")
+        assert operator.retry_now("a") == 2
+        assert operator.retry_now("a") == 0, "due already"
+        due = spool.fetch_due("a", spool.clock.now() + 0.5, 10, set())
+        assert {(r.did, r.attempts) for r in due} == {(a1, 1), (a2, 4), (a3, 0)}
+        assert spool.fetch_due("b", spool.clock.now() + 0.5, 10, set()) == [], "another output's retry waits"
+    finally:
+        operator.close()
+        spool.close()
+
+
 def test_only_the_sqlite_backend_imports_sqlite3() -> None:
     """The rest of the router calls the spool's interface (event_router.core.spool), so that another
     backend replaces one module: no other module of the package talks to SQLite."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass
@@ -18,6 +19,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not match or not 0 <= int(match["port"]) < 65536:
         raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:8787)")
     return match["host"].strip("[]"), int(match["port"])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a listen address's) is this machine's loopback only: `localhost`, 127.0.0.0/8, ::1.
+    A wildcard (0.0.0.0, ::) or any other name or address is not: it may be reached from elsewhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: whatever it resolves to, it is not ours to assume
+        return False
 
 
 def format_listen(host: str, port: int) -> str:

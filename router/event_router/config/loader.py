@@ -23,11 +23,11 @@ from typing import Any
 
 from event_router.api.durations import parse_duration
 from event_router.api.errors import ConfigError, RouterError
-from event_router.api.listen import format_listen, parse_listen
+from event_router.api.listen import format_listen, is_loopback, parse_listen
 from event_router.api.plugin import Input, Output, PluginContext
 from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
-from event_router.api.secrets import Unresolved, scrub, url_secrets
+from event_router.api.secrets import PLACEHOLDER, Secret, Unresolved, scrub, url_secrets
 from event_router.config.schema import (
     INPUT_CORE_KEYS,
     OUTPUT_CORE_KEYS,
@@ -66,6 +66,8 @@ DEFAULT_MAX_PENDING = 100_000
 DEFAULT_LEASE = 30.0
 #: an output's breaker cool-down shorter than this would probe a receiver that is down all the time
 MIN_COOL_DOWN = 0.1
+#: `[router.admin] token`: the fewest characters; a short one could be guessed by trying
+MIN_ADMIN_TOKEN = 16
 #: the shortest lease: a router renews its leases every third of one, and its writer looks about every
 #: second, so a shorter lease could run out under a live router and another would deliver the same at once
 MIN_LEASE = 3.0
@@ -170,11 +172,13 @@ class _Loader:
         spool = self._spool(router.get("spool"))
         telemetry = self._telemetry(router["telemetry"]) if "telemetry" in router else None
         admin_listen = None
+        admin_token = None
         if "admin" in router:
             try:
                 admin_listen = parse_listen(router["admin"].get("listen", "127.0.0.1:9187"))
             except ValueError as exc:
                 self.error("router.admin.listen", str(exc))
+            admin_token = self._admin_token(router["admin"], admin_listen)
         inputs = {
             name: cfg
             for name, table in document.get("inputs", {}).items()
@@ -214,6 +218,7 @@ class _Loader:
             retry=default_retry,
             admin_listen=admin_listen,
             admin_unmask=bool(router.get("admin", {}).get("unmask", False)),
+            admin_token=admin_token,
             spool=spool,
             telemetry=telemetry,
             inputs=inputs,
@@ -247,7 +252,7 @@ class _Loader:
             )
             return SpoolSettings("postgresql", None, lease)
         reference = table["dsn"]
-        if self.secrets == "skip" and isinstance(reference, Mapping):
+        if self.secrets in ("skip", "admin") and isinstance(reference, Mapping):
             self.skipped.append(f"{key}.dsn")
             return SpoolSettings("postgresql", None, lease)
         try:
@@ -298,6 +303,37 @@ class _Loader:
             sample_ratio=float(found.table.get("sample_ratio", 1.0)),
             headers={str(k): v for k, v in found.table.get("headers", {}).items()},
         )
+
+    def _admin_token(self, table: Mapping[str, Any], listen: tuple[str, int] | None) -> Secret | None:
+        """`[router.admin] token`, resolved (in modes "resolve" and "admin"). Off the loopback it is required:
+        the endpoint pauses outputs, replays and purges dead letters and shows events, and anyone who can reach
+        the address could do so."""
+        key = "router.admin.token"
+        if "token" not in table:
+            if listen is not None and not is_loopback(listen[0]):
+                self.error(
+                    key,
+                    f"required: the admin endpoint listens on {format_listen(*listen)}, off the loopback, where "
+                    "anyone who reaches it could pause outputs and replay or purge dead letters; set token = "
+                    '{ env = "ROUTER_ADMIN_TOKEN" } (or listen on 127.0.0.1)',
+                )
+            return None
+        reference = table["token"]
+        if self.secrets not in ("resolve", "admin") and isinstance(reference, Mapping):
+            self.skipped.append(key)
+            return Unresolved(PLACEHOLDER)
+        try:
+            token, plain = resolve_secret(reference, base_dir=self.base_dir, credentials_dir=self.credentials_dir)
+        except SecretError as exc:
+            needed = " (tap and reload call the admin endpoint, which asks for it)" if self.secrets == "admin" else ""
+            self.error(key, str(exc) + needed)
+            self.unresolved.append(key)
+            return None
+        if len(token) < MIN_ADMIN_TOKEN:
+            self.error(key, f"too short: {len(token)} characters; use {MIN_ADMIN_TOKEN} or more (openssl rand -hex 32)")
+        if plain:
+            self.warnings.append(f"{self.file}: {key}: {PLAIN_TEXT_ADVICE}")
+        return token
 
     def _backlogs_within(self, outputs: Mapping[str, OutputConfig], max_pending_events: int) -> None:
         """Pending events are at most the outputs' pending deliveries, each output held to its `max_pending`:

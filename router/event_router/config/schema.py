@@ -69,7 +69,11 @@ ROUTER_SCHEMA: dict[str, Any] = {
                 "admin": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"listen": {"type": "string", "minLength": 1}, "unmask": {"type": "boolean"}},
+                    "properties": {
+                        "listen": {"type": "string", "minLength": 1},
+                        "unmask": {"type": "boolean"},
+                        "token": SECRET_SCHEMA,
+                    },
                 },
                 "spool": {
                     "type": "object",

@@ -11,7 +11,8 @@ references are checked for shape but not resolved, and `Unresolved` stand-ins ta
 schema's `x-placeholder`, shaped like the real value so the plugin's constructor checks everything else).
 "spool" is "skip" for the commands that open the spool (`status`, `dlq`, `check --no-secrets --connect`):
 of all secrets they resolve only `[router] spool.dsn`, the PostgreSQL spool's connection string, without
-which they cannot read it (the SQLite spool has none).
+which they cannot read it (the SQLite spool has none). "admin" is "skip" for the commands that talk to the
+admin endpoint (`tap`, `reload`): of all secrets they resolve only `[router.admin] token`, which it asks for.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from urllib.parse import parse_qsl, urlsplit
 from event_router.api.secrets import PLACEHOLDER, Secret, Unresolved, is_credential_header
 
 #: "resolve": every secret reference is read (the daemon); "skip": none is, stand-ins take their place;
-#: "spool": only the spool's connection string is read (the commands that open the spool)
-SecretsMode = Literal["resolve", "skip", "spool"]
+#: "spool": only the spool's connection string is read (the commands that open the spool); "admin": only the
+#: admin endpoint's token (the commands that call the admin endpoint)
+SecretsMode = Literal["resolve", "skip", "spool", "admin"]
 
 #: what `check` says about a secret written in plain text
 PLAIN_TEXT_ADVICE = (
@@ -127,9 +129,9 @@ def resolve_table(
 ) -> ResolvedTable:
     """Replace every value of `table` (found at `key`) that `schema` marks `x-secret` by the secret it refers to.
 
-    With `mode="skip"` (or "spool": a plugin's table holds no spool secret) a reference (its shape already
-    validated) is replaced by an `Unresolved` stand-in instead: the schema's `x-placeholder`, or
-    `PLACEHOLDER`. Plain text is used as it is.
+    With `mode="skip"` (or "spool", "admin": a plugin's table holds neither the spool's nor the admin
+    endpoint's secret) a reference (its shape already validated) is replaced by an `Unresolved` stand-in
+    instead: the schema's `x-placeholder`, or `PLACEHOLDER`. Plain text is used as it is.
     """
     result = ResolvedTable(table=None)
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from event_router.api.plugin import Input, Output
 from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
+from event_router.api.secrets import Secret
 from event_router.core.gate import BreakerSettings
 from event_router.core.routing import Matcher
 from event_router.core.spool import SpoolSettings
@@ -97,8 +98,11 @@ class RouterConfig:
     inputs: Mapping[str, InputConfig]
     outputs: Mapping[str, OutputConfig]
     routes: tuple[RouteConfig, ...]
-    #: `[router.admin] unmask`: the admin endpoint may show events' data unmasked (`tap --unmask`)
+    #: `[router.admin] unmask`: the admin endpoint may show events' data unmasked (`tap --unmask`, the console)
     admin_unmask: bool = False
+    #: `[router.admin] token`: what the admin endpoint asks for (but on /healthz, /readyz and /metrics), a
+    #: resolved secret; None: nothing is asked, which only a loopback `listen` allows
+    admin_token: Secret | None = field(default=None, repr=False)
     #: seconds the spool keeps what each stored event announced (docs/recovery.md)
     announced_retention: float = 7 * 86400.0
     #: seconds the spool keeps an event after it was received, delivered or not, for `event-router replay`

@@ -658,16 +658,20 @@ def cmd_reload(args: argparse.Namespace) -> int:
             return 1
         print(f"sent SIGHUP to {args.pid}; its log says whether the new configuration was applied")
         return 0
-    # the running router re-reads the file with its secrets; this only needs where it listens
-    config, _ = _load(args, "skip")
+    # the running router re-reads the file with its secrets; this only needs where it listens, and its token
+    config, _ = _load(args, "admin")
     if config.admin_listen is None:
         print("error: [router.admin] is not configured; use --pid PID (or systemctl reload)", file=sys.stderr)
         return 1
     import urllib.error
     import urllib.request
 
+    from event_router.ops.tap import admin_headers
+
     where = format_listen(*config.admin_listen)
-    request = urllib.request.Request(f"http://{where}/reload", method="POST", data=b"")
+    request = urllib.request.Request(
+        f"http://{where}/reload", method="POST", data=b"", headers=admin_headers(config.admin_token)
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             result = orjson.loads(response.read())
@@ -681,6 +685,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
         for warning in result.get("warnings", []):  # applied in part: what waits for the next start
             print(f"warning: {warning}", file=sys.stderr)
         return 0
+    if "error" in result:  # not let in (401): nothing was read again
+        print(f"error: the admin endpoint refused the reload: {result['error']}", file=sys.stderr)
+        return 1
     for error in result.get("errors", []):
         print(f"error: {error}", file=sys.stderr)
     print("reload refused; the router keeps its running configuration", file=sys.stderr)
@@ -745,7 +752,7 @@ def _dlq(args: argparse.Namespace) -> int:
 def _tap(args: argparse.Namespace) -> int:
     from event_router.ops.tap import cmd_tap
 
-    config, _ = _load(args, "skip")  # only where the admin endpoint listens
+    config, _ = _load(args, "admin")  # only where the admin endpoint listens, and its token
     return cmd_tap(args, config)
 
 

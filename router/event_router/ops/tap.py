@@ -14,8 +14,14 @@ from typing import Any, TextIO
 import orjson
 
 from event_router.api.listen import format_listen
+from event_router.api.secrets import Secret
 from event_router.core.model import RouterConfig
 from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES
+
+
+def admin_headers(token: Secret | None) -> dict[str, str]:
+    """What a command sends the admin endpoint to be let in: its `[router.admin] token`, if it has one."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
 def add_tap_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -56,7 +62,8 @@ def cmd_tap(args: argparse.Namespace, config: RouterConfig, out: TextIO = sys.st
     host, port = config.admin_listen
     connection = http.client.HTTPConnection(host, port, timeout=60)
     try:
-        connection.request("GET", "/tap?" + urllib.parse.urlencode(query), headers={"Accept": "text/event-stream"})
+        headers = {"Accept": "text/event-stream", **admin_headers(config.admin_token)}
+        connection.request("GET", "/tap?" + urllib.parse.urlencode(query), headers=headers)
         response = connection.getresponse()
     except OSError as exc:
         print(f"error: no router answers on {where}: {exc}", file=sys.stderr)

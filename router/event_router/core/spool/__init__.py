@@ -2,10 +2,11 @@
 
 The spool keeps every accepted event until each of its deliveries is done, retries (with their due times)
 and dead letters. Nothing outside a spool backend touches its storage: the pipeline stores, the delivery
-workers claim due deliveries and settle them, `dlq` lists, replays and purges dead letters, `status` reads
-a summary, and the clock's anchor is kept by the spool. The SQLite backend is `event_router.core.spool.sqlite`
-(the default: one file in `data_dir`), the PostgreSQL one `event_router.core.spool.postgresql` (one database
-several routers share); `event_router.core.spool.backend` chooses (`SpoolSettings`).
+workers claim due deliveries and settle them, `dlq` (and the console) lists, replays and purges dead
+letters, `status` reads a summary, and the clock's anchor is kept by the spool. The SQLite backend is
+`event_router.core.spool.sqlite` (the default: one file in `data_dir`), the PostgreSQL one
+`event_router.core.spool.postgresql` (one database several routers share); `event_router.core.spool.backend`
+chooses (`SpoolSettings`).
 
 What every backend guarantees (the callers rely on it):
 - `store` returns once its items are durable: an input may then acknowledge its source;
@@ -241,6 +242,8 @@ class DeadLetterFilter:
     until: float | None = None
     #: only ids up to this one (those a person was shown and confirmed, not those stored since)
     upto: int | None = None
+    #: only the dead letters of this event (not indexed: for an operator's look at one event)
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +296,34 @@ class KeptEvent:
     #: Unix time (wall clock) the router received it
     received: float
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    """A delivery the spool holds for an event (`stored_events`): not yet delivered nor dead-lettered."""
+
+    did: int
+    output: str
+    route: str
+    #: failed attempts so far
+    attempts: int
+    #: seconds from the reading until it is due (negative: overdue, or waiting for its output)
+    due_in: float
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the spool holds it (pending, or kept for `[router] retention`), with its pending deliveries.
+    A replayed dead letter is stored again under the same event id: one id may have several."""
+
+    seq: int
+    event_id: str
+    trigger: str
+    #: Unix time (wall clock) the router received it; None when stored without retention
+    received: float | None
+    body: bytes
+    deliveries: Sequence[PendingDelivery]
 
 
 #: where `kept_events` goes on from: (received, seq) of the last kept event read
@@ -440,6 +471,15 @@ class Spool(Protocol):
         """Apply what replaying these dead letters came to, in one commit, in the router's time base."""
 
     def status(self) -> SpoolStatus: ...
+
+    def stored_events(self, event_id: str, limit: int = 20) -> list[StoredEvent]:
+        """The events stored under `event_id` (pending or kept), oldest first, each with its pending deliveries.
+        Events are not indexed by id: for an operator's look at one event (the console), not the event loop."""
+
+    def retry_now(self, output: str) -> int:
+        """Make every delivery of `output` that waits for a retry due now, in one commit in the router's time
+        base; how many. A router delivering to it picks them up at its next look (within a second); a paused
+        output or an open breaker still holds them."""
 
     # --- retention (kept events) and `event-router replay` ----------------------------------------------
 

@@ -76,6 +76,7 @@ from event_router.core.spool import (
     OutputBacklog,
     OutputState,
     Parked,
+    PendingDelivery,
     Requeue,
     Retry,
     SeenMessage,
@@ -83,6 +84,7 @@ from event_router.core.spool import (
     SpoolStatus,
     StillDead,
     StoreDeadLetter,
+    StoredEvent,
     StoreEvent,
 )
 from event_router.core.spool.writer import Op, gather, resolve_all
@@ -1349,6 +1351,46 @@ class PostgreSQLSpool:
         found: set[int] = self._write_sync(apply)
         return found
 
+    def stored_events(self, event_id: str, limit: int = 20) -> list[StoredEvent]:
+        def read(conn: psycopg.Connection[Any]) -> list[StoredEvent]:
+            now = float(_one(conn, _NOW))
+            rows = conn.execute(
+                "SELECT seq, id, trigger, received, body FROM events WHERE id = %s ORDER BY seq LIMIT %s",
+                (event_id, limit),
+            ).fetchall()
+            deliveries = conn.execute(
+                "SELECT seq, did, output, route, attempts, due, last_error FROM deliveries WHERE seq = ANY(%s) "
+                "ORDER BY did",
+                ([int(row[0]) for row in rows],),
+            ).fetchall()
+            return [
+                StoredEvent(
+                    int(seq),
+                    eid,
+                    trigger,
+                    None if received is None else float(received),
+                    bytes(body),
+                    [
+                        PendingDelivery(int(did), output, route, int(attempts), float(due) - now, error)
+                        for of, did, output, route, attempts, due, error in deliveries
+                        if of == seq
+                    ],
+                )
+                for seq, eid, trigger, received, body in rows
+            ]
+
+        return self._read(read)
+
+    def retry_now(self, output: str) -> int:
+        def apply(conn: psycopg.Connection[Any]) -> int:
+            now = float(_one(conn, _NOW))
+            return conn.execute(
+                "UPDATE deliveries SET due = %s WHERE output = %s AND attempts > 0 AND due > %s", (now, output, now)
+            ).rowcount
+
+        count: int = self._write_sync(apply)
+        return count
+
     def status(self) -> SpoolStatus:
 
         def read(conn: psycopg.Connection[Any]) -> tuple[int, float, Any, dict[str, OutputBacklog], list[Any]]:
@@ -1603,6 +1645,9 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
     if where.upto is not None:
         clauses.append("dlid <= %s")
         args.append(where.upto)
+    if where.event_id is not None:
+        clauses.append("event_id = %s")
+        args.append(where.event_id)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 

@@ -56,12 +56,14 @@ from event_router.core.spool import (
     OutputBacklog,
     OutputState,
     Parked,
+    PendingDelivery,
     Requeue,
     Retry,
     SeenMessage,
     SpoolStatus,
     StillDead,
     StoreDeadLetter,
+    StoredEvent,
     StoreEvent,
 )
 from event_router.core.spool.writer import Op, gather, resolve_all
@@ -1199,6 +1201,44 @@ class SQLiteSpool:
         found: set[int] = self._write_sync(apply)
         return found
 
+    def stored_events(self, event_id: str, limit: int = 20) -> list[StoredEvent]:
+        with _reading():
+            conn = self._read_conn()
+            now = _spool_now(conn)
+            rows = conn.execute(
+                "SELECT seq, id, trigger, received, body FROM events WHERE id = ? ORDER BY seq LIMIT ?",
+                (event_id, limit),
+            ).fetchall()
+            return [
+                StoredEvent(
+                    int(seq),
+                    eid,
+                    trigger,
+                    None if received is None else float(received),
+                    bytes(body),
+                    [
+                        PendingDelivery(int(did), output, route, int(attempts), float(due) - now, error)
+                        for did, output, route, attempts, due, error in conn.execute(
+                            "SELECT did, output, route, attempts, due, last_error FROM deliveries WHERE seq = ? "
+                            "ORDER BY did",
+                            (seq,),
+                        )
+                    ],
+                )
+                for seq, eid, trigger, received, body in rows
+            ]
+
+    def retry_now(self, output: str) -> int:
+        def apply(conn: sqlite3.Connection) -> int:
+            now = _spool_now(conn)  # the router's time base: this may be another process
+            count: int = conn.execute(
+                "UPDATE deliveries SET due = ? WHERE output = ? AND attempts > 0 AND due > ?", (now, output, now)
+            ).rowcount
+            return count
+
+        result: int = self._write_sync(apply)
+        return result
+
     def status(self) -> SpoolStatus:
         with _reading():
             conn = self._read_conn()
@@ -1399,6 +1439,9 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
     if where.upto is not None:
         clauses.append("dlid <= ?")
         args.append(where.upto)
+    if where.event_id is not None:
+        clauses.append("event_id = ?")
+        args.append(where.event_id)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
