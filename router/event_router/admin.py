@@ -10,9 +10,13 @@ GET /outputs  per output: paused (since when, by whom), its breaker, pending and
 POST /outputs/{name}/pause, POST /outputs/{name}/resume: as `event-router output pause|resume NAME`, for every
               router on the spool; 200 with the output's state, 404 naming the configured outputs, 503
               when the spool cannot record it.
+POST /outputs/{name}/retry: the output's deliveries waiting for a retry are due now; 200 with how many.
+GET /console/ the web console (event_router.console).
 
-Like /reload, these have no authentication of their own: the endpoint listens on loopback unless the
-operator chose otherwise (docs/operating.md).
+Who may call what (event_router.console.security, in front of every route): /healthz, /readyz and
+/metrics are open; with `[router.admin] token` (required off the loopback) everything else asks for it
+(`Authorization: Bearer TOKEN`, or the console's login); without one, only requests to a loopback Host are
+answered. A POST a browser marks as cross-site is refused (docs/operating.md, docs/security.md).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,10 +36,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from event_router.api.errors import SpoolError
 from event_router.api.listen import listen_error
+from event_router.console import mount as mount_console
+from event_router.console.security import guard
+from event_router.core.deadletters import ReplayReport
 from event_router.core.gate import UnknownOutput
 from event_router.core.model import RouterConfig
 from event_router.core.routing import PatternError
+from event_router.core.stats import Stats
 from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES, Tap, TapFilter, TapFull
+from event_router.core.validation import SchemaRegistry
 
 log = logging.getLogger("event_router.admin")
 
@@ -54,6 +64,12 @@ class Administered(Protocol):
     @property
     def tap(self) -> Tap: ...
 
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def schemas(self) -> SchemaRegistry: ...
+
     def readiness(self) -> dict[str, Any]: ...
 
     async def reload(self) -> tuple[bool, list[str], list[str]]:
@@ -61,6 +77,12 @@ class Administered(Protocol):
         ...
 
     async def pause_output(self, name: str, paused: bool, by: str) -> dict[str, Any]: ...
+
+    async def retry_output(self, name: str, by: str) -> int: ...
+
+    async def replay_dead_letters(self, ids: Sequence[int], by: str) -> ReplayReport: ...
+
+    async def purge_dead_letters(self, ids: Sequence[int], by: str) -> int: ...
 
     def outputs_report(self) -> dict[str, dict[str, Any]]: ...
 
@@ -168,6 +190,16 @@ async def serve_admin(
     async def outputs(_: web.Request) -> web.Response:
         return _json(200, {"outputs": app.outputs_report()})
 
+    async def retry(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            count = await app.retry_output(name, f"admin endpoint ({request.remote})")
+        except UnknownOutput as exc:
+            return _json(404, {"error": str(exc)})
+        except SpoolError as exc:
+            return _json(503, {"error": str(exc)})
+        return _json(200, {"output": name, "due_now": count})
+
     async def pause(request: web.Request) -> web.Response:
         paused = request.match_info["action"] == "pause"
         try:
@@ -178,7 +210,7 @@ async def serve_admin(
             return _json(503, {"error": str(exc)})
         return _json(200, state)
 
-    web_app = web.Application()
+    web_app = web.Application(middlewares=[guard(lambda: app.config.admin_token)])
     web_app.on_shutdown.append(end_taps)
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/readyz", readyz)
@@ -187,6 +219,8 @@ async def serve_admin(
     web_app.router.add_get("/tap", tap)
     web_app.router.add_get("/outputs", outputs)
     web_app.router.add_post("/outputs/{name}/{action:pause|resume}", pause)
+    web_app.router.add_post("/outputs/{name}/retry", retry)
+    mount_console(web_app, app)
     runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

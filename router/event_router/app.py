@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -35,11 +35,12 @@ from event_router.api.backoff import Backoff
 from event_router.api.errors import ConfigError, RouterError, SpoolError
 from event_router.api.retry import RetryPolicy
 from event_router.config import ConfigErrors, load_config
+from event_router.core.deadletters import ReplayReport, replay
 from event_router.core.delivery import OutputWorker
 from event_router.core.gate import OutputControl, UnknownOutput
 from event_router.core.model import InputConfig, OutputConfig, RouterConfig
 from event_router.core.pipeline import InternalSource, Pipeline
-from event_router.core.spool import DataDirInUse, Spool
+from event_router.core.spool import DataDirInUse, DeadLetterFilter, Spool
 from event_router.core.spool.backend import describe as describe_spool
 from event_router.core.spool.backend import directory_problem, spool_for
 from event_router.core.stats import Stats
@@ -617,6 +618,43 @@ class App:
             raise UnknownOutput(name, list(self.config.outputs))
         _, changed = await self.control.set_paused(name, paused, by)
         return {"output": name, "changed": changed, **self.outputs_report()[name]}
+
+    async def retry_output(self, name: str, by: str) -> int:
+        """Make output `name`'s deliveries that wait for a retry due now (the console's "retry now"), and
+        let its worker look at once; how many. `UnknownOutput` for a name that is not configured."""
+        if name not in self.config.outputs:
+            raise UnknownOutput(name, list(self.config.outputs))
+        count = await anyio.to_thread.run_sync(self.spool.retry_now, name)
+        worker = self.pipeline.workers.get(name)
+        if worker is not None:
+            worker.wake()
+        log.info("retries made due now", extra={"output": name, "deliveries": count, "by": by})
+        return count
+
+    async def replay_dead_letters(self, ids: Sequence[int], by: str) -> ReplayReport:
+        """Replay these dead letters as `event-router dlq replay IDS` does, on this router's spool (its counts
+        see them at once), and let the workers look at once."""
+        where = DeadLetterFilter(ids=tuple(ids))
+        report = await anyio.to_thread.run_sync(partial(replay, self.spool, self.config, self.schemas, where))
+        for worker in list(self.pipeline.workers.values()):
+            worker.wake()
+        log.info(
+            "dead letters replayed",
+            extra={
+                "dead_letters": list(ids),
+                "replayed": report.replayed,
+                "dead_again": report.dead_again,
+                "skipped": report.skipped,
+                "by": by,
+            },
+        )
+        return report
+
+    async def purge_dead_letters(self, ids: Sequence[int], by: str) -> int:
+        """Delete these dead letters for good (as `event-router dlq purge IDS`); how many."""
+        count: int = await anyio.to_thread.run_sync(self.spool.purge_dead_letters, DeadLetterFilter(ids=tuple(ids)))
+        log.info("dead letters purged", extra={"dead_letters": list(ids), "purged": count, "by": by})
+        return count
 
     def outputs_report(self) -> dict[str, dict[str, Any]]:
         """Per configured output: paused (since when, by whom), its breaker, its deliveries (`GET /outputs`)."""

@@ -1,0 +1,380 @@
+"""What the console finds of events: the events page's search (`search`) and one event's trace (`trace`).
+
+Both are made of what the spool keeps today, read on the console's own read-only spool (`Reader`):
+- kept events (`[router] retention`): each event received in the window, delivered or still pending;
+- an event's stored rows (`Spool.stored_events`): its pending deliveries, with attempts and last error;
+- dead letters: what failed for good, with reason, error and attempts.
+What happens next shows live on the pages (they follow `GET /tap`). Without retention a delivered event
+is forgotten: the search finds dead letters, and an event by id only while it is pending.
+
+The hook for per-event attempt history (`event-router trace EVENT_ID`, a spool table of attempts): `trace`
+returns a `Trace` whose `attempts` stays empty here. That work fills it in `trace` (and may add outcomes
+such as "delivered" to `OUTCOMES` and `search`); `Trace.timeline` and the templates show whatever it holds,
+so the pages need no change. The pages call nothing else of the spool for events.
+
+Every function here is synchronous (the spool's reads are): the console runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from event_router.api.event import Event
+from event_router.core.model import RouterConfig
+from event_router.core.plan import plan_event
+from event_router.core.routing import trigger_matches
+from event_router.core.spool import (
+    DeadLetter,
+    DeadLetterFilter,
+    KeptCursor,
+    PendingDelivery,
+    Spool,
+    SpoolSettings,
+    StoredEvent,
+)
+from event_router.core.spool.backend import open_spool
+from event_router.core.tap import mask
+from event_router.core.validation import SchemaRegistry
+
+#: the outcomes the events page can search for: kept by the spool (delivered or pending), or dead-lettered
+OUTCOMES = ("stored", "dead_lettered")
+#: events and dead letters one search reads at most, and rows it shows at most
+SCAN_LIMIT = 5000
+RESULT_LIMIT = 200
+#: of an event id, the stored rows and dead letters a trace reads at most
+TRACE_LIMIT = 50
+
+
+class Reader:
+    """The console's read-only spool beside the router's (as `event-router status` opens one): its reads,
+    however long, never hold the router's own connection, which the delivery loop reads on. One thread at a
+    time uses it (the console runs its reads through one limiter); opened at the first read."""
+
+    def __init__(self, data_dir: Path, settings: SpoolSettings):
+        self._data_dir = data_dir
+        self._settings = settings
+        self._spool: Spool | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Spool:
+        with self._lock:
+            if self._spool is None:
+                self._spool = open_spool(self._data_dir, "readonly", self._settings)
+            return self._spool
+
+    def close(self) -> None:
+        with self._lock:
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The events page's search: each field set must match."""
+
+    #: received (kept events) or dead-lettered at or after, and before (Unix times)
+    since: float
+    until: float
+    #: a trigger glob, as a route's `match.trigger` (`transport.*`)
+    trigger: str | None = None
+    event_id: str | None = None
+    #: a route's name: a dead letter's route, or a kept event's routes under the configuration in force
+    route: str | None = None
+    #: one of OUTCOMES
+    outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One row of the events page."""
+
+    event_id: str | None
+    trigger: str | None
+    #: Unix time: received (a kept event) or dead-lettered
+    time: float | None
+    source: str | None
+    routes: Sequence[str]
+    outcome: str
+    #: a dead letter's reason and output, or a kept event's outputs
+    detail: str = ""
+    dead_letter: int | None = None
+
+
+@dataclass(slots=True)
+class SearchResult:
+    found: list[Found] = field(default_factory=list)
+    #: kept events and dead letters read
+    examined: int = 0
+    #: the search stopped at SCAN_LIMIT or RESULT_LIMIT: a narrower window finds the rest
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt of an event (filled by the attempt history: see the module's doc)."""
+
+    time: float
+    output: str
+    route: str
+    attempt: int
+    outcome: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A line of a trace's timeline."""
+
+    #: Unix time; None for "now" (a pending delivery's state)
+    time: float | None
+    kind: str
+    output: str | None = None
+    route: str | None = None
+    text: str = ""
+    dead_letter: int | None = None
+
+
+@dataclass(slots=True)
+class Trace:
+    """What is known of one event id."""
+
+    event_id: str
+    trigger: str | None
+    source: str | None
+    #: Unix time the router received it (kept events only)
+    received: float | None
+    #: the event as stored (its JSON, or its bytes as text when it was not JSON)
+    body: bytes
+    #: routes the configuration in force sends it to: (route, its outputs)
+    routes: list[tuple[str, list[str]]]
+    stored: list[StoredEvent]
+    dead_letters: list[DeadLetter]
+    #: the attempt history's records (see the module's doc); empty until that work fills it
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[PendingDelivery]:
+        return [d for row in self.stored for d in row.deliveries]
+
+    def timeline(self) -> list[Step]:
+        """Received, attempts, dead letters in time order; pending deliveries last (their state now)."""
+        steps: list[Step] = []
+        for row in self.stored:
+            if row.received is not None:
+                steps.append(Step(row.received, "received", text=f"stored as spool event {row.seq}"))
+        for attempt in self.attempts:
+            steps.append(
+                Step(
+                    attempt.time,
+                    attempt.outcome,
+                    attempt.output,
+                    attempt.route,
+                    f"attempt {attempt.attempt}" + (f": {attempt.error}" if attempt.error else ""),
+                )
+            )
+        for dl in self.dead_letters:
+            steps.append(
+                Step(
+                    dl.created_at,
+                    "dead_lettered",
+                    dl.output,
+                    dl.route,
+                    f"{dl.reason} after {dl.attempts} attempt(s)" + (f": {dl.error}" if dl.error else ""),
+                    dl.dlid,
+                )
+            )
+        steps.sort(key=lambda step: step.time or 0.0)
+        for delivery in self.pending:
+            when = "due now" if delivery.due_in <= 0 else f"next attempt in {delivery.due_in:.0f}s"
+            failed = f"{delivery.attempts} failed attempt(s), {when}" if delivery.attempts else "not attempted yet"
+            error = f"; last error: {delivery.last_error}" if delivery.last_error else ""
+            steps.append(Step(None, "pending", delivery.output, delivery.route, failed + error))
+        return steps
+
+
+def current_routes(body: bytes, config: RouterConfig, schemas: SchemaRegistry) -> list[tuple[str, list[str]]]:
+    """The routes the configuration in force sends this stored event to (not validated again), with their
+    outputs; none for what is not an event (an undecodable dead letter)."""
+    try:
+        event = Event.from_json(body)
+    except (ValueError, TypeError, KeyError):
+        return []
+    plan = plan_event(event, config=config, schemas=schemas, validation="off")
+    routes: dict[str, list[str]] = {}
+    for delivery in plan.deliveries:
+        routes.setdefault(delivery.route, []).append(delivery.output)
+    for route in plan.routes:
+        routes.setdefault(route.name, [])
+    return list(routes.items())
+
+
+def search(spool: Spool, config: RouterConfig, schemas: SchemaRegistry, query: Query) -> SearchResult:
+    """The events page's rows, newest first: kept events and dead letters in the window that match."""
+    result = SearchResult()
+    if query.event_id:
+        found = trace(spool, config, schemas, query.event_id)
+        if found is not None:
+            result.found = [row for row in _rows_of(found) if _wanted(row, query)]
+            result.examined = len(found.stored) + len(found.dead_letters)
+        return result
+    if query.outcome in (None, "stored"):
+        _search_kept(spool, config, schemas, query, result)
+    if query.outcome in (None, "dead_lettered"):
+        where = DeadLetterFilter(since=query.since, until=query.until)
+        letters = spool.dead_letters(where, limit=SCAN_LIMIT)
+        result.examined += len(letters)
+        if len(letters) >= SCAN_LIMIT:
+            result.truncated = True
+        result.found.extend(row for dl in letters if _wanted(row := _dead_row(dl), query))
+    result.found.sort(key=lambda row: row.time or 0.0, reverse=True)
+    if len(result.found) > RESULT_LIMIT:
+        del result.found[RESULT_LIMIT:]
+        result.truncated = True
+    return result
+
+
+def _search_kept(
+    spool: Spool, config: RouterConfig, schemas: SchemaRegistry, query: Query, result: SearchResult
+) -> None:
+    cursor: KeptCursor | None = None
+    read = 0
+    while read < SCAN_LIMIT:
+        page = spool.kept_events(query.since, query.until, after=cursor, limit=min(500, SCAN_LIMIT - read))
+        if not page:
+            return
+        read += len(page)
+        result.examined += len(page)
+        for kept in page:
+            if query.trigger and not trigger_matches(query.trigger, kept.trigger):
+                continue
+            routes = current_routes(kept.body, config, schemas)
+            outputs = sorted({output for _, outs in routes for output in outs})
+            row = Found(
+                kept.event_id,
+                kept.trigger,
+                kept.received,
+                _source(kept.body),
+                [name for name, _ in routes],
+                "stored",
+                ", ".join(outputs),
+            )
+            if _wanted(row, query):
+                result.found.append(row)
+        cursor = (page[-1].received, page[-1].seq)
+    result.truncated = True
+
+
+def _wanted(row: Found, query: Query) -> bool:
+    if query.trigger and not (row.trigger and trigger_matches(query.trigger, row.trigger)):
+        return False
+    if query.route and query.route not in row.routes:
+        return False
+    return not query.outcome or row.outcome == query.outcome
+
+
+def _dead_row(dl: DeadLetter) -> Found:
+    detail = dl.reason + (f" at {dl.output}" if dl.output else "")
+    return Found(
+        dl.event_id,
+        dl.trigger,
+        dl.created_at,
+        dl.source,
+        [dl.route] if dl.route else [],
+        "dead_lettered",
+        detail,
+        dl.dlid,
+    )
+
+
+def _rows_of(found: Trace) -> list[Found]:
+    rows = [
+        Found(
+            row.event_id,
+            row.trigger,
+            row.received,
+            found.source,
+            [name for name, _ in found.routes],
+            "stored",
+            ", ".join(sorted({d.output for d in row.deliveries})) or "nothing pending",
+        )
+        for row in found.stored
+    ]
+    return rows + [_dead_row(dl) for dl in found.dead_letters]
+
+
+def _source(body: bytes) -> str | None:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    source = value.get("source") if isinstance(value, dict) else None
+    return source if isinstance(source, str) else None
+
+
+def trace(spool: Spool, config: RouterConfig, schemas: SchemaRegistry, event_id: str) -> Trace | None:
+    """What the spool knows of `event_id` (None: nothing, which without retention is every delivered event)."""
+    stored = spool.stored_events(event_id, limit=TRACE_LIMIT)
+    dead = spool.dead_letters(DeadLetterFilter(event_id=event_id), limit=TRACE_LIMIT)
+    if not stored and not dead:
+        return None
+    body = stored[-1].body if stored else dead[-1].body
+    received = next((row.received for row in stored if row.received is not None), None)
+    return Trace(
+        event_id=event_id,
+        trigger=stored[-1].trigger if stored else dead[-1].trigger,
+        source=_source(body) or (dead[-1].source if dead else None),
+        received=received,
+        body=body,
+        routes=current_routes(body, config, schemas),
+        stored=stored,
+        dead_letters=dead,
+    )
+
+
+def shown_event(body: bytes, *, unmask: bool) -> Any:
+    """A stored event as a page shows it: `data` and `meta` masked (`core.tap.mask`: ids, types and dates
+    stay) unless `unmask` (`[router.admin] unmask = true` and asked for). Not JSON (an undecodable dead
+    letter): its text, or only its size when masked."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if unmask:
+            return body.decode("utf-8", errors="replace")
+        return f"({len(body)} bytes that are not JSON; masked)"
+    if unmask or not isinstance(value, Mapping):
+        return value if unmask else mask(value)
+    return {key: mask(item) if key in ("data", "meta") else item for key, item in value.items()}
+
+
+def shown_payload(payload: bytes | None, *, unmask: bool) -> Any:
+    """A route's reshaped body as a page shows it, masked as `shown_event` masks data."""
+    if payload is None:
+        return None
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return f"({len(payload)} bytes)"
+    return value if unmask else mask(value)
+
+
+__all__ = [
+    "OUTCOMES",
+    "Attempt",
+    "Found",
+    "Query",
+    "Reader",
+    "SearchResult",
+    "Step",
+    "Trace",
+    "search",
+    "shown_event",
+    "shown_payload",
+    "trace",
+]
