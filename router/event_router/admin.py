@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,20 +36,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from event_router.api.errors import SpoolError
 from event_router.api.listen import listen_error
 from event_router.console import mount as mount_console
+from event_router.console.host import ConsoleHost
 from event_router.console.security import guard
-from event_router.core.deadletters import ReplayReport
 from event_router.core.gate import UnknownOutput
 from event_router.core.model import RouterConfig
 from event_router.core.routing import PatternError
-from event_router.core.stats import Stats
-from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES, Tap, TapFilter, TapFull
-from event_router.core.validation import SchemaRegistry
+from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES, TapFilter, TapFull
 
 log = logging.getLogger("event_router.admin")
 
 
-class Administered(Protocol):
-    """What the admin endpoint asks of the running router (`event_router.app.App`)."""
+class Administered(ConsoleHost, Protocol):
+    """What the admin endpoint asks of the running router (`event_router.app.App`): what its console asks
+    (`ConsoleHost`), and more."""
 
     @property
     def config_file(self) -> Path: ...
@@ -58,33 +56,9 @@ class Administered(Protocol):
     @property
     def metrics_registry(self) -> CollectorRegistry: ...
 
-    @property
-    def config(self) -> RouterConfig: ...
-
-    @property
-    def tap(self) -> Tap: ...
-
-    @property
-    def stats(self) -> Stats: ...
-
-    @property
-    def schemas(self) -> SchemaRegistry: ...
-
-    def readiness(self) -> dict[str, Any]: ...
-
     async def reload(self) -> tuple[bool, list[str], list[str]]:
         """(applied, errors, warnings)"""
         ...
-
-    async def pause_output(self, name: str, paused: bool, by: str) -> dict[str, Any]: ...
-
-    async def retry_output(self, name: str, by: str) -> int: ...
-
-    async def replay_dead_letters(self, ids: Sequence[int], by: str) -> ReplayReport: ...
-
-    async def purge_dead_letters(self, ids: Sequence[int], by: str) -> int: ...
-
-    def outputs_report(self) -> dict[str, dict[str, Any]]: ...
 
 
 #: seconds between keep-alive comments on an idle tap: a client (or proxy) gone away is noticed

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from event_router.admin import Administered
+    from event_router.console.host import ConsoleHost
 
 
-def mount(web_app: web.Application, app: Administered) -> None:
+def mount(web_app: web.Application, app: ConsoleHost) -> None:
     """Add the console's routes to the admin endpoint's `web_app` (whose middleware is `security.guard`)."""
     from event_router.console.views import Console
 

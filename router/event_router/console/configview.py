@@ -3,8 +3,9 @@
 The core keeps each input's and output's table as written (references such as `{ env = "NAME" }`, which
 name a secret and hold none, or plain text); the resolved secrets stay inside the plugins. Here every value
 the plugin's schema marks `x-secret` is masked when it is written in plain text (a reference is shown: it
-says where the secret comes from), and, whatever the schema says, so is every value under a key named like
-a credential (`is_credential_header`: auth, key, token, secret, password...), and every URL's password.
+says where the secret comes from); where no schema says what a value is (a route's options), so is every
+value under a key named like a credential (`is_credential_header`: auth, key, token, secret, password...);
+and every URL's password is.
 `[router.admin] token` and `[router] spool.dsn` are shown as `***` when set.
 """
 
@@ -40,7 +41,9 @@ def masked_table(schema: Mapping[str, Any], table: Any) -> Any:
         if _is_reference(node):
             return dict(node)
         if isinstance(node, str):
-            if secret in (True, "url") or (key is not None and is_credential_header(key) and secret != "optional"):
+            # where the schema says nothing of a value (a route's options), a key named like a credential is one
+            named = not sub_schema and key is not None and is_credential_header(key)
+            if secret in (True, "url") or named:
                 # a URL that is a secret only through its password: shown without it
                 return redact_url(node) if secret == "url" and _URL_WITH_PASSWORD.match(node) is None else MASK
             return redact_url(node) if _URL_WITH_PASSWORD.match(node) else node

@@ -65,7 +65,8 @@ PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # not "no-referrer": with it a browser sends `Origin: null` on the console's own forms
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 

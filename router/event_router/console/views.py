@@ -25,11 +25,11 @@ from event_router.console.configview import config_text
 from event_router.core.gate import UnknownOutput
 from event_router.core.routing import trigger_glob_problem
 from event_router.core.spool import DeadLetter, DeadLetterFilter, Spool
-from event_router.ops.replay import parse_when
 from event_router.ops.show import iso_time, spool_status
+from event_router.ops.when import parse_when
 
 if TYPE_CHECKING:
-    from event_router.admin import Administered
+    from event_router.console.host import ConsoleHost
 
 _T = TypeVar("_T")
 
@@ -136,7 +136,7 @@ def _who(request: web.Request) -> str:
 
 
 class Console:
-    def __init__(self, app: Administered):
+    def __init__(self, app: ConsoleHost):
         self.app = app
         self.templates = _environment()
         self.reader: events.Reader | None = None

@@ -35,7 +35,7 @@
       if (placeholder) placeholder.remove();
       const row = body.insertRow(0);
       row.className = "fresh";
-      cell(row, record.time ? new Date(record.time * 1000).toISOString().replace(/\.\d+Z$/, "Z") : "");
+      cell(row, record.time ? new Date(record.time * 1000).toISOString().slice(11, 19) + "Z" : "");
       if (record.type === "dropped") {
         cell(row, "dropped");
         const td = cell(row, record.count + " record(s) not shown: " + record.why);
