@@ -178,6 +178,8 @@ def site(tmp_path: Path, router_spool: tuple[str, dict[str, str]]) -> Iterator[S
 
 
 def shoot(page: Any, shots: Path, name: str) -> None:
+    if name == "overview":
+        page.wait_for_timeout(2100)  # the live rows' highlight fades
     page.screenshot(path=str(shots / f"console-{name}.png"), full_page=True)
     if name == "overview" and os.environ.get("UPDATE_README_SCREENSHOT") == "1":
         page.screenshot(path=str(ROOT / "docs" / "images" / "console-overview.png"))
@@ -488,3 +490,35 @@ def test_with_a_token_the_console_asks_for_it_and_the_commands_send_it(tmp_path:
         finally:
             tap.terminate()
             tap.wait(10)
+
+
+def test_session_cookies_and_where_the_login_page_sends_people() -> None:
+    """Pure parts of console.security: a session is the token's (another token's, a forged or an expired one
+    is not), and the login page's `next` never leaves the console (no open redirect)."""
+    from event_router.console import security
+
+    now = 1_800_000_000.0
+    cookie = security.session_value(TOKEN, int(now))
+    assert security.session_valid(TOKEN, cookie, now + 60)
+    assert not security.session_valid("another-token-0123456789", cookie, now + 60)
+    assert not security.session_valid(TOKEN, cookie, now + security.SESSION_HOURS * 3600 + 1)
+    assert not security.session_valid(TOKEN, cookie, now - 60), "issued in the future"
+    issued, _, mac = cookie.partition(".")
+    assert not security.session_valid(TOKEN, f"{int(issued) + 1}.{mac}", now + 60)
+    for forged in (None, "", "x", ".", "abc.def", f"{issued}."):
+        assert not security.session_valid(TOKEN, forged, now)
+    assert security.bearer_valid(TOKEN, f"Bearer {TOKEN}")
+    assert not security.bearer_valid(TOKEN, f"Basic {TOKEN}") and not security.bearer_valid(TOKEN, None)
+    for target, expected in (
+        ("/console/outputs?x=1", "/console/outputs?x=1"),
+        ("https://evil.example/console/", "/console/"),
+        ("//evil.example/console", "/console/"),
+        ("/console\\@evil.example", "/console/"),
+        ("/metrics", "/console/"),
+        (None, "/console/"),
+    ):
+        assert security.safe_next(target) == expected, target
+    assert security.host_is_loopback("127.0.0.1:9187") and security.host_is_loopback("[::1]:9187")
+    assert security.host_is_loopback("localhost:9187") and security.host_is_loopback("127.0.0.5")
+    assert not security.host_is_loopback("evil.example:9187") and not security.host_is_loopback(None)
+    assert not security.host_is_loopback("127.0.0.1.evil.example:9187")

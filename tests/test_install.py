@@ -295,7 +295,16 @@ def test_core_alone_runs_webhook_to_file(core: Venv) -> None:
         lines = wait_for(lambda: len(read_jsonl(archive)) == 2 and read_jsonl(archive), what="2 archived lines")
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
             metrics = response.read().decode()
+        # the console's templates and static files are in the wheel: its pages render from the install
+        console = {}
+        for path in ("/console/", "/console/static/console.css", "/console/static/console.js"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=10) as response:
+                console[path] = (response.status, response.headers["Content-Type"], response.read().decode())
         assert router.terminate() == 0, router.logs()
+    assert console["/console/"][0] == 200 and "<h1>Overview</h1>" in console["/console/"][2]
+    assert "archive" in console["/console/"][2]
+    assert console["/console/static/console.css"][1].startswith("text/css")
+    assert "EventSource" in console["/console/static/console.js"][2]
     assert sorted(line["id"] for line in lines) == sorted(ids)
     assert {line["trigger"] for line in lines} == {"transport.messageReceived", "transport.relationshipChanged"}
     assert re.search(

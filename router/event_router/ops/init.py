@@ -10,7 +10,8 @@ import tomli_w
 HEADER = """\
 # router.toml written by `event-router init`. Reference: docs/configuration.md
 # Check it with `event-router check`, try an event with `event-router test EVENT.json`.
-# [router.admin] serves /healthz, /readyz, /metrics and POST /reload (`event-router reload`) on loopback.
+# [router.admin] serves /healthz, /readyz, /metrics, POST /reload (`event-router reload`) and the web console
+# (http://127.0.0.1:9187/console/) on loopback; off the loopback it needs token = { env = "ROUTER_ADMIN_TOKEN" }.
 
 """
 
