@@ -73,16 +73,16 @@ def config_document(config: RouterConfig) -> dict[str, Any]:
         "data_dir": str(config.data_dir),
         "unmatched": config.unmatched,
         "max_pending_events": config.max_pending_events,
-        "shutdown_timeout": f"{config.shutdown_timeout:g}s",
-        "announced_retention": f"{config.announced_retention:g}s",
-        "retention": f"{config.retention:g}s",
+        "shutdown_timeout": _duration(config.shutdown_timeout),
+        "announced_retention": _duration(config.announced_retention),
+        "retention": _duration(config.retention),
         "log_level": config.log_level,
     }
     if config.schemas_dir is not None:
         router["schemas_dir"] = str(config.schemas_dir)
     spool: dict[str, Any] = {"backend": config.spool.backend, "where": describe_spool(config.data_dir, config.spool)}
     if config.spool.backend == "postgresql":
-        spool = {"backend": "postgresql", "dsn": MASK, "lease": f"{config.spool.lease:g}s"}
+        spool = {"backend": "postgresql", "dsn": MASK, "lease": _duration(config.spool.lease)}
     router["spool"] = spool
     if config.admin_listen is not None:
         host, port = config.admin_listen
@@ -112,6 +112,14 @@ def config_document(config: RouterConfig) -> dict[str, Any]:
         routes.append(table)
     document["routes"] = routes
     return document
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as router.toml writes a duration: in the largest unit that divides them (`7d`, `90s`)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def config_text(config: RouterConfig) -> str:

@@ -139,7 +139,8 @@ class Console:
     def __init__(self, app: ConsoleHost):
         self.app = app
         self.templates = _environment()
-        self.reader: events.Reader | None = None
+        # the spool the router runs on: a reload never moves it (App.reload keeps the running one)
+        self.reader = events.Reader(app.config.data_dir, app.config.spool)
         # one read at a time on the console's read-only spool
         self._reading = anyio.CapacityLimiter(1)
         self.rates = Rates(lambda name, labels: app.stats.get(name, **labels))
@@ -176,16 +177,12 @@ class Console:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.reader is not None:
-            await anyio.to_thread.run_sync(self.reader.close)
+        await anyio.to_thread.run_sync(self.reader.close)
 
     # --- helpers ------------------------------------------------------------------------------------
 
     async def _read(self, work: Callable[[Spool], _T]) -> _T:
         """`work` on the console's read-only spool, in a worker thread."""
-        config = self.app.config
-        if self.reader is None:
-            self.reader = events.Reader(config.data_dir, config.spool)
         reader = self.reader
 
         def run() -> _T:
