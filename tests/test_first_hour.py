@@ -193,8 +193,11 @@ def test_a_failed_start_is_a_json_record_too_and_the_documented_jq_recipe_surviv
 def test_check_refuses_two_listeners_on_one_port(tmp_path: Path, webhook: str, admin: str, overlap: bool) -> None:
     p, q = free_port(), free_port()
     listen, admin_listen = webhook.format(p=p, q=q), admin.format(p=p, q=q)
-    config = router_toml(tmp_path, listen=listen, extra=f'[router.admin]\nlisten = "{admin_listen}"\n')
-    checked = run_cli("check", "-c", str(config), env={**ENV, "FIRST_HOUR_CRM_TOKEN": "t"})
+    # a token: an admin endpoint off the loopback ([::]) asks for one
+    admin_table = f'[router.admin]\nlisten = "{admin_listen}"\ntoken = {{ env = "FIRST_HOUR_ADMIN_TOKEN" }}\n'
+    config = router_toml(tmp_path, listen=listen, extra=admin_table)
+    env = {**ENV, "FIRST_HOUR_CRM_TOKEN": "t", "FIRST_HOUR_ADMIN_TOKEN": "first-hour-admin-token"}
+    checked = run_cli("check", "-c", str(config), env=env)
     if not overlap:
         assert checked.returncode == 0, checked.stderr
         return
