@@ -20,7 +20,16 @@ import anyio
 import orjson
 import pytest
 
-from event_router.core.spool import DeadLetterFilter, NewDelivery, Parked, Requeue, SeenMessage, Spool, StoreEvent
+from event_router.core.spool import (
+    DeadLetterFilter,
+    NewDelivery,
+    Parked,
+    Refused,
+    Requeue,
+    SeenMessage,
+    Spool,
+    StoreEvent,
+)
 from event_router.testing import (
     MakeApp,
     RouterProcess,
@@ -57,11 +66,11 @@ def spool(spool_at: Callable[[], Spool]) -> Iterator[Spool]:
     s.close()
 
 
-def parked(results: list[list[int | Parked] | int | None]) -> list[Parked]:
+def parked(results: list[list[int | Parked | Refused] | int | None]) -> list[Parked]:
     return [d for result in results if isinstance(result, list) for d in result if isinstance(d, Parked)]
 
 
-def stored(results: list[list[int | Parked] | int | None]) -> list[int]:
+def stored(results: list[list[int | Parked | Refused] | int | None]) -> list[int]:
     return [d for result in results if isinstance(result, list) for d in result if isinstance(d, int)]
 
 

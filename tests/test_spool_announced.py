@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from event_router.core.announced import announced_key, announced_text, key_cutoff
-from event_router.core.spool import Announcement, NewDelivery, Parked, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.spool import Announcement, NewDelivery, Parked, Refused, Spool, StoreDeadLetter, StoreEvent
 from event_router.core.spool.sqlite import SCHEMA_VERSION, SQLiteSpool
 
 pytestmark = pytest.mark.anyio
@@ -82,8 +82,10 @@ async def test_announced_reads_which_keys_are_kept(spool_at: Callable[[], Spool]
         spool.close()
 
 
-async def _at_once(spool: Spool, batches: list[list[StoreEvent]]) -> list[list[list[int | Parked] | int | None]]:
-    results: list[list[list[int | Parked] | int | None]] = [[] for _ in batches]
+async def _at_once(
+    spool: Spool, batches: list[list[StoreEvent]]
+) -> list[list[list[int | Parked | Refused] | int | None]]:
+    results: list[list[list[int | Parked | Refused] | int | None]] = [[] for _ in batches]
 
     async def one(index: int) -> None:
         results[index] = await spool.store(batches[index])

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from event_router.core.spool import NewDelivery, Parked, SeenMessage, Spool, StoreDeadLetter, StoreEvent
+from event_router.core.spool import NewDelivery, Parked, Refused, SeenMessage, Spool, StoreDeadLetter, StoreEvent
 from event_router.core.spool.sqlite import SQLiteSpool
 
 pytestmark = pytest.mark.anyio
@@ -70,8 +70,10 @@ async def test_a_message_id_is_stored_once(spool_at: Callable[[], Spool]) -> Non
         reopened.close()
 
 
-async def store_at_once(batches: list[list[StoreEvent]], spool: Spool) -> list[list[list[int | Parked] | int | None]]:
-    results: list[list[list[int | Parked] | int | None]] = [[] for _ in batches]
+async def store_at_once(
+    batches: list[list[StoreEvent]], spool: Spool
+) -> list[list[list[int | Parked | Refused] | int | None]]:
+    results: list[list[list[int | Parked | Refused] | int | None]] = [[] for _ in batches]
 
     async def one(index: int) -> None:
         results[index] = await spool.store(batches[index])

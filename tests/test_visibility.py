@@ -279,10 +279,17 @@ async def test_a_schema_1_spool_is_upgraded_in_place_and_keeps_its_rows(tmp_path
         assert "announced" in tables, "schema 3's table of announced keys"
         assert "output_states" in tables, "schema 4's table of paused outputs and open breakers"
         assert "received" in {row[1] for row in conn.execute("PRAGMA table_info(events)")}, "schema 5's column"
+        assert "ordering_key" in {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}, "schema 6's"
         assert "AUTOINCREMENT" in tables["deliveries"] and "AUTOINCREMENT" in tables["dead_letters"]
         assert not any(name.endswith("_v1") for name in tables), tables
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"deliveries_due", "deliveries_seq", "dead_letters_output", "dead_letters_created"} <= indexes
+        assert {
+            "deliveries_due",
+            "deliveries_seq",
+            "deliveries_key",
+            "dead_letters_output",
+            "dead_letters_created",
+        } <= indexes
         assert "events_received" in indexes
     finally:
         conn.close()

@@ -31,7 +31,7 @@ import orjson
 # the dead letters' types, for a plugin's tests (`dead_letters` below) without importing the core's spool
 from event_router.core.spool import DeadLetter as DeadLetter
 from event_router.core.spool import DeadLetterFilter as DeadLetterFilter
-from event_router.core.spool import Parked, SpoolSettings
+from event_router.core.spool import Parked, Refused, SpoolSettings
 
 if TYPE_CHECKING:
     from event_router.app import App
@@ -301,9 +301,9 @@ def dead_letters(
         spool.close()
 
 
-def delivery_ids(stored: Sequence[list[int | Parked] | int | None]) -> list[list[int]]:
+def delivery_ids(stored: Sequence[list[int | Parked | Refused] | int | None]) -> list[list[int]]:
     """The delivery ids of the events in a `Spool.store` result, each event's in order; fails on a dead
-    letter, a repeat or a parked delivery among them."""
+    letter, a repeat or a parked (or refused) delivery among them."""
     out: list[list[int]] = []
     for result in stored:
         assert isinstance(result, list), f"not a stored event: {result!r}"

@@ -32,6 +32,10 @@ What every backend guarantees (the callers rely on it):
 - each output's state (`OutputState`: paused by an operator, its breaker open on a router) is kept in the
   spool, so a pause outlives restarts and every router on a shared spool follows it; routers read it
   again every second or so (`output_states`, a small table);
+- deliveries with an ordering key (`NewDelivery.ordering_key`) are handed out one at a time per output and
+  key, in the order they were stored: `fetch_due` hands out only a key's first pending delivery (its
+  head), and none of the key while the head is handed out (in memory, leased) or waits for a retry; once
+  the head is delivered or dead-lettered the next is due (see `BLOCKED`);
 - failures raise `SpoolError`, `transient` when the same write may succeed later (disk full, busy).
 """
 
@@ -122,12 +126,28 @@ class SpoolStatus:
     dead_letters: Sequence[DeadLetterCount]
 
 
+#: the due time of a delivery waiting behind an earlier one of its output and ordering key: never due. Only
+#: a key's first pending delivery (the lowest id: ids follow the order of the stores) has a real due time;
+#: when it is finished (delivered or dead-lettered) the backend makes the next one due, in the same
+#: transaction. `fetch_due` therefore reads only due rows, keyed or not, from the same index as ever. Only a
+#: head is ever attempted, so a delivery with failed attempts is never BLOCKED: `retry_now` (attempts > 0)
+#: leaves the waiting ones alone, and `stored_events` shows them not attempted yet (`due_in` infinite).
+BLOCKED = float("inf")
+
+
 @dataclass(frozen=True, slots=True)
 class NewDelivery:
     output: str
     route: str
     #: JSON of the route's reshaped body, None to send the event itself
     payload: bytes | None
+    #: the delivery's ordering key (`ordering_key` of its route or output, rendered at store time): the
+    #: output receives the deliveries of one key one at a time, in the order they were stored
+    ordering_key: str | None = None
+    #: why the delivery cannot be made (its ordering key cannot be rendered): `store` keeps it as a dead
+    #: letter with reason "permanent" and this error instead (`Refused`), and the event goes on to its other
+    #: deliveries
+    refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +159,15 @@ class Parked:
     dead_letter: int
     pending: int
     limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A delivery `store` kept as a dead letter (reason "permanent") because it cannot be made: its
+    `NewDelivery.refused` said why. Replaying the dead letter tries again under the configuration then."""
+
+    dead_letter: int
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +238,8 @@ class DeliveryRow:
     #: the event's, for the delivery's log lines
     event_id: str = ""
     trigger: str = ""
+    #: its ordering key (None: unordered): the next of the key is handed out once this one is finished
+    ordering_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +415,7 @@ class Spool(Protocol):
 
     async def store(
         self, items: Sequence[StoreEvent | StoreDeadLetter], limits: Mapping[str, int] | None = None
-    ) -> list[list[int | Parked] | int | None]:
+    ) -> list[list[int | Parked | Refused] | int | None]:
         """Persist events (per delivery, in order: its id) and dead letters (the dead letter id), durably.
 
         An item whose `seen` message id is stored already (before, or by an earlier item) is a repeat: not
@@ -392,7 +423,10 @@ class Spool(Protocol):
         key is kept. An event without deliveries is not pending: not stored, its result [].
         `limits`: the most deliveries each named output may have pending. A delivery for an output that has
         that many already (counted with those stored before it in this call) is stored as a dead letter
-        instead, its result `Parked`; an event whose deliveries are all parked is not pending.
+        instead, its result `Parked`; an event whose deliveries are all parked is not pending. A delivery
+        with `refused` set is a dead letter at once, its result `Refused` (it counts against no limit).
+        A delivery with an ordering key is stored behind the pending deliveries of its output and key (not
+        due, `BLOCKED`) when there are any, else due now.
         """
 
     async def forget_announced(self, before: bytes) -> int:
@@ -412,15 +446,17 @@ class Spool(Protocol):
 
     def fetch_due(self, output: str, now: float, limit: int, exclude: Collection[int]) -> list[DeliveryRow]:
         """Up to `limit` deliveries of `output` due by `now`, oldest due first, skipping the ids in `exclude`
-        (those in memory); nothing while a rebase is not committed yet."""
+        (those in memory); nothing while a rebase is not committed yet. Of an ordering key, only its first
+        pending delivery can be due (see `BLOCKED`)."""
 
     async def settle(
         self, *, done: Sequence[int] = (), retry: Sequence[Retry] = (), dead: Sequence[Dead] = (), lazy: bool = False
     ) -> list[int | None]:
         """Record a batch of outcomes in one commit: `done` are forgotten (and their event once nothing else
-        is pending), `retry` due again later, `dead` moved to the dead letters. `lazy`: the commit may wait
-        a few milliseconds to be shared. The new dead letter ids in `dead`'s order; None for a delivery no
-        longer in the spool (finished meanwhile)."""
+        is pending), `retry` due again later, `dead` moved to the dead letters. A finished (done or dead)
+        delivery with an ordering key makes the next pending one of its output and key due now. `lazy`: the
+        commit may wait a few milliseconds to be shared. The new dead letter ids in `dead`'s order; None for a
+        delivery no longer in the spool (finished meanwhile)."""
 
     async def release(self, output: str, keep: Collection[int] = ()) -> None:
         """This router no longer delivers to `output` (a reload removed it): give back the deliveries of it
@@ -499,4 +535,6 @@ class Spool(Protocol):
 
     def requeue_kept(self, items: Sequence[tuple[int, Sequence[NewDelivery]]]) -> set[int]:
         """New deliveries, due now, for kept events (by `KeptEvent.seq`), in one commit in the router's time
-        base; the seqs of the events that got theirs (one pruned meanwhile gets none)."""
+        base; the seqs of the events that got theirs (one pruned meanwhile gets none). A delivery with an
+        ordering key is stored behind the pending ones of its output and key, as by `store`; none may be
+        `refused` (the caller leaves those out)."""

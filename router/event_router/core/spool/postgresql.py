@@ -25,6 +25,14 @@ event announced (gap recovery, `Spool.store`) is kept in the storing transaction
 decided there across routers: two routers rebuilding the same change store it once
 (`_claim_announcements`).
 
+Deliveries with an ordering key wait behind the pending ones of their output and key (`BLOCKED`) and
+become due when those are finished, in the finishing transaction; whoever stores or finishes deliveries of
+a key holds the key's advisory lock until its commit (`_lock_keys`), so routers storing and finishing one
+key at once neither leave it with nothing due nor with two due (the locks of a group are taken at the start
+of each attempt of its transaction, its finishing included, `_run_transaction`). A key's first delivery,
+leased to the router `fetch_due` handed it to, keeps the whole key from the others; `store` leases no keyed
+delivery (no worker holds one in memory: it is read when due).
+
 The schema is versioned (`MIGRATIONS`); the daemon applies what is missing at open, in one transaction
 under an advisory lock, so routers starting together upgrade once; a database of a newer schema is
 refused. Tables live in the `event_router` schema of the database the DSN names.
@@ -45,6 +53,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -53,7 +62,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -64,6 +73,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from event_router.api.errors import SpoolError
 from event_router.core.clock import SpoolClock
 from event_router.core.spool import (
+    BLOCKED,
     Dead,
     DeadLetter,
     DeadLetterCount,
@@ -77,6 +87,7 @@ from event_router.core.spool import (
     OutputState,
     Parked,
     PendingDelivery,
+    Refused,
     Requeue,
     Retry,
     SeenMessage,
@@ -179,6 +190,13 @@ CREATE TABLE IF NOT EXISTS output_states (
 ALTER TABLE events ADD COLUMN IF NOT EXISTS received double precision;
 CREATE INDEX IF NOT EXISTS events_received ON events (received, seq) WHERE received IS NOT NULL;
 """,
+    # ordering keys (`NewDelivery.ordering_key`): NULL, unordered, for every delivery stored before (adding a
+    # nullable column rewrites no row). The index holds keyed rows only: unordered ones cost no entry in it.
+    # IF NOT EXISTS: a database whose recorded version was set back runs the step again without failing
+    5: """
+ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS ordering_key text;
+CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries (output, ordering_key, did) WHERE ordering_key IS NOT NULL;
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -192,6 +210,18 @@ _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 #: SQLSTATE classes of a failure that is no fault of the statement: the connection (08), resources (53),
 #: the server shutting down or restarting (57), a serialization failure or deadlock (40)
 _TRANSIENT_CLASSES = ("08", "40", "53", "57")
+#: the advisory locks of ordering keys (`_lock_keys`) use the two-key form, a key space apart from the
+#: one-key locks above: (KEY_LOCK_CLASS, a 32-bit digest of output and key)
+KEY_LOCK_CLASS = 0x6F72_6B65
+
+
+def key_lock(output: str, key: str) -> int:
+    """The advisory lock of one output's ordering key: a 32-bit digest (a collision only makes two keys'
+    writes wait for each other)."""
+    digest = hashlib.blake2b(f"{output}\0{key}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 #: SQLSTATE deadlock_detected, and how often a group PostgreSQL rolled back for one runs again (`_run_group`)
 DEADLOCK = "40P01"
 DEADLOCK_RETRIES = 3
@@ -333,8 +363,12 @@ class PostgreSQLSpool:
         #: deliveries leased to this router (by `store`, or by `fetch_due`) and not settled yet: did -> output
         #: (renewed by the writer)
         self._held: dict[int, str] = {}
+        #: of those, the ones with an ordering key (all `fetch_due`'s): did -> (output, key), the keys `settle` locks
+        self._held_keys: dict[int, tuple[str, str]] = {}
         #: outputs `release`d (no longer configured here) and not fetched again since: nothing of theirs is held
         self._released: set[str] = set()
+        #: the key locks the transaction being applied holds already
+        self._locked: set[int] = set()
         self._pending: dict[str, int] = {}
         self._dead = 0
         self._oldest: float | None = None
@@ -615,15 +649,22 @@ class PostgreSQLSpool:
         refused that was kept is delivered all the same: at least once).
         """
         counted = self.depth, dict(self._pending), self._dead, self._oldest
+        # the (output, ordering key) pairs the group adds to or finishes: their locks first, in one order
+        keys = {pair for op in batch for pair in op.keys}
         for attempt in range(2):
             used = conn is not None and not conn.closed and not conn.broken
             xid: str | None = None
             committing = False
+            # each attempt is a transaction of its own: the locks an earlier one took went with it
+            self._locked = set()
             try:
                 conn = self._live(conn)
                 xid = str(_one(conn, "SELECT pg_current_xact_id()::text"))
+                if keys:
+                    self._lock_keys(conn, keys)
                 results = [op.apply(conn) for op in batch]
                 if self._finishing:
+                    # in this transaction too: each finished delivery with a key makes the key's next due here
                     self._finish(conn, self._finishing)
                     self._finishing.clear()
                 if self._announcing:
@@ -672,18 +713,44 @@ class PostgreSQLSpool:
         if self._thread is None:
             raise SpoolError("spool is closed" if self._reader is None else "spool is open for reading only")
 
-    async def _write(self, apply: Callable[[psycopg.Connection[Any]], Any], *, lazy: bool = False) -> Any:
+    async def _write(
+        self,
+        apply: Callable[[psycopg.Connection[Any]], Any],
+        *,
+        lazy: bool = False,
+        keys: frozenset[tuple[str, str]] = frozenset(),
+    ) -> Any:
         self._writer_running()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(Op(apply, loop, future, lazy))
+        self._queue.put(Op(apply, loop, future, lazy, keys))
         return await future
 
-    def _write_sync(self, apply: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+    def _write_sync(
+        self, apply: Callable[[psycopg.Connection[Any]], Any], keys: frozenset[tuple[str, str]] = frozenset()
+    ) -> Any:
         self._writer_running()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(Op(apply, None, future))
+        self._queue.put(Op(apply, None, future, keys=keys))
         return future.result()
+
+    def _lock_keys(self, conn: psycopg.Connection[Any], pairs: Collection[tuple[str, str]]) -> None:
+        """Take the advisory locks of these (output, ordering key) pairs until the commit, those this
+        transaction does not hold yet, in ascending order.
+
+        Whoever adds deliveries of a key, or finishes one and makes the next due, holds its lock: a router
+        storing a key another is finishing waits for the other's commit, so it never finds the finished
+        delivery still there and stores the new one behind it, where nothing would make it due; nor do two
+        routers each store a first one. And a key's delivery ids then follow the order of the commits that
+        stored them. The writer takes a group's locks before any of its ops applies (`Op.keys`), in one
+        order in every router, so groups never wait for each other in a cycle.
+        """
+        wanted = sorted({key_lock(output, key) for output, key in pairs} - self._locked)
+        if wanted:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(%b::int4, k) FROM unnest(%b::int4[]) AS k", (KEY_LOCK_CLASS, wanted)
+            )
+            self._locked.update(wanted)
 
     # --- the clock ---------------------------------------------------------------------------------
 
@@ -699,14 +766,16 @@ class PostgreSQLSpool:
 
     async def store(
         self, items: Sequence[StoreEvent | StoreDeadLetter], limits: Mapping[str, int] | None = None
-    ) -> list[list[int | Parked] | int | None]:
-        """Persist events (per delivery: its id, or `Parked`) and dead letters (the dead letter id); see
-        `Spool.store`. `limits`: see `_park`. Announced keys: see `_claim_announcements`."""
+    ) -> list[list[int | Parked | Refused] | int | None]:
+        """Persist events (per delivery: its id, `Parked` or `Refused`) and dead letters (the dead letter id);
+        see `Spool.store`. `limits`: see `_park`. Announced keys: see `_claim_announcements`. Ordering keys:
+        see `_lock_keys`."""
         now = self.clock.now()
         announces = any(item.announced is not None for item in items)
+        keys = _keys_of(items)
 
-        def apply(conn: psycopg.Connection[Any]) -> list[list[int | Parked] | int | None]:
-            out: list[list[int | Parked] | int | None] = [[] for _ in items]
+        def apply(conn: psycopg.Connection[Any]) -> list[list[int | Parked | Refused] | int | None]:
+            out: list[list[int | Parked | Refused] | int | None] = [[] for _ in items]
             repeats = _claim_messages(conn, items, time.time())
             if announces:
                 repeats |= _claim_announcements(conn, items, repeats, self._announcing)
@@ -722,9 +791,9 @@ class PostgreSQLSpool:
             if not events:
                 return out
             kept = [item for _, item in events]
-            parked: list[dict[int, Parked]] = [{} for _ in events]
-            if limits:
-                kept, parked = self._park(conn, kept, limits)
+            parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
+            if limits or any(d.refused is not None for item in kept for d in item.deliveries):
+                kept, parked = self._park(conn, kept, limits or {})
             left = [item for item in kept if item.deliveries]
             stored = iter(self._insert_events(conn, left, now, leased=True) if left else ())
             for (index, item), remaining, held in zip(events, kept, parked, strict=True):
@@ -732,14 +801,15 @@ class PostgreSQLSpool:
                 out[index] = [held[i] if i in held else next(dids) for i in range(len(item.deliveries))]
             return out
 
-        result: list[list[int | Parked] | int | None] = await self._write(apply)
+        result: list[list[int | Parked | Refused] | int | None] = await self._write(apply, keys=keys)
         # held from here, in the same step of the event loop as the pipeline hands them to the workers (no
         # await between): renewed while in memory, and let go by the next `fetch_due` of a worker that did not
-        # take one. An output `release`d meanwhile holds nothing: its new leases run out
+        # take one. An output `release`d meanwhile holds nothing: its new leases run out. A delivery with an
+        # ordering key was not leased (`_insert_events`): no worker holds it in memory
         for item, stored in zip(items, result, strict=True):
             if isinstance(item, StoreEvent) and isinstance(stored, list):
                 for delivery, did in zip(item.deliveries, stored, strict=True):
-                    if isinstance(did, int) and delivery.output not in self._released:
+                    if isinstance(did, int) and delivery.ordering_key is None and delivery.output not in self._released:
                         self._held[did] = delivery.output
         return result
 
@@ -755,9 +825,10 @@ class PostgreSQLSpool:
 
     def _park(
         self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], limits: Mapping[str, int]
-    ) -> tuple[list[StoreEvent], list[dict[int, Parked]]]:
+    ) -> tuple[list[StoreEvent], list[dict[int, Parked | Refused]]]:
         """Hold each output to its limit (writer thread, in the storing transaction): a delivery whose output
-        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`).
+        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`). A
+        delivery that is `refused` becomes a dead letter (`permanent`, its error) whatever the limit.
 
         Pending is `_pending`: the cluster's count at the writer's last count (about every second, see
         WATCH_INTERVAL), plus this router's own commits since, plus the deliveries admitted before it in
@@ -769,12 +840,16 @@ class PostgreSQLSpool:
         """
         admitted: dict[str, int] = {}
         kept: list[StoreEvent] = []
-        rows: list[tuple[StoreEvent, NewDelivery, str]] = []
-        #: per row: (its event's index, the delivery's position in it, pending, limit)
+        rows: list[tuple[StoreEvent, NewDelivery, str, str]] = []
+        #: per row: (its event's index, the delivery's position in it, pending, limit; -1: refused)
         where: list[tuple[int, int, int, int]] = []
         for index, item in enumerate(events):
             stays: list[NewDelivery] = []
             for position, delivery in enumerate(item.deliveries):
+                if delivery.refused is not None:
+                    rows.append((item, delivery, "permanent", delivery.refused[:4000]))
+                    where.append((index, position, -1, -1))
+                    continue
                 limit = limits.get(delivery.output)
                 pending = self._pending.get(delivery.output, 0) + admitted.get(delivery.output, 0)
                 if limit is None or pending < limit:
@@ -785,48 +860,52 @@ class PostgreSQLSpool:
                     f"output {delivery.output}'s backlog is full: {pending} deliveries pending, max_pending = "
                     f"{limit}; replay this dead letter once it drains"
                 )
-                rows.append((item, delivery, error))
+                rows.append((item, delivery, "output_backlog_full", error))
                 where.append((index, position, pending, limit))
             kept.append(item if len(stays) == len(item.deliveries) else replace(item, deliveries=stays))
-        parked: list[dict[int, Parked]] = [{} for _ in events]
+        parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
         if rows:
             # identity values are drawn in unnest's (array) order: the sorted ids are the rows' in order
             inserted = conn.execute(
                 "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, created_at, "
-                "body, payload) SELECT i, t, s, o, r, 'output_backlog_full', e, %b, b, p FROM unnest(%b::text[], "
-                "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[], %b::bytea[]) "
-                "AS u(i, t, s, o, r, e, b, p) RETURNING dlid",
+                "body, payload) SELECT i, t, s, o, r, w, e, %b, b, p FROM unnest(%b::text[], "
+                "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[], %b::bytea[]) "
+                "AS u(i, t, s, o, r, w, e, b, p) RETURNING dlid",
                 (
                     time.time(),
-                    [item.event_id for item, _, _ in rows],
-                    [item.trigger for item, _, _ in rows],
-                    [item.source for item, _, _ in rows],
-                    [d.output for _, d, _ in rows],
-                    [d.route for _, d, _ in rows],
-                    [error for _, _, error in rows],
-                    [item.body for item, _, _ in rows],
-                    [d.payload for _, d, _ in rows],
+                    [item.event_id for item, _, _, _ in rows],
+                    [item.trigger for item, _, _, _ in rows],
+                    [item.source for item, _, _, _ in rows],
+                    [d.output for _, d, _, _ in rows],
+                    [d.route for _, d, _, _ in rows],
+                    [reason for _, _, reason, _ in rows],
+                    [error for _, _, _, error in rows],
+                    [item.body for item, _, _, _ in rows],
+                    [d.payload for _, d, _, _ in rows],
                 ),
                 binary=True,
             ).fetchall()
             dlids = sorted(int(r[0]) for r in inserted)
             self._dead += len(rows)
-            for (index, position, pending, limit), dlid in zip(where, dlids, strict=True):
-                parked[index][position] = Parked(dlid, pending, limit)
+            for (index, position, pending, limit), dlid, row in zip(where, dlids, rows, strict=True):
+                parked[index][position] = Refused(dlid, row[3]) if limit < 0 else Parked(dlid, pending, limit)
         return kept, parked
 
     def _insert_events(
         self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], now: float, *, leased: bool = False
     ) -> list[list[int]]:
-        """Insert events that have deliveries, all due at `now`; each one's delivery ids, in order.
+        """Insert events that have deliveries, all due at `now` (one with an ordering key whose output and key
+        have pending deliveries already: `BLOCKED`); each one's delivery ids, in order. The keys' locks are
+        held (`_lock_keys`).
 
-        `leased`: the deliveries are this router's from the start (`store`: the pipeline hands them to its
-        workers in memory, and no other router may take them meanwhile); else any router's (a replay, from an
-        operator command that ends at once).
+        `leased`: the deliveries without an ordering key are this router's from the start (`store`: the
+        pipeline hands them to its workers in memory, and no other router may take them meanwhile); else any
+        router's (a replay, from an operator command that ends at once; a keyed delivery, read when due).
 
         Identity values are drawn in the order the rows are produced, and unnest produces them in array
         order: the returned ids, sorted, are the rows' in input order (RETURNING's own order is unspecified).
         """
+        waiting = _keys_pending(conn, (d for item in events for d in item.deliveries))
         cur = conn.cursor(binary=True)
         cur.execute(
             "INSERT INTO events (id, trigger, stored_at, received, body) "
@@ -841,21 +920,44 @@ class PostgreSQLSpool:
         )
         seqs = sorted(int(r[0]) for r in cur.fetchall())
         rows = [(seq, d) for item, seq in zip(events, seqs, strict=True) for d in item.deliveries]
-        cur.execute(
-            "INSERT INTO deliveries (seq, output, route, payload, due, first_at, lease_owner, lease_until) "
-            "SELECT s, o, r, p, %b, %b, %b::text, clock_timestamp() + %b::float8 * interval '1 second' "
-            "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p) RETURNING did",
-            (
-                now,
-                now,
-                self.owner if leased else None,
-                self.lease if leased else None,
-                [seq for seq, _ in rows],
-                [d.output for _, d in rows],
-                [d.route for _, d in rows],
-                [d.payload for _, d in rows],
-            ),
-        )
+        if waiting is None:  # no ordering key among them: every delivery due now
+            cur.execute(
+                "INSERT INTO deliveries (seq, output, route, payload, due, first_at, lease_owner, lease_until) "
+                "SELECT s, o, r, p, %b, %b, %b::text, clock_timestamp() + %b::float8 * interval '1 second' "
+                "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p) RETURNING did",
+                (
+                    now,
+                    now,
+                    self.owner if leased else None,
+                    self.lease if leased else None,
+                    [seq for seq, _ in rows],
+                    [d.output for _, d in rows],
+                    [d.route for _, d in rows],
+                    [d.payload for _, d in rows],
+                ),
+            )
+        else:
+            # a delivery with an ordering key is never leased here, `leased` or not: no worker holds it in
+            # memory (it is read from the spool once due), and a lease would keep its key from the other
+            # routers until this one's worker let it go
+            cur.execute(
+                "INSERT INTO deliveries (seq, output, route, payload, due, first_at, ordering_key, lease_owner, "
+                "lease_until) SELECT s, o, r, p, w, %b, k, CASE WHEN k IS NULL THEN %b::text END, "
+                "CASE WHEN k IS NULL THEN clock_timestamp() + %b::float8 * interval '1 second' END "
+                "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[], %b::float8[], %b::text[]) "
+                "AS u(s, o, r, p, w, k) RETURNING did",
+                (
+                    now,
+                    self.owner if leased else None,
+                    self.lease if leased else None,
+                    [seq for seq, _ in rows],
+                    [d.output for _, d in rows],
+                    [d.route for _, d in rows],
+                    [d.payload for _, d in rows],
+                    [_due(d, now, waiting) for _, d in rows],
+                    [d.ordering_key for _, d in rows],
+                ),
+            )
         dids = iter(sorted(int(r[0]) for r in cur.fetchall()))
         out: list[list[int]] = []
         for item in events:
@@ -872,6 +974,8 @@ class PostgreSQLSpool:
     ) -> list[int | None]:
         if not (done or retry or dead):
             return []
+        held = self._held_keys
+        keys = frozenset(held[did] for did in (*done, *(d[0] for d in dead)) if did in held) if held else frozenset()
 
         def apply(conn: psycopg.Connection[Any]) -> list[int | None]:
             self._finishing.extend(done)  # with the group's other settles, before its commit
@@ -894,9 +998,10 @@ class PostgreSQLSpool:
                 )
             return [self._dead_letter(conn, *item) for item in dead]
 
-        result: list[int | None] = await self._write(apply, lazy=lazy)
+        result: list[int | None] = await self._write(apply, lazy=lazy, keys=keys)
         for did in (*done, *(r[0] for r in retry), *(d[0] for d in dead)):
             self._held.pop(did, None)
+            self._held_keys.pop(did, None)
         return result
 
     async def release(self, output: str, keep: Collection[int] = ()) -> None:
@@ -908,6 +1013,7 @@ class PostgreSQLSpool:
         dids = [did for did, o in list(self._held.items()) if o == output and did not in kept]
         for did in dids:
             self._held.pop(did, None)
+            self._held_keys.pop(did, None)
         if not dids:
             return
 
@@ -977,13 +1083,22 @@ class PostgreSQLSpool:
         seqs = [int(r[0]) for r in cur.fetchall()]
         if not seqs:
             return
-        cur.execute("DELETE FROM deliveries WHERE did = ANY(%b) RETURNING output", (list(dids),))
-        for (output,) in cur.fetchall():
+        cur.execute("DELETE FROM deliveries WHERE did = ANY(%b) RETURNING output, ordering_key", (list(dids),))
+        finished: set[tuple[str, str]] = set()
+        for output, key in cur.fetchall():
             left = self._pending.get(output, 0) - 1
             if left > 0:
                 self._pending[output] = left
             else:
                 self._pending.pop(output, None)
+            if key is not None:
+                finished.add((output, key))
+        if finished:
+            # locked before the group's first op as a rule (`settle`'s keys); one not known then (a delivery
+            # this router was not handed) is locked now, before the read below: that read sees what another
+            # router stored of the key up to its commit
+            self._lock_keys(conn, finished)
+            _unblock(conn, finished, self.clock.now())
         # finished: no delivery left. One with `received` (retention) stays, kept and no longer pending
         cur.execute(
             "WITH done AS (SELECT seq, received FROM events e WHERE seq = ANY(%b) "
@@ -1069,6 +1184,7 @@ class PostgreSQLSpool:
         let_go = [did for did, o in list(self._held.items()) if o == output and did not in excluded]
         for did in let_go:
             self._held.pop(did, None)
+        let_go_keys = {did: self._held_keys.pop(did) for did in let_go if did in self._held_keys}
         unleased = [did for did in excluded if did not in self._held]
         try:
             rows, leased = self._lease_due(output, now, limit, excluded, let_go, unleased)
@@ -1076,12 +1192,16 @@ class PostgreSQLSpool:
             # not committed: the leases given back above are still this router's, to renew
             for did in let_go:
                 self._held.setdefault(did, output)
+            for did, pair in let_go_keys.items():
+                self._held_keys.setdefault(did, pair)
             raise
         for did in leased:
             self._held[did] = output
         out: list[DeliveryRow] = []
-        for _due, did, seq, out_name, route, payload, attempts, first_at, body, event_id, trigger in rows:
+        for _due, did, seq, out_name, route, payload, attempts, first_at, body, event_id, trigger, key in rows:
             self._held[int(did)] = output
+            if key is not None:
+                self._held_keys[int(did)] = (output, key)
             out.append(
                 DeliveryRow(
                     int(did),
@@ -1094,6 +1214,7 @@ class PostgreSQLSpool:
                     bytes(body),
                     event_id,
                     trigger,
+                    key,
                 )
             )
         return out
@@ -1139,7 +1260,7 @@ class PostgreSQLSpool:
                 "UPDATE deliveries d SET lease_owner = %b, lease_until = clock_timestamp() + %b * interval '1 second' "
                 "FROM picked, events e WHERE d.did = picked.did AND e.seq = d.seq "
                 "RETURNING d.due, d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, "
-                "e.trigger",
+                "e.trigger, d.ordering_key",
                 (output, now, list(excluded), limit, self.owner, self.lease),
             )
             return sorted(cur.fetchall(), key=lambda r: (r[0], r[1])), leased
@@ -1268,7 +1389,7 @@ class PostgreSQLSpool:
                 ).rowcount
                 self._dead = max(0, self._dead - gone)
 
-        self._write_sync(apply)
+        self._write_sync(apply, _keys_of([item.event for item in outcomes if isinstance(item, Requeue)]))
 
     # --- retention (kept events) and `event-router replay` -------------------------------------------------
 
@@ -1332,23 +1453,28 @@ class PostgreSQLSpool:
             rows = [(seq, d) for seq, ds in wanted if seq in present for d in ds]
             if rows:
                 now = float(_one(conn, _NOW))
+                # one with an ordering key behind what of its key is pending (`BLOCKED`), as `store` puts it;
+                # the keys' locks are held (`Op.keys`)
+                waiting = _keys_pending(conn, (d for _, d in rows)) or set()
                 cur.execute(
-                    "INSERT INTO deliveries (seq, output, route, payload, due, first_at) SELECT s, o, r, p, %b, %b "
-                    "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p)",
+                    "INSERT INTO deliveries (seq, output, route, payload, due, first_at, ordering_key) "
+                    "SELECT s, o, r, p, w, %b, k FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[], "
+                    "%b::float8[], %b::text[]) AS u(s, o, r, p, w, k)",
                     (
-                        now,
                         now,
                         [seq for seq, _ in rows],
                         [d.output for _, d in rows],
                         [d.route for _, d in rows],
                         [d.payload for _, d in rows],
+                        [_due(d, now, waiting) for _, d in rows],
+                        [d.ordering_key for _, d in rows],
                     ),
                 )
             return present
 
         if not wanted:
             return set()
-        found: set[int] = self._write_sync(apply)
+        found: set[int] = self._write_sync(apply, _key_pairs(d for _, ds in wanted for d in ds))
         return found
 
     def stored_events(self, event_id: str, limit: int = 20) -> list[StoredEvent]:
@@ -1480,6 +1606,57 @@ def _source(body: bytes) -> str | None:
 def _kept_keys(conn: psycopg.Connection[Any], chunk: list[bytes]) -> set[bytes]:
     rows = conn.execute("SELECT key FROM announced WHERE key = ANY(%b)", (chunk,), binary=True).fetchall()
     return {bytes(key) for (key,) in rows}
+
+
+def _keys_of(items: Sequence[StoreEvent | StoreDeadLetter]) -> frozenset[tuple[str, str]]:
+    """The (output, ordering key) pairs whose pending deliveries storing `items` adds to (`Op.keys`)."""
+    return _key_pairs(d for item in items if isinstance(item, StoreEvent) for d in item.deliveries if d.refused is None)
+
+
+def _key_pairs(deliveries: Iterable[NewDelivery]) -> frozenset[tuple[str, str]]:
+    """The (output, ordering key) pairs of these deliveries, those without a key left out."""
+    return frozenset((d.output, d.ordering_key) for d in deliveries if d.ordering_key is not None)
+
+
+def _keys_pending(conn: psycopg.Connection[Any], deliveries: Iterable[NewDelivery]) -> set[tuple[str, str]] | None:
+    """The (output, ordering key) pairs of these deliveries that have pending deliveries already, in one
+    statement (an indexed look per pair, `deliveries_key`); None when no delivery has a key."""
+    wanted = _key_pairs(deliveries)
+    if not wanted:
+        return None
+    pairs = sorted(wanted)
+    rows = conn.execute(
+        "SELECT u.o, u.k FROM unnest(%b::text[], %b::text[]) AS u(o, k) WHERE EXISTS "
+        "(SELECT 1 FROM deliveries d WHERE d.output = u.o AND d.ordering_key = u.k)",
+        ([o for o, _ in pairs], [k for _, k in pairs]),
+        binary=True,
+    ).fetchall()
+    return {(str(o), str(k)) for o, k in rows}
+
+
+def _due(delivery: NewDelivery, now: float, waiting: set[tuple[str, str]]) -> float:
+    """A new delivery's due time: now, or `BLOCKED` behind pending deliveries of its output and ordering key
+    (`waiting`, to which the first of a pair is added: the later ones of one store wait behind it)."""
+    if delivery.ordering_key is None:
+        return now
+    pair = (delivery.output, delivery.ordering_key)
+    if pair in waiting:
+        return BLOCKED
+    waiting.add(pair)
+    return now
+
+
+def _unblock(conn: psycopg.Connection[Any], keys: Collection[tuple[str, str]], now: float) -> None:
+    """Make the first pending delivery of each (output, ordering key) due `now`, if it waited: its predecessor
+    was just finished, in this transaction (which holds the keys' locks). Two indexed lookups per pair."""
+    pairs = sorted(keys)
+    conn.execute(
+        "UPDATE deliveries d SET due = %b FROM (SELECT (SELECT min(did) FROM deliveries x WHERE x.output = u.o "
+        "AND x.ordering_key = u.k) AS head FROM unnest(%b::text[], %b::text[]) AS u(o, k)) h "
+        "WHERE d.did = h.head AND d.due = %b",
+        (now, [o for o, _ in pairs], [k for _, k in pairs], BLOCKED),
+        binary=True,
+    )
 
 
 def _known_messages(conn: psycopg.Connection[Any], seen: Sequence[SeenMessage], now: float) -> set[tuple[str, str]]:

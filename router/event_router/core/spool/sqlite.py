@@ -13,6 +13,9 @@ pending and the dead letters: the counts (`SQLiteSpool.counts`) it otherwise kee
 router's gauges show without a statement on the event loop.
 The writer thread also watches that the spool's files are still the ones it holds open: one removed or
 replaced under a running router would take every later commit with it at the next restart.
+Deliveries with an ordering key wait behind the pending ones of their output and key (`BLOCKED`) and become
+due when those are finished, in the finishing transaction: one writer at a time (the router's thread, or
+an operator command's under SQLite's write lock) keeps that exact.
 
 This module is the only one that knows the spool is SQLite: the interface the rest of the router uses,
 and its data types, are in `event_router.core.spool`.
@@ -32,7 +35,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -43,6 +46,7 @@ import orjson
 from event_router.api.errors import SpoolError
 from event_router.core.clock import Anchor, SpoolClock
 from event_router.core.spool import (
+    BLOCKED,
     DataDirInUse,
     Dead,
     DeadLetter,
@@ -57,6 +61,7 @@ from event_router.core.spool import (
     OutputState,
     Parked,
     PendingDelivery,
+    Refused,
     Requeue,
     Retry,
     SeenMessage,
@@ -76,7 +81,8 @@ log = logging.getLogger("event_router.core.spool")
 #: 4: `output_states`, outputs paused by an operator and breakers a router holds open (a new table)
 #: 5: `events.received`, when the router received an event stored while `[router] retention` is on: such an
 #: event is kept after its last delivery, for `event-router replay` (`_add_received`)
-SCHEMA_VERSION = 5
+#: 6: `deliveries.ordering_key` and its index (`_add_ordering_key`)
+SCHEMA_VERSION = 6
 #: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,10 +103,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     attempts INTEGER NOT NULL DEFAULT 0,
     due REAL NOT NULL,
     first_at REAL NOT NULL,
-    last_error TEXT
+    last_error TEXT,
+    ordering_key TEXT
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(output, due, did);
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries(seq);
+-- a key's pending deliveries in store order, for keyed rows only: unordered ones cost no index entry
+CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries(output, ordering_key, did) WHERE ordering_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     dlid INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT,
@@ -729,8 +738,9 @@ class SQLiteSpool:
 
     async def store(
         self, items: Sequence[StoreEvent | StoreDeadLetter], limits: Mapping[str, int] | None = None
-    ) -> list[list[int | Parked] | int | None]:
-        """Persist events (per delivery: its id, or `Parked`) and dead letters (returns the dead letter id).
+    ) -> list[list[int | Parked | Refused] | int | None]:
+        """Persist events (per delivery: its id, `Parked` or `Refused`) and dead letters (returns the dead
+        letter id).
 
         An item whose `seen` message id is already stored (before, or earlier in the same commit) is a
         repeat: it is not stored, and its result is None. `limits`: see `_park`.
@@ -740,8 +750,8 @@ class SQLiteSpool:
         announces = any(item.announced is not None for item in items)
         keeps = any(isinstance(item, StoreEvent) and item.received is not None for item in items)
 
-        def apply(conn: sqlite3.Connection) -> list[list[int | Parked] | int | None]:
-            out: list[list[int | Parked] | int | None] = [[] for _ in items]
+        def apply(conn: sqlite3.Connection) -> list[list[int | Parked | Refused] | int | None]:
+            out: list[list[int | Parked | Refused] | int | None] = [[] for _ in items]
             self._keeping = self._keeping or keeps
             repeats = _claim_messages(conn, items, time.time()) if claims else set()
             if announces:
@@ -758,23 +768,24 @@ class SQLiteSpool:
             if not events:
                 return out
             kept = [item for _, item in events]
-            parked: list[dict[int, Parked]] = [{} for _ in events]
-            if limits:
-                kept, parked = self._park(conn, kept, limits)
+            parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
+            if limits or any(d.refused is not None for item in kept for d in item.deliveries):
+                kept, parked = self._park(conn, kept, limits or {})
             stored = iter(self._insert_events(conn, [item for item in kept if item.deliveries], now))
             for (index, item), left, held in zip(events, kept, parked, strict=True):
                 dids = iter(next(stored) if left.deliveries else ())
                 out[index] = [held[i] if i in held else next(dids) for i in range(len(item.deliveries))]
             return out
 
-        result: list[list[int | Parked] | int | None] = await self._write(apply)
+        result: list[list[int | Parked | Refused] | int | None] = await self._write(apply)
         return result
 
     def _park(
         self, conn: sqlite3.Connection, events: Sequence[StoreEvent], limits: Mapping[str, int]
-    ) -> tuple[list[StoreEvent], list[dict[int, Parked]]]:
+    ) -> tuple[list[StoreEvent], list[dict[int, Parked | Refused]]]:
         """Hold each output to its limit (writer thread, in the storing transaction): a delivery whose output
-        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`).
+        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`). A
+        delivery that is `refused` becomes a dead letter (`permanent`, its error) whatever the limit.
 
         Pending is `_pending`, what this process's commits left (and its last count of other processes'
         rows), plus the deliveries admitted before it in this group: exact for the router's own writes, so
@@ -784,12 +795,17 @@ class SQLiteSpool:
         admitted: dict[str, int] = {}
         kept: list[StoreEvent] = []
         rows: list[tuple[Any, ...]] = []
-        #: per row: (its event's index, the delivery's position in it, pending, limit)
+        #: per row: (its event's index, the delivery's position in it, pending, limit; -1: refused)
         where: list[tuple[int, int, int, int]] = []
         created = time.time()
         for index, item in enumerate(events):
             stays: list[NewDelivery] = []
             for position, delivery in enumerate(item.deliveries):
+                refused = delivery.refused
+                if refused is not None:
+                    rows.append(_parked_row(item, delivery, "permanent", refused, created))
+                    where.append((index, position, -1, -1))
+                    continue
                 limit = limits.get(delivery.output)
                 pending = self._pending.get(delivery.output, 0) + admitted.get(delivery.output, 0)
                 if limit is None or pending < limit:
@@ -800,40 +816,37 @@ class SQLiteSpool:
                     f"output {delivery.output}'s backlog is full: {pending} deliveries pending, max_pending = "
                     f"{limit}; replay this dead letter once it drains"
                 )
-                rows.append(
-                    (
-                        item.event_id,
-                        item.trigger,
-                        item.source,
-                        delivery.output,
-                        delivery.route,
-                        "output_backlog_full",
-                        error,
-                        created,
-                        item.body,
-                        delivery.payload,
-                    )
-                )
+                rows.append(_parked_row(item, delivery, "output_backlog_full", error, created))
                 where.append((index, position, pending, limit))
             kept.append(item if len(stays) == len(item.deliveries) else replace(item, deliveries=stays))
-        parked: list[dict[int, Parked]] = [{} for _ in events]
+        parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
         if rows:
             dlids = _insert_rows(conn, _PARKED_INSERT, rows)
             self._dead += len(rows)
-            for (index, position, pending, limit), dlid in zip(where, dlids, strict=True):
-                parked[index][position] = Parked(dlid, pending, limit)
+            for (index, position, pending, limit), dlid, row in zip(where, dlids, rows, strict=True):
+                parked[index][position] = Refused(dlid, row[6]) if limit < 0 else Parked(dlid, pending, limit)
         return kept, parked
 
     def _insert_events(self, conn: sqlite3.Connection, events: Sequence[StoreEvent], now: float) -> list[list[int]]:
-        """Insert events that have deliveries, all due at `now`; each one's delivery ids, in order."""
+        """Insert events that have deliveries, all due at `now` (one with an ordering key whose output and key
+        have pending deliveries already: `BLOCKED`); each one's delivery ids, in order."""
         out: list[list[int]] = []
+        waiting = _keys_pending(conn, (d for item in events for d in item.deliveries))
         for start in range(0, len(events), _ROWS_PER_INSERT):
             chunk = events[start : start + _ROWS_PER_INSERT]
             seqs = _insert_rows(
                 conn, _EVENT_INSERT, [(item.event_id, item.trigger, now, item.received, item.body) for item in chunk]
             )
             rows = [
-                (seq, d.output, d.route, d.payload, now, now)
+                (
+                    seq,
+                    d.output,
+                    d.route,
+                    d.payload,
+                    now if d.ordering_key is None else _due(d, now, waiting),
+                    now,
+                    d.ordering_key,
+                )
                 for item, seq in zip(chunk, seqs, strict=True)
                 for d in item.deliveries
             ]
@@ -929,13 +942,22 @@ class SQLiteSpool:
         for start in range(0, len(dids), 500):  # SQLite's bound-parameter limit is far above, but be modest
             chunk = dids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            seqs, outputs, lowest = conn.execute(
-                f"SELECT json_group_array(DISTINCT seq), json_group_array(output), MIN(did) FROM deliveries "
-                f"WHERE did IN ({marks})",
+            seqs, outputs, lowest, keyed = conn.execute(
+                f"SELECT json_group_array(DISTINCT seq), json_group_array(output), MIN(did), "
+                f"MAX(ordering_key IS NOT NULL) FROM deliveries WHERE did IN ({marks})",
                 chunk,
             ).fetchone()
             if seqs == "[]":
                 continue
+            keys = (
+                conn.execute(
+                    f"SELECT DISTINCT output, ordering_key FROM deliveries WHERE did IN ({marks}) "
+                    "AND ordering_key IS NOT NULL",
+                    chunk,
+                ).fetchall()
+                if keyed
+                else []
+            )
             # a finished row may be another process's (a replay's) not counted yet: the counts never go
             # below zero, and are counted again at the next look
             if self._recount_deferred:
@@ -964,6 +986,8 @@ class SQLiteSpool:
             if depth < 0:
                 self._must_recount = True
             self.depth = max(0, depth)
+            if keys:
+                _unblock(conn, keys, self.clock.now())
 
     # --- reads for the delivery loop ------------------------------------------------------------------
 
@@ -1006,8 +1030,9 @@ class SQLiteSpool:
         for start in range(0, len(dids), 500):
             chunk = dids[start : start + 500]
             rows = reader.execute(
-                "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, e.trigger "
-                f"FROM deliveries d JOIN events e ON e.seq = d.seq WHERE d.did IN ({','.join('?' * len(chunk))})",
+                "SELECT d.did, d.seq, d.output, d.route, d.payload, d.attempts, d.first_at, e.body, e.id, e.trigger, "
+                f"d.ordering_key FROM deliveries d JOIN events e ON e.seq = d.seq "
+                f"WHERE d.did IN ({','.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
             out.extend(DeliveryRow(*row) for row in rows)
@@ -1189,9 +1214,12 @@ class SQLiteSpool:
                 chunk = [seq for seq, _ in wanted[start : start + 500]]
                 found = conn.execute(f"SELECT seq FROM events WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
                 present.update(int(seq) for (seq,) in found)
-            # due now in the running router's time base (see replay_dead_letters)
+            # due now in the running router's time base (see replay_dead_letters); one with an ordering key
+            # behind what of its key is pending (`BLOCKED`), as `store` puts it
             now = _spool_now(conn)
-            rows = [(seq, d.output, d.route, d.payload, now, now) for seq, ds in wanted if seq in present for d in ds]
+            added = [(seq, d) for seq, ds in wanted if seq in present for d in ds]
+            waiting = _keys_pending(conn, (d for _, d in added))
+            rows = [(seq, d.output, d.route, d.payload, _due(d, now, waiting), now, d.ordering_key) for seq, d in added]
             if rows:
                 _insert_rows(conn, _DELIVERY_INSERT, rows)
             return present
@@ -1299,7 +1327,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     """An older schema to this one, in one transaction, rows kept. 1 to 2: deliveries and dead letters become
     AUTOINCREMENT tables; 2 to 3: `_DDL` adds the `announced` table (empty: what the events stored before
     announced is not known, so recovery may rebuild those of them that fall in its first look-back); 3 to 4:
-    `_DDL` adds the `output_states` table (empty: no output paused, no breaker open); 4 to 5: `_add_received`.
+    `_DDL` adds the `output_states` table (empty: no output paused, no breaker open); 4 to 5: `_add_received`;
+    5 to 6: `_add_ordering_key`.
 
     SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
     old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
@@ -1321,7 +1350,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 conn.execute(f'DROP INDEX "{index}"')
             conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v1")
             moved.append(table)
-        _add_received(conn)  # before _DDL, which indexes the column
+        # before _DDL, which indexes the columns
+        _add_received(conn)
+        _add_ordering_key(conn)
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -1345,6 +1376,15 @@ def _add_received(conn: sqlite3.Connection) -> None:
     (`_DDL` indexes it). The events of an older schema have none: they go with their last delivery, as before."""
     if "received" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
         conn.execute("ALTER TABLE events ADD COLUMN received REAL")
+
+
+def _add_ordering_key(conn: sqlite3.Connection) -> None:
+    """5 to 6 (ordering keys): `deliveries.ordering_key`, NULL (unordered) for every delivery stored before
+    (`_DDL` indexes it); adding a nullable column rewrites no row. Nothing to add when `deliveries` was just
+    renamed for its copy (1 to 2): `_DDL` makes it with the column."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+    if columns and "ordering_key" not in columns:
+        conn.execute("ALTER TABLE deliveries ADD COLUMN ordering_key TEXT")
 
 
 def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
@@ -1451,7 +1491,7 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
 #: alone. One multi-row INSERT per table per group waits once.
 _ROWS_PER_INSERT = 200
 _EVENT_INSERT = "INSERT INTO events (id, trigger, stored_at, received, body) VALUES "
-_DELIVERY_INSERT = "INSERT INTO deliveries (seq, output, route, payload, due, first_at) VALUES "
+_DELIVERY_INSERT = "INSERT INTO deliveries (seq, output, route, payload, due, first_at, ordering_key) VALUES "
 _PARKED_INSERT = (
     "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, created_at, body, payload) "
     "VALUES "
@@ -1474,6 +1514,46 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
         assert last is not None
         ids.extend(range(last - len(chunk) + 1, last + 1))
     return ids
+
+
+def _keys_pending(conn: sqlite3.Connection, deliveries: Iterable[NewDelivery]) -> set[tuple[str, str]]:
+    """The (output, ordering key) pairs of these deliveries that have pending deliveries already: one indexed
+    look per pair (`deliveries_key`), a statement per output. Nothing to read when none is keyed."""
+    wanted: dict[str, set[str]] = {}
+    for d in deliveries:
+        if d.ordering_key is not None:
+            wanted.setdefault(d.output, set()).add(d.ordering_key)
+    found: set[tuple[str, str]] = set()
+    for output, keys in wanted.items():
+        rows = conn.execute(
+            "SELECT value FROM json_each(?) WHERE EXISTS "
+            "(SELECT 1 FROM deliveries WHERE output = ? AND ordering_key = json_each.value)",
+            (orjson.dumps(sorted(keys)).decode(), output),
+        )
+        found.update((output, str(key)) for (key,) in rows.fetchall())
+    return found
+
+
+def _due(delivery: NewDelivery, now: float, waiting: set[tuple[str, str]]) -> float:
+    """A new delivery's due time: now, or `BLOCKED` behind pending deliveries of its output and ordering key
+    (`waiting`, to which the first of a pair is added: the later ones of one store wait behind it)."""
+    if delivery.ordering_key is None:
+        return now
+    pair = (delivery.output, delivery.ordering_key)
+    if pair in waiting:
+        return BLOCKED
+    waiting.add(pair)
+    return now
+
+
+def _unblock(conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float) -> None:
+    """Make the first pending delivery of each (output, ordering key) due `now`, if it waited: its predecessor
+    was just finished, in this transaction. Two indexed lookups per pair."""
+    conn.executemany(
+        "UPDATE deliveries SET due = ? WHERE did = (SELECT MIN(did) FROM deliveries WHERE output = ? AND "
+        "ordering_key = ?) AND due = ?",
+        [(now, output, key, BLOCKED) for output, key in keys],
+    )
 
 
 def _known_messages(conn: sqlite3.Connection, seen: Sequence[SeenMessage], now: float) -> set[tuple[str, str]]:
@@ -1569,6 +1649,22 @@ _FORGET_FINISHED = (
     "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?)) "
     "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = events.seq)"
 )
+
+
+def _parked_row(item: StoreEvent, delivery: NewDelivery, reason: str, error: str, created: float) -> tuple[Any, ...]:
+    """A delivery `store` keeps as a dead letter (`_PARKED_INSERT`'s values)."""
+    return (
+        item.event_id,
+        item.trigger,
+        item.source,
+        delivery.output,
+        delivery.route,
+        reason,
+        error[:4000],
+        created,
+        item.body,
+        delivery.payload,
+    )
 
 
 def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: float) -> int:

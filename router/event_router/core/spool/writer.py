@@ -26,6 +26,10 @@ class Op:
     future: asyncio.Future[Any] | concurrent.futures.Future[Any]
     #: may wait up to the backend's LAZY_DELAY for company: nothing acknowledges a source on this commit
     lazy: bool = False
+    #: the (output, ordering key) pairs whose pending deliveries the write adds to or finishes: a backend
+    #: that several routers write at once serialises the groups touching one pair (PostgreSQL's advisory
+    #: locks, taken for the whole group, in one order, before any op applies)
+    keys: frozenset[tuple[str, str]] = frozenset()
 
 
 def gather(ops: queue.SimpleQueue[Op | None], batch: list[Op], *, max_group: int, lazy_delay: float) -> bool:
