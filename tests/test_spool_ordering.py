@@ -278,6 +278,35 @@ async def test_postgresql_a_key_whose_first_is_leased_by_one_router_gives_the_ot
         two.close()
 
 
+async def test_postgresql_a_delivery_given_back_while_the_worker_still_holds_it_is_not_left_leased(
+    pg_dsn: str,
+) -> None:
+    """A retry due at once, given back by `settle`: a fetch between its commit and the settle's return (the
+    worker still holds the id, so it is excluded) must not leave it leased to this router once the settle
+    has forgotten it (#18: it waited a whole lease, and its key with it). `fetch_due` leases nothing of what
+    the worker holds that has an outcome committed, and the next fetch hands it out."""
+    from event_router.core.spool.postgresql import PostgreSQLSpool
+    from event_router.testing import wait_for
+
+    s = PostgreSQLSpool(pg_dsn)
+    s.open("exclusive")
+    try:
+        first, second = await store(s, event(1, ("a", "k")), event(2, ("a", "k")))
+        assert fetch(s) == [first]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: s.settle(retry=[(first, 1, s.clock.now() - 1, "503")]))
+            await anyio.sleep(0)  # queued to the writer
+            # the event loop held here: the settle cannot return before the fetch below
+            sql = "SELECT lease_owner IS NULL FROM event_router.deliveries WHERE did = %s"
+            wait_for(lambda: _pg(pg_dsn, sql, first) == [(True,)], what="the retry committed")
+            assert fetch(s, exclude={first}) == [], "the worker still holds it"
+        assert fetch(s) == [first], "handed out at the next fetch, not a lease later"
+        await s.settle(done=[first])
+        assert fetch(s) == [second]
+    finally:
+        s.close()
+
+
 async def test_postgresql_routers_storing_and_finishing_one_key_at_once_leave_exactly_one_due(pg_dsn: str) -> None:
     """Two routers store deliveries of a few keys while each finishes the firsts it is handed, all at once: a
     store beside a finish of the same key must neither leave the key with nothing due (the new one stored
