@@ -71,15 +71,17 @@ def test_shipped_router_toml_is_valid(monkeypatch: pytest.MonkeyPatch, registry)
 
 
 def test_shipped_router_toml_delivery_controls_are_valid(monkeypatch: pytest.MonkeyPatch, registry) -> None:  # type: ignore[no-untyped-def]
-    """router.toml shows `rate_limit`, `retry_on` and `permanent_on` commented out: uncommented, they load."""
+    """router.toml shows `rate_limit`, `retry_on`, `permanent_on` and `ordering_key` commented out: uncommented,
+    they load."""
     monkeypatch.setenv("ROUTER_WEBHOOK_API_KEY", "test-key")
     root = Path(__file__).resolve().parents[1]
-    keys = ("rate_limit", "retry_on", "permanent_on")
+    keys = ("rate_limit", "retry_on", "permanent_on", "ordering_key")
     text = re.sub(rf"^# ({'|'.join(keys)}) =", r"\1 =", (root / "router.toml").read_text(), flags=re.MULTILINE)
     config = build_config(tomllib.loads(text), path=root / "router.toml", registry=registry)
     crm = config.outputs["crm"]
     assert crm.rate_limit == RateLimit(50.0, 10.0)
     assert crm.plugin.statuses.retryable(404) and not crm.plugin.statuses.retryable(501)  # type: ignore[attr-defined]
+    assert crm.ordering_key is not None and config.routes[0].ordering["crm"] is crm.ordering_key
 
 
 BROKEN = [
@@ -122,15 +124,15 @@ BROKEN = [
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\nrotate = true'),
         "router.toml: outputs.archive: unknown key 'rotate' "
-        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) "
-        "(plugin file)",
+        "(allowed: breaker, concurrency, fsync, max_pending, mode, ordering_key, path, rate_limit, retry, timeout, "
+        "type) (plugin file)",
         id="unknown-plugin-key",
     ),
     pytest.param(
         BASE.replace('path = "./var/events.jsonl"', 'path = "./var/events.jsonl"\ntimout = 5'),
         "router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) "
-        "(plugin file)",
+        "(allowed: breaker, concurrency, fsync, max_pending, mode, ordering_key, path, rate_limit, retry, timeout, "
+        "type) (plugin file)",
         id="core-output-key-typo",
     ),
     pytest.param(
@@ -510,8 +512,8 @@ def test_check_names_the_core_keys_and_the_key_meant(tmp_path: Path) -> None:
     assert checked.returncode != 0
     assert (
         "error: router.toml: outputs.archive: unknown key 'timout'; did you mean 'timeout'? "
-        "(allowed: breaker, concurrency, fsync, max_pending, mode, path, rate_limit, retry, timeout, type) "
-        "(plugin file)"
+        "(allowed: breaker, concurrency, fsync, max_pending, mode, ordering_key, path, rate_limit, retry, timeout, "
+        "type) (plugin file)"
     ) in checked.stderr, checked.stderr
 
 

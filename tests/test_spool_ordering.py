@@ -137,15 +137,15 @@ async def test_the_order_survives_a_reopen(spool_at: Callable[[], Any]) -> None:
 
 async def test_stores_sharing_a_commit_keep_their_order(spool: Any) -> None:
     """Many stores of one key queued at once: one group, several ops; the first of them is the only one due."""
-    results = [None] * 30
+    results: list[int] = []
 
     async def one(i: int) -> None:
-        results[i] = (await spool.store([event(i, ("a", "k"))]))[0]
+        results.extend(await store(spool, event(i, ("a", "k"))))
 
     async with anyio.create_task_group() as tg:
         for i in range(30):
             tg.start_soon(one, i)
-    dids = sorted(d[0] for d in results if isinstance(d, list) and isinstance(d[0], int))
+    dids = sorted(results)
     assert len(dids) == 30
     handed: list[int] = []
     while len(handed) < 30:

@@ -28,6 +28,7 @@ from event_router.api.plugin import Input, Output, PluginContext
 from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
 from event_router.api.secrets import PLACEHOLDER, Secret, Unresolved, scrub, url_secrets
+from event_router.api.templates import Template
 from event_router.config.schema import (
     INPUT_CORE_KEYS,
     OUTPUT_CORE_KEYS,
@@ -49,6 +50,7 @@ from event_router.core.model import InputConfig, OutputConfig, RouteConfig, Rout
 from event_router.core.routing import (
     PatternError,
     compile_match,
+    compile_ordering_key,
     compile_reshape,
     compile_source_filter,
     compile_trigger_filter,
@@ -189,7 +191,7 @@ class _Loader:
             for name, table in document.get("outputs", {}).items()
             if (out := self._output(name, table, data_dir, default_retry)) is not None
         }
-        routes = self._routes(document.get("routes", []), document.get("outputs", {}))
+        routes = self._routes(document.get("routes", []), document.get("outputs", {}), outputs)
         self._covered(inputs, document.get("inputs", {}), routes)
         self._listeners_apart(document.get("inputs", {}), admin_listen)
         if not routes:
@@ -430,6 +432,7 @@ class _Loader:
         cls = self._plugin_class(key, table["type"], self.registry.outputs, "output")
         if cls is None:
             return None
+        ordering_key = self._ordering_key(f"{key}.ordering_key", table)
         plugin = self._construct(key, cls, table, OUTPUT_CORE_KEYS, name, data_dir)
         if plugin is None:
             return None
@@ -444,6 +447,7 @@ class _Loader:
             max_pending=table.get("max_pending", DEFAULT_MAX_PENDING),
             rate_limit=RateLimit.from_table(table["rate_limit"]) if "rate_limit" in table else None,
             breaker=self._breaker(f"{key}.breaker", table.get("breaker", False)),
+            ordering_key=ordering_key,
         )
 
     def _breaker(self, key: str, value: bool | Mapping[str, Any]) -> BreakerSettings | None:
@@ -460,6 +464,13 @@ class _Loader:
         if settings.cool_down < MIN_COOL_DOWN:
             self.error(f"{key}.cool_down", f"{settings.cool_down:g}s is shorter than {MIN_COOL_DOWN:g}s")
         return settings
+
+    def _ordering_key(self, key: str, table: Mapping[str, Any]) -> Template | None:
+        """A route's or output's `ordering_key`, compiled (None when absent or wrong: the error is recorded)."""
+        if "ordering_key" not in table:
+            return None
+        template: Template | None = self._compile(key, compile_ordering_key, table["ordering_key"])
+        return template
 
     def _plugin_class(self, key: str, type_name: str, available: Mapping[str, Any], kind: str) -> Any:
         cls = available.get(type_name)
@@ -528,7 +539,9 @@ class _Loader:
             return plugin
         return None
 
-    def _routes(self, tables: Sequence[Mapping[str, Any]], outputs: Mapping[str, Any]) -> list[RouteConfig]:
+    def _routes(
+        self, tables: Sequence[Mapping[str, Any]], outputs: Mapping[str, Any], built: Mapping[str, OutputConfig]
+    ) -> list[RouteConfig]:
         routes: list[RouteConfig] = []
         seen: dict[str, int] = {}
         for index, table in enumerate(tables):
@@ -550,6 +563,12 @@ class _Loader:
                         self.error(f"{key}.{sub}", message, cls.type_name)
             matcher = self._compile(f"{key}.match", compile_match, table.get("match", {}))
             reshape = self._compile(f"{key}.reshape", compile_reshape, table["reshape"]) if "reshape" in table else None
+            own_key = self._ordering_key(f"{key}.ordering_key", table)
+            ordering = {
+                target: template
+                for target in to
+                if (template := own_key or (built[target].ordering_key if target in built else None)) is not None
+            }
             if matcher is None:
                 continue
             spec = table.get("match", {})
@@ -568,6 +587,7 @@ class _Loader:
                     retry=table.get("retry", {}),
                     options=options,
                     match=spec,
+                    ordering=ordering,
                 )
             )
         return routes

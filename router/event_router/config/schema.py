@@ -13,10 +13,10 @@ from event_router.api.secrets import CREDENTIAL_HEADER_PATTERN, SECRET_SCHEMA, T
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 INPUT_CORE_KEYS = ("type", "validation", "unknown_triggers")
-OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout", "max_pending", "rate_limit", "breaker")
+OUTPUT_CORE_KEYS = ("type", "concurrency", "retry", "timeout", "max_pending", "rate_limit", "breaker", "ordering_key")
 #: route keys the core reads; the others (`action`) are passed to outputs, which check them
 #: through `Output.check_route_options`
-ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry")
+ROUTE_KEYS = ("name", "match", "to", "stop", "reshape", "retry", "ordering_key")
 
 #: an output's `breaker`: `true` (the defaults), `false` (none, the default), or a table
 BREAKER_SCHEMA: dict[str, Any] = {
@@ -112,6 +112,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                     "max_pending": {"type": "integer", "minimum": 1},
                     "rate_limit": RATE_LIMIT_SCHEMA,
                     "breaker": BREAKER_SCHEMA,
+                    "ordering_key": {"type": "string", "minLength": 1},
                 },
             },
         },
@@ -137,6 +138,7 @@ ROUTER_SCHEMA: dict[str, Any] = {
                     "stop": {"type": "boolean"},
                     "reshape": {"type": "object"},
                     "retry": RETRY_SCHEMA,
+                    "ordering_key": {"type": "string", "minLength": 1},
                     "action": {"type": "object"},
                 },
             },

@@ -6,6 +6,9 @@ routed again with the current router.toml. A running router picks replayed deliv
 A replay requeues whatever it selects, past an output's `max_pending` too (the operator asked for those
 deliveries, parked ones included): the running router counts them, and parks that output's new deliveries
 until its backlog is below the limit again.
+A replayed delivery gets the ordering key the current router.toml gives it and is stored like a new one:
+after whatever of its key is pending, the deliveries stored after it first included. One whose key cannot be
+rendered stays a dead letter (`StillDead`), as the event would not be put in order.
 The spool stores, lists and deletes them (`event_router.core.spool.Spool`); this module decides.
 """
 
@@ -17,8 +20,9 @@ from dataclasses import dataclass
 import orjson
 
 from event_router.api.event import Event
+from event_router.api.templates import MissingValueError
 from event_router.core.model import RouterConfig
-from event_router.core.plan import plan_for_input
+from event_router.core.plan import key_error, ordering_key_for, plan_for_input
 from event_router.core.spool import (
     DeadLetter,
     DeadLetterFilter,
@@ -77,14 +81,25 @@ def _replay_one(
             report.skipped += 1
             report.problems.append((dl.dlid, f"output {dl.output!r} is not configured any more"))
             return None
-        deliveries = [NewDelivery(dl.output, dl.route or "(replay)", dl.payload)]
+        route = dl.route or "(replay)"
+        try:
+            key = ordering_key_for(config, dl.output, route, event.to_dict())
+        except MissingValueError as exc:
+            report.dead_again += 1
+            return StillDead(dl.dlid, key_error(dl.output, route, exc))
+        deliveries = [NewDelivery(dl.output, route, dl.payload, key)]
     else:
         plan = plan_for_input(event, config.inputs.get(event.source), config=config, schemas=schemas)
         if plan.dead_letter is not None:
             report.dead_again += 1
             return StillDead(dl.dlid, plan.dead_letter[1])
+        refused = next((d.key_error for d in plan.deliveries if d.key_error is not None), None)
+        if refused is not None:
+            report.dead_again += 1
+            return StillDead(dl.dlid, refused)
         deliveries = [
-            NewDelivery(d.output, d.route, orjson.dumps(d.payload) if d.reshaped else None) for d in plan.deliveries
+            NewDelivery(d.output, d.route, orjson.dumps(d.payload) if d.reshaped else None, d.ordering_key)
+            for d in plan.deliveries
         ]
     report.replayed += 1
     return Requeue(dl.dlid, StoreEvent(event.id, event.trigger, dl.body, deliveries))

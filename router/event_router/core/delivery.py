@@ -3,6 +3,9 @@
 New deliveries arrive in memory straight from the pipeline (no read back from disk on the hot path).
 When more are pending than the in-memory buffer holds, or after a restart, the worker reads them from
 the spool in due order until it has caught up; the spool stays the only truth about what is pending.
+Deliveries with an ordering key are always read from the spool, which hands out only the first pending
+one of each key (`event_router.core.spool.BLOCKED`): the worker reads again as soon as one is stored or
+one is finished, so the next of its key follows at once.
 Times are read from the spool's clock, which wall-clock jumps do not move (event_router.core.clock).
 Before it starts a batch the worker asks the output's gate (event_router.core.gate): paused by an operator,
 or held by the output's breaker, nothing starts and nothing is fetched.
@@ -62,6 +65,8 @@ class _Pending:
     reshaped: bool = False
     #: the span of the attempt under way, with telemetry on (ended when its outcome is recorded)
     trace: AttemptTrace | None = None
+    #: has an ordering key: once finished, the next of its key is due in the spool
+    keyed: bool = False
 
     @classmethod
     def from_row(cls, row: DeliveryRow) -> _Pending:
@@ -75,6 +80,7 @@ class _Pending:
             body=row.body,
             payload_raw=row.payload,
             reshaped=row.payload is not None,
+            keyed=row.ordering_key is not None,
         )
 
     def shed(self) -> None:
@@ -173,6 +179,8 @@ class OutputWorker:
         self._next_due: float | None = None
         #: why the last spool read failed (a transient failure: the database away), until one succeeds
         self._read_failure: str | None = None
+        #: a delivery with an ordering key was stored, or one was finished: the spool may have one due
+        self._keyed = False
         self._wake = anyio.Event()
         self._stopping = False
         # a semaphore, not a CapacityLimiter: the batch task releases what the loop acquired
@@ -204,6 +212,11 @@ class OutputWorker:
         """A delivery the pipeline just stored (`body`, `payload_raw`: its stored JSON). Kept in memory
         unless the buffer is full."""
         if did in self._claimed or self._stopping:  # a spool read already took it; or left to a successor
+            return
+        if planned.ordering_key is not None:
+            # it may wait behind an earlier one of its key: only the spool knows, and hands it out when due
+            self._keyed = True
+            self._wake.set()
             return
         if self._spilled or len(self._buffer) >= self.buffer_size:
             self._spilled = True
@@ -331,12 +344,13 @@ class OutputWorker:
     def _refill(self) -> None:
         now = self.spool.clock.now()
         due = self._next_due is not None and now >= self._next_due
-        if not (self._spilled and not self._buffer) and not due and now < self._next_poll:
+        if not (self._spilled and not self._buffer) and not due and not self._keyed and now < self._next_poll:
             return
         room = self.buffer_size - len(self._buffer)
         if room <= 0:  # the buffer bounds memory, whatever the spool holds
             self._next_poll = now + self.poll_interval
             return
+        self._keyed = False
         try:
             rows = self.spool.fetch_due(self.name, now, room, self._excluded())
         except SpoolError as exc:
@@ -494,6 +508,11 @@ class OutputWorker:
                 due = now + policy.delay(attempts, retry_after, age=now - pending.first_at)
                 retry.append((pending.did, attempts, due, message))
         dlids = await self._commit(len(batch), done=done, retry=retry, dead=dead)
+        # a finished delivery with an ordering key made the next of its key due (in the same commit)
+        if any(pending.keyed and pending.did not in failed for pending in batch) or any(
+            failed[did].keyed for did, _, _, _ in dead
+        ):
+            self._keyed = True
         # armed only now: a due time passing while the outcome was still being committed (a short jittered
         # backoff, a slow disk) found no row to fetch and was used up, leaving the retry to the next poll
         for _, _, due, _ in retry:

@@ -12,6 +12,7 @@ from event_router.api.plugin import Input, Output
 from event_router.api.ratelimit import RateLimit
 from event_router.api.retry import RetryPolicy
 from event_router.api.secrets import Secret
+from event_router.api.templates import Template
 from event_router.core.gate import BreakerSettings
 from event_router.core.routing import Matcher
 from event_router.core.spool import SpoolSettings
@@ -44,6 +45,9 @@ class OutputConfig:
     rate_limit: RateLimit | None = None
     #: `breaker = {...}`: held open after consecutive failures (event_router.core.gate); None: no breaker
     breaker: BreakerSettings | None = None
+    #: `ordering_key`: the deliveries of one rendered key reach this output one at a time, in store order
+    #: (a route's own `ordering_key` takes precedence for its deliveries)
+    ordering_key: Template | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,9 @@ class RouteConfig:
     options: Mapping[str, Any]
     #: the `match` table as written (`check` looks at the triggers it names)
     match: Mapping[str, Any] = field(default_factory=dict)
+    #: per output in `to`, the ordering key template of its deliveries (the route's `ordering_key`, else the
+    #: output's); outputs without one are absent, so an unordered route's is empty
+    ordering: Mapping[str, Template] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

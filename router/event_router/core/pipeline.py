@@ -23,6 +23,7 @@ from event_router.core.spool import (
     Announcement,
     NewDelivery,
     Parked,
+    Refused,
     SeenMessage,
     Spool,
     StoreDeadLetter,
@@ -177,7 +178,10 @@ class Pipeline:
                 continue
             if item.seen is not None and (item.seen.input, item.seen.message_id) in known:
                 continue
-            if any(d.output not in limits or pending.get(d.output, 0) < limits[d.output] for d in item.deliveries):
+            if any(
+                d.refused is None and (d.output not in limits or pending.get(d.output, 0) < limits[d.output])
+                for d in item.deliveries
+            ):
                 adding += 1
         return adding
 
@@ -208,7 +212,7 @@ class Pipeline:
         self,
         input_name: str,
         plan: Plan,
-        stored: list[int | Parked] | int | None,
+        stored: list[int | Parked | Refused] | int | None,
         item: StoreEvent | StoreDeadLetter | None,
     ) -> SubmitResult:
         event = plan.event
@@ -264,6 +268,9 @@ class Pipeline:
             if isinstance(did, Parked):
                 self._parked(input_name, plan, delivery, did)
                 continue
+            if isinstance(did, Refused):
+                self._refused(input_name, plan, delivery, did)
+                continue
             if self._parking:
                 self._unparked(delivery.output)
             worker = self.workers.get(delivery.output)
@@ -298,6 +305,29 @@ class Pipeline:
                     # parked since the last line about this output, not logged
                     "held_back": held,
                     "replay": f"event-router dlq replay --reason output_backlog_full --output {output}",
+                },
+                plan,
+            ),
+        )
+
+    def _refused(self, input_name: str, plan: Plan, delivery: PlannedDelivery, refused: Refused) -> None:
+        """A delivery stored as a dead letter because its ordering key cannot be rendered (a field the key
+        names is missing from this event): no retry can add it. Said once per delivery, as a failed one is."""
+        event = plan.event
+        self.stats.incr("deliveries", output=delivery.output, outcome="permanent")
+        self.stats.incr("dead_letters", reason="permanent", output=delivery.output)
+        log.warning(
+            "delivery dead-lettered: its ordering key cannot be rendered",
+            extra=_traced(
+                {
+                    "event_id": event.id,
+                    "trigger": event.trigger,
+                    "input": input_name,
+                    "route": delivery.route,
+                    "output": delivery.output,
+                    "dead_letter": refused.dead_letter,
+                    "reason": "permanent",
+                    "error": refused.error,
                 },
                 plan,
             ),
@@ -384,7 +414,10 @@ def _store_item(plan: Plan, input_name: str, received: float | None = None) -> S
         event_id=event.id,
         trigger=event.trigger,
         body=body,
-        deliveries=[NewDelivery(d.output, d.route, p) for d, p in zip(plan.deliveries, payloads, strict=True)],
+        deliveries=[
+            NewDelivery(d.output, d.route, p, d.ordering_key, d.key_error)
+            for d, p in zip(plan.deliveries, payloads, strict=True)
+        ],
         seen=seen,
         source=event.source,
         announced=announced,

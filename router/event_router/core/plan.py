@@ -4,12 +4,15 @@ test`, dead-letter replay and the benchmarks share it."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from event_router.api.errors import did_you_mean
 from event_router.api.event import Event
+from event_router.api.templates import MissingValueError, Template
 from event_router.core.model import InputConfig, RouteConfig, RouterConfig
+from event_router.core.routing import render_ordering_key
 from event_router.core.validation import SchemaRegistry, ValidationResult
 
 #: distinct unknown triggers named in the log; a sender can invent any number, the log says so once
@@ -23,6 +26,11 @@ class PlannedDelivery:
     #: the route's reshaped body, or None to send the event itself
     payload: Any
     reshaped: bool
+    #: its ordering key (route's or output's `ordering_key`, rendered), None when unordered
+    ordering_key: str | None = None
+    #: why its ordering key cannot be rendered (a field it names is missing): the delivery becomes a dead
+    #: letter (reason "permanent") when the event is stored, and the event goes on to its other outputs
+    key_error: str | None = None
 
 
 @dataclass(slots=True)
@@ -76,13 +84,46 @@ def plan_event(
             continue
         plan.routes.append(route)
         payload = route.reshape(as_dict) if route.reshape is not None else None
+        ordering = route.ordering
         for output in route.to:
-            plan.deliveries.append(PlannedDelivery(output, route.name, payload, route.reshape is not None))
+            if ordering and (template := ordering.get(output)) is not None:
+                plan.deliveries.append(_ordered(output, route, payload, template, as_dict))
+            else:
+                plan.deliveries.append(PlannedDelivery(output, route.name, payload, route.reshape is not None))
         if route.stop:
             break
     if not plan.deliveries and config.unmatched == "dead-letter":
         plan.dead_letter = ("no_route", "no route matched")
     return plan
+
+
+def _ordered(
+    output: str, route: RouteConfig, payload: Any, template: Template, event: Mapping[str, Any]
+) -> PlannedDelivery:
+    """A delivery of `route` to `output` with its ordering key, or with the reason it has none."""
+    try:
+        key = render_ordering_key(template, event)
+    except MissingValueError as exc:
+        error = key_error(output, route.name, exc)
+        return PlannedDelivery(output, route.name, payload, route.reshape is not None, key_error=error)
+    return PlannedDelivery(output, route.name, payload, route.reshape is not None, ordering_key=key)
+
+
+def key_error(output: str, route: str, exc: MissingValueError) -> str:
+    """What a dead letter says of a delivery whose ordering key cannot be rendered."""
+    return f"ordering_key of output {output} (route {route!r}): {exc}: cannot be put in order"
+
+
+def ordering_key_for(config: RouterConfig, output: str, route: str, event: Mapping[str, Any]) -> str | None:
+    """The ordering key a delivery of the named route to `output` gets under `config` (None: unordered), for a
+    replayed dead letter; `MissingValueError` when it cannot be rendered. A route a reload removed leaves the
+    output's `ordering_key`."""
+    found = config.route(route)
+    if found is not None and output in found.to:
+        template = found.ordering.get(output)
+    else:
+        template = config.outputs[output].ordering_key if output in config.outputs else None
+    return None if template is None else render_ordering_key(template, event)
 
 
 def plan_for_input(event: Event, source: InputConfig | None, *, config: RouterConfig, schemas: SchemaRegistry) -> Plan:

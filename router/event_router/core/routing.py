@@ -9,6 +9,7 @@ and patterns are data. The pattern language is what TOML can express (no null); 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import operator
@@ -18,7 +19,15 @@ from typing import Any, Final
 
 from event_router.api import event as event_module
 from event_router.api.errors import closest
-from event_router.api.templates import MISSING, OPEN, TemplateError, compile_template, get_path, split_path
+from event_router.api.templates import (
+    MISSING,
+    OPEN,
+    Template,
+    TemplateError,
+    compile_template,
+    get_path,
+    split_path,
+)
 
 __all__ = [
     "EVENT_FIELDS",
@@ -30,11 +39,13 @@ __all__ = [
     "PatternError",
     "as_toml",
     "compile_match",
+    "compile_ordering_key",
     "compile_reshape",
     "compile_source_filter",
     "compile_trigger_filter",
     "explain_match",
     "parse_match",
+    "render_ordering_key",
     "trigger_glob_problem",
     "trigger_matches",
     "unknown_triggers",
@@ -702,6 +713,41 @@ def _check_json(value: Any, where: str) -> None:
             _check_json(item, _join(where, key))
     else:
         raise PatternError(where, f"unsupported value {_kind(value)} (a JSON value is needed; quote dates)")
+
+
+# --- ordering keys --------------------------------------------------------------------------------------
+
+#: rendered ordering keys longer than this are kept as a digest of themselves: a key is only compared with
+#: others, and the spool indexes it
+MAX_ORDERING_KEY = 200
+
+
+def compile_ordering_key(text: Any) -> Template:
+    """Compile an `ordering_key` (a template over the event, `"{{ data.peer }}"`); `PatternError` when it is
+    none, or when it has no field but reads like a path (`"data.peer"`: every delivery would share that one
+    key). A constant with no field is allowed: one key for everything, delivered one at a time in order."""
+    if not isinstance(text, str) or not text:
+        raise PatternError("", f"must be a template string like '{{{{ data.peer }}}}', got {_kind(text)}")
+    try:
+        template = compile_template(text, allowed_roots=EVENT_FIELDS)
+    except TemplateError as exc:
+        raise PatternError("", str(exc)) from None
+    if not template.fields and text.split(".")[0] in EVENT_FIELDS:
+        raise PatternError(
+            "",
+            f"{text!r} has no {{{{ field }}}}: every delivery would have this same key and wait for the one "
+            f"before; to order by the field, write '{{{{ {text} }}}}'",
+        )
+    return template
+
+
+def render_ordering_key(template: Template, event: Mapping[str, Any]) -> str:
+    """An event's ordering key: the template rendered strictly (`MissingValueError` when a field it names is
+    missing, null or not a scalar), a long one as its digest (MAX_ORDERING_KEY)."""
+    key = template.render(event)
+    if len(key) > MAX_ORDERING_KEY:
+        return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
 
 
 # --- shared ---------------------------------------------------------------------------------------------

@@ -514,7 +514,13 @@ def cmd_test(args: argparse.Namespace) -> int:
             described = {"error": d.error} if d.error is not None else d.described
             if d.error is not None:
                 problems.append(f"output {d.output} (route {d.route!r}): {d.error}")
-            deliveries.append({"output": d.output, "type": d.type, "route": d.route, **described})
+            ordering: dict[str, Any] = {}
+            if d.ordering_key is not None:
+                ordering = {"ordering_key": d.ordering_key}
+            elif d.key_error is not None:  # stored as a dead letter instead of a pending delivery
+                ordering = {"error": d.key_error}
+                problems.append(d.key_error)
+            deliveries.append({"output": d.output, "type": d.type, "route": d.route, **described, **ordering})
         report.append(
             {
                 "trigger": event.trigger,

@@ -94,6 +94,10 @@ class DryDelivery:
     described: Mapping[str, Any]
     #: why the output could not build its request: the delivery would be a dead letter
     error: str | None
+    #: its ordering key (`PlannedDelivery.ordering_key`), None when unordered
+    ordering_key: str | None = None
+    #: why its ordering key cannot be rendered: the delivery would be a dead letter when stored
+    key_error: str | None = None
 
 
 def dry_deliveries(plan: Plan, config: RouterConfig) -> list[DryDelivery]:
@@ -120,7 +124,18 @@ def dry_deliveries(plan: Plan, config: RouterConfig) -> list[DryDelivery]:
             described = masked(output.plugin.describe(delivery))
         except RouterError as exc:  # the output would fail the delivery the same way: a dead letter
             described, error = {}, str(exc)
-        found.append(DryDelivery(planned.output, output.type, planned.route, payload, described, error))
+        found.append(
+            DryDelivery(
+                planned.output,
+                output.type,
+                planned.route,
+                payload,
+                described,
+                error,
+                planned.ordering_key,
+                planned.key_error,
+            )
+        )
     return found
 
 

@@ -66,6 +66,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                         "type": d.type,
                         "payload": d.payload,
                         **({"error": d.error} if d.error is not None else dict(d.described)),
+                        **({"ordering_key": d.ordering_key} if d.ordering_key is not None else {}),
+                        **({"key_error": d.key_error} if d.key_error is not None else {}),
                     }
                     for d in deliveries
                     if d.route == route.name
@@ -139,6 +141,9 @@ def _print_text(report: dict[str, Any], unmatched: str) -> None:
             print(f"{head}matched{stop}")
             for delivery in entry["deliveries"]:
                 print(f"    -> {delivery['output']} ({delivery['type']})")
+                if "key_error" in delivery:
+                    print(f"       a dead letter when stored, its ordering key not rendered: {delivery['key_error']}")
+                    continue
                 if "error" in delivery:
                     print(f"       cannot build its request, so it would be a dead letter: {delivery['error']}")
                     continue
