@@ -111,10 +111,13 @@ class Target:
             self.in_flight[key] -= 1
             self.attempts.append(Attempt(key, index, request.path, time.monotonic(), ok))
         status = 200 if ok else (422 if (key, index) in self.refuse else 503)
-        handler.send_response(status)
-        handler.send_header("Content-Length", "2")
-        handler.end_headers()
-        handler.wfile.write(b"{}")
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Length", "2")
+            handler.end_headers()
+            handler.wfile.write(b"{}")
+        except (BrokenPipeError, ConnectionResetError):  # a router killed, or stopped, while it waited
+            pass
 
 
 @contextmanager
