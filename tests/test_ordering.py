@@ -10,6 +10,7 @@ what a missing field does) is tested without a process."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import subprocess
@@ -30,13 +31,16 @@ import pytest
 
 from event_router.api.event import Event
 from event_router.config import ConfigErrors, build_config
+from event_router.core.kept import Selection, replay
 from event_router.core.plan import plan_event
 from event_router.core.routing import MAX_ORDERING_KEY
+from event_router.core.spool import NewDelivery, Spool, StoreEvent
 from event_router.core.validation import SchemaRegistry, builtin_schema_dir
 from event_router.plugin_loader import load_plugins
 from event_router.testing import (
     Recorded,
     RouterProcess,
+    delivery_ids,
     example,
     free_port,
     http_receiver,
@@ -514,6 +518,46 @@ def test_a_long_key_is_kept_as_its_digest(tmp_path: Path, registry: Any, schemas
         validation="off",
     )
     assert again.deliveries[0].ordering_key == key
+
+
+@pytest.mark.anyio
+async def test_a_replay_of_kept_events_puts_each_delivery_behind_its_key(
+    tmp_path: Path, registry: Any, schemas: SchemaRegistry, spool_at: Callable[[], Spool]
+) -> None:
+    """`event-router replay` (retention, `core.kept.replay`) gives each replayed delivery the key the current
+    routes give it and stores it after what of its key is pending, on both backends; a delivery whose key
+    names a field the event lacks is left out and counted, the event's other deliveries replayed."""
+    config = build(BASE, tmp_path, registry)
+    data = [message(1, i)["data"] for i in range(3)]
+    data[2]["recipients"] = []  # no relationship: route "by relationship" cannot key its delivery
+    events = [Event(trigger="transport.messageReceived", data=d, source="connector") for d in data]
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        stored = await spool.store(
+            [
+                StoreEvent(e.id, e.trigger, e.to_json(), [NewDelivery("crm", "mail", None, peer(1))], received=n + 1.0)
+                for n, e in enumerate(events)
+            ]
+        )
+        first = delivery_ids(stored)[0]
+        assert [row.did for row in spool.fetch_due("crm", spool.clock.now() + 1, 100, ())] == first
+        await spool.settle(done=first)  # events 1 and 2 stay pending, in their key's order
+        report = replay(spool, config, schemas, Selection(0.0, math.inf, output="crm"))
+        assert (report.replayed, report.unkeyed, report.unrouted) == (3, 1, 0)
+        assert report.deliveries == {"crm": 5}
+        handed: list[tuple[str | None, str]] = []
+        while rows := spool.fetch_due("crm", spool.clock.now() + 1, 100, ()):
+            handed.extend((row.ordering_key, row.event_id) for row in rows)
+            await spool.settle(done=[row.did for row in rows])
+        ids = [e.id for e in events]
+        assert [event for key, event in handed if key == peer(1)] == [ids[1], ids[2], ids[0], ids[1], ids[2]], (
+            "the pending ones of the key first, then the replays in the order they were stored"
+        )
+        assert [event for key, event in handed if key == "REL1YBBHLUEC51CGTOYD"] == [ids[0], ids[1]]
+        assert len(handed) == 7
+    finally:
+        spool.close()
 
 
 def test_event_router_test_shows_each_deliverys_key(tmp_path: Path) -> None:

@@ -12,8 +12,11 @@ deliveries of a kept event, and `--output` selects among the deliveries the curr
 not validated again: they were accepted when they came.
 
 An event in the window still pending (a delivery of it waits for a retry, or an earlier replay's does) is
-replayed all the same: it gets a further delivery. The spool stores, lists and prunes kept events
-(`event_router.core.spool.Spool`); this module decides what each replayed event is sent to.
+replayed all the same: it gets a further delivery. A replayed delivery gets the ordering key the current
+routes give it and is stored like a new one, after whatever of its key is pending; one whose key cannot be
+rendered (the event lacks a field the key names) is left out and counted, as the router would dead-letter it.
+The spool stores, lists and prunes kept events (`event_router.core.spool.Spool`); this module decides what
+each replayed event is sent to.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class ReplayReport:
     other_trigger: int = 0
     #: events the current routes send nowhere (or not to `output`)
     unrouted: int = 0
+    #: deliveries left out: their ordering key names a field the event lacks (no order to put them in)
+    unkeyed: int = 0
     #: events the router pruned between the read and the replay (past the retention meanwhile)
     pruned: int = 0
     #: (received, seq) of the last kept event read
@@ -74,15 +79,18 @@ class ReplayReport:
 
 def deliveries_for(
     kept: KeptEvent, config: RouterConfig, schemas: SchemaRegistry, output: str | None
-) -> list[NewDelivery]:
-    """The deliveries the current routes make of `kept` (to `output` only, when given), not validated again."""
+) -> tuple[list[NewDelivery], int]:
+    """The deliveries the current routes make of `kept` (to `output` only, when given), not validated again,
+    each with its ordering key; and how many more they make whose key cannot be rendered (left out)."""
     event = Event.from_json(kept.body)
     plan = plan_event(event, config=config, schemas=schemas, validation="off")
-    return [
-        NewDelivery(d.output, d.route, orjson.dumps(d.payload) if d.reshaped else None)
-        for d in plan.deliveries
-        if output is None or d.output == output
+    chosen = [d for d in plan.deliveries if output is None or d.output == output]
+    deliveries = [
+        NewDelivery(d.output, d.route, orjson.dumps(d.payload) if d.reshaped else None, d.ordering_key)
+        for d in chosen
+        if d.key_error is None
     ]
+    return deliveries, len(chosen) - len(deliveries)
 
 
 #: given the events ready to go (each with its deliveries), waits as long as needed and says how many of
@@ -114,9 +122,10 @@ def replay(
             if selection.match is not None and not trigger_matches(selection.match, kept.trigger):
                 report.other_trigger += 1
                 continue
-            deliveries = deliveries_for(kept, config, schemas, selection.output)
+            deliveries, unkeyed = deliveries_for(kept, config, schemas, selection.output)
+            report.unkeyed += unkeyed
             if not deliveries:
-                report.unrouted += 1
+                report.unrouted += 0 if unkeyed else 1
                 continue
             ready.append((kept, deliveries))
             if report.waiting is None:

@@ -149,6 +149,7 @@ def _summary(report: ReplayReport, window: str, *, dry_run: bool, interrupted: b
             (report.other_trigger, "other triggers"),
             (report.unrouted, "routed nowhere now"),
             (report.pruned, "pruned meanwhile"),
+            (report.unkeyed, "deliveries without the field their ordering_key names"),
         )
         if count
     ]
