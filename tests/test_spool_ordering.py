@@ -307,6 +307,50 @@ async def test_postgresql_a_delivery_given_back_while_the_worker_still_holds_it_
         s.close()
 
 
+async def test_postgresql_a_group_run_again_on_a_new_connection_takes_its_key_locks_again(pg_dsn: str) -> None:
+    """The writer's session ends while a group that finishes a keyed delivery holds the key's lock (its
+    transaction waits on a row another session holds): the group runs again on a new connection, and that
+    transaction takes the key's lock again before it finishes the delivery (the locks of the lost one went
+    with it), so a store of the key by another router still waits for it."""
+    import psycopg
+
+    from event_router.core.spool.postgresql import KEY_LOCK_CLASS, PostgreSQLSpool, key_lock
+    from event_router.testing import wait_for
+
+    s = PostgreSQLSpool(pg_dsn)
+    s.open("exclusive")
+    blocker = psycopg.connect(pg_dsn)
+    try:
+        first, second = await store(s, event(1, ("a", "k")), event(2, ("a", "k")))
+        assert fetch(s) == [first]
+        blocker.execute("SELECT seq FROM event_router.events WHERE id = 'e1' FOR UPDATE")  # held, not committed
+        waiting = (
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock' AND pid <> %s"
+        )
+        holds_key = (
+            "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND classid = %s AND objid = %s "
+            "AND objsubid = 2 AND granted"
+        )
+        lock = (KEY_LOCK_CLASS, key_lock("a", "k") & 0xFFFFFFFF)  # pg_locks shows the int4 keys as oids
+        name = f"event-router {s.owner}"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: s.settle(done=[first]))
+            await anyio.sleep(0)  # queued to the writer
+            wait_for(lambda: _pg(pg_dsn, waiting, name, 0) != [], what="the settle waiting on the event's row")
+            ((pid,),) = _pg(pg_dsn, waiting, name, 0)
+            assert _pg(pg_dsn, holds_key, pid, *lock) == [(1,)], "the key's lock taken before the finish"
+            _pg(pg_dsn, "SELECT pg_terminate_backend(%s)", pid)
+            wait_for(lambda: _pg(pg_dsn, waiting, name, pid) != [], what="the group run again on a new connection")
+            ((again,),) = _pg(pg_dsn, waiting, name, pid)
+            assert _pg(pg_dsn, holds_key, again, *lock) == [(1,)], "and the key's lock taken again"
+            blocker.rollback()
+        assert fetch(s) == [second], "finished once, and the next of its key due"
+        assert s.status().pending_events == 1
+    finally:
+        blocker.close()
+        s.close()
+
+
 async def test_postgresql_routers_storing_and_finishing_one_key_at_once_leave_exactly_one_due(pg_dsn: str) -> None:
     """Two routers store deliveries of a few keys while each finishes the firsts it is handed, all at once: a
     store beside a finish of the same key must neither leave the key with nothing due (the new one stored
