@@ -46,6 +46,7 @@ from event_router.testing import (
     http_receiver,
     post,
     router_table,
+    run_cli,
     wait_for,
     webhook_input,
 )
@@ -582,3 +583,17 @@ def test_event_router_test_shows_each_deliverys_key(tmp_path: Path) -> None:
         f"error: {events}[1] (transport.messageReceived) would be dead-lettered: ordering_key of output crm"
         in run.stderr
     )
+    # explain says the same of each delivery
+    explained = run_cli("explain", "-c", str(config), str(events), "--json")
+    assert explained.returncode == 0, explained.stderr
+    keyed, bare_report = json.loads(explained.stdout)
+    assert [d.get("ordering_key") for r in keyed["routes"] for d in r["deliveries"]] == [
+        peer(4),
+        None,
+        "REL1YBBHLUEC51CGTOYD",
+    ]
+    (unkeyed,) = bare_report["routes"][1]["deliveries"]
+    assert "ordering_key of output crm (route 'by relationship')" in unkeyed["key_error"]
+    text = run_cli("explain", "-c", str(config), str(events)).stdout
+    assert f'       ordering_key: "{peer(4)}"' in text
+    assert "       a dead letter when stored, its ordering key not rendered: ordering_key of output crm" in text
