@@ -35,15 +35,46 @@ class ConfigError(RouterError):
         super().__init__(f"{where}{message}{suffix}")
 
 
+#: bytes of a receiver's answer an attempt's record keeps (`answer_excerpt`)
+ANSWER_EXCERPT = 1024
+
+
+def answer_excerpt(text: str | None) -> str | None:
+    """The start of a receiver's answer as an attempt's record keeps it: its first KiB (ANSWER_EXCERPT bytes of
+    UTF-8, never half a character). Give it text already scrubbed of the output's secrets, scrubbed before it
+    is cut, so a secret at the cut cannot survive in part."""
+    if text is None:
+        return None
+    if len(text) * 4 <= ANSWER_EXCERPT:  # short enough whatever its characters: no encoding needed
+        return text
+    return text.encode()[:ANSWER_EXCERPT].decode(errors="ignore")
+
+
 class DeliveryError(RouterError):
-    """An output could not deliver. Raise one of the two subclasses."""
+    """An output could not deliver. Raise one of the two subclasses.
+
+    `status` and `answer`: what the receiver answered, when it did (an HTTP status, the start of its body,
+    scrubbed of the output's secrets): the attempt's record keeps them for `event-router trace` and `dlq show`
+    (`answer` cut to its first KiB here). Leave them None when nothing answered (a refused connection, a
+    timeout): the message says what happened.
+    """
 
     retryable: bool = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        answer: str | None = None,
+    ):
         super().__init__(message)
         self.retry_after = retry_after
         self.code = code
+        self.status = status
+        self.answer = answer_excerpt(answer)
 
 
 class RetryableError(DeliveryError):

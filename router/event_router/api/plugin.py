@@ -113,6 +113,11 @@ class Delivery:
     #: None with telemetry off
     traceparent: str | None = None
     tracestate: str | None = None
+    #: what the receiver answered to a successful attempt, for the attempt's record (`event-router trace`): an
+    #: output that knows sets them before it returns (an HTTP status, the start of the answer's body scrubbed
+    #: of its secrets; the core keeps its first KiB). A failed attempt's are the `DeliveryError`'s
+    status: int | None = None
+    answer: str | None = None
 
 
 @dataclass(slots=True)

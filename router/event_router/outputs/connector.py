@@ -84,6 +84,8 @@ MAX_CHAIN_DEPTH: Final = 8
 #: the router takes by default (an answer becomes part of a result event). Real answers (a created request,
 #: a message, a page of a list) are a few KiB; a longer one is cut, and parsed as text, not JSON
 MAX_ANSWER: Final = 4 * 1024 * 1024
+#: bytes of an error answer scrubbed for the attempt's record, which keeps the first KiB of them
+_ANSWER_SCRUBBED: Final = 16 * 1024
 #: characters of an answer that is not JSON (or was cut) that are kept
 _TEXT_KEPT: Final = 1000
 #: keys of an action table that are not templates
@@ -549,24 +551,32 @@ class ConnectorOutput(Output):
         answer = _Answer(call, sent.status, _json(sent.raw, cut=sent.cut))
         run.answers.append(answer)
         if 200 <= sent.status < 300:
+            # the attempt's record keeps the status only: a successful answer is the Connector's record of
+            # what it did (messages, attributes), personal data the event's own trace has no need of
+            delivery.status = sent.status
             return answer
-        raise self._failure(where, answer, sent.retry_after)
+        raise self._failure(where, answer, sent.retry_after, sent.raw)
 
-    def _failure(self, where: str, answer: _Answer, retry_after: float | None) -> DeliveryError:
+    def _failure(self, where: str, answer: _Answer, retry_after: float | None, raw: bytes) -> DeliveryError:
         error = answer.error()
         code = error.get("code") if isinstance(error.get("code"), str) else None
         # a proxy or a misbehaving server may echo the credentials it was sent in its error message
         detail = f": {code}: {self._scrub(str(error.get('message', '')))}" if code else ""
         message = f"{where} answered {answer.status}{detail}"
+        # for the attempt's record: the start of the error body as the Connector sent it, scrubbed before it is
+        # cut to a KiB (read far past that, so a secret across the KiB's end is still whole when scrubbed)
+        said = self._scrub(raw[:_ANSWER_SCRUBBED].decode("utf-8", "replace")) or None
         if self.statuses.retryable(answer.status):
-            return RetryableError(message, retry_after=retry_after, code=code)
+            return RetryableError(message, retry_after=retry_after, code=code, status=answer.status, answer=said)
         if answer.status == 401:
             what = "API key" if isinstance(self.auth, ApiKeyAuth) else "OAuth2 token"
             return PermanentError(
                 f"the Connector rejected the {what} ({self.auth.description}): {message}",
                 code=code or "error.connector.unauthorized",
+                status=answer.status,
+                answer=said,
             )
-        return PermanentError(message, code=code or str(answer.status))
+        return PermanentError(message, code=code or str(answer.status), status=answer.status, answer=said)
 
     def _scrub(self, text: str) -> str:
         return self.client.scrub(text)

@@ -289,11 +289,14 @@ class HttpOutput(Output):
         for may_refresh in (True, False):
             if self.auth is not None:
                 headers.update(await self.auth.headers(self._session))
-            if await self._send(url, body, headers, may_refresh=may_refresh):
+            if await self._send(url, body, headers, delivery, may_refresh=may_refresh):
                 return
 
-    async def _send(self, url: str, body: bytes, headers: dict[str, str], *, may_refresh: bool) -> bool:
-        """True once delivered; False after a 401 that fresh credentials may cure; raises otherwise.
+    async def _send(
+        self, url: str, body: bytes, headers: dict[str, str], delivery: Delivery, *, may_refresh: bool
+    ) -> bool:
+        """True once delivered (the answer's status, and its body when it was read, noted on `delivery` for the
+        attempt's record); False after a 401 that fresh credentials may cure; raises otherwise.
 
         Redirects are never left to aiohttp: it turns a POST into a bodiless GET on 301/302/303 (whose 2xx
         would count as delivered) and sends the static headers and the signature to any host. Here a
@@ -312,7 +315,9 @@ class HttpOutput(Output):
                     status = response.status
                     if 200 <= status < 300:
                         # delivered: the answer's body is not waited for, only a small one is read
-                        await discard_answer(response, ANSWER_LIMIT)
+                        raw = await discard_answer(response, ANSWER_LIMIT)
+                        delivery.status = status
+                        delivery.answer = None if not raw else self._text(raw, response)
                         return True
                     if self.follow_redirects and status in REDIRECT_STATUS:
                         location = response.headers.get("Location")
@@ -335,13 +340,14 @@ class HttpOutput(Output):
         return f"{shown} (redirected from {redact_url(url)})" if redirects else shown
 
     def _text(self, raw: bytes, response: aiohttp.ClientResponse) -> str:
-        """The start of an answer's body for a message; scrubbed before it is cut, so a secret at the cut
+        """An answer's body as read (up to ANSWER_LIMIT bytes), scrubbed: messages quote its first SHOWN_ANSWER
+        characters, the attempt's record its first KiB. Scrubbed before either cut, so a secret at a cut
         cannot survive in part."""
         try:
             text = raw.decode(response.charset or "utf-8", errors="replace")
         except LookupError:
             text = raw.decode("utf-8", errors="replace")
-        return self._scrub(text)[:SHOWN_ANSWER]
+        return self._scrub(text)
 
     def _redirect(self, url: str, target: URL, status: int, location: str | None, redirects: int) -> URL:
         """Where a followed redirect sends the request; `PermanentError` for one not to follow."""
@@ -370,19 +376,21 @@ class HttpOutput(Output):
         return moved
 
     def _fail(self, where: str, status: int, text: str, retry_after: float | None, *, may_refresh: bool) -> None:
-        """Raise the error for a non-2xx answer from `where`; return only for a 401 that fresh credentials may
-        cure."""
-        message = f"{self.method} {where} answered {status}" + (f": {text}" if text else "")
+        """Raise the error for a non-2xx answer from `where` (`text`: its scrubbed body); return only for a 401
+        that fresh credentials may cure."""
+        shown = text[:SHOWN_ANSWER]
+        message = f"{self.method} {where} answered {status}" + (f": {shown}" if shown else "")
         # fresh credentials first, also when 401 is in retry_on: the retry would carry the same token
         if status == 401 and may_refresh and self.auth is not None and self.auth.unauthorized():
             return
+        answer = text or None
         if self.statuses.retryable(status):
             # the status as the code too (the message names it, so log lines and dead letters stay as they are):
             # the attempt's span reports it (event_router.core.telemetry)
-            raise RetryableError(message, retry_after=retry_after, code=str(status))
+            raise RetryableError(message, retry_after=retry_after, code=str(status), status=status, answer=answer)
         if status == 401 and self.auth is not None:
             message += f" (credentials: {self.auth.description})"
-        raise PermanentError(message, code=str(status))
+        raise PermanentError(message, code=str(status), status=status, answer=answer)
 
     def describe(self, delivery: Delivery) -> dict[str, Any]:
         content, body = self.body_for(delivery)

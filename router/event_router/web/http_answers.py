@@ -54,18 +54,21 @@ async def read_answer(response: aiohttp.ClientResponse, limit: int) -> tuple[byt
     return b"".join(chunks), more
 
 
-async def discard_answer(response: aiohttp.ClientResponse, limit: int) -> None:
+async def discard_answer(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
     """Done with an answer whose body does not matter (a 2xx, a redirect). A small body announced by its
-    Content-Length is read, so the connection can serve the next request; any other is not waited for:
-    the connection is closed. A failure while reading is no failure of the request."""
+    Content-Length is read, so the connection can serve the next request, and returned (for the attempt's
+    record); any other is not waited for: the connection is closed, and None returned. A failure while
+    reading is no failure of the request."""
     length = response.content_length
     if length is None or length > limit:
         response.close()
-        return
+        return None
     try:
-        await read_answer(response, limit)
+        raw, _ = await read_answer(response, limit)
     except (aiohttp.ClientError, OSError):
         response.close()
+        return None
+    return raw
 
 
 def retry_after_seconds(value: str | None) -> float | None:
