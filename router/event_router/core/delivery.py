@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -25,7 +25,7 @@ import anyio
 import orjson
 from anyio.abc import TaskStatus
 
-from event_router.api.errors import DeliveryError, RetryableError, SpoolError
+from event_router.api.errors import DeliveryError, RetryableError, SpoolError, answer_excerpt
 from event_router.api.event import Event
 from event_router.api.plugin import Delivery, is_retryable
 from event_router.api.ratelimit import Pace
@@ -33,7 +33,7 @@ from event_router.api.retry import RetryPolicy
 from event_router.core.gate import Admission, DeliveryGate
 from event_router.core.model import OutputConfig, RouterConfig
 from event_router.core.plan import PlannedDelivery
-from event_router.core.spool import DeliveryRow, Spool
+from event_router.core.spool import Attempt, AttemptOutcome, DeliveryRow, Spool
 from event_router.core.stats import Stats
 from event_router.core.tap import Tap
 
@@ -67,6 +67,12 @@ class _Pending:
     trace: AttemptTrace | None = None
     #: has an ordering key: once finished, the next of its key is due in the spool
     keyed: bool = False
+    #: of its latest attempt, for the attempt's record: Unix time it began, seconds it took, and what the
+    #: receiver answered (status, the start of the answer) when the output says
+    tried_at: float = 0.0
+    took: float = 0.0
+    status: int | None = None
+    answer: str | None = None
 
     @classmethod
     def from_row(cls, row: DeliveryRow) -> _Pending:
@@ -418,6 +424,11 @@ class OutputWorker:
             self._wake.set()
 
     async def _attempt(self, batch: list[_Pending]) -> list[BaseException | None]:
+        """Attempt `batch`; one outcome per delivery (None: delivered). Each delivery notes when its attempt
+        began, how long it took (a batch's, for an output that delivers several at once) and what the receiver
+        answered, for the attempt's record (`_record`)."""
+        deliveries: list[Delivery] = []
+        tried_at, started = time.time(), time.monotonic()
         try:
             config = self.live.config
             deliveries = [p.to_delivery(config.route_options(p.route)) for p in batch]
@@ -433,12 +444,20 @@ class OutputWorker:
                     outcomes = list(await self.plugin.deliver_batch(deliveries))
         except TimeoutError:
             error = RetryableError(f"output {self.name} did not answer within {self.config.timeout:g}s")
-            return [error] * len(batch)
+            outcomes = [error] * len(batch)
         except Exception as exc:  # an output's failure is the delivery's outcome, never the worker's end
-            return [exc] * len(batch)
+            outcomes = [exc] * len(batch)
         if len(outcomes) != len(batch):
             error = RetryableError(f"output {self.name} returned {len(outcomes)} outcomes for {len(batch)} deliveries")
-            return [error] * len(batch)
+            outcomes = [error] * len(batch)
+        took = time.monotonic() - started
+        for index, (pending, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+            pending.tried_at, pending.took = tried_at, took
+            said: DeliveryError | Delivery | None = outcome if isinstance(outcome, DeliveryError) else None
+            if outcome is None and index < len(deliveries):
+                said = deliveries[index]
+            pending.status = said.status if said is not None else None
+            pending.answer = answer_excerpt(said.answer) if said is not None else None
         return outcomes
 
     async def _commit(
@@ -448,8 +467,10 @@ class OutputWorker:
         done: list[int],
         retry: list[tuple[int, int, float, str]],
         dead: list[tuple[int, str, str, int]],
+        attempts: Sequence[Attempt] = (),
     ) -> list[int | None]:
-        """Commit outcomes, trying again while the spool's failure is transient; the new dead letters' ids.
+        """Commit outcomes (with the attempts they came from), trying again while the spool's failure is
+        transient; the new dead letters' ids.
 
         Giving up would fail the worker, and its successor would read the deliveries back from the spool
         and send them again. Until the commit succeeds the ids stay claimed, so nothing is attempted twice;
@@ -459,7 +480,7 @@ class OutputWorker:
         failures = 0
         while True:
             try:
-                dlids = await self.spool.settle(done=done, retry=retry, dead=dead, lazy=True)
+                dlids = await self.spool.settle(done=done, retry=retry, dead=dead, attempts=attempts, lazy=True)
             except SpoolError as exc:
                 if not exc.transient:
                     raise
@@ -489,25 +510,32 @@ class OutputWorker:
         #: what the log lines say of each delivery, by id
         failed: dict[int, _Pending] = {}
         recovered: list[_Pending] = []
+        #: each attempt's record, committed with its outcome
+        tried: list[Attempt] = []
         for pending, outcome in zip(batch, outcomes, strict=True):
+            attempts = pending.attempts + 1
             if outcome is None:
                 done.append(pending.did)
                 if pending.attempts:
                     recovered.append(pending)
+                tried.append(self._attempt_record(pending, "delivered"))
                 continue
             failed[pending.did] = pending
-            attempts = pending.attempts + 1
             message = describe_failure(outcome)
             policy = self.live.config.retry_for(self.name, pending.route)
+            result: AttemptOutcome = "retry"
             if not is_retryable(outcome):
-                dead.append((pending.did, "permanent", message, attempts))
+                result = "permanent"
+                dead.append((pending.did, result, message, attempts))
             elif policy.exhausted(attempts, now - pending.first_at):
-                dead.append((pending.did, "retries_exhausted", message, attempts))
+                result = "retries_exhausted"
+                dead.append((pending.did, result, message, attempts))
             else:
                 retry_after = outcome.retry_after if isinstance(outcome, DeliveryError) else None
                 due = now + policy.delay(attempts, retry_after, age=now - pending.first_at)
                 retry.append((pending.did, attempts, due, message))
-        dlids = await self._commit(len(batch), done=done, retry=retry, dead=dead)
+            tried.append(self._attempt_record(pending, result, message))
+        dlids = await self._commit(len(batch), done=done, retry=retry, dead=dead, attempts=tried)
         # a finished delivery with an ordering key made the next of its key due (in the same commit)
         if any(pending.keyed and pending.did not in failed for pending in batch) or any(
             failed[did].keyed for did, _, _, _ in dead
@@ -560,6 +588,19 @@ class OutputWorker:
             for pending, outcome, record in zip(batch, outcomes, records, strict=True):
                 if pending.trace is not None:
                     pending.trace.end(record, outcome, answered)
+
+    @staticmethod
+    def _attempt_record(pending: _Pending, outcome: AttemptOutcome, error: str | None = None) -> Attempt:
+        return Attempt(
+            pending.did,
+            pending.attempts + 1,
+            pending.tried_at,
+            pending.took,
+            outcome,
+            pending.status,
+            error,
+            pending.answer,
+        )
 
     def _tapped(
         self,

@@ -36,6 +36,13 @@ What every backend guarantees (the callers rely on it):
   key, in the order they were stored: `fetch_due` hands out only a key's first pending delivery (its
   head), and none of the key while the head is handed out (in memory, leased) or waits for a retry; once
   the head is delivered or dead-lettered the next is due (see `BLOCKED`);
+- every delivery attempt `settle` is given (`Attempt`) is recorded in the transaction that records its
+  outcome, kept as long as its event (pending, or kept under `[router] retention`) or, for a delivery that
+  became a dead letter, as long as that dead letter (purged or replayed, its attempts go with it); of a
+  delivery's attempts the first ATTEMPTS_FIRST and the last ATTEMPTS_LAST are kept, the ones between
+  forgotten as new ones come (a delivery retried for days keeps 23 records, not thousands). `event_history`
+  reads them back with the rest of an event's life (`event-router trace`, the console), `dead_letter_attempts`
+  a dead letter's (`dlq show`);
 - failures raise `SpoolError`, `transient` when the same write may succeed later (disk full, busy).
 """
 
@@ -102,6 +109,9 @@ class OutputBacklog:
     next_retry_in: float | None = None
     next_retry_failures: int = 0
     last_error: str | None = None
+    #: seconds since its oldest pending delivery was stored (the spool clock's base: a wall-clock jump does not
+    #: age it); None when it has none
+    oldest_pending_age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +376,86 @@ Retry = tuple[int, int, float, str]
 #: (id, reason, error, attempts): moved to the dead letters with its event and payload
 Dead = tuple[int, str, str, int]
 
+#: of one delivery's attempts the spool keeps the first ATTEMPTS_FIRST and the last ATTEMPTS_LAST: the first
+#: say how the trouble began, the last how it goes now, and a delivery retried for days stays 23 rows
+ATTEMPTS_FIRST = 3
+ATTEMPTS_LAST = 20
+
+#: what one attempt came to: delivered; failed and due again (`retry`); failed for good (`permanent`,
+#: `retries_exhausted`: the delivery is a dead letter now)
+AttemptOutcome = Literal["delivered", "retry", "permanent", "retries_exhausted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt: given to `settle` with the delivery's outcome, read back by `event_history` and
+    `dead_letter_attempts`."""
+
+    #: the delivery's id
+    delivery: int
+    #: 1 for the first attempt
+    number: int
+    #: Unix time (wall clock) the attempt began, and how long it took, in seconds (a batch's attempts, as an
+    #: output that delivers several at once makes them, share both)
+    at: float
+    duration: float
+    outcome: AttemptOutcome
+    #: what the receiver answered, when it did and the output says (an HTTP status)
+    status: int | None = None
+    #: why it failed (the delivery's error line, as logs and dead letters say it); None when delivered
+    error: str | None = None
+    #: the start of the receiver's answer (its first KiB), scrubbed of the output's secrets by the output
+    answer: str | None = None
+
+
+#: where a delivery is: waiting for its first attempt or a retry (`pending`), done (`delivered`), or a dead
+#: letter (`dead_letter`). A delivered one is known by its attempts only: its row goes when it is delivered
+DeliveryState = Literal["pending", "delivered", "dead_letter"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryHistory:
+    """One delivery of an event (to one output, by one route) and its attempts the spool keeps."""
+
+    delivery: int
+    output: str
+    route: str
+    state: DeliveryState
+    #: attempts made so far (kept or not: see ATTEMPTS_FIRST); for a delivered one, those recorded
+    attempts: int
+    #: pending: seconds from the reading until it is due (negative: overdue; its first attempt when
+    #: `attempts` is 0); else None
+    next_attempt_in: float | None = None
+    last_error: str | None = None
+    #: the dead letter it became
+    dead_letter: int | None = None
+    #: the attempts kept, oldest first (a gap in their numbers: those forgotten, see ATTEMPTS_FIRST)
+    history: Sequence[Attempt] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventHistory:
+    """What the spool knows of one event id (`event_history`): the event as stored, each of its deliveries
+    with their attempts, and its dead letters. An event is in the spool while a delivery of it is pending, or
+    kept (`[router] retention`); once neither, only its dead letters (and their attempts) remain."""
+
+    event_id: str
+    trigger: str | None
+    #: the event's JSON as stored (pending or kept; else a dead letter's copy), None when only a dead letter
+    #: that holds no event (an undecodable message) names the id
+    body: bytes | None
+    #: a delivery of it is pending
+    pending: bool
+    #: Unix time it was received, when it is stored under `[router] retention` (kept after its deliveries)
+    received: float | None
+    #: the spool holds the event itself (pending or kept), not only dead letters of it
+    stored: bool
+    #: by delivery id (the order they were stored in)
+    deliveries: Sequence[DeliveryHistory]
+    #: every dead letter of the id: those its deliveries became, and those it was before any delivery
+    #: (invalid, unknown trigger, no route, parked at a full backlog)
+    dead_letters: Sequence[DeadLetter]
+
 
 class Spool(Protocol):
     """The durable store of pending events, their deliveries and the dead letters.
@@ -450,13 +540,22 @@ class Spool(Protocol):
         pending delivery can be due (see `BLOCKED`)."""
 
     async def settle(
-        self, *, done: Sequence[int] = (), retry: Sequence[Retry] = (), dead: Sequence[Dead] = (), lazy: bool = False
+        self,
+        *,
+        done: Sequence[int] = (),
+        retry: Sequence[Retry] = (),
+        dead: Sequence[Dead] = (),
+        attempts: Sequence[Attempt] = (),
+        lazy: bool = False,
     ) -> list[int | None]:
         """Record a batch of outcomes in one commit: `done` are forgotten (and their event once nothing else
         is pending), `retry` due again later, `dead` moved to the dead letters. A finished (done or dead)
-        delivery with an ordering key makes the next pending one of its output and key due now. `lazy`: the
-        commit may wait a few milliseconds to be shared. The new dead letter ids in `dead`'s order; None for a
-        delivery no longer in the spool (finished meanwhile)."""
+        delivery with an ordering key makes the next pending one of its output and key due now. `attempts`: the attempts these
+        outcomes came from, recorded in the same commit (one insert for a whole group of settles; a dead
+        letter's with it), kept as the module says; one of a delivery no longer in the spool is not recorded,
+        nor, as it would go at once, a delivered attempt whose event the same commit forgets (not kept, no
+        other delivery pending). `lazy`: the commit may wait a few milliseconds to be shared. The new dead
+        letter ids in `dead`'s order; None for a delivery no longer in the spool (finished meanwhile)."""
 
     async def release(self, output: str, keep: Collection[int] = ()) -> None:
         """This router no longer delivers to `output` (a reload removed it): give back the deliveries of it
@@ -505,6 +604,16 @@ class Spool(Protocol):
 
     def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
         """Apply what replaying these dead letters came to, in one commit, in the router's time base."""
+
+    def dead_letter_attempts(self, dlids: Sequence[int]) -> dict[int, list[Attempt]]:
+        """The attempts kept of the deliveries these dead letters were, oldest first, by dead letter id (one
+        with none is absent: dead-lettered before any delivery, or stored by a router before attempts were
+        recorded)."""
+
+    def event_history(self, event_id: str) -> EventHistory | None:
+        """Everything the spool knows of `event_id` (`event-router trace`, a console): None when it knows
+        nothing (never stored, or delivered and forgotten: not kept, no dead letter). A few indexed reads,
+        safe beside running routers (a readonly open serves)."""
 
     def status(self) -> SpoolStatus: ...
 

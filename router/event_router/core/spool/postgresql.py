@@ -74,11 +74,15 @@ from event_router.api.errors import SpoolError
 from event_router.core.clock import SpoolClock
 from event_router.core.spool import (
     BLOCKED,
+    ATTEMPTS_FIRST,
+    ATTEMPTS_LAST,
+    Attempt,
     Dead,
     DeadLetter,
     DeadLetterCount,
     DeadLetterFilter,
     DeliveryRow,
+    EventHistory,
     KeptCursor,
     KeptEvent,
     NewDelivery,
@@ -98,6 +102,7 @@ from event_router.core.spool import (
     StoredEvent,
     StoreEvent,
 )
+from event_router.core.spool.history import histories
 from event_router.core.spool.writer import Op, gather, resolve_all
 
 log = logging.getLogger("event_router.core.spool")
@@ -196,6 +201,30 @@ CREATE INDEX IF NOT EXISTS events_received ON events (received, seq) WHERE recei
     5: """
 ALTER TABLE deliveries ADD COLUMN IF NOT EXISTS ordering_key text;
 CREATE INDEX IF NOT EXISTS deliveries_key ON deliveries (output, ordering_key, did) WHERE ordering_key IS NOT NULL;
+""",
+    # each delivery attempt (`settle`'s attempts), kept with its event while it is stored (`seq`) or with the
+    # dead letter its delivery became (`dlid`); and the indexes `event-router trace` looks an event up by.
+    # IF NOT EXISTS: a step of its own, whatever number it ends up with among others
+    6: """
+CREATE TABLE IF NOT EXISTS attempts (
+    seq bigint NOT NULL,
+    did bigint NOT NULL,
+    dlid bigint,
+    output text NOT NULL,
+    route text NOT NULL,
+    number integer NOT NULL,
+    at double precision NOT NULL,
+    duration double precision NOT NULL,
+    outcome text NOT NULL,
+    status integer,
+    error text,
+    answer text
+);
+CREATE INDEX IF NOT EXISTS attempts_seq ON attempts (seq);
+CREATE INDEX IF NOT EXISTS attempts_did ON attempts (did, number);
+CREATE INDEX IF NOT EXISTS attempts_dead_letter ON attempts (dlid) WHERE dlid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_id ON events (id);
+CREATE INDEX IF NOT EXISTS dead_letters_event ON dead_letters (event_id);
 """,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -382,6 +411,10 @@ class PostgreSQLSpool:
         #: the event loop, so an output delivering one event per settle would otherwise cost the group three
         #: round trips per delivery
         self._finishing: list[int] = []
+        #: the attempts the group's settles record (but a dead letter's, which `_dead_letter` records with it):
+        #: in one statement just before the group's finishing pass, while the deliveries' rows say their
+        #: event, output and route
+        self._attempting: list[Attempt] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -663,6 +696,9 @@ class PostgreSQLSpool:
                 if keys:
                     self._lock_keys(conn, keys)
                 results = [op.apply(conn) for op in batch]
+                if self._attempting:
+                    _record_attempts(conn, self._attempting, finished=self._finishing)
+                    self._attempting.clear()
                 if self._finishing:
                     # in this transaction too: each finished delivery with a key makes the key's next due here
                     self._finish(conn, self._finishing)
@@ -674,6 +710,7 @@ class PostgreSQLSpool:
                 conn.commit()
             except Exception as exc:  # one failed commit fails every op in it: none of them is durable
                 self._finishing.clear()
+                self._attempting.clear()
                 self._announcing.clear()
                 if conn is not None and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
@@ -970,15 +1007,24 @@ class PostgreSQLSpool:
         return out
 
     async def settle(
-        self, *, done: Sequence[int] = (), retry: Sequence[Retry] = (), dead: Sequence[Dead] = (), lazy: bool = False
+        self,
+        *,
+        done: Sequence[int] = (),
+        retry: Sequence[Retry] = (),
+        dead: Sequence[Dead] = (),
+        attempts: Sequence[Attempt] = (),
+        lazy: bool = False,
     ) -> list[int | None]:
         if not (done or retry or dead):
             return []
         held = self._held_keys
         keys = frozenset(held[did] for did in (*done, *(d[0] for d in dead)) if did in held) if held else frozenset()
+        # a dead letter's attempt is recorded by `_dead_letter`, with its dead letter's id
+        dying = {a.delivery: a for a in attempts if a.outcome in ("permanent", "retries_exhausted")}
 
         def apply(conn: psycopg.Connection[Any]) -> list[int | None]:
             self._finishing.extend(done)  # with the group's other settles, before its commit
+            self._attempting.extend(a for a in attempts if a.delivery not in dying)
             if retry:
                 # given back: due again later, for whichever router is free then. Not a delivery another
                 # router took meanwhile (this one's lease expired): that one's state is its own
@@ -996,7 +1042,7 @@ class PostgreSQLSpool:
                     ),
                     binary=True,
                 )
-            return [self._dead_letter(conn, *item) for item in dead]
+            return [self._dead_letter(conn, *item, attempt=dying.get(item[0])) for item in dead]
 
         result: list[int | None] = await self._write(apply, lazy=lazy, keys=keys)
         for did in (*done, *(r[0] for r in retry), *(d[0] for d in dead)):
@@ -1033,7 +1079,14 @@ class PostgreSQLSpool:
             )
 
     def _dead_letter(
-        self, conn: psycopg.Connection[Any], did: int, reason: str, error: str, attempts: int
+        self,
+        conn: psycopg.Connection[Any],
+        did: int,
+        reason: str,
+        error: str,
+        attempts: int,
+        *,
+        attempt: Attempt | None = None,
     ) -> int | None:
         row = conn.execute(
             "SELECT e.id, e.trigger, e.body, d.output, d.route, d.payload FROM deliveries d "
@@ -1061,6 +1114,11 @@ class PostgreSQLSpool:
                 None if payload is None else bytes(payload),
             ),
         )
+        # its attempts go with the dead letter (`_finish` forgets the attempts of the events it deletes but a
+        # dead letter's), before `_finish`: the last one too, while the delivery's row says its event and route
+        conn.execute("UPDATE attempts SET dlid = %s WHERE did = %s", (dlid, did))
+        if attempt is not None:
+            _record_attempts(conn, [attempt], dead_letter=int(dlid))
         self._finish(conn, (did,))
         self._dead += 1
         return int(dlid)
@@ -1099,12 +1157,14 @@ class PostgreSQLSpool:
             # router stored of the key up to its commit
             self._lock_keys(conn, finished)
             _unblock(conn, finished, self.clock.now())
-        # finished: no delivery left. One with `received` (retention) stays, kept and no longer pending
+        # finished: no delivery left. One with `received` (retention) stays, kept and no longer pending; the
+        # attempts of those that go go with them, in the same statement (but a dead letter's)
         cur.execute(
             "WITH done AS (SELECT seq, received FROM events e WHERE seq = ANY(%b) "
             "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)), "
-            "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL) "
-            "SELECT count(*) FROM done",
+            "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL "
+            "RETURNING e.seq), "
+            f"{_FORGET_ATTEMPTS} SELECT count(*) FROM done",
             (seqs,),
         )
         row = cur.fetchone()
@@ -1334,24 +1394,7 @@ class PostgreSQLSpool:
             sql += " LIMIT %s"
             args.append(limit)
         rows = self._read(lambda conn: conn.execute(sql, args).fetchall())
-        # bytea reads as memoryview: the callers get bytes, as from SQLite
-        return [
-            DeadLetter(
-                dlid=int(dlid),
-                event_id=eid,
-                trigger=trigger,
-                source=source,
-                output=output,
-                route=route,
-                reason=reason,
-                error=error,
-                attempts=int(attempts),
-                created_at=float(created_at),
-                body=bytes(body),
-                payload=None if payload is None else bytes(payload),
-            )
-            for dlid, eid, trigger, source, output, route, reason, error, attempts, created_at, body, payload in rows
-        ]
+        return [_dead_letter_from(row) for row in rows]
 
     def count_dead_letters(self, where: DeadLetterFilter) -> tuple[int, int | None]:
         clause, args = _where(where)
@@ -1364,6 +1407,7 @@ class PostgreSQLSpool:
         clause, args = _where(where)
 
         def apply(conn: psycopg.Connection[Any]) -> int:
+            conn.execute(f"DELETE FROM attempts WHERE dlid IN (SELECT dlid FROM dead_letters{clause})", args)
             purged = conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount
             self._dead = max(0, self._dead - purged)
             return purged
@@ -1384,9 +1428,10 @@ class PostgreSQLSpool:
             if events:
                 self._insert_events(conn, events, float(_one(conn, _NOW)))
             if requeued:
-                gone = conn.execute(
-                    "DELETE FROM dead_letters WHERE dlid = ANY(%s)", ([item.dlid for item in requeued],)
-                ).rowcount
+                dlids = [item.dlid for item in requeued]
+                # a replayed delivery starts a history of its own; the dead letter's attempts go with it
+                conn.execute("DELETE FROM attempts WHERE dlid = ANY(%s)", (dlids,))
+                gone = conn.execute("DELETE FROM dead_letters WHERE dlid = ANY(%s)", (dlids,)).rowcount
                 self._dead = max(0, self._dead - gone)
 
         self._write_sync(apply, _keys_of([item.event for item in outcomes if isinstance(item, Requeue)]))
@@ -1404,11 +1449,15 @@ class PostgreSQLSpool:
         def apply(conn: psycopg.Connection[Any]) -> int:
             if not _one(conn, "SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,)):
                 return 0
-            return conn.execute(
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received < %s AND NOT EXISTS "
-                "(SELECT 1 FROM deliveries d WHERE d.seq = e.seq) ORDER BY received LIMIT %s FOR UPDATE SKIP LOCKED)",
-                (before, limit),
-            ).rowcount
+            return int(
+                _one(
+                    conn,
+                    "WITH gone AS (DELETE FROM events WHERE seq IN (SELECT seq FROM events e WHERE received < %s "
+                    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq) ORDER BY received LIMIT %s "
+                    f"FOR UPDATE SKIP LOCKED) RETURNING seq), {_FORGET_ATTEMPTS} SELECT count(*) FROM gone",
+                    (before, limit),
+                )
+            )
 
         result: int = await self._write(apply, lazy=True)
         return result
@@ -1516,6 +1565,22 @@ class PostgreSQLSpool:
 
         count: int = self._write_sync(apply)
         return count
+    def dead_letter_attempts(self, dlids: Sequence[int]) -> dict[int, list[Attempt]]:
+        if not dlids:
+            return {}
+        rows = self._read(
+            lambda conn: conn.execute(
+                f"SELECT dlid, {_ATTEMPT_COLUMNS} FROM attempts WHERE dlid = ANY(%s) ORDER BY dlid, did, number",
+                (list(dlids),),
+            ).fetchall()
+        )
+        out: dict[int, list[Attempt]] = {}
+        for dlid, *attempt in rows:
+            out.setdefault(int(dlid), []).append(_attempt(attempt))
+        return out
+
+    def event_history(self, event_id: str) -> EventHistory | None:
+        return self._read(functools.partial(_event_history, event_id=event_id))
 
     def status(self) -> SpoolStatus:
 
@@ -1779,9 +1844,11 @@ def _insert_dead_letter(conn: psycopg.Connection[Any], item: StoreDeadLetter, no
 def _output_backlogs(conn: psycopg.Connection[Any], now: float) -> dict[str, OutputBacklog]:
     out: dict[str, OutputBacklog] = {}
     counts = conn.execute(
-        "SELECT output, count(*), count(*) FILTER (WHERE attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
+        "SELECT output, count(*), count(*) FILTER (WHERE attempts > 0), min(first_at) FROM deliveries "
+        "GROUP BY output ORDER BY output"
     ).fetchall()
-    for output, pending, retrying in counts:
+    for output, pending, retrying, first_at in counts:
+        age = max(0.0, now - float(first_at))
         row = None
         if retrying:
             row = conn.execute(
@@ -1790,9 +1857,9 @@ def _output_backlogs(conn: psycopg.Connection[Any], now: float) -> dict[str, Out
                 (output,),
             ).fetchone()
         if row is None:
-            out[output] = OutputBacklog(int(pending), int(retrying or 0))
+            out[output] = OutputBacklog(int(pending), int(retrying or 0), oldest_pending_age=age)
         else:
-            out[output] = OutputBacklog(int(pending), int(retrying), float(row[0]) - now, int(row[1]), row[2])
+            out[output] = OutputBacklog(int(pending), int(retrying), float(row[0]) - now, int(row[1]), row[2], age)
     return out
 
 
@@ -1800,6 +1867,26 @@ def _output_backlogs(conn: psycopg.Connection[Any], now: float) -> dict[str, Out
 _DEAD_LETTER_COLUMNS = (
     "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
 )
+
+
+def _dead_letter_from(row: Sequence[Any]) -> DeadLetter:
+    """A dead letter from the columns of _DEAD_LETTER_COLUMNS; bytea reads as memoryview: the callers get
+    bytes, as from SQLite."""
+    dlid, eid, trigger, source, output, route, reason, error, attempts, created_at, body, payload = row
+    return DeadLetter(
+        dlid=int(dlid),
+        event_id=eid,
+        trigger=trigger,
+        source=source,
+        output=output,
+        route=route,
+        reason=reason,
+        error=error,
+        attempts=int(attempts),
+        created_at=float(created_at),
+        body=bytes(body),
+        payload=None if payload is None else bytes(payload),
+    )
 
 
 def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
@@ -1826,6 +1913,120 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
         clauses.append("event_id = %s")
         args.append(where.event_id)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+#: Attempt's fields after `delivery`, in order, as `attempts` holds them
+_ATTEMPT_COLUMNS = "did, number, at, duration, outcome, status, error, answer"
+#: the CTE that forgets the attempts of the events a statement's `gone` CTE deleted (RETURNING their seq), but
+#: those of a delivery that became a dead letter: in the statement that deletes the events, no round trip more
+_FORGET_ATTEMPTS = "forgot AS (DELETE FROM attempts a USING gone WHERE a.seq = gone.seq AND a.dlid IS NULL)"
+
+
+def _record_attempts(
+    conn: psycopg.Connection[Any],
+    attempts: Sequence[Attempt],
+    *,
+    finished: Sequence[int] = (),
+    dead_letter: int | None = None,
+) -> None:
+    """Record `attempts` (of a group's settles, whose delivered ids `finished` are forgotten next; or the last
+    attempt of a delivery moved to `dead_letter`), each with its delivery's event, output and route (one of a
+    delivery no longer there records nothing), in one statement; then, only for deliveries past
+    ATTEMPTS_FIRST + ATTEMPTS_LAST attempts, forget the one no longer among the first or the last.
+
+    A delivered attempt is not recorded when the finishing pass that follows forgets its event (not kept, no
+    delivery of it left but those in `finished`): the common case without retention, whose row and index
+    entries `_finish` would delete again before the commit."""
+    conn.execute(
+        "INSERT INTO attempts (seq, did, dlid, output, route, number, at, duration, outcome, status, error, answer) "
+        "SELECT d.seq, d.did, %b::int8, d.output, d.route, u.n, u.at, u.took, u.outcome, u.status, u.error, u.answer "
+        "FROM unnest(%b::int8[], %b::int4[], %b::float8[], %b::float8[], %b::text[], %b::int4[], %b::text[], "
+        "%b::text[]) AS u(did, n, at, took, outcome, status, error, answer) JOIN deliveries d ON d.did = u.did "
+        "WHERE u.outcome <> 'delivered' OR (SELECT received FROM events e WHERE e.seq = d.seq) IS NOT NULL "
+        "OR EXISTS (SELECT 1 FROM deliveries o WHERE o.seq = d.seq AND o.did <> ALL(%b::int8[]))",
+        (
+            dead_letter,
+            [a.delivery for a in attempts],
+            [a.number for a in attempts],
+            [a.at for a in attempts],
+            [a.duration for a in attempts],
+            [a.outcome for a in attempts],
+            [a.status for a in attempts],
+            [a.error for a in attempts],
+            [a.answer for a in attempts],
+            list(finished),
+        ),
+        binary=True,
+    )
+    beyond = [a for a in attempts if a.number > ATTEMPTS_FIRST + ATTEMPTS_LAST]
+    if beyond:
+        # the numbers between the first and the last: more than one when some were never recorded
+        conn.execute(
+            "DELETE FROM attempts a USING unnest(%b::int8[], %b::int4[]) AS u(did, upto) "
+            f"WHERE a.did = u.did AND a.number > {ATTEMPTS_FIRST} AND a.number <= u.upto",
+            ([a.delivery for a in beyond], [a.number - ATTEMPTS_LAST for a in beyond]),
+            binary=True,
+        )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    """An `Attempt` from the columns of _ATTEMPT_COLUMNS."""
+    did, number, at, duration, outcome, status, error, answer = row
+    return Attempt(
+        int(did),
+        int(number),
+        float(at),
+        float(duration),
+        outcome,
+        None if status is None else int(status),
+        error,
+        answer,
+    )
+
+
+def _event_history(conn: psycopg.Connection[Any], event_id: str) -> EventHistory | None:
+    """`PostgreSQLSpool.event_history`'s reads, in one snapshot (the reader's transaction, REPEATABLE READ)."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    stored = conn.execute(
+        "SELECT seq, trigger, body, received FROM events WHERE id = %s ORDER BY seq", (event_id,)
+    ).fetchall()
+    dead = [
+        _dead_letter_from(row)
+        for row in conn.execute(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE event_id = %s ORDER BY dlid", (event_id,)
+        ).fetchall()
+    ]
+    if not stored and not dead:
+        return None
+    seqs = [int(row[0]) for row in stored]
+    dlids = [dl.dlid for dl in dead]
+    now = float(_one(conn, _NOW))
+    pending = [
+        (int(did), output, route, int(attempts), float(due) - now, error)
+        for did, output, route, attempts, due, error in conn.execute(
+            "SELECT did, output, route, attempts, due, last_error FROM deliveries WHERE seq = ANY(%s) ORDER BY did",
+            (seqs,),
+        ).fetchall()
+    ]
+    rows = conn.execute(
+        f"SELECT dlid, output, route, {_ATTEMPT_COLUMNS} FROM attempts WHERE seq = ANY(%s) OR dlid = ANY(%s)",
+        (seqs, dlids),
+    ).fetchall()
+    recorded = [
+        (None if dlid is None else int(dlid), output, route, _attempt(attempt))
+        for dlid, output, route, *attempt in rows
+    ]
+    latest = stored[-1] if stored else None
+    return EventHistory(
+        event_id=event_id,
+        trigger=latest[1] if latest is not None else dead[-1].trigger,
+        body=bytes(latest[2]) if latest is not None else dead[-1].body,
+        pending=bool(pending),
+        received=None if latest is None or latest[3] is None else float(latest[3]),
+        stored=latest is not None,
+        deliveries=histories(pending, recorded, dead),
+        dead_letters=dead,
+    )
 
 
 __all__ = ["SCHEMA_VERSION", "PostgreSQLSpool", "describe", "dsn_problem", "has_password", "probe"]

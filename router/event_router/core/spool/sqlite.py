@@ -47,12 +47,16 @@ from event_router.api.errors import SpoolError
 from event_router.core.clock import Anchor, SpoolClock
 from event_router.core.spool import (
     BLOCKED,
+    ATTEMPTS_FIRST,
+    ATTEMPTS_LAST,
+    Attempt,
     DataDirInUse,
     Dead,
     DeadLetter,
     DeadLetterCount,
     DeadLetterFilter,
     DeliveryRow,
+    EventHistory,
     KeptCursor,
     KeptEvent,
     NewDelivery,
@@ -71,6 +75,7 @@ from event_router.core.spool import (
     StoredEvent,
     StoreEvent,
 )
+from event_router.core.spool.history import histories
 from event_router.core.spool.writer import Op, gather, resolve_all
 
 log = logging.getLogger("event_router.core.spool")
@@ -82,7 +87,9 @@ log = logging.getLogger("event_router.core.spool")
 #: 5: `events.received`, when the router received an event stored while `[router] retention` is on: such an
 #: event is kept after its last delivery, for `event-router replay` (`_add_received`)
 #: 6: `deliveries.ordering_key` and its index (`_add_ordering_key`)
-SCHEMA_VERSION = 6
+#: 7: `attempts`, each delivery attempt (`settle`'s), and the indexes `event-router trace` looks an event up by
+#: (`events_id`, `dead_letters_event`): new tables and indexes only, by `_DDL` and `_ATTEMPTS_TRIGGER`.
+SCHEMA_VERSION = 7
 #: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -146,6 +153,35 @@ CREATE TABLE IF NOT EXISTS output_states (
     breaker_error TEXT
 );
 CREATE INDEX IF NOT EXISTS events_received ON events(received) WHERE received IS NOT NULL;
+CREATE TABLE IF NOT EXISTS attempts (
+    seq INTEGER NOT NULL,
+    did INTEGER NOT NULL,
+    dlid INTEGER,
+    output TEXT NOT NULL,
+    route TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    at REAL NOT NULL,
+    duration REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    status INTEGER,
+    error TEXT,
+    answer TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_seq ON attempts(seq);
+CREATE INDEX IF NOT EXISTS attempts_did ON attempts(did, number);
+CREATE INDEX IF NOT EXISTS attempts_dead_letter ON attempts(dlid) WHERE dlid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_id ON events(id);
+CREATE INDEX IF NOT EXISTS dead_letters_event ON dead_letters(event_id);
+"""
+
+#: an event's attempts go with it, whichever statement deletes it (`_finish`, `prune_kept`), in that statement:
+#: no statement of its own (see _ROWS_PER_INSERT for why that matters), one probe of `attempts_seq` per event.
+#: Those of a delivery that became a dead letter (`dlid`) stay with the dead letter. Kept apart from `_DDL`,
+#: whose statements `_migrate` splits at each ";"
+_ATTEMPTS_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS events_forget_attempts AFTER DELETE ON events BEGIN
+    DELETE FROM attempts WHERE seq = OLD.seq AND dlid IS NULL;
+END
 """
 
 #: whether the spool holds an event with `received` (kept, or to be kept): read through the partial index
@@ -365,6 +401,12 @@ class SQLiteSpool:
         self._lock_fd: int | None = None
         #: announced keys of the group being applied, written just before its commit
         self._announcing: set[bytes] = set()
+        #: the deliveries the group's settles delivered, and the attempts they record (but a dead letter's):
+        #: recorded and forgotten in one pass just before its commit (`_settle_group`), so that a group costs
+        #: one insert of attempts and one pass of finishing however many settles it holds (an output that
+        #: delivers one event at a time settles each alone)
+        self._finishing: list[int] = []
+        self._attempting: list[Attempt] = []
         #: the spool may hold events with `received` (retention): `_finish` then keeps those, at the cost of
         #: a statement more per chunk; False (nothing kept, retention off) finishes as without retention
         self._keeping = False
@@ -433,6 +475,7 @@ class SQLiteSpool:
                     )
                 _migrate(conn)
             conn.executescript(_DDL)
+            conn.execute(_ATTEMPTS_TRIGGER)
             if version is None:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -654,6 +697,8 @@ class SQLiteSpool:
             if look:  # in the transaction: no other process commits between the count and our changes to it
                 self._recount(conn)
             results = [op.apply(conn) for op in batch]
+            if self._finishing or self._attempting:
+                self._settle_group(conn)
             if self._oldest_stale:  # one indexed read per group at most, not one per finished chunk
                 self._read_oldest(conn)
             if self._announcing:
@@ -662,6 +707,8 @@ class SQLiteSpool:
             conn.execute("COMMIT")
         except Exception as exc:  # one failed commit fails every op in it: none of them is durable
             self._announcing.clear()
+            self._finishing.clear()
+            self._attempting.clear()
             # a count made in this group was rolled back with the rest: back to the one before it
             self.depth, self._data_version, self._must_recount, self._keeping = depth, version, must, keeping
             self._pending, self._dead, self._oldest = counted
@@ -867,6 +914,7 @@ class SQLiteSpool:
         done: Sequence[int] = (),
         retry: Sequence[Retry] = (),
         dead: Sequence[Dead] = (),
+        attempts: Sequence[Attempt] = (),
         lazy: bool = False,
     ) -> list[int | None]:
         """Record a batch of outcomes in one write.
@@ -874,6 +922,8 @@ class SQLiteSpool:
         done: delivered ids (forgotten, and their event once nothing else is pending);
         retry: (id, attempts, due, error) to try again at `due`;
         dead: (id, reason, error, attempts) moved to the dead letters with event and payload;
+        attempts: the attempts that came to these outcomes (`_record_attempts`): a dead letter's with it,
+        the others with the group's other settles (`_settle_group`), as `done` is forgotten;
         lazy: the commit may wait a few milliseconds to be shared with other writes.
         Returns the new dead letter ids, in `dead`'s order; None for a delivery no longer in the spool
         (finished meanwhile: by a worker that replaced this one, or by `dlq` on another process's side).
@@ -881,13 +931,18 @@ class SQLiteSpool:
         if not (done or retry or dead):
             return []
 
+        # a dead letter's attempt is recorded by `_dead_letter`, with its dead letter's id
+        dying = {a.delivery: a for a in attempts if a.outcome in ("permanent", "retries_exhausted")}
+
         def apply(conn: sqlite3.Connection) -> list[int | None]:
-            self._finish(conn, done)
+            # with the group's other settles, just before its commit (`_settle_group`)
+            self._finishing.extend(done)
+            self._attempting.extend(a for a in attempts if a.delivery not in dying)
             conn.executemany(
                 "UPDATE deliveries SET attempts = ?, due = ?, last_error = ? WHERE did = ?",
-                [(attempts, due, error[:2000], did) for did, attempts, due, error in retry],
+                [(failures, due, error[:2000], did) for did, failures, due, error in retry],
             )
-            return [self._dead_letter(conn, *item) for item in dead]
+            return [self._dead_letter(conn, *item, attempt=dying.get(item[0])) for item in dead]
 
         result: list[int | None] = await self._write(apply, lazy=lazy)
         return result
@@ -905,7 +960,9 @@ class SQLiteSpool:
         result: int = await self._write(apply, lazy=True)
         return result
 
-    def _dead_letter(self, conn: sqlite3.Connection, did: int, reason: str, error: str, attempts: int) -> int | None:
+    def _dead_letter(
+        self, conn: sqlite3.Connection, did: int, reason: str, error: str, attempts: int, *, attempt: Attempt | None
+    ) -> int | None:
         row = conn.execute(
             "SELECT e.id, e.trigger, e.body, d.output, d.route, d.payload FROM deliveries d "
             "JOIN events e ON e.seq = d.seq WHERE d.did = ?",
@@ -931,10 +988,26 @@ class SQLiteSpool:
                 payload,
             ),
         )
+        assert cur.lastrowid is not None
+        # its attempts go with the dead letter (the trigger that forgets the event's leaves them), before
+        # `_finish`: the last one too, while the delivery's row still says its event, output and route
+        conn.execute("UPDATE attempts SET dlid = ? WHERE did = ?", (cur.lastrowid, did))
+        if attempt is not None:
+            _record_attempts(conn, [attempt], dead_letter=cur.lastrowid)
         self._finish(conn, (did,))
         self._dead += 1
-        assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def _settle_group(self, conn: sqlite3.Connection) -> None:
+        """Record the attempts of the group's settles, then forget the deliveries they delivered (writer
+        thread, before the group's commit): the attempts first, while every delivery's row still says its
+        event, output and route; `_record_attempts` leaves out what this very pass forgets."""
+        if self._attempting:
+            _record_attempts(conn, self._attempting, finished=self._finishing)
+            self._attempting.clear()
+        if self._finishing:
+            self._finish(conn, self._finishing)
+            self._finishing.clear()
 
     def _finish(self, conn: sqlite3.Connection, dids: Sequence[int]) -> None:
         """Forget deliveries, and each event once no delivery of it is left: three statements per 500 ids,
@@ -1136,6 +1209,7 @@ class SQLiteSpool:
         clause, args = _where(where)
 
         def apply(conn: sqlite3.Connection) -> int:
+            conn.execute(f"DELETE FROM attempts WHERE dlid IN (SELECT dlid FROM dead_letters{clause})", args)
             purged: int = conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount
             self._dead = max(0, self._dead - purged)
             return purged
@@ -1155,9 +1229,11 @@ class SQLiteSpool:
             gone = 0
             for start in range(0, len(requeued), 500):
                 chunk = requeued[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                # a replayed delivery starts a history of its own; the dead letter's attempts go with it
+                conn.execute(f"DELETE FROM attempts WHERE dlid IN ({marks})", [item.dlid for item in chunk])
                 gone += conn.execute(
-                    f"DELETE FROM dead_letters WHERE dlid IN ({','.join('?' * len(chunk))})",
-                    [item.dlid for item in chunk],
+                    f"DELETE FROM dead_letters WHERE dlid IN ({marks})", [item.dlid for item in chunk]
                 ).rowcount
             self._dead = max(0, self._dead - gone)
 
@@ -1266,6 +1342,74 @@ class SQLiteSpool:
 
         result: int = self._write_sync(apply)
         return result
+    def dead_letter_attempts(self, dlids: Sequence[int]) -> dict[int, list[Attempt]]:
+        out: dict[int, list[Attempt]] = {}
+        with _reading():
+            conn = self._read_conn()
+            for start in range(0, len(dlids), 500):
+                chunk = list(dlids[start : start + 500])
+                rows = _attempt_rows(
+                    conn,
+                    f"SELECT dlid, {_ATTEMPT_COLUMNS} FROM attempts WHERE dlid IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY dlid, did, number, rowid",
+                    chunk,
+                )
+                for dlid, *attempt in rows:
+                    out.setdefault(int(dlid), []).append(_attempt(attempt))
+        return out
+
+    def event_history(self, event_id: str) -> EventHistory | None:
+        """A connection of its own, in one read transaction: every read sees the same commit (a delivery
+        settled between two of them would show neither pending nor with its last attempt), and the reader
+        the delivery workers use from the event loop is left alone."""
+        self._read_conn()  # opened, and not closed yet
+        with _reading(), contextlib.closing(connect(self.path, readonly=True)) as conn:
+            conn.execute("BEGIN")
+            return self._event_history(conn, event_id)
+
+    def _event_history(self, conn: sqlite3.Connection, event_id: str) -> EventHistory | None:
+        stored = conn.execute(
+            "SELECT seq, trigger, body, received FROM events WHERE id = ? ORDER BY seq", (event_id,)
+        ).fetchall()
+        dead = [
+            DeadLetter(*row)
+            for row in conn.execute(
+                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE event_id = ? ORDER BY dlid", (event_id,)
+            )
+        ]
+        if not stored and not dead:
+            return None
+        seqs = [int(row[0]) for row in stored]
+        dlids = [dl.dlid for dl in dead]
+        marks, dead_marks = ",".join("?" * len(seqs)), ",".join("?" * len(dlids))
+        now = _spool_now(conn)
+        pending = [
+            (int(did), output, route, int(attempts), float(due) - now, error)
+            for did, output, route, attempts, due, error in conn.execute(
+                f"SELECT did, output, route, attempts, due, last_error FROM deliveries WHERE seq IN ({marks}) "
+                "ORDER BY did",
+                seqs,
+            )
+        ]
+        # by the event's seqs (its attempts while it is stored) and by its dead letters (theirs outlive it)
+        rows = _attempt_rows(
+            conn,
+            f"SELECT rowid, dlid, output, route, {_ATTEMPT_COLUMNS} FROM attempts WHERE seq IN ({marks}) "
+            f"UNION SELECT rowid, dlid, output, route, {_ATTEMPT_COLUMNS} FROM attempts WHERE dlid IN ({dead_marks})",
+            [*seqs, *dlids],
+        )
+        recorded = [(dlid, output, route, _attempt(attempt)) for _, dlid, output, route, *attempt in rows]
+        latest = stored[-1] if stored else None
+        return EventHistory(
+            event_id=event_id,
+            trigger=latest[1] if latest is not None else dead[-1].trigger,
+            body=bytes(latest[2]) if latest is not None else dead[-1].body,
+            pending=bool(pending),
+            received=None if latest is None or latest[3] is None else float(latest[3]),
+            stored=latest is not None,
+            deliveries=histories(pending, recorded, dead),
+            dead_letters=dead,
+        )
 
     def status(self) -> SpoolStatus:
         with _reading():
@@ -1328,7 +1472,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     AUTOINCREMENT tables; 2 to 3: `_DDL` adds the `announced` table (empty: what the events stored before
     announced is not known, so recovery may rebuild those of them that fall in its first look-back); 3 to 4:
     `_DDL` adds the `output_states` table (empty: no output paused, no breaker open); 4 to 5: `_add_received`;
-    5 to 6: `_add_ordering_key`.
+    5 to 6: `_add_ordering_key`; 6 to 7: `_DDL` adds the `attempts` table (empty: attempts made before were not recorded) and two indexes,
+    `_ATTEMPTS_TRIGGER` its trigger.
 
     SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
     old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
@@ -1356,6 +1501,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        conn.execute(_ATTEMPTS_TRIGGER)
         for table in moved:
             # by name: the old table's columns may be in another order (or fewer, taking their defaults)
             new = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
@@ -1419,11 +1565,12 @@ def _spool_now(conn: sqlite3.Connection) -> float:
 def _output_backlogs(conn: sqlite3.Connection, now: float) -> dict[str, OutputBacklog]:
     """Per output (configured or not) that has pending deliveries; `now` in the spool's time base."""
     out: dict[str, OutputBacklog] = {}
-    # PENDING_PER_OUTPUT's count, with the retrying ones
+    # PENDING_PER_OUTPUT's count, with the retrying ones and the oldest's age (the same pass over the rows)
     counts = conn.execute(
-        "SELECT output, COUNT(*), SUM(attempts > 0) FROM deliveries GROUP BY output ORDER BY output"
+        "SELECT output, COUNT(*), SUM(attempts > 0), MIN(first_at) FROM deliveries GROUP BY output ORDER BY output"
     ).fetchall()
-    for output, pending, retrying in counts:
+    for output, pending, retrying, first_at in counts:
+        age = max(0.0, now - float(first_at))
         row = None
         if retrying:
             # the (output, due, did) index gives due order; fresh deliveries (never tried) are skipped
@@ -1433,9 +1580,9 @@ def _output_backlogs(conn: sqlite3.Connection, now: float) -> dict[str, OutputBa
                 (output,),
             ).fetchone()
         if row is None:
-            out[output] = OutputBacklog(pending, int(retrying or 0))
+            out[output] = OutputBacklog(pending, int(retrying or 0), oldest_pending_age=age)
         else:
-            out[output] = OutputBacklog(pending, int(retrying), float(row[0]) - now, int(row[1]), row[2])
+            out[output] = OutputBacklog(pending, int(retrying), float(row[0]) - now, int(row[1]), row[2], age)
     return out
 
 
@@ -1674,3 +1821,70 @@ def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: fl
     )
     assert cur.lastrowid is not None
     return cur.lastrowid
+
+
+#: Attempt's fields after `delivery`, in order, as `attempts` holds them
+_ATTEMPT_COLUMNS = "did, number, at, duration, outcome, status, error, answer"
+#: one attempt per row; each row's event, output and route are its delivery's (a row whose delivery is gone
+#: inserts nothing). A delivered attempt is not recorded when the pass that records it forgets its event
+#: (not kept, and no delivery of it left but those the pass finishes: see `Spool.settle`), the common case
+#: without retention: the check costs an indexed probe or two per delivered attempt, the row it saves an
+#: insert and two index entries that the trigger would delete again in the same commit. The ids the pass
+#: finishes go as a JSON array
+_ATTEMPT_INSERT = (
+    "INSERT INTO attempts (seq, did, dlid, output, route, number, at, duration, outcome, status, error, answer) "
+    "SELECT d.seq, d.did, ?, d.output, d.route, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, "
+    "v.column8 FROM (VALUES {values}) v JOIN deliveries d ON d.did = v.column1 "
+    "WHERE v.column5 <> 'delivered' "
+    "OR (SELECT received FROM events e WHERE e.seq = d.seq) IS NOT NULL "
+    "OR EXISTS (SELECT 1 FROM deliveries o WHERE o.seq = d.seq AND o.did NOT IN (SELECT value FROM json_each(?)))"
+)
+
+
+def _record_attempts(
+    conn: sqlite3.Connection,
+    attempts: Sequence[Attempt],
+    *,
+    finished: Sequence[int] = (),
+    dead_letter: int | None = None,
+) -> None:
+    """Record `attempts` (of a group's settles, whose delivered ids `finished` are forgotten next; or the last
+    attempt of a delivery moved to `dead_letter`): one statement per 200, then, only for deliveries past
+    ATTEMPTS_FIRST + ATTEMPTS_LAST attempts, forget the one no longer among the first or the last."""
+    done = orjson.dumps(list(finished)).decode()
+    for start in range(0, len(attempts), _ROWS_PER_INSERT):
+        chunk = attempts[start : start + _ROWS_PER_INSERT]
+        values = ",".join(["(?,?,?,?,?,?,?,?)"] * len(chunk))
+        conn.execute(
+            _ATTEMPT_INSERT.format(values=values),
+            [
+                dead_letter,
+                *(
+                    v
+                    for a in chunk
+                    for v in (a.delivery, a.number, a.at, a.duration, a.outcome, a.status, a.error, a.answer)
+                ),
+                done,
+            ],
+        )
+    beyond = [(a.delivery, a.number - ATTEMPTS_LAST) for a in attempts if a.number > ATTEMPTS_FIRST + ATTEMPTS_LAST]
+    if beyond:
+        # the numbers between the first and the last: more than one when some were never recorded
+        conn.executemany(f"DELETE FROM attempts WHERE did = ? AND number > {ATTEMPTS_FIRST} AND number <= ?", beyond)
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    """An `Attempt` from the columns of _ATTEMPT_COLUMNS."""
+    did, number, at, duration, outcome, status, error, answer = row
+    return Attempt(int(did), int(number), float(at), float(duration), outcome, status, error, answer)
+
+
+def _attempt_rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    """The rows of a read of `attempts`; none from a spool of schema 5 or older, which has no such table
+    (`trace`, `dlq show` beside an older router)."""
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise

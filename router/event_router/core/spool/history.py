@@ -1,0 +1,60 @@
+"""An event's deliveries as `Spool.event_history` tells them, put together from what every backend reads: the
+pending deliveries' rows, the attempts kept, and the event's dead letters. No SQL: the backends read, this
+module says what the rows mean."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from event_router.core.spool import Attempt, DeadLetter, DeliveryHistory
+
+#: a pending delivery's row: (id, output, route, attempts, seconds until due, last error)
+PendingRow = tuple[int, str, str, int, float, str | None]
+#: a kept attempt with what its row says besides: (dead letter id, output, route, the attempt)
+RecordedAttempt = tuple[int | None, str, str, Attempt]
+
+
+def histories(
+    pending: Sequence[PendingRow], recorded: Sequence[RecordedAttempt], dead: Sequence[DeadLetter]
+) -> list[DeliveryHistory]:
+    """Each delivery the rows name, by id: pending while its row is there; else a dead letter when its attempts
+    were moved to one (or, without a dead letter id, when its last attempt kept failed: its dead letter was not
+    recorded, which only a race between processes leaves); else delivered."""
+    attempts: dict[int, list[Attempt]] = {}
+    where: dict[int, tuple[str, str]] = {}
+    moved: dict[int, int] = {}
+    for dlid, output, route, attempt in recorded:
+        attempts.setdefault(attempt.delivery, []).append(attempt)
+        where.setdefault(attempt.delivery, (output, route))
+        if dlid is not None:
+            moved[attempt.delivery] = dlid
+    for kept in attempts.values():
+        kept.sort(key=lambda a: (a.number, a.at))
+    letters = {dl.dlid: dl for dl in dead}
+    out: dict[int, DeliveryHistory] = {}
+    for did, output, route, tried, due_in, error in pending:
+        out[did] = DeliveryHistory(
+            did, output, route, "pending", tried, due_in, error, None, tuple(attempts.get(did, ()))
+        )
+    for did, kept in attempts.items():
+        if did in out:
+            continue
+        output, route = where[did]
+        last = kept[-1]
+        dlid = moved.get(did)
+        if dlid is not None or last.outcome != "delivered":
+            letter = letters.get(dlid) if dlid is not None else None
+            out[did] = DeliveryHistory(
+                did,
+                output,
+                route,
+                "dead_letter",
+                letter.attempts if letter is not None else last.number,
+                None,
+                letter.error if letter is not None else last.error,
+                dlid,
+                tuple(kept),
+            )
+        else:
+            out[did] = DeliveryHistory(did, output, route, "delivered", last.number, history=tuple(kept))
+    return [out[did] for did in sorted(out)]

@@ -1,0 +1,279 @@
+"""Attempt history (#20), the spool's part on both backends: every delivery attempt `settle` is given recorded
+with its outcome, kept with its event (pending, or kept under `[router] retention`) or its dead letter, at most
+the first 3 and last 20 per delivery; read back by `Spool.event_history` and `dead_letter_attempts`. Each
+output's oldest pending age for `status`. tests/test_trace.py runs real routers and the commands."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from event_router.core.spool import (
+    ATTEMPTS_FIRST,
+    ATTEMPTS_LAST,
+    Attempt,
+    DeadLetterFilter,
+    NewDelivery,
+    Requeue,
+    Spool,
+    StoreEvent,
+)
+from event_router.core.spool.postgresql import PostgreSQLSpool
+from event_router.core.spool.sqlite import SCHEMA_VERSION, SQLiteSpool
+from event_router.testing import delivery_ids
+
+
+def event(n: int, outputs: tuple[str, ...] = ("crm",), received: float | None = None) -> StoreEvent:
+    body = orjson.dumps({"id": f"e-{n}", "trigger": "transport.messageReceived", "source": "hooks", "meta": {}})
+    return StoreEvent(
+        f"e-{n}",
+        "transport.messageReceived",
+        body,
+        [NewDelivery(output, f"to {output}", None) for output in outputs],
+        received=received,
+    )
+
+
+def tried(did: int, number: int, outcome: Any = "retry", **said: Any) -> Attempt:
+    failed = outcome != "delivered"
+    return Attempt(
+        did,
+        number,
+        1_000_000.0 + number,
+        0.25,
+        outcome,
+        said.get("status", 503 if failed else 200),
+        said.get("error", f"answered 503 at {number}" if failed else None),
+        said.get("answer", '{"error": "down"}' if failed else None),
+    )
+
+
+def attempt_rows(spool: Spool) -> int:
+    """Rows in the spool's attempts table: what is kept on disk."""
+    if isinstance(spool, PostgreSQLSpool):
+        with psycopg.connect(spool.dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM event_router.attempts").fetchone()
+            assert row is not None
+            return int(row[0])
+    assert isinstance(spool, SQLiteSpool)
+    lite = sqlite3.connect(spool.path)
+    try:
+        return int(lite.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
+    finally:
+        lite.close()
+
+
+# --- the spool, on both backends ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_attempts_are_kept_while_the_event_is_pending_and_go_with_it(spool_at: Callable[[], Spool]) -> None:
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((crm, archive),) = delivery_ids(await spool.store([event(1, ("crm", "archive"))]))
+        first = tried(crm, 1, status=503, answer='{"error": "down for maintenance"}')
+        await spool.settle(retry=[(crm, 1, spool.clock.now() + 60, "answered 503")], attempts=[first])
+        await spool.settle(done=[archive], attempts=[tried(archive, 1, "delivered", answer="ok")])
+        history = spool.event_history("e-1")
+        assert history is not None
+        assert (history.trigger, history.pending, history.stored, history.received) == (
+            "transport.messageReceived",
+            True,
+            True,
+            None,
+        )
+        assert orjson.loads(history.body or b"")["source"] == "hooks"
+        by_output = {d.output: d for d in history.deliveries}
+        pending, delivered = by_output["crm"], by_output["archive"]
+        assert (pending.delivery, pending.state, pending.attempts, pending.route) == (crm, "pending", 1, "to crm")
+        assert pending.next_attempt_in is not None and 55 < pending.next_attempt_in <= 60
+        assert pending.last_error == "answered 503"
+        assert list(pending.history) == [first], "time, duration, outcome, status, error, answer as given"
+        assert (delivered.state, delivered.attempts, delivered.next_attempt_in) == ("delivered", 1, None)
+        assert [(a.outcome, a.status, a.answer) for a in delivered.history] == [("delivered", 200, "ok")]
+        assert history.dead_letters == []
+
+        await spool.settle(done=[crm], attempts=[tried(crm, 2, "delivered")])
+        assert spool.event_history("e-1") is None, "delivered and not kept: forgotten, its attempts with it"
+        assert attempt_rows(spool) == 0
+        assert spool.event_history("no-such-event") is None
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_an_event_delivered_at_once_and_not_kept_leaves_no_attempt_row(spool_at: Callable[[], Spool]) -> None:
+    """The common case without retention costs no row: the event's last attempt is not written when the same
+    settle forgets the event."""
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        dids = [ids[0] for ids in delivery_ids(await spool.store([event(n) for n in range(5)]))]
+        await spool.settle(done=dids, attempts=[tried(did, 1, "delivered") for did in dids])
+        assert attempt_rows(spool) == 0
+        assert spool.depth == 0
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_under_retention_the_attempts_are_kept_with_the_event_until_it_is_pruned(
+    spool_at: Callable[[], Spool],
+) -> None:
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((did,),) = delivery_ids(await spool.store([event(1, received=1000.0)]))
+        await spool.settle(retry=[(did, 1, spool.clock.now(), "answered 503")], attempts=[tried(did, 1)])
+        await spool.settle(done=[did], attempts=[tried(did, 2, "delivered")])
+        history = spool.event_history("e-1")
+        assert history is not None
+        assert (history.pending, history.stored, history.received) == (False, True, 1000.0)
+        ((delivery,),) = [history.deliveries]
+        assert (delivery.state, delivery.attempts) == ("delivered", 2)
+        assert [(a.number, a.outcome) for a in delivery.history] == [(1, "retry"), (2, "delivered")]
+        assert attempt_rows(spool) == 2
+        assert await spool.prune_kept(math.inf, 100) == 1
+        assert spool.event_history("e-1") is None
+        assert attempt_rows(spool) == 0, "pruned with the event"
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_dead_letters_attempts_stay_with_it_until_it_is_purged(spool_at: Callable[[], Spool]) -> None:
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        (ids,) = delivery_ids(await spool.store([event(1)]))
+        did = ids[0]
+        await spool.settle(retry=[(did, 1, spool.clock.now(), "answered 503")], attempts=[tried(did, 1)])
+        (dlid,) = await spool.settle(
+            dead=[(did, "retries_exhausted", "answered 503 at 2", 2)], attempts=[tried(did, 2, "retries_exhausted")]
+        )
+        assert dlid is not None
+        assert spool.depth == 0
+        kept = spool.dead_letter_attempts([dlid, 999])
+        assert list(kept) == [dlid]
+        assert [(a.delivery, a.number, a.outcome, a.status) for a in kept[dlid]] == [
+            (did, 1, "retry", 503),
+            (did, 2, "retries_exhausted", 503),
+        ]
+        history = spool.event_history("e-1")
+        assert history is not None, "its dead letter still names it"
+        assert (history.stored, history.pending) == (False, False)
+        ((delivery,),) = [history.deliveries]
+        assert (delivery.state, delivery.dead_letter, delivery.attempts) == ("dead_letter", dlid, 2)
+        assert delivery.last_error == "answered 503 at 2"
+        assert [dl.dlid for dl in history.dead_letters] == [dlid]
+
+        assert spool.purge_dead_letters(DeadLetterFilter(ids=(dlid,))) == 1
+        assert spool.dead_letter_attempts([dlid]) == {}
+        assert spool.event_history("e-1") is None
+        assert attempt_rows(spool) == 0
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_replayed_dead_letter_takes_its_attempts_with_it(spool_at: Callable[[], Spool]) -> None:
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((did,),) = delivery_ids(await spool.store([event(1)]))
+        (dlid,) = await spool.settle(
+            dead=[(did, "permanent", "answered 422", 1)], attempts=[tried(did, 1, "permanent", status=422)]
+        )
+        assert dlid is not None
+        spool.replay_dead_letters([Requeue(dlid, event(1))])
+        assert spool.dead_letter_attempts([dlid]) == {}
+        history = spool.event_history("e-1")
+        assert history is not None
+        ((delivery,),) = [history.deliveries]
+        assert (delivery.state, delivery.attempts, delivery.history) == ("pending", 0, ())
+        assert delivery.delivery != did, "a new delivery, with a history of its own"
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_delivery_keeps_its_first_and_last_attempts_only(spool_at: Callable[[], Spool]) -> None:
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((did,),) = delivery_ids(await spool.store([event(1)]))
+        made = ATTEMPTS_FIRST + ATTEMPTS_LAST + 7
+        for number in range(1, made + 1):
+            await spool.settle(retry=[(did, number, spool.clock.now(), "down")], attempts=[tried(did, number)])
+        history = spool.event_history("e-1")
+        assert history is not None
+        ((delivery,),) = [history.deliveries]
+        assert delivery.attempts == made
+        numbers = [a.number for a in delivery.history]
+        assert numbers == [1, 2, 3, *range(made - ATTEMPTS_LAST + 1, made + 1)]
+        assert attempt_rows(spool) == ATTEMPTS_FIRST + ATTEMPTS_LAST
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_status_says_each_outputs_oldest_pending_age(spool_at: Callable[[], Spool]) -> None:
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        await spool.store([event(1, ("crm",))])
+        time.sleep(1.1)
+        await spool.store([event(2, ("crm", "archive"))])
+        backlogs = spool.status().backlogs
+        crm, archive = backlogs["crm"], backlogs["archive"]
+        assert crm.oldest_pending_age is not None and archive.oldest_pending_age is not None
+        assert crm.oldest_pending_age >= 1.0 > archive.oldest_pending_age >= 0.0
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_schema_5_spool_is_upgraded_and_read_beside_an_older_router(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = SQLiteSpool(path)
+    spool.open("exclusive")
+    ((did,),) = delivery_ids(await spool.store([event(1)]))
+    spool.close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP TRIGGER events_forget_attempts; DROP TABLE attempts; DROP INDEX events_id; "
+        "DROP INDEX dead_letters_event; UPDATE meta SET value = '5' WHERE key = 'schema_version';"
+    )
+    conn.close()
+    # `trace` of a newer router beside an older one still running: the event, no attempt
+    old = SQLiteSpool(path)
+    old.open("readonly")
+    try:
+        history = old.event_history("e-1")
+        assert history is not None and [d.history for d in history.deliveries] == [()]
+    finally:
+        old.close()
+    upgraded = SQLiteSpool(path)
+    upgraded.open("exclusive")
+    try:
+        await upgraded.settle(retry=[(did, 1, upgraded.clock.now(), "down")], attempts=[tried(did, 1)])
+        history = upgraded.event_history("e-1")
+        assert history is not None and [len(d.history) for d in history.deliveries] == [1]
+    finally:
+        upgraded.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"attempts", "events_forget_attempts", "events_id", "dead_letters_event"} <= names
+    finally:
+        conn.close()
