@@ -165,12 +165,14 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     assert machine_keys(status) == [], status
     crm = status["outputs"]["crm"]
     assert (crm["configured"], crm["pending"], crm["retrying"], crm["dead_letters"]) == (True, 1, 1, 0)
+    assert crm["oldest_pending_age_seconds"] >= 0
     assert f"127.0.0.1:{closed}" in crm["last_error"], crm
     assert crm["next_retry_attempt"] >= 2 and crm["next_retry_in_seconds"] >= 0
     assert datetime.fromisoformat(crm["next_retry_at"].replace("Z", "+00:00")).year >= 2026
     assert status["outputs"]["archive"] == {
         "configured": True,
         "pending": 0,
+        "oldest_pending_age_seconds": None,
         "max_pending": 100_000,
         "retrying": 0,
         "next_retry_at": None,
@@ -194,12 +196,14 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     lines = text.stdout.splitlines()
     header = next(line for line in lines if line.startswith("OUTPUT "))
     assert header.split("  ")[0] == "OUTPUT"
-    for column in ("STATE", "PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR"):
+    for column in ("STATE", "PENDING", "OLDEST", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR"):
         assert column in header
     assert crm_state(lines, header) == "active"
     crm_line = next(line for line in lines if line.startswith("crm "))
     # columns line up under their headers: the next retry's time and the error start where theirs do
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", crm_line[header.index("NEXT RETRY") :][:20])
+    # how long crm's oldest pending delivery has waited (seconds, then minutes and seconds)
+    assert re.fullmatch(r"\d+s|\d+m\d\ds", crm_line[header.index("PENDING") + 8 : header.index("MAX PENDING")].strip())
     assert crm_line[header.index("LAST ERROR") :].startswith("POST http://127.0.0.1:")
     assert f"127.0.0.1:{closed}" in crm_line
     assert "dead letters: 1" in lines

@@ -1,5 +1,5 @@
 """`event-router`: run the daemon, check and dry-run configs, list plugins and schemas, manage dead letters,
-pause and resume outputs, replay kept events."""
+pause and resume outputs, replay kept events, trace an event."""
 
 from __future__ import annotations
 
@@ -146,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "status",
-        help="pending events; per output: pending deliveries, paused or breaker open, next retry, last error; "
-        "dead letters",
+        help="pending events; per output: pending deliveries and the oldest's age, paused or breaker open, next "
+        "retry, last error; dead letters",
     )
     _config_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     from event_router.ops.tap import add_tap_parser
 
     add_tap_parser(sub, _config_arg)
+
+    from event_router.ops.trace import add_trace_parser
+
+    add_trace_parser(sub, _config_arg)
     return parser
 
 
@@ -600,7 +604,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from event_router.ops.dlq import open_spool
-    from event_router.ops.show import one_line, spool_status, table
+    from event_router.ops.show import age_text, one_line, spool_status, table
 
     config, _ = _load(args, "spool")  # of the secrets, only the PostgreSQL spool's connection string
     spool = open_spool(config, "readonly")
@@ -627,14 +631,31 @@ def cmd_status(args: argparse.Namespace) -> int:
                 when += ", held: breaker open until its probe"
             next_retry = f"{output['next_retry_at']} ({when}, attempt {output['next_retry_attempt']})"
         name_shown = name if output["configured"] else f"{name} (not configured)"
-        counts = (output["pending"], output["max_pending"], output["retrying"], output["dead_letters"])
+        oldest = output["oldest_pending_age_seconds"]
+        counts = (
+            output["pending"],
+            None if oldest is None else age_text(oldest),
+            output["max_pending"],
+            output["retrying"],
+            output["dead_letters"],
+        )
         flags = (("paused", output["paused"]), ("breaker open", output["breaker"] == "open"))
         state = ", ".join(flag for flag, on in flags if on) or "active"
         rows.append((name_shown, state, *counts, next_retry, one_line(output["last_error"])))
     if rows:
         print()
-        headers = ("OUTPUT", "STATE", "PENDING", "MAX PENDING", "RETRYING", "DEAD LETTERS", "NEXT RETRY", "LAST ERROR")
-        print("\n".join(table(headers, rows, right=(2, 3, 4, 5))))
+        headers = (
+            "OUTPUT",
+            "STATE",
+            "PENDING",
+            "OLDEST",
+            "MAX PENDING",
+            "RETRYING",
+            "DEAD LETTERS",
+            "NEXT RETRY",
+            "LAST ERROR",
+        )
+        print("\n".join(table(headers, rows, right=(2, 3, 4, 5, 6))))
     for name, output in status["outputs"].items():
         if output["paused"]:
             by = f" by {output['paused_by']}" if output["paused_by"] else ""
@@ -762,6 +783,13 @@ def _tap(args: argparse.Namespace) -> int:
     return cmd_tap(args, config)
 
 
+def _trace(args: argparse.Namespace) -> int:
+    from event_router.ops.trace import run_trace
+
+    config, _ = _load(args, "spool")  # of the secrets, only the PostgreSQL spool's connection string
+    return run_trace(args, config)
+
+
 def _explain(args: argparse.Namespace) -> int:
     from event_router.ops.explain import cmd_explain
 
@@ -797,4 +825,5 @@ COMMANDS = {
     "replay": _replay,
     "import-connector-config": _import_connector_config,
     "tap": _tap,
+    "trace": _trace,
 }

@@ -53,7 +53,7 @@ def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
     actions = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
     for name, text in (
         ("list", "list dead letters"),
-        ("show", "show dead letters in full (event, payload, error)"),
+        ("show", "show dead letters in full (event, payload, error, the attempts of their delivery)"),
         ("replay", "put dead letters back into the pipeline"),
         ("purge", "delete dead letters for good"),
     ):
@@ -152,9 +152,9 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
             if not rows:
                 print("error: no dead letter matches", file=sys.stderr)
                 return 1
-            sys.stdout.write(
-                orjson.dumps([dead_letter_json(r, full=True) for r in rows], option=orjson.OPT_INDENT_2).decode()
-            )
+            attempts = spool.dead_letter_attempts([r.dlid for r in rows])
+            shown = [dead_letter_json(r, full=True, attempts=attempts.get(r.dlid, ())) for r in rows]
+            sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
             sys.stdout.write("\n")
             return 0
         if args.dlq_command == "purge":

@@ -1,5 +1,6 @@
-"""How the spool and its dead letters are shown to people: `status`, `dlq list|show`, and the tables of
-`plugins` and `schemas`. What they mean and do (replay) is the core's (`event_router.core.deadletters`)."""
+"""How the spool and its dead letters are shown to people: `status`, `dlq list|show`, the attempts `trace` and
+`dlq show` print, and the tables of `plugins` and `schemas`. What they mean and do (replay) is the core's
+(`event_router.core.deadletters`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import orjson
 
 from event_router.core.model import RouterConfig
-from event_router.core.spool import DeadLetter, OutputBacklog, OutputState, Spool
+from event_router.core.spool import Attempt, DeadLetter, OutputBacklog, OutputState, Spool
 
 
 def iso_time(timestamp: float) -> str:
@@ -18,8 +19,61 @@ def iso_time(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
-def dead_letter_json(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
-    """A dead letter as `dlq list --json` (and, `full`, with its event and payload, `dlq show`) prints it."""
+def iso_time_ms(timestamp: float) -> str:
+    """Unix time to the millisecond (an attempt's start: retries may come within a second), UTC, ISO 8601."""
+    seconds = int(timestamp)
+    millis = min(999, round((timestamp - seconds) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def attempt_json(attempt: Attempt) -> dict[str, Any]:
+    """One attempt as `trace --json` and `dlq show` print it."""
+    return {
+        "attempt": attempt.number,
+        "at": iso_time_ms(attempt.at),
+        "duration_seconds": round(attempt.duration, 4),
+        "outcome": attempt.outcome,
+        "status": attempt.status,
+        "error": attempt.error,
+        "answer": attempt.answer,
+    }
+
+
+def attempts_json(kept: Sequence[Attempt], made: int) -> dict[str, Any]:
+    """A delivery's attempts kept, and how many of `made` were forgotten between the first and the last
+    (`Spool`: the first ATTEMPTS_FIRST and the last ATTEMPTS_LAST are kept)."""
+    return {"history": [attempt_json(a) for a in kept], "attempts_not_kept": max(0, made - len(kept))}
+
+
+def attempt_lines(kept: Sequence[Attempt], made: int, indent: str = "  ") -> list[str]:
+    """A delivery's attempts kept, one line each (and the start of the answer below a failed one), with a line
+    where attempts are not kept (between the first and the last; or made before the spool recorded them)."""
+    lines: list[str] = []
+    previous = 0
+    for attempt in kept:
+        if attempt.number > previous + 1:
+            lines.append(f"{indent}... attempts {previous + 1} to {attempt.number - 1} not kept")
+        previous = attempt.number
+        status = "-" if attempt.status is None else str(attempt.status)
+        line = (
+            f"{indent}#{attempt.number}  {iso_time_ms(attempt.at)}  {attempt.duration:7.3f}s  "
+            f"{attempt.outcome:<17}  {status:>3}"
+        )
+        if attempt.error:
+            line += f"  {one_line(attempt.error)}"
+        lines.append(line)
+        if attempt.answer and attempt.outcome != "delivered":
+            lines.append(f"{indent}    answer: {one_line(attempt.answer, 200)}")
+    if made > previous:
+        lines.append(f"{indent}... attempts {previous + 1} to {made} not kept")
+    return lines
+
+
+def dead_letter_json(
+    dl: DeadLetter, *, full: bool = False, attempts: Sequence[Attempt] | None = None
+) -> dict[str, Any]:
+    """A dead letter as `dlq list --json` (and, `full`, with its event and payload, `dlq show`) prints it;
+    `attempts`: its delivery's attempts the spool kept (`dlq show`)."""
     out: dict[str, Any] = {
         "id": dl.dlid,
         "event_id": dl.event_id,
@@ -36,6 +90,8 @@ def dead_letter_json(dl: DeadLetter, *, full: bool = False) -> dict[str, Any]:
         out["event"] = orjson.loads(dl.body)
         if dl.payload is not None:
             out["payload"] = orjson.loads(dl.payload)
+    if attempts is not None:
+        out.update(attempts_json(attempts, dl.attempts))
     return out
 
 
@@ -68,9 +124,12 @@ def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
         breaker = "off" if configured is None or configured.breaker is None else "closed"
         if state.breaker_open_since is not None:  # recorded open by a router, and not lapsed
             breaker = "open"
+        oldest = backlog.oldest_pending_age
         status["outputs"][name] = {
             "configured": name in config.outputs,
             "pending": backlog.pending,
+            # how long its oldest pending delivery has waited: a backlog that does not move shows here
+            "oldest_pending_age_seconds": None if oldest is None else round(oldest, 3),
             # past it, new deliveries for the output are parked as dead letters (output_backlog_full)
             "max_pending": config.outputs[name].max_pending if name in config.outputs else None,
             "retrying": backlog.retrying,
@@ -109,6 +168,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Colle
         return value if i == last else value.ljust(widths[i])
 
     return ["  ".join(aligned(i, value) for i, value in enumerate(row)).rstrip() for row in cells]
+
+
+def age_text(seconds: float) -> str:
+    """How long something has waited, as `status` shows it: `42s`, `7m12s`, `3h05m`, `2d04h`."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
 
 
 def one_line(text: str | None, width: int = 100) -> str:

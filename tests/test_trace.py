@@ -1,0 +1,250 @@
+"""`event-router trace` (#20), `dlq show` with each dead letter's attempts: real router processes on both
+backends, a real HTTP receiver that answers 503 with a body echoing the api key it was sent, then 200, and the
+commands as separate processes beside them. The spool's part: tests/test_spool_attempts.py."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from event_router.testing import (
+    Recorded,
+    RouterProcess,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    router_table,
+    run_cli,
+    wait_for,
+    webhook_input,
+)
+
+KEY = "trace-key"
+#: the api key the router sends the receiver (an `x-api-key` header of the http output), which the receiver
+#: echoes in its answers: neither `trace` nor `dlq show` may show it
+SENT_KEY = "crm-secret-4f1d2b"
+ENV = {"ROUTER_WEBHOOK_API_KEY": KEY, "CRM_API_KEY": SENT_KEY}
+
+
+# --- real routers -------------------------------------------------------------------------------------------
+
+
+def message(n: int) -> dict[str, object]:
+    body = example("transport.messageReceived")
+    return {**body, "data": {**body["data"], "id": f"MSG{n:017d}"}}
+
+
+def send(port: int, body: dict[str, object]) -> str:
+    status, answer, _ = post(f"http://127.0.0.1:{port}/events", body, {"x-api-key": KEY})
+    assert status == 202, answer
+    return str(answer["id"])
+
+
+def echoing(request: Recorded) -> bytes:
+    """An answer that echoes the credentials it was sent, as some error pages do."""
+    return orjson.dumps({"error": "down for maintenance", "you_sent": request.headers.get("x-api-key")})
+
+
+def http_output(name: str, url: str, extra: str = "") -> str:
+    return (
+        f'[outputs.{name}]\ntype = "http"\nurl = "{url}/in"\n'
+        f'headers = {{ "x-api-key" = {{ env = "CRM_API_KEY" }} }}\n{extra}'
+    )
+
+
+def config_for(
+    tmp_path: Path, port: int, spool_line: str, outputs: str, *, retention: str | None, retry: str = ""
+) -> Path:
+    lines = [spool_line, f'retention = "{retention}"' if retention else ""]
+    extra = "\n".join(line for line in lines if line)
+    config = tmp_path / "router.toml"
+    text = router_table(None, shutdown_timeout="2s", extra=extra)
+    if retry:
+        text += f"[router.retry]\n{retry}\n"
+    config.write_text(text + webhook_input(port) + outputs)
+    return config
+
+
+def trace(config: Path, event_id: str, env: dict[str, str]) -> dict[str, Any]:
+    result = run_cli("trace", event_id, "--json", "-c", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert SENT_KEY not in result.stdout
+    parsed: dict[str, Any] = orjson.loads(result.stdout)
+    return parsed
+
+
+def attempts_on_disk(config: Path, env: dict[str, str]) -> int:
+    if "ROUTER_PG_DSN" in env:
+        with psycopg.connect(env["ROUTER_PG_DSN"]) as conn:
+            row = conn.execute("SELECT count(*) FROM event_router.attempts").fetchone()
+            assert row is not None
+            return int(row[0])
+    lite = sqlite3.connect(config.parent / "var" / "spool.db")
+    try:
+        return int(lite.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
+    finally:
+        lite.close()
+
+
+@pytest.mark.slow
+def test_trace_shows_each_attempt_with_its_status_and_answer_then_delivered(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """503 with a body that echoes the api key the router sent, then 200: `trace` (beside the running router, and
+    once it stopped) shows both attempts, with status, duration and the answer's start, scrubbed, and the
+    event delivered and kept (retention on)."""
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port = free_port()
+    with http_receiver() as crm:
+        crm.reply = echoing
+        crm.respond(503, 200)
+        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "to crm"\nto = "crm"\n'
+        config = config_for(tmp_path, port, spool_line, outputs, retention="1d", retry='initial_backoff = "200ms"')
+        with RouterProcess(config, env=env):
+            event_id = send(port, message(1))
+            wait_for(lambda: len(crm.requests) == 2, what="the 503 and the retry")
+            assert all(r.headers["x-api-key"] == SENT_KEY for r in crm.requests)
+            found = wait_for(
+                lambda: (t := trace(config, event_id, spool_env))["outcome"] == "delivered" and t,
+                what="the delivery recorded",
+            )
+            text = run_cli("trace", event_id, "-c", str(config), env=spool_env)
+        after = trace(config, event_id, spool_env)  # the router is stopped: the spool says the same
+    assert after["deliveries"] == found["deliveries"]
+    assert (found["event_id"], found["trigger"], found["input"]) == (event_id, "transport.messageReceived", "connector")
+    assert found["received_at"] and found["meta"], "received, with the webhook's meta"
+    assert "data" not in found and "MSG00000000000000001" not in orjson.dumps(found).decode()
+    assert found["validation"]["recorded"] is False and found["validation"]["said"].startswith("accepted, so valid")
+    assert found["stored"] == "kept" and found["kept_until"]
+    assert found["routes"] == ["to crm"]
+    ((delivery,),) = [found["deliveries"]]
+    assert (delivery["output"], delivery["route"], delivery["state"], delivery["attempts"]) == (
+        "crm",
+        "to crm",
+        "delivered",
+        2,
+    )
+    first, second = delivery["history"]
+    assert (first["attempt"], first["outcome"], first["status"]) == (1, "retry", 503)
+    assert first["error"].startswith(f"POST http://127.0.0.1:{crm.port}/in answered 503: ")
+    assert orjson.loads(first["answer"]) == {"error": "down for maintenance", "you_sent": "***"}
+    assert (second["attempt"], second["outcome"], second["status"], second["error"]) == (2, "delivered", 200, None)
+    assert orjson.loads(second["answer"]) == {"error": "down for maintenance", "you_sent": "***"}
+    for attempt in (first, second):
+        assert 0 < attempt["duration_seconds"] < 5
+        assert attempt["at"].endswith("Z")
+    assert first["at"] < second["at"]
+    assert delivery["attempts_not_kept"] == 0
+
+    assert text.returncode == 0, text.stderr
+    assert SENT_KEY not in text.stdout
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"event {event_id}  transport.messageReceived"
+    assert any(line.startswith("  received    ") and "on input connector" in line for line in lines)
+    assert "delivery " in text.stdout and "-> output crm: delivered (2 attempts)" in text.stdout
+    retry_line = next(line for line in lines if line.startswith("  #1  "))
+    assert " retry " in retry_line and " 503  POST " in retry_line, retry_line
+    assert next(line for line in lines if line.startswith("  #2  ")).split()[3:5] == ["delivered", "200"]
+    assert '      answer: {"error":"down for maintenance","you_sent":"***"}' in lines, text.stdout
+    assert lines[-1] == "outcome: delivered (crm)"
+
+
+@pytest.mark.slow
+def test_without_retention_the_attempts_go_with_the_delivered_event(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port = free_port()
+    with http_receiver() as crm:
+        crm.reply = echoing
+        crm.respond(503)
+        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "to crm"\nto = "crm"\n'
+        config = config_for(tmp_path, port, spool_line, outputs, retention=None, retry='initial_backoff = "1s"')
+        with RouterProcess(config, env=env):
+            event_id = send(port, message(2))
+            wait_for(lambda: crm.requests, what="the first attempt")
+            pending = wait_for(
+                lambda: (t := trace(config, event_id, spool_env))["deliveries"][0]["history"] and t,
+                what="the first attempt recorded",
+            )
+            assert pending["stored"] == "pending" and pending["outcome"] == "pending"
+            ((delivery,),) = [pending["deliveries"]]
+            assert delivery["state"] == "pending" and delivery["output_state"] == "active"
+            assert delivery["next_attempt_at"] is not None and delivery["attempts"] >= 1
+            assert {a["status"] for a in delivery["history"]} == {503}
+            assert attempts_on_disk(config, env) >= 1
+            crm.respond(200)
+            wait_for(lambda: attempts_on_disk(config, env) == 0, what="the attempts forgotten with the event")
+            gone = run_cli("trace", event_id, "-c", str(config), env=spool_env)
+    assert crm.requests[-1].headers["Idempotency-Key"] == event_id
+    assert gone.returncode == 1
+    assert gone.stdout == ""
+    assert gone.stderr.strip() == (
+        f"error: event {event_id}: the spool knows nothing of it: not pending, no dead letter, and not kept "
+        "(retention off: a delivered event is forgotten with its last delivery; [router] retention keeps them)"
+    )
+
+
+@pytest.mark.slow
+def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port = free_port()
+    with http_receiver() as crm, http_receiver() as archive:
+        crm.reply = echoing
+        crm.respond(503)
+        outputs = (
+            http_output("crm", crm.url, 'retry = { max_attempts = 2, initial_backoff = "100ms" }\n')
+            + http_output("archive", archive.url)
+            + '[[routes]]\nname = "everything"\nto = ["crm", "archive"]\n'
+        )
+        config = config_for(tmp_path, port, spool_line, outputs, retention=None)
+        with RouterProcess(config, env=env) as router:
+            event_id = send(port, message(3))
+            record = router.wait_log("delivery dead-lettered")
+            dlid = record["dead_letter"]
+            wait_for(lambda: len(archive.requests) == 1, what="the archive's delivery")
+            shown = run_cli("dlq", "show", str(dlid), "-c", str(config), env=spool_env)
+            traced = trace(config, event_id, spool_env)
+            text = run_cli("trace", event_id, "-c", str(config), env=spool_env)
+    assert shown.returncode == 0, shown.stderr
+    assert SENT_KEY not in shown.stdout
+    ((letter,),) = [orjson.loads(shown.stdout)]
+    assert (letter["id"], letter["reason"], letter["attempts"], letter["attempts_not_kept"]) == (
+        dlid,
+        "retries_exhausted",
+        2,
+        0,
+    )
+    assert [(a["attempt"], a["outcome"], a["status"]) for a in letter["history"]] == [
+        (1, "retry", 503),
+        (2, "retries_exhausted", 503),
+    ]
+    assert all(orjson.loads(a["answer"])["you_sent"] == "***" for a in letter["history"])
+
+    # retention off: the event is forgotten once the archive has it; its dead letter (and attempts) remain
+    assert traced["stored"] == "not kept (retention off)"
+    assert traced["outcome"] == "dead_lettered"
+    ((delivery,),) = [traced["deliveries"]]
+    assert (delivery["output"], delivery["state"], delivery["dead_letter"], delivery["attempts"]) == (
+        "crm",
+        "dead_letter",
+        dlid,
+        2,
+    )
+    assert delivery["history"] == letter["history"]
+    assert traced["dead_letters"] == [], "the dead letter is the delivery's, shown with it"
+    assert text.returncode == 0, text.stderr
+    assert SENT_KEY not in text.stdout
+    assert f"-> output crm: dead letter {dlid} (2 attempts)" in text.stdout
+    assert text.stdout.splitlines()[-1] == f"outcome: dead-lettered (dead letter {dlid}: event-router dlq show ID)"
