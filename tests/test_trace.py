@@ -217,6 +217,12 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
             shown = run_cli("dlq", "show", str(dlid), "-c", str(config), env=spool_env)
             traced = trace(config, event_id, spool_env)
             text = run_cli("trace", event_id, "-c", str(config), env=spool_env)
+            # an event dead-lettered before any delivery: its dead letter is all there is, and says why
+            invalid = message(4)
+            invalid["data"] = {"id": "MSG00000000000000004"}  # no recipients, no content...
+            status, answer, _ = post(f"http://127.0.0.1:{port}/events", invalid, {"x-api-key": KEY})
+            assert status == 422, answer
+            refused = trace(config, str(answer["id"]), spool_env)
     assert shown.returncode == 0, shown.stderr
     assert SENT_KEY not in shown.stdout
     ((letter,),) = [orjson.loads(shown.stdout)]
@@ -248,3 +254,15 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
     assert SENT_KEY not in text.stdout
     assert f"-> output crm: dead letter {dlid} (2 attempts)" in text.stdout
     assert text.stdout.splitlines()[-1] == f"outcome: dead-lettered (dead letter {dlid}: event-router dlq show ID)"
+
+    assert (refused["stored"], refused["outcome"], refused["deliveries"], refused["routes"]) == (
+        "not kept (retention off)",
+        "dead_lettered",
+        [],
+        [],
+    )
+    assert refused["validation"]["recorded"] is True and refused["validation"]["valid"] is False
+    assert refused["validation"]["said"].startswith("invalid: ")
+    ((intake,),) = [refused["dead_letters"]]
+    assert (intake["reason"], intake["output"]) == ("validation", None)
+    assert intake["error"] in refused["validation"]["said"]
