@@ -836,8 +836,10 @@ class SQLiteSpool:
 
         Pending is `_pending`, what this process's commits left (and its last count of other processes'
         rows), plus the deliveries admitted before it in this group: exact for the router's own writes, so
-        an output holds its limit to the delivery however many stores share a commit. Returns the events
-        with the deliveries that stay and, per event, its parked deliveries by their index.
+        an output holds its limit to the delivery however many stores share a commit (never past it: the
+        deliveries the group's settles finish still count until its finishing pass, just before the commit,
+        `_settle_group`). Returns the events with the deliveries that stay and, per event, its parked
+        deliveries by their index.
         """
         admitted: dict[str, int] = {}
         kept: list[StoreEvent] = []
