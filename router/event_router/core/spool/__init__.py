@@ -550,11 +550,11 @@ class Spool(Protocol):
     ) -> list[int | None]:
         """Record a batch of outcomes in one commit: `done` are forgotten (and their event once nothing else
         is pending), `retry` due again later, `dead` moved to the dead letters. A finished (done or dead)
-        delivery with an ordering key makes the next pending one of its output and key due now. `attempts`: the attempts these
-        outcomes came from, recorded in the same commit (one insert for a whole group of settles; a dead
-        letter's with it), kept as the module says; one of a delivery no longer in the spool is not recorded,
-        nor, as it would go at once, a delivered attempt whose event the same commit forgets (not kept, no
-        other delivery pending). `lazy`: the commit may wait a few milliseconds to be shared. The new dead
+        delivery with an ordering key makes the next pending one of its output and key due now. `attempts`:
+        the attempts these outcomes came from, recorded in the same commit (one insert for a whole group of
+        settles; a dead letter's with it), kept as the module says; one of a delivery no longer in the spool is
+        not recorded, nor, as it would go at once, a delivered attempt whose event the same commit forgets (not
+        kept, no other delivery pending). `lazy`: the commit may wait a few milliseconds to be shared. The new dead
         letter ids in `dead`'s order; None for a delivery no longer in the spool (finished meanwhile)."""
 
     async def release(self, output: str, keep: Collection[int] = ()) -> None:

@@ -73,9 +73,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from event_router.api.errors import SpoolError
 from event_router.core.clock import SpoolClock
 from event_router.core.spool import (
-    BLOCKED,
     ATTEMPTS_FIRST,
     ATTEMPTS_LAST,
+    BLOCKED,
     Attempt,
     Dead,
     DeadLetter,
@@ -1565,6 +1565,7 @@ class PostgreSQLSpool:
 
         count: int = self._write_sync(apply)
         return count
+
     def dead_letter_attempts(self, dlids: Sequence[int]) -> dict[int, list[Attempt]]:
         if not dlids:
             return {}

@@ -46,9 +46,9 @@ import orjson
 from event_router.api.errors import SpoolError
 from event_router.core.clock import Anchor, SpoolClock
 from event_router.core.spool import (
-    BLOCKED,
     ATTEMPTS_FIRST,
     ATTEMPTS_LAST,
+    BLOCKED,
     Attempt,
     DataDirInUse,
     Dead,
@@ -1344,6 +1344,7 @@ class SQLiteSpool:
 
         result: int = self._write_sync(apply)
         return result
+
     def dead_letter_attempts(self, dlids: Sequence[int]) -> dict[int, list[Attempt]]:
         out: dict[int, list[Attempt]] = {}
         with _reading():
@@ -1474,8 +1475,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     AUTOINCREMENT tables; 2 to 3: `_DDL` adds the `announced` table (empty: what the events stored before
     announced is not known, so recovery may rebuild those of them that fall in its first look-back); 3 to 4:
     `_DDL` adds the `output_states` table (empty: no output paused, no breaker open); 4 to 5: `_add_received`;
-    5 to 6: `_add_ordering_key`; 6 to 7: `_DDL` adds the `attempts` table (empty: attempts made before were not recorded) and two indexes,
-    `_ATTEMPTS_TRIGGER` its trigger.
+    5 to 6: `_add_ordering_key`; 6 to 7: `_DDL` adds the `attempts` table (empty: attempts made before were not
+    recorded) and two indexes, `_ATTEMPTS_TRIGGER` its trigger.
 
     SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
     old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
