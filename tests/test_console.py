@@ -259,6 +259,12 @@ def test_a_dead_letter_is_replayed_from_the_console_and_arrives(site: Site, page
     assert example("transport.messageReceived")["data"]["content"]["subject"] not in event
     if site.sqlite:
         shoot(page, shots, "trace")
+    # the live event's attempts, from the spool's attempt history (kept with its dead letter): each with
+    # its outcome, the receiver's HTTP status and how long it took
+    page.goto(f"{site.base}/events/{live_id}")
+    timeline = page.locator("table").first.inner_text()
+    assert re.search(r"retry\s+crm.*attempt 1 \(HTTP 503, \d+ ms\)", timeline, re.S), timeline
+    assert re.search(r"retries exhausted\s+crm.*attempt 2 \(HTTP 503, \d+ ms\)", timeline, re.S), timeline
 
 
 def test_outputs_pause_resume_and_purge_with_confirmation(site: Site, page: Any, shots: Path) -> None:

@@ -7,10 +7,9 @@ Both are made of what the spool keeps today, read on the console's own read-only
 What happens next shows live on the pages (they follow `GET /tap`). Without retention a delivered event
 is forgotten: the search finds dead letters, and an event by id only while it is pending.
 
-The hook for per-event attempt history (`event-router trace EVENT_ID`, a spool table of attempts): `trace`
-returns a `Trace` whose `attempts` stays empty here. That work fills it in `trace` (and may add outcomes
-such as "delivered" to `OUTCOMES` and `search`); `Trace.timeline` and the templates show whatever it holds,
-so the pages need no change. The pages call nothing else of the spool for events.
+Each delivery attempt (its time, outcome, HTTP status, duration, error) comes from the spool's attempt
+history (`Spool.event_history`, as `event-router trace` reads it): `trace` fills a `Trace`'s `attempts` from
+it, and `Trace.timeline` shows them in time order with the rest.
 
 Every function here is synchronous (the spool's reads are): the console runs them in a worker thread.
 """
@@ -118,7 +117,7 @@ class SearchResult:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One delivery attempt of an event (filled by the attempt history: see the module's doc)."""
+    """One delivery attempt of an event, from the spool's attempt history."""
 
     time: float
     output: str
@@ -126,6 +125,9 @@ class Attempt:
     attempt: int
     outcome: str
     error: str | None = None
+    #: what the receiver answered (an HTTP status), when the output says; how long the attempt took (s)
+    status: int | None = None
+    duration: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +158,7 @@ class Trace:
     routes: list[tuple[str, list[str]]]
     stored: list[StoredEvent]
     dead_letters: list[DeadLetter]
-    #: the attempt history's records (see the module's doc); empty until that work fills it
+    #: the attempt history's records (`Spool.event_history`), oldest first per delivery
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -170,13 +172,17 @@ class Trace:
             if row.received is not None:
                 steps.append(Step(row.received, "received", text=f"stored as spool event {row.seq}"))
         for attempt in self.attempts:
+            answered = [f"HTTP {attempt.status}"] if attempt.status is not None else []
+            if attempt.duration is not None:
+                answered.append(f"{attempt.duration * 1000:.0f} ms")
+            text = f"attempt {attempt.attempt}" + (f" ({', '.join(answered)})" if answered else "")
             steps.append(
                 Step(
                     attempt.time,
                     attempt.outcome,
                     attempt.output,
                     attempt.route,
-                    f"attempt {attempt.attempt}" + (f": {attempt.error}" if attempt.error else ""),
+                    text + (f": {attempt.error}" if attempt.error else ""),
                 )
             )
         for dl in self.dead_letters:
@@ -326,6 +332,12 @@ def trace(spool: Spool, config: RouterConfig, schemas: SchemaRegistry, event_id:
         return None
     body = stored[-1].body if stored else dead[-1].body
     received = next((row.received for row in stored if row.received is not None), None)
+    history = spool.event_history(event_id)
+    attempts = [
+        Attempt(a.at, d.output, d.route, a.number, a.outcome, a.error, a.status, a.duration)
+        for d in (history.deliveries if history is not None else ())
+        for a in d.history
+    ]
     return Trace(
         event_id=event_id,
         trigger=stored[-1].trigger if stored else dead[-1].trigger,
@@ -335,6 +347,7 @@ def trace(spool: Spool, config: RouterConfig, schemas: SchemaRegistry, event_id:
         routes=current_routes(body, config, schemas),
         stored=stored,
         dead_letters=dead,
+        attempts=attempts,
     )
 
 
