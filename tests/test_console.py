@@ -542,3 +542,17 @@ def test_session_cookies_and_where_the_login_page_sends_people() -> None:
     assert security.host_is_loopback("localhost:9187") and security.host_is_loopback("127.0.0.5")
     assert not security.host_is_loopback("evil.example:9187") and not security.host_is_loopback(None)
     assert not security.host_is_loopback("127.0.0.1.evil.example:9187")
+
+
+def test_a_trace_says_a_delivery_waits_behind_its_ordering_key() -> None:
+    """A keyed delivery behind an earlier one of its key has no due time (BLOCKED): the trace page says what
+    it waits for, not 'next attempt in inf s'."""
+    from event_router.console.events import Trace
+    from event_router.core.spool import BLOCKED, PendingDelivery, StoredEvent
+
+    waiting = PendingDelivery(7, "crm", "messages", 0, BLOCKED, None)
+    stored = StoredEvent(1, "E1", "transport.messageReceived", None, b"{}", [waiting])
+    trace = Trace("E1", "transport.messageReceived", "connector", None, b"{}", [], [stored], [])
+    [step] = trace.timeline()
+    assert (step.kind, step.output) == ("pending", "crm")
+    assert step.text == "not attempted yet, waiting behind an earlier delivery of its ordering key", step.text

@@ -5,6 +5,7 @@ commands as separate processes beside them. The spool's part: tests/test_spool_a
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,22 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
     ((intake,),) = [refused["dead_letters"]]
     assert (intake["reason"], intake["output"]) == ("validation", None)
     assert intake["error"] in refused["validation"]["said"]
+
+
+def test_a_delivery_waiting_behind_its_ordering_key_says_so() -> None:
+    """A keyed delivery behind an earlier one of its key has no due time (BLOCKED, infinite): trace says what
+    it waits for instead of a time (which it could not print) or 'due now'."""
+    import math
+
+    from event_router.core.spool import BLOCKED, DeliveryHistory
+    from event_router.ops.trace import _delivery, _delivery_state
+
+    waiting = DeliveryHistory(7, "crm", "messages", "pending", 0, next_attempt_in=BLOCKED - 5.0)
+    shown = _delivery(waiting, {}, time.time())
+    assert shown["waiting_for_ordering_key"] is True
+    assert shown["next_attempt_at"] is None and shown["next_attempt_in_seconds"] is None
+    assert orjson.loads(orjson.dumps(shown))["id"] == 7  # JSON without an infinity in it
+    assert _delivery_state(shown) == "pending (0 attempts), waiting behind an earlier delivery of its ordering key"
+    due = DeliveryHistory(8, "crm", "messages", "pending", 1, next_attempt_in=-1.0)
+    assert _delivery_state(_delivery(due, {}, time.time())).startswith("pending (1 attempt), next attempt ")
+    assert not math.isinf(_delivery(due, {}, time.time())["next_attempt_in_seconds"])

@@ -16,6 +16,7 @@ Every function here is synchronous (the spool's reads are): the console runs the
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,8 +199,14 @@ class Trace:
             )
         steps.sort(key=lambda step: step.time or 0.0)
         for delivery in self.pending:
-            when = "due now" if delivery.due_in <= 0 else f"next attempt in {delivery.due_in:.0f}s"
-            failed = f"{delivery.attempts} failed attempt(s), {when}" if delivery.attempts else "not attempted yet"
+            if math.isinf(delivery.due_in):  # BLOCKED: due once the one before it of its ordering key is done
+                when = "waiting behind an earlier delivery of its ordering key"
+            else:
+                when = "due now" if delivery.due_in <= 0 else f"next attempt in {delivery.due_in:.0f}s"
+            if delivery.attempts:
+                failed = f"{delivery.attempts} failed attempt(s), {when}"
+            else:
+                failed = "not attempted yet" + (f", {when}" if math.isinf(delivery.due_in) else "")
             error = f"; last error: {delivery.last_error}" if delivery.last_error else ""
             steps.append(Step(None, "pending", delivery.output, delivery.route, failed + error))
         return steps

@@ -10,6 +10,7 @@ event, the kept event itself is for `replay`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -175,6 +176,11 @@ def _outcome(history: EventHistory) -> str:
 
 def _delivery(delivery: DeliveryHistory, states: Mapping[str, OutputState], wall: float) -> dict[str, Any]:
     due_in = delivery.next_attempt_in
+    # behind an earlier delivery of its ordering key it has no due time (BLOCKED): it is due once that one is
+    # delivered or dead-lettered
+    behind_key = due_in is not None and math.isinf(due_in)
+    if behind_key:
+        due_in = None
     out: dict[str, Any] = {
         "id": delivery.delivery,
         "output": delivery.output,
@@ -186,6 +192,8 @@ def _delivery(delivery: DeliveryHistory, states: Mapping[str, OutputState], wall
         "last_error": delivery.last_error,
         "dead_letter": delivery.dead_letter,
     }
+    if behind_key:
+        out["waiting_for_ordering_key"] = True
     if delivery.state == "pending":
         state = states.get(delivery.output, OutputState(delivery.output))
         held = [flag for flag, on in (("paused", state.paused), ("breaker open", state.breaker_open_since)) if on]
@@ -232,9 +240,11 @@ def _delivery_state(delivery: Mapping[str, Any]) -> str:
     if delivery["state"] == "dead_letter":
         dlid = delivery["dead_letter"]
         return f"dead letter {dlid} ({tries})" if dlid is not None else f"failed for good ({tries})"
+    held = "" if delivery["output_state"] == "active" else f"; output {delivery['output_state']}"
+    if delivery.get("waiting_for_ordering_key"):
+        return f"pending ({tries}), waiting behind an earlier delivery of its ordering key{held}"
     wait = delivery["next_attempt_in_seconds"]
     when = f"in {wait:.0f}s" if wait >= 0.5 else "due now"
-    held = "" if delivery["output_state"] == "active" else f"; output {delivery['output_state']}"
     return f"pending ({tries}), next attempt {delivery['next_attempt_at']} ({when}, attempt {made + 1}){held}"
 
 
