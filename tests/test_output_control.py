@@ -5,6 +5,7 @@ then probes it with one delivery (the receiver counts the requests)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.error
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from event_router.testing import (
     Receiver,
@@ -231,7 +233,8 @@ def test_an_output_removed_while_paused_can_be_resumed(
     spool_line, spool_env = router_spool
     env = {**ENV, **spool_env}
     config = tmp_path / "router.toml"
-    config.write_text(config_text(free_port(), free_port(), "http://127.0.0.1:9/in", spool=spool_line))
+    admin = free_port()
+    config.write_text(config_text(free_port(), admin, "http://127.0.0.1:9/in", spool=spool_line))
     with RouterProcess(config, env=env):  # makes the spool
         paused = run_cli("output", "pause", "crm", "-c", str(config), env=env)
         assert paused.returncode == 0, paused.stderr
@@ -251,6 +254,17 @@ def test_an_output_removed_while_paused_can_be_resumed(
     assert "paused" not in run_cli("status", "-c", str(without), env=env).stdout
     unknown = run_cli("output", "resume", "nope", "-c", str(without), env=env)
     assert (unknown.returncode, unknown.stderr.strip()) == (1, "error: no output named 'nope' (outputs: crm2)")
+    # and so does a running router's admin endpoint (paused again beside no router, with the old file)
+    assert run_cli("output", "pause", "crm", "-c", str(config), env=env).returncode == 0
+    with RouterProcess(without, env=env):
+        url = f"http://127.0.0.1:{admin}/outputs/crm"
+        with urllib.request.urlopen(urllib.request.Request(url + "/resume", method="POST", data=b""), timeout=10) as r:
+            answer = json.loads(r.read())
+        assert answer == {"output": "crm", "changed": True, "configured": False, "paused": False}, answer
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url + "/pause", method="POST", data=b""), timeout=10)
+        assert refused.value.code == 404
+    assert "paused" not in run_cli("status", "-c", str(without), env=env).stdout
 
 
 def test_every_router_on_a_postgresql_spool_follows_a_pause(tmp_path: Path, pg_dsn: str) -> None:

@@ -613,9 +613,15 @@ class App:
 
     async def pause_output(self, name: str, paused: bool, by: str) -> dict[str, Any]:
         """Pause or resume output `name` (the admin endpoint): recorded in the spool for every router, applied
-        here at once. `UnknownOutput` (naming the configured ones) for a name that is none of them."""
+        here at once. `UnknownOutput` (naming the configured ones) for a name that is none of them, but for
+        resuming one router.toml no longer has that the spool holds paused (as `event-router output resume`):
+        else its pause would hold it again once it is configured back."""
         if name not in self.config.outputs:
-            raise UnknownOutput(name, list(self.config.outputs))
+            state = None if paused else (await anyio.to_thread.run_sync(self.spool.output_states)).get(name)
+            if state is None or not state.paused:
+                raise UnknownOutput(name, list(self.config.outputs))
+            _, changed = await anyio.to_thread.run_sync(self.spool.set_paused, name, False, by)
+            return {"output": name, "changed": changed, "configured": False, "paused": False}
         _, changed = await self.control.set_paused(name, paused, by)
         return {"output": name, "changed": changed, **self.outputs_report()[name]}
 
