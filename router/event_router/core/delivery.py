@@ -581,10 +581,14 @@ class OutputWorker:
                     "error": message,
                 },
             )
-        if self.live.tap.active:
-            self.live.tap.deliveries(self.name, self._tapped(batch, now, retry, dead, dlids))
+        tapping = self.live.tap.active
+        if not (tapping or answered):
+            return
+        # what became of each attempt, built once for the tap and the attempts' spans alike
+        records = list(self._tapped(batch, now, retry, dead, dlids))
+        if tapping:
+            self.live.tap.deliveries(self.name, records)
         if answered:
-            records = self._tapped(batch, now, retry, dead, dlids)
             for pending, outcome, record in zip(batch, outcomes, records, strict=True):
                 if pending.trace is not None:
                     pending.trace.end(record, outcome, answered)
