@@ -71,33 +71,44 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def tap_filter(config: RouterConfig, query: Any) -> TapFilter | str:
-    """The tap's filter from the query string (`trigger`, `route`, `output`, `outcome`, `unmask`), or why
-    it is refused: a name that is not configured, an outcome that does not exist, unmasking not allowed."""
+class TapRefused(Exception):
+    """Why a tap's query is refused, with the HTTP status that says so."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def tap_filter(config: RouterConfig, query: Any) -> TapFilter:
+    """The tap's filter from the query string (`trigger`, `route`, `output`, `outcome`, `unmask`); else
+    `TapRefused`: a name that is not configured, an outcome that does not exist (400), unmasking not
+    allowed (403)."""
     routes = tuple(query.getall("route", []))
     outputs = tuple(query.getall("output", []))
     outcomes = tuple(query.getall("outcome", []))
     known_routes = [route.name for route in config.routes]
     for route in routes:
         if route not in known_routes:
-            return f"no route named {route!r} (routes: {', '.join(known_routes) or 'none'})"
+            raise TapRefused(400, f"no route named {route!r} (routes: {', '.join(known_routes) or 'none'})")
     for output in outputs:
         if output not in config.outputs:
-            return f"no output named {output!r} (outputs: {', '.join(config.outputs) or 'none'})"
+            raise TapRefused(400, f"no output named {output!r} (outputs: {', '.join(config.outputs) or 'none'})")
     for outcome in outcomes:
         if outcome not in EVENT_OUTCOMES + DELIVERY_OUTCOMES:
             events, deliveries = ", ".join(EVENT_OUTCOMES), ", ".join(DELIVERY_OUTCOMES)
-            return f"no outcome {outcome!r} (events: {events}; deliveries: {deliveries})"
+            raise TapRefused(400, f"no outcome {outcome!r} (events: {events}; deliveries: {deliveries})")
     unmask = query.get("unmask", "") in ("1", "true", "yes")
     if unmask and not config.admin_unmask:
-        return "unmasked data is not allowed on this router: set [router.admin] unmask = true to allow it"
+        raise TapRefused(
+            403, "unmasked data is not allowed on this router: set [router.admin] unmask = true to allow it"
+        )
     triggers = tuple(query.getall("trigger", []))
     if any(not pattern.strip() for pattern in triggers):
-        return "trigger: an empty pattern matches no trigger (e.g. 'transport.**')"
+        raise TapRefused(400, "trigger: an empty pattern matches no trigger (e.g. 'transport.**')")
     try:
         return TapFilter(triggers, routes, outputs, outcomes, unmask)
     except PatternError as exc:
-        return f"trigger: {exc}"
+        raise TapRefused(400, f"trigger: {exc}") from exc
 
 
 async def serve_admin(
@@ -123,9 +134,10 @@ async def serve_admin(
     taps: set[asyncio.Task[Any]] = set()
 
     async def tap(request: web.Request) -> web.StreamResponse:
-        wanted = tap_filter(app.config, request.query)
-        if isinstance(wanted, str):
-            return _json(403 if "unmask" in wanted else 400, {"error": wanted})
+        try:
+            wanted = tap_filter(app.config, request.query)
+        except TapRefused as refused:
+            return _json(refused.status, {"error": str(refused)})
         try:
             subscription = app.tap.subscribe(wanted)
         except TapFull as exc:
