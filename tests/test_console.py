@@ -256,6 +256,7 @@ def test_a_dead_letter_is_replayed_from_the_console_and_arrives(site: Site, page
     assert "mail to crm → crm" in page.locator("dl.facts").inner_text()
     event = page.locator("pre.json").inner_text()
     assert '"subject": "***"' in event, event
+    assert '"bodyFormat": "PlainText"' in event, event  # fixed by the schema (an enum): shown
     assert example("transport.messageReceived")["data"]["content"]["subject"] not in event
     if site.sqlite:
         shoot(page, shots, "trace")

@@ -1,7 +1,7 @@
 """`event-router tap`: a running router's events and delivery attempts, live, from its admin endpoint.
 
 Real router processes, the real `event-router tap` CLI as a subprocess, real HTTP receivers; the bounded
-queue and the masking also at the unit level (`event_router.core.tap`).
+queue and the masking also at the unit level (`event_router.core.tap`, `event_router.core.masking`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from typing import Any
 import pytest
 
 from event_router.api.event import Event
-from event_router.core.tap import MASKED, Tap, TapFilter, mask
+from event_router.console.events import shown_event
+from event_router.core.masking import MASKED, fixed_values, mask
+from event_router.core.tap import Tap, TapFilter
+from event_router.core.validation import SchemaRegistry, builtin_schema_dir
 from event_router.testing import (
     RouterProcess,
     example,
@@ -118,6 +121,10 @@ def test_tap_shows_each_event_and_each_attempt_with_data_masked(running: tuple[P
         assert event["data"]["id"] == sent["data"]["id"]
         assert MASKED in json.dumps(event["data"])
         assert sent["data"]["createdBy"] not in json.dumps(event["data"])
+        # what the schema fixes shows (a Mail's bodyFormat is PlainText or Markdown), what a person wrote not
+        content = event["data"]["content"]
+        assert content["bodyFormat"] == sent["data"]["content"]["bodyFormat"] == "PlainText"
+        assert content["subject"] == content["body"] == MASKED
         event_id = event["event_id"]
         tap.wait(lambda r: r["type"] == "delivery" and r["output"] == "archive", "archive delivered")
         retry = tap.wait(lambda r: r.get("output") == "crm" and r["outcome"] == "retry", "crm's failed attempt")[0]
@@ -314,3 +321,122 @@ def test_the_human_line_says_what_happened() -> None:
         "delivery retry         crm E1 (delivery 7, attempt 1, route messages) retry in 1.5s: HTTP 503"
     )
     assert line({"type": "dropped", "count": 3, "why": "slow"}).endswith("-- 3 records dropped: slow")
+
+
+@pytest.fixture(scope="module")
+def schemas() -> SchemaRegistry:
+    return SchemaRegistry.load([builtin_schema_dir()])
+
+
+def test_the_schema_says_which_values_show_in_masked_data(schemas: SchemaRegistry) -> None:
+    """The Connector's example events, masked as the tap and the console mask them: a value the event's
+    schema fixes (`enum`/`const`, reached through `$ref`, `allOf`, `if`/`then`, `items`) shows, what people
+    wrote or are does not."""
+    mail = example("transport.messageReceived")
+    masked = mask(mail["data"], schemas.fixed_values(mail["trigger"]))
+    assert masked["content"]["bodyFormat"] == "PlainText"  # Mail.bodyFormat: enum PlainText, Markdown
+    assert masked["content"]["subject"] == masked["content"]["body"] == MASKED
+    assert masked["content"]["to"] == [MASKED] and masked["createdBy"] == MASKED
+
+    relationship = example("transport.relationshipChanged")
+    data = relationship["data"]
+    data["peerDeletionInfo"] = {"deletionStatus": "ToBeDeleted", "deletionDate": "2026-09-01T00:00:00.000Z"}
+    masked = mask(data, schemas.fixed_values(relationship["trigger"]))
+    assert masked["peerDeletionInfo"] == {"deletionStatus": "ToBeDeleted", "deletionDate": MASKED}  # an enum
+    # the attribute a peer shared: its confidentiality would show (enum), its value (a given name) does not
+    item = masked["creationContent"]["response"]["items"][0]
+    assert item["attribute"]["value"] == {"@type": "GivenName", "value": MASKED}
+    assert masked["peerIdentity"] == {"address": MASKED, "publicKey": MASKED}
+    # the audit log's reason is an open string in the schema (new reasons came with minor releases): masked
+    assert masked["auditLog"][0]["reason"] == MASKED and masked["auditLog"][0]["newStatus"] == "Pending"
+
+    request = example("consumption.outgoingRequestStatusChanged")
+    masked = mask(request["data"], schemas.fixed_values(request["trigger"]))
+    address = masked["request"]["response"]["content"]["items"][0]["attribute"]["value"]
+    assert address["@type"] == "StreetAddress" and set(address.values()) == {"StreetAddress", MASKED}
+    assert masked["request"]["content"]["items"][0]["query"]["valueType"] == MASKED  # a pattern, not an enum
+
+
+def test_a_value_shows_only_if_the_schema_lists_it_there(schemas: SchemaRegistry) -> None:
+    """An event that does not validate (validation = "warn" or "off") shows no more than a valid one; a
+    field the schema does not know, and an event without a schema, show nothing."""
+    mail = example("transport.messageReceived")
+    fixed = schemas.fixed_values(mail["trigger"])
+    content = {**mail["data"]["content"], "bodyFormat": "Dear Jana", "extra": "Markdown"}
+    masked = mask({**mail["data"], "content": content}, fixed)
+    assert masked["content"]["bodyFormat"] == MASKED and masked["content"]["extra"] == MASKED
+    assert schemas.fixed_values("transport.somethingNew") is None
+    assert mask({"content": {"bodyFormat": "PlainText"}}, None) == {"content": {"bodyFormat": MASKED}}
+    assert schemas.fixed_values("runtime.modulesStarted") is None  # fixes nothing: the plain rules only
+    # the three-segment trigger takes its glob's schema
+    relationship = schemas.fixed_values("consumption.relationshipEvent.REL1YBBHLUEC51CGTOYD")
+    assert relationship is not None and "Active" in relationship.keys["status"].values
+
+
+def test_fixed_values_follow_the_schema_keywords() -> None:
+    """What fixes a place: `enum`/`const` through `$ref` (with siblings), `allOf`, `anyOf`/`oneOf` when every
+    alternative fixes it (per kind: strings and numbers), a conditional's branches, `items`, and schemas
+    that refer to themselves. What does not: an `if` (it only tests), an alternative that takes any string."""
+    base = "https://example.invalid/schemas/"
+    defs: dict[str, Any] = {
+        "$id": base + "defs.json",
+        "$defs": {
+            "Level": {"enum": ["low", "high", 3]},
+            "Free": {"type": "string", "minLength": 1},
+            "Node": {
+                "type": "object",
+                "properties": {"kind": {"const": "node"}, "children": {"items": {"$ref": "#/$defs/Node"}}},
+            },
+        },
+    }
+    event: dict[str, Any] = {
+        "$id": base + "event.json",
+        "type": "object",
+        "properties": {
+            # a $ref beside its own keywords: both hold, so the enum fixes what Free leaves open
+            "level": {"$ref": "defs.json#/$defs/Free", "enum": ["low", "high"]},
+            "either": {"anyOf": [{"$ref": "defs.json#/$defs/Level"}, {"const": "none"}]},
+            "mixed": {"oneOf": [{"enum": ["named"]}, {"type": "integer", "minimum": 0}]},
+            "open": {"anyOf": [{"enum": ["a"]}, {"$ref": "defs.json#/$defs/Free"}]},
+            "tested": {"type": "string"},
+            "tree": {"$ref": "defs.json#/$defs/Node"},
+            "list": {"type": "array", "items": {"allOf": [{"properties": {"unit": {"enum": ["kg", "g"]}}}]}},
+        },
+        "if": {"properties": {"tested": {"const": "yes"}}},
+        "then": {"properties": {"flavour": {"enum": ["sweet"]}}},
+        "else": {"properties": {"flavour": {"enum": ["sour"]}}},
+    }
+    fixed = fixed_values({base + "defs.json": defs, base + "event.json": event}, {"x.event": base + "event.json"})[
+        "x.event"
+    ]
+    assert fixed is not None
+    data = {
+        "level": "high",
+        "either": 3,
+        "mixed": "named",
+        "open": "a",
+        "tested": "yes",
+        "flavour": "sour",
+        "tree": {"kind": "node", "children": [{"kind": "node", "children": [{"kind": "node", "name": "x"}]}]},
+        "list": [{"unit": "kg", "amount": 2}],
+    }
+    assert mask(data, fixed) == {
+        "level": "high",
+        "either": 3,
+        "mixed": "named",
+        "open": MASKED,  # the other alternative takes any string: "a" may be one of those
+        "tested": MASKED,  # only an `if` lists "yes"
+        "flavour": "sour",
+        "tree": {"kind": "node", "children": [{"kind": "node", "children": [{"kind": "node", "name": MASKED}]}]},
+        "list": [{"unit": "kg", "amount": MASKED}],
+    }
+    assert mask({**data, "mixed": 7}, fixed)["mixed"] == MASKED  # the numbers it takes are not listed
+
+
+def test_the_console_masks_a_stored_event_as_the_tap_does(schemas: SchemaRegistry) -> None:
+    sent = example("transport.messageReceived")
+    body = Event(trigger=sent["trigger"], data=sent["data"], source="connector").to_json()
+    shown = shown_event(body, schemas, unmask=False)
+    assert shown["data"] == mask(sent["data"], schemas.fixed_values(sent["trigger"]))
+    assert shown["data"]["content"]["bodyFormat"] == "PlainText" and shown["data"]["content"]["subject"] == MASKED
+    assert shown_event(body, schemas, unmask=True)["data"] == sent["data"]

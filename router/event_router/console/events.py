@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from event_router.api.event import Event
+from event_router.core.masking import mask
 from event_router.core.model import RouterConfig
 from event_router.core.plan import plan_event
 from event_router.core.routing import trigger_matches
@@ -39,7 +40,6 @@ from event_router.core.spool import (
     StoredEvent,
 )
 from event_router.core.spool.backend import open_spool
-from event_router.core.tap import mask
 from event_router.core.validation import SchemaRegistry
 
 #: the outcomes the events page can search for: kept by the spool (delivered or pending), or dead-lettered
@@ -358,10 +358,11 @@ def trace(spool: Spool, config: RouterConfig, schemas: SchemaRegistry, event_id:
     )
 
 
-def shown_event(body: bytes, *, unmask: bool) -> Any:
-    """A stored event as a page shows it: `data` and `meta` masked (`core.tap.mask`: ids, types and dates
-    stay) unless `unmask` (`[router.admin] unmask = true` and asked for). Not JSON (an undecodable dead
-    letter): its text, or only its size when masked."""
+def shown_event(body: bytes, schemas: SchemaRegistry, *, unmask: bool) -> Any:
+    """A stored event as a page shows it: `data` and `meta` masked as the tap masks them (`core.masking.mask`:
+    ids, types and dates stay, and in `data` the values its trigger's schema fixes) unless `unmask`
+    (`[router.admin] unmask = true` and asked for). Not JSON (an undecodable dead letter): its text, or
+    only its size when masked."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -370,11 +371,17 @@ def shown_event(body: bytes, *, unmask: bool) -> Any:
         return f"({len(body)} bytes that are not JSON; masked)"
     if unmask or not isinstance(value, Mapping):
         return value if unmask else mask(value)
-    return {key: mask(item) if key in ("data", "meta") else item for key, item in value.items()}
+    trigger = value.get("trigger")
+    fixed = schemas.fixed_values(trigger) if isinstance(trigger, str) else None
+    return {
+        key: mask(item, fixed) if key == "data" else mask(item) if key == "meta" else item
+        for key, item in value.items()
+    }
 
 
 def shown_payload(payload: bytes | None, *, unmask: bool) -> Any:
-    """A route's reshaped body as a page shows it, masked as `shown_event` masks data."""
+    """A route's reshaped body as a page shows it, masked as `shown_event` masks `meta`: a template may
+    have put anything anywhere, so no schema says what is fixed in it."""
     if payload is None:
         return None
     try:

@@ -159,6 +159,7 @@ class Pipeline:
             [delivery.output for delivery in plan.deliveries],
             dead_letter=result.dead_letter_id,
             errors=result.errors,
+            fixed=self.schemas.fixed_values(plan.event.trigger),
         )
 
     def _adding(self, items: Sequence[StoreEvent | StoreDeadLetter], config: RouterConfig) -> int:

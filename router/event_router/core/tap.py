@@ -7,8 +7,9 @@ Invariants:
 - with no subscriber, a report costs one attribute test (`Tap.active`): nothing is built;
 - a subscriber never slows the router: each has a bounded queue, and what does not fit is counted and
   dropped (the subscriber is told how many, before its next record);
-- `data` is masked (`mask`) unless the subscriber asked for it unmasked and the operator allowed that
-  (`[router.admin] unmask`): events carry personal data (identities, messages, attribute values).
+- `data` is masked (`core.masking.mask`, with what the event's schema fixes) unless the subscriber asked for
+  it unmasked and the operator allowed that (`[router.admin] unmask`): events carry personal data
+  (identities, messages, attribute values).
 """
 
 from __future__ import annotations
@@ -20,34 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from event_router.api.event import Event
+from event_router.core.masking import Fixed, mask
 from event_router.core.routing import compile_trigger_filter
 
 #: records a subscriber's queue holds before further ones are dropped
 QUEUE = 1000
 #: subscribers at once: each costs a queue and a filter test per record
 MAX_SUBSCRIBERS = 8
-#: what a masked value shows
-MASKED = "***"
-#: keys whose values are the DTOs' own bookkeeping, not personal data: shown in masked records too
-_PLAIN_KEYS = frozenset({"@type", "id", "status", "oldStatus", "newStatus", "isOwn", "type", "result", "code"})
 #: outcomes a delivery record can have (`deliveries_total`'s, and `retry`)
 DELIVERY_OUTCOMES = ("delivered", "retry", "permanent", "retries_exhausted")
 #: outcomes an event record can have (`SubmitResult.status`)
 EVENT_OUTCOMES = ("accepted", "dead_lettered", "unrouted", "duplicate")
-
-
-def mask(value: Any, key: str | None = None) -> Any:
-    """`value` with every string and number replaced by `MASKED`, except under bookkeeping keys (ids,
-    types, statuses, `...Id`, `...At` dates); the structure, booleans and nulls stay."""
-    if isinstance(value, Mapping):
-        return {k: mask(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v, key) for v in value]
-    if value is None or isinstance(value, bool):
-        return value
-    if key is not None and (key in _PLAIN_KEYS or key.endswith(("Id", "At"))):
-        return value
-    return MASKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +128,9 @@ class Tap:
         *,
         dead_letter: int | None = None,
         errors: Sequence[str] = (),
+        fixed: Fixed | None = None,
     ) -> None:
+        """`fixed`: what the event's schema fixes (`SchemaRegistry.fixed_values`), shown in masked data."""
         record: dict[str, Any] = {
             "type": "event",
             "time": time.time(),
@@ -159,7 +145,7 @@ class Tap:
             record["dead_letter"] = dead_letter
         if errors:
             record["errors"] = list(errors)
-        self._publish(record, event.data)
+        self._publish(record, event.data, fixed)
 
     def undecodable(self, input_name: str, trigger: str | None, error: str, dead_letter: int) -> None:
         """Something an input took that could not become an event (not JSON...): kept as a dead letter."""
@@ -175,16 +161,16 @@ class Tap:
             "dead_letter": dead_letter,
             "errors": [error],
         }
-        self._publish(record, None)
+        self._publish(record, None, None)
 
     def deliveries(self, output: str, records: Iterable[dict[str, Any]]) -> None:
         """Recorded attempts of `output`: each with route, event_id, trigger, delivery, outcome, attempt and,
         as they apply, error, retry_in, dead_letter."""
         now = time.time()
         for record in records:
-            self._publish({"type": "delivery", "time": now, "output": output, **record}, None)
+            self._publish({"type": "delivery", "time": now, "output": output, **record}, None, None)
 
-    def _publish(self, record: dict[str, Any], data: Any) -> None:
+    def _publish(self, record: dict[str, Any], data: Any, fixed: Fixed | None) -> None:
         masked: dict[str, Any] | None = None
         for subscription in self._subscribers:
             if not subscription.wanted.accepts(record):
@@ -195,5 +181,5 @@ class Tap:
                 subscription.offer({**record, "data": data})
             else:
                 if masked is None:  # once per record, whatever the number of masked subscribers
-                    masked = {**record, "data": mask(data), "masked": True}
+                    masked = {**record, "data": mask(data, fixed), "masked": True}
                 subscription.offer(masked)

@@ -23,6 +23,8 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError as MetaschemaError
 
+from event_router.core.masking import Fixed, fixed_values
+
 SCHEMA_BASE = "https://enmeshed-event-router.github.io/schemas/"
 EVENT_SCHEMA_ID = SCHEMA_BASE + "event.json"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -154,10 +156,12 @@ class SchemaRegistry:
         validators: dict[str, jsonschema_rs.Validator],
         files: dict[str, _SchemaFile],
         envelope: jsonschema_rs.Validator | None,
+        fixed: dict[str, Fixed | None] | None = None,
     ) -> None:
         self._validators = validators
         self._files = files
         self._envelope = envelope
+        self._fixed = fixed or {}
         self._exact = {t for t in validators if "*" not in t.split(".")}
         # Globs with fewer wildcards are more specific and win; ties go alphabetically, for determinism.
         self._globs = sorted(
@@ -193,7 +197,11 @@ class SchemaRegistry:
         # shared resources first, so a broken $ref inside defs.json is reported as defs.json's
         shared = {f.schema_id: _compile(f, registry) for f in by_id.values() if f.trigger is None}
         validators = {trigger: _compile(f, registry) for trigger, f in files.items()}
-        return cls(validators, files, shared.get(EVENT_SCHEMA_ID))
+        # what masking may show of each trigger's data: derived here, once, so a masked event costs no walk
+        fixed = fixed_values(
+            {f.schema_id: f.schema for f in by_id.values()}, {t: f.schema_id for t, f in files.items()}
+        )
+        return cls(validators, files, shared.get(EVENT_SCHEMA_ID), fixed)
 
     def triggers(self) -> list[str]:
         """The x-trigger values, sorted."""
@@ -212,6 +220,12 @@ class SchemaRegistry:
             if _matches(glob, parts):
                 return ".".join(glob)
         return None
+
+    def fixed_values(self, trigger: str | None) -> Fixed | None:
+        """Where the data of `trigger`'s events holds values its schema fixes (`enum`, `const`), for
+        `core.masking.mask`; None when no schema applies, or it fixes none."""
+        schema = None if trigger is None else self.schema_for(trigger)
+        return None if schema is None else self._fixed.get(schema)
 
     def is_known(self, trigger: str) -> bool:
         """Whether some schema applies to `trigger`."""
