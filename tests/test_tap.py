@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,70 @@ def test_unmasked_data_needs_the_routers_consent(tmp_path: Path) -> None:
                 tap.stop()
         finally:
             router.terminate()
+
+
+def _tap_once(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "event_router", "tap", "-c", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_the_tap_taps_only_the_router_of_its_file(running: tuple[Path, int, int, Any]) -> None:
+    """Another router.toml whose [router.admin] listen is the running router's: the tap refuses, naming
+    both files; the running router's own file under another name (a symbolic link) is tapped."""
+    config, _, admin, crm = running
+    other = config.parent / "other" / "router.toml"
+    other.parent.mkdir()
+    other.write_text(_config(other.parent, free_port(), admin, crm.port))
+    refused = _tap_once(other)
+    assert refused.returncode == 1, refused.stderr
+    assert f"the router on 127.0.0.1:{admin} runs {config.resolve()}, not {other.resolve()}" in refused.stderr
+    assert "tapping" not in refused.stderr
+    # a refusal of the query says the same first: it comes from the other router
+    bad = subprocess.run(
+        [sys.executable, "-m", "event_router", "tap", "-c", str(other), "--output", "nope"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 1 and f"runs {config.resolve()}, not {other.resolve()}" in bad.stderr, bad.stderr
+    link = config.parent / "link.toml"
+    link.symlink_to(config)
+    Tapper(link).stop()  # "tapping ..." read in its constructor
+
+
+def test_the_tap_refuses_an_endpoint_that_does_not_say_which_router_it_is(tmp_path: Path) -> None:
+    """Whatever answers GET /tap without naming its router.toml (an older router, another program) is not
+    tapped: its records would be taken for this file's router's."""
+
+    class Anonymous(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b": tap open\n\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Anonymous)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = tmp_path / "router.toml"
+        config.write_text(_config(tmp_path, free_port(), server.server_address[1], free_port()))
+        refused = _tap_once(config)
+        assert refused.returncode == 1 and refused.stdout == ""
+        assert "does not say which router.toml it runs (an event-router older than this command" in refused.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_tap_that_does_not_read_never_holds_up_the_router(running: tuple[Path, int, int, Any]) -> None:

@@ -6,6 +6,7 @@ GET /metrics  Prometheus text format.
 POST /reload  re-read router.toml (same as SIGHUP); 200 with the result, 422 when the file is invalid.
 GET /tap      server-sent events: each event submitted and each delivery attempt recorded, as they happen
               (`event-router tap`); filters `trigger`, `route`, `output`, `outcome` (repeatable), `unmask=1`.
+              Its answers (refusals too) name the router's router.toml (`Event-Router-Config`).
 GET /outputs  per output: paused (since when, by whom), its breaker, pending and in-flight deliveries.
 POST /outputs/{name}/pause, POST /outputs/{name}/resume: as `event-router output pause|resume NAME`, for every
               router on the spool; 200 with the output's state, 404 naming the configured outputs, 503
@@ -41,7 +42,14 @@ from event_router.console.security import guard
 from event_router.core.gate import UnknownOutput
 from event_router.core.model import RouterConfig
 from event_router.core.routing import PatternError
-from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES, TapFilter, TapFull
+from event_router.core.tap import (
+    CONFIG_HEADER,
+    DELIVERY_OUTCOMES,
+    EVENT_OUTCOMES,
+    TapFilter,
+    TapFull,
+    config_identity,
+)
 
 log = logging.getLogger("event_router.admin")
 
@@ -132,21 +140,29 @@ async def serve_admin(
         return _json(200 if ok else 422, {"reloaded": ok, "errors": errors, "warnings": warnings})
 
     taps: set[asyncio.Task[Any]] = set()
+    # which router answers (the file it runs does not change while it runs): only to those let in
+    identity = {CONFIG_HEADER: config_identity(app.config_file)}
 
     async def tap(request: web.Request) -> web.StreamResponse:
         try:
             wanted = tap_filter(app.config, request.query)
         except TapRefused as refused:
-            return _json(refused.status, {"error": str(refused)})
+            refusal = _json(refused.status, {"error": str(refused)})
+            refusal.headers.update(identity)
+            return refusal
         try:
             subscription = app.tap.subscribe(wanted)
         except TapFull as exc:
-            return _json(429, {"error": str(exc)})
+            refusal = _json(429, {"error": str(exc)})
+            refusal.headers.update(identity)
+            return refusal
         task = asyncio.current_task()
         assert task is not None
         taps.add(task)
         try:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **identity}
+            )
             sock = request.transport.get_extra_info("socket") if request.transport is not None else None
             if sock is not None:
                 # what a slow tap has not read waits in its bounded queue, where it is counted and reported

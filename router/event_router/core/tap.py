@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from event_router.api.event import Event
@@ -32,6 +34,15 @@ MAX_SUBSCRIBERS = 8
 DELIVERY_OUTCOMES = ("delivered", "retry", "permanent", "retries_exhausted")
 #: outcomes an event record can have (`SubmitResult.status`)
 EVENT_OUTCOMES = ("accepted", "dead_lettered", "unrouted", "duplicate")
+#: the header of the admin endpoint's answers to `GET /tap` that says which router.toml the router runs:
+#: `event-router tap -c FILE` taps only the router of FILE, not whatever else listens where FILE says
+CONFIG_HEADER = "Event-Router-Config"
+
+
+def config_identity(path: Path) -> str:
+    """`path` as `CONFIG_HEADER` carries it: absolute, symbolic links resolved (the router and the command
+    may name the file differently), percent-encoded (a header is ASCII)."""
+    return urllib.parse.quote(str(path.resolve()), safe="/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
@@ -16,7 +17,7 @@ import orjson
 from event_router.api.listen import format_listen
 from event_router.api.secrets import Secret
 from event_router.core.model import RouterConfig
-from event_router.core.tap import DELIVERY_OUTCOMES, EVENT_OUTCOMES
+from event_router.core.tap import CONFIG_HEADER, DELIVERY_OUTCOMES, EVENT_OUTCOMES, config_identity
 
 
 def admin_headers(token: Secret | None) -> dict[str, str]:
@@ -68,6 +69,11 @@ def cmd_tap(args: argparse.Namespace, config: RouterConfig, out: TextIO = sys.st
     except OSError as exc:
         print(f"error: no router answers on {where}: {exc}", file=sys.stderr)
         return 1
+    problem = other_router(response.getheader(CONFIG_HEADER), config.path, where, response.status)
+    if problem is not None:
+        connection.close()
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     if response.status != 200:
         body = response.read()
         try:
@@ -88,6 +94,25 @@ def cmd_tap(args: argparse.Namespace, config: RouterConfig, out: TextIO = sys.st
         connection.close()
     print("the router closed the tap (it stopped)", file=sys.stderr)
     return 0
+
+
+def other_router(answered: str | None, config: Path, where: str, status: int) -> str | None:
+    """Why the router answering on `where` is not the one of `config` (None when it is): the admin
+    endpoint's answer names the router.toml it runs (`CONFIG_HEADER`). A refusal that names none (a wrong
+    token, 401, is refused before the router says who it is) is left to say what it says."""
+    if answered is None:
+        if status != 200:
+            return None
+        return (
+            f"the router on {where} does not say which router.toml it runs (an event-router older than this "
+            f"command, or another program?): not tapping it for {config}"
+        )
+    if answered == config_identity(config):
+        return None
+    return (
+        f"the router on {where} runs {urllib.parse.unquote(answered)}, not {config.resolve()}: another router "
+        f"listens where {config.name} says ([router.admin] listen); stop it, or tap it with its own file"
+    )
 
 
 def _records(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
