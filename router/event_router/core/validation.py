@@ -156,12 +156,16 @@ class SchemaRegistry:
         validators: dict[str, jsonschema_rs.Validator],
         files: dict[str, _SchemaFile],
         envelope: jsonschema_rs.Validator | None,
-        fixed: dict[str, Fixed | None] | None = None,
+        documents: dict[str, Any] | None = None,
     ) -> None:
         self._validators = validators
         self._files = files
         self._envelope = envelope
-        self._fixed = fixed or {}
+        #: every loaded schema document by $id, shared ones too: what `fixed_values` derives its tree from
+        self._documents = documents or {}
+        #: built at the first `fixed_values` (a tap, a console page), not at every load: the router's
+        #: start-up and memory do not pay for masking it may never do
+        self._fixed: dict[str, Fixed | None] | None = None
         self._exact = {t for t in validators if "*" not in t.split(".")}
         # Globs with fewer wildcards are more specific and win; ties go alphabetically, for determinism.
         self._globs = sorted(
@@ -197,11 +201,7 @@ class SchemaRegistry:
         # shared resources first, so a broken $ref inside defs.json is reported as defs.json's
         shared = {f.schema_id: _compile(f, registry) for f in by_id.values() if f.trigger is None}
         validators = {trigger: _compile(f, registry) for trigger, f in files.items()}
-        # what masking may show of each trigger's data: derived here, once, so a masked event costs no walk
-        fixed = fixed_values(
-            {f.schema_id: f.schema for f in by_id.values()}, {t: f.schema_id for t, f in files.items()}
-        )
-        return cls(validators, files, shared.get(EVENT_SCHEMA_ID), fixed)
+        return cls(validators, files, shared.get(EVENT_SCHEMA_ID), {f.schema_id: f.schema for f in by_id.values()})
 
     def triggers(self) -> list[str]:
         """The x-trigger values, sorted."""
@@ -225,7 +225,11 @@ class SchemaRegistry:
         """Where the data of `trigger`'s events holds values its schema fixes (`enum`, `const`), for
         `core.masking.mask`; None when no schema applies, or it fixes none."""
         schema = None if trigger is None else self.schema_for(trigger)
-        return None if schema is None else self._fixed.get(schema)
+        if schema is None:
+            return None
+        if self._fixed is None:  # once per registry: a masked event then costs no schema walk
+            self._fixed = fixed_values(self._documents, {t: f.schema_id for t, f in self._files.items()})
+        return self._fixed.get(schema)
 
     def is_known(self, trigger: str) -> bool:
         """Whether some schema applies to `trigger`."""
