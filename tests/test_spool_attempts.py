@@ -9,6 +9,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from event_router.core.spool import (
     ATTEMPTS_FIRST,
     ATTEMPTS_LAST,
     Attempt,
+    DeadLetter,
     DeadLetterFilter,
     NewDelivery,
     Requeue,
@@ -29,6 +31,8 @@ from event_router.core.spool import (
 from event_router.core.spool.postgresql import PostgreSQLSpool
 from event_router.core.spool.sqlite import SCHEMA_VERSION, SQLiteSpool
 from event_router.testing import delivery_ids
+
+EVERYTHING = (0.0, math.inf)
 
 
 def event(n: int, outputs: tuple[str, ...] = ("crm",), received: float | None = None) -> StoreEvent:
@@ -203,6 +207,135 @@ async def test_a_replayed_dead_letter_takes_its_attempts_with_it(spool_at: Calla
         assert delivery.delivery != did, "a new delivery, with a history of its own"
     finally:
         spool.close()
+
+
+def requeue(dead: DeadLetter) -> Requeue:
+    """What `dlq replay` makes of a delivery's dead letter (core/deadletters.py): its event again, as the dead
+    letter holds it, with one delivery to its output."""
+    assert dead.event_id is not None and dead.trigger is not None and dead.output is not None
+    delivery = NewDelivery(dead.output, dead.route or "(replay)", dead.payload)
+    return Requeue(dead.dlid, StoreEvent(dead.event_id, dead.trigger, dead.body, [delivery]))
+
+
+def handed(spool: Spool, output: str = "crm") -> list[int]:
+    return [row.did for row in spool.fetch_due(output, spool.clock.now() + 1, 100, ())]
+
+
+@pytest.mark.anyio
+async def test_a_replayed_dead_letter_of_a_kept_event_is_delivered_as_that_event(
+    spool_at: Callable[[], Spool],
+) -> None:
+    """Retention on: `dlq replay` (another process) of a delivery of a kept event gives the kept event the new
+    delivery, so its attempts are recorded with it and `trace` shows them, and no second copy of the event is
+    stored: once delivered it is kept once, and pruned with its attempts."""
+    router = spool_at()
+    router.open("exclusive")
+    try:
+        ((crm, archive),) = delivery_ids(await router.store([event(1, ("crm", "archive"), received=1000.0)]))
+        await router.settle(done=[archive], attempts=[tried(archive, 1, "delivered")])
+        (dlid,) = await router.settle(
+            dead=[(crm, "permanent", "answered 422", 1)], attempts=[tried(crm, 1, "permanent", status=422)]
+        )
+        assert dlid is not None
+        (dead,) = router.dead_letters(DeadLetterFilter(ids=(dlid,)))
+        ops = spool_at()
+        ops.open("shared")
+        try:
+            ops.replay_dead_letters([requeue(dead)])
+            (stored,) = ops.stored_events("e-1")
+        finally:
+            ops.close()
+        assert stored.received == 1000.0, "the kept event itself, not a copy stored without its time"
+        assert [d.output for d in stored.deliveries] == ["crm"]
+        assert router.count_kept(*EVERYTHING) == 1
+        assert router.status().pending_events == 1
+        (again,) = handed(router)
+        await router.settle(retry=[(again, 1, router.clock.now(), "answered 503")], attempts=[tried(again, 1)])
+        await router.settle(done=[again], attempts=[tried(again, 2, "delivered")])
+
+        history = router.event_history("e-1")
+        assert history is not None
+        assert (history.stored, history.pending, history.received) == (True, False, 1000.0)
+        assert history.dead_letters == [], "replayed: the dead letter is gone"
+        by_id = {d.delivery: d for d in history.deliveries}
+        assert set(by_id) == {archive, again}, "the dead letter's delivery went with it; the replayed one is there"
+        replayed = by_id[again]
+        assert (replayed.output, replayed.state, replayed.attempts) == ("crm", "delivered", 2)
+        assert [(a.number, a.outcome) for a in replayed.history] == [(1, "retry"), (2, "delivered")]
+        assert (router.status().pending_events, router.depth, router.pending_outputs()) == (0, 0, {})
+        assert [k.event_id for k in router.kept_events(*EVERYTHING)] == ["e-1"], "kept once"
+        assert attempt_rows(router) == 3
+        assert await router.prune_kept(math.inf, 100) == 1
+        assert router.event_history("e-1") is None
+        assert attempt_rows(router) == 0, "pruned with the event"
+    finally:
+        router.close()
+
+
+@pytest.mark.anyio
+async def test_a_replayed_dead_letter_of_an_event_not_kept_is_stored_again(spool_at: Callable[[], Spool]) -> None:
+    """Without a kept event of it (retention off, or pruned), `dlq replay` stores the event again, not kept."""
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((did,),) = delivery_ids(await spool.store([event(1)]))
+        (dlid,) = await spool.settle(
+            dead=[(did, "permanent", "answered 422", 1)], attempts=[tried(did, 1, "permanent")]
+        )
+        assert dlid is not None
+        # the same event id kept from another receipt with another body: not this dead letter's event
+        other = event(1, received=1000.0)
+        ((kept,),) = delivery_ids(await spool.store([replace(other, body=other.body + b" ")]))
+        await spool.settle(done=[kept])
+        (dead,) = spool.dead_letters(DeadLetterFilter(ids=(dlid,)))
+        spool.replay_dead_letters([requeue(dead)])
+        stored = spool.stored_events("e-1")
+        assert [(s.received, len(s.deliveries)) for s in stored] == [(1000.0, 0), (None, 1)]
+        (again,) = handed(spool)
+        await spool.settle(done=[again], attempts=[tried(again, 1, "delivered")])
+        assert [s.received for s in spool.stored_events("e-1")] == [1000.0]
+        assert spool.depth == 0
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_kept_event_replayed_after_its_delivery_was_dead_lettered(spool_at: Callable[[], Spool]) -> None:
+    """`event-router replay` of a kept event one of whose deliveries is a dead letter: the new delivery's attempts
+    are recorded with the event, the dead letter keeps its own; pruning the event leaves the dead letter's."""
+    router = spool_at()
+    router.open("exclusive")
+    try:
+        ((crm,),) = delivery_ids(await router.store([event(1, received=1000.0)]))
+        (dlid,) = await router.settle(
+            dead=[(crm, "permanent", "answered 422", 1)], attempts=[tried(crm, 1, "permanent", status=422)]
+        )
+        assert dlid is not None
+        (kept,) = router.kept_events(*EVERYTHING)
+        ops = spool_at()
+        ops.open("shared")
+        try:
+            assert ops.requeue_kept([(kept.seq, [NewDelivery("crm", "to crm", None)])]) == {kept.seq}
+        finally:
+            ops.close()
+        (again,) = handed(router)
+        await router.settle(done=[again], attempts=[tried(again, 1, "delivered")])
+        history = router.event_history("e-1")
+        assert history is not None
+        assert (history.stored, history.pending, history.received) == (True, False, 1000.0)
+        by_id = {d.delivery: d for d in history.deliveries}
+        assert (by_id[crm].state, by_id[crm].dead_letter, [a.outcome for a in by_id[crm].history]) == (
+            "dead_letter",
+            dlid,
+            ["permanent"],
+        )
+        assert (by_id[again].state, [a.outcome for a in by_id[again].history]) == ("delivered", ["delivered"])
+        assert (router.status().pending_events, router.depth, router.count_kept(*EVERYTHING)) == (0, 0, 1)
+        assert await router.prune_kept(math.inf, 100) == 1
+        assert list(router.dead_letter_attempts([dlid])) == [dlid], "the dead letter's attempts outlive the event"
+        assert attempt_rows(router) == 1
+    finally:
+        router.close()
 
 
 @pytest.mark.anyio

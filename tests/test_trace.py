@@ -269,6 +269,85 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
     assert intake["error"] in refused["validation"]["said"]
 
 
+def events_rows(config: Path, env: dict[str, str], event_id: str) -> int:
+    """Rows of `event_id` in the spool's events table (pending or kept)."""
+    if "ROUTER_PG_DSN" in env:
+        with psycopg.connect(env["ROUTER_PG_DSN"]) as conn:
+            row = conn.execute("SELECT count(*) FROM event_router.events WHERE id = %s", (event_id,)).fetchone()
+            assert row is not None
+            return int(row[0])
+    lite = sqlite3.connect(config.parent / "var" / "spool.db")
+    try:
+        return int(lite.execute("SELECT COUNT(*) FROM events WHERE id = ?", (event_id,)).fetchone()[0])
+    finally:
+        lite.close()
+
+
+@pytest.mark.slow
+def test_replays_of_a_kept_event_and_of_its_dead_letter_are_traced_with_it(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """Retention on, a delivery dead-lettered: `event-router replay` of the kept event, and `dlq replay` of
+    another's dead letter, each make a new delivery of the kept event whose attempts `trace` shows; the event
+    stays one row, kept."""
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port = free_port()
+    with http_receiver() as crm:
+        crm.respond(503)
+        outputs = (
+            http_output("crm", crm.url, 'retry = { max_attempts = 2, initial_backoff = "100ms" }\n')
+            + '[[routes]]\nname = "to crm"\nto = "crm"\n'
+        )
+        config = config_for(tmp_path, port, spool_line, outputs, retention="1d")
+        c = ("-c", str(config))
+        with RouterProcess(config, env=env) as router:
+            # a kept event whose delivery is a dead letter, replayed as a kept event
+            first = send(port, message(5))
+            first_dlid = router.wait_log("delivery dead-lettered")["dead_letter"]
+            crm.respond(200)
+            replayed = run_cli("replay", "--since", "1h", *c, env=spool_env)
+            assert replayed.returncode == 0, replayed.stderr
+            kept = wait_for(
+                lambda: (t := trace(config, first, spool_env))["deliveries"][-1]["state"] == "delivered" and t,
+                what="the kept event's replay delivered",
+            )
+            # another, whose dead letter is replayed
+            crm.respond(503)
+            second = send(port, message(6))
+            second_dlid = router.wait_log("delivery dead-lettered", count=2)["dead_letter"]
+            crm.respond(503, 200)
+            again = run_cli("dlq", "replay", str(second_dlid), *c, env=spool_env)
+            assert again.returncode == 0, again.stderr
+            traced = wait_for(
+                lambda: (t := trace(config, second, spool_env))["outcome"] == "delivered" and t,
+                what="the replayed dead letter delivered and its attempts recorded",
+            )
+            text = run_cli("trace", second, *c, env=spool_env)
+            rows = (events_rows(config, env, first), events_rows(config, env, second))
+
+    assert kept["stored"] == "kept"
+    by_state = {d["state"]: d for d in kept["deliveries"]}
+    assert set(by_state) == {"dead_letter", "delivered"}
+    assert by_state["dead_letter"]["dead_letter"] == first_dlid
+    assert [a["outcome"] for a in by_state["dead_letter"]["history"]] == ["retry", "retries_exhausted"]
+    assert [(a["attempt"], a["outcome"], a["status"]) for a in by_state["delivered"]["history"]] == [
+        (1, "delivered", 200)
+    ]
+
+    assert traced["stored"] == "kept" and traced["kept_until"]
+    assert traced["dead_letters"] == [], "replayed: the dead letter is gone"
+    ((delivery,),) = [traced["deliveries"]]
+    assert (delivery["output"], delivery["state"], delivery["attempts"]) == ("crm", "delivered", 2)
+    assert [(a["attempt"], a["outcome"], a["status"]) for a in delivery["history"]] == [
+        (1, "retry", 503),
+        (2, "delivered", 200),
+    ]
+    assert text.returncode == 0, text.stderr
+    assert "-> output crm: delivered (2 attempts)" in text.stdout
+    assert rows == (1, 1), "each event kept once: no copy stored by the replays"
+
+
 def test_a_delivery_waiting_behind_its_ordering_key_says_so() -> None:
     """A keyed delivery behind an earlier one of its key has no due time (BLOCKED, infinite): trace says what
     it waits for instead of a time (which it could not print) or 'due now'."""
