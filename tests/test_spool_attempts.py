@@ -222,12 +222,14 @@ def handed(spool: Spool, output: str = "crm") -> list[int]:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("by", ["dlq replay", "the router"])
 async def test_a_replayed_dead_letter_of_a_kept_event_is_delivered_as_that_event(
-    spool_at: Callable[[], Spool],
+    spool_at: Callable[[], Spool], by: str
 ) -> None:
-    """Retention on: `dlq replay` (another process) of a delivery of a kept event gives the kept event the new
-    delivery, so its attempts are recorded with it and `trace` shows them, and no second copy of the event is
-    stored: once delivered it is kept once, and pruned with its attempts."""
+    """Retention on: a replay of the dead letter of a delivery of a kept event (by `dlq replay`, another process,
+    or by the router itself: the console) gives the kept event the new delivery, so its attempts are recorded
+    with it and `trace` shows them, and no second copy of the event is stored: once delivered it is kept once,
+    and pruned with its attempts. The router's own counts follow its own replay."""
     router = spool_at()
     router.open("exclusive")
     try:
@@ -238,13 +240,17 @@ async def test_a_replayed_dead_letter_of_a_kept_event_is_delivered_as_that_event
         )
         assert dlid is not None
         (dead,) = router.dead_letters(DeadLetterFilter(ids=(dlid,)))
-        ops = spool_at()
-        ops.open("shared")
-        try:
-            ops.replay_dead_letters([requeue(dead)])
-            (stored,) = ops.stored_events("e-1")
-        finally:
-            ops.close()
+        if by == "the router":
+            router.replay_dead_letters([requeue(dead)])
+            assert (router.depth, router.pending_outputs()) == (1, {"crm": 1}), "counted as it stores them"
+        else:
+            ops = spool_at()
+            ops.open("shared")
+            try:
+                ops.replay_dead_letters([requeue(dead)])
+            finally:
+                ops.close()
+        (stored,) = router.stored_events("e-1")
         assert stored.received == 1000.0, "the kept event itself, not a copy stored without its time"
         assert [d.output for d in stored.deliveries] == ["crm"]
         assert router.count_kept(*EVERYTHING) == 1
@@ -270,6 +276,32 @@ async def test_a_replayed_dead_letter_of_a_kept_event_is_delivered_as_that_event
         assert attempt_rows(router) == 0, "pruned with the event"
     finally:
         router.close()
+
+
+@pytest.mark.anyio
+async def test_dead_letters_of_one_kept_event_replayed_together_make_it_pending_once(
+    spool_at: Callable[[], Spool],
+) -> None:
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((crm, archive),) = delivery_ids(await spool.store([event(1, ("crm", "archive"), received=1000.0)]))
+        dlids = await spool.settle(dead=[(crm, "permanent", "422", 1), (archive, "permanent", "422", 1)])
+        letters = spool.dead_letters(DeadLetterFilter(ids=tuple(d for d in dlids if d is not None)))
+        spool.replay_dead_letters([requeue(dead) for dead in letters])
+        assert spool.depth == 1
+        (stored,) = spool.stored_events("e-1")
+        assert sorted(d.output for d in stored.deliveries) == ["archive", "crm"]
+        again = handed(spool, "crm") + handed(spool, "archive")
+        await spool.settle(done=again, attempts=[tried(did, 1, "delivered") for did in again])
+        assert (spool.depth, spool.status().pending_events, spool.count_kept(*EVERYTHING)) == (0, 0, 1)
+        history = spool.event_history("e-1")
+        assert history is not None
+        assert sorted((d.delivery, d.state) for d in history.deliveries) == [
+            (did, "delivered") for did in sorted(again)
+        ]
+    finally:
+        spool.close()
 
 
 @pytest.mark.anyio

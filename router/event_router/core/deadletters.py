@@ -9,6 +9,9 @@ until its backlog is below the limit again.
 A replayed delivery gets the ordering key the current router.toml gives it and is stored like a new one:
 after whatever of its key is pending, the deliveries stored after it first included. One whose key cannot be
 rendered stays a dead letter (`StillDead`), as the event would not be put in order.
+With `[router] retention`, a dead letter of a delivery of a kept event is delivered as that event: the spool
+adds the new delivery to the kept event rather than storing a copy (`Requeue`), so `trace` shows its attempts
+with the event and the event stays kept once.
 The spool stores, lists and deletes them (`event_router.core.spool.Spool`); this module decides.
 """
 

@@ -291,7 +291,11 @@ class DeadLetterFilter:
 class Requeue:
     """Replay a dead letter: store `event` again, its deliveries due now, and forget the dead letter.
 
-    An event without deliveries (its routes take nothing now) is not stored; the dead letter goes all the same.
+    When the spool keeps that event (`[router] retention`: stored with its id, the very body the dead letter
+    holds, and a received time), the deliveries are added to the kept event instead of storing a copy: one
+    event, whose new deliveries' attempts are recorded with it (`event_history`) and which is kept, and pruned,
+    as before. An event without deliveries (its routes take nothing now) is not stored; the dead letter goes
+    all the same.
     """
 
     dlid: int
@@ -603,7 +607,8 @@ class Spool(Protocol):
         """Delete the matching dead letters (`where.upto`: only those a person was shown); how many."""
 
     def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
-        """Apply what replaying these dead letters came to, in one commit, in the router's time base."""
+        """Apply what replaying these dead letters came to, in one commit, in the router's time base: a
+        `Requeue` of a kept event's delivery gives the kept event its deliveries (see `Requeue`)."""
 
     def dead_letter_attempts(self, dlids: Sequence[int]) -> dict[int, list[Attempt]]:
         """The attempts kept of the deliveries these dead letters were, oldest first, by dead letter id (one

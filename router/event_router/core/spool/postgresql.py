@@ -929,7 +929,13 @@ class PostgreSQLSpool:
         return kept, parked
 
     def _insert_events(
-        self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], now: float, *, leased: bool = False
+        self,
+        conn: psycopg.Connection[Any],
+        events: Sequence[StoreEvent],
+        now: float,
+        *,
+        leased: bool = False,
+        kept: Sequence[int | None] = (),
     ) -> list[list[int]]:
         """Insert events that have deliveries, all due at `now` (one with an ordering key whose output and key
         have pending deliveries already: `BLOCKED`); each one's delivery ids, in order. The keys' locks are
@@ -938,24 +944,42 @@ class PostgreSQLSpool:
         `leased`: the deliveries without an ordering key are this router's from the start (`store`: the
         pipeline hands them to its workers in memory, and no other router may take them meanwhile); else any
         router's (a replay, from an operator command that ends at once; a keyed delivery, read when due).
+        `kept` (a replay's, `_kept_seqs`, rows locked): per event, the seq of the kept event it is, which is
+        given its deliveries instead of a copy of it being stored; None (or `kept` empty): stored.
 
         Identity values are drawn in the order the rows are produced, and unnest produces them in array
         order: the returned ids, sorted, are the rows' in input order (RETURNING's own order is unspecified).
         """
         waiting = _keys_pending(conn, (d for item in events for d in item.deliveries))
+        known = list(kept) if kept else [None] * len(events)
+        fresh = [e for e, seq in zip(events, known, strict=True) if seq is None]
+        again = sorted({seq for seq in known if seq is not None})
         cur = conn.cursor(binary=True)
-        cur.execute(
-            "INSERT INTO events (id, trigger, stored_at, received, body) "
-            "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::bytea[]) RETURNING seq",
-            (
-                [e.event_id for e in events],
-                [e.trigger for e in events],
-                [now] * len(events),
-                [e.received for e in events],
-                [e.body for e in events],
-            ),
-        )
-        seqs = sorted(int(r[0]) for r in cur.fetchall())
+        if again:
+            # a kept event is pending again from here, unless a delivery of it already is
+            cur.execute(
+                "SELECT count(*) FROM unnest(%b::int8[]) AS u(seq) "
+                "WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = u.seq)",
+                (again,),
+            )
+            row = cur.fetchone()
+            self.depth += int(row[0]) if row is not None else 0
+        stored: Iterable[int] = ()
+        if fresh:
+            cur.execute(
+                "INSERT INTO events (id, trigger, stored_at, received, body) "
+                "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::bytea[]) RETURNING seq",
+                (
+                    [e.event_id for e in fresh],
+                    [e.trigger for e in fresh],
+                    [now] * len(fresh),
+                    [e.received for e in fresh],
+                    [e.body for e in fresh],
+                ),
+            )
+            stored = sorted(int(r[0]) for r in cur.fetchall())
+        new = iter(stored)
+        seqs = [next(new) if seq is None else seq for seq in known]
         rows = [(seq, d) for item, seq in zip(events, seqs, strict=True) for d in item.deliveries]
         if waiting is None:  # no ordering key among them: every delivery due now
             cur.execute(
@@ -1001,7 +1025,7 @@ class PostgreSQLSpool:
             out.append([next(dids) for _ in item.deliveries])
             for d in item.deliveries:
                 self._pending[d.output] = self._pending.get(d.output, 0) + 1
-        self.depth += len(events)
+        self.depth += len(fresh)
         if self._oldest is None:
             self._oldest = now
         return out
@@ -1426,7 +1450,7 @@ class PostgreSQLSpool:
             requeued = [item for item in outcomes if isinstance(item, Requeue)]
             events = [item.event for item in requeued if item.event.deliveries]
             if events:
-                self._insert_events(conn, events, float(_one(conn, _NOW)))
+                self._insert_events(conn, events, float(_one(conn, _NOW)), kept=_kept_seqs(conn, events))
             if requeued:
                 dlids = [item.dlid for item in requeued]
                 # a replayed delivery starts a history of its own; the dead letter's attempts go with it
@@ -1672,6 +1696,21 @@ def _source(body: bytes) -> str | None:
 def _kept_keys(conn: psycopg.Connection[Any], chunk: list[bytes]) -> set[bytes]:
     rows = conn.execute("SELECT key FROM announced WHERE key = ANY(%b)", (chunk,), binary=True).fetchall()
     return {bytes(key) for (key,) in rows}
+
+
+def _kept_seqs(conn: psycopg.Connection[Any], events: Sequence[StoreEvent]) -> list[int | None]:
+    """Per event a replay stores again, the seq of the kept event (`[router] retention`) it is, None when the
+    spool keeps none: the latest stored with its id, its very body (as the dead letter copied it) and a
+    received time. The rows are locked to the commit, as `requeue_kept` locks its own: a router pruning skips
+    them, and one it pruned first is not found (the event is stored again). One statement (`events_id`)."""
+    rows = conn.execute(
+        "SELECT e.seq, e.id, e.body FROM events e JOIN unnest(%b::text[], %b::bytea[]) AS u(id, body) "
+        "ON e.id = u.id AND e.body = u.body WHERE e.received IS NOT NULL ORDER BY e.seq FOR KEY SHARE OF e",
+        ([item.event_id for item in events], [item.body for item in events]),
+        binary=True,
+    ).fetchall()
+    latest = {(str(eid), bytes(body)): int(seq) for seq, eid, body in rows}  # in seq order: the last wins
+    return [latest.get((item.event_id, item.body)) for item in events]
 
 
 def _keys_of(items: Sequence[StoreEvent | StoreDeadLetter]) -> frozenset[tuple[str, str]]:

@@ -876,16 +876,44 @@ class SQLiteSpool:
                 parked[index][position] = Refused(dlid, row[6]) if limit < 0 else Parked(dlid, pending, limit)
         return kept, parked
 
-    def _insert_events(self, conn: sqlite3.Connection, events: Sequence[StoreEvent], now: float) -> list[list[int]]:
+    def _insert_events(
+        self,
+        conn: sqlite3.Connection,
+        events: Sequence[StoreEvent],
+        now: float,
+        *,
+        kept: Sequence[int | None] = (),
+    ) -> list[list[int]]:
         """Insert events that have deliveries, all due at `now` (one with an ordering key whose output and key
-        have pending deliveries already: `BLOCKED`); each one's delivery ids, in order."""
+        have pending deliveries already: `BLOCKED`); each one's delivery ids, in order.
+
+        `kept` (a replay's, `_kept_seqs`): per event, the seq of the kept event it is, which is given its
+        deliveries instead of a copy of it being stored; None (or `kept` empty): stored."""
         out: list[list[int]] = []
         waiting = _keys_pending(conn, (d for item in events for d in item.deliveries))
         for start in range(0, len(events), _ROWS_PER_INSERT):
             chunk = events[start : start + _ROWS_PER_INSERT]
-            seqs = _insert_rows(
-                conn, _EVENT_INSERT, [(item.event_id, item.trigger, now, item.received, item.body) for item in chunk]
+            known = list(kept[start : start + _ROWS_PER_INSERT]) if kept else [None] * len(chunk)
+            stored = iter(
+                _insert_rows(
+                    conn,
+                    _EVENT_INSERT,
+                    [
+                        (item.event_id, item.trigger, now, item.received, item.body)
+                        for item, seq in zip(chunk, known, strict=True)
+                        if seq is None
+                    ],
+                )
             )
+            # a kept event is pending again from here, unless a delivery of it already is
+            again = {seq for seq in known if seq is not None}
+            if again:
+                self.depth += conn.execute(
+                    "SELECT COUNT(*) FROM json_each(?) "
+                    "WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = value)",
+                    (orjson.dumps(sorted(again)).decode(),),
+                ).fetchone()[0]
+            seqs = [next(stored) if seq is None else seq for seq in known]
             rows = [
                 (
                     seq,
@@ -905,7 +933,7 @@ class SQLiteSpool:
                 out.append([next(dids) for _ in item.deliveries])
                 for d in item.deliveries:
                     self._pending[d.output] = self._pending.get(d.output, 0) + 1
-            self.depth += len(chunk)
+            self.depth += known.count(None)
             if new and self._oldest is None and not self._oldest_stale:  # was empty: ids only grow
                 self._oldest = (new[0], now)
         return out
@@ -1227,7 +1255,8 @@ class SQLiteSpool:
             # in the running router's time base (a wall-clock jump may have moved it): due now, not a jump
             # away. In the write transaction the anchor cannot change: the router rebases in one too
             now = _spool_now(conn)
-            self._insert_events(conn, [item.event for item in requeued if item.event.deliveries], now)
+            events = [item.event for item in requeued if item.event.deliveries]
+            self._insert_events(conn, events, now, kept=_kept_seqs(conn, events))
             gone = 0
             for start in range(0, len(requeued), 500):
                 chunk = requeued[start : start + 500]
@@ -1664,6 +1693,19 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
         assert last is not None
         ids.extend(range(last - len(chunk) + 1, last + 1))
     return ids
+
+
+def _kept_seqs(conn: sqlite3.Connection, events: Sequence[StoreEvent]) -> list[int | None]:
+    """Per event a replay stores again, the seq of the kept event (`[router] retention`) it is, None when the
+    spool keeps none: the latest stored with its id, its very body (as the dead letter copied it) and a
+    received time. One indexed look per event (`events_id`); a replay's write, not the router's."""
+    return [
+        conn.execute(
+            "SELECT MAX(seq) FROM events WHERE id = ? AND body = ? AND received IS NOT NULL",
+            (item.event_id, item.body),
+        ).fetchone()[0]
+        for item in events
+    ]
 
 
 def _keys_pending(conn: sqlite3.Connection, deliveries: Iterable[NewDelivery]) -> set[tuple[str, str]]:
