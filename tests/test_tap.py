@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,7 @@ from event_router.testing import (
     http_receiver,
     post,
     router_table,
+    run_cli,
     webhook_input,
 )
 
@@ -241,6 +243,26 @@ def test_the_tap_taps_only_the_router_of_its_file(running: tuple[Path, int, int,
     link = config.parent / "link.toml"
     link.symlink_to(config)
     Tapper(link).stop()  # "tapping ..." read in its constructor
+
+
+def test_reload_reloads_only_the_router_of_its_file(running: tuple[Path, int, int, Any]) -> None:
+    """`event-router reload -c OTHER` where OTHER's [router.admin] listen is the running router's: the router
+    refuses before reloading (409, naming both files) and goes on as it was; its own file reloads it."""
+    config, _, admin, crm = running
+    other = config.parent / "other" / "router.toml"
+    other.parent.mkdir()
+    other.write_text(_config(other.parent, free_port(), admin, crm.port))
+    refused = run_cli("reload", "-c", str(other))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"refused the reload: this router runs {config.resolve()}, not {other.resolve()}" in refused.stderr
+    request = urllib.request.Request(f"http://127.0.0.1:{admin}/reload", method="POST", data=b"")
+    request.add_header("Event-Router-Config", urllib.parse.quote(str(other.resolve()), safe="/"))
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=30)
+    assert answer.value.code == 409
+    assert answer.value.headers["Event-Router-Config"] == urllib.parse.quote(str(config.resolve()), safe="/")
+    mine = run_cli("reload", "-c", str(config))
+    assert mine.returncode == 0 and mine.stdout.strip() == "reloaded", mine.stdout + mine.stderr
 
 
 def test_the_tap_refuses_an_endpoint_that_does_not_say_which_router_it_is(tmp_path: Path) -> None:

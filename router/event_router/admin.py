@@ -49,6 +49,7 @@ from event_router.core.tap import (
     TapFilter,
     TapFull,
     config_identity,
+    other_config,
 )
 
 log = logging.getLogger("event_router.admin")
@@ -135,13 +136,22 @@ async def serve_admin(
         body = generate_latest(app.metrics_registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def reload(_: web.Request) -> web.Response:
-        ok, errors, warnings = await app.reload()
-        return _json(200 if ok else 422, {"reloaded": ok, "errors": errors, "warnings": warnings})
-
-    taps: set[asyncio.Task[Any]] = set()
     # which router answers (the file it runs does not change while it runs): only to those let in
     identity = {CONFIG_HEADER: config_identity(app.config_file)}
+
+    async def reload(request: web.Request) -> web.Response:
+        # `event-router reload -c FILE` says which file it means: a reload of another router is refused
+        # here, before it happens (the command cannot undo one it finds afterwards was the wrong router's)
+        meant = request.headers.get(CONFIG_HEADER)
+        if meant is not None and meant != identity[CONFIG_HEADER]:
+            answer = _json(409, {"error": other_config(identity[CONFIG_HEADER], meant)})
+        else:
+            ok, errors, warnings = await app.reload()
+            answer = _json(200 if ok else 422, {"reloaded": ok, "errors": errors, "warnings": warnings})
+        answer.headers.update(identity)
+        return answer
+
+    taps: set[asyncio.Task[Any]] = set()
 
     async def tap(request: web.Request) -> web.StreamResponse:
         try:

@@ -45,6 +45,14 @@ def config_identity(path: Path) -> str:
     return urllib.parse.quote(str(path.resolve()), safe="/")
 
 
+def other_config(running: str, meant: str) -> str:
+    """A router's refusal of a command meant for another router.toml (both as `CONFIG_HEADER` carries them)."""
+    return (
+        f"this router runs {urllib.parse.unquote(running)}, not {urllib.parse.unquote(meant)}: another router"
+        " listens where that file's [router.admin] listen says"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TapFilter:
     """Which records a subscriber wants; an empty field does not filter."""

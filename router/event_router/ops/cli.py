@@ -693,12 +693,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from event_router.core.tap import CONFIG_HEADER, config_identity
     from event_router.ops.tap import admin_headers
 
     where = format_listen(*config.admin_listen)
-    request = urllib.request.Request(
-        f"http://{where}/reload", method="POST", data=b"", headers=admin_headers(config.admin_token)
-    )
+    # the router refuses (409) when it runs another file: this command reloads only the router of its file
+    headers = {CONFIG_HEADER: config_identity(config.path), **admin_headers(config.admin_token)}
+    request = urllib.request.Request(f"http://{where}/reload", method="POST", data=b"", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             result = orjson.loads(response.read())
@@ -712,8 +713,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         for warning in result.get("warnings", []):  # applied in part: what waits for the next start
             print(f"warning: {warning}", file=sys.stderr)
         return 0
-    if "error" in result:  # not let in (401): nothing was read again
-        print(f"error: the admin endpoint refused the reload: {result['error']}", file=sys.stderr)
+    if "error" in result:  # not let in (401), or another router's endpoint (409): nothing was read again
+        print(f"error: the admin endpoint on {where} refused the reload: {result['error']}", file=sys.stderr)
         return 1
     for error in result.get("errors", []):
         print(f"error: {error}", file=sys.stderr)
