@@ -1,12 +1,13 @@
-"""An event's deliveries as `Spool.event_history` tells them, put together from what every backend reads: the
-pending deliveries' rows, the attempts kept, and the event's dead letters. No SQL: the backends read, this
-module says what the rows mean."""
+"""An event's history as `Spool.event_history` tells it, put together from what every backend reads: the
+event's rows, the pending deliveries' rows, the attempts kept, and the event's dead letters. No SQL: the
+backends read, this module says what the rows mean."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from event_router.core.spool import Attempt, DeadLetter, DeliveryHistory
+from event_router.core.spool import Attempt, DeadLetter, DeliveryHistory, EventHistory
 
 #: a pending delivery's row: (id, output, route, attempts, seconds until due, last error)
 PendingRow = tuple[int, str, str, int, float, str | None]
@@ -58,3 +59,27 @@ def histories(
         else:
             out[did] = DeliveryHistory(did, output, route, "delivered", last.number, history=tuple(kept))
     return [out[did] for did in sorted(out)]
+
+
+def event_history(
+    event_id: str,
+    stored: Sequence[Sequence[Any]],
+    dead: Sequence[DeadLetter],
+    pending: Sequence[PendingRow],
+    recorded: Sequence[RecordedAttempt],
+) -> EventHistory:
+    """`Spool.event_history` from its reads: `stored`, the event's rows (seq, trigger, body, received) in the
+    order they were stored, and `dead`, its dead letters in id order (not both empty: an event the spool knows
+    nothing of has no history); `pending` and `recorded` as `histories` takes them. The latest stored row says
+    what the event is; without one, its latest dead letter."""
+    latest = stored[-1] if stored else None
+    return EventHistory(
+        event_id=event_id,
+        trigger=latest[1] if latest is not None else dead[-1].trigger,
+        body=bytes(latest[2]) if latest is not None else dead[-1].body,
+        pending=bool(pending),
+        received=None if latest is None or latest[3] is None else float(latest[3]),
+        stored=latest is not None,
+        deliveries=histories(pending, recorded, dead),
+        dead_letters=dead,
+    )

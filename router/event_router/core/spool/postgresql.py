@@ -63,7 +63,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -74,12 +74,10 @@ from event_router.api.errors import SpoolError
 from event_router.core.clock import SpoolClock
 from event_router.core.spool import (
     ATTEMPTS_FIRST,
-    ATTEMPTS_LAST,
     BLOCKED,
     Attempt,
     Dead,
     DeadLetter,
-    DeadLetterCount,
     DeadLetterFilter,
     DeliveryRow,
     EventHistory,
@@ -90,7 +88,6 @@ from event_router.core.spool import (
     OutputBacklog,
     OutputState,
     Parked,
-    PendingDelivery,
     Refused,
     Requeue,
     Retry,
@@ -101,8 +98,10 @@ from event_router.core.spool import (
     StoreDeadLetter,
     StoredEvent,
     StoreEvent,
+    records,
+    storing,
 )
-from event_router.core.spool.history import histories
+from event_router.core.spool.history import event_history
 from event_router.core.spool.writer import Op, gather, resolve_all
 
 log = logging.getLogger("event_router.core.spool")
@@ -827,15 +826,13 @@ class PostgreSQLSpool:
                     events.append((index, item))
             if not events:
                 return out
-            kept = [item for _, item in events]
-            parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
-            if limits or any(d.refused is not None for item in kept for d in item.deliveries):
-                kept, parked = self._park(conn, kept, limits or {})
+            given = [item for _, item in events]
+            kept, parked = storing.park(given, limits or {}, self._pending)
+            dlids = self._park(conn, parked)
             left = [item for item in kept if item.deliveries]
-            stored = iter(self._insert_events(conn, left, now, leased=True) if left else ())
-            for (index, item), remaining, held in zip(events, kept, parked, strict=True):
-                dids = iter(next(stored) if remaining.deliveries else ())
-                out[index] = [held[i] if i in held else next(dids) for i in range(len(item.deliveries))]
+            stored = self._insert_events(conn, left, now, leased=True) if left else []
+            for (index, _), result in zip(events, storing.results(given, kept, parked, dlids, stored), strict=True):
+                out[index] = result
             return out
 
         result: list[list[int | Parked | Refused] | int | None] = await self._write(apply, keys=keys)
@@ -860,73 +857,41 @@ class PostgreSQLSpool:
         result: int = await self._write(apply, lazy=True)
         return result
 
-    def _park(
-        self, conn: psycopg.Connection[Any], events: Sequence[StoreEvent], limits: Mapping[str, int]
-    ) -> tuple[list[StoreEvent], list[dict[int, Parked | Refused]]]:
-        """Hold each output to its limit (writer thread, in the storing transaction): a delivery whose output
-        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`). A
-        delivery that is `refused` becomes a dead letter (`permanent`, its error) whatever the limit.
+    def _park(self, conn: psycopg.Connection[Any], parked: Sequence[storing.Parking]) -> list[int]:
+        """Keep the deliveries `storing.park` parked as dead letters (writer thread, in the storing transaction):
+        one statement; their ids, in order.
 
-        Pending is `_pending`: the cluster's count at the writer's last count (about every second, see
-        WATCH_INTERVAL), plus this router's own commits since, plus the deliveries admitted before it in
-        this group. Exact for this router's writes; other routers' stores and deliveries since the last
-        count are not in it, so with several routers on one database an output may go past its limit by
-        what the others stored within a count's interval (and park a little early by what they delivered).
-        No lock across routers: a shared counter row would serialise every store of the cluster.
-        Returns the events with the deliveries that stay and, per event, its parked deliveries by index.
+        `park` counts pending by `_pending`: the cluster's count at the writer's last count (about every second,
+        see WATCH_INTERVAL), plus this router's own commits since, plus the deliveries admitted before it in
+        this group. Exact for this router's writes; other routers' stores and deliveries since the last count
+        are not in it, so with several routers on one database an output may go past its limit by what the
+        others stored within a count's interval (and park a little early by what they delivered). No lock
+        across routers: a shared counter row would serialise every store of the cluster.
         """
-        admitted: dict[str, int] = {}
-        kept: list[StoreEvent] = []
-        rows: list[tuple[StoreEvent, NewDelivery, str, str]] = []
-        #: per row: (its event's index, the delivery's position in it, pending, limit; -1: refused)
-        where: list[tuple[int, int, int, int]] = []
-        for index, item in enumerate(events):
-            stays: list[NewDelivery] = []
-            for position, delivery in enumerate(item.deliveries):
-                if delivery.refused is not None:
-                    rows.append((item, delivery, "permanent", delivery.refused[:4000]))
-                    where.append((index, position, -1, -1))
-                    continue
-                limit = limits.get(delivery.output)
-                pending = self._pending.get(delivery.output, 0) + admitted.get(delivery.output, 0)
-                if limit is None or pending < limit:
-                    stays.append(delivery)
-                    admitted[delivery.output] = admitted.get(delivery.output, 0) + 1
-                    continue
-                error = (
-                    f"output {delivery.output}'s backlog is full: {pending} deliveries pending, max_pending = "
-                    f"{limit}; replay this dead letter once it drains"
-                )
-                rows.append((item, delivery, "output_backlog_full", error))
-                where.append((index, position, pending, limit))
-            kept.append(item if len(stays) == len(item.deliveries) else replace(item, deliveries=stays))
-        parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
-        if rows:
-            # identity values are drawn in unnest's (array) order: the sorted ids are the rows' in order
-            inserted = conn.execute(
-                "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, created_at, "
-                "body, payload) SELECT i, t, s, o, r, w, e, %b, b, p FROM unnest(%b::text[], "
-                "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[], %b::bytea[]) "
-                "AS u(i, t, s, o, r, w, e, b, p) RETURNING dlid",
-                (
-                    time.time(),
-                    [item.event_id for item, _, _, _ in rows],
-                    [item.trigger for item, _, _, _ in rows],
-                    [item.source for item, _, _, _ in rows],
-                    [d.output for _, d, _, _ in rows],
-                    [d.route for _, d, _, _ in rows],
-                    [reason for _, _, reason, _ in rows],
-                    [error for _, _, _, error in rows],
-                    [item.body for item, _, _, _ in rows],
-                    [d.payload for _, d, _, _ in rows],
-                ),
-                binary=True,
-            ).fetchall()
-            dlids = sorted(int(r[0]) for r in inserted)
-            self._dead += len(rows)
-            for (index, position, pending, limit), dlid, row in zip(where, dlids, rows, strict=True):
-                parked[index][position] = Refused(dlid, row[3]) if limit < 0 else Parked(dlid, pending, limit)
-        return kept, parked
+        if not parked:
+            return []
+        # identity values are drawn in unnest's (array) order: the sorted ids are the rows' in order
+        inserted = conn.execute(
+            "INSERT INTO dead_letters (event_id, trigger, source, output, route, reason, error, created_at, "
+            "body, payload) SELECT i, t, s, o, r, w, e, %b, b, p FROM unnest(%b::text[], "
+            "%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[], %b::bytea[]) "
+            "AS u(i, t, s, o, r, w, e, b, p) RETURNING dlid",
+            (
+                time.time(),
+                [p.event.event_id for p in parked],
+                [p.event.trigger for p in parked],
+                [p.event.source for p in parked],
+                [p.delivery.output for p in parked],
+                [p.delivery.route for p in parked],
+                [p.reason for p in parked],
+                [p.error for p in parked],
+                [p.event.body for p in parked],
+                [p.delivery.payload for p in parked],
+            ),
+            binary=True,
+        ).fetchall()
+        self._dead += len(parked)
+        return sorted(int(r[0]) for r in inserted)
 
     def _insert_events(
         self,
@@ -981,21 +946,13 @@ class PostgreSQLSpool:
         new = iter(stored)
         seqs = [next(new) if seq is None else seq for seq in known]
         rows = [(seq, d) for item, seq in zip(events, seqs, strict=True) for d in item.deliveries]
+        owner, lease = (self.owner, self.lease) if leased else (None, None)
         if waiting is None:  # no ordering key among them: every delivery due now
             cur.execute(
                 "INSERT INTO deliveries (seq, output, route, payload, due, first_at, lease_owner, lease_until) "
                 "SELECT s, o, r, p, %b, %b, %b::text, clock_timestamp() + %b::float8 * interval '1 second' "
                 "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p) RETURNING did",
-                (
-                    now,
-                    now,
-                    self.owner if leased else None,
-                    self.lease if leased else None,
-                    [seq for seq, _ in rows],
-                    [d.output for _, d in rows],
-                    [d.route for _, d in rows],
-                    [d.payload for _, d in rows],
-                ),
+                (now, now, owner, lease, *_delivery_columns(rows)),
             )
         else:
             # a delivery with an ordering key is never leased here, `leased` or not: no worker holds it in
@@ -1007,17 +964,7 @@ class PostgreSQLSpool:
                 "CASE WHEN k IS NULL THEN clock_timestamp() + %b::float8 * interval '1 second' END "
                 "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[], %b::float8[], %b::text[]) "
                 "AS u(s, o, r, p, w, k) RETURNING did",
-                (
-                    now,
-                    self.owner if leased else None,
-                    self.lease if leased else None,
-                    [seq for seq, _ in rows],
-                    [d.output for _, d in rows],
-                    [d.route for _, d in rows],
-                    [d.payload for _, d in rows],
-                    [_due(d, now, waiting) for _, d in rows],
-                    [d.ordering_key for _, d in rows],
-                ),
+                (now, owner, lease, *_delivery_columns(rows), *_key_columns(rows, now, waiting)),
             )
         dids = iter(sorted(int(r[0]) for r in cur.fetchall()))
         out: list[list[int]] = []
@@ -1413,12 +1360,12 @@ class PostgreSQLSpool:
 
     def dead_letters(self, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
         clause, args = _where(where)
-        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters{clause} ORDER BY dlid"
+        sql = f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters{clause} ORDER BY dlid"
         if limit is not None:
             sql += " LIMIT %s"
             args.append(limit)
         rows = self._read(lambda conn: conn.execute(sql, args).fetchall())
-        return [_dead_letter_from(row) for row in rows]
+        return [records.dead_letter(row) for row in rows]
 
     def count_dead_letters(self, where: DeadLetterFilter) -> tuple[int, int | None]:
         clause, args = _where(where)
@@ -1496,22 +1443,13 @@ class PostgreSQLSpool:
     def kept_events(
         self, since: float, until: float, *, after: KeptCursor | None = None, limit: int = 500
     ) -> list[KeptEvent]:
-        if after is None:
-            where, args = "received >= %s AND received < %s", [since, until]
-        else:
-            # the index range starts at the cursor (see the SQLite spool's `_kept_range`)
-            where = "received >= %s AND received < %s AND (received > %s OR seq > %s)"
-            args = [max(since, after[0]), until, after[0], after[1]]
+        where, args = records.kept_range(since, until, after, "%s")
         rows = self._read(
             lambda conn: conn.execute(
-                f"SELECT seq, id, trigger, received, body FROM events WHERE {where} ORDER BY received, seq LIMIT %s",
-                [*args, limit],
+                f"SELECT {records.EVENT_COLUMNS} FROM events{where} ORDER BY received, seq LIMIT %s", [*args, limit]
             ).fetchall()
         )
-        return [
-            KeptEvent(int(seq), eid, trigger, float(received), bytes(body))
-            for seq, eid, trigger, received, body in rows
-        ]
+        return [records.kept_event(row) for row in rows]
 
     def requeue_kept(self, items: Sequence[tuple[int, Sequence[NewDelivery]]]) -> set[int]:
         wanted = [(seq, deliveries) for seq, deliveries in items if deliveries]
@@ -1533,15 +1471,7 @@ class PostgreSQLSpool:
                     "INSERT INTO deliveries (seq, output, route, payload, due, first_at, ordering_key) "
                     "SELECT s, o, r, p, w, %b, k FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[], "
                     "%b::float8[], %b::text[]) AS u(s, o, r, p, w, k)",
-                    (
-                        now,
-                        [seq for seq, _ in rows],
-                        [d.output for _, d in rows],
-                        [d.route for _, d in rows],
-                        [d.payload for _, d in rows],
-                        [_due(d, now, waiting) for _, d in rows],
-                        [d.ordering_key for _, d in rows],
-                    ),
+                    (now, *_delivery_columns(rows), *_key_columns(rows, now, waiting)),
                 )
             return present
 
@@ -1554,28 +1484,17 @@ class PostgreSQLSpool:
         def read(conn: psycopg.Connection[Any]) -> list[StoredEvent]:
             now = float(_one(conn, _NOW))
             rows = conn.execute(
-                "SELECT seq, id, trigger, received, body FROM events WHERE id = %s ORDER BY seq LIMIT %s",
-                (event_id, limit),
+                f"SELECT {records.EVENT_COLUMNS} FROM events WHERE id = %s ORDER BY seq LIMIT %s", (event_id, limit)
             ).fetchall()
             deliveries = conn.execute(
-                "SELECT seq, did, output, route, attempts, due, last_error FROM deliveries WHERE seq = ANY(%s) "
-                "ORDER BY did",
+                f"SELECT seq, {records.PENDING_COLUMNS} FROM deliveries WHERE seq = ANY(%s) ORDER BY did",
                 ([int(row[0]) for row in rows],),
             ).fetchall()
             return [
-                StoredEvent(
-                    int(seq),
-                    eid,
-                    trigger,
-                    None if received is None else float(received),
-                    bytes(body),
-                    [
-                        PendingDelivery(int(did), output, route, int(attempts), float(due) - now, error)
-                        for of, did, output, route, attempts, due, error in deliveries
-                        if of == seq
-                    ],
+                records.stored_event(
+                    row, [records.pending_row(delivery[1:], now) for delivery in deliveries if delivery[0] == row[0]]
                 )
-                for seq, eid, trigger, received, body in rows
+                for row in rows
             ]
 
         return self._read(read)
@@ -1595,13 +1514,13 @@ class PostgreSQLSpool:
             return {}
         rows = self._read(
             lambda conn: conn.execute(
-                f"SELECT dlid, {_ATTEMPT_COLUMNS} FROM attempts WHERE dlid = ANY(%s) ORDER BY dlid, did, number",
+                f"SELECT dlid, {records.ATTEMPT_COLUMNS} FROM attempts WHERE dlid = ANY(%s) ORDER BY dlid, did, number",
                 (list(dlids),),
             ).fetchall()
         )
         out: dict[int, list[Attempt]] = {}
         for dlid, *attempt in rows:
-            out.setdefault(int(dlid), []).append(_attempt(attempt))
+            out.setdefault(int(dlid), []).append(records.attempt(attempt))
         return out
 
     def event_history(self, event_id: str) -> EventHistory | None:
@@ -1622,13 +1541,7 @@ class PostgreSQLSpool:
             )
 
         pending, now, oldest, backlogs, counts = self._read(read)
-        return SpoolStatus(
-            location=self.location,
-            pending_events=pending,
-            oldest_pending_age=None if oldest is None else now - float(oldest[0]),
-            backlogs=backlogs,
-            dead_letters=[DeadLetterCount(output, reason, int(count)) for output, reason, count in counts],
-        )
+        return records.spool_status(self.location, pending, now, oldest, backlogs, counts)
 
 
 def _one(conn: psycopg.Connection[Any], sql: str, args: Sequence[Any] = ()) -> Any:
@@ -1739,16 +1652,23 @@ def _keys_pending(conn: psycopg.Connection[Any], deliveries: Iterable[NewDeliver
     return {(str(o), str(k)) for o, k in rows}
 
 
-def _due(delivery: NewDelivery, now: float, waiting: set[tuple[str, str]]) -> float:
-    """A new delivery's due time: now, or `BLOCKED` behind pending deliveries of its output and ordering key
-    (`waiting`, to which the first of a pair is added: the later ones of one store wait behind it)."""
-    if delivery.ordering_key is None:
-        return now
-    pair = (delivery.output, delivery.ordering_key)
-    if pair in waiting:
-        return BLOCKED
-    waiting.add(pair)
-    return now
+def _delivery_columns(rows: Sequence[tuple[int, NewDelivery]]) -> tuple[list[Any], ...]:
+    """The arrays of new deliveries' (event seq, delivery) rows that every insert of `deliveries` unnests:
+    seq, output, route, payload."""
+    return (
+        [seq for seq, _ in rows],
+        [d.output for _, d in rows],
+        [d.route for _, d in rows],
+        [d.payload for _, d in rows],
+    )
+
+
+def _key_columns(
+    rows: Sequence[tuple[int, NewDelivery]], now: float, waiting: set[tuple[str, str]]
+) -> tuple[list[Any], ...]:
+    """The arrays an insert of deliveries with ordering keys unnests besides `_delivery_columns`: each one's due
+    time (`storing.due`: `BLOCKED` behind the pending ones of its key) and its key."""
+    return [storing.due(d, now, waiting) for _, d in rows], [d.ordering_key for _, d in rows]
 
 
 def _unblock(conn: psycopg.Connection[Any], keys: Collection[tuple[str, str]], now: float) -> None:
@@ -1882,81 +1802,27 @@ def _insert_dead_letter(conn: psycopg.Connection[Any], item: StoreDeadLetter, no
 
 
 def _output_backlogs(conn: psycopg.Connection[Any], now: float) -> dict[str, OutputBacklog]:
-    out: dict[str, OutputBacklog] = {}
+    """Per output that has pending deliveries (`records.output_backlogs`); `now` in the server's clock."""
     counts = conn.execute(
         "SELECT output, count(*), count(*) FILTER (WHERE attempts > 0), min(first_at) FROM deliveries "
         "GROUP BY output ORDER BY output"
     ).fetchall()
-    for output, pending, retrying, first_at in counts:
-        age = max(0.0, now - float(first_at))
-        row = None
-        if retrying:
-            row = conn.execute(
-                "SELECT due, attempts, last_error FROM deliveries WHERE output = %s AND attempts > 0 "
-                "ORDER BY due, did LIMIT 1",
-                (output,),
-            ).fetchone()
-        if row is None:
-            out[output] = OutputBacklog(int(pending), int(retrying or 0), oldest_pending_age=age)
-        else:
-            out[output] = OutputBacklog(int(pending), int(retrying), float(row[0]) - now, int(row[1]), row[2], age)
-    return out
 
+    def next_retry(output: str) -> Any:
+        return conn.execute(
+            "SELECT due, attempts, last_error FROM deliveries WHERE output = %s AND attempts > 0 "
+            "ORDER BY due, did LIMIT 1",
+            (output,),
+        ).fetchone()
 
-#: DeadLetter's fields, in order
-_DEAD_LETTER_COLUMNS = (
-    "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
-)
-
-
-def _dead_letter_from(row: Sequence[Any]) -> DeadLetter:
-    """A dead letter from the columns of _DEAD_LETTER_COLUMNS; bytea reads as memoryview: the callers get
-    bytes, as from SQLite."""
-    dlid, eid, trigger, source, output, route, reason, error, attempts, created_at, body, payload = row
-    return DeadLetter(
-        dlid=int(dlid),
-        event_id=eid,
-        trigger=trigger,
-        source=source,
-        output=output,
-        route=route,
-        reason=reason,
-        error=error,
-        attempts=int(attempts),
-        created_at=float(created_at),
-        body=bytes(body),
-        payload=None if payload is None else bytes(payload),
-    )
+    return records.output_backlogs(counts, next_retry, now)
 
 
 def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
-    """`where` as a WHERE clause on dead_letters ("" when it matches all) and the clause's parameters."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    if where.ids:
-        clauses.append("dlid = ANY(%s)")
-        args.append(list(where.ids))
-    for column, value in (("output", where.output), ("trigger", where.trigger), ("reason", where.reason)):
-        if value is not None:
-            clauses.append(f"{column} = %s")
-            args.append(value)
-    if where.since is not None:
-        clauses.append("created_at >= %s")
-        args.append(where.since)
-    if where.until is not None:
-        clauses.append("created_at < %s")
-        args.append(where.until)
-    if where.upto is not None:
-        clauses.append("dlid <= %s")
-        args.append(where.upto)
-    if where.event_id is not None:
-        clauses.append("event_id = %s")
-        args.append(where.event_id)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+    """`where` as a WHERE clause on dead_letters (`records.dead_letter_where`), its ids as one array."""
+    return records.dead_letter_where(where, "%s", lambda ids: ("dlid = ANY(%s)", [list(ids)]))
 
 
-#: Attempt's fields after `delivery`, in order, as `attempts` holds them
-_ATTEMPT_COLUMNS = "did, number, at, duration, outcome, status, error, answer"
 #: the CTE that forgets the attempts of the events a statement's `gone` CTE deleted (RETURNING their seq), but
 #: those of a delivery that became a dead letter: in the statement that deletes the events, no round trip more
 _FORGET_ATTEMPTS = "forgot AS (DELETE FROM attempts a USING gone WHERE a.seq = gone.seq AND a.dlid IS NULL)"
@@ -1998,30 +1864,14 @@ def _record_attempts(
         ),
         binary=True,
     )
-    beyond = [a for a in attempts if a.number > ATTEMPTS_FIRST + ATTEMPTS_LAST]
+    beyond = records.forgotten_attempts(attempts)
     if beyond:
-        # the numbers between the first and the last: more than one when some were never recorded
         conn.execute(
             "DELETE FROM attempts a USING unnest(%b::int8[], %b::int4[]) AS u(did, upto) "
             f"WHERE a.did = u.did AND a.number > {ATTEMPTS_FIRST} AND a.number <= u.upto",
-            ([a.delivery for a in beyond], [a.number - ATTEMPTS_LAST for a in beyond]),
+            ([did for did, _ in beyond], [upto for _, upto in beyond]),
             binary=True,
         )
-
-
-def _attempt(row: Sequence[Any]) -> Attempt:
-    """An `Attempt` from the columns of _ATTEMPT_COLUMNS."""
-    did, number, at, duration, outcome, status, error, answer = row
-    return Attempt(
-        int(did),
-        int(number),
-        float(at),
-        float(duration),
-        outcome,
-        None if status is None else int(status),
-        error,
-        answer,
-    )
 
 
 def _event_history(conn: psycopg.Connection[Any], event_id: str) -> EventHistory | None:
@@ -2031,9 +1881,9 @@ def _event_history(conn: psycopg.Connection[Any], event_id: str) -> EventHistory
         "SELECT seq, trigger, body, received FROM events WHERE id = %s ORDER BY seq", (event_id,)
     ).fetchall()
     dead = [
-        _dead_letter_from(row)
+        records.dead_letter(row)
         for row in conn.execute(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE event_id = %s ORDER BY dlid", (event_id,)
+            f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE event_id = %s ORDER BY dlid", (event_id,)
         ).fetchall()
     ]
     if not stored and not dead:
@@ -2042,31 +1892,16 @@ def _event_history(conn: psycopg.Connection[Any], event_id: str) -> EventHistory
     dlids = [dl.dlid for dl in dead]
     now = float(_one(conn, _NOW))
     pending = [
-        (int(did), output, route, int(attempts), float(due) - now, error)
-        for did, output, route, attempts, due, error in conn.execute(
-            "SELECT did, output, route, attempts, due, last_error FROM deliveries WHERE seq = ANY(%s) ORDER BY did",
-            (seqs,),
+        records.pending_row(row, now)
+        for row in conn.execute(
+            f"SELECT {records.PENDING_COLUMNS} FROM deliveries WHERE seq = ANY(%s) ORDER BY did", (seqs,)
         ).fetchall()
     ]
     rows = conn.execute(
-        f"SELECT dlid, output, route, {_ATTEMPT_COLUMNS} FROM attempts WHERE seq = ANY(%s) OR dlid = ANY(%s)",
+        f"SELECT dlid, output, route, {records.ATTEMPT_COLUMNS} FROM attempts WHERE seq = ANY(%s) OR dlid = ANY(%s)",
         (seqs, dlids),
     ).fetchall()
-    recorded = [
-        (None if dlid is None else int(dlid), output, route, _attempt(attempt))
-        for dlid, output, route, *attempt in rows
-    ]
-    latest = stored[-1] if stored else None
-    return EventHistory(
-        event_id=event_id,
-        trigger=latest[1] if latest is not None else dead[-1].trigger,
-        body=bytes(latest[2]) if latest is not None else dead[-1].body,
-        pending=bool(pending),
-        received=None if latest is None or latest[3] is None else float(latest[3]),
-        stored=latest is not None,
-        deliveries=histories(pending, recorded, dead),
-        dead_letters=dead,
-    )
+    return event_history(event_id, stored, dead, pending, [records.recorded_attempt(row) for row in rows])
 
 
 __all__ = ["SCHEMA_VERSION", "PostgreSQLSpool", "describe", "dsn_problem", "has_password", "probe"]

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,13 +47,11 @@ from event_router.api.errors import SpoolError
 from event_router.core.clock import Anchor, SpoolClock
 from event_router.core.spool import (
     ATTEMPTS_FIRST,
-    ATTEMPTS_LAST,
     BLOCKED,
     Attempt,
     DataDirInUse,
     Dead,
     DeadLetter,
-    DeadLetterCount,
     DeadLetterFilter,
     DeliveryRow,
     EventHistory,
@@ -64,7 +62,6 @@ from event_router.core.spool import (
     OutputBacklog,
     OutputState,
     Parked,
-    PendingDelivery,
     Refused,
     Requeue,
     Retry,
@@ -74,8 +71,10 @@ from event_router.core.spool import (
     StoreDeadLetter,
     StoredEvent,
     StoreEvent,
+    records,
+    storing,
 )
-from event_router.core.spool.history import histories
+from event_router.core.spool.history import event_history
 from event_router.core.spool.writer import Op, gather, resolve_all
 
 log = logging.getLogger("event_router.core.spool")
@@ -814,67 +813,33 @@ class SQLiteSpool:
                     events.append((index, item))
             if not events:
                 return out
-            kept = [item for _, item in events]
-            parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
-            if limits or any(d.refused is not None for item in kept for d in item.deliveries):
-                kept, parked = self._park(conn, kept, limits or {})
-            stored = iter(self._insert_events(conn, [item for item in kept if item.deliveries], now))
-            for (index, item), left, held in zip(events, kept, parked, strict=True):
-                dids = iter(next(stored) if left.deliveries else ())
-                out[index] = [held[i] if i in held else next(dids) for i in range(len(item.deliveries))]
+            given = [item for _, item in events]
+            kept, parked = storing.park(given, limits or {}, self._pending)
+            dlids = self._park(conn, parked)
+            stored = self._insert_events(conn, [item for item in kept if item.deliveries], now)
+            for (index, _), result in zip(events, storing.results(given, kept, parked, dlids, stored), strict=True):
+                out[index] = result
             return out
 
         result: list[list[int | Parked | Refused] | int | None] = await self._write(apply)
         return result
 
-    def _park(
-        self, conn: sqlite3.Connection, events: Sequence[StoreEvent], limits: Mapping[str, int]
-    ) -> tuple[list[StoreEvent], list[dict[int, Parked | Refused]]]:
-        """Hold each output to its limit (writer thread, in the storing transaction): a delivery whose output
-        has `limits[output]` deliveries pending, or more, becomes a dead letter (`output_backlog_full`). A
-        delivery that is `refused` becomes a dead letter (`permanent`, its error) whatever the limit.
+    def _park(self, conn: sqlite3.Connection, parked: Sequence[storing.Parking]) -> list[int]:
+        """Keep the deliveries `storing.park` parked as dead letters (writer thread, in the storing transaction);
+        their ids, in order.
 
-        Pending is `_pending`, what this process's commits left (and its last count of other processes'
-        rows), plus the deliveries admitted before it in this group: exact for the router's own writes, so
-        an output holds its limit to the delivery however many stores share a commit (never past it: the
-        deliveries the group's settles finish still count until its finishing pass, just before the commit,
-        `_settle_group`). Returns the events with the deliveries that stay and, per event, its parked
-        deliveries by their index.
+        `park` counts pending by `_pending`, what this process's commits left (and its last count of other
+        processes' rows), plus the deliveries admitted before it in this group: exact for the router's own
+        writes, so an output holds its limit to the delivery however many stores share a commit (never past
+        it: the deliveries the group's settles finish still count until its finishing pass, just before the
+        commit, `_settle_group`).
         """
-        admitted: dict[str, int] = {}
-        kept: list[StoreEvent] = []
-        rows: list[tuple[Any, ...]] = []
-        #: per row: (its event's index, the delivery's position in it, pending, limit; -1: refused)
-        where: list[tuple[int, int, int, int]] = []
+        if not parked:
+            return []
         created = time.time()
-        for index, item in enumerate(events):
-            stays: list[NewDelivery] = []
-            for position, delivery in enumerate(item.deliveries):
-                refused = delivery.refused
-                if refused is not None:
-                    rows.append(_parked_row(item, delivery, "permanent", refused, created))
-                    where.append((index, position, -1, -1))
-                    continue
-                limit = limits.get(delivery.output)
-                pending = self._pending.get(delivery.output, 0) + admitted.get(delivery.output, 0)
-                if limit is None or pending < limit:
-                    stays.append(delivery)
-                    admitted[delivery.output] = admitted.get(delivery.output, 0) + 1
-                    continue
-                error = (
-                    f"output {delivery.output}'s backlog is full: {pending} deliveries pending, max_pending = "
-                    f"{limit}; replay this dead letter once it drains"
-                )
-                rows.append(_parked_row(item, delivery, "output_backlog_full", error, created))
-                where.append((index, position, pending, limit))
-            kept.append(item if len(stays) == len(item.deliveries) else replace(item, deliveries=stays))
-        parked: list[dict[int, Parked | Refused]] = [{} for _ in events]
-        if rows:
-            dlids = _insert_rows(conn, _PARKED_INSERT, rows)
-            self._dead += len(rows)
-            for (index, position, pending, limit), dlid, row in zip(where, dlids, rows, strict=True):
-                parked[index][position] = Refused(dlid, row[6]) if limit < 0 else Parked(dlid, pending, limit)
-        return kept, parked
+        dlids = _insert_rows(conn, _PARKED_INSERT, [_parked_row(parking, created) for parking in parked])
+        self._dead += len(parked)
+        return dlids
 
     def _insert_events(
         self,
@@ -920,7 +885,7 @@ class SQLiteSpool:
                     d.output,
                     d.route,
                     d.payload,
-                    now if d.ordering_key is None else _due(d, now, waiting),
+                    now if d.ordering_key is None else storing.due(d, now, waiting),
                     now,
                     d.ordering_key,
                 )
@@ -1220,12 +1185,12 @@ class SQLiteSpool:
 
     def dead_letters(self, where: DeadLetterFilter, limit: int | None = None) -> list[DeadLetter]:
         clause, args = _where(where)
-        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters{clause} ORDER BY dlid"
+        sql = f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters{clause} ORDER BY dlid"
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
         with _reading():
-            return [DeadLetter(*row) for row in self._read_conn().execute(sql, args)]
+            return [records.dead_letter(row) for row in self._read_conn().execute(sql, args)]
 
     def count_dead_letters(self, where: DeadLetterFilter) -> tuple[int, int | None]:
         clause, args = _where(where)
@@ -1301,16 +1266,12 @@ class SQLiteSpool:
     def kept_events(
         self, since: float, until: float, *, after: KeptCursor | None = None, limit: int = 500
     ) -> list[KeptEvent]:
-        sql, args = _kept_range(since, until, after)
+        sql, args = records.kept_range(since, until, after, "?")
         with _reading():
             rows = self._read_conn().execute(
-                f"SELECT seq, id, trigger, received, body FROM events{sql} ORDER BY received, seq LIMIT ?",
-                [*args, limit],
+                f"SELECT {records.EVENT_COLUMNS} FROM events{sql} ORDER BY received, seq LIMIT ?", [*args, limit]
             )
-            return [
-                KeptEvent(int(seq), eid, trigger, float(received), bytes(body))
-                for seq, eid, trigger, received, body in rows
-            ]
+            return [records.kept_event(row) for row in rows]
 
     def requeue_kept(self, items: Sequence[tuple[int, Sequence[NewDelivery]]]) -> set[int]:
         wanted = [(seq, deliveries) for seq, deliveries in items if deliveries]
@@ -1326,7 +1287,10 @@ class SQLiteSpool:
             now = _spool_now(conn)
             added = [(seq, d) for seq, ds in wanted if seq in present for d in ds]
             waiting = _keys_pending(conn, (d for _, d in added))
-            rows = [(seq, d.output, d.route, d.payload, _due(d, now, waiting), now, d.ordering_key) for seq, d in added]
+            rows = [
+                (seq, d.output, d.route, d.payload, storing.due(d, now, waiting), now, d.ordering_key)
+                for seq, d in added
+            ]
             if rows:
                 _insert_rows(conn, _DELIVERY_INSERT, rows)
             return present
@@ -1341,26 +1305,19 @@ class SQLiteSpool:
             conn = self._read_conn()
             now = _spool_now(conn)
             rows = conn.execute(
-                "SELECT seq, id, trigger, received, body FROM events WHERE id = ? ORDER BY seq LIMIT ?",
-                (event_id, limit),
+                f"SELECT {records.EVENT_COLUMNS} FROM events WHERE id = ? ORDER BY seq LIMIT ?", (event_id, limit)
             ).fetchall()
             return [
-                StoredEvent(
-                    int(seq),
-                    eid,
-                    trigger,
-                    None if received is None else float(received),
-                    bytes(body),
+                records.stored_event(
+                    row,
                     [
-                        PendingDelivery(int(did), output, route, int(attempts), float(due) - now, error)
-                        for did, output, route, attempts, due, error in conn.execute(
-                            "SELECT did, output, route, attempts, due, last_error FROM deliveries WHERE seq = ? "
-                            "ORDER BY did",
-                            (seq,),
+                        records.pending_row(delivery, now)
+                        for delivery in conn.execute(
+                            f"SELECT {records.PENDING_COLUMNS} FROM deliveries WHERE seq = ? ORDER BY did", (row[0],)
                         )
                     ],
                 )
-                for seq, eid, trigger, received, body in rows
+                for row in rows
             ]
 
     def retry_now(self, output: str) -> int:
@@ -1382,12 +1339,12 @@ class SQLiteSpool:
                 chunk = list(dlids[start : start + 500])
                 rows = _attempt_rows(
                     conn,
-                    f"SELECT dlid, {_ATTEMPT_COLUMNS} FROM attempts WHERE dlid IN ({','.join('?' * len(chunk))}) "
-                    "ORDER BY dlid, did, number, rowid",
+                    f"SELECT dlid, {records.ATTEMPT_COLUMNS} FROM attempts "
+                    f"WHERE dlid IN ({','.join('?' * len(chunk))}) ORDER BY dlid, did, number, rowid",
                     chunk,
                 )
                 for dlid, *attempt in rows:
-                    out.setdefault(int(dlid), []).append(_attempt(attempt))
+                    out.setdefault(int(dlid), []).append(records.attempt(attempt))
         return out
 
     def event_history(self, event_id: str) -> EventHistory | None:
@@ -1404,9 +1361,9 @@ class SQLiteSpool:
             "SELECT seq, trigger, body, received FROM events WHERE id = ? ORDER BY seq", (event_id,)
         ).fetchall()
         dead = [
-            DeadLetter(*row)
+            records.dead_letter(row)
             for row in conn.execute(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE event_id = ? ORDER BY dlid", (event_id,)
+                f"SELECT {records.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE event_id = ? ORDER BY dlid", (event_id,)
             )
         ]
         if not stored and not dead:
@@ -1416,32 +1373,22 @@ class SQLiteSpool:
         marks, dead_marks = ",".join("?" * len(seqs)), ",".join("?" * len(dlids))
         now = _spool_now(conn)
         pending = [
-            (int(did), output, route, int(attempts), float(due) - now, error)
-            for did, output, route, attempts, due, error in conn.execute(
-                f"SELECT did, output, route, attempts, due, last_error FROM deliveries WHERE seq IN ({marks}) "
-                "ORDER BY did",
-                seqs,
+            records.pending_row(row, now)
+            for row in conn.execute(
+                f"SELECT {records.PENDING_COLUMNS} FROM deliveries WHERE seq IN ({marks}) ORDER BY did", seqs
             )
         ]
-        # by the event's seqs (its attempts while it is stored) and by its dead letters (theirs outlive it)
+        # by the event's seqs (its attempts while it is stored) and by its dead letters (theirs outlive it): UNION
+        # drops an attempt both halves find, the rowid keeps two attempts that read alike apart
+        columns = f"rowid, dlid, output, route, {records.ATTEMPT_COLUMNS}"
         rows = _attempt_rows(
             conn,
-            f"SELECT rowid, dlid, output, route, {_ATTEMPT_COLUMNS} FROM attempts WHERE seq IN ({marks}) "
-            f"UNION SELECT rowid, dlid, output, route, {_ATTEMPT_COLUMNS} FROM attempts WHERE dlid IN ({dead_marks})",
+            f"SELECT {columns} FROM attempts WHERE seq IN ({marks}) "
+            f"UNION SELECT {columns} FROM attempts WHERE dlid IN ({dead_marks})",
             [*seqs, *dlids],
         )
-        recorded = [(dlid, output, route, _attempt(attempt)) for _, dlid, output, route, *attempt in rows]
-        latest = stored[-1] if stored else None
-        return EventHistory(
-            event_id=event_id,
-            trigger=latest[1] if latest is not None else dead[-1].trigger,
-            body=bytes(latest[2]) if latest is not None else dead[-1].body,
-            pending=bool(pending),
-            received=None if latest is None or latest[3] is None else float(latest[3]),
-            stored=latest is not None,
-            deliveries=histories(pending, recorded, dead),
-            dead_letters=dead,
-        )
+        recorded = [records.recorded_attempt(row[1:]) for row in rows]
+        return event_history(event_id, stored, dead, pending, recorded)
 
     def status(self) -> SpoolStatus:
         with _reading():
@@ -1453,13 +1400,7 @@ class SQLiteSpool:
             counts = conn.execute(
                 "SELECT output, reason, COUNT(*) FROM dead_letters GROUP BY 1, 2 ORDER BY 1, 2"
             ).fetchall()
-        return SpoolStatus(
-            location=self.location,
-            pending_events=pending,
-            oldest_pending_age=None if oldest is None else now - float(oldest[0]),
-            backlogs=backlogs,
-            dead_letters=[DeadLetterCount(output, reason, int(count)) for output, reason, count in counts],
-        )
+        return records.spool_status(self.location, pending, now, oldest, backlogs, counts)
 
 
 def _output_states(conn: sqlite3.Connection, now: float, output: str | None = None) -> dict[str, OutputState]:
@@ -1596,72 +1537,25 @@ def _spool_now(conn: sqlite3.Connection) -> float:
 
 def _output_backlogs(conn: sqlite3.Connection, now: float) -> dict[str, OutputBacklog]:
     """Per output (configured or not) that has pending deliveries; `now` in the spool's time base."""
-    out: dict[str, OutputBacklog] = {}
     # PENDING_PER_OUTPUT's count, with the retrying ones and the oldest's age (the same pass over the rows)
     counts = conn.execute(
         "SELECT output, COUNT(*), SUM(attempts > 0), MIN(first_at) FROM deliveries GROUP BY output ORDER BY output"
     ).fetchall()
-    for output, pending, retrying, first_at in counts:
-        age = max(0.0, now - float(first_at))
-        row = None
-        if retrying:
-            # the (output, due, did) index gives due order; fresh deliveries (never tried) are skipped
-            row = conn.execute(
-                "SELECT due, attempts, last_error FROM deliveries WHERE output = ? AND attempts > 0 "
-                "ORDER BY due, did LIMIT 1",
-                (output,),
-            ).fetchone()
-        if row is None:
-            out[output] = OutputBacklog(pending, int(retrying or 0), oldest_pending_age=age)
-        else:
-            out[output] = OutputBacklog(pending, int(retrying), float(row[0]) - now, int(row[1]), row[2], age)
-    return out
 
+    def next_retry(output: str) -> Any:
+        # the (output, due, did) index gives due order; fresh deliveries (never tried) are skipped
+        return conn.execute(
+            "SELECT due, attempts, last_error FROM deliveries WHERE output = ? AND attempts > 0 "
+            "ORDER BY due, did LIMIT 1",
+            (output,),
+        ).fetchone()
 
-def _kept_range(since: float, until: float, after: KeptCursor | None) -> tuple[str, list[Any]]:
-    """The WHERE clause of `kept_events`: the range on the `received` index starts at the cursor, not at
-    `since`, so each page reads its own rows only; of the rows received at the cursor's very time, only
-    those after its seq."""
-    if after is None:
-        return " WHERE received >= ? AND received < ?", [since, until]
-    return " WHERE received >= ? AND received < ? AND (received > ? OR seq > ?)", [
-        max(since, after[0]),
-        until,
-        after[0],
-        after[1],
-    ]
-
-
-#: DeadLetter's fields, in order
-_DEAD_LETTER_COLUMNS = (
-    "dlid, event_id, trigger, source, output, route, reason, error, attempts, created_at, body, payload"
-)
+    return records.output_backlogs(counts, next_retry, now)
 
 
 def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
-    """`where` as a WHERE clause on dead_letters ("" when it matches all) and the clause's parameters."""
-    clauses: list[str] = []
-    args: list[Any] = []
-    if where.ids:
-        clauses.append(f"dlid IN ({','.join('?' * len(where.ids))})")
-        args.extend(where.ids)
-    for column, value in (("output", where.output), ("trigger", where.trigger), ("reason", where.reason)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            args.append(value)
-    if where.since is not None:
-        clauses.append("created_at >= ?")
-        args.append(where.since)
-    if where.until is not None:
-        clauses.append("created_at < ?")
-        args.append(where.until)
-    if where.upto is not None:
-        clauses.append("dlid <= ?")
-        args.append(where.upto)
-    if where.event_id is not None:
-        clauses.append("event_id = ?")
-        args.append(where.event_id)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+    """`where` as a WHERE clause on dead_letters (`records.dead_letter_where`), its ids as a list of marks."""
+    return records.dead_letter_where(where, "?", lambda ids: (f"dlid IN ({','.join('?' * len(ids))})", list(ids)))
 
 
 #: rows one INSERT takes. Each statement the writer thread steps releases the GIL and must take it back
@@ -1724,18 +1618,6 @@ def _keys_pending(conn: sqlite3.Connection, deliveries: Iterable[NewDelivery]) -
         )
         found.update((output, str(key)) for (key,) in rows.fetchall())
     return found
-
-
-def _due(delivery: NewDelivery, now: float, waiting: set[tuple[str, str]]) -> float:
-    """A new delivery's due time: now, or `BLOCKED` behind pending deliveries of its output and ordering key
-    (`waiting`, to which the first of a pair is added: the later ones of one store wait behind it)."""
-    if delivery.ordering_key is None:
-        return now
-    pair = (delivery.output, delivery.ordering_key)
-    if pair in waiting:
-        return BLOCKED
-    waiting.add(pair)
-    return now
 
 
 def _unblock(conn: sqlite3.Connection, keys: Sequence[tuple[str, str]], now: float) -> None:
@@ -1843,16 +1725,17 @@ _FORGET_FINISHED = (
 )
 
 
-def _parked_row(item: StoreEvent, delivery: NewDelivery, reason: str, error: str, created: float) -> tuple[Any, ...]:
+def _parked_row(parking: storing.Parking, created: float) -> tuple[Any, ...]:
     """A delivery `store` keeps as a dead letter (`_PARKED_INSERT`'s values)."""
+    item, delivery = parking.event, parking.delivery
     return (
         item.event_id,
         item.trigger,
         item.source,
         delivery.output,
         delivery.route,
-        reason,
-        error[:4000],
+        parking.reason,
+        parking.error[:4000],
         created,
         item.body,
         delivery.payload,
@@ -1868,8 +1751,6 @@ def _insert_dead_letter(conn: sqlite3.Connection, item: StoreDeadLetter, now: fl
     return cur.lastrowid
 
 
-#: Attempt's fields after `delivery`, in order, as `attempts` holds them
-_ATTEMPT_COLUMNS = "did, number, at, duration, outcome, status, error, answer"
 #: one attempt per row; each row's event, output and route are its delivery's (a row whose delivery is gone
 #: inserts nothing). A delivered attempt is not recorded when the pass that records it forgets its event
 #: (not kept, and no delivery of it left but those the pass finishes: see `Spool.settle`), the common case
@@ -1912,16 +1793,9 @@ def _record_attempts(
                 done,
             ],
         )
-    beyond = [(a.delivery, a.number - ATTEMPTS_LAST) for a in attempts if a.number > ATTEMPTS_FIRST + ATTEMPTS_LAST]
+    beyond = records.forgotten_attempts(attempts)
     if beyond:
-        # the numbers between the first and the last: more than one when some were never recorded
         conn.executemany(f"DELETE FROM attempts WHERE did = ? AND number > {ATTEMPTS_FIRST} AND number <= ?", beyond)
-
-
-def _attempt(row: Sequence[Any]) -> Attempt:
-    """An `Attempt` from the columns of _ATTEMPT_COLUMNS."""
-    did, number, at, duration, outcome, status, error, answer = row
-    return Attempt(int(did), int(number), float(at), float(duration), outcome, status, error, answer)
 
 
 def _attempt_rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
