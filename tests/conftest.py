@@ -20,19 +20,21 @@ from event_router.testing import IN_CI
 pytest_plugins = ["event_router.testing.fixtures"]
 
 
-def _load_fake_connector() -> None:
-    """tests/fake_connector.py (the Connector's REST API and token endpoint, faked to its OpenAPI contract) as
-    the module `fake_connector`, before the test modules import it: with --import-mode=importlib a sibling
-    module is not on the path."""
-    if "fake_connector" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
+def _load_sibling(name: str) -> None:
+    """tests/<name>.py as the module `name`, before the test modules import it: with --import-mode=importlib a
+    sibling module is not on the path."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_connector"] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
 
 
-_load_fake_connector()
+# the Connector's REST API and token endpoint, faked to its OpenAPI contract
+_load_sibling("fake_connector")
+# what the tests of real routers share beside the test kit
+_load_sibling("router_helpers")
 
 #: the PostgreSQL server the spool's tests make their scratch databases on (scripts/services starts one)
 PG_DSN = os.environ.get("ROUTER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

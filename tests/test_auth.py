@@ -29,6 +29,7 @@ from event_router.testing import MakeApp, example, free_port, http_receiver, sen
 from event_router.web.auth import OAuth2ClientCredentials
 from event_router.web.signing import sign, verify
 from fake_connector import FakeTokenEndpoint
+from router_helpers import keyless_webhook
 
 pytestmark = pytest.mark.anyio
 
@@ -170,13 +171,9 @@ async def test_an_endless_token_answer_is_read_up_to_a_bound(session) -> None:  
 
 
 def http_toml(tmp: Path, port: int, url: str, output_extra: str = "", route_extra: str = "") -> str:
-    return f"""
-[router]
-data_dir = "{tmp}/var"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-validation = "warn"
+    return (
+        keyless_webhook(tmp, port, validation="warn")
+        + f"""
 [outputs.crm]
 type = "http"
 url = "{url}"
@@ -188,6 +185,7 @@ name = "all"
 to = "crm"
 {route_extra}
 """
+    )
 
 
 def dead_letters(app: App) -> list[DeadLetter]:

@@ -30,6 +30,7 @@ from event_router.outputs.connector_api import API_BASES, ENDPOINTS
 from event_router.plugin_loader import load_plugins
 from event_router.testing import MakeApp, example, free_port, read_jsonl, run_cli, send_webhook, until
 from fake_connector import FakeConnector, FakeTokenEndpoint
+from router_helpers import keyless_webhook
 
 pytestmark = pytest.mark.anyio
 
@@ -143,13 +144,9 @@ def test_relaxed_spec_accepts_the_reference_examples() -> None:
 
 
 def router_toml(tmp: Path, port: int, base_url: str, routes: str, output_extra: str = "") -> str:
-    return f"""
-[router]
-data_dir = "{tmp}/var"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-validation = "warn"
+    return (
+        keyless_webhook(tmp, port, validation="warn")
+        + f"""
 [outputs.connector]
 type = "connector"
 base_url = "{base_url}"
@@ -161,6 +158,7 @@ type = "file"
 path = "{tmp}/results.jsonl"
 {routes}
 """
+    )
 
 
 def api_key_extra(key: str = API_KEY) -> str:

@@ -26,17 +26,15 @@ from event_router.testing import (
     send_webhook,
     until,
 )
+from router_helpers import keyless_webhook
 
 pytestmark = pytest.mark.anyio
 
 
 def config(port: int, tmp: Path, url: str, extra_output: str = "", route_extra: str = "") -> str:
-    return f"""
-[router]
-data_dir = "{tmp}/var"
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
+    return (
+        keyless_webhook(tmp, port)
+        + f"""
 [outputs.crm]
 type = "http"
 url = "{url}"
@@ -55,6 +53,7 @@ to = ["crm"]
 name = "archive"
 to = ["archive"]
 """
+    )
 
 
 async def test_webhook_to_http_and_file(make_app: MakeApp, tmp_path: Path) -> None:

@@ -22,37 +22,27 @@ from event_router.testing import (
     http_receiver,
     post,
     read_jsonl,
+    router_table,
     run_cli,
     wait_for,
+    webhook_input,
 )
+from router_helpers import http_output, route
 
 pytestmark = pytest.mark.slow
 
 
 def write_config(tmp: Path, port: int, target: str, *, extra_router: str = "", retry: str = "") -> Path:
     path = tmp / "router.toml"
-    path.write_text(f"""
-[router]
-data_dir = "./var"
-shutdown_timeout = "5s"
-{extra_router}
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-[outputs.crm]
-type = "http"
-url = "{target}/hooks/{{{{trigger}}}}"
-concurrency = 16
-timeout = "5s"
-retry = {{ initial_backoff = "100ms", max_backoff = "500ms", max_attempts = 1000 {retry} }}
-[outputs.archive]
-type = "file"
-path = "./var/events-%Y-%m-%d.jsonl"
-[[routes]]
-name = "everything to crm and archive"
-to = ["crm", "archive"]
-""")
+    backoff = f'retry = {{ initial_backoff = "100ms", max_backoff = "500ms", max_attempts = 1000 {retry} }}'
+    crm = f'concurrency = 16\ntimeout = "5s"\n{backoff}'
+    path.write_text(
+        router_table(shutdown_timeout="5s", extra=extra_router)
+        + webhook_input(port)
+        + http_output("crm", f"{target}/hooks/{{{{trigger}}}}", crm)
+        + '[outputs.archive]\ntype = "file"\npath = "./var/events-%Y-%m-%d.jsonl"\n'
+        + route('["crm", "archive"]', name="everything to crm and archive")
+    )
     return path
 
 

@@ -10,7 +10,6 @@ parked ones once the receiver is back.
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,7 @@ from event_router.testing import (
     wait_for,
     webhook_input,
 )
+from router_helpers import metric
 
 KEY = "backlog-key"
 ENV = {"ROUTER_WEBHOOK_API_KEY": KEY}
@@ -247,21 +247,6 @@ name = "all"
 to = ["crm", "archive"]
 """
     )
-
-
-def metric(admin: int, name: str, **labels: str) -> float:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        match = re.fullmatch(r"event_router_(\w+)(?:\{(.*)\})? (\S+)", line)
-        if match is None or match[1] != name:
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match[2] or ""))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(match[3])
-    return 0.0
 
 
 def test_a_dead_output_flooded_past_its_limit_never_refuses_the_connector(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -21,16 +21,14 @@ from event_router.testing import (
     Receiver,
     Recorded,
     RouterProcess,
-    example,
     free_port,
     http_receiver,
-    post,
     run_cli,
     wait_for,
 )
+from router_helpers import metric, numbered_message, send_event, status_json
 
 KEY = "output-control-key"
-HEADERS = {"x-api-key": KEY}
 ENV = {"OUTPUT_CONTROL_KEY": KEY}
 
 
@@ -59,11 +57,7 @@ to = ["crm"]
 
 
 def send(port: int, n: int) -> str:
-    event = example("transport.messageReceived")
-    event["data"]["id"] = f"MSG{n:017d}"
-    status, body, _ = post(f"http://127.0.0.1:{port}/events", event, HEADERS)
-    assert status == 202, body
-    return str(body["id"])
+    return send_event(port, numbered_message(n), KEY)
 
 
 def request(url: str, method: str = "GET") -> tuple[int, Any]:
@@ -75,45 +69,32 @@ def request(url: str, method: str = "GET") -> tuple[int, Any]:
         return exc.code, orjson.loads(exc.read())
 
 
-def metric(admin: int, name: str, **labels: str) -> float:
-    """The sum of a metric's series whose labels include `labels`, from a real scrape (0 when none is shown)."""
-    _, text = get_text(f"http://127.0.0.1:{admin}/metrics")
-    total = 0.0
-    for line in text.splitlines():
-        found = re.fullmatch(rf"event_router_{name}(?:\{{(.*)\}})? (\S+)", line)
-        if found is None:
-            continue
-        shown = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
-        if all(shown.get(k) == v for k, v in labels.items()):
-            total += float(found.group(2))
-    return total
-
-
-def get_text(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.status, response.read().decode()
-
-
-def status(config: Path, env: dict[str, str]) -> dict[str, Any]:
-    shown = run_cli("status", "--json", "-c", str(config), env=env)
-    assert shown.returncode == 0, shown.stderr
-    result: dict[str, Any] = orjson.loads(shown.stdout)
-    return result
-
-
 def delivered_ids(rx: Receiver) -> set[str]:
     """The ids of the events the receiver got (it answers 200 to each)."""
     with rx.lock:
         return {str(r.json()["id"]) for r in rx.requests}
 
 
-def test_a_paused_output_keeps_its_backlog_across_a_restart_and_resume_delivers_it(
-    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
-) -> None:
+class RouterPlace(NamedTuple):
+    """Where a test's router runs: its spool's `[router]` line, its environment (the spool's with `ENV`), its
+    webhook's and admin endpoint's ports and its router.toml (not written yet)."""
+
+    spool_line: str
+    env: dict[str, str]
+    port: int
+    admin: int
+    config: Path
+
+
+@pytest.fixture
+def place(tmp_path: Path, router_spool: tuple[str, dict[str, str]]) -> RouterPlace:
+    """A router's place on each spool backend."""
     spool_line, spool_env = router_spool
-    env = {**ENV, **spool_env}
-    port, admin = free_port(), free_port()
-    config = tmp_path / "router.toml"
+    return RouterPlace(spool_line, {**ENV, **spool_env}, free_port(), free_port(), tmp_path / "router.toml")
+
+
+def test_a_paused_output_keeps_its_backlog_across_a_restart_and_resume_delivers_it(place: RouterPlace) -> None:
+    spool_line, env, port, admin, config = place
     with http_receiver() as rx:
         config.write_text(config_text(port, admin, f"{rx.url}/in", spool=spool_line))
         router = RouterProcess(config, env=env).start()
@@ -132,7 +113,7 @@ def test_a_paused_output_keeps_its_backlog_across_a_restart_and_resume_delivers_
             assert len(rx.requests) == 1, "a paused output sends nothing"
             assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 0, "and counts no attempt"
             assert metric(admin, "deliveries_pending", output="crm") == 5
-            shown = status(config, env)["outputs"]["crm"]
+            shown = status_json(config, env)["outputs"]["crm"]
             assert (shown["pending"], shown["retrying"], shown["paused"]) == (5, 0, True), shown
             assert shown["paused_by"].endswith("(event-router output pause)"), shown
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", shown["paused_at"]), shown
@@ -160,18 +141,15 @@ def test_a_paused_output_keeps_its_backlog_across_a_restart_and_resume_delivers_
             assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 0
             assert metric(admin, "output_paused", output="crm") == 0
             router.wait_log("output resumed")
-            assert status(config, env)["outputs"]["crm"]["paused"] is False
+            assert status_json(config, env)["outputs"]["crm"]["paused"] is False
         finally:
             router.terminate()
 
 
 def test_pause_lets_the_delivery_in_flight_finish_holds_across_a_reload_and_names_the_outputs(
-    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+    place: RouterPlace,
 ) -> None:
-    spool_line, spool_env = router_spool
-    env = {**ENV, **spool_env}
-    port, admin = free_port(), free_port()
-    config = tmp_path / "router.toml"
+    spool_line, env, port, admin, config = place
 
     def slow(_: Recorded, handler: BaseHTTPRequestHandler) -> None:
         time.sleep(1.5)  # the delivery is in flight meanwhile
@@ -225,21 +203,16 @@ def test_pause_lets_the_delivery_in_flight_finish_holds_across_a_reload_and_name
             assert run_cli("output", "resume", "crm", "-c", str(config), env=env).stdout.strip() == "crm is not paused"
 
 
-def test_an_output_removed_while_paused_can_be_resumed(
-    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
-) -> None:
+def test_an_output_removed_while_paused_can_be_resumed(place: RouterPlace) -> None:
     """`status` tells to resume a paused output that router.toml no longer has: `output resume` takes it (else
     its pause would stay in the spool and hold the output again once it is back); pausing it is refused."""
-    spool_line, spool_env = router_spool
-    env = {**ENV, **spool_env}
-    config = tmp_path / "router.toml"
-    admin = free_port()
-    config.write_text(config_text(free_port(), admin, "http://127.0.0.1:9/in", spool=spool_line))
+    spool_line, env, port, admin, config = place
+    config.write_text(config_text(port, admin, "http://127.0.0.1:9/in", spool=spool_line))
     with RouterProcess(config, env=env):  # makes the spool
         paused = run_cli("output", "pause", "crm", "-c", str(config), env=env)
         assert paused.returncode == 0, paused.stderr
     # the same spool, crm renamed crm2
-    without = tmp_path / "without.toml"
+    without = config.with_name("without.toml")
     without.write_text(config.read_text().replace("[outputs.crm]", "[outputs.crm2]").replace('["crm"]', '["crm2"]'))
     shown = run_cli("status", "-c", str(without), env=env)
     assert "crm: paused since" in shown.stdout and "resume: event-router output resume crm" in shown.stdout, shown
@@ -286,18 +259,13 @@ def test_every_router_on_a_postgresql_spool_follows_a_pause(tmp_path: Path, pg_d
             held = {send(port, n) for n, port in enumerate(ports * 3)}
             time.sleep(2.0)
             assert rx.requests == [], "neither router sends"
-            assert status(configs[1], env)["outputs"]["crm"]["pending"] == 6
+            assert status_json(configs[1], env)["outputs"]["crm"]["pending"] == 6
             assert run_cli("output", "resume", "crm", "-c", str(configs[1]), env=env).returncode == 0
             wait_for(lambda: delivered_ids(rx) == held, timeout=15, what="both routers' backlog delivered")
 
 
-def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_one_delivery(
-    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
-) -> None:
-    spool_line, spool_env = router_spool
-    env = {**ENV, **spool_env}
-    port, admin = free_port(), free_port()
-    config = tmp_path / "router.toml"
+def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_one_delivery(place: RouterPlace) -> None:
+    spool_line, env, port, admin, config = place
     failing = True
 
     def answer(_: Recorded, handler: BaseHTTPRequestHandler) -> None:
@@ -318,7 +286,7 @@ def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_o
             assert metric(admin, "output_breaker_open", output="crm") == 1
             assert metric(admin, "output_breaker_openings_total", output="crm") == 1
             assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 3
-            shown = status(config, env)["outputs"]["crm"]
+            shown = status_json(config, env)["outputs"]["crm"]
             assert (shown["breaker"], shown["pending"], shown["paused"]) == ("open", 6, False), shown
             assert shown["breaker_router"] and "503" in shown["breaker_error"], shown
             text = run_cli("status", "-c", str(config), env=env).stdout
@@ -349,7 +317,7 @@ def test_a_breaker_holds_a_failing_output_for_its_cool_down_and_probes_it_with_o
             assert metric(admin, "output_breaker_open", output="crm") == 0
             assert metric(admin, "deliveries_total", output="crm", outcome="retry") == 5, "no attempt without a request"
             wait_for(
-                lambda: status(config, env)["outputs"]["crm"]["breaker"] == "closed",
+                lambda: status_json(config, env)["outputs"]["crm"]["breaker"] == "closed",
                 timeout=5,
                 what="status shows the breaker closed",
             )

@@ -6,10 +6,7 @@ the spool itself: each of its connections killed while idle, and a session ended
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -29,10 +26,9 @@ from event_router.testing import (
     http_receiver,
     post,
     readyz,
-    router_table,
     wait_for,
-    webhook_input,
 )
+from router_helpers import postgresql_router, status_json
 
 KEY = "pg-faults-key"
 #: the router's lease: renewed every second, so renewals run (and fail) inside the outage
@@ -67,26 +63,7 @@ def _names_the_database(reason: str, database: str) -> bool:
 
 def _config(tmp_path: Path, port: int, admin: int, crm_url: str) -> Path:
     config = tmp_path / "router.toml"
-    config.write_text(
-        router_table(admin, shutdown_timeout="2s")
-        + f"""
-[router.spool]
-backend = "postgresql"
-dsn = {{ env = "ROUTER_PG_DSN" }}
-lease = "{LEASE}"
-"""
-        + webhook_input(port)
-        + f"""
-[outputs.crm]
-type = "http"
-url = "{crm_url}/hooks"
-concurrency = 4
-retry = {{ initial_backoff = "50ms", max_backoff = "500ms", max_attempts = 100000 }}
-[[routes]]
-name = "all"
-to = "crm"
-"""
-    )
+    config.write_text(postgresql_router(port, crm_url, lease=LEASE, max_backoff="500ms", admin=admin))
     return config
 
 
@@ -188,16 +165,7 @@ def test_postgresql_away_mid_stream_loses_nothing_acknowledged(tmp_path: Path, p
             assert not restarts, restarts[:2]
 
             def pending() -> int:
-                run = subprocess.run(
-                    [sys.executable, "-m", "event_router", "status", "--json", "-c", str(config)],
-                    env={**os.environ, "ROUTER_PG_DSN": pg_dsn},
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    check=False,
-                )
-                assert run.returncode == 0, run.stderr
-                count: int = json.loads(run.stdout)["pending_events"]
+                count: int = status_json(config, {"ROUTER_PG_DSN": pg_dsn})["pending_events"]
                 return count
 
             wait_for(lambda: pending() == 0, timeout=20, what="nothing pending in the spool")

@@ -4,17 +4,14 @@ too, once their leases ran out), each delivery of an event with one Idempotency-
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 
-from event_router.testing import RouterProcess, example, free_port, http_receiver, post, router_table, wait_for
+from event_router.testing import RouterProcess, example, free_port, http_receiver, post, wait_for
+from router_helpers import postgresql_router, status_json
 
 KEY = "ha-key"
 LEASE = 3.0
@@ -28,29 +25,7 @@ def config_for(tmp_path: Path, name: str, port: int, crm_url: str) -> Path:
     home = tmp_path / name
     home.mkdir()
     config = home / "router.toml"
-    config.write_text(
-        router_table(shutdown_timeout="2s")
-        + f"""
-[router.spool]
-backend = "postgresql"
-dsn = {{ env = "ROUTER_PG_DSN" }}
-lease = "{LEASE:g}s"
-
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-
-[outputs.crm]
-type = "http"
-url = "{crm_url}/hooks"
-concurrency = 4
-retry = {{ initial_backoff = "50ms", max_backoff = "200ms", max_attempts = 100000 }}
-[[routes]]
-name = "all"
-to = "crm"
-"""
-    )
+    config.write_text(postgresql_router(port, crm_url, lease=f"{LEASE:g}s", max_backoff="200ms"))
     return config
 
 
@@ -102,16 +77,7 @@ def test_a_router_killed_mid_stream_leaves_nothing_undelivered(tmp_path: Path, p
             assert both == {0: 40, 1: 40}
 
             def pending() -> int:
-                run = subprocess.run(
-                    [sys.executable, "-m", "event_router", "status", "--json", "-c", str(configs[1])],
-                    env={**os.environ, "ROUTER_PG_DSN": pg_dsn},
-                    capture_output=True,
-                    text=True,
-                    timeout=60,
-                    check=False,
-                )
-                assert run.returncode == 0, run.stderr
-                count: int = json.loads(run.stdout)["pending_events"]
+                count: int = status_json(configs[1], {"ROUTER_PG_DSN": pg_dsn})["pending_events"]
                 return count
 
             wait_for(lambda: pending() == 0, timeout=10, what="nothing pending in the cluster")

@@ -24,6 +24,7 @@ from event_router.testing import (
     wait_for,
     webhook_input,
 )
+from router_helpers import POSTGRESQL_SPOOL, http_output, route
 
 KEY = "pg-router-key"
 PASSWORD = "pg-router-password"
@@ -57,23 +58,14 @@ def test_a_router_on_postgresql_stores_delivers_and_shows_its_spool(tmp_path: Pa
         config.write_text(
             router_table(shutdown_timeout="2s")
             + webhook_input(port)
-            + f"""
-[router.spool]
-backend = "postgresql"
-dsn = {{ env = "ROUTER_PG_DSN" }}
-lease = "5s"
-
-[outputs.archive]
-type = "file"
-path = "./var/archive.jsonl"
-[outputs.crm]
-type = "http"
-url = "{crm.url}/hooks"
-retry = {{ initial_backoff = "50ms", max_backoff = "200ms", max_attempts = 100000 }}
-[[routes]]
-name = "all"
-to = ["archive", "crm"]
-"""
+            + POSTGRESQL_SPOOL.format(lease="5s")
+            + '[outputs.archive]\ntype = "file"\npath = "./var/archive.jsonl"\n'
+            + http_output(
+                "crm",
+                f"{crm.url}/hooks",
+                'retry = { initial_backoff = "50ms", max_backoff = "200ms", max_attempts = 100000 }',
+            )
+            + route('["archive", "crm"]')
         )
         c = ("-c", str(config))
         env = {"ROUTER_WEBHOOK_API_KEY": KEY, "ROUTER_PG_DSN": dsn}

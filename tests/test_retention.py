@@ -31,13 +31,13 @@ from event_router.testing import (
     example,
     free_port,
     http_receiver,
-    post,
     readyz,
     router_table,
     run_cli,
     wait_for,
     webhook_input,
 )
+from router_helpers import http_output, metric_values, numbered_message, route, send_event, spool_rows
 
 KEY = "retention-key"
 ENV = {"ROUTER_WEBHOOK_API_KEY": KEY}
@@ -194,38 +194,18 @@ def iso(timestamp: float) -> str:
 
 def events_rows(config: Path, env: dict[str, str]) -> int:
     """Rows in the spool's events table, pending and kept: what the router holds on disk."""
-    if "ROUTER_PG_DSN" in env:
-        with psycopg.connect(env["ROUTER_PG_DSN"]) as conn:
-            row = conn.execute("SELECT count(*) FROM event_router.events").fetchone()
-            assert row is not None
-            return int(row[0])
-    lite = sqlite3.connect(config.parent / "var" / "spool.db")
-    try:
-        return int(lite.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-    finally:
-        lite.close()
+    return spool_rows(config, env, "events")
 
 
 def pending(admin: int) -> float:
     """The router's `spool_pending_events` gauge, from a real scrape."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("event_router_spool_pending_events "):
-                return float(line.split()[1])
-    raise AssertionError("no event_router_spool_pending_events in /metrics")
-
-
-def message(n: int) -> dict[str, object]:
-    body = example("transport.messageReceived")
-    return {**body, "data": {**body["data"], "id": f"MSG{n:017d}"}}
+    shown = metric_values(admin, "spool_pending_events")
+    assert shown, "no event_router_spool_pending_events in /metrics"
+    return shown[0]
 
 
 def send(port: int, body: dict[str, object]) -> str:
-    status, answer, _ = post(f"http://127.0.0.1:{port}/events", body, {"x-api-key": KEY})
-    assert status == 202, answer
-    return str(answer["id"])
+    return send_event(port, body, KEY)
 
 
 def config_for(tmp_path: Path, port: int, admin: int, spool_line: str, outputs: str, *, retention: str | None) -> Path:
@@ -235,8 +215,8 @@ def config_for(tmp_path: Path, port: int, admin: int, spool_line: str, outputs: 
     return config
 
 
-def http_output(name: str, url: str) -> str:
-    return f'[outputs.{name}]\ntype = "http"\nurl = "{url}/in"\n'
+def crm_output(url: str, name: str = "crm") -> str:
+    return http_output(name, f"{url}/in")
 
 
 @pytest.mark.slow
@@ -248,16 +228,16 @@ def test_replay_sends_exactly_the_window_again_with_the_same_event_ids(
     port, admin = free_port(), free_port()
     with http_receiver() as crm:
         # one at a time: the replayed deliveries arrive in the order they were requeued
-        outputs = http_output("crm", crm.url) + 'concurrency = 1\n[[routes]]\nname = "all"\nto = "crm"\n'
+        outputs = crm_output(crm.url) + "concurrency = 1\n" + route('"crm"')
         config = config_for(tmp_path, port, admin, spool_line, outputs, retention="1d")
         c = ("-c", str(config))
         with RouterProcess(config, env=env):
-            before = [send(port, message(n)) for n in range(3)]
+            before = [send(port, numbered_message(n)) for n in range(3)]
             wait_for(lambda: len(crm.requests) == 3, what="the first three delivered")
             since = time.time()
-            window = [send(port, message(n)) for n in range(3, 6)]
+            window = [send(port, numbered_message(n)) for n in range(3, 6)]
             until = time.time()
-            after = [send(port, message(n)) for n in range(6, 8)]
+            after = [send(port, numbered_message(n)) for n in range(6, 8)]
             wait_for(lambda: len(crm.requests) == 8, what="all eight delivered")
             # kept, and none of it pending: the gauge, status, readiness
             wait_for(lambda: pending(admin) == 0, what="nothing pending")
@@ -300,15 +280,11 @@ def test_replay_to_one_output_and_matching_triggers_only(
     env = {**ENV, **spool_env}
     port, admin = free_port(), free_port()
     with http_receiver() as crm, http_receiver() as archive:
-        outputs = (
-            http_output("crm", crm.url)
-            + http_output("archive", archive.url)
-            + '[[routes]]\nname = "all"\nto = ["crm", "archive"]\n'
-        )
+        outputs = crm_output(crm.url) + crm_output(archive.url, "archive") + route('["crm", "archive"]')
         config = config_for(tmp_path, port, admin, spool_line, outputs, retention="7d")
         c = ("-c", str(config))
         with RouterProcess(config, env=env):
-            messages = [send(port, message(n)) for n in range(2)]
+            messages = [send(port, numbered_message(n)) for n in range(2)]
             requests = [send(port, example("consumption.incomingRequestReceived")) for _ in range(2)]
             wait_for(lambda: len(crm.requests) == 4 and len(archive.requests) == 4, what="four events to both")
             replayed = run_cli(
@@ -353,12 +329,12 @@ def test_expired_kept_events_are_pruned(tmp_path: Path, router_spool: tuple[str,
     env = {**ENV, **spool_env}
     port, admin = free_port(), free_port()
     with http_receiver() as crm:
-        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "all"\nto = "crm"\n'
+        outputs = crm_output(crm.url) + route('"crm"')
         config = config_for(tmp_path, port, admin, spool_line, outputs, retention="6s")
         c = ("-c", str(config))
         with RouterProcess(config, env=env):
             for n in range(3):
-                send(port, message(n))
+                send(port, numbered_message(n))
             wait_for(lambda: len(crm.requests) == 3, what="three delivered")
             listed = run_cli("replay", "--since", "1h", "--dry-run", *c, env=spool_env)
             assert listed.stdout.startswith("dry run: would replay 3 of 3 "), listed.stdout
@@ -375,12 +351,12 @@ def test_without_retention_nothing_is_kept(tmp_path: Path, router_spool: tuple[s
     env = {**ENV, **spool_env}
     port, admin = free_port(), free_port()
     with http_receiver() as crm:
-        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "all"\nto = "crm"\n'
+        outputs = crm_output(crm.url) + route('"crm"')
         config = config_for(tmp_path, port, admin, spool_line, outputs, retention=None)
         c = ("-c", str(config))
         with RouterProcess(config, env=env):
             for n in range(3):
-                send(port, message(n))
+                send(port, numbered_message(n))
             wait_for(lambda: len(crm.requests) == 3, what="three delivered")
             wait_for(lambda: events_rows(config, env) == 0, what="every delivered event forgotten")
             replayed = run_cli("replay", "--since", "1h", *c, env=spool_env)
@@ -428,11 +404,11 @@ def run_in_terminal(*args: str, timeout: float = 60) -> tuple[int, str]:
 def test_replay_keeps_its_rate_and_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     with http_receiver() as crm:
-        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "all"\nto = "crm"\n'
+        outputs = crm_output(crm.url) + route('"crm"')
         config = config_for(tmp_path, port, admin, "", outputs, retention="1d")
         with RouterProcess(config, env=ENV):
             for n in range(12):
-                send(port, message(n))
+                send(port, numbered_message(n))
             wait_for(lambda: len(crm.requests) == 12, what="twelve delivered")
             started = time.monotonic()
             code, shown = run_in_terminal("replay", "--since", "1h", "--rate", "6", "-c", str(config))
@@ -469,14 +445,14 @@ def test_replay_leaves_room_for_live_events(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     with http_receiver() as crm:
         outputs = (
-            http_output("crm", crm.url)
+            crm_output(crm.url)
             + 'max_pending = 8\nretry = { initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 100000 }\n'
-            + '[[routes]]\nname = "all"\nto = "crm"\n'
+            + route('"crm"')
         )
         config = config_for(tmp_path, port, admin, "max_pending_events = 10", outputs, retention="1d")
         with RouterProcess(config, env=ENV):
             for n in range(12):  # one at a time: the spool's 10 must not fill
-                send(port, message(n))
+                send(port, numbered_message(n))
                 wait_for(lambda: pending(admin) == 0, what=f"event {n} delivered")
             crm.respond(503)
             replay = subprocess.Popen(
@@ -495,7 +471,7 @@ def test_replay_leaves_room_for_live_events(tmp_path: Path) -> None:
                     time.sleep(0.05)
                 assert replay.poll() is None, "the replay waits for room"
                 assert max(seen) == 4, seen
-                send(port, message(100))  # a live event still goes in
+                send(port, numbered_message(100))  # a live event still goes in
                 crm.respond(200)
                 out, err = replay.communicate(timeout=60)
             finally:

@@ -10,7 +10,6 @@ the test kit's real HTTP server. OTEL_BSP_SCHEDULE_DELAY is short so that spans 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -40,26 +39,15 @@ from event_router.testing import (
     http_receiver,
     post,
     read_jsonl,
+    router_table,
     run_cli,
     send_webhook,
     until,
     wait_for,
+    webhook_input,
 )
-
-
-def _load_fake_connector() -> Any:
-    # tests are imported with --import-mode=importlib: the sibling module is loaded by path (as
-    # test_connector_output does; whichever loads it first, both get the same module)
-    if "fake_connector" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("fake_connector", Path(__file__).with_name("fake_connector.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["fake_connector"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["fake_connector"]
-
-
-FakeConnector = _load_fake_connector().FakeConnector
+from fake_connector import FakeConnector
+from router_helpers import http_output, route
 
 #: the exporter's batches every 50 ms, not the SDK's default 5 s
 ENV = {"ROUTER_WEBHOOK_API_KEY": "otel-key", "OTEL_BSP_SCHEDULE_DELAY": "50", "OTLP_TOKEN": "otlp-s3cret"}
@@ -70,6 +58,8 @@ PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 CORRELATION = "7c0c1a52-4f9a-4a43-9d0e-1f2a3b4c5d6e"
 OUTCOME = "event_router.delivery.outcome"
+#: the http output's retries: every 50 to 100 ms
+RETRY = 'retry = { initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 100 }'
 
 
 @dataclass
@@ -157,24 +147,12 @@ def otlp_collector() -> Iterator[Collector]:
 
 def write_config(tmp: Path, port: int, target: str, *, telemetry: str | None) -> Path:
     path = tmp / "router.toml"
-    path.write_text(f"""
-[router]
-data_dir = "./var"
-shutdown_timeout = "5s"
-{telemetry or ""}
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-api_key = {{ env = "ROUTER_WEBHOOK_API_KEY" }}
-[outputs.crm]
-type = "http"
-url = "{target}/hooks/{{{{trigger}}}}"
-timeout = "5s"
-retry = {{ initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 100 }}
-[[routes]]
-name = "mail to crm"
-to = "crm"
-""")
+    path.write_text(
+        router_table(shutdown_timeout="5s", extra=telemetry or "")
+        + webhook_input(port)
+        + http_output("crm", f"{target}/hooks/{{{{trigger}}}}", f'timeout = "5s"\n{RETRY}')
+        + route('"crm"', name="mail to crm")
+    )
     return path
 
 
@@ -435,24 +413,13 @@ def test_a_router_without_the_otel_extra_names_it(tmp_path: Path) -> None:
 
 def inprocess_toml(collector: Collector, port: int, target: str, *, router: str = "", telemetry: str = "") -> str:
     """A router for `make_app`: a webhook without a key, an http output retried every 50 ms."""
-    return f"""
-[router]
-data_dir = "./var"
-{router}
-[router.telemetry]
-endpoint = "{collector.url}"
-{telemetry}
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:{port}"
-[outputs.crm]
-type = "http"
-url = "{target}/hooks"
-retry = {{ initial_backoff = "50ms", max_backoff = "100ms", max_attempts = 100 }}
-[[routes]]
-name = "all"
-to = "crm"
-"""
+    return (
+        router_table(extra=router)
+        + f'[router.telemetry]\nendpoint = "{collector.url}"\n{telemetry}\n'
+        + webhook_input(port, api_key=None)
+        + http_output("crm", f"{target}/hooks", RETRY)
+        + route('"crm"')
+    )
 
 
 @pytest.mark.anyio

@@ -4,19 +4,16 @@ commands as separate processes beside them. The spool's part: tests/test_spool_a
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 
 from event_router.testing import (
     Recorded,
     RouterProcess,
-    example,
     free_port,
     http_receiver,
     post,
@@ -25,6 +22,7 @@ from event_router.testing import (
     wait_for,
     webhook_input,
 )
+from router_helpers import http_output, numbered_message, route, send_event, spool_rows
 
 KEY = "trace-key"
 #: the api key the router sends the receiver (an `x-api-key` header of the http output), which the receiver
@@ -36,15 +34,8 @@ ENV = {"ROUTER_WEBHOOK_API_KEY": KEY, "CRM_API_KEY": SENT_KEY}
 # --- real routers -------------------------------------------------------------------------------------------
 
 
-def message(n: int) -> dict[str, object]:
-    body = example("transport.messageReceived")
-    return {**body, "data": {**body["data"], "id": f"MSG{n:017d}"}}
-
-
 def send(port: int, body: dict[str, object]) -> str:
-    status, answer, _ = post(f"http://127.0.0.1:{port}/events", body, {"x-api-key": KEY})
-    assert status == 202, answer
-    return str(answer["id"])
+    return send_event(port, body, KEY)
 
 
 def echoing(request: Recorded) -> bytes:
@@ -52,11 +43,9 @@ def echoing(request: Recorded) -> bytes:
     return orjson.dumps({"error": "down for maintenance", "you_sent": request.headers.get("x-api-key")})
 
 
-def http_output(name: str, url: str, extra: str = "") -> str:
-    return (
-        f'[outputs.{name}]\ntype = "http"\nurl = "{url}/in"\n'
-        f'headers = {{ "x-api-key" = {{ env = "CRM_API_KEY" }} }}\n{extra}'
-    )
+def keyed_output(name: str, url: str, extra: str = "") -> str:
+    """An http output that sends the api key in `x-api-key`."""
+    return http_output(name, f"{url}/in", f'headers = {{ "x-api-key" = {{ env = "CRM_API_KEY" }} }}\n{extra}')
 
 
 def config_for(
@@ -81,16 +70,7 @@ def trace(config: Path, event_id: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def attempts_on_disk(config: Path, env: dict[str, str]) -> int:
-    if "ROUTER_PG_DSN" in env:
-        with psycopg.connect(env["ROUTER_PG_DSN"]) as conn:
-            row = conn.execute("SELECT count(*) FROM event_router.attempts").fetchone()
-            assert row is not None
-            return int(row[0])
-    lite = sqlite3.connect(config.parent / "var" / "spool.db")
-    try:
-        return int(lite.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
-    finally:
-        lite.close()
+    return spool_rows(config, env, "attempts")
 
 
 @pytest.mark.slow
@@ -106,10 +86,10 @@ def test_trace_shows_each_attempt_with_its_status_and_answer_then_delivered(
     with http_receiver() as crm:
         crm.reply = echoing
         crm.respond(503, 200)
-        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "to crm"\nto = "crm"\n'
+        outputs = keyed_output("crm", crm.url) + route('"crm"', name="to crm")
         config = config_for(tmp_path, port, spool_line, outputs, retention="1d", retry='initial_backoff = "200ms"')
         with RouterProcess(config, env=env):
-            event_id = send(port, message(1))
+            event_id = send(port, numbered_message(1))
             wait_for(lambda: len(crm.requests) == 2, what="the 503 and the retry")
             assert all(r.headers["x-api-key"] == SENT_KEY for r in crm.requests)
             found = wait_for(
@@ -167,10 +147,10 @@ def test_without_retention_the_attempts_go_with_the_delivered_event(
     with http_receiver() as crm:
         crm.reply = echoing
         crm.respond(503)
-        outputs = http_output("crm", crm.url) + '[[routes]]\nname = "to crm"\nto = "crm"\n'
+        outputs = keyed_output("crm", crm.url) + route('"crm"', name="to crm")
         config = config_for(tmp_path, port, spool_line, outputs, retention=None, retry='initial_backoff = "1s"')
         with RouterProcess(config, env=env):
-            event_id = send(port, message(2))
+            event_id = send(port, numbered_message(2))
             wait_for(lambda: crm.requests, what="the first attempt")
             pending = wait_for(
                 lambda: (t := trace(config, event_id, spool_env))["deliveries"][0]["history"] and t,
@@ -205,13 +185,13 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
         crm.reply = echoing
         crm.respond(503)
         outputs = (
-            http_output("crm", crm.url, 'retry = { max_attempts = 2, initial_backoff = "100ms" }\n')
-            + http_output("archive", archive.url)
-            + '[[routes]]\nname = "everything"\nto = ["crm", "archive"]\n'
+            keyed_output("crm", crm.url, 'retry = { max_attempts = 2, initial_backoff = "100ms" }\n')
+            + keyed_output("archive", archive.url)
+            + route('["crm", "archive"]', name="everything")
         )
         config = config_for(tmp_path, port, spool_line, outputs, retention=None)
         with RouterProcess(config, env=env) as router:
-            event_id = send(port, message(3))
+            event_id = send(port, numbered_message(3))
             record = router.wait_log("delivery dead-lettered")
             dlid = record["dead_letter"]
             wait_for(lambda: len(archive.requests) == 1, what="the archive's delivery")
@@ -219,7 +199,7 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
             traced = trace(config, event_id, spool_env)
             text = run_cli("trace", event_id, "-c", str(config), env=spool_env)
             # an event dead-lettered before any delivery: its dead letter is all there is, and says why
-            invalid = message(4)
+            invalid = numbered_message(4)
             invalid["data"] = {"id": "MSG00000000000000004"}  # no recipients, no content...
             status, answer, _ = post(f"http://127.0.0.1:{port}/events", invalid, {"x-api-key": KEY})
             assert status == 422, answer
