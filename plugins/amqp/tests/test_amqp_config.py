@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
 
-from event_router.config import ConfigErrors, build_config
 from event_router.plugin_loader import PluginRegistry, load_plugins
+from event_router.testing import build_router_config, config_errors
 from event_router_amqp import AmqpInput, AmqpOutput
 
 BASE = """
@@ -32,13 +31,11 @@ def registry() -> PluginRegistry:
 
 
 def errors_of(text: str, tmp_path: Path, registry: PluginRegistry) -> list[str]:
-    with pytest.raises(ConfigErrors) as info:
-        build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
-    return [str(e) for e in info.value.errors]
+    return config_errors(lambda: build_router_config(text, tmp_path, registry=registry))
 
 
 def test_defaults(tmp_path: Path, registry: PluginRegistry) -> None:
-    config = build_config(tomllib.loads(BASE), path=tmp_path / "router.toml", registry=registry)
+    config = build_router_config(BASE, tmp_path, registry=registry)
     inp = config.inputs["broker"].plugin
     assert isinstance(inp, AmqpInput)
     assert (inp.exchange, inp.exchange_type, inp.declare_exchange) == ("connector", "topic", False)
@@ -57,11 +54,11 @@ def test_plain_urls_warn_only_with_a_password(tmp_path: Path, registry: PluginRe
     """`amqp://rabbitmq:5672` (what `import-connector-config` writes for a broker without credentials) is no
     secret: neither the input's nor the output's URL is a "secret written in plain text" then."""
     text = BASE.replace("router:pw-in-url@", "")
-    config = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    config = build_router_config(text, tmp_path, registry=registry)
     assert not [w for w in config.warnings if "plain text" in w], config.warnings
     # the output still warns with a password in its URL
     text = BASE.replace("router:pw-in-url@127.0.0.1:5672/enmeshed", "127.0.0.1:5672/enmeshed")
-    config = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    config = build_router_config(text, tmp_path, registry=registry)
     assert [w for w in config.warnings if "plain text" in w] == [
         'router.toml: outputs.bus.url: secret written in plain text; prefer { env = "NAME" }, { file = "path" } '
         'or { credential = "name" } (systemd)'
@@ -140,7 +137,7 @@ def test_secret_reference_for_the_url(
 ) -> None:
     monkeypatch.setenv("ER_TEST_AMQP_URL", "amqp://router:from-env@127.0.0.1:5672/")
     text = BASE.replace('url = "amqp://router:pw-in-url@127.0.0.1:5672/enmeshed"', 'url = { env = "ER_TEST_AMQP_URL" }')
-    config = build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    config = build_router_config(text, tmp_path, registry=registry)
     inp = config.inputs["broker"].plugin
     assert isinstance(inp, AmqpInput)
     assert inp.url == "amqp://router:from-env@127.0.0.1:5672/"

@@ -19,6 +19,7 @@ from event_router.testing import (
     example,
     free_port,
     post,
+    published_at_ready,
     read_jsonl,
     readyz,
     require_service,
@@ -52,14 +53,14 @@ queue_type = "classic"
 bindings = ["{trigger}"]
 unknown_triggers = "accept"
 {archive_all()}""")
-            with RouterProcess(config) as router:
+
+            def publish() -> None:
                 with ConnectorPublisher(AMQP_URL) as publisher:
                     publisher.publish_many("amq.topic", [(trigger, orjson.dumps(mail(i))) for i in range(COUNT)])
-                assert_ready_means_consuming(router, admin, "consuming from the broker")
+
+            with published_at_ready(config, admin, "consuming from the broker", publish):
                 wait_for(lambda: len(read_jsonl(out)) >= COUNT, timeout=20, what=f"{COUNT} events stored")
                 assert sorted(line["data"]["id"] for line in read_jsonl(out)) == [mail(i)["id"] for i in range(COUNT)]
-                assert readyz(admin)[0] == 200
-                assert router.terminate() == 0
     finally:
         asyncio.run(_delete(queue))
 

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from event_router.config import ConfigErrors, build_config
-from event_router.plugin_loader import load_plugins
+from event_router.testing import build_router_config, config_errors
 from event_router_mqtt.input import MqttInput
 from event_router_mqtt.settings import trigger_for
 
 
 def build(table: str, tmp_path: Path) -> Any:
-    text = f'[inputs.mq]\ntype = "mqtt"\n{table}\n'
-    return build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=load_plugins())
+    return build_router_config(f'[inputs.mq]\ntype = "mqtt"\n{table}\n', tmp_path)
 
 
 def errors_of(table: str, tmp_path: Path) -> list[str]:
-    with pytest.raises(ConfigErrors) as info:
-        build(table, tmp_path)
-    return [str(e) for e in info.value.errors]
+    return config_errors(lambda: build(table, tmp_path))
 
 
 def test_defaults(tmp_path: Path) -> None:

@@ -3,13 +3,12 @@ broken becomes a dead letter, acknowledged once and never delivered again."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
 import pytest
 
-from event_router.testing import MakeApp, dead_letters, example
+from event_router.testing import MakeApp, connector_events, dead_letters, unique_relationship
 from event_router_mqtt.testing import MqttKit, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("mosquitto")]
@@ -25,9 +24,7 @@ def ready(app: Any) -> bool:
 async def test_what_the_connector_publishes_arrives_as_events(make_app: MakeApp, mqtt_kit: MqttKit) -> None:
     kit = mqtt_kit
     message = kit.message()
-    relationship = example("transport.relationshipChanged")["data"]
-    relationship["id"] = "REL" + uuid.uuid4().hex[:17].upper()
-    rel_trigger = f"consumption.relationshipEvent.{relationship['id']}"
+    relationship, rel_trigger = unique_relationship()
     # No topic_prefix and the default topics: exactly where the Connector publishes. Other tests on this
     # broker may publish there too, so lines are picked by what only this test sent.
     async with make_app(kit.config(prefix=False)) as app:
@@ -37,17 +34,10 @@ async def test_what_the_connector_publishes_arrives_as_events(make_app: MakeApp,
             (f"consumption/relationshipEvent/{relationship['id']}", relationship, 0),
             ("runtime/modulesStarted", b"{}", 0),
         )
-
-        def mine() -> dict[str, dict[str, Any]]:
-            found = {}
-            for line in kit.lines():
-                if line["trigger"] == "transport.messageReceived" and line["data"]["id"] == message["id"]:
-                    found["message"] = line
-                elif line["trigger"] in (rel_trigger, "runtime.modulesStarted"):
-                    found[line["trigger"]] = line
-            return found if len(found) == 3 else {}
-
-        got = await eventually(mine, what="the three events in the file")
+        got = await eventually(
+            lambda: connector_events(kit.lines(), message["id"], rel_trigger, "runtime.modulesStarted"),
+            what="the three events in the file",
+        )
     assert got["message"]["data"] == message
     assert got["message"]["source"] == "mq"
     assert got["message"]["meta"] == {"topic": "transport/messageReceived", "qos": 0, "retain": False}

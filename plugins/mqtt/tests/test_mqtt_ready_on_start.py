@@ -10,15 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from event_router.testing import (
-    RouterProcess,
-    TcpProxy,
-    assert_ready_means_consuming,
-    free_port,
-    readyz,
-    require_service,
-    wait_for,
-)
+from event_router.testing import TcpProxy, free_port, published_at_ready, require_service, wait_for
 from event_router_mqtt.testing import HOST, SHARED_PORT, MqttKit
 
 pytestmark = pytest.mark.slow
@@ -34,17 +26,17 @@ def test_events_published_when_ready_are_all_stored(tmp_path: Path) -> None:
         config = tmp_path / "router.toml"
         config.write_text(kit.config("qos = 1", f'[router.admin]\nlisten = "127.0.0.1:{admin}"'))
         messages = [kit.message() for _ in range(COUNT)]
-        try:
-            with RouterProcess(config) as router:
-                anyio.run(
-                    lambda: kit.publish(
-                        *[(kit.topic("transport.messageReceived"), m, 1) for m in messages], port=SHARED_PORT
-                    )
+
+        def publish() -> None:
+            anyio.run(
+                lambda: kit.publish(
+                    *[(kit.topic("transport.messageReceived"), m, 1) for m in messages], port=SHARED_PORT
                 )
-                assert_ready_means_consuming(router, admin, "subscribed to the MQTT broker")
+            )
+
+        try:
+            with published_at_ready(config, admin, "subscribed to the MQTT broker", publish):
                 wait_for(lambda: len(kit.lines()) >= COUNT, timeout=20, what=f"{COUNT} events stored")
                 assert sorted(line["data"]["id"] for line in kit.lines()) == sorted(m["id"] for m in messages)
-                assert readyz(admin)[0] == 200
-                assert router.terminate() == 0
         finally:
             kit.forget_session(port=SHARED_PORT)

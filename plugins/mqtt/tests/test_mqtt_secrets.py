@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from event_router.testing import RouterProcess, assert_check_hides_secrets, assert_no_secrets, free_port
+from event_router.testing import (
+    assert_check_hides_secrets,
+    assert_no_secrets,
+    free_port,
+    router_refusing_a_reload,
+    url_secret_inputs,
+)
 from event_router_mqtt.testing import PrivateBroker
 
 pytestmark = pytest.mark.slow
@@ -39,23 +45,12 @@ def test_mqtt_url_password_is_never_shown(
     broker = private_broker(extra=f"allow_anonymous false\npassword_file {password_file}").start()
     closed = free_port()
     config = tmp_path / "router.toml"
-    text = f"""
-[router]
-data_dir = "./var"
-log_level = "debug"
-[inputs.good]
-type = "mqtt"
-url = {{ env = "MQTT_SECRET_TEST_URL" }}
-reconnect_max = "1s"
-[inputs.refused]
-type = "mqtt"
-url = "mqtt://router:{PASSWORD}-wrong@127.0.0.1:{broker.port}"
-reconnect_max = "1s"
-[inputs.unreachable]
-type = "mqtt"
-url = "mqtt://router:{PASSWORD}@127.0.0.1:{closed}"
-reconnect_max = "1s"
-"""
+    text = url_secret_inputs(
+        "mqtt",
+        env="MQTT_SECRET_TEST_URL",
+        refused=f"mqtt://router:{PASSWORD}-wrong@127.0.0.1:{broker.port}",
+        unreachable=f"mqtt://router:{PASSWORD}@127.0.0.1:{closed}",
+    )
     config.write_text(text)
     env = {"MQTT_SECRET_TEST_URL": f"mqtt://router:{PASSWORD}@127.0.0.1:{broker.port}"}
 
@@ -64,13 +59,9 @@ reconnect_max = "1s"
     )
 
     broken = text.replace(f"@127.0.0.1:{closed}", f"@127.0.0.1:{closed}/path")
-    with RouterProcess(config, env=env, ready=False) as router:  # inputs that never connect
+    with router_refusing_a_reload(config, broken, env) as router:  # inputs that never connect
         router.wait_log("subscribed to the MQTT broker")
         router.wait_log("cannot connect to the MQTT broker", count=2)
-        config.write_text(broken)
-        router.reload()
-        router.wait_log("reload refused")
-        assert router.terminate() == 0
     logs = router.logs()
     assert_no_secrets(
         logs,

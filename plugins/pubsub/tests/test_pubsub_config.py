@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +9,8 @@ import pytest
 
 import event_router_pubsub
 from event_router.api import ConfigError
-from event_router.config import ConfigErrors, build_config
 from event_router.plugin_loader import load_plugins
+from event_router.testing import build_router_config, config_errors
 from event_router_pubsub.input import PubSubInput
 from event_router_pubsub.settings import parse_settings
 
@@ -29,13 +28,11 @@ name = "all"
 to = "archive"
 """
     registry = load_plugins(entry_points=False, extra_plugins=[("pubsub", event_router_pubsub)])
-    return build_config(tomllib.loads(text), path=tmp_path / "router.toml", registry=registry)
+    return build_router_config(text, tmp_path, registry=registry)
 
 
 def errors(tmp_path: Path, table: str) -> list[str]:
-    with pytest.raises(ConfigErrors) as caught:
-        build(tmp_path, table)
-    return [str(e) for e in caught.value.errors]
+    return config_errors(lambda: build(tmp_path, table))
 
 
 def test_defaults_and_full_paths(tmp_path: Path) -> None:

@@ -13,7 +13,16 @@ from typing import Any
 import orjson
 import pytest
 
-from event_router.testing import DeadLetter, MakeApp, dead_letters, example, free_port, http_receiver
+from event_router.testing import (
+    DeadLetter,
+    MakeApp,
+    connector_events,
+    dead_letters,
+    example,
+    free_port,
+    http_receiver,
+    unique_relationship,
+)
 from event_router_redis.testing import PrivateRedis, RedisKit, eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.broker("redis")]
@@ -36,9 +45,7 @@ def publish(kit: RedisKit, *messages: tuple[str, bytes | dict[str, Any]]) -> Non
 async def test_what_the_connector_publishes_arrives_as_events(make_app: MakeApp, redis_kit: RedisKit) -> None:
     kit = redis_kit
     message = kit.message()
-    relationship = example("transport.relationshipChanged")["data"]
-    relationship["id"] = "REL" + uuid.uuid4().hex[:17].upper()
-    rel_trigger = f"consumption.relationshipEvent.{relationship['id']}"
+    relationship, rel_trigger = unique_relationship()
     # The default patterns listen where the Connector publishes, so other tests' messages may show up:
     # lines are picked by what only this test sent.
     async with make_app(kit.config()) as app:
@@ -49,17 +56,10 @@ async def test_what_the_connector_publishes_arrives_as_events(make_app: MakeApp,
             (rel_trigger, relationship),
             ("runtime.modulesStarted", b"{}"),
         )
-
-        def mine() -> dict[str, dict[str, Any]]:
-            found = {}
-            for line in kit.lines():
-                if line["trigger"] == "transport.messageReceived" and line["data"]["id"] == message["id"]:
-                    found["message"] = line
-                elif line["trigger"] in (rel_trigger, "runtime.modulesStarted"):
-                    found[line["trigger"]] = line
-            return found if len(found) == 3 else {}
-
-        got = await eventually(mine, what="the three events in the file")
+        got = await eventually(
+            lambda: connector_events(kit.lines(), message["id"], rel_trigger, "runtime.modulesStarted"),
+            what="the three events in the file",
+        )
     assert got["message"]["data"] == message
     assert got["message"]["source"] == "rd"
     assert got["message"]["meta"] == {"channel": "transport.messageReceived", "pattern": "transport.*"}

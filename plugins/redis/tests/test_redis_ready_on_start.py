@@ -11,15 +11,7 @@ import orjson
 import pytest
 import redis
 
-from event_router.testing import (
-    RouterProcess,
-    TcpProxy,
-    assert_ready_means_consuming,
-    free_port,
-    readyz,
-    require_service,
-    wait_for,
-)
+from event_router.testing import TcpProxy, free_port, published_at_ready, require_service, wait_for
 from event_router_redis.testing import HOST, SHARED_PORT, RedisKit
 
 pytestmark = pytest.mark.slow
@@ -42,18 +34,18 @@ def test_events_published_when_ready_are_all_stored(tmp_path: Path, mode: str, c
             kit.stream_config(router_extra=admin_table) if mode == "stream" else kit.config("", admin_table)
         )
         messages = [kit.message() for _ in range(COUNT)]
+
+        def publish() -> None:
+            for message in messages:
+                if mode == "stream":
+                    direct.xadd(kit.stream, {"trigger": "transport.messageReceived", "data": orjson.dumps(message)})
+                else:
+                    direct.publish("transport.messageReceived", orjson.dumps(message))
+
         try:
-            with RouterProcess(config) as router:
-                for message in messages:
-                    if mode == "stream":
-                        direct.xadd(kit.stream, {"trigger": "transport.messageReceived", "data": orjson.dumps(message)})
-                    else:
-                        direct.publish("transport.messageReceived", orjson.dumps(message))
-                assert_ready_means_consuming(router, admin, consuming)
+            with published_at_ready(config, admin, consuming, publish):
                 ids = {m["id"] for m in messages}
                 wait_for(lambda: ids <= set(kit.message_ids()), timeout=20, what=f"{COUNT} events stored")
-                assert readyz(admin)[0] == 200
-                assert router.terminate() == 0
         finally:
             direct.delete(kit.stream)
             direct.close()

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from event_router.testing import RouterProcess, assert_check_hides_secrets, assert_no_secrets, free_port, run_cli
+from event_router.testing import (
+    assert_check_hides_secrets,
+    assert_no_secrets,
+    free_port,
+    router_refusing_a_reload,
+    run_cli,
+    url_secret_inputs,
+)
 from event_router_redis.testing import PrivateRedis
 
 pytestmark = pytest.mark.slow
@@ -22,23 +29,12 @@ def test_redis_url_password_is_never_shown(tmp_path: Path, private_redis: Callab
     server = private_redis(password=PASSWORD).start()
     closed = free_port()
     config = tmp_path / "router.toml"
-    text = f"""
-[router]
-data_dir = "./var"
-log_level = "debug"
-[inputs.good]
-type = "redis"
-url = {{ env = "REDIS_SECRET_TEST_URL" }}
-reconnect_max = "1s"
-[inputs.refused]
-type = "redis"
-url = "redis://:{PASSWORD}-wrong@127.0.0.1:{server.port}/0"
-reconnect_max = "1s"
-[inputs.unreachable]
-type = "redis"
-url = "redis://:{PASSWORD}@127.0.0.1:{closed}/0"
-reconnect_max = "1s"
-"""
+    text = url_secret_inputs(
+        "redis",
+        env="REDIS_SECRET_TEST_URL",
+        refused=f"redis://:{PASSWORD}-wrong@127.0.0.1:{server.port}/0",
+        unreachable=f"redis://:{PASSWORD}@127.0.0.1:{closed}/0",
+    )
     config.write_text(text)
     env = {"REDIS_SECRET_TEST_URL": f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"}
 
@@ -47,13 +43,9 @@ reconnect_max = "1s"
     )
 
     broken = text.replace(f"@127.0.0.1:{closed}/0", "@127.0.0.1:notaport/0")
-    with RouterProcess(config, env=env, ready=False) as router:  # inputs that never connect
+    with router_refusing_a_reload(config, broken, env) as router:  # inputs that never connect
         router.wait_log("subscribed to Redis channels")
         router.wait_log("cannot read from Redis", count=2)
-        config.write_text(broken)
-        router.reload()
-        router.wait_log("reload refused")
-        assert router.terminate() == 0
     logs = router.logs()
     assert_no_secrets(
         logs,

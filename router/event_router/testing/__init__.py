@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from event_router.core.spool import Parked, Refused, SpoolSettings
 
 if TYPE_CHECKING:
     from event_router.app import App
+    from event_router.core.model import RouterConfig
+    from event_router.plugin_loader import PluginRegistry
 
 #: the source checkout (tests and plugins/_template live there); meaningless in an installed wheel
 ROOT = Path(__file__).resolve().parents[3]
@@ -66,6 +69,28 @@ def example_events() -> list[dict[str, Any]]:
 
 def example(trigger: str) -> dict[str, Any]:
     return next(e for e in example_events() if e["trigger"] == trigger)
+
+
+def unique_relationship() -> tuple[dict[str, Any], str]:
+    """The Connector's example relationship (`transport.relationshipChanged`'s data) with an id of its own, and
+    the trigger of the `consumption.relationshipEvent.<id>` the Connector publishes it as: an event only this
+    test sends, on a broker other tests publish to as well."""
+    relationship: dict[str, Any] = example("transport.relationshipChanged")["data"]
+    relationship["id"] = "REL" + uuid.uuid4().hex[:17].upper()
+    return relationship, f"consumption.relationshipEvent.{relationship['id']}"
+
+
+def connector_events(lines: Iterable[dict[str, Any]], message_id: str, *triggers: str) -> dict[str, dict[str, Any]]:
+    """Among the events a file output wrote (`read_jsonl`): the `transport.messageReceived` of the message
+    `message_id` (under "message") and an event of each of `triggers` (under its trigger), once all of them
+    are there, else {}. On a broker other tests publish to as well, a test picks what only it sent."""
+    found = {}
+    for line in lines:
+        if line["trigger"] == "transport.messageReceived" and line["data"]["id"] == message_id:
+            found["message"] = line
+        elif line["trigger"] in triggers:
+            found[line["trigger"]] = line
+    return found if len(found) == 1 + len(triggers) else {}
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -242,6 +267,40 @@ def webhook_input(
 def archive_all(path: str = "./var/events.jsonl", *, name: str = "archive") -> str:
     """router.toml text: a file output `name` writing `path`, and a route `all` sending every event to it."""
     return f'[outputs.{name}]\ntype = "file"\npath = "{path}"\n[[routes]]\nname = "all"\nto = "{name}"\n'
+
+
+def url_secret_inputs(kind: str, *, env: str, refused: str, unreachable: str) -> str:
+    """router.toml text for a test that the password in an input's `url` never shows: logging at debug, three
+    inputs of type `kind` that reconnect within a second: `good`, its URL read from `$<env>`; `refused`, the
+    URL `refused` (a password the broker refuses, written in plain text: `check` warns of it); `unreachable`,
+    the URL `unreachable` (nothing listens there)."""
+    inputs = [("good", f'{{ env = "{env}" }}'), ("refused", f'"{refused}"'), ("unreachable", f'"{unreachable}"')]
+    tables = "".join(f'[inputs.{name}]\ntype = "{kind}"\nurl = {url}\nreconnect_max = "1s"\n' for name, url in inputs)
+    return '\n[router]\ndata_dir = "./var"\nlog_level = "debug"\n' + tables
+
+
+def build_router_config(text: str, directory: Path, *, registry: PluginRegistry | None = None) -> RouterConfig:
+    """router.toml `text` built as the router builds it, as if read from `directory`/router.toml (its relative
+    paths are that folder's), with the installed plugins (`load_plugins()`) unless `registry` is given."""
+    import tomllib
+
+    from event_router.config import build_config
+    from event_router.plugin_loader import load_plugins
+
+    plugins = load_plugins() if registry is None else registry
+    return build_config(tomllib.loads(text), path=directory / "router.toml", registry=plugins)
+
+
+def config_errors(build: Callable[[], object]) -> list[str]:
+    """The errors, as the router words them, of the `ConfigErrors` that `build()` (a `build_router_config`, say)
+    raises for a router.toml a test expects refused; fails when it builds."""
+    import pytest
+
+    from event_router.config import ConfigErrors
+
+    with pytest.raises(ConfigErrors) as info:
+        build()
+    return [str(e) for e in info.value.errors]
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "condition") -> Any:
@@ -445,6 +504,36 @@ def assert_ready_means_consuming(router: RouterProcess, admin: int, consuming: s
     assert "router ready" in messages, router.logs()
     ready = messages.index("router ready")
     assert any(m.startswith(consuming) for m in messages[:ready]), f"{consuming!r} not before router ready:\n{messages}"
+
+
+@contextmanager
+def published_at_ready(
+    config: Path, admin: int, consuming: str, publish: Callable[[], object]
+) -> Iterator[RouterProcess]:
+    """An input's ready-on-start test: start the router on `config` (its admin endpoint on `admin`) and, the
+    moment it says READY=1, `publish` (as the Connector would); READY=1 must have meant consuming
+    (`assert_ready_means_consuming`). The `with` block then checks that every event was stored; after it,
+    /readyz still says 200 and the router stops cleanly (exit status 0)."""
+    with RouterProcess(config) as router:
+        publish()
+        assert_ready_means_consuming(router, admin, consuming)
+        yield router
+        assert readyz(admin)[0] == 200
+        assert router.terminate() == 0
+
+
+@contextmanager
+def router_refusing_a_reload(config: Path, broken: str, env: dict[str, str]) -> Iterator[RouterProcess]:
+    """A secrets test's router, run on `config` with `env` without waiting for its inputs (they may never
+    connect). The `with` block waits for what the router must log first; after it, `broken` is written over
+    `config` and the router reloaded, and once it logged that it refused, it stops (exit status 0): its logs
+    are complete for `assert_no_secrets`."""
+    with RouterProcess(config, env=env, ready=False) as router:
+        yield router
+        config.write_text(broken)
+        router.reload()
+        router.wait_log("reload refused")
+        assert router.terminate() == 0
 
 
 def assert_no_secrets(text: str, secrets: Iterable[str], *, expect: Iterable[str], where: str) -> None:
