@@ -101,17 +101,19 @@ def status_json(config: Path, env: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-def spool_rows(config: Path, env: dict[str, str], table: str) -> int:
+def spool_rows(config: Path, env: dict[str, str], table: str, *, event_id: str | None = None) -> int:
     """The rows in the spool table `table` of the router `config` runs with `env`: in the PostgreSQL database
     of `$ROUTER_PG_DSN` when `env` has it (as `router_spool` gives it), else in the SQLite spool in the
-    config's `./var`."""
+    config's `./var`. With `event_id`: only the rows of that event (a table with an `id` column: `events`)."""
+    where, args = ("", ()) if event_id is None else (" WHERE id = {mark}", (event_id,))
     if "ROUTER_PG_DSN" in env:
         with psycopg.connect(env["ROUTER_PG_DSN"]) as conn:
-            row = conn.execute(f"SELECT count(*) FROM event_router.{table}").fetchone()
+            sql = f"SELECT count(*) FROM event_router.{table}" + where.format(mark="%s")
+            row = conn.execute(sql, args).fetchone()
             assert row is not None
             return int(row[0])
     lite = sqlite3.connect(config.parent / "var" / "spool.db")
     try:
-        return int(lite.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        return int(lite.execute(f"SELECT COUNT(*) FROM {table}" + where.format(mark="?"), args).fetchone()[0])
     finally:
         lite.close()

@@ -251,16 +251,7 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
 
 def events_rows(config: Path, env: dict[str, str], event_id: str) -> int:
     """Rows of `event_id` in the spool's events table (pending or kept)."""
-    if "ROUTER_PG_DSN" in env:
-        with psycopg.connect(env["ROUTER_PG_DSN"]) as conn:
-            row = conn.execute("SELECT count(*) FROM event_router.events WHERE id = %s", (event_id,)).fetchone()
-            assert row is not None
-            return int(row[0])
-    lite = sqlite3.connect(config.parent / "var" / "spool.db")
-    try:
-        return int(lite.execute("SELECT COUNT(*) FROM events WHERE id = ?", (event_id,)).fetchone()[0])
-    finally:
-        lite.close()
+    return spool_rows(config, env, "events", event_id=event_id)
 
 
 @pytest.mark.slow
@@ -283,7 +274,7 @@ def test_replays_of_a_kept_event_and_of_its_dead_letter_are_traced_with_it(
         c = ("-c", str(config))
         with RouterProcess(config, env=env) as router:
             # a kept event whose delivery is a dead letter, replayed as a kept event
-            first = send(port, message(5))
+            first = send(port, numbered_message(5))
             first_dlid = router.wait_log("delivery dead-lettered")["dead_letter"]
             crm.respond(200)
             replayed = run_cli("replay", "--since", "1h", *c, env=spool_env)
@@ -294,7 +285,7 @@ def test_replays_of_a_kept_event_and_of_its_dead_letter_are_traced_with_it(
             )
             # another, whose dead letter is replayed
             crm.respond(503)
-            second = send(port, message(6))
+            second = send(port, numbered_message(6))
             second_dlid = router.wait_log("delivery dead-lettered", count=2)["dead_letter"]
             crm.respond(503, 200)
             again = run_cli("dlq", "replay", str(second_dlid), *c, env=spool_env)
