@@ -354,3 +354,41 @@ def pg_location(env: dict[str, str]) -> str:
 
 def read_jsonl_or_none(path: Path) -> list[dict[str, object]]:
     return read_jsonl(path) if path.exists() else []
+
+
+@pytest.mark.slow
+def test_a_reload_that_changes_data_dir_keeps_the_running_one_and_says_so(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """A changed `data_dir` is not applied either: on SQLite it is the spool's place (the spool warning says
+    so); on PostgreSQL the router says data_dir itself waits for the next restart. The new directory is not
+    made, and the router goes on."""
+    spool, env = router_spool
+    port, admin = free_port(), free_port()
+    env = {**env, "ROUTER_WEBHOOK_API_KEY": "k"}
+    config = tmp_path / "router.toml"
+    config.write_text(router_table(admin, extra=spool) + webhook_input(port) + archive_all("./events.jsonl"))
+    with RouterProcess(config, env=env) as router:
+        config.write_text(
+            router_table(admin, data_dir="./elsewhere", extra=spool)
+            + webhook_input(port)
+            + archive_all("./events.jsonl")
+        )
+        reloaded = run_cli("reload", "-c", str(config), env=env)
+        assert reloaded.returncode == 0, reloaded.stderr
+        var = tmp_path / "var"
+        said = (
+            f"router.data_dir changed: it takes effect at the next restart; until then the router keeps {var}"
+            if spool
+            else "router.spool changed: it takes effect at the next restart; until then the router keeps its "
+            f"running spool ({var / 'spool.db'})"
+        )
+        assert reloaded.stderr.strip() == f"warning: {said}", reloaded.stderr
+        assert router.wait_log("configuration reloaded")["warnings"] == [said]
+        status, body, _ = post(
+            f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), {"x-api-key": "k"}
+        )
+        assert status == 202, body
+        wait_for(lambda: [e["id"] for e in read_jsonl_or_none(tmp_path / "events.jsonl")] == [body["id"]])
+        assert not (tmp_path / "elsewhere").exists()
+        assert router.terminate() == 0

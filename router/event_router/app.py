@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from event_router.api.backoff import Backoff
 from event_router.api.errors import ConfigError, RouterError, SpoolError
+from event_router.api.listen import format_listen
 from event_router.api.retry import RetryPolicy
 from event_router.config import ConfigErrors, load_config
 from event_router.core.deadletters import ReplayReport, replay
@@ -82,7 +83,7 @@ class Reloaded(NamedTuple):
     applied: bool
     #: why the file was refused (empty when applied)
     errors: list[str]
-    #: what an applied reload left for the next start (a changed `spool`)
+    #: what an applied reload left for the next start (a changed `spool`, `data_dir`, `telemetry`...)
     warnings: list[str]
 
 
@@ -121,7 +122,7 @@ class _Tracked(TaskStatus[Any]):
 class App:
     """One running router."""
 
-    def __init__(self, config: RouterConfig, registry: PluginRegistry):
+    def __init__(self, config: RouterConfig, registry: PluginRegistry, *, follow_log_level: bool = False):
         if config.unresolved_secrets:
             # stand-ins are for commands that send nothing: a running router would send them
             raise RouterError(
@@ -141,6 +142,11 @@ class App:
         #: the listening sockets systemd passed (`LISTEN_FDS`), open for the life of the process
         self.passed = listen_fds()
         self.admin_port: int | None = None
+        #: the admin endpoint's server (None without `[router.admin]`): a reload that changes its `listen`
+        #: starts another and stops this one once the other listens
+        self._admin: _Unit | None = None
+        #: whether a reload applies `[router] log_level` (False when `run --log-level` chose the level)
+        self.follow_log_level = follow_log_level
         self._stop = anyio.Event()
         self._reload_lock = anyio.Lock()
         self._tg: TaskGroup | None = None
@@ -210,11 +216,7 @@ class App:
                     with anyio.move_on_after(ADMIN_AFTER):
                         await self._await_inputs()
                     if config.admin_listen is not None:
-                        # imported only when configured: aiohttp's server side is not needed otherwise
-                        from event_router.admin import serve_admin
-
-                        host, port = config.admin_listen
-                        self.admin_port = await tg.start(serve_admin, self, host, port)
+                        await self._start_admin(config.admin_listen)
                 tg.start_soon(self._heartbeat)
                 tg.start_soon(self._watch_clock)
                 tg.start_soon(self._watch_gaps)
@@ -269,6 +271,23 @@ class App:
             # a start-up failure is logged (and said) by the caller: it did not run, so it did not "stop"
             if ready:
                 log.info("router stopped", extra={"pending": self.spool.depth})
+
+    async def _start_admin(self, listen: tuple[str, int]) -> None:
+        """Serve the admin endpoint on `listen`; returns once it listens, else raises why it cannot (a
+        `ConfigError` naming `router.admin.listen`: the address in use...)."""
+        # imported only when configured: aiohttp's server side is not needed otherwise
+        from event_router.admin import serve_admin
+
+        assert self._tg is not None
+        unit = _Unit()
+        host, port = listen
+
+        async def serve(*, task_status: TaskStatus[int]) -> None:
+            with unit.scope:  # cancelled alone by a reload that moves the endpoint
+                await serve_admin(self, host, port, task_status=task_status)
+
+        self.admin_port = await self._tg.start(serve)
+        self._admin = unit
 
     def _assign_sockets(self, config: RouterConfig) -> None:
         """Give the sockets systemd passed to their inputs; ConfigErrors when one fits none, or an input that
@@ -493,8 +512,10 @@ class App:
     async def reload(self) -> Reloaded:
         """Re-read router.toml and apply it: routes swap atomically, changed inputs/outputs restart.
 
-        An invalid file (or schema directory) keeps the running configuration. A changed spool is not
-        applied: a warning says it takes effect at the next start.
+        An invalid file (or schema directory) keeps the running configuration. A changed spool, `data_dir`
+        or telemetry is not applied: a warning says it takes effect at the next start. A changed
+        `[router.admin] listen` moves the admin endpoint: the new address listens before the old one stops,
+        and one that cannot listen refuses the reload. Every other `[router]` key is applied.
         Events in flight are neither lost nor sent twice: deliveries live in the spool, a replaced output
         finishes its attempts in flight (and records them) while its successor takes the rest, and a
         replaced input finishes its requests first.
@@ -502,21 +523,15 @@ class App:
         async with self._reload_lock:
             if self.ready.is_set():  # before, systemd still waits for the first READY=1
                 notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            old = self.config
             try:
-                new = load_config(self.config.path, self.registry)
+                # plugins get the running data_dir: a reload does not move it (below)
+                new = load_config(old.path, self.registry, plugin_data_dir=old.data_dir)
                 schemas = load_schemas(new, self.registry)
             except ConfigErrors as exc:
-                errors = [str(e) for e in exc.errors]
+                return self._refuse([str(e) for e in exc.errors])
             except (SchemaError, RouterError) as exc:
-                errors = [str(exc)]
-            else:
-                errors = []
-            if errors:
-                log.error("reload refused, keeping the running configuration", extra={"errors": errors})
-                self.stats.incr("reloads", result="invalid")
-                self._notify_reloaded("reload refused: invalid configuration; " + self._status_line())
-                return Reloaded(False, errors, [])
-            old = self.config
+                return self._refuse([str(exc)])
             new_inputs = _changed(old.inputs, new.inputs)
             new_outputs = _changed(old.outputs, new.outputs)
             warnings: list[str] = []
@@ -528,33 +543,73 @@ class App:
                     f"running spool ({running})"
                 )
                 log.warning(warnings[-1], extra={"running": running, "configured": configured})
+            elif new.data_dir != old.data_dir:
+                # not the spool's place (PostgreSQL), but the lock that keeps a second router off it, and what
+                # the recovery inputs keep: moved by a restart too
+                warnings.append(
+                    f"router.data_dir changed: it takes effect at the next restart; until then the router keeps "
+                    f"{old.data_dir}"
+                )
+                log.warning(warnings[-1], extra={"running": str(old.data_dir), "configured": str(new.data_dir)})
             if new.telemetry != old.telemetry:
                 # the tracer is made at start, with its exporter; spans already begun belong to it
                 warnings.append("router.telemetry changed: it takes effect at the next restart")
                 log.warning(warnings[-1])
-            # unchanged inputs and outputs keep their running plugin instances
+            if new.log_level != old.log_level and not self.follow_log_level:
+                warnings.append(
+                    f"router.log_level changed to {new.log_level}: not applied, `run --log-level` set this "
+                    "router's level"
+                )
+                log.warning(warnings[-1])
+            # unchanged inputs and outputs keep their running plugin instances; an unchanged output takes a
+            # changed `[router] retry` all the same (its policy is read per attempt, from the current config)
             merged = replace(
                 new,
+                data_dir=old.data_dir,
                 spool=old.spool,
                 telemetry=old.telemetry,
                 inputs={n: new.inputs[n] if n in new_inputs else old.inputs[n] for n in new.inputs},
-                outputs={n: new.outputs[n] if n in new_outputs else old.outputs[n] for n in new.outputs},
+                outputs={
+                    n: new.outputs[n] if n in new_outputs else _with_retry(old.outputs[n], new.outputs[n].retry)
+                    for n in new.outputs
+                },
             )
             try:
                 # the sockets systemd passed must fit the new inputs too (unchanged ones keep theirs)
                 self._assign_sockets(merged)
             except ConfigErrors as exc:
-                errors = [str(e) for e in exc.errors]
-                log.error("reload refused, keeping the running configuration", extra={"errors": errors})
-                self.stats.incr("reloads", result="invalid")
-                self._notify_reloaded("reload refused: invalid configuration; " + self._status_line())
-                return Reloaded(False, errors, [])
+                return self._refuse([str(e) for e in exc.errors])
+            moved = merged.admin_listen != old.admin_listen
+            previous = self._admin
+            if moved and merged.admin_listen is not None:
+                try:
+                    # the new address listens before the old one stops: the endpoint is never away, and an
+                    # address that cannot listen leaves everything as it was
+                    await self._start_admin(merged.admin_listen)
+                except ConfigError as exc:
+                    error = str(exc)
+                    if old.admin_listen is not None and old.admin_listen[1] == merged.admin_listen[1]:
+                        error += (
+                            f" (the admin endpoint listens on {format_listen(*old.admin_listen)}, on the same "
+                            "port, until it stops: another host on that port takes a restart)"
+                        )
+                    return self._refuse([error])
             for name in new_outputs:  # outputs first: routes may target them as soon as they swap in
                 retiring = self._retire_output(name) if name in self._outputs else None
                 await self._start_output(merged.outputs[name], predecessor=retiring)
             # one step, no await: every event is routed entirely by the old or entirely by the new rules
             self.config = self.pipeline.config = merged
             self.schemas = self.pipeline.schemas = schemas
+            if merged.log_level != old.log_level and self.follow_log_level:
+                logging.getLogger().setLevel(merged.log_level.upper())
+            if moved and previous is not None:
+                assert old.admin_listen is not None
+                # not waited for: the request that asked for this reload may be one the old endpoint serves,
+                # and it answers it as it stops (its taps end)
+                previous.scope.cancel()
+                log.info("admin endpoint no longer listening", extra={"listen": format_listen(*old.admin_listen)})
+                if merged.admin_listen is None:
+                    self._admin = self.admin_port = None
             for name in [n for n in old.outputs if n not in merged.outputs]:
                 await self._stop_output(name)
                 self.control.forget(name)
@@ -563,7 +618,11 @@ class App:
                 await self._stop_input(name)
             for name in new_inputs:
                 await self._start_input(merged.inputs[name])
-            changed = sorted(f"inputs.{n}" for n in new_inputs) + sorted(f"outputs.{n}" for n in new_outputs)
+            changed = (
+                (["router.admin"] if moved else [])
+                + sorted(f"inputs.{n}" for n in new_inputs)
+                + sorted(f"outputs.{n}" for n in new_outputs)
+            )
             log.info(
                 "configuration reloaded",
                 extra={"routes": len(merged.routes), "restarted": changed, "warnings": warnings},
@@ -571,6 +630,13 @@ class App:
             self.stats.incr("reloads", result="ok")
             self._notify_reloaded(self._status_line() + "".join(f"; {w}" for w in warnings))
             return Reloaded(True, [], warnings)
+
+    def _refuse(self, errors: list[str]) -> Reloaded:
+        """A reload that applies nothing: the running configuration stays, the log and systemd say why."""
+        log.error("reload refused, keeping the running configuration", extra={"errors": errors})
+        self.stats.incr("reloads", result="invalid")
+        self._notify_reloaded("reload refused: invalid configuration; " + self._status_line())
+        return Reloaded(False, errors, [])
 
     def _notify_reloaded(self, status: str) -> None:
         """READY=1 ends a reload only once the router was ready: during start-up it still means ready."""
@@ -826,6 +892,11 @@ class App:
                 {"input": name},
                 float(cfg.plugin.is_ready()),
             )
+
+
+def _with_retry(out: OutputConfig, retry: RetryPolicy) -> OutputConfig:
+    """`out` with `retry` (the same object when its policy is that already)."""
+    return out if out.retry == retry else replace(out, retry=retry)
 
 
 def _changed(old: dict[str, Any] | Any, new: dict[str, Any] | Any) -> list[str]:

@@ -97,11 +97,14 @@ def load_config(
     logger: logging.Logger | None = None,
     secrets: SecretsMode = "resolve",
     credentials_dir: Path | None = None,
+    plugin_data_dir: Path | None = None,
 ) -> RouterConfig:
     """Read, validate and build `path`. Raises `ConfigErrors` listing every problem found.
 
     `secrets="skip"`: references are not resolved (see the module's doc). `credentials_dir`: where
-    `{ credential = ... }` secrets are read instead of `$CREDENTIALS_DIRECTORY`.
+    `{ credential = ... }` secrets are read instead of `$CREDENTIALS_DIRECTORY`. `plugin_data_dir`: the
+    `data_dir` the plugins are given instead of the file's (a reload's: the running router keeps its own);
+    the config still names the file's.
     """
     path = Path(path)
     try:
@@ -113,7 +116,13 @@ def load_config(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigErrors([ConfigError("", f"not valid TOML: {exc}", file=path.name)]) from exc
     return build_config(
-        document, path=path, registry=registry, logger=logger, secrets=secrets, credentials_dir=credentials_dir
+        document,
+        path=path,
+        registry=registry,
+        logger=logger,
+        secrets=secrets,
+        credentials_dir=credentials_dir,
+        plugin_data_dir=plugin_data_dir,
     )
 
 
@@ -125,9 +134,17 @@ def build_config(
     logger: logging.Logger | None = None,
     secrets: SecretsMode = "resolve",
     credentials_dir: Path | None = None,
+    plugin_data_dir: Path | None = None,
 ) -> RouterConfig:
-    """Validate a parsed router.toml document and construct its plugins."""
-    loader = _Loader(path, registry, logger or logging.getLogger("event_router"), secrets, credentials_dir)
+    """Validate a parsed router.toml document and construct its plugins (`load_config`)."""
+    loader = _Loader(
+        path,
+        registry,
+        logger or logging.getLogger("event_router"),
+        secrets,
+        credentials_dir,
+        plugin_data_dir=plugin_data_dir,
+    )
     return loader.build(document)
 
 
@@ -139,6 +156,8 @@ class _Loader:
         logger: logging.Logger,
         secrets: SecretsMode = "resolve",
         credentials_dir: Path | None = None,
+        *,
+        plugin_data_dir: Path | None = None,
     ):
         self.path = path
         self.file = path.name
@@ -147,6 +166,8 @@ class _Loader:
         self.logger = logger
         self.secrets = secrets
         self.credentials_dir = credentials_dir
+        #: the data_dir the plugins are given, when not the file's (`load_config`)
+        self.plugin_data_dir = plugin_data_dir
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
         #: key paths of secrets that cannot be resolved (errors)
@@ -173,6 +194,7 @@ class _Loader:
         default_retry = RetryPolicy().merged(router.get("retry", {}))
         spool = self._spool(router.get("spool"))
         telemetry = self._telemetry(router["telemetry"]) if "telemetry" in router else None
+        plugin_data_dir = self.plugin_data_dir or data_dir
         admin_listen = None
         admin_token = None
         if "admin" in router:
@@ -184,12 +206,12 @@ class _Loader:
         inputs = {
             name: cfg
             for name, table in document.get("inputs", {}).items()
-            if (cfg := self._input(name, table, data_dir)) is not None
+            if (cfg := self._input(name, table, plugin_data_dir)) is not None
         }
         outputs = {
             name: out
             for name, table in document.get("outputs", {}).items()
-            if (out := self._output(name, table, data_dir, default_retry)) is not None
+            if (out := self._output(name, table, plugin_data_dir, default_retry)) is not None
         }
         routes = self._routes(document.get("routes", []), document.get("outputs", {}), outputs)
         self._covered(inputs, document.get("inputs", {}), routes)

@@ -276,7 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config, registry = _load(args)
         if args.log_level is None:
             as_json = setup_logging(config.log_level, args.log_format)
-        app = App(config, registry)
+        # `--log-level` chooses for the life of the process; else a reload applies `[router] log_level`
+        app = App(config, registry, follow_log_level=args.log_level is None)
         tune_for_router_process()
         try:
             anyio.run(_serve, app, backend="asyncio", backend_options={"use_uvloop": has_uvloop()})
@@ -295,10 +296,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             failures = exc.errors if isinstance(exc, ConfigErrors) else [exc]
             for failure in failures:
-                key = failure.path if isinstance(failure, ConfigError) else None
-                logging.getLogger("event_router").error(
-                    "router failed to start", extra={"key": key, "error": str(failure)}
-                )
+                # `key` only when there is one: a file that cannot be read is named by `error` itself
+                key = failure.path if isinstance(failure, ConfigError) else ""
+                fields = {"key": key, "error": str(failure)} if key else {"error": str(failure)}
+                logging.getLogger("event_router").error("router failed to start", extra=fields)
         raise
     return 0
 
@@ -685,8 +686,16 @@ def cmd_reload(args: argparse.Namespace) -> int:
             return 1
         print(f"sent SIGHUP to {args.pid}; its log says whether the new configuration was applied")
         return 0
-    # the running router re-reads the file with its secrets; this only needs where it listens, and its token
-    config, _ = _load(args, "admin")
+    # the running router re-reads the file with its secrets; this only needs where it listens, and its token.
+    # It reads the whole file first: one the router would refuse is not sent (nor could it be: where the
+    # router listens is in it), so the router logs nothing about it
+    try:
+        config, _ = _load(args, "admin")
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        print("reload not sent: the running router keeps its configuration", file=sys.stderr)
+        return 1
     if config.admin_listen is None:
         print("error: [router.admin] is not configured; use --pid PID (or systemctl reload)", file=sys.stderr)
         return 1
@@ -706,7 +715,17 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except urllib.error.HTTPError as exc:
         result = orjson.loads(exc.read() or b"{}")
     except OSError as exc:
-        print(f"error: no router answers on {where}: {exc}", file=sys.stderr)
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        why = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
+        # the router listens where the file said when it started (or was last reloaded): a file whose admin
+        # address changed since cannot reach it, but a signal can
+        print(
+            f"error: no router answers on {where}, the [router.admin] listen of {config.path} ({why.lower()}).\n"
+            "A running router listens at the admin address of the file it was started (or last reloaded) with: "
+            "if that was another, reload it with `event-router reload --pid PID` or `systemctl reload "
+            "event-router`.",
+            file=sys.stderr,
+        )
         return 1
     if result.get("reloaded"):
         print("reloaded")
