@@ -307,6 +307,54 @@ def test_a_body_that_stops_coming_is_cut_off(start) -> None:  # type: ignore[no-
     wait_for(lambda: router.rejected(408) >= 1, what="the 408 counted")
 
 
+def test_body_deadlines_cut_off_each_read_at_its_own_deadline_on_one_timer() -> None:
+    """What `asyncio.timeout` around each body read did: each read is cut off once its own deadline passed,
+    never before; one that ends in time is left alone; a task cancelled by something else stays cancelled."""
+    from event_router.inputs.webhook import _BodyDeadlines
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = _BodyDeadlines(0.2)
+        began = loop.time()
+        ended: dict[str, tuple[str, float]] = {}
+
+        async def read(name: str, takes: float) -> None:
+            reading = deadlines.start()
+            try:
+                await asyncio.sleep(takes)
+                ended[name] = ("read", loop.time() - began)
+            except asyncio.CancelledError:
+                if not deadlines.expired(reading):
+                    ended[name] = ("cancelled", loop.time() - began)
+                    raise
+                ended[name] = ("timed out", loop.time() - began)
+            finally:
+                deadlines.end(reading)
+
+        first = asyncio.create_task(read("first", 10))
+        quick = asyncio.create_task(read("quick", 0.05))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(read("second", 10))
+        other = asyncio.create_task(read("other", 10))
+        await asyncio.sleep(0.05)
+        other.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await other
+        await asyncio.gather(first, quick, second)
+        assert {name: what for name, (what, _) in ended.items()} == {
+            "quick": "read",
+            "other": "cancelled",
+            "first": "timed out",
+            "second": "timed out",
+        }
+        assert 0.2 <= ended["first"][1] < 0.28, ended
+        assert 0.3 <= ended["second"][1] < 0.38, ended
+        assert not first.cancelling() and not second.cancelling()
+        assert deadlines._timer is None and not deadlines._reading and not deadlines._expired
+
+    asyncio.run(main())
+
+
 def test_connections_past_the_cap_wait_and_readiness_says_so(start) -> None:  # type: ignore[no-untyped-def]
     """With an open-file limit of 256 the default cap leaves 128 descriptors to the rest of the router.
 

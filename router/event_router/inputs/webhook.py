@@ -157,6 +157,64 @@ class _Headers(Mapping[str, str]):
         return len(self._inner.keys())
 
 
+class _BodyDeadlines:
+    """The body-read deadlines of one input's requests in progress, on one loop timer, not a timer each.
+
+    What `asyncio.timeout(seconds)` around each read would do, for less per request (no timer handle is
+    made, scheduled and cancelled): a task past its deadline is cancelled, and the read's CancelledError
+    turns into a time-out (`expired`) unless something else cancelled the task too. Every deadline is
+    `seconds` after its start, so the starts' order, the dict's, is the deadlines' order: the timer is armed
+    for the oldest read's deadline; when it fires it cancels every read past its own, and is armed again
+    for the oldest left. A read is cut off at its deadline, as with `asyncio.timeout`. The timer is left to
+    fire after the input stops: a read still going then is cut off all the same.
+    """
+
+    __slots__ = ("_expired", "_reading", "_seconds", "_timer")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        #: task -> (its deadline on the loop's clock, its `cancelling()` at the start), oldest first
+        self._reading: dict[asyncio.Task[Any], tuple[float, int]] = {}
+        #: tasks cancelled for their deadline whose read has not ended yet -> `cancelling()` at the start
+        self._expired: dict[asyncio.Task[Any], int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> asyncio.Task[Any]:
+        """The current task starts a read; pass what this returns to `expired` and `end`."""
+        task = asyncio.current_task()
+        assert task is not None  # granian runs each request in a task
+        loop = task.get_loop()
+        deadline = loop.time() + self._seconds
+        self._reading[task] = (deadline, task.cancelling())
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._fire, loop)
+        return task
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """On the read's CancelledError: whether it is the deadline's (then withdrawn: the caller answers 408)."""
+        before = self._expired.pop(task, None)
+        return before is not None and task.uncancel() <= before
+
+    def end(self, task: asyncio.Task[Any]) -> None:
+        """The read is over, whichever way."""
+        self._reading.pop(task, None)
+        if self._expired:
+            self._expired.pop(task, None)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        reading = self._reading
+        while reading:
+            task, (deadline, before) = next(iter(reading.items()))
+            if deadline > now:
+                self._timer = loop.call_at(deadline, self._fire, loop)
+                return
+            del reading[task]
+            self._expired[task] = before
+            task.cancel()
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """What the checks need of one POST."""
@@ -411,10 +469,11 @@ class WebhookInput(Input):
         task_status: TaskStatus[None],
     ) -> None:
         batch = _Batch(self, sink)
+        deadlines = _BodyDeadlines(self.body_timeout)
         self._handing_over, self._draining = passed, False
         self._kept.clear()
         try:
-            server = self._server(self._app(sink, batch), fd, port)
+            server = self._server(self._app(sink, batch, deadlines), fd, port)
         except BaseException:
             os.close(fd)  # granian takes it over only once it serves
             raise
@@ -554,7 +613,7 @@ class WebhookInput(Input):
             ssl_client_verify=bool(tls and "client_ca_file" in tls),
         )
 
-    def _app(self, sink: EventSink, batch: _Batch) -> Any:
+    def _app(self, sink: EventSink, batch: _Batch, deadlines: _BodyDeadlines) -> Any:
         """The RSGI application: hyper has parsed the request's head on granian's thread; this runs on the loop."""
         # re-exported by granian.rsgi under another name, without its type
         from granian._granian import RSGIProtocolClosed as ProtocolClosed
@@ -608,13 +667,17 @@ class WebhookInput(Input):
             refused = self.screen(received)
             if refused is not None:
                 return await refuse(proto, headers, refused)
-            # asyncio's timeout, not anyio's scope: this runs in a task granian made, for which anyio would
-            # build its task state on every request
+            # not anyio's scope: this runs in a task granian made, for which anyio would build its task state
+            # on every request
+            reading = deadlines.start()
             try:
-                async with asyncio.timeout(self.body_timeout):
-                    raw = await _read_body(proto, max_body, None if length is None else int(length))
-            except TimeoutError:
+                raw = await _read_body(proto, max_body, None if length is None else int(length))
+            except asyncio.CancelledError:
+                if not deadlines.expired(reading):
+                    raise
                 return self.body_too_slow(), True
+            finally:
+                deadlines.end(reading)
             if isinstance(raw, int):
                 return self.too_large(), True
             item = self.prepare(received, raw)
@@ -629,16 +692,19 @@ class WebhookInput(Input):
             if "expect" in headers:
                 return answer, True
             size = 0
+            reading = deadlines.start()
             try:
-                async with asyncio.timeout(self.body_timeout):
-                    async for chunk in proto:
-                        size += len(chunk)
-                        if size > max_body:
-                            break
-                    else:
-                        return answer, False
-            except TimeoutError:
-                pass
+                async for chunk in proto:
+                    size += len(chunk)
+                    if size > max_body:
+                        break
+                else:
+                    return answer, False
+            except asyncio.CancelledError:
+                if not deadlines.expired(reading):
+                    raise
+            finally:
+                deadlines.end(reading)
             return answer, True
 
         return app
