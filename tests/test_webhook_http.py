@@ -210,12 +210,12 @@ async def test_a_request_the_router_fails_on_costs_only_itself(
     make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug on one request answers 500 to it alone; the server and the next requests are unaffected."""
-    from event_router.api import Rejected
-    from event_router.inputs.webhook import Answer, Parsed, Received, WebhookInput
+    from event_router.api import Event, Rejected
+    from event_router.inputs.webhook import Answer, Received, WebhookInput
 
     original = WebhookInput.prepare
 
-    def prepare(self: WebhookInput, received: Received, raw: bytes) -> Answer | Parsed | Rejected:
+    def prepare(self: WebhookInput, received: Received, raw: bytes) -> Answer | Event | Rejected:
         if b"boom" in raw:
             raise RuntimeError("boom")
         return original(self, received, raw)

@@ -147,6 +147,13 @@ class _Headers(Mapping[str, str]):
             raise KeyError(key)
         return value  # type: ignore[no-any-return]
 
+    def get(self, key: str, default: Any = None) -> Any:
+        # Mapping's own `get` goes through __getitem__ and a KeyError: this is called several times a request
+        value = self._inner.get(key)
+        if value is None:
+            return "\ufffd" if key in self._inner else default
+        return value
+
     def __contains__(self, key: object) -> bool:
         return key in self._inner
 
@@ -215,7 +222,9 @@ class _BodyDeadlines:
             task.cancel()
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: one is made per request, and a frozen dataclass's __init__ sets each field through
+# object.__setattr__, several times slower
+@dataclass(slots=True)
 class Received:
     """What the checks need of one POST."""
 
@@ -224,13 +233,6 @@ class Received:
     headers: Mapping[str, str]
     path: str
     path_trigger: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    event: Event
-    #: the Standard Webhooks message id (the event's `message`), for the answer to a repeat
-    message_id: str | None
 
 
 class WebhookInput(Input):
@@ -619,6 +621,7 @@ class WebhookInput(Input):
         from granian._granian import RSGIProtocolClosed as ProtocolClosed
 
         route = self._route
+        has_trigger = "trigger" in route.groupindex
         max_body = self.max_body
 
         async def app(scope: Scope, proto: HTTPProtocol) -> None:
@@ -657,7 +660,7 @@ class WebhookInput(Input):
                 return await refuse(proto, headers, (404, {"error": f"no webhook at {scope.path}"}, None))
             if scope.method != "POST":
                 return await refuse(proto, headers, (405, {"error": "only POST is accepted here"}, {"Allow": "POST"}))
-            received = Received(_remote(scope), headers, scope.path, matched.groupdict().get("trigger"))
+            received = Received(_remote(scope), headers, scope.path, matched["trigger"] if has_trigger else None)
             coding = _transfer_coding(headers)
             if coding is not None:  # where its body ends is unknown: not read, the connection closes
                 return coding, True
@@ -758,8 +761,11 @@ class WebhookInput(Input):
                 return 401, {"error": f"wrong API key in header {self.key_header}"}, None
         return None
 
-    def prepare(self, received: Received, raw: bytes) -> Answer | Parsed | Rejected:
-        """Signature, replay and decoding: an answer (refused or a repeat), an event, or bytes to dead-letter."""
+    def prepare(self, received: Received, raw: bytes) -> Answer | Event | Rejected:
+        """Signature, replay and decoding: an answer (refused or a repeat), an event, or bytes to dead-letter.
+
+        An event of a signed request carries its Standard Webhooks message id as its `message`, which the
+        answer to a repeat names."""
         message_id = None
         if self.signing_secrets:
             if not any(verify(s, received.headers, raw, tolerance=self.tolerance) for s in self.signing_secrets):
@@ -767,7 +773,8 @@ class WebhookInput(Input):
             message_id = received.headers["webhook-id"]
         headers = received.headers
         meta: dict[str, Any] = {
-            "headers": {h: headers[h] for h in _KEPT_HEADERS if h in headers},
+            # a header's value is never None: `get` finds each kept one with one lookup
+            "headers": {h: value for h in _KEPT_HEADERS if (value := headers.get(h)) is not None},
             "remote": received.remote,
             "path": received.path,
         }
@@ -782,14 +789,14 @@ class WebhookInput(Input):
             # anew, so the id is kept at least `tolerance` from now as well
             stamp = int(headers["webhook-timestamp"])
             event.message = SourceMessage(message_id, max(stamp, time.time()) + self.tolerance)
-        return Parsed(event, message_id)
+        return event
 
-    async def store(self, sink: EventSink, items: Sequence[Parsed | Rejected]) -> list[Answer]:
+    async def store(self, sink: EventSink, items: Sequence[Event | Rejected]) -> list[Answer]:
         """Store what `prepare` made of several requests, events in one submit; one answer per item."""
         answers: list[Answer | None] = [None] * len(items)
-        parsed: list[tuple[int, Parsed]] = []
+        parsed: list[tuple[int, Event]] = []
         for index, item in enumerate(items):
-            if isinstance(item, Parsed):
+            if isinstance(item, Event):
                 parsed.append((index, item))
                 continue
             try:
@@ -803,9 +810,9 @@ class WebhookInput(Input):
                 answers[index] = answer
         return [a if a is not None else _CANNOT_STORE for a in answers]
 
-    async def _submit(self, sink: EventSink, items: Sequence[Parsed]) -> list[Answer]:
+    async def _submit(self, sink: EventSink, items: Sequence[Event]) -> list[Answer]:
         try:
-            results = await sink.submit([item.event for item in items])
+            results = await sink.submit(items)
         except SpoolFull as exc:
             return [(503, {"error": str(exc)}, {"Retry-After": str(max(1, int(exc.retry_after)))})] * len(items)
         except RouterError as exc:  # the spool cannot write (disk full...): not stored, so not acknowledged
@@ -814,15 +821,13 @@ class WebhookInput(Input):
         except Exception:
             if len(items) > 1:  # one event the core fails on must not fail the others sent with it
                 return [answer for item in items for answer in await self._submit(sink, [item])]
-            self.log.exception(
-                "the router failed on an event; it was not stored", extra={"trigger": items[0].event.trigger}
-            )
+            self.log.exception("the router failed on an event; it was not stored", extra={"trigger": items[0].trigger})
             return [(500, {"error": "the router failed on this event; it was not stored"}, None)]
         answers: list[Answer] = []
         for item, result in zip(items, results, strict=True):
             if result.status == "duplicate":  # the spool stored this webhook-id before: say so, 2xx
-                assert item.message_id is not None
-                answers.append(_duplicate(item.message_id))
+                assert item.message is not None
+                answers.append(_duplicate(item.message.id))
                 continue
             body: dict[str, Any] = {"id": result.event_id, "status": result.status}
             if result.errors:
@@ -861,12 +866,12 @@ class _Batch:
     def __init__(self, webhook: WebhookInput, sink: EventSink):
         self.webhook = webhook
         self.sink = sink
-        self.pending: list[tuple[Parsed | Rejected, asyncio.Future[Answer]]] = []
+        self.pending: list[tuple[Event | Rejected, asyncio.Future[Answer]]] = []
         # asyncio's, not anyio's: set by every request, in a task granian made
         self.wake = asyncio.Event()
         self.scope = anyio.CancelScope(shield=True)
 
-    async def put(self, item: Parsed | Rejected) -> Answer:
+    async def put(self, item: Event | Rejected) -> Answer:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
         self.wake.set()
