@@ -547,9 +547,11 @@ class OutputWorker:
             self._next_due = due if self._next_due is None else min(self._next_due, due)
         if done:
             self.stats.incr("deliveries", len(done), output=self.name, outcome="delivered")
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                if outcome is None:
-                    self.stats.observe("delivery_latency_seconds", now - pending.first_at, output=self.name)
+            self.stats.observe_all(
+                "delivery_latency_seconds",
+                [now - pending.first_at for pending, outcome in zip(batch, outcomes, strict=True) if outcome is None],
+                output=self.name,
+            )
         # a delivery that failed before and now went through: the end of an outage shows in the log
         for pending in recovered:
             log.info(f"delivered after {pending.attempts + 1} attempts", extra=self._fields(pending))

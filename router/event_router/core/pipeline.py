@@ -133,15 +133,19 @@ class Pipeline:
                 await self.spool.forget_announced(key_cutoff(cutoff))
             by_plan = {id(p): (ids, item) for p, ids, item in zip(stored_plans, stored, items, strict=True)}
             results: list[SubmitResult] = []
-            for plan in plans:
-                ids, item = by_plan.get(id(plan), (None, None))
-                repeat = item is not None and ids is None
-                if plan.validation.schema is None and not isinstance(input_config, InternalSource) and not repeat:
-                    self._unknown_trigger(input_config.name, plan)
-                result = self._settle(input_config.name, plan, ids, item)
-                if self.tap.active:
-                    self._tap(input_config.name, plan, result)
-                results.append(result)
+            counts = _Counts()
+            try:
+                for plan in plans:
+                    ids, item = by_plan.get(id(plan), (None, None))
+                    repeat = item is not None and ids is None
+                    if plan.validation.schema is None and not isinstance(input_config, InternalSource) and not repeat:
+                        self._unknown_trigger(input_config.name, plan)
+                    result = self._settle(input_config.name, plan, ids, item, counts)
+                    if self.tap.active:
+                        self._tap(input_config.name, plan, result)
+                    results.append(result)
+            finally:
+                counts.add_to(self.stats, input_config.name)
         except BaseException as exc:
             if telemetry is not None:
                 telemetry.failed(traces, exc)
@@ -215,6 +219,7 @@ class Pipeline:
         plan: Plan,
         stored: list[int | Parked | Refused] | int | None,
         item: StoreEvent | StoreDeadLetter | None,
+        counts: _Counts,
     ) -> SubmitResult:
         event = plan.event
         if item is not None and stored is None:  # the spool already holds this message: nothing was stored
@@ -233,7 +238,8 @@ class Pipeline:
             return SubmitResult(event.id, "duplicate")
         # labelled by schema, not by raw trigger: relationshipEvent.<id> must not explode the series
         trigger_label = plan.validation.schema or "unknown"
-        self.stats.incr("events_received", input=input_name, trigger=trigger_label)
+        received = counts.received
+        received[trigger_label] = received.get(trigger_label, 0) + 1
         if event.meta.get("recovered") is True:  # stored: no event announced it before (the spool checked)
             self.stats.incr("recovered_events", input=input_name, trigger=trigger_label)
         if not plan.validation.valid:
@@ -262,8 +268,9 @@ class Pipeline:
             log.debug("no route matched", extra=_traced({"event_id": event.id, "trigger": event.trigger}, plan))
             return SubmitResult(event.id, "unrouted", plan.validation.errors)
         assert isinstance(stored, list)
+        routed = counts.routed
         for route in plan.routes:
-            self.stats.incr("events_routed", route=route.name)
+            routed[route.name] = routed.get(route.name, 0) + 1
         assert isinstance(item, StoreEvent)
         for delivery, did, kept in zip(plan.deliveries, stored, item.deliveries, strict=True):
             if isinstance(did, Parked):
@@ -370,6 +377,25 @@ class Pipeline:
         if self.tap.active:
             self.tap.undecodable(input_name, trigger, reason, dlid)
         return dlid
+
+
+class _Counts:
+    """The counts of a submit's events that every event adds to, added to the metrics once per submit: a
+    series lookup and its lock per label set, not per event."""
+
+    __slots__ = ("received", "routed")
+
+    def __init__(self) -> None:
+        #: `events_received` by trigger label
+        self.received: dict[str, int] = {}
+        #: `events_routed` by route
+        self.routed: dict[str, int] = {}
+
+    def add_to(self, stats: Stats, input_name: str) -> None:
+        for trigger, count in self.received.items():
+            stats.incr("events_received", count, input=input_name, trigger=trigger)
+        for route, count in self.routed.items():
+            stats.incr("events_routed", count, route=route)
 
 
 def _traced(extra: dict[str, Any], plan: Plan) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from event_router.api.event import Event
 from event_router.api.templates import MissingValueError, Template
 from event_router.core.model import InputConfig, RouteConfig, RouterConfig
 from event_router.core.routing import render_ordering_key
-from event_router.core.validation import SchemaRegistry, ValidationResult
+from event_router.core.validation import SchemaRegistry, ValidationResult, passed
 
 #: distinct unknown triggers named in the log; a sender can invent any number, the log says so once
 MAX_UNKNOWN_TRIGGERS = 1000
@@ -67,11 +67,10 @@ def plan_event(
     unknown_triggers: str = "accept",
 ) -> Plan:
     """Validate and route one event. Pure: no I/O, so `test` and the daemon share it."""
-    result = (
-        ValidationResult(valid=True, errors=(), schema=schemas.schema_for(event.trigger))
-        if validation == "off"
-        else schemas.validate(event.trigger, event.data)
-    )
+    if validation == "off":
+        result = passed(schemas.schema_for(event.trigger))
+    else:
+        result = schemas.validate(event.trigger, event.data)
     plan = Plan(event=event, validation=result)
     if not result.valid and validation == "strict":
         plan.dead_letter = ("validation", "; ".join(result.errors))

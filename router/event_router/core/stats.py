@@ -81,6 +81,12 @@ class Stats:
     def observe(self, name: str, value: float, **labels: str) -> None:
         self._child(name, self._histograms[name], HISTOGRAMS[name][1], labels).observe(value)
 
+    def observe_all(self, name: str, values: Iterable[float], **labels: str) -> None:
+        """`observe` each of `values` (a batch's), looking the series up once."""
+        series = self._child(name, self._histograms[name], HISTOGRAMS[name][1], labels)
+        for value in values:
+            series.observe(value)
+
     def get(self, name: str, **labels: str) -> int:
         """Sum of counter `name` over every label set that contains `labels`."""
         total = 0.0

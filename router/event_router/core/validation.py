@@ -64,6 +64,19 @@ class ValidationResult:
     schema: str | None
 
 
+#: schema -> the result of data that passed it (or, for None, of a trigger no schema knows): frozen, so one
+#: is shared by every event that passed, not made per event. Bounded by the schemas ever loaded
+_PASSED: dict[str | None, ValidationResult] = {}
+
+
+def passed(schema: str | None) -> ValidationResult:
+    """The result of data valid under `schema` (None: no schema knows the trigger)."""
+    found = _PASSED.get(schema)
+    if found is None:
+        found = _PASSED[schema] = ValidationResult(valid=True, errors=(), schema=schema)
+    return found
+
+
 @dataclass(frozen=True)
 class _SchemaFile:
     path: Path
@@ -80,7 +93,7 @@ def format_path(path: Iterable[str | int], root: str = "data") -> str:
 def _check(validator: jsonschema_rs.Validator, instance: Any, schema: str, root: str) -> ValidationResult:
     try:
         if validator.is_valid(instance):  # the common case: no error objects are built at all
-            return ValidationResult(valid=True, errors=(), schema=schema)
+            return passed(schema)
         # Sorted by location, then message, so the same input always yields the same (first ten) lines.
         found = sorted((format_path(e.instance_path, root), _message(e)) for e in validator.iter_errors(instance))
     except (ValueError, RecursionError) as exc:
@@ -239,7 +252,7 @@ class SchemaRegistry:
         """Validate an event's data; errors read `data.path: message`, at most ten, in a stable order."""
         schema = self.schema_for(trigger)
         if schema is None:
-            return ValidationResult(valid=True, errors=(), schema=None)
+            return passed(None)
         return _check(self._validators[schema], data, schema, "data")
 
     def validate_event_envelope(self, event: Mapping[str, Any]) -> ValidationResult:

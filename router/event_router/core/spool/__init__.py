@@ -145,7 +145,9 @@ class SpoolStatus:
 BLOCKED = float("inf")
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: made per event, and a frozen dataclass's __init__ sets each field through
+# object.__setattr__, several times slower. Nothing changes one once made
+@dataclass(slots=True)
 class NewDelivery:
     output: str
     route: str
@@ -201,7 +203,9 @@ class Announcement:
     claim: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: made per event, and a frozen dataclass's __init__ sets each field through
+# object.__setattr__, several times slower. Nothing changes one once made
+@dataclass(slots=True)
 class StoreEvent:
     """An accepted event and the deliveries its routes made of it."""
 
@@ -390,7 +394,9 @@ ATTEMPTS_LAST = 20
 AttemptOutcome = Literal["delivered", "retry", "permanent", "retries_exhausted"]
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: made per delivery attempt, and a frozen dataclass's __init__ sets each field through
+# object.__setattr__, several times slower. Nothing changes one once made
+@dataclass(slots=True)
 class Attempt:
     """One delivery attempt: given to `settle` with the delivery's outcome, read back by `event_history` and
     `dead_letter_attempts`."""
