@@ -674,7 +674,8 @@ class WebhookInput(Input):
             # on every request
             reading = deadlines.start()
             try:
-                raw = await _read_body(proto, max_body, None if length is None else int(length))
+                # bounded by the check on Content-Length: read whole by granian, one await
+                raw = await proto() if length is not None else await _read_chunked(proto, max_body)
             except asyncio.CancelledError:
                 if not deadlines.expired(reading):
                     raise
@@ -871,11 +872,12 @@ class _Batch:
         self.wake = asyncio.Event()
         self.scope = anyio.CancelScope(shield=True)
 
-    async def put(self, item: Event | Rejected) -> Answer:
+    def put(self, item: Event | Rejected) -> asyncio.Future[Answer]:
+        """Queue `item` for the next submit: its answer comes as the future's result."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
         self.wake.set()
-        return await future
+        return future
 
     def stop(self) -> None:
         self.scope.cancel()
@@ -905,10 +907,8 @@ def _remote(scope: Scope) -> str | None:
     return scope.client.rpartition(":")[0].strip("[]") or None
 
 
-async def _read_body(proto: HTTPProtocol, max_body: int, length: int | None) -> bytes | int:
-    """The request's body, or its size so far (an int) once that is past max_body."""
-    if length is not None:  # bounded by the check on Content-Length: read whole by granian, one await here
-        return await proto()
+async def _read_chunked(proto: HTTPProtocol, max_body: int) -> bytes | int:
+    """A chunked request's body, or its size so far (an int) once that is past max_body."""
     chunks: list[bytes] = []
     size = 0
     # chunked: counted as it comes. granian ends this iteration without an error when the client goes
