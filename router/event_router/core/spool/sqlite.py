@@ -894,9 +894,10 @@ class SQLiteSpool:
                 for d in item.deliveries
             ]
             new = _insert_rows(conn, _DELIVERY_INSERT, rows)
-            dids = iter(new)
+            at = 0
             for item in chunk:
-                out.append([next(dids) for _ in item.deliveries])
+                out.append(new[at : at + len(item.deliveries)])
+                at += len(item.deliveries)
                 for d in item.deliveries:
                     self._pending[d.output] = self._pending.get(d.output, 0) + 1
             self.depth += known.count(None)
