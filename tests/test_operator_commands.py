@@ -143,7 +143,7 @@ def machine_keys(value: object, path: str = "") -> list[str]:
     bad: list[str] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            if path != ".outputs" and not SNAKE.fullmatch(key):
+            if path not in (".outputs", ".router.inputs") and not SNAKE.fullmatch(key):
                 bad.append(f"{path}.{key}")
             bad += machine_keys(item, f"{path}.{key}")
     elif isinstance(value, list):
@@ -190,6 +190,9 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     }
     assert status["dead_letters"] == {"total": 1, "counts": [{"output": None, "reason": "validation", "count": 1}]}
     assert status["pending_events"] == 1
+    # no [router.admin]: the spool does not know the inputs, and status says so instead of listing none
+    assert status["router"]["inputs"] is None
+    assert "[router.admin] is not configured" in status["router"]["error"]
 
     text = cli("status", config=config)  # the router is stopped: the spool says the same
     assert text.returncode == 0, text.stderr
@@ -208,6 +211,7 @@ def test_status_shows_each_outputs_backlog_next_retry_and_last_error(tmp_path: P
     assert f"127.0.0.1:{closed}" in crm_line
     assert "dead letters: 1" in lines
     assert any(line.split() == ["-", "validation", "1"] for line in lines), text.stdout
+    assert any(line.startswith("inputs: unknown: [router.admin] is not configured") for line in lines), text.stdout
 
 
 def crm_state(lines: list[str], header: str) -> str:

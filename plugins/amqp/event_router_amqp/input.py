@@ -26,12 +26,15 @@ from event_router.api import (
     EventSink,
     Input,
     PluginContext,
+    Readiness,
     Rejected,
     decode_event,
     parse_duration,
     redact_url,
+    scrub,
     secret_schema,
     started_once,
+    url_secrets,
 )
 from event_router_amqp.common import (
     EXCHANGE_TYPES,
@@ -165,7 +168,7 @@ class AmqpInput(Input):
             raise ConfigError("connect_timeout", "must be more than 0")
         # a batch can never fill beyond what the broker lets through unacknowledged
         self.batch_size = min(self.batch_size, self.prefetch)
-        self._ready = False
+        self._readiness = Readiness(f"connecting to {self.safe_url}: no answer yet")
         #: True from the first consumed batch of a connection: a failure then is a lost connection
         self._consuming = False
         #: message id -> redeliveries seen (classic queues, which send no x-delivery-count)
@@ -175,7 +178,14 @@ class AmqpInput(Input):
         self._store_retry = Backoff.reconnect(min(self.reconnect_max, longest), initial=first)
 
     def is_ready(self) -> bool:
-        return self._ready
+        return self._readiness.ready
+
+    def not_ready_reason(self) -> str | None:
+        return self._readiness.reason()
+
+    def _failed(self, what: str, error: str) -> None:
+        """Not ready for `error` (as logged): the reason /readyz gives, without the url's password."""
+        self._readiness.failed(scrub(f"{what}: {error}", url_secrets(self.url)))
 
     def guarantee(self) -> str:
         # The Connector publishes transient, non-mandatory messages on a channel without confirms, logs a
@@ -206,11 +216,14 @@ class AmqpInput(Input):
                 delay = self._reconnect.failed()
                 error = str(exc) if isinstance(exc, ConnectionLost) else describe_error(exc)
                 if self._consuming:
+                    self._failed("lost the broker connection; reconnecting", error)
                     self.log.warning(
                         "lost the broker connection; reconnecting",
                         extra={"url": self.safe_url, "error": error, "retry_in": round(delay, 2)},
                     )
                 else:
+                    explained = _explain(exc, self)
+                    self._failed("cannot consume from the broker", explained)
                     self.log.error(
                         "cannot consume from the broker",
                         extra={
@@ -218,18 +231,20 @@ class AmqpInput(Input):
                             "queue": self.queue,
                             "exchange": self.exchange,
                             "step": exc.step if isinstance(exc, StepTimeout) else None,
-                            "error": _explain(exc, self),
+                            "error": explained,
                             "retry_in": round(delay, 2),
                         },
                     )
             except Exception as exc:  # a bug must not end the input: the broker keeps what is unacknowledged
                 delay = self._reconnect.failed()
+                self._failed("unexpected error while consuming; reconnecting", describe_error(exc))
                 self.log.exception(
                     "unexpected error while consuming; reconnecting",
                     extra={"url": self.safe_url, "error": describe_error(exc), "retry_in": round(delay, 2)},
                 )
             finally:
-                self._ready = self._consuming = False
+                self._readiness.stopped()
+                self._consuming = False
             await anyio.sleep(delay)
 
     async def _consume(self, store: BatchStore, started: Callable[[], None]) -> None:
@@ -257,7 +272,8 @@ class AmqpInput(Input):
             # aiormq's own consumer: aio-pika's wrapper adds a message object and a task per message on the
             # hot path, and this input needs nothing from it
             await self._step("basic.consume", underlay.basic_consume(queue.name, inbox.put, no_ack=False))
-            self._ready = self._consuming = True
+            self._readiness.consuming()
+            self._consuming = True
             self._reconnect.healthy()
             self.log.info(
                 "consuming from the broker",
@@ -268,7 +284,7 @@ class AmqpInput(Input):
                 batch = await inbox.take(self.batch_size, self.batch_wait)
                 await self._handle(store, batch, inbox, underlay)
         finally:
-            self._ready = False
+            self._readiness.stopped()
             # a close on a connection the broker already dropped may fail too: that is not the news
             with anyio.CancelScope(shield=True), anyio.move_on_after(5), contextlib.suppress(Exception):
                 await connection.close()

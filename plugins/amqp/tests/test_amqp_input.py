@@ -225,6 +225,10 @@ async def test_the_router_starts_while_the_broker_is_unreachable(
             what="three failed connection attempts",
         )
         assert not plugin.is_ready()
+        # /readyz says why, as the log does, without the password
+        reason = app.readiness()["reasons"]["broker"]
+        assert reason.startswith("cannot consume from the broker: "), reason
+        assert "s3cret-pw" not in reason
     failures = [r for r in caplog.records if r.getMessage() == "cannot consume from the broker"]
     assert all(r.url == f"amqp://guest:***@127.0.0.1:{port}/" for r in failures)  # type: ignore[attr-defined]
     assert "Connect call failed" in failures[0].error or "refused" in failures[0].error.lower()  # type: ignore[attr-defined]
@@ -248,6 +252,7 @@ async def test_a_router_connects_once_the_broker_has_the_exchange(
         channel = await broker.fresh_channel()
         await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         await until(plugin.is_ready, what="the input to connect")
+        assert plugin.not_ready_reason() is None
         await publish(exchange, [("runtime.modulesStarted", b"{}")])
         await until(lambda: read_jsonl(out), what="the event")
     assert read_jsonl(out)[0]["data"] == {}

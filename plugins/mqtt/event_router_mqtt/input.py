@@ -30,9 +30,11 @@ from event_router.api import (
     EventSink,
     Input,
     PluginContext,
+    Readiness,
     Rejected,
     SpoolFull,
     decode_event,
+    scrub,
     started_once,
 )
 from event_router_mqtt.settings import CONFIG_SCHEMA, parse_settings, trigger_for
@@ -87,13 +89,16 @@ class MqttInput(Input):
             # without manual acknowledgements (paho-mqtt 2.0) paho sends PUBACK before the event is stored
             raise ConfigError("", "needs paho-mqtt 2.0 or later (manual acknowledgements); upgrade aiomqtt")
         self._reconnect = Backoff.reconnect(self.settings.reconnect_max)
-        self._ready = False
+        self._readiness = Readiness(f"connecting to {self.settings.broker.display}: no answer yet")
         self._connected = False
         #: how many messages of a batch go to the spool at once; shrinks while the spool is full
         self._store: BatchStore | None = None
 
     def is_ready(self) -> bool:
-        return self._ready
+        return self._readiness.ready
+
+    def not_ready_reason(self) -> str | None:
+        return self._readiness.reason()
 
     def guarantee(self) -> str:
         # The Connector publishes at QoS 0 (enmeshed-events.md 3.3) and the broker delivers min(publish QoS,
@@ -126,10 +131,13 @@ class MqttInput(Input):
                 error = _describe(exc)
                 self.log.exception("unexpected error in the MQTT input", extra={"broker": broker, "error": error})
             finally:
-                self._ready = False
+                self._readiness.stopped()
             delay = self._reconnect.failed()
+            what = "lost the MQTT broker; reconnecting" if self._connected else "cannot connect to the MQTT broker"
+            password = self.settings.broker.password
+            self._readiness.failed(scrub(f"{what}: {error}", [password] if password else []))
             self.log.warning(
-                "lost the MQTT broker; reconnecting" if self._connected else "cannot connect to the MQTT broker",
+                what,
                 extra={
                     "broker": broker,
                     "client_id": self.settings.client_id,
@@ -172,7 +180,7 @@ class MqttInput(Input):
                 )
             # only now: a broker that takes the connection but refuses the subscription still backs off
             self._connected = True
-            self._ready = True
+            self._readiness.consuming()
             self._reconnect.healthy()
             self.log.info(
                 "subscribed to the MQTT broker",
@@ -187,14 +195,14 @@ class MqttInput(Input):
             started()
             await self._consume(client, inbox, sink, mqtt.ack)
         except anyio.get_cancelled_exc_class():
-            self._ready = False
+            self._readiness.stopped()
             with anyio.move_on_after(_DRAIN_TIMEOUT, shield=True):
                 await self._fence(client)
                 # Still connected: store what arrived and acknowledge it, so the PUBACKs go out before DISCONNECT.
                 await self._drain(sink, inbox.leftovers(), mqtt.ack)
             raise
         finally:
-            self._ready = False
+            self._readiness.stopped()
             with anyio.move_on_after(_DRAIN_TIMEOUT, shield=True):
                 # DISCONNECT, then read until the broker closes the connection: what it wrote meanwhile
                 # lands in the inbox instead of being dropped with the socket.

@@ -85,14 +85,20 @@ async def test_starts_without_the_broker_and_connects_when_it_comes(
             lambda: [r for r in caplog.records if r.getMessage() == "cannot connect to the MQTT broker"],
             what="a connection failure logged",
         )
+        # /readyz says why, as the log does
+        reason = app.readiness()["reasons"]["mq"]
+        assert reason.startswith("cannot connect to the MQTT broker: ") and "Connection refused" in reason, reason
+        assert "s3cret-pw" not in reason
         broker.start()
         await eventually(plugin.is_ready, what="the connection once the broker is up")
+        assert plugin.not_ready_reason() is None and "reasons" not in app.readiness()
         before = kit.message()
         await kit.publish((kit.topic(TOPIC), before, 1))
         await eventually(lambda: has(kit, before), what="an event through the new connection")
 
         broker.stop()
         await eventually(lambda: not plugin.is_ready(), what="readiness to drop with the broker")
+        assert plugin.not_ready_reason(), "not ready, and why"
         broker.start()  # a new broker, without the old session: the input subscribes again
         await eventually(plugin.is_ready, what="the reconnection")
         after = kit.message()

@@ -19,7 +19,7 @@ import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 
-from event_router.api import Backoff, BatchStore, EventSink, Input, PluginContext, started_once
+from event_router.api import Backoff, BatchStore, EventSink, Input, PluginContext, Readiness, started_once
 from event_router_pubsub.decode import decode
 from event_router_pubsub.settings import CONFIG_SCHEMA, MIN_ACK_DEADLINE, parse_settings
 
@@ -54,10 +54,13 @@ class PubSubInput(Input):
         self._reconnect = Backoff.reconnect(self.settings.reconnect_max)
         # when the first extension of a fresh batch is due; the subscription's own deadline may be 10 s
         self._first_extension = MIN_ACK_DEADLINE / 2
-        self._ready = False
+        self._readiness = Readiness(f"connecting to {self.settings.endpoint}: no answer yet")
 
     def is_ready(self) -> bool:
-        return self._ready
+        return self._readiness.ready
+
+    def not_ready_reason(self) -> str | None:
+        return self._readiness.reason()
 
     def guarantee(self) -> str:
         # The Connector's client publishes with the library's default retries, then logs and drops; only
@@ -78,7 +81,7 @@ class PubSubInput(Input):
                 try:
                     async with self._client() as client:
                         await self._prepare(client)
-                        self._ready = True
+                        self._readiness.consuming()
                         self.log.info(
                             "pubsub input pulling",
                             extra={"subscription": self.settings.subscription, "endpoint": self.settings.endpoint},
@@ -86,12 +89,12 @@ class PubSubInput(Input):
                         started()
                         await self._consume(client, store)
                 except Exception as exc:  # every failure ends in a logged, backed-off retry, never a dead router
-                    self._ready = False
+                    self._readiness.stopped()
                     delay = self._reconnect.failed()
                     self._log_failure(_unwrap(exc), delay)
                     await anyio.sleep(delay)
         finally:
-            self._ready = False
+            self._readiness.stopped()
 
     def _log_failure(self, exc: Exception, delay: float) -> None:
         extra = {
@@ -101,6 +104,8 @@ class PubSubInput(Input):
             "retry_in": round(delay, 2),
         }
         known = (Unavailable, aiohttp.ClientError, TimeoutError, OSError)
+        # the key file is read, never echoed: an error names the subscription and the endpoint, no secret
+        self._readiness.failed(f"cannot pull from subscription {self.settings.subscription}: {_describe(exc)}")
         self.log.warning(
             "pubsub input cannot pull; retrying",
             extra=extra,

@@ -231,6 +231,10 @@ reconnect_max = "1s"
         plugin = app.config.inputs["connector"].plugin
         await until(lambda: _records(caplog, "cannot pull"), what="a log of the failure")
         assert not plugin.is_ready()
+        # /readyz says why, as the log does
+        reason = app.readiness()["reasons"]["connector"]
+        assert reason.startswith("cannot pull from subscription projects/test-project/subscriptions/enmeshed-events: ")
+        assert "Cannot connect" in reason, reason
         await anyio.sleep(2.5)  # backs off and tries again, still logging, still not ready
         assert not plugin.is_ready()
     failures = _records(caplog, "cannot pull")
@@ -257,8 +261,11 @@ async def test_missing_subscription_is_reported_until_created(
         assert "does not exist" in first.error
         assert "before starting the Connector" in first.error
         assert not plugin.is_ready()
+        reason = plugin.not_ready_reason()
+        assert reason is not None and first.error in reason, reason
         await pubsub.create_subscription(topic, name=name)
         await until(plugin.is_ready, what="the input to become ready")
+        assert plugin.not_ready_reason() is None
         await pubsub.publish(topic, [example("transport.messageReceived")])
         (line,) = await until(lambda: lines(tmp_path), what="the event")
     assert line["trigger"] == "transport.messageReceived"

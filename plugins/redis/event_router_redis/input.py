@@ -15,7 +15,17 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from event_router.api import Backoff, BatchStore, EventSink, Input, PluginContext, scrub, started_once, url_secrets
+from event_router.api import (
+    Backoff,
+    BatchStore,
+    EventSink,
+    Input,
+    PluginContext,
+    Readiness,
+    scrub,
+    started_once,
+    url_secrets,
+)
 from event_router_redis.settings import CONFIG_SCHEMA, parse_settings
 
 # redis-py is imported in the methods that connect: routers without Redis skip its memory and start-up cost
@@ -39,12 +49,15 @@ class RedisInput(Input):
         super().__init__(config, context)
         self.settings = parse_settings(config, self.name)
         self._reconnect = Backoff.reconnect(self.settings.reconnect_max)
-        self._ready = False
+        self._readiness = Readiness(f"connecting to {self.settings.display}: no answer yet")
         self._connected = False
         self._started: Callable[[], None] = lambda: None
 
     def is_ready(self) -> bool:
-        return self._ready
+        return self._readiness.ready
+
+    def not_ready_reason(self) -> str | None:
+        return self._readiness.reason()
 
     def guarantee(self) -> str:
         if self.settings.mode == "stream":
@@ -79,15 +92,18 @@ class RedisInput(Input):
                 error = _describe(exc)
                 self.log.exception("unexpected error in the Redis input", extra={"redis": self.settings.display})
             finally:
-                self._ready = False
+                self._readiness.stopped()
             delay = self._reconnect.failed()
+            what = "lost the connection to Redis; reconnecting" if self._connected else "cannot read from Redis"
+            # error texts should not hold the password; if a library put it there anyway, it is cut out
+            error = scrub(error, url_secrets(self.settings.url))
+            self._readiness.failed(f"{what}: {error}")
             self.log.warning(
-                "lost the connection to Redis; reconnecting" if self._connected else "cannot read from Redis",
+                what,
                 extra={
                     "redis": self.settings.display,
                     "mode": self.settings.mode,
-                    # error texts should not hold the password; if a library put it there anyway, it is cut out
-                    "error": scrub(error, url_secrets(self.settings.url)),
+                    "error": error,
                     "attempt": self._reconnect.attempt,
                     "retry_in": round(delay, 2),
                 },
@@ -120,14 +136,14 @@ class RedisInput(Input):
             else:
                 await PubSubReader(s, self.name, store).run(client, self._on_ready)
         finally:
-            self._ready = False
+            self._readiness.stopped()
             with anyio.move_on_after(5, shield=True):
                 await client.aclose()
 
     def _on_ready(self) -> None:
         s = self.settings
         self._connected = True
-        self._ready = True
+        self._readiness.consuming()
         self._reconnect.healthy()
         if s.mode == "stream":
             self.log.info(

@@ -161,14 +161,21 @@ async def test_starts_without_redis_and_connects_when_it_comes(
             lambda: [r for r in caplog.records if r.getMessage() == "cannot read from Redis"],
             what="a connection failure logged",
         )
+        # /readyz says why, as the log does
+        reason = app.readiness()["reasons"]["rd"]
+        assert reason.startswith("cannot read from Redis: "), reason
+        assert "Connection refused" in reason or "Connect call failed" in reason, reason
+        assert "s3cret-pw" not in reason
         server.start()
         await eventually(plugin.is_ready, what="the connection once Redis is up")
+        assert plugin.not_ready_reason() is None and "reasons" not in app.readiness()
         before = kit.message()
         publish(kit, ("transport.messageReceived", before))
         await eventually(lambda: before["id"] in kit.message_ids(), what="an event through the new connection")
 
         server.stop()
         await eventually(lambda: not plugin.is_ready(), what="readiness to drop with Redis")
+        assert plugin.not_ready_reason(), "not ready, and why"
         server.start()
         await eventually(plugin.is_ready, what="the reconnection")
         after = kit.message()

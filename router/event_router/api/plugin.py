@@ -28,6 +28,7 @@ __all__ = [
     "Output",
     "PermanentError",
     "PluginContext",
+    "Readiness",
     "RetryableError",
     "SpoolFull",
     "SubmitResult",
@@ -224,6 +225,41 @@ class Input(_Plugin):
     def not_ready_reason(self) -> str | None:
         """Why the input is not ready, for /readyz (None: ready, or no more to say than `is_ready`)."""
         return None
+
+
+class Readiness:
+    """What an input that connects to a source (a broker) answers to `is_ready()` and `not_ready_reason()`.
+
+    Ready while it consumes; else the reason is the last connection or set-up error, as the input logged
+    it, until it consumes again. `/readyz`, the console and `event-router status` show that reason, so the
+    operator who sees "not ready" also sees why without reading the log. /readyz is open to whoever
+    reaches the admin endpoint: an error text that may hold a password is scrubbed before `failed`.
+    """
+
+    __slots__ = ("_reason", "ready")
+
+    def __init__(self, connecting: str = "connecting: no answer yet") -> None:
+        self.ready = False
+        # before the first attempt ends: what it is waiting for
+        self._reason = connecting
+
+    def consuming(self) -> None:
+        """Connected and consuming: ready. Until the next error is known, a lost connection says so."""
+        self.ready = True
+        self._reason = "the connection ended; reconnecting"
+
+    def stopped(self) -> None:
+        """Not consuming (the connection is closing); the reason stays the last one known."""
+        self.ready = False
+
+    def failed(self, reason: str) -> None:
+        """An attempt failed with `reason` (one line, as logged; no secrets): not ready, for that reason."""
+        self.ready = False
+        self._reason = reason
+
+    def reason(self) -> str | None:
+        """For `not_ready_reason()`: None while ready."""
+        return None if self.ready else self._reason
 
 
 def started_once(task_status: TaskStatus[None]) -> Callable[[], None]:

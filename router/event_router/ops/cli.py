@@ -605,7 +605,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from event_router.ops.dlq import open_spool
-    from event_router.ops.show import age_text, one_line, spool_status, table
+    from event_router.ops.show import age_text, one_line, router_readiness, spool_status, table
 
     config, _ = _load(args, "spool")  # of the secrets, only the PostgreSQL spool's connection string
     spool = open_spool(config, "readonly")
@@ -613,12 +613,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         status = spool_status(config, spool)
     finally:
         spool.close()
+    # the inputs are the running router's, not the spool's: asked of its /readyz (open, no token)
+    status["router"] = router = router_readiness(config)
     if args.json:
         _print_json(status)
         return 0
     print(f"spool: {status['spool']}")
     age = status["oldest_pending_age_seconds"]
     print(f"pending events: {status['pending_events']}" + (f" (oldest {age:.1f}s ago)" if age is not None else ""))
+    print()
+    if router["inputs"] is None:
+        print(f"inputs: unknown: {router['error']}")
+    else:
+        print(f"router on {router['admin']}: {'ready' if router['ready'] else 'not ready'}")
+        input_rows = [
+            (name, "yes" if inp["ready"] else "no", one_line(inp["reason"], 1000))
+            for name, inp in router["inputs"].items()
+        ]
+        print("\n".join(table(("INPUT", "READY", "REASON"), input_rows)))
+        if router["spool_writable"] is False:
+            print(f"spool: not writable: {one_line(router.get('spool_error'))}")
+        if router["error"] is not None:
+            print(f"warning: {router['error']}")
     rows = []
     for name, output in status["outputs"].items():
         next_retry = None

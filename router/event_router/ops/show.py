@@ -155,6 +155,67 @@ def spool_status(config: RouterConfig, spool: Spool) -> dict[str, Any]:
     return status
 
 
+#: seconds `status` waits for the router's /readyz: a router that answers does so at once
+READYZ_TIMEOUT = 3.0
+
+
+def router_readiness(config: RouterConfig) -> dict[str, Any]:
+    """The inputs of the router that runs `config`, and whether each is ready and why not, as its admin
+    endpoint's `/readyz` answers (open: no token needed), for `status`.
+
+    The spool does not know the inputs (they are the running router's, and with a shared PostgreSQL spool
+    each router has its own): without `[router.admin]`, or with no router answering there, `inputs` is
+    None and `error` says why they are unknown.
+    """
+    import http.client
+
+    from event_router.api.listen import format_listen
+
+    report: dict[str, Any] = {"admin": None, "ready": None, "inputs": None, "spool_writable": None, "error": None}
+    if config.admin_listen is None:
+        report["error"] = (
+            "[router.admin] is not configured: only a running router knows its inputs and whether they "
+            "consume (its /readyz), and this file gives no address to ask it"
+        )
+        return report
+    host, port = config.admin_listen
+    where = report["admin"] = format_listen(host, port)
+    connection = http.client.HTTPConnection(host, port, timeout=READYZ_TIMEOUT)
+    try:
+        connection.request("GET", "/readyz")
+        response = connection.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        report["error"] = f"no router answers on {where} ({exc}): not running?"
+        return report
+    finally:
+        connection.close()
+    try:
+        answer = orjson.loads(body)
+        ready, inputs = answer["ready"], answer["inputs"]
+        assert isinstance(inputs, dict)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AssertionError):
+        report["error"] = f"what answers on {where} is no event-router /readyz (HTTP {response.status})"
+        return report
+    reasons = answer.get("reasons") or {}
+    report["ready"] = bool(ready)
+    report["inputs"] = {
+        name: {"ready": bool(up), "reason": None if up else reasons.get(name)} for name, up in sorted(inputs.items())
+    }
+    spool = answer.get("spool") or {}
+    report["spool_writable"] = spool.get("writable")
+    if not spool.get("writable", True):
+        report["spool_error"] = spool.get("error")
+    if set(inputs) != set(config.inputs):
+        # /readyz is open and names no router.toml: names that differ are the one sign of another router
+        report["error"] = (
+            f"the router on {where} has inputs {', '.join(sorted(inputs)) or 'none'}, but {config.path.name} "
+            f"configures {', '.join(sorted(config.inputs)) or 'none'}: another router listens there, or this "
+            "one runs an older version of the file (reload it)"
+        )
+    return report
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Collection[int] = ()) -> list[str]:
     """Lines of an aligned text table: each column as wide as its widest cell, the last one not padded.
     Columns whose index is in `right` (numbers) are right-aligned."""
