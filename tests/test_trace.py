@@ -198,6 +198,10 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
             shown = run_cli("dlq", "show", str(dlid), "-c", str(config), env=spool_env)
             traced = trace(config, event_id, spool_env)
             text = run_cli("trace", event_id, "-c", str(config), env=spool_env)
+            # the same id as people paste it: upper case, without hyphens
+            pasted = run_cli("trace", event_id.upper().replace("-", ""), "-c", str(config), env=spool_env)
+            not_an_id = run_cli("trace", "not-an-id", "-c", str(config), env=spool_env)
+            a_dlid = run_cli("trace", str(dlid), "-c", str(config), env=spool_env)
             # an event dead-lettered before any delivery: its dead letter is all there is, and says why
             invalid = numbered_message(4)
             invalid["data"] = {"id": "MSG00000000000000004"}  # no recipients, no content...
@@ -234,7 +238,15 @@ def test_a_dead_lettered_deliverys_attempts_are_in_dlq_show_and_trace(
     assert text.returncode == 0, text.stderr
     assert SENT_KEY not in text.stdout
     assert f"-> output crm: dead letter {dlid} (2 attempts)" in text.stdout
-    assert text.stdout.splitlines()[-1] == f"outcome: dead-lettered (dead letter {dlid}: event-router dlq show ID)"
+    # the archive had its delivery (not kept: retention off); the command to see crm's dead letter names it
+    assert text.stdout.splitlines()[-1] == f"outcome: dead-lettered (dead letter {dlid}: event-router dlq show {dlid})"
+    assert (pasted.returncode, pasted.stdout) == (0, text.stdout), pasted.stderr
+    # what cannot be an event id is not looked up, and is said to be none (not "the spool knows nothing")
+    assert (not_an_id.returncode, not_an_id.stdout) == (2, "")
+    assert not_an_id.stderr.startswith("error: 'not-an-id' is not an event id: event ids are UUIDs"), not_an_id.stderr
+    assert "knows nothing" not in not_an_id.stderr
+    assert a_dlid.returncode == 2
+    assert a_dlid.stderr.rstrip().endswith(f"a dead letter's id? event-router dlq show {dlid}"), a_dlid.stderr
 
     assert (refused["stored"], refused["outcome"], refused["deliveries"], refused["routes"]) == (
         "not kept (retention off)",

@@ -13,6 +13,7 @@ import argparse
 import math
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,22 +44,44 @@ def add_trace_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], N
         "error, the start of the answer), the next retry, and how it ended (delivered, or its dead letter). "
         "Reads the spool only, beside running routers; prints no event data.",
         epilog="exit status: 0 found; 1 the spool knows nothing of the event (never stored, or delivered and "
-        "forgotten: [router] retention off), or the spool cannot be read.",
+        "forgotten: [router] retention off), or the spool cannot be read; 2 EVENT_ID is not an event id (a UUID).",
     )
     config_arg(p)
-    p.add_argument("event_id", metavar="EVENT_ID", help="the event's id (the Idempotency-Key outputs send)")
+    p.add_argument("event_id", metavar="EVENT_ID", help="the event's id, a UUID (the Idempotency-Key outputs send)")
     p.add_argument("--json", action="store_true")
 
 
+def event_id(text: str) -> str | None:
+    """`text` as the spool stores an event id, or None when it cannot be one. Every id the router gives is
+    a UUID (`new_event_id`, version 7), stored in its canonical form (lowercase, with hyphens): one pasted
+    in upper case, without hyphens or in braces is the same id."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        return None
+
+
+def _not_an_id(text: str) -> str:
+    hint = f"; a dead letter's id? event-router dlq show {text.strip()}" if text.strip().isdigit() else ""
+    return (
+        f"{text!r} is not an event id: event ids are UUIDs, like 0193a6f2-1c4e-7b21-9d3a-52e8a1f0c7d4 (the "
+        f'webhook answers it as "id"; outputs send it as Idempotency-Key; log lines and dlq list --json carry it){hint}'
+    )
+
+
 def run_trace(args: argparse.Namespace, config: RouterConfig) -> int:
+    wanted = event_id(args.event_id)
+    if wanted is None:
+        print(f"error: {_not_an_id(args.event_id)}", file=sys.stderr)
+        return 2
     spool = open_spool(config, "readonly")
     try:
-        history = spool.event_history(args.event_id)
+        history = spool.event_history(wanted)
         states = spool.output_states() if history is not None and history.pending else {}
     finally:
         spool.close()
     if history is None:
-        print(f"error: event {args.event_id}: {_unknown(config)}", file=sys.stderr)
+        print(f"error: event {wanted}: {_unknown(config)}", file=sys.stderr)
         return 1
     trace = trace_json(history, config, states)
     if args.json:
@@ -259,5 +282,10 @@ def _outcome_line(trace: Mapping[str, Any]) -> str:
     if outcome == "dead_lettered":
         ids = [d["dead_letter"] for d in deliveries if d["dead_letter"] is not None]
         ids += [dl["id"] for dl in trace["dead_letters"]]
-        return "dead-lettered" + (f" (dead letter {', '.join(map(str, ids))}: event-router dlq show ID)" if ids else "")
+        if not ids:
+            return "dead-lettered"
+        # the command to paste, with the ids themselves (`dlq show` takes several)
+        ids = sorted(set(ids))
+        letters = "dead letter" if len(ids) == 1 else "dead letters"
+        return f"dead-lettered ({letters} {', '.join(map(str, ids))}: event-router dlq show {' '.join(map(str, ids))})"
     return "kept; no delivery of it recorded (delivered before the spool recorded attempts, or routed nowhere)"
