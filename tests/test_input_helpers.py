@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from event_router.api import Backoff, BatchStore, Event, Item, Rejected, RetryPolicy, decode_event
+from event_router.api.decode import is_blank
 from event_router.core.spool import DeadLetterFilter
 from event_router.testing import example as connector_example
 from event_router.testing import free_port, http_receiver, router_table, until, webhook_input
@@ -35,6 +36,8 @@ META = {"queue": "q", "n": 1}
 @example("transport.messageReceived", b"[" * 5000 + b"]" * 5000, None)
 @example("transport.messageReceived", b"[" * 300 + b"]" * 300, None)
 @example("", b"{}", None)
+@example("transport.messageReceived", b" \r\n\t ", None)
+@example("transport.messageReceived", b" \x0c ", None)
 def test_any_payload_becomes_an_event_or_a_rejection_that_keeps_its_bytes(
     trigger: str | None, payload: bytes, refuse: str | None
 ) -> None:
@@ -43,7 +46,7 @@ def test_any_payload_becomes_an_event_or_a_rejection_that_keeps_its_bytes(
         assert refuse is None and trigger
         check_event(item, payload, config=CONFIG, schemas=SCHEMAS)
         assert (item.trigger, item.source, item.meta) == (trigger, "in", META)
-        assert item.data == (orjson.loads(payload) if payload else None)
+        assert item.data == (None if is_blank(payload) else orjson.loads(payload))
         return
     assert isinstance(item, Rejected)
     check_rejection(item.payload, item.reason, item.trigger, item.meta, raw=payload)
@@ -67,6 +70,17 @@ def test_what_the_connector_publishes_is_an_event(trigger: str, payload: bytes) 
     assert isinstance(event, Event)
     assert check_event(event, payload, config=CONFIG, schemas=SCHEMAS).dead_letter is None
     assert event.data == orjson.loads(payload)
+
+
+@pytest.mark.parametrize("payload", [b"", b" ", b" " * 2_000_000, b"\r\n\t \n"])
+def test_a_payload_of_whitespace_only_is_an_empty_one(payload: bytes) -> None:
+    """Whitespace holds no JSON value, as an empty payload holds none: both are an event without data, and
+    not a dead letter `not valid JSON: input data is empty`."""
+    event = decode_event("runtime.modulesStarted", payload, source="in", meta={}, what="body")
+    assert isinstance(event, Event) and (event.data, event.raw) == (None, payload)
+    # whitespace JSON does not count (form feed) is no JSON: a dead letter, as before
+    rejected = decode_event("runtime.modulesStarted", b" \x0c", source="in", meta={}, what="body")
+    assert isinstance(rejected, Rejected) and rejected.reason.startswith("body is not valid JSON: ")
 
 
 def test_what_is_kept_can_differ_from_the_payload() -> None:

@@ -142,7 +142,10 @@ async def test_event_without_data_key(make_app: MakeApp, tmp_path: Path) -> None
         ({}, {"trigger": "transport.messageReceived"}, 401, "missing API key header x-api-key"),
         ({"x-api-key": "wrong"}, {"trigger": "transport.messageReceived"}, 401, "wrong API key in header x-api-key"),
         ({"x-api-key": KEY}, b"{not json", 400, "body is not valid JSON"),
-        ({"x-api-key": KEY}, b"", 400, "empty body"),
+        ({"x-api-key": KEY}, b"", 400, 'empty body: expected JSON {"trigger"'),
+        # whitespace holds no JSON either: the same answer, not "not valid JSON: input data is empty"
+        ({"x-api-key": KEY}, b" " * 65000, 400, 'empty body: expected JSON {"trigger"'),
+        ({"x-api-key": KEY}, b"\r\n\t \n", 400, 'empty body: expected JSON {"trigger"'),
         ({"x-api-key": KEY}, b"[1, 2]", 400, "body is a JSON list, expected an object"),
         ({"x-api-key": KEY}, {"data": {}}, 400, 'body has no "trigger"'),
         ({"x-api-key": KEY}, {"trigger": 5}, 400, 'body has no "trigger"'),

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from event_router.api import BatchStore, Event, PluginContext
+from event_router.api.decode import is_blank
 from event_router.testing.decoding import RecordingSink, check_event, check_rejection, shipped_router
 from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_names, payloads
 from event_router_amqp.input import AmqpInput
@@ -146,7 +147,7 @@ def test_any_delivery_becomes_an_event_or_a_dead_letter(
         assert sink.rejections == []
         check_event(event, body, config=CONFIG, schemas=SCHEMAS)
         assert event.trigger == routing_key.decode()  # only a UTF-8 routing key makes an event
-        assert event.data == (orjson.loads(body) if body else None)
+        assert event.data == (None if is_blank(body) else orjson.loads(body))
         return
     (rejection,) = sink.rejections
     check_rejection(rejection.raw, rejection.reason, rejection.trigger, rejection.meta, raw=body)

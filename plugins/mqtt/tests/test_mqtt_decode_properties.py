@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from event_router.api import PluginContext, Rejected
+from event_router.api.decode import is_blank
 from event_router.testing.decoding import check_event, check_rejection, shipped_router
 from event_router.testing.strategies import CONNECTOR_MESSAGES, HOSTILE_PAYLOADS, odd_texts, payloads
 from event_router_mqtt.input import MqttInput
@@ -81,7 +82,7 @@ def test_any_message_becomes_an_event_or_a_dead_letter(
     if not isinstance(item, Rejected):
         check_event(item, payload, config=CONFIG, schemas=SCHEMAS)
         assert (item.trigger, item.meta) == (trigger, meta)
-        assert item.data == (orjson.loads(payload) if payload else None)
+        assert item.data == (None if is_blank(payload) else orjson.loads(payload))
         return
     check_rejection(item.payload, item.reason, item.trigger, item.meta, raw=payload)
     assert item.meta == meta

@@ -19,6 +19,16 @@ from event_router.api.event import Event
 #: `keep`'s default: the payload itself
 _PAYLOAD: Any = object()
 
+#: the bytes JSON counts as whitespace (RFC 8259): a payload of only these holds no JSON value, like an empty
+#: one, and is taken as one (`bytes.strip` would take \x0b and \x0c too, which JSON does not)
+JSON_WHITESPACE = b" \t\n\r"
+
+
+def is_blank(payload: bytes) -> bool:
+    """True for an empty payload, or one of JSON whitespace only: no JSON value in it, so no data.
+    O(1) for a payload that starts or ends with anything else (every JSON value does)."""
+    return not payload.strip(JSON_WHITESPACE)
+
 
 def decode_event(
     trigger: str | None,
@@ -42,8 +52,9 @@ def decode_event(
       deeper than JSON can be written) and a dead letter keeps; default `payload`. None: the event keeps
       none (the dead letter keeps `payload`).
 
-    An empty payload is an event without data (`data` None); a trigger that is not valid Unicode (a lone
-    surrogate) is refused and dropped. Pure: no I/O, nothing raised for any bytes.
+    An empty payload, or one of whitespace only (`is_blank`), is an event without data (`data` None); a
+    trigger that is not valid Unicode (a lone surrogate) is refused and dropped.
+    Pure: no I/O, nothing raised for any bytes.
     """
     kept = payload if keep is _PAYLOAD else keep
     if trigger and any("\ud800" <= c <= "\udfff" for c in trigger):
@@ -56,7 +67,7 @@ def decode_event(
         return Rejected(payload if kept is None else kept, refuse, trigger or None, meta)
     assert trigger  # refused above otherwise
     data: Any = None
-    if payload:
+    if not is_blank(payload):
         try:
             data = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:

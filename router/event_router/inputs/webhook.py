@@ -48,6 +48,7 @@ from event_router.api import (
     parse_listen,
     secret_schema,
 )
+from event_router.api.decode import is_blank
 from event_router.api.ratelimit import RATE_LIMIT_SCHEMA, RateLimit, RateLimiter
 from event_router.web.signing import PLACEHOLDER_SECRET, decode_secret, verify
 
@@ -841,7 +842,7 @@ class WebhookInput(Input):
         return answers
 
     def _decode(self, raw: bytes, path_trigger: str | None, meta: dict[str, Any]) -> Event:
-        if not raw:
+        if is_blank(raw):  # whitespace holds no JSON either: the same answer as an empty body
             raise ValueError('empty body: expected JSON {"trigger": "...", "data": {...}}')
         try:
             body = orjson.loads(raw)
