@@ -91,3 +91,28 @@ def test_exhausted(policy: RetryPolicy, attempts: int, age: float, exhausted: bo
 def test_merged_parses_durations() -> None:
     policy = RetryPolicy().merged({"max_attempts": 4, "initial_backoff": "250ms", "max_age": "2h"})
     assert (policy.max_attempts, policy.initial_backoff, policy.max_age) == (4, 0.25, 7200.0)
+
+
+def test_the_readmes_quick_start_time_to_a_dead_letter_follows_from_the_default_policy() -> None:
+    """README: 10 attempts, 9 random waits up to 1, 2, 4 ... 256 s: 0 to 8.5 minutes, about 4 1/4 on average,
+    roughly 2 to 6 1/2 nine times in ten."""
+    from pathlib import Path
+
+    policy = RetryPolicy()
+    ceilings = [policy.delay(n, rng=_Top()) for n in range(1, policy.max_attempts)]
+    assert ceilings == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert sum(ceilings) / 60 == pytest.approx(8.5, abs=0.05)
+    assert sum(ceilings) / 2 / 60 == pytest.approx(4.25, abs=0.05)
+    rng = random.Random(7)
+    totals = sorted(sum(policy.delay(n, rng=rng) for n in range(1, policy.max_attempts)) for _ in range(20000))
+    # roughly 2 to 6 1/2 minutes nine times in ten (5th and 95th percentiles: about 117 s and 395 s)
+    assert 110 <= totals[len(totals) // 20] <= 125 and 385 <= totals[len(totals) * 19 // 20] <= 405
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "anywhere from\nmoments to 8.5 minutes after the first, about 4¼ minutes on average" in readme
+
+
+class _Top(random.Random):
+    """Draws the top of every range: the ceiling of each wait."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b

@@ -1,13 +1,16 @@
 """HTTP authentication shared by the outputs (`http`, `connector`): the forms the Connector's webhooks offer,
 plus bearer and basic.
 
+One of, in an output's table (an inline table on one line: TOML's cannot span lines):
+
 ```toml
 auth = { type = "api_key", key = { env = "CRM_KEY" }, header = "x-api-key" }
-auth = { type = "oauth2", token_url = "https://idp/token", client_id = "router", client_secret = { env = "S" },
-         scope = "events", audience = "crm" }
 auth = { type = "bearer", token = { env = "CRM_TOKEN" } }
 auth = { type = "basic", username = "router", password = { env = "CRM_PASSWORD" } }
 ```
+
+or as the output's sub-table (`[outputs.crm.auth]`: `type = "oauth2"`, `token_url`, `client_id`,
+`client_secret = { env = "S" }`, `scope`, `audience`, a line each).
 
 OAuth2 is the client-credentials grant as the Connector does it: a form-encoded POST with the client id and
 secret in HTTP Basic, status 200 with `access_token` (and `expires_in`) expected, the token cached and fetched
