@@ -19,19 +19,30 @@ from typing import Any
 
 import pytest
 
-from event_router.testing import ROOT, RouterProcess, example, free_port, post, read_jsonl, run_cli, wait_for
+from event_router.testing import (
+    ROOT,
+    RouterProcess,
+    example,
+    free_port,
+    http_receiver,
+    post,
+    read_jsonl,
+    run_cli,
+    wait_for,
+)
 
 ENV = {"ROUTER_WEBHOOK_API_KEY": "ops-key"}
 HEADERS = {"x-api-key": "ops-key"}
 
 
-def write_config(tmp: Path, port: int, crm_url: str, *, admin: int | None = None) -> Path:
+def write_config(tmp: Path, port: int, crm_url: str, *, admin: int | None = None, spool: str = "") -> Path:
     path = tmp / "router.toml"
     admin_table = f'[router.admin]\nlisten = "127.0.0.1:{admin}"\n' if admin else ""
     path.write_text(f"""
 [router]
 data_dir = "./var"
 shutdown_timeout = "2s"
+{spool}
 {admin_table}
 [inputs.connector]
 type = "webhook"
@@ -242,7 +253,7 @@ def test_dlq_list_has_a_header_and_aligned_columns(dead_letters: Path) -> None:
     assert len(limited.stdout.splitlines()) == 2
     assert "(1 of 3 shown, oldest first; --limit N for more)" in limited.stderr
     none = cli("dlq", "list", "--reason", "permanent", config=dead_letters)
-    assert (none.returncode, none.stdout, none.stderr.strip()) == (0, "", "no dead letter matches")
+    assert (none.returncode, none.stdout, none.stderr.strip()) == (0, "", "no dead letter matches (--reason permanent)")
 
 
 def test_dlq_purge_dry_run_deletes_nothing(dead_letters: Path) -> None:
@@ -315,6 +326,94 @@ def test_dlq_purge_on_a_terminal_asks_first(dead_letters: Path) -> None:
     assert code == 0, said
     assert "purge 3 dead letter(s) (all of them)?" in said
     assert dead_letter_ids(dead_letters) == []
+
+
+def test_dlq_refuses_a_misspelt_output_or_reason_and_says_when_nothing_matches(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """Every `dlq` command the same way: an `--output` neither router.toml nor a dead letter has, or a reason
+    no dead letter can have, is refused with a guess (exit 2); ids that name no dead letter are an error
+    (exit 1; the others are still acted on); a filter that matches nothing is said (exit 0)."""
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port = free_port()
+    with http_receiver() as rx:
+        rx.respond(422)  # crm refuses for good: a permanent dead letter at crm
+        config = write_config(tmp_path, port, f"{rx.url}/hooks", spool=spool_line)
+        with RouterProcess(config, env=env):
+            assert post(f"http://127.0.0.1:{port}/events", invalid(), HEADERS)[0] == 422
+            assert post(f"http://127.0.0.1:{port}/events", example("transport.messageReceived"), HEADERS)[0] == 202
+            wait_for(lambda: len(rx.requests) == 1, what="crm's refusal")
+            wait_for(
+                lambda: len(json.loads(run_cli("dlq", "list", "--json", "-c", str(config), env=env).stdout)) == 2,
+                what="both dead letters",
+            )
+
+    def dlq(*args: str, on: Path = config) -> subprocess.CompletedProcess[str]:
+        return run_cli("dlq", *args, "-c", str(on), env=env)
+
+    listed = json.loads(dlq("list", "--json").stdout)
+    invalid_id, crm_id = (
+        next(r["id"] for r in listed if r["reason"] == reason) for reason in ("validation", "permanent")
+    )
+    reasons = "validation, unknown_trigger, no_route, undecodable, permanent, retries_exhausted, output_backlog_full"
+    for command in ("list", "replay"):
+        typo = dlq(command, "--output", "crmm")
+        assert (typo.returncode, typo.stdout, typo.stderr.strip()) == (
+            2,
+            "",
+            "error: no output named 'crmm' in router.toml or among the dead letters (outputs: archive, crm); "
+            "did you mean 'crm'?",
+        ), command
+    for command in ("replay", "purge"):
+        typo = dlq(command, "--reason", "validaton")
+        assert (typo.returncode, typo.stdout, typo.stderr.strip()) == (
+            2,
+            "",
+            f"error: no dead letter reason 'validaton' (reasons: {reasons}); did you mean 'validation'?",
+        ), command
+
+    # ids that name no dead letter: an error, as `show` always said
+    done = {"list": "", "show": "", "replay": "; nothing replayed", "purge": "; nothing purged"}
+    for command, said in done.items():
+        missing = dlq(command, "999")
+        assert (missing.returncode, missing.stderr.strip()) == (1, f"error: no dead letter matches (id 999){said}")
+        assert missing.stdout == ("[]\n" if command == "show" else ""), command
+        # a filter that matches nothing: nothing to do, which a script on a schedule takes as success
+        nothing = dlq(command, "--reason", "no_route")
+        assert (nothing.returncode, nothing.stderr.strip()) == (0, f"no dead letter matches (--reason no_route){said}")
+    assert json.loads(dlq("list", "--json", "--reason", "no_route").stdout) == []
+
+    # a trigger no schema knows is taken (such dead letters exist), and warned about with a guess
+    typo = dlq("list", "--trigger", "transport.messageRecieved")
+    assert typo.returncode == 0
+    assert typo.stderr.splitlines() == [
+        "warning: --trigger transport.messageRecieved: no schema knows the trigger 'transport.messageRecieved'; "
+        "did you mean 'transport.messageReceived'?",
+        "no dead letter matches (--trigger transport.messageRecieved)",
+    ]
+
+    # the ids that exist are acted on, the others named
+    shown = dlq("show", str(invalid_id), "998", "999")
+    assert (shown.returncode, shown.stderr.strip()) == (1, "error: no dead letter matches (ids 998, 999)")
+    assert [row["id"] for row in json.loads(shown.stdout)] == [invalid_id]
+    purged = dlq("purge", str(invalid_id), "999")
+    assert (purged.returncode, purged.stdout.strip()) == (1, "purged 1 dead letter(s)")
+    assert purged.stderr.strip() == "error: no dead letter matches (id 999)"
+    # an id with a filter it does not pass matches nothing
+    assert dlq("replay", str(crm_id), "--reason", "validation").returncode == 1
+
+    # an output router.toml no longer has is still one its dead letters name
+    without = tmp_path / "without.toml"
+    without.write_text(config.read_text().replace("[outputs.crm]", "[outputs.crm2]").replace('["crm"]', '["crm2"]'))
+    kept = dlq("list", "--output", "crm", on=without)
+    assert (kept.returncode, len(kept.stdout.splitlines())) == (0, 2), kept.stderr
+    typo = dlq("list", "--output", "crmm", on=without)
+    assert (typo.returncode, typo.stderr.strip()) == (
+        2,
+        "error: no output named 'crmm' in without.toml or among the dead letters (outputs: archive, crm, crm2); "
+        "did you mean 'crm'?",
+    )
 
 
 # --- event-router init ----------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_second_router_on_the_same_data_dir_refuses_while_operator_commands_work
         listed = run_cli("dlq", "list", "-c", str(second), env=ENV)
         assert listed.returncode == 0, listed.stderr
         purged = run_cli("dlq", "purge", "--all", "--yes", "-c", str(second), env=ENV)
-        assert purged.returncode == 0 and "nothing purged" in purged.stdout, purged.stdout + purged.stderr
+        assert purged.returncode == 0 and "nothing purged" in purged.stderr, purged.stdout + purged.stderr
         assert router.proc.poll() is None
     # the lock goes with the router: the second one starts now
     with RouterProcess(second, env=ENV):

@@ -243,6 +243,24 @@ def unknown_triggers(spec: Mapping[str, Any], known: Sequence[str], is_known: Ca
     return found
 
 
+def pattern_matches_no_known_trigger(pattern: str, known: Sequence[str], is_known: Callable[[str], bool]) -> str | None:
+    """What an operator command (`tap --trigger`, `dlq --trigger`) warns about a trigger glob that matches no
+    trigger a schema knows, with a guess for a typo; None when it matches one (or is the router's own, or
+    empty: refused elsewhere). A warning, not a refusal: events of triggers without a schema exist
+    (`unknown_triggers = "accept"`). `known`: the schemas' triggers (globs among them, matched as written)."""
+    if not pattern.strip() or pattern.startswith(ROUTER_NAMESPACE) or is_known(pattern):
+        return None
+    if any(trigger_matches(pattern, trigger) for trigger in known):
+        return None
+    guess = closest(pattern, known)
+    said = (
+        f"no schema knows the trigger {pattern!r}"
+        if "*" not in pattern
+        else f"{pattern!r} matches no trigger a schema knows"
+    )
+    return said + (f"; did you mean {guess!r}?" if guess else "")
+
+
 def parse_match(spec: Mapping[str, Any]) -> Pattern:
     """A route's `match` table as its conditions, in the order written, each compiled: what `compile_match`
     builds its matcher from, and what `explain_match` and `check`'s reasoning about routes read."""

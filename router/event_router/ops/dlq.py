@@ -11,10 +11,11 @@ from typing import Any
 
 import orjson
 
-from event_router.api.errors import RouterError
+from event_router.api.errors import RouterError, did_you_mean
 from event_router.core.deadletters import replay
 from event_router.core.model import RouterConfig
-from event_router.core.spool import DeadLetter, DeadLetterFilter, OpenMode, Spool, backend
+from event_router.core.routing import pattern_matches_no_known_trigger
+from event_router.core.spool import DEAD_LETTER_REASONS, DeadLetter, DeadLetterFilter, OpenMode, Spool, backend
 from event_router.ops.show import dead_letter_json, iso_time, one_line, table
 from event_router.plugin_loader import PluginRegistry
 
@@ -62,7 +63,7 @@ def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
         p.add_argument("ids", nargs="*", type=int, help="dead letter ids")
         p.add_argument("--output", help="only those that failed at this output")
         p.add_argument("--trigger", help="only this trigger")
-        p.add_argument("--reason", help="only this reason (validation, permanent, retries_exhausted...)")
+        p.add_argument("--reason", help=f"only this reason ({', '.join(DEAD_LETTER_REASONS)})")
         p.add_argument("--since", type=_timestamp, help="dead-lettered at or after (ISO 8601)")
         p.add_argument("--until", type=_timestamp, help="dead-lettered before (ISO 8601)")
         if name in ("replay", "purge"):
@@ -77,7 +78,18 @@ def add_dlq_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
                 "Delete dead letters for good. On a terminal it shows how many match and asks first (unless "
                 "--yes). Off a terminal, ids or a filter are taken as meant; --all there also needs --yes."
             )
-            p.epilog = "exit status: 0 purged (or nothing matched, or --dry-run); 1 not confirmed; 2 refused"
+        # the same for every command, as docs/operating.md tabulates them
+        p.epilog = {
+            "list": "exit status: 0 listed (or a filter matched nothing); 1 an id matched no dead letter; 2 refused "
+            "(an --output or --reason no dead letter can have)",
+            "show": "exit status: 0 shown (or a filter matched nothing); 1 an id matched no dead letter; 2 refused "
+            "(an --output or --reason no dead letter can have)",
+            "replay": "exit status: 0 replayed (or a filter matched nothing); 1 an id matched no dead letter, or a "
+            "dead letter is still invalid or unrouted, or was skipped; 2 refused (no ids, filter or --all; an "
+            "--output or --reason no dead letter can have)",
+            "purge": "exit status: 0 purged (or a filter matched nothing, or --dry-run); 1 an id matched no dead "
+            "letter, or not confirmed; 2 refused",
+        }[name]
 
 
 def _dead_letter_table(rows: Sequence[DeadLetter]) -> list[str]:
@@ -100,9 +112,12 @@ def _dead_letter_table(rows: Sequence[DeadLetter]) -> list[str]:
     )
 
 
-def _selection(args: argparse.Namespace) -> str:
-    """The dead letters a command acts on, in the words of its arguments."""
-    parts = [f"ids {', '.join(map(str, args.ids))}"] if args.ids else []
+def _selection(args: argparse.Namespace, ids: Sequence[int] | None = None) -> str:
+    """The dead letters a command acts on, in the words of its arguments (`ids`: only these of its ids)."""
+    ids = args.ids if ids is None else ids
+    parts = []
+    if ids:
+        parts.append(f"id{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}")
     for flag in ("output", "trigger", "reason"):
         if getattr(args, flag) is not None:
             parts.append(f"--{flag} {getattr(args, flag)}")
@@ -132,56 +147,130 @@ def run_dlq(args: argparse.Namespace, config: RouterConfig, registry: PluginRegi
     # beside a running router, once it exists (a spool of an older schema is refused: see OpenMode)
     spool = open_spool(config, "shared")
     try:
-        if args.dlq_command == "list":
-            rows = spool.dead_letters(where, args.limit)
-            if args.json:
-                sys.stdout.write(
-                    orjson.dumps([dead_letter_json(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
-                )
-                return 0
-            if not rows:
-                print("no dead letter matches", file=sys.stderr)
-                return 0
-            print("\n".join(_dead_letter_table(rows)))
-            total, _ = spool.count_dead_letters(where)
-            if total > len(rows):
-                print(f"({len(rows)} of {total} shown, oldest first; --limit N for more)", file=sys.stderr)
-            return 0
-        if args.dlq_command == "show":
-            rows = spool.dead_letters(where)
-            if not rows:
-                print("error: no dead letter matches", file=sys.stderr)
-                return 1
-            attempts = spool.dead_letter_attempts([r.dlid for r in rows])
-            shown = [dead_letter_json(r, full=True, attempts=attempts.get(r.dlid, ())) for r in rows]
-            sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
-            sys.stdout.write("\n")
-            return 0
-        if args.dlq_command == "purge":
-            return _purge(args, spool, where, everything=empty)
-        from event_router.app import load_schemas
-
-        def progress(done: int, total: int) -> None:
-            if total > 500:
-                print(f"\rreplayed {done}/{total}", end="", file=sys.stderr, flush=True)
-
-        report = replay(spool, config, load_schemas(config, registry), where, progress=progress)
-        if report.replayed + report.dead_again + report.skipped > 500:
-            print(file=sys.stderr)
-        print(f"replayed {report.replayed}, still invalid or unrouted {report.dead_again}, skipped {report.skipped}")
-        for dlid, why in report.problems or ():
-            print(f"  {dlid}: {why}", file=sys.stderr)
-        return 0 if not report.problems and not report.dead_again else 1
+        refused = _unknown_name(args, config, spool)
+        if refused is not None:
+            print(f"error: {refused}", file=sys.stderr)
+            return 2
+        if spool.count_dead_letters(where)[0] == 0:
+            return _nothing_matches(args, config, registry)
+        # ids that name no dead letter (of the selection) are an error, as `rm` says of a missing file: the
+        # others are acted on all the same, and the exit status is 1
+        missing = _missing_ids(spool, where)
+        if missing:
+            print(f"error: no dead letter matches ({_selection(args, missing)})", file=sys.stderr)
+        done = _act(args, config, registry, spool, where, everything=empty)
+        return done if done != 0 or not missing else 1
     finally:
         spool.close()
+
+
+def _act(
+    args: argparse.Namespace,
+    config: RouterConfig,
+    registry: PluginRegistry,
+    spool: Spool,
+    where: DeadLetterFilter,
+    *,
+    everything: bool,
+) -> int:
+    """The command on a selection that matches at least one dead letter; its exit status."""
+    if args.dlq_command == "list":
+        rows = spool.dead_letters(where, args.limit)
+        if args.json:
+            sys.stdout.write(
+                orjson.dumps([dead_letter_json(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
+            )
+            return 0
+        print("\n".join(_dead_letter_table(rows)))
+        total, _ = spool.count_dead_letters(where)
+        if total > len(rows):
+            print(f"({len(rows)} of {total} shown, oldest first; --limit N for more)", file=sys.stderr)
+        return 0
+    if args.dlq_command == "show":
+        rows = spool.dead_letters(where)
+        attempts = spool.dead_letter_attempts([r.dlid for r in rows])
+        shown = [dead_letter_json(r, full=True, attempts=attempts.get(r.dlid, ())) for r in rows]
+        sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+        return 0
+    if args.dlq_command == "purge":
+        return _purge(args, spool, where, everything=everything)
+    from event_router.app import load_schemas
+
+    def progress(done: int, total: int) -> None:
+        if total > 500:
+            print(f"\rreplayed {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    report = replay(spool, config, load_schemas(config, registry), where, progress=progress)
+    if report.replayed + report.dead_again + report.skipped > 500:
+        print(file=sys.stderr)
+    print(f"replayed {report.replayed}, still invalid or unrouted {report.dead_again}, skipped {report.skipped}")
+    for dlid, why in report.problems or ():
+        print(f"  {dlid}: {why}", file=sys.stderr)
+    return 0 if not report.problems and not report.dead_again else 1
+
+
+def _unknown_name(args: argparse.Namespace, config: RouterConfig, spool: Spool) -> str | None:
+    """Why `--output` or `--reason` names nothing a dead letter can have (a typo, usually), with a guess; None
+    when both are fine. An output router.toml no longer has, or a reason of an older router's, is fine while
+    dead letters have it."""
+
+    def unheld(where: DeadLetterFilter) -> bool:
+        return spool.count_dead_letters(where)[0] == 0
+
+    output, reason = args.output, args.reason
+    if output is not None and output not in config.outputs and unheld(DeadLetterFilter(output=output)):
+        held = {count.output for count in spool.status().dead_letters if count.output is not None}
+        known = sorted({*config.outputs, *held})
+        return (
+            f"no output named {output!r} in {config.path.name} or among the dead letters "
+            f"(outputs: {', '.join(known) or 'none'}){did_you_mean(output, known)}"
+        )
+    if reason is not None and reason not in DEAD_LETTER_REASONS and unheld(DeadLetterFilter(reason=reason)):
+        reasons = ", ".join(DEAD_LETTER_REASONS)
+        return f"no dead letter reason {reason!r} (reasons: {reasons}){did_you_mean(reason, DEAD_LETTER_REASONS)}"
+    return None
+
+
+def _missing_ids(spool: Spool, where: DeadLetterFilter) -> list[int]:
+    """The ids of `where` that match no dead letter under its filters, in the order given."""
+    if not where.ids:
+        return []
+    found = {row.dlid for row in spool.dead_letters(where)}
+    return [dlid for dlid in dict.fromkeys(where.ids) if dlid not in found]
+
+
+#: what each command says it did not do when nothing matches
+_NOTHING_DONE = {"replay": "; nothing replayed", "purge": "; nothing purged"}
+
+
+def _nothing_matches(args: argparse.Namespace, config: RouterConfig, registry: PluginRegistry) -> int:
+    """Say that the selection matches no dead letter, the same way for every `dlq` command: an error (exit
+    status 1) when it names ids (they name no dead letter: replayed, purged, or a typo), else a note (exit
+    status 0: nothing to do is no failure for a script that runs the command on a schedule). JSON output
+    is still JSON: an empty list. A `--trigger` that no schema knows is warned about with a guess."""
+    if args.trigger is not None and "*" in args.trigger:
+        print(f"warning: --trigger {args.trigger}: dlq takes a trigger as written, not a glob", file=sys.stderr)
+    elif args.trigger is not None:
+        from event_router.app import load_schemas
+
+        schemas = load_schemas(config, registry)
+        said = pattern_matches_no_known_trigger(args.trigger, schemas.triggers(), schemas.is_known)
+        if said is not None:
+            print(f"warning: --trigger {args.trigger}: {said}", file=sys.stderr)
+    if args.dlq_command == "show" or (args.dlq_command == "list" and args.json):
+        sys.stdout.write("[]\n")
+    said = f"no dead letter matches ({_selection(args)}){_NOTHING_DONE.get(args.dlq_command, '')}"
+    if args.ids:
+        print(f"error: {said}", file=sys.stderr)
+        return 1
+    print(said, file=sys.stderr)
+    return 0
 
 
 def _purge(args: argparse.Namespace, spool: Spool, where: DeadLetterFilter, *, everything: bool) -> int:
     count, highest = spool.count_dead_letters(where)
     selection = _selection(args)
-    if count == 0:
-        print(f"no dead letter matches ({selection}); nothing purged")
-        return 0
     if args.dry_run:
         print("\n".join(_dead_letter_table(spool.dead_letters(where))))
         print(f"dry run: would purge {count} dead letter(s) ({selection}); nothing was deleted")

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol, get_args
 
 from event_router.api.errors import SpoolError
 from event_router.core.clock import SpoolClock
@@ -64,6 +64,8 @@ DeadLetterReason = Literal[
     "retries_exhausted",
     "output_backlog_full",
 ]
+#: every reason a dead letter can have (what `dlq --reason` takes)
+DEAD_LETTER_REASONS: Final[tuple[DeadLetterReason, ...]] = get_args(DeadLetterReason)
 
 #: how a process opens the spool:
 #: "exclusive" the daemon (`run`): only one per spool; it upgrades an older schema, keeps the counts and
