@@ -219,7 +219,7 @@ def test_an_output_removed_while_paused_can_be_resumed(place: RouterPlace) -> No
     repaused = run_cli("output", "pause", "crm", "-c", str(without), env=env)
     assert (repaused.returncode, repaused.stderr.strip()) == (
         1,
-        "error: no output named 'crm' (outputs: crm2)",
+        "error: no output named 'crm' (outputs: crm2); did you mean 'crm2'?",
     )
     resumed = run_cli("output", "resume", "crm", "-c", str(without), env=env)
     assert (resumed.returncode, resumed.stderr) == (0, ""), resumed

@@ -73,7 +73,12 @@ class Tapper:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         assert self.proc.stderr is not None
+        #: what the command warned about before it began to tap
+        self.warnings: list[str] = []
         first = self.proc.stderr.readline()
+        while first.startswith("warning: "):
+            self.warnings.append(first.rstrip("\n"))
+            first = self.proc.stderr.readline()
         assert first.startswith("tapping "), first + self.proc.stderr.read()
 
     def _read(self) -> None:
@@ -156,6 +161,30 @@ def test_tap_filters_by_output_and_outcome(running: tuple[Path, int, int, Any]) 
         tap.stop()
 
 
+def test_a_trigger_no_schema_knows_is_warned_about_and_tapped(running: tuple[Path, int, int, Any]) -> None:
+    """A pattern that matches no trigger the router's schemas know is a typo, usually, but events of a trigger
+    without a schema exist: the command says so with a guess on stderr, and taps with it all the same."""
+    config, hook, _, _ = running
+    tap = Tapper(
+        config, "--trigger", "transport.messageRecieved", "--trigger", "transprot.**", "--trigger", "transport.**"
+    )
+    try:
+        assert tap.warnings == [
+            "warning: --trigger transport.messageRecieved: no schema knows the trigger 'transport.messageRecieved'; "
+            "did you mean 'transport.messageReceived'? (tapping it all the same: events of a trigger without a "
+            "schema may come)",
+            "warning: --trigger transprot.**: 'transprot.**' matches no trigger a schema knows (tapping it all the "
+            "same: events of a trigger without a schema may come)",
+        ]
+        typo = example("transport.messageReceived")
+        typo["trigger"] = "transport.messageRecieved"
+        post(f"http://127.0.0.1:{hook}/events", typo, {"x-api-key": KEY})
+        [event] = tap.wait(lambda r: r["type"] == "event", "the event of the trigger no schema knows")
+        assert event["trigger"] == "transport.messageRecieved", event
+    finally:
+        tap.stop()
+
+
 def test_unmasked_data_needs_the_routers_consent(tmp_path: Path) -> None:
     hook, admin = free_port(), free_port()
     with http_receiver() as crm:
@@ -182,6 +211,16 @@ def test_unmasked_data_needs_the_routers_consent(tmp_path: Path) -> None:
                 check=False,
             )
             assert bad.returncode == 1 and "no output named 'nope' (outputs: archive, crm)" in bad.stderr
+            typo = subprocess.run(
+                [sys.executable, "-m", "event_router", "tap", "-c", str(config), "--output", "crmm"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert typo.returncode == 1, typo.stderr
+            assert "no output named 'crmm' (outputs: archive, crm); did you mean 'crm'?" in typo.stderr, typo.stderr
             empty = subprocess.run(
                 [sys.executable, "-m", "event_router", "tap", "-c", str(config), "--trigger", ""],
                 stdin=subprocess.DEVNULL,

@@ -34,7 +34,7 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from event_router.api.errors import SpoolError
+from event_router.api.errors import SpoolError, did_you_mean
 from event_router.api.listen import listen_error
 from event_router.console import mount as mount_console
 from event_router.console.host import ConsoleHost
@@ -98,10 +98,14 @@ def tap_filter(config: RouterConfig, query: Any) -> TapFilter:
     known_routes = [route.name for route in config.routes]
     for route in routes:
         if route not in known_routes:
-            raise TapRefused(400, f"no route named {route!r} (routes: {', '.join(known_routes) or 'none'})")
+            known = ", ".join(known_routes) or "none"
+            raise TapRefused(400, f"no route named {route!r} (routes: {known}){did_you_mean(route, known_routes)}")
     for output in outputs:
         if output not in config.outputs:
-            raise TapRefused(400, f"no output named {output!r} (outputs: {', '.join(config.outputs) or 'none'})")
+            known = ", ".join(config.outputs) or "none"
+            raise TapRefused(
+                400, f"no output named {output!r} (outputs: {known}){did_you_mean(output, config.outputs)}"
+            )
     for outcome in outcomes:
         if outcome not in EVENT_OUTCOMES + DELIVERY_OUTCOMES:
             events, deliveries = ", ".join(EVENT_OUTCOMES), ", ".join(DELIVERY_OUTCOMES)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import anyio
 
-from event_router.api.errors import DeliveryError, RouterError, SpoolError
+from event_router.api.errors import DeliveryError, RouterError, SpoolError, did_you_mean
 from event_router.api.plugin import is_retryable
 from event_router.core.spool import OutputState, Spool
 from event_router.core.stats import Stats
@@ -69,10 +69,11 @@ _ANY = Admission(limit=1 << 30)
 
 
 class UnknownOutput(RouterError):
-    """`output pause|resume` or the admin endpoint named an output router.toml does not configure."""
+    """`output pause|resume|retry` or the admin endpoint named an output router.toml does not configure."""
 
     def __init__(self, name: str, configured: Sequence[str]):
-        super().__init__(f"no output named {name!r} (outputs: {', '.join(sorted(configured)) or 'none configured'})")
+        known = ", ".join(sorted(configured)) or "none configured"
+        super().__init__(f"no output named {name!r} (outputs: {known}){did_you_mean(name, configured)}")
 
 
 def _describe(exc: BaseException) -> str:

@@ -813,10 +813,12 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _tap(args: argparse.Namespace) -> int:
+    from event_router.app import load_schemas
     from event_router.ops.tap import cmd_tap
 
-    config, _ = _load(args, "admin")  # only where the admin endpoint listens, and its token
-    return cmd_tap(args, config)
+    config, registry = _load(args, "admin")  # only where the admin endpoint listens, and its token
+    # the schemas, to warn about a --trigger that matches none of their triggers
+    return cmd_tap(args, config, schemas=load_schemas(config, registry) if args.trigger else None)
 
 
 def _trace(args: argparse.Namespace) -> int:

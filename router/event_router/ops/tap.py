@@ -8,7 +8,7 @@ import http.client
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,7 +17,9 @@ import orjson
 from event_router.api.listen import format_listen
 from event_router.api.secrets import Secret
 from event_router.core.model import RouterConfig
+from event_router.core.routing import pattern_matches_no_known_trigger
 from event_router.core.tap import CONFIG_HEADER, DELIVERY_OUTCOMES, EVENT_OUTCOMES, config_identity
+from event_router.core.validation import SchemaRegistry
 
 
 def admin_headers(token: Secret | None) -> dict[str, str]:
@@ -51,10 +53,25 @@ def add_tap_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], Non
     p.add_argument("--json", action="store_true", help="one JSON object per line, as the router sends them")
 
 
-def cmd_tap(args: argparse.Namespace, config: RouterConfig, out: TextIO = sys.stdout) -> int:
+def trigger_warnings(patterns: Sequence[str], schemas: SchemaRegistry) -> list[str]:
+    """A warning per `--trigger` pattern that matches no trigger the router's schemas know (a typo, usually),
+    for stderr: such a pattern is still used, as events of triggers without a schema exist."""
+    known = schemas.triggers()
+    return [
+        f"warning: --trigger {pattern}: {said} (tapping it all the same: events of a trigger without a schema may come)"
+        for pattern in patterns
+        if (said := pattern_matches_no_known_trigger(pattern, known, schemas.is_known)) is not None
+    ]
+
+
+def cmd_tap(
+    args: argparse.Namespace, config: RouterConfig, out: TextIO = sys.stdout, schemas: SchemaRegistry | None = None
+) -> int:
+    """`schemas`: the router's, to warn about a `--trigger` that matches none of their triggers."""
     if config.admin_listen is None:
         print("error: [router.admin] is not configured: the tap reads the admin endpoint", file=sys.stderr)
         return 1
+    warnings = [] if schemas is None else trigger_warnings(args.trigger, schemas)
     query = [("trigger", t) for t in args.trigger] + [("route", r) for r in args.route]
     query += [("output", o) for o in args.output] + [("outcome", o) for o in args.outcome]
     if args.unmask:
@@ -82,6 +99,9 @@ def cmd_tap(args: argparse.Namespace, config: RouterConfig, out: TextIO = sys.st
             error = body.decode(errors="replace")
         print(f"error: the router refused the tap ({response.status}): {error}", file=sys.stderr)
         return 1
+    # once the router took the tap (a pattern it refuses is said as its refusal, not warned about)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
     print(f"tapping {where} (Ctrl-C to stop)", file=sys.stderr)
     try:
         for record in _records(response):
