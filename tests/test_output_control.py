@@ -240,6 +240,80 @@ def test_an_output_removed_while_paused_can_be_resumed(place: RouterPlace) -> No
     assert "paused" not in run_cli("status", "-c", str(without), env=env).stdout
 
 
+def test_output_retry_makes_the_deliveries_waiting_for_a_retry_due_without_the_admin_endpoint(
+    tmp_path: Path, router_spool: tuple[str, dict[str, str]]
+) -> None:
+    """`event-router output retry NAME` is the admin endpoint's `POST /outputs/NAME/retry` (the console's
+    "Retry now") done in the spool, as `output pause` is: the running router tries a delivery that waits
+    hours for its retry within a second or two; a paused output still holds it; `resume` says that a
+    failed delivery keeps its retry's time and how to try it now."""
+    spool_line, spool_env = router_spool
+    env = {**ENV, **spool_env}
+    port, admin = free_port(), free_port()
+    config = tmp_path / "router.toml"
+
+    def output(*args: str) -> tuple[int, list[str]]:
+        done = run_cli("output", *args, "-c", str(config), env=env)
+        assert done.stderr == "" or done.returncode != 0, done.stderr
+        return done.returncode, (done.stdout or done.stderr).splitlines()
+
+    with http_receiver() as rx:
+        rx.respond(503, 200)  # the first attempt fails; the retry goes through
+        text = config_text(port, admin, f"{rx.url}/in", spool=spool_line)
+        # full jitter: a retry waits anything up to a day, seconds only once in thousands of runs
+        text = text.replace(
+            'initial_backoff = "50ms", max_backoff = "100ms"', 'initial_backoff = "1d", max_backoff = "1d"'
+        )
+        config.write_text(text)
+        with RouterProcess(config, env=env):
+            assert output("retry", "crm") == (0, ["no delivery of crm waits for a retry: nothing made due"])
+            first = send(port, 0)
+            wait_for(lambda: status(config, env)["outputs"]["crm"]["retrying"] == 1, what="the failed attempt")
+            assert output("retry", "crmm") == (1, ["error: no output named 'crmm' (outputs: crm); did you mean 'crm'?"])
+            assert output("retry", "crm") == (
+                0,
+                ["made 1 delivery of crm due now: routers on this spool try them within 1s"],
+            )
+            wait_for(lambda: delivered_ids(rx) == {first}, timeout=10, what="the retry, ten minutes early")
+            assert output("retry", "crm") == (0, ["no delivery of crm waits for a retry: nothing made due"])
+
+            # paused: made due all the same, and held until resumed
+            rx.respond(503, 200)
+            second = send(port, 1)
+            wait_for(lambda: status(config, env)["outputs"]["crm"]["retrying"] == 1, what="the second's failure")
+            assert output("pause", "crm")[0] == 0
+            wait_for(lambda: metric(admin, "output_paused", output="crm") == 1, timeout=5, what="the router follows")
+            assert output("retry", "crm") == (
+                0,
+                [
+                    "made 1 delivery of crm due now: routers on this spool try them within 1s",
+                    "crm is paused: they wait until it is resumed (event-router output resume crm)",
+                ],
+            )
+            time.sleep(2.0)  # more than the routers' poll of the states and of due deliveries
+            assert len(rx.requests) == 3, "a paused output sends nothing"
+            assert output("resume", "crm") == (
+                0,
+                ["resumed crm: routers on this spool deliver its backlog again within 1s"],
+            )
+            wait_for(lambda: delivered_ids(rx) == {first, second}, timeout=10, what="the second delivered")
+
+            # a resume says that a failed delivery keeps its retry's time
+            rx.respond(503, 200)
+            third = send(port, 2)
+            wait_for(lambda: status(config, env)["outputs"]["crm"]["retrying"] == 1, what="the third's failure")
+            assert output("pause", "crm")[0] == 0
+            code, said = output("resume", "crm")
+            assert code == 0 and said[0].startswith("resumed crm"), said
+            assert re.fullmatch(
+                r"its deliveries that failed before keep the time of their retry \(the next in [\dsmhd]+\); "
+                r"to try them now: event-router output retry crm",
+                said[1],
+            ), said
+            assert output("retry", "crm")[0] == 0
+            wait_for(lambda: delivered_ids(rx) == {first, second, third}, timeout=10, what="the third delivered")
+
+
 def test_every_router_on_a_postgresql_spool_follows_a_pause(tmp_path: Path, pg_dsn: str) -> None:
     env = {**ENV, "ROUTER_PG_DSN": pg_dsn}
     spool_line = 'spool = { backend = "postgresql", dsn = { env = "ROUTER_PG_DSN" } }'

@@ -1,5 +1,5 @@
 """`event-router`: run the daemon, check and dry-run configs, list plugins and schemas, manage dead letters,
-pause and resume outputs, replay kept events, trace an event."""
+pause, resume and retry outputs, replay kept events, trace an event."""
 
 from __future__ import annotations
 
@@ -162,15 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "output",
-        help="pause or resume an output: every router on the spool follows, also after a restart",
-        description="Pause or resume an output, beside running routers (or none): the state is kept in the "
-        "spool, and every router on it follows within a second. A paused output starts no delivery (those in "
-        "flight finish), keeps its backlog in the spool and counts no attempt.",
+        help="pause, resume an output, or retry its waiting deliveries now: every router on the spool follows",
+        description="Pause or resume an output, or make its deliveries that wait for a retry due now, beside "
+        "running routers (or none): the state is kept in the spool, and every router on it follows within a "
+        "second, also after a restart. A paused output starts no delivery (those in flight finish), keeps its "
+        "backlog in the spool and counts no attempt.",
     )
     actions = p.add_subparsers(dest="output_command", metavar="ACTION", required=True)
     for name, text in (
         ("pause", "start none of the output's deliveries until it is resumed"),
         ("resume", "deliver again, the backlog first"),
+        ("retry", "make the output's deliveries that wait for a retry due now (the console's \"Retry now\")"),
     ):
         action = actions.add_parser(name, help=text)
         _config_arg(action)
@@ -760,11 +762,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_output(args: argparse.Namespace) -> int:
     from event_router.core.gate import POLL, UnknownOutput
     from event_router.ops.dlq import open_spool
-    from event_router.ops.show import iso_time
+    from event_router.ops.show import age_text, iso_time
 
     # the spool's connection string is the one secret read, as for `dlq`
     config, _ = _load(args, "spool")
     name = args.name
+    if args.output_command == "retry":
+        return _retry_output(config, name)
     pause = args.output_command == "pause"
     spool = open_spool(config, "shared")
     try:
@@ -774,6 +778,8 @@ def cmd_output(args: argparse.Namespace) -> int:
         if name not in config.outputs and not held:
             raise UnknownOutput(name, list(config.outputs))
         state, changed = spool.set_paused(name, pause, f"{_operator()} (event-router output {args.output_command})")
+        # a resume starts what is due; a delivery that failed before waits for its retry's time
+        backlog = spool.status().backlogs.get(name) if not pause and changed else None
     finally:
         spool.close()
     if pause and changed:
@@ -786,8 +792,41 @@ def cmd_output(args: argparse.Namespace) -> int:
         print(f"{name} is paused already{since}" + (f" by {state.pause_changed_by}" if state.pause_changed_by else ""))
     elif changed:
         print(f"resumed {name}: routers on this spool deliver its backlog again within {POLL:g}s")
+        wait = None if backlog is None else backlog.next_retry_in
+        if wait is not None and wait > POLL:
+            print(
+                f"its deliveries that failed before keep the time of their retry (the next in {age_text(wait)}); "
+                f"to try them now: event-router output retry {name}"
+            )
     else:
         print(f"{name} is not paused")
+    return 0
+
+
+def _retry_output(config: RouterConfig, name: str) -> int:
+    """`output retry NAME`: the admin endpoint's `POST /outputs/NAME/retry` (the console's "Retry now"), done
+    in the spool as `pause` is, so that it needs no admin endpoint and every router on the spool follows."""
+    from event_router.core.gate import POLL, UnknownOutput
+    from event_router.ops.dlq import open_spool
+
+    if name not in config.outputs:
+        raise UnknownOutput(name, list(config.outputs))
+    spool = open_spool(config, "shared")
+    try:
+        count = spool.retry_now(name)
+        state = spool.output_states().get(name)
+    finally:
+        spool.close()
+    if count == 0:
+        print(f"no delivery of {name} waits for a retry: nothing made due")
+        return 0
+    deliveries = "1 delivery" if count == 1 else f"{count} deliveries"
+    print(f"made {deliveries} of {name} due now: routers on this spool try them within {POLL:g}s")
+    # due, and still held: say by what, as `status` does
+    if state is not None and state.paused:
+        print(f"{name} is paused: they wait until it is resumed (event-router output resume {name})")
+    elif state is not None and state.breaker_open_since is not None:
+        print(f"{name}'s breaker is open: they wait for its probe to go through")
     return 0
 
 
