@@ -268,7 +268,7 @@ def test_output_retry_makes_the_deliveries_waiting_for_a_retry_due_without_the_a
         with RouterProcess(config, env=env):
             assert output("retry", "crm") == (0, ["no delivery of crm waits for a retry: nothing made due"])
             first = send(port, 0)
-            wait_for(lambda: status(config, env)["outputs"]["crm"]["retrying"] == 1, what="the failed attempt")
+            wait_for(lambda: status_json(config, env)["outputs"]["crm"]["retrying"] == 1, what="the failed attempt")
             assert output("retry", "crmm") == (1, ["error: no output named 'crmm' (outputs: crm); did you mean 'crm'?"])
             assert output("retry", "crm") == (
                 0,
@@ -280,7 +280,7 @@ def test_output_retry_makes_the_deliveries_waiting_for_a_retry_due_without_the_a
             # paused: made due all the same, and held until resumed
             rx.respond(503, 200)
             second = send(port, 1)
-            wait_for(lambda: status(config, env)["outputs"]["crm"]["retrying"] == 1, what="the second's failure")
+            wait_for(lambda: status_json(config, env)["outputs"]["crm"]["retrying"] == 1, what="the second's failure")
             assert output("pause", "crm")[0] == 0
             wait_for(lambda: metric(admin, "output_paused", output="crm") == 1, timeout=5, what="the router follows")
             assert output("retry", "crm") == (
@@ -301,7 +301,7 @@ def test_output_retry_makes_the_deliveries_waiting_for_a_retry_due_without_the_a
             # a resume says that a failed delivery keeps its retry's time
             rx.respond(503, 200)
             third = send(port, 2)
-            wait_for(lambda: status(config, env)["outputs"]["crm"]["retrying"] == 1, what="the third's failure")
+            wait_for(lambda: status_json(config, env)["outputs"]["crm"]["retrying"] == 1, what="the third's failure")
             assert output("pause", "crm")[0] == 0
             code, said = output("resume", "crm")
             assert code == 0 and said[0].startswith("resumed crm"), said
