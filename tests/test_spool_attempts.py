@@ -26,6 +26,7 @@ from event_router.core.spool import (
     NewDelivery,
     Requeue,
     Spool,
+    StoreDeadLetter,
     StoreEvent,
 )
 from event_router.core.spool.postgresql import PostgreSQLSpool
@@ -60,17 +61,17 @@ def tried(did: int, number: int, outcome: Any = "retry", **said: Any) -> Attempt
     )
 
 
-def attempt_rows(spool: Spool) -> int:
-    """Rows in the spool's attempts table: what is kept on disk."""
+def attempt_rows(spool: Spool, table: str = "attempts") -> int:
+    """Rows in the spool's attempts table (or `replays`): what is kept on disk."""
     if isinstance(spool, PostgreSQLSpool):
         with psycopg.connect(spool.dsn) as conn:
-            row = conn.execute("SELECT count(*) FROM event_router.attempts").fetchone()
+            row = conn.execute(f"SELECT count(*) FROM event_router.{table}").fetchone()
             assert row is not None
             return int(row[0])
     assert isinstance(spool, SQLiteSpool)
     lite = sqlite3.connect(spool.path)
     try:
-        return int(lite.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
+        return int(lite.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
     finally:
         lite.close()
 
@@ -188,27 +189,6 @@ async def test_a_dead_letters_attempts_stay_with_it_until_it_is_purged(spool_at:
         spool.close()
 
 
-@pytest.mark.anyio
-async def test_a_replayed_dead_letter_takes_its_attempts_with_it(spool_at: Callable[[], Spool]) -> None:
-    spool = spool_at()
-    spool.open("exclusive")
-    try:
-        ((did,),) = delivery_ids(await spool.store([event(1)]))
-        (dlid,) = await spool.settle(
-            dead=[(did, "permanent", "answered 422", 1)], attempts=[tried(did, 1, "permanent", status=422)]
-        )
-        assert dlid is not None
-        spool.replay_dead_letters([Requeue(dlid, event(1))])
-        assert spool.dead_letter_attempts([dlid]) == {}
-        history = spool.event_history("e-1")
-        assert history is not None
-        ((delivery,),) = [history.deliveries]
-        assert (delivery.state, delivery.attempts, delivery.history) == ("pending", 0, ())
-        assert delivery.delivery != did, "a new delivery, with a history of its own"
-    finally:
-        spool.close()
-
-
 def requeue(dead: DeadLetter) -> Requeue:
     """What `dlq replay` makes of a delivery's dead letter (core/deadletters.py): its event again, as the dead
     letter holds it, with one delivery to its output."""
@@ -264,13 +244,18 @@ async def test_a_replayed_dead_letter_of_a_kept_event_is_delivered_as_that_event
         assert (history.stored, history.pending, history.received) == (True, False, 1000.0)
         assert history.dead_letters == [], "replayed: the dead letter is gone"
         by_id = {d.delivery: d for d in history.deliveries}
-        assert set(by_id) == {archive, again}, "the dead letter's delivery went with it; the replayed one is there"
+        assert set(by_id) == {crm, archive, again}, "the dead letter's delivery stays, replayed, before the new one"
+        assert (by_id[crm].state, by_id[crm].dead_letter, [a.outcome for a in by_id[crm].history]) == (
+            "replayed",
+            dlid,
+            ["permanent"],
+        )
         replayed = by_id[again]
         assert (replayed.output, replayed.state, replayed.attempts) == ("crm", "delivered", 2)
         assert [(a.number, a.outcome) for a in replayed.history] == [(1, "retry"), (2, "delivered")]
         assert (router.status().pending_events, router.depth, router.pending_outputs()) == (0, 0, {})
         assert [k.event_id for k in router.kept_events(*EVERYTHING)] == ["e-1"], "kept once"
-        assert attempt_rows(router) == 3
+        assert attempt_rows(router) == 4
         assert await router.prune_kept(math.inf, 100) == 1
         assert router.event_history("e-1") is None
         assert attempt_rows(router) == 0, "pruned with the event"
@@ -370,6 +355,195 @@ async def test_a_kept_event_replayed_after_its_delivery_was_dead_lettered(spool_
         router.close()
 
 
+# --- replayed dead letters: their attempts stay in the event's history ---------------------------------------
+
+
+async def fail_for_good(spool: Spool, did: int, made: int) -> int:
+    """`made` failed attempts of `did`, the last one exhausting its retries: its dead letter's id."""
+    for number in range(1, made):
+        await spool.settle(retry=[(did, number, spool.clock.now(), "down")], attempts=[tried(did, number)])
+    (dlid,) = await spool.settle(
+        dead=[(did, "retries_exhausted", f"answered 503 at {made}", made)],
+        attempts=[tried(did, made, "retries_exhausted")],
+    )
+    assert dlid is not None
+    return dlid
+
+
+def replay_as(spool: Spool, dlid: int, by: str | None = "alice@ops (event-router dlq replay)") -> int:
+    """Replay dead letter `dlid` as `dlq replay` does; the id of the delivery it is replayed as."""
+    (dead,) = spool.dead_letters(DeadLetterFilter(ids=(dlid,)))
+    spool.replay_dead_letters([requeue(dead)], by)
+    (again,) = handed(spool)
+    return again
+
+
+@pytest.mark.anyio
+async def test_a_replayed_dead_letters_attempts_stay_in_the_events_history(spool_at: Callable[[], Spool]) -> None:
+    """Without retention: the delivery that was dead-lettered stays in the history, replayed (when, by whom, as
+    which delivery), its attempts kept as they were (first 3, last 20), before the replayed delivery's own, which
+    number from 1. Once the replayed delivery is delivered the event, not kept, is forgotten with both."""
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((first,),) = delivery_ids(await spool.store([event(1)]))
+        made = ATTEMPTS_FIRST + ATTEMPTS_LAST + 2
+        dlid = await fail_for_good(spool, first, made)
+        before = time.time()
+        again = replay_as(spool, dlid)
+        assert spool.dead_letters(DeadLetterFilter()) == [] and spool.dead_letter_count() == 0
+        await spool.settle(retry=[(again, 1, spool.clock.now() + 60, "answered 503")], attempts=[tried(again, 1)])
+
+        history = spool.event_history("e-1")
+        assert history is not None
+        assert history.dead_letters == []
+        (replay,) = history.replays
+        assert (replay.dead_letter, replay.output, replay.route, replay.reason) == (
+            dlid,
+            "crm",
+            "to crm",
+            "retries_exhausted",
+        )
+        assert (replay.attempts, replay.error, replay.replayed_as) == (made, f"answered 503 at {made}", again)
+        assert replay.replayed_by == "alice@ops (event-router dlq replay)"
+        assert before <= replay.replayed_at <= time.time() and replay.created_at <= replay.replayed_at
+        earlier, replayed = history.deliveries
+        assert (earlier.delivery, earlier.state, earlier.dead_letter, earlier.replay) == (
+            first,
+            "replayed",
+            dlid,
+            replay,
+        )
+        assert (earlier.attempts, earlier.last_error) == (made, f"answered 503 at {made}")
+        assert [a.number for a in earlier.history] == [1, 2, 3, *range(made - ATTEMPTS_LAST + 1, made + 1)]
+        assert earlier.history[-1].outcome == "retries_exhausted"
+        assert (replayed.delivery, replayed.state, replayed.attempts) == (again, "pending", 1)
+        assert [a.number for a in replayed.history] == [1], "its own attempts, numbered from 1"
+        assert attempt_rows(spool) == ATTEMPTS_FIRST + ATTEMPTS_LAST + 1
+
+        await spool.settle(done=[again], attempts=[tried(again, 2, "delivered")])
+        assert spool.event_history("e-1") is None, "delivered and not kept: forgotten, the earlier delivery too"
+        assert (attempt_rows(spool), attempt_rows(spool, "replays")) == (0, 0)
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_delivery_replayed_twice_keeps_every_earlier_delivery_until_the_event_is_pruned(
+    spool_at: Callable[[], Spool],
+) -> None:
+    """Retention on: dead-lettered, replayed (by the console), dead-lettered again: the second dead letter holds
+    the first delivery's records too (`dlq show` lists its own delivery's attempts only); replayed again (by
+    `dlq replay` beside the router) and delivered, the kept event shows all three deliveries, and pruning it
+    forgets them all."""
+    router = spool_at()
+    router.open("exclusive")
+    try:
+        ((first,),) = delivery_ids(await router.store([event(1, received=1000.0)]))
+        one = await fail_for_good(router, first, 2)
+        second = replay_as(router, one, "console (127.0.0.1)")
+        two = await fail_for_good(router, second, 3)
+        assert [a.delivery for a in router.dead_letter_attempts([two])[two]] == [second] * 3
+        ops = spool_at()
+        ops.open("shared")
+        try:
+            (dead,) = ops.dead_letters(DeadLetterFilter(ids=(two,)))
+            ops.replay_dead_letters([requeue(dead)])
+        finally:
+            ops.close()
+        (third,) = handed(router)
+        await router.settle(done=[third], attempts=[tried(third, 1, "delivered")])
+
+        history = router.event_history("e-1")
+        assert history is not None
+        assert (history.stored, history.pending, history.dead_letters) == (True, False, [])
+        assert [(r.dead_letter, r.replayed_as, r.replayed_by) for r in history.replays] == [
+            (one, second, "console (127.0.0.1)"),
+            (two, third, None),
+        ]
+        assert [(d.delivery, d.state, d.dead_letter, d.attempts) for d in history.deliveries] == [
+            (first, "replayed", one, 2),
+            (second, "replayed", two, 3),
+            (third, "delivered", None, 1),
+        ]
+        assert [[a.number for a in d.history] for d in history.deliveries] == [[1, 2], [1, 2, 3], [1]]
+        assert [k.event_id for k in router.kept_events(*EVERYTHING)] == ["e-1"], "kept once"
+        assert (attempt_rows(router), attempt_rows(router, "replays")) == (6, 2)
+        assert await router.prune_kept(math.inf, 100) == 1
+        assert router.event_history("e-1") is None
+        assert (attempt_rows(router), attempt_rows(router, "replays")) == (0, 0), "pruned with the event"
+    finally:
+        router.close()
+
+
+@pytest.mark.anyio
+async def test_a_replayed_delivery_dead_lettered_again_keeps_the_earlier_one_until_purged(
+    spool_at: Callable[[], Spool],
+) -> None:
+    """Without retention the event goes once its replayed delivery is a dead letter again: that dead letter holds
+    the earlier delivery's attempts and replay, and `trace` still shows both; purged, they all go."""
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        ((first,),) = delivery_ids(await spool.store([event(1)]))
+        one = await fail_for_good(spool, first, 2)
+        second = replay_as(spool, one)
+        two = await fail_for_good(spool, second, 1)
+        assert spool.stored_events("e-1") == [], "not kept: gone with its last delivery"
+        history = spool.event_history("e-1")
+        assert history is not None
+        assert [(d.delivery, d.state, d.dead_letter, len(d.history)) for d in history.deliveries] == [
+            (first, "replayed", one, 2),
+            (second, "dead_letter", two, 1),
+        ]
+        assert [r.dead_letter for r in history.replays] == [one]
+        assert [dl.dlid for dl in history.dead_letters] == [two]
+
+        assert spool.purge_dead_letters(DeadLetterFilter(ids=(two,))) == 1
+        assert spool.event_history("e-1") is None
+        assert (attempt_rows(spool), attempt_rows(spool, "replays")) == (0, 0)
+    finally:
+        spool.close()
+
+
+@pytest.mark.anyio
+async def test_a_dead_letter_of_no_delivery_replayed_is_recorded_and_one_routed_nowhere_keeps_nothing(
+    spool_at: Callable[[], Spool],
+) -> None:
+    """An invalid event's dead letter, replayed (valid now) into a delivery: its replay is in the history, with no
+    delivery of its own (it had none). A delivery's dead letter whose replay stores nothing (its routes take
+    nothing now) leaves nothing: no event to keep it with."""
+    spool = spool_at()
+    spool.open("exclusive")
+    try:
+        body = event(1).body
+        (invalid,) = await spool.store(
+            [StoreDeadLetter("validation", "data.id: missing", body, "e-1", "transport.messageReceived", "hooks")]
+        )
+        assert isinstance(invalid, int)
+        spool.replay_dead_letters([Requeue(invalid, event(1, received=1000.0))], "bob@ops")
+        (did,) = handed(spool)
+        history = spool.event_history("e-1")
+        assert history is not None
+        ((replay,), (delivery,)) = (history.replays, history.deliveries)
+        assert (replay.dead_letter, replay.reason, replay.output, replay.replayed_as) == (
+            invalid,
+            "validation",
+            None,
+            did,
+        )
+        assert (replay.attempts, replay.replayed_by) == (0, "bob@ops")
+        assert (delivery.delivery, delivery.state) == (did, "pending")
+
+        ((other,),) = delivery_ids(await spool.store([event(2)]))
+        dlid = await fail_for_good(spool, other, 2)
+        spool.replay_dead_letters([Requeue(dlid, replace(event(2), deliveries=[]))])
+        assert spool.event_history("e-2") is None
+        assert (attempt_rows(spool), attempt_rows(spool, "replays")) == (0, 1), "only e-1's replay"
+    finally:
+        spool.close()
+
+
 @pytest.mark.anyio
 async def test_a_delivery_keeps_its_first_and_last_attempts_only(spool_at: Callable[[], Spool]) -> None:
     spool = spool_at()
@@ -442,3 +616,87 @@ async def test_a_schema_5_spool_is_upgraded_and_read_beside_an_older_router(tmp_
         assert {"attempts", "events_forget_attempts", "events_id", "dead_letters_event"} <= names
     finally:
         conn.close()
+
+
+@pytest.mark.anyio
+async def test_a_schema_7_spool_keeps_its_attempts_read_beside_an_older_router_then_upgraded(tmp_path: Path) -> None:
+    """7 to 8 adds `replays` and `attempts.replayed`: a dead letter's attempts recorded before are read (by a
+    newer `trace` beside the older router, then upgraded) and, replayed, stay in the event's history."""
+    path = tmp_path / "spool.db"
+    spool = SQLiteSpool(path)
+    spool.open("exclusive")
+    ((did,),) = delivery_ids(await spool.store([event(1)]))
+    dlid = await fail_for_good(spool, did, 2)
+    spool.close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP TRIGGER events_forget_replays; DROP TABLE replays; DROP INDEX attempts_replayed; "
+        "ALTER TABLE attempts DROP COLUMN replayed; UPDATE meta SET value = '7' WHERE key = 'schema_version';"
+    )
+    conn.close()
+    old = SQLiteSpool(path)
+    old.open("readonly")
+    try:
+        history = old.event_history("e-1")
+        assert history is not None and [(d.state, len(d.history)) for d in history.deliveries] == [("dead_letter", 2)]
+        assert [a.number for a in old.dead_letter_attempts([dlid])[dlid]] == [1, 2]
+    finally:
+        old.close()
+    with pytest.raises(Exception, match="older than this router's"):
+        SQLiteSpool(path).open("shared")
+    upgraded = SQLiteSpool(path)
+    upgraded.open("exclusive")
+    try:
+        again = replay_as(upgraded, dlid)
+        history = upgraded.event_history("e-1")
+        assert history is not None
+        assert [(d.delivery, d.state, len(d.history)) for d in history.deliveries] == [
+            (did, "replayed", 2),
+            (again, "pending", 0),
+        ]
+    finally:
+        upgraded.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"replays", "events_forget_replays", "attempts_replayed", "replays_head"} <= names
+    finally:
+        conn.close()
+
+
+@pytest.mark.anyio
+async def test_postgresql_a_step_6_spool_gets_replay_history_in_place(pg_dsn: str) -> None:
+    from event_router.core.spool.postgresql import SCHEMA_VERSION as PG_SCHEMA_VERSION
+
+    spool = PostgreSQLSpool(pg_dsn)
+    spool.open("exclusive")
+    try:
+        ((did,),) = delivery_ids(await spool.store([event(1)]))
+        dlid = await fail_for_good(spool, did, 2)
+    finally:
+        spool.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "DROP TABLE event_router.replays; DROP INDEX event_router.attempts_replayed; "
+            "ALTER TABLE event_router.attempts DROP COLUMN replayed; "
+            "UPDATE event_router.meta SET value = '6' WHERE key = 'schema_version'"
+        )
+    with pytest.raises(Exception, match="older than this router's"):
+        PostgreSQLSpool(pg_dsn).open("shared")
+    upgraded = PostgreSQLSpool(pg_dsn)
+    upgraded.open("exclusive")
+    try:
+        assert [a.number for a in upgraded.dead_letter_attempts([dlid])[dlid]] == [1, 2], "kept through the step"
+        again = replay_as(upgraded, dlid)
+        history = upgraded.event_history("e-1")
+        assert history is not None
+        assert [(d.delivery, d.state, len(d.history)) for d in history.deliveries] == [
+            (did, "replayed", 2),
+            (again, "pending", 0),
+        ]
+    finally:
+        upgraded.close()
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SELECT value FROM event_router.meta WHERE key = 'schema_version'").fetchone()
+    assert row == (str(PG_SCHEMA_VERSION),) and PG_SCHEMA_VERSION == 7

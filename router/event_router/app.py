@@ -707,7 +707,7 @@ class App:
         """Replay these dead letters as `event-router dlq replay IDS` does, on this router's spool (its counts
         see them at once), and let the workers look at once."""
         where = DeadLetterFilter(ids=tuple(ids))
-        report = await anyio.to_thread.run_sync(partial(replay, self.spool, self.config, self.schemas, where))
+        report = await anyio.to_thread.run_sync(partial(replay, self.spool, self.config, self.schemas, where, by=by))
         for worker in list(self.pipeline.workers.values()):
             worker.wake()
         log.info(

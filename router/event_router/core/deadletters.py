@@ -11,7 +11,9 @@ after whatever of its key is pending, the deliveries stored after it first inclu
 rendered stays a dead letter (`StillDead`), as the event would not be put in order.
 With `[router] retention`, a dead letter of a delivery of a kept event is delivered as that event: the spool
 adds the new delivery to the kept event rather than storing a copy (`Requeue`), so `trace` shows its attempts
-with the event and the event stays kept once.
+with the event and the event stays kept once. Either way the spool keeps the dead letter's attempts, and when
+and by whom it was replayed, with the new delivery (`Spool`, `Replay`): `trace` shows the delivery that was
+dead-lettered, then the replayed one.
 The spool stores, lists and deletes them (`event_router.core.spool.Spool`); this module decides.
 """
 
@@ -55,15 +57,17 @@ def replay(
     *,
     progress: Callable[[int, int], None] | None = None,
     batch: int = 500,
+    by: str | None = None,
 ) -> ReplayReport:
-    """Put matching dead letters back into the pipeline, in batches of one commit each."""
+    """Put matching dead letters back into the pipeline, in batches of one commit each; `by`: who asked (the
+    spool records it with each replay, for `trace`)."""
     report = ReplayReport(problems=[])
     selected = spool.dead_letters(where)
     total = len(selected)
     for start in range(0, total, batch):
         chunk = selected[start : start + batch]
         outcomes = [outcome for dl in chunk if (outcome := _replay_one(dl, config, schemas, report)) is not None]
-        spool.replay_dead_letters(outcomes)
+        spool.replay_dead_letters(outcomes, by)
         if progress is not None:
             progress(min(start + batch, total), total)
     return report

@@ -38,11 +38,17 @@ What every backend guarantees (the callers rely on it):
   the head is delivered or dead-lettered the next is due (see `BLOCKED`);
 - every delivery attempt `settle` is given (`Attempt`) is recorded in the transaction that records its
   outcome, kept as long as its event (pending, or kept under `[router] retention`) or, for a delivery that
-  became a dead letter, as long as that dead letter (purged or replayed, its attempts go with it); of a
-  delivery's attempts the first ATTEMPTS_FIRST and the last ATTEMPTS_LAST are kept, the ones between
-  forgotten as new ones come (a delivery retried for days keeps 23 records, not thousands). `event_history`
-  reads them back with the rest of an event's life (`event-router trace`, the console), `dead_letter_attempts`
-  a dead letter's (`dlq show`);
+  became a dead letter, as long as that dead letter (purged, its attempts go with it); of a delivery's
+  attempts the first ATTEMPTS_FIRST and the last ATTEMPTS_LAST are kept, the ones between forgotten as new
+  ones come (a delivery retried for days keeps 23 records, not thousands). `event_history` reads them back
+  with the rest of an event's life (`event-router trace`, the console), `dead_letter_attempts` a dead
+  letter's own delivery's (`dlq show`);
+- a replayed dead letter (`replay_dead_letters`, a `Requeue` whose event is stored) leaves a `Replay` record
+  (when, by whom, what it was) and its attempts to the delivery it is replayed as: kept with that delivery's
+  event, and with its dead letter should it fail for good again, so `event_history` shows every earlier
+  delivery of a replayed one (`DeliveryHistory.replay`), across any number of replays. They go as its own
+  attempts do: with the event (delivered and not kept, or pruned) or with the dead letter (purged). A replay
+  whose event is not stored (its routes take nothing now) keeps nothing;
 - failures raise `SpoolError`, `transient` when the same write may succeed later (disk full, busy).
 """
 
@@ -309,6 +315,28 @@ class Requeue:
 
 
 @dataclass(frozen=True, slots=True)
+class Replay:
+    """A dead letter of the event that was replayed (`replay_dead_letters`): what it was, when and by whom it
+    was replayed, and the delivery it was replayed as. Kept with the event's history, as the module says; a
+    delivery's dead letter's attempts are kept with it (`DeliveryHistory.replay`)."""
+
+    #: the dead letter (gone since it was replayed), as it was then
+    dead_letter: int
+    output: str | None
+    route: str | None
+    reason: str
+    error: str | None
+    attempts: int
+    #: Unix times (wall clock): when it became a dead letter, when it was replayed
+    created_at: float
+    replayed_at: float
+    #: who replayed it: `dlq replay`'s user and host, the console's client; None when not told
+    replayed_by: str | None
+    #: the delivery it was replayed as (the first of them, when the replay routed the event anew)
+    replayed_as: int
+
+
+@dataclass(frozen=True, slots=True)
 class StillDead:
     """A replayed dead letter failed again (still invalid, unrouted): it stays, with this error and one
     more attempt."""
@@ -420,9 +448,10 @@ class Attempt:
     answer: str | None = None
 
 
-#: where a delivery is: waiting for its first attempt or a retry (`pending`), done (`delivered`), or a dead
-#: letter (`dead_letter`). A delivered one is known by its attempts only: its row goes when it is delivered
-DeliveryState = Literal["pending", "delivered", "dead_letter"]
+#: where a delivery is: waiting for its first attempt or a retry (`pending`), done (`delivered`), a dead
+#: letter (`dead_letter`), or a dead letter that was replayed (`replayed`: another delivery took its place). A
+#: delivered or replayed one is known by its attempts only: its row goes when it is finished
+DeliveryState = Literal["pending", "delivered", "dead_letter", "replayed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,10 +468,13 @@ class DeliveryHistory:
     #: `attempts` is 0); else None
     next_attempt_in: float | None = None
     last_error: str | None = None
-    #: the dead letter it became
+    #: the dead letter it became (replayed: the one it was)
     dead_letter: int | None = None
-    #: the attempts kept, oldest first (a gap in their numbers: those forgotten, see ATTEMPTS_FIRST)
+    #: the attempts kept, oldest first (a gap in their numbers: those forgotten, see ATTEMPTS_FIRST). Each
+    #: delivery numbers its own from 1: a replayed one's attempts are its own, its earlier delivery's apart
     history: Sequence[Attempt] = ()
+    #: state `replayed`: the replay of its dead letter (`Replay.replayed_as`: the delivery that went on)
+    replay: Replay | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +499,9 @@ class EventHistory:
     #: every dead letter of the id: those its deliveries became, and those it was before any delivery
     #: (invalid, unknown trigger, no route, parked at a full backlog)
     dead_letters: Sequence[DeadLetter]
+    #: the dead letters of it that were replayed, by dead letter id: those of a delivery (also the `replay` of
+    #: that delivery's history) and those of none (invalid, unrouted, parked: no attempts)
+    replays: Sequence[Replay] = ()
 
 
 class Spool(Protocol):
@@ -614,14 +649,17 @@ class Spool(Protocol):
     def purge_dead_letters(self, where: DeadLetterFilter) -> int:
         """Delete the matching dead letters (`where.upto`: only those a person was shown); how many."""
 
-    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
+    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead], by: str | None = None) -> None:
         """Apply what replaying these dead letters came to, in one commit, in the router's time base: a
-        `Requeue` of a kept event's delivery gives the kept event its deliveries (see `Requeue`)."""
+        `Requeue` of a kept event's delivery gives the kept event its deliveries (see `Requeue`). A requeued
+        dead letter whose event is stored leaves a `Replay` (replayed now, `by` whom) and its attempts to its
+        first new delivery, as the module says."""
 
     def dead_letter_attempts(self, dlids: Sequence[int]) -> dict[int, list[Attempt]]:
         """The attempts kept of the deliveries these dead letters were, oldest first, by dead letter id (one
         with none is absent: dead-lettered before any delivery, or stored by a router before attempts were
-        recorded)."""
+        recorded). Only the dead letter's own delivery's: those of earlier deliveries it was replayed from
+        are `event_history`'s."""
 
     def event_history(self, event_id: str) -> EventHistory | None:
         """Everything the spool knows of `event_id` (`event-router trace`, a console): None when it knows

@@ -225,6 +225,33 @@ CREATE INDEX IF NOT EXISTS attempts_dead_letter ON attempts (dlid) WHERE dlid IS
 CREATE INDEX IF NOT EXISTS events_id ON events (id);
 CREATE INDEX IF NOT EXISTS dead_letters_event ON dead_letters (event_id);
 """,
+    # replay history: a replayed dead letter's record (`replays`) and its attempts (`attempts.replayed`: the
+    # dead letter their delivery was) stay with the event it was replayed into (`seq`), or with the dead letter
+    # the delivery it went on as (`head`) became (`held_by`), and go with it: `_FORGET_ATTEMPTS`,
+    # `purge_dead_letters`. Attempts recorded before have none (adding a nullable column rewrites no row).
+    # IF NOT EXISTS: a step of its own, whatever number it ends up with among others
+    7: """
+ALTER TABLE attempts ADD COLUMN IF NOT EXISTS replayed bigint;
+CREATE INDEX IF NOT EXISTS attempts_replayed ON attempts (replayed) WHERE replayed IS NOT NULL;
+CREATE TABLE IF NOT EXISTS replays (
+    dlid bigint PRIMARY KEY,
+    seq bigint NOT NULL,
+    held_by bigint,
+    head bigint NOT NULL,
+    replayed_as bigint NOT NULL,
+    output text,
+    route text,
+    reason text NOT NULL,
+    error text,
+    attempts integer NOT NULL,
+    created_at double precision NOT NULL,
+    replayed_at double precision NOT NULL,
+    replayed_by text
+);
+CREATE INDEX IF NOT EXISTS replays_seq ON replays (seq);
+CREATE INDEX IF NOT EXISTS replays_head ON replays (head);
+CREATE INDEX IF NOT EXISTS replays_held ON replays (held_by) WHERE held_by IS NOT NULL;
+""",
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -1088,6 +1115,14 @@ class PostgreSQLSpool:
         # its attempts go with the dead letter (`_finish` forgets the attempts of the events it deletes but a
         # dead letter's), before `_finish`: the last one too, while the delivery's row says its event and route
         conn.execute("UPDATE attempts SET dlid = %s WHERE did = %s", (dlid, did))
+        # and so do the records of the dead letters it was replayed from (migration 7): two probes of an index,
+        # of an empty range unless it was
+        conn.execute(
+            "UPDATE attempts SET dlid = %s WHERE replayed IN "
+            "(SELECT dlid FROM replays WHERE head = %s AND held_by IS NULL)",
+            (dlid, did),
+        )
+        conn.execute("UPDATE replays SET held_by = %s WHERE head = %s AND held_by IS NULL", (dlid, did))
         if attempt is not None:
             _record_attempts(conn, [attempt], dead_letter=int(dlid))
         self._finish(conn, (did,))
@@ -1379,6 +1414,7 @@ class PostgreSQLSpool:
 
         def apply(conn: psycopg.Connection[Any]) -> int:
             conn.execute(f"DELETE FROM attempts WHERE dlid IN (SELECT dlid FROM dead_letters{clause})", args)
+            conn.execute(f"DELETE FROM replays WHERE held_by IN (SELECT dlid FROM dead_letters{clause})", args)
             purged = conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount
             self._dead = max(0, self._dead - purged)
             return purged
@@ -1386,7 +1422,7 @@ class PostgreSQLSpool:
         count: int = self._write_sync(apply)
         return count
 
-    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
+    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead], by: str | None = None) -> None:
         def apply(conn: psycopg.Connection[Any]) -> None:
             for item in outcomes:
                 if isinstance(item, StillDead):
@@ -1395,13 +1431,16 @@ class PostgreSQLSpool:
                         (item.error[:4000], item.dlid),
                     )
             requeued = [item for item in outcomes if isinstance(item, Requeue)]
-            events = [item.event for item in requeued if item.event.deliveries]
+            stored = [item for item in requeued if item.event.deliveries]
+            events = [item.event for item in stored]
             if events:
-                self._insert_events(conn, events, float(_one(conn, _NOW)), kept=_kept_seqs(conn, events))
+                dids = self._insert_events(conn, events, float(_one(conn, _NOW)), kept=_kept_seqs(conn, events))
+                _keep_replayed(conn, [(item.dlid, ids[0]) for item, ids in zip(stored, dids, strict=True)], by)
             if requeued:
                 dlids = [item.dlid for item in requeued]
-                # a replayed delivery starts a history of its own; the dead letter's attempts go with it
+                # what is left of them (their event not stored: nothing to keep it with) goes with them
                 conn.execute("DELETE FROM attempts WHERE dlid = ANY(%s)", (dlids,))
+                conn.execute("DELETE FROM replays WHERE held_by = ANY(%s)", (dlids,))
                 gone = conn.execute("DELETE FROM dead_letters WHERE dlid = ANY(%s)", (dlids,)).rowcount
                 self._dead = max(0, self._dead - gone)
 
@@ -1514,7 +1553,9 @@ class PostgreSQLSpool:
             return {}
         rows = self._read(
             lambda conn: conn.execute(
-                f"SELECT dlid, {records.ATTEMPT_COLUMNS} FROM attempts WHERE dlid = ANY(%s) ORDER BY dlid, did, number",
+                # its own delivery's: those of the deliveries it was replayed from say so
+                f"SELECT dlid, {records.ATTEMPT_COLUMNS} FROM attempts WHERE dlid = ANY(%s) AND replayed IS NULL "
+                "ORDER BY dlid, did, number",
                 (list(dlids),),
             ).fetchall()
         )
@@ -1823,9 +1864,40 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
     return records.dead_letter_where(where, "%s", lambda ids: ("dlid = ANY(%s)", [list(ids)]))
 
 
-#: the CTE that forgets the attempts of the events a statement's `gone` CTE deleted (RETURNING their seq), but
-#: those of a delivery that became a dead letter: in the statement that deletes the events, no round trip more
-_FORGET_ATTEMPTS = "forgot AS (DELETE FROM attempts a USING gone WHERE a.seq = gone.seq AND a.dlid IS NULL)"
+#: the CTEs that forget the attempts and replays of the events a statement's `gone` CTE deleted (RETURNING their
+#: seq), but those a dead letter holds: in the statement that deletes the events, no round trip more
+_FORGET_ATTEMPTS = (
+    "forgot AS (DELETE FROM attempts a USING gone WHERE a.seq = gone.seq AND a.dlid IS NULL), "
+    "forgot_replays AS (DELETE FROM replays r USING gone WHERE r.seq = gone.seq AND r.held_by IS NULL)"
+)
+
+
+def _keep_replayed(conn: psycopg.Connection[Any], replayed: Sequence[tuple[int, int]], by: str | None) -> None:
+    """Per (dead letter, the first delivery it was replayed as): record its replay and move what it holds (its
+    attempts, the records of earlier replays it holds) to that delivery's event, that delivery their `head`
+    (migration 7); before the dead letter is deleted. One statement each, for all of them."""
+    if not replayed:
+        return
+    pairs = ([dlid for dlid, _ in replayed], [did for _, did in replayed])
+    conn.execute(
+        "INSERT INTO replays (dlid, seq, head, replayed_as, output, route, reason, error, attempts, created_at, "
+        "replayed_at, replayed_by) SELECT dl.dlid, d.seq, d.did, d.did, dl.output, dl.route, dl.reason, dl.error, "
+        "dl.attempts, dl.created_at, %s, %s FROM unnest(%s::int8[], %s::int8[]) AS u(dlid, did) "
+        "JOIN dead_letters dl ON dl.dlid = u.dlid JOIN deliveries d ON d.did = u.did",
+        (time.time(), by, *pairs),
+    )
+    conn.execute(
+        "UPDATE replays r SET seq = d.seq, held_by = NULL, head = d.did FROM unnest(%s::int8[], %s::int8[]) "
+        "AS u(dlid, did) JOIN deliveries d ON d.did = u.did WHERE r.held_by = u.dlid",
+        pairs,
+    )
+    # its own attempts say the dead letter their delivery was; earlier ones keep theirs
+    conn.execute(
+        "UPDATE attempts a SET seq = d.seq, dlid = NULL, replayed = COALESCE(a.replayed, a.dlid) "
+        "FROM unnest(%s::int8[], %s::int8[]) AS u(dlid, did) JOIN deliveries d ON d.did = u.did "
+        "WHERE a.dlid = u.dlid",
+        pairs,
+    )
 
 
 def _record_attempts(
@@ -1898,10 +1970,21 @@ def _event_history(conn: psycopg.Connection[Any], event_id: str) -> EventHistory
         ).fetchall()
     ]
     rows = conn.execute(
-        f"SELECT dlid, output, route, {records.ATTEMPT_COLUMNS} FROM attempts WHERE seq = ANY(%s) OR dlid = ANY(%s)",
+        f"SELECT dlid, replayed, output, route, {records.ATTEMPT_COLUMNS} FROM attempts "
+        "WHERE seq = ANY(%s) OR dlid = ANY(%s)",
         (seqs, dlids),
     ).fetchall()
-    return event_history(event_id, stored, dead, pending, [records.recorded_attempt(row) for row in rows])
+    replays = conn.execute(
+        f"SELECT {records.REPLAY_COLUMNS} FROM replays WHERE seq = ANY(%s) OR held_by = ANY(%s)", (seqs, dlids)
+    ).fetchall()
+    return event_history(
+        event_id,
+        stored,
+        dead,
+        pending,
+        [records.recorded_attempt(row) for row in rows],
+        [records.replay(row) for row in replays],
+    )
 
 
 __all__ = ["SCHEMA_VERSION", "PostgreSQLSpool", "describe", "dsn_problem", "has_password", "probe"]

@@ -23,6 +23,7 @@ from event_router.core.spool import (
     KeptEvent,
     OutputBacklog,
     PendingDelivery,
+    Replay,
     SpoolStatus,
     StoredEvent,
 )
@@ -34,6 +35,8 @@ DEAD_LETTER_COLUMNS = (
 )
 #: Attempt's fields after `delivery`, in order, as `attempts` holds them (`attempt`)
 ATTEMPT_COLUMNS = "did, number, at, duration, outcome, status, error, answer"
+#: Replay's fields, in order, as `replays` holds them (`replay`)
+REPLAY_COLUMNS = "dlid, output, route, reason, error, attempts, created_at, replayed_at, replayed_by, replayed_as"
 #: an event's row as `kept_event` and `stored_event` read it
 EVENT_COLUMNS = "seq, id, trigger, received, body"
 #: a pending delivery's row as `stored_events` and `event_history` show it (`pending_row`)
@@ -75,9 +78,33 @@ def attempt(row: Sequence[Any]) -> Attempt:
 
 
 def recorded_attempt(row: Sequence[Any]) -> RecordedAttempt:
-    """A kept attempt as `history.histories` takes it, from the columns "dlid, output, route" and ATTEMPT_COLUMNS."""
-    dlid, output, route, *rest = row
-    return None if dlid is None else int(dlid), output, route, attempt(rest)
+    """A kept attempt as `history.histories` takes it, from the columns "dlid, replayed, output, route" and
+    ATTEMPT_COLUMNS."""
+    dlid, replayed, output, route, *rest = row
+    return (
+        None if dlid is None else int(dlid),
+        None if replayed is None else int(replayed),
+        output,
+        route,
+        attempt(rest),
+    )
+
+
+def replay(row: Sequence[Any]) -> Replay:
+    """A `Replay` from the columns of REPLAY_COLUMNS."""
+    dlid, output, route, reason, error, attempts, created_at, replayed_at, replayed_by, replayed_as = row
+    return Replay(
+        int(dlid),
+        output,
+        route,
+        reason,
+        error,
+        int(attempts),
+        float(created_at),
+        float(replayed_at),
+        replayed_by,
+        int(replayed_as),
+    )
 
 
 def forgotten_attempts(attempts: Iterable[Attempt]) -> list[tuple[int, int]]:

@@ -89,7 +89,9 @@ log = logging.getLogger("event_router.core.spool")
 #: 6: `deliveries.ordering_key` and its index (`_add_ordering_key`)
 #: 7: `attempts`, each delivery attempt (`settle`'s), and the indexes `event-router trace` looks an event up by
 #: (`events_id`, `dead_letters_event`): new tables and indexes only, by `_DDL` and `_ATTEMPTS_TRIGGER`.
-SCHEMA_VERSION = 7
+#: 8: `replays`, the dead letters replayed, and `attempts.replayed` (`_add_replayed`): a replayed dead letter's
+#: attempts stay in its event's history (`_REPLAYS_TRIGGER`)
+SCHEMA_VERSION = 8
 #: every statement is idempotent (IF NOT EXISTS): run on each open, and again by `_migrate`
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -165,13 +167,33 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome TEXT NOT NULL,
     status INTEGER,
     error TEXT,
-    answer TEXT
+    answer TEXT,
+    replayed INTEGER
 );
 CREATE INDEX IF NOT EXISTS attempts_seq ON attempts(seq);
 CREATE INDEX IF NOT EXISTS attempts_did ON attempts(did, number);
 CREATE INDEX IF NOT EXISTS attempts_dead_letter ON attempts(dlid) WHERE dlid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_id ON events(id);
 CREATE INDEX IF NOT EXISTS dead_letters_event ON dead_letters(event_id);
+CREATE INDEX IF NOT EXISTS attempts_replayed ON attempts(replayed) WHERE replayed IS NOT NULL;
+CREATE TABLE IF NOT EXISTS replays (
+    dlid INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    held_by INTEGER,
+    head INTEGER NOT NULL,
+    replayed_as INTEGER NOT NULL,
+    output TEXT,
+    route TEXT,
+    reason TEXT NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    replayed_at REAL NOT NULL,
+    replayed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS replays_seq ON replays(seq);
+CREATE INDEX IF NOT EXISTS replays_head ON replays(head);
+CREATE INDEX IF NOT EXISTS replays_held ON replays(held_by) WHERE held_by IS NOT NULL;
 """
 
 #: an event's attempts go with it, whichever statement deletes it (`_finish`, `prune_kept`), in that statement:
@@ -181,6 +203,18 @@ CREATE INDEX IF NOT EXISTS dead_letters_event ON dead_letters(event_id);
 _ATTEMPTS_TRIGGER = """
 CREATE TRIGGER IF NOT EXISTS events_forget_attempts AFTER DELETE ON events BEGIN
     DELETE FROM attempts WHERE seq = OLD.seq AND dlid IS NULL;
+END
+"""
+
+#: what a replayed dead letter leaves (`replays`): a row per dead letter replayed, its attempts moved to the
+#: event it was replayed into (`attempts.replayed`: the dead letter their delivery was). Like an attempt, a row
+#: is held by that event (`seq`) or, once the delivery it goes on as (`head`) is a dead letter too, by that
+#: dead letter (`held_by`), and goes with its holder: the event's, by this trigger, as `_ATTEMPTS_TRIGGER`;
+#: the dead letter's when it is purged. Replaying that dead letter moves them on again, `head` then the new
+#: delivery: the earlier deliveries' records follow the latest, however often it is replayed.
+_REPLAYS_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS events_forget_replays AFTER DELETE ON events BEGIN
+    DELETE FROM replays WHERE seq = OLD.seq AND held_by IS NULL;
 END
 """
 
@@ -476,6 +510,7 @@ class SQLiteSpool:
                 _migrate(conn)
             conn.executescript(_DDL)
             conn.execute(_ATTEMPTS_TRIGGER)
+            conn.execute(_REPLAYS_TRIGGER)
             if version is None:
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self._data_version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -989,6 +1024,14 @@ class SQLiteSpool:
         # its attempts go with the dead letter (the trigger that forgets the event's leaves them), before
         # `_finish`: the last one too, while the delivery's row still says its event, output and route
         conn.execute("UPDATE attempts SET dlid = ? WHERE did = ?", (cur.lastrowid, did))
+        # and so do the records of the dead letters it was replayed from (`_REPLAYS_TRIGGER`): two probes of
+        # an index, of an empty range unless it was
+        conn.execute(
+            "UPDATE attempts SET dlid = ? WHERE replayed IN "
+            "(SELECT dlid FROM replays WHERE head = ? AND held_by IS NULL)",
+            (cur.lastrowid, did),
+        )
+        conn.execute("UPDATE replays SET held_by = ? WHERE head = ? AND held_by IS NULL", (cur.lastrowid, did))
         if attempt is not None:
             _record_attempts(conn, [attempt], dead_letter=cur.lastrowid)
         self._finish(conn, (did,))
@@ -1207,6 +1250,7 @@ class SQLiteSpool:
 
         def apply(conn: sqlite3.Connection) -> int:
             conn.execute(f"DELETE FROM attempts WHERE dlid IN (SELECT dlid FROM dead_letters{clause})", args)
+            conn.execute(f"DELETE FROM replays WHERE held_by IN (SELECT dlid FROM dead_letters{clause})", args)
             purged: int = conn.execute(f"DELETE FROM dead_letters{clause}", args).rowcount
             self._dead = max(0, self._dead - purged)
             return purged
@@ -1214,7 +1258,7 @@ class SQLiteSpool:
         count: int = self._write_sync(apply)
         return count
 
-    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead]) -> None:
+    def replay_dead_letters(self, outcomes: Sequence[Requeue | StillDead], by: str | None = None) -> None:
         def apply(conn: sqlite3.Connection) -> None:
             again = [(item.error[:4000], item.dlid) for item in outcomes if isinstance(item, StillDead)]
             conn.executemany("UPDATE dead_letters SET error = ?, attempts = attempts + 1 WHERE dlid = ?", again)
@@ -1222,14 +1266,17 @@ class SQLiteSpool:
             # in the running router's time base (a wall-clock jump may have moved it): due now, not a jump
             # away. In the write transaction the anchor cannot change: the router rebases in one too
             now = _spool_now(conn)
-            events = [item.event for item in requeued if item.event.deliveries]
-            self._insert_events(conn, events, now, kept=_kept_seqs(conn, events))
+            stored = [item for item in requeued if item.event.deliveries]
+            events = [item.event for item in stored]
+            dids = self._insert_events(conn, events, now, kept=_kept_seqs(conn, events))
+            _keep_replayed(conn, [(item.dlid, ids[0]) for item, ids in zip(stored, dids, strict=True)], by)
             gone = 0
             for start in range(0, len(requeued), 500):
                 chunk = requeued[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                # a replayed delivery starts a history of its own; the dead letter's attempts go with it
+                # what is left of them (their event not stored: nothing to keep it with) goes with them
                 conn.execute(f"DELETE FROM attempts WHERE dlid IN ({marks})", [item.dlid for item in chunk])
+                conn.execute(f"DELETE FROM replays WHERE held_by IN ({marks})", [item.dlid for item in chunk])
                 gone += conn.execute(
                     f"DELETE FROM dead_letters WHERE dlid IN ({marks})", [item.dlid for item in chunk]
                 ).rowcount
@@ -1337,12 +1384,14 @@ class SQLiteSpool:
         out: dict[int, list[Attempt]] = {}
         with _reading():
             conn = self._read_conn()
+            # its own delivery's: those of the deliveries it was replayed from say so
+            own = " AND replayed IS NULL" if _keeps_replays(conn) else ""
             for start in range(0, len(dlids), 500):
                 chunk = list(dlids[start : start + 500])
                 rows = _attempt_rows(
                     conn,
                     f"SELECT dlid, {records.ATTEMPT_COLUMNS} FROM attempts "
-                    f"WHERE dlid IN ({','.join('?' * len(chunk))}) ORDER BY dlid, did, number, rowid",
+                    f"WHERE dlid IN ({','.join('?' * len(chunk))}){own} ORDER BY dlid, did, number, rowid",
                     chunk,
                 )
                 for dlid, *attempt in rows:
@@ -1382,7 +1431,8 @@ class SQLiteSpool:
         ]
         # by the event's seqs (its attempts while it is stored) and by its dead letters (theirs outlive it): UNION
         # drops an attempt both halves find, the rowid keeps two attempts that read alike apart
-        columns = f"rowid, dlid, output, route, {records.ATTEMPT_COLUMNS}"
+        replays = _keeps_replays(conn)
+        columns = f"rowid, dlid, {'replayed' if replays else 'NULL'}, output, route, {records.ATTEMPT_COLUMNS}"
         rows = _attempt_rows(
             conn,
             f"SELECT {columns} FROM attempts WHERE seq IN ({marks}) "
@@ -1390,7 +1440,19 @@ class SQLiteSpool:
             [*seqs, *dlids],
         )
         recorded = [records.recorded_attempt(row[1:]) for row in rows]
-        return event_history(event_id, stored, dead, pending, recorded)
+        replayed = (
+            [
+                records.replay(row)
+                for row in conn.execute(
+                    f"SELECT {records.REPLAY_COLUMNS} FROM replays WHERE seq IN ({marks}) "
+                    f"UNION SELECT {records.REPLAY_COLUMNS} FROM replays WHERE held_by IN ({dead_marks})",
+                    [*seqs, *dlids],
+                )
+            ]
+            if replays
+            else []
+        )
+        return event_history(event_id, stored, dead, pending, recorded, replayed)
 
     def status(self) -> SpoolStatus:
         with _reading():
@@ -1448,7 +1510,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     announced is not known, so recovery may rebuild those of them that fall in its first look-back); 3 to 4:
     `_DDL` adds the `output_states` table (empty: no output paused, no breaker open); 4 to 5: `_add_received`;
     5 to 6: `_add_ordering_key`; 6 to 7: `_DDL` adds the `attempts` table (empty: attempts made before were not
-    recorded) and two indexes, `_ATTEMPTS_TRIGGER` its trigger.
+    recorded) and two indexes, `_ATTEMPTS_TRIGGER` its trigger; 7 to 8: `_add_replayed`, and `_DDL` adds the
+    `replays` table (empty: dead letters replayed before took their attempts with them), `_REPLAYS_TRIGGER`
+    its trigger.
 
     SQLite cannot add AUTOINCREMENT to a table: each is renamed, made again by `_DDL` and filled from the
     old one. From then on ids never repeat; the ones a schema-1 spool freed before are beyond knowing.
@@ -1473,10 +1537,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
         # before _DDL, which indexes the columns
         _add_received(conn)
         _add_ordering_key(conn)
+        _add_replayed(conn)
         for statement in _DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
         conn.execute(_ATTEMPTS_TRIGGER)
+        conn.execute(_REPLAYS_TRIGGER)
         for table in moved:
             # by name: the old table's columns may be in another order (or fewer, taking their defaults)
             new = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
@@ -1506,6 +1572,21 @@ def _add_ordering_key(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
     if columns and "ordering_key" not in columns:
         conn.execute("ALTER TABLE deliveries ADD COLUMN ordering_key TEXT")
+
+
+def _add_replayed(conn: sqlite3.Connection) -> None:
+    """7 to 8 (replay history): `attempts.replayed`, NULL for every attempt recorded before (none was of a
+    replayed dead letter: those went with it); `_DDL` indexes it. Nothing to add to a spool older than 7: `_DDL`
+    makes `attempts` with the column."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(attempts)")}
+    if columns and "replayed" not in columns:
+        conn.execute("ALTER TABLE attempts ADD COLUMN replayed INTEGER")
+
+
+def _keeps_replays(conn: sqlite3.Connection) -> bool:
+    """The spool has `replays` and `attempts.replayed` (schema 8): `trace` of a newer router may read the spool
+    of an older one still running (readonly)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'replays'").fetchone() is not None
 
 
 def _rebase(conn: sqlite3.Connection, *, shift: float, anchor: Anchor) -> None:
@@ -1812,6 +1893,30 @@ def _record_attempts(
     beyond = records.forgotten_attempts(attempts)
     if beyond:
         conn.executemany(f"DELETE FROM attempts WHERE did = ? AND number > {ATTEMPTS_FIRST} AND number <= ?", beyond)
+
+
+def _keep_replayed(conn: sqlite3.Connection, replayed: Sequence[tuple[int, int]], by: str | None) -> None:
+    """Per (dead letter, the first delivery it was replayed as): record its replay and move what it holds (its
+    attempts, the records of earlier replays it holds) to that delivery's event, that delivery their `head`
+    (`_REPLAYS_TRIGGER`); before the dead letter is deleted. An operator's command: a few statements each."""
+    at = time.time()
+    for dlid, did in replayed:
+        row = conn.execute("SELECT seq FROM deliveries WHERE did = ?", (did,)).fetchone()
+        if row is None:
+            continue
+        (seq,) = row
+        conn.execute(
+            "INSERT INTO replays (dlid, seq, head, replayed_as, output, route, reason, error, attempts, created_at, "
+            "replayed_at, replayed_by) SELECT dlid, ?, ?, ?, output, route, reason, error, attempts, created_at, ?, ? "
+            "FROM dead_letters WHERE dlid = ?",
+            (seq, did, did, at, by, dlid),
+        )
+        conn.execute("UPDATE replays SET seq = ?, held_by = NULL, head = ? WHERE held_by = ?", (seq, did, dlid))
+        # its own attempts say the dead letter their delivery was; earlier ones keep theirs
+        conn.execute(
+            "UPDATE attempts SET seq = ?, dlid = NULL, replayed = COALESCE(replayed, dlid) WHERE dlid = ?",
+            (seq, dlid),
+        )
 
 
 def _attempt_rows(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
