@@ -557,3 +557,22 @@ def test_a_trace_says_a_delivery_waits_behind_its_ordering_key() -> None:
     [step] = trace.timeline()
     assert (step.kind, step.output) == ("pending", "crm")
     assert step.text == "not attempted yet, waiting behind an earlier delivery of its ordering key", step.text
+
+
+def test_a_trace_shows_a_replayed_dead_letter_before_the_delivery_it_was_replayed_as() -> None:
+    """A replayed dead letter is gone from the dead letters, but the event page still shows it became one and
+    when and by whom it was replayed, between the earlier delivery's attempts and the replayed one's."""
+    from event_router.console.events import Attempt, Trace
+    from event_router.core.spool import Replay
+
+    replay = Replay(5, "crm", "messages", "retries_exhausted", "answered 503", 2, 110.0, 200.0, "console (::1)", 9)
+    attempts = [
+        Attempt(100.0, "crm", "messages", 1, "retry", "answered 503", 503),
+        Attempt(110.0, "crm", "messages", 2, "retries_exhausted", "answered 503", 503),
+        Attempt(201.0, "crm", "messages", 1, "delivered", None, 200),
+    ]
+    trace = Trace("E1", "transport.messageReceived", "connector", None, b"{}", [], [], [], attempts, [replay])
+    steps = [(step.time, step.kind, step.text) for step in trace.timeline()]
+    assert [kind for _, kind, _ in steps] == ["retry", "retries_exhausted", "dead_lettered", "replayed", "delivered"]
+    assert steps[2][2] == "retries_exhausted after 2 attempt(s): answered 503"
+    assert steps[3] == (200.0, "replayed", "dead letter 5 replayed by console (::1) as delivery 9")

@@ -272,7 +272,8 @@ def test_replays_of_a_kept_event_and_of_its_dead_letter_are_traced_with_it(
 ) -> None:
     """Retention on, a delivery dead-lettered: `event-router replay` of the kept event, and `dlq replay` of
     another's dead letter, each make a new delivery of the kept event whose attempts `trace` shows; the event
-    stays one row, kept."""
+    stays one row, kept. The replayed dead letter's delivery stays in the trace before the replayed one: its
+    attempts, when and by whom it was replayed; each delivery numbers its attempts from 1."""
     spool_line, spool_env = router_spool
     env = {**ENV, **spool_env}
     port = free_port()
@@ -320,14 +321,43 @@ def test_replays_of_a_kept_event_and_of_its_dead_letter_are_traced_with_it(
 
     assert traced["stored"] == "kept" and traced["kept_until"]
     assert traced["dead_letters"] == [], "replayed: the dead letter is gone"
-    ((delivery,),) = [traced["deliveries"]]
+    earlier, delivery = traced["deliveries"]
+    assert (earlier["output"], earlier["state"], earlier["dead_letter"], earlier["attempts"]) == (
+        "crm",
+        "replayed",
+        second_dlid,
+        2,
+    )
+    assert [(a["attempt"], a["outcome"], a["status"]) for a in earlier["history"]] == [
+        (1, "retry", 503),
+        (2, "retries_exhausted", 503),
+    ]
+    replay = earlier["replay"]
+    assert (replay["dead_letter"], replay["reason"], replay["replayed_as"]) == (
+        second_dlid,
+        "retries_exhausted",
+        delivery["id"],
+    )
+    assert replay["replayed_by"].endswith(" (event-router dlq replay)")
+    assert traced["replays"] == [replay]
     assert (delivery["output"], delivery["state"], delivery["attempts"]) == ("crm", "delivered", 2)
     assert [(a["attempt"], a["outcome"], a["status"]) for a in delivery["history"]] == [
         (1, "retry", 503),
         (2, "delivered", 200),
     ]
     assert text.returncode == 0, text.stderr
-    assert "-> output crm: delivered (2 attempts)" in text.stdout
+    lines = text.stdout.splitlines()
+    head = f'delivery {earlier["id"]}: route "to crm" -> output crm: dead letter {second_dlid} (2 attempts, '
+    (at,) = [n for n, line in enumerate(lines) if line.startswith(head)]
+    assert (
+        lines[at].endswith(f" as delivery {delivery['id']}")
+        and f"), replayed {replay['replayed_at']} by " in (lines[at])
+    )
+    # the earlier delivery's attempts, then the replayed one's, numbered from 1 again
+    shown = [line.split()[0] for line in lines[at:] if line.startswith(("  #", "delivery "))]
+    assert shown == ["delivery", "#1", "#2", "delivery", "#1", "#2"], text.stdout
+    assert f'delivery {delivery["id"]}: route "to crm" -> output crm: delivered (2 attempts)' in lines
+    assert lines[-1] == "outcome: delivered (crm)"
     assert rows == (1, 1), "each event kept once: no copy stored by the replays"
 
 

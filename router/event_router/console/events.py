@@ -35,6 +35,7 @@ from event_router.core.spool import (
     DeadLetterFilter,
     KeptCursor,
     PendingDelivery,
+    Replay,
     Spool,
     SpoolSettings,
     StoredEvent,
@@ -161,6 +162,8 @@ class Trace:
     dead_letters: list[DeadLetter]
     #: the attempt history's records (`Spool.event_history`), oldest first per delivery
     attempts: list[Attempt] = field(default_factory=list)
+    #: its dead letters that were replayed (gone from `dead_letters`; their attempts are in `attempts`)
+    replays: list[Replay] = field(default_factory=list)
 
     @property
     def pending(self) -> list[PendingDelivery]:
@@ -195,6 +198,19 @@ class Trace:
                     dl.route,
                     f"{dl.reason} after {dl.attempts} attempt(s)" + (f": {dl.error}" if dl.error else ""),
                     dl.dlid,
+                )
+            )
+        for replay in self.replays:
+            said = f"{replay.reason} after {replay.attempts} attempt(s)" + (f": {replay.error}" if replay.error else "")
+            steps.append(Step(replay.created_at, "dead_lettered", replay.output, replay.route, said))
+            by = f" by {replay.replayed_by}" if replay.replayed_by else ""
+            steps.append(
+                Step(
+                    replay.replayed_at,
+                    "replayed",
+                    replay.output,
+                    replay.route,
+                    f"dead letter {replay.dead_letter} replayed{by} as delivery {replay.replayed_as}",
                 )
             )
         steps.sort(key=lambda step: step.time or 0.0)
@@ -355,6 +371,7 @@ def trace(spool: Spool, config: RouterConfig, schemas: SchemaRegistry, event_id:
         stored=stored,
         dead_letters=dead,
         attempts=attempts,
+        replays=list(history.replays) if history is not None else [],
     )
 
 

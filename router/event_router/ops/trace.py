@@ -1,6 +1,7 @@
 """`event-router trace EVENT_ID`: one event's whole life as the spool knows it (`Spool.event_history`): how it
 was received, what validation said, the routes it took, each delivery with every attempt kept, the next retry,
-and how it ended (delivered, dead letter).
+and how it ended (delivered, dead letter). A delivery that was dead-lettered and then replayed (`dlq replay`,
+the console) stays, with when and by whom, before the delivery it was replayed as.
 
 It reads the spool only (opened readonly, like `status`), beside running routers. It prints what the event
 was received with (input, `received_at`, `meta`), never its `data`: `dlq show` prints a dead letter's whole
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 
 from event_router.core.model import RouterConfig
-from event_router.core.spool import DeliveryHistory, EventHistory, OutputState
+from event_router.core.spool import DeliveryHistory, EventHistory, OutputState, Replay
 from event_router.ops.dlq import open_spool
 from event_router.ops.show import attempt_lines, attempts_json, dead_letter_json, iso_time, one_line
 
@@ -135,6 +136,8 @@ def trace_json(history: EventHistory, config: RouterConfig, states: Mapping[str,
         "deliveries": deliveries,
         # dead letters of the event that are no delivery's (invalid, unrouted, parked at a full backlog...)
         "dead_letters": [dead_letter_json(dl) for dl in history.dead_letters if dl.dlid not in moved],
+        # every dead letter of it that was replayed, oldest first (a delivery's is also that delivery's `replay`)
+        "replays": [_replay(r) for r in history.replays],
         "outcome": _outcome(history),
     }
 
@@ -197,6 +200,21 @@ def _outcome(history: EventHistory) -> str:
     return "kept"
 
 
+def _replay(replay: Replay) -> dict[str, Any]:
+    return {
+        "dead_letter": replay.dead_letter,
+        "output": replay.output,
+        "route": replay.route,
+        "reason": replay.reason,
+        "error": replay.error,
+        "attempts": replay.attempts,
+        "dead_lettered_at": iso_time(replay.created_at),
+        "replayed_at": iso_time(replay.replayed_at),
+        "replayed_by": replay.replayed_by,
+        "replayed_as": replay.replayed_as,
+    }
+
+
 def _delivery(delivery: DeliveryHistory, states: Mapping[str, OutputState], wall: float) -> dict[str, Any]:
     due_in = delivery.next_attempt_in
     # behind an earlier delivery of its ordering key it has no due time (BLOCKED): it is due once that one is
@@ -217,6 +235,8 @@ def _delivery(delivery: DeliveryHistory, states: Mapping[str, OutputState], wall
     }
     if behind_key:
         out["waiting_for_ordering_key"] = True
+    if delivery.replay is not None:
+        out["replay"] = _replay(delivery.replay)
     if delivery.state == "pending":
         state = states.get(delivery.output, OutputState(delivery.output))
         held = [flag for flag, on in (("paused", state.paused), ("breaker open", state.breaker_open_since)) if on]
@@ -250,6 +270,18 @@ def trace_lines(trace: Mapping[str, Any], history: EventHistory) -> list[str]:
         lines.append("")
         where = f" at output {dl['output']}" if dl["output"] else ""
         lines.append(f"dead letter {dl['id']} ({dl['reason']}{where}, {dl['created_at']}): {one_line(dl['error'])}")
+    shown = {d["dead_letter"] for d in trace["deliveries"] if d["state"] == "replayed"}
+    for replay in trace["replays"]:
+        if replay["dead_letter"] in shown:
+            continue
+        # one that was no delivery's (invalid, unrouted, parked): no attempts, only its replay
+        lines.append("")
+        where = f" at output {replay['output']}" if replay["output"] else ""
+        lines.append(
+            f"dead letter {replay['dead_letter']} ({replay['reason']}{where}, {replay['dead_lettered_at']}): "
+            f"{one_line(replay['error'] or '-')}"
+        )
+        lines.append(f"  {_replayed(replay)}")
     lines.append("")
     lines.append(f"outcome: {_outcome_line(trace)}")
     return lines
@@ -260,6 +292,11 @@ def _delivery_state(delivery: Mapping[str, Any]) -> str:
     tries = f"{made} attempt{'s' if made != 1 else ''}"
     if delivery["state"] == "delivered":
         return f"delivered ({tries})"
+    if delivery["state"] == "replayed":
+        replay = delivery.get("replay")
+        if replay is None:
+            return f"dead letter {delivery['dead_letter']} ({tries}), replayed"
+        return f"dead letter {delivery['dead_letter']} ({tries}, {replay['dead_lettered_at']}), {_replayed(replay)}"
     if delivery["state"] == "dead_letter":
         dlid = delivery["dead_letter"]
         return f"dead letter {dlid} ({tries})" if dlid is not None else f"failed for good ({tries})"
@@ -271,11 +308,17 @@ def _delivery_state(delivery: Mapping[str, Any]) -> str:
     return f"pending ({tries}), next attempt {delivery['next_attempt_at']} ({when}, attempt {made + 1}){held}"
 
 
+def _replayed(replay: Mapping[str, Any]) -> str:
+    by = f" by {replay['replayed_by']}" if replay["replayed_by"] else ""
+    return f"replayed {replay['replayed_at']}{by} as delivery {replay['replayed_as']}"
+
+
 def _outcome_line(trace: Mapping[str, Any]) -> str:
     outcome = trace["outcome"]
     deliveries = trace["deliveries"]
     if outcome == "delivered":
-        return f"delivered ({', '.join(d['output'] for d in deliveries)})"
+        # a replayed delivery's output is the one its replay delivered to
+        return f"delivered ({', '.join(dict.fromkeys(d['output'] for d in deliveries if d['state'] == 'delivered'))})"
     if outcome == "pending":
         waiting = [d["output"] for d in deliveries if d["state"] == "pending"]
         return f"pending ({', '.join(waiting)})"
