@@ -4,7 +4,9 @@ The same guarantee as the SQLite spool: `store` returns once the transaction hol
 committed with `synchronous_commit` on (or stronger: with a synchronous standby the operator configured,
 on two machines), so an input may then acknowledge its source. Writes go through one writer thread per
 router that applies everything queued in one transaction and commits once (group commit,
-`event_router.core.spool.writer`), each table's rows in one statement (unnest of arrays, binary parameters).
+`event_router.core.spool.writer`), each table's rows in one statement (unnest of arrays, binary parameters),
+the group's statements sent in pipeline mode (`_run_transaction`): a round trip up to the sync point before
+the commit and one for the commit, but for the answers a store reads at once (a message id's claim).
 
 Several routers share the database. A delivery `store` inserts (the pipeline hands it to this router's
 workers in memory) or `fetch_due` hands out is leased to this router (its `owner`, a lease expiry in the
@@ -372,6 +374,27 @@ class SpoolCounts:
     oldest_first_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Pipelined:
+    """A write (`Op.apply`) written for pipeline mode (`_run_transaction`): it reads no statement's answer
+    but through a cursor's fetch (which waits for it: a round trip) or a `_Later` it returns (read at the
+    group's sync point, before the commit); never `rowcount` or `statusmessage`, which are set only once the
+    answer is in."""
+
+    apply: Callable[[psycopg.Connection[Any]], Any]
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> Any:
+        return self.apply(conn)
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """A write's result that reads its statements' answers: `_run_transaction` reads it at the group's sync
+    point, before the commit (a connection lost during the commit may still have committed it)."""
+
+    read: Callable[[], Any]
+
+
 #: announced keys asked for in one statement (`announced`)
 _KEYS_PER_READ = 1000
 
@@ -710,6 +733,10 @@ class PostgreSQLSpool:
         counted = self.depth, dict(self._pending), self._dead, self._oldest
         # the (output, ordering key) pairs the group adds to or finishes: their locks first, in one order
         keys = {pair for op in batch for pair in op.keys}
+        # in pipeline mode when every op is written for it (`_Pipelined`): the statements go to the server
+        # without waiting for each one's answer, all in one round trip up to the sync point but for those whose
+        # answer an op reads at once (a message id's claim, a dead letter's id)
+        pipelined = all(isinstance(op.apply, _Pipelined) for op in batch)
         for attempt in range(2):
             used = conn is not None and not conn.closed and not conn.broken
             xid: str | None = None
@@ -718,22 +745,38 @@ class PostgreSQLSpool:
             self._locked = set()
             try:
                 conn = self._live(conn)
-                xid = str(_one(conn, "SELECT pg_current_xact_id()::text"))
-                if keys:
-                    self._lock_keys(conn, keys)
-                results = [op.apply(conn) for op in batch]
-                if self._attempting:
-                    _record_attempts(conn, self._attempting, finished=self._finishing)
-                    self._attempting.clear()
-                if self._finishing:
-                    # in this transaction too: each finished delivery with a key makes the key's next due here
-                    self._finish(conn, self._finishing)
-                    self._finishing.clear()
-                if self._announcing:
-                    _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
-                    self._announcing.clear()
+                finishing: psycopg.Cursor[Any] | None = None
+                # psycopg's own BEGIN waits for its answer in pipeline mode; sent as a statement, it goes with
+                # the others (autocommit on only makes psycopg leave the transaction to the statements: the
+                # commit and a rollback are sent all the same, and it is off again once they are)
+                conn.autocommit = pipelined
+                with conn.pipeline() if pipelined else contextlib.nullcontext():
+                    if pipelined:
+                        conn.execute("BEGIN")
+                    asked = conn.execute("SELECT pg_current_xact_id()::text")
+                    if keys:
+                        self._lock_keys(conn, keys)
+                    applied = [op.apply(conn) for op in batch]
+                    if self._attempting:
+                        _record_attempts(conn, self._attempting, finished=self._finishing)
+                        self._attempting.clear()
+                    if self._finishing:
+                        # in this transaction too: each finished delivery with a key makes the key's next due here
+                        finishing = self._finish_send(conn, self._finishing)
+                        self._finishing.clear()
+                    if self._announcing:
+                        _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
+                        self._announcing.clear()
+                # the sync point (leaving pipeline mode): every answer is in, none of it committed yet. The
+                # transaction's id is known before its commit is sent, for `_outcome`
+                row = asked.fetchone()
+                xid = None if row is None else str(row[0])
+                results = [result.read() if isinstance(result, _Later) else result for result in applied]
+                if finishing is not None:
+                    self._finish_read(conn, finishing)
                 committing = True
                 conn.commit()
+                conn.autocommit = False
             except Exception as exc:  # one failed commit fails every op in it: none of them is durable
                 self._finishing.clear()
                 self._attempting.clear()
@@ -741,6 +784,7 @@ class PostgreSQLSpool:
                 if conn is not None and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
                         conn.rollback()
+                        conn.autocommit = False
                 lost = _session_lost(conn)
                 outcome = None
                 if committing and lost and xid is not None:
@@ -837,7 +881,7 @@ class PostgreSQLSpool:
         announces = any(item.announced is not None for item in items)
         keys = _keys_of(items)
 
-        def apply(conn: psycopg.Connection[Any]) -> list[list[int | Parked | Refused] | int | None]:
+        def apply(conn: psycopg.Connection[Any]) -> list[list[int | Parked | Refused] | int | None] | _Later:
             out: list[list[int | Parked | Refused] | int | None] = [[] for _ in items]
             repeats = _claim_messages(conn, items, time.time())
             if announces:
@@ -857,12 +901,18 @@ class PostgreSQLSpool:
             kept, parked = storing.park(given, limits or {}, self._pending)
             dlids = self._park(conn, parked)
             left = [item for item in kept if item.deliveries]
-            stored = self._insert_events(conn, left, now, leased=True) if left else []
-            for (index, _), result in zip(events, storing.results(given, kept, parked, dlids, stored), strict=True):
-                out[index] = result
-            return out
+            stored = self._insert_events(conn, left, now, leased=True) if left else list
 
-        result: list[list[int | Parked | Refused] | int | None] = await self._write(apply, keys=keys)
+            def read() -> list[list[int | Parked | Refused] | int | None]:
+                for (index, _), result in zip(
+                    events, storing.results(given, kept, parked, dlids, stored()), strict=True
+                ):
+                    out[index] = result
+                return out
+
+            return _Later(read)
+
+        result: list[list[int | Parked | Refused] | int | None] = await self._write(_Pipelined(apply), keys=keys)
         # held from here, in the same step of the event loop as the pipeline hands them to the workers (no
         # await between): renewed while in memory, and let go by the next `fetch_due` of a worker that did not
         # take one. An output `release`d meanwhile holds nothing: its new leases run out. A delivery with an
@@ -928,10 +978,11 @@ class PostgreSQLSpool:
         *,
         leased: bool = False,
         kept: Sequence[int | None] = (),
-    ) -> list[list[int]]:
+    ) -> Callable[[], list[list[int]]]:
         """Insert events that have deliveries, all due at `now` (one with an ordering key whose output and key
-        have pending deliveries already: `BLOCKED`); each one's delivery ids, in order. The keys' locks are
-        held (`_lock_keys`).
+        have pending deliveries already: `BLOCKED`); what reads each one's delivery ids, in order, once the
+        statement's answer is in (in pipeline mode: at the group's sync point). The keys' locks are held
+        (`_lock_keys`).
 
         `leased`: the deliveries without an ordering key are this router's from the start (`store`: the
         pipeline hands them to its workers in memory, and no other router may take them meanwhile); else any
@@ -942,67 +993,88 @@ class PostgreSQLSpool:
         Identity values are drawn in the order the rows are produced, and unnest produces them in array
         order: the returned ids, sorted, are the rows' in input order (RETURNING's own order is unspecified).
         """
-        waiting = _keys_pending(conn, (d for item in events for d in item.deliveries))
         known = list(kept) if kept else [None] * len(events)
         fresh = [e for e, seq in zip(events, known, strict=True) if seq is None]
         again = sorted({seq for seq in known if seq is not None})
-        cur = conn.cursor(binary=True)
         if again:
             # a kept event is pending again from here, unless a delivery of it already is
-            cur.execute(
+            row = conn.execute(
                 "SELECT count(*) FROM unnest(%b::int8[]) AS u(seq) "
                 "WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = u.seq)",
                 (again,),
-            )
-            row = cur.fetchone()
+                binary=True,
+            ).fetchone()
             self.depth += int(row[0]) if row is not None else 0
-        stored: Iterable[int] = ()
-        if fresh:
-            cur.execute(
-                "INSERT INTO events (id, trigger, stored_at, received, body) "
-                "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::bytea[]) RETURNING seq",
-                (
-                    [e.event_id for e in fresh],
-                    [e.trigger for e in fresh],
-                    [now] * len(fresh),
-                    [e.received for e in fresh],
-                    [e.body for e in fresh],
-                ),
-            )
-            stored = sorted(int(r[0]) for r in cur.fetchall())
-        new = iter(stored)
-        seqs = [next(new) if seq is None else seq for seq in known]
-        rows = [(seq, d) for item, seq in zip(events, seqs, strict=True) for d in item.deliveries]
+        # per delivery: the seq of its kept event, or the (1-based) index of its fresh event among those the
+        # statement inserts, whose seqs it reads sorted: identity values are drawn in unnest's (array) order
+        numbers: list[int | None] = []
+        index = 0
+        for seq in known:
+            if seq is None:
+                index += 1
+            numbers.append(index if seq is None else None)
+        rows = [
+            (seq, number, d) for item, seq, number in zip(events, known, numbers, strict=True) for d in item.deliveries
+        ]
         owner, lease = (self.owner, self.lease) if leased else (None, None)
-        if waiting is None:  # no ordering key among them: every delivery due now
-            cur.execute(
-                "INSERT INTO deliveries (seq, output, route, payload, due, first_at, lease_owner, lease_until) "
-                "SELECT s, o, r, p, %b, %b, %b::text, clock_timestamp() + %b::float8 * interval '1 second' "
-                "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[]) AS u(s, o, r, p) RETURNING did",
-                (now, now, owner, lease, *_delivery_columns(rows)),
-            )
-        else:
-            # a delivery with an ordering key is never leased here, `leased` or not: no worker holds it in
-            # memory (it is read from the spool once due), and a lease would keep its key from the other
-            # routers until this one's worker let it go
-            cur.execute(
-                "INSERT INTO deliveries (seq, output, route, payload, due, first_at, ordering_key, lease_owner, "
-                "lease_until) SELECT s, o, r, p, w, %b, k, CASE WHEN k IS NULL THEN %b::text END, "
-                "CASE WHEN k IS NULL THEN clock_timestamp() + %b::float8 * interval '1 second' END "
-                "FROM unnest(%b::int8[], %b::text[], %b::text[], %b::bytea[], %b::float8[], %b::text[]) "
-                "AS u(s, o, r, p, w, k) RETURNING did",
-                (now, owner, lease, *_delivery_columns(rows), *_key_columns(rows, now, waiting)),
-            )
-        dids = iter(sorted(int(r[0]) for r in cur.fetchall()))
-        out: list[list[int]] = []
+        # each delivery's due time, in the statement: now, or `BLOCKED` behind the pending deliveries of its
+        # output and ordering key (`storing.due`: the first of a pair among these is the one that may be due;
+        # the keys' locks are held, so what the statement reads of a key is all there is of it). A delivery
+        # with an ordering key is never leased here, `leased` or not: no worker holds it in memory (it is read
+        # from the spool once due), and a lease would keep its key from the other routers until this one's
+        # worker let it go
+        firsts: set[tuple[str, str]] = set()
+        first: list[bool] = []
+        for _, _, d in rows:
+            pair = (d.output, d.ordering_key or "")
+            first.append(d.ordering_key is not None and pair not in firsts)
+            firsts.add(pair)
+        # one statement (one round trip, the writer reads its answer at the group's sync point): the events,
+        # then their deliveries, ids in input order as above (no join: the insert reads unnest's rows in order)
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            "WITH ev AS (INSERT INTO events (id, trigger, stored_at, received, body) "
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::bytea[]) RETURNING seq), "
+            "new AS (SELECT array_agg(seq ORDER BY seq) AS seqs FROM ev) "
+            "INSERT INTO deliveries (seq, output, route, payload, due, first_at, ordering_key, lease_owner, "
+            "lease_until) SELECT coalesce(u.s, (SELECT seqs FROM new)[u.i]), u.o, u.r, u.p, "
+            "CASE WHEN u.k IS NULL OR (u.f AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.output = u.o "
+            "AND x.ordering_key = u.k)) THEN %b ELSE %b END, %b, u.k, CASE WHEN u.k IS NULL THEN %b::text END, "
+            "CASE WHEN u.k IS NULL THEN clock_timestamp() + %b::float8 * interval '1 second' END "
+            "FROM unnest(%b::int8[], %b::int4[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::bool[]) "
+            "AS u(s, i, o, r, p, k, f) RETURNING did",
+            (
+                [e.event_id for e in fresh],
+                [e.trigger for e in fresh],
+                [now] * len(fresh),
+                [e.received for e in fresh],
+                [e.body for e in fresh],
+                now,
+                BLOCKED,
+                now,
+                owner,
+                lease,
+                [seq for seq, _, _ in rows],
+                [number for _, number, _ in rows],
+                [d.output for _, _, d in rows],
+                [d.route for _, _, d in rows],
+                [d.payload for _, _, d in rows],
+                [d.ordering_key for _, _, d in rows],
+                first,
+            ),
+        )
         for item in events:
-            out.append([next(dids) for _ in item.deliveries])
             for d in item.deliveries:
                 self._pending[d.output] = self._pending.get(d.output, 0) + 1
         self.depth += len(fresh)
         if self._oldest is None:
             self._oldest = now
-        return out
+
+        def read() -> list[list[int]]:
+            dids = iter(sorted(int(r[0]) for r in cur.fetchall()))
+            return [[next(dids) for _ in item.deliveries] for item in events]
+
+        return read
 
     async def settle(
         self,
@@ -1042,7 +1114,7 @@ class PostgreSQLSpool:
                 )
             return [self._dead_letter(conn, *item, attempt=dying.get(item[0])) for item in dead]
 
-        result: list[int | None] = await self._write(apply, lazy=lazy, keys=keys)
+        result: list[int | None] = await self._write(_Pipelined(apply), lazy=lazy, keys=keys)
         for did in (*done, *(r[0] for r in retry), *(d[0] for d in dead)):
             self._held.pop(did, None)
             self._held_keys.pop(did, None)
@@ -1069,7 +1141,7 @@ class PostgreSQLSpool:
             )
 
         try:
-            await self._write(apply, lazy=True)
+            await self._write(_Pipelined(apply), lazy=True)
         except SpoolError as exc:
             log.warning(
                 "could not give back the leases of an output no longer configured; they run out within the lease",
@@ -1130,26 +1202,46 @@ class PostgreSQLSpool:
         return int(dlid)
 
     def _finish(self, conn: psycopg.Connection[Any], dids: Sequence[int]) -> None:
-        """Forget deliveries, and each event once no delivery of it is left.
+        """Forget deliveries, and each event once no delivery of it is left (`_finish_send`, `_finish_read`)."""
+        if dids:
+            self._finish_read(conn, self._finish_send(conn, dids))
+
+    def _finish_send(self, conn: psycopg.Connection[Any], dids: Sequence[int]) -> psycopg.Cursor[Any]:
+        """Send `_finish`'s two statements (in pipeline mode, queue them: the writer reads their answer at the
+        group's sync point, `_finish_read`).
 
         The events are locked first (in seq order, so two routers never deadlock): two routers finishing
         an event's last two deliveries at once would each still see the other's row, and neither would
-        delete the event; locked, the second waits for the first's commit and then sees it.
+        delete the event; locked, the second waits for the first's commit. The second statement starts after
+        the lock is held, so its snapshot sees that commit: it deletes the deliveries, and the events with
+        none left but these (its own deletes are not visible to itself: they are left out by id). An event
+        with `received` (retention) stays, kept and no longer pending; the attempts of those that go go with
+        them (but a dead letter's).
         """
-        if not dids:
-            return
-        cur = conn.cursor(binary=True)
-        cur.execute(
+        given = list(dids)
+        conn.execute(
             "SELECT seq FROM events WHERE seq IN (SELECT seq FROM deliveries WHERE did = ANY(%b)) "
             "ORDER BY seq FOR UPDATE",
-            (list(dids),),
+            (given,),
+            binary=True,
         )
-        seqs = [int(r[0]) for r in cur.fetchall()]
-        if not seqs:
-            return
-        cur.execute("DELETE FROM deliveries WHERE did = ANY(%b) RETURNING output, ordering_key", (list(dids),))
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            "WITH finished AS (DELETE FROM deliveries WHERE did = ANY(%b) RETURNING seq, output, ordering_key), "
+            "done AS (SELECT seq, received FROM events e WHERE seq IN (SELECT seq FROM finished) "
+            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq AND d.did <> ALL(%b))), "
+            "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL "
+            "RETURNING e.seq), "
+            f"{_FORGET_ATTEMPTS} SELECT output, ordering_key, (SELECT count(*) FROM done) FROM finished",
+            (given, given),
+        )
+        return cur
+
+    def _finish_read(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any]) -> None:
+        """Count what `_finish_send`'s statements finished; make each finished ordering key's next delivery due."""
+        rows = cur.fetchall()
         finished: set[tuple[str, str]] = set()
-        for output, key in cur.fetchall():
+        for output, key, _ in rows:
             left = self._pending.get(output, 0) - 1
             if left > 0:
                 self._pending[output] = left
@@ -1157,24 +1249,14 @@ class PostgreSQLSpool:
                 self._pending.pop(output, None)
             if key is not None:
                 finished.add((output, key))
+        if rows:
+            self.depth = max(0, self.depth - int(rows[0][2]))
         if finished:
             # locked before the group's first op as a rule (`settle`'s keys); one not known then (a delivery
-            # this router was not handed) is locked now, before the read below: that read sees what another
+            # this router was not handed) is locked now, before `_unblock` reads: that read sees what another
             # router stored of the key up to its commit
             self._lock_keys(conn, finished)
             _unblock(conn, finished, self.clock.now())
-        # finished: no delivery left. One with `received` (retention) stays, kept and no longer pending; the
-        # attempts of those that go go with them, in the same statement (but a dead letter's)
-        cur.execute(
-            "WITH done AS (SELECT seq, received FROM events e WHERE seq = ANY(%b) "
-            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq)), "
-            "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL "
-            "RETURNING e.seq), "
-            f"{_FORGET_ATTEMPTS} SELECT count(*) FROM done",
-            (seqs,),
-        )
-        row = cur.fetchone()
-        self.depth = max(0, self.depth - (int(row[0]) if row is not None else 0))
         if not self._pending:
             self._oldest = None
 
@@ -1389,7 +1471,7 @@ class PostgreSQLSpool:
                 (output, open_since, lapse, router, None if error is None else error[:2000]),
             )
 
-        await self._write(apply, lazy=True)
+        await self._write(_Pipelined(apply), lazy=True)
 
     # --- the operator commands -------------------------------------------------------------------------
 
