@@ -1516,7 +1516,7 @@ class PostgreSQLSpool:
             stored = [item for item in requeued if item.event.deliveries]
             events = [item.event for item in stored]
             if events:
-                dids = self._insert_events(conn, events, float(_one(conn, _NOW)), kept=_kept_seqs(conn, events))
+                dids = self._insert_events(conn, events, float(_one(conn, _NOW)), kept=_kept_seqs(conn, events))()
                 _keep_replayed(conn, [(item.dlid, ids[0]) for item, ids in zip(stored, dids, strict=True)], by)
             if requeued:
                 dlids = [item.dlid for item in requeued]
