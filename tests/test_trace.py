@@ -378,3 +378,19 @@ def test_a_delivery_waiting_behind_its_ordering_key_says_so() -> None:
     due = DeliveryHistory(8, "crm", "messages", "pending", 1, next_attempt_in=-1.0)
     assert _delivery_state(_delivery(due, {}, time.time())).startswith("pending (1 attempt), next attempt ")
     assert not math.isinf(_delivery(due, {}, time.time())["next_attempt_in_seconds"])
+
+
+def test_the_outcome_names_only_the_dead_letters_there_are() -> None:
+    """A delivery dead-lettered (1), replayed, dead-lettered again (2): the outcome line's `dlq show` names 2
+    only, as 1 is gone with its replay (pasting `dlq show 1 2` would fail on 1)."""
+    from event_router.ops.trace import _outcome_line
+
+    trace = {
+        "outcome": "dead_lettered",
+        "dead_letters": [],
+        "deliveries": [
+            {"id": 3, "output": "crm", "state": "replayed", "dead_letter": 1},
+            {"id": 4, "output": "crm", "state": "dead_letter", "dead_letter": 2},
+        ],
+    }
+    assert _outcome_line(trace) == "dead-lettered (dead letter 2: event-router dlq show 2)"

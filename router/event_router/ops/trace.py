@@ -323,7 +323,8 @@ def _outcome_line(trace: Mapping[str, Any]) -> str:
         waiting = [d["output"] for d in deliveries if d["state"] == "pending"]
         return f"pending ({', '.join(waiting)})"
     if outcome == "dead_lettered":
-        ids = [d["dead_letter"] for d in deliveries if d["dead_letter"] is not None]
+        # the dead letters there are now: a replayed one is gone (its delivery's state is `replayed`)
+        ids = [d["dead_letter"] for d in deliveries if d["dead_letter"] is not None and d["state"] == "dead_letter"]
         ids += [dl["id"] for dl in trace["dead_letters"]]
         if not ids:
             return "dead-lettered"
