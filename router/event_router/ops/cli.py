@@ -762,6 +762,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_output(args: argparse.Namespace) -> int:
     from event_router.core.gate import POLL, UnknownOutput
     from event_router.ops.dlq import open_spool
+    from event_router.ops.operator import operator
     from event_router.ops.show import age_text, iso_time
 
     # the spool's connection string is the one secret read, as for `dlq`
@@ -777,7 +778,7 @@ def cmd_output(args: argparse.Namespace) -> int:
         held = not pause and (state := spool.output_states().get(name)) is not None and state.paused
         if name not in config.outputs and not held:
             raise UnknownOutput(name, list(config.outputs))
-        state, changed = spool.set_paused(name, pause, f"{_operator()} (event-router output {args.output_command})")
+        state, changed = spool.set_paused(name, pause, f"{operator()} (event-router output {args.output_command})")
         # a resume starts what is due; a delivery that failed before waits for its retry's time
         backlog = spool.status().backlogs.get(name) if not pause and changed else None
     finally:
@@ -828,18 +829,6 @@ def _retry_output(config: RouterConfig, name: str) -> int:
     elif state is not None and state.breaker_open_since is not None:
         print(f"{name}'s breaker is open: they wait for its probe to go through")
     return 0
-
-
-def _operator() -> str:
-    """Who runs this command, for the record of a pause: the user (the one behind sudo) at this host."""
-    import getpass
-    import socket
-
-    try:
-        user = os.environ.get("SUDO_USER") or getpass.getuser()
-    except (OSError, KeyError):  # no name for this uid (a container)
-        user = f"uid {os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
 
 
 def _dlq(args: argparse.Namespace) -> int:

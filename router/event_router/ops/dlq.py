@@ -201,10 +201,10 @@ def _act(
         if total > 500:
             print(f"\rreplayed {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    from event_router.ops.cli import _operator
+    from event_router.ops.operator import operator
 
     # who replayed is recorded with each replay (`trace` shows it), as who paused an output is
-    by = f"{_operator()} (event-router dlq replay)"
+    by = f"{operator()} (event-router dlq replay)"
     report = replay(spool, config, load_schemas(config, registry), where, progress=progress, by=by)
     if report.replayed + report.dead_again + report.skipped > 500:
         print(file=sys.stderr)
