@@ -323,10 +323,19 @@ def _lock_holder(path: Path) -> str | None:
     return text if text.isdigit() else None
 
 
+#: prepared statements a connection keeps (see `connect`)
+STATEMENT_CACHE = 1024
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the pragmas every user of the spool needs (the CLI too)."""
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    # the writer's statements vary with a group's size (multi-row VALUES and IN lists of up to _ROWS_PER_INSERT
+    # rows), so they number several hundred: with the module's default cache of 128 they pushed each other out,
+    # and a statement not in the cache is compiled again at its next use, on the writer thread, holding the GIL
+    conn = sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30, cached_statements=STATEMENT_CACHE
+    )
     conn.execute("PRAGMA busy_timeout = 30000")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
