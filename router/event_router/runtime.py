@@ -41,9 +41,19 @@ def freeze_startup_heap() -> None:
     first one came with the first requests and stopped the loop long enough to make the latency tail
     (bench/RESULTS.md). Frozen objects are still freed by reference counting
     when dropped (a reload's old configuration); only a reference cycle through them would stay.
+
+    Then the youngest generation is collected every GC_YOUNG allocations of containers instead of 700: a
+    request makes a few dozen containers, nearly all freed by reference counting at once, so at the default
+    the collector ran every few dozen requests, on the loop's thread, holding the GIL, and found little.
+    What a cycle holds waits longer to be freed: at most that many containers more (a few MB).
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, 20, 20)
+
+
+#: allocations of containers between two collections of the youngest generation (see freeze_startup_heap)
+GC_YOUNG = 20_000
 
 
 def has_uvloop() -> bool:
