@@ -580,6 +580,18 @@ async def test_status_says_each_outputs_oldest_pending_age(spool_at: Callable[[]
         spool.close()
 
 
+def assert_upgraded(path: Path, objects: set[str]) -> None:
+    """The SQLite spool at `path` records this router's schema version and holds `objects` (tables, indexes,
+    triggers)."""
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert objects <= names
+    finally:
+        conn.close()
+
+
 @pytest.mark.anyio
 async def test_a_schema_5_spool_is_upgraded_and_read_beside_an_older_router(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
@@ -609,13 +621,7 @@ async def test_a_schema_5_spool_is_upgraded_and_read_beside_an_older_router(tmp_
         assert history is not None and [len(d.history) for d in history.deliveries] == [1]
     finally:
         upgraded.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
-        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"attempts", "events_forget_attempts", "events_id", "dead_letters_event"} <= names
-    finally:
-        conn.close()
+    assert_upgraded(path, {"attempts", "events_forget_attempts", "events_id", "dead_letters_event"})
 
 
 @pytest.mark.anyio
@@ -656,13 +662,7 @@ async def test_a_schema_7_spool_keeps_its_attempts_read_beside_an_older_router_t
         ]
     finally:
         upgraded.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
-        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-        assert {"replays", "events_forget_replays", "attempts_replayed", "replays_head"} <= names
-    finally:
-        conn.close()
+    assert_upgraded(path, {"replays", "events_forget_replays", "attempts_replayed", "replays_head"})
 
 
 @pytest.mark.anyio
