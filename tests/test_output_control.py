@@ -297,6 +297,9 @@ def test_output_retry_makes_the_deliveries_waiting_for_a_retry_due_without_the_a
                 ["resumed crm: routers on this spool deliver its backlog again within 1s"],
             )
             wait_for(lambda: delivered_ids(rx) == {first, second}, timeout=10, what="the second delivered")
+            # and its outcome committed: the receiver has it before the spool forgets its row, which (tried
+            # once, due now) would pass for the third's failure below and be the backlog's next retry
+            wait_for(lambda: status_json(config, env)["outputs"]["crm"]["pending"] == 0, what="the second settled")
 
             # a resume says that a failed delivery keeps its retry's time
             rx.respond(503, 200)
