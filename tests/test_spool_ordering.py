@@ -394,7 +394,7 @@ async def test_postgresql_routers_storing_and_finishing_one_key_at_once_leave_ex
 def test_postgresql_reads_and_writes_of_keys_use_their_index_at_a_large_backlog(pg_dsn: str) -> None:
     """200,000 pending deliveries (half of them keyed, 1,000 keys), analysed: fetch_due's claim scans the due
     index, and the looks at a key (at store, at finish) search `deliveries_key`."""
-    from event_router.core.spool.postgresql import PostgreSQLSpool
+    from event_router.core.spool.postgresql import _FINISH, PostgreSQLSpool
 
     s = PostgreSQLSpool(pg_dsn)
     s.open("exclusive")
@@ -430,6 +430,14 @@ def test_postgresql_reads_and_writes_of_keys_use_their_index_at_a_large_backlog(
         "WHERE d.did = h.head AND d.due = 'Infinity'"
     )
     assert "deliveries_key" in unblock and "Index Scan using deliveries_pkey" in unblock, unblock
+    # the finishing pass's statement makes each finished key's next due the same way
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True, options="-c search_path=event_router") as conn:
+        rows = conn.execute("EXPLAIN " + _FINISH, ([1, 3], [1, 3], 5.0, BLOCKED)).fetchall()
+    finish = "\n".join(row[0] for row in rows)
+    unblocked = finish[finish.index("CTE unblocked") :]
+    assert "deliveries_key" in unblocked and "Index Scan using deliveries_pkey" in unblocked, finish
 
 
 async def test_postgresql_a_schema_4_spool_gets_ordering_keys_in_place(pg_dsn: str) -> None:

@@ -30,10 +30,19 @@ decided there across routers: two routers rebuilding the same change store it on
 Deliveries with an ordering key wait behind the pending ones of their output and key (`BLOCKED`) and
 become due when those are finished, in the finishing transaction; whoever stores or finishes deliveries of
 a key holds the key's advisory lock until its commit (`_lock_keys`), so routers storing and finishing one
-key at once neither leave it with nothing due nor with two due (the locks of a group are taken at the start
-of each attempt of its transaction, its finishing included, `_run_transaction`). A key's first delivery,
-leased to the router `fetch_due` handed it to, keeps the whole key from the others; `store` leases no keyed
-delivery (no worker holds one in memory: it is read when due).
+key at once neither leave it with nothing due nor with two due. A key's first delivery, leased to the router
+`fetch_due` handed it to, keeps the whole key from the others; `store` leases no keyed delivery (no worker
+holds one in memory: it is read when due).
+
+Every group takes its locks in one order, the same in every router, so two routers' groups storing and
+settling do not wait for each other in a cycle (a deadlock, which PostgreSQL breaks after `deadlock_timeout`,
+a second, by failing one of them): first its advisory locks, at the start of each attempt of its transaction
+and before any row lock or write (`_take_locks`): the ordering keys it stores or finishes, sorted, then
+ANNOUNCE_LOCK when it writes announced keys; then its ops' rows; then the events of all the deliveries it
+finishes, in one statement in seq order (`_finish_send`); its live announced keys last, sorted
+(`_write_announcements`). Left out of that order: message ids, each store claiming its own in a statement of
+its own (two groups claiming the same ids in two orders), and a delivery two routers settle at once (its
+lease ran out); such a deadlock's group runs again (`_run_group`).
 
 The schema is versioned (`MIGRATIONS`); the daemon applies what is missing at open, in one transaction
 under an advisory lock, so routers starting together upgrade once; a database of a newer schema is
@@ -66,7 +75,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 import psycopg
@@ -114,7 +123,8 @@ NAMESPACE = "event_router"
 #: the advisory lock migrations run under (any bigint the operator's other software is unlikely to use)
 MIGRATION_LOCK = 0x6576_5F72_6F75_7465
 #: the advisory lock announced keys are written under: shared by the groups writing live events' keys,
-#: exclusive for a group claiming keys (`_claim_announcements`)
+#: exclusive for a group claiming keys (`_claim_announcements`); taken with a group's other advisory locks,
+#: after its ordering keys' (`_take_locks`)
 ANNOUNCE_LOCK = MIGRATION_LOCK + 1
 #: held (tried, never waited for) by the router pruning kept events: the others skip their turn
 PRUNE_LOCK = MIGRATION_LOCK + 2
@@ -382,6 +392,12 @@ class _Pipelined:
     answer is in."""
 
     apply: Callable[[psycopg.Connection[Any]], Any]
+    #: ANNOUNCE_LOCK as the write needs it, taken with the group's other advisory locks (`_take_locks`):
+    #: "shared" to write live events' announced keys, "exclusive" to claim keys; None, not at all
+    announces: Literal["shared", "exclusive"] | None = None
+    #: deliveries the write finishes whose ordering key this router does not know (it does not hold them):
+    #: their keys are read before the group's locks are taken (`_take_locks`)
+    unknown: tuple[int, ...] = ()
 
     def __call__(self, conn: psycopg.Connection[Any]) -> Any:
         return self.apply(conn)
@@ -460,6 +476,8 @@ class PostgreSQLSpool:
         #: the event loop, so an output delivering one event per settle would otherwise cost the group three
         #: round trips per delivery
         self._finishing: list[int] = []
+        #: of those, the ones the group's settles moved to dead letters (`_dead_letter`): one dead letter each
+        self._dying: set[int] = set()
         #: the attempts the group's settles record (but a dead letter's, which `_dead_letter` records with it):
         #: in one statement just before the group's finishing pass, while the deliveries' rows say their
         #: event, output and route
@@ -693,10 +711,11 @@ class PostgreSQLSpool:
         """Apply `batch` in one transaction; when a group of several fails for a reason that is not
         transient (one op's own fault), each op runs again alone, so one bad op never fails the others.
 
-        A group PostgreSQL rolled back to break a deadlock with another router's (two groups inserting the
-        same message ids or announced keys in different orders: each statement inserts its rows sorted, but
-        a group has several statements) runs again at once: the other group has gone on, so a new attempt
-        waits for it at most, and the stores it holds need not fail for a conflict that is no fault of theirs.
+        A group PostgreSQL rolled back to break a deadlock with another router's runs again at once: the
+        other group has gone on, so a new attempt waits for it at most, and the stores it holds need not fail
+        for a conflict that is no fault of theirs. Groups take their locks in one order (see the module's
+        doc), but for message ids (each store's claim inserts its ids sorted, but a group has a claim per
+        store) and a delivery two routers settle at once.
         """
         conn, error = self._run_transaction(conn, batch)
         for _ in range(DEADLOCK_RETRIES):
@@ -731,8 +750,15 @@ class PostgreSQLSpool:
         refused that was kept is delivered all the same: at least once).
         """
         counted = self.depth, dict(self._pending), self._dead, self._oldest
-        # the (output, ordering key) pairs the group adds to or finishes: their locks first, in one order
+        # the group's advisory locks, first in each attempt (`_take_locks`): the (output, ordering key) pairs
+        # it adds to or finishes (those of the deliveries `unknown` names read first), then ANNOUNCE_LOCK
         keys = {pair for op in batch for pair in op.keys}
+        written = [op.apply for op in batch if isinstance(op.apply, _Pipelined)]
+        unknown = sorted({did for op in written for did in op.unknown})
+        modes = {op.announces for op in written}
+        announces: Literal["shared", "exclusive"] | None = (
+            "exclusive" if "exclusive" in modes else "shared" if "shared" in modes else None
+        )
         # in pipeline mode when every op is written for it (`_Pipelined`): the statements go to the server
         # without waiting for each one's answer, all in one round trip up to the sync point but for those whose
         # answer an op reads at once (a message id's claim, a dead letter's id)
@@ -754,8 +780,7 @@ class PostgreSQLSpool:
                     if pipelined:
                         conn.execute("BEGIN")
                     asked = conn.execute("SELECT pg_current_xact_id()::text")
-                    if keys:
-                        self._lock_keys(conn, keys)
+                    self._take_locks(conn, keys, unknown, announces)
                     applied = [op.apply(conn) for op in batch]
                     if self._attempting:
                         _record_attempts(conn, self._attempting, finished=self._finishing)
@@ -764,6 +789,7 @@ class PostgreSQLSpool:
                         # in this transaction too: each finished delivery with a key makes the key's next due here
                         finishing = self._finish_send(conn, self._finishing)
                         self._finishing.clear()
+                        self._dying.clear()
                     if self._announcing:
                         _write_announcements(conn, [key for key, written in self._announcing.items() if not written])
                         self._announcing.clear()
@@ -779,6 +805,7 @@ class PostgreSQLSpool:
                 conn.autocommit = False
             except Exception as exc:  # one failed commit fails every op in it: none of them is durable
                 self._finishing.clear()
+                self._dying.clear()
                 self._attempting.clear()
                 self._announcing.clear()
                 if conn is not None and not conn.closed:
@@ -841,16 +868,47 @@ class PostgreSQLSpool:
         self._queue.put(Op(apply, None, future, keys=keys))
         return future.result()
 
+    def _take_locks(
+        self,
+        conn: psycopg.Connection[Any],
+        keys: Collection[tuple[str, str]],
+        unknown: Sequence[int],
+        announces: Literal["shared", "exclusive"] | None,
+    ) -> None:
+        """Take a group's advisory locks, at the start of its transaction: before any row lock or write, so
+        that a group holding one of them never waits for a row another group holds (see the module's doc).
+
+        The ordering keys first (`keys`, and those of the deliveries `unknown` names, read here: a round trip
+        more, only for a group that finishes a delivery this router was not handed, which no worker of its
+        does), then ANNOUNCE_LOCK. A key's lock taken after a row lock or write would let two routers' groups
+        wait for each other: one waiting for a key's lock after writing an announced key, the other holding
+        that key's lock and inserting the same announced key, which waits for the first one's commit.
+        """
+        wanted = set(keys)
+        if unknown:
+            rows = conn.execute(
+                "SELECT DISTINCT output, ordering_key FROM deliveries WHERE did = ANY(%b) AND ordering_key IS NOT NULL",
+                (list(unknown),),
+                binary=True,
+            ).fetchall()
+            wanted.update((str(output), str(key)) for output, key in rows)
+        if wanted:
+            self._lock_keys(conn, wanted)
+        if announces == "exclusive":
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ANNOUNCE_LOCK,))
+        elif announces == "shared":
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ANNOUNCE_LOCK,))
+
     def _lock_keys(self, conn: psycopg.Connection[Any], pairs: Collection[tuple[str, str]]) -> None:
         """Take the advisory locks of these (output, ordering key) pairs until the commit, those this
-        transaction does not hold yet, in ascending order.
+        transaction does not hold yet, in ascending order (one statement: taken in the array's order).
 
         Whoever adds deliveries of a key, or finishes one and makes the next due, holds its lock: a router
         storing a key another is finishing waits for the other's commit, so it never finds the finished
         delivery still there and stores the new one behind it, where nothing would make it due; nor do two
         routers each store a first one. And a key's delivery ids then follow the order of the commits that
-        stored them. The writer takes a group's locks before any of its ops applies (`Op.keys`), in one
-        order in every router, so groups never wait for each other in a cycle.
+        stored them. The writer takes a group's locks before any of its ops applies (`Op.keys`,
+        `_take_locks`), in one order in every router, so groups never wait for each other in a cycle.
         """
         wanted = sorted({key_lock(output, key) for output, key in pairs} - self._locked)
         if wanted:
@@ -878,13 +936,17 @@ class PostgreSQLSpool:
         see `Spool.store`. `limits`: see `_park`. Announced keys: see `_claim_announcements`. Ordering keys:
         see `_lock_keys`."""
         now = self.clock.now()
-        announces = any(item.announced is not None for item in items)
+        announced = [item.announced for item in items if item.announced is not None]
+        # ANNOUNCE_LOCK, taken with the group's other advisory locks: exclusive to claim keys
+        mode: Literal["shared", "exclusive"] | None = None
+        if announced:
+            mode = "exclusive" if any(a.claim for a in announced) else "shared"
         keys = _keys_of(items)
 
         def apply(conn: psycopg.Connection[Any]) -> list[list[int | Parked | Refused] | int | None] | _Later:
             out: list[list[int | Parked | Refused] | int | None] = [[] for _ in items]
             repeats = _claim_messages(conn, items, time.time())
-            if announces:
+            if announced:
                 repeats |= _claim_announcements(conn, items, repeats, self._announcing)
             events: list[tuple[int, StoreEvent]] = []
             for index, item in enumerate(items):
@@ -912,7 +974,9 @@ class PostgreSQLSpool:
 
             return _Later(read)
 
-        result: list[list[int | Parked | Refused] | int | None] = await self._write(_Pipelined(apply), keys=keys)
+        result: list[list[int | Parked | Refused] | int | None] = await self._write(
+            _Pipelined(apply, announces=mode), keys=keys
+        )
         # held from here, in the same step of the event loop as the pipeline hands them to the workers (no
         # await between): renewed while in memory, and let go by the next `fetch_due` of a worker that did not
         # take one. An output `release`d meanwhile holds nothing: its new leases run out. A delivery with an
@@ -1087,8 +1151,12 @@ class PostgreSQLSpool:
     ) -> list[int | None]:
         if not (done or retry or dead):
             return []
+        finished = (*done, *(d[0] for d in dead))
         held = self._held_keys
-        keys = frozenset(held[did] for did in (*done, *(d[0] for d in dead)) if did in held) if held else frozenset()
+        keys = frozenset(held[did] for did in finished if did in held) if held else frozenset()
+        # what this router holds it knows the key of (`_held_keys`, or none); the others' are read before the
+        # group takes its locks (`_take_locks`): finishing one locks its key too
+        unknown = tuple(did for did in finished if did not in self._held)
         # a dead letter's attempt is recorded by `_dead_letter`, with its dead letter's id
         dying = {a.delivery: a for a in attempts if a.outcome in ("permanent", "retries_exhausted")}
 
@@ -1114,7 +1182,7 @@ class PostgreSQLSpool:
                 )
             return [self._dead_letter(conn, *item, attempt=dying.get(item[0])) for item in dead]
 
-        result: list[int | None] = await self._write(_Pipelined(apply), lazy=lazy, keys=keys)
+        result: list[int | None] = await self._write(_Pipelined(apply, unknown=unknown), lazy=lazy, keys=keys)
         for did in (*done, *(r[0] for r in retry), *(d[0] for d in dead)):
             self._held.pop(did, None)
             self._held_keys.pop(did, None)
@@ -1158,6 +1226,8 @@ class PostgreSQLSpool:
         *,
         attempt: Attempt | None = None,
     ) -> int | None:
+        if did in self._dying:  # an earlier op of the group moved it: finished (as its finishing pass will)
+            return None
         row = conn.execute(
             "SELECT e.id, e.trigger, e.body, d.output, d.route, d.payload FROM deliveries d "
             "JOIN events e ON e.seq = d.seq WHERE d.did = %s",
@@ -1184,8 +1254,9 @@ class PostgreSQLSpool:
                 None if payload is None else bytes(payload),
             ),
         )
-        # its attempts go with the dead letter (`_finish` forgets the attempts of the events it deletes but a
-        # dead letter's), before `_finish`: the last one too, while the delivery's row says its event and route
+        # its attempts go with the dead letter (the finishing pass forgets the attempts of the events it
+        # deletes but a dead letter's), before that pass: the last one too, while the delivery's row says its
+        # event and route
         conn.execute("UPDATE attempts SET dlid = %s WHERE did = %s", (dlid, did))
         # and so do the records of the dead letters it was replayed from (migration 7): two probes of an index,
         # of an empty range unless it was
@@ -1197,26 +1268,24 @@ class PostgreSQLSpool:
         conn.execute("UPDATE replays SET held_by = %s WHERE head = %s AND held_by IS NULL", (dlid, did))
         if attempt is not None:
             _record_attempts(conn, [attempt], dead_letter=int(dlid))
-        self._finish(conn, (did,))
+        # forgotten in the group's finishing pass, with its other finished deliveries: their events are locked
+        # in one statement, in one order (a pass of its own here would lock its event before the group's)
+        self._finishing.append(did)
+        self._dying.add(did)
         self._dead += 1
         return int(dlid)
 
-    def _finish(self, conn: psycopg.Connection[Any], dids: Sequence[int]) -> None:
-        """Forget deliveries, and each event once no delivery of it is left (`_finish_send`, `_finish_read`)."""
-        if dids:
-            self._finish_read(conn, self._finish_send(conn, dids))
-
     def _finish_send(self, conn: psycopg.Connection[Any], dids: Sequence[int]) -> psycopg.Cursor[Any]:
-        """Send `_finish`'s two statements (in pipeline mode, queue them: the writer reads their answer at the
-        group's sync point, `_finish_read`).
+        """Forget deliveries, each event once no delivery of it is left, and make the next of each finished
+        ordering key due: the group's finishing pass, two statements (in pipeline mode, queued: the writer reads
+        the answer at the group's sync point, `_finish_read`).
 
-        The events are locked first (in seq order, so two routers never deadlock): two routers finishing
-        an event's last two deliveries at once would each still see the other's row, and neither would
-        delete the event; locked, the second waits for the first's commit. The second statement starts after
-        the lock is held, so its snapshot sees that commit: it deletes the deliveries, and the events with
-        none left but these (its own deletes are not visible to itself: they are left out by id). An event
-        with `received` (retention) stays, kept and no longer pending; the attempts of those that go go with
-        them (but a dead letter's).
+        The events are locked first, all of the group's in one statement in seq order (so two routers' groups
+        never deadlock on them): two routers finishing an event's last two deliveries at once would each still
+        see the other's row, and neither would delete the event; locked, the second waits for the first's
+        commit. The second statement (`_FINISH`) starts after the lock is held, so its snapshot sees that
+        commit, and every commit of the finished keys' deliveries by another router (the group took the keys'
+        locks at its start, `_take_locks`).
         """
         given = list(dids)
         conn.execute(
@@ -1226,19 +1295,16 @@ class PostgreSQLSpool:
             binary=True,
         )
         cur = conn.cursor(binary=True)
-        cur.execute(
-            "WITH finished AS (DELETE FROM deliveries WHERE did = ANY(%b) RETURNING seq, output, ordering_key), "
-            "done AS (SELECT seq, received FROM events e WHERE seq IN (SELECT seq FROM finished) "
-            "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq AND d.did <> ALL(%b))), "
-            "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL "
-            "RETURNING e.seq), "
-            f"{_FORGET_ATTEMPTS} SELECT output, ordering_key, (SELECT count(*) FROM done) FROM finished",
-            (given, given),
-        )
+        cur.execute(_FINISH, (given, given, self.clock.now(), BLOCKED))
         return cur
 
     def _finish_read(self, conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any]) -> None:
-        """Count what `_finish_send`'s statements finished; make each finished ordering key's next delivery due."""
+        """Count what `_finish_send`'s statements finished.
+
+        Each finished key was locked at the group's start, so its next delivery was made due in the finishing
+        statement. One that was not (a delivery this router believed unordered: never expected) is locked now
+        and its next made due again, reading what another router stored of the key up to its commit: order
+        kept, though a lock taken after the group's writes may deadlock with another router's group."""
         rows = cur.fetchall()
         finished: set[tuple[str, str]] = set()
         for output, key, _ in rows:
@@ -1251,12 +1317,11 @@ class PostgreSQLSpool:
                 finished.add((output, key))
         if rows:
             self.depth = max(0, self.depth - int(rows[0][2]))
-        if finished:
-            # locked before the group's first op as a rule (`settle`'s keys); one not known then (a delivery
-            # this router was not handed) is locked now, before `_unblock` reads: that read sees what another
-            # router stored of the key up to its commit
-            self._lock_keys(conn, finished)
-            _unblock(conn, finished, self.clock.now())
+        late = {pair for pair in finished if key_lock(*pair) not in self._locked}
+        if late:
+            log.warning("spool finished ordering keys it had not locked; locking them now", extra={"keys": len(late)})
+            self._lock_keys(conn, late)
+            _unblock(conn, late, self.clock.now())
         if not self._pending:
             self._oldest = None
 
@@ -1343,8 +1408,10 @@ class PostgreSQLSpool:
             for did, pair in let_go_keys.items():
                 self._held_keys.setdefault(did, pair)
             raise
-        for did in leased:
+        for did, key in leased:
             self._held[did] = output
+            if key is not None:  # every delivery held here has its key known (`settle` locks it)
+                self._held_keys[did] = (output, key)
         out: list[DeliveryRow] = []
         for _due, did, seq, out_name, route, payload, attempts, first_at, body, event_id, trigger, key in rows:
             self._held[int(did)] = output
@@ -1375,10 +1442,11 @@ class PostgreSQLSpool:
         excluded: Collection[int],
         let_go: list[int],
         unleased: list[int],
-    ) -> tuple[list[tuple[Any, ...]], list[int]]:
-        """`fetch_due`'s transaction: the rows handed out (due order), and the ids of `unleased` leased."""
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[int, str | None]]]:
+        """`fetch_due`'s transaction: the rows handed out (due order), and the ids of `unleased` leased, each
+        with its ordering key."""
 
-        def claim(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], list[int]]:
+        def claim(conn: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[int, str | None]]]:
             cur = conn.cursor(binary=True)
             cur.execute("SET LOCAL synchronous_commit = off")
             if let_go:
@@ -1393,10 +1461,10 @@ class PostgreSQLSpool:
                     "WITH mine AS (SELECT did FROM deliveries WHERE did = ANY(%b) AND attempts = 0 "
                     "AND (lease_until IS NULL OR lease_until < clock_timestamp()) FOR UPDATE SKIP LOCKED) "
                     "UPDATE deliveries d SET lease_owner = %b, lease_until = clock_timestamp() + %b * interval "
-                    "'1 second' FROM mine WHERE d.did = mine.did RETURNING d.did",
+                    "'1 second' FROM mine WHERE d.did = mine.did RETURNING d.did, d.ordering_key",
                     (unleased, self.owner, self.lease),
                 )
-                leased = [int(did) for (did,) in cur.fetchall()]
+                leased = [(int(did), key) for did, key in cur.fetchall()]
             else:
                 leased = []
             cur.execute(
@@ -1796,7 +1864,8 @@ def _key_columns(
 
 def _unblock(conn: psycopg.Connection[Any], keys: Collection[tuple[str, str]], now: float) -> None:
     """Make the first pending delivery of each (output, ordering key) due `now`, if it waited: its predecessor
-    was just finished, in this transaction (which holds the keys' locks). Two indexed lookups per pair."""
+    was just finished, in this transaction (which holds the keys' locks). Two indexed lookups per pair
+    (`_finish_read`'s fallback; the finishing statement does the same, `_FINISH`)."""
     pairs = sorted(keys)
     conn.execute(
         "UPDATE deliveries d SET due = %b FROM (SELECT (SELECT min(did) FROM deliveries x WHERE x.output = u.o "
@@ -1869,11 +1938,11 @@ def _claim_announcements(
     committed is a repeat (two routers recovering the same change store it once). A live event's key costs
     no statement of its own: `_write_announcements` inserts the group's in one statement before the commit.
 
-    Claims are made under ANNOUNCE_LOCK, exclusive, until the commit: a group claiming keys in several
-    statements (one per store) would otherwise deadlock with another router's group claiming or writing the
-    same keys in another order, a deadlock PostgreSQL breaks after a second (deadlock_timeout) by failing a
-    group. Groups writing only live keys take it shared: they never wait for each other, only for a
-    claiming group's commit (recovery's, a few per interval).
+    Claims are made under ANNOUNCE_LOCK, exclusive, which the group took at its start (`store`'s
+    `announces`, `_take_locks`) and holds until the commit: a group claiming keys in several statements (one
+    per store) would otherwise deadlock with another router's group claiming or writing the same keys in
+    another order. Groups writing only live keys hold it shared: they never wait for each other, only for a
+    claiming group's commit (recovery's, a few per interval), and only at their start, holding no row.
     """
     found = [(index, a) for index, item in enumerate(items) if (a := item.announced) and index not in repeats]
     if not found:
@@ -1881,7 +1950,6 @@ def _claim_announcements(
     claimed = sorted({a.key for _, a in found if a.claim and a.key not in group})
     inserted: set[bytes] = set()
     if claimed:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ANNOUNCE_LOCK,))
         rows = conn.execute(
             "INSERT INTO announced (key) SELECT * FROM unnest(%b::bytea[]) ON CONFLICT DO NOTHING RETURNING key",
             (claimed,),
@@ -1902,10 +1970,10 @@ def _claim_announcements(
 
 
 def _write_announcements(conn: psycopg.Connection[Any], keys: Sequence[bytes]) -> None:
-    """Keep the live events' keys of a group: one statement, sorted (one insert order in every router's groups
-    holding ANNOUNCE_LOCK shared, so they never deadlock; a key kept already is left as it is)."""
+    """Keep the live events' keys of a group: one statement, sorted, the group's last (one insert order in every
+    router's groups, which hold ANNOUNCE_LOCK shared from their start, so they never deadlock: a group waits
+    here only for another's commit; a key kept already is left as it is)."""
     if keys:
-        conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ANNOUNCE_LOCK,))
         conn.execute(
             "INSERT INTO announced (key) SELECT * FROM unnest(%b::bytea[]) ON CONFLICT DO NOTHING",
             (sorted(keys),),
@@ -1951,6 +2019,26 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
 _FORGET_ATTEMPTS = (
     "forgot AS (DELETE FROM attempts a USING gone WHERE a.seq = gone.seq AND a.dlid IS NULL), "
     "forgot_replays AS (DELETE FROM replays r USING gone WHERE r.seq = gone.seq AND r.held_by IS NULL)"
+)
+
+#: the finishing pass's statement (`_finish_send`; parameters: the finished delivery ids twice, now, BLOCKED).
+#: It deletes the deliveries, and the events with none left but these (the statement's deletes are not visible
+#: to itself: they are left out by id); an event with `received` (retention) stays, kept and no longer
+#: pending, and the attempts of those that go go with them (but a dead letter's). Per finished ordering key,
+#: its first delivery left (the key's lock held, this is all there is of it) is made due if it waited: two
+#: indexed lookups per key. Its rows: each finished delivery's output and key, and how many events are done
+_FINISH = (
+    "WITH finished AS (DELETE FROM deliveries WHERE did = ANY(%b) RETURNING did, seq, output, ordering_key), "
+    "done AS (SELECT seq, received FROM events e WHERE seq IN (SELECT seq FROM finished) "
+    "AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = e.seq AND d.did <> ALL(%b))), "
+    "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL "
+    f"RETURNING e.seq), {_FORGET_ATTEMPTS}, "
+    "keyed AS (SELECT output, ordering_key, array_agg(did) AS dids FROM finished WHERE ordering_key IS NOT NULL "
+    "GROUP BY output, ordering_key), "
+    "heads AS (SELECT (SELECT min(x.did) FROM deliveries x WHERE x.output = k.output "
+    "AND x.ordering_key = k.ordering_key AND x.did <> ALL(k.dids)) AS head FROM keyed k), "
+    "unblocked AS (UPDATE deliveries d SET due = %b FROM heads h WHERE d.did = h.head AND d.due = %b) "
+    "SELECT output, ordering_key, (SELECT count(*) FROM done) FROM finished"
 )
 
 
