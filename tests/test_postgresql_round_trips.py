@@ -20,6 +20,7 @@ from psycopg import pq
 from event_router.core.spool import BLOCKED, Attempt, NewDelivery, SeenMessage, StoreEvent
 from event_router.core.spool.postgresql import PostgreSQLSpool
 from event_router.core.spool.writer import Op
+from event_router.testing import delivery_ids
 
 #: a group's size in these tests: about what the webhook makes at 64 senders
 GROUP = 60
@@ -156,3 +157,36 @@ async def test_round_trips_of_storing_and_settling_groups(traced: Traced) -> Non
     assert trips["60 stores of 1 event with an ordering key (4 keys)"] <= 2
     # a message id's claim is read by its store before it inserts: a round trip per store
     assert trips["60 stores of 1 event with a message id"] <= GROUP + 2
+
+
+@pytest.mark.anyio
+async def test_round_trips_of_finishing_keyed_deliveries(traced: Traced) -> None:
+    """Sixty settles of deliveries with ordering keys, each the first of its key with one behind it: two round
+    trips too (the keys' locks are taken at the start, so each key's next is made due in the finishing
+    statement). Sixty settles of deliveries this router was not handed (another router's): one more, which
+    reads their keys before the group takes its locks. Run with -s for the counts."""
+    spool = traced.spool
+    trips: dict[str, int] = {}
+    await spool.store([_event(n, key=f"k{n % GROUP}") for n in range(2 * GROUP)])
+    firsts = [row.did for row in spool.fetch_due("out", spool.clock.now() + 1, 2 * GROUP, set())]
+    assert len(firsts) == GROUP, "the first of each key is due, the one behind it waits"
+    await traced.group(lambda: [spool.settle(done=[did], attempts=[_delivered(did)]) for did in firsts])
+    trips["60 settles of keyed deliveries (done)"] = traced.round_trips("DELETE FROM deliveries")
+    other = PostgreSQLSpool(spool.dsn)
+    other.open("exclusive")
+    try:
+        nexts = [row.did for row in other.fetch_due("out", other.clock.now() + 1, 2 * GROUP, set())]
+        assert len(nexts) == GROUP, "the next of each key is due once its first is done"
+        unordered = [did for [did] in delivery_ids(await other.store([_event(n) for n in range(1000, 1000 + GROUP)]))]
+    finally:
+        other.close()
+    await traced.group(lambda: [spool.settle(done=[did]) for did in nexts])
+    trips["60 settles of keyed deliveries handed to another router"] = traced.round_trips("DELETE FROM deliveries")
+    await traced.group(lambda: [spool.settle(done=[did]) for did in unordered])
+    trips["60 settles of deliveries stored by another router"] = traced.round_trips("DELETE FROM deliveries")
+    for what, count in trips.items():
+        print(f"round trips, {what}: {count}")
+    assert spool.status().pending_events == 0
+    assert trips["60 settles of keyed deliveries (done)"] <= 2
+    assert trips["60 settles of keyed deliveries handed to another router"] <= 3
+    assert trips["60 settles of deliveries stored by another router"] <= 3
