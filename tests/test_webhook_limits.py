@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import pytest
 
+from event_router.inputs.webhook import LISTEN_QUEUE_INTERVAL
 from event_router.testing import RouterProcess, example, free_port, read_jsonl, router_table, wait_for, webhook_input
 
 KEY = "limits-key"
@@ -326,12 +327,13 @@ def test_a_head_sent_a_byte_at_a_time_is_cut_off(start) -> None:  # type: ignore
 
 
 def test_a_body_that_stops_coming_is_cut_off(start) -> None:  # type: ignore[no-untyped-def]
-    router = start("body_timeout = 1")
+    deadline = 1.0
+    router = start(f"body_timeout = {deadline:g}")
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
         sock.sendall(post_bytes(b'{"trigger": "x", "data": {}}')[:-10])
-        status, _, body = read_answer(sock, timeout=6)
+        status, _, body = read_answer(sock, timeout=deadline + LATE)
         assert status == 408
-        assert orjson.loads(body) == {"error": "request body not received within 1 s"}
+        assert orjson.loads(body) == {"error": f"request body not received within {deadline:g} s"}
         # closed once what the client may still send was taken for a while (aiohttp's lingering_time, 10 s)
         assert closed_by_server(sock, timeout=15)
     wait_for(lambda: router.rejected(408) >= 1, what="the 408 counted")
@@ -419,10 +421,17 @@ def test_idle_connections_past_the_cap_make_the_router_not_ready_until_they_are_
     """The review's case, scaled to an open-file limit of 256 (cap 128): more idle connections than the cap.
     granian accepts none past it, and cannot say how many of its own are idle; what waits in the listen
     queue tells readiness. The idle ones are closed at header_timeout, and the new client is served then."""
-    router = start("header_timeout = 3", nofile=256)
+    deadline = 3.0
+    router = start(f"header_timeout = {deadline:g}", nofile=256)
     idle = [socket.create_connection(("127.0.0.1", router.port), timeout=10) for _ in range(200)]
     try:
-        wait_for(lambda: router.readyz()[0] == 503, timeout=5, what="not ready with connections waiting")
+        # a connection that sends nothing is queued only once the kernel stops deferring it (TCP_DEFER_ACCEPT
+        # of header_timeout: at the SYN-ACK retry that covers it, 3 s for 3 s), and readiness looks twice
+        wait_for(
+            lambda: router.readyz()[0] == 503,
+            timeout=deadline + 2 * LISTEN_QUEUE_INTERVAL + LATE,
+            what="not ready with connections waiting",
+        )
         status, report = router.readyz()
         assert "max_connections (128): " in report["reasons"]["connector"], report
         assert "new connections wait to be accepted" in report["reasons"]["connector"], report
