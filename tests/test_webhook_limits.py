@@ -590,14 +590,23 @@ def test_an_expect_continue_request_costs_one_rate_limit_token(start, tmp_path: 
 
 def test_a_request_in_progress_at_sigterm_is_answered_and_stored(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A control (aiohttp passed it too): stopping, the server answers what it has begun, then exits 0."""
-    router = start()
+    # one connection allowed: readiness then says when the request on it is in progress
+    router = start("max_connections = 1")
     request = post_bytes(orjson.dumps(example("transport.messageReceived")))
     assert router.proc.proc is not None
+
     with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
         sock.sendall(request[:-10])
-        time.sleep(0.5)
+        # begun: its head is read, the router waits for the rest of its body (a connection the router has
+        # read nothing from yet is not a request in progress: the stop may close it)
+        wait_for(
+            lambda: "request in progress" in router.readyz()[1].get("reasons", {}).get("connector", ""),
+            what="the request in progress",
+        )
         router.proc.proc.send_signal(signal.SIGTERM)
-        time.sleep(1)
+        # stopping: the router takes the webhook out of readiness as it stops it (its admin endpoint goes on
+        # answering until the inputs are done)
+        wait_for(lambda: "connector" not in router.readyz()[1]["inputs"], what="the webhook stopping")
         sock.sendall(request[-10:])
         status, _, body = read_answer(sock)
     assert status == 202, body
