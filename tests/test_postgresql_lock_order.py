@@ -3,7 +3,7 @@ advisory locks (the ordering keys it stores or finishes, sorted, then ANNOUNCE_L
 write, and the events of the deliveries it finishes in one sorted statement, so two routers' groups storing
 and settling do not wait for each other in a cycle (a deadlock PostgreSQL would break after
 `deadlock_timeout` by failing one of them, which the writer then runs again: no loss, but a second and a log
-line). Each scenario deadlocked before the locks were taken in that order.
+line). Each scenario is one way two groups took their locks in opposite orders.
 
 Each scenario holds one router's group at a chosen point with a third session's row lock (its transaction
 waits there), lets the other router's group run into it, then lets go: a deadlock would show in the

@@ -41,8 +41,12 @@ and before any row lock or write (`_take_locks`): the ordering keys it stores or
 ANNOUNCE_LOCK when it writes announced keys; then its ops' rows; then the events of all the deliveries it
 finishes, in one statement in seq order (`_finish_send`); its live announced keys last, sorted
 (`_write_announcements`). Left out of that order: message ids, each store claiming its own in a statement of
-its own (two groups claiming the same ids in two orders), and a delivery two routers settle at once (its
-lease ran out); such a deadlock's group runs again (`_run_group`).
+its own (two groups claiming the same ids in two orders); a delivery two routers settle at once (its lease
+ran out); the breaker states a group upserts in its queue's order (`record_breaker`); the event rows an
+operator's `replay_dead_letters` or `requeue_kept` locks before its finishing pass; `retry_now`'s bulk update;
+`forget_announced`, which deletes announced keys without ANNOUNCE_LOCK; and the late key lock of
+`_finish_read` (a key the group did not know at its start, not expected). Such a deadlock's group runs again
+(`_run_group`).
 
 The schema is versioned (`MIGRATIONS`); the daemon applies what is missing at open, in one transaction
 under an advisory lock, so routers starting together upgrade once; a database of a newer schema is
