@@ -65,8 +65,13 @@ def rss_mb(pid: int) -> float | None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all threads (fields 14 and 15 of /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU time in a /proc `stat` file: a process's, or one thread's (/proc/<pid>/task/<tid>/stat)."""
+    text = stat.read_text()
+    fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 

@@ -34,45 +34,28 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PYTHON, example_body
+from _common import PYTHON, example_body, stat_cpu_seconds
+from _webhook import ROUTER_ENV, webhook_toml
 
 #: events per submit: what the webhook's store batches held at 64 closed-loop senders (bench/RESULTS.md)
 BATCH = 29
 
-CONFIG = """
-[router]
-data_dir = "var"
-
-[inputs.connector]
-type = "webhook"
-listen = "127.0.0.1:0"
-path = "/events"
-validation = "strict"
-
-[outputs.archive]
-type = "file"
-path = "events.jsonl"
-
-[[routes]]
-name = "archive"
-match = {{ trigger = {match} }}
-to = ["archive"]
-"""
+#: the output of webhook_to_file; its route, `archive everything`, matches nothing in the `unrouted` variant
+OUTPUT = '[outputs.archive]\ntype = "file"\npath = "events.jsonl"\n'
+ROUTE = '[[routes]]\nname = "archive everything"\nmatch = {{ trigger = [{trigger}] }}\nto = ["archive"]'
 
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds per thread name (threads of one name summed), of this process's live threads."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for task in Path("/proc/self/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            seconds = stat_cpu_seconds(task / "stat")
         except FileNotFoundError:  # ended meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
         name = names.get(int(task.name), "other")
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[name] = out.get(name, 0.0) + seconds
     return out
 
 
@@ -89,7 +72,9 @@ def measure(events: int, variant: str) -> dict[str, Any]:
 
     raw = example_body(1200)
     meta = {"headers": {"content-type": "application/json"}, "remote": "127.0.0.1", "path": "/events"}
-    text = CONFIG.format(match='["**"]' if variant == "routed" else '["nothing.matches"]')
+    # webhook_to_file's router (its listen port never used: events go to the input's sink)
+    text = webhook_toml(0, OUTPUT, ROUTE.format(trigger='"**"' if variant == "routed" else '"nothing.matches"'))
+    os.environ.update(ROUTER_ENV)  # the webhook's api_key
     result: dict[str, Any] = {}
 
     async def main() -> None:
