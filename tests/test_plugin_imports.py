@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,3 +183,66 @@ def test_running_the_amqp_input_installs_its_tolerant_decoders(report: dict[str,
     """pamqp's strict UTF-8 decoding of names would drop the connection over one message in a loop
     (`event_router_amqp.tolerant_decode`): the input puts its decoders in when it imports the client."""
     assert report["amqp short strings"] == "event_router_amqp.tolerant_decode"
+
+
+#: a valid configuration of the built-in plugins, a route to a Connector action among them
+VALID = (
+    BUILTIN_ONLY
+    + """
+[outputs.connector]
+type = "connector"
+base_url = "http://127.0.0.1:{port}"
+api_key = "k"
+
+[[routes]]
+name = "sync"
+match = {{ trigger = ["transport.messageReceived"] }}
+to = ["connector"]
+action = {{ name = "sync" }}
+"""
+)
+
+JSONSCHEMA_SCRIPT = """
+import json, sys, tomllib
+from pathlib import Path
+
+from event_router.config import build_config
+from event_router.api.errors import RouterError
+from event_router.plugin_loader import load_plugins
+
+valid, directory = sys.argv[1], Path(sys.argv[2])
+report = {}
+registry = load_plugins()
+build_config(tomllib.loads(valid), path=directory / "router.toml", registry=registry)
+report["valid"] = "jsonschema" in sys.modules
+broken = {
+    "core": valid.replace('api_key = "k"', 'api_key = "k"\\nretry = {{ max_attempts = 0 }}'),
+    "action": valid.replace('{{ name = "sync" }}', '{{ name = "send_message", mail = {{ subject = "s" }} }}'),
+}
+for name, text in broken.items():
+    try:
+        build_config(tomllib.loads(text), path=directory / "router.toml", registry=registry)
+    except RouterError as exc:
+        report[name] = str(exc)
+report["invalid"] = "jsonschema" in sys.modules
+print(json.dumps(report))
+"""
+
+
+def test_a_valid_configuration_is_checked_without_importing_jsonschema(tmp_path: Path) -> None:
+    """jsonschema_rs says a configuration is valid; jsonschema (several MB a running router would hold) is
+    imported only to word the errors of an invalid one, which it still words."""
+    config = VALID.format(port=free_port())
+    result = subprocess.run(
+        [sys.executable, "-c", JSONSCHEMA_SCRIPT.replace("{{", "{").replace("}}", "}"), config, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["valid"] is False
+    assert "outputs.connector.retry.max_attempts: 0 is less than the minimum of 1" in report["core"]
+    assert "recipients" in report["action"], report["action"]
+    assert report["invalid"] is True

@@ -11,8 +11,6 @@ from typing import Any
 
 import jsonschema_rs
 import pluggy
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError as JsonSchemaError
 
 from event_router.api import hookspecs
 from event_router.api.errors import RouterError
@@ -187,6 +185,10 @@ def _check_class(cls: Any, kind: str, plugin_name: str) -> None:
     schema: Mapping[str, Any] = cls.config_schema
     if jsonschema_rs.meta.is_valid(dict(schema)):  # fast path: start-up checks every plugin's schema
         return
+    # jsonschema words the error; imported only for one (several MB a running router would hold for nothing)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError as JsonSchemaError
+
     try:
         Draft202012Validator.check_schema(dict(schema))
     except JsonSchemaError as exc:

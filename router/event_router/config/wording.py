@@ -9,14 +9,16 @@ password masked.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+import jsonschema_rs
 
 from event_router.api.durations import DURATION_SCHEMA
 from event_router.api.errors import closest
 from event_router.api.secrets import redact_url
+
+if TYPE_CHECKING:  # imported when there is an error to word (schema_errors)
+    from jsonschema.exceptions import ValidationError
 
 
 def schema_errors(schema: Mapping[str, Any], instance: Any, *, core_keys: Sequence[str] = ()) -> list[tuple[str, str]]:
@@ -25,9 +27,27 @@ def schema_errors(schema: Mapping[str, Any], instance: Any, *, core_keys: Sequen
     `core_keys`: keys of a plugin table the core reads, taken out of `instance` before it is checked
     against the plugin's schema; an unknown key at the top lists them among the allowed ones.
     """
+    if _valid(schema, instance):
+        return []
+    # jsonschema's errors carry what the wording needs (the failed keyword's schema, the sub-errors of a
+    # oneOf); imported only here, so that a router whose configuration is valid never holds it (several MB)
+    from jsonschema import Draft202012Validator
+
     validator = Draft202012Validator(dict(schema))
     found = sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
     return [(_key_path(e.absolute_path), _message(e, () if e.absolute_path else core_keys)) for e in found]
+
+
+def _valid(schema: Mapping[str, Any], instance: Any) -> bool:
+    """jsonschema_rs's verdict, the fast path of every start: True only when it finds `instance` valid.
+
+    Its regexes never accept what Python's refuse in the patterns of these schemas (Python's `$` also
+    matches before a final newline; Rust's does not), so a value it accepts jsonschema accepts too. A
+    value it cannot take (a TOML date) or a schema it cannot compile is left to jsonschema."""
+    try:
+        return bool(jsonschema_rs.Draft202012Validator(dict(schema)).is_valid(instance))
+    except (ValueError, TypeError, jsonschema_rs.ValidationError):
+        return False
 
 
 def _key_path(parts: Iterable[Any]) -> str:

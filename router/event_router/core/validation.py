@@ -20,8 +20,6 @@ from urllib.parse import quote, urlsplit
 
 import jsonschema_rs
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError as MetaschemaError
 
 from event_router.core.masking import Fixed, fixed_values
 
@@ -137,13 +135,17 @@ def _read(path: Path) -> _SchemaFile:
     if schema.get("$schema", DRAFT_2020_12) != DRAFT_2020_12:
         # One dialect everywhere: the metaschema check below and the compiler must agree.
         raise SchemaError(f"{path}: $schema must be {DRAFT_2020_12!r} (or absent), not {schema['$schema']!r}")
-    try:
-        # jsonschema_rs checks the metaschema much faster; jsonschema runs only to word the error
-        if not jsonschema_rs.meta.is_valid(schema):
+    # jsonschema_rs checks the metaschema much faster; jsonschema, imported only then (several MB a running
+    # router would hold for nothing), words the error
+    if not jsonschema_rs.meta.is_valid(schema):
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError as MetaschemaError
+
+        try:
             Draft202012Validator.check_schema(schema)
-    except MetaschemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise SchemaError(f"{path}: not a valid Draft 2020-12 schema at {where}: {exc.message}") from exc
+        except MetaschemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise SchemaError(f"{path}: not a valid Draft 2020-12 schema at {where}: {exc.message}") from exc
     schema_id = schema.get("$id")
     if not isinstance(schema_id, str) or not urlsplit(schema_id).scheme:
         raise SchemaError(f"{path}: needs an absolute $id (e.g. {SCHEMA_BASE}{path.name})")

@@ -32,8 +32,8 @@ from typing import Any, Final
 
 import aiohttp
 import anyio
+import jsonschema_rs
 import orjson
-from jsonschema import Draft202012Validator
 from yarl import URL
 
 from event_router.api import (
@@ -166,7 +166,30 @@ ACTIONS: Final[Mapping[str, dict[str, Any]]] = {
         },
     ),
 }
-_VALIDATORS: Final = {name: Draft202012Validator(schema) for name, schema in ACTIONS.items()}
+
+
+#: each action's schema for jsonschema_rs, which finds a valid action fast; jsonschema words the errors
+_CHECKS: Final = {name: jsonschema_rs.Draft202012Validator(schema) for name, schema in ACTIONS.items()}
+
+
+@functools.cache
+def _validator(name: str) -> Any:
+    """jsonschema's validator of action `name` (its errors carry what the wording needs), made and imported
+    only for an action that is not valid: every router imports this module with the built-in plugins, and
+    jsonschema would be several MB it holds for nothing."""
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(ACTIONS[name])
+
+
+def _valid(name: str, action: Mapping[str, Any]) -> bool:
+    """Whether jsonschema_rs finds `action` valid; a value it cannot take (a TOML date) is left to jsonschema."""
+    try:
+        return bool(_CHECKS[name].is_valid(dict(action)))
+    except (ValueError, TypeError):
+        return False
+
+
 #: actions that are one call to one endpoint with an `id` path parameter and no body
 _ID_ENDPOINTS: Final = {
     "accept_relationship": "acceptRelationship",
@@ -249,7 +272,8 @@ def check_action(options: Mapping[str, Any], version: tuple[int, ...] | None = N
     if not isinstance(name, str) or name not in ACTIONS:
         return [("action.name", f"{name!r} is not an action (actions: {', '.join(sorted(ACTIONS))})")]
     problems = []
-    for error in sorted(_VALIDATORS[name].iter_errors(dict(action)), key=lambda e: [str(p) for p in e.path]):
+    errors = [] if _valid(name, action) else _validator(name).iter_errors(dict(action))
+    for error in sorted(errors, key=lambda e: [str(p) for p in e.path]):
         message = error.message
         if error.validator == "required":
             message = message.replace("is a required property", "is required but missing")
