@@ -11,8 +11,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+from event_router.api.event import Event
 from event_router.core.deadletters import replay
 from event_router.core.delivery import OutputWorker
+from event_router.core.pipeline import InternalSource
 from event_router.core.spool import DeadLetterFilter
 from event_router.testing import (
     MakeApp,
@@ -463,3 +465,34 @@ async def test_a_reload_that_keeps_the_rate_limit_keeps_its_bucket(make_app: Mak
             await until(lambda: len(rx.requests) == 2, "the second delivery", within=15)
     gap = rx.requests[1].at - rx.requests[0].at
     assert gap >= 3.5, f"the second went {gap:.2f}s after the first: the reload gave a new burst"
+
+
+async def test_buffered_deliveries_start_together_while_slots_are_free(make_app: MakeApp, tmp_path: Path) -> None:
+    """Deliveries waiting in the buffer all start at once when the output has free slots, each not a turn
+    of the event loop after the one before: on a busy loop each turn is a wait (an http output, one
+    delivery per attempt, started eight of them milliseconds apart with every slot free)."""
+    port = free_port()
+    with http_receiver() as rx:
+        rx.delay = 1.0  # every attempt stays in flight while the test looks
+        async with make_app(config(port, tmp_path, rx.url + "/m")) as app:
+            worker = app.pipeline.workers["crm"]
+            concurrency = worker.config.concurrency
+            turns: list[int] = []
+
+            async def count_turns() -> None:
+                """The loop's turns until every slot holds an attempt."""
+                turn = 0
+                while worker.in_flight < concurrency:
+                    turn += 1
+                    await anyio.sleep(0)
+                turns.append(turn)
+
+            mail = example("transport.messageReceived")
+            mails = [Event(trigger=mail["trigger"], data=mail["data"], source="test") for _ in range(concurrency)]
+            results = await app.pipeline.submit(InternalSource(), mails)
+            assert [r.status for r in results] == ["accepted"] * concurrency
+            with anyio.fail_after(5):
+                await count_turns()
+            # the worker wakes, then starts them all: two yields per delivery took 2 * concurrency turns
+            assert turns[0] <= 3, turns
+            await until(lambda: len(rx.requests) >= concurrency, "every attempt at the receiver")

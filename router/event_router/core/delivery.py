@@ -308,8 +308,7 @@ class OutputWorker:
                     if not self._buffer:
                         await self._sleep()
                         continue
-                    await self._unrecorded.acquire()
-                    await self._limiter.acquire()
+                    await self._take_slots()
                     # asked again once the slots are free: a pause or the breaker may have come meanwhile
                     admission = None if self.stopping else self.gate.admit()
                     if admission is None:
@@ -330,6 +329,25 @@ class OutputWorker:
             self.gate.unwatch(self.wake)
             with anyio.CancelScope(shield=True):
                 await self.plugin.close()
+
+    async def _take_slots(self) -> None:
+        """A slot of `_unrecorded` and one of `_limiter`, taken at once when both are free.
+
+        anyio's `acquire` yields to the event loop even when the slot is free: with two per batch, a busy loop
+        made each delivery in the buffer wait for two turns of it behind the one before (an output that
+        takes one delivery per batch, as http does, started them milliseconds apart with every slot free)."""
+        try:
+            self._unrecorded.acquire_nowait()
+        except anyio.WouldBlock:
+            await self._unrecorded.acquire()
+        try:
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            try:
+                await self._limiter.acquire()
+            except BaseException:  # cancelled while waiting: the slot taken above goes back
+                self._unrecorded.release()
+                raise
 
     async def _paced(self, most: int) -> int:
         """How many of the next `most` deliveries the output's `rate_limit` lets go now: it waits for a token
