@@ -1868,14 +1868,13 @@ def _key_columns(
 
 def _unblock(conn: psycopg.Connection[Any], keys: Collection[tuple[str, str]], now: float) -> None:
     """Make the first pending delivery of each (output, ordering key) due `now`, if it waited: its predecessor
-    was just finished, in this transaction (which holds the keys' locks). Two indexed lookups per pair
-    (`_finish_read`'s fallback; the finishing statement does the same, `_FINISH`)."""
+    was just finished, in this transaction (which holds the keys' locks). `_finish_read`'s fallback: the
+    finishing statement does it with the same CTEs (`_UNBLOCK_HEADS`)."""
     pairs = sorted(keys)
     conn.execute(
-        "UPDATE deliveries d SET due = %b FROM (SELECT (SELECT min(did) FROM deliveries x WHERE x.output = u.o "
-        "AND x.ordering_key = u.k) AS head FROM unnest(%b::text[], %b::text[]) AS u(o, k)) h "
-        "WHERE d.did = h.head AND d.due = %b",
-        (now, [o for o, _ in pairs], [k for _, k in pairs], BLOCKED),
+        "WITH keyed AS (SELECT u.o AS output, u.k AS ordering_key, '{}'::int8[] AS dids "
+        f"FROM unnest(%b::text[], %b::text[]) AS u(o, k)), {_UNBLOCK_HEADS} SELECT count(*) FROM heads",
+        ([o for o, _ in pairs], [k for _, k in pairs], now, BLOCKED),
         binary=True,
     )
 
@@ -2020,6 +2019,15 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
 
 #: the CTEs that forget the attempts and replays of the events a statement's `gone` CTE deleted (RETURNING their
 #: seq), but those a dead letter holds: in the statement that deletes the events, no round trip more
+#: CTEs that make the first pending delivery of each (output, ordering key) of a CTE `keyed` (columns output,
+#: ordering_key, and dids: ids to pass over, which the statement deletes and still sees) due, if it waited:
+#: two indexed lookups per key; parameters: now, BLOCKED. In `_FINISH`, and in `_unblock` (its fallback)
+_UNBLOCK_HEADS = (
+    "heads AS (SELECT (SELECT min(x.did) FROM deliveries x WHERE x.output = k.output "
+    "AND x.ordering_key = k.ordering_key AND x.did <> ALL(k.dids)) AS head FROM keyed k), "
+    "unblocked AS (UPDATE deliveries d SET due = %b FROM heads h WHERE d.did = h.head AND d.due = %b)"
+)
+
 _FORGET_ATTEMPTS = (
     "forgot AS (DELETE FROM attempts a USING gone WHERE a.seq = gone.seq AND a.dlid IS NULL), "
     "forgot_replays AS (DELETE FROM replays r USING gone WHERE r.seq = gone.seq AND r.held_by IS NULL)"
@@ -2038,10 +2046,7 @@ _FINISH = (
     "gone AS (DELETE FROM events e USING done WHERE e.seq = done.seq AND done.received IS NULL "
     f"RETURNING e.seq), {_FORGET_ATTEMPTS}, "
     "keyed AS (SELECT output, ordering_key, array_agg(did) AS dids FROM finished WHERE ordering_key IS NOT NULL "
-    "GROUP BY output, ordering_key), "
-    "heads AS (SELECT (SELECT min(x.did) FROM deliveries x WHERE x.output = k.output "
-    "AND x.ordering_key = k.ordering_key AND x.did <> ALL(k.dids)) AS head FROM keyed k), "
-    "unblocked AS (UPDATE deliveries d SET due = %b FROM heads h WHERE d.did = h.head AND d.due = %b) "
+    f"GROUP BY output, ordering_key), {_UNBLOCK_HEADS} "
     "SELECT output, ordering_key, (SELECT count(*) FROM done) FROM finished"
 )
 
