@@ -573,3 +573,54 @@ def test_admin_token_too_short_or_plain(tmp_path: Path, registry) -> None:  # ty
     config = build(BASE + '[router.admin]\ntoken = "a-plain-token-of-some-length"\n', tmp_path, registry)
     assert config.admin_token == "a-plain-token-of-some-length"
     assert any("router.admin.token: secret written in plain text" in w for w in config.warnings), config.warnings
+
+
+def _patterns(schema: object, found: set[str]) -> set[str]:
+    """Every `pattern` in a JSON Schema."""
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "pattern" and isinstance(value, str):
+                found.add(value)
+            else:
+                _patterns(value, found)
+    elif isinstance(schema, list):
+        for value in schema:
+            _patterns(value, found)
+    return found
+
+
+def test_jsonschema_rs_accepts_no_string_a_schema_pattern_refuses_in_python() -> None:
+    """A configuration jsonschema_rs finds valid is not looked at again (`wording._valid`), and the values
+    are then read by Python (`parse_duration`...): no pattern of router.toml's schemas (core, every plugin's,
+    the Connector actions') may match a string in Rust's dialect that Python's `re` refuses. Each is tried
+    with every Unicode space, digit, format and control character put before, inside and after a string it
+    matches (jsonschema_rs took "30s" followed by a byte-order mark as a duration; Python did not)."""
+    import unicodedata
+
+    import jsonschema_rs
+
+    from event_router.config.schema import ROUTER_SCHEMA
+    from event_router.outputs.connector import ACTIONS
+
+    registry = load_plugins()
+    found = _patterns(ROUTER_SCHEMA, set())
+    for cls in [*registry.inputs.values(), *registry.outputs.values()]:
+        _patterns(dict(cls.config_schema), found)
+    _patterns(ACTIONS, found)
+    assert len(found) >= 5, found
+    odd = [
+        c
+        for c in map(chr, range(0x110000))
+        if unicodedata.category(c) in ("Nd", "Zs", "Zl", "Zp", "Cf", "Cc") or c.isspace() or c.isdigit()
+    ]
+    samples = ["30s", "1.5 h", "/path", "0644", "1.2.3", "crm-1", "https://x.example"]
+    differ = []
+    for pattern in sorted(found):
+        rust = jsonschema_rs.Draft202012Validator({"type": "string", "pattern": pattern})
+        python = re.compile(pattern)
+        for sample in (s for s in samples if python.search(s)):
+            for c in odd:
+                for text in (c + sample, sample[:1] + c + sample[1:], sample + c):
+                    if rust.is_valid(text) and not python.search(text):
+                        differ.append((pattern, text))
+    assert not differ, differ[:10]

@@ -328,3 +328,26 @@ async def test_a_finished_key_not_locked_at_the_start_is_locked_late_and_its_nex
     await one.settle(done=[first])
     assert any(r.getMessage().startswith("spool finished ordering keys it had not locked") for r in caplog.records)
     assert [row.did for row in one.fetch_due("a", one.clock.now() + 1, 10, set())] == [second]
+
+
+async def test_unblock_makes_the_first_pending_delivery_of_each_key_due_and_no_other(cluster: Cluster) -> None:
+    """`_unblock` (the late-lock fallback) on its own: the finishing statement already makes the next due
+    in the test above, so that test alone would not see it fail. Per key, the first delivery still pending
+    becomes due now; the one behind it waits, and a key whose first is due already is left alone."""
+    from event_router.core.spool import BLOCKED
+    from event_router.core.spool.postgresql import _unblock
+
+    one = cluster.one
+    stored = await one.store([event(n, ("a", key)) for n, key in enumerate(["k", "k", "k", "j"])])
+    first, second, third, other = (dids[0] for dids in delivery_ids(stored))
+    _pg(cluster.dsn, "DELETE FROM event_router.deliveries WHERE did = %s", first)
+    now = one.clock.now()
+    with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+        conn.execute("SET search_path TO event_router")
+        _unblock(conn, {("a", "k"), ("a", "j")}, now)
+    due = dict(
+        _pg(cluster.dsn, "SELECT did, due FROM event_router.deliveries WHERE did = ANY(%s)", [second, third, other])
+    )
+    assert due[second] == pytest.approx(now)
+    assert due[third] == BLOCKED
+    assert due[other] < now  # due since it was stored: not moved

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+#: ASCII digits and blanks only: the schema's copy of this pattern is run by jsonschema_rs, whose `\s` and `\d`
+#: are not Python's (a BOM is `\s` to it); both engines must accept exactly the same strings
+_PATTERN = re.compile(r"^[ \t]*([0-9]+(?:\.[0-9]+)?)[ \t]*(ms|s|m|h|d)[ \t]*$")
 
 #: JSON Schema fragment for a duration value
 DURATION_SCHEMA = {

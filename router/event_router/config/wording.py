@@ -39,11 +39,12 @@ def schema_errors(schema: Mapping[str, Any], instance: Any, *, core_keys: Sequen
 
 
 def _valid(schema: Mapping[str, Any], instance: Any) -> bool:
-    """jsonschema_rs's verdict, the fast path of every start: True only when it finds `instance` valid.
+    r"""jsonschema_rs's verdict, the fast path of every start: True only when it finds `instance` valid.
 
-    Its regexes never accept what Python's refuse in the patterns of these schemas (Python's `$` also
-    matches before a final newline; Rust's does not), so a value it accepts jsonschema accepts too. A
-    value it cannot take (a TOML date) or a schema it cannot compile is left to jsonschema."""
+    The schemas' patterns are written so that its regexes accept nothing Python's `re` refuses (ASCII
+    classes, no `\s` or `\d`: test_config checks every pattern), so a value it accepts jsonschema accepts
+    too, and the code that reads it after. A value it cannot take (a TOML date) or a schema it cannot
+    compile is left to jsonschema."""
     try:
         return bool(jsonschema_rs.Draft202012Validator(dict(schema)).is_valid(instance))
     except (ValueError, TypeError, jsonschema_rs.ValidationError):

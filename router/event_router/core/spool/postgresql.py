@@ -2017,8 +2017,6 @@ def _where(where: DeadLetterFilter) -> tuple[str, list[Any]]:
     return records.dead_letter_where(where, "%s", lambda ids: ("dlid = ANY(%s)", [list(ids)]))
 
 
-#: the CTEs that forget the attempts and replays of the events a statement's `gone` CTE deleted (RETURNING their
-#: seq), but those a dead letter holds: in the statement that deletes the events, no round trip more
 #: CTEs that make the first pending delivery of each (output, ordering key) of a CTE `keyed` (columns output,
 #: ordering_key, and dids: ids to pass over, which the statement deletes and still sees) due, if it waited:
 #: two indexed lookups per key; parameters: now, BLOCKED. In `_FINISH`, and in `_unblock` (its fallback)
@@ -2028,6 +2026,8 @@ _UNBLOCK_HEADS = (
     "unblocked AS (UPDATE deliveries d SET due = %b FROM heads h WHERE d.did = h.head AND d.due = %b)"
 )
 
+#: the CTEs that forget the attempts and replays of the events a statement's `gone` CTE deleted (RETURNING their
+#: seq), but those a dead letter holds: in the statement that deletes the events, no round trip more
 _FORGET_ATTEMPTS = (
     "forgot AS (DELETE FROM attempts a USING gone WHERE a.seq = gone.seq AND a.dlid IS NULL), "
     "forgot_replays AS (DELETE FROM replays r USING gone WHERE r.seq = gone.seq AND r.held_by IS NULL)"
