@@ -115,6 +115,16 @@ def test_two_plugins_with_one_type_are_both_named(install: Install) -> None:
     )
 
 
+def test_a_plugin_whose_config_schema_is_not_a_json_schema_is_refused(install: Install) -> None:
+    """A config_schema that breaks the metaschema is refused at start-up, with jsonschema's words for why."""
+    install("bad", "event-router-bad", fake_input("Bad", "bad").replace('{"type": "object"}', '{"type": "nope"}'))
+    with pytest.raises(PluginLoadError) as caught:
+        load_plugins()
+    assert str(caught.value).startswith(
+        "plugin bad: config_schema of input 'bad' is not a valid JSON Schema: 'nope' is not valid under any of"
+    ), str(caught.value)
+
+
 def test_a_plugin_implementing_an_unknown_hook_is_refused(install: Install) -> None:
     """Control: a misspelt hook is an error at start-up, not a type silently missing."""
     install(

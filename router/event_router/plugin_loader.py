@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema_rs
 import pluggy
 
 from event_router.api import hookspecs
 from event_router.api.errors import RouterError
 from event_router.api.plugin import Input, Output
+from event_router.core.validation import metaschema_error
 
 #: built-in plugin modules, registered after the entry-point plugins exactly like them
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -182,19 +182,11 @@ def _check_class(cls: Any, kind: str, plugin_name: str) -> None:
         )
     if not getattr(cls, "type_name", None):
         raise PluginLoadError(f"plugin {plugin_name}: {cls.__name__} has no type_name")
-    schema: Mapping[str, Any] = cls.config_schema
-    if jsonschema_rs.meta.is_valid(dict(schema)):  # fast path: start-up checks every plugin's schema
-        return
-    # jsonschema words the error; imported only for one (several MB a running router would hold for nothing)
-    from jsonschema import Draft202012Validator
-    from jsonschema.exceptions import SchemaError as JsonSchemaError
-
-    try:
-        Draft202012Validator.check_schema(dict(schema))
-    except JsonSchemaError as exc:
+    problem = metaschema_error(cls.config_schema)
+    if problem is not None:
         raise PluginLoadError(
-            f"plugin {plugin_name}: config_schema of {kind} {cls.type_name!r} is not a valid JSON Schema: {exc.message}"
-        ) from exc
+            f"plugin {plugin_name}: config_schema of {kind} {cls.type_name!r} is not a valid JSON Schema: {problem[1]}"
+        )
 
 
 def _dist_of(dist: Any, builtin: bool) -> tuple[str, str]:

@@ -125,6 +125,24 @@ def _message(error: jsonschema_rs.ValidationError) -> str:
     return f"{value} is not valid: " + ", and ".join(dict.fromkeys(reasons))
 
 
+def metaschema_error(schema: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Where in `schema` (a JSON pointer's parts joined by "/", "(root)") and why it is not a valid Draft
+    2020-12 schema; None when it is. The event schemas and every plugin's `config_schema` are checked so.
+
+    jsonschema_rs checks the metaschema, fast (every start checks every schema); jsonschema, imported only
+    for a schema it refuses (several MB a running router would hold for nothing), words the error."""
+    if jsonschema_rs.meta.is_valid(dict(schema)):
+        return None
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError as MetaschemaError
+
+    try:
+        Draft202012Validator.check_schema(dict(schema))
+    except MetaschemaError as exc:
+        return "/".join(str(p) for p in exc.absolute_path) or "(root)", str(exc.message)
+    return None
+
+
 def _read(path: Path) -> _SchemaFile:
     try:
         schema = orjson.loads(path.read_bytes())
@@ -135,17 +153,10 @@ def _read(path: Path) -> _SchemaFile:
     if schema.get("$schema", DRAFT_2020_12) != DRAFT_2020_12:
         # One dialect everywhere: the metaschema check below and the compiler must agree.
         raise SchemaError(f"{path}: $schema must be {DRAFT_2020_12!r} (or absent), not {schema['$schema']!r}")
-    # jsonschema_rs checks the metaschema much faster; jsonschema, imported only then (several MB a running
-    # router would hold for nothing), words the error
-    if not jsonschema_rs.meta.is_valid(schema):
-        from jsonschema import Draft202012Validator
-        from jsonschema.exceptions import SchemaError as MetaschemaError
-
-        try:
-            Draft202012Validator.check_schema(schema)
-        except MetaschemaError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-            raise SchemaError(f"{path}: not a valid Draft 2020-12 schema at {where}: {exc.message}") from exc
+    problem = metaschema_error(schema)
+    if problem is not None:
+        where, message = problem
+        raise SchemaError(f"{path}: not a valid Draft 2020-12 schema at {where}: {message}")
     schema_id = schema.get("$id")
     if not isinstance(schema_id, str) or not urlsplit(schema_id).scheme:
         raise SchemaError(f"{path}: needs an absolute $id (e.g. {SCHEMA_BASE}{path.name})")
