@@ -496,3 +496,33 @@ async def test_buffered_deliveries_start_together_while_slots_are_free(make_app:
             # the worker wakes, then starts them all: two yields per delivery took 2 * concurrency turns
             assert turns[0] <= 3, turns
             await until(lambda: len(rx.requests) >= concurrency, "every attempt at the receiver")
+
+
+async def test_a_batch_that_fails_fails_the_worker_which_restarts_and_sends_it_again(
+    make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch's own failure (here its outcome's record) ends the worker as a failure, logged, with the
+    attempts still in flight let finish; the supervisor restarts it, and the delivery whose outcome was
+    never recorded is read back from the spool and sent again (at least once, never lost)."""
+    port = free_port()
+    with http_receiver() as rx:
+        async with make_app(config(port, tmp_path, rx.url + "/m")) as app:
+            worker = app.pipeline.workers["crm"]
+            record = worker._record
+            broken = [True]
+
+            async def record_once_broken(batch: list[object], outcomes: list[object]) -> None:
+                if broken:
+                    broken.clear()
+                    raise RuntimeError("recording broke")
+                await record(batch, outcomes)  # type: ignore[arg-type]
+
+            worker._record = record_once_broken  # type: ignore[method-assign,assignment]
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: len(rx.requests) == 2, "sent again after the worker's restart", within=15)
+            await until(lambda: app.stats.get("deliveries", output="crm", outcome="delivered") == 1, "recorded")
+            assert app.spool.depth == 0
+    failed = [r for r in caplog.records if r.getMessage().startswith("output failed; restarting it")]
+    assert failed, [r.getMessage() for r in caplog.records]
+    assert failed[0].exc_info is not None and "recording broke" in str(failed[0].exc_info[1])
+    assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == 1

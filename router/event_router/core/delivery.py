@@ -13,6 +13,7 @@ or held by the output's breaker, nothing starts and nothing is fetched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -187,7 +188,7 @@ class OutputWorker:
         self._read_failure: str | None = None
         #: a delivery with an ordering key was stored, or one was finished: the spool may have one due
         self._keyed = False
-        self._wake = anyio.Event()
+        self._wake = asyncio.Event()
         self._stopping = False
         # a semaphore, not a CapacityLimiter: the batch task releases what the loop acquired
         self._limiter = anyio.Semaphore(config.concurrency)
@@ -297,37 +298,67 @@ class OutputWorker:
         await self.plugin.open()
         task_status.started()
         self.gate.watch(self.wake)
+        # Each batch runs in a task of its own, made with asyncio's create_task: at one delivery per batch,
+        # an anyio task group's start_soon cost ten times as much on the event loop that also answers the
+        # webhook (bench/RESULTS.md). This loop keeps what the task group did: a batch that fails fails the
+        # worker once it is seen here, and the worker ends only once its batches have (the app cancels it,
+        # and with it every batch, once `shutdown_timeout` has passed).
+        running: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                failures.append(error)
+                self._wake.set()
+
         try:
-            async with anyio.create_task_group() as tg:
-                while not self._stopping:
-                    held = self.gate.wait()
-                    if held:  # paused, or the breaker open: nothing starts, nothing more is read
-                        await self._sleep(held)
-                        continue
-                    self._refill()
-                    if not self._buffer:
-                        await self._sleep()
-                        continue
-                    await self._take_slots()
-                    # asked again once the slots are free: a pause or the breaker may have come meanwhile
-                    admission = None if self.stopping else self.gate.admit()
-                    if admission is None:
-                        self._limiter.release()
-                        self._unrecorded.release()
-                        continue
-                    # paced once admitted, so that attempts start at the pace the tokens come
-                    count = await self._paced(min(self.plugin.max_batch, len(self._buffer), admission.limit))
-                    if self.stopping:
-                        self._limiter.release()
-                        self._unrecorded.release()
-                        break
-                    count = min(count, len(self._buffer))
-                    batch = [self._buffer.popleft() for _ in range(count)]
-                    self.in_flight += len(batch)
-                    tg.start_soon(self._run_batch, batch, admission)
+            while not self._stopping:
+                if failures:
+                    raise failures[0]
+                held = self.gate.wait()
+                if held:  # paused, or the breaker open: nothing starts, nothing more is read
+                    await self._sleep(held)
+                    continue
+                self._refill()
+                if not self._buffer:
+                    await self._sleep()
+                    continue
+                await self._take_slots()
+                # asked again once the slots are free: a pause or the breaker may have come meanwhile
+                admission = None if self.stopping else self.gate.admit()
+                if admission is None:
+                    self._limiter.release()
+                    self._unrecorded.release()
+                    continue
+                # paced once admitted, so that attempts start at the pace the tokens come
+                count = await self._paced(min(self.plugin.max_batch, len(self._buffer), admission.limit))
+                if self.stopping:
+                    self._limiter.release()
+                    self._unrecorded.release()
+                    break
+                if failures:  # a batch failed while this loop waited for slots or tokens
+                    self._limiter.release()
+                    self._unrecorded.release()
+                    raise failures[0]
+                count = min(count, len(self._buffer))
+                batch = [self._buffer.popleft() for _ in range(count)]
+                self.in_flight += len(batch)
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, admission))
+                running.add(task)
+                task.add_done_callback(finished)
+            while running:  # stopping: what is in flight finishes
+                await asyncio.wait(set(running))
+            if failures:
+                raise failures[0]
         finally:
             self.gate.unwatch(self.wake)
+            for task in running:
+                task.cancel()
             with anyio.CancelScope(shield=True):
+                if running:
+                    await asyncio.wait(set(running))
                 await self.plugin.close()
 
     async def _take_slots(self) -> None:
@@ -407,10 +438,17 @@ class OutputWorker:
         """Until the next poll or due retry (`held`: until the gate may open), or until woken."""
         now = self.spool.clock.now()
         until = self._next_poll if self._next_due is None else min(self._next_poll, self._next_due)
-        with anyio.move_on_after(max(0.0, until - now) if held is None else held):
-            await self._wake.wait()
-        if self._wake.is_set():
-            self._wake = anyio.Event()
+        if not self._wake.is_set():
+            # a timer that wakes, not a cancel scope: this wait begins and ends at every delivery when
+            # deliveries come one at a time
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, until - now) if held is None else held, self._wake.set
+            )
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+        self._wake.clear()
 
     async def _run_batch(self, batch: list[_Pending], admission: Admission) -> None:
         released = False
