@@ -526,3 +526,35 @@ async def test_a_batch_that_fails_fails_the_worker_which_restarts_and_sends_it_a
     assert failed, [r.getMessage() for r in caplog.records]
     assert failed[0].exc_info is not None and "recording broke" in str(failed[0].exc_info[1])
     assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == 1
+
+
+async def test_a_worker_failing_right_after_it_started_a_batch_gives_everything_back(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    """The worker fails (a spool read's non-transient error) in the very turn it made a batch's task, before
+    that task ran: the batch is cancelled through its scope and still gives back its slot and its claim, so
+    the restarted worker (the same object) delivers it and the events after it, with one slot only."""
+    from event_router.api.errors import SpoolError
+
+    port = free_port()
+    with http_receiver() as rx:
+        async with make_app(config(port, tmp_path, rx.url + "/m", extra_output="concurrency = 1")) as app:
+            worker = app.pipeline.workers["crm"]
+            refill = worker._refill
+            broken = [True]
+
+            def refill_breaking() -> None:
+                if broken and worker.in_flight:  # right after the task was made, before any yield
+                    broken.clear()
+                    raise SpoolError("spool read failed: not transient")
+                refill()
+
+            worker._refill = refill_breaking  # type: ignore[method-assign]
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: not broken, "the failure")
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: app.stats.get("deliveries", output="crm", outcome="delivered") == 2, "both delivered")
+            await until(lambda: app.spool.depth == 0, "nothing pending")
+            assert worker.in_flight == 0 and not worker._claimed
+            assert worker._limiter.value == 1
+    assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == 2

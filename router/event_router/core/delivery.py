@@ -301,22 +301,23 @@ class OutputWorker:
         # Each batch runs in a task of its own, made with asyncio's create_task: at one delivery per batch,
         # an anyio task group's start_soon cost ten times as much on the event loop that also answers the
         # webhook (bench/RESULTS.md). This loop keeps what the task group did: a batch that fails fails the
-        # worker once it is seen here, and the worker ends only once its batches have (the app cancels it,
-        # and with it every batch, once `shutdown_timeout` has passed).
-        running: set[asyncio.Task[None]] = set()
+        # worker at once, and the worker ends only once its batches have. A batch is cancelled through its
+        # anyio cancel scope, never by `Task.cancel`: anyio delivers the cancellation again until the batch
+        # leaves its scope, and honours the shields inside it (an output's write that must not be cut off).
+        batches: dict[asyncio.Task[None], anyio.CancelScope] = {}
         failures: list[BaseException] = []
 
         def finished(task: asyncio.Task[None]) -> None:
-            running.discard(task)
+            del batches[task]
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 failures.append(error)
                 self._wake.set()
+                if self._pacing is not None:  # a wait for the rate limit ends too
+                    self._pacing.cancel()
 
         try:
-            while not self._stopping:
-                if failures:
-                    raise failures[0]
+            while not self._stopping and not failures:
                 held = self.gate.wait()
                 if held:  # paused, or the breaker open: nothing starts, nothing more is read
                     await self._sleep(held)
@@ -327,38 +328,36 @@ class OutputWorker:
                     continue
                 await self._take_slots()
                 # asked again once the slots are free: a pause or the breaker may have come meanwhile
-                admission = None if self.stopping else self.gate.admit()
+                admission = None if self.stopping or failures else self.gate.admit()
                 if admission is None:
                     self._limiter.release()
                     self._unrecorded.release()
                     continue
                 # paced once admitted, so that attempts start at the pace the tokens come
                 count = await self._paced(min(self.plugin.max_batch, len(self._buffer), admission.limit))
-                if self.stopping:
+                if self.stopping or failures:
+                    self.gate.abandoned(admission)  # a probe's admission, unanswered, would hold the gate shut
                     self._limiter.release()
                     self._unrecorded.release()
                     break
-                if failures:  # a batch failed while this loop waited for slots or tokens
-                    self._limiter.release()
-                    self._unrecorded.release()
-                    raise failures[0]
                 count = min(count, len(self._buffer))
                 batch = [self._buffer.popleft() for _ in range(count)]
                 self.in_flight += len(batch)
-                task = asyncio.get_running_loop().create_task(self._run_batch(batch, admission))
-                running.add(task)
+                scope = anyio.CancelScope()
+                task = asyncio.get_running_loop().create_task(self._run_batch(batch, admission, scope))
+                batches[task] = scope
                 task.add_done_callback(finished)
-            while running:  # stopping: what is in flight finishes
-                await asyncio.wait(set(running))
+            while batches and not failures:  # stopping: what is in flight finishes
+                await asyncio.wait(list(batches), return_when=asyncio.FIRST_COMPLETED)
             if failures:
-                raise failures[0]
+                raise failures[0] if len(failures) == 1 else BaseExceptionGroup("batches failed", failures)
         finally:
             self.gate.unwatch(self.wake)
-            for task in running:
-                task.cancel()
             with anyio.CancelScope(shield=True):
-                if running:
-                    await asyncio.wait(set(running))
+                for scope in batches.values():
+                    scope.cancel()
+                while batches:
+                    await asyncio.wait(list(batches))
                 await self.plugin.close()
 
     async def _take_slots(self) -> None:
@@ -450,7 +449,11 @@ class OutputWorker:
                 timer.cancel()
         self._wake.clear()
 
-    async def _run_batch(self, batch: list[_Pending], admission: Admission) -> None:
+    async def _run_batch(self, batch: list[_Pending], admission: Admission, scope: anyio.CancelScope) -> None:
+        with scope:
+            await self._deliver_batch(batch, admission)
+
+    async def _deliver_batch(self, batch: list[_Pending], admission: Admission) -> None:
         released = False
         answered = False
         try:
