@@ -558,3 +558,40 @@ async def test_a_worker_failing_right_after_it_started_a_batch_gives_everything_
             assert worker.in_flight == 0 and not worker._claimed
             assert worker._limiter.value == 1
     assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == 2
+
+
+async def test_a_batch_failing_while_the_worker_waits_for_a_slot_fails_it_at_once(
+    make_app: MakeApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker waits for a free slot (every one taken) when a batch fails after it gave its own back: the
+    worker fails then, not once a slot frees (an attempt may take up to `timeout`), and afterwards holds no
+    slot it did not give back."""
+    port = free_port()
+    with http_receiver() as rx:
+        async with make_app(config(port, tmp_path, rx.url + "/m", extra_output="concurrency = 1")) as app:
+            worker = app.pipeline.workers["crm"]
+            record = worker._record
+            go = anyio.Event()
+
+            async def record_failing_on_cue(batch: list[object], outcomes: list[object]) -> None:
+                await go.wait()
+                if len(rx.requests) == 1:
+                    raise RuntimeError("recording broke")
+                await record(batch, outcomes)  # type: ignore[arg-type]
+
+            worker._record = record_failing_on_cue  # type: ignore[method-assign,assignment]
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: len(rx.requests) == 1, "the first attempt")
+            await worker._limiter.acquire()  # the test holds the one slot the first batch gave back
+            await send_webhook(port, example("transport.messageReceived"))
+            await until(lambda: worker._slot_wait is not None, "the worker waiting for a slot")
+            go.set()
+
+            def restarting() -> bool:
+                return any(r.getMessage().startswith("output failed; restarting it") for r in caplog.records)
+
+            await until(restarting, "the worker failed while the test still holds the slot", within=5)
+            assert worker._limiter.value == 0  # the worker took nothing it kept
+            worker._limiter.release()
+            await until(lambda: app.stats.get("deliveries", output="crm", outcome="delivered") == 2, "both recorded")
+    assert len({r.headers["Idempotency-Key"] for r in rx.requests}) == 2

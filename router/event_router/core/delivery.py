@@ -207,6 +207,8 @@ class OutputWorker:
             self._pace = Pace(config.rate_limit)
         #: the wait for the rate limit, while there is one: `stop` ends it
         self._pacing: anyio.CancelScope | None = None
+        #: the wait for a free slot, while there is one: a failed batch ends it
+        self._slot_wait: anyio.CancelScope | None = None
 
     #: deliveries near the head of the buffer keep the parsed event; those behind keep its stored JSON
     PARSED_AHEAD = 64
@@ -306,6 +308,7 @@ class OutputWorker:
         # leaves its scope, and honours the shields inside it (an output's write that must not be cut off).
         batches: dict[asyncio.Task[None], anyio.CancelScope] = {}
         failures: list[BaseException] = []
+        raised = 0  # the failures raised from here; those after them are logged
 
         def finished(task: asyncio.Task[None]) -> None:
             del batches[task]
@@ -313,7 +316,10 @@ class OutputWorker:
             if error is not None:
                 failures.append(error)
                 self._wake.set()
-                if self._pacing is not None:  # a wait for the rate limit ends too
+                # a wait for a slot or for the rate limit ends too: the worker fails at once
+                if self._slot_wait is not None:
+                    self._slot_wait.cancel()
+                if self._pacing is not None:
                     self._pacing.cancel()
 
         try:
@@ -326,7 +332,8 @@ class OutputWorker:
                 if not self._buffer:
                     await self._sleep()
                     continue
-                await self._take_slots()
+                if not await self._take_slots():
+                    continue
                 # asked again once the slots are free: a pause or the breaker may have come meanwhile
                 admission = None if self.stopping or failures else self.gate.admit()
                 if admission is None:
@@ -350,6 +357,7 @@ class OutputWorker:
             while batches and not failures:  # stopping: what is in flight finishes
                 await asyncio.wait(list(batches), return_when=asyncio.FIRST_COMPLETED)
             if failures:
+                raised = len(failures)
                 raise failures[0] if len(failures) == 1 else BaseExceptionGroup("batches failed", failures)
         finally:
             self.gate.unwatch(self.wake)
@@ -358,10 +366,15 @@ class OutputWorker:
                     scope.cancel()
                 while batches:
                     await asyncio.wait(list(batches))
+                for error in failures[raised:]:  # a batch that failed as the worker ended
+                    log.error(
+                        "a batch of the output failed as its worker ended", exc_info=error, extra={"output": self.name}
+                    )
                 await self.plugin.close()
 
-    async def _take_slots(self) -> None:
-        """A slot of `_unrecorded` and one of `_limiter`, taken at once when both are free.
+    async def _take_slots(self) -> bool:
+        """A slot of `_unrecorded` and one of `_limiter`, taken at once when both are free; False, holding
+        neither, when a failed batch ended the wait (`_slot_wait`).
 
         anyio's `acquire` yields to the event loop even when the slot is free: with two per batch, a busy loop
         made each delivery in the buffer wait for two turns of it behind the one before (an output that
@@ -369,15 +382,30 @@ class OutputWorker:
         try:
             self._unrecorded.acquire_nowait()
         except anyio.WouldBlock:
-            await self._unrecorded.acquire()
+            if not await self._wait_for(self._unrecorded):
+                return False
         try:
             self._limiter.acquire_nowait()
         except anyio.WouldBlock:
             try:
-                await self._limiter.acquire()
+                taken = await self._wait_for(self._limiter)
             except BaseException:  # cancelled while waiting: the slot taken above goes back
                 self._unrecorded.release()
                 raise
+            if not taken:
+                self._unrecorded.release()
+                return False
+        return True
+
+    async def _wait_for(self, slots: anyio.Semaphore) -> bool:
+        """Wait for a slot of `slots`; False when a failed batch ended the wait first (no slot taken)."""
+        try:
+            with anyio.CancelScope() as scope:
+                self._slot_wait = scope
+                await slots.acquire()
+        finally:
+            self._slot_wait = None
+        return not scope.cancelled_caught
 
     async def _paced(self, most: int) -> int:
         """How many of the next `most` deliveries the output's `rate_limit` lets go now: it waits for a token
